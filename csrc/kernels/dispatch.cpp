@@ -1,0 +1,73 @@
+#include "dispatch.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <stdexcept>
+
+namespace patsparse {
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::Scalar: return "scalar";
+    case Isa::Avx2: return "avx2";
+    case Isa::Avx512: return "avx512";
+    case Isa::Neon: return "neon";
+  }
+  return "unknown";
+}
+
+bool parse_isa(const std::string& name, Isa* out) {
+  if (name == "auto") { *out = best_isa(); return true; }
+  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon})
+    if (name == isa_name(isa)) { *out = isa; return true; }
+  return false;
+}
+
+bool isa_supported(Isa isa) {
+  switch (isa) {
+    case Isa::Scalar: return true;
+#if defined(__x86_64__) || defined(_M_X64)
+    case Isa::Avx2: return false;    // filled in by the x86 SIMD kernels
+    case Isa::Avx512: return false;
+#endif
+    default: return false;
+  }
+}
+
+Isa best_isa() {
+  for (Isa isa : {Isa::Avx512, Isa::Avx2, Isa::Neon})
+    if (isa_supported(isa)) return isa;
+  return Isa::Scalar;
+}
+
+namespace {
+std::atomic<int>& active_slot() {
+  static std::atomic<int> slot([] {
+    Isa isa = best_isa();
+    if (const char* env = std::getenv("PATSPARSE_ISA")) {
+      Isa wanted;
+      if (parse_isa(env, &wanted) && isa_supported(wanted)) isa = wanted;
+    }
+    return static_cast<int>(isa);
+  }());
+  return slot;
+}
+}  // namespace
+
+Isa active_isa() { return static_cast<Isa>(active_slot().load()); }
+
+bool set_active_isa(Isa isa) {
+  if (!isa_supported(isa)) return false;
+  active_slot().store(static_cast<int>(isa));
+  return true;
+}
+
+void forward_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, const float* input,
+                 const float* bias, float* output, const ParallelFor& pfor) {
+  switch (isa) {
+    case Isa::Scalar: reference_forward<float>(s, w, input, bias, output, pfor); return;
+    default: throw std::invalid_argument(std::string("ISA path not available: ") + isa_name(isa));
+  }
+}
+
+}  // namespace patsparse

@@ -1,0 +1,28 @@
+// Run-time choice of the instruction-set path for the fp32 forward kernel.
+// PATSPARSE_ISA=scalar|avx2|avx512|neon|auto picks the initial path; set_active_isa changes it
+// (tests force every path this way on one machine).
+#pragma once
+
+#include <string>
+
+#include "pattern_conv.h"
+
+namespace patsparse {
+
+enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2, Neon = 3 };
+
+const char* isa_name(Isa isa);
+// Parses "scalar", "avx2", "avx512", "neon"; "auto" gives best_isa(). False on an unknown name.
+bool parse_isa(const std::string& name, Isa* out);
+// Compiled into this build and supported by this CPU.
+bool isa_supported(Isa isa);
+Isa best_isa();
+Isa active_isa();
+// Returns false (and changes nothing) when the path is not supported here.
+bool set_active_isa(Isa isa);
+
+// fp32 forward through `isa` (must be supported). Same contract as reference_forward.
+void forward_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, const float* input,
+                 const float* bias, float* output, const ParallelFor& pfor = serial_for);
+
+}  // namespace patsparse

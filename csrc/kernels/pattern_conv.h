@@ -1,0 +1,77 @@
+// Torch-free core of torch_patsparse: the compressed pattern format, its validation,
+// and the scalar reference kernels every other path (AVX2, AVX-512, NEON, CUDA) is tested against.
+// Nothing here includes torch: the same sources build into the Python extension, the libtorch
+// op library, the standalone C++ tests and the aarch64 cross build.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace patsparse {
+
+// Geometry of one 3x3 convolution call. Input is NCHW contiguous, output NCHW contiguous.
+struct ConvShape {
+  int64_t batch = 0, in_channels = 0, in_h = 0, in_w = 0;
+  int64_t out_channels = 0, out_h = 0, out_w = 0;
+  int64_t stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0, dil_h = 1, dil_w = 1;
+};
+
+// Output size of a 3x3 convolution along one axis (PyTorch's formula).
+inline int64_t conv_out_size(int64_t in, int64_t pad, int64_t dil, int64_t stride) {
+  return (in + 2 * pad - dil * 2 - 1) / stride + 1;
+}
+
+// Borrowed view of the FKW-style compressed weight of a [Cout, Cin, 3, 3] conv.
+//   patterns       [K, E]   kept positions (0..8, row-major in the 3x3 kernel) of each pattern
+//   filter_ptr     [Cout+1] CSR over output channels
+//   kernel_channel [nnz]    input channel of each kept kernel
+//   kernel_pattern [nnz]    pattern id of each kept kernel
+//   values         [nnz, E] kept weights, in pattern order
+template <typename T>
+struct PatternWeights {
+  int64_t num_patterns = 0;  // K
+  int64_t entries = 0;       // E (4 in the papers)
+  int64_t out_channels = 0;  // Cout
+  int64_t nnz = 0;           // kept kernels
+  const uint8_t* patterns = nullptr;
+  const int32_t* filter_ptr = nullptr;
+  const int32_t* kernel_channel = nullptr;
+  const uint8_t* kernel_pattern = nullptr;
+  const T* values = nullptr;
+};
+
+// Checks every index of the format against `in_channels`. Returns "" when valid, otherwise a
+// message naming the first problem. Kernels call this before touching memory through an index.
+std::string validate_format(int64_t num_patterns, int64_t entries, int64_t out_channels, int64_t nnz,
+                            const uint8_t* patterns, const int32_t* filter_ptr,
+                            const int32_t* kernel_channel, const uint8_t* kernel_pattern,
+                            int64_t in_channels);
+
+template <typename T>
+std::string validate(const PatternWeights<T>& w, int64_t in_channels) {
+  return validate_format(w.num_patterns, w.entries, w.out_channels, w.nnz, w.patterns, w.filter_ptr,
+                         w.kernel_channel, w.kernel_pattern, in_channels);
+}
+
+// Runs body(begin, end) over [0, n), possibly split across threads. The torch binding passes
+// at::parallel_for; the torch-free build uses serial_for.
+using ParallelFor = std::function<void(int64_t n, int64_t grain,
+                                       const std::function<void(int64_t, int64_t)>& body)>;
+void serial_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body);
+
+// Scalar reference kernels (float and double). Plain loops, written to be obviously right.
+// forward:     output[N, Cout, OH, OW] = conv(input, W) + bias (bias may be null)
+// grad_input:  grad_input[N, Cin, H, W] = conv_transpose(grad_output, W)   (overwritten)
+// grad_values: grad_values[nnz, E] = d loss / d values                     (overwritten)
+template <typename T>
+void reference_forward(const ConvShape& s, const PatternWeights<T>& w, const T* input, const T* bias,
+                       T* output, const ParallelFor& pfor = serial_for);
+template <typename T>
+void reference_grad_input(const ConvShape& s, const PatternWeights<T>& w, const T* grad_output,
+                          T* grad_input, const ParallelFor& pfor = serial_for);
+template <typename T>
+void reference_grad_values(const ConvShape& s, const PatternWeights<T>& w, const T* input,
+                           const T* grad_output, T* grad_values, const ParallelFor& pfor = serial_for);
+
+}  // namespace patsparse

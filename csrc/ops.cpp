@@ -1,0 +1,215 @@
+// Thin torch binding over the torch-free kernel core: op schemas (TORCH_LIBRARY, so TorchScript
+// and C++ runtimes see them), argument checks, and the CPU implementations.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "kernels/dispatch.h"
+#include "kernels/pattern_conv.h"
+#include "ops_common.h"
+
+namespace patsparse {
+
+ParallelFor aten_parallel_for() {
+  return [](int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body) {
+    at::parallel_for(0, n, grain, body);
+  };
+}
+
+void check_format(const at::Tensor& patterns, const at::Tensor& filter_ptr, const at::Tensor& kernel_channel,
+                  const at::Tensor& kernel_pattern, const at::Tensor& values, int64_t in_channels,
+                  bool check_indices) {
+  TORCH_CHECK(patterns.dim() == 2 && patterns.scalar_type() == at::kByte,
+              "patsparse: patterns must be a uint8 [K, E] tensor, got ", patterns.scalar_type(), " ", patterns.sizes());
+  TORCH_CHECK(filter_ptr.dim() == 1 && filter_ptr.scalar_type() == at::kInt && filter_ptr.size(0) >= 1,
+              "patsparse: filter_ptr must be an int32 [Cout+1] tensor, got ", filter_ptr.scalar_type(), " ", filter_ptr.sizes());
+  TORCH_CHECK(kernel_channel.dim() == 1 && kernel_channel.scalar_type() == at::kInt,
+              "patsparse: kernel_channel must be an int32 [nnz] tensor, got ", kernel_channel.scalar_type(), " ", kernel_channel.sizes());
+  TORCH_CHECK(kernel_pattern.dim() == 1 && kernel_pattern.scalar_type() == at::kByte,
+              "patsparse: kernel_pattern must be a uint8 [nnz] tensor, got ", kernel_pattern.scalar_type(), " ", kernel_pattern.sizes());
+  const int64_t nnz = kernel_channel.size(0);
+  TORCH_CHECK(kernel_pattern.size(0) == nnz, "patsparse: kernel_pattern has ", kernel_pattern.size(0),
+              " entries but kernel_channel has ", nnz);
+  TORCH_CHECK(values.dim() == 2 && values.size(0) == nnz && values.size(1) == patterns.size(1),
+              "patsparse: values must be [nnz, E] = [", nnz, ", ", patterns.size(1), "], got ", values.sizes());
+  if (!check_indices) return;
+  // Index arrays are validated on the host before any kernel reads through them.
+  auto p = patterns.cpu().contiguous(), fp = filter_ptr.cpu().contiguous();
+  auto kc = kernel_channel.cpu().contiguous(), kp = kernel_pattern.cpu().contiguous();
+  const std::string err = validate_format(p.size(0), p.size(1), fp.size(0) - 1, nnz, p.data_ptr<uint8_t>(),
+                                          fp.data_ptr<int32_t>(), kc.data_ptr<int32_t>(),
+                                          kp.data_ptr<uint8_t>(), in_channels);
+  TORCH_CHECK(err.empty(), "patsparse: invalid compressed weight: ", err);
+}
+
+ConvShape make_shape(at::IntArrayRef input_size, int64_t out_channels, at::IntArrayRef stride,
+                     at::IntArrayRef padding, at::IntArrayRef dilation) {
+  TORCH_CHECK(input_size.size() == 4, "patsparse: input must be 4-D [N, C, H, W], got ", input_size.size(), "-D");
+  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
+              "patsparse: stride, padding and dilation must have 2 elements");
+  TORCH_CHECK(stride[0] >= 1 && stride[1] >= 1, "patsparse: stride must be >= 1, got ", stride);
+  TORCH_CHECK(dilation[0] >= 1 && dilation[1] >= 1, "patsparse: dilation must be >= 1, got ", dilation);
+  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, "patsparse: padding must be >= 0, got ", padding);
+  ConvShape s;
+  s.batch = input_size[0]; s.in_channels = input_size[1]; s.in_h = input_size[2]; s.in_w = input_size[3];
+  s.out_channels = out_channels;
+  s.stride_h = stride[0]; s.stride_w = stride[1]; s.pad_h = padding[0]; s.pad_w = padding[1];
+  s.dil_h = dilation[0]; s.dil_w = dilation[1];
+  s.out_h = conv_out_size(s.in_h, s.pad_h, s.dil_h, s.stride_h);
+  s.out_w = conv_out_size(s.in_w, s.pad_w, s.dil_w, s.stride_w);
+  TORCH_CHECK(s.out_h > 0 && s.out_w > 0, "patsparse: input ", input_size, " is too small for a 3x3 kernel with padding ",
+              padding, " and dilation ", dilation);
+  return s;
+}
+
+template <typename T>
+PatternWeights<T> weights_view(const at::Tensor& patterns, const at::Tensor& filter_ptr, const at::Tensor& kernel_channel,
+                               const at::Tensor& kernel_pattern, const at::Tensor& values) {
+  PatternWeights<T> w;
+  w.num_patterns = patterns.size(0);
+  w.entries = patterns.size(1);
+  w.out_channels = filter_ptr.size(0) - 1;
+  w.nnz = kernel_channel.size(0);
+  w.patterns = patterns.data_ptr<uint8_t>();
+  w.filter_ptr = filter_ptr.data_ptr<int32_t>();
+  w.kernel_channel = kernel_channel.data_ptr<int32_t>();
+  w.kernel_pattern = kernel_pattern.data_ptr<uint8_t>();
+  w.values = values.data_ptr<T>();
+  return w;
+}
+template PatternWeights<float> weights_view<float>(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&);
+template PatternWeights<double> weights_view<double>(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&);
+
+namespace {
+
+void check_float_args(const at::Tensor& input, const at::Tensor& values, const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
+              "patsparse: input must be float32 or float64, got ", input.scalar_type());
+  TORCH_CHECK(values.scalar_type() == input.scalar_type(), "patsparse: values dtype ", values.scalar_type(),
+              " does not match input dtype ", input.scalar_type());
+  if (bias) TORCH_CHECK(bias->scalar_type() == input.scalar_type(), "patsparse: bias dtype ", bias->scalar_type(),
+                        " does not match input dtype ", input.scalar_type());
+}
+
+at::Tensor pattern_conv2d_cpu(const at::Tensor& input, const at::Tensor& patterns, const at::Tensor& filter_ptr,
+                              const at::Tensor& kernel_channel, const at::Tensor& kernel_pattern,
+                              const at::Tensor& values, const std::optional<at::Tensor>& bias,
+                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  check_float_args(input, values, bias);
+  const int64_t out_channels = filter_ptr.size(0) - 1;
+  ConvShape s = make_shape(input.sizes(), out_channels, stride, padding, dilation);
+  check_format(patterns, filter_ptr, kernel_channel, kernel_pattern, values, s.in_channels, /*check_indices=*/true);
+  if (bias) TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_channels, "patsparse: bias must be [", out_channels,
+                        "], got ", bias->sizes());
+  const auto memory_format = input.suggest_memory_format();
+  auto x = input.contiguous();
+  auto v = values.contiguous();
+  auto p = patterns.contiguous(), fp = filter_ptr.contiguous(), kc = kernel_channel.contiguous(), kp = kernel_pattern.contiguous();
+  std::optional<at::Tensor> b;
+  if (bias) b = bias->contiguous();
+  auto out = at::empty({s.batch, out_channels, s.out_h, s.out_w}, input.options());
+  if (out.numel() > 0) {
+    if (input.scalar_type() == at::kFloat) {
+      forward_f32(active_isa(), s, weights_view<float>(p, fp, kc, kp, v), x.data_ptr<float>(),
+                  b ? b->data_ptr<float>() : nullptr, out.data_ptr<float>(), aten_parallel_for());
+    } else {
+      reference_forward<double>(s, weights_view<double>(p, fp, kc, kp, v), x.data_ptr<double>(),
+                                b ? b->data_ptr<double>() : nullptr, out.data_ptr<double>(), aten_parallel_for());
+    }
+  }
+  return memory_format == at::MemoryFormat::Contiguous ? out : out.contiguous(memory_format);
+}
+
+at::Tensor grad_input_cpu(const at::Tensor& grad_output, at::IntArrayRef input_size, const at::Tensor& patterns,
+                          const at::Tensor& filter_ptr, const at::Tensor& kernel_channel,
+                          const at::Tensor& kernel_pattern, const at::Tensor& values,
+                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  check_float_args(grad_output, values, std::nullopt);
+  ConvShape s = make_shape(input_size, filter_ptr.size(0) - 1, stride, padding, dilation);
+  check_format(patterns, filter_ptr, kernel_channel, kernel_pattern, values, s.in_channels, true);
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({s.batch, s.out_channels, s.out_h, s.out_w}),
+              "patsparse: grad_output has shape ", grad_output.sizes());
+  auto go = grad_output.contiguous(), v = values.contiguous();
+  auto p = patterns.contiguous(), fp = filter_ptr.contiguous(), kc = kernel_channel.contiguous(), kp = kernel_pattern.contiguous();
+  auto gin = at::empty(input_size, grad_output.options());
+  if (gin.numel() == 0) return gin;
+  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "pattern_conv2d_grad_input", [&] {
+    reference_grad_input<scalar_t>(s, weights_view<scalar_t>(p, fp, kc, kp, v), go.data_ptr<scalar_t>(),
+                                   gin.data_ptr<scalar_t>(), aten_parallel_for());
+  });
+  return gin;
+}
+
+at::Tensor grad_values_cpu(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& patterns,
+                           const at::Tensor& filter_ptr, const at::Tensor& kernel_channel,
+                           const at::Tensor& kernel_pattern, const at::Tensor& values,
+                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  check_float_args(input, values, std::nullopt);
+  ConvShape s = make_shape(input.sizes(), filter_ptr.size(0) - 1, stride, padding, dilation);
+  check_format(patterns, filter_ptr, kernel_channel, kernel_pattern, values, s.in_channels, true);
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({s.batch, s.out_channels, s.out_h, s.out_w}),
+              "patsparse: grad_output has shape ", grad_output.sizes());
+  auto go = grad_output.contiguous(), x = input.contiguous(), v = values.contiguous();
+  auto p = patterns.contiguous(), fp = filter_ptr.contiguous(), kc = kernel_channel.contiguous(), kp = kernel_pattern.contiguous();
+  auto gv = at::zeros_like(v);
+  if (gv.numel() == 0 || s.batch == 0) return gv;
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pattern_conv2d_grad_values", [&] {
+    reference_grad_values<scalar_t>(s, weights_view<scalar_t>(p, fp, kc, kp, v), x.data_ptr<scalar_t>(),
+                                    go.data_ptr<scalar_t>(), gv.data_ptr<scalar_t>(), aten_parallel_for());
+  });
+  return gv;
+}
+
+std::string validate_op(const at::Tensor& patterns, const at::Tensor& filter_ptr, const at::Tensor& kernel_channel,
+                        const at::Tensor& kernel_pattern, const at::Tensor& values, int64_t in_channels) {
+  try {
+    check_format(patterns, filter_ptr, kernel_channel, kernel_pattern, values, in_channels, true);
+  } catch (const c10::Error& e) {
+    return e.msg();
+  }
+  return "";
+}
+
+std::string get_isa() { return isa_name(active_isa()); }
+
+std::string set_isa(const std::string& name) {
+  Isa isa;
+  TORCH_CHECK(parse_isa(name, &isa), "patsparse: unknown ISA '", name, "' (use scalar, avx2, avx512, neon or auto)");
+  TORCH_CHECK(isa_supported(isa), "patsparse: ISA path '", name, "' is not supported by this build or CPU");
+  std::string previous = isa_name(active_isa());
+  set_active_isa(isa);
+  return previous;
+}
+
+std::vector<std::string> supported_isas() {
+  std::vector<std::string> out;
+  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon})
+    if (isa_supported(isa)) out.emplace_back(isa_name(isa));
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(patsparse, m) {
+  m.def("pattern_conv2d(Tensor input, Tensor patterns, Tensor filter_ptr, Tensor kernel_channel, "
+        "Tensor kernel_pattern, Tensor values, Tensor? bias, int[2] stride=1, int[2] padding=0, "
+        "int[2] dilation=1) -> Tensor");
+  m.def("pattern_conv2d_grad_input(Tensor grad_output, int[] input_size, Tensor patterns, Tensor filter_ptr, "
+        "Tensor kernel_channel, Tensor kernel_pattern, Tensor values, int[2] stride, int[2] padding, "
+        "int[2] dilation) -> Tensor");
+  m.def("pattern_conv2d_grad_values(Tensor grad_output, Tensor input, Tensor patterns, Tensor filter_ptr, "
+        "Tensor kernel_channel, Tensor kernel_pattern, Tensor values, int[2] stride, int[2] padding, "
+        "int[2] dilation) -> Tensor");
+  m.def("validate(Tensor patterns, Tensor filter_ptr, Tensor kernel_channel, Tensor kernel_pattern, "
+        "Tensor values, int in_channels) -> str", &validate_op);
+  m.def("get_isa() -> str", &get_isa);
+  m.def("set_isa(str name) -> str", &set_isa);
+  m.def("supported_isas() -> str[]", &supported_isas);
+}
+
+TORCH_LIBRARY_IMPL(patsparse, CPU, m) {
+  m.impl("pattern_conv2d", &pattern_conv2d_cpu);
+  m.impl("pattern_conv2d_grad_input", &grad_input_cpu);
+  m.impl("pattern_conv2d_grad_values", &grad_values_cpu);
+}
+
+}  // namespace patsparse

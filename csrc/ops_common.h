@@ -1,0 +1,26 @@
+// Helpers shared by the CPU and CUDA bindings (argument checks, views over tensors).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "kernels/pattern_conv.h"
+
+namespace patsparse {
+
+ParallelFor aten_parallel_for();
+
+// Checks dtypes and shapes of the compressed arrays; with check_indices, also every index
+// (copied to the host when on a device) against in_channels. Throws c10::Error with a clear message.
+void check_format(const at::Tensor& patterns, const at::Tensor& filter_ptr, const at::Tensor& kernel_channel,
+                  const at::Tensor& kernel_pattern, const at::Tensor& values, int64_t in_channels,
+                  bool check_indices);
+
+ConvShape make_shape(at::IntArrayRef input_size, int64_t out_channels, at::IntArrayRef stride,
+                     at::IntArrayRef padding, at::IntArrayRef dilation);
+
+// Raw-pointer view of contiguous tensors (the caller keeps them alive).
+template <typename T>
+PatternWeights<T> weights_view(const at::Tensor& patterns, const at::Tensor& filter_ptr, const at::Tensor& kernel_channel,
+                               const at::Tensor& kernel_pattern, const at::Tensor& values);
+
+}  // namespace patsparse

@@ -1,0 +1,18 @@
+"""torch_patsparse: pattern-based pruning for PyTorch CNNs, with native kernels that make the
+sparsity pay off (x86 AVX2/AVX-512, ARM NEON, CUDA).
+
+    import torch_patsparse as ps
+    opt = ps.ADMM([...], base=torch.optim.SGD, lr=0.05)   # train with constraints
+    model = ps.convert(model)                              # 3x3 convs -> PatternConv2d
+    print(ps.compression_report(model))
+"""
+from . import ops
+from . import project
+from .patterns import PatternSet
+from . import nn
+from .convert import convert
+from .report import compression_report
+
+__version__ = "0.1.0"
+
+__all__ = ["ops", "project", "PatternSet", "nn", "convert", "compression_report"]

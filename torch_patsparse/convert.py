@@ -1,0 +1,1 @@
+def convert(model, pattern_set=None): raise NotImplementedError

@@ -1,0 +1,1 @@
+from .pattern_conv import PatternConv2d  # noqa: F401

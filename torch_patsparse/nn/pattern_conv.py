@@ -1,0 +1,1 @@
+class PatternConv2d: pass

@@ -1,0 +1,3 @@
+"""Pattern sets (placeholder: being written)."""
+class PatternSet:  # noqa: D101
+    pass

@@ -1,0 +1,1 @@
+def compression_report(model): raise NotImplementedError
