@@ -4,6 +4,14 @@
 #include <cstdlib>
 #include <stdexcept>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#define PATSPARSE_X86 1
+#include "x86/x86_kernels.h"
+#elif defined(__aarch64__)
+#define PATSPARSE_NEON 1
+#include "arm/kernels/neon_kernels.h"
+#endif
+
 namespace patsparse {
 
 const char* isa_name(Isa isa) {
@@ -26,9 +34,11 @@ bool parse_isa(const std::string& name, Isa* out) {
 bool isa_supported(Isa isa) {
   switch (isa) {
     case Isa::Scalar: return true;
-#if defined(__x86_64__) || defined(_M_X64)
-    case Isa::Avx2: return false;    // filled in by the x86 SIMD kernels
-    case Isa::Avx512: return false;
+#if defined(PATSPARSE_X86)
+    case Isa::Avx2: return cpu_has_avx2_fma();
+    case Isa::Avx512: return cpu_has_avx512();
+#elif defined(PATSPARSE_NEON)
+    case Isa::Neon: return true;
 #endif
     default: return false;
   }
@@ -66,6 +76,12 @@ void forward_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, co
                  const float* bias, float* output, const ParallelFor& pfor) {
   switch (isa) {
     case Isa::Scalar: reference_forward<float>(s, w, input, bias, output, pfor); return;
+#if defined(PATSPARSE_X86)
+    case Isa::Avx2: avx2_forward(s, w, input, bias, output, pfor); return;
+    case Isa::Avx512: avx512_forward(s, w, input, bias, output, pfor); return;
+#elif defined(PATSPARSE_NEON)
+    case Isa::Neon: neon_forward(s, w, input, bias, output, pfor); return;
+#endif
     default: throw std::invalid_argument(std::string("ISA path not available: ") + isa_name(isa));
   }
 }
