@@ -37,6 +37,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, nargs="+", default=[1])
     p.add_argument("--densities", default="all", help="comma-separated subset of " + ",".join(d[0] for d in DENSITIES))
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="wall: perf_counter; cpu: process CPU time (all threads; immune to other load on a shared "
+                        "box, but with >1 thread it sums the threads, so only ratios at equal threads compare)")
     p.add_argument("--isa", default=None, help="force the patsparse path (default: best)")
     p.add_argument("--avx2", action="store_true", help="also run the AVX2 path vs oneDNN limited to AVX2")
     p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # child mode
@@ -92,11 +95,12 @@ def measure(args):
                     for f in fns:
                         f()  # warm-up (plan build, oneDNN primitive)
                     times = [[] for _ in fns]
+                    clock = time.perf_counter if args.clock == "wall" else time.process_time
                     for _ in range(args.reps):  # interleaved repetitions
                         for i, f in enumerate(fns):
-                            t0 = time.perf_counter()
+                            t0 = clock()
                             f()
-                            times[i].append(time.perf_counter() - t0)
+                            times[i].append(clock() - t0)
                 med = [statistics.median(t) for t in times]
                 for (dname, _, kept), t in zip(sparse, med[1:]):
                     useful = 2.0 * batch * kept * oh * oh
@@ -159,11 +163,11 @@ def main():
     import torch
     rows, isa = measure(args)
     header = (f"torch {torch.__version__}, patsparse path {isa}, dense F.conv2d (oneDNN default ISA), "
-              f"reps {args.reps} (medians, interleaved)")
+              f"reps {args.reps} (medians, interleaved), clock {args.clock}")
     text = tables(rows, header)
     if args.avx2:
         child = [sys.executable, os.path.abspath(__file__), "--json", "--isa", "avx2", "--layers", args.layers,
-                 "--reps", str(args.reps), "--densities", args.densities,
+                 "--reps", str(args.reps), "--densities", args.densities, "--clock", args.clock,
                  "--batch", *map(str, args.batch), "--threads", *map(str, args.threads)]
         env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", PATSPARSE_ISA="avx2",
                    PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
