@@ -118,19 +118,18 @@ void build_slab(const ConvShape& s, const Geometry& g, const float* x, int64_t r
           const int64_t ih = (row0 + rr + g.qy_min) * s.stride_h + a;
           if (ih < 0 || ih >= s.in_h) { std::memset(dst, 0, sizeof(float) * g.pitch); continue; }
           const float* src = xc + ih * s.in_w;
-          if (s.stride_w == 1) {
-            // iw = cc + qx_min: zeros left of column 0 and right of in_w - 1, a copy in between.
-            const int64_t lo = std::clamp<int64_t>(-g.qx_min, 0, g.pitch);
-            const int64_t hi = std::clamp<int64_t>(s.in_w - g.qx_min, lo, g.pitch);
-            if (lo > 0) std::memset(dst, 0, sizeof(float) * lo);
+          // Column cc holds iw = (cc + qx_min) * stride_w + b: zeros outside [0, in_w), a (strided) copy inside.
+          const int64_t sw = s.stride_w;
+          const int64_t lo = std::clamp<int64_t>(-g.qx_min, 0, g.pitch);  // iw >= 0 (0 <= b < sw)
+          const int64_t hi = std::clamp<int64_t>(floor_div(s.in_w - 1 - b, sw) - g.qx_min + 1, lo, g.pitch);
+          if (lo > 0) std::memset(dst, 0, sizeof(float) * lo);
+          if (sw == 1) {
             if (hi > lo) std::memcpy(dst + lo, src + lo + g.qx_min, sizeof(float) * (hi - lo));
-            if (g.pitch > hi) std::memset(dst + hi, 0, sizeof(float) * (g.pitch - hi));
           } else {
-            for (int64_t cc = 0; cc < g.pitch; ++cc) {
-              const int64_t iw = (cc + g.qx_min) * s.stride_w + b;
-              dst[cc] = (iw >= 0 && iw < s.in_w) ? src[iw] : 0.f;
-            }
+            const float* col = src + (lo + g.qx_min) * sw + b;
+            for (int64_t cc = lo; cc < hi; ++cc, col += sw) dst[cc] = *col;
           }
+          if (g.pitch > hi) std::memset(dst + hi, 0, sizeof(float) * (g.pitch - hi));
         }
         std::memset(plane + g.plane_rows * g.pitch, 0, sizeof(float) * (g.plane_size - g.plane_rows * g.pitch));
       }

@@ -5,7 +5,8 @@
 // checks), then reused for every call. It depends only on the compressed weight (not on the input
 // shape, not on the ISA):
 //   * each filter's kernels are sorted by (input channel, pattern), so a filter streams the input
-//     slab in order;
+//     slab in order (the micro-kernels read the taps through an offset table, so pattern order
+//     would buy nothing; channel order keeps the hardware prefetchers on one stream);
 //   * filters whose (channel, pattern) lists are identical (connectivity `group=G`, or equal by
 //     chance) are gathered into groups of up to kPlanMaxGroup output channels: one input vector
 //     load feeds G FMAs;
