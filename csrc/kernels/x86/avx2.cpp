@@ -57,7 +57,7 @@ const MicroKernels& avx2_microkernels() {
   static const MicroKernels mk = [] {
     MicroKernels m;
     m.vec_len = 8;
-    fill<1>(m, std::make_integer_sequence<int, 6>{});
+    fill<1>(m, std::make_integer_sequence<int, 12>{});
     fill<2>(m, std::make_integer_sequence<int, 4>{});
     fill<3>(m, std::make_integer_sequence<int, 3>{});
     fill<4>(m, std::make_integer_sequence<int, 3>{});

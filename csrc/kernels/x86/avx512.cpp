@@ -57,7 +57,7 @@ const MicroKernels& avx512_microkernels() {
   static const MicroKernels mk = [] {
     MicroKernels m;
     m.vec_len = 16;
-    fill<1>(m, std::make_integer_sequence<int, 12>{});
+    fill<1>(m, std::make_integer_sequence<int, 16>{});
     fill<2>(m, std::make_integer_sequence<int, 8>{});
     fill<3>(m, std::make_integer_sequence<int, 6>{});
     fill<4>(m, std::make_integer_sequence<int, 6>{});
