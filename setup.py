@@ -7,6 +7,7 @@ PATSPARSE_CUDA=0 forces a CPU-only build, PATSPARSE_CUDA=1 requires the CUDA bui
 import glob
 import os
 import platform
+import sys
 
 from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
@@ -39,6 +40,12 @@ def want_cuda():
 
 def extension():
     cxx = ["-O3", "-std=c++20", "-fvisibility=hidden"]
+    # at::parallel_for is a header template over `#pragma omp parallel` in OpenMP builds of torch:
+    # without -fopenmp the extension's parallel loops silently run on one thread.
+    link = []
+    if torch.backends.openmp.is_available() and sys.platform != "darwin":
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     include = [ROOT, os.path.join(ROOT, "csrc")]
     if want_cuda():
         cu = sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
@@ -46,8 +53,10 @@ def extension():
             "torch_patsparse._C", sources() + cu, include_dirs=include,
             define_macros=[("PATSPARSE_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++20", "--expt-relaxed-constexpr"]},
+            extra_link_args=link,
         )
-    return CppExtension("torch_patsparse._C", sources(), include_dirs=include, extra_compile_args=cxx)
+    return CppExtension("torch_patsparse._C", sources(), include_dirs=include, extra_compile_args=cxx,
+                        extra_link_args=link)
 
 
 setup(

@@ -1,6 +1,7 @@
 #include "plan.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <numeric>
 #include <stdexcept>
@@ -172,12 +173,14 @@ void plan_forward(const ExecPlan& plan, const MicroKernels& mk, const ConvShape&
   }
 
   // Tasks: (image, row block, chunk of groups). Chunks only when images x blocks are too few to
-  // keep every thread busy; chunks hold equal work (kept kernels x group size).
+  // feed every thread several tasks; chunks hold equal work (kept kernels x group size). Threads
+  // take tasks from a shared counter (dynamic balance: a thread slowed by other load on the core
+  // takes fewer); every output element is still computed by exactly one task, in a fixed order.
   const int64_t ngroups = static_cast<int64_t>(plan.groups.size());
   const int64_t outer = s.batch * g.num_blocks;
   int64_t chunks = 1;
-  if (num_threads > 1 && outer < 4 * num_threads)
-    chunks = std::clamp<int64_t>((4 * num_threads + outer - 1) / outer, 1, std::max<int64_t>(1, ngroups));
+  if (num_threads > 1 && outer < 8 * num_threads)
+    chunks = std::clamp<int64_t>((8 * num_threads + outer - 1) / outer, 1, std::max<int64_t>(1, ngroups));
   std::vector<int64_t> chunk_begin(static_cast<size_t>(chunks + 1), ngroups);
   const int64_t total = plan.work_prefix.back();
   for (int64_t c = 0; c < chunks; ++c)
@@ -189,12 +192,16 @@ void plan_forward(const ExecPlan& plan, const MicroKernels& mk, const ConvShape&
   const int64_t slab_floats = s.in_channels * g.channel_stride;
   const int64_t stage_stride = kPlanMaxVecs * VL;
 
-  pfor(outer * chunks, 1, [&](int64_t begin, int64_t end) {
+  const int64_t ntasks = outer * chunks;
+  const int64_t workers = std::clamp<int64_t>(num_threads, 1, ntasks);
+  std::atomic<int64_t> next_task{0};
+  pfor(workers, 1, [&](int64_t wbegin, int64_t wend) {
     float* slab = thread_scratch(slab_floats + kPlanMaxGroup * stage_stride);
     float* stage = slab + slab_floats;
     float bias_g[kPlanMaxGroup];
     int64_t built = -1;  // (image, block) whose slab is in `slab`
-    for (int64_t t = begin; t < end; ++t) {
+    for (int64_t slot = wbegin; slot < wend; ++slot)
+    for (int64_t t = next_task.fetch_add(1); t < ntasks; t = next_task.fetch_add(1)) {
       const int64_t ob = t / chunks, chunk = t % chunks;
       const int64_t n = ob / g.num_blocks, blk = ob % g.num_blocks;
       const int64_t row0 = blk * g.block_rows;
