@@ -45,16 +45,13 @@ def torchscript(model: nn.Module, path: Union[str, os.PathLike]) -> str:
     return path
 
 
-def mobile(model: nn.Module, path: Union[str, os.PathLike], optimize: bool = False) -> str:
+def mobile(model: nn.Module, path: Union[str, os.PathLike]) -> str:
     """Scripts ``model`` (in eval mode) and saves it for the mobile lite interpreter
-    (``_save_for_lite_interpreter``); returns the path. ``optimize=True`` first runs
-    ``torch.utils.mobile_optimizer.optimize_for_mobile`` (conv/BN folding etc.; the patsparse ops are
-    left alone). Warns (does not fail) that PyTorch deprecated the lite interpreter."""
+    (``_save_for_lite_interpreter``); returns the path. Warns (does not fail) that PyTorch deprecated
+    the lite interpreter. (``optimize_for_mobile`` is not applied: it needs an XNNPACK build of
+    torch, which the CPU wheel used here is not; run it yourself where available.)"""
     warnings.warn(LITE_INTERPRETER_WARNING, FutureWarning, stacklevel=2)
     path = os.fspath(path)
     scripted = _script(model)
-    if optimize:
-        from torch.utils.mobile_optimizer import optimize_for_mobile
-        scripted = optimize_for_mobile(scripted)
     scripted._save_for_lite_interpreter(path)
     return path
