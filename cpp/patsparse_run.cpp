@@ -95,8 +95,12 @@ int main(int argc, char** argv) {
   }
   if (threads > 0) at::set_num_threads(threads);
   if (!isa.empty()) {
-    auto set_isa = dispatcher.findSchemaOrThrow("patsparse::set_isa", "").typed<std::string(std::string)>();
-    try { set_isa.call(isa); } catch (const c10::Error& e) { std::fprintf(stderr, "%s\n", e.what_without_backtrace()); return 1; }
+    try {
+      dispatcher.findSchemaOrThrow("patsparse::set_isa", "").typed<std::string(const std::string&)>().call(isa);
+    } catch (const c10::Error& e) {
+      std::fprintf(stderr, "patsparse_run: %s\n", e.what_without_backtrace());
+      return 1;
+    }
   }
   auto get_isa = dispatcher.findSchemaOrThrow("patsparse::get_isa", "").typed<std::string()>();
 
