@@ -1,246 +1,115 @@
-// aarch64 NEON forward kernel for the pattern-compressed 3x3 convolution (fp32).
+// aarch64 NEON micro-kernels for the pattern-compressed 3x3 convolution (fp32 forward).
 //
-// Same contract as reference_forward (csrc/kernels/reference.cpp), which it is tested against
-// (arm/tests/test_neon.cpp, tests/cpp/test_kernels.cpp, run under qemu by arm/test.sh).
-//
-// Per call it builds a small execution plan from the compressed arrays (no caching yet):
-//   * filter groups: runs of up to 4 consecutive filters with identical (input channel, kept
-//     positions) lists, as produced by connectivity/pattern pruning with group=G. One input load
-//     then feeds every filter of the group (vfmaq_laneq_f32 against a 4-lane weight vector).
-//   * per kernel: its input channel, a 9-bit mask of kept positions, and the weights reordered
-//     to row-major position order, interleaved over the group lanes ([position][4 lanes]).
-// Each image is first copied into a zero-padded buffer (padding + slack on the right), so the
-// inner loops have no bounds checks and may over-read into the slack.
-// Register blocking: G filters x B float32x4 vectors (4*B output pixels of one row) of
-// accumulators. Stride 1 / dilation 1 (the common case) loads B+1 vectors per kept pattern row
-// and derives the kw=1,2 taps with vextq_f32; other strides/dilations load each tap directly
-// (stride 2 via vld2q_f32 de-interleave, larger strides lane by lane).
-// Work is split over (filter group, output row) tasks through the ParallelFor hook.
+// The driver (plan_forward, csrc/kernels/plan.cpp) owns everything shape-related: the cached
+// per-layer plan (filter groups of up to 4 output channels with identical (channel, pattern)
+// lists, weights packed [run][entry][g]), the zero-padded input slab per block of output rows in
+// which stride and padding become plane phases so every tap is a constant offset, the threading
+// through ParallelFor, and the scatter of tiles into the output. A micro-kernel computes one tile:
+// G output channels x V float32x4 vectors of consecutive slab positions, over all kept kernels
+// ("runs") of the group:
+//   * register blocking: G*V accumulators stay in registers for the whole tile;
+//   * reuse across grouped output channels: each input vector feeds G FMAs
+//     (vfmaq_laneq_f32 against the 4 packed weights when G = 4, vfmaq_n_f32 otherwise);
+//   * reuse across taps: when the next tap of a pattern is 1..3 floats to the right of the
+//     current one (kw+1 / kw+2 in one row at stride 1; kw and kw+2 at stride 2, which share a
+//     phase plane; dilation 2 at stride 1), V+1 vectors are loaded once and the shifted taps are
+//     vextq_f32 of them instead of new loads.
+// Tested against the scalar reference under qemu-aarch64 (arm/test.sh).
 #include <arm_neon.h>
 
-#include <algorithm>
-#include <cstring>
-#include <vector>
+#include <utility>
 
 #include "neon_kernels.h"
 
 namespace patsparse {
 namespace {
 
-constexpr int kMaxGroup = 4;
-constexpr int kMaxBlock = 4;  // float32x4 vectors of one output row per tile
-
-struct Plan {
-  std::vector<int32_t> group_first;  // first output channel of each group
-  std::vector<int32_t> group_size;   // 1..kMaxGroup
-  std::vector<int32_t> group_kptr;   // [groups+1] range into the kernel arrays below
-  std::vector<int32_t> channel;      // input channel of each kernel
-  std::vector<uint16_t> mask;        // kept positions (bit p = position p, row-major)
-  std::vector<int32_t> val_off;      // offset (floats) into vals
-  std::vector<float> vals;           // per kernel, per kept position in row-major order: 4 lanes
-};
-
-uint16_t kernel_mask(const PatternWeights<float>& w, int64_t k) {
-  const uint8_t* pat = w.patterns + w.kernel_pattern[k] * w.entries;
-  uint16_t m = 0;
-  for (int64_t e = 0; e < w.entries; ++e) m |= static_cast<uint16_t>(1u << pat[e]);
-  return m;
-}
-
-bool same_structure(const PatternWeights<float>& w, int64_t a, int64_t b) {
-  const int64_t na = w.filter_ptr[a + 1] - w.filter_ptr[a], nb = w.filter_ptr[b + 1] - w.filter_ptr[b];
-  if (na != nb) return false;
-  for (int64_t i = 0; i < na; ++i) {
-    const int64_t ka = w.filter_ptr[a] + i, kb = w.filter_ptr[b] + i;
-    if (w.kernel_channel[ka] != w.kernel_channel[kb] || kernel_mask(w, ka) != kernel_mask(w, kb)) return false;
-  }
-  return true;
-}
-
-Plan build_plan(const PatternWeights<float>& w) {
-  Plan p;
-  p.group_kptr.push_back(0);
-  for (int64_t o = 0; o < w.out_channels;) {
-    int g = 1;
-    while (g < kMaxGroup && o + g < w.out_channels && same_structure(w, o, o + g)) ++g;
-    p.group_first.push_back(static_cast<int32_t>(o));
-    p.group_size.push_back(g);
-    for (int64_t i = 0; i < w.filter_ptr[o + 1] - w.filter_ptr[o]; ++i) {
-      const int64_t k0 = w.filter_ptr[o] + i;
-      const uint16_t m = kernel_mask(w, k0);
-      p.channel.push_back(w.kernel_channel[k0]);
-      p.mask.push_back(m);
-      p.val_off.push_back(static_cast<int32_t>(p.vals.size()));
-      for (int pos = 0; pos < 9; ++pos) {
-        if (!(m & (1u << pos))) continue;
-        float lanes[kMaxGroup] = {0.f, 0.f, 0.f, 0.f};
-        for (int j = 0; j < g; ++j) {
-          // Filter o+j has the same positions but maybe another pattern id / entry order.
-          const int64_t kj = w.filter_ptr[o + j] + i;
-          const uint8_t* pj = w.patterns + w.kernel_pattern[kj] * w.entries;
-          for (int64_t e = 0; e < w.entries; ++e)
-            if (pj[e] == pos) lanes[j] = w.values[kj * w.entries + e];
-        }
-        p.vals.insert(p.vals.end(), lanes, lanes + kMaxGroup);
-      }
+// acc[g][v] += w[g] * (input vectors xl shifted left by D floats)
+template <int G, int V, int D>
+inline void fma_tap(float32x4_t (&acc)[G][V], const float32x4_t (&xl)[V + 1], const float* w) {
+  float32x4_t wv;
+  if constexpr (G == 4) wv = vld1q_f32(w);
+  for (int v = 0; v < V; ++v) {
+    float32x4_t x;
+    if constexpr (D == 0) x = xl[v];
+    else x = vextq_f32(xl[v], xl[v + 1], D);
+    if constexpr (G == 4) {
+      acc[0][v] = vfmaq_laneq_f32(acc[0][v], x, wv, 0);
+      acc[1][v] = vfmaq_laneq_f32(acc[1][v], x, wv, 1);
+      acc[2][v] = vfmaq_laneq_f32(acc[2][v], x, wv, 2);
+      acc[3][v] = vfmaq_laneq_f32(acc[3][v], x, wv, 3);
+    } else {
+      for (int g = 0; g < G; ++g) acc[g][v] = vfmaq_n_f32(acc[g][v], x, w[g]);
     }
-    p.group_kptr.push_back(static_cast<int32_t>(p.channel.size()));
-    o += g;
-  }
-  return p;
-}
-
-template <int G, int B>
-inline void fma_tile(float32x4_t (&acc)[G][B], const float32x4_t (&x)[B], float32x4_t wv) {
-  for (int b = 0; b < B; ++b) {
-    acc[0][b] = vfmaq_laneq_f32(acc[0][b], x[b], wv, 0);
-    if constexpr (G > 1) acc[1][b] = vfmaq_laneq_f32(acc[1][b], x[b], wv, 1);
-    if constexpr (G > 2) acc[2][b] = vfmaq_laneq_f32(acc[2][b], x[b], wv, 2);
-    if constexpr (G > 3) acc[3][b] = vfmaq_laneq_f32(acc[3][b], x[b], wv, 3);
   }
 }
 
-struct RowArgs {
-  const ConvShape* s;
-  const Plan* plan;
-  const float* xpad;      // padded image [Cin][hp][wp]
-  int64_t hp, wp;
-  const float* bias;
-  float* out;             // output of this image [Cout][OH][OW]
-};
-
-// One output row `oh` of one filter group: G filters, tiles of 4*B pixels.
-template <int G, int B>
-void group_row(const RowArgs& a, int64_t group, int64_t oh) {
-  const ConvShape& s = *a.s;
-  const Plan& p = *a.plan;
-  const int64_t o0 = p.group_first[group];
-  const int32_t k_begin = p.group_kptr[group], k_end = p.group_kptr[group + 1];
-  const int64_t plane = a.hp * a.wp;
-  const int64_t sw = s.stride_w, dw = s.dil_w, dh_off = s.dil_h * a.wp;
-  const bool fast = sw == 1 && dw == 1;
-  float* orow[G];
-  float32x4_t init[G];
+template <int G, int V>
+void neon_tile(const TileArgs& t) {
+  float32x4_t acc[G][V];
   for (int g = 0; g < G; ++g) {
-    orow[g] = a.out + ((o0 + g) * s.out_h + oh) * s.out_w;
-    init[g] = vdupq_n_f32(a.bias ? a.bias[o0 + g] : 0.f);
+    const float32x4_t b = vdupq_n_f32(t.bias ? t.bias[g] : 0.f);
+    for (int v = 0; v < V; ++v) acc[g][v] = b;
   }
-  const float* row0 = a.xpad + oh * s.stride_h * a.wp;
-  for (int64_t ow0 = 0; ow0 < s.out_w; ow0 += 4 * B) {
-    float32x4_t acc[G][B];
-    for (int g = 0; g < G; ++g)
-      for (int b = 0; b < B; ++b) acc[g][b] = init[g];
-    const float* col0 = row0 + ow0 * sw;
-    for (int32_t k = k_begin; k < k_end; ++k) {
-      const float* base = col0 + p.channel[k] * plane;
-      const float* v = p.vals.data() + p.val_off[k];
-      const unsigned m = p.mask[k];
-      if (fast) {
-        for (int r = 0; r < 3; ++r) {
-          const unsigned rm = (m >> (3 * r)) & 7u;
-          if (!rm) continue;
-          const float* src = base + r * dh_off;
-          float32x4_t x[B + 1];
-          for (int b = 0; b <= B; ++b) x[b] = vld1q_f32(src + 4 * b);
-          if (rm & 1u) {
-            float32x4_t t[B];
-            for (int b = 0; b < B; ++b) t[b] = x[b];
-            fma_tile<G, B>(acc, t, vld1q_f32(v));
-            v += 4;
-          }
-          if (rm & 2u) {
-            float32x4_t t[B];
-            for (int b = 0; b < B; ++b) t[b] = vextq_f32(x[b], x[b + 1], 1);
-            fma_tile<G, B>(acc, t, vld1q_f32(v));
-            v += 4;
-          }
-          if (rm & 4u) {
-            float32x4_t t[B];
-            for (int b = 0; b < B; ++b) t[b] = vextq_f32(x[b], x[b + 1], 2);
-            fma_tile<G, B>(acc, t, vld1q_f32(v));
-            v += 4;
-          }
+  const int64_t E = t.entries;
+  const float* w = t.values;
+  for (int64_t r = 0; r < t.runs; ++r) {
+    const float* base = t.src + t.run_channel[r] * t.channel_stride;
+    const int32_t* off = t.tap_off + t.run_pattern[r] * E;
+    float32x4_t xl[V + 1];
+    int64_t loaded = 0;       // offset of xl[0]
+    bool have = false;        // xl holds V+1 vectors at `loaded`
+    for (int64_t e = 0; e < E; ++e, w += G) {
+      const int64_t o = off[e];
+      const int64_t d = o - loaded;
+      if (have && d >= 0 && d <= 3) {
+        switch (d) {
+          case 0: fma_tap<G, V, 0>(acc, xl, w); break;
+          case 1: fma_tap<G, V, 1>(acc, xl, w); break;
+          case 2: fma_tap<G, V, 2>(acc, xl, w); break;
+          default: fma_tap<G, V, 3>(acc, xl, w); break;
         }
-      } else {
-        for (int pos = 0; pos < 9; ++pos) {
-          if (!(m & (1u << pos))) continue;
-          const float* src = base + (pos / 3) * dh_off + (pos % 3) * dw;
-          float32x4_t t[B];
-          if (sw == 1) {
-            for (int b = 0; b < B; ++b) t[b] = vld1q_f32(src + 4 * b);
-          } else if (sw == 2) {
-            for (int b = 0; b < B; ++b) t[b] = vld2q_f32(src + 8 * b).val[0];
-          } else {
-            for (int b = 0; b < B; ++b) {
-              const float* q = src + 4 * b * sw;
-              float lanes[4] = {q[0], q[sw], q[2 * sw], q[3 * sw]};
-              t[b] = vld1q_f32(lanes);
-            }
-          }
-          fma_tile<G, B>(acc, t, vld1q_f32(v));
-          v += 4;
-        }
+        continue;
       }
-    }
-    const int64_t n_valid = std::min<int64_t>(4 * B, s.out_w - ow0);
-    for (int g = 0; g < G; ++g) {
-      if (n_valid == 4 * B) {
-        for (int b = 0; b < B; ++b) vst1q_f32(orow[g] + ow0 + 4 * b, acc[g][b]);
+      const float* x = base + o;
+      const int64_t next = e + 1 < E ? off[e + 1] - o : -1;
+      if (next >= 1 && next <= 3) {  // the next tap can reuse these loads: take one more vector
+        for (int v = 0; v <= V; ++v) xl[v] = vld1q_f32(x + 4 * v);
+        loaded = o;
+        have = true;
       } else {
-        float tmp[4 * B];
-        for (int b = 0; b < B; ++b) vst1q_f32(tmp + 4 * b, acc[g][b]);
-        std::memcpy(orow[g] + ow0, tmp, n_valid * sizeof(float));
+        for (int v = 0; v < V; ++v) xl[v] = vld1q_f32(x + 4 * v);
+        xl[V] = xl[V - 1];  // never read by a D = 0 tap; keeps the array initialised
+        have = false;
       }
+      fma_tap<G, V, 0>(acc, xl, w);
     }
   }
+  for (int g = 0; g < G; ++g)
+    for (int v = 0; v < V; ++v) vst1q_f32(t.out + g * t.out_stride + 4 * v, acc[g][v]);
 }
 
-template <int B>
-void group_row_b(const RowArgs& a, int64_t group, int64_t oh) {
-  switch (a.plan->group_size[group]) {
-    case 1: group_row<1, B>(a, group, oh); break;
-    case 2: group_row<2, B>(a, group, oh); break;
-    case 3: group_row<3, B>(a, group, oh); break;
-    default: group_row<4, B>(a, group, oh); break;
-  }
+template <int G, int... Vs>
+void fill_row(MicroKernels& mk, std::integer_sequence<int, Vs...>) {
+  ((mk.fn[G][Vs + 1] = &neon_tile<G, Vs + 1>), ...);
+  mk.max_vecs[G] = static_cast<int>(sizeof...(Vs));
 }
 
 }  // namespace
 
-void neon_forward(const ConvShape& s, const PatternWeights<float>& w, const float* input, const float* bias,
-                  float* output, const ParallelFor& pfor) {
-  const int64_t out_plane = s.out_h * s.out_w;
-  if (s.batch == 0 || s.out_channels == 0 || out_plane == 0) return;
-  const Plan plan = build_plan(w);
-  const int64_t groups = static_cast<int64_t>(plan.group_first.size());
-  // Padded image: rows of wp floats, wide enough for every (over-)read of the widest tile.
-  const int64_t tiles_w = (s.out_w + 4 * kMaxBlock - 1) / (4 * kMaxBlock) * (4 * kMaxBlock);
-  const int64_t hp = s.in_h + 2 * s.pad_h;
-  const int64_t wp = std::max(s.in_w + 2 * s.pad_w, tiles_w * s.stride_w + 2 * s.dil_w + 8);
-  std::vector<float> xpad(static_cast<size_t>(s.in_channels * hp * wp));
-  // Wide tiles for few filters per group, narrow ones for 4-filter groups (register budget:
-  // G*B accumulators + B+1 input vectors + temporaries out of 32 NEON registers).
-  const bool wide = s.out_w >= 16;
-  const int64_t in_plane = s.in_h * s.in_w;
-  for (int64_t n = 0; n < s.batch; ++n) {
-    const float* x = input + n * s.in_channels * in_plane;
-    pfor(s.in_channels, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        float* dst = xpad.data() + c * hp * wp;
-        std::fill(dst, dst + hp * wp, 0.f);
-        for (int64_t h = 0; h < s.in_h; ++h)
-          std::memcpy(dst + (h + s.pad_h) * wp + s.pad_w, x + c * in_plane + h * s.in_w, s.in_w * sizeof(float));
-      }
-    });
-    RowArgs a{&s, &plan, xpad.data(), hp, wp, bias, output + n * s.out_channels * out_plane};
-    pfor(groups * s.out_h, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t group = t / s.out_h, oh = t % s.out_h;
-        if (wide && plan.group_size[group] <= 2) group_row_b<4>(a, group, oh);
-        else group_row_b<2>(a, group, oh);
-      }
-    });
-  }
+const MicroKernels& neon_microkernels() {
+  // Widest tile per group size within the 32 NEON registers: G*V accumulators + V+1 input vectors
+  // + one shifted vector + the weights (G=4: 16+5+2, G=3: 15+6+1, G=2: 12+7+1, G=1: 8+9+1).
+  static const MicroKernels mk = [] {
+    MicroKernels m;
+    m.vec_len = 4;
+    fill_row<1>(m, std::make_integer_sequence<int, 8>{});
+    fill_row<2>(m, std::make_integer_sequence<int, 6>{});
+    fill_row<3>(m, std::make_integer_sequence<int, 5>{});
+    fill_row<4>(m, std::make_integer_sequence<int, 4>{});
+    return m;
+  }();
+  return mk;
 }
 
 }  // namespace patsparse

@@ -5,7 +5,8 @@
 //      geometry, 1..9 entries per pattern, empty filters, fully dense filters);
 //   2. every SIMD path this build and CPU support (AVX2 / AVX-512 on x86-64, NEON on aarch64)
 //      against the reference on the same cases, serial and through a multi-threaded ParallelFor,
-//      checking that every output element is written and nothing outside the output is;
+//      checking that every output element is written and nothing outside the output is (the
+//      threaded run uses a plan built up front and a thread hint of 3, like the op's cached plan);
 //   3. validate_format on broken arrays.
 // Prints "test_kernels: N passed, M failed"; exit status 1 on any failure.
 #include <thread>
@@ -78,7 +79,12 @@ void run_case(Counter& t, const ConvShape& s, const Compressed& w, bool with_bia
       const size_t guard = 64;
       std::vector<float> buf(out_n + 2 * guard, -12345.f);
       std::fill(buf.begin() + guard, buf.begin() + guard + out_n, NAN);
-      forward_f32(isa, s, w.view(), x.data(), b, buf.data() + guard, threaded ? ParallelFor(threaded_for) : ParallelFor(serial_for));
+      if (threaded) {  // a plan built once (as the op caches it), thread hint 3: work split into chunks
+        const auto plan = build_plan(w.view(), s.in_channels);
+        forward_f32(isa, s, w.view(), plan.get(), x.data(), b, buf.data() + guard, threaded_for, 3);
+      } else {
+        forward_f32(isa, s, w.view(), x.data(), b, buf.data() + guard, serial_for);
+      }
       std::vector<float> got(buf.begin() + guard, buf.begin() + guard + out_n);
       bool guards_ok = true;
       for (size_t i = 0; i < guard; ++i) guards_ok &= buf[i] == -12345.f && buf[guard + out_n + i] == -12345.f;
