@@ -2,8 +2,8 @@
 //   * the build/CPU report NEON and dispatch picks it by default;
 //   * a seeded random sweep of geometries (stride 1..3 per axis, padding 0..3, dilation 1..3,
 //     sizes 1..40, batch 0..3, group 1..6, keep 0..1, bias on/off) against the scalar reference;
-//   * filter groups whose members use different pattern ids / entry orders for the same positions
-//     (the kernel groups by positions, not ids), and groups broken by one differing filter.
+//   * filter groups whose members use different pattern ids / entry orders for the same positions,
+//     and groups broken by one differing filter (the plan must not share weights across them).
 // The shape matrix and the reference-vs-dense checks are in tests/cpp/test_kernels.cpp.
 #include <cstdlib>
 
