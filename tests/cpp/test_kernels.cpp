@@ -174,6 +174,12 @@ void format_checks(Counter& t) {
   { auto c = w; c.filter_ptr[0] = 1; t.check(!err(c, 3).empty(), "filter_ptr[0] != 0 rejected"); }
   { auto c = w; std::swap(c.filter_ptr[1], c.filter_ptr[2]); t.check(!err(c, 3).empty(), "decreasing filter_ptr rejected"); }
   { auto c = w; c.filter_ptr.back() -= 1; t.check(!err(c, 3).empty(), "filter_ptr[-1] != nnz rejected"); }
+  // PyTorch's output size, also when the dilated kernel does not fit (floor, not truncation, of a
+  // negative span: 0 outputs, so the op reports "too small" instead of computing garbage).
+  t.check(conv_out_size(8, 1, 1, 1) == 8 && conv_out_size(8, 1, 1, 2) == 4 && conv_out_size(9, 0, 2, 2) == 3,
+          "conv_out_size on valid shapes");
+  t.check(conv_out_size(1, 0, 1, 3) == 0 && conv_out_size(2, 0, 1, 1) == 0 && conv_out_size(4, 0, 2, 2) == 0,
+          "conv_out_size is 0 when the kernel does not fit");
 }
 
 }  // namespace
