@@ -72,18 +72,20 @@ bool set_active_isa(Isa isa) {
   return true;
 }
 
-void forward_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, const float* input,
-                 const float* bias, float* output, const ParallelFor& pfor) {
-  switch (isa) {
-    case Isa::Scalar: reference_forward<float>(s, w, input, bias, output, pfor); return;
+void forward_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, const ExecPlan* plan,
+                 const float* input, const float* bias, float* output, const ParallelFor& pfor, int num_threads) {
+  if (isa == Isa::Scalar) { reference_forward<float>(s, w, input, bias, output, pfor); return; }
+  if (!isa_supported(isa)) throw std::invalid_argument(std::string("ISA path not available: ") + isa_name(isa));
+  std::shared_ptr<const ExecPlan> local;
+  if (!plan) { local = build_plan(w, s.in_channels); plan = local.get(); }
 #if defined(PATSPARSE_X86)
-    case Isa::Avx2: avx2_forward(s, w, input, bias, output, pfor); return;
-    case Isa::Avx512: avx512_forward(s, w, input, bias, output, pfor); return;
+  const MicroKernels& mk = isa == Isa::Avx512 ? avx512_microkernels() : avx2_microkernels();
 #elif defined(PATSPARSE_NEON)
-    case Isa::Neon: neon_forward(s, w, input, bias, output, pfor); return;
+  const MicroKernels& mk = neon_microkernels();
+#else
+  const MicroKernels& mk = portable_microkernels();
 #endif
-    default: throw std::invalid_argument(std::string("ISA path not available: ") + isa_name(isa));
-  }
+  plan_forward(*plan, mk, s, input, bias, output, pfor, num_threads);
 }
 
 }  // namespace patsparse
