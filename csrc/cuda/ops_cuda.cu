@@ -42,7 +42,8 @@ struct PlanEntry {
 
 constexpr size_t kPlanCacheSize = 64;
 std::mutex g_plan_mutex;
-std::list<std::shared_ptr<const PlanEntry>> g_plan_cache;  // most recently used first
+// Most recently used first. Never destroyed (no CUDA frees during static destruction at exit).
+auto& g_plan_cache = *new std::list<std::shared_ptr<const PlanEntry>>();
 
 bool same_tensor(const at::Tensor& cached, const at::Storage& storage, const at::Tensor& t) {
   return t.storage().unsafeGetStorageImpl() == storage.unsafeGetStorageImpl() && cached.data_ptr() == t.data_ptr() &&
