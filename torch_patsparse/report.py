@@ -74,10 +74,15 @@ def _output_hw(model: nn.Module, example_input: torch.Tensor, names: Sequence[st
     """Output spatial size (or () for Linear) of each named module, from one forward pass."""
     shapes: Dict[str, tuple] = {}
     hooks = []
+
+    def record(name):
+        def hook(module, inputs, output):
+            shapes.setdefault(name, tuple(output.shape[2:]) if output.dim() == 4 else ())
+        return hook
+
     for name, module in model.named_modules():
         if name in names:
-            hooks.append(module.register_forward_hook(
-                lambda m, i, o, name=name: shapes.setdefault(name, tuple(o.shape[2:]) if o.dim() == 4 else ())))
+            hooks.append(module.register_forward_hook(record(name)))
     was_training = model.training
     model.eval()
     try:

@@ -256,8 +256,14 @@ def _quantization(values: torch.Tensor, bits: Optional[int], scheme: str):
     if values.numel() == 0:
         return None, None, None, scheme
     # Already on quantization levels (e.g. after ADMM hard pruning)? Then store codes, losslessly.
+    # Cheap test first: b bits give at most 2^(b-1)-1 distinct magnitudes (1 for b=1).
+    distinct = int(torch.unique(values.abs()[values != 0]).numel())
+    if distinct > 127:
+        return None, None, None, scheme
     for s in _SCHEMES:
         for b in range(1, 9):
+            if distinct > max(1, (1 << (b - 1)) - 1):
+                continue
             codes, scale = project.quantize_params(values, b, s)
             if torch.equal(project.dequantize(codes, scale, s).to(values.dtype), values):
                 return codes, scale, b, s
