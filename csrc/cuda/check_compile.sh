@@ -37,10 +37,28 @@ ARCHS=(-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90)
 COMMON=(-std=c++20 -O3 --expt-relaxed-constexpr -I"$ROOT" -I"$ROOT/csrc" -DPATSPARSE_WITH_CUDA=1)
 fail=0
 
-run() {  # run LABEL CMD...
+# The checks are independent: they run in parallel (JOBS at most, default: number of CPUs), each
+# into its own log, shown in order at the end.
+JOBS="${JOBS:-$(nproc 2>/dev/null || echo 2)}"
+LABELS=()
+run() {  # run LABEL CMD...   (started in the background)
   local label="$1"; shift
-  echo "check_compile: [$label] $*" | cut -c1-400
-  if ! "$@"; then echo "check_compile: FAILED: $label" >&2; fail=1; fi
+  local i=${#LABELS[@]}
+  LABELS+=("$label")
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 1; done
+  ( echo "check_compile: [$label] $*" | cut -c1-400
+    rc=0; "$@" || rc=$?; echo "$rc" > "$OUT/job$i.rc" ) > "$OUT/job$i.log" 2>&1 &
+}
+collect() {
+  wait
+  local i
+  for i in "${!LABELS[@]}"; do
+    cat "$OUT/job$i.log"
+    if [ "$(cat "$OUT/job$i.rc" 2>/dev/null || echo 1)" != 0 ]; then
+      echo "check_compile: FAILED: ${LABELS[$i]}" >&2
+      fail=1
+    fi
+  done
 }
 
 # 1. torch-free kernels and plan builder.
@@ -79,13 +97,14 @@ fi
 if [ "${PATSPARSE_SKIP_SELFTEST:-0}" != "1" ]; then
   CXX_BIN="${CXX:-g++}"
   if command -v "$CXX_BIN" >/dev/null; then
-    run "selftest build" "$CXX_BIN" -std=c++20 -O2 -pthread -I"$ROOT" -I"$ROOT/csrc" "$HERE/plan_selftest.cc" \
-      "$HERE/plan.cpp" "$ROOT/csrc/kernels/reference.cpp" -o "$OUT/plan_selftest"
-    if [ -x "$OUT/plan_selftest" ]; then run "selftest run" "$OUT/plan_selftest"; fi
+    run "selftest (build + run)" bash -c "\"$CXX_BIN\" -std=c++20 -O2 -pthread -I\"$ROOT\" -I\"$ROOT/csrc\" \
+      \"$HERE/plan_selftest.cc\" \"$HERE/plan.cpp\" \"$ROOT/csrc/kernels/reference.cpp\" -o \"$OUT/plan_selftest\" \
+      && \"$OUT/plan_selftest\""
   else
     echo "check_compile: SKIPPED selftest: no C++ compiler ($CXX_BIN)"
   fi
 fi
 
+collect
 if [ "$fail" != 0 ]; then echo "check_compile: FAILED" >&2; exit 1; fi
 echo "check_compile: OK"
