@@ -28,6 +28,12 @@ void launch_tiled(const ConvArgs<T>& a, const DevicePlan& p, const FwdLaunch& l,
   }
 }
 
+// The backward kernels index within one image plane with 32-bit ints.
+template <typename T>
+bool planes_fit_int(const ConvArgs<T>& a) {
+  return a.H * a.W < (int64_t(1) << 31) && a.OH * a.OW < (int64_t(1) << 31);
+}
+
 }  // namespace
 
 template <typename T>
@@ -54,10 +60,11 @@ template <typename T>
 cudaError_t launch_grad_input(const ConvShape& s, const PatternWeights<T>& w, const DevicePlan& plan,
                               const T* grad_output, T* grad_input, cudaStream_t stream) {
   const ConvArgs<T> a = make_args(s, w);
-  const int64_t total = a.N * a.Cin * a.H * a.W;
-  if (total == 0) return cudaSuccess;
-  grad_input_kernel<T><<<static_cast<unsigned>(blocks_for(total, kGinThreads)), kGinThreads, 0, stream>>>(
-      a, plan, grad_output, grad_input);
+  if (a.N * a.Cin * a.H * a.W == 0) return cudaSuccess;
+  if (!planes_fit_int(a)) return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned>((a.H * a.W + kGinThreads - 1) / kGinThreads),
+                  static_cast<unsigned>(a.N * a.Cin < 65535 ? a.N * a.Cin : 65535));
+  grad_input_kernel<T><<<grid, kGinThreads, 0, stream>>>(a, plan, grad_output, grad_input);
   return cudaGetLastError();
 }
 
@@ -66,6 +73,7 @@ cudaError_t launch_grad_values(const ConvShape& s, const PatternWeights<T>& w, c
                                const T* input, const T* grad_output, T* grad_values, cudaStream_t stream) {
   const ConvArgs<T> a = make_args(s, w);
   if (w.nnz == 0) return cudaSuccess;
+  if (!planes_fit_int(a)) return cudaErrorInvalidValue;
   // With no output pixels the sums are empty: the kernel writes zeros.
   const unsigned grid = static_cast<unsigned>(w.nnz < kMaxGrid ? w.nnz : kMaxGrid);
   grad_values_kernel<T><<<grid, kGvThreads, kGvThreads * sizeof(T), stream>>>(

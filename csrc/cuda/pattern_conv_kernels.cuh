@@ -235,28 +235,32 @@ __global__ void forward_simple_kernel(ConvArgs<T> a, const int32_t* __restrict__
 
 // grad_input[n, c, ih, iw] = sum over kernels k reading channel c (filter o) and taps (kh, kw) of
 // values[k, tap] * grad_output[n, o, oh, ow] with oh*sh = ih + ph - kh*dh (and the same along w).
+// Grid: x over pixels of one input plane (one thread each), y over (n, c) planes (grid-stride).
+// Threads of a warp share (n, c), so they walk the same kernel list (no divergence but at borders).
 template <typename T>
 __global__ void __launch_bounds__(kGinThreads)
 grad_input_kernel(ConvArgs<T> a, DevicePlan p, const T* __restrict__ grad_output, T* __restrict__ grad_input) {
-  const int64_t total = a.N * a.Cin * a.H * a.W;
-  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += step) {
-    const int64_t iw = idx % a.W, ih = (idx / a.W) % a.H, c = (idx / (a.W * a.H)) % a.Cin;
-    const int64_t n = idx / (a.W * a.H * a.Cin);
+  const int HW = static_cast<int>(a.H * a.W), W = static_cast<int>(a.W);
+  const int64_t OHW = a.OH * a.OW;
+  const int idx = static_cast<int>(blockIdx.x) * kGinThreads + static_cast<int>(threadIdx.x);
+  if (idx >= HW) return;  // no __syncthreads in this kernel
+  const int ih = idx / W, iw = idx - ih * W;
+  for (int64_t nc = blockIdx.y; nc < a.N * a.Cin; nc += gridDim.y) {
+    const int64_t n = nc / a.Cin, c = nc - n * a.Cin;
     T acc = T(0);
     for (int j = p.chan_ptr[c]; j < p.chan_ptr[c + 1]; ++j) {
-      const int64_t o = p.t_out[j], k = p.t_kernel[j];
-      const T* go = grad_output + (n * a.Cout + o) * a.OH * a.OW;
-      const uint8_t* pat = a.patterns + static_cast<int64_t>(p.t_pattern[j]) * a.E;
+      const T* go = grad_output + (n * a.Cout + p.t_out[j]) * OHW;
+      const int64_t k = p.t_kernel[j];
+      const uint8_t* pat = a.patterns + p.t_pattern[j] * a.E;
       for (int e = 0; e < a.E; ++e) {
-        const int64_t hs = ih + a.ph - (pat[e] / 3) * a.dh, ws = iw + a.pw - (pat[e] % 3) * a.dw;
+        const int hs = ih + a.ph - (pat[e] / 3) * a.dh, ws = iw + a.pw - (pat[e] % 3) * a.dw;
         if (hs < 0 || ws < 0 || hs % a.sh != 0 || ws % a.sw != 0) continue;
-        const int64_t oh = hs / a.sh, ow = ws / a.sw;
+        const int oh = hs / a.sh, ow = ws / a.sw;
         if (oh >= a.OH || ow >= a.OW) continue;
-        acc += a.values[k * a.E + e] * go[oh * a.OW + ow];
+        acc += a.values[k * a.E + e] * go[static_cast<int64_t>(oh) * a.OW + ow];
       }
     }
-    grad_input[idx] = acc;
+    grad_input[nc * HW + idx] = acc;
   }
 }
 
@@ -270,7 +274,8 @@ grad_values_kernel(ConvArgs<T> a, DevicePlan p, const int32_t* __restrict__ kern
   PATSPARSE_DYN_SMEM(smem);
   T* s_red = reinterpret_cast<T*>(smem);  // [kGvThreads]
   const int tid = threadIdx.x;
-  const int64_t plane = a.OH * a.OW, total = a.N * plane;
+  const int OW = static_cast<int>(a.OW), plane = static_cast<int>(a.OH * a.OW);
+  const int H = static_cast<int>(a.H), W = static_cast<int>(a.W);
   for (int64_t k = blockIdx.x; k < nnz; k += gridDim.x) {
     const int64_t o = p.kernel_out[k], c = kernel_channel[k];
     const uint8_t* pat = a.patterns + static_cast<int64_t>(kernel_pattern[k]) * a.E;
@@ -282,15 +287,18 @@ grad_values_kernel(ConvArgs<T> a, DevicePlan p, const int32_t* __restrict__ kern
       dx[e] = e < a.E ? (pat[e] % 3) * a.dw - a.pw : 0;
       acc[e] = T(0);
     }
-    for (int64_t idx = tid; idx < total; idx += kGvThreads) {
-      const int64_t ow = idx % a.OW, oh = (idx / a.OW) % a.OH, n = idx / plane;
-      const T g = grad_output[(n * a.Cout + o) * plane + oh * a.OW + ow];
-      const T* in = input + (n * a.Cin + c) * a.H * a.W;
+    for (int64_t n = 0; n < a.N; ++n) {
+      const T* go = grad_output + (n * a.Cout + o) * plane;
+      const T* in = input + (n * a.Cin + c) * H * W;
+      for (int idx = tid; idx < plane; idx += kGvThreads) {
+        const int oh = idx / OW, ow = idx - oh * OW;
+        const T g = go[idx];
 #pragma unroll
-      for (int e = 0; e < kMaxEntries; ++e) {
-        if (e >= a.E) break;
-        const int64_t ih = oh * a.sh + dy[e], iw = ow * a.sw + dx[e];
-        if (ih >= 0 && ih < a.H && iw >= 0 && iw < a.W) acc[e] += g * in[ih * a.W + iw];
+        for (int e = 0; e < kMaxEntries; ++e) {
+          if (e >= a.E) break;
+          const int ih = oh * a.sh + dy[e], iw = ow * a.sw + dx[e];
+          if (ih >= 0 && ih < H && iw >= 0 && iw < W) acc[e] += g * in[static_cast<int64_t>(ih) * W + iw];
+        }
       }
     }
 #pragma unroll

@@ -223,7 +223,10 @@ void run_case(int N, int cin, int H, int W, int cout, int stride, int pad, int d
   {
     std::vector<T> ref(x.size()), got(x.size(), T(-777));
     reference_grad_input<T>(s, pw, gout.data(), ref.data());
-    emulate(dim3{5, 1, 1}, dim3{64, 1, 1}, 0, [&] { grad_input_kernel<T>(a, dp, gout.data(), got.data()); });
+    // Real x extent, a small y extent (exercises the grid-stride loop over planes).
+    const unsigned gx = static_cast<unsigned>((H * W + kGinThreads - 1) / kGinThreads);
+    if (N * cin > 0)
+      emulate(dim3{gx, 3, 1}, dim3{kGinThreads, 1, 1}, 0, [&] { grad_input_kernel<T>(a, dp, gout.data(), got.data()); });
     expect_close("grad_input", tag, got, ref);
   }
   // grad_values (the emulated block reduction is slow: only the first 40 kernels are checked)
