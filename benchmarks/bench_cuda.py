@@ -125,6 +125,9 @@ def main():
     def emit(s=""):
         print(s, flush=True)
         lines.append(s)
+        if args.out:  # rewritten every line: a run cut short still leaves its rows
+            with open(args.out, "w") as f:
+                f.write("\n".join(lines) + "\n")
 
     emit(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
          f"cuDNN {torch.backends.cudnn.version()}; medians of {args.reps} launches (CUDA events); "
@@ -141,6 +144,7 @@ def main():
     emit(head)
     emit(sep)
     pix_rows = []
+    weights = {}
     t_start = time.time()
     for batch in batches:
         for (lname, cin, cout, hw, stride) in layers:
@@ -149,9 +153,10 @@ def main():
             row_w = None
             cells = []
             for vi, (vname, keep, group) in enumerate(VARIANTS):
-                weight = pattern_weight(cout, cin, keep, group, seed=cin * 1000 + cout + vi)
-                arrays = {k: v.to(dev) for k, v in fmt.compress(weight, PATTERNS8).items()}
-                wd = weight.to(dev)
+                if (lname, vi) not in weights:  # same weights for every batch size
+                    weight = pattern_weight(cout, cin, keep, group, seed=cin * 1000 + cout + vi)
+                    weights[lname, vi] = (weight.to(dev), {k: v.to(dev) for k, v in fmt.compress(weight, PATTERNS8).items()})
+                wd, arrays = weights[lname, vi]
                 if vi == 0:
                     row_w = wd
                 set_tf32(False)
@@ -170,7 +175,7 @@ def main():
                         times[p] = time_cuda(lambda: run_sparse(x, arrays, stride), max(5, args.reps // 2))
                         os.environ.pop(key)
                     pix_rows.append((lname, batch, times))
-                del arrays, wd, ref, out
+                del ref, out
             for tf32 in (False, True):
                 set_tf32(tf32)
                 dense_times[tf32] = time_cuda(lambda: F.conv2d(x, row_w, None, stride, 1, 1), args.reps)
@@ -193,9 +198,6 @@ def main():
             emit(f"| {lname} | " + " | ".join(f"{times[k]:.3f}" for k in keys) + " |")
         emit()
     emit(f"(total benchmark time {time.time() - t_start:.0f} s)")
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
