@@ -31,6 +31,8 @@ if not _has_cuda_kernels():
 
 from helpers import SHAPES, compressed, random_pattern_weight  # noqa: E402
 
+pytestmark = pytest.mark.cuda
+
 DEV = torch.device("cuda")
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float64: dict(rtol=1e-9, atol=1e-9)}
 
