@@ -156,8 +156,8 @@ def levels(bits, scheme, smallest=None):
     if scheme == "uniform":
         pos = torch.arange(1, top + 1, dtype=torch.float64)
     else:
-        pos = 2.0 ** -torch.arange(0, min(top, smallest or top), dtype=torch.float64)
-    return torch.cat([-pos, torch.zeros(1, dtype=torch.float64), pos])
+        pos = 2.0 ** -torch.arange(min(top, smallest or top) - 1, -1, -1, dtype=torch.float64)
+    return torch.cat([-pos.flip(0), torch.zeros(1, dtype=torch.float64), pos])
 
 
 def grid_error(w, bits, scheme, qs):
@@ -165,15 +165,11 @@ def grid_error(w, bits, scheme, qs):
     w = w.double().flatten()
     if bits == 1:
         return ((w.abs()[None] - qs[:, None]) ** 2 * (w != 0)).sum(1).min().item()
-    if scheme == "uniform":
-        top = 2 ** (bits - 1) - 1
-        return ((w - qs[:, None] * (w / qs[:, None]).round().clamp(-top, top)) ** 2).sum(1).min().item()
-    lv = levels(bits, scheme, smallest=30)
-    errs = []
-    for chunk in qs.split(200):
-        d = (w[None, :, None] - chunk[:, None, None] * lv) ** 2  # [q, n, levels]
-        errs.append(d.min(-1).values.sum(1))
-    return torch.cat(errs).min().item()
+    lv = levels(bits, scheme, smallest=60)  # sorted ascending
+    r = w[None] / qs[:, None]  # [q, n]
+    i = torch.searchsorted(lv, r).clamp(1, lv.numel() - 1)  # nearest level: lv[i-1] or lv[i]
+    d = torch.minimum((r - lv[i - 1]).abs(), (r - lv[i]).abs())
+    return ((d * qs[:, None]) ** 2).sum(1).min().item()
 
 
 def weights_zoo():
