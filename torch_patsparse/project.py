@@ -194,10 +194,11 @@ def quantize_params(w: torch.Tensor, bits: int, scheme: str = "uniform") -> Tupl
     ``<w, l> / <l, l>`` for those levels; the error never increases), the best 4 iterated until
     the levels stop changing (<= 10 rounds); then the same again with 65 starts within
     +-1/16 octave of the winner (the error is rugged at high bit widths). On large tensors this
-    search runs on a strided sample of ~64k weights and the winner is polished on all of them.
+    search runs on a strided sample of ~16k nonzero weights and the winner is polished on all of them.
     """
     _check_quant(bits, scheme)
-    x = w.detach().reshape(-1).double()
+    flat = w.detach().reshape(-1)
+    x = flat[flat != 0].double()  # zeros always take code 0 and add nothing to the fit
     amax = float(x.abs().max()) if x.numel() else 0.0
     if not math.isfinite(amax):
         raise ValueError("cannot quantize a tensor with inf/nan entries")
@@ -226,12 +227,14 @@ def quantize_params(w: torch.Tensor, bits: int, scheme: str = "uniform") -> Tupl
     if bits == 1:  # every nonzero weight -> sign * mean|w| over the nonzeros
         c, q, _ = fit(x, amax)
     else:
-        sample = x[::max(1, x.numel() // 65536)]
+        sample = x[::max(1, x.numel() // 16384)]
         top = 2 ** (bits - 1) - 1 if scheme == "uniform" else 1
         q = search(sample, [amax / top * 2.0 ** (1 - t / 16) for t in range(64)])  # coarse
         q = search(sample, [q * 2.0 ** (t / 512) for t in range(-32, 33)])  # fine, around it
         c, q, _ = descend(x, fit(x, q)) if sample.numel() < x.numel() else fit(x, q)
-    return c.to(torch.int8).view(w.shape), q
+    codes = torch.zeros(flat.shape, dtype=torch.int8, device=w.device)
+    codes[flat != 0] = c.to(torch.int8)
+    return codes.view(w.shape), q
 
 
 def dequantize(codes: torch.Tensor, scale: float, scheme: str = "uniform",
