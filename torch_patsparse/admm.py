@@ -107,8 +107,8 @@ class ADMM(Optimizer):
         **base_kwargs: passed to ``base`` (lr, momentum, weight_decay, ...).
     """
 
-    def __init__(self, params, base: type = torch.optim.SGD, rho: float = 0.05, rho_growth: float = 1.3,
-                 rho_max: float = 10.0, update_every: int = 200, rho_scale: str = "grad", **base_kwargs):
+    def __init__(self, params, base: type = torch.optim.SGD, rho: float = 1.0, rho_growth: float = 1.3,
+                 rho_max: float = 20.0, update_every: int = 200, rho_scale: str = "grad", **base_kwargs):
         if not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho > 0):
             raise ValueError(f"ADMM: rho must be a positive finite number, got {rho!r}")
         if not (isinstance(rho_growth, (int, float)) and math.isfinite(rho_growth) and rho_growth >= 1):
