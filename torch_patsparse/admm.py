@@ -214,7 +214,8 @@ class ADMM(Optimizer):
     @staticmethod
     def _check_finite(pairs, what: str) -> None:
         for p, name in pairs:
-            if not bool(torch.isfinite(p.detach()).all()):
+            p = p.detach()  # cheap test first (one reduction); confirm so an overflowing sum isn't an error
+            if not bool(torch.isfinite(p.sum())) and not bool(torch.isfinite(p).all()):
                 raise ValueError(f"ADMM: parameter '{name}' contains NaN/Inf at {what}")
 
     @staticmethod
@@ -337,8 +338,7 @@ class ADMM(Optimizer):
                 st = {"mask": mask, "levels": None, "latent": None}
                 final = pruned
                 if quant is not None:
-                    codes, scale = project.quantize_params(pruned, quant.bits, quant.scheme)
-                    final = project.dequantize(codes, scale, quant.scheme, dtype=p.dtype)
+                    final, scale = quant.quantize_params(pruned)
                     top = max(2 ** (quant.bits - 1) - 1, 1)  # codes span -top..top (see project)
                     all_codes = torch.arange(-top, top + 1, device=p.device)
                     st["levels"] = project.dequantize(all_codes, scale, quant.scheme, dtype=p.dtype).unique()

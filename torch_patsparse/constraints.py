@@ -21,6 +21,8 @@ weights (0 is always a level, so pruned weights stay pruned). At most one constr
 from __future__ import annotations
 
 import numbers
+
+import torch
 from dataclasses import dataclass
 
 __all__ = ["Constraint", "Pattern", "Connectivity", "Unstructured", "Filter", "Channel", "Quantize",
@@ -160,8 +162,20 @@ class Quantize(Constraint):
             raise ValueError(f"Quantize: scheme must be 'uniform' or 'pow2', got {self.scheme!r}")
 
     def project(self, w, pattern_set=None):
+        return self.quantize_params(w)[0]
+
+    def quantize_params(self, w):
+        """``(quantized w, scale)`` of :func:`project.quantize` computed over the nonzeros of ``w``
+        only: zeros map to level 0 and add nothing to the least-squares scale fit, so this is the
+        same projection, but after pattern + connectivity pruning (~10% nonzeros) it is ~10x faster."""
         from . import project
-        return project.quantize(w, self.bits, scheme=self.scheme)
+        nz = w != 0
+        vals = w[nz]
+        if vals.numel() == 0:
+            return w.clone(), 0.0
+        codes, scale = project.quantize_params(vals, self.bits, self.scheme)
+        out = torch.zeros_like(w).masked_scatter_(nz, project.dequantize(codes, scale, self.scheme, dtype=w.dtype))
+        return out, scale
 
 
 #: Composition order of combined constraints (first applied first).
