@@ -43,10 +43,14 @@ use ``rho_eff_i = rho_i * G_i / ||W_i||`` where ``G_i`` is the mean norm of the 
 gradient). Then ``||penalty grad|| / ||loss grad|| = rho_i * ||W_i - Z_i + U_i|| / ||W_i||``: rho is
 dimensionless ("how hard the constraint pulls, relative to the loss, per unit of relative
 residual"), identical across layers of any size or scale, and invariant to the BatchNorm rescaling.
-The defaults (``rho=0.05`` growing 1.3x per update up to ``rho_max=10``) start with a gentle pull
-(the weights can still move into the set's good region) and end with the penalty dominating the
-loss gradient, so residuals shrink without per-model tuning; the dual ``U`` integrates whatever
-residual is left. ``rho_eff`` is also capped at ``1 / lr`` of the group (a plain gradient step on
+Why ``rho=1`` to start: with a loss gradient that keeps pushing, W settles where the two pulls
+balance, at a relative residual of about ``1 / rho``; so rho must reach >> 1 during the ADMM phase.
+The defaults (``rho=1`` growing 1.3x per update up to ``rho_max=20``) give a residual that shrinks
+from the first updates on (a start at 0.05, tried first, let residuals grow past 1 for several
+updates on a conv+BN Fashion-MNIST net, the failure DESIGN.md warns about), and a penalty that
+ends up dominating the loss gradient; the dual ``U`` integrates whatever residual is left. Few
+steps per update with very noisy gradients (e.g. ``update_every=10`` on batches of 16) can still
+keep the residuals from shrinking: keep ``update_every`` in the hundreds, as published. ``rho_eff`` is also capped at ``1 / lr`` of the group (a plain gradient step on
 the penalty alone can then never overshoot ``Z``). The scale is recomputed only at Z-updates, so a
 step between updates costs two fused ``add_`` per constrained tensor (``grad += r*W``,
 ``grad += r*(U - Z)`` with ``U - Z`` cached at the update). ``rho_scale="none"`` gives the classic
@@ -147,7 +151,7 @@ class ADMM(Optimizer):
         one unconstrained group. ``kwargs`` go to :class:`ADMM`.
         """
         entries = list(spec.items()) if isinstance(spec, dict) else list(spec)
-        groups = [{"params": [], "constraints": list(cons)} for _, cons in entries]
+        groups = [{"params": [], "constraints": list(cons or ())} for _, cons in entries]
         rest = []
         for name, p in model.named_parameters():
             if not p.requires_grad:
