@@ -39,7 +39,7 @@ def want_cuda():
 
 def extension():
     cxx = ["-O3", "-std=c++20", "-fvisibility=hidden"]
-    include = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "arm")]
+    include = [ROOT, os.path.join(ROOT, "csrc")]
     if want_cuda():
         cu = sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
         return CUDAExtension(

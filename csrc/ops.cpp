@@ -1,10 +1,15 @@
 // Thin torch binding over the torch-free kernel core: op schemas (TORCH_LIBRARY, so TorchScript
 // and C++ runtimes see them), argument checks, and the CPU implementations.
 #include <ATen/Parallel.h>
+#include <c10/core/StorageImpl.h>
 #include <torch/library.h>
+
+#include <list>
+#include <mutex>
 
 #include "kernels/dispatch.h"
 #include "kernels/pattern_conv.h"
+#include "kernels/plan.h"
 #include "ops_common.h"
 
 namespace patsparse {
@@ -90,6 +95,100 @@ void check_float_args(const at::Tensor& input, const at::Tensor& values, const s
                         " does not match input dtype ", input.scalar_type());
 }
 
+// Cache of fp32 execution plans, keyed by the five weight tensors' storages. An entry matches only
+// while every storage is alive (weak reference), at the same data pointer, size and version
+// counter, so a weight changed in place or freed (and its memory reused) never hits a stale plan.
+// Bounded LRU; a mutex guards it (plans themselves are immutable and shared).
+class PlanCache {
+ public:
+  static constexpr size_t kCapacity = 64;
+
+  std::shared_ptr<const ExecPlan> get(const at::Tensor* t, int64_t in_channels,
+                                      const PatternWeights<float>& w) {
+    Key key;
+    bool cacheable = true;
+    for (int i = 0; i < 5; ++i) {
+      // Inference tensors carry no version counter: never cache them.
+      if (t[i].is_inference() || !t[i].has_storage()) { cacheable = false; break; }
+      key.storage[i] = t[i].storage().getWeakStorageImpl();
+      key.raw[i] = t[i].storage().unsafeGetStorageImpl();
+      key.data[i] = t[i].data_ptr();
+      key.numel[i] = t[i].numel();
+      key.version[i] = t[i]._version();
+    }
+    key.in_channels = in_channels;
+    if (cacheable) {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto it = entries_.begin(); it != entries_.end();) {
+        if (it->key.expired()) { it = entries_.erase(it); continue; }
+        if (it->key.same(key)) {
+          entries_.splice(entries_.begin(), entries_, it);
+          return entries_.front().plan;
+        }
+        ++it;
+      }
+    }
+    std::shared_ptr<const ExecPlan> plan;
+    try {
+      plan = build_plan(w, in_channels);  // validates every index
+    } catch (const std::invalid_argument& e) {
+      TORCH_CHECK(false, "patsparse: invalid compressed weight: ", e.what());
+    }
+    if (cacheable) {
+      std::lock_guard<std::mutex> lock(mu_);
+      entries_.push_front(Entry{std::move(key), plan});
+      while (entries_.size() > kCapacity) entries_.pop_back();
+    }
+    return plan;
+  }
+
+  void clear() {
+    std::lock_guard<std::mutex> lock(mu_);
+    entries_.clear();
+  }
+
+  size_t size() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return entries_.size();
+  }
+
+ private:
+  struct Key {
+    c10::weak_intrusive_ptr<c10::StorageImpl> storage[5] = {
+        c10::weak_intrusive_ptr<c10::StorageImpl>(c10::intrusive_ptr<c10::StorageImpl>()),
+        c10::weak_intrusive_ptr<c10::StorageImpl>(c10::intrusive_ptr<c10::StorageImpl>()),
+        c10::weak_intrusive_ptr<c10::StorageImpl>(c10::intrusive_ptr<c10::StorageImpl>()),
+        c10::weak_intrusive_ptr<c10::StorageImpl>(c10::intrusive_ptr<c10::StorageImpl>()),
+        c10::weak_intrusive_ptr<c10::StorageImpl>(c10::intrusive_ptr<c10::StorageImpl>())};
+    const void* raw[5] = {};
+    const void* data[5] = {};
+    int64_t numel[5] = {};
+    uint32_t version[5] = {};
+    int64_t in_channels = 0;
+    bool expired() const {
+      for (const auto& s : storage) if (s.expired()) return true;
+      return false;
+    }
+    bool same(const Key& o) const {
+      for (int i = 0; i < 5; ++i)
+        if (raw[i] != o.raw[i] || data[i] != o.data[i] || numel[i] != o.numel[i] || version[i] != o.version[i])
+          return false;
+      return in_channels == o.in_channels;
+    }
+  };
+  struct Entry {
+    Key key;
+    std::shared_ptr<const ExecPlan> plan;
+  };
+  std::mutex mu_;
+  std::list<Entry> entries_;
+};
+
+PlanCache& plan_cache() {
+  static PlanCache cache;
+  return cache;
+}
+
 at::Tensor pattern_conv2d_cpu(const at::Tensor& input, const at::Tensor& patterns, const at::Tensor& filter_ptr,
                               const at::Tensor& kernel_channel, const at::Tensor& kernel_pattern,
                               const at::Tensor& values, const std::optional<at::Tensor>& bias,
@@ -97,7 +196,11 @@ at::Tensor pattern_conv2d_cpu(const at::Tensor& input, const at::Tensor& pattern
   check_float_args(input, values, bias);
   const int64_t out_channels = filter_ptr.size(0) - 1;
   ConvShape s = make_shape(input.sizes(), out_channels, stride, padding, dilation);
-  check_format(patterns, filter_ptr, kernel_channel, kernel_pattern, values, s.in_channels, /*check_indices=*/true);
+  const bool f32 = input.scalar_type() == at::kFloat;
+  const Isa isa = active_isa();
+  // The fp32 SIMD paths validate the indices once, when the (cached) plan is built.
+  check_format(patterns, filter_ptr, kernel_channel, kernel_pattern, values, s.in_channels,
+               /*check_indices=*/!(f32 && isa != Isa::Scalar));
   if (bias) TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_channels, "patsparse: bias must be [", out_channels,
                         "], got ", bias->sizes());
   const auto memory_format = input.suggest_memory_format();
@@ -107,10 +210,16 @@ at::Tensor pattern_conv2d_cpu(const at::Tensor& input, const at::Tensor& pattern
   std::optional<at::Tensor> b;
   if (bias) b = bias->contiguous();
   auto out = at::empty({s.batch, out_channels, s.out_h, s.out_w}, input.options());
+  std::shared_ptr<const ExecPlan> plan;
+  if (f32 && isa != Isa::Scalar) {  // built (and validated) even for an empty batch
+    const at::Tensor arrays[5] = {p, fp, kc, kp, v};
+    plan = plan_cache().get(arrays, s.in_channels, weights_view<float>(p, fp, kc, kp, v));
+  }
   if (out.numel() > 0) {
-    if (input.scalar_type() == at::kFloat) {
-      forward_f32(active_isa(), s, weights_view<float>(p, fp, kc, kp, v), x.data_ptr<float>(),
-                  b ? b->data_ptr<float>() : nullptr, out.data_ptr<float>(), aten_parallel_for());
+    if (f32) {
+      const auto w = weights_view<float>(p, fp, kc, kp, v);
+      forward_f32(isa, s, w, plan.get(), x.data_ptr<float>(), b ? b->data_ptr<float>() : nullptr,
+                  out.data_ptr<float>(), aten_parallel_for(), at::get_num_threads());
     } else {
       reference_forward<double>(s, weights_view<double>(p, fp, kc, kp, v), x.data_ptr<double>(),
                                 b ? b->data_ptr<double>() : nullptr, out.data_ptr<double>(), aten_parallel_for());

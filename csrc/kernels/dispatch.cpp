@@ -4,6 +4,14 @@
 #include <cstdlib>
 #include <stdexcept>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#define PATSPARSE_X86 1
+#include "x86/x86_kernels.h"
+#elif defined(__aarch64__)
+#define PATSPARSE_NEON 1
+#include "arm/kernels/neon_kernels.h"
+#endif
+
 namespace patsparse {
 
 const char* isa_name(Isa isa) {
@@ -26,9 +34,11 @@ bool parse_isa(const std::string& name, Isa* out) {
 bool isa_supported(Isa isa) {
   switch (isa) {
     case Isa::Scalar: return true;
-#if defined(__x86_64__) || defined(_M_X64)
-    case Isa::Avx2: return false;    // filled in by the x86 SIMD kernels
-    case Isa::Avx512: return false;
+#if defined(PATSPARSE_X86)
+    case Isa::Avx2: return cpu_has_avx2_fma();
+    case Isa::Avx512: return cpu_has_avx512();
+#elif defined(PATSPARSE_NEON)
+    case Isa::Neon: return true;
 #endif
     default: return false;
   }
@@ -62,12 +72,20 @@ bool set_active_isa(Isa isa) {
   return true;
 }
 
-void forward_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, const float* input,
-                 const float* bias, float* output, const ParallelFor& pfor) {
-  switch (isa) {
-    case Isa::Scalar: reference_forward<float>(s, w, input, bias, output, pfor); return;
-    default: throw std::invalid_argument(std::string("ISA path not available: ") + isa_name(isa));
-  }
+void forward_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, const ExecPlan* plan,
+                 const float* input, const float* bias, float* output, const ParallelFor& pfor, int num_threads) {
+  if (isa == Isa::Scalar) { reference_forward<float>(s, w, input, bias, output, pfor); return; }
+  if (!isa_supported(isa)) throw std::invalid_argument(std::string("ISA path not available: ") + isa_name(isa));
+  std::shared_ptr<const ExecPlan> local;
+  if (!plan) { local = build_plan(w, s.in_channels); plan = local.get(); }
+#if defined(PATSPARSE_X86)
+  const MicroKernels& mk = isa == Isa::Avx512 ? avx512_microkernels() : avx2_microkernels();
+#elif defined(PATSPARSE_NEON)
+  const MicroKernels& mk = neon_microkernels();
+#else
+  const MicroKernels& mk = portable_microkernels();
+#endif
+  plan_forward(*plan, mk, s, input, bias, output, pfor, num_threads);
 }
 
 }  // namespace patsparse

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "pattern_conv.h"
+#include "plan.h"
 
 namespace patsparse {
 
@@ -22,7 +23,15 @@ Isa active_isa();
 bool set_active_isa(Isa isa);
 
 // fp32 forward through `isa` (must be supported). Same contract as reference_forward.
-void forward_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, const float* input,
-                 const float* bias, float* output, const ParallelFor& pfor = serial_for);
+// `plan` (from build_plan on the same weight; may be null: then it is built for this call) feeds
+// the SIMD paths; the scalar path is the reference kernel on the raw arrays. `num_threads` is a
+// hint for how finely to split work; results do not depend on it.
+void forward_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, const ExecPlan* plan,
+                 const float* input, const float* bias, float* output, const ParallelFor& pfor = serial_for,
+                 int num_threads = 1);
+inline void forward_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, const float* input,
+                        const float* bias, float* output, const ParallelFor& pfor = serial_for) {
+  forward_f32(isa, s, w, nullptr, input, bias, output, pfor, 1);
+}
 
 }  // namespace patsparse

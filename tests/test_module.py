@@ -1,0 +1,197 @@
+"""PatternConv2d, convert, compression_report and TorchScript, against dense nn.Conv2d."""
+import io
+
+import pytest
+import torch
+from torch import nn
+
+import torch_patsparse as ps
+from torch_patsparse import format as fmt
+from torch_patsparse.models import vgg16
+
+from helpers import PATTERNS8, random_pattern_weight
+
+
+def pattern_conv(cin=6, cout=8, keep=0.6, bias=True, group=1, seed=0, **conv_kwargs):
+    conv = nn.Conv2d(cin, cout, 3, bias=bias, **conv_kwargs)
+    with torch.no_grad():
+        conv.weight.copy_(random_pattern_weight(cout, cin, keep=keep, group=group, seed=seed))
+    return conv
+
+
+@pytest.mark.parametrize("kwargs", [dict(padding=1), dict(stride=2), dict(padding=2, dilation=2), dict(bias=False)])
+def test_from_dense_is_exact_when_weights_fit(kwargs):
+    conv = pattern_conv(**kwargs)
+    pc = ps.nn.PatternConv2d.from_dense(conv, ps.PatternSet(PATTERNS8))
+    assert torch.equal(pc.to_dense().weight, conv.weight)
+    x = torch.randn(2, 6, 13, 11)
+    torch.testing.assert_close(pc(x), conv(x), rtol=1e-5, atol=1e-5)
+    assert pc.nnz == int((conv.weight.abs().sum((2, 3)) != 0).sum())
+
+
+def test_from_dense_projects_dense_weights():
+    conv = nn.Conv2d(4, 5, 3, padding=1)
+    pc = ps.nn.PatternConv2d.from_dense(conv)               # selects 8 patterns, projects
+    assert pc.patterns.shape == (8, 4)
+    dense = pc.to_dense()
+    assert ((dense.weight != 0).sum((2, 3)) <= 4).all()
+    x = torch.randn(1, 4, 7, 7)
+    torch.testing.assert_close(pc(x), dense(x), rtol=1e-5, atol=1e-5)
+
+
+def test_state_dict_is_compressed_and_round_trips(tmp_path):
+    conv = pattern_conv(cin=16, cout=16, keep=0.3)
+    pc = ps.nn.PatternConv2d.from_dense(conv, ps.PatternSet(PATTERNS8))
+    sd = pc.state_dict()
+    assert "weight" not in sd
+    assert sum(t.numel() for t in sd.values() if isinstance(t, torch.Tensor)) < conv.weight.numel()
+    torch.save(sd, tmp_path / "pc.pt")
+    loaded = torch.load(tmp_path / "pc.pt", weights_only=True)
+    fresh = ps.nn.PatternConv2d(16, 16, padding=0)          # different nnz: load resizes
+    fresh.load_state_dict(loaded)
+    x = torch.randn(2, 16, 9, 9)
+    assert torch.equal(fresh(x), pc(x))
+
+
+def test_quantized_storage():
+    conv = pattern_conv(cin=8, cout=8, keep=0.5)
+    pc = ps.nn.PatternConv2d.from_dense(conv, ps.PatternSet(PATTERNS8), bits=4)
+    assert pc.quantized and pc.codes.dtype == torch.int8
+    assert "values" not in pc.state_dict() and "codes" in pc.state_dict()
+    levels = ps.project.quantize(conv.weight.detach(), 4)
+    # Values are the quantization of the kept weights (per-layer scale over the kept values).
+    assert int(pc.codes.abs().max()) <= 7
+    # Weights already on levels are detected and stored as codes without being asked.
+    conv2 = pattern_conv(cin=8, cout=8, keep=0.5)
+    with torch.no_grad():
+        conv2.weight.copy_(ps.project.quantize(conv2.weight, 3))
+    auto = ps.nn.PatternConv2d.from_dense(conv2, ps.PatternSet(PATTERNS8))
+    assert auto.quantized and auto.bits <= 3
+    assert torch.equal(auto.to_dense().weight, conv2.weight)
+    buf = io.BytesIO()
+    torch.save(auto.state_dict(), buf)
+    buf.seek(0)
+    again = ps.nn.PatternConv2d(8, 8, bits=auto.bits, scheme=auto.scheme)
+    again.load_state_dict(torch.load(buf, weights_only=True))
+    x = torch.randn(1, 8, 6, 6)
+    assert torch.equal(again(x), auto(x))
+    assert levels.shape == conv.weight.shape
+
+
+@pytest.mark.parametrize("corrupt,message", [
+    (lambda sd: sd["kernel_channel"].__setitem__(0, 99), "kernel_channel"),
+    (lambda sd: sd["kernel_pattern"].__setitem__(0, 200), "kernel_pattern"),
+    (lambda sd: sd["filter_ptr"].__setitem__(3, 10_000), "filter_ptr"),
+    (lambda sd: sd.__setitem__("filter_ptr", sd["filter_ptr"][:-1].clone()), "filter_ptr"),
+    (lambda sd: sd.__setitem__("kernel_channel", sd["kernel_channel"].long()), "dtype"),
+    (lambda sd: sd.__setitem__("values", sd["values"][:-1].clone()), "values"),
+])
+def test_load_state_dict_rejects_corrupt_arrays(corrupt, message):
+    pc = ps.nn.PatternConv2d.from_dense(pattern_conv(), ps.PatternSet(PATTERNS8))
+    sd = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in pc.state_dict().items()}
+    corrupt(sd)
+    fresh = ps.nn.PatternConv2d(6, 8)
+    with pytest.raises((RuntimeError, ValueError), match=message):
+        fresh.load_state_dict(sd)
+
+
+def test_convert_swaps_eligible_layers_anywhere():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.seq = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+            self.blocks = nn.ModuleList([nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1)])
+            self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+            self.reflect = nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect")
+            self.fc = nn.Linear(8, 2)
+
+        def forward(self, x):
+            x = self.seq(x)
+            for b in self.blocks:
+                x = b(x)
+            x = self.reflect(self.dw(x))
+            return self.fc(x.mean((2, 3)))
+
+    net = Net()
+    out = ps.convert(net)
+    assert isinstance(out.seq[0], ps.nn.PatternConv2d) and isinstance(out.blocks[0], ps.nn.PatternConv2d)
+    assert type(out.blocks[1]) is nn.Conv2d and type(out.dw) is nn.Conv2d and type(out.reflect) is nn.Conv2d
+    assert type(net.seq[0]) is nn.Conv2d                      # not in place by default
+    kept = ps.convert(net, exclude=["seq.0"])
+    assert type(kept.seq[0]) is nn.Conv2d
+    with pytest.raises(ValueError, match="not in the model"):
+        ps.convert(net, exclude=["nope"])
+    x = torch.randn(2, 3, 8, 8)
+    dense = net
+    for name, m in out.named_modules():                       # the converted net computes what its dense twin does
+        if isinstance(m, ps.nn.PatternConv2d):
+            dense = dense if dense is not net else __import__("copy").deepcopy(net)
+            parent, _, child = name.rpartition(".")
+            setattr(dense.get_submodule(parent) if parent else dense, child, m.to_dense())
+    torch.testing.assert_close(out(x), dense(x), rtol=1e-4, atol=1e-5)
+
+
+def test_vgg16_report_bits_per_kernel():
+    """Stored bits of each converted layer are within a few percent of (4 values + index) per kept kernel."""
+    model = vgg16(num_classes=10)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d) and m.in_channels > 3:
+                m.weight.copy_(ps.project.connectivity(m.weight, 0.25))
+    model = ps.convert(model, exclude=["features.0"])
+    report = ps.compression_report(model, input_size=(1, 3, 32, 32))
+    text = str(report)
+    assert "total" in text
+    for row in report.rows:
+        if row.kind != "PatternConv2d":
+            continue
+        m = model.get_submodule(row.name)
+        per_kernel = 4 * 32 + 32 + 8                          # values + channel index + pattern id
+        ideal = m.nnz * per_kernel
+        assert ideal <= row.stored_bits <= ideal * 1.05, (row.name, row.stored_bits, ideal)
+        assert abs(row.density - 0.25 * 4 / 9) < 0.01
+        assert row.kept_macs < row.dense_macs
+    assert report.totals["ratio"] > 4
+
+
+def test_torchscript_round_trip(tmp_path):
+    model = nn.Sequential(pattern_conv(cin=3, cout=8, padding=1), nn.ReLU(), pattern_conv(cin=8, cout=4, stride=2))
+    model = ps.convert(model, pattern_set=ps.PatternSet(PATTERNS8)).eval()
+    scripted = torch.jit.script(model)
+    path = tmp_path / "m.pt"
+    torch.jit.save(scripted, str(path))
+    loaded = torch.jit.load(str(path))
+    x = torch.randn(2, 3, 12, 12)
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_training_through_pattern_conv():
+    pc = ps.nn.PatternConv2d.from_dense(pattern_conv(), ps.PatternSet(PATTERNS8))
+    opt = torch.optim.SGD(pc.parameters(), lr=0.1)
+    x = torch.randn(4, 6, 8, 8)
+    before = pc.values.detach().clone()
+    pc(x).square().mean().backward()
+    opt.step()
+    assert not torch.equal(before, pc.values)
+    assert pc.bias.grad is not None
+
+
+def test_double_and_extra_repr():
+    pc = ps.nn.PatternConv2d.from_dense(pattern_conv(), ps.PatternSet(PATTERNS8)).double()
+    out = pc(torch.randn(1, 6, 5, 5, dtype=torch.float64))
+    assert out.dtype == torch.float64
+    assert "kernels=" in repr(pc) and "patterns=8x4" in repr(pc)
+
+
+def test_from_dense_rejects_ineligible():
+    with pytest.raises(ValueError, match="3x3"):
+        ps.nn.PatternConv2d.from_dense(nn.Conv2d(2, 2, 5))
+    with pytest.raises(ValueError, match="groups"):
+        ps.nn.PatternConv2d.from_dense(nn.Conv2d(2, 2, 3, groups=2))
+    with pytest.raises(TypeError):
+        ps.nn.PatternConv2d.from_dense(nn.Linear(2, 2))
+    conv = nn.Conv2d(2, 2, 3)
+    with torch.no_grad():
+        conv.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        ps.nn.PatternConv2d.from_dense(conv)
