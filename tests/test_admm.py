@@ -406,6 +406,10 @@ def test_param_groups_shared_and_lr_scheduler():
     extra = nn.Parameter(torch.zeros(3))
     opt.add_param_group({"params": [("extra", extra)], "lr": 0.5})
     assert opt.base.param_groups[-1]["params"][0] is extra and len(opt.param_groups) == 4
+    bad = nn.Parameter(torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="'bad' has shape"):
+        opt.add_param_group({"params": [("bad", bad)], "constraints": [C.Pattern()]})
+    assert len(opt.param_groups) == 4 and opt.base.param_groups is opt.param_groups
 
 
 def test_grad_scaler_and_clipping_match_plain_loop():

@@ -174,7 +174,11 @@ class ADMM(Optimizer):
             param_group.setdefault("constraints", ())
         else:
             super().add_param_group(param_group)
-        self._check_group(len(self.param_groups) - 1)
+        try:
+            self._check_group(len(self.param_groups) - 1)
+        except ValueError:
+            self.param_groups.pop()  # leave the optimizer as it was
+            raise
 
     def _names(self, gi: int) -> list:
         g = self.param_groups[gi]
@@ -405,8 +409,11 @@ class ADMM(Optimizer):
         return out
 
     def pattern_sets(self) -> list:
-        """One entry per param group: its :class:`PatternSet` (fixed at the first update), or None
-        for groups without a Pattern constraint (or not initialised yet)."""
+        """One entry per param group (same order as ``param_groups``): its :class:`PatternSet`, or
+        None for groups without a Pattern constraint (or before the first step). The set is selected
+        (``PatternSet.select`` over all the group's weights) when Z is initialised, i.e. at the first
+        :meth:`step` / :meth:`admm_update` / :meth:`residuals`, and then fixed; it is stored in the
+        state_dict. After :meth:`hard_prune` this is what ``ps.convert(model, pattern_set=...)`` needs."""
         return [self._pattern_sets.get(gi) for gi in range(len(self.param_groups))]
 
     def masks(self) -> dict:

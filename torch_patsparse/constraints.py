@@ -70,7 +70,7 @@ class Constraint:
 @dataclass(frozen=True)
 class Pattern(Constraint):
     """Every 3x3 kernel keeps ``entries`` weights in one of the ``k`` shapes of the group's pattern
-    set (selected from the group's weights at the first ADMM update, then fixed); ``group`` G
+    set (selected from all the group's weights when ADMM initialises Z, then fixed); ``group`` G
     consecutive output channels share their patterns (see :func:`project.pattern`)."""
     k: int = 8
     entries: int = 4
