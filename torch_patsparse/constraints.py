@@ -21,9 +21,9 @@ weights (0 is always a level, so pruned weights stay pruned). At most one constr
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass
 
 import torch
-from dataclasses import dataclass
 
 __all__ = ["Constraint", "Pattern", "Connectivity", "Unstructured", "Filter", "Channel", "Quantize",
            "ORDER", "ordered", "to_dict", "from_dict"]
