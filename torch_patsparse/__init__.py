@@ -13,7 +13,10 @@ from . import nn
 from .convert import convert
 from .report import compression_report
 from . import export
+from . import constraints
+from .admm import ADMM
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "project", "PatternSet", "nn", "convert", "compression_report", "export"]
+__all__ = ["ops", "project", "PatternSet", "nn", "convert", "compression_report", "export", "constraints",
+           "ADMM"]
