@@ -1,11 +1,12 @@
-// aarch64 NEON forward kernel over the same format as the x86 kernels.
+// aarch64 NEON micro-kernels for the ISA-independent plan driver (csrc/kernels/plan.h):
+// dispatch.cpp runs plan_forward(plan, neon_microkernels(), ...) for Isa::Neon.
 #pragma once
 
-#include "csrc/kernels/pattern_conv.h"
+#include "csrc/kernels/plan.h"
 
 namespace patsparse {
 
-void neon_forward(const ConvShape& s, const PatternWeights<float>& w, const float* input, const float* bias,
-                  float* output, const ParallelFor& pfor);
+// fn[G][V]: G output channels (one filter group sharing its input loads) x V float32x4 vectors.
+const MicroKernels& neon_microkernels();
 
 }  // namespace patsparse

@@ -76,19 +76,16 @@ void forward_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, co
                  const float* input, const float* bias, float* output, const ParallelFor& pfor, int num_threads) {
   if (isa == Isa::Scalar) { reference_forward<float>(s, w, input, bias, output, pfor); return; }
   if (!isa_supported(isa)) throw std::invalid_argument(std::string("ISA path not available: ") + isa_name(isa));
-#if defined(PATSPARSE_NEON)
-  neon_forward(s, w, input, bias, output, pfor);
-  (void)plan; (void)num_threads;
-#else
   std::shared_ptr<const ExecPlan> local;
   if (!plan) { local = build_plan(w, s.in_channels); plan = local.get(); }
 #if defined(PATSPARSE_X86)
   const MicroKernels& mk = isa == Isa::Avx512 ? avx512_microkernels() : avx2_microkernels();
+#elif defined(PATSPARSE_NEON)
+  const MicroKernels& mk = neon_microkernels();
 #else
   const MicroKernels& mk = portable_microkernels();
 #endif
   plan_forward(*plan, mk, s, input, bias, output, pfor, num_threads);
-#endif
 }
 
 }  // namespace patsparse

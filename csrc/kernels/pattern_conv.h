@@ -17,9 +17,11 @@ struct ConvShape {
   int64_t stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0, dil_h = 1, dil_w = 1;
 };
 
-// Output size of a 3x3 convolution along one axis (PyTorch's formula).
+// Output size of a 3x3 convolution along one axis (PyTorch's formula); 0 when the dilated
+// kernel does not fit the padded input (C++ division truncates toward zero, so check first).
 inline int64_t conv_out_size(int64_t in, int64_t pad, int64_t dil, int64_t stride) {
-  return (in + 2 * pad - dil * 2 - 1) / stride + 1;
+  const int64_t span = in + 2 * pad - dil * 2 - 1;
+  return span < 0 ? 0 : span / stride + 1;
 }
 
 // Borrowed view of the FKW-style compressed weight of a [Cout, Cin, 3, 3] conv.

@@ -1,0 +1,226 @@
+// Thin ATen binding of the CUDA kernels: argument checks, the cached device plan, launches on the
+// current stream. Registered as TORCH_LIBRARY_IMPL(patsparse, CUDA, m) for the schemas of csrc/ops.cpp.
+//
+// Index validation without a host sync per call: the plan (csrc/cuda/plan.h) is built on the host
+// from one copy of the index arrays, which validate_format checks completely; it is cached under the
+// identity of those tensors (storage, data pointer, sizes, strides) and their version counters. The
+// cache holds a reference to the storages, so their memory cannot be freed and reused while the entry
+// lives, and any in-place change (copy_, load_state_dict, indexing assignment) bumps the version and
+// forces a new plan. A cache hit touches no device memory: the forward does not synchronise. Not covered: writes
+// that bypass the version counter (tensor.data.copy_(...)): rebuild the module instead.
+// Inference-mode tensors have no version counter; their plan is rebuilt on every call (one sync each).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>  // not ATen/cuda/CUDAContext.h: that one needs the cuBLAS/cuSPARSE headers
+#include <torch/library.h>
+
+#include <array>
+#include <cstdlib>
+#include <cstring>
+#include <list>
+#include <memory>
+#include <mutex>
+
+#include "cuda/pattern_conv_cuda.h"
+#include "cuda/plan.h"
+#include "ops_common.h"
+
+namespace patsparse {
+namespace cuda {
+namespace {
+
+struct PlanEntry {
+  std::array<at::Tensor, 4> index;    // patterns, filter_ptr, kernel_channel, kernel_pattern
+  std::array<at::Storage, 4> storage;  // kept alive: their addresses cannot be reused while cached
+  std::array<int64_t, 4> version{};
+  int64_t in_channels = 0;
+  at::Tensor device;  // packed plan arrays, int32, on the weight's device
+  DevicePlan view;
+};
+
+constexpr size_t kPlanCacheSize = 64;
+std::mutex g_plan_mutex;
+// Most recently used first. Never destroyed (no CUDA frees during static destruction at exit).
+auto& g_plan_cache = *new std::list<std::shared_ptr<const PlanEntry>>();
+
+bool same_tensor(const at::Tensor& cached, const at::Storage& storage, const at::Tensor& t) {
+  return t.storage().unsafeGetStorageImpl() == storage.unsafeGetStorageImpl() && cached.data_ptr() == t.data_ptr() &&
+         cached.sizes() == t.sizes() && cached.strides() == t.strides() && cached.scalar_type() == t.scalar_type();
+}
+
+std::shared_ptr<const PlanEntry> get_plan(const std::array<at::Tensor, 4>& index, int64_t in_channels) {
+  bool cacheable = true;
+  for (const auto& t : index) cacheable = cacheable && !t.is_inference();
+  std::lock_guard<std::mutex> lock(g_plan_mutex);
+  if (cacheable) {
+    for (auto it = g_plan_cache.begin(); it != g_plan_cache.end(); ++it) {
+      const PlanEntry& e = **it;
+      bool hit = e.in_channels == in_channels;
+      for (size_t i = 0; hit && i < 4; ++i)
+        hit = same_tensor(e.index[i], e.storage[i], index[i]) && e.version[i] == index[i]._version();
+      if (hit) {
+        g_plan_cache.splice(g_plan_cache.begin(), g_plan_cache, it);
+        return g_plan_cache.front();
+      }
+    }
+  }
+  // Miss: one device-to-host copy of the index arrays (synchronises), validation, plan, upload.
+  const at::Tensor p = index[0].cpu().contiguous(), fp = index[1].cpu().contiguous();
+  const at::Tensor kc = index[2].cpu().contiguous(), kp = index[3].cpu().contiguous();
+  HostPlan host;
+  const std::string err = build_plan(p.size(0), p.size(1), fp.size(0) - 1, kc.size(0), p.data_ptr<uint8_t>(),
+                                     fp.data_ptr<int32_t>(), kc.data_ptr<int32_t>(), kp.data_ptr<uint8_t>(),
+                                     in_channels, &host);
+  TORCH_CHECK(err.empty(), "patsparse: invalid compressed weight: ", err);
+  std::vector<int32_t> packed = pack_plan(host);
+  packed.push_back(0);  // never empty
+  auto entry = std::make_shared<PlanEntry>();
+  entry->device = at::from_blob(packed.data(), {static_cast<int64_t>(packed.size())}, at::kInt)
+                      .to(index[1].device(), /*non_blocking=*/false, /*copy=*/true);
+  entry->view = plan_view(host, entry->device.data_ptr<int32_t>());
+  entry->in_channels = in_channels;
+  for (size_t i = 0; i < 4; ++i) {
+    entry->index[i] = index[i];
+    entry->storage[i] = index[i].storage();
+    entry->version[i] = cacheable ? index[i]._version() : -1;
+  }
+  if (cacheable) {
+    g_plan_cache.push_front(entry);
+    if (g_plan_cache.size() > kPlanCacheSize) g_plan_cache.pop_back();
+  }
+  return entry;
+}
+
+// Tuning / cross-check knobs, read per call (cheap): PATSPARSE_CUDA_FWD_PIX=1|2|4 output pixels per
+// thread in the tiled forward; PATSPARSE_CUDA_KERNEL=simple forces the one-thread-per-output forward.
+int env_fwd_pix() {
+  const char* v = std::getenv("PATSPARSE_CUDA_FWD_PIX");
+  return v ? std::atoi(v) : 0;
+}
+bool env_force_simple() {
+  const char* v = std::getenv("PATSPARSE_CUDA_KERNEL");
+  return v && std::strcmp(v, "simple") == 0;
+}
+
+void check_args(const char* op, const at::Tensor& lead, const at::Tensor& values, const at::Tensor& patterns,
+                const at::Tensor& filter_ptr, const at::Tensor& kernel_channel, const at::Tensor& kernel_pattern,
+                const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                at::IntArrayRef dilation) {
+  TORCH_CHECK(lead.is_cuda(), "patsparse::", op, ": expected a CUDA tensor");
+  TORCH_CHECK(lead.scalar_type() == at::kFloat || lead.scalar_type() == at::kDouble,
+              "patsparse::", op, ": input must be float32 or float64 on CUDA, got ", lead.scalar_type());
+  TORCH_CHECK(values.scalar_type() == lead.scalar_type(), "patsparse::", op, ": values dtype ", values.scalar_type(),
+              " does not match input dtype ", lead.scalar_type());
+  if (bias) TORCH_CHECK(bias->scalar_type() == lead.scalar_type(), "patsparse::", op, ": bias dtype ",
+                        bias->scalar_type(), " does not match input dtype ", lead.scalar_type());
+  const std::pair<const char*, const at::Tensor*> others[] = {
+      {"values", &values}, {"patterns", &patterns}, {"filter_ptr", &filter_ptr},
+      {"kernel_channel", &kernel_channel}, {"kernel_pattern", &kernel_pattern}};
+  for (const auto& [name, t] : others)
+    TORCH_CHECK(t->device() == lead.device(), "patsparse::", op, ": ", name, " is on ", t->device(),
+                " but the input is on ", lead.device(), " (move the whole module with .to(device))");
+  if (bias) TORCH_CHECK(bias->device() == lead.device(), "patsparse::", op, ": bias is on ", bias->device(),
+                        " but the input is on ", lead.device());
+  for (at::IntArrayRef a : {stride, padding, dilation})
+    for (int64_t v : a)
+      TORCH_CHECK(v < (1 << 16), "patsparse::", op, ": stride/padding/dilation of ", v, " not supported on CUDA");
+}
+
+std::array<at::Tensor, 4> index_arrays(const at::Tensor& patterns, const at::Tensor& filter_ptr,
+                                       const at::Tensor& kernel_channel, const at::Tensor& kernel_pattern) {
+  return {patterns.contiguous(), filter_ptr.contiguous(), kernel_channel.contiguous(), kernel_pattern.contiguous()};
+}
+
+at::Tensor pattern_conv2d_cuda(const at::Tensor& input, const at::Tensor& patterns, const at::Tensor& filter_ptr,
+                               const at::Tensor& kernel_channel, const at::Tensor& kernel_pattern,
+                               const at::Tensor& values, const std::optional<at::Tensor>& bias,
+                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  check_args("pattern_conv2d", input, values, patterns, filter_ptr, kernel_channel, kernel_pattern, bias, stride,
+             padding, dilation);
+  check_format(patterns, filter_ptr, kernel_channel, kernel_pattern, values, 0, /*check_indices=*/false);
+  const int64_t out_channels = filter_ptr.size(0) - 1;
+  const ConvShape s = make_shape(input.sizes(), out_channels, stride, padding, dilation);
+  if (bias) TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_channels, "patsparse: bias must be [", out_channels,
+                        "], got ", bias->sizes());
+  const c10::cuda::CUDAGuard guard(input.device());
+  const auto idx = index_arrays(patterns, filter_ptr, kernel_channel, kernel_pattern);
+  const auto plan = get_plan(idx, s.in_channels);
+  const auto memory_format = input.suggest_memory_format();
+  const at::Tensor x = input.contiguous(), v = values.contiguous();
+  std::optional<at::Tensor> b;
+  if (bias) b = bias->contiguous();
+  at::Tensor out = at::empty({s.batch, out_channels, s.out_h, s.out_w}, input.options());
+  if (out.numel() > 0) {
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "patsparse_pattern_conv2d_cuda", [&] {
+      C10_CUDA_CHECK(launch_forward<scalar_t>(s, weights_view<scalar_t>(idx[0], idx[1], idx[2], idx[3], v), plan->view,
+                                              x.data_ptr<scalar_t>(), b ? b->data_ptr<scalar_t>() : nullptr,
+                                              out.data_ptr<scalar_t>(), env_fwd_pix(), env_force_simple(), stream));
+    });
+  }
+  return memory_format == at::MemoryFormat::Contiguous ? out : out.contiguous(memory_format);
+}
+
+at::Tensor grad_input_cuda(const at::Tensor& grad_output, at::IntArrayRef input_size, const at::Tensor& patterns,
+                           const at::Tensor& filter_ptr, const at::Tensor& kernel_channel,
+                           const at::Tensor& kernel_pattern, const at::Tensor& values, at::IntArrayRef stride,
+                           at::IntArrayRef padding, at::IntArrayRef dilation) {
+  check_args("pattern_conv2d_grad_input", grad_output, values, patterns, filter_ptr, kernel_channel, kernel_pattern,
+             std::nullopt, stride, padding, dilation);
+  check_format(patterns, filter_ptr, kernel_channel, kernel_pattern, values, 0, /*check_indices=*/false);
+  const ConvShape s = make_shape(input_size, filter_ptr.size(0) - 1, stride, padding, dilation);
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({s.batch, s.out_channels, s.out_h, s.out_w}),
+              "patsparse: grad_output has shape ", grad_output.sizes());
+  const c10::cuda::CUDAGuard guard(grad_output.device());
+  const auto idx = index_arrays(patterns, filter_ptr, kernel_channel, kernel_pattern);
+  const auto plan = get_plan(idx, s.in_channels);
+  const at::Tensor go = grad_output.contiguous(), v = values.contiguous();
+  at::Tensor gin = at::empty(input_size, grad_output.options());
+  if (gin.numel() == 0) return gin;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "patsparse_grad_input_cuda", [&] {
+    C10_CUDA_CHECK(launch_grad_input<scalar_t>(s, weights_view<scalar_t>(idx[0], idx[1], idx[2], idx[3], v),
+                                               plan->view, go.data_ptr<scalar_t>(), gin.data_ptr<scalar_t>(), stream));
+  });
+  return gin;
+}
+
+at::Tensor grad_values_cuda(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& patterns,
+                            const at::Tensor& filter_ptr, const at::Tensor& kernel_channel,
+                            const at::Tensor& kernel_pattern, const at::Tensor& values, at::IntArrayRef stride,
+                            at::IntArrayRef padding, at::IntArrayRef dilation) {
+  check_args("pattern_conv2d_grad_values", input, values, patterns, filter_ptr, kernel_channel, kernel_pattern,
+             std::nullopt, stride, padding, dilation);
+  TORCH_CHECK(grad_output.device() == input.device() && grad_output.scalar_type() == input.scalar_type(),
+              "patsparse: grad_output must match the input's device and dtype");
+  check_format(patterns, filter_ptr, kernel_channel, kernel_pattern, values, 0, /*check_indices=*/false);
+  const ConvShape s = make_shape(input.sizes(), filter_ptr.size(0) - 1, stride, padding, dilation);
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({s.batch, s.out_channels, s.out_h, s.out_w}),
+              "patsparse: grad_output has shape ", grad_output.sizes());
+  const c10::cuda::CUDAGuard guard(input.device());
+  const auto idx = index_arrays(patterns, filter_ptr, kernel_channel, kernel_pattern);
+  const auto plan = get_plan(idx, s.in_channels);
+  const at::Tensor go = grad_output.contiguous(), x = input.contiguous(), v = values.contiguous();
+  if (v.numel() == 0 || s.batch == 0) return at::zeros_like(v);
+  at::Tensor gv = at::empty_like(v);  // every element written by the kernel
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "patsparse_grad_values_cuda", [&] {
+    C10_CUDA_CHECK(launch_grad_values<scalar_t>(s, weights_view<scalar_t>(idx[0], idx[1], idx[2], idx[3], v),
+                                                plan->view, x.data_ptr<scalar_t>(), go.data_ptr<scalar_t>(),
+                                                gv.data_ptr<scalar_t>(), stream));
+  });
+  return gv;
+}
+
+}  // namespace
+}  // namespace cuda
+
+TORCH_LIBRARY_IMPL(patsparse, CUDA, m) {
+  m.impl("pattern_conv2d", &cuda::pattern_conv2d_cuda);
+  m.impl("pattern_conv2d_grad_input", &cuda::grad_input_cuda);
+  m.impl("pattern_conv2d_grad_values", &cuda::grad_values_cuda);
+}
+
+}  // namespace patsparse
