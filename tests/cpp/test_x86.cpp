@@ -1,7 +1,8 @@
 // Torch-free test of the execution plan + micro-kernels against the scalar reference kernel:
 // random compressed weights (with grouped filters and empty filters), random shapes (stride,
-// padding, dilation), every micro-kernel table this machine runs (portable, AVX2, AVX-512), and a
-// bad-index check. Build and run from the repository root:
+// padding, dilation), every micro-kernel table this machine runs (portable, AVX2, AVX-512; NEON on
+// aarch64: link arm/kernels/*.cpp instead of csrc/kernels/x86/*.cpp), and a bad-index check.
+// Build and run from the repository root:
 //   g++ -O2 -std=c++20 -I. -Icsrc tests/cpp/test_x86.cpp csrc/kernels/{plan,reference,dispatch}.cpp \
 //       csrc/kernels/x86/*.cpp -o /tmp/test_x86 && /tmp/test_x86
 #include <cmath>
@@ -14,6 +15,8 @@
 #include "csrc/kernels/plan.h"
 #if defined(__x86_64__)
 #include "csrc/kernels/x86/x86_kernels.h"
+#elif defined(__aarch64__)
+#include "arm/kernels/neon_kernels.h"
 #endif
 
 using namespace patsparse;
@@ -112,6 +115,8 @@ int main() {
 #if defined(__x86_64__)
   if (cpu_has_avx2_fma()) check("avx2", avx2_microkernels(), rng);
   if (cpu_has_avx512()) check("avx512", avx512_microkernels(), rng);
+#elif defined(__aarch64__)
+  check("neon", neon_microkernels(), rng);
 #endif
   std::printf(failures ? "FAILED (%d)\n" : "all passed\n", failures);
   return failures ? 1 : 0;
