@@ -1,5 +1,4 @@
-// AVX-512F micro-kernels: a tile of G output channels x V vectors of 16 output pixels kept in zmm
-// registers; each input vector load feeds G FMAs (broadcast weights).
+// AVX-512F micro-kernels (16 floats a vector); the tile body is in tile_impl.h.
 #include <immintrin.h>
 
 #include <cstdint>
@@ -9,47 +8,19 @@
 
 #pragma GCC target("avx512f,avx2,fma")
 
+#include "tile_impl.h"  // after the pragma: compiled for this ISA
+
 namespace patsparse {
 namespace {
 
-template <int G, int V>
-void tile(const TileArgs& t) {
-  __m512 acc[G][V];
-#pragma GCC unroll 4
-  for (int m = 0; m < G; ++m) {
-    const __m512 b = t.bias ? _mm512_set1_ps(t.bias[m]) : _mm512_setzero_ps();
-#pragma GCC unroll 16
-    for (int v = 0; v < V; ++v) acc[m][v] = b;
-  }
-  const float* vals = t.values;
-  const int64_t E = t.entries, cs = t.channel_stride;
-  for (int64_t r = 0; r < t.runs; ++r) {
-    const float* base = t.src + t.run_channel[r] * cs;
-    const int32_t* off = t.tap_off + t.run_pattern[r] * E;
-    for (int64_t e = 0; e < E; ++e, vals += G) {
-      const float* x = base + off[e];
-      __m512 xv[V];
-#pragma GCC unroll 16
-      for (int v = 0; v < V; ++v) xv[v] = _mm512_loadu_ps(x + 16 * v);
-#pragma GCC unroll 4
-      for (int m = 0; m < G; ++m) {
-        const __m512 w = _mm512_set1_ps(vals[m]);
-#pragma GCC unroll 16
-        for (int v = 0; v < V; ++v) acc[m][v] = _mm512_fmadd_ps(xv[v], w, acc[m][v]);
-      }
-    }
-  }
-#pragma GCC unroll 4
-  for (int m = 0; m < G; ++m)
-#pragma GCC unroll 16
-    for (int v = 0; v < V; ++v) _mm512_storeu_ps(t.out + m * t.out_stride + 16 * v, acc[m][v]);
-}
-
-template <int G, int... Vs>
-void fill(MicroKernels& mk, std::integer_sequence<int, Vs...>) {
-  ((mk.fn[G][Vs + 1] = &tile<G, Vs + 1>), ...);
-  mk.max_vecs[G] = static_cast<int>(sizeof...(Vs));
-}
+struct Simd {
+  using Vec = __m512;
+  static constexpr int width = 16;
+  static Vec load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+  static Vec set1(float x) { return _mm512_set1_ps(x); }
+  static Vec fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+};
 
 }  // namespace
 
@@ -57,10 +28,10 @@ const MicroKernels& avx512_microkernels() {
   static const MicroKernels mk = [] {
     MicroKernels m;
     m.vec_len = 16;
-    fill<1>(m, std::make_integer_sequence<int, 16>{});
-    fill<2>(m, std::make_integer_sequence<int, 8>{});
-    fill<3>(m, std::make_integer_sequence<int, 6>{});
-    fill<4>(m, std::make_integer_sequence<int, 6>{});
+    fill<Simd, 1>(m, std::make_integer_sequence<int, 16>{});
+    fill<Simd, 2>(m, std::make_integer_sequence<int, 8>{});
+    fill<Simd, 3>(m, std::make_integer_sequence<int, 6>{});
+    fill<Simd, 4>(m, std::make_integer_sequence<int, 6>{});
     return m;
   }();
   return mk;

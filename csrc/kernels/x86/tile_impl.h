@@ -1,0 +1,57 @@
+// The x86 micro-kernel body shared by avx2.cpp and avx512.cpp: a tile of G output channels x V
+// vectors of output pixels kept in registers; each input vector load feeds G FMAs (broadcast
+// weights). S is a SIMD traits type (Vec, width, load, store, set1, fma). Include this only after
+// the file's `#pragma GCC target(...)`, inside an anonymous namespace, so each ISA gets its own
+// instantiation compiled for that ISA.
+#pragma once
+
+#include <cstdint>
+#include <utility>
+
+#include "x86_kernels.h"
+
+namespace patsparse {
+namespace {
+
+
+template <class S, int G, int V>
+void tile(const TileArgs& t) {
+  typename S::Vec acc[G][V];
+#pragma GCC unroll 4
+  for (int m = 0; m < G; ++m) {
+    const typename S::Vec b = S::set1(t.bias ? t.bias[m] : 0.0f);
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) acc[m][v] = b;
+  }
+  const float* vals = t.values;
+  const int64_t E = t.entries, cs = t.channel_stride;
+  for (int64_t r = 0; r < t.runs; ++r) {
+    const float* base = t.src + t.run_channel[r] * cs;
+    const int32_t* off = t.tap_off + t.run_pattern[r] * E;
+    for (int64_t e = 0; e < E; ++e, vals += G) {
+      const float* x = base + off[e];
+      typename S::Vec xv[V];
+#pragma GCC unroll 16
+      for (int v = 0; v < V; ++v) xv[v] = S::load(x + S::width * v);
+#pragma GCC unroll 4
+      for (int m = 0; m < G; ++m) {
+        const typename S::Vec w = S::set1(vals[m]);
+#pragma GCC unroll 16
+        for (int v = 0; v < V; ++v) acc[m][v] = S::fma(xv[v], w, acc[m][v]);
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int m = 0; m < G; ++m)
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) S::store(t.out + m * t.out_stride + S::width * v, acc[m][v]);
+}
+
+template <class S, int G, int... Vs>
+void fill(MicroKernels& mk, std::integer_sequence<int, Vs...>) {
+  ((mk.fn[G][Vs + 1] = &tile<S, G, Vs + 1>), ...);
+  mk.max_vecs[G] = static_cast<int>(sizeof...(Vs));
+}
+
+}  // namespace
+}  // namespace patsparse
