@@ -344,7 +344,7 @@ def test_corrupt_header_nnz_mismatch():
     f = s._fields()
     widths = _header_widths(40 * 200)
     assert bitpack.unpack_fields(sd["header"], widths) == f
-    for i, delta in [(4, 1), (4, -1), (3, 1), (2, 1), (5, 1), (5, -1)]:
+    for i, delta in [(4, 1), (4, -1), (3, 1), (3, -1), (5, 1), (5, -1), (1, 1)]:
         g = list(f)
         g[i] += delta
         corrupt = dict(sd)
