@@ -12,7 +12,6 @@ from torch_patsparse import bitpack, project
 from torch_patsparse.nn import SparseConv2d, SparseLinear, compress_module
 from torch_patsparse.nn.sparse import _decode, _header_widths
 
-HAVE_QPARAMS = hasattr(project, "quantize_params") and hasattr(project, "dequantize")
 
 
 # ------------------------------------------------------------------------------------------ bitpack
@@ -114,10 +113,10 @@ def test_ternary_codes_take_one_bit(bits):
     w = pruned((50, 64), 0.2, levels=1)
     s = SparseLinear.from_dense(linear_with(w))
     nnz = s.nnz
-    assert s.bits == 2 and s.storage_bits()["codes"] == 8 * math.ceil(nnz / 8)
+    assert s.bits == 1 and s.storage_bits()["codes"] == 8 * math.ceil(nnz / 8)
     w = pruned((50, 64), 0.2, levels=(1 << (bits - 1)) - 1)
     s = SparseLinear.from_dense(linear_with(w))
-    assert s.bits == bits and torch.equal(s.to_dense().weight, w)
+    assert s.bits == (1 if bits == 2 else bits) and torch.equal(s.to_dense().weight, w)
 
 
 @pytest.mark.parametrize("q", [0.01, 1e-3, 0.1, 3.3])
@@ -138,8 +137,7 @@ def test_pow2_grid_detection():
     assert torch.equal(s.to_dense().weight, w)
 
 
-@pytest.mark.skipif(not HAVE_QPARAMS, reason="project.quantize_params not merged yet")
-@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
 @pytest.mark.parametrize("scheme", ["uniform", "pow2"])
 def test_from_dense_quantizes(bits, scheme):
     w = pruned((30, 40), 0.1, seed=bits)

@@ -16,7 +16,7 @@ Stored form of one weight (all in the ``state_dict``, no dense weight anywhere):
     bitmap / relative is kept (``index_kind``).
 - ``codes`` uint8: when quantized, one code per kept weight, bit-packed. Kept weights are nonzero,
   so the code only has to name one of the ``2m`` nonzero levels (``m = 2**(bits-1) - 1`` levels a
-  side): ``ceil(log2(2m))`` bits, i.e. 1 bit for ternary (2-bit) weights. Level ``c`` in
+  side; m = 1 for bits = 1 and 2): ``ceil(log2(2m))`` bits, i.e. 1 bit for binary / ternary weights. Level ``c`` in
   ``{-m..-1, 1..m}`` decodes to ``c * scale`` (uniform) or ``sign(c) * scale * 2**-(|c|-1)`` (pow2).
 - ``scale`` fp32 [1] (quantized) or ``values`` fp32 [nnz] (not quantized).
 - ``bias`` fp32 parameter (kept dense).
@@ -94,7 +94,8 @@ def _choose_index(positions: torch.Tensor, numel: int) -> Tuple[int, int, torch.
 # value coding
 # --------------------------------------------------------------------------------------------
 def _levels(bits: int) -> int:
-    return (1 << (bits - 1)) - 1
+    """Nonzero levels a side (project.quantize: bits=1 is +-q, bits=2 is {0, +-q})."""
+    return max(1, (1 << (bits - 1)) - 1)
 
 
 def _code_width(bits: int) -> int:
@@ -126,7 +127,7 @@ def _exact_scale(v: torch.Tensor, c: torch.Tensor, scheme: int, hint: Optional[f
 
 
 def _detect_grid(v: torch.Tensor, scheme: int) -> Optional[Tuple[torch.Tensor, torch.Tensor, int]]:
-    """Integer levels + exact scale + bits (2..8) if the nonzeros ``v`` sit on a uniform / pow2 grid."""
+    """Integer levels + exact scale + bits (1..8) if the nonzeros ``v`` sit on a uniform / pow2 grid."""
     if v.numel() == 0:
         return None
     a = v.abs()
@@ -156,21 +157,15 @@ def _detect_grid(v: torch.Tensor, scheme: int) -> Optional[Tuple[torch.Tensor, t
         if s is None:
             return None
     m = int(c.abs().max())
-    bits = next(b for b in range(2, 9) if _levels(b) >= m)
+    bits = next(b for b in range(1, 9) if _levels(b) >= m)
     return c, s, bits
 
 
-def _quantize(w: torch.Tensor, bits: int, scheme: str) -> Tuple[torch.Tensor, torch.Tensor]:
+def _quantize(w: torch.Tensor, bits: int, scheme: str) -> Tuple[torch.Tensor, float]:
     """(quantized weight, scale) via torch_patsparse.project (the one quantizer of the project)."""
     from .. import project
-    if hasattr(project, "quantize_params") and hasattr(project, "dequantize"):
-        codes, scale = project.quantize_params(w, bits, scheme)
-        return project.dequantize(codes, scale, scheme).to(torch.float32), torch.as_tensor(scale, dtype=torch.float32)
-    if hasattr(project, "quantize"):
-        wq = project.quantize(w, bits, scheme).to(torch.float32)
-        return wq, None
-    raise NotImplementedError("torch_patsparse.project.quantize_params is not available yet; "
-                              "pass an already quantized weight with bits=None")
+    codes, scale = project.quantize_params(w, bits, scheme)
+    return project.dequantize(codes, scale, scheme, dtype=torch.float32), scale
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,8 +213,8 @@ def _decode(arrays: Dict[str, torch.Tensor], shape: torch.Size) -> torch.Tensor:
             raise ValueError(f"'values' has {values.numel()} entries, expected nnz={nnz}")
         vals = values.cpu().float()
     else:
-        if not 2 <= bits <= 8:
-            raise ValueError(f"code bits must be in 2..8, got {bits}")
+        if not 1 <= bits <= 8:
+            raise ValueError(f"code bits must be in 1..8, got {bits}")
         if values.numel():
             raise ValueError("a quantized weight stores no fp32 'values'")
         scale = scale.float()
@@ -259,13 +254,13 @@ class _SparseWeightMixin:
         numel = w.numel()
         sid = _SCHEMES[scheme]
         if bits is not None:
-            if not 2 <= int(bits) <= 8:
-                raise ValueError(f"bits must be in 2..8 (or None), got {bits}")
+            if not 1 <= int(bits) <= 8:
+                raise ValueError(f"bits must be in 1..8 (or None), got {bits}")
             wq, hint = _quantize(w, int(bits), scheme)
             pos = torch.nonzero(wq).view(-1)
             v = wq[pos]
             grid = None
-            if v.numel() and hint is not None:
+            if v.numel():
                 m, h = _levels(int(bits)), float(hint)
                 if sid == 1:
                     c = torch.round(v / h).to(torch.int64)
