@@ -195,7 +195,8 @@ def test_conv_round_trip_and_forward(case, keep, levels):
     ref = F.conv2d(x, w, conv.bias, conv.stride, conv.padding, conv.dilation, groups)
     torch.testing.assert_close(s(x), ref, rtol=0, atol=0)
     assert s.to_dense()(x).shape == ref.shape
-    dense_macs, kept_macs = s.macs(hw)
+    assert s.output_hw(hw) == tuple(ref.shape[2:])
+    dense_macs, kept_macs = s.macs(ref.shape[2:])
     assert dense_macs == w.numel() * ref.shape[2] * ref.shape[3]
     assert kept_macs == int((w != 0).sum()) * ref.shape[2] * ref.shape[3]
     assert s.dense_bits() == 32 * (w.numel() + (cout if bias else 0))
@@ -204,7 +205,7 @@ def test_conv_round_trip_and_forward(case, keep, levels):
 def test_linear_macs_and_bits():
     w = pruned((120, 400), 0.01, levels=1)
     s = SparseLinear.from_dense(linear_with(w))
-    assert s.macs(None) == (48000, s.nnz)
+    assert s.macs(None) == s.macs(()) == (48000, s.nnz)
     b = s.storage_bits()
     assert b["bias"] == 120 * 32 and b["scale"] == 32 and b["values"] == 0
     assert s.dense_bits() == 32 * (48000 + 120)

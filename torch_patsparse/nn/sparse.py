@@ -394,8 +394,8 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
         w = self.dense_weight()
         return F.linear(x, w.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
-    def macs(self, input_hw=None) -> Tuple[int, int]:
-        """(dense, kept) multiply-accumulates per sample (``input_hw`` unused)."""
+    def macs(self, output_hw=None) -> Tuple[int, int]:
+        """(dense, kept) multiply-accumulates per sample (``output_hw`` unused)."""
         return self.in_features * self.out_features, self.nnz
 
     def extra_repr(self) -> str:
@@ -458,11 +458,12 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
             out.append((int(input_hw[i]) + 2 * p - k) // self.stride[i] + 1)
         return out[0], out[1]
 
-    def macs(self, input_hw) -> Tuple[int, int]:
-        """(dense, kept) multiply-accumulates per sample for an ``input_hw`` = (H, W) input (kept:
-        kept weights x output pixels, border effects of padding ignored)."""
-        oh, ow = self.output_hw(input_hw)
-        return int(math.prod(self.weight_shape)) * oh * ow, self.nnz * oh * ow
+    def macs(self, output_hw) -> Tuple[int, int]:
+        """(dense, kept) multiply-accumulates per image whose output of this layer is ``output_hw``
+        = (H, W) (the convention of ``compression_report``; see :meth:`output_hw` to get it from the
+        input size). Kept: kept weights x output pixels (border effects of padding ignored)."""
+        pixels = int(output_hw[0]) * int(output_hw[1])
+        return int(math.prod(self.weight_shape)) * pixels, self.nnz * pixels
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
