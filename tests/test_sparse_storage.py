@@ -402,3 +402,19 @@ def test_compress_module_assorted():
     # outputs unchanged
     x = torch.randn(3, 6, 9, 9)
     torch.testing.assert_close(compress_module(c5)(x), c5(x), rtol=0, atol=0)
+
+
+def test_convert_all_uses_compress_module():
+    import torch_patsparse as ps
+    from torch_patsparse import models
+    torch.manual_seed(0)
+    m = models.LeNet5()
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, (nn.Conv2d, nn.Linear)):
+                mod.weight.copy_(project.quantize(project.unstructured(mod.weight, 0.05), 2))
+    c = ps.convert(m, layers="all")
+    kinds = [type(x) for x in c.modules()]
+    assert kinds.count(SparseConv2d) == 2 and kinds.count(SparseLinear) == 3
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(c(x), m(x))
