@@ -93,11 +93,10 @@ LENET = {  # param name -> short layer name
     "classifier.3.weight": "fc2", "classifier.5.weight": "fc3"}
 # (keep fraction, bits) per layer, in LENET order; chained from weakest to strongest.
 LENET_SETTINGS = [
-    ("L1", [(0.80, 4), (0.25, 3), (0.040, 3), (0.120, 3), (0.40, 4)]),
-    ("L2", [(0.45, 2), (0.05, 2), (0.005, 1), (0.015, 1), (0.12, 2)]),
-    ("L3", [(0.30, 1), (0.02, 1), (0.0015, 1), (0.005, 1), (0.06, 1)]),
-    ("L4", [(0.25, 1), (0.015, 1), (0.0010, 1), (0.004, 1), (0.05, 1)]),
-    ("L5", [(0.20, 1), (0.010, 1), (0.0007, 1), (0.003, 1), (0.04, 1)]),
+    ("L1", [(0.60, 4), (0.15, 3), (0.020, 3), (0.060, 3), (0.30, 4)]),
+    ("L2", [(0.40, 3), (0.05, 3), (0.004, 3), (0.015, 3), (0.12, 3)]),
+    ("L3", [(0.25, 3), (0.015, 3), (0.0008, 3), (0.004, 3), (0.05, 3)]),
+    ("L4", [(0.18, 2), (0.008, 2), (0.0005, 2), (0.0025, 2), (0.035, 2)]),
 ]
 # VGG: (3x3 conv connectivity keep, conv bits, fc keep, fc bits); 8 patterns of 4 weights.
 VGG_SETTINGS = [
@@ -221,10 +220,10 @@ def run_model(kind, args, data, log):
     for name, setting in settings:
         t0 = time.time()
         if kind == "lenet":
-            opt = ADMM.from_model(model, lenet_spec(setting), base=torch.optim.Adam, lr=lr,
+            opt = ADMM.from_model(model, lenet_spec(setting), base=torch.optim.Adam, lr=lr, rho_growth=args.rho_growth,
                                   update_every=max(steps * admm_ep // 12, 10))
         else:
-            opt = ADMM(vgg_groups(model, setting), base=torch.optim.Adam, lr=lr,
+            opt = ADMM(vgg_groups(model, setting), base=torch.optim.Adam, lr=lr, rho_growth=args.rho_growth,
                        update_every=max(steps * admm_ep // 12, 10))
         run_epochs(model, opt, xtr, ytr, admm_ep, seed=1)
         res = opt.residuals()
@@ -324,20 +323,22 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: 6k images, 1 epoch per phase")
     ap.add_argument("--models", default="lenet,vgg")
-    ap.add_argument("--dense-epochs", type=int, default=5)
+    ap.add_argument("--dense-epochs", type=int, default=4)
     ap.add_argument("--admm-epochs", type=int, default=2)
-    ap.add_argument("--retrain-epochs", type=int, default=2)
+    ap.add_argument("--retrain-epochs", type=int, default=3)
+    ap.add_argument("--rho-growth", type=float, default=1.5, help="ADMM rho growth per Z-update (12 per phase)")
     ap.add_argument("--vgg-train", type=int, default=6000, help="VGG training images (cost)")
     ap.add_argument("--vgg-dense-epochs", type=int, default=2)
     ap.add_argument("--vgg-epochs", type=int, default=1, help="VGG ADMM and retrain epochs per setting")
+    ap.add_argument("--report-only", action="store_true", help="rewrite the .md/.png from the saved .json files")
     ap.add_argument("--cache-dense", action="store_true", help="save / reuse the dense model in --out")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    xtr, ytr = load_fmnist("train")
-    xte, yte = load_fmnist("test")
+    xtr, ytr = load_fmnist("train") if not args.report_only else (None, None)
+    xte, yte = load_fmnist("test") if not args.report_only else (None, None)
     os.makedirs(args.out, exist_ok=True)
     suffix = "_quick" if args.quick else ""
     logf = open(os.path.join(args.out, f"storage{suffix}_{args.models.replace(',', '_')}.log"), "w")
@@ -347,19 +348,19 @@ def main():
         logf.write(s + "\n")
         logf.flush()
 
-    for kind in args.models.split(","):
+    for kind in ([] if args.report_only else args.models.split(",")):
         results = run_model(kind, args, (xtr, ytr, xte, yte), log)
         with open(os.path.join(args.out, f"storage{suffix}_{kind}.json"), "w") as f:
             json.dump(results, f, indent=1, default=str)
-        # the report covers every model run so far (separate processes may run the models)
-        results = []
-        for k in ("lenet", "vgg"):
-            path = os.path.join(args.out, f"storage{suffix}_{k}.json")
-            if os.path.exists(path):
-                with open(path) as f:
-                    results += json.load(f)
-        write_report(results, args, os.path.join(args.out, f"storage{suffix}.md"),
-                     os.path.join(args.out, f"storage_tradeoff{suffix}.png"))
+    # the report covers every model run so far (separate processes may run the models)
+    results = []
+    for k in ("lenet", "vgg"):
+        path = os.path.join(args.out, f"storage{suffix}_{k}.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                results += json.load(f)
+    write_report(results, args, os.path.join(args.out, f"storage{suffix}.md"),
+                 os.path.join(args.out, f"storage_tradeoff{suffix}.png"))
 
 if __name__ == "__main__":
     main()
