@@ -200,6 +200,8 @@ def run_model(kind, args, data, log):
     if args.quick:
         ntrain, dense_ep, admm_ep, rt_ep = min(ntrain, 6000), 1, 1, 1
         settings = settings[::2] if kind == "lenet" else settings[:1]
+    if args.settings:
+        settings = [st for st in settings if st[0] in args.settings.split(",")]
     xtr, ytr = xtr[:ntrain], ytr[:ntrain]
     t0 = time.time()
     ckpt = os.path.join(args.out, f"dense_{kind}_{ntrain}_{dense_ep}.pt") if args.cache_dense else None
@@ -330,6 +332,7 @@ def main():
     ap.add_argument("--vgg-train", type=int, default=6000, help="VGG training images (cost)")
     ap.add_argument("--vgg-dense-epochs", type=int, default=2)
     ap.add_argument("--vgg-epochs", type=int, default=1, help="VGG ADMM and retrain epochs per setting")
+    ap.add_argument("--settings", default="", help="comma-separated subset of the setting names (chained in order)")
     ap.add_argument("--report-only", action="store_true", help="rewrite the .md/.png from the saved .json files")
     ap.add_argument("--cache-dense", action="store_true", help="save / reuse the dense model in --out")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
