@@ -22,8 +22,8 @@ dtype widths), codes (bit-packed, whole bytes) or fp32 values, and the fp32 scal
 architecture (layer shapes), which is code, not data. ``all-in`` also counts biases (and BN) on
 both sides.
 
-    python benchmarks/storage_experiment.py            # full run (~15 min on 2 cores)
-    python benchmarks/storage_experiment.py --quick    # smoke run (~2 min)
+    python benchmarks/storage_experiment.py            # full run (~15 min on an idle 2-core machine)
+    python benchmarks/storage_experiment.py --quick    # smoke run (~3 min)
 """
 import argparse
 import copy
@@ -326,9 +326,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: 6k images, 1 epoch per phase")
     ap.add_argument("--models", default="lenet,vgg")
-    ap.add_argument("--dense-epochs", type=int, default=4)
-    ap.add_argument("--admm-epochs", type=int, default=2)
-    ap.add_argument("--retrain-epochs", type=int, default=3)
+    ap.add_argument("--dense-epochs", type=int, default=8)
+    ap.add_argument("--admm-epochs", type=int, default=4)
+    ap.add_argument("--retrain-epochs", type=int, default=6)
     ap.add_argument("--rho-growth", type=float, default=1.5, help="ADMM rho growth per Z-update (12 per phase)")
     ap.add_argument("--vgg-train", type=int, default=6000, help="VGG training images (cost)")
     ap.add_argument("--vgg-dense-epochs", type=int, default=2)
