@@ -1,0 +1,420 @@
+"""SparseLinear / SparseConv2d: bit packing, exact round trips, forward vs dense F.linear / F.conv2d,
+compact state_dict (weights_only load, file size), validation of corrupt arrays, compress_module."""
+import io
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torch_patsparse import bitpack, project
+from torch_patsparse.nn import SparseConv2d, SparseLinear, compress_module
+from torch_patsparse.nn.sparse import _decode, _header_widths
+
+
+
+# ------------------------------------------------------------------------------------------ bitpack
+@pytest.mark.parametrize("width", list(range(1, 17)))
+@pytest.mark.parametrize("n", [0, 1, 3, 7, 8, 9, 13, 64, 101])
+def test_bitpack_round_trip(width, n):
+    g = torch.Generator().manual_seed(width * 1000 + n)
+    x = torch.randint(0, 1 << width, (n,), generator=g)
+    if n:
+        x[0] = (1 << width) - 1  # the largest value must survive
+    p = bitpack.pack(x, width)
+    assert p.dtype == torch.uint8 and p.numel() == math.ceil(n * width / 8)
+    assert torch.equal(bitpack.unpack(p, n, width), x)
+
+
+def test_bitpack_layout_lsb_first():
+    assert bitpack.pack(torch.tensor([1, 0, 3]), 2).tolist() == [0b110001]
+    assert bitpack.pack(torch.tensor([5]), 3).tolist() == [5]
+
+
+def test_bitpack_errors():
+    with pytest.raises(ValueError):
+        bitpack.pack(torch.tensor([4]), 2)
+    with pytest.raises(ValueError):
+        bitpack.pack(torch.tensor([-1]), 3)
+    with pytest.raises(ValueError):
+        bitpack.pack(torch.tensor([1]), 0)
+    p = bitpack.pack(torch.tensor([1, 2, 3]), 2)
+    with pytest.raises(ValueError):  # length mismatch
+        bitpack.unpack(p, 5, 2)
+    with pytest.raises(ValueError):  # nonzero padding bits
+        bitpack.unpack(torch.tensor([0xFF], dtype=torch.uint8), 3, 2)
+    with pytest.raises(ValueError):
+        bitpack.unpack(p.to(torch.int32), 3, 2)
+
+
+def test_pack_fields_round_trip():
+    widths = [1, 4, 2, 4, 17, 17]
+    vals = [1, 9, 2, 3, 100000, 5]
+    assert bitpack.unpack_fields(bitpack.pack_fields(vals, widths), widths) == vals
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def pruned(shape, keep, seed=0, levels=None, q=0.037):
+    """Random weight with ~keep of entries nonzero; if levels, on the uniform grid c*q, |c|<=levels."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(shape, generator=g) < keep
+    if levels is None:
+        w = torch.randn(shape, generator=g)
+    else:
+        c = torch.randint(1, levels + 1, shape, generator=g) * (torch.randint(0, 2, shape, generator=g) * 2 - 1)
+        w = c.float() * q
+    return w * mask
+
+
+def linear_with(w, bias=True, seed=0):
+    lin = nn.Linear(w.shape[1], w.shape[0], bias=bias)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+        if bias:
+            lin.bias.copy_(torch.randn(w.shape[0], generator=torch.Generator().manual_seed(seed + 1)))
+    return lin
+
+
+def conv_with(w, stride=1, padding=0, dilation=1, groups=1, bias=True, seed=0):
+    cout, cin_g, kh, kw = w.shape
+    conv = nn.Conv2d(cin_g * groups, cout, (kh, kw), stride, padding, dilation, groups, bias)
+    with torch.no_grad():
+        conv.weight.copy_(w)
+        if bias:
+            conv.bias.copy_(torch.randn(cout, generator=torch.Generator().manual_seed(seed + 1)))
+    return conv
+
+
+KEEPS = [0.0, 0.003, 0.05, 0.5, 1.0]
+LEVELS = [None, 1, 3, 7, 100]
+
+
+# ------------------------------------------------------------------------------------------ linear
+@pytest.mark.parametrize("keep", KEEPS)
+@pytest.mark.parametrize("levels", LEVELS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_round_trip_and_forward(keep, levels, bias):
+    w = pruned((37, 211), keep, levels=levels)
+    lin = linear_with(w, bias)
+    s = SparseLinear.from_dense(lin)
+    assert torch.equal(s.to_dense().weight, lin.weight)
+    assert s.nnz == int((w != 0).sum())
+    if levels is not None and s.nnz:
+        assert s.bits is not None and s.bits <= 8  # detected the grid: stored as codes, not fp32
+        assert s.storage_bits()["values"] == 0
+    x = torch.randn(5, 211)
+    torch.testing.assert_close(s(x), F.linear(x, w, lin.bias), rtol=0, atol=0)
+    assert "weight" not in s.state_dict()
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_ternary_codes_take_one_bit(bits):
+    w = pruned((50, 64), 0.2, levels=1)
+    s = SparseLinear.from_dense(linear_with(w))
+    nnz = s.nnz
+    assert s.bits == 1 and s.storage_bits()["codes"] == 8 * math.ceil(nnz / 8)
+    w = pruned((50, 64), 0.2, levels=(1 << (bits - 1)) - 1)
+    s = SparseLinear.from_dense(linear_with(w))
+    assert s.bits == (1 if bits == 2 else bits) and torch.equal(s.to_dense().weight, w)
+
+
+@pytest.mark.parametrize("q", [0.01, 1e-3, 0.1, 3.3])
+def test_grid_detection_exact(q):
+    w = pruned((20, 30), 0.3, levels=3, q=q)
+    s = SparseLinear.from_dense(linear_with(w))
+    assert s.bits == 3 and s.scheme == "uniform"
+    assert torch.equal(s.to_dense().weight, w)
+
+
+def test_pow2_grid_detection():
+    g = torch.Generator().manual_seed(3)
+    j = torch.randint(0, 3, (20, 30), generator=g)
+    sign = torch.randint(0, 2, (20, 30), generator=g) * 2 - 1
+    w = sign * 0.75 * torch.pow(2.0, -j.float()) * (torch.rand(20, 30, generator=g) < 0.3)
+    s = SparseLinear.from_dense(linear_with(w), scheme="pow2")
+    assert s.scheme == "pow2" and s.bits == 3
+    assert torch.equal(s.to_dense().weight, w)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("scheme", ["uniform", "pow2"])
+def test_from_dense_quantizes(bits, scheme):
+    w = pruned((30, 40), 0.1, seed=bits)
+    s = SparseLinear.from_dense(linear_with(w), bits=bits, scheme=scheme)
+    wq = project.quantize(w, bits, scheme)
+    assert s.bits == bits
+    assert torch.equal(s.to_dense().weight, wq)
+    # quantizing an already quantized weight again is exact too
+    s2 = SparseLinear.from_dense(linear_with(wq), bits=bits, scheme=scheme)
+    assert torch.equal(s2.to_dense().weight, wq)
+
+
+def test_index_choice_bitmap_vs_relative():
+    dense = SparseLinear.from_dense(linear_with(pruned((64, 64), 0.6)))
+    assert dense.index_kind == "bitmap" and dense.storage_bits()["index"] == 64 * 64
+    sparse = SparseLinear.from_dense(linear_with(pruned((64, 64), 0.01)))
+    assert sparse.index_kind.startswith("relative")
+    assert sparse.storage_bits()["index"] < 64 * 64
+
+
+def test_relative_index_long_gaps():
+    """Gaps far longer than the index width need padding (escape) entries."""
+    w = torch.zeros(10, 1000)
+    w[0, 0] = 1.0
+    w[9, 999] = -2.0
+    w[5, 17] = 0.5
+    s = SparseLinear.from_dense(linear_with(w))
+    assert s.index_kind.startswith("relative")
+    assert torch.equal(s.to_dense().weight, w)
+
+
+# ------------------------------------------------------------------------------------------ conv
+CONV_CASES = [
+    # (cin, cout, k, stride, padding, dilation, groups, bias, hw)
+    (1, 6, 5, 1, 2, 1, 1, True, (28, 28)),
+    (6, 16, 5, 1, 0, 1, 1, True, (14, 14)),
+    (8, 16, 1, 1, 0, 1, 1, False, (7, 9)),
+    (8, 8, 3, 1, 1, 1, 8, True, (10, 10)),   # depthwise 3x3: PatternConv2d does not take it
+    (4, 6, (3, 5), (2, 1), (1, 2), (1, 2), 2, True, (13, 11)),
+    (3, 4, 7, 2, 3, 1, 1, False, (16, 15)),
+    (4, 4, 3, 1, "same", 2, 1, True, (9, 9)),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("keep,levels", [(0.3, None), (0.05, 3), (1.0, None), (0.0, None), (0.5, 1)])
+def test_conv_round_trip_and_forward(case, keep, levels):
+    cin, cout, k, stride, padding, dilation, groups, bias, hw = case
+    ks = k if isinstance(k, tuple) else (k, k)
+    w = pruned((cout, cin // groups, *ks), keep, levels=levels, seed=cout)
+    conv = conv_with(w, stride, padding, dilation, groups, bias)
+    s = SparseConv2d.from_dense(conv)
+    assert torch.equal(s.to_dense().weight, w)
+    x = torch.randn(2, cin, *hw)
+    ref = F.conv2d(x, w, conv.bias, conv.stride, conv.padding, conv.dilation, groups)
+    torch.testing.assert_close(s(x), ref, rtol=0, atol=0)
+    assert s.to_dense()(x).shape == ref.shape
+    assert s.output_hw(hw) == tuple(ref.shape[2:])
+    dense_macs, kept_macs = s.macs(ref.shape[2:])
+    assert dense_macs == w.numel() * ref.shape[2] * ref.shape[3]
+    assert kept_macs == int((w != 0).sum()) * ref.shape[2] * ref.shape[3]
+    assert s.dense_bits() == 32 * (w.numel() + (cout if bias else 0))
+
+
+def test_linear_macs_and_bits():
+    w = pruned((120, 400), 0.01, levels=1)
+    s = SparseLinear.from_dense(linear_with(w))
+    assert s.macs(None) == s.macs(()) == (48000, s.nnz)
+    b = s.storage_bits()
+    assert b["bias"] == 120 * 32 and b["scale"] == 32 and b["values"] == 0
+    assert s.dense_bits() == 32 * (48000 + 120)
+    assert sum(b.values()) < s.dense_bits() / 30
+
+
+# ------------------------------------------------------------------------------------------ state dict
+def save_bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def load(b: bytes):
+    return torch.load(io.BytesIO(b), weights_only=True)
+
+
+@pytest.mark.parametrize("levels,keep", [(None, 0.05), (1, 0.01), (3, 0.2), (None, 0.0)])
+def test_state_dict_round_trip_weights_only(levels, keep):
+    w = pruned((16, 6, 5, 5), keep, levels=levels)
+    conv = conv_with(w)
+    s = SparseConv2d.from_dense(conv)
+    sd = load(save_bytes(s.state_dict()))
+    fresh = SparseConv2d(6, 16, 5)
+    fresh.load_state_dict(sd)
+    x = torch.randn(2, 6, 12, 12)
+    assert torch.equal(fresh(x), s(x))
+    assert torch.equal(fresh.to_dense().weight, w)
+    assert fresh.storage_bits() == s.storage_bits()
+    # a whole model
+    model = nn.Sequential(s, nn.Flatten(), SparseLinear.from_dense(linear_with(pruned((10, 16 * 64), 0.02, levels=1))))
+    sd = load(save_bytes(model.state_dict()))
+    model2 = nn.Sequential(SparseConv2d(6, 16, 5), nn.Flatten(), SparseLinear(16 * 64, 10))
+    model2.load_state_dict(sd)
+    assert torch.equal(model2(x), model(x))
+
+
+def test_decoded_weight_not_persistent():
+    s = SparseLinear.from_dense(linear_with(pruned((10, 20), 0.3)))
+    s(torch.randn(1, 20))  # fills the cache
+    assert set(s.state_dict()) == {"header", "index", "codes", "values", "scale", "bias"}
+
+
+PER_TENSOR_OVERHEAD = 600  # bytes of zip entry + pickle record per tensor in torch.save
+FIXED_OVERHEAD = 1500
+
+
+@pytest.mark.parametrize("shape,keep,levels", [((120, 400), 0.005, 1), ((120, 400), 0.05, 3),
+                                               ((84, 120), 0.3, None), ((120, 400), 0.9, 7)])
+def test_file_size_tracks_counted_bits(shape, keep, levels):
+    s = SparseLinear.from_dense(linear_with(pruned(shape, keep, levels=levels)))
+    sd = s.state_dict()
+    counted_bytes = sum(s.storage_bits().values()) / 8
+    size = len(save_bytes(sd))
+    assert size <= counted_bytes + FIXED_OVERHEAD + PER_TENSOR_OVERHEAD * len(sd), (size, counted_bytes)
+    # and the counted bits are the real data: dense fp32 file is ~dense_bits/8
+    if keep < 0.1:
+        dense_size = len(save_bytes(linear_with(pruned(shape, keep, levels=levels)).state_dict()))
+        assert size < dense_size / 5
+
+
+# ------------------------------------------------------------------------------------------ corruption
+def good_sd(levels=3, keep=0.05, shape=(40, 200)):
+    s = SparseLinear.from_dense(linear_with(pruned(shape, keep, levels=levels)))
+    return s, {k: v.clone() for k, v in s.state_dict().items()}
+
+
+def load_into_fresh(sd, shape=(40, 200)):
+    m = SparseLinear(shape[1], shape[0])
+    m.load_state_dict(sd)
+    return m
+
+
+def test_corrupt_index_out_of_range():
+    w = torch.zeros(4, 8)
+    w[3, 7] = 1.0  # last position: relative symbol 31 or bitmap
+    s = SparseLinear.from_dense(linear_with(w))
+    sd = s.state_dict()
+    # a bitmap / relative index that points past the end, or with too many entries
+    bad = dict(sd)
+    bad["index"] = torch.full_like(sd["index"], 0xFF)
+    with pytest.raises(ValueError):
+        SparseLinear(8, 4).load_state_dict(bad)
+    # relative index pointing beyond numel
+    w2 = torch.zeros(40, 200)
+    w2[39, 199] = 1.0
+    w2[0, 3] = 1.0
+    s2 = SparseLinear.from_dense(linear_with(w2))
+    assert s2.index_kind.startswith("relative")
+    sd2 = dict(s2.state_dict())
+    idx = bitpack.unpack(sd2["index"], _nsym(s2), int(s2.index_kind[8:]))
+    esc = (1 << int(s2.index_kind[8:])) - 1
+    idx[-1] = esc - 1  # last gap larger: position beyond numel
+    idx2 = idx.clone()
+    sd2["index"] = bitpack.pack(idx2, int(s2.index_kind[8:]))
+    with pytest.raises(ValueError):
+        load_into_fresh(sd2)
+
+
+def _nsym(s):
+    return s._fields()[5]
+
+
+def test_corrupt_lengths_and_widths():
+    s, sd = good_sd()
+    for key, bad in [("codes", sd["codes"][:-1]), ("codes", torch.cat([sd["codes"], sd["codes"][:1]])),
+                     ("index", sd["index"][:-1]), ("header", sd["header"][:-1]),
+                     ("codes", sd["codes"].to(torch.int32)), ("scale", torch.zeros(1)),
+                     ("scale", torch.tensor([float("nan")])), ("scale", torch.ones(2)),
+                     ("values", torch.ones(3)), ("index", sd["index"].view(1, -1))]:
+        corrupt = dict(sd)
+        corrupt[key] = bad
+        with pytest.raises(ValueError):
+            load_into_fresh(corrupt)
+    corrupt = dict(sd)
+    del corrupt["codes"]
+    with pytest.raises(ValueError):
+        load_into_fresh(corrupt)
+    # the good one still loads
+    assert torch.equal(load_into_fresh(sd).to_dense().weight, s.to_dense().weight)
+
+
+def test_corrupt_code_out_of_range():
+    # 3-bit codes name 6 levels; symbols 6 and 7 are invalid
+    s, sd = good_sd(levels=3)
+    codes = bitpack.unpack(sd["codes"], s.nnz, 3)
+    codes[0] = 7
+    sd["codes"] = bitpack.pack(codes, 3)
+    with pytest.raises(ValueError, match="out of range"):
+        load_into_fresh(sd)
+
+
+def test_corrupt_header_nnz_mismatch():
+    s, sd = good_sd()
+    f = s._fields()
+    widths = _header_widths(40 * 200)
+    assert bitpack.unpack_fields(sd["header"], widths) == f
+    for i, delta in [(4, 1), (4, -1), (3, 1), (3, -1), (5, 1), (5, -1), (1, 1)]:
+        g = list(f)
+        g[i] += delta
+        corrupt = dict(sd)
+        corrupt["header"] = bitpack.pack_fields(g, widths)
+        with pytest.raises(ValueError):
+            load_into_fresh(corrupt)
+
+
+def test_corrupt_bitmap_count():
+    s, sd = good_sd(levels=None, keep=0.7, shape=(40, 200))
+    assert s.index_kind == "bitmap"
+    idx = sd["index"].clone()
+    idx[0] ^= 0x1  # one more / one fewer set bit than nnz
+    sd["index"] = idx
+    with pytest.raises(ValueError):
+        load_into_fresh(sd)
+
+
+def test_decode_fuzz_never_crashes():
+    """Random garbage in every array: a ValueError or a valid weight, nothing else."""
+    s, sd = good_sd()
+    g = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        arrays = {k: v.clone() for k, v in sd.items() if k != "bias"}
+        key = ["header", "index", "codes"][trial % 3]
+        if arrays[key].numel():
+            i = int(torch.randint(0, arrays[key].numel(), (1,), generator=g))
+            arrays[key][i] = int(torch.randint(0, 256, (1,), generator=g))
+        try:
+            w = _decode(arrays, torch.Size([40, 200]))
+        except ValueError:
+            continue
+        assert w.shape == (40, 200)
+
+
+# ------------------------------------------------------------------------------------------ compress_module
+def test_compress_module_assorted():
+    lin = linear_with(pruned((120, 400), 0.01, levels=1))
+    assert isinstance(compress_module(lin), SparseLinear)
+    c5 = conv_with(pruned((16, 6, 5, 5), 0.1, levels=3))
+    assert isinstance(compress_module(c5), SparseConv2d)
+    c1 = conv_with(pruned((16, 8, 1, 1), 0.1))
+    assert isinstance(compress_module(c1), SparseConv2d)
+    dw = conv_with(pruned((8, 1, 3, 3), 0.3, levels=1), padding=1, groups=8)
+    assert isinstance(compress_module(dw), SparseConv2d)
+    c3 = conv_with(pruned((8, 4, 3, 3), 0.1), padding=1)  # PatternConv2d's job
+    assert compress_module(c3) is None
+    assert compress_module(nn.ReLU()) is None
+    assert compress_module(nn.BatchNorm2d(4)) is None
+    assert compress_module(SparseLinear.from_dense(lin)) is None
+    refl = nn.Conv2d(4, 4, 5, padding=2, padding_mode="reflect")
+    assert compress_module(refl) is None
+    assert compress_module(nn.Linear(10, 10)) is None  # dense fp32: compressing would not save space
+    assert isinstance(compress_module(nn.Linear(10, 10), only_if_smaller=False), SparseLinear)
+    assert compress_module(nn.Linear(10, 10).double()) is None
+    # outputs unchanged
+    x = torch.randn(3, 6, 9, 9)
+    torch.testing.assert_close(compress_module(c5)(x), c5(x), rtol=0, atol=0)
+
+
+def test_convert_all_uses_compress_module():
+    import torch_patsparse as ps
+    from torch_patsparse import models
+    torch.manual_seed(0)
+    m = models.LeNet5()
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, (nn.Conv2d, nn.Linear)):
+                mod.weight.copy_(project.quantize(project.unstructured(mod.weight, 0.05), 2))
+    c = ps.convert(m, layers="all")
+    kinds = [type(x) for x in c.modules()]
+    assert kinds.count(SparseConv2d) == 2 and kinds.count(SparseLinear) == 3
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(c(x), m(x))
