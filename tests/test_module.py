@@ -146,7 +146,7 @@ def test_vgg16_report_bits_per_kernel():
         if row.kind != "PatternConv2d":
             continue
         m = model.get_submodule(row.name)
-        per_kernel = 4 * 32 + 32 + 8                          # values + channel index + pattern id
+        per_kernel = 4 * 32 + 16 + 8                          # values + int16 channel index + pattern id
         ideal = m.nnz * per_kernel
         assert ideal <= row.stored_bits <= ideal * 1.05, (row.name, row.stored_bits, ideal)
         assert abs(row.density - 0.25 * 4 / 9) < 0.01
@@ -195,3 +195,27 @@ def test_from_dense_rejects_ineligible():
         conv.weight[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         ps.nn.PatternConv2d.from_dense(conv)
+
+
+@pytest.mark.parametrize("bits", [None, 1, 3, 4, 8])
+def test_saved_file_tracks_counted_bits(tmp_path, bits):
+    conv = pattern_conv(cin=64, cout=64, keep=0.25, seed=4)
+    pc = ps.nn.PatternConv2d.from_dense(conv, ps.PatternSet(PATTERNS8), bits=bits)
+    path = tmp_path / "pc.pt"
+    torch.save(pc.state_dict(), path)
+    counted = sum(pc.storage_bits().values()) / 8
+    overhead = 700 * len(pc.state_dict()) + 1500              # zip entries + pickle, per tensor
+    assert counted <= path.stat().st_size <= counted + overhead, (path.stat().st_size, counted)
+    fresh = ps.nn.PatternConv2d(64, 64, bits=bits, scheme=pc.scheme if bits else "uniform")
+    fresh.load_state_dict(torch.load(path, weights_only=True))
+    x = torch.randn(1, 64, 8, 8)
+    assert torch.equal(fresh(x), pc(x))
+    assert torch.equal(fresh.codes, pc.codes) if bits else torch.equal(fresh.values, pc.values)
+
+
+def test_corrupt_packed_codes_are_rejected():
+    pc = ps.nn.PatternConv2d.from_dense(pattern_conv(), ps.PatternSet(PATTERNS8), bits=4)
+    sd = dict(pc.state_dict())
+    sd["codes"] = sd["codes"][:-1].clone()
+    with pytest.raises((RuntimeError, ValueError), match="codes|packed|length"):
+        ps.nn.PatternConv2d(6, 8, bits=4).load_state_dict(sd)

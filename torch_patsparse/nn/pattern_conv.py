@@ -4,6 +4,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from .. import bitpack
 from .. import format as fmt
 from .. import ops  # noqa: F401  (registers torch.ops.patsparse)
 from ..patterns import PatternSet
@@ -152,12 +153,15 @@ class PatternConv2d(nn.Module):
 
     @torch.jit.unused
     def storage_bits(self) -> Dict[str, int]:
-        """Bits of every stored array: index arrays at their dtype's width, values at 32 bits or,
-        when quantized, codes at ``bits`` each plus a 32-bit scale."""
+        """Bits of every array the state_dict stores, at the width it is stored with (see
+        ``_save_to_state_dict``): index arrays at their dtype's width (``kernel_channel`` as int16
+        when ``in_channels`` <= 32768), values at 32 bits or, when quantized, codes bit-packed at
+        ``bits`` each (2 for 1-bit layers: a kept position may hold 0) plus a 32-bit scale."""
         out = {name: getattr(self, name).numel() * getattr(self, name).element_size() * 8
-               for name in ("patterns", "filter_ptr", "kernel_channel", "kernel_pattern")}
+               for name in ("patterns", "filter_ptr", "kernel_pattern")}
+        out["kernel_channel"] = self.kernel_channel.numel() * _channel_dtype(self.in_channels).itemsize * 8
         if self.quantized:
-            out["codes"] = self.codes.numel() * int(self.bits)
+            out["codes"] = bitpack.packed_bytes(self.codes.numel(), _code_width(self.bits)) * 8
             out["scale"] = 32
         else:
             out["values"] = self.values.numel() * 32
@@ -211,8 +215,41 @@ class PatternConv2d(nn.Module):
                              "module with the matching `bits` before loading")
         self.bits, self.scheme = bits, scheme
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        # Store the narrow forms the report counts: int16 channel indices, bit-packed codes.
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "kernel_channel"] = self.kernel_channel.detach().to(_channel_dtype(self.in_channels))
+        if self.quantized:
+            width = _code_width(self.bits)
+            offset = (1 << (width - 1)) - 1
+            destination[prefix + "codes"] = bitpack.pack(self.codes.detach().reshape(-1).long() + offset, width)
+
+    def _unpack_incoming(self, state_dict, prefix) -> None:
+        """Undo ``_save_to_state_dict``'s narrow forms (older/wider forms load as they are)."""
+        kc = state_dict.get(prefix + "kernel_channel")
+        if isinstance(kc, torch.Tensor) and kc.dtype == torch.int16:
+            state_dict[prefix + "kernel_channel"] = kc.to(torch.int32)
+        codes = state_dict.get(prefix + "codes")
+        if self.quantized and isinstance(codes, torch.Tensor) and codes.dtype == torch.uint8:
+            extra = state_dict.get(prefix + "_extra_state", {})
+            bits = extra.get("bits", self.bits) if isinstance(extra, dict) else self.bits
+            if not (isinstance(bits, int) and 1 <= bits <= 8):
+                raise ValueError(f"{prefix}_extra_state: bits={bits!r}; expected 1..8")
+            kc, pats = state_dict.get(prefix + "kernel_channel"), state_dict.get(prefix + "patterns")
+            if not isinstance(kc, torch.Tensor) or not isinstance(pats, torch.Tensor) or pats.dim() != 2:
+                raise ValueError(f"{prefix}: packed codes need kernel_channel and a [K, E] patterns tensor")
+            nnz, entries = kc.numel(), pats.shape[1]
+            width = _code_width(bits)
+            values = bitpack.unpack(codes.reshape(-1), nnz * entries, width) - ((1 << (width - 1)) - 1)
+            state_dict[prefix + "codes"] = values.to(torch.int8).view(nnz, entries)
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
+        try:
+            self._unpack_incoming(state_dict, prefix)
+        except ValueError as e:
+            error_msgs.append(f"{prefix}: invalid compressed weight: {e}")
+            return
         # The number of kept kernels (and K) may differ from this module's: resize to the incoming
         # arrays, then check them completely before any kernel can read through an index.
         incoming = {}
@@ -245,6 +282,16 @@ class PatternConv2d(nn.Module):
                     raise ValueError(f"codes exceed the {self.bits}-bit range (|code| <= {limit})")
         except ValueError as e:
             error_msgs.append(f"{prefix}: invalid compressed weight: {e}")
+
+
+def _channel_dtype(in_channels: int) -> torch.dtype:
+    """Stored dtype of kernel_channel: int16 while every channel index fits."""
+    return torch.int16 if in_channels <= 32768 else torch.int32
+
+
+def _code_width(bits: int) -> int:
+    """Stored bits per code: b-bit codes span 2^b - 1 values (1-bit codes: -1, 0, +1 -> 2 bits)."""
+    return max(int(bits), 2)
 
 
 def _quantization(values: torch.Tensor, bits: Optional[int], scheme: str):
