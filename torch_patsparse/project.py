@@ -1,1 +1,241 @@
-"""Projections onto constraint sets (placeholder: being written)."""
+"""Euclidean projections onto the constraint sets (pattern, connectivity, unstructured, filter,
+channel, quantization).
+
+Every projection returns a new tensor of ``w``'s shape, dtype and device (the input is never
+modified), is vectorised (no per-kernel Python loops) and deterministic: equal scores are broken
+in favour of the lower index. ``keep`` is either a fraction in ``(0, 1]`` (a Python float:
+``max(1, round(keep * count))`` items are kept) or a number of items (a Python int
+``1 <= keep <= count``); note ``keep=1`` keeps one item while ``keep=1.0`` keeps all.
+"""
+import math
+import numbers
+from typing import Tuple, Union
+
+import torch
+
+from .patterns import PatternSet
+
+__all__ = ["pattern", "assign_patterns", "connectivity", "unstructured", "filter", "channel",
+           "quantize", "quantize_params", "dequantize"]
+
+Keep = Union[float, int]
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def _count(keep: Keep, n: int) -> int:
+    """Number of items to keep out of ``n`` (see the module docstring)."""
+    if isinstance(keep, bool) or not isinstance(keep, numbers.Real):
+        raise ValueError(f"keep must be a float fraction in (0, 1] or an int count, got {keep!r}")
+    if isinstance(keep, numbers.Integral):
+        if not 1 <= keep <= n:
+            raise ValueError(f"keep count must be in 1..{n}, got {keep}")
+        return int(keep)
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"keep fraction must be in (0, 1], got {keep}")
+    return max(1, round(keep * n))
+
+
+def _top_mask(score: torch.Tensor, count: int) -> torch.Tensor:
+    """Bool mask of ``score``'s shape marking its ``count`` largest entries (ties: lower flat
+    index first, on every device)."""
+    flat = score.reshape(-1)
+    idx = flat.sort(descending=True, stable=True).indices[:count]
+    return torch.zeros_like(flat, dtype=torch.bool).index_fill_(0, idx, True).view(score.shape)
+
+
+def _keep(w: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``w`` where ``mask`` (broadcast), exact zeros elsewhere."""
+    return torch.where(mask, w, torch.zeros((), dtype=w.dtype, device=w.device))
+
+
+def _check_conv3x3(w: torch.Tensor, name: str) -> None:
+    if not isinstance(w, torch.Tensor) or w.dim() != 4 or tuple(w.shape[2:]) != (3, 3):
+        shape = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
+        raise ValueError(f"{name} expects a weight of shape [Cout, Cin, 3, 3], got {shape}")
+
+
+def _group_index(cout: int, group: int, device) -> torch.Tensor:
+    """Output channel -> group id, ``group`` consecutive channels per group."""
+    if isinstance(group, bool) or not isinstance(group, numbers.Integral) or group < 1:
+        raise ValueError(f"group must be an int >= 1, got {group!r}")
+    return torch.arange(cout, device=device) // int(group)
+
+
+def _group_sum(x: torch.Tensor, gid: torch.Tensor) -> torch.Tensor:
+    """Sum ``x`` [Cout, ...] over the output channels of each group -> [groups, ...]."""
+    n = int(gid[-1]) + 1 if gid.numel() else 0
+    return x.new_zeros((n,) + x.shape[1:]).index_add_(0, gid, x)
+
+
+def _energy(w: torch.Tensor) -> torch.Tensor:
+    """Squared weights, in float32 at least (half precision sums would lose the ranking)."""
+    w = w.detach()
+    if w.dtype not in (torch.float32, torch.float64):
+        w = w.float()
+    return w * w
+
+
+# -- pattern / connectivity -------------------------------------------------------------------
+def assign_patterns(w: torch.Tensor, pattern_set: PatternSet, group: int = 1) -> torch.Tensor:
+    """Best pattern id per kernel, long ``[Cout, Cin]`` on ``w``'s device.
+
+    A kernel gets the pattern that keeps the largest L2 norm (ties: lowest id). With
+    ``group=G`` the ``G`` consecutive output channels of a group (the last one may be smaller)
+    share one pattern per input channel: the one keeping the largest summed energy.
+    """
+    _check_conv3x3(w, "pattern projection")
+    if not isinstance(pattern_set, PatternSet):
+        raise ValueError(f"pattern_set must be a PatternSet, got {type(pattern_set).__name__}")
+    cout, cin = w.shape[:2]
+    masks = pattern_set.masks.view(pattern_set.k, 9)
+    e = _energy(w).reshape(cout, cin, 9)
+    energy = e @ masks.to(device=e.device, dtype=e.dtype).t()  # [Cout, Cin, K] kept energy
+    gid = _group_index(cout, group, w.device)
+    if group > 1:
+        energy = _group_sum(energy, gid)
+    ids = energy.argmax(dim=-1)  # first maximum on ties
+    return ids[gid] if group > 1 else ids
+
+
+def pattern(w: torch.Tensor, pattern_set: PatternSet, group: int = 1) -> torch.Tensor:
+    """Project ``w`` [Cout, Cin, 3, 3] onto the pattern set: every kernel keeps the weights of
+    its pattern (chosen by :func:`assign_patterns`) and is zero elsewhere."""
+    ids = assign_patterns(w, pattern_set, group)
+    return _keep(w, pattern_set.masks.to(w.device)[ids])
+
+
+def connectivity(w: torch.Tensor, keep: Keep, group: int = 1) -> torch.Tensor:
+    """Keep the ``keep`` kernels of ``w`` [Cout, Cin, 3, 3] with the largest L2 norm (over the
+    whole layer) and zero the others.
+
+    With ``group=G`` the items are (output-channel group, input channel) pairs scored by their
+    summed energy, so all filters of a group keep the same input channels; ``keep`` then counts
+    pairs (out of ``ceil(Cout / G) * Cin``).
+    """
+    _check_conv3x3(w, "connectivity projection")
+    gid = _group_index(w.shape[0], group, w.device)
+    score = _group_sum(_energy(w).sum(dim=(2, 3)), gid)  # [groups, Cin]
+    mask = _top_mask(score, _count(keep, score.numel()))[gid]
+    return _keep(w, mask[:, :, None, None])
+
+
+# -- classic pruning --------------------------------------------------------------------------
+def unstructured(w: torch.Tensor, keep: Keep) -> torch.Tensor:
+    """Keep the ``keep`` weights of largest magnitude over the whole tensor (any shape)."""
+    return _keep(w, _top_mask(w.detach().abs(), _count(keep, w.numel())))
+
+
+def filter(w: torch.Tensor, keep: Keep) -> torch.Tensor:  # noqa: A001 (public name)
+    """Keep the ``keep`` output channels (dim 0) of largest L2 norm."""
+    if w.dim() < 1:
+        raise ValueError("filter projection expects a tensor with at least 1 dimension")
+    score = _energy(w).reshape(w.shape[0], -1).sum(dim=1)
+    mask = _top_mask(score, _count(keep, w.shape[0]))
+    return _keep(w, mask.view((-1,) + (1,) * (w.dim() - 1)))
+
+
+def channel(w: torch.Tensor, keep: Keep) -> torch.Tensor:
+    """Keep the ``keep`` input channels (dim 1) of largest L2 norm."""
+    if w.dim() < 2:
+        raise ValueError("channel projection expects a tensor with at least 2 dimensions")
+    score = _energy(w).transpose(0, 1).reshape(w.shape[1], -1).sum(dim=1)
+    mask = _top_mask(score, _count(keep, w.shape[1]))
+    return _keep(w, mask.view((1, -1) + (1,) * (w.dim() - 2)))
+
+
+# -- quantization -----------------------------------------------------------------------------
+# Levels (q = per-tensor scale, b = bits):
+#   uniform, b >= 2: {0, +-q, +-2q, ..., +-(2^(b-1)-1) q};   code = the integer multiplier.
+#   pow2,    b >= 2: {0} U {+-q 2^-j, j = 0..2^(b-1)-2};      code = sign * (j + 1).
+#   b = 1 (both):    a nonzero weight becomes +-q (its sign), code = sign; zeros stay 0.
+# Code 0 is always the value 0, so pruned weights stay exactly zero. |code| <= 127 (int8).
+_SCHEMES = ("uniform", "pow2")
+
+
+def _check_quant(bits: int, scheme: str) -> None:
+    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or not 1 <= bits <= 8:
+        raise ValueError(f"bits must be an int in 1..8, got {bits!r}")
+    if scheme not in _SCHEMES:
+        raise ValueError(f"unknown quantization scheme {scheme!r}; use one of {_SCHEMES}")
+
+
+def _codes(w: torch.Tensor, q: float, bits: int, scheme: str) -> torch.Tensor:
+    """Code of the nearest level to each weight for scale ``q > 0`` (long tensor)."""
+    if bits == 1:
+        return torch.sign(w).long()
+    top = 2 ** (bits - 1) - 1
+    if scheme == "uniform":
+        return torch.round(w / q).clamp_(-top, top).long()
+    jmax = top - 1  # levels q * 2^-j, j = 0..jmax
+    r = w.abs() / q
+    m, e = torch.frexp(r)  # r = m 2^e, m in [0.5, 1): nearest power of two is 2^e or 2^(e-1)
+    j = (-(e - (m < 0.75).int())).clamp_(0, jmax).long()
+    code = torch.sign(w).long() * (j + 1)
+    return code.masked_fill_(r < 2.0 ** -(jmax + 1), 0)  # nearer to 0 than to q 2^-jmax
+
+
+def _multipliers(codes: torch.Tensor, scheme: str, dtype: torch.dtype) -> torch.Tensor:
+    """Level / scale for each code (exact in ``dtype``)."""
+    c = codes.to(dtype)
+    if scheme == "uniform":
+        return c
+    return torch.sign(c) * torch.exp2(1.0 - c.abs())  # code 0 -> sign 0 -> 0
+
+
+def quantize_params(w: torch.Tensor, bits: int, scheme: str = "uniform") -> Tuple[torch.Tensor, float]:
+    """Codes and scale of the per-tensor quantization of ``w`` with the least squared error.
+
+    Returns ``(codes, scale)``: int8 codes of ``w``'s shape on its device and a Python float
+    ``scale`` (0.0 for an all-zero ``w``); :func:`dequantize` maps them back to the values of
+    :func:`quantize`. The scale is found by alternating minimisation (nearest levels for a
+    fixed scale, then the least-squares scale ``<w, l> / <l, l>`` for those levels, until the
+    levels stop changing; the error never increases), started from the best few points of a
+    geometric grid below ``max|w| / top level``.
+    """
+    _check_quant(bits, scheme)
+    x = w.detach().double()
+    amax = float(x.abs().max()) if x.numel() else 0.0
+    if amax == 0.0 or not math.isfinite(amax):
+        if not math.isfinite(amax):
+            raise ValueError("cannot quantize a tensor with inf/nan entries")
+        return torch.zeros(w.shape, dtype=torch.int8, device=w.device), 0.0
+
+    def fit(q):  # one alternation: codes for q, then the best scale and its error for them
+        c = _codes(x, q, bits, scheme)
+        lv = _multipliers(c, scheme, x.dtype)
+        wl, ll = float((x * lv).sum()), float((lv * lv).sum())
+        return c, wl / ll, -wl * wl / ll  # error up to the constant ||x||^2
+
+    if bits == 1:  # closed form: every nonzero weight -> +-mean|w| over the nonzeros
+        c, q, _ = fit(amax)
+        return c.to(torch.int8), q
+    top = 2 ** (bits - 1) - 1 if scheme == "uniform" else 1
+    starts = sorted((fit(amax / top * 2.0 ** (-t / 4)) for t in range(12)), key=lambda f: f[2])
+    best = None
+    for c, q, err in starts[:2]:
+        for _ in range(10):
+            c2, q2, err2 = fit(q)
+            if err2 > err or torch.equal(c2, c):
+                break
+            c, q, err = c2, q2, err2
+        if best is None or err < best[2]:
+            best = (c, q, err)
+    return best[0].to(torch.int8), best[1]
+
+
+def dequantize(codes: torch.Tensor, scale: float, scheme: str = "uniform",
+               dtype: torch.dtype = None) -> torch.Tensor:
+    """Values of int8 ``codes`` for ``scale`` (see the level table above): uniform
+    ``code * scale``; pow2 ``sign(code) * scale * 2^-(|code| - 1)``, code 0 -> 0. Bits=1 codes
+    (+-1, 0) read the same in both schemes. ``dtype`` defaults to torch's default dtype."""
+    if scheme not in _SCHEMES:
+        raise ValueError(f"unknown quantization scheme {scheme!r}; use one of {_SCHEMES}")
+    dtype = dtype or torch.get_default_dtype()
+    return _multipliers(codes, scheme, dtype) * torch.as_tensor(scale, dtype=dtype, device=codes.device)
+
+
+def quantize(w: torch.Tensor, bits: int, scheme: str = "uniform") -> torch.Tensor:
+    """Project ``w`` onto ``bits``-bit levels with the per-tensor scale of least squared error
+    (``uniform`` or ``pow2``, see :func:`quantize_params`). Zeros stay exactly zero."""
+    codes, scale = quantize_params(w, bits, scheme)
+    return dequantize(codes, scale, scheme, dtype=w.dtype)

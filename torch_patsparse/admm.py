@@ -1,0 +1,494 @@
+"""ADMM training under pattern / connectivity / pruning / quantization constraints.
+
+:class:`ADMM` is a real :class:`torch.optim.Optimizer` that wraps a base optimizer (SGD, Adam,
+AdamW, ...). Swap it in for the base optimizer in an unchanged training loop::
+
+    from torch_patsparse import constraints as C
+    opt = ps.ADMM([
+            {"params": convs3x3, "constraints": [C.Pattern(k=8), C.Connectivity(keep=0.25), C.Quantize(bits=4)]},
+            {"params": fc_weights, "constraints": [C.Unstructured(keep=0.05)]},
+            {"params": the_rest},                       # plain base-optimizer step
+          ], base=torch.optim.SGD, lr=0.05, momentum=0.9, update_every=200)
+    ...                                                 # train: loss.backward(); opt.step()
+    opt.residuals()                                     # should shrink over the ADMM phase
+    opt.hard_prune()                                    # then retrain under fixed masks / levels
+    opt.pattern_sets()                                  # PatternSet per group, for ps.convert
+
+The math (see DESIGN.md), per constrained tensor ``W_i`` with projection ``Proj_i``:
+
+* W-step: ``grad_i += rho_i * (W_i - Z_i + U_i)`` (gradient of ``rho_i/2 ||W_i - Z_i + U_i||_F^2``,
+  the *squared* norm), then the base optimizer's step.
+* every ``update_every`` steps (or by hand with :meth:`ADMM.admm_update`):
+  ``Z_i = Proj_i(W_i + U_i)``; ``U_i += W_i - Z_i``; ``rho_i = min(rho_i * rho_growth, rho_max)``.
+  ``U`` is not rescaled when rho grows (as in the published ADMM-NN code).
+* ``Z_i`` starts at ``Proj_i(W_i)``, ``U_i`` at zeros (lazily, at the first :meth:`step`, so that
+  weights loaded after building the optimizer are used).
+
+**Combined constraints: one (Z, U) pair per tensor for the composed set.** The constraints of a
+group are composed into one projection, pattern ∘ connectivity ∘ filter ∘ channel ∘ unstructured ∘
+quantize, applied in that order (see :mod:`torch_patsparse.constraints`), and each tensor keeps a
+single ``(Z, U)`` pair for that composition. We chose this over one pair per constraint (consensus
+form) because (1) :meth:`hard_prune` applies exactly this composed projection, so the residual
+``||W - Z|| / ||W||`` directly measures what hard pruning will destroy; with one pair per
+constraint each ``Z_j`` lies in its own set only, and ``W`` is pulled to an average of them that
+lies in none; (2) it costs one ``Z``, one ``U`` and one gradient term per tensor instead of one per
+constraint (memory and the per-step cost, which must stay close to the base step's).
+
+**rho is scaled to the tensor (``rho_scale="grad"``, default).** A conv followed by BatchNorm is
+scale-free: ``f(cW) = f(W)``, its gradient scales like ``1/||W||`` while the penalty gradient
+``rho (W - Z + U)`` scales like ``||W||``; one absolute rho is therefore too weak for some layers
+(residuals grow) and too strong for others, and it drifts as weight decay shrinks ``||W||``. We
+use ``rho_eff_i = rho_i * G_i / ||W_i||`` where ``G_i`` is the mean norm of the loss gradient of
+``W_i`` over the last few (8) steps before each Z-update (at the first step: that step's
+gradient). Then ``||penalty grad|| / ||loss grad|| = rho_i * ||W_i - Z_i + U_i|| / ||W_i||``: rho is
+dimensionless ("how hard the constraint pulls, relative to the loss, per unit of relative
+residual"), identical across layers of any size or scale, and invariant to the BatchNorm rescaling.
+The defaults (``rho=0.05`` growing 1.3x per update up to ``rho_max=10``) start with a gentle pull
+(the weights can still move into the set's good region) and end with the penalty dominating the
+loss gradient, so residuals shrink without per-model tuning; the dual ``U`` integrates whatever
+residual is left. ``rho_eff`` is also capped at ``1 / lr`` of the group (a plain gradient step on
+the penalty alone can then never overshoot ``Z``). The scale is recomputed only at Z-updates, so a
+step between updates costs two fused ``add_`` per constrained tensor (``grad += r*W``,
+``grad += r*(U - Z)`` with ``U - Z`` cached at the update). ``rho_scale="none"`` gives the classic
+absolute ``rho_eff = rho`` (use ``rho=1e-3`` for the published setting).
+
+**Hard prune and retraining.** :meth:`hard_prune` sets ``W = Proj(W)`` in place; the zeros of
+the *pruning* part of the projection (quantization excluded: a weight that rounds to level 0 is
+not pruned) become fixed masks, and the optimizer state (momentum_buffer, exp_avg, exp_avg_sq,
+...) is zeroed there. From then on every step zeroes the masked gradients before the base step
+and re-applies the masks after it, so masked weights are exactly zero after every step, for any
+base optimizer. Quantized tensors are retrained with a **straight-through estimator**: the
+optimizer keeps a full-precision latent copy (in its state); the model always holds the latent
+rounded to the fixed levels (levels = the values of ``Proj(W)`` at hard-prune time, so the scale
+is fixed), the gradient computed at the quantized weights updates the latent, and the result is
+re-rounded after each step. We chose this over re-projecting the weights themselves because with
+small learning rates a re-projected weight can never move (every update smaller than half a level
+is rounded away); with the latent copy small updates accumulate. Either way the weights the model
+sees after every step are exactly on their levels.
+
+``state_dict`` / ``load_state_dict`` hold everything (Z, U, rho, scales, masks, levels, latents,
+the step counter, pattern sets as tensors, and the base optimizer's state) so resuming is exact.
+``opt.param_groups`` is the very list the base optimizer uses (so lr schedulers, gradient
+clipping and ``torch.amp.GradScaler.step(opt)`` work unchanged); ``opt.state`` is the base
+optimizer's state. Note that :meth:`step` adds the penalty into ``p.grad`` in place.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Callable, Iterable
+
+import torch
+from torch.optim import Optimizer
+
+from . import constraints as C
+
+__all__ = ["ADMM"]
+
+_CALIB_STEPS = 8  # steps before each Z-update whose gradient norms calibrate rho_eff
+
+
+class ADMM(Optimizer):
+    """ADMM wrapper around a base optimizer; see the module docstring for the math and choices.
+
+    Args:
+        params: parameters or param groups, as for any optimizer. A group may carry
+            ``"constraints"`` (a list of :mod:`torch_patsparse.constraints`); groups without it get
+            the plain base step. Parameter names (used by :meth:`residuals` and in errors) come from
+            ``(name, param)`` tuples (torch's native ``param_names``), a group's ``"names"`` list,
+            or default to ``"group{g}.{j}"``. See also :meth:`from_model`.
+        base: the base optimizer class (``torch.optim.SGD``, ``Adam``, ``AdamW``, ...).
+        rho: initial penalty (dimensionless with ``rho_scale="grad"``, absolute with ``"none"``).
+        rho_growth: factor applied to rho at every Z-update.
+        rho_max: upper bound of rho.
+        update_every: Z/U update every this many steps.
+        rho_scale: ``"grad"`` (default, see module docstring) or ``"none"``.
+        **base_kwargs: passed to ``base`` (lr, momentum, weight_decay, ...).
+    """
+
+    def __init__(self, params, base: type = torch.optim.SGD, rho: float = 0.05, rho_growth: float = 1.3,
+                 rho_max: float = 10.0, update_every: int = 200, rho_scale: str = "grad", **base_kwargs):
+        if not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho > 0):
+            raise ValueError(f"ADMM: rho must be a positive finite number, got {rho!r}")
+        if not (isinstance(rho_growth, (int, float)) and math.isfinite(rho_growth) and rho_growth >= 1):
+            raise ValueError(f"ADMM: rho_growth must be >= 1, got {rho_growth!r}")
+        if not (isinstance(rho_max, (int, float)) and rho_max >= rho):
+            raise ValueError(f"ADMM: rho_max must be >= rho, got {rho_max!r}")
+        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
+            raise ValueError(f"ADMM: update_every must be an int >= 1, got {update_every!r}")
+        if rho_scale not in ("grad", "none"):
+            raise ValueError(f"ADMM: rho_scale must be 'grad' or 'none', got {rho_scale!r}")
+        if not (isinstance(base, type) and issubclass(base, Optimizer)) or issubclass(base, ADMM):
+            raise ValueError(f"ADMM: base must be a torch.optim.Optimizer class, got {base!r}")
+        self.rho, self.rho_growth, self.rho_max = float(rho), float(rho_growth), float(rho_max)
+        self.update_every, self.rho_scale = update_every, rho_scale
+        self._linked = False
+        # The base optimizer builds (and keeps) the group dicts; we adopt the very same dicts and
+        # list, and share its state, so param_groups / state are one object for both.
+        self.base = base(params, **base_kwargs)
+        super().__init__(self.base.param_groups, {**self.base.defaults, "constraints": ()})
+        self.base.param_groups = self.param_groups
+        self.base.state = self.state
+        self._linked = True
+        self._admm: dict = {}          # param -> ADMM state (Z, U, rho, ..., or mask/levels/latent)
+        self._pattern_sets: dict = {}  # group index -> PatternSet
+        self._step_count = 0
+        self._phase = "admm"
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, spec, **kwargs) -> "ADMM":
+        """Build an :class:`ADMM` from a model and a constraint spec, with parameter names.
+
+        ``spec`` is a dict (or a list of pairs) ``selector -> constraints``; a selector is a regex
+        (``re.fullmatch`` on the parameter name, e.g. ``r"features\\.\\d+\\.weight"``) or a callable
+        ``(name, param) -> bool``. Each parameter goes to the first matching entry; the rest form
+        one unconstrained group. ``kwargs`` go to :class:`ADMM`.
+        """
+        entries = list(spec.items()) if isinstance(spec, dict) else list(spec)
+        groups = [{"params": [], "constraints": list(cons)} for _, cons in entries]
+        rest = []
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            for (sel, _), g in zip(entries, groups):
+                hit = sel(name, p) if callable(sel) else re.fullmatch(sel, name) is not None
+                if hit:
+                    g["params"].append((name, p))
+                    break
+            else:
+                rest.append((name, p))
+        groups = [g for g in groups if g["params"]]
+        if rest:
+            groups.append({"params": rest})
+        return cls(groups, **kwargs)
+
+    def add_param_group(self, param_group: dict) -> None:
+        if self._linked:  # after construction: the base appends to the shared list
+            self.base.add_param_group(param_group)
+            param_group.setdefault("constraints", ())
+        else:
+            super().add_param_group(param_group)
+        self._check_group(len(self.param_groups) - 1)
+
+    def _names(self, gi: int) -> list:
+        g = self.param_groups[gi]
+        names = g.get("param_names") or g.get("names")
+        if names is not None:
+            names = list(names)
+            if len(names) != len(g["params"]):
+                raise ValueError(f"ADMM: group {gi} has {len(g['params'])} params but {len(names)} names")
+            return [str(n) for n in names]
+        return [f"group{gi}.{j}" for j in range(len(g["params"]))]
+
+    def _check_group(self, gi: int) -> None:
+        g = self.param_groups[gi]
+        names = self._names(gi)
+        cons = g.get("constraints") or ()
+        if isinstance(cons, C.Constraint):
+            cons = [cons]
+        for name in names[:1] or ["?"]:
+            C.ordered(cons, names[0] if names else f"group{gi}")
+        for p, name in zip(g["params"], names):
+            for c in cons:
+                c.check_tensor(p.shape, name)
+            if cons and not p.is_floating_point():
+                raise ValueError(f"ADMM: constrained parameter '{name}' must be floating point, got {p.dtype}")
+
+    def _constrained(self):
+        """Yield (group index, group, ordered constraints, [(param, name), ...])."""
+        for gi, g in enumerate(self.param_groups):
+            cons = g.get("constraints") or ()
+            if cons:
+                yield gi, g, C.ordered(cons, f"group{gi}"), list(zip(g["params"], self._names(gi)))
+
+    # ------------------------------------------------------------------ projections
+    def _project(self, w: torch.Tensor, cons, pset, prune_only: bool = False) -> torch.Tensor:
+        z = w.detach()
+        for c in cons:
+            if prune_only and not c.prunes:
+                continue
+            z = c.project(z, pset)
+        return z if z is not w else z.clone()
+
+    @staticmethod
+    def _check_finite(pairs, what: str) -> None:
+        for p, name in pairs:
+            if not bool(torch.isfinite(p.detach()).all()):
+                raise ValueError(f"ADMM: parameter '{name}' contains NaN/Inf at {what}")
+
+    @staticmethod
+    def _cap(rho_eff: float, group) -> float:
+        lr = group.get("lr")
+        if lr is not None:
+            lr = float(lr)
+            if lr > 0:
+                rho_eff = min(rho_eff, 1.0 / lr)
+        return rho_eff
+
+    def _ensure_init(self) -> None:
+        """Select pattern sets and set Z = Proj(W), U = 0 for constrained params without state."""
+        if self._phase != "admm":
+            return
+        from .patterns import PatternSet
+        for gi, g, cons, pairs in self._constrained():
+            todo = [(p, n) for p, n in pairs if p not in self._admm]
+            if not todo:
+                continue
+            self._check_finite(pairs, "the ADMM initialisation")
+            if gi not in self._pattern_sets:
+                pat = next((c for c in cons if isinstance(c, C.Pattern)), None)
+                if pat is not None:
+                    self._pattern_sets[gi] = PatternSet.select([p.detach() for p, _ in pairs], k=pat.k,
+                                                               entries=pat.entries, keep_center=pat.keep_center)
+            pset = self._pattern_sets.get(gi)
+            with torch.no_grad():
+                for p, _ in todo:
+                    z = self._project(p, cons, pset)
+                    u = torch.zeros_like(p)
+                    self._admm[p] = {"Z": z, "U": u, "C": u - z, "rho": self.rho,
+                                     "scale": 1.0 if self.rho_scale == "none" else None,
+                                     "rho_eff": 0.0, "gsum": torch.zeros((), dtype=torch.float64, device=p.device),
+                                     "gcnt": 0}
+
+    # ------------------------------------------------------------------ the step
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self._phase == "retrain":
+            self._retrain_step()
+            return loss
+        self._ensure_init()
+        k = self._step_count
+        calib = self.rho_scale == "grad" and (k % self.update_every) >= self.update_every - _CALIB_STEPS
+        for gi, g, cons, pairs in self._constrained():
+            for p, _ in pairs:
+                grad = p.grad
+                if grad is None:
+                    continue
+                st = self._admm[p]
+                if st["scale"] is None:  # first step with a gradient: calibrate from it
+                    wn = float(p.norm())
+                    st["scale"] = float(grad.norm()) / wn if wn > 0 else 0.0
+                    st["rho_eff"] = self._cap(st["rho"] * st["scale"], g)
+                elif calib:
+                    st["gsum"] += grad.norm().double()
+                    st["gcnt"] += 1
+                elif self.rho_scale == "none" and st["rho_eff"] == 0.0:
+                    st["rho_eff"] = self._cap(st["rho"], g)
+                r = st["rho_eff"]
+                if r:
+                    grad.add_(p, alpha=r)
+                    grad.add_(st["C"], alpha=r)
+        self.base.step()
+        self._step_count += 1
+        if self._step_count % self.update_every == 0:
+            self.admm_update()
+        return loss
+
+    @torch.no_grad()
+    def admm_update(self) -> None:
+        """One Z/U update now: ``Z = Proj(W + U)``, ``U += W - Z``, ``rho *= rho_growth`` (capped)."""
+        if self._phase != "admm":
+            raise RuntimeError("ADMM.admm_update: called after hard_prune()")
+        self._ensure_init()
+        groups = list(self._constrained())
+        for _, _, _, pairs in groups:  # validate everything before changing anything
+            self._check_finite(pairs, "a Z update")
+        for gi, g, cons, pairs in groups:
+            pset = self._pattern_sets.get(gi)
+            for p, _ in pairs:
+                st = self._admm[p]
+                z = self._project(p + st["U"], cons, pset)
+                st["U"].add_(p - z)
+                st["Z"] = z
+                st["C"] = st["U"] - z
+                st["rho"] = min(st["rho"] * self.rho_growth, self.rho_max)
+                if self.rho_scale == "grad":
+                    if st["gcnt"] > 0:
+                        wn = float(p.norm())
+                        st["scale"] = float(st["gsum"]) / st["gcnt"] / wn if wn > 0 else 0.0
+                        st["gsum"].zero_()
+                        st["gcnt"] = 0
+                    scale = st["scale"] if st["scale"] is not None else 0.0
+                else:
+                    scale = 1.0
+                st["rho_eff"] = self._cap(st["rho"] * scale, g)
+
+    # ------------------------------------------------------------------ hard prune / retrain
+    @torch.no_grad()
+    def hard_prune(self) -> None:
+        """``W = Proj(W)`` in place; fix masks and quantization levels; retrain from now on."""
+        if self._phase == "retrain":
+            return
+        self._ensure_init()
+        groups = list(self._constrained())
+        for _, _, _, pairs in groups:
+            self._check_finite(pairs, "hard_prune")
+        new = {}
+        for gi, g, cons, pairs in groups:
+            pset = self._pattern_sets.get(gi)
+            quant = next((c for c in cons if isinstance(c, C.Quantize)), None)
+            for p, _ in pairs:
+                pruned = self._project(p, cons, pset, prune_only=True)
+                mask = (pruned != 0) if any(c.prunes for c in cons) else None
+                final = quant.project(pruned) if quant is not None else pruned
+                st = {"mask": mask, "levels": None, "latent": None}
+                if quant is not None:
+                    st["levels"] = torch.unique(torch.cat([final.reshape(-1), final.new_zeros(1)]))
+                    st["latent"] = final.clone()
+                new[p] = (final, st)
+        for p, (final, st) in new.items():
+            p.copy_(final)
+            mask = st["mask"]
+            if mask is not None:
+                if p.grad is not None:
+                    p.grad.mul_(mask)
+                for v in self.state[p].values():
+                    if torch.is_tensor(v) and v.shape == p.shape:
+                        v.mul_(mask)
+        self._admm = {p: st for p, (_, st) in new.items()}
+        self._phase = "retrain"
+
+    @staticmethod
+    def _to_levels(w: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        if levels.numel() == 1:
+            return levels.expand_as(w).clone()
+        mids = (levels[1:] + levels[:-1]) * 0.5
+        return levels[torch.bucketize(w, mids)]
+
+    def _retrain_step(self) -> None:
+        items = [(p, self._admm[p]) for g in self.param_groups for p in g["params"] if p in self._admm]
+        for p, st in items:
+            if st["mask"] is not None and p.grad is not None:
+                p.grad.mul_(st["mask"])
+            if st["latent"] is not None:
+                p.copy_(st["latent"])
+        self.base.step()
+        self._step_count += 1
+        for p, st in items:
+            if st["mask"] is not None:
+                p.mul_(st["mask"])
+            if st["latent"] is not None:
+                st["latent"].copy_(p)
+                p.copy_(self._to_levels(p, st["levels"]))
+
+    # ------------------------------------------------------------------ inspection
+    @torch.no_grad()
+    def residuals(self) -> dict:
+        """``{name: ||W - Z|| / ||W||}`` for every constrained parameter (after :meth:`hard_prune`:
+        the distance to the fixed masks/levels, i.e. 0 unless the weights were changed by hand)."""
+        self._ensure_init()
+        out = {}
+        for gi, g, cons, pairs in self._constrained():
+            for p, name in pairs:
+                st = self._admm[p]
+                if self._phase == "admm":
+                    z = st["Z"]
+                else:
+                    z = p * st["mask"] if st["mask"] is not None else p
+                    if st["levels"] is not None:
+                        z = self._to_levels(z, st["levels"])
+                wn = float(p.norm())
+                dn = float((p - z).norm())
+                out[name] = dn / wn if wn > 0 else (0.0 if dn == 0 else math.inf)
+        return out
+
+    def pattern_sets(self) -> list:
+        """One entry per param group: its :class:`PatternSet` (fixed at the first update), or None
+        for groups without a Pattern constraint (or not initialised yet)."""
+        return [self._pattern_sets.get(gi) for gi in range(len(self.param_groups))]
+
+    def masks(self) -> dict:
+        """``{name: bool mask}`` of the pruned tensors after :meth:`hard_prune` (else empty)."""
+        if self._phase != "retrain":
+            return {}
+        return {name: self._admm[p]["mask"] for _, _, _, pairs in self._constrained() for p, name in pairs
+                if self._admm[p]["mask"] is not None}
+
+    def rho_eff(self) -> dict:
+        """``{name: effective rho}`` currently applied to each constrained tensor's penalty."""
+        return {name: self._admm[p]["rho_eff"] for _, _, _, pairs in self._constrained() for p, name in pairs
+                if p in self._admm and "rho_eff" in self._admm[p]}
+
+    @property
+    def phase(self) -> str:
+        """``"admm"`` before :meth:`hard_prune`, ``"retrain"`` after."""
+        return self._phase
+
+    # ------------------------------------------------------------------ (de)serialisation
+    _TENSORS = ("Z", "U", "mask", "levels", "latent", "gsum")
+    _SCALARS = ("rho", "scale", "rho_eff", "gcnt")
+
+    def state_dict(self) -> dict:
+        sd = super().state_dict()
+        params = [p for g in self.param_groups for p in g["params"]]
+        per = {}
+        for i, p in enumerate(params):
+            st = self._admm.get(p)
+            if st is None:
+                continue
+            per[i] = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in st.items()
+                      if k in self._TENSORS + self._SCALARS}
+        sd["admm"] = {
+            "version": 1, "phase": self._phase, "step": self._step_count,
+            "hyper": {"rho": self.rho, "rho_growth": self.rho_growth, "rho_max": self.rho_max,
+                      "update_every": self.update_every, "rho_scale": self.rho_scale},
+            "shapes": [tuple(p.shape) for p in params],
+            "names": [n for gi in range(len(self.param_groups)) for n in self._names(gi)],
+            "params": per,
+            "pattern_sets": {gi: ps.to_tensor().clone() for gi, ps in self._pattern_sets.items()},
+        }
+        return sd
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        a = state_dict.get("admm") if isinstance(state_dict, dict) else None
+        if a is None:
+            raise ValueError("ADMM.load_state_dict: not an ADMM state_dict (no 'admm' entry)")
+        saved_groups = state_dict.get("param_groups", [])
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"ADMM.load_state_dict: state_dict has {len(saved_groups)} param groups, "
+                             f"this optimizer has {len(self.param_groups)}")
+        params, names = [], []
+        for gi, (g, sg) in enumerate(zip(self.param_groups, saved_groups)):
+            if len(g["params"]) != len(sg["params"]):
+                raise ValueError(f"ADMM.load_state_dict: group {gi} has {len(g['params'])} params, "
+                                 f"the state_dict's has {len(sg['params'])}")
+            mine = C.ordered(g.get("constraints") or (), f"group{gi}")
+            theirs = C.ordered(sg.get("constraints") or (), f"group{gi}")
+            if mine != theirs:
+                raise ValueError(f"ADMM.load_state_dict: group {gi} constraints differ: {mine} vs saved {theirs}")
+            params += g["params"]
+            names += self._names(gi)
+        shapes = a["shapes"]
+        if len(shapes) != len(params):
+            raise ValueError("ADMM.load_state_dict: parameter count differs from the state_dict's")
+        for p, n, s in zip(params, names, shapes):
+            if tuple(p.shape) != tuple(s):
+                raise ValueError(f"ADMM.load_state_dict: parameter '{n}' has shape {list(p.shape)}, "
+                                 f"the state_dict's has {list(s)} (state_dict of another model?)")
+        from .patterns import PatternSet
+        new_admm = {}
+        for i, st in a["params"].items():
+            p = params[int(i)]
+            new_admm[p] = {k: (v.to(p.device).clone() if torch.is_tensor(v) else v) for k, v in st.items()}
+            if a["phase"] == "admm":
+                new_admm[p]["C"] = new_admm[p]["U"] - new_admm[p]["Z"]
+        new_ps = {int(gi): PatternSet.from_tensor(t) for gi, t in a["pattern_sets"].items()}
+        rest = {k: v for k, v in state_dict.items() if k != "admm"}
+        super().load_state_dict(rest)   # replaces the group dicts and state: relink the base
+        self.base.param_groups = self.param_groups
+        self.base.state = self.state
+        self._admm, self._pattern_sets = new_admm, new_ps
+        self._phase, self._step_count = a["phase"], int(a["step"])
+        h = a["hyper"]
+        self.rho, self.rho_growth, self.rho_max = h["rho"], h["rho_growth"], h["rho_max"]
+        self.update_every, self.rho_scale = h["update_every"], h["rho_scale"]
+
+    def __repr__(self) -> str:
+        return f"ADMM(base={type(self.base).__name__}, phase={self._phase}, step={self._step_count}, " \
+               f"update_every={self.update_every}, rho={self.rho}, rho_scale={self.rho_scale!r})\n" \
+               + repr(self.base)

@@ -1,0 +1,186 @@
+"""Constraint sets for :class:`torch_patsparse.ADMM`.
+
+Each constraint is a small frozen dataclass that validates its own arguments on construction
+(``ValueError`` with a clear message) and knows how to project one tensor with the functions of
+:mod:`torch_patsparse.project`::
+
+    from torch_patsparse import constraints as C
+    [C.Pattern(k=8, entries=4, keep_center=True, group=1), C.Connectivity(keep=0.25),
+     C.Unstructured(keep=0.05), C.Filter(keep=0.5), C.Channel(keep=0.5),
+     C.Quantize(bits=4, scheme="uniform")]
+
+``keep`` is a fraction in (0, 1] (a ``float``) or a count >= 1 (an ``int``), as in
+:mod:`torch_patsparse.project`.
+
+When several constraints are given for one tensor they are applied as one composed projection in
+the fixed order of :data:`ORDER` (pattern, connectivity, filter, channel, unstructured, then
+quantize last), whatever order the list has: pattern first so that connectivity ranks the kernels
+by the norm they keep *after* pattern pruning, quantization last so that it sees only the kept
+weights (0 is always a level, so pruned weights stay pruned). At most one constraint of each kind.
+"""
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+__all__ = ["Constraint", "Pattern", "Connectivity", "Unstructured", "Filter", "Channel", "Quantize",
+           "ORDER", "ordered"]
+
+
+def _check_keep(cls_name: str, keep) -> None:
+    if isinstance(keep, bool) or not isinstance(keep, numbers.Real):
+        raise ValueError(f"{cls_name}: keep must be a fraction in (0, 1] or an int count >= 1, got {keep!r}")
+    if isinstance(keep, numbers.Integral):
+        if keep < 1:
+            raise ValueError(f"{cls_name}: keep count must be >= 1, got {keep!r}")
+    elif not (0.0 < float(keep) <= 1.0):  # also rejects NaN
+        raise ValueError(f"{cls_name}: keep must be a fraction in (0, 1] (or an int count), got {keep!r}")
+
+
+def _check_int(cls_name: str, what: str, v, lo: int, hi: int | None = None) -> None:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo or (hi is not None and v > hi):
+        rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        raise ValueError(f"{cls_name}: {what} must be an int in {rng}, got {v!r}")
+
+
+class Constraint:
+    """Base class. ``prunes`` is True for constraints that zero weights (they define the masks
+    that :meth:`ADMM.hard_prune` fixes); ``needs_3x3`` for those that only apply to
+    ``[Cout, Cin, 3, 3]`` weights; ``min_dim`` is the smallest tensor rank they accept."""
+    prunes = True
+    needs_3x3 = False
+    min_dim = 1
+
+    def check_tensor(self, shape, name: str) -> None:
+        """Raise ``ValueError`` naming the parameter if this constraint can't apply to ``shape``."""
+        shape = tuple(shape)
+        if self.needs_3x3 and (len(shape) != 4 or shape[2:] != (3, 3)):
+            raise ValueError(f"{type(self).__name__} constraint needs a [Cout, Cin, 3, 3] weight, "
+                             f"but parameter '{name}' has shape {list(shape)}")
+        if len(shape) < self.min_dim:
+            raise ValueError(f"{type(self).__name__} constraint needs a tensor with at least {self.min_dim} "
+                             f"dimensions, but parameter '{name}' has shape {list(shape)}")
+
+    def project(self, w, pattern_set=None):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Pattern(Constraint):
+    """Every 3x3 kernel keeps ``entries`` weights in one of the ``k`` shapes of the group's pattern
+    set (selected from the group's weights at the first ADMM update, then fixed); ``group`` G
+    consecutive output channels share their patterns (see :func:`project.pattern`)."""
+    k: int = 8
+    entries: int = 4
+    keep_center: bool = True
+    group: int = 1
+    needs_3x3 = True
+
+    def __post_init__(self):
+        _check_int("Pattern", "k", self.k, 1)
+        _check_int("Pattern", "entries", self.entries, 1, 9)
+        _check_int("Pattern", "group", self.group, 1)
+        if not isinstance(self.keep_center, bool):
+            raise ValueError(f"Pattern: keep_center must be a bool, got {self.keep_center!r}")
+
+    def project(self, w, pattern_set=None):
+        from . import project
+        return project.pattern(w, pattern_set, group=self.group)
+
+
+@dataclass(frozen=True)
+class Connectivity(Constraint):
+    """Keep the ``keep`` fraction (or count) of 3x3 kernels with the largest L2 norm per layer;
+    ``group`` G consecutive output channels keep the same input channels."""
+    keep: float = 0.25
+    group: int = 1
+    needs_3x3 = True
+
+    def __post_init__(self):
+        _check_keep("Connectivity", self.keep)
+        _check_int("Connectivity", "group", self.group, 1)
+
+    def project(self, w, pattern_set=None):
+        from . import project
+        return project.connectivity(w, self.keep, group=self.group)
+
+
+@dataclass(frozen=True)
+class Unstructured(Constraint):
+    """Keep the ``keep`` fraction (or count) of weights with the largest magnitude."""
+    keep: float = 0.1
+
+    def __post_init__(self):
+        _check_keep("Unstructured", self.keep)
+
+    def project(self, w, pattern_set=None):
+        from . import project
+        return project.unstructured(w, self.keep)
+
+
+@dataclass(frozen=True)
+class Filter(Constraint):
+    """Keep the ``keep`` fraction (or count) of output filters (dim 0) with the largest L2 norm."""
+    keep: float = 0.5
+    min_dim = 2
+
+    def __post_init__(self):
+        _check_keep("Filter", self.keep)
+
+    def project(self, w, pattern_set=None):
+        from . import project
+        return project.filter(w, self.keep)
+
+
+@dataclass(frozen=True)
+class Channel(Constraint):
+    """Keep the ``keep`` fraction (or count) of input channels (dim 1) with the largest L2 norm."""
+    keep: float = 0.5
+    min_dim = 2
+
+    def __post_init__(self):
+        _check_keep("Channel", self.keep)
+
+    def project(self, w, pattern_set=None):
+        from . import project
+        return project.channel(w, self.keep)
+
+
+@dataclass(frozen=True)
+class Quantize(Constraint):
+    """``bits``-bit levels with one per-tensor scale: ``scheme="uniform"`` (0, ±q, ±2q, ...) or
+    ``"pow2"`` (0, ±q·2^-j)."""
+    bits: int = 8
+    scheme: str = "uniform"
+    prunes = False
+
+    def __post_init__(self):
+        _check_int("Quantize", "bits", self.bits, 1, 8)
+        if self.scheme not in ("uniform", "pow2"):
+            raise ValueError(f"Quantize: scheme must be 'uniform' or 'pow2', got {self.scheme!r}")
+
+    def project(self, w, pattern_set=None):
+        from . import project
+        return project.quantize(w, self.bits, scheme=self.scheme)
+
+
+#: Composition order of combined constraints (first applied first).
+ORDER = (Pattern, Connectivity, Filter, Channel, Unstructured, Quantize)
+
+
+def ordered(constraints, name: str = "?") -> list:
+    """Validate a constraint list and return it sorted into :data:`ORDER`.
+
+    Raises ``ValueError`` (naming ``name``) for an object that is not a known constraint or for
+    two constraints of the same kind."""
+    if isinstance(constraints, Constraint):
+        constraints = [constraints]
+    out = []
+    for c in constraints:
+        if type(c) not in ORDER:
+            raise ValueError(f"unknown constraint {c!r} for parameter '{name}' "
+                             f"(expected one of {[t.__name__ for t in ORDER]} from torch_patsparse.constraints)")
+        if any(type(o) is type(c) for o in out):
+            raise ValueError(f"two {type(c).__name__} constraints for parameter '{name}'")
+        out.append(c)
+    return sorted(out, key=lambda c: ORDER.index(type(c)))
