@@ -468,6 +468,9 @@ class Job:
             self.log(f"WARNING: TorchScript export failed: {type(e).__name__}: {e}")
         stats = model_stats(dense, comp)
         self.history["stats"] = stats
+        self.history["weight_bits"] = ", ".join(
+            f"{c['bits']} ({rule['match']})" for rule in self.cfg["layers"] for c in rule.get("constraints", [])
+            if c["type"] == "quantize") or "32 (float)"
         plot_path = os.path.join(self.out, "compression.png")
         try:
             plot(stats, plot_path)
