@@ -58,7 +58,8 @@ def _out_size(n: int, pad: int, dil: int, stride: int) -> int:
 
 
 @torch.library.register_fake("patsparse::pattern_conv2d")
-def _(input, patterns, filter_ptr, kernel_channel, kernel_pattern, values, bias, stride, padding, dilation):
+def _(input, patterns, filter_ptr, kernel_channel, kernel_pattern, values, bias, stride=(1, 1), padding=(0, 0),
+      dilation=(1, 1)):
     torch._check(input.dim() == 4, lambda: "patsparse: input must be 4-D")
     n, _c, h, w = input.shape
     oh = _out_size(h, padding[0], dilation[0], stride[0])
