@@ -303,8 +303,10 @@ class Job:
         st = torch.load(path, map_location="cpu", weights_only=False)
         if st.get("version") != CKPT_VERSION:
             raise ValueError(f"{path}: checkpoint version {st.get('version')} is not {CKPT_VERSION}")
-        if st["config"] != self.cfg:
-            diff = [k for k in set(st["config"]) | set(self.cfg) if st["config"].get(k) != self.cfg.get(k)]
+        # everything that shapes the trained model must match (latency / thread settings may differ)
+        diff = [k for k in set(st["config"]) | set(self.cfg)
+                if k not in ("latency", "threads") and st["config"].get(k) != self.cfg.get(k)]
+        if diff:
             raise ValueError(f"{path} was written with a different configuration (keys {sorted(diff)}); "
                              f"resume with the same --config/--quick options, or use another --out")
         self.stage, self.epoch, self.done, self.history = st["stage"], st["epoch"], st["done"], st["history"]
@@ -338,15 +340,15 @@ class Job:
     def run_epochs(self, stage: str, epochs: int) -> None:
         from .train import train_epoch
         while self.epoch < epochs:
-            t0 = time.time()
+            t0, c0 = time.time(), time.process_time()
             stats = train_epoch(self.model, self.opt, self.x_train, self.y_train, self.cfg["batch_size"], self.gen,
                                 desc=f"{stage} {self.epoch + 1}/{epochs}", scheduler=self.sched, show=self.show)
             acc = self.evaluate(desc=f"{stage} eval")
             self.epoch += 1
             rec = {"stage": stage, "epoch": self.epoch, "train_loss": stats["loss"], "train_acc": stats["acc"],
-                   "test_acc": acc, "seconds": time.time() - t0}
+                   "test_acc": acc, "seconds": time.time() - t0, "cpu_seconds": time.process_time() - c0}
             line = (f"[{stage} {self.epoch}/{epochs}] loss {stats['loss']:.4f} train {stats['acc']:.2f}% "
-                    f"test {acc:.2f}%  ({rec['seconds']:.0f}s)")
+                    f"test {acc:.2f}%  ({rec['seconds']:.0f}s wall, {rec['cpu_seconds']:.0f}s CPU)")
             if stage == "admm":
                 res = self.opt.residuals()
                 rec["residual_max"] = max(res.values()) if res else 0.0
