@@ -171,8 +171,12 @@ def test_resume_continues_to_the_same_final_state(tiny_run, tmp_path):
     assert cli.main(["--config", cfg, "--out", out, "--no-progress", "--interrupt-after", "3"]) == 3
     st = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
     assert st["stage"] == "admm" and st["epoch"] == 1 and st["done"] == ["dense"]
+    # resume, and stop again in the middle of masked retraining (hard-pruned ADMM state)
+    assert cli.main(["--config", cfg, "--out", out, "--no-progress", "--resume", "--interrupt-after", "2"]) == 3
+    st = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
+    assert st["stage"] == "retrain" and st["epoch"] == 1 and st["done"] == ["dense", "admm"]
     assert cli.main(["--config", cfg, "--out", out, "--no-progress", "--resume"]) == 0
-    for stage in ("admm", "retrain", "convert"):
+    for stage in ("dense", "admm", "retrain", "convert"):
         a = torch.load(os.path.join(full_out, stage + ".pt"), weights_only=False)
         b = torch.load(os.path.join(out, stage + ".pt"), weights_only=False)
         for key in ("model", "converted"):
