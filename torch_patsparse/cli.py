@@ -335,7 +335,7 @@ class Job:
 
     def evaluate(self, model=None, desc="eval") -> float:
         from .train import evaluate
-        return evaluate(model or self.model, self.x_test, self.y_test, desc=desc, show=self.show)["acc"]
+        return evaluate(self.model if model is None else model, self.x_test, self.y_test, desc=desc, show=self.show)["acc"]
 
     def run_epochs(self, stage: str, epochs: int) -> None:
         from .train import train_epoch
