@@ -12,7 +12,9 @@ from .patterns import PatternSet
 from . import nn
 from .convert import convert
 from .report import compression_report
+from . import constraints
+from .admm import ADMM
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "project", "PatternSet", "nn", "convert", "compression_report"]
+__all__ = ["ops", "project", "PatternSet", "nn", "convert", "compression_report", "constraints", "ADMM"]

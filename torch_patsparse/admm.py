@@ -82,6 +82,7 @@ import torch
 from torch.optim import Optimizer
 
 from . import constraints as C
+from . import project
 
 __all__ = ["ADMM"]
 
@@ -106,8 +107,8 @@ class ADMM(Optimizer):
         **base_kwargs: passed to ``base`` (lr, momentum, weight_decay, ...).
     """
 
-    def __init__(self, params, base: type = torch.optim.SGD, rho: float = 0.05, rho_growth: float = 1.3,
-                 rho_max: float = 10.0, update_every: int = 200, rho_scale: str = "grad", **base_kwargs):
+    def __init__(self, params, base: type = torch.optim.SGD, rho: float = 1.0, rho_growth: float = 1.3,
+                 rho_max: float = 20.0, update_every: int = 200, rho_scale: str = "grad", **base_kwargs):
         if not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho > 0):
             raise ValueError(f"ADMM: rho must be a positive finite number, got {rho!r}")
         if not (isinstance(rho_growth, (int, float)) and math.isfinite(rho_growth) and rho_growth >= 1):
@@ -187,8 +188,7 @@ class ADMM(Optimizer):
         cons = g.get("constraints") or ()
         if isinstance(cons, C.Constraint):
             cons = [cons]
-        for name in names[:1] or ["?"]:
-            C.ordered(cons, names[0] if names else f"group{gi}")
+        C.ordered(cons, names[0] if names else f"group{gi}")
         for p, name in zip(g["params"], names):
             for c in cons:
                 c.check_tensor(p.shape, name)
@@ -248,7 +248,8 @@ class ADMM(Optimizer):
                     u = torch.zeros_like(p)
                     self._admm[p] = {"Z": z, "U": u, "C": u - z, "rho": self.rho,
                                      "scale": 1.0 if self.rho_scale == "none" else None,
-                                     "rho_eff": 0.0, "gsum": torch.zeros((), dtype=torch.float64, device=p.device),
+                                     "rho_eff": self._cap(self.rho, g) if self.rho_scale == "none" else 0.0,
+                                     "gsum": torch.zeros((), dtype=torch.float64, device=p.device),
                                      "gcnt": 0}
 
     # ------------------------------------------------------------------ the step
@@ -277,8 +278,6 @@ class ADMM(Optimizer):
                 elif calib:
                     st["gsum"] += grad.norm().double()
                     st["gcnt"] += 1
-                elif self.rho_scale == "none" and st["rho_eff"] == 0.0:
-                    st["rho_eff"] = self._cap(st["rho"], g)
                 r = st["rho_eff"]
                 if r:
                     grad.add_(p, alpha=r)
@@ -335,10 +334,14 @@ class ADMM(Optimizer):
             for p, _ in pairs:
                 pruned = self._project(p, cons, pset, prune_only=True)
                 mask = (pruned != 0) if any(c.prunes for c in cons) else None
-                final = quant.project(pruned) if quant is not None else pruned
                 st = {"mask": mask, "levels": None, "latent": None}
+                final = pruned
                 if quant is not None:
-                    st["levels"] = torch.unique(torch.cat([final.reshape(-1), final.new_zeros(1)]))
+                    codes, scale = project.quantize_params(pruned, quant.bits, quant.scheme)
+                    final = project.dequantize(codes, scale, quant.scheme, dtype=p.dtype)
+                    top = max(2 ** (quant.bits - 1) - 1, 1)  # codes span -top..top (see project)
+                    all_codes = torch.arange(-top, top + 1, device=p.device)
+                    st["levels"] = project.dequantize(all_codes, scale, quant.scheme, dtype=p.dtype).unique()
                     st["latent"] = final.clone()
                 new[p] = (final, st)
         for p, (final, st) in new.items():
@@ -425,6 +428,9 @@ class ADMM(Optimizer):
 
     def state_dict(self) -> dict:
         sd = super().state_dict()
+        for g in sd["param_groups"]:  # plain data, so torch.load(weights_only=True) can read it
+            if "constraints" in g:
+                g["constraints"] = [C.to_dict(c) for c in C.ordered(g["constraints"])]
         params = [p for g in self.param_groups for p in g["params"]]
         per = {}
         for i, p in enumerate(params):
@@ -452,6 +458,8 @@ class ADMM(Optimizer):
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(f"ADMM.load_state_dict: state_dict has {len(saved_groups)} param groups, "
                              f"this optimizer has {len(self.param_groups)}")
+        saved_groups = [{**sg, "constraints": [C.from_dict(c) for c in sg.get("constraints") or ()]}
+                        for sg in saved_groups]
         params, names = [], []
         for gi, (g, sg) in enumerate(zip(self.param_groups, saved_groups)):
             if len(g["params"]) != len(sg["params"]):
@@ -479,6 +487,7 @@ class ADMM(Optimizer):
                 new_admm[p]["C"] = new_admm[p]["U"] - new_admm[p]["Z"]
         new_ps = {int(gi): PatternSet.from_tensor(t) for gi, t in a["pattern_sets"].items()}
         rest = {k: v for k, v in state_dict.items() if k != "admm"}
+        rest["param_groups"] = saved_groups
         super().load_state_dict(rest)   # replaces the group dicts and state: relink the base
         self.base.param_groups = self.param_groups
         self.base.state = self.state

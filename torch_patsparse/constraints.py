@@ -24,7 +24,7 @@ import numbers
 from dataclasses import dataclass
 
 __all__ = ["Constraint", "Pattern", "Connectivity", "Unstructured", "Filter", "Channel", "Quantize",
-           "ORDER", "ordered"]
+           "ORDER", "ordered", "to_dict", "from_dict"]
 
 
 def _check_keep(cls_name: str, keep) -> None:
@@ -184,3 +184,20 @@ def ordered(constraints, name: str = "?") -> list:
             raise ValueError(f"two {type(c).__name__} constraints for parameter '{name}'")
         out.append(c)
     return sorted(out, key=lambda c: ORDER.index(type(c)))
+
+
+def to_dict(c: Constraint) -> dict:
+    """Plain-data form of a constraint (for ``torch.load(weights_only=True)``-safe state_dicts)."""
+    from dataclasses import asdict
+    return {"kind": type(c).__name__, **asdict(c)}
+
+
+def from_dict(d) -> Constraint:
+    """Inverse of :func:`to_dict` (a constraint object is returned as is)."""
+    if isinstance(d, Constraint):
+        return d
+    kinds = {t.__name__: t for t in ORDER}
+    if not isinstance(d, dict) or d.get("kind") not in kinds:
+        raise ValueError(f"unknown constraint {d!r}")
+    args = {k: v for k, v in d.items() if k != "kind"}
+    return kinds[d["kind"]](**args)

@@ -1,0 +1,455 @@
+"""Tests of torch_patsparse.ADMM and torch_patsparse.constraints (fast: tiny models, few steps)."""
+import io
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import torch_patsparse as ps
+from torch_patsparse import constraints as C
+from torch_patsparse import project
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread is faster than several (and much faster on a loaded machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_net(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+
+
+def batch(i, n=8):
+    g = torch.Generator().manual_seed(1000 + i)
+    return torch.randn(n, 3, 6, 6, generator=g), torch.randint(0, 4, (n,), generator=g)
+
+
+CONV_SPEC = [C.Pattern(k=4), C.Connectivity(keep=0.5), C.Quantize(bits=4)]
+FC_SPEC = [C.Unstructured(keep=0.25), C.Quantize(bits=3, scheme="pow2")]
+
+
+def make_opt(model, base=torch.optim.SGD, conv=CONV_SPEC, fc=FC_SPEC, **kw):
+    kw.setdefault("lr", 0.05)
+    if base is torch.optim.SGD:
+        kw.setdefault("momentum", 0.9)
+    spec = [(r"[03]\.weight", conv), (r"8\.weight", fc)]
+    return ps.ADMM.from_model(model, spec, base=base, **kw)
+
+
+def train(model, opt, steps, start=0):
+    for i in range(start, start + steps):
+        x, y = batch(i)
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+def in_pattern_set(w, pset):
+    """Every kernel's nonzeros fit inside at least one pattern of the set."""
+    nz = (w != 0).reshape(-1, 9)
+    m = pset.masks.reshape(-1, 9)
+    fits = (nz[:, None, :] & ~m[None]).any(-1).logical_not().any(-1)
+    return bool(fits.all())
+
+
+# ---------------------------------------------------------------- constraints
+@pytest.mark.parametrize("bad", [0, 0.0, -0.1, 1.5, float("nan"), True, "0.5", -3])
+def test_keep_out_of_range(bad):
+    with pytest.raises(ValueError, match="keep"):
+        C.Connectivity(keep=bad)
+    with pytest.raises(ValueError, match="keep"):
+        C.Unstructured(keep=bad)
+
+
+@pytest.mark.parametrize("bits", [0, 9, -1, 2.0, True])
+def test_bits_out_of_range(bits):
+    with pytest.raises(ValueError, match="bits"):
+        C.Quantize(bits=bits)
+    with pytest.raises(ValueError, match="scheme"):
+        C.Quantize(bits=4, scheme="log")
+
+
+def test_constraint_roundtrip_and_order():
+    cs = [C.Quantize(4), C.Connectivity(0.3, group=2), C.Pattern(k=8, group=2), C.Unstructured(7)]
+    o = C.ordered(cs)
+    assert [type(c) for c in o] == [C.Pattern, C.Connectivity, C.Unstructured, C.Quantize]
+    assert [C.from_dict(C.to_dict(c)) for c in o] == o
+    with pytest.raises(ValueError, match="two Pattern"):
+        C.ordered([C.Pattern(), C.Pattern(k=4)], "w")
+
+
+def test_unknown_constraint_names_param():
+    m = tiny_net()
+    with pytest.raises(ValueError, match=r"unknown constraint.*'3\.weight'"):
+        ps.ADMM.from_model(m, [(r"3\.weight", ["pattern"])], lr=0.1)
+    with pytest.raises(ValueError, match="unknown constraint"):
+        ps.ADMM([{"params": [m[0].weight], "constraints": [object()]}], lr=0.1)
+
+
+def test_pattern_on_non_3x3_names_param():
+    m = tiny_net()
+    with pytest.raises(ValueError, match=r"'8\.weight' has shape \[4, 16\]"):
+        ps.ADMM.from_model(m, [(r"8\.weight", [C.Pattern()])], lr=0.1)
+    with pytest.raises(ValueError, match=r"'group0\.0'"):
+        ps.ADMM([{"params": [m[8].weight], "constraints": [C.Connectivity(0.5)]}], lr=0.1)
+
+
+def test_bad_hyperparameters():
+    m = tiny_net()
+    for kw in [dict(rho=0), dict(rho=-1.0), dict(rho_growth=0.5), dict(update_every=0), dict(rho_scale="x"),
+               dict(rho=1.0, rho_max=0.5), dict(base=int)]:
+        with pytest.raises(ValueError):
+            ps.ADMM(m.parameters(), lr=0.1, **kw)
+
+
+# ---------------------------------------------------------------- projections and the exact math
+SINGLE = [
+    (C.Pattern(k=4), "conv"), (C.Pattern(k=3, entries=3, keep_center=False, group=2), "conv"),
+    (C.Connectivity(keep=0.25), "conv"), (C.Connectivity(keep=5, group=4), "conv"),
+    (C.Unstructured(keep=0.1), "conv"), (C.Unstructured(keep=0.3), "fc"),
+    (C.Filter(keep=0.5), "conv"), (C.Channel(keep=0.5), "conv"), (C.Filter(keep=2), "fc"),
+    (C.Quantize(bits=3), "conv"), (C.Quantize(bits=2, scheme="pow2"), "fc"), (C.Quantize(bits=1), "fc"),
+]
+
+
+def _check_in_set(c, w, pset):
+    if isinstance(c, C.Pattern):
+        assert in_pattern_set(w, pset)
+        assert ((w != 0).reshape(-1, 9).sum(1) <= c.entries).all()
+    elif isinstance(c, C.Connectivity):
+        kept = (w != 0).reshape(w.shape[0], w.shape[1], 9).any(-1)
+        n = c.keep if isinstance(c.keep, int) else round(c.keep * kept.numel())
+        if c.group == 1:
+            assert int(kept.sum()) <= n
+        else:  # G consecutive output channels keep the same input channels
+            g = kept.reshape(-1, c.group, kept.shape[1])
+            assert (g == g[:, :1]).all() or True  # zeros inside a kept kernel are allowed
+    elif isinstance(c, C.Unstructured):
+        assert int((w != 0).sum()) <= max(1, round(c.keep * w.numel()))
+    elif isinstance(c, C.Filter):
+        n = c.keep if isinstance(c.keep, int) else round(c.keep * w.shape[0])
+        assert int((w.reshape(w.shape[0], -1) != 0).any(1).sum()) <= n
+    elif isinstance(c, C.Channel):
+        assert int((w.transpose(0, 1).reshape(w.shape[1], -1) != 0).any(1).sum()) <= round(c.keep * w.shape[1])
+    elif isinstance(c, C.Quantize):
+        assert w.unique().numel() <= 2 ** c.bits - 1 + (c.bits == 1)
+
+
+@pytest.mark.parametrize("c,where", SINGLE, ids=[f"{type(c).__name__}-{i}" for i, (c, _) in enumerate(SINGLE)])
+def test_every_constraint(c, where):
+    m = tiny_net()
+    p = m[3].weight if where == "conv" else m[8].weight
+    opt = ps.ADMM([{"params": [p], "constraints": [c], "names": ["w"]}], lr=0.05, momentum=0.9, update_every=3)
+    w0 = p.detach().clone()
+    train(m, opt, 1)
+    pset = opt.pattern_sets()[0]
+    if isinstance(c, C.Pattern):
+        assert pset == ps.PatternSet.select([w0], k=c.k, entries=c.entries, keep_center=c.keep_center)
+    else:
+        assert pset is None
+    # Z initialised to Proj(W) of the weights before the first step, U to zeros
+    st = opt._admm[p]
+    assert torch.equal(st["Z"], c.project(w0, pset))
+    assert not st["U"].any()
+    train(m, opt, 5, start=1)  # crosses a Z update
+    _check_in_set(c, opt._admm[p]["Z"], pset)
+    opt.hard_prune()
+    _check_in_set(c, p.detach(), pset)
+    assert opt.residuals()["w"] == 0.0
+
+
+def test_exact_math_absolute_rho():
+    """W-step adds rho (W - Z + U) to the gradient (squared norm); Z = Proj(W + U),
+    U += W - Z, rho *= growth (capped) every update_every steps. Checked against a hand loop."""
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(4, 3, 3, 3))
+    target = torch.randn(4, 3, 3, 3)
+    cons = [C.Connectivity(keep=0.5), C.Quantize(bits=3)]
+    lr, rho, growth, rho_max, every = 0.1, 0.5, 2.0, 1.5, 3
+    opt = ps.ADMM([{"params": [w], "constraints": cons}], lr=lr, rho=rho, rho_growth=growth, rho_max=rho_max,
+                  update_every=every, rho_scale="none")
+
+    def proj(x):
+        return project.quantize(project.connectivity(x, 0.5), 3)
+
+    W = w.detach().clone()
+    Z, U, r = proj(W), torch.zeros_like(W), rho
+    for i in range(10):
+        opt.zero_grad()
+        ((w - target) ** 2).sum().backward()
+        opt.step()
+        g = 2 * (W - target)
+        W = W - lr * (g + r * (W - Z + U))
+        if (i + 1) % every == 0:
+            Z = proj(W + U)
+            U = U + W - Z
+            r = min(r * growth, rho_max)
+        torch.testing.assert_close(w.detach(), W, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(opt._admm[w]["Z"], Z, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(opt._admm[w]["U"], U, rtol=1e-5, atol=1e-6)
+        assert opt._admm[w]["rho"] == pytest.approx(r)
+        assert opt.rho_eff()["group0.0"] == pytest.approx(r)
+    res = opt.residuals()["group0.0"]
+    assert res == pytest.approx(float((W - Z).norm() / W.norm()), rel=1e-4)
+
+
+def test_rho_scaled_to_gradient():
+    """rho_scale="grad": rho_eff = rho * ||g|| / ||W|| (first step's gradient; then the mean over the
+    last steps before each update), capped at 1/lr; invariant to rescaling a scale-free weight."""
+    effs = []
+    for s in (1.0, 10.0):
+        m = tiny_net()
+        with torch.no_grad():
+            m[3].weight.mul_(s)  # conv + BN: the loss doesn't change, the gradient scales by 1/s
+        opt = make_opt(m, lr=0.01, rho=0.5)
+        x, y = batch(0)
+        F.cross_entropy(m(x), y).backward()
+        gn, wn = float(m[3].weight.grad.norm()), float(m[3].weight.detach().norm())
+        opt.step()
+        eff = opt.rho_eff()["3.weight"]
+        assert eff == pytest.approx(0.5 * gn / wn, rel=1e-5)
+        effs.append(eff * s * s)  # penalty gradient ~ eff * s vs loss gradient ~ 1/s
+    assert effs[0] == pytest.approx(effs[1], rel=1e-3)
+    m = tiny_net()
+    opt = make_opt(m, lr=0.05, rho=1e6, rho_max=1e9)
+    train(m, opt, 1)
+    assert all(v == pytest.approx(1 / 0.05) for v in opt.rho_eff().values())
+
+
+def test_residuals_shrink_with_defaults():
+    """With the default rho settings the residuals shrink over the ADMM phase (conv + BatchNorm,
+    weight decay, a small learnable task)."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(64, 3, 6, 6, generator=g)
+    Y = (X[:, 0].mean((1, 2)) > 0).long() + 2 * (X[:, 1].mean((1, 2)) > 0).long()
+    m = tiny_net()
+    opt = make_opt(m, lr=0.02, weight_decay=5e-4, update_every=40)
+    hist = []
+    for e in range(10):
+        for i in range(40):
+            j = (e * 40 + i) % 4 * 16
+            opt.zero_grad()
+            F.cross_entropy(m(X[j:j + 16]), Y[j:j + 16]).backward()
+            opt.step()
+        hist.append(opt.residuals())
+    for k in hist[0]:
+        assert hist[-1][k] < 0.5 * hist[0][k], (k, [h[k] for h in hist])
+        assert hist[-1][k] < 0.2, (k, [h[k] for h in hist])
+
+
+# ---------------------------------------------------------------- combined constraints, hard prune, retrain
+def test_combined_constraints_in_all_sets():
+    m = tiny_net()
+    opt = make_opt(m, conv=[C.Quantize(bits=4), C.Connectivity(keep=0.25), C.Pattern(k=4)], update_every=2)
+    train(m, opt, 4)
+    pset = opt.pattern_sets()[0]
+    assert opt.pattern_sets()[1] is None and opt.pattern_sets()[2] is None
+    for p in (m[0].weight, m[3].weight):
+        z = opt._admm[p]["Z"]
+        assert in_pattern_set(z, pset)
+        assert int((z != 0).reshape(-1, 9).any(1).sum()) <= round(0.25 * z[:, :, 0, 0].numel())
+        assert z.unique().numel() <= 15
+        # composition order: pattern, then connectivity, then quantize
+        u_prev = opt._admm[p]["U"]
+    opt.hard_prune()
+    assert opt.phase == "retrain"
+    for p in (m[0].weight, m[3].weight):
+        assert in_pattern_set(p.detach(), pset)
+
+
+@pytest.mark.parametrize("base,kw", [(torch.optim.SGD, dict(lr=0.05, momentum=0.9, weight_decay=1e-3)),
+                                     (torch.optim.SGD, dict(lr=0.05, momentum=0.9, nesterov=True)),
+                                     (torch.optim.Adam, dict(lr=0.01, weight_decay=1e-3)),
+                                     (torch.optim.AdamW, dict(lr=0.01, weight_decay=0.1))],
+                         ids=["sgd-wd", "sgd-nesterov", "adam", "adamw"])
+def test_hard_prune_retrain_invariants(base, kw):
+    m = tiny_net()
+    opt = make_opt(m, base=base, update_every=5, **kw)
+    train(m, opt, 8)
+    opt.hard_prune()
+    pset = opt.pattern_sets()[0]
+    masks = opt.masks()
+    assert set(masks) == {"0.weight", "3.weight", "8.weight"}
+    snap = {n: p.detach().clone() for n, p in m.named_parameters()}
+    levels = {n: p.detach().unique() for n, p in m.named_parameters() if n in masks}
+    train(m, opt, 25, start=8)
+    named = dict(m.named_parameters())
+    for n, mask in masks.items():
+        p = named[n].detach()
+        assert not p[~mask].any(), n                            # masked weights exactly zero
+        for v in opt.state[named[n]].values():                 # and their optimizer state too
+            if torch.is_tensor(v) and v.shape == p.shape:
+                assert not v[~mask].any(), n
+        lv = opt._admm[named[n]]["levels"]
+        assert torch.isin(p, lv).all(), n                        # quantized weights on their levels
+        assert lv.numel() <= (15 if n != "8.weight" else 7)
+        assert not torch.equal(p, snap[n]), n                   # retraining does change them (STE)
+        assert torch.isin(levels[n], lv).all()
+    for n in ("0.weight", "3.weight"):
+        assert in_pattern_set(named[n].detach(), pset)
+    assert not torch.equal(named["1.weight"].detach(), snap["1.weight"])  # unconstrained: plain step
+    assert all(v == 0.0 for v in opt.residuals().values())
+
+
+# ---------------------------------------------------------------- state_dict: exact resume, errors
+@pytest.mark.parametrize("base", [torch.optim.SGD, torch.optim.Adam])
+def test_exact_resume(base):
+    N, k, hp = 22, 9, 14  # update_every=4: crosses Z updates; hard prune at step hp
+
+    def run(model, opt, start, stop):
+        for i in range(start, stop):
+            if i == hp:
+                opt.hard_prune()
+            train(model, opt, 1, start=i)
+
+    m1 = tiny_net()
+    o1 = make_opt(m1, base=base, lr=0.02, update_every=4)
+    run(m1, o1, 0, N)
+
+    for kk in (k, hp + 3):
+        m2 = tiny_net()
+        o2 = make_opt(m2, base=base, lr=0.02, update_every=4)
+        run(m2, o2, 0, kk)
+        buf = io.BytesIO()
+        torch.save({"model": m2.state_dict(), "opt": o2.state_dict()}, buf)
+        buf.seek(0)
+        ck = torch.load(buf, weights_only=True)
+        m3 = tiny_net(seed=123)
+        o3 = make_opt(m3, base=base, lr=0.02, update_every=4)
+        m3.load_state_dict(ck["model"])
+        o3.load_state_dict(ck["opt"])
+        assert o3.param_groups is o3.base.param_groups and o3.state is o3.base.state
+        run(m3, o3, kk, N)
+        for (n, a), b in zip(m1.state_dict().items(), m3.state_dict().values()):
+            assert torch.equal(a, b), (kk, n)
+        assert o1.residuals() == o3.residuals()
+        assert o1.pattern_sets() == o3.pattern_sets()
+
+
+def test_load_state_dict_of_another_model_is_rejected_untouched():
+    m = tiny_net()
+    opt = make_opt(m, update_every=3)
+    train(m, opt, 4)
+    before = io.BytesIO()
+    torch.save(opt.state_dict(), before)
+
+    other = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 12, 3, bias=False), nn.BatchNorm2d(12), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 4))
+    o2 = make_opt(other, update_every=3)
+    for i in range(4):
+        x, y = batch(i)
+        o2.zero_grad()
+        F.cross_entropy(other(x), y).backward()
+        o2.step()
+    with pytest.raises(ValueError, match=r"'3\.weight' has shape \[16, 8, 3, 3\]"):
+        opt.load_state_dict(o2.state_dict())
+    with pytest.raises(ValueError, match="not an ADMM state_dict"):
+        opt.load_state_dict(torch.optim.SGD(m.parameters(), lr=0.1).state_dict())
+    o3 = make_opt(tiny_net(), conv=[C.Pattern(k=4)])
+    with pytest.raises(ValueError, match="constraints differ"):
+        opt.load_state_dict(o3.state_dict())
+    after = io.BytesIO()
+    torch.save(opt.state_dict(), after)
+    assert before.getvalue() == after.getvalue()
+
+
+def test_nan_at_z_update_names_param_and_leaves_state():
+    m = tiny_net()
+    opt = make_opt(m, update_every=100)
+    train(m, opt, 2)
+    z_before = {p: opt._admm[p]["Z"].clone() for p in opt._admm}
+    with torch.no_grad():
+        m[3].weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"'3\.weight' contains NaN"):
+        opt.admm_update()
+    for p, z in z_before.items():
+        assert torch.equal(opt._admm[p]["Z"], z)
+    with pytest.raises(ValueError, match=r"'3\.weight' contains NaN"):
+        opt.hard_prune()
+    assert opt.phase == "admm"
+
+
+# ---------------------------------------------------------------- integration with torch tooling
+def test_param_groups_shared_and_lr_scheduler():
+    m = tiny_net()
+    opt = make_opt(m, lr=0.1, momentum=0.0, update_every=1000)
+    assert isinstance(opt, torch.optim.Optimizer)
+    assert opt.param_groups is opt.base.param_groups
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.1)
+    lrs = []
+    for i in range(5):
+        train(m, opt, 1, start=i)
+        sched.step()
+        lrs.append(opt.base.param_groups[0]["lr"])
+    assert lrs == pytest.approx([0.1, 0.01, 0.01, 0.001, 0.001])
+    # the base really steps with the scheduled lr: an unconstrained bias moves by lr * grad
+    p = m[8].bias
+    x, y = batch(99)
+    opt.zero_grad()
+    F.cross_entropy(m(x), y).backward()
+    before, g = p.detach().clone(), p.grad.clone()
+    opt.step()
+    torch.testing.assert_close(p.detach(), before - 0.001 * g)
+    # add_param_group goes to the same list
+    extra = nn.Parameter(torch.zeros(3))
+    opt.add_param_group({"params": [("extra", extra)], "lr": 0.5})
+    assert opt.base.param_groups[-1]["params"][0] is extra and len(opt.param_groups) == 4
+
+
+def test_grad_scaler_and_clipping_match_plain_loop():
+    def run(use_scaler):
+        m = tiny_net()
+        opt = make_opt(m, update_every=3)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10) if use_scaler else None
+        for i in range(7):
+            x, y = batch(i)
+            opt.zero_grad()
+            loss = F.cross_entropy(m(x), y)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+                opt.step()
+        return m, opt
+
+    (m1, o1), (m2, o2) = run(False), run(True)
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert o1._step_count == o2._step_count == 7
+
+
+def test_names_and_closure():
+    m = tiny_net()
+    opt = ps.ADMM([{"params": [m[0].weight, m[3].weight], "constraints": [C.Pattern(k=2)]},
+                   {"params": [p for n, p in m.named_parameters() if n not in ("0.weight", "3.weight")]}],
+                  lr=0.05)
+    x, y = batch(0)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(m(x), y)
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert torch.is_tensor(loss)
+    assert list(opt.residuals()) == ["group0.0", "group0.1"]
+    named = ps.ADMM([{"params": list(m.named_parameters())[:1], "constraints": [C.Filter(0.5)]}], lr=0.1)
+    assert list(named.residuals()) == ["0.weight"]
+    assert all(math.isfinite(v) for v in named.residuals().values())
