@@ -25,7 +25,7 @@ epochs = 2
 lr = 0.05
 [admm]
 epochs = 2
-updates_per_epoch = 2
+updates_per_epoch = 8
 [retrain]
 epochs = 2
 [latency]
