@@ -265,8 +265,10 @@ class Job:
 
     def start_retrain(self):
         """Hard prune (fixed masks / levels from here on), fresh cosine LR schedule."""
+        from .train import recalibrate_bn
         c = self.cfg["retrain"]
         self.opt.hard_prune()
+        recalibrate_bn(self.model, self.x_train, self.cfg["batch_size"], show=self.show)
         for g in self.opt.param_groups:
             g["lr"] = c["lr"]
             g["initial_lr"] = c["lr"]

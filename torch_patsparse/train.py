@@ -74,6 +74,30 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
 
 
 @torch.no_grad()
+def recalibrate_bn(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 256, max_images: int = 5000,
+                   show: bool = True) -> None:
+    """Re-estimates BatchNorm running statistics for the current weights (cumulative average over
+    up to ``max_images`` training images, train-mode forward passes, no weight change). After a
+    hard prune the old statistics belong to the dense weights; without this the pruned model is
+    judged (and starts retraining) with mismatched normalisation."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    was_training = model.training
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None   # cumulative moving average
+    model.train()
+    xs = x[:max_images]
+    for (xb, _) in progress(D.batches(xs, xs, batch_size), D.num_batches(xs.shape[0], batch_size), "BN stats", show):
+        model(xb)
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    model.train(was_training)
+
+
+@torch.no_grad()
 def latency(models: Dict[str, Callable], inputs: Sequence[torch.Tensor], repeats: int = 30, warmup: int = 3,
             show: bool = True) -> Dict[str, Dict[int, float]]:
     """Median wall time (ms) of each model on each input, measured in the same process and
