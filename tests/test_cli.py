@@ -28,6 +28,7 @@ epochs = 2
 updates_per_epoch = 8
 [retrain]
 epochs = 2
+lr = 0.02
 [latency]
 batches = [1, 8]
 repeats = 3
