@@ -165,6 +165,23 @@ def test_tiny_run_honours_config(tiny_run):
         assert torch.unique(sd[name]).numel() <= 16                           # 4-bit levels (incl. 0)
 
 
+def assert_same(a, b, where):
+    """Exact equality of nested state (tensors bitwise, dicts / lists / scalars recursively)."""
+    assert type(a) is type(b), where
+    if torch.is_tensor(a):
+        assert a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
 def test_resume_continues_to_the_same_final_state(tiny_run, tmp_path):
     cfg, full_out, _ = tiny_run
     out = str(tmp_path / "run")
@@ -180,12 +197,10 @@ def test_resume_continues_to_the_same_final_state(tiny_run, tmp_path):
     for stage in ("dense", "admm", "retrain", "convert"):
         a = torch.load(os.path.join(full_out, stage + ".pt"), weights_only=False)
         b = torch.load(os.path.join(out, stage + ".pt"), weights_only=False)
-        for key in ("model", "converted"):
+        for key in ("model", "converted", "opt", "sched"):
             if a[key] is None:
                 continue
-            assert a[key].keys() == b[key].keys()
-            for k in a[key]:
-                assert torch.equal(a[key][k], b[key][k]), (stage, key, k)
+            assert_same(a[key], b[key], f"{stage}.{key}")
         assert a["history"]["acc"] == b["history"]["acc"]
     # a different configuration can't silently resume
     assert cli.main(["--config", cfg, "--out", out, "--resume", "--epochs", "1"]) == 2
