@@ -2,7 +2,6 @@
 whose compressed accuracy is checked against its own dense baseline, and exact --resume."""
 import json
 import os
-import sys
 
 import pytest
 import torch

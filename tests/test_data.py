@@ -1,6 +1,5 @@
 """Fashion-MNIST loader: the real Debian IDX files, and clear errors for bad / missing files."""
 import gzip
-import os
 import struct
 
 import numpy as np

@@ -261,7 +261,6 @@ class Job:
                         update_every=update_every, lr=c["lr"], momentum=c["momentum"],
                         weight_decay=c["weight_decay"])
         self.sched = None
-        self.group_members = groups
 
     def start_retrain(self):
         """Hard prune (fixed masks / levels from here on), fresh cosine LR schedule."""
