@@ -1,0 +1,205 @@
+"""The main job (python -m torch_patsparse): config handling, a tiny real-data end-to-end run
+whose compressed accuracy is checked against its own dense baseline, and exact --resume."""
+import json
+import os
+
+import pytest
+import torch
+
+from torch_patsparse import cli
+from torch_patsparse import data as D
+from torch_patsparse.models import fmnist_vgg
+
+needs_data = pytest.mark.skipif(not D.available(), reason=(
+    f"Fashion-MNIST IDX files not found in {D.default_dir()} "
+    "(install the Debian package: apt-get install dataset-fashion-mnist)"))
+
+# Tiny run: 2k train / 1k test images, 2 epochs per stage, batch 64 (32 steps an epoch).
+TINY = """
+batch_size = 64
+train_limit = 2000
+test_limit = 1000
+[dense]
+epochs = 2
+lr = 0.05
+[admm]
+epochs = 2
+updates_per_epoch = 8
+[retrain]
+epochs = 2
+lr = 0.02
+[latency]
+batches = [1, 8]
+repeats = 3
+[[layers]]
+match = "features.0.weight"
+constraints = [{ type = "pattern", k = 8 }, { type = "quantize", bits = 4 }]
+[[layers]]
+match = "features.*.weight"
+constraints = [{ type = "pattern", k = 8 }, { type = "connectivity", keep = 0.2 }, { type = "quantize", bits = 4 }]
+[[layers]]
+match = "classifier.1.weight"
+constraints = [{ type = "unstructured", keep = 0.3 }, { type = "quantize", bits = 4 }]
+"""
+
+
+def write(tmp_path, text, name="cfg.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+# ------------------------------------------------------------------ config
+def test_default_toml_matches_builtin_defaults():
+    import tomllib
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "configs", "default.toml"), "rb") as f:
+        assert tomllib.load(f) == cli.DEFAULTS
+
+
+def test_config_file_overrides_and_yaml(tmp_path):
+    cfg = cli.build_config(write(tmp_path, TINY))
+    assert cfg["batch_size"] == 64 and cfg["dense"]["epochs"] == 2 and cfg["dense"]["momentum"] == 0.9
+    assert cfg["layers"][1]["constraints"][1] == {"type": "connectivity", "keep": 0.2}
+    y = cli.build_config(write(tmp_path, "admm:\n  rho: 0.1\nlayers: []\n", "c.yaml"))
+    assert y["admm"]["rho"] == 0.1 and y["admm"]["epochs"] == 3 and y["layers"] == []
+    q = cli.build_config(quick=True)
+    assert q["train_limit"] == cli.QUICK["train_limit"] and q["dense"]["lr"] == cli.DEFAULTS["dense"]["lr"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("epochz = 3", "unknown config key 'epochz'"),
+    ("[admm]\nrhoo = 1", "unknown config key 'admm.rhoo'"),
+    ("[dense]\nepochs = -1", "'dense.epochs' must be an int >= 0"),
+    ("[dense]\nlr = 'fast'", "'dense.lr' must be a positive number"),
+    ("[[layers]]\nmatch = 'features.*.weight'\nconstraints = [{ type = 'patern' }]", "unknown constraint type 'patern'"),
+    ("[[layers]]\nmatch = 'features.*.weight'\nconstraints = [{ type = 'pattern', k = 0 }]", "k must be an int"),
+    ("[[layers]]\nmatch = 'features.*.weight'\nconstraints = [{ type = 'connectivity', keep = 1.5 }]", "keep must be"),
+    ("[[layers]]\nmatch = 'features.*.weight'\nconstraints = [{ type = 'quantize', bitz = 4 }]", "bad arguments for quantize"),
+    ("[[layers]]\nconstraints = []", "must be a table with keys 'match'"),
+    ("this is = = not toml", "cannot parse config file"),
+])
+def test_bad_config_is_a_clear_error(tmp_path, text, message):
+    with pytest.raises(cli.ConfigError, match=message):
+        cli.build_config(write(tmp_path, text))
+
+
+def test_layer_rules_resolved_against_the_model():
+    model = fmnist_vgg()
+    groups, rest = cli.resolve_layers(model, cli.DEFAULTS["layers"])
+    names = [[n for n, _ in members] for _, members, _ in groups]
+    assert names[0] == ["features.0.weight"]
+    assert names[1] == ["features.3.weight", "features.7.weight", "features.10.weight", "features.14.weight",
+                        "features.17.weight"]
+    assert names[2] == ["classifier.1.weight", "classifier.3.weight"]
+    assert all(p.dim() == 1 for _, p in rest)   # biases and BatchNorm stay unconstrained
+    with pytest.raises(cli.ConfigError, match="matches no"):
+        cli.resolve_layers(model, [{"match": "conv*.weight", "constraints": []}])
+    with pytest.raises(cli.ConfigError, match="needs a \\[Cout, Cin, 3, 3\\] weight.*classifier.1.weight"):
+        cli.resolve_layers(model, [{"match": "classifier.1.weight", "constraints": [{"type": "pattern"}]}])
+
+
+def test_main_reports_config_and_data_errors(tmp_path, capsys):
+    assert cli.main(["--config", write(tmp_path, "[dense]\nepochs = 'x'"), "--out", str(tmp_path / "o")]) == 2
+    assert "config error" in capsys.readouterr().err
+    assert cli.main(["--data", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
+    assert cli.main(["--stages", "dense,train", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown stage" in capsys.readouterr().err
+
+
+@needs_data
+def test_main_rejects_rule_matching_nothing(tmp_path, capsys):
+    cfg = write(tmp_path, "[[layers]]\nmatch = 'conv*.weight'\nconstraints = [{ type = 'pattern' }]")
+    assert cli.main(["--config", cfg, "--out", str(tmp_path / "o"), "--test-limit", "10", "--train-limit", "10"]) == 2
+    assert "matches no" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ real data, end to end
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    if not D.available():
+        pytest.skip("Fashion-MNIST IDX files missing (apt-get install dataset-fashion-mnist)")
+    d = tmp_path_factory.mktemp("tiny")
+    cfg = write(d, TINY)
+    out = str(d / "run")
+    assert cli.main(["--config", cfg, "--out", out, "--no-progress"]) == 0
+    with open(os.path.join(out, "summary.json")) as f:
+        return cfg, out, json.load(f)
+
+
+def test_tiny_end_to_end_accuracy_and_outputs(tiny_run):
+    cfg, out, hist = tiny_run
+    acc = hist["acc"]
+    # a real bound against its own dense baseline, and well above chance (10 %)
+    assert acc["dense"] > 60, acc
+    assert acc["compressed"] >= acc["dense"] - 5, acc
+    assert acc["compressed"] > 50, acc
+    assert hist["convert_max_logit_diff"] < 1e-3   # converted model == masked dense model
+    for name in ("checkpoint.pt", "dense.pt", "admm.pt", "retrain.pt", "convert.pt", "report.pt",
+                 "compression.png", "summary.md"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    assert os.path.getsize(os.path.join(out, "compression.png")) > 10000
+    assert "error" not in hist["torchscript"], hist["torchscript"]
+    ts = torch.jit.load(hist["torchscript"]["path"])
+    assert ts(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    lat = hist["latency_ms"]
+    assert set(lat) == {"dense", "compressed"} and set(map(int, lat["dense"])) == {1, 8}
+    assert all(v > 0 for d in lat.values() for v in d.values())
+
+
+def test_tiny_run_honours_config(tiny_run):
+    _, out, hist = tiny_run
+    layers = {r["name"]: r for r in hist["stats"]["layers"]}
+    for name in ("features.3.weight", "features.7.weight", "features.10.weight", "features.14.weight",
+                 "features.17.weight"):
+        r = layers[name]
+        assert r["kept_kernels"] <= round(0.2 * r["kernels"]) + 1, r          # connectivity keep = 0.2
+        assert r["density"] <= 4 / 9 * r["kept_kernels"] / r["kernels"] + 1e-6, r  # 4 of 9 weights
+    assert layers["features.0.weight"]["kept_kernels"] == 32                  # pattern only, all kernels
+    assert layers["classifier.1.weight"]["density"] <= 0.3 + 1e-6             # unstructured keep = 0.3
+    assert layers["classifier.3.weight"]["density"] > 0.9                     # no rule: dense
+    sd = torch.load(os.path.join(out, "retrain.pt"), weights_only=False)["model"]
+    for name in ("features.3.weight", "classifier.1.weight"):
+        assert torch.unique(sd[name]).numel() <= 16                           # 4-bit levels (incl. 0)
+
+
+def assert_same(a, b, where):
+    """Exact equality of nested state (tensors bitwise, dicts / lists / scalars recursively)."""
+    assert type(a) is type(b), where
+    if torch.is_tensor(a):
+        assert a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_resume_continues_to_the_same_final_state(tiny_run, tmp_path):
+    cfg, full_out, _ = tiny_run
+    out = str(tmp_path / "run")
+    # stop in the middle of the ADMM stage (after dense 2 epochs + 1 ADMM epoch)
+    assert cli.main(["--config", cfg, "--out", out, "--no-progress", "--interrupt-after", "3"]) == 3
+    st = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
+    assert st["stage"] == "admm" and st["epoch"] == 1 and st["done"] == ["dense"]
+    # resume, and stop again in the middle of masked retraining (hard-pruned ADMM state)
+    assert cli.main(["--config", cfg, "--out", out, "--no-progress", "--resume", "--interrupt-after", "2"]) == 3
+    st = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
+    assert st["stage"] == "retrain" and st["epoch"] == 1 and st["done"] == ["dense", "admm"]
+    assert cli.main(["--config", cfg, "--out", out, "--no-progress", "--resume"]) == 0
+    for stage in ("dense", "admm", "retrain", "convert"):
+        a = torch.load(os.path.join(full_out, stage + ".pt"), weights_only=False)
+        b = torch.load(os.path.join(out, stage + ".pt"), weights_only=False)
+        for key in ("model", "converted", "opt", "sched"):
+            if a[key] is None:
+                continue
+            assert_same(a[key], b[key], f"{stage}.{key}")
+        assert a["history"]["acc"] == b["history"]["acc"]
+    # a different configuration can't silently resume
+    assert cli.main(["--config", cfg, "--out", out, "--resume", "--epochs", "1"]) == 2

@@ -1,0 +1,121 @@
+"""Training / evaluation / latency loops used by the main job (``python -m torch_patsparse``).
+
+Plain loops over in-memory tensors (see :mod:`torch_patsparse.data`), with tqdm progress bars. The
+optimizer can be anything with ``step``/``zero_grad`` (SGD for the dense phase, ``ps.ADMM`` for the
+ADMM and masked-retraining phases: the loop is the same, which is the point of the ADMM API).
+"""
+import statistics
+import sys
+import time
+from typing import Callable, Dict, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import data as D
+
+try:
+    from tqdm.auto import tqdm
+except ImportError:  # pragma: no cover - tqdm is a soft dependency
+    tqdm = None
+
+
+def progress(iterable, total: int, desc: str, enabled: bool = True, leave: bool = False):
+    if tqdm is None or not enabled:
+        return iterable
+    return tqdm(iterable, total=total, desc=desc, leave=leave, dynamic_ncols=True, file=sys.stderr)
+
+
+def train_epoch(model: torch.nn.Module, opt, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                generator: torch.Generator, desc: str = "train", scheduler=None, show: bool = True,
+                on_step: Optional[Callable[[int], None]] = None) -> Dict[str, float]:
+    """One epoch of SGD-style training; ``scheduler`` (if any) steps once per batch."""
+    model.train()
+    total_loss = torch.zeros((), dtype=torch.float64)
+    correct = 0
+    seen = 0
+    bar = progress(D.batches(x, y, batch_size, shuffle=True, generator=generator),
+                   D.num_batches(x.shape[0], batch_size), desc, show)
+    for i, (xb, yb) in enumerate(bar):
+        out = model(xb)
+        loss = F.cross_entropy(out, yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if scheduler is not None:
+            scheduler.step()
+        with torch.no_grad():
+            total_loss += loss.detach().double() * yb.shape[0]
+            correct += int((out.argmax(1) == yb).sum())
+        seen += yb.shape[0]
+        if on_step is not None:
+            on_step(i)
+        if tqdm is not None and show and i % 20 == 0:
+            bar.set_postfix(loss=f"{float(total_loss) / seen:.3f}", acc=f"{100.0 * correct / seen:.1f}")
+    return {"loss": float(total_loss) / max(seen, 1), "acc": 100.0 * correct / max(seen, 1)}
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500,
+             desc: str = "eval", show: bool = True) -> Dict[str, float]:
+    """Top-1 accuracy (percent) and mean cross-entropy on (x, y)."""
+    was_training = model.training
+    model.eval()
+    total_loss = 0.0
+    correct = 0
+    bar = progress(D.batches(x, y, batch_size), D.num_batches(x.shape[0], batch_size), desc, show)
+    for xb, yb in bar:
+        out = model(xb)
+        total_loss += float(F.cross_entropy(out, yb, reduction="sum"))
+        correct += int((out.argmax(1) == yb).sum())
+    model.train(was_training)
+    n = max(x.shape[0], 1)
+    return {"loss": total_loss / n, "acc": 100.0 * correct / n}
+
+
+@torch.no_grad()
+def recalibrate_bn(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 256, max_images: int = 5000,
+                   show: bool = True) -> None:
+    """Re-estimates BatchNorm running statistics for the current weights (cumulative average over
+    up to ``max_images`` training images, train-mode forward passes, no weight change). After a
+    hard prune the old statistics belong to the dense weights; without this the pruned model is
+    judged (and starts retraining) with mismatched normalisation."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    was_training = model.training
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None   # cumulative moving average
+    model.train()
+    xs = x[:max_images]
+    for (xb, _) in progress(D.batches(xs, xs, batch_size), D.num_batches(xs.shape[0], batch_size), "BN stats", show):
+        model(xb)
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    model.train(was_training)
+
+
+@torch.no_grad()
+def latency(models: Dict[str, Callable], inputs: Sequence[torch.Tensor], repeats: int = 30, warmup: int = 3,
+            show: bool = True) -> Dict[str, Dict[int, float]]:
+    """Median wall time (ms) of each model on each input, measured in the same process and
+    interleaved (model A, model B, A, B, ...) so that machine-load changes hit all models alike.
+
+    Returns ``{model name: {batch size: median ms}}``.
+    """
+    result: Dict[str, Dict[int, float]] = {name: {} for name in models}
+    for x in inputs:
+        for fn in models.values():
+            for _ in range(warmup):
+                fn(x)
+        times: Dict[str, list] = {name: [] for name in models}
+        for _ in progress(range(repeats), repeats, f"latency batch {x.shape[0]}", show):
+            for name, fn in models.items():
+                t0 = time.perf_counter()
+                fn(x)
+                times[name].append(time.perf_counter() - t0)
+        for name in models:
+            result[name][int(x.shape[0])] = 1e3 * statistics.median(times[name])
+    return result
