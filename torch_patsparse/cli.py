@@ -420,15 +420,10 @@ class Job:
         from .convert import convert
         psets = {name[:-len(".weight")]: pset for name, pset in self.pattern_sets_by_name().items()
                  if name.endswith(".weight")}
-        layers = "3x3"
-        try:
-            from .nn import sparse  # noqa: F401
-            layers = "all"
-        except ImportError:
-            pass
         modules = dict(self.model.named_modules())
         psets = {k: v for k, v in psets.items() if k in modules}
-        return convert(self.model, pattern_set=psets, layers=layers).eval()
+        # 3x3 convs -> PatternConv2d; the rest (FC layers) -> sparse k-bit modules
+        return convert(self.model, pattern_set=psets, layers="all").eval()
 
     def stage_convert(self) -> None:
         self.begin("convert")
@@ -449,7 +444,7 @@ class Job:
         self.begin("report")
         dense = self.model.eval()
         comp = self.converted.eval()
-        report = compression_report(comp)  # input_size: MACs (report.py hook bug, see report)
+        report = compression_report(comp, input_size=(1, 1, 28, 28))
         self.history["report_totals"] = report.totals
         self.log(str(report))
         lat_cfg = self.cfg["latency"]
@@ -459,11 +454,8 @@ class Job:
         self.history["latency_ms"] = lat
         ts_path = os.path.join(self.out, "model_compressed.pt")
         try:
-            try:
-                from .export import torchscript
-                torchscript(comp, ts_path)
-            except ImportError:
-                torch.jit.save(torch.jit.script(comp), ts_path)
+            from .export import torchscript
+            torchscript(comp, ts_path)
             loaded = torch.jit.load(ts_path)
             with torch.no_grad():
                 ts_diff = (loaded(self.x_test[:64]) - comp(self.x_test[:64])).abs().max().item()
