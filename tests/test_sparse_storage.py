@@ -418,3 +418,22 @@ def test_convert_all_uses_compress_module():
     assert kinds.count(SparseConv2d) == 2 and kinds.count(SparseLinear) == 3
     x = torch.randn(2, 1, 28, 28)
     assert torch.equal(c(x), m(x))
+
+
+def test_torchscript_round_trip_of_all_layer_conversion(tmp_path):
+    """A model converted with layers="all" (PatternConv2d + SparseConv2d + SparseLinear) scripts,
+    saves and reloads with identical outputs (the main job writes such a file)."""
+    import torch_patsparse as ps
+    from torch_patsparse.models import LeNet5
+    model = LeNet5()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.copy_(ps.project.quantize(ps.project.unstructured(p, 0.1), 4))
+    conv = ps.convert(model, layers="all").eval()
+    assert any(type(m).__name__ == "SparseLinear" for m in conv.modules())
+    path = str(tmp_path / "lenet.pt")
+    ps.export.torchscript(conv, path)
+    loaded = torch.jit.load(path)
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(loaded(x), conv(x))

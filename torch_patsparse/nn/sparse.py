@@ -235,9 +235,11 @@ def _decode(arrays: Dict[str, torch.Tensor], shape: torch.Size) -> torch.Tensor:
 # modules
 # --------------------------------------------------------------------------------------------
 class _SparseWeightMixin:
-    """Holds one compressed weight as buffers; subclasses define ``weight_shape`` and ``forward``."""
+    """Holds one compressed weight as buffers; subclasses define ``weight_shape`` (a tuple) and
+    ``forward``. The decoded weight lives in the non-persistent ``_weight_cache`` buffer (rebuilt
+    on build and load, never saved), so ``forward`` is plain torch code that TorchScript compiles."""
 
-    weight_shape: torch.Size
+    __jit_unused_properties__ = ["nnz", "bits", "scheme", "index_kind", "weight"]
 
     def _init_storage(self, bias: bool) -> None:
         for k in _BUFFERS:
@@ -293,6 +295,7 @@ class _SparseWeightMixin:
         for k, t in zip(_BUFFERS, (header, index, codes, values, scale)):
             setattr(self, k, t.to(dev))
         self._weight_cache = None
+        self.dense_weight()
 
     def _copy_bias(self, bias: Optional[torch.Tensor]) -> None:
         if self.bias is not None:
@@ -357,6 +360,8 @@ class _SparseWeightMixin:
         self._weight_cache = None
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+        if not error_msgs:
+            self.dense_weight()
 
     def _storage_repr(self) -> str:
         bits = self.bits
@@ -370,7 +375,7 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self.weight_shape = torch.Size([self.out_features, self.in_features])
+        self.weight_shape = (self.out_features, self.in_features)
         self._init_storage(bias)
 
     @classmethod
@@ -391,8 +396,11 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
         return lin
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.dense_weight()
-        return F.linear(x, w.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        w = self._weight_cache
+        b = self.bias
+        if b is not None:
+            b = b.to(x.dtype)
+        return F.linear(x, w.to(x.dtype), b)
 
     def macs(self, output_hw=None) -> Tuple[int, int]:
         """(dense, kept) multiply-accumulates per sample (``output_hw`` unused)."""
@@ -419,7 +427,7 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
         self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
         self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
         self.padding = padding if isinstance(padding, str) else _pair(padding)
-        self.weight_shape = torch.Size([self.out_channels, self.in_channels // self.groups, *self.kernel_size])
+        self.weight_shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
         self._init_storage(bias)
 
     @classmethod
@@ -443,9 +451,11 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
         return conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.dense_weight()
-        return F.conv2d(x, w.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype), self.stride,
-                        self.padding, self.dilation, self.groups)
+        w = self._weight_cache
+        b = self.bias
+        if b is not None:
+            b = b.to(x.dtype)
+        return F.conv2d(x, w.to(x.dtype), b, self.stride, self.padding, self.dilation, self.groups)
 
     def output_hw(self, input_hw) -> Tuple[int, int]:
         out = []
