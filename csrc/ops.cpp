@@ -210,20 +210,19 @@ at::Tensor pattern_conv2d_cpu(const at::Tensor& input, const at::Tensor& pattern
   std::optional<at::Tensor> b;
   if (bias) b = bias->contiguous();
   auto out = at::empty({s.batch, out_channels, s.out_h, s.out_w}, input.options());
-  std::shared_ptr<const ExecPlan> plan;
-  if (f32 && isa != Isa::Scalar) {  // built (and validated) even for an empty batch
-    const at::Tensor arrays[5] = {p, fp, kc, kp, v};
-    plan = plan_cache().get(arrays, s.in_channels, weights_view<float>(p, fp, kc, kp, v));
-  }
-  if (out.numel() > 0) {
-    if (f32) {
-      const auto w = weights_view<float>(p, fp, kc, kp, v);
+  if (f32) {
+    const auto w = weights_view<float>(p, fp, kc, kp, v);
+    std::shared_ptr<const ExecPlan> plan;
+    if (isa != Isa::Scalar) {  // built (and validated) even for an empty batch
+      const at::Tensor arrays[5] = {p, fp, kc, kp, v};
+      plan = plan_cache().get(arrays, s.in_channels, w);
+    }
+    if (out.numel() > 0)
       forward_f32(isa, s, w, plan.get(), x.data_ptr<float>(), b ? b->data_ptr<float>() : nullptr,
                   out.data_ptr<float>(), aten_parallel_for(), at::get_num_threads());
-    } else {
-      reference_forward<double>(s, weights_view<double>(p, fp, kc, kp, v), x.data_ptr<double>(),
-                                b ? b->data_ptr<double>() : nullptr, out.data_ptr<double>(), aten_parallel_for());
-    }
+  } else if (out.numel() > 0) {
+    reference_forward<double>(s, weights_view<double>(p, fp, kc, kp, v), x.data_ptr<double>(),
+                              b ? b->data_ptr<double>() : nullptr, out.data_ptr<double>(), aten_parallel_for());
   }
   return memory_format == at::MemoryFormat::Contiguous ? out : out.contiguous(memory_format);
 }

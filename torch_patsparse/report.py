@@ -133,8 +133,6 @@ def compression_report(model: nn.Module, input_size: Optional[Sequence[int]] = N
 
 
 def _pixels(hw) -> int:
-    if hw is None:
-        return 0
     n = 1
     for v in hw:
         n *= int(v)
