@@ -458,3 +458,44 @@ def test_names_and_closure():
     named = ps.ADMM([{"params": list(m.named_parameters())[:1], "constraints": [C.Filter(0.5)]}], lr=0.1)
     assert list(named.residuals()) == ["0.weight"]
     assert all(math.isfinite(v) for v in named.residuals().values())
+
+
+@pytest.mark.parametrize("base,kw", [
+    (torch.optim.SGD, dict(lr=0.05)),
+    (torch.optim.SGD, dict(lr=0.05, momentum=0.9, weight_decay=5e-4)),
+    (torch.optim.SGD, dict(lr=0.05, momentum=0.9, nesterov=True)),
+    (torch.optim.SGD, dict(lr=0.05, momentum=0.5, dampening=0.3, maximize=True)),
+    (torch.optim.Adam, dict(lr=1e-2)),
+    (torch.optim.AdamW, dict(lr=1e-2, weight_decay=1e-2, maximize=True)),
+])
+def test_fused_native_step_matches_torch_ops(base, kw, monkeypatch):
+    """The fused native steps (admm_sgd_ for SGD, admm_penalty_ otherwise) give what the penalty in
+    torch ops followed by the base step gives: weights, momentum / Adam state, Z, U, over updates."""
+    from torch_patsparse import admm as A
+    runs, native_ok = [], A._native_ok
+    for native in (True, False):
+        if not native:
+            monkeypatch.setattr(A, "_native_ok", lambda *t: False)
+        m = tiny_net()
+        opt = make_opt(m, base=base, update_every=3, rho=2.0, **kw)
+        train(m, opt, 8)
+        runs.append((m, opt))
+    (m1, o1), (m2, o2) = runs
+    for p1, p2 in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(p1, p2, rtol=1e-5, atol=1e-6)
+        for k, v in o1.state[p1].items():
+            torch.testing.assert_close(v, o2.state[p2][k], rtol=1e-5, atol=1e-6)
+        if p1 in o1._admm:
+            torch.testing.assert_close(o1._admm[p1]["U"], o2._admm[p2]["U"], rtol=1e-5, atol=1e-6)
+    w = m1[3].weight  # the first run did take the native path
+    assert native_ok(w, w.grad, o1._admm[w]["Z"])
+
+
+def test_native_admm_ops_reject_bad_tensors():
+    w = torch.zeros(4, 3)
+    with pytest.raises(RuntimeError, match="shift has shape"):
+        torch.ops.patsparse.admm_penalty_(torch.zeros(4, 3), w, torch.zeros(3, 4), 1.0)
+    with pytest.raises(RuntimeError, match="float32"):
+        torch.ops.patsparse.admm_penalty_(torch.zeros(4, 3, dtype=torch.float64), w, w, 1.0)
+    with pytest.raises(RuntimeError, match="momentum_buffer"):
+        torch.ops.patsparse.admm_sgd_(w, w, w, None, 1.0, 0.1, 0.9, 0.0, 0.0, False, False, False)

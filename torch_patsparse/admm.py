@@ -85,12 +85,26 @@ from typing import Callable, Iterable
 import torch
 from torch.optim import Optimizer
 
+from . import _C  # noqa: F401  (registers torch.ops.patsparse.admm_*)
 from . import constraints as C
 from . import project
 
 __all__ = ["ADMM"]
 
 _CALIB_STEPS = 8  # steps before each Z-update whose gradient norms calibrate rho_eff
+
+
+def _native_ok(*tensors: torch.Tensor) -> bool:
+    """True when the fused native step applies: contiguous float32 CPU tensors of one shape."""
+    t0 = tensors[0]
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.layout == torch.strided
+               and t.is_contiguous() and t.shape == t0.shape for t in tensors)
+
+
+def _plain_sgd_group(g: dict) -> bool:
+    """A torch.optim.SGD group whose update the fused kernel reproduces (float lr, not fused /
+    differentiable)."""
+    return not g.get("fused") and not g.get("differentiable") and not torch.is_tensor(g.get("lr"))
 
 
 class ADMM(Optimizer):
@@ -274,7 +288,10 @@ class ADMM(Optimizer):
         self._ensure_init()
         k = self._step_count
         calib = self.rho_scale == "grad" and (k % self.update_every) >= self.update_every - _CALIB_STEPS
+        fused_sgd = type(self.base) is torch.optim.SGD
+        stepped = []  # params whose whole SGD step was done by the fused kernel
         for gi, g, cons, pairs in self._constrained():
+            sgd_ok = fused_sgd and _plain_sgd_group(g)
             for p, _ in pairs:
                 grad = p.grad
                 if grad is None:
@@ -288,14 +305,45 @@ class ADMM(Optimizer):
                     st["gsum"] += grad.norm().double()
                     st["gcnt"] += 1
                 r = st["rho_eff"]
-                if r:
+                if not r:
+                    continue
+                if g.get("maximize"):  # the base negates the whole gradient: the penalty must still descend
+                    r = -r
+                if not _native_ok(p, grad, st["C"]):
                     grad.add_(p, alpha=r)
                     grad.add_(st["C"], alpha=r)
-        self.base.step()
+                elif sgd_ok:
+                    self._fused_sgd(p, grad, st["C"], r, g)
+                    stepped.append(p)
+                else:
+                    torch.ops.patsparse.admm_penalty_(grad, p, st["C"], r)
+        # the base optimizer steps the rest; it skips parameters without a gradient
+        hidden = [(p, p.grad) for p in stepped]
+        for p in stepped:
+            p.grad = None
+        try:
+            self.base.step()
+        finally:
+            for p, grad in hidden:
+                p.grad = grad
         self._step_count += 1
         if self._step_count % self.update_every == 0:
             self.admm_update()
         return loss
+
+    def _fused_sgd(self, p: torch.Tensor, grad: torch.Tensor, shift: torch.Tensor, r: float, g: dict) -> None:
+        """torch.optim.SGD's step on ``grad + r * (p + shift)`` in one native pass, with the
+        momentum buffer kept in ``self.state[p]`` exactly where SGD keeps it."""
+        momentum = float(g["momentum"])
+        buf, first = None, False
+        if momentum != 0:
+            state = self.state[p]
+            buf = state.get("momentum_buffer")
+            first = buf is None
+            if first:
+                buf = state["momentum_buffer"] = torch.empty_like(p, memory_format=torch.contiguous_format)
+        torch.ops.patsparse.admm_sgd_(p, grad, shift, buf, r, float(g["lr"]), momentum, float(g["dampening"]),
+                                      float(g["weight_decay"]), bool(g["nesterov"]), bool(g["maximize"]), first)
 
     @torch.no_grad()
     def admm_update(self) -> None:

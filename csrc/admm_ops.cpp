@@ -1,0 +1,64 @@
+// Binding of the ADMM optimizer's fused steps (csrc/kernels/admm_step.h): CPU, float32, contiguous.
+// torch_patsparse/admm.py calls them when a tensor qualifies and falls back to torch ops otherwise.
+#include <torch/library.h>
+
+#include "kernels/admm_step.h"
+#include "ops_common.h"
+
+namespace patsparse {
+namespace {
+
+void check_same(const at::Tensor& ref, const at::Tensor& t, const char* what) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(),
+              "patsparse admm: ", what, " must be a contiguous float32 CPU tensor");
+  TORCH_CHECK(t.sizes() == ref.sizes(), "patsparse admm: ", what, " has shape ", t.sizes(),
+              ", the weight has ", ref.sizes());
+}
+
+void admm_penalty_cpu(at::Tensor grad, const at::Tensor& weight, const at::Tensor& shift, double rho) {
+  check_same(weight, weight, "weight");
+  check_same(weight, grad, "grad");
+  check_same(weight, shift, "shift");
+  admm_penalty(grad.data_ptr<float>(), weight.data_ptr<float>(), shift.data_ptr<float>(), static_cast<float>(rho),
+               weight.numel(), aten_parallel_for());
+}
+
+void admm_sgd_cpu(at::Tensor weight, const at::Tensor& grad, const at::Tensor& shift,
+                  const std::optional<at::Tensor>& momentum_buffer, double rho, double lr, double momentum,
+                  double dampening, double weight_decay, bool nesterov, bool maximize, bool first_step) {
+  check_same(weight, weight, "weight");
+  check_same(weight, grad, "grad");
+  check_same(weight, shift, "shift");
+  float* buf = nullptr;
+  if (momentum != 0) {
+    TORCH_CHECK(momentum_buffer.has_value(), "patsparse admm: momentum != 0 needs a momentum_buffer");
+    check_same(weight, *momentum_buffer, "momentum_buffer");
+    buf = momentum_buffer->data_ptr<float>();
+  }
+  SgdStep h;
+  h.lr = static_cast<float>(lr);
+  h.momentum = static_cast<float>(momentum);
+  h.dampening = static_cast<float>(dampening);
+  h.weight_decay = static_cast<float>(weight_decay);
+  h.nesterov = nesterov;
+  h.maximize = maximize;
+  h.first_step = first_step;
+  admm_sgd(weight.data_ptr<float>(), grad.data_ptr<float>(), shift.data_ptr<float>(), buf, static_cast<float>(rho),
+           h, weight.numel(), aten_parallel_for());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(patsparse, m) {
+  m.def("admm_penalty_(Tensor(a!) grad, Tensor weight, Tensor shift, float rho) -> ()");
+  m.def("admm_sgd_(Tensor(a!) weight, Tensor grad, Tensor shift, Tensor(b!)? momentum_buffer, float rho, "
+        "float lr, float momentum, float dampening, float weight_decay, bool nesterov, bool maximize, "
+        "bool first_step) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(patsparse, CPU, m) {
+  m.impl("admm_penalty_", &admm_penalty_cpu);
+  m.impl("admm_sgd_", &admm_sgd_cpu);
+}
+
+}  // namespace patsparse
