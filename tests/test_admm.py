@@ -190,8 +190,9 @@ def test_exact_math_absolute_rho():
         W = W - lr * (g + r * (W - Z + U))
         if (i + 1) % every == 0:
             Z = proj(W + U)
-            U = U + W - Z
-            r = min(r * growth, rho_max)
+            r_new = min(r * growth, rho_max)
+            U = (U + W - Z) * (r / r_new)  # scaled dual: rho * U is kept when rho changes
+            r = r_new
         torch.testing.assert_close(w.detach(), W, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(opt._admm[w]["Z"], Z, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(opt._admm[w]["U"], U, rtol=1e-5, atol=1e-6)

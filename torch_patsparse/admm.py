@@ -19,8 +19,13 @@ The math (see DESIGN.md), per constrained tensor ``W_i`` with projection ``Proj_
 * W-step: ``grad_i += rho_i * (W_i - Z_i + U_i)`` (gradient of ``rho_i/2 ||W_i - Z_i + U_i||_F^2``,
   the *squared* norm), then the base optimizer's step.
 * every ``update_every`` steps (or by hand with :meth:`ADMM.admm_update`):
-  ``Z_i = Proj_i(W_i + U_i)``; ``U_i += W_i - Z_i``; ``rho_i = min(rho_i * rho_growth, rho_max)``.
-  ``U`` is not rescaled when rho grows (as in the published ADMM-NN code).
+  ``Z_i = Proj_i(W_i + U_i)``; ``U_i += W_i - Z_i``; ``rho_i = min(rho_i * rho_growth, rho_max)``;
+  then ``U_i *= rho_old / rho_new`` (of the effective rho actually applied). ``U`` is the *scaled*
+  dual (``rho * U`` is the Lagrange multiplier), so it must be rescaled when rho changes (Boyd et
+  al., "Distributed Optimization ... ADMM", 3.4.1). The published ADMM-NN code does not; without it
+  every growth of rho silently multiplies the multiplier too, the penalty over-shoots the pruned
+  weights past zero, and on a conv + BatchNorm net the residuals stalled near 1 where they shrink
+  to ~0.1 with it (benchmarks/results/admm.md).
 * ``Z_i`` starts at ``Proj_i(W_i)``, ``U_i`` at zeros (lazily, at the first :meth:`step`, so that
   weights loaded after building the optimizer are used).
 
@@ -361,8 +366,8 @@ class ADMM(Optimizer):
                 z = self._project(p + st["U"], cons, pset)
                 st["U"].add_(p - z)
                 st["Z"] = z
-                st["C"] = st["U"] - z
                 st["rho"] = min(st["rho"] * self.rho_growth, self.rho_max)
+                old_eff = st["rho_eff"]
                 if self.rho_scale == "grad":
                     if st["gcnt"] > 0:
                         wn = float(p.norm())
@@ -373,6 +378,9 @@ class ADMM(Optimizer):
                 else:
                     scale = 1.0
                 st["rho_eff"] = self._cap(st["rho"] * scale, g)
+                if old_eff > 0 and st["rho_eff"] > 0:  # scaled dual: keep rho * U when rho changes
+                    st["U"].mul_(old_eff / st["rho_eff"])
+                st["C"] = st["U"] - z
 
     # ------------------------------------------------------------------ hard prune / retrain
     @torch.no_grad()
