@@ -11,13 +11,14 @@ __all__ = ["pattern_conv2d", "set_isa", "get_isa", "supported_isas", "validate"]
 _ops = torch.ops.patsparse
 
 
-def _pair(v) -> list:
+def pair(v) -> list:
+    """``[a, b]`` from an int or a sequence of one or two ints (the conv argument convention)."""
     if isinstance(v, int):
         return [v, v]
-    v = list(v)
-    if len(v) == 1:
-        return v * 2
-    return v
+    v = [int(x) for x in v]
+    if len(v) not in (1, 2):
+        raise ValueError(f"expected an int or a pair of ints, got {v}")
+    return v * 2 if len(v) == 1 else v
 
 
 def pattern_conv2d(input: torch.Tensor, patterns: torch.Tensor, filter_ptr: torch.Tensor,
@@ -29,7 +30,7 @@ def pattern_conv2d(input: torch.Tensor, patterns: torch.Tensor, filter_ptr: torc
     ``dense_weight`` is what :meth:`PatternConv2d.to_dense` rebuilds from the arrays.
     """
     return _ops.pattern_conv2d(input, patterns, filter_ptr, kernel_channel, kernel_pattern, values, bias,
-                               _pair(stride), _pair(padding), _pair(dilation))
+                               pair(stride), pair(padding), pair(dilation))
 
 
 def get_isa() -> str:

@@ -1,25 +1,17 @@
 """PatternConv2d: a drop-in ``nn.Conv2d`` (3x3, groups=1) that stores only the compressed weight."""
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from .. import bitpack
 from .. import format as fmt
-from .. import ops  # noqa: F401  (registers torch.ops.patsparse)
+from .. import ops  # also registers torch.ops.patsparse
 from ..patterns import PatternSet
 
 _INDEX_DTYPES = {"patterns": torch.uint8, "filter_ptr": torch.int32, "kernel_channel": torch.int32,
                  "kernel_pattern": torch.uint8}
 _SCHEMES = ("uniform", "pow2")
-
-
-def _pair(v: Union[int, Tuple[int, int], List[int]]) -> List[int]:
-    if isinstance(v, int):
-        return [v, v]
-    if len(v) != 2:
-        raise ValueError(f"expected an int or a pair, got {v}")
-    return [int(v[0]), int(v[1])]
 
 
 class PatternConv2d(nn.Module):
@@ -49,7 +41,7 @@ class PatternConv2d(nn.Module):
         self.kernel_size = (3, 3)
         self.groups = 1
         self.padding_mode = "zeros"
-        self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
+        self.stride, self.padding, self.dilation = ops.pair(stride), ops.pair(padding), ops.pair(dilation)
         self.quantized = bits is not None
         self.bits = bits
         self.scheme = scheme

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import bitpack
+from .. import ops
 
 __all__ = ["SparseLinear", "SparseConv2d", "compress_module"]
 
@@ -411,8 +412,8 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
                 + self._storage_repr())
 
 
-def _pair(v):
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+def _pair(v) -> tuple:
+    return tuple(ops.pair(v))
 
 
 class SparseConv2d(_SparseWeightMixin, nn.Module):
