@@ -1,5 +1,5 @@
 """PatternConv2d: a drop-in ``nn.Conv2d`` (3x3, groups=1) that stores only the compressed weight."""
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
