@@ -15,10 +15,13 @@ void check_same(const at::Tensor& ref, const at::Tensor& t, const char* what) {
               ", the weight has ", ref.sizes());
 }
 
-void admm_penalty_cpu(at::Tensor grad, const at::Tensor& weight, const at::Tensor& shift, double rho) {
+void check_arrays(const at::Tensor& weight, std::initializer_list<std::pair<const at::Tensor*, const char*>> others) {
   check_same(weight, weight, "weight");
-  check_same(weight, grad, "grad");
-  check_same(weight, shift, "shift");
+  for (const auto& [t, what] : others) check_same(weight, *t, what);
+}
+
+void admm_penalty_cpu(at::Tensor grad, const at::Tensor& weight, const at::Tensor& shift, double rho) {
+  check_arrays(weight, {{&grad, "grad"}, {&shift, "shift"}});
   admm_penalty(grad.data_ptr<float>(), weight.data_ptr<float>(), shift.data_ptr<float>(), static_cast<float>(rho),
                weight.numel(), aten_parallel_for());
 }
@@ -26,9 +29,7 @@ void admm_penalty_cpu(at::Tensor grad, const at::Tensor& weight, const at::Tenso
 void admm_sgd_cpu(at::Tensor weight, const at::Tensor& grad, const at::Tensor& shift,
                   const std::optional<at::Tensor>& momentum_buffer, double rho, double lr, double momentum,
                   double dampening, double weight_decay, bool nesterov, bool maximize, bool first_step) {
-  check_same(weight, weight, "weight");
-  check_same(weight, grad, "grad");
-  check_same(weight, shift, "shift");
+  check_arrays(weight, {{&grad, "grad"}, {&shift, "shift"}});
   float* buf = nullptr;
   if (momentum != 0) {
     TORCH_CHECK(momentum_buffer.has_value(), "patsparse admm: momentum != 0 needs a momentum_buffer");
@@ -47,6 +48,25 @@ void admm_sgd_cpu(at::Tensor weight, const at::Tensor& grad, const at::Tensor& s
            h, weight.numel(), aten_parallel_for());
 }
 
+void admm_adam_cpu(at::Tensor weight, const at::Tensor& grad, const at::Tensor& shift, at::Tensor exp_avg,
+                   at::Tensor exp_avg_sq, double rho, double lr, double beta1, double beta2, double eps,
+                   double weight_decay, bool decoupled, bool maximize, double step_size,
+                   double bias_correction2_sqrt) {
+  check_arrays(weight, {{&grad, "grad"}, {&shift, "shift"}, {&exp_avg, "exp_avg"}, {&exp_avg_sq, "exp_avg_sq"}});
+  AdamStep h;
+  h.lr = static_cast<float>(lr);
+  h.beta1 = static_cast<float>(beta1);
+  h.beta2 = static_cast<float>(beta2);
+  h.eps = static_cast<float>(eps);
+  h.weight_decay = static_cast<float>(weight_decay);
+  h.decoupled = decoupled;
+  h.maximize = maximize;
+  h.step_size = static_cast<float>(step_size);
+  h.bias_correction2_sqrt = static_cast<float>(bias_correction2_sqrt);
+  admm_adam(weight.data_ptr<float>(), grad.data_ptr<float>(), shift.data_ptr<float>(), exp_avg.data_ptr<float>(),
+            exp_avg_sq.data_ptr<float>(), static_cast<float>(rho), h, weight.numel(), aten_parallel_for());
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(patsparse, m) {
@@ -54,11 +74,15 @@ TORCH_LIBRARY_FRAGMENT(patsparse, m) {
   m.def("admm_sgd_(Tensor(a!) weight, Tensor grad, Tensor shift, Tensor(b!)? momentum_buffer, float rho, "
         "float lr, float momentum, float dampening, float weight_decay, bool nesterov, bool maximize, "
         "bool first_step) -> ()");
+  m.def("admm_adam_(Tensor(a!) weight, Tensor grad, Tensor shift, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, "
+        "float rho, float lr, float beta1, float beta2, float eps, float weight_decay, bool decoupled, "
+        "bool maximize, float step_size, float bias_correction2_sqrt) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(patsparse, CPU, m) {
   m.impl("admm_penalty_", &admm_penalty_cpu);
   m.impl("admm_sgd_", &admm_sgd_cpu);
+  m.impl("admm_adam_", &admm_adam_cpu);
 }
 
 }  // namespace patsparse

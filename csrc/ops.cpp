@@ -46,6 +46,19 @@ void check_format(const at::Tensor& patterns, const at::Tensor& filter_ptr, cons
   TORCH_CHECK(err.empty(), "patsparse: invalid compressed weight: ", err);
 }
 
+void check_float_args(const at::Tensor& input, const at::Tensor& values, const std::optional<at::Tensor>& bias,
+                      int64_t out_channels) {
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
+              "patsparse: input must be float32 or float64, got ", input.scalar_type());
+  TORCH_CHECK(values.scalar_type() == input.scalar_type(), "patsparse: values dtype ", values.scalar_type(),
+              " does not match input dtype ", input.scalar_type());
+  if (!bias) return;
+  TORCH_CHECK(bias->scalar_type() == input.scalar_type(), "patsparse: bias dtype ", bias->scalar_type(),
+              " does not match input dtype ", input.scalar_type());
+  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_channels, "patsparse: bias must be [", out_channels,
+              "], got ", bias->sizes());
+}
+
 ConvShape make_shape(at::IntArrayRef input_size, int64_t out_channels, at::IntArrayRef stride,
                      at::IntArrayRef padding, at::IntArrayRef dilation) {
   TORCH_CHECK(input_size.size() == 4, "patsparse: input must be 4-D [N, C, H, W], got ", input_size.size(), "-D");
@@ -85,15 +98,6 @@ template PatternWeights<float> weights_view<float>(const at::Tensor&, const at::
 template PatternWeights<double> weights_view<double>(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&);
 
 namespace {
-
-void check_float_args(const at::Tensor& input, const at::Tensor& values, const std::optional<at::Tensor>& bias) {
-  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
-              "patsparse: input must be float32 or float64, got ", input.scalar_type());
-  TORCH_CHECK(values.scalar_type() == input.scalar_type(), "patsparse: values dtype ", values.scalar_type(),
-              " does not match input dtype ", input.scalar_type());
-  if (bias) TORCH_CHECK(bias->scalar_type() == input.scalar_type(), "patsparse: bias dtype ", bias->scalar_type(),
-                        " does not match input dtype ", input.scalar_type());
-}
 
 // Cache of fp32 execution plans, keyed by the five weight tensors' storages. An entry matches only
 // while every storage is alive (weak reference), at the same data pointer, size and version
@@ -193,16 +197,14 @@ at::Tensor pattern_conv2d_cpu(const at::Tensor& input, const at::Tensor& pattern
                               const at::Tensor& kernel_channel, const at::Tensor& kernel_pattern,
                               const at::Tensor& values, const std::optional<at::Tensor>& bias,
                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  check_float_args(input, values, bias);
   const int64_t out_channels = filter_ptr.size(0) - 1;
+  check_float_args(input, values, bias, out_channels);
   ConvShape s = make_shape(input.sizes(), out_channels, stride, padding, dilation);
   const bool f32 = input.scalar_type() == at::kFloat;
   const Isa isa = active_isa();
   // The fp32 SIMD paths validate the indices once, when the (cached) plan is built.
   check_format(patterns, filter_ptr, kernel_channel, kernel_pattern, values, s.in_channels,
                /*check_indices=*/!(f32 && isa != Isa::Scalar));
-  if (bias) TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_channels, "patsparse: bias must be [", out_channels,
-                        "], got ", bias->sizes());
   const auto memory_format = input.suggest_memory_format();
   auto x = input.contiguous();
   auto v = values.contiguous();
@@ -231,7 +233,7 @@ at::Tensor grad_input_cpu(const at::Tensor& grad_output, at::IntArrayRef input_s
                           const at::Tensor& filter_ptr, const at::Tensor& kernel_channel,
                           const at::Tensor& kernel_pattern, const at::Tensor& values,
                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  check_float_args(grad_output, values, std::nullopt);
+  check_float_args(grad_output, values, std::nullopt, 0);
   ConvShape s = make_shape(input_size, filter_ptr.size(0) - 1, stride, padding, dilation);
   check_format(patterns, filter_ptr, kernel_channel, kernel_pattern, values, s.in_channels, true);
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({s.batch, s.out_channels, s.out_h, s.out_w}),
@@ -251,7 +253,7 @@ at::Tensor grad_values_cpu(const at::Tensor& grad_output, const at::Tensor& inpu
                            const at::Tensor& filter_ptr, const at::Tensor& kernel_channel,
                            const at::Tensor& kernel_pattern, const at::Tensor& values,
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  check_float_args(input, values, std::nullopt);
+  check_float_args(input, values, std::nullopt, 0);
   ConvShape s = make_shape(input.sizes(), filter_ptr.size(0) - 1, stride, padding, dilation);
   check_format(patterns, filter_ptr, kernel_channel, kernel_pattern, values, s.in_channels, true);
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({s.batch, s.out_channels, s.out_h, s.out_w}),

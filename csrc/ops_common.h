@@ -15,6 +15,11 @@ void check_format(const at::Tensor& patterns, const at::Tensor& filter_ptr, cons
                   const at::Tensor& kernel_pattern, const at::Tensor& values, int64_t in_channels,
                   bool check_indices);
 
+// dtype checks shared by every op (float32 / float64, values and bias matching the input) and the
+// bias shape [out_channels].
+void check_float_args(const at::Tensor& input, const at::Tensor& values, const std::optional<at::Tensor>& bias,
+                      int64_t out_channels);
+
 ConvShape make_shape(at::IntArrayRef input_size, int64_t out_channels, at::IntArrayRef stride,
                      at::IntArrayRef padding, at::IntArrayRef dilation);
 

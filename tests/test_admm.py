@@ -467,10 +467,13 @@ def test_names_and_closure():
     (torch.optim.SGD, dict(lr=0.05, momentum=0.9, nesterov=True)),
     (torch.optim.SGD, dict(lr=0.05, momentum=0.5, dampening=0.3, maximize=True)),
     (torch.optim.Adam, dict(lr=1e-2)),
+    (torch.optim.Adam, dict(lr=1e-2, weight_decay=1e-3, betas=(0.8, 0.99))),
     (torch.optim.AdamW, dict(lr=1e-2, weight_decay=1e-2, maximize=True)),
+    (torch.optim.Adam, dict(lr=1e-2, amsgrad=True)),   # not fused: one-pass penalty, then Adam
+    (torch.optim.RMSprop, dict(lr=1e-3)),               # not fused: one-pass penalty, then RMSprop
 ])
 def test_fused_native_step_matches_torch_ops(base, kw, monkeypatch):
-    """The fused native steps (admm_sgd_ for SGD, admm_penalty_ otherwise) give what the penalty in
+    """The fused native steps (admm_sgd_ / admm_adam_, admm_penalty_ otherwise) give what the penalty in
     torch ops followed by the base step gives: weights, momentum / Adam state, Z, U, over updates."""
     from torch_patsparse import admm as A
     runs, native_ok = [], A._native_ok

@@ -23,9 +23,10 @@ The math (see DESIGN.md), per constrained tensor ``W_i`` with projection ``Proj_
   then ``U_i *= rho_old / rho_new`` (of the effective rho actually applied). ``U`` is the *scaled*
   dual (``rho * U`` is the Lagrange multiplier), so it must be rescaled when rho changes (Boyd et
   al., "Distributed Optimization ... ADMM", 3.4.1). The published ADMM-NN code does not; without it
-  every growth of rho silently multiplies the multiplier too, the penalty over-shoots the pruned
-  weights past zero, and on a conv + BatchNorm net the residuals stalled near 1 where they shrink
-  to ~0.1 with it (benchmarks/results/admm.md).
+  every growth of rho silently multiplies the multiplier too. Measured on the main job's net
+  (benchmarks/results/admm.md): with the default schedule the max residual ends at 0.048 with the
+  rescaling vs 0.065 without; with a weak rho (lr 0.002, rho 1 x1.3) it is 0.94 vs 1.26 after 3
+  updates. What makes the residuals shrink at all is mostly rho being large enough (below).
 * ``Z_i`` starts at ``Proj_i(W_i)``, ``U_i`` at zeros (lazily, at the first :meth:`step`, so that
   weights loaded after building the optimizer are used).
 
@@ -49,17 +50,26 @@ gradient). Then ``||penalty grad|| / ||loss grad|| = rho_i * ||W_i - Z_i + U_i||
 dimensionless ("how hard the constraint pulls, relative to the loss, per unit of relative
 residual"), identical across layers of any size or scale, and invariant to the BatchNorm rescaling.
 Why ``rho=1`` to start: with a loss gradient that keeps pushing, W settles where the two pulls
-balance, at a relative residual of about ``1 / rho``; so rho must reach >> 1 during the ADMM phase.
-The defaults (``rho=1`` growing 1.3x per update up to ``rho_max=20``) give a residual that shrinks
-from the first updates on (a start at 0.05, tried first, let residuals grow past 1 for several
-updates on a conv+BN Fashion-MNIST net, the failure DESIGN.md warns about), and a penalty that
-ends up dominating the loss gradient; the dual ``U`` integrates whatever residual is left. Few
-steps per update with very noisy gradients (e.g. ``update_every=10`` on batches of 16) can still
-keep the residuals from shrinking: keep ``update_every`` in the hundreds, as published. ``rho_eff`` is also capped at ``1 / lr`` of the group (a plain gradient step on
-the penalty alone can then never overshoot ``Z``). The scale is recomputed only at Z-updates, so a
-step between updates costs two fused ``add_`` per constrained tensor (``grad += r*W``,
-``grad += r*(U - Z)`` with ``U - Z`` cached at the update). ``rho_scale="none"`` gives the classic
-absolute ``rho_eff = rho`` (use ``rho=1e-3`` for the published setting).
+balance, at a relative residual of about ``1 / rho``; so rho must reach >> 1 during the ADMM phase,
+and (with the scaled dual rescaled, above) it then does shrink the residuals: on the main job's
+conv + BN Fashion-MNIST net, ``rho`` 1 -> x1.5 per update (8 updates) at lr 0.01 takes every
+residual from ~0.8 to <= 0.05 in two epochs (benchmarks/results/admm.md). Relative rho 0.05 - 0.3
+(tried first) never moved the pruned weights (per-step pull ``lr * rho_eff`` ~ 1e-5) and the
+residuals grew past 1, the failure DESIGN.md warns about. Few steps per update with very noisy
+gradients (e.g. ``update_every=10`` on batches of 16) can still keep the residuals from shrinking:
+keep ``update_every`` in the tens to hundreds. ``rho_eff`` is also capped at ``1 / lr`` of the
+group (a plain gradient step on the penalty alone can then never overshoot ``Z``).
+``rho_scale="none"`` gives the classic absolute ``rho_eff = rho`` (use ``rho=1e-3`` for the
+published setting).
+
+**The step between Z-updates is one native pass.** The scale is recomputed only at Z-updates and
+``U - Z`` is cached there, so the penalty is ``grad += r * (W + (U - Z))``. For float32 CPU tensors
+with a ``torch.optim.SGD``, ``Adam`` or ``AdamW`` base (amsgrad off) it is fused with the base's own
+update (``torch.ops.patsparse.admm_sgd_`` / ``admm_adam_``: penalty, maximize, weight decay,
+momentum / moments and the weight update in one loop, the state kept in ``opt.state[p]`` as the
+base keeps it; ``p.grad`` is left untouched); with other bases it is one pass that adds the penalty
+into ``p.grad`` (``admm_penalty_``) before the base step. Other devices / dtypes use the same math in torch ops. With ``maximize=True`` the penalty is
+still minimised.
 
 **Hard prune and retraining.** :meth:`hard_prune` sets ``W = Proj(W)`` in place; the zeros of
 the *pruning* part of the projection (quantization excluded: a weight that rounds to level 0 is
@@ -79,7 +89,8 @@ sees after every step are exactly on their levels.
 the step counter, pattern sets as tensors, and the base optimizer's state) so resuming is exact.
 ``opt.param_groups`` is the very list the base optimizer uses (so lr schedulers, gradient
 clipping and ``torch.amp.GradScaler.step(opt)`` work unchanged); ``opt.state`` is the base
-optimizer's state. Note that :meth:`step` adds the penalty into ``p.grad`` in place.
+optimizer's state. Note that :meth:`step` may add the penalty into ``p.grad`` in place (all but
+the fused paths).
 """
 from __future__ import annotations
 
@@ -106,10 +117,21 @@ def _native_ok(*tensors: torch.Tensor) -> bool:
                and t.is_contiguous() and t.shape == t0.shape for t in tensors)
 
 
-def _plain_sgd_group(g: dict) -> bool:
-    """A torch.optim.SGD group whose update the fused kernel reproduces (float lr, not fused /
-    differentiable)."""
-    return not g.get("fused") and not g.get("differentiable") and not torch.is_tensor(g.get("lr"))
+def _fusable_group(base: Optimizer, g: dict) -> bool:
+    """True when a native kernel reproduces ``base``'s update for this group: torch.optim.SGD, Adam
+    or AdamW (amsgrad off), float hyper-parameters, not fused / capturable / differentiable."""
+    if g.get("fused") or g.get("differentiable") or g.get("capturable") or torch.is_tensor(g.get("lr")):
+        return False
+    if type(base) is torch.optim.SGD:
+        return True
+    if type(base) in (torch.optim.Adam, torch.optim.AdamW):
+        return not g.get("amsgrad") and not any(torch.is_tensor(b) for b in g["betas"])
+    return False
+
+
+def _scalar_dtype() -> torch.dtype:
+    """dtype of Adam's ``step`` state (torch's rule: float64 under a float64 default dtype)."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
 class ADMM(Optimizer):
@@ -293,10 +315,9 @@ class ADMM(Optimizer):
         self._ensure_init()
         k = self._step_count
         calib = self.rho_scale == "grad" and (k % self.update_every) >= self.update_every - _CALIB_STEPS
-        fused_sgd = type(self.base) is torch.optim.SGD
-        stepped = []  # params whose whole SGD step was done by the fused kernel
+        stepped = []  # params whose whole base step was done by a fused kernel
         for gi, g, cons, pairs in self._constrained():
-            sgd_ok = fused_sgd and _plain_sgd_group(g)
+            fusable = _fusable_group(self.base, g)
             for p, _ in pairs:
                 grad = p.grad
                 if grad is None:
@@ -317,8 +338,8 @@ class ADMM(Optimizer):
                 if not _native_ok(p, grad, st["C"]):
                     grad.add_(p, alpha=r)
                     grad.add_(st["C"], alpha=r)
-                elif sgd_ok:
-                    self._fused_sgd(p, grad, st["C"], r, g)
+                elif fusable:
+                    self._fused_step(p, grad, st["C"], r, g)
                     stepped.append(p)
                 else:
                     torch.ops.patsparse.admm_penalty_(grad, p, st["C"], r)
@@ -336,19 +357,33 @@ class ADMM(Optimizer):
             self.admm_update()
         return loss
 
-    def _fused_sgd(self, p: torch.Tensor, grad: torch.Tensor, shift: torch.Tensor, r: float, g: dict) -> None:
-        """torch.optim.SGD's step on ``grad + r * (p + shift)`` in one native pass, with the
-        momentum buffer kept in ``self.state[p]`` exactly where SGD keeps it."""
-        momentum = float(g["momentum"])
-        buf, first = None, False
-        if momentum != 0:
-            state = self.state[p]
-            buf = state.get("momentum_buffer")
-            first = buf is None
-            if first:
-                buf = state["momentum_buffer"] = torch.empty_like(p, memory_format=torch.contiguous_format)
-        torch.ops.patsparse.admm_sgd_(p, grad, shift, buf, r, float(g["lr"]), momentum, float(g["dampening"]),
-                                      float(g["weight_decay"]), bool(g["nesterov"]), bool(g["maximize"]), first)
+    def _fused_step(self, p: torch.Tensor, grad: torch.Tensor, shift: torch.Tensor, r: float, g: dict) -> None:
+        """The base optimizer's step (SGD, Adam or AdamW) on ``grad + r * (p + shift)`` in one native
+        pass, its state kept in ``self.state[p]`` exactly where and as the base optimizer keeps it."""
+        state = self.state[p]
+        lr = float(g["lr"])
+        if isinstance(self.base, torch.optim.SGD):
+            momentum = float(g["momentum"])
+            buf, first = None, False
+            if momentum != 0:
+                buf = state.get("momentum_buffer")
+                first = buf is None
+                if first:
+                    buf = state["momentum_buffer"] = torch.empty_like(p, memory_format=torch.contiguous_format)
+            torch.ops.patsparse.admm_sgd_(p, grad, shift, buf, r, lr, momentum, float(g["dampening"]),
+                                          float(g["weight_decay"]), bool(g["nesterov"]), bool(g["maximize"]), first)
+            return
+        if len(state) == 0:  # as torch.optim.Adam._init_group
+            state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["step"] += 1
+        beta1, beta2 = (float(b) for b in g["betas"])
+        t = float(state["step"])
+        decoupled = g.get("decoupled_weight_decay", isinstance(self.base, torch.optim.AdamW))
+        torch.ops.patsparse.admm_adam_(p, grad, shift, state["exp_avg"], state["exp_avg_sq"], r, lr, beta1, beta2,
+                                       float(g["eps"]), float(g["weight_decay"]), bool(decoupled),
+                                       bool(g["maximize"]), -(lr / (1 - beta1 ** t)), (1 - beta2 ** t) ** 0.5)
 
     @torch.no_grad()
     def admm_update(self) -> None:

@@ -34,8 +34,8 @@ DEFAULTS: Dict[str, Any] = {
     "threads": 2,
     "batch_size": 256,
     "dense": {"epochs": 3, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
-    "admm": {"epochs": 2, "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4, "rho": 0.05, "rho_growth": 1.3,
-             "rho_max": 0.3, "updates_per_epoch": 4},
+    "admm": {"epochs": 2, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "rho": 1.0, "rho_growth": 1.5,
+             "rho_max": 50.0, "updates_per_epoch": 4},
     "retrain": {"epochs": 4, "lr": 0.02},
     "latency": {"batches": [1, 64], "repeats": 30},
     "layers": [

@@ -109,12 +109,9 @@ void check_args(const char* op, const at::Tensor& lead, const at::Tensor& values
                 const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
                 at::IntArrayRef dilation) {
   TORCH_CHECK(lead.is_cuda(), "patsparse::", op, ": expected a CUDA tensor");
-  TORCH_CHECK(lead.scalar_type() == at::kFloat || lead.scalar_type() == at::kDouble,
-              "patsparse::", op, ": input must be float32 or float64 on CUDA, got ", lead.scalar_type());
-  TORCH_CHECK(values.scalar_type() == lead.scalar_type(), "patsparse::", op, ": values dtype ", values.scalar_type(),
-              " does not match input dtype ", lead.scalar_type());
-  if (bias) TORCH_CHECK(bias->scalar_type() == lead.scalar_type(), "patsparse::", op, ": bias dtype ",
-                        bias->scalar_type(), " does not match input dtype ", lead.scalar_type());
+  TORCH_CHECK(filter_ptr.dim() == 1 && filter_ptr.size(0) >= 1, "patsparse::", op,
+              ": filter_ptr must be a [Cout+1] tensor, got ", filter_ptr.sizes());
+  check_float_args(lead, values, bias, filter_ptr.size(0) - 1);
   const std::pair<const char*, const at::Tensor*> others[] = {
       {"values", &values}, {"patterns", &patterns}, {"filter_ptr", &filter_ptr},
       {"kernel_channel", &kernel_channel}, {"kernel_pattern", &kernel_pattern}};
@@ -142,8 +139,6 @@ at::Tensor pattern_conv2d_cuda(const at::Tensor& input, const at::Tensor& patter
   check_format(patterns, filter_ptr, kernel_channel, kernel_pattern, values, 0, /*check_indices=*/false);
   const int64_t out_channels = filter_ptr.size(0) - 1;
   const ConvShape s = make_shape(input.sizes(), out_channels, stride, padding, dilation);
-  if (bias) TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_channels, "patsparse: bias must be [", out_channels,
-                        "], got ", bias->sizes());
   const c10::cuda::CUDAGuard guard(input.device());
   const auto idx = index_arrays(patterns, filter_ptr, kernel_channel, kernel_pattern);
   const auto plan = get_plan(idx, s.in_channels);
