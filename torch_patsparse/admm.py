@@ -30,15 +30,17 @@ The math (see DESIGN.md), per constrained tensor ``W_i`` with projection ``Proj_
 * ``Z_i`` starts at ``Proj_i(W_i)``, ``U_i`` at zeros (lazily, at the first :meth:`step`, so that
   weights loaded after building the optimizer are used).
 
-**Combined constraints: one (Z, U) pair per tensor for the composed set.** The constraints of a
-group are composed into one projection, pattern ∘ connectivity ∘ filter ∘ channel ∘ unstructured ∘
-quantize, applied in that order (see :mod:`torch_patsparse.constraints`), and each tensor keeps a
-single ``(Z, U)`` pair for that composition. We chose this over one pair per constraint (consensus
-form) because (1) :meth:`hard_prune` applies exactly this composed projection, so the residual
-``||W - Z|| / ||W||`` directly measures what hard pruning will destroy; with one pair per
-constraint each ``Z_j`` lies in its own set only, and ``W`` is pulled to an average of them that
-lies in none; (2) it costs one ``Z``, one ``U`` and one gradient term per tensor instead of one per
-constraint (memory and the per-step cost, which must stay close to the base step's).
+**Combined constraints: the composed set (default) or one (Z, U) pair per constraint.** The
+constraints of a group are ordered pattern ∘ connectivity ∘ filter ∘ channel ∘ unstructured ∘
+quantize (see :mod:`torch_patsparse.constraints`). By default each tensor keeps a single ``(Z, U)``
+pair for their composition: (1) :meth:`hard_prune` applies exactly this composed projection, so the
+residual ``||W - Z|| / ||W||`` directly measures what hard pruning will destroy; (2) it costs one
+``Z``, one ``U`` per tensor. ``consensus=True`` gives the textbook consensus form instead: one pair
+per constraint, ``Z_j = Proj_j(W + U_j)``, ``U_j += W - Z_j``, penalty ``sum_j rho (W - Z_j + U_j)``
+(one fused pass still: ``k rho (W + mean_j (U_j - Z_j))``), ``residuals()`` the largest
+``||W - Z_j|| / ||W||``; ``Z``/``U`` are then stacked ``[k, *W.shape]``. Each ``Z_j`` lies in its own
+set only and ``W`` is pulled to their average, which lies in none until the residuals vanish;
+:meth:`hard_prune` still applies the composed projection.
 
 **rho is scaled to the tensor (``rho_scale="grad"``, default).** A conv followed by BatchNorm is
 scale-free: ``f(cW) = f(W)``, its gradient scales like ``1/||W||`` while the penalty gradient
@@ -129,6 +131,11 @@ def _fusable_group(base: Optimizer, g: dict) -> bool:
     return False
 
 
+def _shift(u: torch.Tensor, z: torch.Tensor, k: int) -> torch.Tensor:
+    """The cached ``U - Z`` of the penalty (consensus: the mean over the k pairs)."""
+    return (u - z).mean(0) if k > 1 else u - z
+
+
 def _scalar_dtype() -> torch.dtype:
     """dtype of Adam's ``step`` state (torch's rule: float64 under a float64 default dtype)."""
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
@@ -149,11 +156,14 @@ class ADMM(Optimizer):
         rho_max: upper bound of rho.
         update_every: Z/U update every this many steps.
         rho_scale: ``"grad"`` (default, see module docstring) or ``"none"``.
+        consensus: one ``(Z, U)`` pair per constraint of a group (consensus ADMM) instead of one
+            pair for the composed projection (default; see the module docstring).
         **base_kwargs: passed to ``base`` (lr, momentum, weight_decay, ...).
     """
 
     def __init__(self, params, base: type = torch.optim.SGD, rho: float = 1.0, rho_growth: float = 1.3,
-                 rho_max: float = 20.0, update_every: int = 200, rho_scale: str = "grad", **base_kwargs):
+                 rho_max: float = 20.0, update_every: int = 200, rho_scale: str = "grad", consensus: bool = False,
+                 **base_kwargs):
         if not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho > 0):
             raise ValueError(f"ADMM: rho must be a positive finite number, got {rho!r}")
         if not (isinstance(rho_growth, (int, float)) and math.isfinite(rho_growth) and rho_growth >= 1):
@@ -164,10 +174,12 @@ class ADMM(Optimizer):
             raise ValueError(f"ADMM: update_every must be an int >= 1, got {update_every!r}")
         if rho_scale not in ("grad", "none"):
             raise ValueError(f"ADMM: rho_scale must be 'grad' or 'none', got {rho_scale!r}")
+        if not isinstance(consensus, bool):
+            raise ValueError(f"ADMM: consensus must be True or False, got {consensus!r}")
         if not (isinstance(base, type) and issubclass(base, Optimizer)) or issubclass(base, ADMM):
             raise ValueError(f"ADMM: base must be a torch.optim.Optimizer class, got {base!r}")
         self.rho, self.rho_growth, self.rho_max = float(rho), float(rho_growth), float(rho_max)
-        self.update_every, self.rho_scale = update_every, rho_scale
+        self.update_every, self.rho_scale, self.consensus = update_every, rho_scale, consensus
         self._linked = False
         # The base optimizer builds (and keeps) the group dicts; we adopt the very same dicts and
         # list, and share its state, so param_groups / state are one object for both.
@@ -260,6 +272,18 @@ class ADMM(Optimizer):
             z = c.project(z, pset)
         return z if z is not w else z.clone()
 
+    def _pair_sets(self, cons) -> list:
+        """The constraint lists that each get their own (Z, U): the composition, or (consensus) each
+        constraint alone."""
+        return [[c] for c in cons] if self.consensus and len(cons) > 1 else [cons]
+
+    def _z_step(self, p: torch.Tensor, u: torch.Tensor, cons, pset) -> torch.Tensor:
+        """Z = Proj(W + U): one projection, or (consensus) Z[j] = Proj_j(W + U[j]) stacked."""
+        sets = self._pair_sets(cons)
+        if len(sets) == 1:
+            return self._project(p + u, cons, pset)
+        return torch.stack([self._project(p + u[j], cs, pset) for j, cs in enumerate(sets)])
+
     @staticmethod
     def _check_finite(pairs, what: str) -> None:
         for p, name in pairs:
@@ -268,12 +292,13 @@ class ADMM(Optimizer):
                 raise ValueError(f"ADMM: parameter '{name}' contains NaN/Inf at {what}")
 
     @staticmethod
-    def _cap(rho_eff: float, group) -> float:
+    def _cap(rho_eff: float, group, pairs: int = 1) -> float:
+        """rho_eff capped so that the whole pull (``pairs`` penalty terms) is at most ``1 / lr``."""
         lr = group.get("lr")
         if lr is not None:
             lr = float(lr)
             if lr > 0:
-                rho_eff = min(rho_eff, 1.0 / lr)
+                rho_eff = min(rho_eff, 1.0 / (lr * pairs))
         return rho_eff
 
     def _ensure_init(self) -> None:
@@ -293,12 +318,13 @@ class ADMM(Optimizer):
                                                                entries=pat.entries, keep_center=pat.keep_center)
             pset = self._pattern_sets.get(gi)
             with torch.no_grad():
+                k = len(self._pair_sets(cons))
                 for p, _ in todo:
-                    z = self._project(p, cons, pset)
-                    u = torch.zeros_like(p)
-                    self._admm[p] = {"Z": z, "U": u, "C": u - z, "rho": self.rho,
+                    u = torch.zeros((k, *p.shape) if k > 1 else p.shape, dtype=p.dtype, device=p.device)
+                    z = self._z_step(p, u, cons, pset)
+                    self._admm[p] = {"Z": z, "U": u, "C": _shift(u, z, k), "k": k, "rho": self.rho,
                                      "scale": 1.0 if self.rho_scale == "none" else None,
-                                     "rho_eff": self._cap(self.rho, g) if self.rho_scale == "none" else 0.0,
+                                     "rho_eff": self._cap(self.rho, g, k) if self.rho_scale == "none" else 0.0,
                                      "gsum": torch.zeros((), dtype=torch.float64, device=p.device),
                                      "gcnt": 0}
 
@@ -326,11 +352,11 @@ class ADMM(Optimizer):
                 if st["scale"] is None:  # first step with a gradient: calibrate from it
                     wn = float(p.norm())
                     st["scale"] = float(grad.norm()) / wn if wn > 0 else 0.0
-                    st["rho_eff"] = self._cap(st["rho"] * st["scale"], g)
+                    st["rho_eff"] = self._cap(st["rho"] * st["scale"], g, st["k"])
                 elif calib:
                     st["gsum"] += grad.norm().double()
                     st["gcnt"] += 1
-                r = st["rho_eff"]
+                r = st["rho_eff"] * st["k"]  # sum_j rho (W - Z_j + U_j) = k rho (W + mean_j (U_j - Z_j))
                 if not r:
                     continue
                 if g.get("maximize"):  # the base negates the whole gradient: the penalty must still descend
@@ -398,7 +424,7 @@ class ADMM(Optimizer):
             pset = self._pattern_sets.get(gi)
             for p, _ in pairs:
                 st = self._admm[p]
-                z = self._project(p + st["U"], cons, pset)
+                z = self._z_step(p, st["U"], cons, pset)
                 st["U"].add_(p - z)
                 st["Z"] = z
                 st["rho"] = min(st["rho"] * self.rho_growth, self.rho_max)
@@ -412,10 +438,10 @@ class ADMM(Optimizer):
                     scale = st["scale"] if st["scale"] is not None else 0.0
                 else:
                     scale = 1.0
-                st["rho_eff"] = self._cap(st["rho"] * scale, g)
+                st["rho_eff"] = self._cap(st["rho"] * scale, g, st["k"])
                 if old_eff > 0 and st["rho_eff"] > 0:  # scaled dual: keep rho * U when rho changes
                     st["U"].mul_(old_eff / st["rho_eff"])
-                st["C"] = st["U"] - z
+                st["C"] = _shift(st["U"], z, st["k"])
 
     # ------------------------------------------------------------------ hard prune / retrain
     @torch.no_grad()
@@ -489,7 +515,12 @@ class ADMM(Optimizer):
             for p, name in pairs:
                 st = self._admm[p]
                 if self._phase == "admm":
-                    z = st["Z"]
+                    z = st["Z"]  # consensus: the largest residual over the constraints
+                    if st["k"] > 1:
+                        wn = float(p.norm())
+                        dn = float((p - z).flatten(1).norm(dim=1).max())
+                        out[name] = dn / wn if wn > 0 else (0.0 if dn == 0 else math.inf)
+                        continue
                 else:
                     z = p * st["mask"] if st["mask"] is not None else p
                     if st["levels"] is not None:
@@ -526,7 +557,7 @@ class ADMM(Optimizer):
 
     # ------------------------------------------------------------------ (de)serialisation
     _TENSORS = ("Z", "U", "mask", "levels", "latent", "gsum")
-    _SCALARS = ("rho", "scale", "rho_eff", "gcnt")
+    _SCALARS = ("rho", "scale", "rho_eff", "gcnt", "k")
 
     def state_dict(self) -> dict:
         sd = super().state_dict()
@@ -544,7 +575,8 @@ class ADMM(Optimizer):
         sd["admm"] = {
             "version": 1, "phase": self._phase, "step": self._step_count,
             "hyper": {"rho": self.rho, "rho_growth": self.rho_growth, "rho_max": self.rho_max,
-                      "update_every": self.update_every, "rho_scale": self.rho_scale},
+                      "update_every": self.update_every, "rho_scale": self.rho_scale,
+                      "consensus": self.consensus},
             "shapes": [tuple(p.shape) for p in params],
             "names": [n for gi in range(len(self.param_groups)) for n in self._names(gi)],
             "params": per,
@@ -586,7 +618,8 @@ class ADMM(Optimizer):
             p = params[int(i)]
             new_admm[p] = {k: (v.to(p.device).clone() if torch.is_tensor(v) else v) for k, v in st.items()}
             if a["phase"] == "admm":
-                new_admm[p]["C"] = new_admm[p]["U"] - new_admm[p]["Z"]
+                k = new_admm[p].setdefault("k", 1)
+                new_admm[p]["C"] = _shift(new_admm[p]["U"], new_admm[p]["Z"], k)
         new_ps = {int(gi): PatternSet.from_tensor(t) for gi, t in a["pattern_sets"].items()}
         rest = {k: v for k, v in state_dict.items() if k != "admm"}
         rest["param_groups"] = saved_groups
@@ -598,6 +631,7 @@ class ADMM(Optimizer):
         h = a["hyper"]
         self.rho, self.rho_growth, self.rho_max = h["rho"], h["rho_growth"], h["rho_max"]
         self.update_every, self.rho_scale = h["update_every"], h["rho_scale"]
+        self.consensus = bool(h.get("consensus", False))
 
     def __repr__(self) -> str:
         return f"ADMM(base={type(self.base).__name__}, phase={self._phase}, step={self._step_count}, " \
