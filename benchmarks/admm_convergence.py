@@ -8,8 +8,8 @@ OUT/dense.pt) and reuses the main job's constraints, data and retraining (torch_
         --lr 0.01 --rho 1 --growth 1.5 --rho-max 50 --retrain 4
 
 Prints one line per Z update (max / mean residual; per layer: residual, ||W||, rho_eff) and one per
-epoch. ``--no-rescale`` undoes the scaled-dual rescaling at every update (U keeps its value when rho
-grows, as in the published ADMM-NN code) to compare with it.
+epoch. ``--rescale-dual`` rescales U by rho_old / rho_new at every update (textbook scaled-dual ADMM;
+off by default, as in DESIGN.md and the published ADMM-NN code).
 """
 import argparse
 import time
@@ -18,7 +18,6 @@ import types
 import torch
 
 from torch_patsparse import cli
-from torch_patsparse.admm import ADMM
 from torch_patsparse.train import train_epoch
 
 
@@ -31,7 +30,7 @@ def main():
     ap.add_argument("--growth", type=float, default=1.5)
     ap.add_argument("--rho-max", type=float, default=50.0)
     ap.add_argument("--updates-per-epoch", type=int, default=4)
-    ap.add_argument("--no-rescale", action="store_true")
+    ap.add_argument("--rescale-dual", action="store_true", help="ADMM(rescale_dual=True)")
     ap.add_argument("--retrain", type=int, default=4, help="masked retraining epochs after the hard prune")
     ap.add_argument("--retrain-lr", type=float, default=0.02)
     ap.add_argument("--threads", type=int, default=2)
@@ -48,15 +47,7 @@ def main():
     print(f"dense {job.evaluate():.2f}%", flush=True)
     job.make_admm_opt()
     opt = job.opt
-    if a.no_rescale:
-        def update_without_rescale(self):
-            before = {p: st["rho_eff"] for p, st in self._admm.items()}
-            ADMM.admm_update(self)
-            for p, st in self._admm.items():
-                if before[p] > 0 and st["rho_eff"] > 0:
-                    st["U"].mul_(st["rho_eff"] / before[p])
-                    st["C"] = st["U"] - st["Z"]
-        opt.admm_update = types.MethodType(update_without_rescale, opt)
+    opt.rescale_dual = a.rescale_dual
 
     def on_step(_):
         if opt._step_count % opt.update_every:

@@ -22,9 +22,13 @@ test_limit = 1000
 [dense]
 epochs = 2
 lr = 0.05
-[admm]
+[admm]   # 64 steps: too short for the default rho schedule (see cli.QUICK)
 epochs = 2
 updates_per_epoch = 8
+lr = 0.002
+rho = 0.05
+rho_growth = 1.3
+rho_max = 0.3
 [retrain]
 epochs = 2
 lr = 0.02
@@ -72,6 +76,7 @@ def test_config_file_overrides_and_yaml(tmp_path):
     ("[admm]\nrhoo = 1", "unknown config key 'admm.rhoo'"),
     ("[dense]\nepochs = -1", "'dense.epochs' must be an int >= 0"),
     ("[dense]\nlr = 'fast'", "'dense.lr' must be a positive number"),
+    ("[admm]\nrho = 2.0\nrho_max = 1.0", "'admm.rho_max' must be a number >= admm.rho"),
     ("[[layers]]\nmatch = 'features.*.weight'\nconstraints = [{ type = 'patern' }]", "unknown constraint type 'patern'"),
     ("[[layers]]\nmatch = 'features.*.weight'\nconstraints = [{ type = 'pattern', k = 0 }]", "k must be an int"),
     ("[[layers]]\nmatch = 'features.*.weight'\nconstraints = [{ type = 'connectivity', keep = 1.5 }]", "keep must be"),
@@ -203,3 +208,25 @@ def test_resume_continues_to_the_same_final_state(tiny_run, tmp_path):
         assert a["history"]["acc"] == b["history"]["acc"]
     # a different configuration can't silently resume
     assert cli.main(["--config", cfg, "--out", out, "--resume", "--epochs", "1"]) == 2
+
+
+@needs_data
+def test_later_stage_starts_from_a_dense_file_of_another_compression_config(tiny_run, tmp_path, capsys):
+    """One dense baseline, several compression settings: --stages admm,... from OUT/dense.pt needs only
+    the dense-stage configuration to match."""
+    import shutil
+    cfg, full_out, _ = tiny_run
+    out = str(tmp_path / "other")
+    os.makedirs(out)
+    shutil.copy(os.path.join(full_out, "dense.pt"), out)
+    other = TINY.replace("epochs = 2\nupdates_per_epoch = 8", "epochs = 1\nupdates_per_epoch = 8")
+    other = other.replace("rho = 0.05", "rho = 0.1").replace("keep = 0.2", "keep = 0.1")
+    assert other.count("rho = 0.1") == 1 and "epochs = 1" in other
+    assert cli.main(["--config", write(tmp_path, other), "--out", out, "--no-progress", "--stages", "admm"]) == 0
+    st = torch.load(os.path.join(out, "admm.pt"), weights_only=False)
+    assert st["done"] == ["dense", "admm"] and st["config"]["admm"]["rho"] == 0.1
+    # the dense stage's own settings must still match
+    changed = TINY.replace("[dense]\nepochs = 2\nlr = 0.05", "[dense]\nepochs = 2\nlr = 0.04")
+    assert cli.main(["--config", write(tmp_path, changed, "d.toml"), "--out", out, "--no-progress",
+                     "--stages", "admm"]) == 2
+    assert "different configuration (keys ['dense'])" in capsys.readouterr().err

@@ -19,14 +19,14 @@ The math (see DESIGN.md), per constrained tensor ``W_i`` with projection ``Proj_
 * W-step: ``grad_i += rho_i * (W_i - Z_i + U_i)`` (gradient of ``rho_i/2 ||W_i - Z_i + U_i||_F^2``,
   the *squared* norm), then the base optimizer's step.
 * every ``update_every`` steps (or by hand with :meth:`ADMM.admm_update`):
-  ``Z_i = Proj_i(W_i + U_i)``; ``U_i += W_i - Z_i``; ``rho_i = min(rho_i * rho_growth, rho_max)``;
-  then ``U_i *= rho_old / rho_new`` (of the effective rho actually applied). ``U`` is the *scaled*
-  dual (``rho * U`` is the Lagrange multiplier), so it must be rescaled when rho changes (Boyd et
-  al., "Distributed Optimization ... ADMM", 3.4.1). The published ADMM-NN code does not; without it
-  every growth of rho silently multiplies the multiplier too. Measured on the main job's net
-  (benchmarks/results/admm.md): with the default schedule the max residual ends at 0.048 with the
-  rescaling vs 0.065 without; with a weak rho (lr 0.002, rho 1 x1.3) it is 0.94 vs 1.26 after 3
-  updates. What makes the residuals shrink at all is mostly rho being large enough (below).
+  ``Z_i = Proj_i(W_i + U_i)``; ``U_i += W_i - Z_i``; ``rho_i = min(rho_i * rho_growth, rho_max)``.
+  ``U`` is not rescaled when rho grows (DESIGN.md, and the published ADMM-NN code), although in
+  textbook scaled-dual ADMM (Boyd et al. 3.4.1) ``rho * U`` is the multiplier and ``U`` should be
+  multiplied by ``rho_old / rho_new``; ``rescale_dual=True`` does that. Measured
+  (benchmarks/results/admm.md, storage.md): rescaling shrinks the residuals further (main job: max
+  0.048 vs 0.065 after 8 updates) but did not help accuracy: after the hard prune 69.0 vs 72.0 %
+  on the main job's net, and on LeNet-5 over Adam it cost 1.6 points after retraining (86.4 vs
+  88.0 %, first storage setting). What makes the residuals shrink is rho being large enough (below).
 * ``Z_i`` starts at ``Proj_i(W_i)``, ``U_i`` at zeros (lazily, at the first :meth:`step`, so that
   weights loaded after building the optimizer are used).
 
@@ -53,7 +53,7 @@ dimensionless ("how hard the constraint pulls, relative to the loss, per unit of
 residual"), identical across layers of any size or scale, and invariant to the BatchNorm rescaling.
 Why ``rho=1`` to start: with a loss gradient that keeps pushing, W settles where the two pulls
 balance, at a relative residual of about ``1 / rho``; so rho must reach >> 1 during the ADMM phase,
-and (with the scaled dual rescaled, above) it then does shrink the residuals: on the main job's
+and then it does shrink the residuals: on the main job's
 conv + BN Fashion-MNIST net, ``rho`` 1 -> x1.5 per update (8 updates) at lr 0.01 takes every
 residual from ~0.8 to <= 0.05 in two epochs (benchmarks/results/admm.md). Relative rho 0.05 - 0.3
 (tried first) never moved the pruned weights (per-step pull ``lr * rho_eff`` ~ 1e-5) and the
@@ -158,12 +158,15 @@ class ADMM(Optimizer):
         rho_scale: ``"grad"`` (default, see module docstring) or ``"none"``.
         consensus: one ``(Z, U)`` pair per constraint of a group (consensus ADMM) instead of one
             pair for the composed projection (default; see the module docstring).
+        rescale_dual: rescale ``U`` by ``rho_old / rho_new`` when rho changes (textbook scaled-dual
+            ADMM); off by default, as in DESIGN.md and the published ADMM-NN code (measured: see
+            the module docstring).
         **base_kwargs: passed to ``base`` (lr, momentum, weight_decay, ...).
     """
 
     def __init__(self, params, base: type = torch.optim.SGD, rho: float = 1.0, rho_growth: float = 1.3,
                  rho_max: float = 20.0, update_every: int = 200, rho_scale: str = "grad", consensus: bool = False,
-                 **base_kwargs):
+                 rescale_dual: bool = False, **base_kwargs):
         if not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho > 0):
             raise ValueError(f"ADMM: rho must be a positive finite number, got {rho!r}")
         if not (isinstance(rho_growth, (int, float)) and math.isfinite(rho_growth) and rho_growth >= 1):
@@ -174,12 +177,14 @@ class ADMM(Optimizer):
             raise ValueError(f"ADMM: update_every must be an int >= 1, got {update_every!r}")
         if rho_scale not in ("grad", "none"):
             raise ValueError(f"ADMM: rho_scale must be 'grad' or 'none', got {rho_scale!r}")
-        if not isinstance(consensus, bool):
-            raise ValueError(f"ADMM: consensus must be True or False, got {consensus!r}")
+        for flag, value in (("consensus", consensus), ("rescale_dual", rescale_dual)):
+            if not isinstance(value, bool):
+                raise ValueError(f"ADMM: {flag} must be True or False, got {value!r}")
         if not (isinstance(base, type) and issubclass(base, Optimizer)) or issubclass(base, ADMM):
             raise ValueError(f"ADMM: base must be a torch.optim.Optimizer class, got {base!r}")
         self.rho, self.rho_growth, self.rho_max = float(rho), float(rho_growth), float(rho_max)
-        self.update_every, self.rho_scale, self.consensus = update_every, rho_scale, consensus
+        self.update_every, self.rho_scale = update_every, rho_scale
+        self.consensus, self.rescale_dual = consensus, rescale_dual
         self._linked = False
         # The base optimizer builds (and keeps) the group dicts; we adopt the very same dicts and
         # list, and share its state, so param_groups / state are one object for both.
@@ -439,7 +444,7 @@ class ADMM(Optimizer):
                 else:
                     scale = 1.0
                 st["rho_eff"] = self._cap(st["rho"] * scale, g, st["k"])
-                if old_eff > 0 and st["rho_eff"] > 0:  # scaled dual: keep rho * U when rho changes
+                if self.rescale_dual and old_eff > 0 and st["rho_eff"] > 0:  # keep rho * U
                     st["U"].mul_(old_eff / st["rho_eff"])
                 st["C"] = _shift(st["U"], z, st["k"])
 
@@ -576,7 +581,7 @@ class ADMM(Optimizer):
             "version": 1, "phase": self._phase, "step": self._step_count,
             "hyper": {"rho": self.rho, "rho_growth": self.rho_growth, "rho_max": self.rho_max,
                       "update_every": self.update_every, "rho_scale": self.rho_scale,
-                      "consensus": self.consensus},
+                      "consensus": self.consensus, "rescale_dual": self.rescale_dual},
             "shapes": [tuple(p.shape) for p in params],
             "names": [n for gi in range(len(self.param_groups)) for n in self._names(gi)],
             "params": per,
@@ -632,6 +637,7 @@ class ADMM(Optimizer):
         self.rho, self.rho_growth, self.rho_max = h["rho"], h["rho_growth"], h["rho_max"]
         self.update_every, self.rho_scale = h["update_every"], h["rho_scale"]
         self.consensus = bool(h.get("consensus", False))
+        self.rescale_dual = bool(h.get("rescale_dual", False))
 
     def __repr__(self) -> str:
         return f"ADMM(base={type(self.base).__name__}, phase={self._phase}, step={self._step_count}, " \
