@@ -36,16 +36,11 @@ void admm_sgd_cpu(at::Tensor weight, const at::Tensor& grad, const at::Tensor& s
     check_same(weight, *momentum_buffer, "momentum_buffer");
     buf = momentum_buffer->data_ptr<float>();
   }
-  SgdStep h;
-  h.lr = static_cast<float>(lr);
-  h.momentum = static_cast<float>(momentum);
-  h.dampening = static_cast<float>(dampening);
-  h.weight_decay = static_cast<float>(weight_decay);
-  h.nesterov = nesterov;
-  h.maximize = maximize;
-  h.first_step = first_step;
-  admm_sgd(weight.data_ptr<float>(), grad.data_ptr<float>(), shift.data_ptr<float>(), buf, static_cast<float>(rho),
-           h, weight.numel(), aten_parallel_for());
+  const auto f = [](double v) { return static_cast<float>(v); };
+  const SgdStep h{.lr = f(lr), .momentum = f(momentum), .dampening = f(dampening), .weight_decay = f(weight_decay),
+                  .nesterov = nesterov, .maximize = maximize, .first_step = first_step};
+  admm_sgd(weight.data_ptr<float>(), grad.data_ptr<float>(), shift.data_ptr<float>(), buf, f(rho), h, weight.numel(),
+           aten_parallel_for());
 }
 
 void admm_adam_cpu(at::Tensor weight, const at::Tensor& grad, const at::Tensor& shift, at::Tensor exp_avg,
@@ -53,18 +48,12 @@ void admm_adam_cpu(at::Tensor weight, const at::Tensor& grad, const at::Tensor& 
                    double weight_decay, bool decoupled, bool maximize, double step_size,
                    double bias_correction2_sqrt) {
   check_arrays(weight, {{&grad, "grad"}, {&shift, "shift"}, {&exp_avg, "exp_avg"}, {&exp_avg_sq, "exp_avg_sq"}});
-  AdamStep h;
-  h.lr = static_cast<float>(lr);
-  h.beta1 = static_cast<float>(beta1);
-  h.beta2 = static_cast<float>(beta2);
-  h.eps = static_cast<float>(eps);
-  h.weight_decay = static_cast<float>(weight_decay);
-  h.decoupled = decoupled;
-  h.maximize = maximize;
-  h.step_size = static_cast<float>(step_size);
-  h.bias_correction2_sqrt = static_cast<float>(bias_correction2_sqrt);
+  const auto f = [](double v) { return static_cast<float>(v); };
+  const AdamStep h{.lr = f(lr), .beta1 = f(beta1), .beta2 = f(beta2), .eps = f(eps), .weight_decay = f(weight_decay),
+                   .decoupled = decoupled, .maximize = maximize, .step_size = f(step_size),
+                   .bias_correction2_sqrt = f(bias_correction2_sqrt)};
   admm_adam(weight.data_ptr<float>(), grad.data_ptr<float>(), shift.data_ptr<float>(), exp_avg.data_ptr<float>(),
-            exp_avg_sq.data_ptr<float>(), static_cast<float>(rho), h, weight.numel(), aten_parallel_for());
+            exp_avg_sq.data_ptr<float>(), f(rho), h, weight.numel(), aten_parallel_for());
 }
 
 }  // namespace
