@@ -53,9 +53,10 @@ dimensionless ("how hard the constraint pulls, relative to the loss, per unit of
 residual"), identical across layers of any size or scale, and invariant to the BatchNorm rescaling.
 Why ``rho=1`` to start: with a loss gradient that keeps pushing, W settles where the two pulls
 balance, at a relative residual of about ``1 / rho``; so rho must reach >> 1 during the ADMM phase,
-and then it does shrink the residuals: on the main job's
-conv + BN Fashion-MNIST net, ``rho`` 1 -> x1.5 per update (8 updates) at lr 0.01 takes every
-residual from ~0.8 to <= 0.05 in two epochs (benchmarks/results/admm.md). Relative rho 0.05 - 0.3
+and then it does shrink the residuals: on the main job's conv + BN Fashion-MNIST net, ``rho``
+1 -> x1.5 per update (8 updates) at lr 0.01 takes every residual from ~0.8 to <= 0.1 in two epochs
+(benchmarks/results/admm.md); with far fewer steps (e.g. 62 in ``--quick``) the same schedule lets
+the penalty swamp the loss while residuals are still large, so short runs need a gentler rho. Relative rho 0.05 - 0.3
 (tried first) never moved the pruned weights (per-step pull ``lr * rho_eff`` ~ 1e-5) and the
 residuals grew past 1, the failure DESIGN.md warns about. Few steps per update with very noisy
 gradients (e.g. ``update_every=10`` on batches of 16) can still keep the residuals from shrinking:
@@ -70,8 +71,8 @@ with a ``torch.optim.SGD``, ``Adam`` or ``AdamW`` base (amsgrad off) it is fused
 update (``torch.ops.patsparse.admm_sgd_`` / ``admm_adam_``: penalty, maximize, weight decay,
 momentum / moments and the weight update in one loop, the state kept in ``opt.state[p]`` as the
 base keeps it; ``p.grad`` is left untouched); with other bases it is one pass that adds the penalty
-into ``p.grad`` (``admm_penalty_``) before the base step. Other devices / dtypes use the same math in torch ops. With ``maximize=True`` the penalty is
-still minimised.
+into ``p.grad`` (``admm_penalty_``) before the base step. Other devices / dtypes use the same
+math in torch ops. With ``maximize=True`` the penalty is still minimised.
 
 **Hard prune and retraining.** :meth:`hard_prune` sets ``W = Proj(W)`` in place; the zeros of
 the *pruning* part of the projection (quantization excluded: a weight that rounds to level 0 is
@@ -519,19 +520,15 @@ class ADMM(Optimizer):
         for gi, g, cons, pairs in self._constrained():
             for p, name in pairs:
                 st = self._admm[p]
-                if self._phase == "admm":
-                    z = st["Z"]  # consensus: the largest residual over the constraints
-                    if st["k"] > 1:
-                        wn = float(p.norm())
-                        dn = float((p - z).flatten(1).norm(dim=1).max())
-                        out[name] = dn / wn if wn > 0 else (0.0 if dn == 0 else math.inf)
-                        continue
+                if self._phase == "admm":  # consensus: the largest residual over the constraints
+                    diff = (p - st["Z"]).reshape(st["k"], -1)
                 else:
                     z = p * st["mask"] if st["mask"] is not None else p
                     if st["levels"] is not None:
                         z = self._to_levels(z, st["levels"])
+                    diff = (p - z).reshape(1, -1)
                 wn = float(p.norm())
-                dn = float((p - z).norm())
+                dn = float(diff.norm(dim=1).max())
                 out[name] = dn / wn if wn > 0 else (0.0 if dn == 0 else math.inf)
         return out
 
