@@ -140,6 +140,7 @@ def test_tiny_end_to_end_accuracy_and_outputs(tiny_run):
     assert acc["dense"] > 60, acc
     assert acc["compressed"] >= acc["dense"] - 5, acc
     assert acc["compressed"] > 50, acc
+    assert 0 <= acc["admm_bn"] <= 100, acc   # after ADMM, BN statistics re-estimated on a copy
     assert hist["convert_max_logit_diff"] < 1e-3   # converted model == masked dense model
     for name in ("checkpoint.pt", "dense.pt", "admm.pt", "retrain.pt", "convert.pt", "report.pt",
                  "compression.png", "summary.md"):
