@@ -325,6 +325,14 @@ class _SparseWeightMixin:
         f = self._fields()
         return "bitmap" if f[0] == BITMAP else f"relative{f[1] + 1}"
 
+    def _fill_dense(self, module: nn.Module) -> nn.Module:
+        """``module`` (a fresh dense layer of this shape) with the decoded weight and the bias."""
+        with torch.no_grad():
+            module.weight.copy_(self.dense_weight())
+            if self.bias is not None:
+                module.bias.copy_(self.bias)
+        return module
+
     def dense_weight(self) -> torch.Tensor:
         """The decoded dense fp32 weight (cached as a non-persistent buffer)."""
         if self._weight_cache is None:
@@ -389,12 +397,8 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
         return m.to(module.weight.device)
 
     def to_dense(self) -> nn.Linear:
-        lin = nn.Linear(self.in_features, self.out_features, self.bias is not None, device=self.header.device)
-        with torch.no_grad():
-            lin.weight.copy_(self.dense_weight())
-            if self.bias is not None:
-                lin.bias.copy_(self.bias)
-        return lin
+        return self._fill_dense(nn.Linear(self.in_features, self.out_features, self.bias is not None,
+                                          device=self.header.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self._weight_cache
@@ -443,13 +447,9 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
         return m.to(module.weight.device)
 
     def to_dense(self) -> nn.Conv2d:
-        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                         self.dilation, self.groups, self.bias is not None, device=self.header.device)
-        with torch.no_grad():
-            conv.weight.copy_(self.dense_weight())
-            if self.bias is not None:
-                conv.bias.copy_(self.bias)
-        return conv
+        return self._fill_dense(nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
+                                          self.padding, self.dilation, self.groups, self.bias is not None,
+                                          device=self.header.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self._weight_cache
