@@ -6,7 +6,6 @@
 //   parallel grain, serial and through a 3-thread ParallelFor (results must be bit-identical).
 // Prints "test_admm_step: N passed, M failed"; exit status 1 on any failure.
 #include <cmath>
-#include <thread>
 
 #include "csrc/kernels/admm_step.h"
 #include "tests/cpp/test_util.h"
@@ -15,17 +14,6 @@ using namespace patsparse;
 using namespace patsparse_test;
 
 namespace {
-
-void threaded_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body) {
-  if (n <= 0) return;
-  const int64_t chunks = std::min<int64_t>(3, std::max<int64_t>(1, n / std::max<int64_t>(grain, 1)));
-  std::vector<std::thread> threads;
-  for (int64_t t = 0; t < chunks; ++t) {
-    const int64_t b = n * t / chunks, e = n * (t + 1) / chunks;
-    if (b < e) threads.emplace_back([&body, b, e] { body(b, e); });
-  }
-  for (auto& th : threads) th.join();
-}
 
 std::vector<double> widen(const std::vector<float>& v) { return {v.begin(), v.end()}; }
 

@@ -9,8 +9,6 @@
 //      threaded run uses a plan built up front and a thread hint of 3, like the op's cached plan);
 //   3. validate_format on broken arrays.
 // Prints "test_kernels: N passed, M failed"; exit status 1 on any failure.
-#include <thread>
-
 #include "csrc/kernels/dispatch.h"
 #include "tests/cpp/test_util.h"
 
@@ -18,18 +16,6 @@ using namespace patsparse;
 using namespace patsparse_test;
 
 namespace {
-
-// Splits [0, n) into up to 3 chunks run on their own threads (the kernels must write disjoint data).
-void threaded_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body) {
-  if (n <= 0) return;
-  const int64_t chunks = std::min<int64_t>(3, std::max<int64_t>(1, n / std::max<int64_t>(grain, 1)));
-  std::vector<std::thread> threads;
-  for (int64_t t = 0; t < chunks; ++t) {
-    const int64_t b = n * t / chunks, e = n * (t + 1) / chunks;
-    if (b < e) threads.emplace_back([&body, b, e] { body(b, e); });
-  }
-  for (auto& th : threads) th.join();
-}
 
 struct Case {
   ConvShape s;

@@ -8,7 +8,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "csrc/kernels/pattern_conv.h"
@@ -17,6 +19,18 @@ namespace patsparse_test {
 
 using patsparse::ConvShape;
 using patsparse::PatternWeights;
+
+// Splits [0, n) into up to 3 chunks run on their own threads (the kernels must write disjoint data).
+inline void threaded_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body) {
+  if (n <= 0) return;
+  const int64_t chunks = std::min<int64_t>(3, std::max<int64_t>(1, n / std::max<int64_t>(grain, 1)));
+  std::vector<std::thread> threads;
+  for (int64_t t = 0; t < chunks; ++t) {
+    const int64_t b = n * t / chunks, e = n * (t + 1) / chunks;
+    if (b < e) threads.emplace_back([&body, b, e] { body(b, e); });
+  }
+  for (auto& th : threads) th.join();
+}
 
 struct Rng {  // splitmix64: same sequence on every platform
   uint64_t state;
