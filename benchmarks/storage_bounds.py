@@ -11,7 +11,7 @@ do worse, so each accuracy is an upper bound for its family at 1,000x:
 - narrow LeNet-5s (2 conv 5x5 + 3 FC, same topology, fewer channels / neurons), trained from scratch;
 - sparse LeNet-5s with k_l weights per layer at free positions: dense model -> gradual magnitude
   pruning (cubic schedule) -> masked fine-tuning with knowledge distillation from the dense model.
-  Sizes: the largest k (allocation across layers as in setting L3 of storage_experiment.py) whose
+  Sizes: the largest k (two allocations across layers: as in settings L3 and T1) whose
   position entropy + 1 bit per value fits 1,967 bits, and k = 1,967 (what the papers' values-only
   count allows at 1 bit per value).
 
@@ -165,6 +165,7 @@ def main():
         record("narrow", f"LeNet-5 {dims}", n, accuracy(model, xte, yte), t0, n)
     teacher = copy.deepcopy(dense).eval()
     for label, kept in [("L3 x s, fits 1,967 bits", largest_allocation(L3_KEPT, BUDGET_BITS)),
+                        ("T1 x s, fits 1,967 bits", largest_allocation(T1_KEPT, BUDGET_BITS)),
                         ("T1 (1,936: values-only 1,000x)", T1_KEPT)]:
         t0 = time.time()
         model = prune_to(copy.deepcopy(dense), teacher, data, kept, args.prune_epochs, args.finetune_epochs)
