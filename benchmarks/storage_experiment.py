@@ -359,7 +359,8 @@ def write_report(results, args, path_md, path_png):
         rs = [r for r in results if r["model"] == kind and r["setting"] != "dense"]
         ax.plot([r["reduction"] for r in rs], [r["acc"] for r in rs], "o-", label="ADMM + retrain (every bit)")
         if all("values_only" in r for r in rs):
-            ax.plot([r["values_only"] for r in rs], [r["acc"] for r in rs], "s--", color="gray", alpha=0.7,
+            vo = sorted((r["values_only"], r["acc"]) for r in rs)
+            ax.plot([v for v, _ in vo], [a for _, a in vo], "s--", color="gray", alpha=0.7,
                     label="same models, values only (papers' count)")
         for r in rs:
             ax.annotate(r["setting"], (r["reduction"], r["acc"]), textcoords="offset points", xytext=(4, 4))
@@ -405,7 +406,8 @@ def main():
     xte, yte = load_fmnist("test") if not args.report_only else (None, None)
     os.makedirs(args.out, exist_ok=True)
     suffix = "_quick" if args.quick else ""
-    logf = open(os.path.join(args.out, f"storage{suffix}_{args.models.replace(',', '_')}.log"), "w")
+    logf = None if args.report_only else open(
+        os.path.join(args.out, f"storage{suffix}_{args.models.replace(',', '_')}.log"), "w")
 
     def log(s):
         print(s, flush=True)
