@@ -22,8 +22,10 @@ dtype widths), codes (bit-packed, whole bytes) or fp32 values, and the fp32 scal
 architecture (layer shapes), which is code, not data. ``all-in`` also counts biases (and BN) on
 both sides.
 
-    python benchmarks/storage_experiment.py            # full run (~15 min on an idle 2-core machine)
+    python benchmarks/storage_experiment.py --models lenet --cache-dense --onecycle --dense-epochs 15 \
+        --admm-epochs 8 --retrain-epochs 16 --cosine --rho 0.05   # the recorded LeNet-5 run (~20 min, 1 thread)
     python benchmarks/storage_experiment.py --quick    # smoke run (~3 min)
+    python benchmarks/storage_experiment.py --report-only   # rewrite the table in results/storage.md + the plot
 """
 import argparse
 import copy
