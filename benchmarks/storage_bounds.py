@@ -16,7 +16,7 @@ do worse, so each accuracy is an upper bound for its family at 1,000x:
   position entropy + 1 bit per value fits 1,967 bits, and k = 1,967 (what the papers' values-only
   count allows at 1 bit per value).
 
-    python benchmarks/storage_bounds.py            # ~12 min on one core; writes results/storage_bounds.md
+    python benchmarks/storage_bounds.py            # ~20 min on one core; writes results/storage_bounds.md
 """
 import argparse
 import copy

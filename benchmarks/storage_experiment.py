@@ -171,6 +171,7 @@ def count_bits(cmodel, names):
                      "kind": type(m).__name__, "index": getattr(m, "index_kind", "pattern"),
                      "code_bits": m.bits if hasattr(m, "bits") else None})
         wbits += w
+        # values only: the codes (or fp32 values); PatternConv2d layers (VGG runs) count whole
         vbits += sb.get("codes", 0) + sb.get("values", 0) if isinstance(m, (SparseConv2d, SparseLinear)) else w
         dense_w += numel
         bias_bits += b
@@ -225,7 +226,8 @@ def run_model(kind, args, data, log):
         settings = [st for st in settings if st[0] in args.settings.split(",")]
     xtr, ytr = xtr[:ntrain], ytr[:ntrain]
     t0 = time.time()
-    ckpt = os.path.join(args.out, f"dense_{kind}_{ntrain}_{dense_ep}{'_1cycle' if args.onecycle else ''}.pt") if args.cache_dense else None
+    tag = f"{kind}_{ntrain}_{dense_ep}{'_1cycle' if args.onecycle else ''}"
+    ckpt = os.path.join(args.out, f"dense_{tag}.pt") if args.cache_dense else None
     if ckpt and os.path.exists(ckpt):
         model.load_state_dict(torch.load(ckpt, weights_only=True))
     else:
@@ -246,12 +248,12 @@ def run_model(kind, args, data, log):
     teacher = copy.deepcopy(model).eval() if args.distill else None
     for name, setting in settings:
         t0 = time.time()
+        admm_kwargs = dict(base=torch.optim.Adam, lr=lr, rho=args.rho, rho_growth=args.rho_growth,
+                           update_every=max(steps * admm_ep // 12, 10))
         if kind == "lenet":
-            opt = ADMM.from_model(model, lenet_spec(setting), base=torch.optim.Adam, lr=lr, rho=args.rho, rho_growth=args.rho_growth,
-                                  update_every=max(steps * admm_ep // 12, 10))
+            opt = ADMM.from_model(model, lenet_spec(setting), **admm_kwargs)
         else:
-            opt = ADMM(vgg_groups(model, setting), base=torch.optim.Adam, lr=lr, rho=args.rho, rho_growth=args.rho_growth,
-                       update_every=max(steps * admm_ep // 12, 10))
+            opt = ADMM(vgg_groups(model, setting), **admm_kwargs)
         run_epochs(model, opt, xtr, ytr, admm_ep, seed=1, teacher=teacher)
         res = opt.residuals()
         pre = accuracy(model, xte, yte)
