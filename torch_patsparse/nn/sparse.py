@@ -333,6 +333,11 @@ class _SparseWeightMixin:
                 module.bias.copy_(self.bias)
         return module
 
+    def _weight_bias_as(self, x: torch.Tensor):
+        """The decoded weight and the bias in ``x``'s dtype (the forward's dense operands)."""
+        b = self.bias
+        return self.dense_weight().to(x.dtype), (None if b is None else b.to(x.dtype))
+
     def dense_weight(self) -> torch.Tensor:
         """The decoded dense fp32 weight (cached as a non-persistent buffer)."""
         if self._weight_cache is None:
@@ -401,11 +406,7 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
                                           device=self.header.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self._weight_cache
-        b = self.bias
-        if b is not None:
-            b = b.to(x.dtype)
-        return F.linear(x, w.to(x.dtype), b)
+        return F.linear(x, *self._weight_bias_as(x))
 
     def macs(self, output_hw=None) -> Tuple[int, int]:
         """(dense, kept) multiply-accumulates per sample (``output_hw`` unused)."""
@@ -452,11 +453,7 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
                                           device=self.header.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self._weight_cache
-        b = self.bias
-        if b is not None:
-            b = b.to(x.dtype)
-        return F.conv2d(x, w.to(x.dtype), b, self.stride, self.padding, self.dilation, self.groups)
+        return F.conv2d(x, *self._weight_bias_as(x), self.stride, self.padding, self.dilation, self.groups)
 
     def output_hw(self, input_hw) -> Tuple[int, int]:
         out = []
