@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from storage_experiment import accuracy, load_fmnist, run_epochs  # noqa: E402
+from storage_experiment import accuracy, load_fmnist, log2_binom, run_epochs, train_onecycle  # noqa: E402
+from torch_patsparse.models import LeNet5  # noqa: E402
 
 BUDGET_BITS = 32 * 61470 // 1000  # 1,967
 LAYER_SIZES = [150, 2400, 48000, 10080, 840]  # LeNet-5 conv1, conv2, fc1, fc2, fc3 weights
@@ -39,19 +40,8 @@ L3_KEPT = [38, 36, 37, 39, 41]  # the per-layer allocation of setting L3 (storag
 T1_KEPT = [90, 360, 1200, 202, 84]  # setting T1: ~1,900 ternary weights
 
 
-def lenet(c1=6, c2=16, h1=120, h2=84):
-    return nn.Sequential(
-        nn.Conv2d(1, c1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(c1, c2, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(c2 * 25, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(), nn.Linear(h2, 10))
-
-
 def weights_of(model):
     return [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-
-
-def log2_binom(n, k):
-    return (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)) / math.log(2)
 
 
 def sparse_min_bits(kept):
@@ -67,14 +57,6 @@ def largest_allocation(shape, budget):
         kept = [min(n, max(1, round(mid * k))) for n, k in zip(LAYER_SIZES, shape)]
         lo, hi = (mid, hi) if sparse_min_bits(kept) <= budget else (lo, mid)
     return [min(n, max(1, round(lo * k))) for n, k in zip(LAYER_SIZES, shape)]
-
-
-def train_dense(model, data, epochs, lr=1e-3, teacher=None):
-    xtr, ytr = data
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 4 * lr, total_steps=epochs * math.ceil(xtr.shape[0] / 128))
-    run_epochs(model, opt, xtr, ytr, epochs, sched=sched, teacher=teacher)
-    return model
 
 
 def magnitude_masks(model, kept):
@@ -157,18 +139,18 @@ def main():
 
     t0 = time.time()
     torch.manual_seed(0)
-    dense = train_dense(lenet(), data, args.epochs)
+    dense = train_onecycle(LeNet5(), xtr, ytr, args.epochs, 1e-3)
     record("dense", "LeNet-5 (6, 16, 120, 84)", 61470, accuracy(dense, xte, yte), t0, 32 * 61470)
     for dims in [(4, 4, 10, 10), (3, 4, 12, 10), (3, 6, 8, 8), (4, 8, 8, 8), (6, 8, 16, 16)]:
         t0 = time.time()
         torch.manual_seed(0)
-        model = train_dense(lenet(*dims), data, args.epochs)
+        model = train_onecycle(LeNet5(widths=dims), xtr, ytr, args.epochs, 1e-3)
         n = sum(w.numel() for w in weights_of(model))
         record("narrow", f"LeNet-5 {dims}", n, accuracy(model, xte, yte), t0, n)
     teacher = copy.deepcopy(dense).eval()
     t0 = time.time()  # the best narrow shape again, twice as long and distilled from the dense model
     torch.manual_seed(0)
-    model = train_dense(lenet(4, 4, 10, 10), data, 2 * args.epochs, teacher=teacher)
+    model = train_onecycle(LeNet5(widths=(4, 4, 10, 10)), xtr, ytr, 2 * args.epochs, 1e-3, teacher=teacher)
     record("narrow", f"LeNet-5 (4, 4, 10, 10), {2 * args.epochs} ep. + distillation", 1700, accuracy(model, xte, yte),
            t0, 1700)
     for label, kept in [("L3 x s, fits 1,967 bits", largest_allocation(L3_KEPT, BUDGET_BITS)),

@@ -57,16 +57,20 @@ def fmnist_vgg(num_classes: int = 10) -> VGG:
 
 
 class LeNet5(nn.Module):
-    """Classic LeNet-5: two 5x5 convs, three fully connected layers (for 1x28x28 inputs)."""
+    """Classic LeNet-5: two 5x5 convs, three fully connected layers (for 1x28x28 inputs).
 
-    def __init__(self, num_classes: int = 10):
+    ``widths`` = (conv1 channels, conv2 channels, fc1 units, fc2 units); the classic is (6, 16, 120, 84).
+    """
+
+    def __init__(self, num_classes: int = 10, widths: Sequence[int] = (6, 16, 120, 84)):
         super().__init__()
+        c1, c2, h1, h2 = widths
         self.features = nn.Sequential(
-            nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+            nn.Conv2d(1, c1, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2))
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.ReLU(inplace=True),
-            nn.Linear(120, 84), nn.ReLU(inplace=True), nn.Linear(84, num_classes))
+            nn.Flatten(), nn.Linear(c2 * 5 * 5, h1), nn.ReLU(inplace=True),
+            nn.Linear(h1, h2), nn.ReLU(inplace=True), nn.Linear(h2, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
