@@ -103,10 +103,21 @@ from typing import Callable, Iterable
 
 import torch
 from torch.optim import Optimizer
+from torch.utils.weak import WeakIdKeyDictionary
 
 from . import _C  # noqa: F401  (registers torch.ops.patsparse.admm_*)
 from . import constraints as C
 from . import project
+
+# The pattern set each constrained weight is trained with, keyed by the Parameter object itself (by
+# identity, weakly): ps.convert reads it, so converting stores the trained set without the user wiring it.
+_TRAINED_SETS = WeakIdKeyDictionary()
+
+
+def trained_pattern_set(weight: torch.Tensor):
+    """The :class:`PatternSet` an :class:`ADMM` optimizer in this process trains ``weight`` with
+    (its group's set, once selected), or None."""
+    return _TRAINED_SETS.get(weight)
 
 __all__ = ["ADMM"]
 
@@ -307,6 +318,13 @@ class ADMM(Optimizer):
                 rho_eff = min(rho_eff, 1.0 / (lr * pairs))
         return rho_eff
 
+    def _record_sets(self) -> None:
+        for gi, g in enumerate(self.param_groups):
+            pset = self._pattern_sets.get(gi)
+            if pset is not None:
+                for p in g["params"]:
+                    _TRAINED_SETS[p] = pset
+
     def _ensure_init(self) -> None:
         """Select pattern sets and set Z = Proj(W), U = 0 for constrained params without state."""
         if self._phase != "admm":
@@ -323,6 +341,7 @@ class ADMM(Optimizer):
                     self._pattern_sets[gi] = PatternSet.select([p.detach() for p, _ in pairs], k=pat.k,
                                                                entries=pat.entries, keep_center=pat.keep_center)
             pset = self._pattern_sets.get(gi)
+            self._record_sets()
             with torch.no_grad():
                 k = len(self._pair_sets(cons))
                 for p, _ in todo:
@@ -629,6 +648,7 @@ class ADMM(Optimizer):
         self.base.param_groups = self.param_groups
         self.base.state = self.state
         self._admm, self._pattern_sets = new_admm, new_ps
+        self._record_sets()
         self._phase, self._step_count = a["phase"], int(a["step"])
         h = a["hyper"]
         self.rho, self.rho_growth, self.rho_max = h["rho"], h["rho_growth"], h["rho_max"]

@@ -20,6 +20,7 @@ weights (0 is always a level, so pruned weights stay pruned). At most one constr
 """
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -43,6 +44,13 @@ def _check_int(cls_name: str, what: str, v, lo: int, hi: int | None = None) -> N
     if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo or (hi is not None and v > hi):
         rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
         raise ValueError(f"{cls_name}: {what} must be an int in {rng}, got {v!r}")
+
+
+def _check_count(c, n: int, what: str, name: str) -> None:
+    """An int ``keep`` must not exceed the number of items it counts (a fraction always fits)."""
+    keep = c.keep
+    if isinstance(keep, numbers.Integral) and not isinstance(keep, bool) and keep > n:
+        raise ValueError(f"{type(c).__name__}(keep={keep}) keeps more {what} than parameter '{name}' has ({n})")
 
 
 class Constraint:
@@ -79,11 +87,14 @@ class Pattern(Constraint):
     needs_3x3 = True
 
     def __post_init__(self):
-        _check_int("Pattern", "k", self.k, 1)
         _check_int("Pattern", "entries", self.entries, 1, 9)
-        _check_int("Pattern", "group", self.group, 1)
         if not isinstance(self.keep_center, bool):
             raise ValueError(f"Pattern: keep_center must be a bool, got {self.keep_center!r}")
+        # There are only C(8, E-1) shapes of E positions that keep the centre (C(9, E) without it).
+        shapes = math.comb(8, self.entries - 1) if self.keep_center else math.comb(9, self.entries)
+        _check_int("Pattern", f"k (at most {shapes} shapes of {self.entries} positions"
+                   f"{' keep the centre' if self.keep_center else ''})", self.k, 1, min(shapes, 256))
+        _check_int("Pattern", "group", self.group, 1)
 
     def project(self, w, pattern_set=None):
         from . import project
@@ -102,6 +113,10 @@ class Connectivity(Constraint):
         _check_keep("Connectivity", self.keep)
         _check_int("Connectivity", "group", self.group, 1)
 
+    def check_tensor(self, shape, name: str) -> None:
+        super().check_tensor(shape, name)
+        _check_count(self, -(-shape[0] // self.group) * shape[1], "kernels (per group of filters)", name)
+
     def project(self, w, pattern_set=None):
         from . import project
         return project.connectivity(w, self.keep, group=self.group)
@@ -114,6 +129,10 @@ class Unstructured(Constraint):
 
     def __post_init__(self):
         _check_keep("Unstructured", self.keep)
+
+    def check_tensor(self, shape, name: str) -> None:
+        super().check_tensor(shape, name)
+        _check_count(self, math.prod(shape), "weights", name)
 
     def project(self, w, pattern_set=None):
         from . import project
@@ -129,6 +148,10 @@ class Filter(Constraint):
     def __post_init__(self):
         _check_keep("Filter", self.keep)
 
+    def check_tensor(self, shape, name: str) -> None:
+        super().check_tensor(shape, name)
+        _check_count(self, shape[0], "filters", name)
+
     def project(self, w, pattern_set=None):
         from . import project
         return project.filter(w, self.keep)
@@ -142,6 +165,10 @@ class Channel(Constraint):
 
     def __post_init__(self):
         _check_keep("Channel", self.keep)
+
+    def check_tensor(self, shape, name: str) -> None:
+        super().check_tensor(shape, name)
+        _check_count(self, shape[1], "input channels", name)
 
     def project(self, w, pattern_set=None):
         from . import project
