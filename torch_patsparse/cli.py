@@ -590,6 +590,8 @@ def summary_table(history: Dict[str, Any], stats: Dict[str, Any]) -> str:
     tot = history.get("report_totals")
     if tot:
         rows.append(("conv + FC compression ratio (report)", f"{tot['ratio']:.1f}x"))
+        if "model_ratio" in tot:
+            rows.append(("whole state_dict compression ratio (BN etc. included)", f"{tot['model_ratio']:.1f}x"))
         if tot.get("mac_reduction"):
             rows.append(("conv + FC MAC reduction", f"{tot['mac_reduction']:.1f}x"))
     bits = history.get("weight_bits")

@@ -26,7 +26,7 @@ class LayerRow:
 class CompressionReport:
     """Rows (``.rows``) and totals (``.totals``); ``str(report)`` is a table."""
 
-    def __init__(self, rows: List[LayerRow]):
+    def __init__(self, rows: List[LayerRow], other_bits: int = 0):
         self.rows = rows
         dense = sum(r.dense_bits for r in rows)
         stored = sum(r.stored_bits for r in rows)
@@ -35,6 +35,11 @@ class CompressionReport:
             "dense_bits": dense,
             "stored_bits": stored,
             "ratio": dense / max(stored, 1),
+            # The whole state_dict: the layers above plus every other tensor (BatchNorm, embeddings, ...).
+            "other_bits": other_bits,
+            "model_dense_bits": dense + other_bits,
+            "model_stored_bits": stored + other_bits,
+            "model_ratio": (dense + other_bits) / max(stored + other_bits, 1),
             "dense_macs": sum(r.dense_macs for r in rows) if have_macs else None,
             "kept_macs": sum(r.kept_macs for r in rows) if have_macs else None,
         }
@@ -51,13 +56,17 @@ class CompressionReport:
             body.append([r.name, r.kind, r.shape, f"{100 * r.density:.1f}%", f"{r.dense_bits / 8192:.1f}",
                          f"{r.stored_bits / 8192:.2f}", f"{r.ratio:.1f}x", _mmacs(r.dense_macs), _mmacs(r.kept_macs)])
         t = self.totals
-        body.append(["total", "", "", "", f"{t['dense_bits'] / 8192:.1f}", f"{t['stored_bits'] / 8192:.2f}",
-                     f"{t['ratio']:.1f}x", _mmacs(t["dense_macs"]), _mmacs(t["kept_macs"])])
-        widths = [max(len(str(row[i])) for row in [head] + body) for i in range(len(head))]
+        tail = [["total (layers)", "", "", "", f"{t['dense_bits'] / 8192:.1f}", f"{t['stored_bits'] / 8192:.2f}",
+                 f"{t['ratio']:.1f}x", _mmacs(t["dense_macs"]), _mmacs(t["kept_macs"])],
+                ["other tensors", "", "", "", f"{t['other_bits'] / 8192:.1f}", f"{t['other_bits'] / 8192:.2f}",
+                 "", "", ""],
+                ["whole state_dict", "", "", "", f"{t['model_dense_bits'] / 8192:.1f}",
+                 f"{t['model_stored_bits'] / 8192:.2f}", f"{t['model_ratio']:.1f}x", "", ""]]
+        widths = [max(len(str(row[i])) for row in [head] + body + tail) for i in range(len(head))]
         line = lambda row: "  ".join(str(c).rjust(w) if i >= 3 else str(c).ljust(w)  # noqa: E731
                                      for i, (c, w) in enumerate(zip(row, widths)))
         rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
-        return "\n".join([line(head), rule] + [line(r) for r in body[:-1]] + [rule, line(body[-1])])
+        return "\n".join([line(head), rule] + [line(r) for r in body] + [rule] + [line(r) for r in tail])
 
     __repr__ = __str__
 
@@ -101,7 +110,8 @@ def compression_report(model: nn.Module, input_size: Optional[Sequence[int]] = N
 
     Compressed modules report their stored arrays (``storage_bits()``: values or k-bit codes, all
     index arrays, pattern table, scale, bias); plain ``nn.Conv2d`` / ``nn.Linear`` count as stored
-    dense in fp32. MACs are per image and need ``input_size`` (e.g. ``(1, 3, 224, 224)``) or an
+    dense in fp32. ``totals`` sums the layers (``ratio``) and, in ``model_*``, the whole state_dict:
+    every other tensor (BatchNorm statistics, ...) counted at its stored width. MACs are per image and need ``input_size`` (e.g. ``(1, 3, 224, 224)``) or an
     ``example_input`` (one forward pass records each layer's output size).
     """
     layers = [(n, m) for n, m in model.named_modules()
@@ -129,7 +139,16 @@ def compression_report(model: nn.Module, input_size: Optional[Sequence[int]] = N
             density = 1.0
         shape = _shape(m)
         rows.append(LayerRow(name, kind, shape, density, dense_bits, sum(detail.values()), macs[0], macs[1], detail))
-    return CompressionReport(rows)
+    return CompressionReport(rows, _other_bits(model, [n for n, _ in layers]))
+
+
+def _other_bits(model: nn.Module, layer_names: Sequence[str]) -> int:
+    """Bits of the state_dict tensors that belong to none of the reported layers, at their stored width."""
+    prefixes = tuple(f"{n}." for n in layer_names if n)
+    if "" in layer_names:  # the model itself is a reported layer
+        return 0
+    return sum(t.numel() * t.element_size() * 8 for k, t in model.state_dict().items()
+               if isinstance(t, torch.Tensor) and not k.startswith(prefixes))
 
 
 def _pixels(hw) -> int:
