@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 namespace patsparse {
 
@@ -15,7 +16,9 @@ std::string validate_format(int64_t num_patterns, int64_t entries, int64_t out_c
                             int64_t in_channels) {
   if (num_patterns < 1 || num_patterns > 256) return "patterns must have 1..256 rows, got " + std::to_string(num_patterns);
   if (entries < 1 || entries > 9) return "patterns must have 1..9 entries per row, got " + std::to_string(entries);
-  if (out_channels < 0 || nnz < 0) return "negative sizes";
+  if (out_channels < 0 || nnz < 0 || in_channels < 0)
+    return "negative sizes (out_channels " + std::to_string(out_channels) + ", kernels " + std::to_string(nnz) +
+           ", in_channels " + std::to_string(in_channels) + ")";
   for (int64_t p = 0; p < num_patterns; ++p) {
     uint16_t seen = 0;
     for (int64_t e = 0; e < entries; ++e) {
@@ -38,6 +41,29 @@ std::string validate_format(int64_t num_patterns, int64_t entries, int64_t out_c
     if (kernel_pattern[k] >= num_patterns)
       return "kernel_pattern[" + std::to_string(k) + "] = " + std::to_string(kernel_pattern[k]) +
              " but there are only " + std::to_string(num_patterns) + " patterns";
+  }
+  // A (filter, channel) pair listed twice would be summed by the kernels but kept once by
+  // decompress: reject it. last_filter[c] = last filter that used channel c, O(nnz + Cin);
+  // when Cin is much larger than nnz, sort each filter's channels instead (no Cin-sized buffer).
+  auto duplicate = [&](int64_t o, int32_t c) {
+    return "filter " + std::to_string(o) + " lists input channel " + std::to_string(c) +
+           " twice (each (filter, channel) kernel may appear once)";
+  };
+  if (in_channels <= 4 * nnz + 4096) {
+    std::vector<int64_t> last_filter(static_cast<size_t>(std::max<int64_t>(in_channels, 0)), -1);
+    for (int64_t o = 0; o < out_channels; ++o)
+      for (int64_t k = filter_ptr[o]; k < filter_ptr[o + 1]; ++k) {
+        if (last_filter[kernel_channel[k]] == o) return duplicate(o, kernel_channel[k]);
+        last_filter[kernel_channel[k]] = o;
+      }
+  } else {
+    std::vector<int32_t> chans;
+    for (int64_t o = 0; o < out_channels; ++o) {
+      chans.assign(kernel_channel + filter_ptr[o], kernel_channel + filter_ptr[o + 1]);
+      std::sort(chans.begin(), chans.end());
+      const auto it = std::adjacent_find(chans.begin(), chans.end());
+      if (it != chans.end()) return duplicate(o, *it);
+    }
   }
   return "";
 }
