@@ -295,7 +295,7 @@ def test_convert_model_on_cuda():
     torch.manual_seed(1)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
                                 torch.nn.Conv2d(8, 8, 3, padding=1, stride=2), torch.nn.ReLU())
-    converted = ps.convert(model).eval()
+    converted = ps.convert(model, project=True).eval()
     x = torch.randn(2, 3, 16, 16)
     cpu_out = converted(x)
     gpu_out = converted.to(DEV)(x.to(DEV))
