@@ -31,8 +31,9 @@ def test_from_dense_is_exact_when_weights_fit(kwargs):
 
 def test_from_dense_projects_dense_weights():
     conv = nn.Conv2d(4, 5, 3, padding=1)
-    pc = ps.nn.PatternConv2d.from_dense(conv)               # selects 8 patterns, projects
+    pc = ps.nn.PatternConv2d.from_dense(conv, project=True)  # selects 8 patterns, projects
     assert pc.patterns.shape == (8, 4)
+    assert pc.conversion_error > 0 and "conversion_error=" in repr(pc)
     dense = pc.to_dense()
     assert ((dense.weight != 0).sum((2, 3)) <= 4).all()
     x = torch.randn(1, 4, 7, 7)
@@ -113,11 +114,11 @@ def test_convert_swaps_eligible_layers_anywhere():
             return self.fc(x.mean((2, 3)))
 
     net = Net()
-    out = ps.convert(net)
+    out = ps.convert(net, project=True)                       # unpruned: projecting is lossy, so asked for
     assert isinstance(out.seq[0], ps.nn.PatternConv2d) and isinstance(out.blocks[0], ps.nn.PatternConv2d)
     assert type(out.blocks[1]) is nn.Conv2d and type(out.dw) is nn.Conv2d and type(out.reflect) is nn.Conv2d
     assert type(net.seq[0]) is nn.Conv2d                      # not in place by default
-    kept = ps.convert(net, exclude=["seq.0"])
+    kept = ps.convert(net, exclude=["seq.0"], project=True)
     assert type(kept.seq[0]) is nn.Conv2d
     with pytest.raises(ValueError, match="not in the model"):
         ps.convert(net, exclude=["nope"])
@@ -137,7 +138,8 @@ def test_vgg16_report_bits_per_kernel():
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.Conv2d) and m.in_channels > 3:
-                m.weight.copy_(ps.project.connectivity(m.weight, 0.25))
+                m.weight.copy_(ps.project.connectivity(ps.project.pattern(m.weight, ps.PatternSet.select(m.weight)),
+                                                       0.25))
     model = ps.convert(model, exclude=["features.0"])
     report = ps.compression_report(model, input_size=(1, 3, 32, 32))
     text = str(report)

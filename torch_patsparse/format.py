@@ -10,6 +10,7 @@ from typing import Dict
 import torch
 
 ARRAY_NAMES = ("patterns", "filter_ptr", "kernel_channel", "kernel_pattern", "values")
+_NATIVE_PREFIX = "patsparse: invalid compressed weight: "
 
 
 def pattern_bits(patterns: torch.Tensor) -> torch.Tensor:
@@ -36,8 +37,8 @@ def compress(weight: torch.Tensor, patterns: torch.Tensor) -> Dict[str, torch.Te
     bad = kept & ~fits.any(dim=-1)
     if bad.any():
         o, c = bad.nonzero()[0].tolist()
-        raise ValueError(f"kernel (out={o}, in={c}) has support {nonzero[o, c].nonzero().flatten().tolist()} "
-                         "that fits no pattern of the set; project the weight first")
+        raise ValueError(f"kernel (out={o}, in={c}) has nonzeros at positions {nonzero[o, c].nonzero().flatten().tolist()} "
+                         f"(of 0..8, row-major) that fit no pattern of the set ({bad.sum().item()} such kernels)")
     pattern_id = fits.int().argmax(dim=-1)                                                # first fitting pattern
     # Order kept kernels by (filter, pattern, channel): the kernels want same-pattern runs.
     key = (torch.arange(cout, device=w.device).view(-1, 1) * 256 + pattern_id) * cin + torch.arange(cin, device=w.device)
@@ -76,6 +77,9 @@ def validate(arrays: Dict[str, torch.Tensor], in_channels: int, out_channels: in
     for name in ARRAY_NAMES:
         if not isinstance(arrays.get(name), torch.Tensor):
             raise ValueError(f"compressed weight is missing the '{name}' tensor")
+        dims = 2 if name in ("patterns", "values") else 1
+        if arrays[name].dim() != dims:
+            raise ValueError(f"'{name}' must be {dims}-D, got shape {list(arrays[name].shape)}")
     if arrays["filter_ptr"].numel() != out_channels + 1:
         raise ValueError(f"filter_ptr has {arrays['filter_ptr'].numel()} entries, expected out_channels+1 = "
                          f"{out_channels + 1}")
@@ -83,5 +87,5 @@ def validate(arrays: Dict[str, torch.Tensor], in_channels: int, out_channels: in
     if cpu["values"].dtype not in (torch.float32, torch.float64):
         cpu["values"] = cpu["values"].float()
     err = ops.validate(*(cpu[k] for k in ARRAY_NAMES), in_channels)
-    if err:
-        raise ValueError(err)
+    if err:  # the native text repeats what the caller says; keep only the problem
+        raise ValueError(err[len(_NATIVE_PREFIX):] if err.startswith(_NATIVE_PREFIX) else err)

@@ -6,7 +6,7 @@ index). It is stored as ``positions``, uint8 ``[K, E]`` with each row sorted: ex
 ``patterns`` array of the compressed format.
 """
 from itertools import combinations
-from typing import Iterable, Union
+from typing import Iterable, Optional, Union
 
 import torch
 
@@ -145,6 +145,70 @@ class PatternSet:
             counts += torch.bincount(lut.to(code.device)[code], minlength=len(rows)).cpu()
         order = counts.sort(descending=True, stable=True).indices[:k]
         return cls(torch.tensor(rows)[order])
+
+    @classmethod
+    def cover(cls, weights: Union[torch.Tensor, Iterable[torch.Tensor]],
+              prefer: Optional["PatternSet"] = None) -> "PatternSet":
+        """A set that stores every kernel of ``weights`` exactly: each kernel's nonzero support is a
+        subset of some pattern (a kernel may fill only part of a pattern).
+
+        ``E`` (entries) is the largest number of nonzeros in any kernel (at least 1). When ``prefer``
+        is given and ``prefer.entries >= E``, its patterns come first (ids kept) and ``E`` becomes
+        ``prefer.entries``. Then, most frequent first (ties: smaller support mask), every support of
+        ``E`` nonzeros that is not covered yet becomes a pattern, and every smaller one that is not
+        covered yet is extended to ``E`` positions (the centre first, then the positions used by the
+        most patterns of the set, then by the most kernels, then the lowest) and added. Deterministic.
+
+        Raises ValueError when more than 256 patterns would be needed (pattern ids are uint8).
+
+        Args:
+            weights: a tensor ``[..., 3, 3]`` or an iterable of them, on any device.
+            prefer: e.g. the set the layer was trained with.
+        """
+        if isinstance(weights, torch.Tensor):
+            weights = [weights]
+        if prefer is not None and not isinstance(prefer, PatternSet):
+            raise TypeError(f"prefer must be a PatternSet or None, got {type(prefer).__name__}")
+        counts = torch.zeros(512, dtype=torch.long)  # kernels per 9-bit support mask
+        for w in weights:
+            if not isinstance(w, torch.Tensor) or w.dim() < 2 or tuple(w.shape[-2:]) != (3, 3):
+                raise ValueError("PatternSet.cover expects tensors of shape [..., 3, 3]")
+            nz = (w.detach().reshape(-1, 9) != 0).long()
+            code = (nz << torch.arange(9, device=nz.device)).sum(dim=1)
+            counts += torch.bincount(code, minlength=512).cpu()
+        counts[0] = 0  # all-zero kernels are dropped, not stored
+        masks = counts.nonzero().flatten().tolist()
+        popcount = {m: bin(m).count("1") for m in masks}
+        entries = max(popcount.values(), default=1)
+        patterns: list = []
+        if prefer is not None and prefer.entries >= entries:
+            entries = prefer.entries
+            patterns = [sum(1 << int(p) for p in row) for row in prefer._positions.tolist()]
+        order = sorted(masks, key=lambda m: (-int(counts[m]), m))
+        position_use = [sum(int(counts[m]) for m in masks if m >> p & 1) for p in range(9)]
+
+        def covered(m):
+            return any(m & ~p == 0 for p in patterns)
+
+        for m in order:  # full-size supports: each is a pattern
+            if popcount[m] == entries and not covered(m):
+                patterns.append(m)
+        for m in order:  # smaller ones: extend to `entries` positions
+            if covered(m):
+                continue
+            rank = sorted(range(9), key=lambda p: (p != 4, -sum(q >> p & 1 for q in patterns), -position_use[p], p))
+            ext = m
+            for p in rank:
+                if bin(ext).count("1") == entries:
+                    break
+                ext |= 1 << p
+            patterns.append(ext)
+        if not patterns:  # nothing to store: any one pattern will do
+            patterns = [sum(1 << p for p in ([4] + [q for q in range(9) if q != 4])[:entries])]
+        if len(patterns) > _MAX_K:
+            raise ValueError(f"storing every kernel exactly needs {len(patterns)} patterns of {entries} positions, "
+                             f"more than {_MAX_K}")
+        return cls([[p for p in range(9) if m >> p & 1] for m in patterns])
 
 
 def _candidate_rows(entries: int, keep_center: bool) -> list:

@@ -7,13 +7,13 @@ in favour of the lower index. ``keep`` is either a fraction in ``(0, 1]`` (a Pyt
 ``max(1, round(keep * count))`` items are kept) or a number of items (a Python int
 ``1 <= keep <= count``); note ``keep=1`` keeps one item while ``keep=1.0`` keeps all.
 """
-import math
 import numbers
-from typing import Tuple, Union
+from typing import Union
 
 import torch
 
 from .patterns import PatternSet
+from .quant import dequantize, quantize, quantize_params  # noqa: F401  (public here; owned by quant)
 
 __all__ = ["pattern", "assign_patterns", "connectivity", "unstructured", "filter", "channel",
            "quantize", "quantize_params", "dequantize"]
@@ -141,115 +141,3 @@ def channel(w: torch.Tensor, keep: Keep) -> torch.Tensor:
     score = _energy(w).transpose(0, 1).reshape(w.shape[1], -1).sum(dim=1)
     mask = _top_mask(score, _count(keep, w.shape[1]))
     return _keep(w, mask.view((1, -1) + (1,) * (w.dim() - 2)))
-
-
-# -- quantization -----------------------------------------------------------------------------
-# Levels (q = per-tensor scale, b = bits):
-#   uniform, b >= 2: {0, +-q, +-2q, ..., +-(2^(b-1)-1) q};   code = the integer multiplier.
-#   pow2,    b >= 2: {0} U {+-q 2^-j, j = 0..2^(b-1)-2};      code = sign * (j + 1).
-#   b = 1 (both):    a nonzero weight becomes +-q (its sign), code = sign; zeros stay 0.
-# Code 0 is always the value 0, so pruned weights stay exactly zero. |code| <= 127 (int8).
-_SCHEMES = ("uniform", "pow2")
-
-
-def _check_quant(bits: int, scheme: str) -> None:
-    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or not 1 <= bits <= 8:
-        raise ValueError(f"bits must be an int in 1..8, got {bits!r}")
-    if scheme not in _SCHEMES:
-        raise ValueError(f"unknown quantization scheme {scheme!r}; use one of {_SCHEMES}")
-
-
-def _codes(w: torch.Tensor, q: float, bits: int, scheme: str) -> torch.Tensor:
-    """Code of the nearest level to each weight for scale ``q > 0`` (long tensor)."""
-    if bits == 1:
-        return torch.sign(w).long()
-    top = 2 ** (bits - 1) - 1
-    if scheme == "uniform":
-        return torch.round(w / q).clamp_(-top, top).long()
-    jmax = top - 1  # levels q * 2^-j, j = 0..jmax
-    r = w.abs() / q
-    m, e = torch.frexp(r)  # r = m 2^e, m in [0.5, 1): nearest power of two is 2^e or 2^(e-1)
-    j = (-(e - (m < 0.75).int())).clamp_(0, jmax).long()
-    code = torch.sign(w).long() * (j + 1)
-    return code.masked_fill_(r < 2.0 ** -(jmax + 1), 0)  # nearer to 0 than to q 2^-jmax
-
-
-def _multipliers(codes: torch.Tensor, scheme: str, dtype: torch.dtype) -> torch.Tensor:
-    """Level / scale for each code (exact in ``dtype``)."""
-    c = codes.to(dtype)
-    if scheme == "uniform":
-        return c
-    return torch.sign(c) * torch.exp2(1.0 - c.abs())  # code 0 -> sign 0 -> 0
-
-
-def quantize_params(w: torch.Tensor, bits: int, scheme: str = "uniform") -> Tuple[torch.Tensor, float]:
-    """Codes and scale of the per-tensor quantization of ``w`` with the least squared error.
-
-    Returns ``(codes, scale)``: int8 codes of ``w``'s shape on its device and a Python float
-    ``scale`` (0.0 for an all-zero ``w``); :func:`dequantize` maps them back to the values of
-    :func:`quantize`. bits=1: ``scale`` = mean |w| over the nonzeros (exact optimum). Otherwise
-    the error is piecewise quadratic in the scale with many local minima, so: 64 starts on a
-    geometric grid ``max|w| / top level * 2^(1 .. -2.9)``, each improved by one round of
-    alternating minimisation (nearest levels for a fixed scale, then the least-squares scale
-    ``<w, l> / <l, l>`` for those levels; the error never increases), the best 4 iterated until
-    the levels stop changing (<= 10 rounds); then the same again with 65 starts within
-    +-1/16 octave of the winner (the error is rugged at high bit widths). On large tensors this
-    search runs on a strided sample of ~16k nonzero weights and the winner is polished on all of them.
-    """
-    _check_quant(bits, scheme)
-    flat = w.detach().reshape(-1)
-    x = flat[flat != 0].double()  # zeros always take code 0 and add nothing to the fit
-    amax = float(x.abs().max()) if x.numel() else 0.0
-    if not math.isfinite(amax):
-        raise ValueError("cannot quantize a tensor with inf/nan entries")
-    if amax == 0.0:
-        return torch.zeros(w.shape, dtype=torch.int8, device=w.device), 0.0
-
-    def fit(x, q):  # codes for q, then the best scale for them and its error - ||x||^2
-        c = _codes(x, q, bits, scheme)
-        lv = _multipliers(c, scheme, x.dtype)
-        wl, ll = float((x * lv).sum()), float((lv * lv).sum())
-        return (c, wl / ll, -wl * wl / ll) if ll > 0 else (c, q, 0.0)
-
-    def descend(x, start):  # alternate until the codes are stable (or 10 rounds)
-        c, q, err = start
-        for _ in range(10):
-            c2, q2, err2 = fit(x, q)
-            if err2 > err or torch.equal(c2, c):
-                break
-            c, q, err = c2, q2, err2
-        return c, q, err
-
-    def search(x, qs):  # one fit from every start, then descend from the best 4
-        starts = sorted((fit(x, q) for q in qs), key=lambda f: f[2])[:4]
-        return min((descend(x, s) for s in starts), key=lambda f: f[2])[1]
-
-    if bits == 1:  # every nonzero weight -> sign * mean|w| over the nonzeros
-        c, q, _ = fit(x, amax)
-    else:
-        sample = x[::max(1, x.numel() // 16384)]
-        top = 2 ** (bits - 1) - 1 if scheme == "uniform" else 1
-        q = search(sample, [amax / top * 2.0 ** (1 - t / 16) for t in range(64)])  # coarse
-        q = search(sample, [q * 2.0 ** (t / 512) for t in range(-32, 33)])  # fine, around it
-        c, q, _ = descend(x, fit(x, q)) if sample.numel() < x.numel() else fit(x, q)
-    codes = torch.zeros(flat.shape, dtype=torch.int8, device=w.device)
-    codes[flat != 0] = c.to(torch.int8)
-    return codes.view(w.shape), q
-
-
-def dequantize(codes: torch.Tensor, scale: float, scheme: str = "uniform",
-               dtype: torch.dtype = None) -> torch.Tensor:
-    """Values of int8 ``codes`` for ``scale`` (see the level table above): uniform
-    ``code * scale``; pow2 ``sign(code) * scale * 2^-(|code| - 1)``, code 0 -> 0. Bits=1 codes
-    (+-1, 0) read the same in both schemes. ``dtype`` defaults to torch's default dtype."""
-    if scheme not in _SCHEMES:
-        raise ValueError(f"unknown quantization scheme {scheme!r}; use one of {_SCHEMES}")
-    dtype = dtype or torch.get_default_dtype()
-    return _multipliers(codes, scheme, dtype) * torch.as_tensor(scale, dtype=dtype, device=codes.device)
-
-
-def quantize(w: torch.Tensor, bits: int, scheme: str = "uniform") -> torch.Tensor:
-    """Project ``w`` onto ``bits``-bit levels with the per-tensor scale of least squared error
-    (``uniform`` or ``pow2``, see :func:`quantize_params`). Zeros stay exactly zero."""
-    codes, scale = quantize_params(w, bits, scheme)
-    return dequantize(codes, scale, scheme, dtype=w.dtype)

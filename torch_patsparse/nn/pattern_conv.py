@@ -1,4 +1,5 @@
 """PatternConv2d: a drop-in ``nn.Conv2d`` (3x3, groups=1) that stores only the compressed weight."""
+import math
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -7,11 +8,13 @@ from torch import nn
 from .. import bitpack
 from .. import format as fmt
 from .. import ops  # also registers torch.ops.patsparse
+from .. import quant
 from ..patterns import PatternSet
+from ._load import apply_or_restore, check_bias, check_tensor, load_error, size_mismatch
+from .kinds import PATTERN, conv_padding, layer_kind
 
-_INDEX_DTYPES = {"patterns": torch.uint8, "filter_ptr": torch.int32, "kernel_channel": torch.int32,
-                 "kernel_pattern": torch.uint8}
-_SCHEMES = ("uniform", "pow2")
+_SCHEMES = quant.SCHEMES
+_EXTRA_KEYS = ("bits", "scheme", "in_channels", "out_channels")
 
 
 class PatternConv2d(nn.Module):
@@ -25,6 +28,7 @@ class PatternConv2d(nn.Module):
     """
 
     __constants__ = ["in_channels", "out_channels", "quantized"]
+    conversion_error: float
     __jit_unused_properties__ = ["nnz"]
 
     def __init__(self, in_channels: int, out_channels: int, stride=1, padding=0, dilation=1, bias: bool = True,
@@ -45,6 +49,7 @@ class PatternConv2d(nn.Module):
         self.quantized = bits is not None
         self.bits = bits
         self.scheme = scheme
+        self.conversion_error = 0.0  # set by from_dense: relative weight error of the conversion
         if patterns is None:
             patterns = PatternSet.candidates().to_tensor()[:8]
         patterns = torch.as_tensor(patterns).to(device=device, dtype=torch.uint8)
@@ -66,49 +71,76 @@ class PatternConv2d(nn.Module):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_dense(cls, conv: nn.Conv2d, pattern_set: Optional[PatternSet] = None, bits: Optional[int] = None,
-                   scheme: str = "uniform") -> "PatternConv2d":
-        """Compresses ``conv`` (3x3, groups=1, zero padding).
+                   scheme: str = "uniform", *, project: bool = False) -> "PatternConv2d":
+        """Compresses ``conv`` (a plain 3x3 ``nn.Conv2d``, groups=1, zero padding; numeric, ``"same"`` or
+        ``"valid"`` padding). Unless asked (``project=True`` or ``bits``), the result computes exactly
+        what ``conv`` computes: every nonzero weight is stored as it is.
 
-        ``pattern_set``: the shapes to use; ``None`` selects 8 from the weight itself. The weight is
-        projected onto the set unless every kernel already fits it; all-zero kernels are dropped.
-        ``bits``: quantize the kept weights to that many bits (``scheme`` uniform or pow2) and store
-        int8 codes + a scale. ``None`` stores codes anyway when the weights already sit exactly on
-        the levels of some bit width (e.g. after ADMM quantization), else fp32 values.
+        ``pattern_set``: ``None`` finds a set that holds every kernel exactly
+        (:meth:`PatternSet.cover`; ValueError if that needs more than 256 patterns). A given set must
+        hold every kernel (a kernel may fill part of a pattern); a kernel that fits none raises
+        ValueError, or with ``project=True`` the weight is projected onto the set
+        (:func:`torch_patsparse.project.pattern`, lossy). ``project=True`` without a set selects 8
+        patterns of 4 from the weight (:meth:`PatternSet.select`) and projects onto them.
+        All-zero kernels are dropped (connectivity).
+
+        ``bits``: quantize the kept weights to that many bits (``scheme`` uniform or pow2; lossy) and
+        store codes + a scale. ``None`` stores codes anyway when the weights already sit exactly on the
+        levels of some bit width (e.g. after ADMM quantization), else float values.
+
+        The module's ``conversion_error`` is the relative weight error ``||W_stored - W|| / ||W||``
+        (0.0 when nothing was lost).
         """
-        from .. import project
+        from .. import project as proj
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"expected an nn.Conv2d, got {type(conv).__name__}")
-        if tuple(conv.kernel_size) != (3, 3) or conv.groups != 1 or conv.padding_mode != "zeros":
-            raise ValueError("PatternConv2d takes 3x3 convolutions with groups=1 and zero padding; got "
-                             f"kernel_size={conv.kernel_size}, groups={conv.groups}, padding_mode={conv.padding_mode}")
-        if isinstance(conv.padding, str):
-            raise ValueError(f"string padding ({conv.padding!r}) is not supported; use explicit padding")
+        if layer_kind(conv) != PATTERN:
+            raise ValueError("PatternConv2d takes plain 3x3 nn.Conv2d layers with groups=1, zero padding and a "
+                             f"floating-point weight; got {type(conv).__name__} with kernel_size={conv.kernel_size}, "
+                             f"groups={conv.groups}, padding_mode={conv.padding_mode}, padding={conv.padding}")
+        if bits is not None:
+            quant.check(bits, scheme)
+        elif scheme not in quant.SCHEMES:
+            raise ValueError(f"scheme must be one of {quant.SCHEMES}, got {scheme!r}")
+        if pattern_set is not None and not isinstance(pattern_set, PatternSet):
+            raise TypeError(f"pattern_set must be a PatternSet or None, got {type(pattern_set).__name__}")
         w = conv.weight.detach()
         if not torch.isfinite(w).all():
             raise ValueError("conv weight has NaN or inf entries")
-        if pattern_set is None:
+        if pattern_set is None and project:
             pattern_set = PatternSet.select(w, k=8)
+            stored = proj.pattern(w, pattern_set)
+        elif pattern_set is None:
+            try:
+                pattern_set = PatternSet.cover(w)
+            except ValueError as e:
+                raise ValueError(f"{e}. Pass project=True to project the weight onto 8 selected patterns "
+                                 "(lossy)") from None
+            stored = w
+        else:
+            stored = proj.pattern(w, pattern_set) if project else w
         patterns = pattern_set.to_tensor()
         try:
-            arrays = fmt.compress(w, patterns)
-        except ValueError:  # some kernel fits no pattern: project onto the set
-            arrays = fmt.compress(project.pattern(w, pattern_set), patterns)
+            arrays = fmt.compress(stored, patterns)
+        except ValueError as e:
+            raise ValueError(f"{e}. Pass project=True to project the weight onto the set (lossy), or "
+                             "pattern_set=None to find a set that stores every kernel exactly") from None
         values = arrays["values"]
-        codes, scale, bits, scheme = _quantization(values, bits, scheme)
-        nnz = values.shape[0]
-        mod = cls(conv.in_channels, conv.out_channels, conv.stride, conv.padding, conv.dilation,
-                  conv.bias is not None, patterns, nnz, bits, scheme, device=w.device, dtype=w.dtype)
+        codes, scale, grid_bits, scheme = _quantization(values, bits, scheme)
+        mod = cls(conv.in_channels, conv.out_channels, conv.stride, conv_padding(conv), conv.dilation,
+                  conv.bias is not None, patterns, values.shape[0], grid_bits, scheme, device=w.device, dtype=w.dtype)
         with torch.no_grad():
             for name in ("filter_ptr", "kernel_channel", "kernel_pattern"):
                 getattr(mod, name).copy_(arrays[name])
             if mod.quantized:
                 mod.codes.copy_(codes)
-                mod.scale.fill_(float(scale))
+                mod.scale.copy_(scale)
                 mod._refresh_values()
             else:
                 mod.values.copy_(values)
             if conv.bias is not None:
                 mod.bias.copy_(conv.bias.detach())
+        mod.conversion_error = _relative_error(mod.dense_weight(), w)
         return mod
 
     def to_dense(self) -> nn.Conv2d:
@@ -133,9 +165,34 @@ class PatternConv2d(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return torch.ops.patsparse.pattern_conv2d(input, self.patterns, self.filter_ptr, self.kernel_channel,
-                                                  self.kernel_pattern, self.values, self.bias, self.stride,
-                                                  self.padding, self.dilation)
+        """Like ``nn.Conv2d``: input [N, C, H, W] or unbatched [C, H, W], any floating dtype (fp16 /
+        bf16 are computed in fp32 and returned in their dtype); the output has the input's dtype."""
+        if input.dim() != 4 and input.dim() != 3:
+            raise RuntimeError("Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: "
+                               + str(list(input.shape)))
+        x = input if input.dim() == 4 else input.unsqueeze(0)
+        if x.size(1) != self.in_channels:
+            raise RuntimeError("Given groups=1, weight of size [" + str(self.out_channels) + ", "
+                               + str(self.in_channels) + ", 3, 3], expected input" + str(list(input.shape)) + " to have "
+                               + str(self.in_channels) + " channels, but got " + str(x.size(1))
+                               + " channels instead")
+        if not x.is_floating_point():
+            raise RuntimeError("PatternConv2d expects a floating-point input, got " + str(x.dtype))
+        # The native op runs fp32 and fp64; other dtypes (and a module of another dtype) meet in fp32.
+        compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+        values = self.values
+        if values.dtype != compute:
+            values = values.to(compute)
+        bias = self.bias
+        if bias is not None:  # separate test: TorchScript skips it when bias is None
+            if bias.dtype != compute:
+                bias = bias.to(compute)
+        out = torch.ops.patsparse.pattern_conv2d(x.to(compute), self.patterns, self.filter_ptr, self.kernel_channel,
+                                                 self.kernel_pattern, values, bias, self.stride, self.padding,
+                                                 self.dilation)
+        if out.dtype != input.dtype:
+            out = out.to(input.dtype)
+        return out if input.dim() == 4 else out.squeeze(0)
 
     # ------------------------------------------------------------------ report protocol
     @property
@@ -153,7 +210,7 @@ class PatternConv2d(nn.Module):
                for name in ("patterns", "filter_ptr", "kernel_pattern")}
         out["kernel_channel"] = self.kernel_channel.numel() * _channel_dtype(self.in_channels).itemsize * 8
         if self.quantized:
-            out["codes"] = bitpack.packed_bytes(self.codes.numel(), _code_width(self.bits)) * 8
+            out["codes"] = bitpack.packed_bytes(self.codes.numel(), quant.signed_code_width(self.bits)) * 8
             out["scale"] = 32
         else:
             out["values"] = self.values.numel() * 32
@@ -183,97 +240,140 @@ class PatternConv2d(nn.Module):
         s += (f", kernels={kept}/{total} ({100.0 * kept / max(total, 1):.1f}%), patterns={self.patterns.shape[0]}"
               f"x{self.patterns.shape[1]}")
         s += f", bits={self.bits} ({self.scheme})" if self.quantized else ", bits=32"
+        if self.conversion_error:
+            s += f", conversion_error={self.conversion_error:.3g}"
         return s
 
     # ------------------------------------------------------------------ state_dict
     def _refresh_values(self) -> None:
-        from .. import project
         with torch.no_grad():
-            deq = project.dequantize(self.codes, self.scale, self.scheme)
-            self.values.resize_(self.codes.shape).copy_(deq.to(self.values.dtype))
+            deq = quant.dequantize(self.codes, self.scale, self.scheme, dtype=self.values.dtype)
+            self.values.resize_(self.codes.shape).copy_(deq)
 
     def get_extra_state(self):
-        return {"bits": self.bits, "scheme": self.scheme}
+        return {"bits": self.bits, "scheme": self.scheme, "in_channels": self.in_channels,
+                "out_channels": self.out_channels}
 
     def set_extra_state(self, state) -> None:
+        err = self._extra_state_error(state, "")
+        if err:
+            raise ValueError(err)
+        self.bits, self.scheme = state.get("bits"), state.get("scheme", "uniform")
+
+    def _extra_state_error(self, state, prefix: str) -> Optional[str]:
+        """Message when ``state`` (an incoming ``_extra_state``) does not fit this module, else None."""
+        if not isinstance(state, dict) or not set(state) <= set(_EXTRA_KEYS):
+            return load_error(prefix, f"_extra_state must be a dict with keys {list(_EXTRA_KEYS)}, "
+                                      f"got {state!r}"[:300])
         bits, scheme = state.get("bits"), state.get("scheme", "uniform")
-        if bits is not None and not (isinstance(bits, int) and 1 <= bits <= 8):
-            raise ValueError(f"PatternConv2d state has bits={bits!r}; expected None or 1..8")
+        if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8):
+            return load_error(prefix, f"_extra_state has bits={bits!r}; expected None or an int in 1..8")
         if scheme not in _SCHEMES:
-            raise ValueError(f"PatternConv2d state has scheme={scheme!r}; expected one of {_SCHEMES}")
+            return load_error(prefix, f"_extra_state has scheme={scheme!r}; expected one of {_SCHEMES}")
+        shape = [state.get("out_channels", self.out_channels), state.get("in_channels", self.in_channels), 3, 3]
+        if not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+            return load_error(prefix, f"_extra_state has in_channels / out_channels {shape[1]!r} / {shape[0]!r}")
+        if shape[:2] != [self.out_channels, self.in_channels]:
+            return size_mismatch(prefix, "weight", shape, [self.out_channels, self.in_channels, 3, 3])
         if (bits is not None) != self.quantized:
-            raise ValueError(f"state_dict is {'quantized' if bits is not None else 'not quantized'} but this "
-                             f"PatternConv2d is {'quantized' if self.quantized else 'not quantized'}; build the "
-                             "module with the matching `bits` before loading")
-        self.bits, self.scheme = bits, scheme
+            return (f"{prefix}: state_dict is {'quantized' if bits is not None else 'not quantized'} but this "
+                    f"PatternConv2d is {'quantized' if self.quantized else 'not quantized'}; build the module "
+                    "with the matching `bits` before loading")
+        return None
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         # Store the narrow forms the report counts: int16 channel indices, bit-packed codes.
         super()._save_to_state_dict(destination, prefix, keep_vars)
         destination[prefix + "kernel_channel"] = self.kernel_channel.detach().to(_channel_dtype(self.in_channels))
         if self.quantized:
-            width = _code_width(self.bits)
-            offset = (1 << (width - 1)) - 1
-            destination[prefix + "codes"] = bitpack.pack(self.codes.detach().reshape(-1).long() + offset, width)
+            width = quant.signed_code_width(self.bits)
+            destination[prefix + "codes"] = bitpack.pack(self.codes.detach().reshape(-1).long()
+                                                         + quant.levels(self.bits), width)
 
-    def _unpack_incoming(self, state_dict, prefix) -> None:
-        """Undo ``_save_to_state_dict``'s narrow forms (older/wider forms load as they are)."""
-        kc = state_dict.get(prefix + "kernel_channel")
-        if isinstance(kc, torch.Tensor) and kc.dtype == torch.int16:
-            state_dict[prefix + "kernel_channel"] = kc.to(torch.int32)
-        codes = state_dict.get(prefix + "codes")
-        if self.quantized and isinstance(codes, torch.Tensor) and codes.dtype == torch.uint8:
-            extra = state_dict.get(prefix + "_extra_state", {})
-            bits = extra.get("bits", self.bits) if isinstance(extra, dict) else self.bits
-            if not (isinstance(bits, int) and 1 <= bits <= 8):
-                raise ValueError(f"{prefix}_extra_state: bits={bits!r}; expected 1..8")
-            kc, pats = state_dict.get(prefix + "kernel_channel"), state_dict.get(prefix + "patterns")
-            if not isinstance(kc, torch.Tensor) or not isinstance(pats, torch.Tensor) or pats.dim() != 2:
-                raise ValueError(f"{prefix}: packed codes need kernel_channel and a [K, E] patterns tensor")
-            nnz, entries = kc.numel(), pats.shape[1]
-            width = _code_width(bits)
-            values = bitpack.unpack(codes.reshape(-1), nnz * entries, width) - ((1 << (width - 1)) - 1)
-            state_dict[prefix + "codes"] = values.to(torch.int8).view(nnz, entries)
+    def _incoming(self, state_dict, prefix: str, bits: Optional[int], scheme: str) -> Dict[str, torch.Tensor]:
+        """The compressed arrays of ``state_dict`` in this module's forms (int32 channels, int8 codes
+        [nnz, E], 0-d scale), checked completely; {} when it holds none. Raises ValueError."""
+        names = ("patterns", "filter_ptr", "kernel_channel", "kernel_pattern")
+        names += ("codes", "scale") if self.quantized else ("values",)
+        present = [n for n in names if prefix + n in state_dict]
+        if not present:
+            return {}
+        if len(present) != len(names):
+            raise ValueError(f"incomplete: the state_dict has {present}, a weight needs {list(names)}")
+        t = {n: state_dict[prefix + n] for n in names}
+        check_tensor("patterns", t["patterns"], (torch.uint8,), 2)
+        check_tensor("filter_ptr", t["filter_ptr"], (torch.int32,), 1)
+        if t["filter_ptr"].numel() != self.out_channels + 1:  # a checkpoint of another width
+            raise _SizeMismatch(size_mismatch(prefix, "filter_ptr", t["filter_ptr"].shape, (self.out_channels + 1,)))
+        kc = check_tensor("kernel_channel", t["kernel_channel"], (torch.int16, torch.int32), 1).to(torch.int32)
+        check_tensor("kernel_pattern", t["kernel_pattern"], (torch.uint8,), 1)
+        nnz, entries = kc.numel(), t["patterns"].shape[1]
+        out = {"patterns": t["patterns"], "filter_ptr": t["filter_ptr"], "kernel_channel": kc,
+               "kernel_pattern": t["kernel_pattern"]}
+        if self.quantized and bits is not None:
+            codes = check_tensor("codes", t["codes"], (torch.uint8, torch.int8))
+            if codes.dtype == torch.uint8:  # bit-packed (see _save_to_state_dict)
+                check_tensor("codes", codes, dim=1)
+                codes = bitpack.unpack(codes, nnz * entries, quant.signed_code_width(bits)) - quant.levels(bits)
+                codes = codes.to(torch.int8).view(nnz, entries)
+            check_tensor("codes", codes, dim=2)
+            if codes.numel() and int(codes.abs().max()) > quant.levels(bits):
+                raise ValueError(f"codes exceed the {bits}-bit range (|code| <= {quant.levels(bits)})")
+            scale = check_tensor("scale", t["scale"], floating=True)
+            if scale.numel() != 1:
+                raise ValueError(f"'scale' must hold one number, got shape {list(scale.shape)}")
+            scale = scale.reshape(())
+            s = float(scale)
+            # 0 only decodes an all-zero layer; NaN, inf or a negative scale is never valid.
+            if not math.isfinite(s) or s < 0 or (s == 0 and codes.numel() and bool(codes.any())):
+                raise ValueError(f"'scale' must be a finite positive number, got {s}")
+            out.update(codes=codes, scale=scale)
+            values = quant.dequantize(codes, scale, scheme, dtype=torch.float32)
+        else:
+            values = check_tensor("values", t["values"], floating=True, dim=2)
+            out["values"] = values
+        fmt.validate({"patterns": out["patterns"], "filter_ptr": out["filter_ptr"], "kernel_channel": kc,
+                      "kernel_pattern": out["kernel_pattern"], "values": values}, self.in_channels, self.out_channels)
+        return out
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        try:
-            self._unpack_incoming(state_dict, prefix)
-        except ValueError as e:
-            error_msgs.append(f"{prefix}: invalid compressed weight: {e}")
+        # Validate everything first, assign only then: a rejected load leaves the module as it was.
+        extra = state_dict.get(prefix + "_extra_state")
+        err = None if extra is None else self._extra_state_error(extra, prefix)
+        if err is None:
+            err = check_bias(self, state_dict, prefix, self.out_channels)
+        arrays: Dict[str, torch.Tensor] = {}
+        if err is None:
+            bits = extra.get("bits") if isinstance(extra, dict) else self.bits
+            scheme = extra.get("scheme", "uniform") if isinstance(extra, dict) else self.scheme
+            try:
+                arrays = self._incoming(state_dict, prefix, bits, scheme)
+            except _SizeMismatch as e:
+                err = str(e)
+            except ValueError as e:
+                err = load_error(prefix, str(e))
+        if err is not None:
+            error_msgs.append(err)
             return
-        # The number of kept kernels (and K) may differ from this module's: resize to the incoming
-        # arrays, then check them completely before any kernel can read through an index.
-        incoming = {}
-        for name in ("patterns", "filter_ptr", "kernel_channel", "kernel_pattern", "codes", "values"):
-            t = state_dict.get(prefix + name)
-            if isinstance(t, torch.Tensor):
-                incoming[name] = t
-        for name, t in incoming.items():
-            expected = _INDEX_DTYPES.get(name, torch.int8 if name == "codes" else None)
-            if expected is not None and t.dtype != expected:
-                error_msgs.append(f"{prefix}{name}: expected dtype {expected}, got {t.dtype}")
-                return
-            if name == "values" and self.quantized:
-                continue
-            if hasattr(self, name):
-                getattr(self, name).data = torch.empty_like(t, device=getattr(self, name).device,
-                                                            dtype=getattr(self, name).dtype)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-        if error_msgs:
-            return
-        try:
-            if self.quantized:
+
+        def apply():
+            for name, t in arrays.items():
+                state_dict[prefix + name] = t
+                mine = getattr(self, name)
+                # The number of kept kernels (and K) may differ from this module's: take the incoming shape.
+                mine.data = torch.empty(t.shape, dtype=mine.dtype, device=mine.device)
+            super(PatternConv2d, self)._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                                             unexpected_keys, error_msgs)
+            if self.quantized and arrays:
                 self.values.data = torch.empty(self.codes.shape, dtype=self.values.dtype, device=self.values.device)
                 self._refresh_values()
-            fmt.validate({n: getattr(self, n) for n in fmt.ARRAY_NAMES}, self.in_channels, self.out_channels)
-            if self.quantized:
-                limit = (1 << (self.bits - 1)) - 1 if self.bits > 1 else 1
-                if self.scheme == "uniform" and self.codes.numel() and int(self.codes.abs().max()) > limit:
-                    raise ValueError(f"codes exceed the {self.bits}-bit range (|code| <= {limit})")
-        except ValueError as e:
-            error_msgs.append(f"{prefix}: invalid compressed weight: {e}")
+
+        apply_or_restore(self, ("bits", "scheme"), apply, error_msgs)
+
+
+class _SizeMismatch(ValueError):
+    """A complete load message in nn.Module's size-mismatch wording."""
 
 
 def _channel_dtype(in_channels: int) -> torch.dtype:
@@ -281,29 +381,24 @@ def _channel_dtype(in_channels: int) -> torch.dtype:
     return torch.int16 if in_channels <= 32768 else torch.int32
 
 
-def _code_width(bits: int) -> int:
-    """Stored bits per code: b-bit codes span 2^b - 1 values (1-bit codes: -1, 0, +1 -> 2 bits)."""
-    return max(int(bits), 2)
+def _relative_error(stored: torch.Tensor, original: torch.Tensor) -> float:
+    """||stored - original|| / ||original|| in float64 (0.0 when equal)."""
+    a, b = stored.detach().double(), original.detach().double().to(stored.device)
+    diff, norm = float((a - b).norm()), float(b.norm())
+    if diff == 0.0:
+        return 0.0
+    return diff / norm if norm > 0 else float("inf")
 
 
 def _quantization(values: torch.Tensor, bits: Optional[int], scheme: str):
-    """(codes, scale, bits, scheme) to store ``values`` with, or (None, None, None, scheme) for fp32."""
-    from .. import project
+    """(int8 codes, 0-d scale, bits, scheme) to store ``values`` with, or (None, None, None, scheme) for
+    float values: ``bits`` given quantizes; else codes only when ``values`` already sit on a grid."""
     if bits is not None:
-        codes, scale = project.quantize_params(values, bits, scheme)
-        return codes, scale, bits, scheme
-    if values.numel() == 0:
+        codes, q = quant.quantize_params(values, bits, scheme)
+        # A 0 scale only comes from an all-zero layer; 1.0 decodes it the same and loads.
+        return codes, torch.tensor(q if q > 0 else 1.0, dtype=values.dtype), bits, scheme
+    other = [s for s in _SCHEMES if s != scheme]
+    grid = quant.detect_grid(values, (scheme, *other))
+    if grid is None:
         return None, None, None, scheme
-    # Already on quantization levels (e.g. after ADMM hard pruning)? Then store codes, losslessly.
-    # Cheap test first: b bits give at most 2^(b-1)-1 distinct magnitudes (1 for b=1).
-    distinct = int(torch.unique(values.abs()[values != 0]).numel())
-    if distinct > 127:
-        return None, None, None, scheme
-    for s in _SCHEMES:
-        for b in range(1, 9):
-            if distinct > max(1, (1 << (b - 1)) - 1):
-                continue
-            codes, scale = project.quantize_params(values, b, s)
-            if torch.equal(project.dequantize(codes, scale, s).to(values.dtype), values):
-                return codes, scale, b, s
-    return None, None, None, scheme
+    return grid.codes.to(torch.int8), grid.scale, grid.bits, grid.scheme

@@ -33,6 +33,9 @@ from torch import nn
 
 from .. import bitpack
 from .. import ops
+from .. import quant
+from .kinds import layer_kind
+from ._load import apply_or_restore, check_bias, load_error, size_mismatch
 
 __all__ = ["SparseLinear", "SparseConv2d", "compress_module"]
 
@@ -92,81 +95,10 @@ def _choose_index(positions: torch.Tensor, numel: int) -> Tuple[int, int, torch.
 
 
 # --------------------------------------------------------------------------------------------
-# value coding
+# value coding (levels, widths, quantizer and grid detection: torch_patsparse.quant)
 # --------------------------------------------------------------------------------------------
-def _levels(bits: int) -> int:
-    """Nonzero levels a side (project.quantize: bits=1 is +-q, bits=2 is {0, +-q})."""
-    return max(1, (1 << (bits - 1)) - 1)
-
-
-def _code_width(bits: int) -> int:
-    return max(1, math.ceil(math.log2(2 * _levels(bits))))
-
-
 def _dequant(c: torch.Tensor, scale: torch.Tensor, scheme: int) -> torch.Tensor:
-    if scheme == _SCHEMES["uniform"]:
-        return c.to(torch.float32) * scale
-    mag = scale * torch.pow(2.0, -(c.abs() - 1).to(torch.float32))
-    return torch.where(c < 0, -mag, mag)
-
-
-def _exact_scale(v: torch.Tensor, c: torch.Tensor, scheme: int, hint: Optional[float]) -> Optional[torch.Tensor]:
-    """A fp32 scale that decodes integer levels ``c`` to exactly ``v``, or None."""
-    cands = [] if hint is None else [torch.tensor([hint], dtype=torch.float32)]
-    if scheme == _SCHEMES["uniform"]:
-        a = c.abs()
-        for target in (1, 2, int(a.min()), int(a.max())):
-            i = torch.nonzero(a == target).view(-1)
-            if i.numel():
-                cands.append((v[i[:1]] / c[i[:1]].to(torch.float32)).abs())
-    else:
-        cands.append((v[:1].abs() * torch.pow(2.0, (c[:1].abs() - 1).to(torch.float32))))
-    for s in cands:
-        if torch.isfinite(s).all() and float(s) > 0 and torch.equal(_dequant(c, s, scheme), v):
-            return s
-    return None
-
-
-def _detect_grid(v: torch.Tensor, scheme: int) -> Optional[Tuple[torch.Tensor, torch.Tensor, int]]:
-    """Integer levels + exact scale + bits (1..8) if the nonzeros ``v`` sit on a uniform / pow2 grid."""
-    if v.numel() == 0:
-        return None
-    a = v.abs()
-    amin, amax = float(a.min()), float(a.max())
-    if scheme == _SCHEMES["uniform"]:
-        found = None
-        for k in range(1, 128):
-            q = torch.tensor([amin / k], dtype=torch.float32)
-            if amax / float(q) > 127.5:
-                break
-            c = torch.round(v / q).to(torch.int64)
-            if int(c.abs().max()) <= 127 and not bool((c == 0).any()):
-                s = _exact_scale(v, c, scheme, float(q))
-                if s is not None:
-                    found = (c, s)
-                    break
-        if found is None:
-            return None
-        c, s = found
-    else:
-        q = torch.tensor([amax], dtype=torch.float32)
-        j = torch.round(torch.log2(q / a)).to(torch.int64)
-        if int(j.max()) > 126:
-            return None
-        c = torch.where(v < 0, -(j + 1), j + 1)
-        s = _exact_scale(v, c, scheme, amax)
-        if s is None:
-            return None
-    m = int(c.abs().max())
-    bits = next(b for b in range(1, 9) if _levels(b) >= m)
-    return c, s, bits
-
-
-def _quantize(w: torch.Tensor, bits: int, scheme: str) -> Tuple[torch.Tensor, float]:
-    """(quantized weight, scale) via torch_patsparse.project (the one quantizer of the project)."""
-    from .. import project
-    codes, scale = project.quantize_params(w, bits, scheme)
-    return project.dequantize(codes, scale, scheme, dtype=torch.float32), scale
+    return quant.dequantize(c, scale, _SCHEME_NAMES[scheme], dtype=torch.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,8 +153,8 @@ def _decode(arrays: Dict[str, torch.Tensor], shape: torch.Size) -> torch.Tensor:
         scale = scale.float()
         if scale.numel() != 1 or not bool(torch.isfinite(scale).all()) or float(scale) <= 0:
             raise ValueError("'scale' must hold one finite positive fp32 number")
-        m = _levels(bits)
-        s = bitpack.unpack(codes.cpu(), nnz, _code_width(bits))
+        m = quant.levels(bits)
+        s = bitpack.unpack(codes.cpu(), nnz, quant.nonzero_code_width(bits))
         if nnz and int(s.max()) >= 2 * m:
             raise ValueError(f"code {int(s.max())} out of range for {bits}-bit levels")
         c = torch.where(s < m, s - m, s - m + 1)
@@ -243,6 +175,7 @@ class _SparseWeightMixin:
     __jit_unused_properties__ = ["nnz", "bits", "scheme", "index_kind", "weight"]
 
     def _init_storage(self, bias: bool) -> None:
+        self.conversion_error = 0.0
         for k in _BUFFERS:
             self.register_buffer(k, torch.zeros(0, dtype=torch.float32 if k in ("values", "scale") else torch.uint8))
         self.register_buffer("_weight_cache", None, persistent=False)
@@ -251,52 +184,46 @@ class _SparseWeightMixin:
 
     # -- building ---------------------------------------------------------------------------
     def _set_weight(self, weight: torch.Tensor, bits: Optional[int], scheme: str) -> None:
-        if scheme not in ("uniform", "pow2"):
+        if scheme not in quant.SCHEMES:
             raise ValueError(f"scheme must be 'uniform' or 'pow2', got {scheme!r}")
+        if tuple(weight.shape) != tuple(self.weight_shape):
+            raise ValueError(f"weight has shape {tuple(weight.shape)}, expected {tuple(self.weight_shape)}")
         w = weight.detach().to("cpu", torch.float32).reshape(-1)
+        if not bool(torch.isfinite(w).all()):
+            raise ValueError("weight has NaN or inf entries")
         numel = w.numel()
-        sid = _SCHEMES[scheme]
         if bits is not None:
-            if not 1 <= int(bits) <= 8:
-                raise ValueError(f"bits must be in 1..8 (or None), got {bits}")
-            wq, hint = _quantize(w, int(bits), scheme)
-            pos = torch.nonzero(wq).view(-1)
-            v = wq[pos]
-            grid = None
-            if v.numel():
-                m, h = _levels(int(bits)), float(hint)
-                if sid == 1:
-                    c = torch.round(v / h).to(torch.int64)
-                else:
-                    c = torch.round(torch.log2(h / v.abs())).to(torch.int64) + 1
-                    c = torch.where(v < 0, -c, c)
-                if int(c.abs().min()) >= 1 and int(c.abs().max()) <= m:
-                    s = _exact_scale(v, c, sid, h)
-                    grid = None if s is None else (c, s, int(bits))
-            if v.numel() and grid is None:  # decode must reproduce the quantized weight bit for bit
-                g = _detect_grid(v, sid)
-                if g is None or g[2] > int(bits):
-                    raise ValueError(f"quantized weight does not decode exactly from {bits}-bit {scheme} levels")
-                grid = (g[0], g[1], int(bits))
+            quant.check(bits, scheme)
+            codes, q = quant.quantize_params(w, int(bits), scheme)
+            # The fp32 scale decodes the codes to exactly quant.quantize's values.
+            pos = torch.nonzero(codes.view(-1)).view(-1)
+            grid = (codes.view(-1)[pos].long(), torch.tensor([q], dtype=torch.float32), int(bits)) if pos.numel() else None
+            v = None
         else:
             pos = torch.nonzero(w).view(-1)
             v = w[pos]
-            grid = _detect_grid(v, sid)
+            g = quant.detect_grid(v, (scheme,))
+            grid = None if g is None else (g.codes, g.scale.reshape(1).float(), g.bits)
         kind, width, index, nsym = _choose_index(pos, numel)
         if grid is None:
             sid, qbits = 0, 0
-            codes, values, scale = torch.zeros(0, dtype=torch.uint8), v.clone(), torch.zeros(0)
+            values = v.clone() if v is not None else w[pos].clone()
+            codes, scale = torch.zeros(0, dtype=torch.uint8), torch.zeros(0)
         else:
             c, scale, qbits = grid
-            m = _levels(qbits)
+            sid = _SCHEMES[scheme]
+            m = quant.levels(qbits)
             sym = torch.where(c < 0, c + m, c + m - 1)
-            codes, values = bitpack.pack(sym, _code_width(qbits)), torch.zeros(0)
+            codes, values = bitpack.pack(sym, quant.nonzero_code_width(qbits)), torch.zeros(0)
         header = bitpack.pack_fields([kind, width - 1, sid, qbits, pos.numel(), nsym], _header_widths(numel))
         dev = self.header.device
         for k, t in zip(_BUFFERS, (header, index, codes, values, scale)):
             setattr(self, k, t.to(dev))
         self._weight_cache = None
-        self.dense_weight()
+        stored = self.dense_weight().reshape(-1).double().cpu()
+        diff, norm = float((stored - w.double()).norm()), float(w.double().norm())
+        # ||W_stored - W|| / ||W||: 0.0 unless `bits` quantized (the only lossy step here).
+        self.conversion_error = 0.0 if diff == 0 else (diff / norm if norm > 0 else float("inf"))
 
     def _copy_bias(self, bias: Optional[torch.Tensor]) -> None:
         if self.bias is not None:
@@ -359,28 +286,71 @@ class _SparseWeightMixin:
         return 32 * (int(math.prod(self.weight_shape)) + (0 if self.bias is None else self.bias.numel()))
 
     # -- state dict ---------------------------------------------------------------------------
+    def get_extra_state(self):
+        # The weight's shape is architecture, not data; saving it lets a load into a layer of another
+        # shape fail with a size mismatch instead of decoding into the wrong positions.
+        return {"weight_shape": list(self.weight_shape)}
+
+    def set_extra_state(self, state) -> None:
+        err = self._extra_state_error(state, "")
+        if err:
+            raise ValueError(err)
+
+    def _extra_state_error(self, state, prefix: str) -> Optional[str]:
+        if not isinstance(state, dict) or set(state) - {"weight_shape"}:
+            return load_error(prefix, f"_extra_state must be a dict with key 'weight_shape', got {state!r}"[:300])
+        shape = state.get("weight_shape", list(self.weight_shape))
+        if not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) for d in shape):
+            return load_error(prefix, f"_extra_state['weight_shape'] must be a list of ints, got {shape!r}"[:300])
+        if tuple(shape) != tuple(self.weight_shape):
+            return size_mismatch(prefix, "weight", shape, self.weight_shape)
+        return None
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
+        # Validate everything first, assign only then: a rejected load leaves the module as it was.
+        extra_key = prefix + "_extra_state"
         incoming = {k: state_dict[prefix + k] for k in _BUFFERS if prefix + k in state_dict}
-        if len(incoming) == len(_BUFFERS):
-            if not all(isinstance(t, torch.Tensor) for t in incoming.values()):
-                raise ValueError("compressed arrays must be tensors")
-            _decode(incoming, self.weight_shape)  # validates; raises ValueError
-            for k, t in incoming.items():
-                setattr(self, k, torch.empty_like(t, device=getattr(self, k).device))
-        elif incoming:
-            raise ValueError(f"incomplete compressed weight in state_dict: has {sorted(incoming)}, "
-                             f"needs {list(_BUFFERS)}")
-        self._weight_cache = None
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-        if not error_msgs:
+        errors = []
+        if extra_key in state_dict:
+            errors.append(self._extra_state_error(state_dict[extra_key], prefix))
+        elif incoming:  # checkpoints written before the shape was saved
+            state_dict[extra_key] = self.get_extra_state()
+        errors.append(check_bias(self, state_dict, prefix, self.weight_shape[0]))
+        if not any(errors):
+            try:
+                if len(incoming) == len(_BUFFERS):
+                    for k, t in incoming.items():
+                        if not isinstance(t, torch.Tensor):
+                            raise ValueError(f"'{k}' must be a tensor, got {type(t).__name__}")
+                    _decode(incoming, self.weight_shape)
+                elif incoming:
+                    raise ValueError(f"incomplete: the state_dict has {sorted(incoming)}, a weight needs "
+                                     f"{list(_BUFFERS)}")
+            except ValueError as e:
+                errors.append(load_error(prefix, str(e)))
+        errors = [e for e in errors if e]
+        if errors:
+            error_msgs.extend(errors)
+            return
+
+        def apply():
+            if len(incoming) == len(_BUFFERS):
+                for k, t in incoming.items():
+                    setattr(self, k, torch.empty_like(t, device=getattr(self, k).device))
+            self._weight_cache = None
+            super(_SparseWeightMixin, self)._load_from_state_dict(
+                state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+            self._weight_cache = None
             self.dense_weight()
+
+        apply_or_restore(self, (), apply, error_msgs)
 
     def _storage_repr(self) -> str:
         bits = self.bits
-        return (f"nnz={self.nnz}/{int(math.prod(self.weight_shape))}, "
-                f"values={'fp32' if bits is None else f'{bits}-bit {self.scheme}'}, index={self.index_kind}")
+        s = (f"nnz={self.nnz}/{int(math.prod(self.weight_shape))}, "
+             f"values={'fp32' if bits is None else f'{bits}-bit {self.scheme}'}, index={self.index_kind}")
+        return s + (f", conversion_error={self.conversion_error:.3g}" if self.conversion_error else "")
 
 
 class SparseLinear(_SparseWeightMixin, nn.Module):
@@ -479,32 +449,26 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
                 f"bias={self.bias is not None}, " + self._storage_repr())
 
 
-def _pattern_conv_takes(module: nn.Conv2d) -> bool:
-    """What PatternConv2d covers (ps.convert's 3x3 path): 3x3, groups=1, zero padding."""
-    return tuple(module.kernel_size) == (3, 3) and module.groups == 1 and module.padding_mode == "zeros"
-
-
 def compress_module(module: nn.Module, bits: Optional[int] = None, scheme: str = "uniform",
                     only_if_smaller: bool = True) -> Optional[nn.Module]:
-    """Compressed replacement for an ``nn.Linear`` / ``nn.Conv2d`` that PatternConv2d does not take
-    (not 3x3 groups=1), or None: not such a layer, unsupported (non-zero padding mode, lazy or
-    non-fp32 weights), or (``only_if_smaller``) the compressed form would not be smaller than dense.
-    The weight must already be pruned (zeros = pruned); ``bits`` / ``scheme`` as in ``from_dense``."""
-    if isinstance(module, (SparseLinear, SparseConv2d)):
+    """Sparse (+ k-bit) replacement for a plain ``nn.Linear`` / ``nn.Conv2d``: a :class:`SparseLinear`
+    or :class:`SparseConv2d`, or None when the layer is not such a layer or is unsupported (padding
+    mode other than zeros, lazy or non-fp32 weight; see :func:`torch_patsparse.nn.kinds.layer_kind`),
+    or (``only_if_smaller``) the compressed form would not be smaller than dense.
+
+    Every kind of conv is taken, 3x3 groups=1 ones too (``convert`` stores those as
+    :class:`PatternConv2d` when they are pattern-pruned and calls this for the others, e.g. a 3x3
+    conv with unstructured sparsity). The weight must already be pruned (zeros = pruned); without
+    ``bits`` the result computes exactly what ``module`` does. ``bits`` / ``scheme`` as in
+    ``SparseLinear.from_dense``.
+    """
+    kind = layer_kind(module)
+    if kind is None or module.weight.dtype != torch.float32:
         return None
-    w = getattr(module, "weight", None)
-    if not isinstance(w, torch.Tensor) or isinstance(w, nn.parameter.UninitializedParameter):
-        return None
-    if w.dtype != torch.float32:
-        return None
-    if type(module) is nn.Linear or (isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward):
+    if isinstance(module, nn.Linear):
         out = SparseLinear.from_dense(module, bits, scheme)
-    elif type(module) is nn.Conv2d or (isinstance(module, nn.Conv2d) and type(module).forward is nn.Conv2d.forward):
-        if module.padding_mode != "zeros" or _pattern_conv_takes(module):
-            return None
-        out = SparseConv2d.from_dense(module, bits, scheme)
     else:
-        return None
+        out = SparseConv2d.from_dense(module, bits, scheme)
     if only_if_smaller and sum(out.storage_bits().values()) >= out.dense_bits():
         return None
     return out

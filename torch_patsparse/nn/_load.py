@@ -1,0 +1,74 @@
+"""load_state_dict helpers shared by the compressed modules: one message format, checks of incoming
+tensors, and all-or-nothing assignment (a rejected load leaves the module as it was)."""
+from typing import Callable, Iterable, Optional, Sequence
+
+import torch
+from torch import nn
+
+
+def load_error(prefix: str, message: str) -> str:
+    """The one form of a rejected compressed weight, e.g. ``conv.: invalid compressed weight: ...``."""
+    return f"{prefix}: invalid compressed weight: {message}" if prefix else f"invalid compressed weight: {message}"
+
+
+def size_mismatch(prefix: str, name: str, got: Sequence[int], want: Sequence[int]) -> str:
+    """nn.Module's wording for a tensor of the wrong shape (e.g. a checkpoint of another width)."""
+    return (f"size mismatch for {prefix}{name}: copying a param with shape {torch.Size(got)} from checkpoint, "
+            f"the shape in current model is {torch.Size(want)}.")
+
+
+def check_tensor(name: str, t, dtypes: Optional[Iterable[torch.dtype]] = None, dim: Optional[int] = None,
+                 floating: bool = False) -> torch.Tensor:
+    """Raises ValueError unless ``t`` is a tensor of one of ``dtypes`` (or floating) with ``dim`` dims."""
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"'{name}' must be a tensor, got {type(t).__name__}")
+    if floating and not t.is_floating_point():
+        raise ValueError(f"'{name}' must be a floating-point tensor, got {t.dtype}")
+    if dtypes is not None and t.dtype not in tuple(dtypes):
+        want = " or ".join(str(d) for d in dtypes)
+        raise ValueError(f"'{name}' must have dtype {want}, got {t.dtype}")
+    if dim is not None and t.dim() != dim:
+        raise ValueError(f"'{name}' must be {dim}-D, got shape {list(t.shape)}")
+    return t
+
+
+def check_bias(module: nn.Module, state_dict, prefix: str, out: int) -> Optional[str]:
+    """Message for an incoming bias of the wrong shape (checked before anything is assigned)."""
+    b = state_dict.get(prefix + "bias")
+    if getattr(module, "bias", None) is None or b is None:
+        return None
+    if not isinstance(b, torch.Tensor):
+        return f"{prefix}bias: expected a tensor, got {type(b).__name__}"
+    if tuple(b.shape) != (out,):
+        return size_mismatch(prefix, "bias", b.shape, (out,))
+    return None
+
+
+def apply_or_restore(module: nn.Module, attrs: Sequence[str], apply: Callable[[], None], error_msgs: list) -> None:
+    """Runs ``apply`` (which assigns already validated state); if it adds to ``error_msgs`` or raises,
+    puts back every parameter, buffer and attribute in ``attrs`` as it was."""
+    params, buffers = dict(module._parameters), dict(module._buffers)
+    data = {k: t.detach().clone() for d in (params, buffers) for k, t in d.items() if t is not None}
+    saved = {a: getattr(module, a) for a in attrs}
+    before = len(error_msgs)
+
+    def restore():
+        module._parameters.clear()
+        module._parameters.update(params)
+        module._buffers.clear()
+        module._buffers.update(buffers)
+        with torch.no_grad():
+            for d in (params, buffers):
+                for k, t in d.items():
+                    if t is not None:
+                        t.data = data[k]
+        for a, v in saved.items():
+            setattr(module, a, v)
+
+    try:
+        apply()
+    except BaseException:
+        restore()
+        raise
+    if len(error_msgs) > before:
+        restore()
