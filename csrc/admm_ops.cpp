@@ -20,10 +20,14 @@ void check_arrays(const at::Tensor& weight, std::initializer_list<std::pair<cons
   for (const auto& [t, what] : others) check_same(weight, *t, what);
 }
 
+// Like torch's in-place ops: autograd and anything keyed on versions sees the write.
+void bump(const at::Tensor& t) { t.unsafeGetTensorImpl()->bump_version(); }
+
 void admm_penalty_cpu(at::Tensor grad, const at::Tensor& weight, const at::Tensor& shift, double rho) {
   check_arrays(weight, {{&grad, "grad"}, {&shift, "shift"}});
   admm_penalty(grad.data_ptr<float>(), weight.data_ptr<float>(), shift.data_ptr<float>(), static_cast<float>(rho),
                weight.numel(), aten_parallel_for());
+  bump(grad);
 }
 
 void admm_sgd_cpu(at::Tensor weight, const at::Tensor& grad, const at::Tensor& shift,
@@ -41,6 +45,8 @@ void admm_sgd_cpu(at::Tensor weight, const at::Tensor& grad, const at::Tensor& s
                   .nesterov = nesterov, .maximize = maximize, .first_step = first_step};
   admm_sgd(weight.data_ptr<float>(), grad.data_ptr<float>(), shift.data_ptr<float>(), buf, f(rho), h, weight.numel(),
            aten_parallel_for());
+  bump(weight);
+  if (buf) bump(*momentum_buffer);
 }
 
 void admm_adam_cpu(at::Tensor weight, const at::Tensor& grad, const at::Tensor& shift, at::Tensor exp_avg,
@@ -54,6 +60,9 @@ void admm_adam_cpu(at::Tensor weight, const at::Tensor& grad, const at::Tensor& 
                    .bias_correction2_sqrt = f(bias_correction2_sqrt)};
   admm_adam(weight.data_ptr<float>(), grad.data_ptr<float>(), shift.data_ptr<float>(), exp_avg.data_ptr<float>(),
             exp_avg_sq.data_ptr<float>(), f(rho), h, weight.numel(), aten_parallel_for());
+  bump(weight);
+  bump(exp_avg);
+  bump(exp_avg_sq);
 }
 
 }  // namespace

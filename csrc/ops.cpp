@@ -1,11 +1,9 @@
 // Thin torch binding over the torch-free kernel core: op schemas (TORCH_LIBRARY, so TorchScript
 // and C++ runtimes see them), argument checks, and the CPU implementations.
 #include <ATen/Parallel.h>
-#include <c10/core/StorageImpl.h>
 #include <torch/library.h>
 
-#include <list>
-#include <mutex>
+#include <stdexcept>
 
 #include "kernels/dispatch.h"
 #include "kernels/pattern_conv.h"
@@ -74,8 +72,13 @@ ConvShape make_shape(at::IntArrayRef input_size, int64_t out_channels, at::IntAr
   s.dil_h = dilation[0]; s.dil_w = dilation[1];
   s.out_h = conv_out_size(s.in_h, s.pad_h, s.dil_h, s.stride_h);
   s.out_w = conv_out_size(s.in_w, s.pad_w, s.dil_w, s.stride_w);
+  TORCH_CHECK(s.out_h >= 0 && s.out_w >= 0, "patsparse: padding ", padding, " and dilation ", dilation,
+              " are out of range for input ", input_size, " (input size + 2 * padding or 2 * dilation overflows int64)");
   TORCH_CHECK(s.out_h > 0 && s.out_w > 0, "patsparse: input ", input_size, " is too small for a 3x3 kernel with padding ",
               padding, " and dilation ", dilation);
+  const std::string err = check_shape(s);  // element counts of input and output fit in int64
+  TORCH_CHECK(err.empty(), "patsparse: ", err, " (input ", input_size, ", ", out_channels, " output channels, stride ",
+              stride, ", padding ", padding, ", dilation ", dilation, ")");
   return s;
 }
 
@@ -99,95 +102,9 @@ template PatternWeights<double> weights_view<double>(const at::Tensor&, const at
 
 namespace {
 
-// Cache of fp32 execution plans, keyed by the five weight tensors' storages. An entry matches only
-// while every storage is alive (weak reference), at the same data pointer, size and version
-// counter, so a weight changed in place or freed (and its memory reused) never hits a stale plan.
-// Bounded LRU; a mutex guards it (plans themselves are immutable and shared).
-class PlanCache {
- public:
-  static constexpr size_t kCapacity = 64;
-
-  std::shared_ptr<const ExecPlan> get(const at::Tensor* t, int64_t in_channels,
-                                      const PatternWeights<float>& w) {
-    Key key;
-    bool cacheable = true;
-    for (int i = 0; i < 5; ++i) {
-      // Inference tensors carry no version counter: never cache them.
-      if (t[i].is_inference() || !t[i].has_storage()) { cacheable = false; break; }
-      key.storage[i] = t[i].storage().getWeakStorageImpl();
-      key.raw[i] = t[i].storage().unsafeGetStorageImpl();
-      key.data[i] = t[i].data_ptr();
-      key.numel[i] = t[i].numel();
-      key.version[i] = t[i]._version();
-    }
-    key.in_channels = in_channels;
-    if (cacheable) {
-      std::lock_guard<std::mutex> lock(mu_);
-      for (auto it = entries_.begin(); it != entries_.end();) {
-        if (it->key.expired()) { it = entries_.erase(it); continue; }
-        if (it->key.same(key)) {
-          entries_.splice(entries_.begin(), entries_, it);
-          return entries_.front().plan;
-        }
-        ++it;
-      }
-    }
-    std::shared_ptr<const ExecPlan> plan;
-    try {
-      plan = build_plan(w, in_channels);  // validates every index
-    } catch (const std::invalid_argument& e) {
-      TORCH_CHECK(false, "patsparse: invalid compressed weight: ", e.what());
-    }
-    if (cacheable) {
-      std::lock_guard<std::mutex> lock(mu_);
-      entries_.push_front(Entry{std::move(key), plan});
-      while (entries_.size() > kCapacity) entries_.pop_back();
-    }
-    return plan;
-  }
-
-  void clear() {
-    std::lock_guard<std::mutex> lock(mu_);
-    entries_.clear();
-  }
-
-  size_t size() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return entries_.size();
-  }
-
- private:
-  struct Key {
-    c10::weak_intrusive_ptr<c10::StorageImpl> storage[5] = {
-        c10::weak_intrusive_ptr<c10::StorageImpl>(c10::intrusive_ptr<c10::StorageImpl>()),
-        c10::weak_intrusive_ptr<c10::StorageImpl>(c10::intrusive_ptr<c10::StorageImpl>()),
-        c10::weak_intrusive_ptr<c10::StorageImpl>(c10::intrusive_ptr<c10::StorageImpl>()),
-        c10::weak_intrusive_ptr<c10::StorageImpl>(c10::intrusive_ptr<c10::StorageImpl>()),
-        c10::weak_intrusive_ptr<c10::StorageImpl>(c10::intrusive_ptr<c10::StorageImpl>())};
-    const void* raw[5] = {};
-    const void* data[5] = {};
-    int64_t numel[5] = {};
-    uint32_t version[5] = {};
-    int64_t in_channels = 0;
-    bool expired() const {
-      for (const auto& s : storage) if (s.expired()) return true;
-      return false;
-    }
-    bool same(const Key& o) const {
-      for (int i = 0; i < 5; ++i)
-        if (raw[i] != o.raw[i] || data[i] != o.data[i] || numel[i] != o.numel[i] || version[i] != o.version[i])
-          return false;
-      return in_channels == o.in_channels;
-    }
-  };
-  struct Entry {
-    Key key;
-    std::shared_ptr<const ExecPlan> plan;
-  };
-  std::mutex mu_;
-  std::list<Entry> entries_;
-};
-
+// fp32 execution plans, found by the content of the index arrays (kernels/plan.h: a plan never
+// holds values, and a hit needs equal index arrays), so no write that bypasses version counters
+// (fused optimizers, .data, numpy, inference tensors) can make the forward use stale data.
 PlanCache& plan_cache() {
   static PlanCache cache;
   return cache;
@@ -215,13 +132,21 @@ at::Tensor pattern_conv2d_cpu(const at::Tensor& input, const at::Tensor& pattern
   if (f32) {
     const auto w = weights_view<float>(p, fp, kc, kp, v);
     std::shared_ptr<const ExecPlan> plan;
-    if (isa != Isa::Scalar) {  // built (and validated) even for an empty batch
-      const at::Tensor arrays[5] = {p, fp, kc, kp, v};
-      plan = plan_cache().get(arrays, s.in_channels, w);
+    if (isa != Isa::Scalar) {  // found or built (and validated) even for an empty batch
+      try {
+        plan = plan_cache().get(w, s.in_channels);
+      } catch (const std::invalid_argument& e) {
+        TORCH_CHECK(false, "patsparse: invalid compressed weight: ", e.what());
+      }
     }
-    if (out.numel() > 0)
-      forward_f32(isa, s, w, plan.get(), x.data_ptr<float>(), b ? b->data_ptr<float>() : nullptr,
-                  out.data_ptr<float>(), aten_parallel_for(), at::get_num_threads());
+    if (out.numel() > 0) {
+      try {
+        forward_f32(isa, s, w, plan.get(), x.data_ptr<float>(), b ? b->data_ptr<float>() : nullptr,
+                    out.data_ptr<float>(), aten_parallel_for(), at::get_num_threads());
+      } catch (const std::invalid_argument& e) {
+        TORCH_CHECK(false, "patsparse: ", e.what());
+      }
+    }
   } else if (out.numel() > 0) {
     reference_forward<double>(s, weights_view<double>(p, fp, kc, kp, v), x.data_ptr<double>(),
                               b ? b->data_ptr<double>() : nullptr, out.data_ptr<double>(), aten_parallel_for());
@@ -281,6 +206,12 @@ std::string validate_op(const at::Tensor& patterns, const at::Tensor& filter_ptr
 
 std::string get_isa() { return isa_name(active_isa()); }
 
+// [hits, builds, size] of the CPU plan cache (tests use it to see plan builds).
+std::vector<int64_t> plan_cache_stats() {
+  const PlanCacheStats st = plan_cache().stats();
+  return {st.hits, st.builds, st.size};
+}
+
 std::string set_isa(const std::string& name) {
   Isa isa;
   TORCH_CHECK(parse_isa(name, &isa), "patsparse: unknown ISA '", name, "' (use scalar, avx2, avx512, neon or auto)");
@@ -314,6 +245,7 @@ TORCH_LIBRARY(patsparse, m) {
   m.def("get_isa() -> str", &get_isa);
   m.def("set_isa(str name) -> str", &set_isa);
   m.def("supported_isas() -> str[]", &supported_isas);
+  m.def("plan_cache_stats() -> int[]", &plan_cache_stats);
 }
 
 TORCH_LIBRARY_IMPL(patsparse, CPU, m) {

@@ -54,8 +54,20 @@ def validate(patterns, filter_ptr, kernel_channel, kernel_pattern, values, in_ch
     return _ops.validate(patterns, filter_ptr, kernel_channel, kernel_pattern, values, in_channels)
 
 
+_INT64_MAX = 2**63 - 1
+
+
 def _out_size(n: int, pad: int, dil: int, stride: int) -> int:
-    return (n + 2 * pad - dil * 2 - 1) // stride + 1
+    """Output size along one axis, as the native ``conv_out_size`` computes it: 0 when the dilated
+    kernel does not fit; RuntimeError where the native op's int64 size arithmetic would overflow."""
+    if isinstance(n, int) and isinstance(pad, int) and isinstance(dil, int):
+        if 2 * pad > _INT64_MAX or 2 * dil > _INT64_MAX or n + 2 * pad > _INT64_MAX:
+            raise RuntimeError(f"patsparse: padding {pad} and dilation {dil} are out of range for input size {n} "
+                               "(input size + 2 * padding or 2 * dilation overflows int64)")
+    span = n + 2 * pad - dil * 2 - 1
+    if isinstance(span, int) and span < 0:
+        return 0
+    return span // stride + 1
 
 
 @torch.library.register_fake("patsparse::pattern_conv2d")

@@ -2,14 +2,16 @@
 //
 // The driver (plan_forward, csrc/kernels/plan.cpp) owns everything shape-related: the cached
 // per-layer plan (filter groups of up to 4 output channels with identical (channel, pattern)
-// lists, weights packed [run][entry][g]), the zero-padded input slab per block of output rows in
+// lists; the weights are read from the caller's values array, run r of member g at
+// values[g][run_kernel[r] * E + e]), the zero-padded input slab per block of output rows in
 // which stride and padding become plane phases so every tap is a constant offset, the threading
 // through ParallelFor, and the scatter of tiles into the output. A micro-kernel computes one tile:
 // G output channels x V float32x4 vectors of consecutive slab positions, over all kept kernels
 // ("runs") of the group:
 //   * register blocking: G*V accumulators stay in registers for the whole tile;
 //   * reuse across grouped output channels: each input vector feeds G FMAs
-//     (vfmaq_laneq_f32 against the 4 packed weights when G = 4, vfmaq_n_f32 otherwise);
+//     (vfmaq_laneq_f32 against the 4 members' weights gathered into one vector when G = 4,
+//     vfmaq_n_f32 otherwise);
 //   * reuse across taps: when the next tap of a pattern is 1..3 floats to the right of the
 //     current one (kw+1 / kw+2 in one row at stride 1; kw and kw+2 at stride 2, which share a
 //     phase plane; dilation 2 at stride 1), V+1 vectors are loaded once and the shifted taps are
@@ -26,7 +28,7 @@ namespace {
 
 // acc[g][v] += w[g] * (input vectors xl shifted left by D floats)
 template <int G, int V, int D>
-inline void fma_tap(float32x4_t (&acc)[G][V], const float32x4_t (&xl)[V + 1], const float* w) {
+inline void fma_tap(float32x4_t (&acc)[G][V], const float32x4_t (&xl)[V + 1], const float (&w)[G]) {
   float32x4_t wv;
   if constexpr (G == 4) wv = vld1q_f32(w);
   for (int v = 0; v < V; ++v) {
@@ -52,14 +54,18 @@ void neon_tile(const TileArgs& t) {
     for (int v = 0; v < V; ++v) acc[g][v] = b;
   }
   const int64_t E = t.entries;
-  const float* w = t.values;
+  const float* vals[G];
+  for (int g = 0; g < G; ++g) vals[g] = t.values[g];
   for (int64_t r = 0; r < t.runs; ++r) {
     const float* base = t.src + t.run_channel[r] * t.channel_stride;
     const int32_t* off = t.tap_off + t.run_pattern[r] * E;
+    const int64_t vo = static_cast<int64_t>(t.run_kernel[r]) * E;
     float32x4_t xl[V + 1];
     int64_t loaded = 0;       // offset of xl[0]
     bool have = false;        // xl holds V+1 vectors at `loaded`
-    for (int64_t e = 0; e < E; ++e, w += G) {
+    for (int64_t e = 0; e < E; ++e) {
+      float w[G];
+      for (int g = 0; g < G; ++g) w[g] = vals[g][vo + e];
       const int64_t o = off[e];
       const int64_t d = o - loaded;
       if (have && d >= 0 && d <= 3) {

@@ -2,13 +2,19 @@
 // current stream. Registered as TORCH_LIBRARY_IMPL(patsparse, CUDA, m) for the schemas of csrc/ops.cpp.
 //
 // Index validation without a host sync per call: the plan (csrc/cuda/plan.h) is built on the host
-// from one copy of the index arrays, which validate_format checks completely; it is cached under the
-// identity of those tensors (storage, data pointer, sizes, strides) and their version counters. The
-// cache holds a reference to the storages, so their memory cannot be freed and reused while the entry
-// lives, and any in-place change (copy_, load_state_dict, indexing assignment) bumps the version and
-// forces a new plan. A cache hit touches no device memory: the forward does not synchronise. Not covered: writes
-// that bypass the version counter (tensor.data.copy_(...)): rebuild the module instead.
-// Inference-mode tensors have no version counter; their plan is rebuilt on every call (one sync each).
+// from one copy of the index arrays, which validate_format checks completely. It holds no values
+// (kernels read them at call time), so only the four index arrays can make it stale. Freshness:
+//  * tensors with a version counter: a hit needs the same storage (kept alive by the entry, so its
+//    memory cannot be reused), data pointer, sizes, strides and version. No device memory is
+//    touched: the forward does not synchronise. The index arrays are integer buffers, so fused
+//    optimizers never write them, and numpy cannot reach device memory; the only writes this misses
+//    are ones that bypass autograd on purpose (tensor.data.copy_(...), DLPack).
+//  * tensors without one (inference tensors): the entry keeps a device copy of the arrays it was
+//    built from, and a hit needs them equal to the live arrays: one small compare on the device and
+//    one sync per call (a rebuild costs a sync, a device-to-host copy and an upload).
+// We chose not to compare content on every call for versioned tensors: a sync in every conv stalls
+// the launch queue, which costs more than the conv itself at batch 1 (CPU plans compare content,
+// which costs no sync).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -35,6 +41,8 @@ struct PlanEntry {
   std::array<at::Tensor, 4> index;    // patterns, filter_ptr, kernel_channel, kernel_pattern
   std::array<at::Storage, 4> storage;  // kept alive: their addresses cannot be reused while cached
   std::array<int64_t, 4> version{};
+  std::array<at::Tensor, 4> copy;     // device copy of the arrays the plan was built from (unversioned only)
+  bool versioned = true;
   int64_t in_channels = 0;
   at::Tensor device;  // packed plan arrays, int32, on the weight's device
   DevicePlan view;
@@ -50,21 +58,32 @@ bool same_tensor(const at::Tensor& cached, const at::Storage& storage, const at:
          cached.sizes() == t.sizes() && cached.strides() == t.strides() && cached.scalar_type() == t.scalar_type();
 }
 
+// One sync: true when every live array equals the entry's copy.
+bool same_content(const PlanEntry& e, const std::array<at::Tensor, 4>& index) {
+  at::Tensor differs;
+  for (size_t i = 0; i < 4; ++i) {
+    const at::Tensor d = at::ne(e.copy[i], index[i]).any();
+    differs = differs.defined() ? at::logical_or(differs, d) : d;
+  }
+  return !differs.item<bool>();
+}
+
 std::shared_ptr<const PlanEntry> get_plan(const std::array<at::Tensor, 4>& index, int64_t in_channels) {
-  bool cacheable = true;
-  for (const auto& t : index) cacheable = cacheable && !t.is_inference();
+  bool versioned = true;
+  for (const auto& t : index) versioned = versioned && !t.is_inference();
   std::lock_guard<std::mutex> lock(g_plan_mutex);
-  if (cacheable) {
-    for (auto it = g_plan_cache.begin(); it != g_plan_cache.end(); ++it) {
-      const PlanEntry& e = **it;
-      bool hit = e.in_channels == in_channels;
-      for (size_t i = 0; hit && i < 4; ++i)
-        hit = same_tensor(e.index[i], e.storage[i], index[i]) && e.version[i] == index[i]._version();
-      if (hit) {
-        g_plan_cache.splice(g_plan_cache.begin(), g_plan_cache, it);
-        return g_plan_cache.front();
-      }
+  for (auto it = g_plan_cache.begin(); it != g_plan_cache.end(); ++it) {
+    const PlanEntry& e = **it;
+    bool hit = e.in_channels == in_channels && e.versioned == versioned;
+    for (size_t i = 0; hit && i < 4; ++i)
+      hit = same_tensor(e.index[i], e.storage[i], index[i]) && (!versioned || e.version[i] == index[i]._version());
+    if (!hit) continue;
+    if (!versioned && !same_content(e, index)) {  // changed in place: replace the entry
+      g_plan_cache.erase(it);
+      break;
     }
+    g_plan_cache.splice(g_plan_cache.begin(), g_plan_cache, it);
+    return g_plan_cache.front();
   }
   // Miss: one device-to-host copy of the index arrays (synchronises), validation, plan, upload.
   const at::Tensor p = index[0].cpu().contiguous(), fp = index[1].cpu().contiguous();
@@ -81,15 +100,18 @@ std::shared_ptr<const PlanEntry> get_plan(const std::array<at::Tensor, 4>& index
                       .to(index[1].device(), /*non_blocking=*/false, /*copy=*/true);
   entry->view = plan_view(host, entry->device.data_ptr<int32_t>());
   entry->in_channels = in_channels;
+  entry->versioned = versioned;
+  const std::array<at::Tensor, 4> host_arrays = {p, fp, kc, kp};
   for (size_t i = 0; i < 4; ++i) {
     entry->index[i] = index[i];
     entry->storage[i] = index[i].storage();
-    entry->version[i] = cacheable ? index[i]._version() : -1;
+    entry->version[i] = versioned ? index[i]._version() : -1;
+    // The copy is of the host arrays the plan was built from, not of the live ones (which a later
+    // queued kernel may change).
+    if (!versioned) entry->copy[i] = host_arrays[i].to(index[i].device(), /*non_blocking=*/false, /*copy=*/true);
   }
-  if (cacheable) {
-    g_plan_cache.push_front(entry);
-    if (g_plan_cache.size() > kPlanCacheSize) g_plan_cache.pop_back();
-  }
+  g_plan_cache.push_front(entry);
+  if (g_plan_cache.size() > kPlanCacheSize) g_plan_cache.pop_back();
   return entry;
 }
 
@@ -125,6 +147,14 @@ void check_args(const char* op, const at::Tensor& lead, const at::Tensor& values
       TORCH_CHECK(v < (1 << 16), "patsparse::", op, ": stride/padding/dilation of ", v, " not supported on CUDA");
 }
 
+// The kernels index one image plane with 32-bit ints (make_shape has checked every other size).
+void check_planes(const char* op, const ConvShape& s) {
+  constexpr int64_t kMax = int64_t(1) << 31;
+  TORCH_CHECK(s.in_h * s.in_w < kMax && s.out_h * s.out_w < kMax, "patsparse::", op,
+              ": image planes of 2**31 or more elements are not supported on CUDA (input ", s.in_h, "x", s.in_w,
+              ", output ", s.out_h, "x", s.out_w, ")");
+}
+
 std::array<at::Tensor, 4> index_arrays(const at::Tensor& patterns, const at::Tensor& filter_ptr,
                                        const at::Tensor& kernel_channel, const at::Tensor& kernel_pattern) {
   return {patterns.contiguous(), filter_ptr.contiguous(), kernel_channel.contiguous(), kernel_pattern.contiguous()};
@@ -139,6 +169,7 @@ at::Tensor pattern_conv2d_cuda(const at::Tensor& input, const at::Tensor& patter
   check_format(patterns, filter_ptr, kernel_channel, kernel_pattern, values, 0, /*check_indices=*/false);
   const int64_t out_channels = filter_ptr.size(0) - 1;
   const ConvShape s = make_shape(input.sizes(), out_channels, stride, padding, dilation);
+  check_planes("pattern_conv2d", s);
   const c10::cuda::CUDAGuard guard(input.device());
   const auto idx = index_arrays(patterns, filter_ptr, kernel_channel, kernel_pattern);
   const auto plan = get_plan(idx, s.in_channels);
@@ -166,6 +197,7 @@ at::Tensor grad_input_cuda(const at::Tensor& grad_output, at::IntArrayRef input_
              std::nullopt, stride, padding, dilation);
   check_format(patterns, filter_ptr, kernel_channel, kernel_pattern, values, 0, /*check_indices=*/false);
   const ConvShape s = make_shape(input_size, filter_ptr.size(0) - 1, stride, padding, dilation);
+  check_planes("pattern_conv2d_grad_input", s);
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({s.batch, s.out_channels, s.out_h, s.out_w}),
               "patsparse: grad_output has shape ", grad_output.sizes());
   const c10::cuda::CUDAGuard guard(grad_output.device());
@@ -192,6 +224,7 @@ at::Tensor grad_values_cuda(const at::Tensor& grad_output, const at::Tensor& inp
               "patsparse: grad_output must match the input's device and dtype");
   check_format(patterns, filter_ptr, kernel_channel, kernel_pattern, values, 0, /*check_indices=*/false);
   const ConvShape s = make_shape(input.sizes(), filter_ptr.size(0) - 1, stride, padding, dilation);
+  check_planes("pattern_conv2d_grad_values", s);
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({s.batch, s.out_channels, s.out_h, s.out_w}),
               "patsparse: grad_output has shape ", grad_output.sizes());
   const c10::cuda::CUDAGuard guard(input.device());

@@ -74,8 +74,13 @@ bool set_active_isa(Isa isa) {
 
 void forward_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, const ExecPlan* plan,
                  const float* input, const float* bias, float* output, const ParallelFor& pfor, int num_threads) {
-  if (isa == Isa::Scalar) { reference_forward<float>(s, w, input, bias, output, pfor); return; }
-  if (!isa_supported(isa)) throw std::invalid_argument(std::string("ISA path not available: ") + isa_name(isa));
+  const std::string err = check_shape(s);
+  if (!err.empty()) throw std::invalid_argument(err);
+  if (isa != Isa::Scalar && !isa_supported(isa))
+    throw std::invalid_argument(std::string("ISA path not available: ") + isa_name(isa));
+  // Geometries whose slab would be huge (stride, padding or dilation in the thousands) run the
+  // reference kernel, which needs no scratch: slower, but bounded memory and nn.Conv2d's answer.
+  if (isa == Isa::Scalar || !plan_supports(s)) { reference_forward<float>(s, w, input, bias, output, pfor); return; }
   std::shared_ptr<const ExecPlan> local;
   if (!plan) { local = build_plan(w, s.in_channels); plan = local.get(); }
 #if defined(PATSPARSE_X86)
@@ -85,7 +90,7 @@ void forward_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, co
 #else
   const MicroKernels& mk = portable_microkernels();
 #endif
-  plan_forward(*plan, mk, s, input, bias, output, pfor, num_threads);
+  plan_forward(*plan, mk, s, w.values, input, bias, output, pfor, num_threads);
 }
 
 }  // namespace patsparse

@@ -22,10 +22,11 @@ Isa active_isa();
 // Returns false (and changes nothing) when the path is not supported here.
 bool set_active_isa(Isa isa);
 
-// fp32 forward through `isa` (must be supported). Same contract as reference_forward.
-// `plan` (from build_plan on the same weight; may be null: then it is built for this call) feeds
-// the SIMD paths; the scalar path is the reference kernel on the raw arrays. `num_threads` is a
-// hint for how finely to split work; results do not depend on it.
+// fp32 forward through `isa` (must be supported). Same contract as reference_forward; throws
+// std::invalid_argument when check_shape(s) fails. `plan` (from build_plan on the same index arrays;
+// may be null: then it is built for this call) feeds the SIMD paths, which read w.values at call
+// time; the scalar path, and shapes plan_supports rejects, run the reference kernel on the raw
+// arrays. `num_threads` is a hint for how finely to split work; results do not depend on it.
 void forward_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, const ExecPlan* plan,
                  const float* input, const float* bias, float* output, const ParallelFor& pfor = serial_for,
                  int num_threads = 1);

@@ -8,6 +8,8 @@
 #include <functional>
 #include <string>
 
+#include "checked.h"
+
 namespace patsparse {
 
 // Geometry of one 3x3 convolution call. Input is NCHW contiguous, output NCHW contiguous.
@@ -18,10 +20,35 @@ struct ConvShape {
 };
 
 // Output size of a 3x3 convolution along one axis (PyTorch's formula); 0 when the dilated
-// kernel does not fit the padded input (C++ division truncates toward zero, so check first).
+// kernel does not fit the padded input (C++ division truncates toward zero, so check first);
+// -1 when an argument is out of range (in < 0, pad < 0, dil < 1, stride < 1) or in + 2 * pad
+// (or 2 * dil) does not fit in int64.
 inline int64_t conv_out_size(int64_t in, int64_t pad, int64_t dil, int64_t stride) {
-  const int64_t span = in + 2 * pad - dil * 2 - 1;
+  if (in < 0 || pad < 0 || dil < 1 || stride < 1) return -1;
+  int64_t two_pad, two_dil, padded, span;
+  if (!mul_ok(pad, 2, &two_pad) || !mul_ok(dil, 2, &two_dil) || !add_ok(in, two_pad, &padded) ||
+      !sub_ok(padded, two_dil, &span) || !sub_ok(span, 1, &span))
+    return -1;
   return span < 0 ? 0 : span / stride + 1;
+}
+
+// "" when every size the kernels derive from s is in range: non-negative sizes, stride and
+// dilation >= 1, out_h / out_w equal to conv_out_size (so in + 2 * pad fits in int64, which bounds
+// every input coordinate a tap reaches), and the input and output element counts fit in int64.
+// Otherwise a message naming the problem. The reference kernels rely on it; the binding checks it.
+inline std::string check_shape(const ConvShape& s) {
+  if (s.batch < 0 || s.in_channels < 0 || s.in_h < 0 || s.in_w < 0 || s.out_channels < 0)
+    return "negative sizes";
+  if (s.stride_h < 1 || s.stride_w < 1 || s.dil_h < 1 || s.dil_w < 1 || s.pad_h < 0 || s.pad_w < 0)
+    return "stride and dilation must be >= 1 and padding >= 0";
+  const int64_t oh = conv_out_size(s.in_h, s.pad_h, s.dil_h, s.stride_h);
+  const int64_t ow = conv_out_size(s.in_w, s.pad_w, s.dil_w, s.stride_w);
+  if (oh < 0 || ow < 0) return "padding or dilation too large (input size + 2 * padding overflows int64)";
+  if (s.out_h != oh || s.out_w != ow) return "output size does not match the convolution arguments";
+  int64_t n;
+  if (!product_ok({s.batch, s.in_channels, s.in_h, s.in_w}, &n)) return "input element count overflows int64";
+  if (!product_ok({s.batch, s.out_channels, s.out_h, s.out_w}, &n)) return "output element count overflows int64";
+  return "";
 }
 
 // Borrowed view of the FKW-style compressed weight of a [Cout, Cin, 3, 3] conv.

@@ -19,7 +19,11 @@ std::shared_ptr<const ExecPlan> build_plan(const PatternWeights<float>& w, int64
   p.num_patterns = w.num_patterns;
   p.nnz = w.nnz;
   p.patterns.assign(w.patterns, w.patterns + w.num_patterns * w.entries);
-  const int64_t cout = w.out_channels, E = w.entries;
+  p.filter_ptr.assign(w.filter_ptr, w.filter_ptr + w.out_channels + 1);
+  p.kernel_channel.assign(w.kernel_channel, w.kernel_channel + w.nnz);
+  p.kernel_pattern.assign(w.kernel_pattern, w.kernel_pattern + w.nnz);
+  p.hash = index_hash(w, in_channels);
+  const int64_t cout = w.out_channels;
 
   // Kernels of each filter sorted by (channel, pattern): the filter then streams the slab in order.
   std::vector<int32_t> order(static_cast<size_t>(w.nnz));
@@ -29,13 +33,18 @@ std::shared_ptr<const ExecPlan> build_plan(const PatternWeights<float>& w, int64
     std::stable_sort(order.begin() + w.filter_ptr[o], order.begin() + w.filter_ptr[o + 1],
                      [&](int32_t a, int32_t b) { return key(a) < key(b); });
 
-  // Filters with identical (channel, pattern) lists are gathered (stable: lowest channel first).
+  // Filters with identical (channel, pattern) lists and the same relative kernel order (so one
+  // run_kernel offset serves every member) are gathered (stable: lowest channel first).
   auto less_list = [&](int32_t a, int32_t b) {
     const int32_t la = w.filter_ptr[a + 1] - w.filter_ptr[a], lb = w.filter_ptr[b + 1] - w.filter_ptr[b];
     if (la != lb) return la > lb;  // longer (more work) filters first
     for (int32_t i = 0; i < la; ++i) {
       const int64_t ka = key(order[w.filter_ptr[a] + i]), kb = key(order[w.filter_ptr[b] + i]);
       if (ka != kb) return ka < kb;
+    }
+    for (int32_t i = 0; i < la; ++i) {
+      const int32_t ra = order[w.filter_ptr[a] + i] - w.filter_ptr[a], rb = order[w.filter_ptr[b] + i] - w.filter_ptr[b];
+      if (ra != rb) return ra < rb;
     }
     return false;
   };
@@ -45,7 +54,6 @@ std::shared_ptr<const ExecPlan> build_plan(const PatternWeights<float>& w, int64
   std::stable_sort(filters.begin(), filters.end(), less_list);
 
   p.out_order.reserve(static_cast<size_t>(cout));
-  p.values.reserve(static_cast<size_t>(w.nnz * E));
   p.work_prefix.push_back(0);
   for (int64_t i = 0; i < cout;) {
     int64_t end = i + 1;
@@ -54,16 +62,13 @@ std::shared_ptr<const ExecPlan> build_plan(const PatternWeights<float>& w, int64
     g.out_begin = static_cast<int32_t>(p.out_order.size());
     g.size = static_cast<int32_t>(end - i);
     g.run_begin = static_cast<int32_t>(p.run_channel.size());
-    g.value_offset = static_cast<int64_t>(p.values.size());
     const int32_t lead = filters[i];
     const int32_t runs = w.filter_ptr[lead + 1] - w.filter_ptr[lead];
     for (int32_t r = 0; r < runs; ++r) {
       const int32_t k = order[w.filter_ptr[lead] + r];
       p.run_channel.push_back(w.kernel_channel[k]);
       p.run_pattern.push_back(w.kernel_pattern[k]);
-      for (int64_t e = 0; e < E; ++e)
-        for (int64_t m = i; m < end; ++m)
-          p.values.push_back(w.values[static_cast<int64_t>(order[w.filter_ptr[filters[m]] + r]) * E + e]);
+      p.run_kernel.push_back(k - w.filter_ptr[lead]);
     }
     g.run_end = static_cast<int32_t>(p.run_channel.size());
     for (int64_t m = i; m < end; ++m) p.out_order.push_back(filters[m]);
@@ -71,7 +76,135 @@ std::shared_ptr<const ExecPlan> build_plan(const PatternWeights<float>& w, int64
     p.work_prefix.push_back(p.work_prefix.back() + static_cast<int64_t>(runs + 1) * g.size);
     i = end;
   }
+  p.bytes = static_cast<int64_t>(sizeof(ExecPlan) + p.patterns.size() + p.kernel_pattern.size() + p.run_pattern.size() +
+                                 4 * (p.filter_ptr.size() + p.kernel_channel.size() + p.out_order.size() +
+                                      p.run_channel.size() + p.run_kernel.size()) +
+                                 sizeof(PlanGroup) * p.groups.size() + 8 * p.work_prefix.size());
   return plan;
+}
+
+namespace {
+
+// 64-bit multiply-xorshift over 8-byte words: only has to spread equal-shaped weights across the
+// cache (a full compare decides every hit).
+uint64_t hash_bytes(const void* data, size_t n, uint64_t h) {
+  const auto* c = static_cast<const unsigned char*>(data);
+  auto mix = [](uint64_t x, uint64_t v) {
+    x = (x ^ v) * 0x9E3779B97F4A7C15ull;
+    return x ^ (x >> 29);
+  };
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t v;
+    std::memcpy(&v, c + i, 8);
+    h = mix(h, v);
+  }
+  uint64_t tail = 0;
+  if (i < n) std::memcpy(&tail, c + i, n - i);
+  return mix(h, tail ^ (static_cast<uint64_t>(n) << 56));
+}
+
+template <typename T>
+bool same_array(const std::vector<T>& a, const T* b, int64_t n) {
+  return static_cast<int64_t>(a.size()) == n && (n == 0 || std::memcmp(a.data(), b, sizeof(T) * n) == 0);
+}
+
+}  // namespace
+
+uint64_t index_hash(const PatternWeights<float>& w, int64_t in_channels) {
+  const int64_t sizes[5] = {w.num_patterns, w.entries, w.out_channels, w.nnz, in_channels};
+  uint64_t h = hash_bytes(sizes, sizeof(sizes), 0x243F6A8885A308D3ull);
+  h = hash_bytes(w.patterns, static_cast<size_t>(w.num_patterns * w.entries), h);
+  h = hash_bytes(w.filter_ptr, sizeof(int32_t) * static_cast<size_t>(w.out_channels + 1), h);
+  h = hash_bytes(w.kernel_channel, sizeof(int32_t) * static_cast<size_t>(w.nnz), h);
+  return hash_bytes(w.kernel_pattern, static_cast<size_t>(w.nnz), h);
+}
+
+bool plan_matches(const ExecPlan& p, const PatternWeights<float>& w, int64_t in_channels) {
+  return p.in_channels == in_channels && p.num_patterns == w.num_patterns && p.entries == w.entries &&
+         p.out_channels == w.out_channels && p.nnz == w.nnz &&
+         same_array(p.patterns, w.patterns, w.num_patterns * w.entries) &&
+         same_array(p.filter_ptr, w.filter_ptr, w.out_channels + 1) &&
+         same_array(p.kernel_channel, w.kernel_channel, w.nnz) && same_array(p.kernel_pattern, w.kernel_pattern, w.nnz);
+}
+
+bool PlanCache::Hint::operator==(const Hint& o) const {
+  for (int i = 0; i < 4; ++i)
+    if (ptr[i] != o.ptr[i]) return false;
+  for (int i = 0; i < 5; ++i)
+    if (sizes[i] != o.sizes[i]) return false;
+  return true;
+}
+
+PlanCache::Hint PlanCache::hint_of(const PatternWeights<float>& w, int64_t in_channels) {
+  Hint h;
+  h.ptr[0] = w.patterns; h.ptr[1] = w.filter_ptr; h.ptr[2] = w.kernel_channel; h.ptr[3] = w.kernel_pattern;
+  h.sizes[0] = w.num_patterns; h.sizes[1] = w.entries; h.sizes[2] = w.out_channels; h.sizes[3] = w.nnz;
+  h.sizes[4] = in_channels;
+  return h;
+}
+
+// Counts a hit on `plan` (if still cached: moves it to the front and gives it `hint`).
+std::shared_ptr<const ExecPlan> PlanCache::touch(const std::shared_ptr<const ExecPlan>& plan, const Hint& hint) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++hits_;
+  for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+    if (it->plan != plan) continue;
+    it->hint = hint;
+    entries_.splice(entries_.begin(), entries_, it);
+    break;
+  }
+  return plan;
+}
+
+std::shared_ptr<const ExecPlan> PlanCache::get(const PatternWeights<float>& w, int64_t in_channels) {
+  const Hint hint = hint_of(w, in_channels);
+  std::shared_ptr<const ExecPlan> candidate;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const Entry& e : entries_)
+      if (e.hint == hint) { candidate = e.plan; break; }
+  }
+  if (candidate && plan_matches(*candidate, w, in_channels)) return touch(candidate, hint);
+
+  // Moved, copied or changed in place: look the content up by hash.
+  const uint64_t h = index_hash(w, in_channels);
+  std::vector<std::shared_ptr<const ExecPlan>> same_hash;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const Entry& e : entries_)
+      if (e.plan->hash == h && e.plan != candidate) same_hash.push_back(e.plan);
+  }
+  for (const auto& plan : same_hash)
+    if (plan_matches(*plan, w, in_channels)) return touch(plan, hint);
+
+  std::shared_ptr<const ExecPlan> plan = build_plan(w, in_channels);  // validates every index
+  std::lock_guard<std::mutex> lock(mu_);
+  ++builds_;
+  for (Entry& e : entries_)
+    if (e.hint == hint) e.hint = Hint{};  // those arrays now hold this content
+  entries_.push_front(Entry{hint, plan});
+  bytes_ += plan->bytes;
+  while (entries_.size() > 1 && (entries_.size() > max_entries_ || bytes_ > max_bytes_)) {
+    bytes_ -= entries_.back().plan->bytes;
+    entries_.pop_back();
+  }
+  return plan;
+}
+
+PlanCacheStats PlanCache::stats() {
+  std::lock_guard<std::mutex> lock(mu_);
+  PlanCacheStats st;
+  st.hits = hits_;
+  st.builds = builds_;
+  st.size = static_cast<int64_t>(entries_.size());
+  return st;
+}
+
+void PlanCache::clear() {
+  std::lock_guard<std::mutex> lock(mu_);
+  entries_.clear();
+  bytes_ = 0;
 }
 
 namespace {
@@ -80,30 +213,41 @@ inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a +
 
 constexpr int64_t kSlabBudgetFloats = 96 * 1024;  // ~384 KB: the slab stays in L2 while every group reads it
 constexpr int64_t kMaxVecLen = 16;
+static_assert(kPlanMaxSlabFloats + kMaxVecLen * kPlanMaxVecs < (int64_t(1) << 31), "tap offsets are int32");
 
 // Slab geometry of one call (see plan.h).
 struct Geometry {
   int64_t qy_min, qy_max, qx_min, qx_max;  // tap offsets in units of the stride, over dy, dx = 0..2
-  int64_t planes, pitch, block_rows, num_blocks, plane_rows, plane_size, channel_stride;
+  int64_t planes, pitch, block_rows, num_blocks, plane_rows, plane_size, channel_stride, slab_floats;
 };
 
-Geometry make_geometry(const ConvShape& s) {
+// False when a size overflows or the slab exceeds kPlanMaxSlabFloats. Given check_shape(s), every
+// input coordinate a tap reaches lies in [-pad, in + pad), so the tap and row offsets below fit.
+bool make_geometry(const ConvShape& s, Geometry* out) {
+  if (!check_shape(s).empty()) return false;
   Geometry g;
   g.qy_min = floor_div(-s.pad_h, s.stride_h);
-  g.qy_max = floor_div(2 * s.dil_h - s.pad_h, s.stride_h);
+  g.qy_max = floor_div(2 * s.dil_h - s.pad_h, s.stride_h);  // 2 * dil fits: checked by check_shape
   g.qx_min = floor_div(-s.pad_w, s.stride_w);
   g.qx_max = floor_div(2 * s.dil_w - s.pad_w, s.stride_w);
-  g.planes = s.stride_h * s.stride_w;
-  g.pitch = s.out_w + (g.qx_max - g.qx_min);
-  const int64_t halo = g.qy_max - g.qy_min + 1;
-  const int64_t per_row = std::max<int64_t>(1, s.in_channels * g.planes * g.pitch);
-  int64_t rows = std::clamp<int64_t>(kSlabBudgetFloats / per_row - halo, 1, s.out_h);
+  int64_t halo, per_row;
+  if (!mul_ok(s.stride_h, s.stride_w, &g.planes) || !add_ok(s.out_w, g.qx_max - g.qx_min, &g.pitch) ||
+      !add_ok(g.qy_max - g.qy_min, 1, &halo) || !product_ok({s.in_channels, g.planes, g.pitch}, &per_row))
+    return false;
+  per_row = std::max<int64_t>(1, per_row);
+  const int64_t rows = std::clamp<int64_t>(kSlabBudgetFloats / per_row - halo, 1, std::max<int64_t>(1, s.out_h));
   g.num_blocks = (s.out_h + rows - 1) / rows;
-  g.block_rows = (s.out_h + g.num_blocks - 1) / g.num_blocks;
-  g.plane_rows = g.block_rows + halo;
-  g.plane_size = (g.plane_rows * g.pitch + kMaxVecLen + 15) / 16 * 16;
-  g.channel_stride = g.planes * g.plane_size;
-  return g;
+  g.block_rows = g.num_blocks > 0 ? (s.out_h + g.num_blocks - 1) / g.num_blocks : 0;
+  int64_t plane_floats;
+  if (!add_ok(g.block_rows, halo, &g.plane_rows) || !mul_ok(g.plane_rows, g.pitch, &plane_floats) ||
+      plane_floats > kPlanMaxSlabFloats)
+    return false;
+  g.plane_size = (plane_floats + kMaxVecLen + 15) / 16 * 16;
+  if (!mul_ok(g.planes, g.plane_size, &g.channel_stride) || !mul_ok(s.in_channels, g.channel_stride, &g.slab_floats) ||
+      g.slab_floats > kPlanMaxSlabFloats || g.channel_stride > kPlanMaxSlabFloats)
+    return false;
+  *out = g;
+  return true;
 }
 
 // Fills the slab of output rows [row0, row0 + block_rows) of image `x` (all channels).
@@ -148,12 +292,18 @@ float* thread_scratch(int64_t floats) {
 
 }  // namespace
 
-void plan_forward(const ExecPlan& plan, const MicroKernels& mk, const ConvShape& s, const float* input,
-                  const float* bias, float* output, const ParallelFor& pfor, int num_threads) {
+bool plan_supports(const ConvShape& s) {
+  Geometry g;
+  return make_geometry(s, &g);
+}
+
+void plan_forward(const ExecPlan& plan, const MicroKernels& mk, const ConvShape& s, const float* values,
+                  const float* input, const float* bias, float* output, const ParallelFor& pfor, int num_threads) {
+  Geometry g;
+  if (!make_geometry(s, &g)) throw std::invalid_argument("plan_forward: shape out of range for the plan path");
   if (s.batch == 0 || s.out_channels == 0 || s.out_h == 0 || s.out_w == 0) return;
   if (plan.out_channels != s.out_channels || plan.in_channels != s.in_channels)
     throw std::invalid_argument("plan_forward: plan was built for another layer shape");
-  const Geometry g = make_geometry(s);
   const int64_t E = plan.entries, VL = mk.vec_len;
   if (VL < 1 || VL > kMaxVecLen) throw std::invalid_argument("plan_forward: bad micro-kernel vector length");
   for (int G = 1; G <= kPlanMaxGroup; ++G) {
@@ -189,7 +339,7 @@ void plan_forward(const ExecPlan& plan, const MicroKernels& mk, const ConvShape&
   chunk_begin[chunks] = ngroups;
 
   const int64_t in_image = s.in_channels * s.in_h * s.in_w, out_plane = s.out_h * s.out_w;
-  const int64_t slab_floats = s.in_channels * g.channel_stride;
+  const int64_t slab_floats = g.slab_floats;
   const int64_t stage_stride = kPlanMaxVecs * VL;
 
   const int64_t ntasks = outer * chunks;
@@ -220,7 +370,8 @@ void plan_forward(const ExecPlan& plan, const MicroKernels& mk, const ConvShape&
         ta.tap_off = tap_off.data();
         ta.run_channel = plan.run_channel.data() + grp.run_begin;
         ta.run_pattern = plan.run_pattern.data() + grp.run_begin;
-        ta.values = plan.values.data() + grp.value_offset;
+        ta.run_kernel = plan.run_kernel.data() + grp.run_begin;
+        for (int m = 0; m < G; ++m) ta.values[m] = values + static_cast<int64_t>(plan.filter_ptr[outs[m]]) * E;
         ta.runs = grp.run_end - grp.run_begin;
         ta.entries = E;
         ta.bias = bias_g;
@@ -261,14 +412,14 @@ void portable_tile(const TileArgs& t) {
   float acc[G][W];
   for (int m = 0; m < G; ++m)
     for (int i = 0; i < W; ++i) acc[m][i] = t.bias ? t.bias[m] : 0.f;
-  const float* vals = t.values;
   for (int64_t r = 0; r < t.runs; ++r) {
     const float* base = t.src + t.run_channel[r] * t.channel_stride;
     const int32_t* off = t.tap_off + t.run_pattern[r] * t.entries;
-    for (int64_t e = 0; e < t.entries; ++e, vals += G) {
+    const int64_t vo = static_cast<int64_t>(t.run_kernel[r]) * t.entries;
+    for (int64_t e = 0; e < t.entries; ++e) {
       const float* x = base + off[e];
       for (int m = 0; m < G; ++m)
-        for (int i = 0; i < W; ++i) acc[m][i] += vals[m] * x[i];
+        for (int i = 0; i < W; ++i) acc[m][i] += t.values[m][vo + e] * x[i];
     }
   }
   for (int m = 0; m < G; ++m)

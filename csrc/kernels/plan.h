@@ -1,18 +1,24 @@
 // ISA-independent per-layer execution plan for the fp32 pattern-conv forward, and the driver that
 // runs it with an ISA-specific micro-kernel table (x86 AVX2 / AVX-512, ARM NEON).
 //
-// The plan is built once per weight (build_plan validates every index, so the hot loop never
-// checks), then reused for every call. It depends only on the compressed weight (not on the input
-// shape, not on the ISA):
+// The plan holds only the index structure of a weight (derived from patterns, filter_ptr,
+// kernel_channel, kernel_pattern and in_channels; build_plan validates every index, so the hot loop
+// never checks). The values are read at call time, never copied into the plan: whatever writes them
+// (fused optimizers, .data, numpy) cannot make a cached plan stale. The plan does not depend on the
+// input shape or the ISA:
 //   * each filter's kernels are sorted by (input channel, pattern), so a filter streams the input
 //     slab in order (the micro-kernels read the taps through an offset table, so pattern order
 //     would buy nothing; channel order keeps the hardware prefetchers on one stream);
 //   * filters whose (channel, pattern) lists are identical (connectivity `group=G`, or equal by
-//     chance) are gathered into groups of up to kPlanMaxGroup output channels: one input vector
-//     load feeds G FMAs;
-//   * per group the weights are packed [run][entry][g] so the G weights of a tap are contiguous;
+//     chance) and whose kernels sit in the same relative order in their CSR rows are gathered into
+//     groups of up to kPlanMaxGroup output channels: one input vector load feeds G FMAs, and run r of
+//     every member reads its E values at the same offset (run_kernel[r] * E) from its filter's first
+//     kernel, straight from the caller's values array;
 //   * work_prefix (kept kernels x group size, per group) lets the driver split groups into chunks
 //     of equal work for threads.
+// PlanCache finds a plan by the content of the index arrays (a pointer hint, then a hash; a full
+// compare against the plan's own copy decides), so in-place writes to them, freed and reused memory
+// and tensors without version counters all behave.
 //
 // Execution (plan_forward): per (image, block of output rows, chunk of groups) task, the input rows
 // the block needs are copied into a thread-local zero-padded "slab": per input channel, one plane
@@ -25,7 +31,9 @@
 #pragma once
 
 #include <cstdint>
+#include <list>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "pattern_conv.h"
@@ -38,29 +46,74 @@ constexpr int kPlanMaxVecs = 16;   // largest tile width (vectors) a micro-kerne
 struct PlanGroup {
   int32_t out_begin = 0;     // first index into ExecPlan::out_order
   int32_t size = 0;          // G: output channels in the group (1..kPlanMaxGroup)
-  int32_t run_begin = 0;     // runs [run_begin, run_end) into run_channel / run_pattern
+  int32_t run_begin = 0;     // runs [run_begin, run_end) into run_channel / run_pattern / run_kernel
   int32_t run_end = 0;
-  int64_t value_offset = 0;  // packed weights of the group: values[value_offset + (run*E + e)*G + g]
 };
 
 struct ExecPlan {
   int64_t in_channels = 0, out_channels = 0, entries = 0, num_patterns = 0, nnz = 0;
-  std::vector<uint8_t> patterns;      // [K*E] kept positions, copied from the weight
+  // The index arrays the plan was built from (validated), compared in full on every cache lookup.
+  std::vector<uint8_t> patterns;      // [K*E] kept positions
+  std::vector<int32_t> filter_ptr;    // [Cout+1]
+  std::vector<int32_t> kernel_channel;  // [nnz]
+  std::vector<uint8_t> kernel_pattern;  // [nnz]
+  uint64_t hash = 0;                  // index_hash of those arrays
+  int64_t bytes = 0;                  // memory held (for the cache bound)
   std::vector<int32_t> out_order;     // [Cout] output channel of each plan position
   std::vector<PlanGroup> groups;
   std::vector<int32_t> run_channel;   // [runs] input channel of each run (a kept kernel shared by the group)
   std::vector<uint8_t> run_pattern;   // [runs] its pattern id
-  std::vector<float> values;          // packed weights (see PlanGroup::value_offset)
+  std::vector<int32_t> run_kernel;    // [runs] its kernel's position in each member's CSR row
   std::vector<int64_t> work_prefix;   // [groups+1] prefix sum of runs*G (balancing)
 };
 
 // Builds the plan; throws std::invalid_argument with validate_format's message when the arrays are
-// invalid for `in_channels`.
+// invalid for `in_channels`. Reads only the index arrays (w.values may be null).
 std::shared_ptr<const ExecPlan> build_plan(const PatternWeights<float>& w, int64_t in_channels);
+
+// Hash of the index arrays, their sizes and in_channels (w.values is not read).
+uint64_t index_hash(const PatternWeights<float>& w, int64_t in_channels);
+// True when `plan` was built from index arrays equal (element by element) to w's, for in_channels.
+bool plan_matches(const ExecPlan& plan, const PatternWeights<float>& w, int64_t in_channels);
+
+struct PlanCacheStats {
+  int64_t hits = 0, builds = 0, size = 0;
+};
+
+// Bounded LRU cache of plans keyed by content (see the header comment). Thread-safe; the content
+// compares run outside the lock (plans are immutable and shared).
+class PlanCache {
+ public:
+  explicit PlanCache(size_t max_entries = 64, int64_t max_bytes = int64_t(512) << 20)
+      : max_entries_(max_entries), max_bytes_(max_bytes) {}
+  // The plan for w's index arrays: a cached one whose arrays equal w's, or a new one (build_plan:
+  // throws std::invalid_argument on invalid arrays; nothing is cached then).
+  std::shared_ptr<const ExecPlan> get(const PatternWeights<float>& w, int64_t in_channels);
+  PlanCacheStats stats();
+  void clear();
+
+ private:
+  struct Hint {  // where the arrays were last seen; a hint only picks the first plan to compare
+    const void* ptr[4] = {};
+    int64_t sizes[5] = {};
+    bool operator==(const Hint& o) const;
+  };
+  struct Entry {
+    Hint hint;
+    std::shared_ptr<const ExecPlan> plan;
+  };
+  static Hint hint_of(const PatternWeights<float>& w, int64_t in_channels);
+  std::shared_ptr<const ExecPlan> touch(const std::shared_ptr<const ExecPlan>& plan, const Hint& hint);
+
+  std::mutex mu_;
+  std::list<Entry> entries_;  // most recently used first
+  size_t max_entries_;
+  int64_t max_bytes_, bytes_ = 0, hits_ = 0, builds_ = 0;
+};
 
 // One tile for a micro-kernel. For run r of the group (r in [0, runs)) and pattern entry e:
 //   x = src + run_channel[r] * channel_stride + tap_off[run_pattern[r] * entries + e]
-//   for v < V, lane l < vec_len:  acc[g][v*vec_len + l] += values[(r*entries + e)*G + g] * x[v*vec_len + l]
+//   for v < V, lane l < vec_len:  acc[g][v*vec_len + l] += values[g][run_kernel[r]*entries + e] * x[v*vec_len + l]
 // acc starts at bias[g] (or 0 when bias is null) and is stored to out[g * out_stride + i].
 // Every read stays inside the slab (plan_forward sizes it); `out` has room for V*vec_len per g.
 struct TileArgs {
@@ -69,7 +122,8 @@ struct TileArgs {
   const int32_t* tap_off = nullptr;    // [K*E]
   const int32_t* run_channel = nullptr;
   const uint8_t* run_pattern = nullptr;
-  const float* values = nullptr;       // the group's packed weights
+  const int32_t* run_kernel = nullptr;
+  const float* values[kPlanMaxGroup] = {};  // per member g: the values of its filter's first kernel
   int64_t runs = 0;
   int64_t entries = 0;
   const float* bias = nullptr;         // [G] in group order, or null
@@ -85,11 +139,22 @@ struct MicroKernels {
   TileFn fn[kPlanMaxGroup + 1][kPlanMaxVecs + 1] = {};
 };
 
+// Largest input slab (floats, per thread) plan_forward allocates. Larger geometries (huge stride,
+// padding or dilation: the slab holds stride_h * stride_w phase planes per channel) are not planned.
+constexpr int64_t kPlanMaxSlabFloats = int64_t(16) << 20;
+
+// True when plan_forward can run shape s: check_shape(s) passes and the slab fits kPlanMaxSlabFloats
+// (every size computed with overflow checks). Otherwise use reference_forward.
+bool plan_supports(const ConvShape& s);
+
 // Forward with a plan: same contract as reference_forward (NCHW contiguous input/output, bias may
-// be null). `num_threads` is only a hint for how finely to split the work; results do not depend
-// on it (every output element is accumulated by one task in a fixed order).
-void plan_forward(const ExecPlan& plan, const MicroKernels& mk, const ConvShape& s, const float* input,
-                  const float* bias, float* output, const ParallelFor& pfor = serial_for, int num_threads = 1);
+// be null); `values` [nnz, E] are the weights of the arrays the plan was built from. `num_threads`
+// is only a hint for how finely to split the work; results do not depend on it (every output
+// element is accumulated by one task in a fixed order). Throws std::invalid_argument when
+// !plan_supports(s).
+void plan_forward(const ExecPlan& plan, const MicroKernels& mk, const ConvShape& s, const float* values,
+                  const float* input, const float* bias, float* output, const ParallelFor& pfor = serial_for,
+                  int num_threads = 1);
 
 // Portable micro-kernels (plain C++ loops, vec_len 4): tests the plan logic on any machine.
 const MicroKernels& portable_microkernels();

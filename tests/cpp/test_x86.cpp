@@ -85,7 +85,7 @@ void check(const char* name, const MicroKernels& mk, std::mt19937& rng) {
     const auto view = w.view(s.out_channels);
     reference_forward<float>(s, view, x.data(), bias.data(), ref.data());
     auto plan = build_plan(view, s.in_channels);
-    plan_forward(*plan, mk, s, x.data(), bias.data(), got.data(), serial_for, 1 + trial % 3);
+    plan_forward(*plan, mk, s, w.values.data(), x.data(), bias.data(), got.data(), serial_for, 1 + trial % 3);
     // Max error relative to the output's scale (FMA vs separate multiply-add rounding differs).
     double worst = 0, scale = 1e-6;
     for (size_t i = 0; i < out_n; ++i) scale = std::max(scale, double(std::abs(ref[i])));

@@ -23,19 +23,22 @@ void tile(const TileArgs& t) {
 #pragma GCC unroll 16
     for (int v = 0; v < V; ++v) acc[m][v] = b;
   }
-  const float* vals = t.values;
+  const float* vals[G];  // member m's weights: its filter's values, run r at run_kernel[r] * E
+#pragma GCC unroll 4
+  for (int m = 0; m < G; ++m) vals[m] = t.values[m];
   const int64_t E = t.entries, cs = t.channel_stride;
   for (int64_t r = 0; r < t.runs; ++r) {
     const float* base = t.src + t.run_channel[r] * cs;
     const int32_t* off = t.tap_off + t.run_pattern[r] * E;
-    for (int64_t e = 0; e < E; ++e, vals += G) {
+    const int64_t vo = static_cast<int64_t>(t.run_kernel[r]) * E;
+    for (int64_t e = 0; e < E; ++e) {
       const float* x = base + off[e];
       typename S::Vec xv[V];
 #pragma GCC unroll 16
       for (int v = 0; v < V; ++v) xv[v] = S::load(x + S::width * v);
 #pragma GCC unroll 4
       for (int m = 0; m < G; ++m) {
-        const typename S::Vec w = S::set1(vals[m]);
+        const typename S::Vec w = S::set1(vals[m][vo + e]);
 #pragma GCC unroll 16
         for (int v = 0; v < V; ++v) acc[m][v] = S::fma(xv[v], w, acc[m][v]);
       }
