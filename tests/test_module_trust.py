@@ -451,6 +451,13 @@ def test_string_padding_is_taken(padding, dilation):
     torch.testing.assert_close(pc(x), conv(x), rtol=1e-5, atol=1e-5)
 
 
+def test_string_padding_in_the_constructor():
+    assert PatternConv2d(4, 4, padding="same", dilation=2).padding == [2, 2]
+    assert PatternConv2d(4, 4, padding="valid").padding == [0, 0]
+    with pytest.raises(ValueError, match="padding"):
+        PatternConv2d(4, 4, padding="full")
+
+
 def test_one_layer_kind_for_all_predicates():
     """compress_module and PatternConv2d.from_dense take what layer_kind says."""
     class Sub(nn.Conv2d):

@@ -139,3 +139,69 @@ def test_select_rejects():
         PatternSet.select(torch.randn(2, 2, 5, 5))
     with pytest.raises(ValueError):
         PatternSet.select(w, entries=0)
+
+
+# -- cover: a set that stores every kernel exactly ---------------------------------------------
+def _supports(w):
+    nz = (w.reshape(-1, 9) != 0)
+    return [frozenset(torch.nonzero(r).flatten().tolist()) for r in nz if r.any()]
+
+
+def _covers(ps_, w):
+    pats = [frozenset(r) for r in ps_.positions.tolist()]
+    return all(any(s <= p for p in pats) for s in _supports(w))
+
+
+def test_cover_holds_every_kernel_and_sizes_to_the_largest():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(32, 16, 3, 3, generator=g) * (torch.rand(32, 16, 3, 3, generator=g) < 0.3)
+    w.view(-1, 9)[w.view(-1, 9).ne(0).sum(1) > 4] = 0  # at most 4 nonzeros a kernel
+    ps_ = PatternSet.cover(w)
+    assert ps_.entries == int((w.reshape(-1, 9) != 0).sum(1).max())
+    assert _covers(ps_, w)
+    assert PatternSet.cover(w) == ps_  # deterministic
+    assert PatternSet.cover([w[:16], w[16:]]) == ps_  # lists count together
+
+
+def test_cover_sub_shapes_add_no_pattern():
+    pset = PatternSet([[0, 1, 3, 4], [4, 5, 7, 8]])
+    w = torch.zeros(2, 3, 3, 3)
+    w[0, 0].view(9)[[0, 1, 3, 4]] = 1.0
+    w[0, 1].view(9)[[4, 8]] = 2.0        # a sub-shape of pattern 1
+    w[1, 2].view(9)[[1]] = 3.0           # a sub-shape of pattern 0
+    assert PatternSet.cover(w, prefer=pset) == pset
+    got = PatternSet.cover(w)
+    assert got.entries == 4 and _covers(got, w)
+    assert got.positions.tolist()[0] == [0, 1, 3, 4]  # the one full-size support first
+
+
+def test_cover_extends_small_supports_centre_first():
+    w = torch.zeros(1, 2, 3, 3)
+    w[0, 0].view(9)[[0, 2, 6]] = 1.0
+    w[0, 1].view(9)[[8]] = 1.0
+    got = PatternSet.cover(w)
+    assert got.entries == 3 and _covers(got, w)
+    assert [0, 2, 6] in got.positions.tolist()
+    assert any(4 in r and 8 in r for r in got.positions.tolist())
+
+
+def test_cover_prefer_smaller_than_needed_is_not_used():
+    w = torch.zeros(1, 1, 3, 3)
+    w[0, 0].view(9)[[0, 1, 2, 3, 4]] = 1.0
+    got = PatternSet.cover(w, prefer=PatternSet([[0, 1, 3, 4]]))
+    assert got.entries == 5 and got.positions.tolist() == [[0, 1, 2, 3, 4]]
+    assert PatternSet.cover(torch.zeros(2, 2, 3, 3)).k == 1
+
+
+def test_cover_worst_case_fits_in_uint8_ids():
+    """All C(9, 5) = 126 five-position supports (the most any E allows) plus every 4-position one:
+    126 patterns, so the 256-pattern limit (uint8 ids) is never reached by cover."""
+    from itertools import combinations
+    w5 = torch.zeros(126, 1, 3, 3)
+    for i, r in enumerate(combinations(range(9), 5)):
+        w5[i, 0].view(9)[list(r)] = 1.0
+    w4 = torch.zeros(126, 1, 3, 3)
+    for i, r in enumerate(combinations(range(9), 4)):
+        w4[i, 0].view(9)[list(r)] = 1.0
+    got = PatternSet.cover([w5, w4])
+    assert got.k == 126 and got.entries == 5 and _covers(got, w4)

@@ -159,7 +159,9 @@ class PatternSet:
         covered yet is extended to ``E`` positions (the centre first, then the positions used by the
         most patterns of the set, then by the most kernels, then the lowest) and added. Deterministic.
 
-        Raises ValueError when more than 256 patterns would be needed (pattern ids are uint8).
+        Raises ValueError when more than 256 patterns would be needed (pattern ids are uint8); for
+        3x3 kernels that cannot happen (at most C(9, E) <= 126 patterns of E positions exist), the
+        check guards the format's limit.
 
         Args:
             weights: a tensor ``[..., 3, 3]`` or an iterable of them, on any device.

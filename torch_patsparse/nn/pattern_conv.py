@@ -25,6 +25,10 @@ class PatternConv2d(nn.Module):
     compressed tensors: ``patterns``, ``filter_ptr``, ``kernel_channel``, ``kernel_pattern`` and
     either ``values`` (float, trainable) or, for quantized layers, int8 ``codes`` + ``scale``
     (``bits`` and ``scheme`` are kept in the module's metadata). Build one with :meth:`from_dense`.
+
+    Inputs and errors are ``nn.Conv2d``'s: [N, C, H, W] or unbatched [C, H, W], fp32 / fp64 / fp16 /
+    bf16. ``conversion_error`` is the relative weight error ``||W_stored - W|| / ||W||`` of the
+    conversion that built it (0.0 when lossless; shown by ``repr`` only when nonzero).
     """
 
     __constants__ = ["in_channels", "out_channels", "quantized"]
@@ -45,6 +49,10 @@ class PatternConv2d(nn.Module):
         self.kernel_size = (3, 3)
         self.groups = 1
         self.padding_mode = "zeros"
+        if isinstance(padding, str):  # as nn.Conv2d: a 3x3 kernel's "same" is symmetric, dilation on each side
+            if padding not in ("same", "valid"):
+                raise ValueError(f"padding must be 'same', 'valid' or numbers, got {padding!r}")
+            padding = ops.pair(dilation) if padding == "same" else 0
         self.stride, self.padding, self.dilation = ops.pair(stride), ops.pair(padding), ops.pair(dilation)
         self.quantized = bits is not None
         self.bits = bits
