@@ -284,9 +284,9 @@ class PatternConv2d(nn.Module):
         if shape[:2] != [self.out_channels, self.in_channels]:
             return size_mismatch(prefix, "weight", shape, [self.out_channels, self.in_channels, 3, 3])
         if (bits is not None) != self.quantized:
-            return (f"{prefix}: state_dict is {'quantized' if bits is not None else 'not quantized'} but this "
-                    f"PatternConv2d is {'quantized' if self.quantized else 'not quantized'}; build the module "
-                    "with the matching `bits` before loading")
+            return load_error(prefix, f"the state_dict is {'quantized' if bits is not None else 'not quantized'} but "
+                                      f"this PatternConv2d is {'quantized' if self.quantized else 'not quantized'}; "
+                                      "build the module with the matching `bits` before loading")
         return None
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
@@ -318,7 +318,8 @@ class PatternConv2d(nn.Module):
         nnz, entries = kc.numel(), t["patterns"].shape[1]
         out = {"patterns": t["patterns"], "filter_ptr": t["filter_ptr"], "kernel_channel": kc,
                "kernel_pattern": t["kernel_pattern"]}
-        if self.quantized and bits is not None:
+        if self.quantized:
+            bits = self.bits if bits is None else bits
             codes = check_tensor("codes", t["codes"], (torch.uint8, torch.int8))
             if codes.dtype == torch.uint8:  # bit-packed (see _save_to_state_dict)
                 check_tensor("codes", codes, dim=1)
