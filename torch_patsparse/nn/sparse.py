@@ -21,8 +21,13 @@ Stored form of one weight (all in the ``state_dict``, no dense weight anywhere):
 - ``scale`` fp32 [1] (quantized) or ``values`` fp32 [nnz] (not quantized).
 - ``bias`` fp32 parameter (kept dense).
 
-``load_state_dict`` validates every array (lengths, widths, padding bits, index range, code range)
-and raises ``ValueError``; decoding never reads out of bounds.
+- ``_extra_state``: ``{"weight_shape": [...]}``, so a checkpoint of another shape is a size mismatch
+  (checkpoints without it still load).
+
+``load_state_dict`` validates every array (lengths, widths, padding bits, index range, code range,
+a finite positive scale) before it assigns anything and rejects a bad one with torch's
+``RuntimeError``; decoding never reads out of bounds. Levels, code widths and the quantizer are
+:mod:`torch_patsparse.quant`'s.
 """
 import math
 from typing import Dict, Optional, Tuple
@@ -198,16 +203,14 @@ class _SparseWeightMixin:
             # The fp32 scale decodes the codes to exactly quant.quantize's values.
             pos = torch.nonzero(codes.view(-1)).view(-1)
             grid = (codes.view(-1)[pos].long(), torch.tensor([q], dtype=torch.float32), int(bits)) if pos.numel() else None
-            v = None
         else:
             pos = torch.nonzero(w).view(-1)
-            v = w[pos]
-            g = quant.detect_grid(v, (scheme,))
+            g = quant.detect_grid(w[pos], (scheme,))
             grid = None if g is None else (g.codes, g.scale.reshape(1).float(), g.bits)
         kind, width, index, nsym = _choose_index(pos, numel)
         if grid is None:
             sid, qbits = 0, 0
-            values = v.clone() if v is not None else w[pos].clone()
+            values = w[pos].clone()
             codes, scale = torch.zeros(0, dtype=torch.uint8), torch.zeros(0)
         else:
             c, scale, qbits = grid
