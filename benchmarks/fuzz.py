@@ -453,12 +453,13 @@ def _run_load(family, rng, ctx):
 # ----------------------------------------------------------------------------------------------
 def _geom(rng):
     r = rng.random()
-    if r < 0.55:
+    if r < 0.5:
         return [rng.choice([1, 1, 2, 3]), rng.choice([1, 1, 2, 3])], "normal"
-    pool = [0, -1, -2**31, rng.choice(HUGE), rng.choice(HUGE), 1, 2]
+    if r < 0.7:  # valid but huge; both axes alike half the time (stride_h * stride_w overflows)
+        v = [rng.choice(HUGE), rng.choice(HUGE + [1, 2])]
+        return (v if rng.random() < 0.5 else [v[0], v[0]]), "odd"
+    pool = [0, -1, -2**31, rng.choice(HUGE), 1, 2]
     v = [rng.choice(pool), rng.choice(pool)]
-    if rng.random() < 0.5:  # both axes alike: products such as stride_h * stride_w overflow
-        v = [v[0], v[0]]
     if r > 0.93:
         v = rng.choice([[], [1], [1, 1, 1], [1.5, 1], ["1", 1], None])
     return v, "odd"
