@@ -445,8 +445,15 @@ class Job:
                  if name.endswith(".weight")}
         modules = dict(self.model.named_modules())
         psets = {k: v for k, v in psets.items() if k in modules}
-        # 3x3 convs -> PatternConv2d; the rest (FC layers) -> sparse k-bit modules
-        return convert(self.model, pattern_set=psets, layers="all").eval()
+        # 3x3 convs -> PatternConv2d; the other constrained layers (FC) -> sparse k-bit modules;
+        # layers no rule constrains stay dense (excluded, so convert has nothing to warn about)
+        exclude = []
+        if hasattr(self.opt, "pattern_sets"):  # ADMM: its groups say which layers were constrained
+            constrained = {n for g in self.opt.param_groups if g.get("constraints") for n in g.get("names", [])}
+            exclude = [name for name, m in modules.items()
+                       if name and isinstance(getattr(m, "weight", None), torch.nn.Parameter)
+                       and f"{name}.weight" not in constrained]
+        return convert(self.model, pattern_set=psets, layers="all", exclude=exclude).eval()
 
     def stage_convert(self) -> None:
         self.begin("convert")

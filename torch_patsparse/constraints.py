@@ -92,8 +92,11 @@ class Pattern(Constraint):
             raise ValueError(f"Pattern: keep_center must be a bool, got {self.keep_center!r}")
         # There are only C(8, E-1) shapes of E positions that keep the centre (C(9, E) without it).
         shapes = math.comb(8, self.entries - 1) if self.keep_center else math.comb(9, self.entries)
-        _check_int("Pattern", f"k (at most {shapes} shapes of {self.entries} positions"
-                   f"{' keep the centre' if self.keep_center else ''})", self.k, 1, min(shapes, 256))
+        try:
+            _check_int("Pattern", "k", self.k, 1, min(shapes, 256))
+        except ValueError as e:
+            raise ValueError(f"{e} (there are only {shapes} shapes of {self.entries} positions"
+                             f"{' that keep the centre' if self.keep_center else ''})") from None
         _check_int("Pattern", "group", self.group, 1)
 
     def project(self, w, pattern_set=None):

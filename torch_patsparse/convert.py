@@ -1,38 +1,97 @@
-"""``convert(model)``: swap eligible layers for their compressed versions."""
+"""``convert(model)``: swap layers for their compressed versions without changing what the model
+computes, unless the caller asks for a lossy step (``project=True`` or ``bits``)."""
 import copy
-from typing import Dict, Iterable, Optional, Union
+import warnings
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
+import torch
 from torch import nn
 
+from .nn import kinds
 from .nn.pattern_conv import PatternConv2d
+from .nn.sparse import compress_module
 from .patterns import PatternSet
 
 _LAYER_CHOICES = ("3x3", "all")
 
 
 def is_pattern_eligible(module: nn.Module) -> bool:
-    """A plain 3x3, groups=1, zero-padding ``nn.Conv2d`` with numeric padding."""
-    return (type(module) is nn.Conv2d and tuple(module.kernel_size) == (3, 3) and module.groups == 1
-            and module.padding_mode == "zeros" and not isinstance(module.padding, str))
+    """True when :class:`PatternConv2d` can take ``module`` (see :func:`torch_patsparse.nn.kinds.layer_kind`)."""
+    return kinds.layer_kind(module) == kinds.PATTERN
+
+
+def _stored_bits(m: nn.Module) -> int:
+    return sum(int(v) for v in m.storage_bits().values())
+
+
+def _relative_error(new: nn.Module, old: nn.Module) -> float:
+    """||W_new - W_old|| / ||W_old|| of the weights the two layers compute with."""
+    w = old.weight.detach().double()
+    d = new.to_dense().weight.detach().double().to(w.device)
+    norm = float(w.norm())
+    diff = float((d - w).norm())
+    return diff / norm if norm > 0 else (0.0 if diff == 0 else float("inf"))
+
+
+def _pattern_layer(module: nn.Conv2d, pset: Optional[PatternSet], explicit: bool, bits, scheme,
+                   project: bool) -> Tuple[Optional[nn.Module], str]:
+    """(PatternConv2d or None, why not). Lossless unless ``project`` / ``bits`` ask otherwise."""
+    if explicit:
+        try:
+            return PatternConv2d.from_dense(module, pset, bits=bits, scheme=scheme, project=project), ""
+        except ValueError as e:
+            return None, str(e)
+    try:  # the set the layer was trained with (ADMM), else one that holds every kernel exactly
+        cover = PatternSet.cover(module.weight.detach(), prefer=pset)
+    except ValueError as e:
+        cover, why = None, str(e)
+    if cover is not None:
+        new = PatternConv2d.from_dense(module, cover, bits=bits, scheme=scheme)
+        if _stored_bits(new) < new.dense_bits():
+            return new, ""
+        why = (f"not pattern-pruned: kernels keep up to {cover.entries} of 9 weights, so the pattern form "
+               "is not smaller than dense")
+    if not project:
+        return None, why
+    return PatternConv2d.from_dense(module, None, bits=bits, scheme=scheme, project=True), ""
 
 
 def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, PatternSet]] = None,
             layers: str = "3x3", exclude: Iterable[str] = (), bits: Optional[int] = None,
-            scheme: str = "uniform", inplace: bool = False) -> nn.Module:
-    """Returns ``model`` with every eligible ``nn.Conv2d`` (3x3, groups=1, zero padding) replaced by
-    :class:`PatternConv2d`, anywhere in the module tree.
+            scheme: str = "uniform", inplace: bool = False, project: bool = False) -> nn.Module:
+    """Returns ``model`` with its pruned layers replaced by compressed modules, anywhere in the tree.
 
-    pattern_set: one :class:`PatternSet` for every layer, a dict {module name: PatternSet}, or None
-        (each layer selects its own 8 patterns; weights that already fit are stored as they are).
-    layers: "3x3" (default) or "all": also compress other Conv2d and Linear layers into sparse +
-        k-bit modules (``torch_patsparse.nn.sparse``).
+    By default the result computes exactly what ``model`` computes (every stored weight is the
+    original one): a 3x3 ``nn.Conv2d`` (groups=1, zero padding, numeric / ``"same"`` / ``"valid"``
+    padding) becomes a :class:`PatternConv2d` when its kernels are pattern-pruned, stored with the
+    pattern set it was trained with (recorded by :class:`torch_patsparse.ADMM`) or, failing that, a
+    set that holds every kernel exactly. Weights already on k-bit levels are stored as k-bit codes.
+    Layers that cannot be stored smaller without loss stay dense, and a ``UserWarning`` lists them.
+
+    pattern_set: one :class:`PatternSet` for every 3x3 layer, a dict {module name: PatternSet}, or
+        None (see above). An explicit set must hold every kernel, else ``ValueError`` (or projection
+        with ``project=True``).
+    layers: "3x3" (default) or "all": also store other ``nn.Conv2d`` / ``nn.Linear`` layers (and 3x3
+        convs that are not pattern-pruned, e.g. unstructured sparsity) as sparse + k-bit modules
+        (``torch_patsparse.nn.sparse``), when that is smaller than dense.
     exclude: module names to keep dense (e.g. ``["features.0"]`` for a first conv with 3 inputs).
-    bits / scheme: quantize the kept weights (None: keep codes only if the weights already sit on
-        quantization levels).
+    bits / scheme: quantize the kept weights of every converted layer to ``bits`` (lossy, asked
+        for). None: keep codes only where the weights already sit on quantization levels.
+    project: allow the lossy projection of 3x3 layers that are not pattern-pruned (onto
+        ``pattern_set`` or 8 patterns of 4 selected from the weight).
     inplace: modify ``model`` itself instead of a deep copy.
+
+    Every converted module gets ``conversion_error``, the relative weight error ``||W' - W|| / ||W||``
+    (0.0 when lossless); when any is nonzero a ``UserWarning`` lists them per layer.
     """
     if layers not in _LAYER_CHOICES:
         raise ValueError(f"layers must be one of {_LAYER_CHOICES}, got {layers!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert expects an nn.Module, got {type(model).__name__}")
+    if pattern_set is not None and not isinstance(pattern_set, (PatternSet, dict)):
+        raise TypeError(f"pattern_set must be a PatternSet, a dict of them or None, got {type(pattern_set).__name__}")
+    if isinstance(exclude, str):
+        exclude = [exclude]
     exclude = set(exclude)
     names = {name for name, _ in model.named_modules()}
     unknown = exclude - names
@@ -42,25 +101,49 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
         missing = set(pattern_set) - names
         if missing:
             raise ValueError(f"pattern_set names modules that are not in the model: {sorted(missing)}")
+    from .admm import trained_pattern_set  # the optimizer's record, keyed by the original parameters
+    trained = {name: trained_pattern_set(m.weight) for name, m in model.named_modules()
+               if kinds.layer_kind(m) == kinds.PATTERN}
     if not inplace:
         model = copy.deepcopy(model)
     # Collect first, then swap: replacing while iterating named_modules would skip or revisit.
-    swaps = []
+    swaps: List[Tuple[str, nn.Module]] = []
+    dense: List[Tuple[str, str]] = []
     for name, module in model.named_modules():
         if not name or name in exclude:
             continue
-        new = None
-        if is_pattern_eligible(module):
-            ps = pattern_set.get(name) if isinstance(pattern_set, dict) else pattern_set
-            new = PatternConv2d.from_dense(module, ps, bits=bits, scheme=scheme)
-        elif layers == "all" and type(module) in (nn.Conv2d, nn.Linear):
-            from .nn import sparse
-            new = sparse.compress_module(module)
-        if new is not None:
-            new.train(module.training)
-            swaps.append((name, new))
+        kind = kinds.layer_kind(module)
+        if kind is None:
+            continue
+        new, why = None, ""
+        if kind == kinds.PATTERN:
+            explicit = pattern_set.get(name) if isinstance(pattern_set, dict) else pattern_set
+            pset = explicit if explicit is not None else trained.get(name)
+            new, why = _pattern_layer(module, pset, explicit is not None, bits, scheme, project)
+            if new is None and explicit is not None:
+                raise ValueError(f"convert: layer '{name}': {why}")
+        if new is None and layers == "all":
+            new = compress_module(module, bits=bits, scheme=scheme)
+            if new is None:
+                why = why or "sparse form not smaller than dense (weights not pruned)"
+        if new is None:
+            if layers == "all" or kind == kinds.PATTERN:
+                dense.append((name, why))
+            continue
+        new.conversion_error = _relative_error(new, module)
+        new.train(module.training)
+        swaps.append((name, new))
     for name, new in swaps:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, new)
+    if dense:
+        warnings.warn("convert: left dense (function unchanged): "
+                      + "; ".join(f"'{n}': {why}" for n, why in dense)
+                      + ". Pass project=True to project 3x3 layers onto patterns (lossy), or exclude=[...].",
+                      UserWarning, stacklevel=2)
+    lossy = [(n, m.conversion_error) for n, m in swaps if m.conversion_error > 0]
+    if lossy:
+        warnings.warn("convert: lossy conversion (relative weight error ||W'-W||/||W||): "
+                      + ", ".join(f"'{n}': {e:.3g}" for n, e in lossy), UserWarning, stacklevel=2)
     return model

@@ -1,0 +1,187 @@
+"""ps.convert as a user calls it: the README flow, and the rule that convert never changes what a
+model computes unless asked (project=True / bits)."""
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import torch_patsparse as ps
+from torch_patsparse import constraints as C
+from torch_patsparse.nn import PatternConv2d, SparseConv2d, SparseLinear
+
+
+class SmallNet(nn.Module):
+    def __init__(self, bn: bool = True):
+        super().__init__()
+        norm = (lambda c: nn.BatchNorm2d(c)) if bn else (lambda c: nn.Identity())
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), norm(16), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1), norm(32), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 32, 3, padding=1), norm(32), nn.ReLU(), nn.MaxPool2d(2))
+        self.fc = nn.Linear(32 * 4 * 4, 10)
+
+    def forward(self, x):
+        return self.fc(self.features(x).flatten(1))
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def _train(model, opt, x, y, steps):
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("bits", [4, 3, 2])
+def test_readme_flow_converts_losslessly(bits):
+    """ADMM -> hard_prune -> retrain -> ps.convert(model) with no pattern_set: same outputs."""
+    torch.manual_seed(bits)
+    model = SmallNet()
+    x, y = torch.randn(64, 1, 16, 16), torch.randint(0, 10, (64,))
+    convs = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)][1:]
+    ids = {id(p) for p in convs}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    opt = ps.ADMM([{"params": convs, "constraints": [C.Pattern(k=8), C.Connectivity(keep=0.3),
+                                                     C.Quantize(bits=bits)]},
+                   {"params": rest}], base=torch.optim.SGD, lr=0.05, momentum=0.9, update_every=5)
+    _train(model, opt, x, y, 15)
+    opt.hard_prune()
+    _train(model, opt, x, y, 5)
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # lossless: no "left dense", no "lossy" warning
+        converted = ps.convert(model, exclude=["features.0", "fc"])
+    pcs = [m for m in converted.modules() if isinstance(m, PatternConv2d)]
+    assert len(pcs) == 2
+    # the optimizer's pattern set reached convert without the user passing it
+    trained = opt.pattern_sets()[0]
+    for m in pcs:
+        assert m.conversion_error == 0.0
+        assert m.quantized and m.bits <= bits
+        assert set(map(tuple, m.pattern_set().positions.tolist())) <= set(map(tuple, trained.positions.tolist()))
+    with torch.no_grad():
+        assert _rel(converted(x), model(x)) < 1e-5
+
+
+def test_unpruned_model_is_left_dense_with_a_warning():
+    torch.manual_seed(0)
+    model = SmallNet(bn=False).eval()
+    x = torch.randn(2, 1, 16, 16)
+    with pytest.warns(UserWarning, match="left dense"):
+        out = ps.convert(model)
+    assert not any(isinstance(m, PatternConv2d) for m in out.modules())
+    with torch.no_grad():
+        assert torch.equal(out(x), model(x))
+
+
+def test_project_true_projects_and_reports_the_error():
+    torch.manual_seed(0)
+    model = SmallNet(bn=False).eval()
+    with pytest.warns(UserWarning, match="lossy"):
+        out = ps.convert(model, project=True)
+    pcs = [m for m in out.modules() if isinstance(m, PatternConv2d)]
+    assert len(pcs) == 3
+    for m in pcs:
+        assert 0.1 < m.conversion_error < 1.0
+        assert m.patterns.shape == (8, 4)
+
+
+def test_explicit_pattern_set_must_fit_unless_project():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 4, 3)
+    model = nn.Sequential(conv)
+    pset = ps.PatternSet.candidates()
+    with pytest.raises(ValueError, match="project=True"):
+        ps.convert(model, pattern_set=pset)
+    with pytest.warns(UserWarning, match="lossy"):
+        out = ps.convert(model, pattern_set=ps.PatternSet(pset.positions[:8]), project=True)
+    assert isinstance(out[0], PatternConv2d) and out[0].conversion_error > 0
+
+
+def test_subshape_kernels_are_stored_exactly():
+    """Kernels with 1-3 nonzeros (e.g. quantized to zero) fit a sub-shape of a pattern: stored as they are."""
+    torch.manual_seed(1)
+    conv = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+    pset = ps.PatternSet.candidates().positions[torch.randperm(56)[:8]]
+    with torch.no_grad():
+        w = ps.project.pattern(conv.weight, ps.PatternSet(pset))
+        w[torch.rand(w.shape) < 0.3] = 0  # sub-shapes of every pattern, some kernels empty
+        conv.weight.copy_(w)
+    out = ps.convert(nn.Sequential(conv))[0]
+    assert isinstance(out, PatternConv2d) and out.conversion_error == 0.0
+    assert torch.equal(out.dense_weight(), conv.weight.detach())
+
+
+def test_unstructured_3x3_becomes_lossless_sparse_conv_under_all():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 8, 3, padding=1)
+    with torch.no_grad():
+        conv.weight[torch.rand(conv.weight.shape) < 0.05] = 0
+    x = torch.randn(2, 8, 6, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = ps.convert(nn.Sequential(conv), layers="all")[0]
+    assert isinstance(out, SparseConv2d) and out.conversion_error == 0.0
+    assert torch.allclose(out(x), conv(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_string_padding_is_converted(padding):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, padding=padding, dilation=2 if padding == "same" else 1)
+    with torch.no_grad():
+        conv.weight.copy_(ps.project.pattern(conv.weight, ps.PatternSet.candidates()))
+    x = torch.randn(2, 4, 9, 9)
+    out = ps.convert(nn.Sequential(conv))[0]
+    assert isinstance(out, PatternConv2d)
+    assert torch.allclose(out(x), conv(x), rtol=1e-5, atol=1e-6)
+
+
+def test_bits_apply_to_linear_layers_under_all():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    with pytest.warns(UserWarning, match="lossy"):
+        out = ps.convert(model, layers="all", bits=4)
+    lins = [m for m in out.modules() if isinstance(m, SparseLinear)]
+    assert len(lins) == 2 and all(m.bits == 4 for m in lins)
+    assert all(0 < m.conversion_error < 0.2 for m in lins)
+
+
+def test_convert_is_idempotent_and_validates_arguments():
+    model = nn.Sequential(nn.Conv2d(2, 2, 3))
+    with pytest.raises(ValueError, match="layers"):
+        ps.convert(model, layers="some")
+    with pytest.raises(ValueError, match="not in the model"):
+        ps.convert(model, exclude=["nope"])
+    with pytest.raises(TypeError):
+        ps.convert(model, pattern_set=[1, 2])
+    with torch.no_grad():
+        model[0].weight.copy_(ps.project.pattern(model[0].weight, ps.PatternSet.candidates()))
+    once = ps.convert(model)
+    twice = ps.convert(once)
+    assert isinstance(twice[0], PatternConv2d)
+
+
+def test_report_counts_the_whole_state_dict():
+    torch.manual_seed(0)
+    model = SmallNet().eval()
+    report = ps.compression_report(model, input_size=(1, 1, 16, 16))
+    sd_bits = sum(t.numel() * t.element_size() * 8 for t in model.state_dict().values())
+    assert report.totals["model_stored_bits"] == sd_bits
+    assert report.totals["other_bits"] > 0  # BatchNorm statistics
+    assert "whole state_dict" in str(report)
+
+
+def test_impossible_constraints_fail_at_construction():
+    with pytest.raises(ValueError, match="k"):
+        C.Pattern(k=100)
+    w = nn.Parameter(torch.randn(4, 3, 3, 3))
+    with pytest.raises(ValueError, match="conv.weight"):
+        ps.ADMM([{"params": [w], "names": ["conv.weight"], "constraints": [C.Connectivity(keep=13)]}], lr=0.1)
+    with pytest.raises(ValueError, match="filters"):
+        ps.ADMM([{"params": [w], "constraints": [C.Filter(keep=5)]}], lr=0.1)
