@@ -239,8 +239,6 @@ def _corrupt_state(family, sd, cfg, rng):
             s.fill_(v)
             sd["scale"] = s
             descs.append(f"scale = {v}")
-            if not (math.isfinite(v) and v > 0):
-                tags.add("bad-scale")
         elif kind == "dup" and "filter_ptr" in sd and "kernel_channel" in sd:
             fp, cands = _dup_candidates(sd["filter_ptr"], sd["kernel_channel"])
             if cands:
@@ -250,7 +248,6 @@ def _corrupt_state(family, sd, cfg, rng):
                 kc[a] = kc[b]
                 sd["kernel_channel"] = kc
                 descs.append(f"duplicate kernel: filter {o} kernel {a} := channel of kernel {b}")
-                tags.add("dup")
         elif kind == "index" and family.startswith("load:pattern"):
             name = rng.choice(["filter_ptr", "kernel_channel", "kernel_pattern", "patterns"])
             t = sd[name].clone() if isinstance(sd.get(name), torch.Tensor) else None
@@ -306,6 +303,10 @@ def _corrupt_state(family, sd, cfg, rng):
             descs.append(f"swap {a} <-> {b}")
         else:
             descs.append("unchanged")
+    sc = sd.get("scale")  # judged on the final state (a later corruption may overwrite an earlier one)
+    if isinstance(sc, torch.Tensor) and sc.is_floating_point() and sc.numel() == 1 and not (
+            math.isfinite(float(sc)) and float(sc) > 0):
+        tags.add("bad-scale")
     return descs, target, tags
 
 
