@@ -108,6 +108,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from . import _C  # noqa: F401  (registers torch.ops.patsparse.admm_*)
 from . import constraints as C
 from . import project
+from .quant import levels as quant_levels
 
 # The pattern set each constrained weight is trained with, keyed by the Parameter object itself (by
 # identity, weakly): ps.convert reads it, so converting stores the trained set without the user wiring it.
@@ -489,7 +490,7 @@ class ADMM(Optimizer):
                 final = pruned
                 if quant is not None:
                     final, scale = quant.quantize_params(pruned)
-                    top = max(2 ** (quant.bits - 1) - 1, 1)  # codes span -top..top (see project)
+                    top = quant_levels(quant.bits)  # codes span -top..top
                     all_codes = torch.arange(-top, top + 1, device=p.device)
                     st["levels"] = project.dequantize(all_codes, scale, quant.scheme, dtype=p.dtype).unique()
                     st["latent"] = final.clone()
