@@ -3,7 +3,7 @@
 // The driver (plan_forward, csrc/kernels/plan.cpp) owns everything shape-related: the cached
 // per-layer plan (filter groups of up to 4 output channels with identical (channel, pattern)
 // lists; the weights are read from the caller's values array, run r of member g at
-// values[g][run_kernel[r] * E + e]), the zero-padded input slab per block of output rows in
+// values[g][r * E + e]), the zero-padded input slab per block of output rows in
 // which stride and padding become plane phases so every tap is a constant offset, the threading
 // through ParallelFor, and the scatter of tiles into the output. A micro-kernel computes one tile:
 // G output channels x V float32x4 vectors of consecutive slab positions, over all kept kernels
@@ -59,13 +59,12 @@ void neon_tile(const TileArgs& t) {
   for (int64_t r = 0; r < t.runs; ++r) {
     const float* base = t.src + t.run_channel[r] * t.channel_stride;
     const int32_t* off = t.tap_off + t.run_pattern[r] * E;
-    const int64_t vo = static_cast<int64_t>(t.run_kernel[r]) * E;
     float32x4_t xl[V + 1];
     int64_t loaded = 0;       // offset of xl[0]
     bool have = false;        // xl holds V+1 vectors at `loaded`
     for (int64_t e = 0; e < E; ++e) {
       float w[G];
-      for (int g = 0; g < G; ++g) w[g] = vals[g][vo + e];
+      for (int g = 0; g < G; ++g) w[g] = vals[g][e];
       const int64_t o = off[e];
       const int64_t d = o - loaded;
       if (have && d >= 0 && d <= 3) {
@@ -90,6 +89,7 @@ void neon_tile(const TileArgs& t) {
       }
       fma_tap<G, V, 0>(acc, xl, w);
     }
+    for (int g = 0; g < G; ++g) vals[g] += E;
   }
   for (int g = 0; g < G; ++g)
     for (int v = 0; v < V; ++v) vst1q_f32(t.out + g * t.out_stride + 4 * v, acc[g][v]);

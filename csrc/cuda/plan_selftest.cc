@@ -165,6 +165,10 @@ void run_case(int N, int cin, int H, int W, int cout, int stride, int pad, int d
   HostPlan hp;
   const std::string err = build_plan(K, E, cout, nnz, w.patterns.data(), w.filter_ptr.data(), w.kernel_channel.data(),
                                      w.kernel_pattern.data(), cin, &hp);
+  if (dup) {  // a (filter, channel) kernel listed twice is invalid (validate_format rejects it)
+    if (err.empty()) { ++failures; std::printf("FAIL build_plan %s: duplicate kernel accepted\n", tag.c_str()); }
+    return;
+  }
   if (!err.empty()) { ++failures; std::printf("FAIL build_plan %s: %s\n", tag.c_str(), err.c_str()); return; }
   if (expect_group > 0 && hp.group != expect_group) {
     ++failures;
@@ -283,7 +287,7 @@ int main() {
   run_case<double>(1, 1, 3, 3, 1, 1, 0, 1, false, 8, 4, 1.0, 1, false, 0, rng);
   run_case<double>(1, 2, 1, 1, 2, 1, 1, 1, true, 8, 4, 0.9, 1, false, 0, rng);
   run_case<double>(1, 7, 30, 33, 9, 2, 1, 1, true, 8, 4, 0.5, 1, false, 0, rng);
-  run_case<double>(2, 6, 10, 9, 8, 2, 0, 1, true, 5, 3, 0.5, 1, true, 0, rng);       // E=3, duplicate channels
+  run_case<double>(2, 6, 10, 9, 8, 2, 0, 1, true, 5, 3, 0.5, 1, true, 0, rng);       // E=3, duplicate channels: rejected
   run_case<double>(1, 5, 9, 10, 7, 1, 1, 3, true, 2, 9, 0.6, 1, false, 0, rng);      // E=9 (dense kernels), dil 3
   run_case<double>(0, 3, 8, 8, 4, 1, 1, 1, true, 8, 4, 0.5, 1, false, 0, rng);       // batch 0
   run_case<double>(1, 4, 6, 6, 5, 1, 1, 1, true, 8, 4, 0.0, 1, false, 0, rng);       // no kernels at all

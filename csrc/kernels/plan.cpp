@@ -25,26 +25,16 @@ std::shared_ptr<const ExecPlan> build_plan(const PatternWeights<float>& w, int64
   p.hash = index_hash(w, in_channels);
   const int64_t cout = w.out_channels;
 
-  // Kernels of each filter sorted by (channel, pattern): the filter then streams the slab in order.
-  std::vector<int32_t> order(static_cast<size_t>(w.nnz));
-  std::iota(order.begin(), order.end(), 0);
+  // Runs follow each filter's CSR order, so every member of a group reads its values sequentially
+  // from the caller's array (no copy, no gather). Filters with identical (channel, pattern) lists,
+  // in the same order, are gathered (stable: lowest channel first).
   auto key = [&](int32_t k) { return (static_cast<int64_t>(w.kernel_channel[k]) << 8) | w.kernel_pattern[k]; };
-  for (int64_t o = 0; o < cout; ++o)
-    std::stable_sort(order.begin() + w.filter_ptr[o], order.begin() + w.filter_ptr[o + 1],
-                     [&](int32_t a, int32_t b) { return key(a) < key(b); });
-
-  // Filters with identical (channel, pattern) lists and the same relative kernel order (so one
-  // run_kernel offset serves every member) are gathered (stable: lowest channel first).
   auto less_list = [&](int32_t a, int32_t b) {
     const int32_t la = w.filter_ptr[a + 1] - w.filter_ptr[a], lb = w.filter_ptr[b + 1] - w.filter_ptr[b];
     if (la != lb) return la > lb;  // longer (more work) filters first
     for (int32_t i = 0; i < la; ++i) {
-      const int64_t ka = key(order[w.filter_ptr[a] + i]), kb = key(order[w.filter_ptr[b] + i]);
+      const int64_t ka = key(w.filter_ptr[a] + i), kb = key(w.filter_ptr[b] + i);
       if (ka != kb) return ka < kb;
-    }
-    for (int32_t i = 0; i < la; ++i) {
-      const int32_t ra = order[w.filter_ptr[a] + i] - w.filter_ptr[a], rb = order[w.filter_ptr[b] + i] - w.filter_ptr[b];
-      if (ra != rb) return ra < rb;
     }
     return false;
   };
@@ -65,10 +55,9 @@ std::shared_ptr<const ExecPlan> build_plan(const PatternWeights<float>& w, int64
     const int32_t lead = filters[i];
     const int32_t runs = w.filter_ptr[lead + 1] - w.filter_ptr[lead];
     for (int32_t r = 0; r < runs; ++r) {
-      const int32_t k = order[w.filter_ptr[lead] + r];
+      const int32_t k = w.filter_ptr[lead] + r;
       p.run_channel.push_back(w.kernel_channel[k]);
       p.run_pattern.push_back(w.kernel_pattern[k]);
-      p.run_kernel.push_back(k - w.filter_ptr[lead]);
     }
     g.run_end = static_cast<int32_t>(p.run_channel.size());
     for (int64_t m = i; m < end; ++m) p.out_order.push_back(filters[m]);
@@ -78,7 +67,7 @@ std::shared_ptr<const ExecPlan> build_plan(const PatternWeights<float>& w, int64
   }
   p.bytes = static_cast<int64_t>(sizeof(ExecPlan) + p.patterns.size() + p.kernel_pattern.size() + p.run_pattern.size() +
                                  4 * (p.filter_ptr.size() + p.kernel_channel.size() + p.out_order.size() +
-                                      p.run_channel.size() + p.run_kernel.size()) +
+                                      p.run_channel.size()) +
                                  sizeof(PlanGroup) * p.groups.size() + 8 * p.work_prefix.size());
   return plan;
 }
@@ -370,7 +359,6 @@ void plan_forward(const ExecPlan& plan, const MicroKernels& mk, const ConvShape&
         ta.tap_off = tap_off.data();
         ta.run_channel = plan.run_channel.data() + grp.run_begin;
         ta.run_pattern = plan.run_pattern.data() + grp.run_begin;
-        ta.run_kernel = plan.run_kernel.data() + grp.run_begin;
         for (int m = 0; m < G; ++m) ta.values[m] = values + static_cast<int64_t>(plan.filter_ptr[outs[m]]) * E;
         ta.runs = grp.run_end - grp.run_begin;
         ta.entries = E;
@@ -415,11 +403,10 @@ void portable_tile(const TileArgs& t) {
   for (int64_t r = 0; r < t.runs; ++r) {
     const float* base = t.src + t.run_channel[r] * t.channel_stride;
     const int32_t* off = t.tap_off + t.run_pattern[r] * t.entries;
-    const int64_t vo = static_cast<int64_t>(t.run_kernel[r]) * t.entries;
     for (int64_t e = 0; e < t.entries; ++e) {
       const float* x = base + off[e];
       for (int m = 0; m < G; ++m)
-        for (int i = 0; i < W; ++i) acc[m][i] += t.values[m][vo + e] * x[i];
+        for (int i = 0; i < W; ++i) acc[m][i] += t.values[m][r * t.entries + e] * x[i];
     }
   }
   for (int m = 0; m < G; ++m)

@@ -6,14 +6,12 @@
 // never checks). The values are read at call time, never copied into the plan: whatever writes them
 // (fused optimizers, .data, numpy) cannot make a cached plan stale. The plan does not depend on the
 // input shape or the ISA:
-//   * each filter's kernels are sorted by (input channel, pattern), so a filter streams the input
-//     slab in order (the micro-kernels read the taps through an offset table, so pattern order
-//     would buy nothing; channel order keeps the hardware prefetchers on one stream);
-//   * filters whose (channel, pattern) lists are identical (connectivity `group=G`, or equal by
-//     chance) and whose kernels sit in the same relative order in their CSR rows are gathered into
-//     groups of up to kPlanMaxGroup output channels: one input vector load feeds G FMAs, and run r of
-//     every member reads its E values at the same offset (run_kernel[r] * E) from its filter's first
-//     kernel, straight from the caller's values array;
+//   * each filter's kernels run in their CSR order (the format's pattern-major order sweeps the
+//     input slab once per pattern, channels ascending: forward streams for the prefetchers), so
+//     every filter reads its values sequentially, straight from the caller's array;
+//   * filters whose (channel, pattern) lists are identical, in the same order (connectivity
+//     `group=G`, or equal by chance) are gathered into groups of up to kPlanMaxGroup output
+//     channels: one input vector load feeds G FMAs;
 //   * work_prefix (kept kernels x group size, per group) lets the driver split groups into chunks
 //     of equal work for threads.
 // PlanCache finds a plan by the content of the index arrays (a pointer hint, then a hash; a full
@@ -46,7 +44,7 @@ constexpr int kPlanMaxVecs = 16;   // largest tile width (vectors) a micro-kerne
 struct PlanGroup {
   int32_t out_begin = 0;     // first index into ExecPlan::out_order
   int32_t size = 0;          // G: output channels in the group (1..kPlanMaxGroup)
-  int32_t run_begin = 0;     // runs [run_begin, run_end) into run_channel / run_pattern / run_kernel
+  int32_t run_begin = 0;     // runs [run_begin, run_end) into run_channel / run_pattern
   int32_t run_end = 0;
 };
 
@@ -63,7 +61,6 @@ struct ExecPlan {
   std::vector<PlanGroup> groups;
   std::vector<int32_t> run_channel;   // [runs] input channel of each run (a kept kernel shared by the group)
   std::vector<uint8_t> run_pattern;   // [runs] its pattern id
-  std::vector<int32_t> run_kernel;    // [runs] its kernel's position in each member's CSR row
   std::vector<int64_t> work_prefix;   // [groups+1] prefix sum of runs*G (balancing)
 };
 
@@ -113,7 +110,7 @@ class PlanCache {
 
 // One tile for a micro-kernel. For run r of the group (r in [0, runs)) and pattern entry e:
 //   x = src + run_channel[r] * channel_stride + tap_off[run_pattern[r] * entries + e]
-//   for v < V, lane l < vec_len:  acc[g][v*vec_len + l] += values[g][run_kernel[r]*entries + e] * x[v*vec_len + l]
+//   for v < V, lane l < vec_len:  acc[g][v*vec_len + l] += values[g][r*entries + e] * x[v*vec_len + l]
 // acc starts at bias[g] (or 0 when bias is null) and is stored to out[g * out_stride + i].
 // Every read stays inside the slab (plan_forward sizes it); `out` has room for V*vec_len per g.
 struct TileArgs {
@@ -122,8 +119,7 @@ struct TileArgs {
   const int32_t* tap_off = nullptr;    // [K*E]
   const int32_t* run_channel = nullptr;
   const uint8_t* run_pattern = nullptr;
-  const int32_t* run_kernel = nullptr;
-  const float* values[kPlanMaxGroup] = {};  // per member g: the values of its filter's first kernel
+  const float* values[kPlanMaxGroup] = {};  // per member g: its filter's values (run r at r * entries)
   int64_t runs = 0;
   int64_t entries = 0;
   const float* bias = nullptr;         // [G] in group order, or null

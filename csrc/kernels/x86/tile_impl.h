@@ -14,6 +14,35 @@ namespace patsparse {
 namespace {
 
 
+// All runs of the tile; EC > 0: the number of entries, known at compile time (the inner loop then
+// unrolls and the G value pointers advance once per run), 0: t.entries.
+template <class S, int G, int V, int EC>
+__attribute__((always_inline)) inline void tile_runs(const TileArgs& t, typename S::Vec (&acc)[G][V]) {
+  const float* vals[G];  // member m's weights, run after run (its filter's CSR row)
+#pragma GCC unroll 4
+  for (int m = 0; m < G; ++m) vals[m] = t.values[m];
+  const int64_t E = EC > 0 ? EC : t.entries, cs = t.channel_stride;
+  for (int64_t r = 0; r < t.runs; ++r) {
+    const float* base = t.src + t.run_channel[r] * cs;
+    const int32_t* off = t.tap_off + t.run_pattern[r] * E;
+#pragma GCC unroll 9
+    for (int64_t e = 0; e < E; ++e) {
+      const float* x = base + off[e];
+      typename S::Vec xv[V];
+#pragma GCC unroll 16
+      for (int v = 0; v < V; ++v) xv[v] = S::load(x + S::width * v);
+#pragma GCC unroll 4
+      for (int m = 0; m < G; ++m) {
+        const typename S::Vec w = S::set1(vals[m][e]);
+#pragma GCC unroll 16
+        for (int v = 0; v < V; ++v) acc[m][v] = S::fma(xv[v], w, acc[m][v]);
+      }
+    }
+#pragma GCC unroll 4
+    for (int m = 0; m < G; ++m) vals[m] += E;
+  }
+}
+
 template <class S, int G, int V>
 void tile(const TileArgs& t) {
   typename S::Vec acc[G][V];
@@ -23,27 +52,8 @@ void tile(const TileArgs& t) {
 #pragma GCC unroll 16
     for (int v = 0; v < V; ++v) acc[m][v] = b;
   }
-  const float* vals[G];  // member m's weights: its filter's values, run r at run_kernel[r] * E
-#pragma GCC unroll 4
-  for (int m = 0; m < G; ++m) vals[m] = t.values[m];
-  const int64_t E = t.entries, cs = t.channel_stride;
-  for (int64_t r = 0; r < t.runs; ++r) {
-    const float* base = t.src + t.run_channel[r] * cs;
-    const int32_t* off = t.tap_off + t.run_pattern[r] * E;
-    const int64_t vo = static_cast<int64_t>(t.run_kernel[r]) * E;
-    for (int64_t e = 0; e < E; ++e) {
-      const float* x = base + off[e];
-      typename S::Vec xv[V];
-#pragma GCC unroll 16
-      for (int v = 0; v < V; ++v) xv[v] = S::load(x + S::width * v);
-#pragma GCC unroll 4
-      for (int m = 0; m < G; ++m) {
-        const typename S::Vec w = S::set1(vals[m][vo + e]);
-#pragma GCC unroll 16
-        for (int v = 0; v < V; ++v) acc[m][v] = S::fma(xv[v], w, acc[m][v]);
-      }
-    }
-  }
+  if (t.entries == 4) tile_runs<S, G, V, 4>(t, acc);  // the papers' (and the default) pattern size
+  else tile_runs<S, G, V, 0>(t, acc);
 #pragma GCC unroll 4
   for (int m = 0; m < G; ++m)
 #pragma GCC unroll 16
