@@ -271,8 +271,9 @@ def _corrupt_state(family, sd, cfg, rng):
             keys.remove(k)
             descs.append(f"del {k}")
         elif kind == "extra":
-            sd[rng.choice(["bogus", "weight", "values", "codes", "scale"])] = torch.zeros(rng.choice([0, 1, 3]))
-            descs.append("extra key")
+            name, n = rng.choice(["bogus", "weight", "values", "codes", "scale"]), rng.choice([0, 1, 3])
+            sd[name] = torch.zeros(n)
+            descs.append(f"{name} = torch.zeros({n})")
         elif kind == "nontensor" and k:
             sd[k] = rng.choice([None, 3, [1, 2], "x", 2.5])
             descs.append(f"{k} = {sd[k]!r}")
@@ -547,7 +548,8 @@ def _ref_conv(x, w, b, stride, padding, dilation):
     if oh > 0 and ow > 0 and (cin == 0 or n == 0):  # F.conv2d mishandles 0 input channels
         out = torch.zeros(n, w.shape[0], oh, ow, dtype=torch.float64)
         return out if b is None else out + b.double()[None, :, None, None]
-    if max(stride + padding + dilation) < 2**20:  # explicit zero padding: also defined for an empty H / W
+    padded = n * cin * (h + 2 * padding[0]) * (wd + 2 * padding[1])
+    if max(stride + padding + dilation) < 2**20 and padded < 2**24:  # explicit zero padding: also for H / W = 0
         xp = F.pad(x.double(), (padding[1], padding[1], padding[0], padding[0]))
         return F.conv2d(xp, w, None if b is None else b.double(), stride, 0, dilation)
     if oh <= 0 or ow <= 0 or oh * ow > 4096:
@@ -837,10 +839,12 @@ def run(seed=0, cases=300, batch=250, case_timeout=60.0, mem_gb=6.0, progress=Fa
         stderr = proc.stderr.read()
         sel.close()
         sanitizer = "AddressSanitizer" in stderr or "runtime error:" in stderr or "LeakSanitizer" in stderr
+        report = [ln for ln in stderr.splitlines() if "runtime error:" in ln or "ERROR: AddressSanitizer" in ln
+                  or "ERROR: LeakSanitizer" in ln][:1]
         if current is not None:  # died or hung inside this case
             family, _ = case_family(seed, current)
             cls = "hang" if hung else ("sanitizer" if sanitizer else "crash")
-            tail = stderr.strip().splitlines()[-3:] if stderr.strip() else []
+            tail = report or (stderr.strip().splitlines()[-3:] if stderr.strip() else [])
             results[current] = {"i": current, "family": family, "cls": cls, "tag": ctx.get("tag", family),
                                 "desc": ctx.get("desc", family)[:600],
                                 "detail": f"exit {proc.returncode}; " + " | ".join(tail)[-300:]}
