@@ -20,8 +20,6 @@ std::shared_ptr<const ExecPlan> build_plan(const PatternWeights<float>& w, int64
   p.nnz = w.nnz;
   p.patterns.assign(w.patterns, w.patterns + w.num_patterns * w.entries);
   p.filter_ptr.assign(w.filter_ptr, w.filter_ptr + w.out_channels + 1);
-  p.kernel_channel.assign(w.kernel_channel, w.kernel_channel + w.nnz);
-  p.kernel_pattern.assign(w.kernel_pattern, w.kernel_pattern + w.nnz);
   p.hash = index_hash(w, in_channels);
   const int64_t cout = w.out_channels;
 
@@ -65,9 +63,8 @@ std::shared_ptr<const ExecPlan> build_plan(const PatternWeights<float>& w, int64
     p.work_prefix.push_back(p.work_prefix.back() + static_cast<int64_t>(runs + 1) * g.size);
     i = end;
   }
-  p.bytes = static_cast<int64_t>(sizeof(ExecPlan) + p.patterns.size() + p.kernel_pattern.size() + p.run_pattern.size() +
-                                 4 * (p.filter_ptr.size() + p.kernel_channel.size() + p.out_order.size() +
-                                      p.run_channel.size()) +
+  p.bytes = static_cast<int64_t>(sizeof(ExecPlan) + p.patterns.size() + p.run_pattern.size() +
+                                 4 * (p.filter_ptr.size() + p.out_order.size() + p.run_channel.size()) +
                                  sizeof(PlanGroup) * p.groups.size() + 8 * p.work_prefix.size());
   return plan;
 }
@@ -110,11 +107,24 @@ uint64_t index_hash(const PatternWeights<float>& w, int64_t in_channels) {
 }
 
 bool plan_matches(const ExecPlan& p, const PatternWeights<float>& w, int64_t in_channels) {
-  return p.in_channels == in_channels && p.num_patterns == w.num_patterns && p.entries == w.entries &&
-         p.out_channels == w.out_channels && p.nnz == w.nnz &&
-         same_array(p.patterns, w.patterns, w.num_patterns * w.entries) &&
-         same_array(p.filter_ptr, w.filter_ptr, w.out_channels + 1) &&
-         same_array(p.kernel_channel, w.kernel_channel, w.nnz) && same_array(p.kernel_pattern, w.kernel_pattern, w.nnz);
+  if (p.in_channels != in_channels || p.num_patterns != w.num_patterns || p.entries != w.entries ||
+      p.out_channels != w.out_channels || p.nnz != w.nnz ||
+      !same_array(p.patterns, w.patterns, w.num_patterns * w.entries) ||
+      !same_array(p.filter_ptr, w.filter_ptr, w.out_channels + 1))
+    return false;
+  // Equal filter_ptr: every kernel lies in one filter and every filter in one group, whose runs are
+  // that filter's CSR row; comparing those covers kernel_channel and kernel_pattern completely
+  // (and reads the run arrays the forward reads next).
+  for (const PlanGroup& g : p.groups) {
+    const size_t runs = static_cast<size_t>(g.run_end - g.run_begin);
+    for (int32_t m = 0; m < g.size; ++m) {
+      const int32_t k = p.filter_ptr[p.out_order[g.out_begin + m]];
+      if (runs && (std::memcmp(w.kernel_channel + k, p.run_channel.data() + g.run_begin, 4 * runs) != 0 ||
+                   std::memcmp(w.kernel_pattern + k, p.run_pattern.data() + g.run_begin, runs) != 0))
+        return false;
+    }
+  }
+  return true;
 }
 
 bool PlanCache::Hint::operator==(const Hint& o) const {

@@ -15,7 +15,7 @@
 //   * work_prefix (kept kernels x group size, per group) lets the driver split groups into chunks
 //     of equal work for threads.
 // PlanCache finds a plan by the content of the index arrays (a pointer hint, then a hash; a full
-// compare against the plan's own copy decides), so in-place writes to them, freed and reused memory
+// compare against the plan's own arrays decides), so in-place writes to them, freed and reused memory
 // and tensors without version counters all behave.
 //
 // Execution (plan_forward): per (image, block of output rows, chunk of groups) task, the input rows
@@ -50,12 +50,11 @@ struct PlanGroup {
 
 struct ExecPlan {
   int64_t in_channels = 0, out_channels = 0, entries = 0, num_patterns = 0, nnz = 0;
-  // The index arrays the plan was built from (validated), compared in full on every cache lookup.
+  // With run_channel / run_pattern (each filter's CSR row), these hold the whole content of the
+  // index arrays the plan was built from (validated): plan_matches compares it on every lookup.
   std::vector<uint8_t> patterns;      // [K*E] kept positions
   std::vector<int32_t> filter_ptr;    // [Cout+1]
-  std::vector<int32_t> kernel_channel;  // [nnz]
-  std::vector<uint8_t> kernel_pattern;  // [nnz]
-  uint64_t hash = 0;                  // index_hash of those arrays
+  uint64_t hash = 0;                  // index_hash of the arrays
   int64_t bytes = 0;                  // memory held (for the cache bound)
   std::vector<int32_t> out_order;     // [Cout] output channel of each plan position
   std::vector<PlanGroup> groups;

@@ -85,6 +85,30 @@ void cache_by_content(Counter& t) {
   // The original content again (other buffers): still cached.
   t.check(cache.get(copy.view(), 6) == p1 && cache.stats().builds == 3, "old content still cached");
 
+  // A change of any single index byte is seen (group members other than the lead included).
+  {
+    Compressed c = random_weights(9, 6, 0.8, 3, 23);
+    const auto plan = build_plan(c.view(), 6);
+    bool all_seen = plan_matches(*plan, c.view(), 6);
+    for (size_t k = 0; k < c.kernel_channel.size(); ++k) {
+      c.kernel_pattern[k] ^= 1;
+      all_seen = all_seen && !plan_matches(*plan, c.view(), 6);
+      c.kernel_pattern[k] ^= 1;
+      c.kernel_channel[k] ^= 1;
+      all_seen = all_seen && !plan_matches(*plan, c.view(), 6);
+      c.kernel_channel[k] ^= 1;
+    }
+    for (size_t o = 1; o + 1 < c.filter_ptr.size(); ++o) {
+      c.filter_ptr[o] += 1;
+      all_seen = all_seen && !plan_matches(*plan, c.view(), 6);
+      c.filter_ptr[o] -= 1;
+    }
+    c.patterns[5] ^= 1;
+    all_seen = all_seen && !plan_matches(*plan, c.view(), 6);
+    c.patterns[5] ^= 1;
+    t.check(all_seen && plan_matches(*plan, c.view(), 6), "plan_matches sees a change of any index entry");
+  }
+
   // Invalid arrays throw and are not cached.
   Compressed bad = copy;
   bad.kernel_channel[0] = 6;
