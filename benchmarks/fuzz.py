@@ -305,9 +305,12 @@ def _corrupt_state(family, sd, cfg, rng):
         else:
             descs.append("unchanged")
     sc = sd.get("scale")  # judged on the final state (a later corruption may overwrite an earlier one)
-    if isinstance(sc, torch.Tensor) and sc.is_floating_point() and sc.numel() == 1 and not (
-            math.isfinite(float(sc)) and float(sc) > 0):
-        tags.add("bad-scale")
+    if isinstance(sc, torch.Tensor) and sc.is_floating_point() and sc.numel() == 1:
+        v = float(sc)
+        if not math.isfinite(v) or v < 0:
+            tags.add("bad-scale")
+        elif v == 0:  # fine only for an all-zero layer (nothing to scale)
+            tags.add("zero-scale")
     return descs, target, tags
 
 
@@ -418,8 +421,9 @@ def _run_load(family, rng, ctx):
     # accepted: the checkpoint must have been one this layer can hold
     if "config" in tags:
         raise Outcome("accepted-wrong", "load:config", "checkpoint of another layer shape / quantization accepted")
-    if "bad-scale" in tags:
-        raise Outcome("accepted-wrong", "load:bad-scale", "non-finite or non-positive scale accepted")
+    codes = getattr(dst, "codes", None)
+    if "bad-scale" in tags or ("zero-scale" in tags and isinstance(codes, torch.Tensor) and bool(codes.any())):
+        raise Outcome("accepted-wrong", "load:bad-scale", "non-finite, negative or zero (with nonzero codes) scale accepted")
     if family != "load:pattern" and "scale" in incoming:  # k-bit codes x a finite scale overflowing fp32
         try:
             w = dst.to_dense().weight
