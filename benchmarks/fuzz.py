@@ -842,13 +842,17 @@ def run(seed=0, cases=300, batch=250, case_timeout=60.0, mem_gb=6.0, progress=Fa
         proc.wait()
         stderr = proc.stderr.read()
         sel.close()
-        sanitizer = "AddressSanitizer" in stderr or "runtime error:" in stderr or "LeakSanitizer" in stderr
+        # Reports only: ASan's "WARNING: failed to allocate" (allocator_may_return_null=1) is the
+        # clean bad_alloc path, and "hard rss limit exhausted" is the fuzz's own memory cap.
         report = [ln for ln in stderr.splitlines() if "runtime error:" in ln or "ERROR: AddressSanitizer" in ln
                   or "ERROR: LeakSanitizer" in ln][:1]
+        sanitizer = bool(report)
+        over_cap = "hard rss limit exhausted" in stderr
         if current is not None:  # died or hung inside this case
             family, _ = case_family(seed, current)
-            cls = "hang" if hung else ("sanitizer" if sanitizer else "crash")
-            tail = report or (stderr.strip().splitlines()[-3:] if stderr.strip() else [])
+            cls = "hang" if hung else "sanitizer" if sanitizer else "rejected" if over_cap else "crash"
+            tail = report or (["over the fuzz's memory cap (ASAN hard_rss_limit_mb)"] if over_cap else
+                              stderr.strip().splitlines()[-3:] if stderr.strip() else [])
             results[current] = {"i": current, "family": family, "cls": cls, "tag": ctx.get("tag", family),
                                 "desc": ctx.get("desc", family)[:600],
                                 "detail": f"exit {proc.returncode}; " + " | ".join(tail)[-300:]}
