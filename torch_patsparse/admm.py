@@ -120,7 +120,11 @@ def trained_pattern_set(weight: torch.Tensor):
     (its group's set, once selected), or None."""
     return _TRAINED_SETS.get(weight)
 
-__all__ = ["ADMM"]
+__all__ = ["ADMM", "METHODS"]
+
+#: Constraint methods: ADMM; one-shot projection + masked retraining; gradual (cubic) pruning.
+METHODS = ("admm", "oneshot", "gradual")
+_BALANCE_MU, _BALANCE_TAU = 10.0, 2.0  # residual balancing (Boyd et al. 2011, eq. 3.13)
 
 _CALIB_STEPS = 8  # steps before each Z-update whose gradient norms calibrate rho_eff
 
@@ -147,6 +151,30 @@ def _fusable_group(base: Optimizer, g: dict) -> bool:
 def _shift(u: torch.Tensor, z: torch.Tensor, k: int) -> torch.Tensor:
     """The cached ``U - Z`` of the penalty (consensus: the mean over the k pairs)."""
     return (u - z).mean(0) if k > 1 else u - z
+
+
+def _units(c, shape) -> int:
+    """How many items a pruning constraint's ``keep`` counts in a tensor of ``shape``."""
+    if isinstance(c, C.Connectivity):
+        return -(-shape[0] // c.group) * shape[1]
+    if isinstance(c, C.Filter):
+        return shape[0]
+    if isinstance(c, C.Channel):
+        return shape[1]
+    return math.prod(shape)
+
+
+def _scheduled(c, shape, s: float):
+    """``c`` with its keep relaxed towards 1 by the cubic factor ``s`` in [0, 1] (Zhu & Gupta 2017:
+    ``keep_t = keep + (1 - keep) * (1 - t / T)^3``); constraints without ``keep`` unchanged."""
+    keep = getattr(c, "keep", None)
+    if keep is None or s <= 0:
+        return c
+    import dataclasses
+    if isinstance(keep, int):
+        n = _units(c, shape)
+        return dataclasses.replace(c, keep=min(n, int(round(keep + (n - keep) * s))))
+    return dataclasses.replace(c, keep=min(1.0, float(keep) + (1.0 - float(keep)) * s))
 
 
 def _scalar_dtype() -> torch.dtype:
@@ -177,9 +205,22 @@ class ADMM(Optimizer):
         **base_kwargs: passed to ``base`` (lr, momentum, weight_decay, ...).
     """
 
-    def __init__(self, params, base: type = torch.optim.SGD, rho: float = 1.0, rho_growth: float = 1.3,
+    def __init__(self, params, base: type = torch.optim.SGD, rho: float = 1.0, rho_growth: float | None = None,
                  rho_max: float = 20.0, update_every: int = 200, rho_scale: str = "grad", consensus: bool = False,
-                 rescale_dual: bool = False, **base_kwargs):
+                 rescale_dual: bool = False, method: str = "admm", phase_steps: int | None = None,
+                 balance: bool = False, **base_kwargs):
+        if method not in METHODS:
+            raise ValueError(f"ADMM: method must be one of {METHODS}, got {method!r}")
+        if phase_steps is not None and (isinstance(phase_steps, bool) or not isinstance(phase_steps, int)
+                                        or phase_steps < 1):
+            raise ValueError(f"ADMM: phase_steps must be None or an int >= 1, got {phase_steps!r}")
+        if method == "gradual" and phase_steps is None:
+            raise ValueError("ADMM: method='gradual' needs phase_steps (the steps over which keep decays)")
+        if rho_growth is None:  # geometric rho -> rho_max over the phase's Z-updates, else the classic 1.3
+            updates = (phase_steps // update_every) if phase_steps and isinstance(update_every, int) and \
+                update_every >= 1 else 0
+            rho_growth = (rho_max / rho) ** (1.0 / max(1, updates - 1)) if updates >= 2 and isinstance(
+                rho, (int, float)) and isinstance(rho_max, (int, float)) and 0 < rho <= rho_max else 1.3
         if not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho > 0):
             raise ValueError(f"ADMM: rho must be a positive finite number, got {rho!r}")
         if not (isinstance(rho_growth, (int, float)) and math.isfinite(rho_growth) and rho_growth >= 1):
@@ -190,7 +231,7 @@ class ADMM(Optimizer):
             raise ValueError(f"ADMM: update_every must be an int >= 1, got {update_every!r}")
         if rho_scale not in ("grad", "none"):
             raise ValueError(f"ADMM: rho_scale must be 'grad' or 'none', got {rho_scale!r}")
-        for flag, value in (("consensus", consensus), ("rescale_dual", rescale_dual)):
+        for flag, value in (("consensus", consensus), ("rescale_dual", rescale_dual), ("balance", balance)):
             if not isinstance(value, bool):
                 raise ValueError(f"ADMM: {flag} must be True or False, got {value!r}")
         if not (isinstance(base, type) and issubclass(base, Optimizer)) or issubclass(base, ADMM):
@@ -198,6 +239,7 @@ class ADMM(Optimizer):
         self.rho, self.rho_growth, self.rho_max = float(rho), float(rho_growth), float(rho_max)
         self.update_every, self.rho_scale = update_every, rho_scale
         self.consensus, self.rescale_dual = consensus, rescale_dual
+        self.method, self.phase_steps, self.balance = method, phase_steps, balance
         self._linked = False
         # The base optimizer builds (and keeps) the group dicts; we adopt the very same dicts and
         # list, and share its state, so param_groups / state are one object for both.
@@ -209,7 +251,8 @@ class ADMM(Optimizer):
         self._admm: dict = {}          # param -> ADMM state (Z, U, rho, ..., or mask/levels/latent)
         self._pattern_sets: dict = {}  # group index -> PatternSet
         self._step_count = 0
-        self._phase = "admm"
+        # "admm" (ADMM, or one-shot before its prune at the first step), "gradual", then "retrain"
+        self._phase = "gradual" if method == "gradual" else "admm"
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
@@ -327,13 +370,14 @@ class ADMM(Optimizer):
                     _TRAINED_SETS[p] = pset
 
     def _ensure_init(self) -> None:
-        """Select pattern sets and set Z = Proj(W), U = 0 for constrained params without state."""
-        if self._phase != "admm":
+        """Select pattern sets; ADMM: Z = Proj(W), U = 0 for constrained params without state;
+        gradual: empty masks (the first mask update sets them); one-shot: nothing more."""
+        if self._phase == "retrain":
             return
         from .patterns import PatternSet
         for gi, g, cons, pairs in self._constrained():
             todo = [(p, n) for p, n in pairs if p not in self._admm]
-            if not todo:
+            if not todo or (self.method == "oneshot" and gi in self._pattern_sets):
                 continue
             self._check_finite(pairs, "the ADMM initialisation")
             if gi not in self._pattern_sets:
@@ -343,6 +387,11 @@ class ADMM(Optimizer):
                                                                entries=pat.entries, keep_center=pat.keep_center)
             pset = self._pattern_sets.get(gi)
             self._record_sets()
+            if self.method != "admm":
+                if self._phase == "gradual":
+                    for p, _ in todo:
+                        self._admm[p] = {"mask": None, "levels": None, "latent": None}
+                continue
             with torch.no_grad():
                 k = len(self._pair_sets(cons))
                 for p, _ in todo:
@@ -361,7 +410,13 @@ class ADMM(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if self._phase == "retrain":
+        if self._phase == "admm" and self.method == "oneshot":
+            self.hard_prune()  # one-shot: project at the first step, masked training from then on
+        if self._phase == "gradual":
+            self._ensure_init()
+            if self._step_count % self.update_every == 0:
+                self._gradual_update()
+        if self._phase != "admm":
             self._retrain_step()
             return loss
         self._ensure_init()
@@ -440,6 +495,8 @@ class ADMM(Optimizer):
     @torch.no_grad()
     def admm_update(self) -> None:
         """One Z/U update now: ``Z = Proj(W + U)``, ``U += W - Z``, ``rho *= rho_growth`` (capped)."""
+        if self.method != "admm":
+            raise RuntimeError(f"ADMM.admm_update: only for method='admm' (this optimizer: {self.method!r})")
         if self._phase != "admm":
             raise RuntimeError("ADMM.admm_update: called after hard_prune()")
         self._ensure_init()
@@ -451,9 +508,24 @@ class ADMM(Optimizer):
             for p, _ in pairs:
                 st = self._admm[p]
                 z = self._z_step(p, st["U"], cons, pset)
+                # Boyd et al. 3.3: primal r = ||W - Z||, dual s = rho ||Z - Z_old||; relative to ||W|| (rho is
+                # dimensionless here, see the module docstring), for consensus the largest over the pairs
+                wn = float(p.norm())
+                k = st["k"]
+                r = float((p - z).reshape(k, -1).norm(dim=1).max())
+                dz = float((z - st["Z"]).reshape(k, -1).norm(dim=1).max())
+                st["primal"] = r / wn if wn > 0 else 0.0
+                st["dual"] = st["rho"] * dz / wn if wn > 0 else 0.0
                 st["U"].add_(p - z)
                 st["Z"] = z
-                st["rho"] = min(st["rho"] * self.rho_growth, self.rho_max)
+                old_rho = st["rho"]
+                rho = old_rho * self.rho_growth
+                if self.balance:  # residual balancing (3.4.1): keep r and s within a factor mu
+                    if st["primal"] > _BALANCE_MU * st["dual"]:
+                        rho *= _BALANCE_TAU
+                    elif st["dual"] > _BALANCE_MU * st["primal"]:
+                        rho /= _BALANCE_TAU
+                st["rho"] = min(rho, self.rho_max)
                 old_eff = st["rho_eff"]
                 if self.rho_scale == "grad":
                     if st["gcnt"] > 0:
@@ -467,6 +539,8 @@ class ADMM(Optimizer):
                 st["rho_eff"] = self._cap(st["rho"] * scale, g, st["k"])
                 if self.rescale_dual and old_eff > 0 and st["rho_eff"] > 0:  # keep rho * U
                     st["U"].mul_(old_eff / st["rho_eff"])
+                elif self.balance:  # rho changed (schedule, balancing): keep rho * U; the gradient
+                    st["U"].mul_(old_rho / st["rho"])  # calibration is a preconditioner, its noise not fed into U
                 st["C"] = _shift(st["U"], z, st["k"])
 
     # ------------------------------------------------------------------ hard prune / retrain
@@ -482,30 +556,56 @@ class ADMM(Optimizer):
         new = {}
         for gi, g, cons, pairs in groups:
             pset = self._pattern_sets.get(gi)
-            quant = next((c for c in cons if isinstance(c, C.Quantize)), None)
             for p, _ in pairs:
-                pruned = self._project(p, cons, pset, prune_only=True)
-                mask = (pruned != 0) if any(c.prunes for c in cons) else None
+                final, mask, quant, scale = self._prune_quantize(p, cons, pset)
                 st = {"mask": mask, "levels": None, "latent": None}
-                final = pruned
                 if quant is not None:
-                    final, scale = quant.quantize_params(pruned)
                     top = quant_levels(quant.bits)  # codes span -top..top
                     all_codes = torch.arange(-top, top + 1, device=p.device)
                     st["levels"] = project.dequantize(all_codes, scale, quant.scheme, dtype=p.dtype).unique()
                     st["latent"] = final.clone()
                 new[p] = (final, st)
         for p, (final, st) in new.items():
-            p.copy_(final)
-            mask = st["mask"]
-            if mask is not None:
-                if p.grad is not None:
-                    p.grad.mul_(mask)
-                for v in self.state[p].values():
-                    if torch.is_tensor(v) and v.shape == p.shape:
-                        v.mul_(mask)
+            self._apply(p, final, st["mask"])
         self._admm = {p: st for p, (_, st) in new.items()}
         self._phase = "retrain"
+
+    def _prune_quantize(self, p, cons, pset):
+        """``(Proj(W), pruning mask or None, Quantize constraint or None, scale)``; the mask holds the
+        zeros of the pruning part only (a weight that rounds to level 0 is not pruned)."""
+        pruned = self._project(p, cons, pset, prune_only=True)
+        mask = (pruned != 0) if any(c.prunes for c in cons) else None
+        quant = next((c for c in cons if isinstance(c, C.Quantize)), None)
+        if quant is None:
+            return pruned, mask, None, None
+        final, scale = quant.quantize_params(pruned)
+        return final, mask, quant, scale
+
+    def _apply(self, p, value, mask) -> None:
+        """``W = value``; gradient and optimizer state zeroed where ``mask`` is False."""
+        p.copy_(value)
+        if mask is not None:
+            if p.grad is not None:
+                p.grad.mul_(mask)
+            for v in self.state[p].values():
+                if torch.is_tensor(v) and v.shape == p.shape:
+                    v.mul_(mask)
+
+    @torch.no_grad()
+    def _gradual_update(self) -> None:
+        """Gradual pruning's mask update: ``W = Proj_t(W)`` where ``Proj_t`` is the composed projection
+        with every keep relaxed by the cubic schedule (patterns and quantization at their targets);
+        pruned weights stay pruned (masked steps), so keep only ever shrinks."""
+        groups = list(self._constrained())
+        for _, _, _, pairs in groups:
+            self._check_finite(pairs, "a gradual mask update")
+        s = (1.0 - min(1.0, self._step_count / self.phase_steps)) ** 3
+        for gi, g, cons, pairs in groups:
+            pset = self._pattern_sets.get(gi)
+            for p, _ in pairs:
+                final, mask, _, _ = self._prune_quantize(p, [_scheduled(c, p.shape, s) for c in cons], pset)
+                self._apply(p, final, mask)
+                self._admm[p]["mask"] = mask
 
     @staticmethod
     def _to_levels(w: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
@@ -539,8 +639,10 @@ class ADMM(Optimizer):
         out = {}
         for gi, g, cons, pairs in self._constrained():
             for p, name in pairs:
-                st = self._admm[p]
-                if self._phase == "admm":  # consensus: the largest residual over the constraints
+                st = self._admm.get(p)
+                if st is None or self._phase == "gradual":  # what a hard prune now would change
+                    diff = (p - self._project(p, cons, self._pattern_sets.get(gi))).reshape(1, -1)
+                elif self._phase == "admm":  # consensus: the largest residual over the constraints
                     diff = (p - st["Z"]).reshape(st["k"], -1)
                 else:
                     z = p * st["mask"] if st["mask"] is not None else p
@@ -551,6 +653,15 @@ class ADMM(Optimizer):
                 dn = float(diff.norm(dim=1).max())
                 out[name] = dn / wn if wn > 0 else (0.0 if dn == 0 else math.inf)
         return out
+
+    def dual_residuals(self) -> dict:
+        """``{name: rho * ||Z - Z_old|| / ||W||}`` at the last Z-update (Boyd et al. 3.3, relative; 0
+        before the first): with :meth:`residuals` (the primal one) both must shrink for ADMM to have
+        converged. Empty unless ``method="admm"`` and in the ADMM phase."""
+        if self._phase != "admm" or self.method != "admm":
+            return {}
+        self._ensure_init()
+        return {name: self._admm[p].get("dual", 0.0) for _, _, _, pairs in self._constrained() for p, name in pairs}
 
     def pattern_sets(self) -> list:
         """One entry per param group (same order as ``param_groups``): its :class:`PatternSet`, or
@@ -579,7 +690,7 @@ class ADMM(Optimizer):
 
     # ------------------------------------------------------------------ (de)serialisation
     _TENSORS = ("Z", "U", "mask", "levels", "latent", "gsum")
-    _SCALARS = ("rho", "scale", "rho_eff", "gcnt", "k")
+    _SCALARS = ("rho", "scale", "rho_eff", "gcnt", "k", "primal", "dual")
 
     def state_dict(self) -> dict:
         sd = super().state_dict()
@@ -598,7 +709,8 @@ class ADMM(Optimizer):
             "version": 1, "phase": self._phase, "step": self._step_count,
             "hyper": {"rho": self.rho, "rho_growth": self.rho_growth, "rho_max": self.rho_max,
                       "update_every": self.update_every, "rho_scale": self.rho_scale,
-                      "consensus": self.consensus, "rescale_dual": self.rescale_dual},
+                      "consensus": self.consensus, "rescale_dual": self.rescale_dual,
+                      "method": self.method, "phase_steps": self.phase_steps, "balance": self.balance},
             "shapes": [tuple(p.shape) for p in params],
             "names": [n for gi in range(len(self.param_groups)) for n in self._names(gi)],
             "params": per,
@@ -639,7 +751,7 @@ class ADMM(Optimizer):
         for i, st in a["params"].items():
             p = params[int(i)]
             new_admm[p] = {k: (v.to(p.device).clone() if torch.is_tensor(v) else v) for k, v in st.items()}
-            if a["phase"] == "admm":
+            if a["phase"] == "admm" and "U" in new_admm[p]:
                 k = new_admm[p].setdefault("k", 1)
                 new_admm[p]["C"] = _shift(new_admm[p]["U"], new_admm[p]["Z"], k)
         new_ps = {int(gi): PatternSet.from_tensor(t) for gi, t in a["pattern_sets"].items()}
@@ -656,8 +768,10 @@ class ADMM(Optimizer):
         self.update_every, self.rho_scale = h["update_every"], h["rho_scale"]
         self.consensus = bool(h.get("consensus", False))
         self.rescale_dual = bool(h.get("rescale_dual", False))
+        self.method, self.phase_steps = h.get("method", "admm"), h.get("phase_steps")
+        self.balance = bool(h.get("balance", False))
 
     def __repr__(self) -> str:
-        return f"ADMM(base={type(self.base).__name__}, phase={self._phase}, step={self._step_count}, " \
+        return f"ADMM(method={self.method!r}, base={type(self.base).__name__}, phase={self._phase}, step={self._step_count}, " \
                f"update_every={self.update_every}, rho={self.rho}, rho_scale={self.rho_scale!r})\n" \
                + repr(self.base)

@@ -38,7 +38,7 @@ DEFAULTS: Dict[str, Any] = {
     "threads": 2,
     "batch_size": 256,
     "dense": {"epochs": 3, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
-    "admm": {"epochs": 2, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "rho": 1.0, "rho_growth": 1.5,
+    "admm": {"method": "admm", "epochs": 2, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "rho": 1.0, "rho_growth": 1.5,
              "rho_max": 50.0, "updates_per_epoch": 4},
     "retrain": {"epochs": 4, "lr": 0.02},
     "latency": {"batches": [1, 64], "repeats": 30},
@@ -60,6 +60,7 @@ QUICK = {"train_limit": 8000, "test_limit": 2000, "dense": {"epochs": 2},
          "admm": {"epochs": 2, "lr": 0.002, "rho": 0.05, "rho_growth": 1.3, "rho_max": 0.3},
          "retrain": {"epochs": 2}, "latency": {"repeats": 10}}
 
+METHODS = ("admm", "oneshot", "gradual")  # torch_patsparse.admm.METHODS (not imported: keeps --help light)
 CONSTRAINT_TYPES = ("pattern", "connectivity", "unstructured", "filter", "channel", "quantize")
 
 
@@ -136,6 +137,8 @@ def _check_number(cfg, key, cond, what):
 def validate_config(cfg: Dict[str, Any]) -> None:
     if cfg["model"] != "fmnist_vgg":
         raise ConfigError(f"config 'model' must be 'fmnist_vgg' (the only built-in model), got {cfg['model']!r}")
+    if cfg["admm"]["method"] not in METHODS:
+        raise ConfigError(f"config 'admm.method' must be one of {', '.join(METHODS)}, got {cfg['admm']['method']!r}")
     for key in ("dense.epochs", "admm.epochs", "retrain.epochs"):
         _check_number(cfg, key, lambda v: isinstance(v, int) and v >= 0, "an int >= 0")
     for key in ("batch_size", "threads", "admm.updates_per_epoch", "latency.repeats"):
@@ -268,7 +271,11 @@ class Job:
         if rest:
             params.append({"params": [p for _, p in rest], "names": [n for n, _ in rest]})
         update_every = max(1, self.steps_per_epoch() // c["updates_per_epoch"])
-        self.opt = ADMM(params, base=torch.optim.SGD, rho=c["rho"], rho_growth=c["rho_growth"], rho_max=c["rho_max"],
+        # the constraint phase: ADMM, gradual pruning (keep decays over the phase), or one-shot (pruned
+        # when the stage starts: its epochs are masked training, so every method gets the same epochs)
+        self.opt = ADMM(params, base=torch.optim.SGD, method=c["method"],
+                        phase_steps=max(1, c["epochs"] * self.steps_per_epoch()),
+                        rho=c["rho"], rho_growth=c["rho_growth"], rho_max=c["rho_max"],
                         update_every=update_every, lr=c["lr"], momentum=c["momentum"],
                         weight_decay=c["weight_decay"])
         self.sched = None
@@ -366,7 +373,7 @@ class Job:
                    "test_acc": acc, "seconds": time.time() - t0, "cpu_seconds": time.process_time() - c0}
             line = (f"[{stage} {self.epoch}/{epochs}] loss {stats['loss']:.4f} train {stats['acc']:.2f}% "
                     f"test {acc:.2f}%  ({rec['seconds']:.0f}s wall, {rec['cpu_seconds']:.0f}s CPU)")
-            if stage == "admm":
+            if stage == "admm" and self.opt.phase != "retrain":
                 res = self.opt.residuals()
                 rec["residual_max"] = max(res.values()) if res else 0.0
                 line += f"  max residual {rec['residual_max']:.4f}"
@@ -399,6 +406,12 @@ class Job:
     def stage_admm(self) -> None:
         if self.begin("admm"):
             self.make_admm_opt()
+            if self.cfg["admm"]["method"] == "oneshot":  # prune before the first forward pass
+                from .train import recalibrate_bn
+                self.opt.hard_prune()
+                recalibrate_bn(self.model, self.x_train, self.cfg["batch_size"], show=self.show)
+                self.history["acc"]["oneshot_pruned"] = self.evaluate(desc="one-shot pruned eval")
+                self.log(f"one-shot prune: {self.history['acc']['oneshot_pruned']:.2f}% (BN re-estimated)")
         self.run_epochs("admm", self.cfg["admm"]["epochs"])
         res = self.opt.residuals()
         self.history["residuals"] = {k: float(v) for k, v in res.items()}
@@ -631,6 +644,8 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (stage, epoch, model, "
                                                          "optimizer incl. ADMM state, LR schedule, RNG)")
     p.add_argument("--quick", action="store_true", help="small subset and 2 epochs per stage (about 2 minutes)")
+    p.add_argument("--method", choices=METHODS, help="constraint phase: admm (ADMM), oneshot (project at once, "
+                   "then masked training) or gradual (cubic keep schedule); overrides admm.method")
     p.add_argument("--epochs", type=int, help="epochs for each of dense / admm / retrain (overrides the config)")
     p.add_argument("--train-limit", type=int, help="use the first N training images")
     p.add_argument("--test-limit", type=int, help="use the first N test images")
@@ -651,6 +666,8 @@ def main(argv=None) -> int:
     for key in ("train_limit", "test_limit", "threads", "seed"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
+    if args.method is not None:
+        overrides.setdefault("admm", {})["method"] = args.method
     try:
         cfg = build_config(args.config, args.quick, overrides)
     except ConfigError as e:

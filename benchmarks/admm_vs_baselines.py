@@ -1,0 +1,148 @@
+"""ADMM against the simple baselines (one-shot projection + masked retraining, gradual cubic pruning)
+on the main job's network and data, from one dense checkpoint, equal total epochs for every method.
+
+    nice .venv/bin/python benchmarks/admm_vs_baselines.py            # the reduced-budget table
+    nice .venv/bin/python benchmarks/admm_vs_baselines.py --methods admm --label admm-balance \\
+        --admm balance=true                                           # add a row for an ADMM variant
+
+Every run goes through the main job's own stages (torch_patsparse.cli.Job: constraint phase of
+``--admm-epochs`` with ``admm.method`` = the method, hard prune + BatchNorm re-estimation, masked
+retraining of ``--retrain-epochs``), so what is measured is what ``python -m torch_patsparse
+--method M`` does. Columns: accuracy right after the prune (BN re-estimated, before any retraining:
+for one-shot that is the projection of the dense model, for ADMM / gradual the hard prune at the end
+of their phase) and the final accuracy. Results are merged into ``--json`` (keyed by setting, label,
+seed) after every run, and the markdown table is rewritten from it.
+
+Settings (constraints on the 3x3 convs; features.0 has Cin = 1 and gets pattern + quantize only; the
+FC layers keep unstructured 0.2 at the same bit width):
+    a: pattern 8 + connectivity 0.24 + 4-bit     b: pattern 8 + connectivity 0.1 + 3-bit
+    c: pattern 8 + connectivity 0.05 + 2-bit
+"""
+import argparse
+import json
+import os
+import sys
+import time
+import types
+
+import torch
+
+from torch_patsparse import cli
+
+SETTINGS = {"a": (0.24, 4), "b": (0.1, 3), "c": (0.05, 2)}
+
+
+def layers(keep: float, bits: int):
+    q = {"type": "quantize", "bits": bits}
+    return [{"match": "features.0.weight", "constraints": [{"type": "pattern", "k": 8}, q]},
+            {"match": "features.*.weight",
+             "constraints": [{"type": "pattern", "k": 8}, {"type": "connectivity", "keep": keep}, q]},
+            {"match": "classifier.*.weight", "constraints": [{"type": "unstructured", "keep": 0.2}, q]}]
+
+
+def parse_value(v: str):
+    low = v.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for t in (int, float):
+        try:
+            return t(v)
+        except ValueError:
+            pass
+    return v
+
+
+def make_job(a, seed: int, out: str, extra=None) -> cli.Job:
+    over = {"train_limit": a.train_limit, "test_limit": a.test_limit, "batch_size": a.batch_size,
+            "threads": a.threads, "seed": seed, "dense": {"epochs": a.dense_epochs},
+            "admm": {"epochs": a.admm_epochs}, "retrain": {"epochs": a.retrain_epochs}}
+    for k, v in (extra or {}).items():
+        section, key = k.split(".", 1)
+        over.setdefault(section, {})[key] = v
+    cfg = cli.build_config(None, overrides=over)
+    return cli.Job(cfg, types.SimpleNamespace(out=out, no_progress=True, data=None, interrupt_after=None))
+
+
+def dense_checkpoint(a) -> str:
+    path = os.path.join(a.work, "dense.pt")
+    if not os.path.isfile(path):
+        job = make_job(a, 0, os.path.join(a.work, "dense"))
+        job.log = lambda msg: print("  dense:", msg, flush=True)
+        job.stage_dense()
+        torch.save({"model": job.model.state_dict(), "acc": job.history["acc"]["dense"]}, path)
+    return path
+
+
+def table(results: dict) -> str:
+    rows = sorted(results.values(), key=lambda r: (r["setting"], r["label"], r["seed"]))
+    lines = ["| setting | method | seed | dense | after prune (BN re-est.) | final | final - dense | minutes |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['setting']} | {r['label']} | {r['seed']} | {r['dense']:.2f} | {r['pruned']:.2f} | "
+                     f"{r['final']:.2f} | {r['final'] - r['dense']:+.2f} | {r['seconds'] / 60:.1f} |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--settings", default="a,b,c")
+    ap.add_argument("--methods", default="oneshot,gradual,admm")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--label", help="row label (default: the method); for variants given with --admm")
+    ap.add_argument("--admm", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra [admm] config for this invocation, e.g. balance=true (repeatable)")
+    ap.add_argument("--train-limit", type=int, default=8000)
+    ap.add_argument("--test-limit", type=int, default=2000)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--dense-epochs", type=int, default=4)
+    ap.add_argument("--admm-epochs", type=int, default=2, help="constraint-phase epochs (every method)")
+    ap.add_argument("--retrain-epochs", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--work", default="/tmp/admm_vs_baselines")
+    ap.add_argument("--json", default="benchmarks/results/admm_vs_baselines.json")
+    ap.add_argument("--md", default="benchmarks/results/admm_vs_baselines.md")
+    a = ap.parse_args()
+    os.makedirs(a.work, exist_ok=True)
+    extra = {f"admm.{kv.split('=', 1)[0]}": parse_value(kv.split("=", 1)[1]) for kv in a.admm}
+    results = {}
+    if os.path.isfile(a.json):
+        with open(a.json) as f:
+            results = json.load(f)
+    dense = torch.load(dense_checkpoint(a), weights_only=False)
+    print(f"dense checkpoint: {dense['acc']:.2f}%", flush=True)
+    for setting in a.settings.split(","):
+        keep, bits = SETTINGS[setting]
+        for seed in (int(s) for s in a.seeds.split(",")):
+            for method in a.methods.split(","):
+                label = a.label or method
+                t0 = time.time()
+                job = make_job(a, seed, os.path.join(a.work, f"{setting}-{label}-{seed}"),
+                               {"admm.method": method, **extra})
+                job.cfg["layers"] = layers(keep, bits)
+                cli.validate_config(job.cfg)
+                job.model.load_state_dict(dense["model"])
+                job.history["acc"]["dense"] = dense["acc"]
+                job.done = ["dense"]
+                job.log = lambda msg, tag=f"{setting}/{label}/{seed}": print(f"  [{tag}] {msg}", flush=True)
+                job.stage_admm()
+                job.stage_retrain()
+                acc = job.history["acc"]
+                rec = {"setting": setting, "label": label, "method": method, "seed": seed, "dense": dense["acc"],
+                       "pruned": acc["oneshot_pruned"] if method == "oneshot" else acc["hard_pruned"],
+                       "after_phase_bn": acc.get("admm_bn"), "final": acc["retrain"],
+                       "residuals": job.history.get("residuals"), "seconds": time.time() - t0,
+                       "config": {k: job.cfg[k] for k in ("admm", "retrain", "train_limit", "test_limit",
+                                                          "batch_size")}}
+                results[f"{setting}/{label}/{seed}"] = rec
+                print(f"{setting} {label} seed {seed}: pruned {rec['pruned']:.2f} final {rec['final']:.2f} "
+                      f"(dense {dense['acc']:.2f}) {rec['seconds']:.0f}s", flush=True)
+                os.makedirs(os.path.dirname(a.json) or ".", exist_ok=True)
+                with open(a.json, "w") as f:
+                    json.dump(results, f, indent=1)
+                with open(a.md, "w") as f:
+                    f.write(f"Command: {' '.join(sys.argv)}\n\n{table(results)}\n")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
