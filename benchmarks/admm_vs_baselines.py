@@ -66,7 +66,8 @@ def make_job(a, seed: int, out: str, extra=None) -> cli.Job:
 def dense_checkpoint(a) -> str:
     path = os.path.join(a.work, "dense.pt")
     if not os.path.isfile(path):
-        job = make_job(a, 0, os.path.join(a.work, "dense"))
+        b = argparse.Namespace(**{**vars(a), "train_limit": a.dense_train_limit, "batch_size": a.dense_batch_size})
+        job = make_job(b, 0, os.path.join(a.work, "dense"))
         job.log = lambda msg: print("  dense:", msg, flush=True)
         job.stage_dense()
         torch.save({"model": job.model.state_dict(), "acc": job.history["acc"]["dense"]}, path)
@@ -83,27 +84,102 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def small_check(a) -> None:
+    """No-collapse check: several seeds of a small 3x3 CNN (not the main job's) at setting (b), with
+    ``ps.ADMM``'s class defaults (no rho given; ``phase_steps`` = the phase length), over SGD and Adam,
+    with and without BatchNorm; one-shot from the same dense model for comparison. Prints and writes
+    min / mean of (final - dense) per configuration to ``--small-json``."""
+    import torch.nn.functional as F
+    import torch_patsparse as ps
+    from torch_patsparse import constraints as C, data as D
+    from torch_patsparse.models import VGG
+    from torch_patsparse.train import evaluate, recalibrate_bn, train_epoch
+    torch.set_num_threads(a.threads)
+    x, y = D.load_split("train", None, a.small_train)
+    xt, yt = D.load_split("test", None, a.test_limit)
+    keep, bits = SETTINGS["b"]
+    out = {}
+    for bn in (True, False):
+        for base, lr in ((torch.optim.SGD, 0.02), (torch.optim.Adam, 1e-3)):
+            for method in a.methods.split(","):
+                key = f"{'bn' if bn else 'no-bn'}/{base.__name__}/{a.label or method}"
+                if a.small_configs and key.rsplit("/", 1)[0] not in a.small_configs.split(","):
+                    continue
+                drops = []
+                for seed in range(a.small_seeds):
+                    torch.manual_seed(seed)
+                    gen = torch.Generator().manual_seed(seed)
+                    model = VGG([16, "M", 32, 32, "M"], in_channels=1, num_classes=10, batch_norm=bn)
+                    kw = {"momentum": 0.9} if base is torch.optim.SGD else {}
+                    opt = base(model.parameters(), lr=lr, **kw)
+                    for _ in range(a.small_epochs):
+                        train_epoch(model, opt, x, y, 64, gen, show=False)
+                    dense = evaluate(model, xt, yt, show=False)["acc"]
+                    steps = a.small_epochs * D.num_batches(x.shape[0], 64)
+                    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+                    rest = [p for p in model.parameters() if all(p is not c for c in convs)]
+                    opt = ps.ADMM([{"params": convs[:1], "constraints": [C.Pattern(k=8), C.Quantize(bits=bits)]},
+                                   {"params": convs[1:], "constraints": [C.Pattern(k=8), C.Connectivity(keep=keep),
+                                                                         C.Quantize(bits=bits)]},
+                                   {"params": rest}], base=base, lr=lr, method=method, phase_steps=steps,
+                                  update_every=max(1, steps // 8), **kw, **{k.split(".", 1)[1]: v for k, v in
+                                                                          a.extra.items()})
+                    if method == "oneshot":
+                        opt.hard_prune()
+                    for _ in range(a.small_epochs):
+                        train_epoch(model, opt, x, y, 64, gen, show=False)
+                    opt.hard_prune()
+                    recalibrate_bn(model, x, show=False)
+                    pruned = evaluate(model, xt, yt, show=False)["acc"]
+                    for _ in range(a.small_epochs):
+                        train_epoch(model, opt, x, y, 64, gen, show=False)
+                    final = evaluate(model, xt, yt, show=False)["acc"]
+                    drops.append(final - dense)
+                    print(f"  small {key} seed {seed}: dense {dense:.2f} pruned {pruned:.2f} final {final:.2f}",
+                          flush=True)
+                out[key] = {"drops": drops, "min": min(drops), "mean": sum(drops) / len(drops)}
+                print(f"small {key}: final - dense min {min(drops):+.2f} mean {out[key]['mean']:+.2f}", flush=True)
+                old = {}
+                if os.path.isfile(a.small_json):
+                    with open(a.small_json) as f:
+                        old = json.load(f)
+                old.update(out)
+                with open(a.small_json, "w") as f:
+                    json.dump(old, f, indent=1)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--small", action="store_true", help="run the no-collapse check (small_check) instead")
+    ap.add_argument("--small-seeds", type=int, default=5)
+    ap.add_argument("--small-configs", help="subset of bn/SGD,bn/Adam,no-bn/SGD,no-bn/Adam (default: all)")
+    ap.add_argument("--small-train", type=int, default=4000)
+    ap.add_argument("--small-epochs", type=int, default=2, help="dense, constraint phase and retraining epochs each")
+    ap.add_argument("--small-json", default="benchmarks/results/admm_vs_baselines_small.json")
     ap.add_argument("--settings", default="a,b,c")
     ap.add_argument("--methods", default="oneshot,gradual,admm")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--label", help="row label (default: the method); for variants given with --admm")
     ap.add_argument("--admm", action="append", default=[], metavar="KEY=VALUE",
                     help="extra [admm] config for this invocation, e.g. balance=true (repeatable)")
-    ap.add_argument("--train-limit", type=int, default=8000)
-    ap.add_argument("--test-limit", type=int, default=2000)
-    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--train-limit", type=int, default=3000, help="training images of the constraint / retrain phases")
+    ap.add_argument("--dense-train-limit", type=int, default=8000, help="training images of the dense model")
+    ap.add_argument("--dense-batch-size", type=int, default=128)
+    ap.add_argument("--test-limit", type=int, default=1000)
+    ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--dense-epochs", type=int, default=4)
     ap.add_argument("--admm-epochs", type=int, default=2, help="constraint-phase epochs (every method)")
     ap.add_argument("--retrain-epochs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default="/tmp/admm_vs_baselines")
     ap.add_argument("--json", default="benchmarks/results/admm_vs_baselines.json")
-    ap.add_argument("--md", default="benchmarks/results/admm_vs_baselines.md")
+    ap.add_argument("--md", default="benchmarks/results/admm_vs_baselines.table.md")
     a = ap.parse_args()
     os.makedirs(a.work, exist_ok=True)
     extra = {f"admm.{kv.split('=', 1)[0]}": parse_value(kv.split("=", 1)[1]) for kv in a.admm}
+    if a.small:
+        a.extra = extra
+        return small_check(a)
     results = {}
     if os.path.isfile(a.json):
         with open(a.json) as f:
@@ -121,13 +197,13 @@ def main():
                 job.cfg["layers"] = layers(keep, bits)
                 cli.validate_config(job.cfg)
                 job.model.load_state_dict(dense["model"])
-                job.history["acc"]["dense"] = dense["acc"]
+                dense_acc = job.history["acc"]["dense"] = job.evaluate()  # on this run's test subset
                 job.done = ["dense"]
                 job.log = lambda msg, tag=f"{setting}/{label}/{seed}": print(f"  [{tag}] {msg}", flush=True)
                 job.stage_admm()
                 job.stage_retrain()
                 acc = job.history["acc"]
-                rec = {"setting": setting, "label": label, "method": method, "seed": seed, "dense": dense["acc"],
+                rec = {"setting": setting, "label": label, "method": method, "seed": seed, "dense": dense_acc,
                        "pruned": acc["oneshot_pruned"] if method == "oneshot" else acc["hard_pruned"],
                        "after_phase_bn": acc.get("admm_bn"), "final": acc["retrain"],
                        "residuals": job.history.get("residuals"), "seconds": time.time() - t0,
@@ -135,7 +211,7 @@ def main():
                                                           "batch_size")}}
                 results[f"{setting}/{label}/{seed}"] = rec
                 print(f"{setting} {label} seed {seed}: pruned {rec['pruned']:.2f} final {rec['final']:.2f} "
-                      f"(dense {dense['acc']:.2f}) {rec['seconds']:.0f}s", flush=True)
+                      f"(dense {dense_acc:.2f}) {rec['seconds']:.0f}s", flush=True)
                 os.makedirs(os.path.dirname(a.json) or ".", exist_ok=True)
                 with open(a.json, "w") as f:
                     json.dump(results, f, indent=1)

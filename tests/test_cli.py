@@ -77,6 +77,8 @@ def test_config_file_overrides_and_yaml(tmp_path):
     ("[dense]\nepochs = -1", "'dense.epochs' must be an int >= 0"),
     ("[dense]\nlr = 'fast'", "'dense.lr' must be a positive number"),
     ("[admm]\nrho = 2.0\nrho_max = 1.0", "'admm.rho_max' must be a number >= admm.rho"),
+    ("[admm]\nmethod = 'magnitude'", "'admm.method' must be one of admm, oneshot, gradual"),
+    ("[admm]\nbalance = 1", "'admm.balance' must be true or false"),
     ("[[layers]]\nmatch = 'features.*.weight'\nconstraints = [{ type = 'patern' }]", "unknown constraint type 'patern'"),
     ("[[layers]]\nmatch = 'features.*.weight'\nconstraints = [{ type = 'pattern', k = 0 }]", "k must be an int"),
     ("[[layers]]\nmatch = 'features.*.weight'\nconstraints = [{ type = 'connectivity', keep = 1.5 }]", "keep must be"),
@@ -87,6 +89,17 @@ def test_config_file_overrides_and_yaml(tmp_path):
 def test_bad_config_is_a_clear_error(tmp_path, text, message):
     with pytest.raises(cli.ConfigError, match=message):
         cli.build_config(write(tmp_path, text))
+
+
+def test_method_flag_overrides_the_config(tmp_path, capsys):
+    assert cli.main(["--method", "gradual", "--print-config", "--out", str(tmp_path / "o")]) == 0
+    assert json.loads(capsys.readouterr().out)["admm"]["method"] == "gradual"
+    cfg = write(tmp_path, "[admm]\nmethod = 'gradual'\n")
+    assert cli.main(["--config", cfg, "--method", "oneshot", "--epochs", "1", "--print-config"]) == 0
+    got = json.loads(capsys.readouterr().out)["admm"]
+    assert got["method"] == "oneshot" and got["epochs"] == 1
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--method", "magnitude"])
 
 
 def test_layer_rules_resolved_against_the_model():

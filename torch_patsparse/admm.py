@@ -14,6 +14,27 @@ AdamW, ...). Swap it in for the base optimizer in an unchanged training loop::
     opt.hard_prune()                                    # then retrain under fixed masks / levels
     opt.pattern_sets()                                  # PatternSet per group, for ps.convert
 
+**Three methods, one optimizer** (``method=``): the constraint phase before :meth:`hard_prune` is
+ADMM (``"admm"``, default, below), or one of the two baselines every pruning claim must beat:
+``"oneshot"`` projects onto the constraints at the first step (or when :meth:`hard_prune` is called
+first) and trains under the fixed masks from then on; ``"gradual"`` is the cubic schedule of Zhu &
+Gupta (2017; torch.ao.pruning, TF-MOT): every ``update_every`` steps ``W = Proj_t(W)`` where every
+``keep`` of the group's constraints is relaxed to ``keep + (1 - keep) (1 - t / phase_steps)^3``
+(patterns and quantization at their targets), pruned weights stay pruned (masked steps), and
+:meth:`hard_prune` at the end fixes the final masks and quantization levels. All three share
+:meth:`hard_prune` and the masked / straight-through retraining below, and the state_dict format.
+``phase_steps`` (the number of steps of the constraint phase) is needed by ``"gradual"``; for
+``"admm"`` it ties the rho schedule to the phase: with ``rho_growth=None`` (default) rho grows
+geometrically from ``rho`` to ``rho_max`` over the phase's Z-updates (1.3 per update without it).
+
+**Residuals and residual balancing** (Boyd et al. 2011, 3.3 - 3.4.1). At every Z-update the primal
+residual ``||W - Z|| / ||W||`` (:meth:`residuals`) and the dual residual ``rho ||Z - Z_old|| / ||W||``
+(:meth:`dual_residuals`) are recorded. ``balance=True`` adapts rho: times 2 when the primal residual
+exceeds 10x the dual one, divided by 2 in the opposite case (on top of the schedule), and ``U`` is
+rescaled by ``rho_old / rho_new`` whenever rho changes so that the multiplier ``rho U`` is kept (the
+gradient calibration of ``rho_scale="grad"`` below is treated as a preconditioner: its noise is not
+fed into ``U``).
+
 The math (see DESIGN.md), per constrained tensor ``W_i`` with projection ``Proj_i``:
 
 * W-step: ``grad_i += rho_i * (W_i - Z_i + U_i)`` (gradient of ``rho_i/2 ||W_i - Z_i + U_i||_F^2``,
@@ -193,7 +214,8 @@ class ADMM(Optimizer):
             or default to ``"group{g}.{j}"``. See also :meth:`from_model`.
         base: the base optimizer class (``torch.optim.SGD``, ``Adam``, ``AdamW``, ...).
         rho: initial penalty (dimensionless with ``rho_scale="grad"``, absolute with ``"none"``).
-        rho_growth: factor applied to rho at every Z-update.
+        rho_growth: factor applied to rho at every Z-update; None (default): ``rho`` -> ``rho_max``
+            over the Z-updates of ``phase_steps`` when given, else 1.3.
         rho_max: upper bound of rho.
         update_every: Z/U update every this many steps.
         rho_scale: ``"grad"`` (default, see module docstring) or ``"none"``.
@@ -202,6 +224,10 @@ class ADMM(Optimizer):
         rescale_dual: rescale ``U`` by ``rho_old / rho_new`` when rho changes (textbook scaled-dual
             ADMM); off by default, as in DESIGN.md and the published ADMM-NN code (measured: see
             the module docstring).
+        method: ``"admm"`` (default), ``"oneshot"`` or ``"gradual"`` (see the module docstring).
+        phase_steps: steps of the constraint phase (before :meth:`hard_prune`); required by
+            ``"gradual"``, sets the default rho schedule of ``"admm"``.
+        balance: residual balancing of rho (mu = 10, tau = 2) with ``U`` rescaled when rho changes.
         **base_kwargs: passed to ``base`` (lr, momentum, weight_decay, ...).
     """
 

@@ -39,7 +39,7 @@ DEFAULTS: Dict[str, Any] = {
     "batch_size": 256,
     "dense": {"epochs": 3, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
     "admm": {"method": "admm", "epochs": 2, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "rho": 1.0, "rho_growth": 1.5,
-             "rho_max": 50.0, "updates_per_epoch": 4},
+             "rho_max": 50.0, "updates_per_epoch": 4, "balance": False},
     "retrain": {"epochs": 4, "lr": 0.02},
     "latency": {"batches": [1, 64], "repeats": 30},
     "layers": [
@@ -139,6 +139,8 @@ def validate_config(cfg: Dict[str, Any]) -> None:
         raise ConfigError(f"config 'model' must be 'fmnist_vgg' (the only built-in model), got {cfg['model']!r}")
     if cfg["admm"]["method"] not in METHODS:
         raise ConfigError(f"config 'admm.method' must be one of {', '.join(METHODS)}, got {cfg['admm']['method']!r}")
+    if not isinstance(cfg["admm"]["balance"], bool):
+        raise ConfigError(f"config 'admm.balance' must be true or false, got {cfg['admm']['balance']!r}")
     for key in ("dense.epochs", "admm.epochs", "retrain.epochs"):
         _check_number(cfg, key, lambda v: isinstance(v, int) and v >= 0, "an int >= 0")
     for key in ("batch_size", "threads", "admm.updates_per_epoch", "latency.repeats"):
@@ -275,7 +277,7 @@ class Job:
         # when the stage starts: its epochs are masked training, so every method gets the same epochs)
         self.opt = ADMM(params, base=torch.optim.SGD, method=c["method"],
                         phase_steps=max(1, c["epochs"] * self.steps_per_epoch()),
-                        rho=c["rho"], rho_growth=c["rho_growth"], rho_max=c["rho_max"],
+                        rho=c["rho"], rho_growth=c["rho_growth"], rho_max=c["rho_max"], balance=c["balance"],
                         update_every=update_every, lr=c["lr"], momentum=c["momentum"],
                         weight_decay=c["weight_decay"])
         self.sched = None
