@@ -5,6 +5,7 @@
 
 #include <stdexcept>
 
+#include "kernels/backward.h"
 #include "kernels/dispatch.h"
 #include "kernels/pattern_conv.h"
 #include "kernels/plan.h"
@@ -154,23 +155,54 @@ at::Tensor pattern_conv2d_cpu(const at::Tensor& input, const at::Tensor& pattern
   return memory_format == at::MemoryFormat::Contiguous ? out : out.contiguous(memory_format);
 }
 
+// Transposed plans (grad_input), keyed by the forward plan object that plan_cache() found by content.
+TransposedPlanCache& transposed_cache() {
+  static TransposedPlanCache cache;
+  return cache;
+}
+
+// The fp32 plan for the arrays (validating them when built); null on the scalar path.
+std::shared_ptr<const ExecPlan> cached_plan(Isa isa, const PatternWeights<float>& w, int64_t in_channels) {
+  if (isa == Isa::Scalar) return nullptr;
+  try {
+    return plan_cache().get(w, in_channels);
+  } catch (const std::invalid_argument& e) {
+    TORCH_CHECK(false, "patsparse: invalid compressed weight: ", e.what());
+  }
+}
+
 at::Tensor grad_input_cpu(const at::Tensor& grad_output, at::IntArrayRef input_size, const at::Tensor& patterns,
                           const at::Tensor& filter_ptr, const at::Tensor& kernel_channel,
                           const at::Tensor& kernel_pattern, const at::Tensor& values,
                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   check_float_args(grad_output, values, std::nullopt, 0);
   ConvShape s = make_shape(input_size, filter_ptr.size(0) - 1, stride, padding, dilation);
-  check_format(patterns, filter_ptr, kernel_channel, kernel_pattern, values, s.in_channels, true);
+  const bool f32 = grad_output.scalar_type() == at::kFloat;
+  const Isa isa = active_isa();
+  // The fp32 SIMD paths validate the indices once, when the (cached) plan is built.
+  check_format(patterns, filter_ptr, kernel_channel, kernel_pattern, values, s.in_channels,
+               /*check_indices=*/!(f32 && isa != Isa::Scalar));
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({s.batch, s.out_channels, s.out_h, s.out_w}),
               "patsparse: grad_output has shape ", grad_output.sizes());
   auto go = grad_output.contiguous(), v = values.contiguous();
   auto p = patterns.contiguous(), fp = filter_ptr.contiguous(), kc = kernel_channel.contiguous(), kp = kernel_pattern.contiguous();
   auto gin = at::empty(input_size, grad_output.options());
-  if (gin.numel() == 0) return gin;
-  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "pattern_conv2d_grad_input", [&] {
-    reference_grad_input<scalar_t>(s, weights_view<scalar_t>(p, fp, kc, kp, v), go.data_ptr<scalar_t>(),
-                                   gin.data_ptr<scalar_t>(), aten_parallel_for());
-  });
+  if (f32) {
+    const auto w = weights_view<float>(p, fp, kc, kp, v);
+    const auto plan = cached_plan(isa, w, s.in_channels);
+    if (gin.numel() == 0) return gin;
+    try {
+      std::shared_ptr<const TransposedPlan> tp;
+      if (plan && plan_grad_input_supports(s)) tp = transposed_cache().get(plan);
+      grad_input_f32(isa, s, w, tp.get(), go.data_ptr<float>(), gin.data_ptr<float>(), aten_parallel_for(),
+                     at::get_num_threads());
+    } catch (const std::invalid_argument& e) {
+      TORCH_CHECK(false, "patsparse: ", e.what());
+    }
+  } else if (gin.numel() > 0) {
+    reference_grad_input<double>(s, weights_view<double>(p, fp, kc, kp, v), go.data_ptr<double>(),
+                                 gin.data_ptr<double>(), aten_parallel_for());
+  }
   return gin;
 }
 
@@ -179,18 +211,32 @@ at::Tensor grad_values_cpu(const at::Tensor& grad_output, const at::Tensor& inpu
                            const at::Tensor& kernel_pattern, const at::Tensor& values,
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   check_float_args(input, values, std::nullopt, 0);
+  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), "patsparse: grad_output dtype ",
+              grad_output.scalar_type(), " does not match input dtype ", input.scalar_type());
   ConvShape s = make_shape(input.sizes(), filter_ptr.size(0) - 1, stride, padding, dilation);
-  check_format(patterns, filter_ptr, kernel_channel, kernel_pattern, values, s.in_channels, true);
+  const bool f32 = input.scalar_type() == at::kFloat;
+  const Isa isa = active_isa();
+  check_format(patterns, filter_ptr, kernel_channel, kernel_pattern, values, s.in_channels,
+               /*check_indices=*/!(f32 && isa != Isa::Scalar));
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({s.batch, s.out_channels, s.out_h, s.out_w}),
               "patsparse: grad_output has shape ", grad_output.sizes());
   auto go = grad_output.contiguous(), x = input.contiguous(), v = values.contiguous();
   auto p = patterns.contiguous(), fp = filter_ptr.contiguous(), kc = kernel_channel.contiguous(), kp = kernel_pattern.contiguous();
   auto gv = at::zeros_like(v);
-  if (gv.numel() == 0 || s.batch == 0) return gv;
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pattern_conv2d_grad_values", [&] {
-    reference_grad_values<scalar_t>(s, weights_view<scalar_t>(p, fp, kc, kp, v), x.data_ptr<scalar_t>(),
-                                    go.data_ptr<scalar_t>(), gv.data_ptr<scalar_t>(), aten_parallel_for());
-  });
+  if (f32) {
+    const auto w = weights_view<float>(p, fp, kc, kp, v);
+    const auto plan = cached_plan(isa, w, s.in_channels);
+    if (gv.numel() == 0 || s.batch == 0) return gv;
+    try {
+      grad_values_f32(isa, s, w, plan.get(), x.data_ptr<float>(), go.data_ptr<float>(), gv.data_ptr<float>(),
+                      aten_parallel_for(), at::get_num_threads());
+    } catch (const std::invalid_argument& e) {
+      TORCH_CHECK(false, "patsparse: ", e.what());
+    }
+  } else if (gv.numel() > 0 && s.batch > 0) {
+    reference_grad_values<double>(s, weights_view<double>(p, fp, kc, kp, v), x.data_ptr<double>(),
+                                  go.data_ptr<double>(), gv.data_ptr<double>(), aten_parallel_for());
+  }
   return gv;
 }
 
@@ -209,6 +255,12 @@ std::string get_isa() { return isa_name(active_isa()); }
 // [hits, builds, size] of the CPU plan cache (tests use it to see plan builds).
 std::vector<int64_t> plan_cache_stats() {
   const PlanCacheStats st = plan_cache().stats();
+  return {st.hits, st.builds, st.size};
+}
+
+// [hits, builds, size] of the transposed plan cache (grad_input).
+std::vector<int64_t> transposed_plan_cache_stats() {
+  const PlanCacheStats st = transposed_cache().stats();
   return {st.hits, st.builds, st.size};
 }
 
@@ -246,6 +298,7 @@ TORCH_LIBRARY(patsparse, m) {
   m.def("set_isa(str name) -> str", &set_isa);
   m.def("supported_isas() -> str[]", &supported_isas);
   m.def("plan_cache_stats() -> int[]", &plan_cache_stats);
+  m.def("transposed_plan_cache_stats() -> int[]", &transposed_plan_cache_stats);
 }
 
 TORCH_LIBRARY_IMPL(patsparse, CPU, m) {

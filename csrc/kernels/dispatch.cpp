@@ -72,6 +72,20 @@ bool set_active_isa(Isa isa) {
   return true;
 }
 
+namespace {
+const MicroKernels& microkernels(Isa isa) {
+#if defined(PATSPARSE_X86)
+  return isa == Isa::Avx512 ? avx512_microkernels() : avx2_microkernels();
+#elif defined(PATSPARSE_NEON)
+  (void)isa;
+  return neon_microkernels();
+#else
+  (void)isa;
+  return portable_microkernels();
+#endif
+}
+}  // namespace
+
 void forward_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, const ExecPlan* plan,
                  const float* input, const float* bias, float* output, const ParallelFor& pfor, int num_threads) {
   const std::string err = check_shape(s);
@@ -83,14 +97,43 @@ void forward_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, co
   if (isa == Isa::Scalar || !plan_supports(s)) { reference_forward<float>(s, w, input, bias, output, pfor); return; }
   std::shared_ptr<const ExecPlan> local;
   if (!plan) { local = build_plan(w, s.in_channels); plan = local.get(); }
+  plan_forward(*plan, microkernels(isa), s, w.values, input, bias, output, pfor, num_threads);
+}
+
+void grad_input_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, const TransposedPlan* tp,
+                    const float* grad_output, float* grad_input, const ParallelFor& pfor, int num_threads) {
+  const std::string err = check_shape(s);
+  if (!err.empty()) throw std::invalid_argument(err);
+  if (isa != Isa::Scalar && !isa_supported(isa))
+    throw std::invalid_argument(std::string("ISA path not available: ") + isa_name(isa));
+  if (isa == Isa::Scalar || !plan_grad_input_supports(s)) {
+    reference_grad_input<float>(s, w, grad_output, grad_input, pfor);
+    return;
+  }
+  std::shared_ptr<const TransposedPlan> local;
+  if (!tp) { local = build_transposed_plan(build_plan(w, s.in_channels)); tp = local.get(); }
+  plan_grad_input(*tp, microkernels(isa), s, w.values, grad_output, grad_input, pfor, num_threads);
+}
+
+void grad_values_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, const ExecPlan* plan,
+                     const float* input, const float* grad_output, float* grad_values, const ParallelFor& pfor,
+                     int num_threads) {
+  const std::string err = check_shape(s);
+  if (!err.empty()) throw std::invalid_argument(err);
+  if (isa != Isa::Scalar && !isa_supported(isa))
+    throw std::invalid_argument(std::string("ISA path not available: ") + isa_name(isa));
+  if (isa == Isa::Scalar || !plan_supports(s)) {
+    reference_grad_values<float>(s, w, input, grad_output, grad_values, pfor);
+    return;
+  }
+  std::shared_ptr<const ExecPlan> local;
+  if (!plan) { local = build_plan(w, s.in_channels); plan = local.get(); }
 #if defined(PATSPARSE_X86)
-  const MicroKernels& mk = isa == Isa::Avx512 ? avx512_microkernels() : avx2_microkernels();
-#elif defined(PATSPARSE_NEON)
-  const MicroKernels& mk = neon_microkernels();
+  const GradValueKernels& gk = isa == Isa::Avx512 ? avx512_grad_value_kernels() : avx2_grad_value_kernels();
 #else
-  const MicroKernels& mk = portable_microkernels();
+  const GradValueKernels& gk = portable_grad_value_kernels();
 #endif
-  plan_forward(*plan, mk, s, w.values, input, bias, output, pfor, num_threads);
+  plan_grad_values(*plan, gk, s, input, grad_output, grad_values, pfor, num_threads);
 }
 
 }  // namespace patsparse

@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "backward.h"
 #include "pattern_conv.h"
 #include "plan.h"
 
@@ -34,5 +35,16 @@ inline void forward_f32(Isa isa, const ConvShape& s, const PatternWeights<float>
                         const float* bias, float* output, const ParallelFor& pfor = serial_for) {
   forward_f32(isa, s, w, nullptr, input, bias, output, pfor, 1);
 }
+
+// fp32 backward through `isa`, same contracts as reference_grad_input / reference_grad_values
+// (outputs overwritten). `tp` / `plan` (from the caches; may be null: then built for this call) feed
+// the SIMD paths, which read w.values at call time; the scalar path and shapes the plan path rejects
+// run the reference kernels. Results do not depend on num_threads.
+void grad_input_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, const TransposedPlan* tp,
+                    const float* grad_output, float* grad_input, const ParallelFor& pfor = serial_for,
+                    int num_threads = 1);
+void grad_values_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, const ExecPlan* plan,
+                     const float* input, const float* grad_output, float* grad_values,
+                     const ParallelFor& pfor = serial_for, int num_threads = 1);
 
 }  // namespace patsparse

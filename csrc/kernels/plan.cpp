@@ -1,4 +1,5 @@
 #include "plan.h"
+#include "slab.h"
 
 #include <algorithm>
 #include <atomic>
@@ -206,19 +207,10 @@ void PlanCache::clear() {
   bytes_ = 0;
 }
 
-namespace {
-
-inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+namespace slab {
 
 constexpr int64_t kSlabBudgetFloats = 96 * 1024;  // ~384 KB: the slab stays in L2 while every group reads it
-constexpr int64_t kMaxVecLen = 16;
 static_assert(kPlanMaxSlabFloats + kMaxVecLen * kPlanMaxVecs < (int64_t(1) << 31), "tap offsets are int32");
-
-// Slab geometry of one call (see plan.h).
-struct Geometry {
-  int64_t qy_min, qy_max, qx_min, qx_max;  // tap offsets in units of the stride, over dy, dx = 0..2
-  int64_t planes, pitch, block_rows, num_blocks, plane_rows, plane_size, channel_stride, slab_floats;
-};
 
 // False when a size overflows or the slab exceeds kPlanMaxSlabFloats. Given check_shape(s), every
 // input coordinate a tap reaches lies in [-pad, in + pad), so the tap and row offsets below fit.
@@ -289,7 +281,22 @@ float* thread_scratch(int64_t floats) {
   return reinterpret_cast<float*>((addr + 63) & ~uintptr_t(63));
 }
 
-}  // namespace
+std::vector<int32_t> tap_offsets(const ExecPlan& plan, const ConvShape& s, const Geometry& g) {
+  const int64_t n = plan.num_patterns * plan.entries;
+  std::vector<int32_t> tap_off(static_cast<size_t>(n));
+  for (int64_t k = 0; k < n; ++k) {
+    const int64_t dy = plan.patterns[k] / 3, dx = plan.patterns[k] % 3;
+    const int64_t ty = dy * s.dil_h - s.pad_h, tx = dx * s.dil_w - s.pad_w;
+    const int64_t qy = floor_div(ty, s.stride_h), a = ty - qy * s.stride_h;
+    const int64_t qx = floor_div(tx, s.stride_w), b = tx - qx * s.stride_w;
+    tap_off[k] = static_cast<int32_t>((a * s.stride_w + b) * g.plane_size + (qy - g.qy_min) * g.pitch + (qx - g.qx_min));
+  }
+  return tap_off;
+}
+
+}  // namespace slab
+
+using namespace slab;
 
 bool plan_supports(const ConvShape& s) {
   Geometry g;
@@ -311,15 +318,7 @@ void plan_forward(const ExecPlan& plan, const MicroKernels& mk, const ConvShape&
       if (!mk.fn[G][V]) throw std::invalid_argument("plan_forward: micro-kernel table has a hole");
   }
 
-  // Tap offsets inside one channel's slab, per (pattern, entry).
-  std::vector<int32_t> tap_off(static_cast<size_t>(plan.num_patterns * E));
-  for (int64_t k = 0; k < plan.num_patterns * E; ++k) {
-    const int64_t dy = plan.patterns[k] / 3, dx = plan.patterns[k] % 3;
-    const int64_t ty = dy * s.dil_h - s.pad_h, tx = dx * s.dil_w - s.pad_w;
-    const int64_t qy = floor_div(ty, s.stride_h), a = ty - qy * s.stride_h;
-    const int64_t qx = floor_div(tx, s.stride_w), b = tx - qx * s.stride_w;
-    tap_off[k] = static_cast<int32_t>((a * s.stride_w + b) * g.plane_size + (qy - g.qy_min) * g.pitch + (qx - g.qx_min));
-  }
+  const std::vector<int32_t> tap_off = tap_offsets(plan, s, g);
 
   // Tasks: (image, row block, chunk of groups). Chunks only when images x blocks are too few to
   // feed every thread several tasks; chunks hold equal work (kept kernels x group size). Threads

@@ -9,6 +9,7 @@
 #pragma GCC target("avx2,fma")
 
 #include "tile_impl.h"  // after the pragma: compiled for this ISA
+#include "../grad_tile_impl.h"
 
 namespace patsparse {
 namespace {
@@ -20,6 +21,12 @@ struct Simd {
   static void store(float* p, Vec v) { _mm256_storeu_ps(p, v); }
   static Vec set1(float x) { return _mm256_set1_ps(x); }
   static Vec fma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+  static Vec add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+  static float hsum(Vec v) {
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
+  }
 };
 
 }  // namespace
@@ -35,6 +42,12 @@ const MicroKernels& avx2_microkernels() {
     return m;
   }();
   return mk;
+}
+
+// Grad tiles: up to 2 members a pass (16 ymm registers: 2 members x 4 entries of accumulators, plus the loads).
+const GradValueKernels& avx2_grad_value_kernels() {
+  static const GradValueKernels k = make_grad_value_kernels<Simd, 2>();
+  return k;
 }
 
 }  // namespace patsparse

@@ -3,6 +3,7 @@
 // dispatch.cpp uses a table only when cpuid says the CPU (and OS) support the ISA.
 #pragma once
 
+#include "../backward.h"
 #include "../plan.h"
 
 namespace patsparse {
@@ -12,5 +13,7 @@ bool cpu_has_avx512();
 
 const MicroKernels& avx2_microkernels();    // vec_len 8
 const MicroKernels& avx512_microkernels();  // vec_len 16
+const GradValueKernels& avx2_grad_value_kernels();    // vec_len 8
+const GradValueKernels& avx512_grad_value_kernels();  // vec_len 16
 
 }  // namespace patsparse

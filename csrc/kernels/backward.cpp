@@ -1,0 +1,260 @@
+#include "backward.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <stdexcept>
+
+#include "slab.h"
+
+namespace patsparse {
+
+namespace {
+
+struct PortableSimd {
+  struct Vec { float v[4]; };
+  static constexpr int width = 4;
+  static Vec load(const float* p) { Vec r; for (int i = 0; i < 4; ++i) r.v[i] = p[i]; return r; }
+  static Vec set1(float x) { return Vec{{x, x, x, x}}; }
+  static Vec fma(Vec a, Vec b, Vec c) { for (int i = 0; i < 4; ++i) c.v[i] += a.v[i] * b.v[i]; return c; }
+  static Vec add(Vec a, Vec b) { for (int i = 0; i < 4; ++i) a.v[i] += b.v[i]; return a; }
+  static float hsum(Vec a) { return (a.v[0] + a.v[1]) + (a.v[2] + a.v[3]); }
+};
+
+}  // namespace
+}  // namespace patsparse
+
+#include "grad_tile_impl.h"
+
+namespace patsparse {
+
+using namespace slab;
+
+const GradValueKernels& portable_grad_value_kernels() {
+  static const GradValueKernels k = make_grad_value_kernels<PortableSimd, kPlanMaxGroup>();
+  return k;
+}
+
+std::shared_ptr<const TransposedPlan> build_transposed_plan(const std::shared_ptr<const ExecPlan>& forward) {
+  const ExecPlan& f = *forward;
+  const int64_t cin = f.in_channels, cout = f.out_channels, nnz = f.nnz;
+  auto tp = std::make_shared<TransposedPlan>();
+  tp->forward = forward;
+  // Each filter's CSR row is its group's runs (plan.h), kernel k = filter_ptr[o] + r.
+  std::vector<int32_t> row_begin(static_cast<size_t>(cout), 0);
+  for (const PlanGroup& g : f.groups)
+    for (int32_t m = 0; m < g.size; ++m) row_begin[f.out_order[g.out_begin + m]] = g.run_begin;
+  std::vector<int32_t> ptr(static_cast<size_t>(cin + 1), 0);
+  for (int64_t o = 0; o < cout; ++o)
+    for (int32_t k = f.filter_ptr[o]; k < f.filter_ptr[o + 1]; ++k)
+      ++ptr[f.run_channel[row_begin[o] + (k - f.filter_ptr[o])] + 1];
+  for (int64_t c = 0; c < cin; ++c) ptr[c + 1] += ptr[c];
+  std::vector<int32_t> fill(ptr.begin(), ptr.end() - 1), channel(static_cast<size_t>(nnz));
+  std::vector<uint8_t> pattern(static_cast<size_t>(nnz));
+  tp->perm.resize(static_cast<size_t>(nnz));
+  for (int64_t o = 0; o < cout; ++o)  // o ascending: each transposed filter streams grad_output forward
+    for (int32_t k = f.filter_ptr[o]; k < f.filter_ptr[o + 1]; ++k) {
+      const int32_t run = row_begin[o] + (k - f.filter_ptr[o]);
+      const int32_t t = fill[f.run_channel[run]]++;
+      channel[t] = static_cast<int32_t>(o);
+      pattern[t] = f.run_pattern[run];
+      tp->perm[t] = k;
+    }
+  std::vector<uint8_t> flipped(f.patterns.size());
+  for (size_t i = 0; i < flipped.size(); ++i) flipped[i] = static_cast<uint8_t>(8 - f.patterns[i]);
+  PatternWeights<float> wt;
+  wt.num_patterns = f.num_patterns;
+  wt.entries = f.entries;
+  wt.out_channels = cin;
+  wt.nnz = nnz;
+  wt.patterns = flipped.data();
+  wt.filter_ptr = ptr.data();
+  wt.kernel_channel = channel.data();
+  wt.kernel_pattern = pattern.data();
+  tp->plan = build_plan(wt, cout);
+  return tp;
+}
+
+std::shared_ptr<const TransposedPlan> TransposedPlanCache::get(const std::shared_ptr<const ExecPlan>& forward) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = entries_.begin(); it != entries_.end(); ++it)
+      if ((*it)->forward == forward) {
+        ++hits_;
+        entries_.splice(entries_.begin(), entries_, it);
+        return entries_.front();
+      }
+  }
+  auto tp = build_transposed_plan(forward);
+  std::lock_guard<std::mutex> lock(mu_);
+  ++builds_;
+  entries_.push_front(tp);
+  while (entries_.size() > max_entries_) entries_.pop_back();
+  return tp;
+}
+
+PlanCacheStats TransposedPlanCache::stats() {
+  std::lock_guard<std::mutex> lock(mu_);
+  PlanCacheStats st;
+  st.hits = hits_;
+  st.builds = builds_;
+  st.size = static_cast<int64_t>(entries_.size());
+  return st;
+}
+
+void TransposedPlanCache::clear() {
+  std::lock_guard<std::mutex> lock(mu_);
+  entries_.clear();
+}
+
+namespace {
+
+// The stride-1 forward that computes grad_input: grad_output (spread onto a zero grid when strided:
+// in_h + 2 * pad - 2 * dil rows, row oh at oh * stride) convolved with the flipped kernels at padding
+// 2 * dil - pad. Its output size is exactly in_h x in_w.
+bool transposed_shape(const ConvShape& s, ConvShape* out) {
+  if (!check_shape(s).empty()) return false;
+  ConvShape t;
+  t.batch = s.batch;
+  t.in_channels = s.out_channels;
+  t.out_channels = s.in_channels;
+  t.pad_h = 2 * s.dil_h - s.pad_h;  // 2 * dil and in + 2 * pad fit: check_shape
+  t.pad_w = 2 * s.dil_w - s.pad_w;
+  if (t.pad_h < 0 || t.pad_w < 0) return false;  // would need cropping: reference kernel
+  t.dil_h = s.dil_h;
+  t.dil_w = s.dil_w;
+  t.in_h = s.in_h + 2 * s.pad_h - 2 * s.dil_h;
+  t.in_w = s.in_w + 2 * s.pad_w - 2 * s.dil_w;
+  t.out_h = s.in_h;
+  t.out_w = s.in_w;
+  if (t.in_h < 1 || t.in_w < 1) return false;
+  if (s.stride_h == 1 && s.stride_w == 1 && (t.in_h != s.out_h || t.in_w != s.out_w)) return false;
+  if (!check_shape(t).empty()) return false;
+  *out = t;
+  return true;
+}
+
+}  // namespace
+
+bool plan_grad_input_supports(const ConvShape& s) {
+  ConvShape t;
+  return transposed_shape(s, &t) && plan_supports(t);
+}
+
+void plan_grad_input(const TransposedPlan& tp, const MicroKernels& mk, const ConvShape& s, const float* values,
+                     const float* grad_output, float* grad_input, const ParallelFor& pfor, int num_threads) {
+  ConvShape t;
+  if (!transposed_shape(s, &t) || !plan_supports(t))
+    throw std::invalid_argument("plan_grad_input: shape out of range for the plan path");
+  const ExecPlan& f = *tp.forward;
+  if (f.in_channels != s.in_channels || f.out_channels != s.out_channels)
+    throw std::invalid_argument("plan_grad_input: plan was built for another layer shape");
+  int64_t gin_elems;
+  if (!product_ok({s.batch, s.in_channels, s.in_h, s.in_w}, &gin_elems)) throw std::invalid_argument("plan_grad_input: size overflow");
+  if (gin_elems == 0) return;
+  if (s.out_channels == 0 || f.nnz == 0) { std::memset(grad_input, 0, sizeof(float) * gin_elems); return; }
+
+  // Values in the transposed kernel order (read now: they change between calls).
+  const int64_t E = f.entries;
+  std::vector<float> vt(static_cast<size_t>(f.nnz * E));
+  for (int64_t k = 0; k < f.nnz; ++k)
+    std::memcpy(vt.data() + k * E, values + static_cast<int64_t>(tp.perm[k]) * E, sizeof(float) * E);
+
+  const float* src = grad_output;
+  std::vector<float> spread;
+  if (s.stride_h > 1 || s.stride_w > 1) {
+    int64_t n;
+    if (!product_ok({t.batch, t.in_channels, t.in_h, t.in_w}, &n)) throw std::invalid_argument("plan_grad_input: size overflow");
+    spread.assign(static_cast<size_t>(n), 0.f);
+    const int64_t planes = s.batch * s.out_channels, up = t.in_h * t.in_w, op = s.out_h * s.out_w;
+    pfor(planes, 16, [&](int64_t b, int64_t e) {
+      for (int64_t p = b; p < e; ++p)
+        for (int64_t oh = 0; oh < s.out_h; ++oh) {
+          float* dst = spread.data() + p * up + oh * s.stride_h * t.in_w;
+          const float* row = grad_output + p * op + oh * s.out_w;
+          for (int64_t ow = 0; ow < s.out_w; ++ow) dst[ow * s.stride_w] = row[ow];
+        }
+    });
+    src = spread.data();
+  }
+  plan_forward(*tp.plan, mk, t, vt.data(), src, nullptr, grad_input, pfor, num_threads);
+}
+
+void plan_grad_values(const ExecPlan& plan, const GradValueKernels& gk, const ConvShape& s, const float* input,
+                      const float* grad_output, float* grad_values, const ParallelFor& pfor, int num_threads) {
+  Geometry g;
+  if (!make_geometry(s, &g)) throw std::invalid_argument("plan_grad_values: shape out of range for the plan path");
+  if (plan.out_channels != s.out_channels || plan.in_channels != s.in_channels)
+    throw std::invalid_argument("plan_grad_values: plan was built for another layer shape");
+  const int64_t E = plan.entries, VL = gk.vec_len;
+  if (VL < 1 || VL > kMaxVecLen) throw std::invalid_argument("plan_grad_values: bad kernel vector length");
+  for (int G = 1; G <= kPlanMaxGroup; ++G)
+    if (!gk.fn[G]) throw std::invalid_argument("plan_grad_values: kernel table has a hole");
+  std::fill(grad_values, grad_values + plan.nnz * E, 0.f);
+  if (s.batch == 0 || s.out_channels == 0 || s.out_h == 0 || s.out_w == 0 || plan.nnz == 0) return;
+
+  const std::vector<int32_t> tap_off = tap_offsets(plan, s, g);
+  // Per member: the pitched grad_output block, rounded up to whole vectors (zeros past out_w and
+  // past the block: those lanes meet junk slab columns, whose products must vanish).
+  const int64_t gstride = ((g.block_rows * g.pitch + VL - 1) / VL * VL + 15) / 16 * 16;
+
+  // Tasks: chunks of groups of equal work; a task walks every (image, row block) in order.
+  const int64_t ngroups = static_cast<int64_t>(plan.groups.size());
+  const int64_t chunks = std::clamp<int64_t>(num_threads > 1 ? 4 * num_threads : 1, 1, std::max<int64_t>(1, ngroups));
+  std::vector<int64_t> chunk_begin(static_cast<size_t>(chunks + 1), ngroups);
+  const int64_t total = plan.work_prefix.back();
+  for (int64_t c = 0; c < chunks; ++c)
+    chunk_begin[c] = std::lower_bound(plan.work_prefix.begin(), plan.work_prefix.end() - 1, total * c / chunks) -
+                     plan.work_prefix.begin();
+  chunk_begin[chunks] = ngroups;
+
+  const int64_t in_image = s.in_channels * s.in_h * s.in_w, out_plane = s.out_h * s.out_w;
+  const int64_t workers = std::clamp<int64_t>(num_threads, 1, chunks);
+  std::atomic<int64_t> next_task{0};
+  pfor(workers, 1, [&](int64_t wbegin, int64_t wend) {
+    float* slab_buf = thread_scratch(g.slab_floats + kPlanMaxGroup * gstride);
+    float* gbuf = slab_buf + g.slab_floats;  // slab_floats is a multiple of 16: gbuf stays aligned
+    for (int64_t slot = wbegin; slot < wend; ++slot)
+    for (int64_t chunk = next_task.fetch_add(1); chunk < chunks; chunk = next_task.fetch_add(1)) {
+      if (chunk_begin[chunk] == chunk_begin[chunk + 1]) continue;
+      for (int64_t n = 0; n < s.batch; ++n) {
+        const float* go_img = grad_output + n * s.out_channels * out_plane;
+        for (int64_t blk = 0; blk < g.num_blocks; ++blk) {
+          const int64_t row0 = blk * g.block_rows;
+          const int64_t rows = std::min(g.block_rows, s.out_h - row0);
+          build_slab(s, g, input + n * in_image, row0, slab_buf);
+          const int64_t flat = rows * g.pitch, nvec = (flat + VL - 1) / VL;
+          for (int64_t gi = chunk_begin[chunk]; gi < chunk_begin[chunk + 1]; ++gi) {
+            const PlanGroup& grp = plan.groups[gi];
+            if (grp.run_end == grp.run_begin) continue;
+            const int G = grp.size;
+            const int32_t* outs = plan.out_order.data() + grp.out_begin;
+            GradTileArgs ga;
+            ga.src = slab_buf;
+            ga.channel_stride = g.channel_stride;
+            ga.tap_off = tap_off.data();
+            ga.run_channel = plan.run_channel.data() + grp.run_begin;
+            ga.run_pattern = plan.run_pattern.data() + grp.run_begin;
+            ga.runs = grp.run_end - grp.run_begin;
+            ga.entries = E;
+            ga.nvec = nvec;
+            for (int m = 0; m < G; ++m) {
+              float* dst = gbuf + m * gstride;
+              const float* src = go_img + outs[m] * out_plane + row0 * s.out_w;
+              for (int64_t r = 0; r < rows; ++r) {
+                std::memcpy(dst + r * g.pitch, src + r * s.out_w, sizeof(float) * s.out_w);
+                std::memset(dst + r * g.pitch + s.out_w, 0, sizeof(float) * (g.pitch - s.out_w));
+              }
+              std::memset(dst + flat, 0, sizeof(float) * (nvec * VL - flat));
+              ga.gout[m] = dst;
+              ga.grad[m] = grad_values + static_cast<int64_t>(plan.filter_ptr[outs[m]]) * E;
+            }
+            gk.fn[G](ga);
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace patsparse
