@@ -180,10 +180,16 @@ void plan_grad_input(const TransposedPlan& tp, const MicroKernels& mk, const Con
   plan_forward(*tp.plan, mk, t, vt.data(), src, nullptr, grad_input, pfor, num_threads);
 }
 
+// Row blocks of grad_values aim at a larger slab than the forward's: each block costs one horizontal
+// sum per (kernel, entry), so short blocks (many channels, narrow images) are dominated by them.
+// When a whole image is one block, consecutive images are folded into one tile call for the same reason.
+constexpr int64_t kGradSlabBudgetFloats = int64_t(512) * 1024;
+
 void plan_grad_values(const ExecPlan& plan, const GradValueKernels& gk, const ConvShape& s, const float* input,
                       const float* grad_output, float* grad_values, const ParallelFor& pfor, int num_threads) {
   Geometry g;
   if (!make_geometry(s, &g)) throw std::invalid_argument("plan_grad_values: shape out of range for the plan path");
+  if (!make_geometry(s, &g, kGradSlabBudgetFloats)) make_geometry(s, &g);
   if (plan.out_channels != s.out_channels || plan.in_channels != s.in_channels)
     throw std::invalid_argument("plan_grad_values: plan was built for another layer shape");
   const int64_t E = plan.entries, VL = gk.vec_len;
@@ -194,11 +200,15 @@ void plan_grad_values(const ExecPlan& plan, const GradValueKernels& gk, const Co
   if (s.batch == 0 || s.out_channels == 0 || s.out_h == 0 || s.out_w == 0 || plan.nnz == 0) return;
 
   const std::vector<int32_t> tap_off = tap_offsets(plan, s, g);
-  // Per member: the pitched grad_output block, rounded up to whole vectors (zeros past out_w and
-  // past the block: those lanes meet junk slab columns, whose products must vanish).
+  // Per member and image: the pitched grad_output block, rounded up to whole vectors (zeros past
+  // out_w and past the block: those lanes meet junk slab columns, whose products must vanish).
   const int64_t gstride = ((g.block_rows * g.pitch + VL - 1) / VL * VL + 15) / 16 * 16;
+  const int64_t fold = g.num_blocks == 1
+                           ? std::clamp<int64_t>(kGradSlabBudgetFloats / (g.slab_floats + kPlanMaxGroup * gstride), 1, s.batch)
+                           : 1;
+  const int64_t steps = g.num_blocks == 1 ? (s.batch + fold - 1) / fold : s.batch * g.num_blocks;
 
-  // Tasks: chunks of groups of equal work; a task walks every (image, row block) in order.
+  // Tasks: chunks of groups of equal work; a task walks every step (images, row block) in order.
   const int64_t ngroups = static_cast<int64_t>(plan.groups.size());
   const int64_t chunks = std::clamp<int64_t>(num_threads > 1 ? 4 * num_threads : 1, 1, std::max<int64_t>(1, ngroups));
   std::vector<int64_t> chunk_begin(static_cast<size_t>(chunks + 1), ngroups);
@@ -212,45 +222,52 @@ void plan_grad_values(const ExecPlan& plan, const GradValueKernels& gk, const Co
   const int64_t workers = std::clamp<int64_t>(num_threads, 1, chunks);
   std::atomic<int64_t> next_task{0};
   pfor(workers, 1, [&](int64_t wbegin, int64_t wend) {
-    float* slab_buf = thread_scratch(g.slab_floats + kPlanMaxGroup * gstride);
-    float* gbuf = slab_buf + g.slab_floats;  // slab_floats is a multiple of 16: gbuf stays aligned
+    // fold slabs, then per member `fold` grad_output blocks; slab_floats and gstride are multiples of 16.
+    float* slab_buf = thread_scratch(fold * (g.slab_floats + kPlanMaxGroup * gstride));
+    float* gbuf = slab_buf + fold * g.slab_floats;
     for (int64_t slot = wbegin; slot < wend; ++slot)
     for (int64_t chunk = next_task.fetch_add(1); chunk < chunks; chunk = next_task.fetch_add(1)) {
       if (chunk_begin[chunk] == chunk_begin[chunk + 1]) continue;
-      for (int64_t n = 0; n < s.batch; ++n) {
-        const float* go_img = grad_output + n * s.out_channels * out_plane;
-        for (int64_t blk = 0; blk < g.num_blocks; ++blk) {
-          const int64_t row0 = blk * g.block_rows;
-          const int64_t rows = std::min(g.block_rows, s.out_h - row0);
-          build_slab(s, g, input + n * in_image, row0, slab_buf);
-          const int64_t flat = rows * g.pitch, nvec = (flat + VL - 1) / VL;
-          for (int64_t gi = chunk_begin[chunk]; gi < chunk_begin[chunk + 1]; ++gi) {
-            const PlanGroup& grp = plan.groups[gi];
-            if (grp.run_end == grp.run_begin) continue;
-            const int G = grp.size;
-            const int32_t* outs = plan.out_order.data() + grp.out_begin;
-            GradTileArgs ga;
-            ga.src = slab_buf;
-            ga.channel_stride = g.channel_stride;
-            ga.tap_off = tap_off.data();
-            ga.run_channel = plan.run_channel.data() + grp.run_begin;
-            ga.run_pattern = plan.run_pattern.data() + grp.run_begin;
-            ga.runs = grp.run_end - grp.run_begin;
-            ga.entries = E;
-            ga.nvec = nvec;
-            for (int m = 0; m < G; ++m) {
-              float* dst = gbuf + m * gstride;
-              const float* src = go_img + outs[m] * out_plane + row0 * s.out_w;
+      for (int64_t step = 0; step < steps; ++step) {
+        const int64_t n0 = g.num_blocks == 1 ? step * fold : step / g.num_blocks;
+        const int64_t blk = g.num_blocks == 1 ? 0 : step % g.num_blocks;
+        const int64_t images = g.num_blocks == 1 ? std::min(fold, s.batch - n0) : 1;
+        const int64_t row0 = blk * g.block_rows;
+        const int64_t rows = std::min(g.block_rows, s.out_h - row0);
+        for (int64_t i = 0; i < images; ++i)
+          build_slab(s, g, input + (n0 + i) * in_image, row0, slab_buf + i * g.slab_floats);
+        const int64_t flat = rows * g.pitch, nvec = (flat + VL - 1) / VL;
+        for (int64_t gi = chunk_begin[chunk]; gi < chunk_begin[chunk + 1]; ++gi) {
+          const PlanGroup& grp = plan.groups[gi];
+          if (grp.run_end == grp.run_begin) continue;
+          const int G = grp.size;
+          const int32_t* outs = plan.out_order.data() + grp.out_begin;
+          GradTileArgs ga;
+          ga.src = slab_buf;
+          ga.images = images;
+          ga.src_stride = g.slab_floats;
+          ga.gout_stride = gstride;
+          ga.channel_stride = g.channel_stride;
+          ga.tap_off = tap_off.data();
+          ga.run_channel = plan.run_channel.data() + grp.run_begin;
+          ga.run_pattern = plan.run_pattern.data() + grp.run_begin;
+          ga.runs = grp.run_end - grp.run_begin;
+          ga.entries = E;
+          ga.nvec = nvec;
+          for (int m = 0; m < G; ++m) {
+            for (int64_t i = 0; i < images; ++i) {
+              float* dst = gbuf + (m * fold + i) * gstride;
+              const float* src = grad_output + ((n0 + i) * s.out_channels + outs[m]) * out_plane + row0 * s.out_w;
               for (int64_t r = 0; r < rows; ++r) {
                 std::memcpy(dst + r * g.pitch, src + r * s.out_w, sizeof(float) * s.out_w);
                 std::memset(dst + r * g.pitch + s.out_w, 0, sizeof(float) * (g.pitch - s.out_w));
               }
               std::memset(dst + flat, 0, sizeof(float) * (nvec * VL - flat));
-              ga.gout[m] = dst;
-              ga.grad[m] = grad_values + static_cast<int64_t>(plan.filter_ptr[outs[m]]) * E;
             }
-            gk.fn[G](ga);
+            ga.gout[m] = gbuf + m * fold * gstride;
+            ga.grad[m] = grad_values + static_cast<int64_t>(plan.filter_ptr[outs[m]]) * E;
           }
+          gk.fn[G](ga);
         }
       }
     }

@@ -64,11 +64,13 @@ void plan_grad_input(const TransposedPlan& tp, const MicroKernels& mk, const Con
                      const float* grad_output, float* grad_input, const ParallelFor& pfor = serial_for,
                      int num_threads = 1);
 
-// One grad tile: all runs of one plan group over nvec vectors of the flat index j. For run r, entry e,
-// member m:  grad[m][r * entries + e] += sum over j < nvec * vec_len of
-//            gout[m][j] * src[run_channel[r] * channel_stride + tap_off[run_pattern[r] * entries + e] + j]
+// One grad tile: all runs of one plan group over `images` slabs of nvec vectors of the flat index j.
+// For run r, entry e, member m:  grad[m][r * entries + e] += sum over i < images, j < nvec * vec_len of
+//   gout[m][i * gout_stride + j] * src[i * src_stride + run_channel[r] * channel_stride + tap_off[...] + j]
+// (tap_off[run_pattern[r] * entries + e]); one horizontal sum per (run, entry, member) and call.
 struct GradTileArgs {
-  const float* src = nullptr;  // slab (j = 0)
+  const float* src = nullptr;  // slab of image 0 (j = 0)
+  int64_t images = 1, src_stride = 0, gout_stride = 0;
   int64_t channel_stride = 0;
   const int32_t* tap_off = nullptr;
   const int32_t* run_channel = nullptr;

@@ -20,17 +20,13 @@ __attribute__((always_inline)) inline void grad_members(const GradTileArgs& t, i
   constexpr int W = S::width;
   constexpr int U = (G == 1) ? 2 : 1;  // independent accumulators to cover the FMA latency
   const int64_t E = EC > 0 ? EC : t.entries, nvec = t.nvec, cs = t.channel_stride;
-  const float* go[G];
+  const float* go0[G];
   float* gr[G];
 #pragma GCC unroll 4
-  for (int m = 0; m < G; ++m) { go[m] = t.gout[m0 + m]; gr[m] = t.grad[m0 + m]; }
+  for (int m = 0; m < G; ++m) { go0[m] = t.gout[m0 + m]; gr[m] = t.grad[m0 + m]; }
   for (int64_t r = 0; r < t.runs; ++r) {
-    const float* base = t.src + t.run_channel[r] * cs;
     const int32_t* off = t.tap_off + t.run_pattern[r] * E;
     if constexpr (EC > 0) {
-      const float* x[EC];
-#pragma GCC unroll 9
-      for (int e = 0; e < EC; ++e) x[e] = base + off[e];
       Vec acc[U][G][EC];
 #pragma GCC unroll 2
       for (int u = 0; u < U; ++u)
@@ -38,6 +34,14 @@ __attribute__((always_inline)) inline void grad_members(const GradTileArgs& t, i
         for (int m = 0; m < G; ++m)
 #pragma GCC unroll 9
           for (int e = 0; e < EC; ++e) acc[u][m][e] = S::set1(0.f);
+      for (int64_t img = 0; img < t.images; ++img) {
+      const float* base = t.src + img * t.src_stride + t.run_channel[r] * cs;
+      const float* x[EC];
+#pragma GCC unroll 9
+      for (int e = 0; e < EC; ++e) x[e] = base + off[e];
+      const float* go[G];
+#pragma GCC unroll 4
+      for (int m = 0; m < G; ++m) go[m] = go0[m] + img * t.gout_stride;
       int64_t v = 0;
       for (; v + U <= nvec; v += U) {
 #pragma GCC unroll 2
@@ -63,6 +67,7 @@ __attribute__((always_inline)) inline void grad_members(const GradTileArgs& t, i
           for (int e = 0; e < EC; ++e) acc[0][m][e] = S::fma(g, S::load(x[e] + j), acc[0][m][e]);
         }
       }
+      }  // images
 #pragma GCC unroll 4
       for (int m = 0; m < G; ++m)
 #pragma GCC unroll 9
@@ -74,10 +79,14 @@ __attribute__((always_inline)) inline void grad_members(const GradTileArgs& t, i
         }
     } else {
       for (int64_t e = 0; e < E; ++e) {
-        const float* x = base + off[e];
         Vec acc[2][G];
 #pragma GCC unroll 4
         for (int m = 0; m < G; ++m) acc[0][m] = acc[1][m] = S::set1(0.f);
+        for (int64_t img = 0; img < t.images; ++img) {
+        const float* x = t.src + img * t.src_stride + t.run_channel[r] * cs + off[e];
+        const float* go[G];
+#pragma GCC unroll 4
+        for (int m = 0; m < G; ++m) go[m] = go0[m] + img * t.gout_stride;
         int64_t v = 0;
         for (; v + 2 <= nvec; v += 2) {
           const Vec x0 = S::load(x + v * W), x1 = S::load(x + (v + 1) * W);
@@ -92,6 +101,7 @@ __attribute__((always_inline)) inline void grad_members(const GradTileArgs& t, i
 #pragma GCC unroll 4
           for (int m = 0; m < G; ++m) acc[0][m] = S::fma(S::load(go[m] + v * W), x0, acc[0][m]);
         }
+        }  // images
 #pragma GCC unroll 4
         for (int m = 0; m < G; ++m) gr[m][r * E + e] += S::hsum(S::add(acc[0][m], acc[1][m]));
       }

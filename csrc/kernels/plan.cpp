@@ -209,12 +209,11 @@ void PlanCache::clear() {
 
 namespace slab {
 
-constexpr int64_t kSlabBudgetFloats = 96 * 1024;  // ~384 KB: the slab stays in L2 while every group reads it
 static_assert(kPlanMaxSlabFloats + kMaxVecLen * kPlanMaxVecs < (int64_t(1) << 31), "tap offsets are int32");
 
 // False when a size overflows or the slab exceeds kPlanMaxSlabFloats. Given check_shape(s), every
 // input coordinate a tap reaches lies in [-pad, in + pad), so the tap and row offsets below fit.
-bool make_geometry(const ConvShape& s, Geometry* out) {
+bool make_geometry(const ConvShape& s, Geometry* out, int64_t budget_floats) {
   if (!check_shape(s).empty()) return false;
   Geometry g;
   g.qy_min = floor_div(-s.pad_h, s.stride_h);
@@ -226,7 +225,7 @@ bool make_geometry(const ConvShape& s, Geometry* out) {
       !add_ok(g.qy_max - g.qy_min, 1, &halo) || !product_ok({s.in_channels, g.planes, g.pitch}, &per_row))
     return false;
   per_row = std::max<int64_t>(1, per_row);
-  const int64_t rows = std::clamp<int64_t>(kSlabBudgetFloats / per_row - halo, 1, std::max<int64_t>(1, s.out_h));
+  const int64_t rows = std::clamp<int64_t>(budget_floats / per_row - halo, 1, std::max<int64_t>(1, s.out_h));
   g.num_blocks = (s.out_h + rows - 1) / rows;
   g.block_rows = g.num_blocks > 0 ? (s.out_h + g.num_blocks - 1) / g.num_blocks : 0;
   int64_t plane_floats;

@@ -26,7 +26,9 @@ struct Geometry {
 };
 
 // False when a size overflows or the slab exceeds kPlanMaxSlabFloats. Does not depend on threads.
-bool make_geometry(const ConvShape& s, Geometry* out);
+// budget_floats: the slab size the row blocks aim at (at least one row is always taken).
+constexpr int64_t kSlabBudgetFloats = 96 * 1024;  // ~384 KB: the slab stays in L2 while every group reads it
+bool make_geometry(const ConvShape& s, Geometry* out, int64_t budget_floats = kSlabBudgetFloats);
 // Fills the slab of output rows [row0, row0 + block_rows) of image `x` (all channels).
 void build_slab(const ConvShape& s, const Geometry& g, const float* x, int64_t row0, float* slab);
 // 64-byte aligned, grow-only per-thread scratch.

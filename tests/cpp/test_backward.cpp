@@ -93,6 +93,9 @@ void shape_matrix(Counter& t) {
       {0, 4, 6, 6, 5, 1, 1, 1, 1, 1, 1, 0.5, 1},   // empty batch
       {1, 200, 12, 12, 9, 1, 1, 1, 1, 1, 1, 0.3, 4},  // several row blocks
       {2, 6, 33, 40, 5, 2, 2, 1, 1, 1, 1, 0.5, 1},
+      {2, 512, 40, 37, 4, 1, 1, 1, 1, 1, 1, 0.1, 2},   // several grad_values row blocks
+      {1, 300, 61, 50, 3, 2, 2, 1, 1, 1, 1, 0.1, 1},   // same, stride 2
+      {20, 200, 9, 9, 3, 1, 1, 1, 1, 1, 1, 0.1, 1},    // images folded into grad_values tiles, 2 steps
   };
   uint64_t seed = 100;
   for (const Case& c : cases) {
