@@ -85,7 +85,9 @@ def table(results: dict) -> str:
 
 
 def small_check(a) -> None:
-    """No-collapse check: several seeds of a small 3x3 CNN (not the main job's) at setting (b), with
+    """No-collapse check: several seeds of a small 3x3 CNN (not the main job's) at setting (b): dense
+    (cosine LR), constraint phase (constant LR), hard prune + BN re-estimation, retraining (cosine LR),
+    ``--small-epochs`` each, with
     ``ps.ADMM``'s class defaults (no rho given; ``phase_steps`` = the phase length), over SGD and Adam,
     with and without BatchNorm; one-shot from the same dense model for comparison. Prints and writes
     min / mean of (final - dense) per configuration to ``--small-json``."""
@@ -112,10 +114,11 @@ def small_check(a) -> None:
                     model = VGG([16, "M", 32, 32, "M"], in_channels=1, num_classes=10, batch_norm=bn)
                     kw = {"momentum": 0.9} if base is torch.optim.SGD else {}
                     opt = base(model.parameters(), lr=lr, **kw)
-                    for _ in range(a.small_epochs):
-                        train_epoch(model, opt, x, y, 64, gen, show=False)
-                    dense = evaluate(model, xt, yt, show=False)["acc"]
                     steps = a.small_epochs * D.num_batches(x.shape[0], 64)
+                    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+                    for _ in range(a.small_epochs):
+                        train_epoch(model, opt, x, y, 64, gen, show=False, scheduler=sched)
+                    dense = evaluate(model, xt, yt, show=False)["acc"]
                     convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
                     rest = [p for p in model.parameters() if all(p is not c for c in convs)]
                     opt = ps.ADMM([{"params": convs[:1], "constraints": [C.Pattern(k=8), C.Quantize(bits=bits)]},
@@ -131,8 +134,9 @@ def small_check(a) -> None:
                     opt.hard_prune()
                     recalibrate_bn(model, x, show=False)
                     pruned = evaluate(model, xt, yt, show=False)["acc"]
+                    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)  # as the main job
                     for _ in range(a.small_epochs):
-                        train_epoch(model, opt, x, y, 64, gen, show=False)
+                        train_epoch(model, opt, x, y, 64, gen, show=False, scheduler=sched)
                     final = evaluate(model, xt, yt, show=False)["acc"]
                     drops.append(final - dense)
                     print(f"  small {key} seed {seed}: dense {dense:.2f} pruned {pruned:.2f} final {final:.2f}",
@@ -170,11 +174,25 @@ def main():
     ap.add_argument("--dense-epochs", type=int, default=4)
     ap.add_argument("--admm-epochs", type=int, default=2, help="constraint-phase epochs (every method)")
     ap.add_argument("--retrain-epochs", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=2)
+    # 1: on the shared 2-core machine two threads spent ~7x the CPU time per image (spinning workers)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", default="/tmp/admm_vs_baselines")
     ap.add_argument("--json", default="benchmarks/results/admm_vs_baselines.json")
     ap.add_argument("--md", default="benchmarks/results/admm_vs_baselines.table.md")
+    ap.add_argument("--merge", nargs="*", help="merge these result JSONs (runs done in parallel) into --json, "
+                                               "rewrite --md, and exit")
     a = ap.parse_args()
+    if a.merge is not None:
+        results = {}
+        for path in [a.json] * os.path.isfile(a.json) + a.merge:
+            with open(path) as f:
+                results.update(json.load(f))
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1)
+        with open(a.md, "w") as f:
+            f.write(table(results) + "\n")
+        print(table(results))
+        return
     os.makedirs(a.work, exist_ok=True)
     extra = {f"admm.{kv.split('=', 1)[0]}": parse_value(kv.split("=", 1)[1]) for kv in a.admm}
     if a.small:

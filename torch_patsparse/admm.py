@@ -20,8 +20,8 @@ ADMM (``"admm"``, default, below), or one of the two baselines every pruning cla
 first) and trains under the fixed masks from then on; ``"gradual"`` is the cubic schedule of Zhu &
 Gupta (2017; torch.ao.pruning, TF-MOT): every ``update_every`` steps ``W = Proj_t(W)`` where every
 ``keep`` of the group's constraints is relaxed to ``keep + (1 - keep) (1 - t / phase_steps)^3``
-(patterns and quantization at their targets), pruned weights stay pruned (masked steps), and
-:meth:`hard_prune` at the end fixes the final masks and quantization levels. All three share
+(patterns at their target from the first update), pruned weights stay pruned (masked steps), and
+:meth:`hard_prune` at the end fixes the final masks and quantizes (levels fixed, as for the others). All three share
 :meth:`hard_prune` and the masked / straight-through retraining below, and the state_dict format.
 ``phase_steps`` (the number of steps of the constraint phase) is needed by ``"gradual"``; for
 ``"admm"`` it ties the rho schedule to the phase: with ``rho_growth=None`` (default) rho grows
@@ -619,9 +619,10 @@ class ADMM(Optimizer):
 
     @torch.no_grad()
     def _gradual_update(self) -> None:
-        """Gradual pruning's mask update: ``W = Proj_t(W)`` where ``Proj_t`` is the composed projection
-        with every keep relaxed by the cubic schedule (patterns and quantization at their targets);
-        pruned weights stay pruned (masked steps), so keep only ever shrinks."""
+        """Gradual pruning's mask update: ``W = Proj_t(W)`` where ``Proj_t`` is the composed pruning
+        projection with every keep relaxed by the cubic schedule (patterns at their target from the
+        first update; quantization only at :meth:`hard_prune`); pruned weights stay pruned (masked
+        steps), so keep only ever shrinks."""
         groups = list(self._constrained())
         for _, _, _, pairs in groups:
             self._check_finite(pairs, "a gradual mask update")
@@ -629,7 +630,10 @@ class ADMM(Optimizer):
         for gi, g, cons, pairs in groups:
             pset = self._pattern_sets.get(gi)
             for p, _ in pairs:
-                final, mask, _, _ = self._prune_quantize(p, [_scheduled(c, p.shape, s) for c in cons], pset)
+                # quantization waits for hard_prune: snapping to the levels at every mask update (tried
+                # first) kept the weights from recovering between updates at 2 bits (BENCHMARKS.md)
+                sched = [_scheduled(c, p.shape, s) for c in cons if not isinstance(c, C.Quantize)]
+                final, mask, _, _ = self._prune_quantize(p, sched, pset)
                 self._apply(p, final, mask)
                 self._admm[p]["mask"] = mask
 
