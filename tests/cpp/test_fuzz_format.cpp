@@ -6,7 +6,9 @@
 //      wrong in_channels). validate_format must agree with an independent oracle; what it rejects,
 //      build_plan must reject with std::invalid_argument; what it accepts must match a dense conv
 //      of the same arrays on every ISA path (serial and threaded plan), with guard zones around the
-//      output, over random stride / padding / dilation.
+//      output, over random stride / padding / dilation;
+//   3. random geometry with huge / negative / zero values: check_shape rejects, forward_f32 agrees,
+//      and every accepted shape small enough to run matches the reference on every path.
 // Every array is allocated at its exact size, so under the sanitizer lane (scripts/test_cpp.sh,
 // PATSPARSE_SANITIZE=ON) any read past an array is reported. Prints "test_fuzz_format: N passed, M failed".
 #include <climits>
@@ -207,6 +209,65 @@ void fuzz(Counter& t, uint64_t seed, int cases) {
               rejected);
 }
 
+// Random geometry, huge values included: check_shape decides; what it rejects forward_f32 must
+// reject (std::invalid_argument), what it accepts every path must compute like the reference
+// (run when small enough to allocate). Under the sanitizer lane any overflow in the shape or slab
+// arithmetic is a report.
+void geometry_fuzz(Counter& t, uint64_t seed, int cases) {
+  Rng rng(seed);
+  static const int64_t pool[] = {0, 1, 2, 3, 5, 17, -1, 65536, int64_t(1) << 31, int64_t(1) << 32,
+                                 (int64_t(1) << 62) - 1, INT64_MAX, INT64_MIN};
+  auto pick = [&](int64_t lo_small, int64_t hi_small) {
+    return rng.below(3) ? lo_small + rng.below(hi_small - lo_small + 1) : pool[rng.below(13)];
+  };
+  const Compressed w = random_weights(2, 3, 0.7, 1, seed);
+  int ran = 0;
+  for (int i = 0; i < cases; ++i) {
+    ConvShape s;
+    s.batch = pick(0, 2); s.in_channels = 3; s.out_channels = 2;
+    s.in_h = pick(0, 9); s.in_w = pick(0, 9);
+    s.stride_h = pick(1, 3); s.stride_w = rng.below(2) ? s.stride_h : pick(1, 3);
+    s.pad_h = pick(0, 2); s.pad_w = rng.below(2) ? s.pad_h : pick(0, 2);
+    s.dil_h = pick(1, 2); s.dil_w = rng.below(2) ? s.dil_h : pick(1, 2);
+    s.out_h = conv_out_size(s.in_h, s.pad_h, s.dil_h, s.stride_h);
+    s.out_w = conv_out_size(s.in_w, s.pad_w, s.dil_w, s.stride_w);
+    if (rng.below(10) == 0) s.out_h += 1;  // inconsistent output size
+    char tag[200];
+    std::snprintf(tag, sizeof tag, "geometry case %d: N=%lld H=%lld W=%lld stride=(%lld,%lld) pad=(%lld,%lld) dil=(%lld,%lld)",
+                  i, (long long)s.batch, (long long)s.in_h, (long long)s.in_w, (long long)s.stride_h,
+                  (long long)s.stride_w, (long long)s.pad_h, (long long)s.pad_w, (long long)s.dil_h, (long long)s.dil_w);
+    const std::string err = check_shape(s);
+    if (!err.empty()) {
+      for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon}) {
+        if (!isa_supported(isa)) continue;
+        bool threw = false;
+        try { forward_f32(isa, s, w.view(), nullptr, nullptr, nullptr); } catch (const std::invalid_argument&) { threw = true; }
+        t.check(threw, std::string(tag) + ": " + isa_name(isa) + " accepted a shape check_shape rejects (" + err + ")");
+      }
+      continue;
+    }
+    const double in_n = double(s.batch) * 3 * double(s.in_h) * double(s.in_w);
+    const double out_n = double(s.batch) * 2 * double(s.out_h) * double(s.out_w);
+    // The loops run per image and output row / column, even when the other axis is empty.
+    if (in_n > (1 << 20) || out_n > (1 << 16) || s.batch > 4 || s.out_h > 4096 || s.out_w > 4096) continue;
+    ++ran;
+    const auto x = random_input(static_cast<int64_t>(in_n), rng.next());
+    std::vector<float> ref(static_cast<size_t>(out_n), NAN);
+    reference_forward<float>(s, w.view(), x.data(), nullptr, ref.data());
+    for (Isa isa : {Isa::Avx2, Isa::Avx512, Isa::Neon}) {
+      if (!isa_supported(isa)) continue;
+      std::vector<float> got(static_cast<size_t>(out_n), NAN);
+      try {
+        forward_f32(isa, s, w.view(), nullptr, x.data(), nullptr, got.data(), serial_for, 1);
+        t.check(tolerance_ratio(got, ref, 1e-5, 1e-5) <= 1.0, std::string(tag) + ": " + isa_name(isa) + " vs reference");
+      } catch (const std::exception& e) {
+        t.check(false, std::string(tag) + ": " + isa_name(isa) + " threw on a valid shape: " + e.what());
+      }
+    }
+  }
+  std::printf("geometry fuzz seed %llu: %d cases, %d run\n", (unsigned long long)seed, cases, ran);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -216,5 +277,6 @@ int main(int argc, char** argv) {
   Counter t;
   duplicate_rule(t);
   fuzz(t, seed, cases);
+  geometry_fuzz(t, seed + 1, cases);
   return t.finish("test_fuzz_format");
 }
