@@ -23,6 +23,7 @@ test_limit = 1000
 epochs = 2
 lr = 0.05
 [admm]   # 64 steps: too short for the default rho schedule (see cli.QUICK)
+method = "admm"   # the end-to-end path with ADMM state (the default one-shot is covered by test_methods)
 epochs = 2
 updates_per_epoch = 8
 lr = 0.002
