@@ -111,11 +111,18 @@ PlanCache& plan_cache() {
   return cache;
 }
 
+// Cout from filter_ptr, checked before any other argument reads it (a 0-d tensor has no size(0)).
+int64_t out_channels_of(const at::Tensor& filter_ptr) {
+  TORCH_CHECK(filter_ptr.dim() == 1 && filter_ptr.size(0) >= 1,
+              "patsparse: filter_ptr must be an int32 [Cout+1] tensor, got ", filter_ptr.sizes());
+  return filter_ptr.size(0) - 1;
+}
+
 at::Tensor pattern_conv2d_cpu(const at::Tensor& input, const at::Tensor& patterns, const at::Tensor& filter_ptr,
                               const at::Tensor& kernel_channel, const at::Tensor& kernel_pattern,
                               const at::Tensor& values, const std::optional<at::Tensor>& bias,
                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  const int64_t out_channels = filter_ptr.size(0) - 1;
+  const int64_t out_channels = out_channels_of(filter_ptr);
   check_float_args(input, values, bias, out_channels);
   ConvShape s = make_shape(input.sizes(), out_channels, stride, padding, dilation);
   const bool f32 = input.scalar_type() == at::kFloat;
@@ -176,7 +183,7 @@ at::Tensor grad_input_cpu(const at::Tensor& grad_output, at::IntArrayRef input_s
                           const at::Tensor& kernel_pattern, const at::Tensor& values,
                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   check_float_args(grad_output, values, std::nullopt, 0);
-  ConvShape s = make_shape(input_size, filter_ptr.size(0) - 1, stride, padding, dilation);
+  ConvShape s = make_shape(input_size, out_channels_of(filter_ptr), stride, padding, dilation);
   const bool f32 = grad_output.scalar_type() == at::kFloat;
   const Isa isa = active_isa();
   // The fp32 SIMD paths validate the indices once, when the (cached) plan is built.
@@ -213,7 +220,7 @@ at::Tensor grad_values_cpu(const at::Tensor& grad_output, const at::Tensor& inpu
   check_float_args(input, values, std::nullopt, 0);
   TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), "patsparse: grad_output dtype ",
               grad_output.scalar_type(), " does not match input dtype ", input.scalar_type());
-  ConvShape s = make_shape(input.sizes(), filter_ptr.size(0) - 1, stride, padding, dilation);
+  ConvShape s = make_shape(input.sizes(), out_channels_of(filter_ptr), stride, padding, dilation);
   const bool f32 = input.scalar_type() == at::kFloat;
   const Isa isa = active_isa();
   check_format(patterns, filter_ptr, kernel_channel, kernel_pattern, values, s.in_channels,

@@ -77,22 +77,6 @@ def test_load_state_dict_rejects_duplicate_kernel(bits):
 
 
 # ------------------------------------------------------------------ the fuzz, short seeded run
-def _huge_geometry(r):  # defect 7: checked geometry arithmetic (crash / bad_alloc on huge strides)
-    return r["tag"].startswith("op:huge-geom") and (
-        r["cls"] in ("crash", "hang", "sanitizer") or (r["cls"] == "wrong-exception" and "IndexError" not in r["tag"]))
-
-
-# Failure kinds that issue 12 assigns to changes being made elsewhere (remove a mark once its fix lands).
-KNOWN = {
-    "huge-geometry (defect 7)": _huge_geometry,
-    "load wrong exception type (defect 15)": lambda r: r["family"].startswith("load:") and r["cls"] == "wrong-exception"
-    and not r["tag"].endswith("harness"),
-    "bad scale accepted (defect 6)": lambda r: r["tag"] == "load:bad-scale",
-    "shape-mismatched checkpoint accepted (defect 6)": lambda r: r["tag"] == "load:config",
-    "rejected load leaves bad arrays (defect 13)": lambda r: r["cls"] == "rejected-dirty",
-}
-
-
 @pytest.fixture(scope="module")
 def report():
     return fuzz.run(SEED, CASES)
@@ -103,15 +87,8 @@ def _show(rs):
                      f"{r['desc'][:200]} -> {r['detail'][:200]}" for r in rs[:20])
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=False, reason="issue 12: fixed elsewhere"))
-                                  for n in KNOWN])
-def test_fuzz_known_defect_classes(report, name):
-    bad = [r for r in fuzz.failures(report) if KNOWN[name](r)]
-    assert not bad, f"{len(bad)} cases:\n" + _show(bad)
-
-
-def test_fuzz_no_other_failures(report):
-    bad = [r for r in fuzz.failures(report) if not any(p(r) for p in KNOWN.values())]
+def test_fuzz_no_failures(report):
+    bad = fuzz.failures(report)
     assert not bad, f"{len(bad)} cases:\n" + _show(bad)
 
 

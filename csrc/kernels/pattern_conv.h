@@ -45,9 +45,14 @@ inline std::string check_shape(const ConvShape& s) {
   const int64_t ow = conv_out_size(s.in_w, s.pad_w, s.dil_w, s.stride_w);
   if (oh < 0 || ow < 0) return "padding or dilation too large (input size + 2 * padding overflows int64)";
   if (s.out_h != oh || s.out_w != ow) return "output size does not match the convolution arguments";
-  int64_t n;
-  if (!product_ok({s.batch, s.in_channels, s.in_h, s.in_w}, &n)) return "input element count overflows int64";
-  if (!product_ok({s.batch, s.out_channels, s.out_h, s.out_w}, &n)) return "output element count overflows int64";
+  // Per image too: with batch 0 the full products are 0, but kernels still compute plane sizes.
+  int64_t plane, image, n;
+  if (!product_ok({s.in_h, s.in_w}, &plane) || !product_ok({s.in_channels, plane}, &image) ||
+      !product_ok({s.batch, image}, &n))
+    return "input element count overflows int64";
+  if (!product_ok({s.out_h, s.out_w}, &plane) || !product_ok({s.out_channels, plane}, &image) ||
+      !product_ok({s.batch, image}, &n))
+    return "output element count overflows int64";
   return "";
 }
 

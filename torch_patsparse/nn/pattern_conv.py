@@ -338,6 +338,8 @@ class PatternConv2d(nn.Module):
                 raise ValueError(f"'scale' must be a finite positive number, got {s}")
             out.update(codes=codes, scale=scale)
             values = quant.dequantize(codes, scale, scheme, dtype=torch.float32)
+            if not bool(torch.isfinite(values).all()):
+                raise ValueError(f"'scale' {s} times the {bits}-bit levels overflows float32")
         else:
             values = check_tensor("values", t["values"], floating=True, dim=2)
             out["values"] = values

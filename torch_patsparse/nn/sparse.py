@@ -164,6 +164,8 @@ def _decode(arrays: Dict[str, torch.Tensor], shape: torch.Size) -> torch.Tensor:
             raise ValueError(f"code {int(s.max())} out of range for {bits}-bit levels")
         c = torch.where(s < m, s - m, s - m + 1)
         vals = _dequant(c, scale.cpu(), scheme)
+        if not bool(torch.isfinite(vals).all()):
+            raise ValueError(f"'scale' {float(scale)} times the {bits}-bit levels overflows float32")
     w = torch.zeros(numel, dtype=torch.float32)
     w[pos] = vals
     return w.view(shape).to(dev)
