@@ -58,7 +58,7 @@ struct Compressed {
   std::vector<int32_t> filter_ptr, kernel_channel;
   std::vector<uint8_t> kernel_pattern;
   std::vector<float> values;
-  std::vector<double> dense;  // [Cout, Cin, 9]; a kernel listed twice adds up
+  std::vector<double> dense;  // [Cout, Cin, 9]
 
   PatternWeights<float> view() const {
     PatternWeights<float> w;
