@@ -411,7 +411,8 @@ void portable_tile(const TileArgs& t) {
   for (int64_t r = 0; r < t.runs; ++r) {
     const float* base = t.src + t.run_channel[r] * t.channel_stride;
     const int32_t* off = t.tap_off + t.run_pattern[r] * t.entries;
-    for (int64_t e = 0; e < t.entries; ++e) {
+    const int64_t ne = t.counts ? t.counts[t.run_pattern[r]] : t.entries;
+    for (int64_t e = 0; e < ne; ++e) {
       const float* x = base + off[e];
       for (int m = 0; m < G; ++m)
         for (int i = 0; i < W; ++i) acc[m][i] += t.values[m][r * t.entries + e] * x[i];
@@ -433,6 +434,7 @@ const MicroKernels& portable_microkernels() {
   static const MicroKernels mk = [] {
     MicroKernels m;
     m.vec_len = 4;
+    m.counts = true;
     fill_row<1>(m, std::make_integer_sequence<int, 8>{});
     fill_row<2>(m, std::make_integer_sequence<int, 8>{});
     fill_row<3>(m, std::make_integer_sequence<int, 8>{});

@@ -121,6 +121,9 @@ struct TileArgs {
   const float* values[kPlanMaxGroup] = {};  // per member g: its filter's values (run r at r * entries)
   int64_t runs = 0;
   int64_t entries = 0;
+  // Null: every run uses all `entries`. Else (tables with `counts`, for the strided grad_input
+  // phases) run r uses only its first counts[run_pattern[r]] entries; values still advance by entries.
+  const uint8_t* counts = nullptr;
   const float* bias = nullptr;         // [G] in group order, or null
   float* out = nullptr;
   int64_t out_stride = 0;
@@ -132,6 +135,7 @@ struct MicroKernels {
   int vec_len = 1;                              // floats per vector (16 AVX-512, 8 AVX2, 4 NEON)
   int max_vecs[kPlanMaxGroup + 1] = {};          // widest V offered for each G
   TileFn fn[kPlanMaxGroup + 1][kPlanMaxVecs + 1] = {};
+  bool counts = false;                          // the tiles honour TileArgs::counts
 };
 
 // Largest input slab (floats, per thread) plan_forward allocates. Larger geometries (huge stride,

@@ -96,6 +96,8 @@ void shape_matrix(Counter& t) {
       {2, 512, 40, 37, 4, 1, 1, 1, 1, 1, 1, 0.1, 2},   // several grad_values row blocks
       {1, 300, 61, 50, 3, 2, 2, 1, 1, 1, 1, 0.1, 1},   // same, stride 2
       {20, 200, 9, 9, 3, 1, 1, 1, 1, 1, 1, 0.1, 1},    // images folded into grad_values tiles, 2 steps
+      {1, 3, 17, 16, 4, 5, 5, 1, 1, 1, 1, 1.0, 1},     // 25 phases: zero-spread grad_input
+      {2, 4, 13, 14, 5, 4, 2, 2, 1, 1, 2, 0.9, 3},     // 8 phases, rectangular
   };
   uint64_t seed = 100;
   for (const Case& c : cases) {
@@ -110,6 +112,19 @@ void shape_matrix(Counter& t) {
     std::snprintf(name, sizeof(name), "n%lld cin%lld %lldx%lld cout%lld s%lldx%lld p%lldx%lld d%lldx%lld g%lld",
                   (long long)c.n, (long long)c.cin, (long long)c.h, (long long)c.w, (long long)c.cout, (long long)c.sh,
                   (long long)c.sw, (long long)c.ph, (long long)c.pw, (long long)c.dh, (long long)c.dw, (long long)c.group);
+    // The portable tables (what generic builds run) straight through the plan drivers.
+    if (plan_supports(s)) {
+      const auto plan = build_plan(w.view(), s.in_channels);
+      std::vector<float> gv(want_gv.size(), NAN);
+      plan_grad_values(*plan, portable_grad_value_kernels(), s, x.data(), gout.data(), gv.data(), threaded_for, 3);
+      t.check(tolerance_ratio(gv, want_gv, 1e-4, 1e-3) <= 1.0, std::string("grad_values portable ") + name);
+      if (plan_grad_input_supports(s)) {
+        std::vector<float> gin(want_gin.size(), NAN);
+        plan_grad_input(*build_transposed_plan(plan), portable_microkernels(), s, w.values.data(), gout.data(),
+                        gin.data(), threaded_for, 3);
+        t.check(tolerance_ratio(gin, want_gin, 1e-4, 1e-4) <= 1.0, std::string("grad_input portable ") + name);
+      }
+    }
     for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon}) {
       if (!isa_supported(isa)) continue;
       std::vector<float> gin1(want_gin.size(), NAN), gin3(want_gin.size(), NAN);

@@ -34,6 +34,7 @@ struct Simd {
 const MicroKernels& avx2_microkernels() {
   static const MicroKernels mk = [] {
     MicroKernels m;
+    m.counts = true;
     m.vec_len = 8;
     fill<Simd, 1>(m, std::make_integer_sequence<int, 12>{});
     fill<Simd, 2>(m, std::make_integer_sequence<int, 4>{});

@@ -36,6 +36,7 @@ struct Simd {
 const MicroKernels& avx512_microkernels() {
   static const MicroKernels mk = [] {
     MicroKernels m;
+    m.counts = true;
     m.vec_len = 16;
     fill<Simd, 1>(m, std::make_integer_sequence<int, 16>{});
     fill<Simd, 2>(m, std::make_integer_sequence<int, 8>{});

@@ -25,8 +25,9 @@ __attribute__((always_inline)) inline void tile_runs(const TileArgs& t, typename
   for (int64_t r = 0; r < t.runs; ++r) {
     const float* base = t.src + t.run_channel[r] * cs;
     const int32_t* off = t.tap_off + t.run_pattern[r] * E;
+    const int64_t ne = EC > 0 ? EC : (t.counts ? t.counts[t.run_pattern[r]] : E);
 #pragma GCC unroll 9
-    for (int64_t e = 0; e < E; ++e) {
+    for (int64_t e = 0; e < ne; ++e) {
       const float* x = base + off[e];
       typename S::Vec xv[V];
 #pragma GCC unroll 16
@@ -52,7 +53,7 @@ void tile(const TileArgs& t) {
 #pragma GCC unroll 16
     for (int v = 0; v < V; ++v) acc[m][v] = b;
   }
-  if (t.entries == 4) tile_runs<S, G, V, 4>(t, acc);  // the papers' (and the default) pattern size
+  if (t.entries == 4 && !t.counts) tile_runs<S, G, V, 4>(t, acc);  // the papers' (and the default) pattern size
   else tile_runs<S, G, V, 0>(t, acc);
 #pragma GCC unroll 4
   for (int m = 0; m < G; ++m)
