@@ -159,7 +159,7 @@ def main():
     ap.add_argument("--small-configs", help="subset of bn/SGD,bn/Adam,no-bn/SGD,no-bn/Adam (default: all)")
     ap.add_argument("--small-train", type=int, default=4000)
     ap.add_argument("--small-epochs", type=int, default=2, help="dense, constraint phase and retraining epochs each")
-    ap.add_argument("--small-json", default="benchmarks/results/admm_vs_baselines_small.json")
+    ap.add_argument("--small-json", default="benchmarks/results/admm_vs_baselines.small.json")
     ap.add_argument("--settings", default="a,b,c")
     ap.add_argument("--methods", default="oneshot,gradual,admm")
     ap.add_argument("--seeds", default="0")
