@@ -532,7 +532,8 @@ def test_old_checkpoints_load_and_rebuild_bit_for_bit():
             build = lambda c: SparseConv2d.from_dense(c, **rec["build"])  # noqa: E731
         m.load_state_dict(sd)
         assert torch.equal(m.dense_weight(), rec["dense"]), name
-        assert torch.equal(m(rec["x"]), rec["y"]), name
+        # Same weights bit for bit; the output only to rounding (kernels may sum in another order).
+        torch.testing.assert_close(m(rec["x"]).detach(), rec["y"], rtol=1e-5, atol=1e-6, msg=name)
         with torch.no_grad():
             src.weight.copy_(rec["source"])
             if src.bias is not None and "bias" in sd:
