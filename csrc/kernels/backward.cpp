@@ -396,9 +396,10 @@ void plan_grad_values(const ExecPlan& plan, const GradValueKernels& gk, const Co
                            : 1;
   const int64_t steps = g.num_blocks == 1 ? (s.batch + fold - 1) / fold : s.batch * g.num_blocks;
 
-  // Tasks: chunks of groups of equal work; a task walks every step (images, row block) in order.
+  // Tasks: one chunk of groups of equal work per thread (each chunk rebuilds every slab, so more
+  // chunks cost more than the balance they buy); a task walks every step (images, row block) in order.
   const int64_t ngroups = static_cast<int64_t>(plan.groups.size());
-  const int64_t chunks = std::clamp<int64_t>(num_threads > 1 ? 4 * num_threads : 1, 1, std::max<int64_t>(1, ngroups));
+  const int64_t chunks = std::clamp<int64_t>(num_threads, 1, std::max<int64_t>(1, ngroups));
   std::vector<int64_t> chunk_begin(static_cast<size_t>(chunks + 1), ngroups);
   const int64_t total = plan.work_prefix.back();
   for (int64_t c = 0; c < chunks; ++c)
