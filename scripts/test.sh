@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# All tests from a fresh clone: set up, then the C++ core tests (ctest), the NEON kernel under
+# All tests from a fresh clone: set up, then the C++ core tests (ctest, plain and ASan + UBSan), the NEON kernel under
 # qemu (arm/test.sh), the nvcc compile check of the CUDA sources, and the pytest suite.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
