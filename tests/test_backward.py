@@ -13,21 +13,6 @@ from torch_patsparse.nn import PatternConv2d
 
 from helpers import compressed, random_pattern_weight
 
-ISAS = ops.supported_isas()
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    previous = ops.set_isa(request.param)
-    yield request.param
-    ops.set_isa(previous)
-
-
-@pytest.fixture
-def threads():
-    previous = torch.get_num_threads()
-    yield
-    torch.set_num_threads(previous)
 
 
 def expected_value_grad(dense_grad, module):

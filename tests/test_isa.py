@@ -22,20 +22,6 @@ def run_op(x, arrays, bias=None, stride=1, padding=1, dilation=1):
     return ops.pattern_conv2d(x, *(arrays[k] for k in fmt.ARRAY_NAMES), bias, stride, padding, dilation)
 
 
-@pytest.fixture(params=ISAS)
-def isa(request):
-    previous = ops.set_isa(request.param)
-    yield request.param
-    ops.set_isa(previous)
-
-
-@pytest.fixture
-def threads():
-    previous = torch.get_num_threads()
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_x86_paths_present():
     import platform
     if platform.machine().lower() not in ("x86_64", "amd64"):

@@ -14,13 +14,6 @@ def run_op(x, arrays, bias, stride, padding, dilation):
     return ops.pattern_conv2d(x, *(arrays[k] for k in fmt.ARRAY_NAMES), bias, stride, padding, dilation)
 
 
-@pytest.fixture(params=ops.supported_isas())
-def isa(request):
-    previous = ops.set_isa(request.param)
-    yield request.param
-    ops.set_isa(previous)
-
-
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("group", [1, 4])
 def test_forward_matches_dense_reference(isa, shape, group):

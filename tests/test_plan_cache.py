@@ -15,14 +15,6 @@ import torch_patsparse as ps
 from torch_patsparse import constraints as C
 from torch_patsparse import ops
 
-ISAS = ops.supported_isas()
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    previous = ops.set_isa(request.param)
-    yield request.param
-    ops.set_isa(previous)
 
 
 def projected(conv):
