@@ -241,12 +241,7 @@ void phase_grad_input(const TransposedPlan& tp, const MicroKernels& mk, const Co
   int64_t chunks = 1;
   if (num_threads > 1 && outer < 8 * num_threads)
     chunks = std::clamp<int64_t>((8 * num_threads + outer - 1) / outer, 1, std::max<int64_t>(1, ngroups));
-  std::vector<int64_t> chunk_begin(static_cast<size_t>(chunks + 1), ngroups);
-  const int64_t total = plan.work_prefix.back();
-  for (int64_t c = 0; c < chunks; ++c)
-    chunk_begin[c] = std::lower_bound(plan.work_prefix.begin(), plan.work_prefix.end() - 1, total * c / chunks) -
-                     plan.work_prefix.begin();
-  chunk_begin[chunks] = ngroups;
+  const std::vector<int64_t> chunk_begin = equal_work_chunks(plan, chunks);
 
   const int64_t go_image = s.out_channels * s.out_h * s.out_w, in_plane = s.in_h * s.in_w;
   const int64_t stage_stride = kPlanMaxVecs * VL;
@@ -400,12 +395,7 @@ void plan_grad_values(const ExecPlan& plan, const GradValueKernels& gk, const Co
   // chunks cost more than the balance they buy); a task walks every step (images, row block) in order.
   const int64_t ngroups = static_cast<int64_t>(plan.groups.size());
   const int64_t chunks = std::clamp<int64_t>(num_threads, 1, std::max<int64_t>(1, ngroups));
-  std::vector<int64_t> chunk_begin(static_cast<size_t>(chunks + 1), ngroups);
-  const int64_t total = plan.work_prefix.back();
-  for (int64_t c = 0; c < chunks; ++c)
-    chunk_begin[c] = std::lower_bound(plan.work_prefix.begin(), plan.work_prefix.end() - 1, total * c / chunks) -
-                     plan.work_prefix.begin();
-  chunk_begin[chunks] = ngroups;
+  const std::vector<int64_t> chunk_begin = equal_work_chunks(plan, chunks);
 
   const int64_t in_image = s.in_channels * s.in_h * s.in_w, out_plane = s.out_h * s.out_w;
   const int64_t workers = std::clamp<int64_t>(num_threads, 1, chunks);

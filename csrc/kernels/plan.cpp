@@ -302,6 +302,16 @@ bool plan_supports(const ConvShape& s) {
   return make_geometry(s, &g);
 }
 
+std::vector<int64_t> equal_work_chunks(const ExecPlan& plan, int64_t chunks) {
+  const int64_t ngroups = static_cast<int64_t>(plan.groups.size());
+  std::vector<int64_t> begin(static_cast<size_t>(chunks + 1), ngroups);
+  const int64_t total = plan.work_prefix.back();
+  for (int64_t c = 0; c < chunks; ++c)
+    begin[c] = std::lower_bound(plan.work_prefix.begin(), plan.work_prefix.end() - 1, total * c / chunks) -
+               plan.work_prefix.begin();
+  return begin;
+}
+
 void plan_forward(const ExecPlan& plan, const MicroKernels& mk, const ConvShape& s, const float* values,
                   const float* input, const float* bias, float* output, const ParallelFor& pfor, int num_threads) {
   Geometry g;
@@ -328,12 +338,7 @@ void plan_forward(const ExecPlan& plan, const MicroKernels& mk, const ConvShape&
   int64_t chunks = 1;
   if (num_threads > 1 && outer < 8 * num_threads)
     chunks = std::clamp<int64_t>((8 * num_threads + outer - 1) / outer, 1, std::max<int64_t>(1, ngroups));
-  std::vector<int64_t> chunk_begin(static_cast<size_t>(chunks + 1), ngroups);
-  const int64_t total = plan.work_prefix.back();
-  for (int64_t c = 0; c < chunks; ++c)
-    chunk_begin[c] = std::lower_bound(plan.work_prefix.begin(), plan.work_prefix.end() - 1, total * c / chunks) -
-                     plan.work_prefix.begin();
-  chunk_begin[chunks] = ngroups;
+  const std::vector<int64_t> chunk_begin = equal_work_chunks(plan, chunks);
 
   const int64_t in_image = s.in_channels * s.in_h * s.in_w, out_plane = s.out_h * s.out_w;
   const int64_t slab_floats = g.slab_floats;

@@ -146,6 +146,10 @@ constexpr int64_t kPlanMaxSlabFloats = int64_t(16) << 20;
 // (every size computed with overflow checks). Otherwise use reference_forward.
 bool plan_supports(const ConvShape& s);
 
+// Group boundaries of `chunks` consecutive chunks of about equal work (work_prefix): chunk c owns
+// groups [begin[c], begin[c+1]); begin has chunks + 1 entries, the last = number of groups.
+std::vector<int64_t> equal_work_chunks(const ExecPlan& plan, int64_t chunks);
+
 // Forward with a plan: same contract as reference_forward (NCHW contiguous input/output, bias may
 // be null); `values` [nnz, E] are the weights of the arrays the plan was built from. `num_threads`
 // is only a hint for how finely to split the work; results do not depend on it (every output
