@@ -1,0 +1,37 @@
+// The fused output stage shared by every inference op of the core (the 3x3 pattern conv, the sparse
+// 1x1 conv and Linear), so BatchNorm, the residual add and a clamp-style activation run while the
+// output is still in registers / cache instead of as separate passes over memory:
+//
+//   out[n, c, p] = clamp(acc[n, c, p] * scale[c] + shift[c] + residual[n, c, p], lo, hi)
+//
+// acc is the convolution / matmul sum without bias. A null scale means 1, a null shift 0 (a layer's
+// bias is passed as shift), a null residual 0; residual has the output's layout. lo / hi default to
+// -inf / +inf: ReLU is (0, +inf), ReLU6 and hardtanh(0, 6) are (0, 6). BatchNorm in eval mode folds
+// to scale = gamma / sqrt(var + eps), shift = scale * (bias - mean) + beta, leaving the (possibly
+// quantized) stored weights untouched. Torch-free.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+
+namespace patsparse {
+
+struct Epilogue {
+  const float* scale = nullptr;     // [C] or null
+  const float* shift = nullptr;     // [C] or null
+  const float* residual = nullptr;  // output-shaped or null
+  float lo = -std::numeric_limits<float>::infinity();
+  float hi = std::numeric_limits<float>::infinity();
+
+  // True when the stage is the identity plus an optional per-channel shift (a plain bias).
+  bool only_shift() const { return !scale && !residual && lo == -hi && hi == std::numeric_limits<float>::infinity(); }
+
+  // Scalar form of the stage for channel c; r is the residual value (0 when there is none).
+  float apply(float acc, int64_t c, float r) const {
+    float v = acc * (scale ? scale[c] : 1.f) + (shift ? shift[c] : 0.f) + r;
+    return std::min(std::max(v, lo), hi);
+  }
+};
+
+}  // namespace patsparse
