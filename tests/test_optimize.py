@@ -486,3 +486,21 @@ def test_stem_and_pools():
     for x in (torch.randn(2, 3, 21, 18), torch.randn(1, 3, 16, 16).contiguous(memory_format=torch.channels_last)):
         with torch.no_grad():
             assert_same_model_output(opt(x), model(x))
+
+
+def test_sparse_linear_and_unbatched_fallback_epilogue():
+    """Modules without a native fused path (forward + the epilogue in torch ops): Linear on 3-d input,
+    a 1x1 SparseConv2d with BatchNorm."""
+    torch.manual_seed(0)
+    lin = nn.Sequential(nn.Linear(6, 5), nn.ReLU6())
+    conv = nn.Sequential(nn.Conv2d(4, 6, 1), nn.BatchNorm2d(6), nn.ReLU())
+    for model, x in ((lin, torch.randn(2, 3, 6) * 4), (conv, torch.randn(2, 4, 5, 7))):
+        models.sparsify_random(model, keep1x1=0.5)
+        with torch.no_grad():
+            model[0].weight.mul_((torch.rand_like(model[0].weight) < 0.5).float())  # sparse, so convert takes it
+        model = sparse_model(model.eval(), keep1x1=0.5)
+        assert count(model, (ps.nn.SparseLinear, ps.nn.SparseConv2d)) == 1
+        opt = ps.optimize_for_inference(model)
+        assert count(opt, FusedConv) == 1 and len(list(opt.graph.nodes)) == 3
+        with torch.no_grad():
+            assert_same_model_output(opt(x), model(x))
