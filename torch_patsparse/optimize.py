@@ -118,7 +118,8 @@ class FusedConv(nn.Module):
             elif shift is not None:
                 out = out + shift.view(self.channel_view)
         if residual is not None:
-            out = out.add_(residual) if residual.shape == out.shape else out + residual
+            same = residual.shape == out.shape and residual.dtype == out.dtype
+            out = out.add_(residual) if same else out + residual  # (broadcasting / type promotion as `+`)
         if self.lo != -_INF or self.hi != _INF:
             out = out.clamp_(self.lo, self.hi)
         return out
@@ -132,16 +133,12 @@ class FusedConv(nn.Module):
 
 
 def _geometry(conv: nn.Module) -> List[int]:
+    """[kh, kw, sh, sw, ph, pw, dh, dw] giving the conv's output size by PyTorch's formula."""
+    if conv.padding == "same":  # stride 1, output size = input size: as a 1x1 conv without padding
+        return [1, 1, 1, 1, 0, 0, 1, 1]
     k = [int(v) for v in conv.kernel_size]
-    s = [int(v) for v in conv.stride]
-    d = [int(v) for v in conv.dilation]
-    if conv.padding == "same":
-        p = [d[i] * (k[i] - 1) // 2 for i in range(2)]  # stride 1: output = input (odd kernels here)
-    elif conv.padding == "valid":
-        p = [0, 0]
-    else:
-        p = [int(v) for v in conv.padding]
-    return k + s + p + d
+    p = [0, 0] if conv.padding == "valid" else [int(v) for v in conv.padding]
+    return k + [int(v) for v in conv.stride] + p + [int(v) for v in conv.dilation]
 
 
 def max_pool2d_nchw(x: torch.Tensor, k: int) -> torch.Tensor:
