@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <limits>
 #include <stdexcept>
 
 #include "kernels/backward.h"
@@ -101,6 +102,42 @@ PatternWeights<T> weights_view(const at::Tensor& patterns, const at::Tensor& fil
 template PatternWeights<float> weights_view<float>(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&);
 template PatternWeights<double> weights_view<double>(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&);
 
+void check_epilogue_args(const at::Tensor& input, const ConvShape& s, const std::optional<at::Tensor>& scale,
+                         const std::optional<at::Tensor>& shift, const std::optional<at::Tensor>& residual,
+                         double lo, double hi) {
+  TORCH_CHECK(lo <= hi, "patsparse::pattern_conv2d_fused: the clamp bounds must satisfy lo <= hi and not be NaN, got lo=",
+              lo, ", hi=", hi);
+  const std::pair<const char*, const std::optional<at::Tensor>*> per_channel[] = {{"scale", &scale}, {"shift", &shift}};
+  for (const auto& [name, t] : per_channel) {
+    if (!*t) continue;
+    TORCH_CHECK((*t)->dim() == 1 && (*t)->size(0) == s.out_channels, "patsparse::pattern_conv2d_fused: ", name,
+                " must be [", s.out_channels, "], got ", (*t)->sizes());
+    TORCH_CHECK((*t)->scalar_type() == input.scalar_type() && (*t)->device() == input.device(),
+                "patsparse::pattern_conv2d_fused: ", name, " is ", (*t)->scalar_type(), " on ", (*t)->device(),
+                " but the input is ", input.scalar_type(), " on ", input.device());
+  }
+  if (!residual) return;
+  TORCH_CHECK(residual->sizes() == at::IntArrayRef({s.batch, s.out_channels, s.out_h, s.out_w}),
+              "patsparse::pattern_conv2d_fused: residual must have the output's shape [", s.batch, ", ", s.out_channels,
+              ", ", s.out_h, ", ", s.out_w, "], got ", residual->sizes());
+  TORCH_CHECK(residual->scalar_type() == input.scalar_type() && residual->device() == input.device(),
+              "patsparse::pattern_conv2d_fused: residual is ", residual->scalar_type(), " on ", residual->device(),
+              " but the input is ", input.scalar_type(), " on ", input.device());
+}
+
+at::Tensor epilogue_unfused(at::Tensor out, const std::optional<at::Tensor>& scale,
+                            const std::optional<at::Tensor>& shift, const std::optional<at::Tensor>& residual,
+                            double lo, double hi) {
+  if (scale) out = out * scale->view({1, -1, 1, 1});
+  if (shift) out = out + shift->view({1, -1, 1, 1});
+  if (residual) out = out + *residual;
+  const bool has_lo = lo > -std::numeric_limits<double>::infinity(), has_hi = hi < std::numeric_limits<double>::infinity();
+  if (has_lo || has_hi)
+    out = at::clamp(out, has_lo ? std::optional<at::Scalar>(lo) : std::nullopt,
+                    has_hi ? std::optional<at::Scalar>(hi) : std::nullopt);
+  return out;
+}
+
 namespace {
 
 // fp32 execution plans, found by the content of the index arrays (kernels/plan.h: a plan never
@@ -118,13 +155,18 @@ int64_t out_channels_of(const at::Tensor& filter_ptr) {
   return filter_ptr.size(0) - 1;
 }
 
-at::Tensor pattern_conv2d_cpu(const at::Tensor& input, const at::Tensor& patterns, const at::Tensor& filter_ptr,
-                              const at::Tensor& kernel_channel, const at::Tensor& kernel_pattern,
-                              const at::Tensor& values, const std::optional<at::Tensor>& bias,
-                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+// The forward of pattern_conv2d (bias = the epilogue's shift) and pattern_conv2d_fused: fp32 runs
+// the epilogue inside the kernel's output stage, fp64 runs the reference kernel then the epilogue in
+// ATen ops. The output has the input's memory format.
+at::Tensor forward_cpu(const at::Tensor& input, const at::Tensor& patterns, const at::Tensor& filter_ptr,
+                       const at::Tensor& kernel_channel, const at::Tensor& kernel_pattern, const at::Tensor& values,
+                       const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
+                       const std::optional<at::Tensor>& residual, at::IntArrayRef stride, at::IntArrayRef padding,
+                       at::IntArrayRef dilation, double lo, double hi, bool fused) {
   const int64_t out_channels = out_channels_of(filter_ptr);
-  check_float_args(input, values, bias, out_channels);
+  check_float_args(input, values, fused ? std::nullopt : shift, out_channels);
   ConvShape s = make_shape(input.sizes(), out_channels, stride, padding, dilation);
+  if (fused) check_epilogue_args(input, s, scale, shift, residual, lo, hi);
   const bool f32 = input.scalar_type() == at::kFloat;
   const Isa isa = active_isa();
   // The fp32 SIMD paths validate the indices once, when the (cached) plan is built.
@@ -134,8 +176,10 @@ at::Tensor pattern_conv2d_cpu(const at::Tensor& input, const at::Tensor& pattern
   auto x = input.contiguous();
   auto v = values.contiguous();
   auto p = patterns.contiguous(), fp = filter_ptr.contiguous(), kc = kernel_channel.contiguous(), kp = kernel_pattern.contiguous();
-  std::optional<at::Tensor> b;
-  if (bias) b = bias->contiguous();
+  std::optional<at::Tensor> sc, sh, res;
+  if (scale) sc = scale->contiguous();
+  if (shift) sh = shift->contiguous();
+  if (residual) res = residual->contiguous();
   auto out = at::empty({s.batch, out_channels, s.out_h, s.out_w}, input.options());
   if (f32) {
     const auto w = weights_view<float>(p, fp, kc, kp, v);
@@ -148,18 +192,47 @@ at::Tensor pattern_conv2d_cpu(const at::Tensor& input, const at::Tensor& pattern
       }
     }
     if (out.numel() > 0) {
+      Epilogue ep;
+      ep.scale = sc ? sc->data_ptr<float>() : nullptr;
+      ep.shift = sh ? sh->data_ptr<float>() : nullptr;
+      ep.residual = res ? res->data_ptr<float>() : nullptr;
+      ep.lo = static_cast<float>(lo);
+      ep.hi = static_cast<float>(hi);
       try {
-        forward_f32(isa, s, w, plan.get(), x.data_ptr<float>(), b ? b->data_ptr<float>() : nullptr,
-                    out.data_ptr<float>(), aten_parallel_for(), at::get_num_threads());
+        forward_f32(isa, s, w, plan.get(), x.data_ptr<float>(), ep, out.data_ptr<float>(), aten_parallel_for(),
+                    at::get_num_threads());
       } catch (const std::invalid_argument& e) {
         TORCH_CHECK(false, "patsparse: ", e.what());
       }
     }
   } else if (out.numel() > 0) {
+    const bool only_shift = !sc && !res && lo == -std::numeric_limits<double>::infinity() &&
+                            hi == std::numeric_limits<double>::infinity();
     reference_forward<double>(s, weights_view<double>(p, fp, kc, kp, v), x.data_ptr<double>(),
-                              b ? b->data_ptr<double>() : nullptr, out.data_ptr<double>(), aten_parallel_for());
+                              only_shift && sh ? sh->data_ptr<double>() : nullptr, out.data_ptr<double>(),
+                              aten_parallel_for());
+    if (!only_shift) out = epilogue_unfused(out, sc, sh, res, lo, hi);
   }
   return memory_format == at::MemoryFormat::Contiguous ? out : out.contiguous(memory_format);
+}
+
+at::Tensor pattern_conv2d_cpu(const at::Tensor& input, const at::Tensor& patterns, const at::Tensor& filter_ptr,
+                              const at::Tensor& kernel_channel, const at::Tensor& kernel_pattern,
+                              const at::Tensor& values, const std::optional<at::Tensor>& bias,
+                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  constexpr double inf = std::numeric_limits<double>::infinity();
+  return forward_cpu(input, patterns, filter_ptr, kernel_channel, kernel_pattern, values, std::nullopt, bias,
+                     std::nullopt, stride, padding, dilation, -inf, inf, /*fused=*/false);
+}
+
+at::Tensor pattern_conv2d_fused_cpu(const at::Tensor& input, const at::Tensor& patterns, const at::Tensor& filter_ptr,
+                                    const at::Tensor& kernel_channel, const at::Tensor& kernel_pattern,
+                                    const at::Tensor& values, const std::optional<at::Tensor>& scale,
+                                    const std::optional<at::Tensor>& shift, const std::optional<at::Tensor>& residual,
+                                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                    double lo, double hi) {
+  return forward_cpu(input, patterns, filter_ptr, kernel_channel, kernel_pattern, values, scale, shift, residual,
+                     stride, padding, dilation, lo, hi, /*fused=*/true);
 }
 
 // Transposed plans (grad_input), keyed by the forward plan object that plan_cache() found by content.
@@ -293,6 +366,11 @@ TORCH_LIBRARY(patsparse, m) {
   m.def("pattern_conv2d(Tensor input, Tensor patterns, Tensor filter_ptr, Tensor kernel_channel, "
         "Tensor kernel_pattern, Tensor values, Tensor? bias, int[2] stride=1, int[2] padding=0, "
         "int[2] dilation=1) -> Tensor");
+  // Inference only (no autograd formula): out = clamp(conv(input) * scale + shift + residual, lo, hi),
+  // the epilogue of kernels/epilogue.h (BatchNorm folded into scale / shift, residual add, ReLU-style clamp).
+  m.def("pattern_conv2d_fused(Tensor input, Tensor patterns, Tensor filter_ptr, Tensor kernel_channel, "
+        "Tensor kernel_pattern, Tensor values, Tensor? scale, Tensor? shift, Tensor? residual, int[2] stride, "
+        "int[2] padding, int[2] dilation, float lo, float hi) -> Tensor");
   m.def("pattern_conv2d_grad_input(Tensor grad_output, int[] input_size, Tensor patterns, Tensor filter_ptr, "
         "Tensor kernel_channel, Tensor kernel_pattern, Tensor values, int[2] stride, int[2] padding, "
         "int[2] dilation) -> Tensor");
@@ -310,6 +388,7 @@ TORCH_LIBRARY(patsparse, m) {
 
 TORCH_LIBRARY_IMPL(patsparse, CPU, m) {
   m.impl("pattern_conv2d", &pattern_conv2d_cpu);
+  m.impl("pattern_conv2d_fused", &pattern_conv2d_fused_cpu);
   m.impl("pattern_conv2d_grad_input", &grad_input_cpu);
   m.impl("pattern_conv2d_grad_values", &grad_values_cpu);
 }

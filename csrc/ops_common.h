@@ -23,6 +23,19 @@ void check_float_args(const at::Tensor& input, const at::Tensor& values, const s
 ConvShape make_shape(at::IntArrayRef input_size, int64_t out_channels, at::IntArrayRef stride,
                      at::IntArrayRef padding, at::IntArrayRef dilation);
 
+// Checks the epilogue arguments of pattern_conv2d_fused against its input and conv shape: scale /
+// shift [Cout], residual [N, Cout, OH, OW] (any memory format), each of the input's dtype and
+// device; lo <= hi, neither NaN. Throws c10::Error naming the problem.
+void check_epilogue_args(const at::Tensor& input, const ConvShape& s, const std::optional<at::Tensor>& scale,
+                         const std::optional<at::Tensor>& shift, const std::optional<at::Tensor>& residual,
+                         double lo, double hi);
+
+// The epilogue (kernels/epilogue.h) in ATen ops on a finished conv output, for the paths without a
+// fused kernel (fp64, CUDA): clamp(out * scale + shift + residual, lo, hi).
+at::Tensor epilogue_unfused(at::Tensor out, const std::optional<at::Tensor>& scale,
+                            const std::optional<at::Tensor>& shift, const std::optional<at::Tensor>& residual,
+                            double lo, double hi);
+
 // Raw-pointer view of contiguous tensors (the caller keeps them alive).
 template <typename T>
 PatternWeights<T> weights_view(const at::Tensor& patterns, const at::Tensor& filter_ptr, const at::Tensor& kernel_channel,

@@ -119,3 +119,45 @@ def _backward(ctx, grad_output):
 
 
 torch.library.register_autograd("patsparse::pattern_conv2d", _backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------- fused inference op
+_INF = float("inf")
+
+
+def pattern_conv2d_fused(input: torch.Tensor, patterns: torch.Tensor, filter_ptr: torch.Tensor,
+                         kernel_channel: torch.Tensor, kernel_pattern: torch.Tensor, values: torch.Tensor,
+                         scale: Optional[torch.Tensor] = None, shift: Optional[torch.Tensor] = None,
+                         residual: Optional[torch.Tensor] = None, stride=1, padding=0, dilation=1,
+                         lo: float = -_INF, hi: float = _INF) -> torch.Tensor:
+    """Inference-only 3x3 pattern convolution with a fused output stage (csrc/kernels/epilogue.h):
+    ``clamp(conv(input) * scale[c] + shift[c] + residual, lo, hi)``, where ``conv`` has no bias (pass
+    it as ``shift``). ``None`` means 1 / 0 / 0. BatchNorm folds into ``scale`` / ``shift``; ReLU is
+    ``lo=0``, ReLU6 ``lo=0, hi=6``. ``residual`` has the output's shape. No autograd formula: the
+    backward raises (use :func:`pattern_conv2d` and torch ops to train)."""
+    return _ops.pattern_conv2d_fused(input, patterns, filter_ptr, kernel_channel, kernel_pattern, values, scale,
+                                     shift, residual, pair(stride), pair(padding), pair(dilation), float(lo), float(hi))
+
+
+@torch.library.register_fake("patsparse::pattern_conv2d_fused")
+def _(input, patterns, filter_ptr, kernel_channel, kernel_pattern, values, scale, shift, residual, stride, padding,
+      dilation, lo, hi):
+    torch._check(not (lo > hi) and lo == lo and hi == hi,
+                 lambda: f"patsparse::pattern_conv2d_fused: the clamp bounds must satisfy lo <= hi and not be NaN, "
+                         f"got lo={lo}, hi={hi}")
+    out = _ops.pattern_conv2d(input, patterns, filter_ptr, kernel_channel, kernel_pattern, values, None, stride,
+                              padding, dilation)  # its fake: the conv's output shape and memory format
+    if residual is not None:
+        torch._check(residual.shape == out.shape,
+                     lambda: f"patsparse::pattern_conv2d_fused: residual must have the output's shape "
+                             f"{list(out.shape)}, got {list(residual.shape)}")
+    return out
+
+
+def _fused_backward(ctx, grad_output):
+    raise RuntimeError("patsparse::pattern_conv2d_fused is inference-only (BatchNorm, residual and activation are "
+                       "folded into it): train the unoptimized model, then run ps.optimize_for_inference")
+
+
+torch.library.register_autograd("patsparse::pattern_conv2d_fused", _fused_backward)
+__all__.append("pattern_conv2d_fused")

@@ -242,10 +242,28 @@ at::Tensor grad_values_cuda(const at::Tensor& grad_output, const at::Tensor& inp
   return gv;
 }
 
+// The fused inference op on CUDA runs the unfused conv, then the epilogue in ATen ops (same result
+// as the CPU kernel's fused output stage; a fused CUDA output stage is future work).
+at::Tensor pattern_conv2d_fused_cuda(const at::Tensor& input, const at::Tensor& patterns, const at::Tensor& filter_ptr,
+                                     const at::Tensor& kernel_channel, const at::Tensor& kernel_pattern,
+                                     const at::Tensor& values, const std::optional<at::Tensor>& scale,
+                                     const std::optional<at::Tensor>& shift, const std::optional<at::Tensor>& residual,
+                                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                     double lo, double hi) {
+  check_args("pattern_conv2d_fused", input, values, patterns, filter_ptr, kernel_channel, kernel_pattern, std::nullopt,
+             stride, padding, dilation);
+  const ConvShape s = make_shape(input.sizes(), filter_ptr.size(0) - 1, stride, padding, dilation);
+  check_epilogue_args(input, s, scale, shift, residual, lo, hi);
+  const at::Tensor out = pattern_conv2d_cuda(input, patterns, filter_ptr, kernel_channel, kernel_pattern, values,
+                                             std::nullopt, stride, padding, dilation);
+  return epilogue_unfused(out, scale, shift, residual, lo, hi);
+}
+
 }  // namespace
 }  // namespace cuda
 
 TORCH_LIBRARY_IMPL(patsparse, CUDA, m) {
+  m.impl("pattern_conv2d_fused", &cuda::pattern_conv2d_fused_cuda);
   m.impl("pattern_conv2d", &cuda::pattern_conv2d_cuda);
   m.impl("pattern_conv2d_grad_input", &cuda::grad_input_cuda);
   m.impl("pattern_conv2d_grad_values", &cuda::grad_values_cuda);

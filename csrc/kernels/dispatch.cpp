@@ -87,17 +87,18 @@ const MicroKernels& microkernels(Isa isa) {
 }  // namespace
 
 void forward_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, const ExecPlan* plan,
-                 const float* input, const float* bias, float* output, const ParallelFor& pfor, int num_threads) {
+                 const float* input, const Epilogue& ep, float* output, const ParallelFor& pfor, int num_threads) {
   const std::string err = check_shape(s);
   if (!err.empty()) throw std::invalid_argument(err);
+  if (!(ep.lo <= ep.hi)) throw std::invalid_argument("epilogue bounds must satisfy lo <= hi (and not be NaN)");
   if (isa != Isa::Scalar && !isa_supported(isa))
     throw std::invalid_argument(std::string("ISA path not available: ") + isa_name(isa));
   // Geometries whose slab would be huge (stride, padding or dilation in the thousands) run the
   // reference kernel, which needs no scratch: slower, but bounded memory and nn.Conv2d's answer.
-  if (isa == Isa::Scalar || !plan_supports(s)) { reference_forward<float>(s, w, input, bias, output, pfor); return; }
+  if (isa == Isa::Scalar || !plan_supports(s)) { reference_forward(s, w, input, ep, output, pfor); return; }
   std::shared_ptr<const ExecPlan> local;
   if (!plan) { local = build_plan(w, s.in_channels); plan = local.get(); }
-  plan_forward(*plan, microkernels(isa), s, w.values, input, bias, output, pfor, num_threads);
+  plan_forward(*plan, microkernels(isa), s, w.values, input, ep, output, pfor, num_threads);
 }
 
 void grad_input_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, const TransposedPlan* tp,

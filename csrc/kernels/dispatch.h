@@ -23,14 +23,24 @@ Isa active_isa();
 // Returns false (and changes nothing) when the path is not supported here.
 bool set_active_isa(Isa isa);
 
-// fp32 forward through `isa` (must be supported). Same contract as reference_forward; throws
-// std::invalid_argument when check_shape(s) fails. `plan` (from build_plan on the same index arrays;
-// may be null: then it is built for this call) feeds the SIMD paths, which read w.values at call
-// time; the scalar path, and shapes plan_supports rejects, run the reference kernel on the raw
-// arrays. `num_threads` is a hint for how finely to split work; results do not depend on it.
+// fp32 forward through `isa` (must be supported) with the fused output stage `ep` (epilogue.h):
+// output = ep(conv(input, W)). Same contract as reference_forward; throws std::invalid_argument when
+// check_shape(s) fails or ep's bounds are not lo <= hi (NaN included). `plan` (from build_plan on
+// the same index arrays; may be null: then it is built for this call) feeds the SIMD paths, which
+// read w.values at call time; the scalar path, and shapes plan_supports rejects, run the reference
+// kernel on the raw arrays. `num_threads` is a hint for how finely to split work; results do not
+// depend on it.
 void forward_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, const ExecPlan* plan,
-                 const float* input, const float* bias, float* output, const ParallelFor& pfor = serial_for,
+                 const float* input, const Epilogue& ep, float* output, const ParallelFor& pfor = serial_for,
                  int num_threads = 1);
+// The bias-only form (bias may be null): the bias is the epilogue's shift.
+inline void forward_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, const ExecPlan* plan,
+                        const float* input, const float* bias, float* output, const ParallelFor& pfor = serial_for,
+                        int num_threads = 1) {
+  Epilogue ep;
+  ep.shift = bias;
+  forward_f32(isa, s, w, plan, input, ep, output, pfor, num_threads);
+}
 inline void forward_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, const float* input,
                         const float* bias, float* output, const ParallelFor& pfor = serial_for) {
   forward_f32(isa, s, w, nullptr, input, bias, output, pfor, 1);

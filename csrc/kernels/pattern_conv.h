@@ -9,6 +9,7 @@
 #include <string>
 
 #include "checked.h"
+#include "epilogue.h"
 
 namespace patsparse {
 
@@ -101,6 +102,10 @@ void serial_for(int64_t n, int64_t grain, const std::function<void(int64_t, int6
 template <typename T>
 void reference_forward(const ConvShape& s, const PatternWeights<T>& w, const T* input, const T* bias,
                        T* output, const ParallelFor& pfor = serial_for);
+// fp32 forward with the fused output stage (epilogue.h): output = ep(conv(input, W)); ep.residual
+// has the output's layout. The bias form above is this with ep.shift = bias.
+void reference_forward(const ConvShape& s, const PatternWeights<float>& w, const float* input, const Epilogue& ep,
+                       float* output, const ParallelFor& pfor = serial_for);
 template <typename T>
 void reference_grad_input(const ConvShape& s, const PatternWeights<T>& w, const T* grad_output,
                           T* grad_input, const ParallelFor& pfor = serial_for);

@@ -312,8 +312,21 @@ std::vector<int64_t> equal_work_chunks(const ExecPlan& plan, int64_t chunks) {
   return begin;
 }
 
+namespace {
+// The epilogue over `count` consecutive outputs of channel o (src: the tile, r: residual or null).
+void epilogue_row(const Epilogue& ep, int64_t o, const float* src, const float* r, int64_t count, float* dst) {
+  const float sc = ep.scale ? ep.scale[o] : 1.f, sh = ep.shift ? ep.shift[o] : 0.f;
+  const float lo = ep.lo, hi = ep.hi;
+  if (r) {
+    for (int64_t i = 0; i < count; ++i) dst[i] = std::min(std::max(src[i] * sc + sh + r[i], lo), hi);
+  } else {
+    for (int64_t i = 0; i < count; ++i) dst[i] = std::min(std::max(src[i] * sc + sh, lo), hi);
+  }
+}
+}  // namespace
+
 void plan_forward(const ExecPlan& plan, const MicroKernels& mk, const ConvShape& s, const float* values,
-                  const float* input, const float* bias, float* output, const ParallelFor& pfor, int num_threads) {
+                  const float* input, const Epilogue& ep, float* output, const ParallelFor& pfor, int num_threads) {
   Geometry g;
   if (!make_geometry(s, &g)) throw std::invalid_argument("plan_forward: shape out of range for the plan path");
   if (s.batch == 0 || s.out_channels == 0 || s.out_h == 0 || s.out_w == 0) return;
@@ -340,6 +353,10 @@ void plan_forward(const ExecPlan& plan, const MicroKernels& mk, const ConvShape&
     chunks = std::clamp<int64_t>((8 * num_threads + outer - 1) / outer, 1, std::max<int64_t>(1, ngroups));
   const std::vector<int64_t> chunk_begin = equal_work_chunks(plan, chunks);
 
+  // A plain bias starts the accumulators (the tile writes final values); any other epilogue runs on
+  // the tile in the copy to the output, while it is still in cache.
+  const bool post = !ep.only_shift();
+  const float* bias = post ? nullptr : ep.shift;
   const int64_t in_image = s.in_channels * s.in_h * s.in_w, out_plane = s.out_h * s.out_w;
   const int64_t slab_floats = g.slab_floats;
   const int64_t stage_stride = kPlanMaxVecs * VL;
@@ -394,8 +411,13 @@ void plan_forward(const ExecPlan& plan, const MicroKernels& mk, const ConvShape&
             const int64_t valid = std::min(seg, s.out_w - col);
             if (valid > 0) {
               const int64_t dst = (row0 + r) * s.out_w + col;
-              for (int m = 0; m < G; ++m)
-                std::memcpy(out_img + outs[m] * out_plane + dst, stage + m * stage_stride + (j - j0), sizeof(float) * valid);
+              for (int m = 0; m < G; ++m) {
+                const float* tile = stage + m * stage_stride + (j - j0);
+                float* out_row = out_img + outs[m] * out_plane + dst;
+                if (!post) { std::memcpy(out_row, tile, sizeof(float) * valid); continue; }
+                const float* res = ep.residual ? ep.residual + (out_row - output) : nullptr;
+                epilogue_row(ep, outs[m], tile, res, valid, out_row);
+              }
             }
             j += seg;
           }

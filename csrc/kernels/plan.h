@@ -150,14 +150,22 @@ bool plan_supports(const ConvShape& s);
 // groups [begin[c], begin[c+1]); begin has chunks + 1 entries, the last = number of groups.
 std::vector<int64_t> equal_work_chunks(const ExecPlan& plan, int64_t chunks);
 
-// Forward with a plan: same contract as reference_forward (NCHW contiguous input/output, bias may
-// be null); `values` [nnz, E] are the weights of the arrays the plan was built from. `num_threads`
-// is only a hint for how finely to split the work; results do not depend on it (every output
-// element is accumulated by one task in a fixed order). Throws std::invalid_argument when
-// !plan_supports(s).
+// Forward with a plan: same contract as reference_forward (NCHW contiguous input/output, epilogue
+// `ep` applied to each tile while it is in cache; ep.residual has the output's layout); `values`
+// [nnz, E] are the weights of the arrays the plan was built from. `num_threads` is only a hint for
+// how finely to split the work; results do not depend on it (every output element is accumulated by
+// one task in a fixed order). Throws std::invalid_argument when !plan_supports(s).
 void plan_forward(const ExecPlan& plan, const MicroKernels& mk, const ConvShape& s, const float* values,
-                  const float* input, const float* bias, float* output, const ParallelFor& pfor = serial_for,
+                  const float* input, const Epilogue& ep, float* output, const ParallelFor& pfor = serial_for,
                   int num_threads = 1);
+// The bias-only form (bias may be null): the bias is the epilogue's shift.
+inline void plan_forward(const ExecPlan& plan, const MicroKernels& mk, const ConvShape& s, const float* values,
+                         const float* input, const float* bias, float* output, const ParallelFor& pfor = serial_for,
+                         int num_threads = 1) {
+  Epilogue ep;
+  ep.shift = bias;
+  plan_forward(plan, mk, s, values, input, ep, output, pfor, num_threads);
+}
 
 // Portable micro-kernels (plain C++ loops, vec_len 4): tests the plan logic on any machine.
 const MicroKernels& portable_microkernels();

@@ -84,9 +84,11 @@ inline void for_each_tap_pixel(const ConvShape& s, int kh, int kw, F&& f) {
 }
 }  // namespace
 
-template <typename T>
-void reference_forward(const ConvShape& s, const PatternWeights<T>& w, const T* input, const T* bias,
-                       T* output, const ParallelFor& pfor) {
+namespace {
+// The forward loops; post(out_plane_ptr, image n, channel o) finishes each output plane.
+template <typename T, typename Post>
+void forward_planes(const ConvShape& s, const PatternWeights<T>& w, const T* input, const T* bias, T* output,
+                    const ParallelFor& pfor, Post&& post) {
   const int64_t in_plane = s.in_h * s.in_w, out_plane = s.out_h * s.out_w;
   // One task per (image, output channel): tasks write disjoint output planes.
   pfor(s.batch * s.out_channels, 1, [&](int64_t begin, int64_t end) {
@@ -104,7 +106,28 @@ void reference_forward(const ConvShape& s, const PatternWeights<T>& w, const T* 
           });
         }
       }
+      post(out, n, o);
     }
+  });
+}
+}  // namespace
+
+template <typename T>
+void reference_forward(const ConvShape& s, const PatternWeights<T>& w, const T* input, const T* bias,
+                       T* output, const ParallelFor& pfor) {
+  forward_planes(s, w, input, bias, output, pfor, [](T*, int64_t, int64_t) {});
+}
+
+void reference_forward(const ConvShape& s, const PatternWeights<float>& w, const float* input, const Epilogue& ep,
+                       float* output, const ParallelFor& pfor) {
+  if (ep.only_shift()) {  // a plain bias: the accumulation starts from it, as in the bias form
+    reference_forward<float>(s, w, input, ep.shift, output, pfor);
+    return;
+  }
+  const int64_t out_plane = s.out_h * s.out_w;
+  forward_planes(s, w, input, static_cast<const float*>(nullptr), output, pfor, [&](float* out, int64_t n, int64_t o) {
+    const float* r = ep.residual ? ep.residual + (n * s.out_channels + o) * out_plane : nullptr;
+    for (int64_t p = 0; p < out_plane; ++p) out[p] = ep.apply(out[p], o, r ? r[p] : 0.f);
   });
 }
 

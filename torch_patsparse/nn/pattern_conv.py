@@ -202,6 +202,48 @@ class PatternConv2d(nn.Module):
             out = out.to(input.dtype)
         return out if input.dim() == 4 else out.squeeze(0)
 
+    def forward_fused(self, input: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
+                      residual: Optional[torch.Tensor], lo: float, hi: float) -> torch.Tensor:
+        """Inference: ``clamp(self(input) * scale + shift + residual, lo, hi)`` in one native pass
+        (``patsparse::pattern_conv2d_fused``: folded BatchNorm, the residual add and a ReLU-style clamp
+        run in the conv's output stage, while the tile is in cache). ``scale`` / ``shift`` [Cout] or
+        None (1 / 0), ``residual`` output-shaped or None, ``lo`` / ``hi`` may be -inf / inf. Inputs and
+        errors as :meth:`forward`; no autograd (the backward raises)."""
+        if input.dim() != 4 and input.dim() != 3:
+            raise RuntimeError("Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: "
+                               + str(list(input.shape)))
+        x = input if input.dim() == 4 else input.unsqueeze(0)
+        if x.size(1) != self.in_channels:
+            raise RuntimeError("Given groups=1, weight of size [" + str(self.out_channels) + ", "
+                               + str(self.in_channels) + ", 3, 3], expected input" + str(list(input.shape)) + " to have "
+                               + str(self.in_channels) + " channels, but got " + str(x.size(1))
+                               + " channels instead")
+        if not x.is_floating_point():
+            raise RuntimeError("PatternConv2d expects a floating-point input, got " + str(x.dtype))
+        compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+        values = self.values if self.values.dtype == compute else self.values.to(compute)
+        bias = self.bias
+        if bias is not None:  # the module's bias comes before the scale: shift' = bias * scale + shift
+            bias = bias.to(compute)
+            if scale is not None:
+                bias = bias * scale.to(compute)
+            shift = bias if shift is None else bias + shift.to(compute)
+        if scale is not None and scale.dtype != compute:
+            scale = scale.to(compute)
+        if shift is not None and shift.dtype != compute:
+            shift = shift.to(compute)
+        if residual is not None:
+            if residual.dim() == 3 and input.dim() == 3:
+                residual = residual.unsqueeze(0)
+            if residual.dtype != compute:
+                residual = residual.to(compute)
+        out = torch.ops.patsparse.pattern_conv2d_fused(x.to(compute), self.patterns, self.filter_ptr,
+                                                       self.kernel_channel, self.kernel_pattern, values, scale, shift,
+                                                       residual, self.stride, self.padding, self.dilation, lo, hi)
+        if out.dtype != input.dtype:
+            out = out.to(input.dtype)
+        return out if input.dim() == 4 else out.squeeze(0)
+
     # ------------------------------------------------------------------ report protocol
     @property
     def nnz(self) -> int:

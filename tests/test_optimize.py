@@ -1,0 +1,506 @@
+"""The inference path: the fused native op ``patsparse::pattern_conv2d_fused`` (pinned to F.conv2d +
+torch ops on every ISA path, batch 0/1/N, channels_last, threads 1/2, every epilogue kind, bad
+inputs) and ``ps.optimize_for_inference`` (BatchNorm folding with non-trivial statistics, fused
+activations and residual adds against the unoptimized model, fx-traceable and non-traceable
+models, TorchScript and torch.export of the result, eval-only behaviour)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import torch_patsparse as ps
+from torch_patsparse import format as fmt
+from torch_patsparse import ops
+
+from helpers import SHAPES, compressed, random_pattern_weight, reference_conv
+
+INF = math.inf
+BOUNDS = [(-INF, INF), (0.0, INF), (0.0, 6.0), (-0.25, 0.5)]  # none, ReLU, ReLU6, hardtanh-like
+
+
+def clamp(t, lo, hi):
+    return t if (lo, hi) == (-INF, INF) else t.clamp(None if lo == -INF else lo, None if hi == INF else hi)
+
+
+def fused_reference(x, weight, scale, shift, residual, stride, padding, dilation, lo, hi):
+    """The unfused graph: dense conv, then scale, shift, residual and clamp as torch ops."""
+    out = reference_conv(x, weight, None, stride, padding, dilation)
+    if scale is not None:
+        out = out * scale.view(1, -1, 1, 1)
+    if shift is not None:
+        out = out + shift.view(1, -1, 1, 1)
+    if residual is not None:
+        out = out + residual
+    return clamp(out, lo, hi)
+
+
+def run_fused(x, arrays, scale, shift, residual, stride, padding, dilation, lo, hi):
+    return ops.pattern_conv2d_fused(x, *(arrays[k] for k in fmt.ARRAY_NAMES), scale, shift, residual, stride,
+                                    padding, dilation, lo, hi)
+
+
+def epilogue_args(cout, out_shape, kind, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    scale = (torch.rand(cout, generator=g) + 0.5).to(dtype) if kind & 1 else None
+    shift = torch.randn(cout, generator=g).to(dtype) if kind & 2 else None
+    residual = torch.randn(out_shape, generator=g).to(dtype) if kind & 4 else None
+    return scale, shift, residual
+
+
+# ---------------------------------------------------------------- the native fused op
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+# (the C++ test_epilogue covers all 8 on/off combinations on every path)
+@pytest.mark.parametrize("kind", [0, 3, 6, 7], ids=lambda k: f"scale{k & 1}-shift{k >> 1 & 1}-res{k >> 2 & 1}")
+def test_fused_op_matches_unfused(isa, shape, kind):
+    n, cin, h, w, cout, stride, padding, dilation, _ = shape
+    weight = random_pattern_weight(cout, cin, keep=0.6, group=2, seed=cin * 7 + cout)
+    arrays = compressed(weight)
+    x = torch.randn(n, cin, h, w, generator=torch.Generator().manual_seed(kind))
+    out_shape = reference_conv(x, weight, None, stride, padding, dilation).shape
+    scale, shift, residual = epilogue_args(cout, out_shape, kind, seed=kind)
+    for lo, hi in BOUNDS:
+        got = run_fused(x, arrays, scale, shift, residual, stride, padding, dilation, lo, hi)
+        want = fused_reference(x, weight, scale, shift, residual, stride, padding, dilation, lo, hi)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [0, 1, 3])
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_fused_op_channels_last_threads_groups(isa, threads, batch, nthreads):
+    torch.set_num_threads(nthreads)
+    weight = random_pattern_weight(24, 40, keep=0.3, group=4, seed=3)
+    arrays = compressed(weight)
+    x = torch.randn(batch, 40, 23, 30).contiguous(memory_format=torch.channels_last)
+    out_shape = (batch, 24, 23, 30)
+    scale, shift, residual = epilogue_args(24, out_shape, 7, seed=1)
+    residual = residual.contiguous(memory_format=torch.channels_last)
+    got = run_fused(x, arrays, scale, shift, residual, 1, 1, 1, 0.0, 6.0)
+    want = fused_reference(x, weight, scale, shift, residual, 1, 1, 1, 0.0, 6.0)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    if batch:
+        assert got.is_contiguous(memory_format=torch.channels_last)  # as pattern_conv2d: the input's format
+    # stride 2 (other slab geometry), several row blocks
+    x2 = torch.randn(batch, 40, 57, 61)
+    s2, b2, r2 = epilogue_args(24, (batch, 24, 29, 31), 7, seed=2)
+    got = run_fused(x2, arrays, s2, b2, r2, 2, 1, 1, 0.0, INF)
+    torch.testing.assert_close(got, fused_reference(x2, weight, s2, b2, r2, 2, 1, 1, 0.0, INF), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_op_float64_and_shift_only_equals_bias(isa):
+    weight = random_pattern_weight(6, 5, keep=0.7, seed=9, dtype=torch.float64)
+    arrays = compressed(weight)
+    arrays = {k: (v.double() if k == "values" else v) for k, v in arrays.items()}
+    x = torch.randn(2, 5, 9, 8, dtype=torch.float64)
+    scale, shift, residual = epilogue_args(6, (2, 6, 9, 8), 7, dtype=torch.float64)
+    got = run_fused(x, arrays, scale, shift, residual, 1, 1, 1, 0.0, 6.0)
+    want = fused_reference(x, weight, scale, shift, residual, 1, 1, 1, 0.0, 6.0)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    # shift only, unbounded: exactly the bias form of pattern_conv2d (same kernel path)
+    xf = x.float()
+    af = compressed(weight.float())
+    bias = torch.randn(6)
+    assert torch.equal(run_fused(xf, af, None, bias, None, 1, 1, 1, -INF, INF),
+                       ops.pattern_conv2d(xf, *(af[k] for k in fmt.ARRAY_NAMES), bias, 1, 1, 1))
+
+
+def test_fused_op_bad_inputs_clear_errors(isa):
+    weight = random_pattern_weight(6, 5, keep=0.7, seed=1)
+    arrays = compressed(weight)
+    x = torch.randn(2, 5, 9, 8)
+    ok = torch.ones(6)
+    with pytest.raises(RuntimeError, match="residual must have the output's shape"):
+        run_fused(x, arrays, None, None, torch.zeros(2, 6, 9, 7), 1, 1, 1, -INF, INF)
+    with pytest.raises(RuntimeError, match="lo <= hi"):
+        run_fused(x, arrays, ok, None, None, 1, 1, 1, 1.0, 0.0)
+    for lo, hi in [(math.nan, 1.0), (0.0, math.nan)]:
+        with pytest.raises(RuntimeError, match="not be NaN"):
+            run_fused(x, arrays, ok, None, None, 1, 1, 1, lo, hi)
+    with pytest.raises(RuntimeError, match=r"scale must be \[6\]"):
+        run_fused(x, arrays, torch.ones(5), None, None, 1, 1, 1, -INF, INF)
+    with pytest.raises(RuntimeError, match=r"shift must be \[6\]"):
+        run_fused(x, arrays, None, torch.ones(6, 1), None, 1, 1, 1, -INF, INF)
+    with pytest.raises(RuntimeError, match="scale is Double"):
+        run_fused(x, arrays, torch.ones(6, dtype=torch.float64), None, None, 1, 1, 1, -INF, INF)
+    with pytest.raises(RuntimeError, match="residual is Double"):
+        run_fused(x, arrays, None, None, torch.zeros(2, 6, 9, 8, dtype=torch.float64), 1, 1, 1, -INF, INF)
+
+
+def test_fused_op_fake_and_backward_raises():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    weight = random_pattern_weight(6, 5, keep=0.7, seed=1)
+    arrays = compressed(weight)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        x = mode.from_tensor(torch.randn(2, 5, 9, 8))
+        out = run_fused(x, arrays, None, None, torch.zeros(2, 6, 5, 4), 2, 1, 1, 0.0, INF)
+        assert tuple(out.shape) == (2, 6, 5, 4)
+        with pytest.raises(Exception, match="residual must have the output's shape"):
+            run_fused(x, arrays, None, None, torch.zeros(2, 6, 5, 5), 2, 1, 1, 0.0, INF)
+    x = torch.randn(2, 5, 9, 8, requires_grad=True)
+    out = run_fused(x, arrays, None, None, None, 1, 1, 1, 0.0, INF)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        out.sum().backward()
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+@pytest.mark.parametrize("has_bias", [False, True])
+def test_forward_fused_method(isa, bits, has_bias):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 12, 3, padding=1, bias=has_bias)
+    m = ps.nn.PatternConv2d.from_dense(conv, bits=bits, project=True).eval()
+    x = torch.randn(2, 8, 10, 11)
+    with torch.no_grad():
+        ref = m(x)
+        for kind in range(8):
+            scale, shift, residual = epilogue_args(12, ref.shape, kind, seed=kind)
+            for lo, hi in BOUNDS:
+                got = m.forward_fused(x, scale, shift, residual, lo, hi)
+                want = ref * (1 if scale is None else scale.view(1, -1, 1, 1))
+                want = want + (0 if shift is None else shift.view(1, -1, 1, 1)) + (0 if residual is None else residual)
+                torch.testing.assert_close(got, clamp(want, lo, hi), rtol=1e-5, atol=1e-5)
+        # unbatched input and residual, fp16 input (computed in fp32, returned in fp16)
+        got = m.forward_fused(x[0], None, None, ref[0], 0.0, INF)
+        torch.testing.assert_close(got, (ref[0] + ref[0]).clamp(min=0), rtol=1e-5, atol=1e-5)
+        assert m.forward_fused(x.half(), None, None, None, 0.0, INF).dtype == torch.float16
+        with pytest.raises(RuntimeError, match="channels"):
+            m.forward_fused(torch.randn(2, 7, 10, 11), None, None, None, 0.0, INF)
+
+
+# ---------------------------------------------------------------- optimize_for_inference
+from torch_patsparse import models  # noqa: E402
+from torch_patsparse.optimize import FusedConv, max_pool2d_nchw  # noqa: E402
+
+
+def assert_same_model_output(got, want, rtol=1e-5):
+    """Outputs equal to float rounding: relative error (norm) and elementwise, at 1e-5."""
+    assert got.shape == want.shape and got.dtype == want.dtype
+    err = float((got - want).norm() / want.norm().clamp_min(1e-30))
+    assert err <= rtol, err
+    torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * float(want.abs().max()))
+
+
+def sparse_model(model, keep1x1=0.3, seed=0):
+    """``model`` with the benchmarks' sparsity structure and non-trivial BatchNorm statistics, converted."""
+    import warnings
+    models.sparsify_random(model, keep3x3=0.5, group=4, keep1x1=keep1x1, seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convert lists the layers it leaves dense
+        return ps.convert(model.eval(), layers="all")
+
+
+def tensors(module):
+    return {k: v.clone() for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
+
+
+class TinyResNet(nn.Module):
+    """7x7 stem + BN + ReLU + max-pool (the channels_last segment), basic and bottleneck blocks (residual
+    adds, a strided 1x1 downsample), global pool, FC."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = nn.Sequential(models.BasicBlock(16, 16), models.BasicBlock(16, 32, stride=2))
+        self.layer2 = models.Bottleneck(32, 8)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer2(self.layer1(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def tiny_vgg():
+    return models.VGG([16, 16, "M", 32, 32, "M", 32], num_classes=10)
+
+
+def tiny_mobilenet():
+    return nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6(inplace=True),
+                         models.InvertedResidual(16, 16, 1, 4), models.InvertedResidual(16, 24, 2, 4),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 5))
+
+
+def count(model, kind):
+    return sum(isinstance(m, kind) for m in model.modules())
+
+
+@pytest.mark.parametrize("build", [TinyResNet, tiny_vgg, tiny_mobilenet], ids=["resnet", "vgg", "mobilenet"])
+def test_optimized_models_match(isa, build):
+    torch.manual_seed(0)
+    model = sparse_model(build())
+    before = tensors(model)
+    opt = ps.optimize_for_inference(model)
+    assert count(opt, nn.BatchNorm2d) == 0 and count(opt, FusedConv) > 0
+    for x in (torch.randn(2, 3, 40, 44), torch.randn(1, 3, 33, 35).contiguous(memory_format=torch.channels_last)):
+        with torch.no_grad():
+            assert_same_model_output(opt(x), model(x))
+    # the input model is untouched (weights, BatchNorm statistics, mode)
+    after = tensors(model)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert count(model, nn.BatchNorm2d) > 0 and not model.training
+    # dense models: BatchNorm folded into the conv weights, same outputs
+    dense = build()
+    models.sparsify_random(dense, seed=1)
+    dense.eval()
+    dopt = ps.optimize_for_inference(dense)
+    assert count(dopt, nn.BatchNorm2d) == 0
+    x = torch.randn(2, 3, 40, 44)
+    with torch.no_grad():
+        assert_same_model_output(dopt(x), dense(x))
+
+
+def test_resnet_stem_runs_channels_last_and_vgg_pool_is_replaced():
+    torch.manual_seed(0)
+    opt = ps.optimize_for_inference(sparse_model(TinyResNet()))
+    code = opt.code
+    assert "channels_last" in code and "bn1" not in code
+    vgg = ps.optimize_for_inference(sparse_model(tiny_vgg()))
+    assert "max_pool2d_nchw" in vgg.code and count(vgg, nn.MaxPool2d) == 0
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_max_pool2d_nchw_equals_max_pool2d(k):
+    x = torch.randn(2, 5, 13, 17)
+    x[0, 1, 2, 3] = math.nan
+    for t in (x, x.contiguous(memory_format=torch.channels_last), x[0], x[:, :, :k + 1]):
+        torch.testing.assert_close(max_pool2d_nchw(t, k), F.max_pool2d(t, k), equal_nan=True, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="too small"):  # as F.max_pool2d
+        max_pool2d_nchw(x[:, :, :k - 1], k)
+
+
+ACTIVATIONS = {  # a module (registered as the block's submodule) or a function
+    "ReLU": nn.ReLU(inplace=True), "ReLU6": nn.ReLU6(), "Hardtanh": nn.Hardtanh(-0.5, 0.7),
+    "F.relu": lambda y: F.relu(y), "torch.relu": lambda y: torch.relu(y), "relu_": lambda y: y.relu_(),
+    "F.relu6": lambda y: F.relu6(y), "F.hardtanh": lambda y: F.hardtanh(y, -0.2, 0.4),
+    "clamp": lambda y: torch.clamp(y, min=-0.1), "clamp_method": lambda y: y.clamp(-0.3, 0.3), "none": lambda y: y,
+}
+def _iadd(a, b):
+    a += b
+    return a
+
+
+RESIDUALS = {"none": None, "+": lambda a, b: a + b, "torch.add": lambda a, b: torch.add(b, a), "+=": _iadd}
+
+
+class Block(nn.Module):
+    def __init__(self, act, residual, bias, bits, bn=True):
+        super().__init__()
+        conv = nn.Conv2d(8, 8, 3, padding=1, bias=bias)
+        with torch.no_grad():
+            conv.weight.copy_(random_pattern_weight(8, 8, keep=0.6, group=4, seed=1))
+        self.conv = ps.nn.PatternConv2d.from_dense(conv, bits=bits)
+        self.bn = nn.BatchNorm2d(8) if bn else nn.Identity()
+        act = ACTIVATIONS[act]
+        self.act = act if isinstance(act, nn.Module) else None
+        self.act_fn, self.residual = (None if self.act is not None else act), RESIDUALS[residual]
+        if bn:
+            models.sparsify_random(self.bn)  # non-trivial statistics
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        if self.residual is not None:
+            y = self.residual(y, x)
+        return self.act(y) if self.act is not None else self.act_fn(y)
+
+
+@pytest.mark.parametrize("act", list(ACTIVATIONS))
+@pytest.mark.parametrize("residual", list(RESIDUALS))
+def test_fused_epilogues_match_unfused_graph(act, residual):
+    for bias, bits, bn in [(False, None, True), (True, 4, True), (True, None, False)]:
+        model = Block(act, residual, bias, bits, bn).eval()
+        opt = ps.optimize_for_inference(model)
+        assert isinstance(opt, torch.fx.GraphModule)
+        x = torch.randn(2, 8, 9, 11)
+        with torch.no_grad():
+            assert_same_model_output(opt(x), model(x))
+        # everything after the conv ran inside the fused module: nothing but it is left in the graph
+        calls = [n for n in opt.graph.nodes if n.op not in ("placeholder", "output")]
+        if act != "none" or residual != "none" or bn or bias:
+            assert len(calls) == 1 and calls[0].op == "call_module", opt.code
+
+
+class Untraceable(nn.Module):
+    """Data-dependent control flow at the top (fx cannot trace it); traceable children."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6(),
+                                      nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8), nn.Hardtanh(-1.0, 2.0))
+        self.block = models.BasicBlock(8, 8)
+
+    def forward(self, x):
+        y = self.features(x)
+        if float(y.sum()) > 0:  # data-dependent
+            y = self.block(y)
+        return y
+
+
+class DataDependent(nn.Module):
+    def forward(self, x):
+        return x * 0 if float(x.mean()) > 1e9 else x  # never true, but fx cannot know
+
+
+class CustomSequential(nn.Sequential):
+    """Its own forward (the children do not simply run in order): never folded by modules."""
+
+    def forward(self, x):
+        return self[2](self[1](self[0](x))) + self[3](x) * 0 if float(x.mean()) < 1e9 else x
+
+
+def test_untraceable_models_fold_by_modules(isa):
+    torch.manual_seed(0)
+    model = sparse_model(Untraceable(), keep1x1=None)
+    opt = ps.optimize_for_inference(model)
+    assert type(opt) is Untraceable  # the model's own class, its children optimized
+    assert count(opt, nn.BatchNorm2d) == 0 and count(opt, FusedConv) >= 3
+    x = torch.randn(2, 3, 12, 10)
+    with torch.no_grad():
+        assert_same_model_output(opt(x), model(x))
+    # an nn.Sequential that does not trace: module-level folding of conv, BatchNorm, activation
+    seq = sparse_model(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                     nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6(), DataDependent()))
+    opt = ps.optimize_for_inference(seq)
+    assert count(opt, nn.BatchNorm2d) == 0 and count(opt, FusedConv) == 2 and count(opt, nn.ReLU6) == 0  # stem too
+    with torch.no_grad():
+        assert_same_model_output(opt(x), seq(x))
+    custom = sparse_model(CustomSequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                           nn.Conv2d(3, 8, 1)))
+    opt = ps.optimize_for_inference(custom)
+    assert count(opt, nn.BatchNorm2d) == 1
+    with torch.no_grad():
+        assert_same_model_output(opt(x), custom(x))
+
+
+class Broadcast(nn.Module):
+    """conv output + a tensor that broadcasts (not a residual of the output's shape), a module called twice."""
+
+    def __init__(self):
+        super().__init__()
+        conv = nn.Conv2d(4, 4, 3, padding=1)
+        with torch.no_grad():
+            conv.weight.copy_(random_pattern_weight(4, 4, keep=0.7, seed=2))
+        self.conv = ps.nn.PatternConv2d.from_dense(conv)
+        self.bn = nn.BatchNorm2d(4)
+        models.sparsify_random(self.bn)
+
+    def forward(self, x, b):
+        y = F.relu(self.bn(self.conv(x)) + b)
+        return self.conv(y) + self.conv(x)
+
+
+def test_broadcast_add_and_shared_module():
+    model = Broadcast().eval()
+    opt = ps.optimize_for_inference(model)
+    assert count(opt, FusedConv) >= 2
+    x = torch.randn(2, 4, 6, 7)
+    for b in (torch.randn(1, 4, 1, 1), torch.randn(2, 4, 6, 7)):  # broadcast, then a true residual
+        with torch.no_grad():
+            assert_same_model_output(opt(x, b), model(x, b))
+
+
+def test_script_and_export(isa):
+    torch.manual_seed(0)
+    model = sparse_model(TinyResNet())
+    opt = ps.optimize_for_inference(model)
+    x = torch.randn(2, 3, 40, 44)
+    with torch.no_grad():
+        want = model(x)
+        scripted = torch.jit.script(opt)
+        assert_same_model_output(scripted(x), want)
+        exported = torch.export.export(opt, (x,))
+        assert_same_model_output(exported.module()(x), want)
+    names = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
+    assert any("pattern_conv2d_fused" in n for n in names), names
+    # saved and reloaded TorchScript file
+    import io
+    buf = io.BytesIO()
+    torch.jit.save(scripted, buf)
+    buf.seek(0)
+    with torch.no_grad():
+        assert_same_model_output(torch.jit.load(buf)(x), want)
+
+
+def test_eval_only():
+    torch.manual_seed(0)
+    model = sparse_model(TinyResNet())
+    model.train()  # the original's mode is its own business: the copy is in eval mode
+    opt = ps.optimize_for_inference(model)
+    assert model.training and not opt.training
+    assert all(not p.requires_grad for p in opt.parameters())
+    with pytest.raises(RuntimeError, match="inference only"):
+        opt.train()
+    with pytest.raises(RuntimeError, match="inference only"):
+        next(m for m in opt.modules() if isinstance(m, FusedConv)).train()
+    opt.eval()
+    opt.train(False)
+    x = torch.randn(1, 3, 32, 32, requires_grad=True)
+    out = opt(x)  # grad enabled: runs; a backward through a fused op raises
+    with pytest.raises(RuntimeError, match="inference-only"):
+        out.sum().backward()
+    with pytest.raises(TypeError):
+        ps.optimize_for_inference(torch.jit.script(nn.ReLU()))
+    # pickles (the whole module) and round-trips its state_dict
+    import io
+    buf = io.BytesIO()
+    torch.save(opt, buf)
+    buf.seek(0)
+    again = torch.load(buf, weights_only=False)
+    fresh = ps.optimize_for_inference(model)
+    fresh.load_state_dict(opt.state_dict())
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(again(x), opt(x)) and torch.equal(fresh(x), opt(x))
+
+
+class StemPools(nn.Module):
+    """A 3-channel 3x3 stem (runs as a full-pattern PatternConv2d), pools of every kind after our convs."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, 2, 1)
+        self.bn = nn.BatchNorm2d(8)
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.pool_idx = nn.MaxPool2d(2, return_indices=True)
+
+    def forward(self, x):
+        y = F.relu(self.bn(self.stem(x)))
+        a = self.pool(y)
+        b, idx = self.pool_idx(y)
+        c = F.max_pool2d(y, 2, 2, ceil_mode=True)
+        return torch.cat([a.flatten(1), b.flatten(1), idx.flatten(1).float(), c.flatten(1)], 1)
+
+
+def test_stem_and_pools():
+    torch.manual_seed(0)
+    model = StemPools().eval()
+    models.sparsify_random(model)
+    opt = ps.optimize_for_inference(model)
+    assert count(opt, ps.nn.PatternConv2d) == 1 and count(opt, nn.BatchNorm2d) == 0
+    stem = next(m for m in opt.modules() if isinstance(m, ps.nn.PatternConv2d))
+    assert stem.conversion_error == 0.0 and stem.patterns.shape == (1, 9)
+    assert "channels_last" in opt.code
+    for x in (torch.randn(2, 3, 21, 18), torch.randn(1, 3, 16, 16).contiguous(memory_format=torch.channels_last)):
+        with torch.no_grad():
+            assert_same_model_output(opt(x), model(x))
+
+
+def test_sparse_linear_and_unbatched_fallback_epilogue():
+    """Modules without a native fused path (forward + the epilogue in torch ops): Linear on 3-d input,
+    a 1x1 SparseConv2d with BatchNorm."""
+    torch.manual_seed(0)
+    lin = nn.Sequential(nn.Linear(6, 5), nn.ReLU6())
+    conv = nn.Sequential(nn.Conv2d(4, 6, 1), nn.BatchNorm2d(6), nn.ReLU())
+    for model, x in ((lin, torch.randn(2, 3, 6) * 4), (conv, torch.randn(2, 4, 5, 7))):
+        models.sparsify_random(model, keep1x1=0.5)
+        with torch.no_grad():
+            model[0].weight.mul_((torch.rand_like(model[0].weight) < 0.5).float())  # sparse, so convert takes it
+        model = sparse_model(model.eval(), keep1x1=0.5)
+        assert count(model, (ps.nn.SparseLinear, ps.nn.SparseConv2d)) == 1
+        opt = ps.optimize_for_inference(model)
+        assert count(opt, FusedConv) == 1 and len(list(opt.graph.nodes)) == 3
+        with torch.no_grad():
+            assert_same_model_output(opt(x), model(x))
