@@ -155,8 +155,8 @@ at::Tensor sparse_conv1x1_cpu(const at::Tensor& input, const at::Tensor& header,
       io.y_image = out_channels * n;
       io.y_chan = n;
       io.y_col = 1;
-      io.lo = static_cast<float>(lo);
-      io.hi = static_cast<float>(hi);
+      io.lo = static_cast<scalar_t>(lo);
+      io.hi = static_cast<scalar_t>(hi);
       run<scalar_t>(*idx, a, io, e, res);
     });
   }
@@ -207,8 +207,8 @@ at::Tensor sparse_linear_cpu(const at::Tensor& input, const at::Tensor& header, 
     } else {
       io.x_chan = 1, io.x_col = in_features, io.y_chan = 1, io.y_col = out_features;
     }
-    io.lo = static_cast<float>(lo);
-    io.hi = static_cast<float>(hi);
+    io.lo = static_cast<scalar_t>(lo);
+    io.hi = static_cast<scalar_t>(hi);
     run<scalar_t>(*idx, a, io, e, res);
   });
   if (transpose) out.view({batch, out_features}).copy_(y.t());

@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -101,15 +102,15 @@ struct SpmmIo {
   const T* scale = nullptr;      // [rows] or null (1)
   const T* shift = nullptr;      // [rows] or null (0)
   const T* residual = nullptr;   // y-shaped or null (0)
-  float lo = -__builtin_inff(), hi = __builtin_inff();
+  T lo = -std::numeric_limits<T>::infinity(), hi = std::numeric_limits<T>::infinity();
 };
 
 // The epilogue of one element (epilogue.h's formula; NaN propagates like std::max / std::min).
 template <typename T>
 inline T spmm_epilogue(const SpmmIo<T>& io, int64_t o, T acc, T r) {
   T v = acc * (io.scale ? io.scale[o] : T(1)) + (io.shift ? io.shift[o] : T(0)) + r;
-  v = v < T(io.lo) ? T(io.lo) : v;
-  return T(io.hi) < v ? T(io.hi) : v;
+  v = v < io.lo ? io.lo : v;
+  return io.hi < v ? io.hi : v;
 }
 
 // Plain loops, any strides (float and double; the weights are fp32 either way).
