@@ -17,7 +17,7 @@ void reference_spmm(const CsrView& w, const SpmmIo<T>& io, const ParallelFor& pf
       for (int64_t j = 0; j < io.n; ++j) {
         T acc = 0;
         for (int64_t k = w.row_ptr[o]; k < w.row_ptr[o + 1]; ++k)
-          acc += T(w.values[k]) * x[w.col[k] * io.x_chan + j * io.x_col];
+          acc += T(w.values[k]) * x[w.column(k) * io.x_chan + j * io.x_col];
         const int64_t at = out + j * io.y_col;
         io.y[at] = spmm_epilogue(io, o, acc, io.residual ? io.residual[at] : T(0));
       }

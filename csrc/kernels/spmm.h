@@ -50,7 +50,8 @@ struct SparseIndex {
   int64_t rows = 0, cols = 0, nnz = 0;
   bool quantized = false;
   std::vector<int32_t> row_ptr;   // [rows + 1]
-  std::vector<int32_t> col;       // [nnz] ascending within a row
+  std::vector<uint16_t> col16;    // [nnz] column of each nonzero, ascending in a row, when cols <= 65536
+  std::vector<int32_t> col;       // [nnz] the same for wider weights (exactly one of the two is filled)
   std::vector<float> decoded;     // [nnz] quantized only: the codes' fp32 values
   std::vector<uint8_t> stored;    // header | index | codes | code_scale bytes: the cache key
   int64_t stored_sizes[4] = {};
@@ -82,11 +83,14 @@ class SparseIndexCache {
 };
 
 // What the kernels read: CSR arrays plus the values (stored fp32 values or SparseIndex::decoded).
+// Columns are 16-bit (col16) whenever they fit, which halves the index a layer keeps resident.
 struct CsrView {
   int64_t rows = 0, cols = 0;
   const int32_t* row_ptr = nullptr;
+  const uint16_t* col16 = nullptr;  // exactly one of col16 / col is set (both null when nnz is 0)
   const int32_t* col = nullptr;
   const float* values = nullptr;
+  int64_t column(int64_t k) const { return col16 ? col16[k] : col[k]; }
 };
 // `stored_values` (the caller's fp32 array, num_values long) unless the index is quantized.
 CsrView csr_view(const SparseIndex& index, const float* stored_values);

@@ -171,10 +171,12 @@ std::shared_ptr<const SparseIndex> build_sparse_index(const StoredSparse& s) {
     idx->decoded = decode_codes(s, scheme, bits, nnz);
   }
   idx->row_ptr.assign(static_cast<size_t>(s.rows + 1), 0);
-  idx->col.resize(static_cast<size_t>(nnz));
+  const bool narrow = s.cols <= 65536;
+  (narrow ? idx->col16.resize(static_cast<size_t>(nnz)) : idx->col.resize(static_cast<size_t>(nnz)));
   for (int64_t i = 0; i < nnz; ++i) {  // positions ascend: rows in order, columns ascending in a row
     idx->row_ptr[static_cast<size_t>(pos[i] / (s.cols ? s.cols : 1) + 1)]++;
-    idx->col[i] = static_cast<int32_t>(pos[i] % s.cols);
+    if (narrow) idx->col16[i] = static_cast<uint16_t>(pos[i] % s.cols);
+    else idx->col[i] = static_cast<int32_t>(pos[i] % s.cols);
   }
   for (int64_t r = 0; r < s.rows; ++r) idx->row_ptr[r + 1] += idx->row_ptr[r];
 
@@ -185,7 +187,7 @@ std::shared_ptr<const SparseIndex> build_sparse_index(const StoredSparse& s) {
     const auto* p = static_cast<const uint8_t*>(parts[i]);
     if (sizes[i]) idx->stored.insert(idx->stored.end(), p, p + sizes[i]);
   }
-  idx->bytes = static_cast<int64_t>(sizeof(SparseIndex) + idx->row_ptr.size() * 4 + idx->col.size() * 4 +
+  idx->bytes = static_cast<int64_t>(sizeof(SparseIndex) + idx->row_ptr.size() * 4 + idx->col16.size() * 2 + idx->col.size() * 4 +
                                     idx->decoded.size() * 4 + idx->stored.size());
   return idx;
 }
@@ -195,7 +197,8 @@ CsrView csr_view(const SparseIndex& index, const float* stored_values) {
   v.rows = index.rows;
   v.cols = index.cols;
   v.row_ptr = index.row_ptr.data();
-  v.col = index.col.data();
+  v.col16 = index.col16.empty() ? nullptr : index.col16.data();
+  v.col = index.col.empty() ? nullptr : index.col.data();
   v.values = index.quantized ? index.decoded.data() : stored_values;
   return v;
 }

@@ -227,6 +227,15 @@ int main() {
               check_product(c, isa, e, batch, n, layout, epi, (n + batch) % 2 == 1, seed++);
   }
 
+  {  // more than 65536 columns: 32-bit column indices
+    const Encoded wide = encode(3, 70000, 0.002, 8, 0, 0, seed++);
+    for (Isa isa : isas)
+      for (int64_t n : {1, 17})
+        for (Layout layout : {Layout::Columns, Layout::Gather})
+          check_product(c, isa, wide, 1, n, layout, true, n > 1, seed++);
+    c.check(!build_sparse_index(wide.view())->col.empty(), "wide weight uses 32-bit columns");
+  }
+
   // corrupt arrays
   const Encoded good = encode(12, 30, 0.3, 3, 1, 4, 99);
   {
