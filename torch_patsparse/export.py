@@ -252,3 +252,10 @@ def set_executorch_isa(name: str) -> None:
     like :func:`torch_patsparse.ops.set_isa` does for the torch ops."""
     if not _load_kernels().patsparse_et_set_isa(name.encode()):
         raise ValueError(f"torch_patsparse: ISA path '{name}' is unknown or not supported by this build or CPU")
+
+
+def executorch_plan_cache_stats() -> Tuple[int, int, int]:
+    """(hits, builds, size) of the ExecuTorch kernels' plan cache in this process."""
+    stats = (ctypes.c_int64 * 3)()
+    _load_kernels().patsparse_et_plan_cache_stats(stats)
+    return tuple(int(v) for v in stats)

@@ -198,3 +198,12 @@ extern "C" __attribute__((visibility("default"))) int patsparse_et_set_isa(const
   patsparse::Isa isa;
   return name && patsparse::parse_isa(name, &isa) && patsparse::set_active_isa(isa) ? 1 : 0;
 }
+
+// [hits, builds, size] of this library's plan cache into stats[0..2] (tests: the program really ran
+// these kernels, and built each layer's plan once).
+extern "C" __attribute__((visibility("default"))) void patsparse_et_plan_cache_stats(int64_t* stats) {
+  const patsparse::PlanCacheStats st = patsparse::et::plan_cache().stats();
+  stats[0] = st.hits;
+  stats[1] = st.builds;
+  stats[2] = st.size;
+}
