@@ -263,3 +263,18 @@ def test_float64_model_is_refused(tmp_path):
         export.executorch(model, tmp_path / "d.pte", (torch.randn(1, 3, 16, 16, dtype=torch.float64),))
     with pytest.raises(ValueError, match="float32"):
         export.executorch(model, tmp_path / "d.pte", (torch.randn(1, 3, 16, 16),))
+
+
+@needs_et
+def test_dynamic_batch(tmp_path):
+    model = ps.convert(conv_net(seed=2)).eval()
+    path = export.executorch(model, tmp_path / "dyn.pte", (torch.randn(1, 3, 16, 16),), max_batch=4)
+    program = export.load_executorch(path)
+    for batch in (1, 3, 4, 2):
+        x = torch.randn(batch, 3, 16, 16)
+        with torch.no_grad():
+            assert_close(program(x), model(x))
+    with pytest.raises(RuntimeError):
+        program(torch.randn(5, 3, 16, 16))  # above the bound the memory plan was made for
+    with pytest.raises(ValueError, match="max_batch"):
+        export.executorch(model, tmp_path / "x.pte", (torch.randn(2, 3, 16, 16),), max_batch=0)

@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import sys
 import warnings
-from typing import Any, List, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -133,11 +133,13 @@ def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, name, module)
 
 
-def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: Sequence[torch.Tensor]) -> str:
+def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: Sequence[torch.Tensor],
+               max_batch: Optional[int] = None) -> str:
     """Writes ``model`` (in eval mode, float32) as an ExecuTorch program to ``path``; returns the path.
 
-    ``torch.export`` with ``example_inputs`` (their shapes are the program's: export once per batch
-    size you run), then ``to_edge_transform_and_lower`` with the XNNPACK partitioner: dense convs,
+    ``torch.export`` with ``example_inputs`` (their shapes are the program's; with ``max_batch``, dim 0
+    of every input may be anything in 1..max_batch, the memory plan sized for max_batch), then
+    ``to_edge_transform_and_lower`` with the XNNPACK partitioner: dense convs,
     Linear, pooling and activations run in XNNPACK; each ``PatternConv2d`` stays the custom op
     ``patsparse::pattern_conv2d.out`` whose compressed arrays (patterns, CSR indices, kept values)
     are the only copy of its weight in the file. An eval-mode BatchNorm right after a PatternConv2d is
@@ -155,18 +157,27 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
         if not isinstance(x, torch.Tensor) or x.dtype != torch.float32:
             raise ValueError("export.executorch: the ExecuTorch kernels run float32; example_inputs must be "
                              f"float32 tensors, got {getattr(x, 'dtype', type(x).__name__)}")
+    dynamic_shapes = None
+    if max_batch is not None:
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"export.executorch: max_batch must be a positive int, got {max_batch!r}")
+        if max_batch > 1:
+            batch = torch.export.Dim("batch", min=1, max=max_batch)
+            dynamic_shapes = tuple({0: batch} for _ in example_inputs)
+            # torch.export specialises a size-1 example dim: trace with batch 2 (only shapes matter).
+            example_inputs = tuple(torch.cat([x, x]) if x.shape[0] == 1 else x for x in example_inputs)
     model = copy.deepcopy(model).eval()
     for p in model.parameters():
         if p.dtype != torch.float32:
             raise ValueError(f"export.executorch: the model must be float32 (model.float()), found {p.dtype}")
     with torch.no_grad():
-        ep = torch.export.export(model, example_inputs)
+        ep = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes)
         pairs = _batch_norm_after_pattern_conv(ep)
         if pairs:
             for conv, bn in pairs:
                 _fold_batch_norm(model.get_submodule(conv), model.get_submodule(bn))
                 _set_submodule(model, bn, nn.Identity())
-            ep = torch.export.export(model, example_inputs)
+            ep = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes)
     program = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch()
     with open(path, "wb") as f:
         program.write_to_file(f)
