@@ -15,8 +15,9 @@ from .report import compression_report
 from . import export
 from . import constraints
 from .admm import ADMM
+from .compressed_training import compressed_training
 
 __version__ = "0.1.0"
 
 __all__ = ["ops", "project", "PatternSet", "nn", "convert", "compression_report", "export", "constraints",
-           "ADMM"]
+           "ADMM", "compressed_training"]
