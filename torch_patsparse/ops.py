@@ -260,3 +260,13 @@ def _sparse_backward(ctx, grad_output):
 
 torch.library.register_autograd("patsparse::sparse_conv1x1", _sparse_backward, setup_context=_sparse_setup_context)
 torch.library.register_autograd("patsparse::sparse_linear", _sparse_backward, setup_context=_sparse_setup_context)
+
+
+# Out variants (csrc/ops_out.cpp): the schemas ExecuTorch's to_executorch() switches each functional
+# call to; the fake kernel checks the functional op's shape rules and returns `out` (resized by the
+# real kernels).
+@torch.library.register_fake("patsparse::pattern_conv2d.out")
+def _(input, patterns, filter_ptr, kernel_channel, kernel_pattern, values, bias, stride=(1, 1), padding=(0, 0),
+      dilation=(1, 1), *, out):
+    torch._check(input.dim() == 4, lambda: "patsparse: input must be 4-D")
+    return out
