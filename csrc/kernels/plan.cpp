@@ -262,7 +262,11 @@ void build_slab(const ConvShape& s, const Geometry& g, const float* x, int64_t r
             if (hi > lo) std::memcpy(dst + lo, src + lo + g.qx_min, sizeof(float) * (hi - lo));
           } else {
             const float* col = src + (lo + g.qx_min) * sw + b;
-            for (int64_t cc = lo; cc < hi; ++cc, col += sw) dst[cc] = *col;
+            if (sw == 2) {  // the common strided layer: a constant stride vectorises (LD2 on NEON)
+              for (int64_t cc = lo; cc < hi; ++cc) dst[cc] = col[2 * (cc - lo)];
+            } else {
+              for (int64_t cc = lo; cc < hi; ++cc, col += sw) dst[cc] = *col;
+            }
           }
           if (g.pitch > hi) std::memset(dst + hi, 0, sizeof(float) * (g.pitch - hi));
         }
