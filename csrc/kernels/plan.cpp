@@ -263,7 +263,8 @@ void build_slab(const ConvShape& s, const Geometry& g, const float* x, int64_t r
           } else {
             const float* col = src + (lo + g.qx_min) * sw + b;
             if (sw == 2) {  // the common strided layer: a constant stride vectorises (LD2 on NEON)
-              for (int64_t cc = lo; cc < hi; ++cc) dst[cc] = col[2 * (cc - lo)];
+              float* d = dst + lo;
+              for (int64_t i = 0; i < hi - lo; ++i) d[i] = col[2 * i];
             } else {
               for (int64_t cc = lo; cc < hi; ++cc, col += sw) dst[cc] = *col;
             }
