@@ -15,9 +15,11 @@
 //   * E = 4 (the PatDNN patterns) is a compile-time tap count: the 4 taps of a run are unrolled, the
 //     run's 4 weights of member g are one vector load, and tap e is a by-element FMLA on lane e, so
 //     the tap sequence needs no branch, whatever the pattern; other E use a run-time tap loop;
-//   * each tap loads its V input vectors directly at its offset (consecutive loads pair into LDP)
+//   * each tap loads its V input vectors directly at its offset (LD1 of 4 registers or LDP pairs)
 //     rather than shifting a shared load with EXT: EXT runs on the same two vector pipes as FMLA on
 //     a Cortex-A76, while the load pipes are otherwise idle, and each input vector still feeds G FMLAs.
+// The input slab's layout (plan.h) makes every tap a constant offset, so nothing depends on the
+// pattern's shape: one straight-line run body serves every pattern of 4 entries.
 // Tested against the scalar reference under qemu-aarch64 (arm/test.sh), with g++ and clang.
 #include <arm_neon.h>
 
@@ -28,23 +30,60 @@
 namespace patsparse {
 namespace {
 
+// Per compiler, as benchmarks/arm_estimate measured them (instructions, llvm-mca):
+//   kMultiLoadMaxG: tiles with G <= this load 4 input vectors per LD1 instruction (clang; g++ 12
+//     copies LD1's register quads through extra MOVs, so it gets LDP pairs of single loads);
+//   kMaxVecs[G]: widest tile per group size within the 32 vector registers (G*V accumulators +
+//     G weight vectors + V input vectors); g++ allocates G=4 x V=5 with MOVs in the loop.
 #if defined(__clang__)
 #define PATSPARSE_UNROLL _Pragma("clang loop unroll(full)")
+constexpr int kMultiLoadMaxG = 2;
+constexpr int kMaxVecs[kPlanMaxGroup + 1] = {0, 12, 8, 6, 5};
 #else
 #define PATSPARSE_UNROLL _Pragma("GCC unroll 32")
 // g++'s pre-allocation scheduler hoists every input load of a run to its top, which needs more
 // than 32 vector registers for the wide tiles and spills accumulators to the stack.
 #pragma GCC optimize("no-schedule-insns")
+constexpr int kMultiLoadMaxG = 0;
+constexpr int kMaxVecs[kPlanMaxGroup + 1] = {0, 12, 8, 6, 4};
 #endif
+
+// The V input vectors at x. Multi: 4 per instruction (LD1 of 4 registers moves 64 bytes in one
+// instruction; the G <= 2 tiles issue one load per 1-2 FMLAs, so load instructions count). Else
+// one vector per load (pairs become LDP): the wider-G tiles need their registers for accumulators.
+template <int V, bool Multi>
+inline __attribute__((always_inline)) void load_vectors(float32x4_t* xv, const float* x) {
+  if constexpr (!Multi) {
+    PATSPARSE_UNROLL
+    for (int v = 0; v < V; ++v) xv[v] = vld1q_f32(x + 4 * v);
+    return;
+  }
+  PATSPARSE_UNROLL
+  for (int v = 0; v + 4 <= V; v += 4) {
+    const float32x4x4_t q = vld1q_f32_x4(x + 4 * v);
+    xv[v] = q.val[0]; xv[v + 1] = q.val[1]; xv[v + 2] = q.val[2]; xv[v + 3] = q.val[3];
+  }
+  constexpr int v = V / 4 * 4;
+  if constexpr (V % 4 == 3) {
+    const float32x4x3_t q = vld1q_f32_x3(x + 4 * v);
+    xv[v] = q.val[0]; xv[v + 1] = q.val[1]; xv[v + 2] = q.val[2];
+  } else if constexpr (V % 4 == 2) {
+    const float32x4x2_t q = vld1q_f32_x2(x + 4 * v);
+    xv[v] = q.val[0]; xv[v + 1] = q.val[1];
+  } else if constexpr (V % 4 == 1) {
+    xv[v] = vld1q_f32(x + 4 * v);
+  }
+}
 
 // One tap of one run: acc[g*V + v] += w_g[lane] * x[4v .. 4v+3].
 template <int G, int V, int Lane>
 inline __attribute__((always_inline)) void tap(float32x4_t* acc, const float* x, const float32x4_t* w) {
+  float32x4_t xv[V];
+  load_vectors<V, (G <= kMultiLoadMaxG)>(xv, x);
   PATSPARSE_UNROLL
   for (int v = 0; v < V; ++v) {
-    const float32x4_t xv = vld1q_f32(x + 4 * v);
     PATSPARSE_UNROLL
-    for (int g = 0; g < G; ++g) acc[g * V + v] = vfmaq_laneq_f32(acc[g * V + v], xv, w[g], Lane);
+    for (int g = 0; g < G; ++g) acc[g * V + v] = vfmaq_laneq_f32(acc[g * V + v], xv[v], w[g], Lane);
   }
 }
 
@@ -108,15 +147,13 @@ void fill_row(MicroKernels& mk, std::integer_sequence<int, Vs...>) {
 }  // namespace
 
 const MicroKernels& neon_microkernels() {
-  // Widest tile per group size within the 32 NEON registers: G*V accumulators + G weight vectors
-  // + input vectors in flight (G=4: 20+4+5, G=3: 18+3+6, G=2: 16+2+8, G=1: 12+1+12).
   static const MicroKernels mk = [] {
     MicroKernels m;
     m.vec_len = 4;
-    fill_row<1>(m, std::make_integer_sequence<int, 12>{});
-    fill_row<2>(m, std::make_integer_sequence<int, 8>{});
-    fill_row<3>(m, std::make_integer_sequence<int, 6>{});
-    fill_row<4>(m, std::make_integer_sequence<int, 5>{});
+    fill_row<1>(m, std::make_integer_sequence<int, kMaxVecs[1]>{});
+    fill_row<2>(m, std::make_integer_sequence<int, kMaxVecs[2]>{});
+    fill_row<3>(m, std::make_integer_sequence<int, kMaxVecs[3]>{});
+    fill_row<4>(m, std::make_integer_sequence<int, kMaxVecs[4]>{});
     return m;
   }();
   return mk;
