@@ -31,20 +31,21 @@ namespace patsparse {
 namespace {
 
 // Per compiler, as benchmarks/arm_estimate measured them (instructions, llvm-mca):
-//   kMultiLoadMaxG: tiles with G <= this load 4 input vectors per LD1 instruction (clang; g++ 12
-//     copies LD1's register quads through extra MOVs, so it gets LDP pairs of single loads);
+//   kMultiLoad[G]: the G tiles load 4 input vectors per LD1 instruction, else LDP pairs of single
+//     loads (g++ 12 copies LD1's register quads through extra MOVs in the G <= 2 tiles; clang
+//     spills accumulators of the G = 4, V = 5 tile around them);
 //   kMaxVecs[G]: widest tile per group size within the 32 vector registers (G*V accumulators +
 //     G weight vectors + V input vectors); g++ allocates G=4 x V=5 with MOVs in the loop.
 #if defined(__clang__)
 #define PATSPARSE_UNROLL _Pragma("clang loop unroll(full)")
-constexpr int kMultiLoadMaxG = 2;
+constexpr bool kMultiLoad[kPlanMaxGroup + 1] = {false, true, true, false, false};
 constexpr int kMaxVecs[kPlanMaxGroup + 1] = {0, 12, 8, 6, 5};
 #else
 #define PATSPARSE_UNROLL _Pragma("GCC unroll 32")
 // g++'s pre-allocation scheduler hoists every input load of a run to its top, which needs more
 // than 32 vector registers for the wide tiles and spills accumulators to the stack.
 #pragma GCC optimize("no-schedule-insns")
-constexpr int kMultiLoadMaxG = 0;
+constexpr bool kMultiLoad[kPlanMaxGroup + 1] = {false, false, false, true, true};
 constexpr int kMaxVecs[kPlanMaxGroup + 1] = {0, 12, 8, 6, 4};
 #endif
 
@@ -79,7 +80,7 @@ inline __attribute__((always_inline)) void load_vectors(float32x4_t* xv, const f
 template <int G, int V, int Lane>
 inline __attribute__((always_inline)) void tap(float32x4_t* acc, const float* x, const float32x4_t* w) {
   float32x4_t xv[V];
-  load_vectors<V, (G <= kMultiLoadMaxG)>(xv, x);
+  load_vectors<V, kMultiLoad[G]>(xv, x);
   PATSPARSE_UNROLL
   for (int v = 0; v < V; ++v) {
     PATSPARSE_UNROLL
