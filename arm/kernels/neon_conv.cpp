@@ -32,22 +32,25 @@ namespace {
 
 // Per compiler, as benchmarks/arm_estimate measured them (instructions, llvm-mca):
 //   kMultiLoad[G]: the G tiles load 4 input vectors per LD1 instruction, else LDP pairs of single
-//     loads (g++ 12 copies LD1's register quads through extra MOVs in the G <= 2 tiles; clang
-//     spills accumulators of the G = 4, V = 5 tile around them);
-//   kMaxVecs[G]: widest tile per group size within the 32 vector registers (G*V accumulators +
-//     G weight vectors + V input vectors); g++ allocates G=4 x V=5 with MOVs in the loop.
+//     loads (clang spills accumulators of the G = 4, V = 5 tile around LD1's register quads);
+//   kTapChunk: a tap loads and multiplies this many vectors at a time (g++ 12 copies LD1's register
+//     quads through MOVs when a whole 12-vector tap is loaded first; clang schedules either well);
 #if defined(__clang__)
 #define PATSPARSE_UNROLL _Pragma("clang loop unroll(full)")
 constexpr bool kMultiLoad[kPlanMaxGroup + 1] = {false, true, true, false, false};
-constexpr int kMaxVecs[kPlanMaxGroup + 1] = {0, 12, 8, 6, 5};
+constexpr int kTapChunk = kPlanMaxVecs;
 #else
 #define PATSPARSE_UNROLL _Pragma("GCC unroll 32")
 // g++'s pre-allocation scheduler hoists every input load of a run to its top, which needs more
 // than 32 vector registers for the wide tiles and spills accumulators to the stack.
 #pragma GCC optimize("no-schedule-insns")
-constexpr bool kMultiLoad[kPlanMaxGroup + 1] = {false, false, false, true, true};
-constexpr int kMaxVecs[kPlanMaxGroup + 1] = {0, 12, 8, 6, 4};
+constexpr bool kMultiLoad[kPlanMaxGroup + 1] = {false, true, true, true, true};
+constexpr int kTapChunk = 4;
 #endif
+
+// Widest tile per group size within the 32 vector registers: G*V accumulators + G weight vectors
+// + the input vectors in flight (G=1: 12+1+12, G=2: 16+2+8, G=3: 18+3+6, G=4: 20+4+5).
+constexpr int kMaxVecs[kPlanMaxGroup + 1] = {0, 12, 8, 6, 5};
 
 // The V input vectors at x. Multi: 4 per instruction (LD1 of 4 registers moves 64 bytes in one
 // instruction; the G <= 2 tiles issue one load per 1-2 FMLAs, so load instructions count). Else
@@ -76,15 +79,19 @@ inline __attribute__((always_inline)) void load_vectors(float32x4_t* xv, const f
   }
 }
 
-// One tap of one run: acc[g*V + v] += w_g[lane] * x[4v .. 4v+3].
-template <int G, int V, int Lane>
+// One tap of one run: acc[g*V + v] += w_g[lane] * x[4v .. 4v+3], kTapChunk vectors at a time.
+template <int G, int V, int Lane, int V0 = 0>
 inline __attribute__((always_inline)) void tap(float32x4_t* acc, const float* x, const float32x4_t* w) {
-  float32x4_t xv[V];
-  load_vectors<V, kMultiLoad[G]>(xv, x);
-  PATSPARSE_UNROLL
-  for (int v = 0; v < V; ++v) {
+  if constexpr (V0 < V) {
+    constexpr int N = V - V0 < kTapChunk ? V - V0 : kTapChunk;
+    float32x4_t xv[N];
+    load_vectors<N, kMultiLoad[G]>(xv, x + 4 * V0);
     PATSPARSE_UNROLL
-    for (int g = 0; g < G; ++g) acc[g * V + v] = vfmaq_laneq_f32(acc[g * V + v], xv[v], w[g], Lane);
+    for (int v = 0; v < N; ++v) {
+      PATSPARSE_UNROLL
+      for (int g = 0; g < G; ++g) acc[g * V + V0 + v] = vfmaq_laneq_f32(acc[g * V + V0 + v], xv[v], w[g], Lane);
+    }
+    tap<G, V, Lane, V0 + N>(acc, x, w);
   }
 }
 
