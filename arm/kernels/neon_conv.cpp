@@ -53,8 +53,8 @@ constexpr int kTapChunk = 4;
 constexpr int kMaxVecs[kPlanMaxGroup + 1] = {0, 12, 8, 6, 5};
 
 // The V input vectors at x. Multi: 4 per instruction (LD1 of 4 registers moves 64 bytes in one
-// instruction; the G <= 2 tiles issue one load per 1-2 FMLAs, so load instructions count). Else
-// one vector per load (pairs become LDP): the wider-G tiles need their registers for accumulators.
+// instruction; a G = 1 tile issues one input vector per FMLA, so load instructions count). Else
+// one vector per load (pairs become LDP).
 template <int V, bool Multi>
 inline __attribute__((always_inline)) void load_vectors(float32x4_t* xv, const float* x) {
   if constexpr (!Multi) {
