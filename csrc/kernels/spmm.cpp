@@ -49,6 +49,10 @@ int64_t row_chunks(int64_t rows, int64_t blocks, int num_threads) {
   return std::clamp<int64_t>(ceil_div(want, std::max<int64_t>(blocks, 1)), 1, std::max<int64_t>(rows, 1));
 }
 
+// Below this many multiply-adds a product runs as one inline task: waking a second thread costs
+// more than it saves (batch-1 Linear heads measured up to 50x slower at 2 threads on a busy machine).
+constexpr int64_t kMinParallelWork = int64_t(1) << 18;
+
 }  // namespace
 
 void spmm_f32(Isa isa, const CsrView& w, const SpmmIo<float>& io, const ParallelFor& pfor, int num_threads) {
@@ -56,6 +60,9 @@ void spmm_f32(Isa isa, const CsrView& w, const SpmmIo<float>& io, const Parallel
     throw std::invalid_argument(std::string("ISA path not available: ") + isa_name(isa));
   if (io.batch <= 0 || io.n <= 0 || w.rows <= 0) return;
   const SpmmKernels* k = kernels_for(isa);
+  int64_t work = 0;
+  if (!mul_ok(w.row_ptr[w.rows], io.n, &work) || !mul_ok(work, io.batch, &work)) work = INT64_MAX;
+  if (work < kMinParallelWork) num_threads = 1;
   if (k && io.x_col == 1 && io.y_col == 1) {
     // The widest tiles win (measured: L1-sized blocks of 2..4 vectors ran 1.1-3x slower; the block
     // of X a task re-reads stays in L2, and wide tiles amortise each nonzero's index / broadcast).
@@ -63,7 +70,8 @@ void spmm_f32(Isa isa, const CsrView& w, const SpmmIo<float>& io, const Parallel
     const int64_t blocks = ceil_div(io.n, widest);  // column blocks of equal width, in whole vectors
     const int64_t block = ceil_div(ceil_div(io.n, blocks), k->vec_len) * k->vec_len;
     const int64_t chunks = row_chunks(w.rows, io.batch * blocks, num_threads);
-    pfor(io.batch * blocks * chunks, 1, [&](int64_t begin, int64_t end) {
+    const int64_t tasks = io.batch * blocks * chunks;
+    pfor(tasks, num_threads > 1 ? 1 : tasks, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const int64_t c = t % chunks, bj = t / chunks, b = bj / blocks, j0 = (bj % blocks) * block;
         k->column_tile(w, io, b, w.rows * c / chunks, w.rows * (c + 1) / chunks, j0, std::min(block, io.n - j0));
@@ -72,7 +80,7 @@ void spmm_f32(Isa isa, const CsrView& w, const SpmmIo<float>& io, const Parallel
   } else if (k && io.x_chan == 1) {
     const int64_t columns = io.batch * io.n;
     const int64_t chunks = row_chunks(w.rows, columns, num_threads);
-    pfor(columns * chunks, 1, [&](int64_t begin, int64_t end) {
+    pfor(columns * chunks, num_threads > 1 ? 1 : columns * chunks, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const int64_t c = t % chunks, bj = t / chunks;
         k->gather_rows(w, io, bj / io.n, bj % io.n, w.rows * c / chunks, w.rows * (c + 1) / chunks);
