@@ -69,5 +69,8 @@ setup(
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.9",
     install_requires=["torch>=2.4", "numpy"],
+    # pip install 'torch_patsparse[executorch]': the .pte export / runtime (executorch 1.4.0 is the
+    # release for torch 2.13; requirements-executorch.txt).
+    extras_require={"executorch": ["executorch==1.4.0"]},
     entry_points={"console_scripts": ["patsparse=torch_patsparse.cli:main"]},
 )

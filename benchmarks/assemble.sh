@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 {
   cat benchmarks/results/SUMMARY.md
-  for topic in main_job models x86 backward admm admm_vs_baselines storage storage_bounds cuda fuzz; do
+  for topic in main_job models x86 spmm memory arm_estimate executorch backward admm admm_vs_baselines storage storage_bounds cuda fuzz; do
     f="benchmarks/results/$topic.md"
     [ -f "$f" ] || continue
     echo

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything torch_patsparse needs on a fresh Debian machine, idempotently:
 #   Debian packages (Fashion-MNIST; for tests also the aarch64 cross compiler, qemu-user, cmake),
-#   a virtual environment (.venv, or $PATSPARSE_VENV) with torch==2.13.0 and the dev requirements,
+#   a virtual environment (.venv, or $PATSPARSE_VENV) with torch==2.13.0 and the dev requirements
+#   (for tests also executorch==1.4.0, requirements-executorch.txt),
 #   and the native extension built in place (pip install -e . --no-build-isolation).
 # Usage: scripts/setup.sh [run|test]   (default: test)
 set -euo pipefail
@@ -29,10 +30,15 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PY="$VENV/bin/python"
 stamp="$VENV/.patsparse-reqs"
-want="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" | sha1sum | cut -d' ' -f1)"
+reqs=("$ROOT/requirements-dev.txt")
+# Tests also cover the ExecuTorch route: the optional executorch package (~1.5 GB, pinned to torch's release).
+if [ "$PURPOSE" = test ]; then reqs+=("$ROOT/requirements-executorch.txt"); fi
+want="$(cat "$ROOT/requirements.txt" "${reqs[@]}" | sha1sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "== installing Python requirements"
-  "$PY" -m pip install -q --disable-pip-version-check -r "$ROOT/requirements-dev.txt"
+  echo "== installing Python requirements: ${reqs[*]##*/}"
+  for r in "${reqs[@]}"; do
+    "$PY" -m pip install -q --disable-pip-version-check -r "$r"
+  done
   echo "$want" > "$stamp"
 fi
 

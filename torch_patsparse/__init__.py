@@ -15,9 +15,10 @@ from .report import compression_report
 from . import export
 from . import constraints
 from .admm import ADMM
+from .compressed_training import compressed_training
 from .optimize import optimize_for_inference
 
 __version__ = "0.1.0"
 
 __all__ = ["ops", "project", "PatternSet", "nn", "convert", "compression_report", "export", "constraints",
-           "ADMM", "optimize_for_inference"]
+           "ADMM", "compressed_training", "optimize_for_inference"]

@@ -13,6 +13,7 @@ A checkpoint is written after every epoch (OUT/checkpoint.pt) and after every st
 optimizer incl. ADMM state, LR schedule, RNG states, stage and epoch).
 """
 import argparse
+import contextlib
 import copy
 import fnmatch
 import json
@@ -43,7 +44,7 @@ DEFAULTS: Dict[str, Any] = {
     "dense": {"epochs": 3, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
     "admm": {"method": "oneshot", "epochs": 2, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "rho": 1.0, "rho_growth": 1.5,
              "rho_max": 50.0, "updates_per_epoch": 4, "balance": False},
-    "retrain": {"epochs": 4, "lr": 0.02},
+    "retrain": {"epochs": 4, "lr": 0.02, "on": "dense"},
     "latency": {"batches": [1, 64], "repeats": 30},
     "layers": [
         {"match": "features.0.weight",
@@ -65,6 +66,9 @@ QUICK = {"train_limit": 8000, "test_limit": 2000, "dense": {"epochs": 2},
          "retrain": {"epochs": 2}, "latency": {"repeats": 10}}
 
 METHODS = ("admm", "oneshot", "gradual")  # torch_patsparse.admm.METHODS (not imported: keeps --help light)
+# masked retraining (every epoch after the hard prune) on the dense model with masks, or through the
+# compressed modules (ps.compressed_training: same result to rounding)
+RETRAIN_ON = ("dense", "compressed")
 CONSTRAINT_TYPES = ("pattern", "connectivity", "unstructured", "filter", "channel", "quantize")
 
 
@@ -143,6 +147,8 @@ def validate_config(cfg: Dict[str, Any]) -> None:
         raise ConfigError(f"config 'model' must be 'fmnist_vgg' (the only built-in model), got {cfg['model']!r}")
     if cfg["admm"]["method"] not in METHODS:
         raise ConfigError(f"config 'admm.method' must be one of {', '.join(METHODS)}, got {cfg['admm']['method']!r}")
+    if cfg["retrain"]["on"] not in RETRAIN_ON:
+        raise ConfigError(f"config 'retrain.on' must be one of {', '.join(RETRAIN_ON)}, got {cfg['retrain']['on']!r}")
     if not isinstance(cfg["admm"]["balance"], bool):
         raise ConfigError(f"config 'admm.balance' must be true or false, got {cfg['admm']['balance']!r}")
     for key in ("dense.epochs", "admm.epochs", "retrain.epochs"):
@@ -230,6 +236,12 @@ def resolve_layers(model: torch.nn.Module, rules: List[Dict[str, Any]]):
 
 
 # ---------------------------------------------------------------------------------------- job
+def _shaping(cfg: Dict[str, Any], key: str):
+    """cfg[key] without the settings that do not shape the trained model (retrain.on: to rounding)."""
+    v = cfg.get(key)
+    return {k: x for k, x in v.items() if k != "on"} if key == "retrain" and isinstance(v, dict) else v
+
+
 class Job:
     """State of one run: model, optimizer, scheduler, RNG, history; knows how to checkpoint."""
 
@@ -335,7 +347,7 @@ class Job:
         keys = set(st["config"]) | set(self.cfg)
         if finished_stage is not None:
             keys &= {k for s in STAGES[:STAGES.index(finished_stage) + 1] for k in STAGE_CONFIG[s]}
-        diff = [k for k in keys if k not in ("latency", "threads") and st["config"].get(k) != self.cfg.get(k)]
+        diff = [k for k in keys if k not in ("latency", "threads") and _shaping(st["config"], k) != _shaping(self.cfg, k)]
         if diff:
             raise ValueError(f"{path} was written with a different configuration (keys {sorted(diff)}); "
                              f"resume with the same --config/--quick options, or use another --out")
@@ -371,8 +383,10 @@ class Job:
         from .train import train_epoch
         while self.epoch < epochs:
             t0, c0 = time.time(), time.process_time()
-            stats = train_epoch(self.model, self.opt, self.x_train, self.y_train, self.cfg["batch_size"], self.gen,
-                                desc=f"{stage} {self.epoch + 1}/{epochs}", scheduler=self.sched, show=self.show)
+            with self.training_form():
+                stats = train_epoch(self.model, self.opt, self.x_train, self.y_train, self.cfg["batch_size"],
+                                    self.gen, desc=f"{stage} {self.epoch + 1}/{epochs}", scheduler=self.sched,
+                                    show=self.show)
             acc = self.evaluate(desc=f"{stage} eval")
             self.epoch += 1
             rec = {"stage": stage, "epoch": self.epoch, "train_loss": stats["loss"], "train_acc": stats["acc"],
@@ -389,6 +403,15 @@ class Job:
             self.epochs_run += 1
             if self.interrupt_after is not None and self.epochs_run >= self.interrupt_after:
                 raise Interrupted(f"stopping after {self.epochs_run} epoch(s) as asked (--interrupt-after)")
+
+    def training_form(self):
+        """Masked retraining through the compressed modules when asked (retrain.on); checkpoints and
+        evaluation always see the dense form."""
+        from .admm import ADMM
+        if self.cfg["retrain"]["on"] == "compressed" and isinstance(self.opt, ADMM) and self.opt.phase == "retrain":
+            from .compressed_training import compressed_training
+            return compressed_training(self.model, self.opt)
+        return contextlib.nullcontext()
 
     def begin(self, stage: str) -> bool:
         """Enter ``stage``; True when it starts fresh (False: resuming inside it)."""
@@ -652,6 +675,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="small subset and 2 epochs per stage (about 2 minutes)")
     p.add_argument("--method", choices=METHODS, help="constraint phase: admm (ADMM), oneshot (project at once, "
                    "then masked training) or gradual (cubic keep schedule); overrides admm.method")
+    p.add_argument("--retrain-on", choices=RETRAIN_ON, help="masked retraining on the dense model with masks or "
+                   "through the compressed modules (same result to rounding); overrides retrain.on")
     p.add_argument("--epochs", type=int, help="epochs for each of dense / admm / retrain (overrides the config)")
     p.add_argument("--train-limit", type=int, help="use the first N training images")
     p.add_argument("--test-limit", type=int, help="use the first N test images")
@@ -674,6 +699,8 @@ def main(argv=None) -> int:
             overrides[key] = getattr(args, key)
     if args.method is not None:
         overrides.setdefault("admm", {})["method"] = args.method
+    if args.retrain_on is not None:
+        overrides.setdefault("retrain", {})["on"] = args.retrain_on
     try:
         cfg = build_config(args.config, args.quick, overrides)
     except ConfigError as e:

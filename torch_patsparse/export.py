@@ -6,17 +6,30 @@ lite-interpreter (``.ptl``) file for PyTorch Mobile. Both files call the native 
 ``torch.ops.patsparse.*`` by name: the process that loads them must have the op library loaded
 (``import torch_patsparse`` in Python; ``libpatsparse_ops`` linked into a C++ or mobile app, see
 docs/MOBILE.md), or loading fails with an "Unknown builtin op: patsparse::pattern_conv2d" error.
+
+``executorch(model, path, example_inputs)`` writes an ExecuTorch program (``.pte``): the dense parts
+lowered to XNNPACK, the pattern convs kept as the custom op ``patsparse::pattern_conv2d.out`` with
+their compressed arrays as constants; ``load_executorch(path)`` runs it in ExecuTorch's runtime with
+this package's ExecuTorch kernels (csrc/executorch) built and registered. Both need the optional
+``executorch`` package (``pip install 'torch_patsparse[executorch]'``).
 """
+import copy
+import ctypes
+import fcntl
 import os
+import shutil
+import subprocess
+import sys
 import warnings
-from typing import Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from . import ops  # noqa: F401  (registers torch.ops.patsparse so scripting resolves the ops)
 
-__all__ = ["torchscript", "mobile", "LITE_INTERPRETER_WARNING"]
+__all__ = ["torchscript", "mobile", "executorch", "load_executorch", "executorch_kernel_library",
+           "LITE_INTERPRETER_WARNING"]
 
 LITE_INTERPRETER_WARNING = (
     "torch_patsparse.export.mobile: PyTorch has deprecated the TorchScript lite interpreter "
@@ -55,3 +68,205 @@ def mobile(model: nn.Module, path: Union[str, os.PathLike]) -> str:
     scripted = _script(model)
     scripted._save_for_lite_interpreter(path)
     return path
+
+
+# ---------------------------------------------------------------------------------------- ExecuTorch
+EXECUTORCH_VERSION = "1.4.0"  # the release pinned to torch 2.13 (setup.py's extra, requirements-executorch.txt)
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ET_SOURCES = os.path.join(_ROOT, "csrc", "executorch")
+
+
+def _require_executorch() -> str:
+    """The directory of the installed ``executorch`` package; ImportError naming the package if absent."""
+    try:
+        import executorch as et
+    except ImportError as e:
+        raise ImportError(
+            "torch_patsparse.export: the ExecuTorch route needs the 'executorch' package, which is not "
+            f"installed: pip install 'torch_patsparse[executorch]' (executorch=={EXECUTORCH_VERSION}, "
+            "the release for torch 2.13)") from e
+    return list(et.__path__)[0]
+
+
+def _batch_norm_after_pattern_conv(ep) -> List[Tuple[str, str]]:
+    """(PatternConv2d path, BatchNorm path) pairs of an exported program where the conv's only user
+    is an eval-mode batch norm and each module is called once (so folding is exact in real numbers)."""
+    def owner(node):
+        stack = node.meta.get("nn_module_stack") or {}
+        return list(stack.values())[-1][0] if stack else None
+
+    calls = {}
+    for node in ep.graph.nodes:
+        if node.op == "call_function":
+            calls.setdefault(owner(node), []).append(node)
+    pairs = []
+    for node in ep.graph.nodes:
+        if node.op != "call_function" or "patsparse.pattern_conv2d" not in str(node.target):
+            continue
+        users = list(node.users)
+        if len(users) != 1 or "batch_norm" not in str(users[0].target):
+            continue
+        conv, bn = owner(node), owner(users[0])
+        if conv is None or bn is None or len(calls.get(bn, [])) != 1:
+            continue
+        if sum("patsparse.pattern_conv2d" in str(n.target) for n in calls.get(conv, [])) != 1:
+            continue
+        pairs.append((conv, bn))
+    return pairs
+
+
+@torch.no_grad()
+def _fold_batch_norm(conv: nn.Module, bn: nn.BatchNorm2d) -> None:
+    """conv <- bn(conv(.)) for an eval BatchNorm: each filter's kept values times its channel's scale."""
+    scale = (bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)) / torch.sqrt(
+        bn.running_var + bn.eps)
+    shift = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
+    counts = (conv.filter_ptr[1:] - conv.filter_ptr[:-1]).long()
+    owner = torch.repeat_interleave(torch.arange(conv.out_channels, device=counts.device), counts)
+    conv.values.mul_(scale[owner].to(conv.values.dtype).unsqueeze(1))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    conv.bias = nn.Parameter((bias - bn.running_mean) * scale + shift)
+
+
+def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, name, module)
+
+
+def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: Sequence[torch.Tensor],
+               max_batch: Optional[int] = None) -> str:
+    """Writes ``model`` (in eval mode, float32) as an ExecuTorch program to ``path``; returns the path.
+
+    ``torch.export`` with ``example_inputs`` (their shapes are the program's; with ``max_batch``, dim 0
+    of every input may be anything in 1..max_batch, the memory plan sized for max_batch), then
+    ``to_edge_transform_and_lower`` with the XNNPACK partitioner: dense convs,
+    Linear, pooling and activations run in XNNPACK; each ``PatternConv2d`` stays the custom op
+    ``patsparse::pattern_conv2d.out`` whose compressed arrays (patterns, CSR indices, kept values)
+    are the only copy of its weight in the file. An eval-mode BatchNorm right after a PatternConv2d is
+    folded into it (scale on its kept values, shift into its bias: what XNNPACK does for a dense
+    conv + BatchNorm; equal up to float rounding). ``model`` itself is not modified.
+    Run the file with :func:`load_executorch`, or on a device with the kernel library linked in
+    (docs/MOBILE.md)."""
+    _require_executorch()
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    path = os.fspath(path)
+    example_inputs = tuple(example_inputs)
+    for x in example_inputs:
+        if not isinstance(x, torch.Tensor) or x.dtype != torch.float32:
+            raise ValueError("export.executorch: the ExecuTorch kernels run float32; example_inputs must be "
+                             f"float32 tensors, got {getattr(x, 'dtype', type(x).__name__)}")
+    dynamic_shapes = None
+    if max_batch is not None:
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"export.executorch: max_batch must be a positive int, got {max_batch!r}")
+        if max_batch > 1:
+            batch = torch.export.Dim("batch", min=1, max=max_batch)
+            dynamic_shapes = tuple({0: batch} for _ in example_inputs)
+            # torch.export specialises a size-1 example dim: trace with batch 2 (only shapes matter).
+            example_inputs = tuple(torch.cat([x, x]) if x.shape[0] == 1 else x for x in example_inputs)
+    model = copy.deepcopy(model).eval()
+    for p in model.parameters():
+        if p.dtype != torch.float32:
+            raise ValueError(f"export.executorch: the model must be float32 (model.float()), found {p.dtype}")
+    with torch.no_grad():
+        ep = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes)
+        pairs = _batch_norm_after_pattern_conv(ep)
+        if pairs:
+            for conv, bn in pairs:
+                _fold_batch_norm(model.get_submodule(conv), model.get_submodule(bn))
+                _set_submodule(model, bn, nn.Identity())
+            ep = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes)
+    program = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch()
+    with open(path, "wb") as f:
+        program.write_to_file(f)
+    return path
+
+
+_KERNELS_LOADED = None
+
+
+def executorch_kernel_library(build_dir: Union[str, os.PathLike, None] = None) -> str:
+    """Builds (CMake, incrementally) this package's ExecuTorch kernel library for the installed
+    executorch wheel and returns its path: ``csrc/executorch`` + the torch-free kernel core, linked
+    against the wheel's runtime (``_portable_lib``). ``build_dir`` defaults to
+    ``$PATSPARSE_ET_BUILD`` or ``build/executorch`` in the source tree."""
+    et_dir = _require_executorch()
+    if not os.path.isfile(os.path.join(_ET_SOURCES, "CMakeLists.txt")):
+        raise RuntimeError(f"torch_patsparse: the ExecuTorch kernel sources ({_ET_SOURCES}) are not here; "
+                           "build from a source checkout (pip install -e .)")
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        raise RuntimeError("torch_patsparse: building the ExecuTorch kernel library needs cmake (apt-get install "
+                           "cmake, or pip install cmake)")
+    build = os.fspath(build_dir or os.environ.get("PATSPARSE_ET_BUILD") or os.path.join(_ROOT, "build", "executorch"))
+    os.makedirs(build, exist_ok=True)
+    lib = os.path.join(build, "libpatsparse_et.so")
+    # executorch-config.cmake asks `python3` for the extension suffix: make it this interpreter.
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    with open(os.path.join(build, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time (parallel test processes)
+        if not os.path.isfile(os.path.join(build, "CMakeCache.txt")):
+            cmd = [cmake, "-S", _ET_SOURCES, "-B", build, "-DCMAKE_BUILD_TYPE=Release",
+                   f"-Dexecutorch_DIR={os.path.join(et_dir, 'share', 'cmake')}"]
+            if shutil.which("ninja"):
+                cmd += ["-G", "Ninja"]
+            _run(cmd, env)
+        _run([cmake, "--build", build, "-j", os.environ.get("MAX_JOBS", "2")], env)
+    return lib
+
+
+def _run(cmd: List[str], env) -> None:
+    r = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"torch_patsparse: building the ExecuTorch kernel library failed: {' '.join(cmd)}\n"
+                           + r.stdout[-4000:])
+
+
+def _load_kernels() -> ctypes.CDLL:
+    """Registers the patsparse kernels with the ExecuTorch runtime of this process (once)."""
+    global _KERNELS_LOADED
+    if _KERNELS_LOADED is None:
+        lib = executorch_kernel_library()
+        from executorch.extension.pybindings import portable_lib  # noqa: F401  (the runtime the kernels join)
+        _KERNELS_LOADED = ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
+    return _KERNELS_LOADED
+
+
+class ExecuTorchProgram:
+    """A loaded ``.pte`` (its ``forward`` method): call it with the example inputs' shapes and dtypes.
+    Returns a tensor (a tuple when the program has several outputs). Errors of the runtime (bad
+    shape or dtype, a kernel rejecting its arguments) come back as RuntimeError."""
+
+    def __init__(self, path: str):
+        _load_kernels()
+        from executorch.runtime import Runtime
+        self.path = path
+        self.program = Runtime.get().load_program(path)
+        self.method = self.program.load_method("forward")
+
+    def __call__(self, *inputs: torch.Tensor) -> Any:
+        outputs = self.method.execute(list(inputs))
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+def load_executorch(path: Union[str, os.PathLike]) -> ExecuTorchProgram:
+    """Loads a ``.pte`` written by :func:`executorch` into ExecuTorch's runtime (pybindings), with
+    this package's ExecuTorch kernels built (:func:`executorch_kernel_library`) and registered."""
+    return ExecuTorchProgram(os.fspath(path))
+
+
+def set_executorch_isa(name: str) -> None:
+    """Forces the kernel path of the ExecuTorch kernels in this process (``scalar``, ``avx2``,
+    ``avx512``, ``neon``, ``auto``; the environment variable ``PATSPARSE_ISA`` sets the initial one),
+    like :func:`torch_patsparse.ops.set_isa` does for the torch ops."""
+    if not _load_kernels().patsparse_et_set_isa(name.encode()):
+        raise ValueError(f"torch_patsparse: ISA path '{name}' is unknown or not supported by this build or CPU")
+
+
+def executorch_plan_cache_stats() -> Tuple[int, int, int]:
+    """(hits, builds, size) of the ExecuTorch kernels' plan cache in this process."""
+    stats = (ctypes.c_int64 * 3)()
+    _load_kernels().patsparse_et_plan_cache_stats(stats)
+    return tuple(int(v) for v in stats)

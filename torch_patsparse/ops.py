@@ -161,3 +161,112 @@ def _fused_backward(ctx, grad_output):
 
 torch.library.register_autograd("patsparse::pattern_conv2d_fused", _fused_backward)
 __all__.append("pattern_conv2d_fused")
+
+
+# --------------------------------------------------------------------------------------------
+# Sparse 1x1 conv / Linear (SparseConv2d / SparseLinear's native path, csrc/sparse_ops.cpp): the ops
+# take the module's stored arrays as they are; epilogue clamp(acc * scale + shift + residual, lo, hi)
+# --------------------------------------------------------------------------------------------
+def sparse_conv1x1(input: torch.Tensor, header: torch.Tensor, index: torch.Tensor, codes: torch.Tensor,
+                   values: torch.Tensor, code_scale: torch.Tensor, out_channels: int,
+                   scale: Optional[torch.Tensor] = None, shift: Optional[torch.Tensor] = None,
+                   residual: Optional[torch.Tensor] = None, stride=1, lo: float = -_INF,
+                   hi: float = _INF) -> torch.Tensor:
+    """1x1 convolution (no padding, groups 1) with a SparseConv2d-compressed [out_channels, C] weight
+    (``header`` / ``index`` / ``codes`` / ``values`` / ``code_scale``: the module's stored arrays),
+    then ``clamp(acc * scale[c] + shift[c] + residual, lo, hi)`` (each optional)."""
+    return _ops.sparse_conv1x1(input, header, index, codes, values, code_scale, out_channels, scale, shift, residual,
+                               pair(stride), lo, hi)
+
+
+def sparse_linear(input: torch.Tensor, header: torch.Tensor, index: torch.Tensor, codes: torch.Tensor,
+                  values: torch.Tensor, code_scale: torch.Tensor, out_features: int,
+                  scale: Optional[torch.Tensor] = None, shift: Optional[torch.Tensor] = None,
+                  residual: Optional[torch.Tensor] = None, lo: float = -_INF, hi: float = _INF) -> torch.Tensor:
+    """``F.linear`` with a SparseLinear-compressed [out_features, in_features] weight, then the
+    epilogue of :func:`sparse_conv1x1`."""
+    return _ops.sparse_linear(input, header, index, codes, values, code_scale, out_features, scale, shift, residual,
+                              lo, hi)
+
+
+def sparse_index_cache_stats() -> list:
+    """[hits, builds, size, bytes] of the native runtime-index cache of the sparse ops."""
+    return list(_ops.sparse_index_cache_stats())
+
+
+@torch.library.register_fake("patsparse::sparse_conv1x1")
+def _(input, header, index, codes, values, code_scale, out_channels, scale, shift, residual, stride, lo, hi):
+    torch._check(input.dim() == 4, lambda: "patsparse: input must be 4-D")
+    n, _c, h, w = input.shape
+    out = input.new_empty((n, out_channels, (h - 1) // stride[0] + 1, (w - 1) // stride[1] + 1))
+    if input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous():
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
+@torch.library.register_fake("patsparse::sparse_linear")
+def _(input, header, index, codes, values, code_scale, out_features, scale, shift, residual, lo, hi):
+    return input.new_empty((*input.shape[:-1], out_features))
+
+
+def _sparse_setup_context(ctx, inputs, output):
+    input, header, index, codes, values, code_scale, rows, scale, shift, residual = inputs[:10]
+    ctx.conv = len(inputs) == 13
+    ctx.stride = list(inputs[10]) if ctx.conv else None
+    ctx.lo, ctx.hi = inputs[-2], inputs[-1]
+    ctx.rows = rows
+    ctx.save_for_backward(input, header, index, codes, values, code_scale, scale, shift, output)
+
+
+def _sparse_backward(ctx, grad_output):
+    # Composite backward through the decoded dense weight (the modules train only their bias and
+    # pass gradients to their input; the stored weight is not a parameter).
+    from .nn.sparse import _decode
+    input, header, index, codes, values, code_scale, scale, shift, output = ctx.saved_tensors
+    g = grad_output
+    if ctx.lo > -_INF or ctx.hi < _INF:  # clamp: no gradient where the output sits on a bound
+        g = g * ((output > ctx.lo) & (output < ctx.hi)).to(g.dtype)
+    chan = 1 if ctx.conv else g.dim() - 1
+    shape = [1] * g.dim()
+    shape[chan] = -1
+    reduce = [d for d in range(g.dim()) if d != chan]
+    need = ctx.needs_input_grad
+    grad_scale = grad_shift = grad_residual = grad_input = None
+    if need[9]:
+        grad_residual = g
+    if need[8]:
+        grad_shift = g.sum(reduce)
+    if need[7]:
+        args = (input, header, index, codes, values, code_scale, ctx.rows, None, None, None)
+        acc = _ops.sparse_conv1x1(*args, ctx.stride, -_INF, _INF) if ctx.conv else _ops.sparse_linear(*args, -_INF, _INF)
+        grad_scale = (g * acc).sum(reduce)
+    if scale is not None:
+        g = g * scale.view(shape)
+    if need[0]:
+        arrays = {"header": header, "index": index, "codes": codes, "values": values, "scale": code_scale}
+        w = _decode(arrays, (ctx.rows, input.shape[chan])).to(g.dtype)
+        if ctx.conv:
+            gi = torch.einsum("oc,nohw->nchw", w, g)
+            if ctx.stride != [1, 1]:
+                grad_input = g.new_zeros(input.shape)
+                grad_input[:, :, ::ctx.stride[0], ::ctx.stride[1]] = gi
+            else:
+                grad_input = gi
+        else:
+            grad_input = g @ w
+    return (grad_input, None, None, None, None, None, None, grad_scale, grad_shift, grad_residual) + (None,) * (
+        3 if ctx.conv else 2)
+
+
+torch.library.register_autograd("patsparse::sparse_conv1x1", _sparse_backward, setup_context=_sparse_setup_context)
+torch.library.register_autograd("patsparse::sparse_linear", _sparse_backward, setup_context=_sparse_setup_context)
+
+
+# Out variants (csrc/ops_out.cpp): the schemas ExecuTorch's to_executorch() switches each functional
+# call to; the fake kernel checks the functional op's shape rules and returns `out` (resized by the
+# real kernels).
+@torch.library.register_fake("patsparse::pattern_conv2d.out")
+def _(input, patterns, filter_ptr, kernel_channel, kernel_pattern, values, bias, stride=(1, 1), padding=(0, 0),
+      dilation=(1, 1), *, out):
+    torch._check(input.dim() == 4, lambda: "patsparse: input must be 4-D")
+    return out

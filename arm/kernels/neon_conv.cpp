@@ -7,16 +7,20 @@
 // which stride and padding become plane phases so every tap is a constant offset, the threading
 // through ParallelFor, and the scatter of tiles into the output. A micro-kernel computes one tile:
 // G output channels x V float32x4 vectors of consecutive slab positions, over all kept kernels
-// ("runs") of the group:
-//   * register blocking: G*V accumulators stay in registers for the whole tile;
-//   * reuse across grouped output channels: each input vector feeds G FMAs
-//     (vfmaq_laneq_f32 against the 4 members' weights gathered into one vector when G = 4,
-//     vfmaq_n_f32 otherwise);
-//   * reuse across taps: when the next tap of a pattern is 1..3 floats to the right of the
-//     current one (kw+1 / kw+2 in one row at stride 1; kw and kw+2 at stride 2, which share a
-//     phase plane; dilation 2 at stride 1), V+1 vectors are loaded once and the shifted taps are
-//     vextq_f32 of them instead of new loads.
-// Tested against the scalar reference under qemu-aarch64 (arm/test.sh).
+// ("runs") of the group. Per run, everything is straight-line code (benchmarks/arm_estimate measured
+// the per-tap control of the previous design at ~27 non-FMA instructions per 8 FMLAs):
+//   * the G*V accumulators are one flat array indexed only by unrolled compile-time constants, so
+//     both g++ and clang keep them in registers for the whole tile (g++ spilled acc[G][V] updated
+//     through a helper taking it by reference);
+//   * E = 4 (the PatDNN patterns) is a compile-time tap count: the 4 taps of a run are unrolled, the
+//     run's 4 weights of member g are one vector load, and tap e is a by-element FMLA on lane e, so
+//     the tap sequence needs no branch, whatever the pattern; other E use a run-time tap loop;
+//   * each tap loads its V input vectors directly at its offset (LD1 of 4 registers or LDP pairs)
+//     rather than shifting a shared load with EXT: EXT runs on the same two vector pipes as FMLA on
+//     a Cortex-A76, while the load pipes are otherwise idle, and each input vector still feeds G FMLAs.
+// The input slab's layout (plan.h) makes every tap a constant offset, so nothing depends on the
+// pattern's shape: one straight-line run body serves every pattern of 4 entries.
+// Tested against the scalar reference under qemu-aarch64 (arm/test.sh), with g++ and clang.
 #include <arm_neon.h>
 
 #include <utility>
@@ -26,73 +30,120 @@
 namespace patsparse {
 namespace {
 
-// acc[g][v] += w[g] * (input vectors xl shifted left by D floats)
-template <int G, int V, int D>
-inline void fma_tap(float32x4_t (&acc)[G][V], const float32x4_t (&xl)[V + 1], const float (&w)[G]) {
-  float32x4_t wv;
-  if constexpr (G == 4) wv = vld1q_f32(w);
-  for (int v = 0; v < V; ++v) {
-    float32x4_t x;
-    if constexpr (D == 0) x = xl[v];
-    else x = vextq_f32(xl[v], xl[v + 1], D);
-    if constexpr (G == 4) {
-      acc[0][v] = vfmaq_laneq_f32(acc[0][v], x, wv, 0);
-      acc[1][v] = vfmaq_laneq_f32(acc[1][v], x, wv, 1);
-      acc[2][v] = vfmaq_laneq_f32(acc[2][v], x, wv, 2);
-      acc[3][v] = vfmaq_laneq_f32(acc[3][v], x, wv, 3);
-    } else {
-      for (int g = 0; g < G; ++g) acc[g][v] = vfmaq_n_f32(acc[g][v], x, w[g]);
+// Per compiler, as benchmarks/arm_estimate measured them (instructions, llvm-mca):
+//   kMultiLoad[G]: the G tiles load 4 input vectors per LD1 instruction, else LDP pairs of single
+//     loads (clang spills accumulators of the G = 4, V = 5 tile around LD1's register quads);
+//   kTapChunk: a tap loads and multiplies this many vectors at a time (g++ 12 copies LD1's register
+//     quads through MOVs when a whole 12-vector tap is loaded first; clang schedules either well);
+#if defined(__clang__)
+#define PATSPARSE_UNROLL _Pragma("clang loop unroll(full)")
+constexpr bool kMultiLoad[kPlanMaxGroup + 1] = {false, true, true, false, false};
+constexpr int kTapChunk = kPlanMaxVecs;
+#else
+#define PATSPARSE_UNROLL _Pragma("GCC unroll 32")
+// g++'s pre-allocation scheduler hoists every input load of a run to its top, which needs more
+// than 32 vector registers for the wide tiles and spills accumulators to the stack.
+#pragma GCC optimize("no-schedule-insns")
+constexpr bool kMultiLoad[kPlanMaxGroup + 1] = {false, true, true, true, true};
+constexpr int kTapChunk = 4;
+#endif
+
+// Widest tile per group size within the 32 vector registers: G*V accumulators + G weight vectors
+// + the input vectors in flight (G=1: 12+1+12, G=2: 16+2+8, G=3: 18+3+6, G=4: 20+4+5).
+constexpr int kMaxVecs[kPlanMaxGroup + 1] = {0, 12, 8, 6, 5};
+
+// The V input vectors at x. Multi: 4 per instruction (LD1 of 4 registers moves 64 bytes in one
+// instruction; a G = 1 tile issues one input vector per FMLA, so load instructions count). Else
+// one vector per load (pairs become LDP).
+template <int V, bool Multi>
+inline __attribute__((always_inline)) void load_vectors(float32x4_t* xv, const float* x) {
+  if constexpr (!Multi) {
+    PATSPARSE_UNROLL
+    for (int v = 0; v < V; ++v) xv[v] = vld1q_f32(x + 4 * v);
+    return;
+  }
+  PATSPARSE_UNROLL
+  for (int v = 0; v + 4 <= V; v += 4) {
+    const float32x4x4_t q = vld1q_f32_x4(x + 4 * v);
+    xv[v] = q.val[0]; xv[v + 1] = q.val[1]; xv[v + 2] = q.val[2]; xv[v + 3] = q.val[3];
+  }
+  constexpr int v = V / 4 * 4;
+  if constexpr (V % 4 == 3) {
+    const float32x4x3_t q = vld1q_f32_x3(x + 4 * v);
+    xv[v] = q.val[0]; xv[v + 1] = q.val[1]; xv[v + 2] = q.val[2];
+  } else if constexpr (V % 4 == 2) {
+    const float32x4x2_t q = vld1q_f32_x2(x + 4 * v);
+    xv[v] = q.val[0]; xv[v + 1] = q.val[1];
+  } else if constexpr (V % 4 == 1) {
+    xv[v] = vld1q_f32(x + 4 * v);
+  }
+}
+
+// One tap of one run: acc[g*V + v] += w_g[lane] * x[4v .. 4v+3], kTapChunk vectors at a time.
+template <int G, int V, int Lane, int V0 = 0>
+inline __attribute__((always_inline)) void tap(float32x4_t* acc, const float* x, const float32x4_t* w) {
+  if constexpr (V0 < V) {
+    constexpr int N = V - V0 < kTapChunk ? V - V0 : kTapChunk;
+    float32x4_t xv[N];
+    load_vectors<N, kMultiLoad[G]>(xv, x + 4 * V0);
+    PATSPARSE_UNROLL
+    for (int v = 0; v < N; ++v) {
+      PATSPARSE_UNROLL
+      for (int g = 0; g < G; ++g) acc[g * V + V0 + v] = vfmaq_laneq_f32(acc[g * V + V0 + v], xv[v], w[g], Lane);
     }
+    tap<G, V, Lane, V0 + N>(acc, x, w);
+  }
+}
+
+// E: the pattern's entry count when it is 4 (compile-time taps), else 0 (t.entries at run time).
+template <int G, int V, int E>
+inline __attribute__((always_inline)) void tile_body(const TileArgs& t) {
+  float32x4_t acc[G * V];
+  PATSPARSE_UNROLL
+  for (int g = 0; g < G; ++g) {
+    const float32x4_t b = vdupq_n_f32(t.bias ? t.bias[g] : 0.f);
+    PATSPARSE_UNROLL
+    for (int v = 0; v < V; ++v) acc[g * V + v] = b;
+  }
+  const float* vals[G];
+  PATSPARSE_UNROLL
+  for (int g = 0; g < G; ++g) vals[g] = t.values[g];
+  const int64_t entries = E ? E : t.entries;
+  const float* const src = t.src;
+  const int64_t cs = t.channel_stride;
+  for (int64_t r = 0; r < t.runs; ++r) {
+    const float* base = src + t.run_channel[r] * cs;
+    const int32_t* off = t.tap_off + t.run_pattern[r] * entries;
+    if constexpr (E == 4) {
+      float32x4_t w[G];
+      PATSPARSE_UNROLL
+      for (int g = 0; g < G; ++g) w[g] = vld1q_f32(vals[g] + 4 * r);
+      tap<G, V, 0>(acc, base + off[0], w);
+      tap<G, V, 1>(acc, base + off[1], w);
+      tap<G, V, 2>(acc, base + off[2], w);
+      tap<G, V, 3>(acc, base + off[3], w);
+    } else {
+      for (int64_t e = 0; e < entries; ++e) {
+        float32x4_t w[G];
+        PATSPARSE_UNROLL
+        for (int g = 0; g < G; ++g) w[g] = vld1q_dup_f32(vals[g] + r * entries + e);
+        tap<G, V, 0>(acc, base + off[e], w);
+      }
+    }
+  }
+  float* const out = t.out;  // locals: the stores could alias t
+  const int64_t out_stride = t.out_stride;
+  PATSPARSE_UNROLL
+  for (int g = 0; g < G; ++g) {
+    PATSPARSE_UNROLL
+    for (int v = 0; v < V; ++v) vst1q_f32(out + g * out_stride + 4 * v, acc[g * V + v]);
   }
 }
 
 template <int G, int V>
 void neon_tile(const TileArgs& t) {
-  float32x4_t acc[G][V];
-  for (int g = 0; g < G; ++g) {
-    const float32x4_t b = vdupq_n_f32(t.bias ? t.bias[g] : 0.f);
-    for (int v = 0; v < V; ++v) acc[g][v] = b;
-  }
-  const int64_t E = t.entries;
-  const float* vals[G];
-  for (int g = 0; g < G; ++g) vals[g] = t.values[g];
-  for (int64_t r = 0; r < t.runs; ++r) {
-    const float* base = t.src + t.run_channel[r] * t.channel_stride;
-    const int32_t* off = t.tap_off + t.run_pattern[r] * E;
-    float32x4_t xl[V + 1];
-    int64_t loaded = 0;       // offset of xl[0]
-    bool have = false;        // xl holds V+1 vectors at `loaded`
-    for (int64_t e = 0; e < E; ++e) {
-      float w[G];
-      for (int g = 0; g < G; ++g) w[g] = vals[g][e];
-      const int64_t o = off[e];
-      const int64_t d = o - loaded;
-      if (have && d >= 0 && d <= 3) {
-        switch (d) {
-          case 0: fma_tap<G, V, 0>(acc, xl, w); break;
-          case 1: fma_tap<G, V, 1>(acc, xl, w); break;
-          case 2: fma_tap<G, V, 2>(acc, xl, w); break;
-          default: fma_tap<G, V, 3>(acc, xl, w); break;
-        }
-        continue;
-      }
-      const float* x = base + o;
-      const int64_t next = e + 1 < E ? off[e + 1] - o : -1;
-      if (next >= 1 && next <= 3) {  // the next tap can reuse these loads: take one more vector
-        for (int v = 0; v <= V; ++v) xl[v] = vld1q_f32(x + 4 * v);
-        loaded = o;
-        have = true;
-      } else {
-        for (int v = 0; v < V; ++v) xl[v] = vld1q_f32(x + 4 * v);
-        xl[V] = xl[V - 1];  // never read by a D = 0 tap; keeps the array initialised
-        have = false;
-      }
-      fma_tap<G, V, 0>(acc, xl, w);
-    }
-    for (int g = 0; g < G; ++g) vals[g] += E;
-  }
-  for (int g = 0; g < G; ++g)
-    for (int v = 0; v < V; ++v) vst1q_f32(t.out + g * t.out_stride + 4 * v, acc[g][v]);
+  if (t.entries == 4) tile_body<G, V, 4>(t);
+  else tile_body<G, V, 0>(t);
 }
 
 template <int G, int... Vs>
@@ -104,15 +155,13 @@ void fill_row(MicroKernels& mk, std::integer_sequence<int, Vs...>) {
 }  // namespace
 
 const MicroKernels& neon_microkernels() {
-  // Widest tile per group size within the 32 NEON registers: G*V accumulators + V+1 input vectors
-  // + one shifted vector + the weights (G=4: 16+5+2, G=3: 15+6+1, G=2: 12+7+1, G=1: 8+9+1).
   static const MicroKernels mk = [] {
     MicroKernels m;
     m.vec_len = 4;
-    fill_row<1>(m, std::make_integer_sequence<int, 8>{});
-    fill_row<2>(m, std::make_integer_sequence<int, 6>{});
-    fill_row<3>(m, std::make_integer_sequence<int, 5>{});
-    fill_row<4>(m, std::make_integer_sequence<int, 4>{});
+    fill_row<1>(m, std::make_integer_sequence<int, kMaxVecs[1]>{});
+    fill_row<2>(m, std::make_integer_sequence<int, kMaxVecs[2]>{});
+    fill_row<3>(m, std::make_integer_sequence<int, kMaxVecs[3]>{});
+    fill_row<4>(m, std::make_integer_sequence<int, kMaxVecs[4]>{});
     return m;
   }();
   return mk;

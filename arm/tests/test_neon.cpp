@@ -3,9 +3,15 @@
 //   * a seeded random sweep of geometries (stride 1..3 per axis, padding 0..3, dilation 1..3,
 //     sizes 1..40, batch 0..3, group 1..6, keep 0..1, bias on/off) against the scalar reference;
 //   * filter groups whose members use different pattern ids / entry orders for the same positions,
-//     and groups broken by one differing filter (the plan must not share weights across them).
+//     and groups broken by one differing filter (the plan must not share weights across them);
+//   * every tile of the NEON table (each G and V, 4 entries per pattern and other counts, with and
+//     without bias, 0 runs) against a scalar loop over the TileArgs contract (plan.h), bit for bit
+//     (integer data: every sum is exact, whatever the order or fusing of the multiply-adds).
 // The shape matrix and the reference-vs-dense checks are in tests/cpp/test_kernels.cpp.
 #include <cstdlib>
+
+#include "arm/kernels/neon_kernels.h"
+#include "csrc/kernels/plan.h"
 
 #include "csrc/kernels/dispatch.h"
 #include "tests/cpp/test_util.h"
@@ -45,6 +51,59 @@ Compressed with_alias_patterns(Compressed c, int64_t group) {
     }
   }
   return c;
+}
+
+// The TileArgs contract of plan.h, one scalar at a time.
+void contract_tile(const TileArgs& t, int G, int V) {
+  for (int g = 0; g < G; ++g)
+    for (int64_t i = 0; i < 4 * V; ++i) {
+      float acc = t.bias ? t.bias[g] : 0.f;
+      for (int64_t r = 0; r < t.runs; ++r)
+        for (int64_t e = 0; e < t.entries; ++e)
+          acc += t.values[g][r * t.entries + e] *
+                 t.src[t.run_channel[r] * t.channel_stride + t.tap_off[t.run_pattern[r] * t.entries + e] + i];
+      t.out[g * t.out_stride + i] = acc;
+    }
+}
+
+// Runs neon_microkernels().fn[G][V] and contract_tile on one random TileArgs.
+bool tile_matches_portable(int G, int V, int64_t entries, int64_t runs, bool with_bias, Rng& rng) {
+  const int64_t channels = 5, channel_stride = 300, patterns = 3;
+  auto small_int = [&rng] { return static_cast<float>(rng.below(17) - 8); };
+  std::vector<float> src(static_cast<size_t>(channels * channel_stride + 4 * V));
+  for (auto& v : src) v = small_int();
+  std::vector<int32_t> tap_off(static_cast<size_t>(patterns * entries));
+  for (auto& o : tap_off) o = static_cast<int32_t>(rng.below(channel_stride));
+  std::vector<int32_t> run_channel(static_cast<size_t>(runs));
+  std::vector<uint8_t> run_pattern(static_cast<size_t>(runs));
+  for (int64_t r = 0; r < runs; ++r) {
+    run_channel[r] = static_cast<int32_t>(rng.below(channels));
+    run_pattern[r] = static_cast<uint8_t>(rng.below(patterns));
+  }
+  std::vector<float> values(static_cast<size_t>(G * runs * entries)), bias(static_cast<size_t>(G));
+  for (auto& v : values) v = small_int();
+  for (auto& v : bias) v = small_int();
+  const int64_t out_stride = kPlanMaxVecs * 4;
+  std::vector<float> got(static_cast<size_t>(G * out_stride), NAN), want(got);
+  TileArgs ta;
+  ta.src = src.data();
+  ta.channel_stride = channel_stride;
+  ta.tap_off = tap_off.data();
+  ta.run_channel = run_channel.data();
+  ta.run_pattern = run_pattern.data();
+  for (int g = 0; g < G; ++g) ta.values[g] = values.data() + g * runs * entries;
+  ta.runs = runs;
+  ta.entries = entries;
+  ta.bias = with_bias ? bias.data() : nullptr;
+  ta.out_stride = out_stride;
+  ta.out = got.data();
+  neon_microkernels().fn[G][V](ta);
+  ta.out = want.data();
+  contract_tile(ta, G, V);
+  for (int g = 0; g < G; ++g)
+    for (int64_t i = 0; i < 4 * V; ++i)
+      if (!(got[g * out_stride + i] == want[g * out_stride + i])) return false;
+  return true;
 }
 
 }  // namespace
@@ -97,6 +156,19 @@ int main() {
       for (int64_t j = o + 1; j <= broken.cout; ++j) broken.filter_ptr[j] -= 1;
       t.check(neon_matches_reference(s, broken, false, 8), "group broken by filter " + std::to_string(o));
     }
+  }
+
+  const MicroKernels& mk = neon_microkernels();
+  for (int G = 1; G <= kPlanMaxGroup; ++G) {
+    t.check(mk.max_vecs[G] >= 1 && mk.max_vecs[G] <= kPlanMaxVecs, "neon table width for G=" + std::to_string(G));
+    for (int V = 1; V <= mk.max_vecs[G]; ++V)
+      for (int64_t entries : {4, 1, 3, 9})
+        for (int64_t runs : {0, 1, 7}) {
+          const bool bias = (V + runs) % 2 == 0;
+          t.check(tile_matches_portable(G, V, entries, runs, bias, rng),
+                  "tile G=" + std::to_string(G) + " V=" + std::to_string(V) + " entries=" + std::to_string(entries) +
+                      " runs=" + std::to_string(runs) + " bias=" + std::to_string(bias));
+        }
   }
   return t.finish("test_neon");
 }

@@ -240,33 +240,38 @@ bool make_geometry(const ConvShape& s, Geometry* out, int64_t budget_floats) {
   return true;
 }
 
-// Fills the slab of output rows [row0, row0 + block_rows) of image `x` (all channels).
+// Fills the slab of output rows [row0, row0 + block_rows) of image `x` (all channels). Each plane is
+// zeroed by one memset, then its in-image rows get their in-image columns: per-row zero fills of a
+// few padding floats cost more in call overhead than they write.
 void build_slab(const ConvShape& s, const Geometry& g, const float* x, int64_t row0, float* slab) {
-  const int64_t in_plane = s.in_h * s.in_w;
-  for (int64_t c = 0; c < s.in_channels; ++c) {
-    const float* xc = x + c * in_plane;
-    for (int64_t a = 0; a < s.stride_h; ++a) {
-      for (int64_t b = 0; b < s.stride_w; ++b) {
-        float* plane = slab + c * g.channel_stride + (a * s.stride_w + b) * g.plane_size;
-        for (int64_t rr = 0; rr < g.plane_rows; ++rr) {
-          float* dst = plane + rr * g.pitch;
-          const int64_t ih = (row0 + rr + g.qy_min) * s.stride_h + a;
-          if (ih < 0 || ih >= s.in_h) { std::memset(dst, 0, sizeof(float) * g.pitch); continue; }
-          const float* src = xc + ih * s.in_w;
-          // Column cc holds iw = (cc + qx_min) * stride_w + b: zeros outside [0, in_w), a (strided) copy inside.
-          const int64_t sw = s.stride_w;
-          const int64_t lo = std::clamp<int64_t>(-g.qx_min, 0, g.pitch);  // iw >= 0 (0 <= b < sw)
-          const int64_t hi = std::clamp<int64_t>(floor_div(s.in_w - 1 - b, sw) - g.qx_min + 1, lo, g.pitch);
-          if (lo > 0) std::memset(dst, 0, sizeof(float) * lo);
+  const int64_t in_plane = s.in_h * s.in_w, in_h = s.in_h, in_w = s.in_w, sh = s.stride_h, sw = s.stride_w;
+  const int64_t pitch = g.pitch, plane_rows = g.plane_rows;
+  for (int64_t b = 0; b < sw; ++b) {
+    // Column cc of phase b holds iw = (cc + qx_min) * sw + b: inside [0, in_w) for cc in [lo, hi).
+    const int64_t lo = std::clamp<int64_t>(-g.qx_min, 0, pitch);  // iw >= 0 (0 <= b < sw)
+    const int64_t hi = std::clamp<int64_t>(floor_div(in_w - 1 - b, sw) - g.qx_min + 1, lo, pitch);
+    const int64_t n = hi - lo, first_iw = (lo + g.qx_min) * sw + b;
+    for (int64_t c = 0; c < s.in_channels; ++c) {
+      for (int64_t a = 0; a < sh; ++a) {
+        float* plane = slab + c * g.channel_stride + (a * sw + b) * g.plane_size;
+        std::memset(plane, 0, sizeof(float) * g.plane_size);
+        if (n <= 0) continue;
+        // Rows rr with ih = (row0 + rr + qy_min) * sh + a inside [0, in_h).
+        const int64_t ih0 = (row0 + g.qy_min) * sh + a;
+        const int64_t rr_lo = std::clamp<int64_t>(floor_div(-ih0 + sh - 1, sh), 0, plane_rows);
+        const int64_t rr_hi = std::clamp<int64_t>(floor_div(in_h - 1 - ih0, sh) + 1, rr_lo, plane_rows);
+        if (rr_lo == rr_hi) continue;
+        const float* src = x + c * in_plane + (ih0 + rr_lo * sh) * in_w + first_iw;
+        float* dst = plane + rr_lo * pitch + lo;
+        for (int64_t rr = rr_lo; rr < rr_hi; ++rr, src += sh * in_w, dst += pitch) {
           if (sw == 1) {
-            if (hi > lo) std::memcpy(dst + lo, src + lo + g.qx_min, sizeof(float) * (hi - lo));
+            std::memcpy(dst, src, sizeof(float) * n);
+          } else if (sw == 2) {  // the common strided layer: a constant stride vectorises (LD2 on NEON)
+            for (int64_t i = 0; i < n; ++i) dst[i] = src[2 * i];
           } else {
-            const float* col = src + (lo + g.qx_min) * sw + b;
-            for (int64_t cc = lo; cc < hi; ++cc, col += sw) dst[cc] = *col;
+            for (int64_t i = 0; i < n; ++i) dst[i] = src[i * sw];
           }
-          if (g.pitch > hi) std::memset(dst + hi, 0, sizeof(float) * (g.pitch - hi));
         }
-        std::memset(plane + g.plane_rows * g.pitch, 0, sizeof(float) * (g.plane_size - g.plane_rows * g.pitch));
       }
     }
   }

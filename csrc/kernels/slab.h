@@ -27,7 +27,13 @@ struct Geometry {
 
 // False when a size overflows or the slab exceeds kPlanMaxSlabFloats. Does not depend on threads.
 // budget_floats: the slab size the row blocks aim at (at least one row is always taken).
-constexpr int64_t kSlabBudgetFloats = 96 * 1024;  // ~384 KB: the slab stays in L2 while every group reads it
+// The slab stays in L2 while every group reads it: ~384 KB on x86 servers; 160 KB on aarch64, whose
+// phone cores have 256 KB (Cortex-A76) to 512 KB of L2, shared with the weights and the output stage.
+#if defined(__aarch64__)
+constexpr int64_t kSlabBudgetFloats = 40 * 1024;
+#else
+constexpr int64_t kSlabBudgetFloats = 96 * 1024;
+#endif
 bool make_geometry(const ConvShape& s, Geometry* out, int64_t budget_floats = kSlabBudgetFloats);
 // Fills the slab of output rows [row0, row0 + block_rows) of image `x` (all channels).
 void build_slab(const ConvShape& s, const Geometry& g, const float* x, int64_t row0, float* slab);

@@ -7,9 +7,12 @@
 //      against the reference on the same cases, serial and through a multi-threaded ParallelFor,
 //      checking that every output element is written and nothing outside the output is (the
 //      threaded run uses a plan built up front and a thread hint of 3, like the op's cached plan);
-//   3. validate_format on broken arrays.
+//   3. validate_format on broken arrays;
+//   4. the input slab (slab.h build_slab) element by element against its layout (plan.h), for
+//      strides 1-3, padding 0-3 and dilation 1-2 per axis, every row block.
 // Prints "test_kernels: N passed, M failed"; exit status 1 on any failure.
 #include "csrc/kernels/dispatch.h"
+#include "csrc/kernels/slab.h"
 #include "tests/cpp/test_util.h"
 
 using namespace patsparse;
@@ -168,6 +171,55 @@ void format_checks(Counter& t) {
           "conv_out_size is 0 when the kernel does not fit");
 }
 
+// Every slab element: plane (a, b) of channel c, row rr, column cc holds input row
+// (row0 + rr + qy_min) * stride_h + a, column (cc + qx_min) * stride_w + b, or 0 outside the image;
+// the plane's tail (alignment padding) is 0. Small row budgets force several row blocks.
+void slab_layout(Counter& t) {
+  Rng rng(515);
+  for (int i = 0; i < 60; ++i) {
+    ConvShape s;
+    s.batch = 1; s.out_channels = 1;
+    s.in_channels = 1 + rng.below(3);
+    s.in_h = 1 + rng.below(12); s.in_w = 1 + rng.below(23);
+    s.stride_h = 1 + rng.below(3); s.stride_w = 1 + rng.below(3);
+    s.pad_h = rng.below(4); s.pad_w = rng.below(4);
+    s.dil_h = 1 + rng.below(2); s.dil_w = 1 + rng.below(2);
+    s.out_h = patsparse::conv_out_size(s.in_h, s.pad_h, s.dil_h, s.stride_h);
+    s.out_w = patsparse::conv_out_size(s.in_w, s.pad_w, s.dil_w, s.stride_w);
+    if (s.out_h <= 0 || s.out_w <= 0) { --i; continue; }
+    patsparse::slab::Geometry g;
+    const int64_t budget = i % 2 ? 1 : 1 << 20;  // one row per block, or one block
+    if (!patsparse::slab::make_geometry(s, &g, budget)) { t.check(false, "make_geometry on a small shape"); continue; }
+    const auto x = random_input(s.in_channels * s.in_h * s.in_w, 600 + i);
+    std::vector<float> slab(static_cast<size_t>(g.slab_floats), NAN);
+    bool ok = true;
+    for (int64_t blk = 0; blk < g.num_blocks; ++blk) {
+      const int64_t row0 = blk * g.block_rows;
+      std::fill(slab.begin(), slab.end(), NAN);
+      patsparse::slab::build_slab(s, g, x.data(), row0, slab.data());
+      for (int64_t c = 0; c < s.in_channels; ++c)
+        for (int64_t a = 0; a < s.stride_h; ++a)
+          for (int64_t b = 0; b < s.stride_w; ++b) {
+            const float* plane = slab.data() + c * g.channel_stride + (a * s.stride_w + b) * g.plane_size;
+            for (int64_t k = 0; k < g.plane_size; ++k) {
+              const int64_t rr = k / g.pitch, cc = k % g.pitch;
+              const int64_t ih = (row0 + rr + g.qy_min) * s.stride_h + a, iw = (cc + g.qx_min) * s.stride_w + b;
+              float want = 0.f;
+              if (rr < g.plane_rows && ih >= 0 && ih < s.in_h && iw >= 0 && iw < s.in_w)
+                want = x[(c * s.in_h + ih) * s.in_w + iw];
+              ok = ok && plane[k] == want;
+            }
+          }
+    }
+    char name[160];
+    std::snprintf(name, sizeof name, "slab layout #%d: Cin=%lld %lldx%lld stride=(%lld,%lld) pad=(%lld,%lld) dil=(%lld,%lld) blocks=%lld",
+                  i, (long long)s.in_channels, (long long)s.in_h, (long long)s.in_w, (long long)s.stride_h,
+                  (long long)s.stride_w, (long long)s.pad_h, (long long)s.pad_w, (long long)s.dil_h, (long long)s.dil_w,
+                  (long long)g.num_blocks);
+    t.check(ok, name);
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -179,5 +231,6 @@ int main() {
   shape_matrix(t);
   edge_cases(t);
   format_checks(t);
+  slab_layout(t);
   return t.finish("test_kernels");
 }

@@ -24,6 +24,14 @@ Stored form of one weight (all in the ``state_dict``, no dense weight anywhere):
 - ``_extra_state``: ``{"weight_shape": [...]}``, so a checkpoint of another shape is a size mismatch
   (checkpoints without it still load).
 
+Execution: ``SparseLinear`` and 1x1 ``SparseConv2d`` (no padding, groups 1, any stride) run the
+native sparse ops ``torch.ops.patsparse.sparse_linear`` / ``sparse_conv1x1`` on the stored arrays
+themselves (CPU; the op finds its runtime CSR index by the arrays' content in a native cache, reads
+fp32 ``values`` at call time and decodes quantized codes once), so no dense weight is kept.
+``forward_fused`` exposes their epilogue (per-channel scale / shift, residual, clamp) for
+``optimize_for_inference``. Other convolutions, and other devices, decode the dense weight (cached
+in the non-persistent ``_weight_cache`` buffer) and call ``F.conv2d`` / ``F.linear``.
+
 ``load_state_dict`` validates every array (lengths, widths, padding bits, index range, code range,
 a finite positive scale) before it assigns anything and rejects a bad one with torch's
 ``RuntimeError``; decoding never reads out of bounds. Levels, code widths and the quantizer are
@@ -48,6 +56,7 @@ _BUFFERS = ("header", "index", "codes", "values", "scale")
 _SCHEMES = {"float": 0, "uniform": 1, "pow2": 2}
 _SCHEME_NAMES = {v: k for k, v in _SCHEMES.items()}
 BITMAP, RELATIVE = 1, 0
+_INF = float("inf")
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,9 +184,11 @@ def _decode(arrays: Dict[str, torch.Tensor], shape: torch.Size) -> torch.Tensor:
 # modules
 # --------------------------------------------------------------------------------------------
 class _SparseWeightMixin:
-    """Holds one compressed weight as buffers; subclasses define ``weight_shape`` (a tuple) and
-    ``forward``. The decoded weight lives in the non-persistent ``_weight_cache`` buffer (rebuilt
-    on build and load, never saved), so ``forward`` is plain torch code that TorchScript compiles."""
+    """Holds one compressed weight as buffers; subclasses define ``weight_shape`` (a tuple),
+    ``_native`` (True when the native sparse op computes the layer) and ``forward``. Layers that are
+    not native keep the decoded weight in the non-persistent ``_weight_cache`` buffer (rebuilt on
+    build and load, never saved), so their ``forward`` is plain torch code that TorchScript
+    compiles; native layers keep it empty (size 0)."""
 
     __jit_unused_properties__ = ["nnz", "bits", "scheme", "index_kind", "weight"]
 
@@ -185,7 +196,7 @@ class _SparseWeightMixin:
         self.conversion_error = 0.0
         for k in _BUFFERS:
             self.register_buffer(k, torch.zeros(0, dtype=torch.float32 if k in ("values", "scale") else torch.uint8))
-        self.register_buffer("_weight_cache", None, persistent=False)
+        self.register_buffer("_weight_cache", torch.zeros(0), persistent=False)
         self.register_parameter("bias", nn.Parameter(torch.zeros(self.weight_shape[0])) if bias else None)
         self._set_weight(torch.zeros(self.weight_shape), None, "uniform")
 
@@ -224,7 +235,7 @@ class _SparseWeightMixin:
         dev = self.header.device
         for k, t in zip(_BUFFERS, (header, index, codes, values, scale)):
             setattr(self, k, t.to(dev))
-        self._weight_cache = None
+        self._refresh_cache()
         stored = self.dense_weight().reshape(-1).double().cpu()
         diff, norm = float((stored - w.double()).norm()), float(w.double().norm())
         # ||W_stored - W|| / ||W||: 0.0 unless `bits` quantized (the only lossy step here).
@@ -266,15 +277,41 @@ class _SparseWeightMixin:
         return module
 
     def _weight_bias_as(self, x: torch.Tensor):
-        """The decoded weight and the bias in ``x``'s dtype (the forward's dense operands)."""
+        """The decoded weight and the bias in ``x``'s dtype (the dense path's operands); a native
+        layer run on another device than the CPU caches its decoded weight here."""
+        if self._weight_cache.numel() == 0:
+            self._weight_cache = self._decoded_weight()
         b = self.bias
-        return self.dense_weight().to(x.dtype), (None if b is None else b.to(x.dtype))
+        return self._weight_cache.to(x.dtype), (None if b is None else b.to(x.dtype))
 
+    @torch.jit.unused
+    def _decoded_weight(self) -> torch.Tensor:
+        return _decode({k: getattr(self, k) for k in _BUFFERS}, self.weight_shape)
+
+    def _refresh_cache(self) -> None:
+        """Decodes the weight into ``_weight_cache`` for the dense path; empties it for native layers."""
+        dev = self.header.device
+        self._weight_cache = torch.zeros(0, device=dev) if self._native else self._decoded_weight()
+
+    @torch.jit.unused
     def dense_weight(self) -> torch.Tensor:
-        """The decoded dense fp32 weight (cached as a non-persistent buffer)."""
-        if self._weight_cache is None:
-            self._weight_cache = _decode({k: getattr(self, k) for k in _BUFFERS}, self.weight_shape)
-        return self._weight_cache
+        """The decoded dense fp32 weight (decoded on each call for native layers: they keep none)."""
+        if self._weight_cache.numel() == 0 and int(math.prod(self.weight_shape)) > 0:
+            return self._decoded_weight()
+        return self._weight_cache.view(self.weight_shape)
+
+    def _native_args(self, x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
+                     residual: Optional[torch.Tensor]):
+        """Operands of the native op in its compute dtype (fp64 for fp64 input, else fp32): the
+        input, the stored fp32 arrays, the epilogue tensors."""
+        compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+        if scale is not None:
+            scale = scale.to(compute)
+        if shift is not None:
+            shift = shift.to(compute)
+        if residual is not None:
+            residual = residual.to(compute)
+        return (x.to(compute), self.values.float(), self.scale.float(), scale, shift, residual)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -343,11 +380,9 @@ class _SparseWeightMixin:
             if len(incoming) == len(_BUFFERS):
                 for k, t in incoming.items():
                     setattr(self, k, torch.empty_like(t, device=getattr(self, k).device))
-            self._weight_cache = None
             super(_SparseWeightMixin, self)._load_from_state_dict(
                 state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-            self._weight_cache = None
-            self.dense_weight()
+            self._refresh_cache()
 
         apply_or_restore(self, (), apply, error_msgs)
 
@@ -365,6 +400,7 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.weight_shape = (self.out_features, self.in_features)
+        self._native = True
         self._init_storage(bias)
 
     @classmethod
@@ -381,7 +417,27 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
                                           device=self.header.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, *self._weight_bias_as(x))
+        if x.device.type != "cpu":
+            return F.linear(x, *self._weight_bias_as(x))
+        return self.forward_fused(x, None, self.bias, None, -float("inf"), float("inf"))
+
+    def forward_fused(self, x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
+                      residual: Optional[torch.Tensor], lo: float = -_INF, hi: float = _INF) -> torch.Tensor:
+        """``clamp(x @ W.T * scale + shift + residual, lo, hi)`` in one native op (CPU): ``scale`` /
+        ``shift`` [out_features] or None (``forward`` passes the bias as ``shift``; this method does
+        not add the bias itself), ``residual`` of the output's shape or None. Inputs and errors are
+        ``F.linear``'s; fp16 / bf16 are computed in fp32 and returned in their dtype."""
+        if x.dim() == 0 or x.size(-1) != self.in_features:
+            rows = 1 if x.dim() < 2 else x.numel() // max(x.size(-1), 1)
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (" + str(rows) + "x"
+                               + str(x.size(-1) if x.dim() else 1) + " and " + str(self.in_features) + "x"
+                               + str(self.out_features) + ")")
+        if not x.is_floating_point():
+            raise RuntimeError("SparseLinear expects a floating-point input, got " + str(x.dtype))
+        a = self._native_args(x, scale, shift, residual)
+        out = torch.ops.patsparse.sparse_linear(a[0], self.header, self.index, self.codes, a[1], a[2],
+                                                self.out_features, a[3], a[4], a[5], lo, hi)
+        return out if out.dtype == x.dtype else out.to(x.dtype)
 
     def macs(self, output_hw=None) -> Tuple[int, int]:
         """(dense, kept) multiply-accumulates per sample (``output_hw`` unused)."""
@@ -409,6 +465,9 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
         self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
         self.padding = padding if isinstance(padding, str) else _pair(padding)
         self.weight_shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+        # 1x1, groups 1, no padding ("same" / "valid" pad nothing at 1x1), any stride: the native op
+        self._native = (self.kernel_size == (1, 1) and self.groups == 1
+                        and (isinstance(padding, str) or self.padding == (0, 0)))
         self._init_storage(bias)
 
     @classmethod
@@ -428,7 +487,38 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
                                           device=self.header.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, *self._weight_bias_as(x), self.stride, self.padding, self.dilation, self.groups)
+        if not self._native or x.device.type != "cpu":
+            return F.conv2d(x, *self._weight_bias_as(x), self.stride, self.padding, self.dilation, self.groups)
+        return self.forward_fused(x, None, self.bias, None, -float("inf"), float("inf"))
+
+    def forward_fused(self, x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
+                      residual: Optional[torch.Tensor], lo: float = -_INF, hi: float = _INF) -> torch.Tensor:
+        """``clamp(conv(x) * scale[c] + shift[c] + residual, lo, hi)`` in one native op (CPU; 1x1
+        layers without padding and groups, the ones ``forward`` runs natively): ``scale`` / ``shift``
+        [out_channels] or None (``forward`` passes the bias as ``shift``; this method does not add
+        the bias itself), ``residual`` of the output's shape or None. Inputs and errors are
+        ``nn.Conv2d``'s (batched or unbatched; fp16 / bf16 computed in fp32, returned in their dtype)."""
+        if not self._native:
+            raise RuntimeError("SparseConv2d.forward_fused needs a 1x1 convolution without padding and groups")
+        if x.dim() != 4 and x.dim() != 3:
+            raise RuntimeError("Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: "
+                               + str(list(x.shape)))
+        xb = x if x.dim() == 4 else x.unsqueeze(0)
+        if xb.size(1) != self.in_channels:
+            raise RuntimeError("Given groups=1, weight of size " + str(list(self.weight_shape)) + ", expected input"
+                               + str(list(x.shape)) + " to have " + str(self.in_channels)
+                               + " channels, but got " + str(xb.size(1)) + " channels instead")
+        if not xb.is_floating_point():
+            raise RuntimeError("SparseConv2d expects a floating-point input, got " + str(x.dtype))
+        if residual is not None and x.dim() == 3:
+            residual = residual.unsqueeze(0)
+        a = self._native_args(xb, scale, shift, residual)
+        out = torch.ops.patsparse.sparse_conv1x1(a[0], self.header, self.index, self.codes, a[1], a[2],
+                                                 self.out_channels, a[3], a[4], a[5],
+                                                 [self.stride[0], self.stride[1]], lo, hi)
+        if out.dtype != x.dtype:
+            out = out.to(x.dtype)
+        return out if x.dim() == 4 else out.squeeze(0)
 
     def output_hw(self, input_hw) -> Tuple[int, int]:
         out = []

@@ -1,0 +1,167 @@
+// The SIMD bodies of the sparse 1x1 conv / Linear kernels (spmm.h), shared by the x86 AVX2 /
+// AVX-512 files and the NEON file. S is a traits type: Vec, width, zero, load, store, load_part /
+// store_part (the first n < width lanes; the rest read as 0 and are not written), set1, fma(a, b,
+// c) = a * b + c, add, clamp(v, lo, hi) (NaN propagates), hsum, gather(base, idx) (int32 indices),
+// gather16 (uint16 indices) and gather_part (int32, n < width lanes).
+// Include it after the file's `#pragma GCC target(...)` so each ISA gets its own instantiation.
+#pragma once
+
+#include <cstdint>
+#include <utility>
+
+#include "spmm.h"
+
+namespace patsparse {
+namespace spmm_simd {
+
+// Gathers X[idx[0 .. width)] (32- or 16-bit column indices); the _part forms read n < width lanes.
+template <class S>
+typename S::Vec gather(const float* x, const int32_t* idx) { return S::gather(x, idx); }
+template <class S>
+typename S::Vec gather(const float* x, const uint16_t* idx) { return S::gather16(x, idx); }
+template <class S>
+typename S::Vec gather_part(const float* x, const int32_t* idx, int n) { return S::gather_part(x, idx, n); }
+template <class S>
+typename S::Vec gather_part(const float* x, const uint16_t* idx, int n) {
+  int32_t wide[S::width];
+  for (int i = 0; i < n; ++i) wide[i] = idx[i];
+  return S::gather_part(x, wide, n);
+}
+
+// Column kernel: rows [o0, o1) x V vectors of columns starting at j0 (the last vector holds `tail`
+// lanes when Tail). Every nonzero W[o, k] broadcasts against the contiguous X[k, j0 ..] vectors.
+// Short tiles (V <= 4) sum even and odd nonzeros into two accumulator sets to hide FMA latency.
+template <class S, class I, int V, bool Tail>
+void column_rows(const CsrView& w, const I* col, const SpmmIo<float>& io, int64_t b, int64_t o0, int64_t o1,
+                 int64_t j0, int tail) {
+  using Vec = typename S::Vec;
+  constexpr int W = S::width;
+  constexpr bool kTwo = V <= 4;
+  const float* x = io.x + b * io.x_image + j0;
+  float* y = io.y + b * io.y_image + j0;
+  const float* res = io.residual ? io.residual + b * io.y_image + j0 : nullptr;
+  const int64_t xc = io.x_chan;
+  const Vec lo = S::set1(io.lo), hi = S::set1(io.hi);
+  auto load = [tail](const float* p, int v) {
+    return (Tail && v == V - 1) ? S::load_part(p + v * W, tail) : S::load(p + v * W);
+  };
+  for (int64_t o = o0; o < o1; ++o) {
+    Vec acc[V], acc2[kTwo ? V : 1];
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) acc[v] = S::zero();
+    if constexpr (kTwo)
+#pragma GCC unroll 16
+      for (int v = 0; v < V; ++v) acc2[v] = S::zero();
+    const float* val = w.values;
+    int64_t k = w.row_ptr[o];
+    const int64_t k1 = w.row_ptr[o + 1];
+    if constexpr (kTwo) {
+      for (; k + 1 < k1; k += 2) {
+        const float* p0 = x + col[k] * xc;
+        const float* p1 = x + col[k + 1] * xc;
+        const Vec w0 = S::set1(val[k]), w1 = S::set1(val[k + 1]);
+#pragma GCC unroll 16
+        for (int v = 0; v < V; ++v) {
+          acc[v] = S::fma(w0, load(p0, v), acc[v]);
+          acc2[v] = S::fma(w1, load(p1, v), acc2[v]);
+        }
+      }
+    }
+    for (; k < k1; ++k) {
+      const float* p = x + col[k] * xc;
+      const Vec wk = S::set1(val[k]);
+#pragma GCC unroll 16
+      for (int v = 0; v < V; ++v) acc[v] = S::fma(wk, load(p, v), acc[v]);
+    }
+    const Vec sc = S::set1(io.scale ? io.scale[o] : 1.f), sh = S::set1(io.shift ? io.shift[o] : 0.f);
+    float* yo = y + o * io.y_chan;
+    const float* ro = res ? res + o * io.y_chan : nullptr;
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) {
+      Vec a = acc[v];
+      if constexpr (kTwo) a = S::add(a, acc2[v]);
+      Vec r = S::fma(a, sc, sh);
+      if (ro) r = S::add(r, load(ro, v));
+      r = S::clamp(r, lo, hi);
+      if (Tail && v == V - 1) S::store_part(yo + v * W, r, tail);
+      else S::store(yo + v * W, r);
+    }
+  }
+}
+
+template <class S, class I, int MaxV>
+struct ColumnTable {
+  using Fn = void (*)(const CsrView&, const I*, const SpmmIo<float>&, int64_t, int64_t, int64_t, int64_t, int);
+  Fn full[MaxV + 1] = {}, tail[MaxV + 1] = {};
+  template <int... Vs>
+  explicit ColumnTable(std::integer_sequence<int, Vs...>) {
+    ((full[Vs + 1] = &column_rows<S, I, Vs + 1, false>), ...);
+    ((tail[Vs + 1] = &column_rows<S, I, Vs + 1, true>), ...);
+  }
+};
+
+template <class S, class I, int MaxV>
+void column_tile_of(const CsrView& w, const I* col, const SpmmIo<float>& io, int64_t b, int64_t o0, int64_t o1,
+                    int64_t j0, int64_t len) {
+  static const ColumnTable<S, I, MaxV> table(std::make_integer_sequence<int, MaxV>{});
+  const int tail = static_cast<int>(len % S::width);
+  const int vecs = static_cast<int>((len + S::width - 1) / S::width);
+  (tail ? table.tail[vecs] : table.full[vecs])(w, col, io, b, o0, o1, j0, tail);
+}
+
+template <class S, int MaxV>
+void column_tile(const CsrView& w, const SpmmIo<float>& io, int64_t b, int64_t o0, int64_t o1, int64_t j0,
+                 int64_t len) {
+  if (w.col16) column_tile_of<S, uint16_t, MaxV>(w, w.col16, io, b, o0, o1, j0, len);
+  else column_tile_of<S, int32_t, MaxV>(w, w.col, io, b, o0, o1, j0, len);
+}
+
+// Gather kernel (X's channels contiguous: Linear samples, channels_last pixels): per row, a dot
+// product of its nonzeros with the gathered X[k] (two accumulators, then a horizontal sum).
+template <class S, class I>
+void gather_rows_of(const CsrView& w, const I* col, const SpmmIo<float>& io, int64_t b, int64_t j, int64_t o0,
+                    int64_t o1) {
+  using Vec = typename S::Vec;
+  constexpr int W = S::width;
+  const float* x = io.x + b * io.x_image + j * io.x_col;
+  const int64_t out = b * io.y_image + j * io.y_col;
+  for (int64_t o = o0; o < o1; ++o) {
+    int64_t k = w.row_ptr[o];
+    const int64_t k1 = w.row_ptr[o + 1];
+    Vec a0 = S::zero(), a1 = S::zero();
+    for (; k + 2 * W <= k1; k += 2 * W) {
+      a0 = S::fma(S::load(w.values + k), gather<S>(x, col + k), a0);
+      a1 = S::fma(S::load(w.values + k + W), gather<S>(x, col + k + W), a1);
+    }
+    if (k + W <= k1) {
+      a0 = S::fma(S::load(w.values + k), gather<S>(x, col + k), a0);
+      k += W;
+    }
+    if (k < k1) {
+      const int n = static_cast<int>(k1 - k);
+      a1 = S::fma(S::load_part(w.values + k, n), gather_part<S>(x, col + k, n), a1);
+    }
+    const float acc = S::hsum(S::add(a0, a1));
+    const int64_t at = out + o * io.y_chan;
+    io.y[at] = spmm_epilogue(io, o, acc, io.residual ? io.residual[at] : 0.f);
+  }
+}
+
+template <class S>
+void gather_rows(const CsrView& w, const SpmmIo<float>& io, int64_t b, int64_t j, int64_t o0, int64_t o1) {
+  if (w.col16) gather_rows_of<S, uint16_t>(w, w.col16, io, b, j, o0, o1);
+  else gather_rows_of<S, int32_t>(w, w.col, io, b, j, o0, o1);
+}
+
+template <class S, int MaxV>
+SpmmKernels make_kernels() {
+  SpmmKernels k;
+  k.vec_len = S::width;
+  k.max_vecs = MaxV;
+  k.column_tile = &column_tile<S, MaxV>;
+  k.gather_rows = &gather_rows<S>;
+  return k;
+}
+
+}  // namespace spmm_simd
+}  // namespace patsparse

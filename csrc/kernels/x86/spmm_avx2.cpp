@@ -1,0 +1,56 @@
+// AVX2+FMA sparse 1x1 conv / Linear kernels (8 floats a vector); bodies in ../spmm_impl.h.
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "x86_kernels.h"
+
+#pragma GCC target("avx2,fma")
+
+#include "../spmm_impl.h"  // after the pragma: compiled for this ISA
+
+namespace patsparse {
+namespace {
+
+alignas(32) const int32_t kLaneMask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+
+struct Simd {
+  using Vec = __m256;
+  static constexpr int width = 8;
+  static __m256i mask(int n) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kLaneMask + 8 - n)); }
+  static Vec zero() { return _mm256_setzero_ps(); }
+  static Vec load(const float* p) { return _mm256_loadu_ps(p); }
+  static Vec load_part(const float* p, int n) { return _mm256_maskload_ps(p, mask(n)); }
+  static void store(float* p, Vec v) { _mm256_storeu_ps(p, v); }
+  static void store_part(float* p, Vec v, int n) { _mm256_maskstore_ps(p, mask(n), v); }
+  static Vec set1(float x) { return _mm256_set1_ps(x); }
+  static Vec fma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+  static Vec add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+  // max / min return their second operand when one is NaN: v second keeps a NaN.
+  static Vec clamp(Vec v, Vec lo, Vec hi) { return _mm256_min_ps(hi, _mm256_max_ps(lo, v)); }
+  static float hsum(Vec v) {
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
+  }
+  static Vec gather(const float* base, const int32_t* idx) {
+    return _mm256_i32gather_ps(base, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx)), 4);
+  }
+  static Vec gather16(const float* base, const uint16_t* idx) {
+    return _mm256_i32gather_ps(base, _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx))), 4);
+  }
+  static Vec gather_part(const float* base, const int32_t* idx, int n) {
+    const __m256i m = mask(n);
+    return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), base, _mm256_maskload_epi32(idx, m),
+                                    _mm256_castsi256_ps(m), 4);
+  }
+};
+
+}  // namespace
+
+const SpmmKernels& avx2_spmm_kernels() {
+  static const SpmmKernels k = spmm_simd::make_kernels<Simd, 8>();
+  return k;
+}
+
+}  // namespace patsparse

@@ -1,0 +1,128 @@
+"""ps.compressed_training: masked retraining through PatternConv2d modules gives masked dense
+retraining's result (to rounding), and the model and optimizer come back in their dense form."""
+import contextlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import torch_patsparse as ps
+from torch_patsparse import constraints as C
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)  # BatchNorm follows (its grad would be ~0)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 12, 3, stride=2, padding=1, bias=False)
+        self.c3 = nn.Conv2d(12, 12, 3, padding=2, dilation=2)
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.c1(x)))
+        x = F.relu(self.c3(F.relu(self.c2(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def build(base, bits, seed=0, **kw):
+    torch.manual_seed(seed)
+    model = Net()
+    q = [C.Quantize(bits)] if bits else []
+    spec = {r"c1\.weight": [C.Pattern(k=4)] + q,
+            r"c[23]\.weight": [C.Pattern(k=6), C.Connectivity(0.3)] + q,
+            r"fc\.weight": [C.Unstructured(0.5)] + q}
+    opt = ps.ADMM.from_model(model, spec, base=base, method="oneshot", **kw)
+    opt.hard_prune()
+    return model, opt
+
+
+def train(model, opt, steps, compressed, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    ctx = ps.compressed_training(model, opt) if compressed else contextlib.nullcontext([])
+    with ctx as names:
+        for _ in range(steps):
+            x, y = torch.randn(6, 3, 10, 10, generator=g), torch.randint(0, 5, (6,), generator=g)
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    return losses, names
+
+
+@pytest.mark.parametrize("base,kw", [(torch.optim.SGD, dict(lr=0.05, momentum=0.9, weight_decay=1e-3)),
+                                     (torch.optim.Adam, dict(lr=1e-2))])
+@pytest.mark.parametrize("bits", [None, 4])
+def test_same_training_as_masked_dense(base, kw, bits):
+    dense_model, dense_opt = build(base, bits, **kw)
+    comp_model, comp_opt = build(base, bits, **kw)
+    dense_losses, _ = train(dense_model, dense_opt, 6, compressed=False)
+    comp_losses, names = train(comp_model, comp_opt, 6, compressed=True)
+    assert names == ["c1", "c2", "c3"]
+    assert dense_losses == pytest.approx(comp_losses, rel=1e-5)
+    assert dense_losses[0] != pytest.approx(dense_losses[-1], rel=1e-3)  # it did train
+    # back in dense form: the same modules, parameters and optimizer state as masked dense training
+    assert all(type(m) is nn.Conv2d for m in (comp_model.c1, comp_model.c2, comp_model.c3))
+    sd_d, sd_c = dense_model.state_dict(), comp_model.state_dict()
+    assert sd_d.keys() == sd_c.keys()
+    for k in sd_d:
+        close = torch.isclose(sd_d[k].float(), sd_c[k].float(), rtol=1e-4, atol=1e-5)
+        # a quantized weight sitting at a rounding boundary may pick the neighbouring level
+        assert close.all() if not bits else close.float().mean() > 0.99, k
+    od, oc = dense_opt.state_dict(), comp_opt.state_dict()
+    assert od["state"].keys() == oc["state"].keys()
+    for pid in od["state"]:
+        for key, v in od["state"][pid].items():
+            if torch.is_tensor(v) and v.is_floating_point():
+                assert torch.isclose(v, oc["state"][pid][key], rtol=1e-3, atol=1e-5).float().mean() > 0.99, (pid, key)
+    # the pruned weights are still exactly zero and the masks unchanged
+    for name in ("c1", "c2", "c3"):
+        w = getattr(comp_model, name).weight
+        assert torch.equal(w == 0, getattr(dense_model, name).weight == 0) or bits
+
+
+def test_training_continues_after_the_block_and_converts():
+    model, opt = build(torch.optim.SGD, 4, lr=0.05, momentum=0.9)
+    train(model, opt, 3, compressed=True)
+    train(model, opt, 2, compressed=False)   # masked dense training picks up the moved state
+    train(model, opt, 2, compressed=True)    # and back again
+    x = torch.randn(2, 3, 10, 10)
+    model.eval()
+    converted = ps.convert(model)
+    assert isinstance(converted.c2, ps.nn.PatternConv2d)
+    torch.testing.assert_close(converted(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_exception_inside_restores_dense_form():
+    model, opt = build(torch.optim.SGD, None, lr=0.05)
+    w = model.c2.weight
+    with pytest.raises(KeyError):
+        with ps.compressed_training(model, opt):
+            assert isinstance(model.c2, ps.nn.PatternConv2d)
+            raise KeyError("boom")
+    assert model.c2.weight is w and type(model.c2) is nn.Conv2d
+    assert any(p is w for g in opt.param_groups for p in g["params"])
+
+
+def test_only_fixed_pattern_masks_are_swapped():
+    torch.manual_seed(0)
+    model = Net()
+    opt = ps.ADMM.from_model(model, {r"c2\.weight": [C.Pattern(k=4)], r"c3\.weight": [C.Unstructured(0.3)]},
+                             method="oneshot", lr=0.1)
+    with pytest.raises(RuntimeError, match="hard_prune"):
+        with ps.compressed_training(model, opt):
+            pass
+    opt.hard_prune()
+    with ps.compressed_training(model, opt) as names:
+        assert names == ["c2"]                       # c3 is unstructured: stays masked dense
+        assert type(model.c3) is nn.Conv2d and type(model.c1) is nn.Conv2d
+
+
+def test_rejects_other_optimizers():
+    model = Net()
+    with pytest.raises(TypeError, match="ps.ADMM"):
+        with ps.compressed_training(model, torch.optim.SGD(model.parameters(), lr=0.1)):
+            pass

@@ -1,0 +1,280 @@
+"""The ExecuTorch route: the out variant of the op (torch side), torch.export / torch.compile of
+converted models, and (with the optional `executorch` package) `.pte` files that run our ExecuTorch
+kernels (csrc/executorch) in ExecuTorch's runtime: eager outputs, every kernel path, the file size,
+errors for bad inputs and bad weights."""
+import os
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import torch_patsparse as ps
+from torch_patsparse import export
+from torch_patsparse.models import sparsify_random
+from torch_patsparse.nn import PatternConv2d
+
+from helpers import PATTERNS8, random_pattern_weight
+
+
+def conv_net(seed=0, width=16, bn=True):
+    """A small CNN dominated by 3x3 convs: a dense first conv (Cin=3), 3x3 convs with stride 1/2,
+    padding 1/2, dilation 2, with and without bias, BatchNorm after some, a Linear head."""
+    torch.manual_seed(seed)
+    w = width
+    layers = [nn.Conv2d(3, w, 3, padding=1), nn.ReLU(),
+              nn.Conv2d(w, 2 * w, 3, padding=1, bias=not bn)] + ([nn.BatchNorm2d(2 * w)] if bn else []) + [
+        nn.ReLU(), nn.Conv2d(2 * w, 2 * w, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(2 * w, 4 * w, 3, padding=2, dilation=2, bias=False)] + ([nn.BatchNorm2d(4 * w)] if bn else []) + [
+        nn.ReLU(), nn.Conv2d(4 * w, 4 * w, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, 10)]
+    return sparsify_random(nn.Sequential(*layers), keep3x3=0.25, group=4, seed=seed).eval()
+
+
+def assert_close(got, want, rtol=1e-5):
+    err = (got - want).abs().max().item()
+    assert err <= rtol * max(want.abs().max().item(), 1e-12), f"max abs error {err} vs max |want| {want.abs().max()}"
+
+
+# ------------------------------------------------------------------ torch side (no executorch needed)
+def test_out_variant_matches_functional():
+    torch.manual_seed(0)
+    w = random_pattern_weight(8, 6, keep=0.5, group=2, seed=1)
+    with torch.no_grad():
+        dense = nn.Conv2d(6, 8, 3, padding=1)
+        dense.weight.copy_(w)
+        layer = PatternConv2d.from_dense(dense, pattern_set=ps.PatternSet(PATTERNS8))
+    args = (layer.patterns, layer.filter_ptr, layer.kernel_channel, layer.kernel_pattern, layer.values, layer.bias,
+            [2, 2], [1, 1], [1, 1])
+    x = torch.randn(3, 6, 11, 9)
+    want = torch.ops.patsparse.pattern_conv2d(x, *args)
+    out = torch.empty(0)
+    got = torch.ops.patsparse.pattern_conv2d.out(x, *args, out=out)
+    assert got is out and torch.equal(out, want)
+    out = torch.full(want.shape, float("nan"))  # right size: written, not reallocated
+    ptr = out.data_ptr()
+    torch.ops.patsparse.pattern_conv2d.out(x, *args, out=out)
+    assert torch.equal(out, want) and out.data_ptr() == ptr
+    with pytest.raises(RuntimeError, match="dtype"):
+        torch.ops.patsparse.pattern_conv2d.out(x, *args, out=torch.empty(0, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="input must be float32 or float64"):  # the functional op's checks
+        torch.ops.patsparse.pattern_conv2d.out(x.int(), *args, out=torch.empty(0))
+    # The fake kernel: shape propagation of the out variant under FakeTensorMode.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fx = mode.from_tensor(x)
+        fo = torch.empty(want.shape)
+        assert torch.ops.patsparse.pattern_conv2d.out(fx, *args, out=fo).shape == want.shape
+
+
+def test_torch_export_and_compile_of_converted_model():
+    model = ps.convert(conv_net()).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        want = model(x)
+        ep = torch.export.export(model, (x,))
+        ops = [str(n.target) for n in ep.graph.nodes if n.op == "call_function"]
+        assert sum("patsparse.pattern_conv2d" in o for o in ops) == 4
+        assert_close(ep.module()(x), want)
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+        assert_close(compiled(x), want)
+
+
+def test_missing_executorch_is_named(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "executorch", None)  # import executorch -> ImportError
+    model = ps.convert(conv_net()).eval()
+    with pytest.raises(ImportError, match=r"pip install 'torch_patsparse\[executorch\]'"):
+        export.executorch(model, tmp_path / "m.pte", (torch.randn(1, 3, 16, 16),))
+    with pytest.raises(ImportError, match="executorch"):
+        export.load_executorch(tmp_path / "m.pte")
+
+
+# ------------------------------------------------------------------ ExecuTorch (optional package)
+def _have_executorch():
+    try:
+        import executorch.exir  # noqa: F401
+        import executorch.runtime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# scripts/test.sh sets PATSPARSE_REQUIRE_EXECUTORCH=1 (its setup installs executorch): fail, don't skip.
+_REQUIRED = os.environ.get("PATSPARSE_REQUIRE_EXECUTORCH") == "1"
+needs_et = pytest.mark.skipif(not _have_executorch() and not _REQUIRED, reason="executorch is not installed "
+                              "(pip install 'torch_patsparse[executorch]'; scripts/setup.sh test installs it)")
+
+
+def pte_operators(path):
+    """Operator names the program's non-delegated instructions call, and the delegate count."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+    with open(path, "rb") as f:
+        program = deserialize_pte_binary(f.read())
+    program = getattr(program, "program", program)
+    plan = program.execution_plan[0]
+    names = [f"{op.name}.{op.overload}" if op.overload else op.name for op in plan.operators]
+    calls = [names[ins.instr_args.op_index] for ins in plan.chains[0].instructions
+             if type(ins.instr_args).__name__ == "KernelCall"]
+    return calls, len(plan.delegates)
+
+
+@pytest.fixture(scope="module")
+def et_programs(tmp_path_factory):
+    """A converted conv_net exported for batch 1 and batch 4, and the eager model."""
+    d = tmp_path_factory.mktemp("et")
+    model = ps.convert(conv_net()).eval()
+    paths = {b: export.executorch(model, d / f"b{b}.pte", (torch.randn(b, 3, 16, 16),)) for b in (1, 4)}
+    return model, paths
+
+
+@needs_et
+@pytest.mark.parametrize("batch", [1, 4])
+def test_round_trip_matches_eager(et_programs, batch):
+    model, paths = et_programs
+    program = export.load_executorch(paths[batch])
+    for seed in range(2):
+        x = torch.randn(batch, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            want = model(x)
+        assert_close(program(x), want)
+
+
+@needs_et
+def test_program_calls_patsparse_kernels(et_programs):
+    model, paths = et_programs
+    calls, delegates = pte_operators(paths[1])
+    n_pattern = sum(isinstance(m, PatternConv2d) for m in model.modules())
+    assert n_pattern == 4
+    assert calls.count("patsparse::pattern_conv2d.out") == n_pattern, calls
+    assert not any("conv" in c and "patsparse" not in c for c in calls), calls  # no dense decomposition
+    assert delegates >= 1  # the dense conv, ReLUs, pooling and Linear run in XNNPACK
+    # At run time: the kernels build one plan per layer, then find it in the cache.
+    program = export.load_executorch(paths[1])
+    hits0, builds0, _ = export.executorch_plan_cache_stats()
+    program(torch.randn(1, 3, 16, 16))
+    program(torch.randn(1, 3, 16, 16))
+    hits1, builds1, _ = export.executorch_plan_cache_stats()
+    assert builds1 - builds0 <= n_pattern and (hits1 - hits0) + (builds1 - builds0) == 2 * n_pattern
+
+
+@needs_et
+def test_every_kernel_path_and_thread_count(et_programs):
+    from executorch.extension.pybindings import portable_lib
+    model, paths = et_programs
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        want = model(x)
+    threads = portable_lib._threadpool_get_thread_count()
+    try:
+        for n in (1, 2):
+            # Resize the pool before loading: an XNNPACK runtime keeps the pool it was created with.
+            portable_lib._unsafe_reset_threadpool(n)
+            program = export.load_executorch(paths[4])
+            for isa in ps.ops.supported_isas():
+                export.set_executorch_isa(isa)
+                assert_close(program(x), want)
+    finally:
+        export.set_executorch_isa("auto")
+        portable_lib._unsafe_reset_threadpool(threads)
+    with pytest.raises(ValueError, match="not-an-isa"):
+        export.set_executorch_isa("not-an-isa")
+
+
+@needs_et
+def test_quantized_model_round_trip(tmp_path):
+    model = ps.convert(conv_net(seed=1), bits=4).eval()
+    assert any(getattr(m, "quantized", False) for m in model.modules())
+    x = torch.randn(1, 3, 16, 16)
+    program = export.load_executorch(export.executorch(model, tmp_path / "q.pte", (x,)))
+    with torch.no_grad():
+        assert_close(program(x), model(x))
+
+
+def _compressed_bytes(model):
+    """Bytes of the arrays each PatternConv2d hands the op (what the .pte stores for it)."""
+    total = 0
+    for m in model.modules():
+        if isinstance(m, PatternConv2d):
+            total += sum(t.numel() * t.element_size()
+                         for t in (m.patterns, m.filter_ptr, m.kernel_channel, m.kernel_pattern, m.values))
+            total += 0 if m.bias is None else m.bias.numel() * 4
+    return total
+
+
+@needs_et
+def test_pte_size_tracks_compressed_size(tmp_path):
+    dense = conv_net(width=32, bn=False)  # 3x3 convs keep 0.25 x 4/9 = 11% of their weights
+    sparse = ps.convert(dense).eval()
+    x = torch.randn(1, 3, 16, 16)
+    dense_pte = os.path.getsize(export.executorch(dense, tmp_path / "dense.pte", (x,)))
+    sparse_pte = os.path.getsize(export.executorch(sparse, tmp_path / "sparse.pte", (x,)))
+    converted = [m for m in dense.modules() if isinstance(m, nn.Conv2d) and m.in_channels > 3]
+    dense_conv_bytes = sum(m.weight.numel() * 4 + (0 if m.bias is None else m.bias.numel() * 4) for m in converted)
+    kept = sum(m.values.numel() for m in sparse.modules() if isinstance(m, PatternConv2d))
+    assert abs(kept / sum(m.weight.numel() for m in converted) - 0.25 * 4 / 9) < 1e-3
+    predicted = dense_pte - dense_conv_bytes + _compressed_bytes(sparse)
+    # What differs is per-tensor overhead (alignment, metadata; measured ~170 bytes) of the 6 arrays
+    # each of the 4 converted layers adds.
+    assert abs(sparse_pte - predicted) < 250 * 4 * 6, (sparse_pte, predicted)
+    assert dense_pte / sparse_pte >= 4.0, (dense_pte, sparse_pte)
+
+
+@needs_et
+def test_bad_inputs_are_runtime_errors(et_programs):
+    _, paths = et_programs
+    program = export.load_executorch(paths[1])
+    with pytest.raises(RuntimeError):
+        program(torch.randn(2, 3, 16, 16))  # the program's input shape is static
+    with pytest.raises(RuntimeError):
+        program(torch.randn(1, 3, 16, 16, dtype=torch.float64))
+    with pytest.raises(RuntimeError):
+        program(torch.randn(1, 3, 16, 16), torch.randn(1))
+    program(torch.randn(1, 3, 16, 16))  # still usable
+
+
+@needs_et
+@pytest.mark.parametrize("corrupt", ["channel_out_of_range", "filter_ptr_not_monotone", "pattern_out_of_range"])
+def test_bad_weights_fail_in_the_kernel(tmp_path, corrupt):
+    model = ps.convert(conv_net(bn=False)).eval()
+    layer = next(m for m in model.modules() if isinstance(m, PatternConv2d))
+    with torch.no_grad():  # torch.export runs fake kernels only, so the broken arrays reach the file
+        if corrupt == "channel_out_of_range":
+            layer.kernel_channel[0] = layer.in_channels + 5
+        elif corrupt == "filter_ptr_not_monotone":
+            layer.filter_ptr[1] = layer.filter_ptr[-1] + 1
+        else:
+            layer.kernel_pattern[0] = 200
+    x = torch.randn(1, 3, 16, 16)
+    program = export.load_executorch(export.executorch(model, tmp_path / "bad.pte", (x,)))
+    isa = ps.ops.get_isa()
+    try:
+        for path in ("scalar", isa):  # the scalar path validates per call, the SIMD paths per plan build
+            export.set_executorch_isa(path)
+            with pytest.raises(RuntimeError):
+                program(x)
+    finally:
+        export.set_executorch_isa("auto")
+
+
+@needs_et
+def test_float64_model_is_refused(tmp_path):
+    model = ps.convert(conv_net(bn=False)).eval().double()
+    with pytest.raises(ValueError, match="float32"):
+        export.executorch(model, tmp_path / "d.pte", (torch.randn(1, 3, 16, 16, dtype=torch.float64),))
+    with pytest.raises(ValueError, match="float32"):
+        export.executorch(model, tmp_path / "d.pte", (torch.randn(1, 3, 16, 16),))
+
+
+@needs_et
+def test_dynamic_batch(tmp_path):
+    model = ps.convert(conv_net(seed=2)).eval()
+    path = export.executorch(model, tmp_path / "dyn.pte", (torch.randn(1, 3, 16, 16),), max_batch=4)
+    program = export.load_executorch(path)
+    for batch in (1, 3, 4, 2):
+        x = torch.randn(batch, 3, 16, 16)
+        with torch.no_grad():
+            assert_close(program(x), model(x))
+    with pytest.raises(RuntimeError):
+        program(torch.randn(5, 3, 16, 16))  # above the bound the memory plan was made for
+    with pytest.raises(ValueError, match="max_batch"):
+        export.executorch(model, tmp_path / "x.pte", (torch.randn(2, 3, 16, 16),), max_batch=0)

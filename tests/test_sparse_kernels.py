@@ -1,0 +1,269 @@
+"""Native sparse 1x1 conv / Linear (SparseConv2d / SparseLinear's native path, csrc/sparse_ops.cpp):
+pinned to the dense PyTorch reference over a shape matrix on every ISA path, batch 0/1/N,
+channels_last, threads 1/2, quantized and fp32 storage; the fused epilogue against the unfused
+graph; the runtime index cache (never stale, values read at call time); corrupt arrays; autograd;
+TorchScript."""
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torch_patsparse import ops
+from torch_patsparse.nn import SparseConv2d, SparseLinear
+
+INF = float("inf")
+
+
+def pruned_weight(shape, keep, seed, empty_rows=False):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(shape, generator=g) * (torch.rand(shape, generator=g) < keep)
+    if empty_rows and shape[0] > 2:
+        w[1] = 0
+        w[-1] = 0
+    return w
+
+
+def sparse_conv(cin, cout, stride, keep, bits=None, seed=0, empty_rows=False, bias=True):
+    conv = nn.Conv2d(cin, cout, 1, stride=stride, bias=bias)
+    with torch.no_grad():
+        conv.weight.copy_(pruned_weight(conv.weight.shape, keep, seed, empty_rows))
+        if bias:
+            conv.bias.copy_(torch.randn(cout, generator=torch.Generator().manual_seed(seed + 1)))
+    return conv, SparseConv2d.from_dense(conv, bits=bits)
+
+
+def sparse_linear(cin, cout, keep, bits=None, seed=0, empty_rows=False, bias=True):
+    lin = nn.Linear(cin, cout, bias=bias)
+    with torch.no_grad():
+        lin.weight.copy_(pruned_weight(lin.weight.shape, keep, seed, empty_rows))
+    return lin, SparseLinear.from_dense(lin, bits=bits)
+
+
+def close(out, ref):
+    """fp32 native result vs the float64 dense reference (sums of up to a few hundred terms)."""
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=2e-5)
+
+
+# (cin, cout, h, w, stride): Cin / Cout not multiples of any vector width, 1x1 .. odd sizes,
+# pixel counts below one vector, between vectors and over one column block (AVX-512: 128)
+CONV_SHAPES = [(1, 1, 1, 1, 1), (3, 5, 1, 1, 1), (17, 9, 7, 7, 1), (33, 31, 5, 9, 2), (20, 19, 13, 11, 2),
+               (16, 24, 3, 47, 1), (9, 12, 17, 17, (1, 2)), (64, 40, 14, 14, 1)]
+
+
+@pytest.mark.parametrize("shape", CONV_SHAPES)
+@pytest.mark.parametrize("keep,bits", [(0.2, None), (0.25, 4), (0.0, None), (1.0, None)])
+def test_conv1x1_matches_dense(isa, threads, shape, keep, bits):
+    cin, cout, h, w, stride = shape
+    conv, sc = sparse_conv(cin, cout, stride, keep, bits, seed=cin * 31 + cout, empty_rows=True)
+    assert sc._native and sc._weight_cache.numel() == 0
+    wd = sc.dense_weight().double()
+    for nthreads in (1, 2):
+        torch.set_num_threads(nthreads)
+        for batch in (0, 1, 3):
+            x = torch.randn(batch, cin, h, w)
+            ref = F.conv2d(x.double(), wd, sc.bias.double(), sc.stride)
+            out = sc(x)
+            close(out, ref)
+            out_cl = sc(x.contiguous(memory_format=torch.channels_last))
+            close(out_cl, ref)
+            if batch and h * w > 1 and cout > 1:
+                assert out_cl.is_contiguous(memory_format=torch.channels_last)
+    assert sc._weight_cache.numel() == 0  # no decoded weight kept
+
+
+LINEAR_SHAPES = [(1, 1), (7, 3), (100, 33), (257, 64), (40, 130)]
+BATCHES = [(), (0,), (1,), (5,), (8,), (2, 9), (17,)]
+
+
+@pytest.mark.parametrize("shape", LINEAR_SHAPES)
+@pytest.mark.parametrize("keep,bits", [(0.2, None), (0.25, 3), (0.0, None), (1.0, None)])
+def test_linear_matches_dense(isa, threads, shape, keep, bits):
+    cin, cout = shape
+    lin, sl = sparse_linear(cin, cout, keep, bits, seed=cin + cout, empty_rows=True)
+    wd = sl.dense_weight().double()
+    for nthreads in (1, 2):
+        torch.set_num_threads(nthreads)
+        for lead in BATCHES:
+            x = torch.randn(*lead, cin)
+            close(sl(x), F.linear(x.double(), wd, sl.bias.double()))
+    assert sl._weight_cache.numel() == 0
+
+
+def test_results_do_not_depend_on_threads(isa, threads):
+    _, sc = sparse_conv(96, 80, 1, 0.2, seed=3)
+    _, sl = sparse_linear(300, 70, 0.2, seed=4)
+    x, v, vb = torch.randn(2, 96, 15, 15), torch.randn(1, 300), torch.randn(16, 300)
+    outs = []
+    for n in (1, 2):
+        torch.set_num_threads(n)
+        outs.append((sc(x), sl(v), sl(vb)))
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv_epilogue_matches_unfused_graph(isa, stride, channels_last):
+    _, sc = sparse_conv(24, 20, stride, 0.25, seed=7)
+    x = torch.randn(3, 24, 9, 10)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    acc = F.conv2d(x.double(), sc.dense_weight().double(), None, stride)
+    scale, shift = torch.rand(20) + 0.5, torch.randn(20)
+    residual = torch.randn(acc.shape)
+    for lo, hi in [(-INF, INF), (0.0, INF), (0.0, 6.0), (-1.0, 0.5)]:
+        for s, b, r in [(scale, shift, residual), (None, shift, None), (scale, None, None), (None, None, residual)]:
+            want = acc
+            if s is not None:
+                want = want * s.double().view(1, -1, 1, 1)
+            if b is not None:
+                want = want + b.double().view(1, -1, 1, 1)
+            if r is not None:
+                want = want + r.double()
+            close(sc.forward_fused(x, s, b, r, lo, hi), want.clamp(lo, hi))
+
+
+def test_linear_epilogue_matches_unfused_graph(isa):
+    _, sl = sparse_linear(50, 30, 0.3, seed=8)
+    scale, shift = torch.rand(30) + 0.5, torch.randn(30)
+    for lead in [(1,), (3,), (12,), (2, 5)]:
+        x = torch.randn(*lead, 50)
+        residual = torch.randn(*lead, 30)
+        acc = F.linear(x.double(), sl.dense_weight().double())
+        want = (acc * scale.double() + shift.double() + residual.double()).clamp(0.0, 6.0)
+        close(sl.forward_fused(x, scale, shift, residual, 0.0, 6.0), want)
+
+
+def test_clamp_propagates_nan_like_relu(isa):
+    _, sc = sparse_conv(8, 8, 1, 1.0, seed=9)
+    _, sl = sparse_linear(8, 8, 1.0, seed=9)
+    x = torch.randn(1, 8, 4, 5)
+    x[0, 3, 1, 2] = float("nan")
+    assert torch.isnan(sc.forward_fused(x, None, None, None, 0.0, 6.0)[0, :, 1, 2]).all()
+    v = torch.randn(2, 8)
+    v[1, 0] = float("nan")
+    out = sl.forward_fused(v, None, None, None, 0.0, INF)
+    assert torch.isnan(out[1]).all() and not torch.isnan(out[0]).any()
+
+
+def test_dtypes_and_unbatched_inputs():
+    _, sc = sparse_conv(6, 5, 2, 0.5, seed=10)
+    _, sl = sparse_linear(12, 5, 0.5, seed=11)
+    x = torch.randn(2, 6, 7, 7)
+    ref = F.conv2d(x.double(), sc.dense_weight().double(), sc.bias.double(), 2)
+    out64 = sc(x.double())
+    assert out64.dtype == torch.float64
+    torch.testing.assert_close(out64, ref, rtol=1e-12, atol=1e-12)  # fp64 input: fp64 arithmetic
+    for dt in (torch.float16, torch.bfloat16):
+        out = sc(x.to(dt))
+        assert out.dtype == dt
+        torch.testing.assert_close(out.double(), ref, rtol=2e-2, atol=5e-2)
+    close(sc(x[0]), ref[0])
+    v = torch.randn(12)
+    close(sl(v), F.linear(v.double(), sl.dense_weight().double(), sl.bias.double()))
+
+
+def test_input_errors_match_dense_modules():
+    conv, sc = sparse_conv(6, 5, 1, 0.5, seed=12)
+    lin, sl = sparse_linear(12, 5, 0.5, seed=13)
+    for bad in (torch.randn(1, 4, 3, 3), torch.randn(6, 3), torch.randn(1, 1, 6, 3, 3)):
+        with pytest.raises(RuntimeError):
+            conv(bad)
+        with pytest.raises(RuntimeError):
+            sc(bad)
+    for bad in (torch.randn(2, 11), torch.tensor(1.0)):
+        with pytest.raises(RuntimeError):
+            lin(bad)
+        with pytest.raises(RuntimeError):
+            sl(bad)
+    with pytest.raises(RuntimeError):
+        sl(torch.ones(2, 12, dtype=torch.int64))
+    with pytest.raises(RuntimeError, match="residual"):
+        sl.forward_fused(torch.randn(2, 12), None, None, torch.randn(3, 5))
+    with pytest.raises(RuntimeError, match="scale"):
+        sc.forward_fused(torch.randn(1, 6, 3, 3), torch.ones(4), None, None)
+    conv3 = SparseConv2d.from_dense(nn.Conv2d(4, 4, 3))
+    with pytest.raises(RuntimeError, match="1x1"):
+        conv3.forward_fused(torch.randn(1, 4, 5, 5), None, None, None)
+
+
+def op_args(m):
+    return (m.header, m.index, m.codes, m.values, m.scale)
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+def test_corrupt_arrays_are_errors_not_crashes(bits):
+    _, sl = sparse_linear(40, 30, 0.2, bits, seed=14)
+    x = torch.randn(2, 40)
+    header, index, codes, values, scale = op_args(sl)
+    cases = [
+        (header[:-1], index, codes, values, scale),
+        (header, index[:-1], codes, values, scale),
+        (header, torch.cat([index, index]), codes, values, scale),
+        (header, torch.full_like(index, 255), codes, values, scale),
+        (header, index, codes, torch.zeros(values.numel() + 1), scale),
+        (header, index, codes[:-1] if codes.numel() else torch.zeros(3, dtype=torch.uint8), values, scale),
+        (header, index, codes, values, torch.tensor([-1.0]) if bits else torch.tensor([1.0])),
+        (header.to(torch.int32), index, codes, values, scale),
+    ]
+    for args in cases:
+        with pytest.raises(RuntimeError):
+            ops.sparse_linear(x, *args, 30)
+    with pytest.raises(RuntimeError):  # a weight too small for the index
+        ops.sparse_linear(x[:, :4], *op_args(sl), 2)
+
+
+def test_index_cache_is_content_keyed_and_values_are_read_at_call_time(isa):
+    _, sl = sparse_linear(64, 32, 0.3, seed=15)
+    x = torch.randn(3, 64)
+    before = ops.sparse_index_cache_stats()
+    y = sl(x)
+    sl(x)
+    after = ops.sparse_index_cache_stats()
+    assert after[1] - before[1] <= 1 and after[0] - before[0] >= 1  # one build at most, then hits
+    with torch.no_grad():  # values written in place (no new build): the output follows
+        sl.values.mul_(2)
+    torch.testing.assert_close(sl(x), 2 * y - sl.bias, rtol=1e-5, atol=1e-5)
+    assert ops.sparse_index_cache_stats()[1] == after[1]
+    # the index rewritten in place with another layer's arrays of the same sizes: never stale
+    _, other = sparse_linear(64, 32, 0.3, seed=16)
+    if other.index.shape == sl.index.shape and other.values.shape == sl.values.shape:
+        with torch.no_grad():
+            sl.index.copy_(other.index)
+            sl.values.copy_(other.values)
+            sl.header.copy_(other.header)
+        close(sl(x), F.linear(x.double(), other.dense_weight().double(), sl.bias.double()))
+
+
+def test_autograd_input_bias_and_epilogue():
+    _, sc = sparse_conv(5, 4, 2, 0.5, seed=17)
+    sc = sc.double()
+    x = torch.randn(2, 5, 5, 4, dtype=torch.float64, requires_grad=True)
+    scale = torch.rand(4, dtype=torch.float64, requires_grad=True)
+    shift = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    res = torch.randn(2, 4, 3, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, s, b, r: sc.forward_fused(a, s, b, r, -0.5, 0.7), (x, scale, shift, res))
+    _, sl = sparse_linear(7, 6, 0.5, seed=18)
+    sl = sl.double()
+    v = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a: sl(a), (v,))
+    sl(v).sum().backward()
+    assert sl.bias.grad is not None and torch.allclose(sl.bias.grad, torch.full((6,), 3.0, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+def test_torchscript_round_trip(bits):
+    _, sc = sparse_conv(16, 12, 2, 0.2, bits, seed=19)
+    _, sl = sparse_linear(12 * 4 * 4, 10, 0.2, bits, seed=20)
+    model = nn.Sequential(sc, nn.ReLU(), nn.Flatten(), sl).eval()
+    x = torch.randn(2, 16, 7, 8)
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(model), buf)
+    buf.seek(0)
+    loaded = torch.jit.load(buf)
+    assert torch.equal(loaded(x), model(x))
+    scripted_fused = torch.jit.script(sc).forward_fused(x, None, None, None, 0.0, 6.0)
+    assert torch.equal(scripted_fused, sc.forward_fused(x, None, None, None, 0.0, 6.0))

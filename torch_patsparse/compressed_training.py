@@ -1,0 +1,144 @@
+"""Masked retraining through the compressed modules: the same training, fewer multiply-adds.
+
+After :meth:`ADMM.hard_prune` the pruned weights are fixed zeros: masked retraining computes them in
+every forward and backward and throws the result away. Inside :func:`compressed_training` every
+pattern-pruned 3x3 conv of the model runs as a trainable :class:`~torch_patsparse.nn.PatternConv2d`
+holding only its kept weights (the native sparse forward and backward kernels), and the optimizer
+trains those: its per-parameter state (momentum, Adam moments, ADMM's mask and full-precision latent
+copy) moves to the compressed layout on entry and back on exit. The arithmetic per kept weight is
+the masked step's, so the losses match masked dense retraining up to rounding (the convolution sums
+run in another order); BatchNorm and every other layer are untouched.
+
+    opt.hard_prune()
+    with ps.compressed_training(model, opt):
+        for x, y in loader:
+            ...  # the usual loop
+    # model and optimizer are back in their dense form: save / evaluate / ps.convert as before
+
+Save checkpoints outside the block: inside it the optimizer's state is in the compressed layout.
+"""
+from contextlib import contextmanager
+from typing import Dict, List, Tuple
+
+import torch
+from torch import nn
+
+from . import format as fmt
+from .admm import ADMM, trained_pattern_set
+from .nn import PatternConv2d
+from .nn.kinds import PATTERN, layer_kind
+
+__all__ = ["compressed_training"]
+
+
+def _flat_index(mod: PatternConv2d) -> torch.Tensor:
+    """Index into the flattened dense weight of each stored value, long [nnz, E]."""
+    cout = mod.out_channels
+    counts = (mod.filter_ptr[1:] - mod.filter_ptr[:-1]).long()
+    out_idx = torch.repeat_interleave(torch.arange(cout, device=counts.device), counts)
+    kernel = out_idx * mod.in_channels + mod.kernel_channel.long()
+    return kernel.unsqueeze(1) * 9 + mod.patterns.long()[mod.kernel_pattern.long()]
+
+
+class _Swap:
+    """One conv trained in compressed form: where it lives, its dense objects, the gather index."""
+
+    def __init__(self, parent: nn.Module, attr: str, conv: nn.Conv2d, mod: PatternConv2d):
+        self.parent, self.attr, self.conv, self.mod = parent, attr, conv, mod
+        self.index = _flat_index(mod)
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(-1)[self.index].clone()
+
+    def scatter_into(self, dense: torch.Tensor, values: torch.Tensor) -> None:
+        dense.zero_()
+        dense.view(-1)[self.index.reshape(-1)] = values.reshape(-1).to(dense.dtype)
+
+
+def _candidates(model: nn.Module, opt: ADMM) -> List[Tuple[nn.Module, str, nn.Conv2d]]:
+    """Plain 3x3 convs whose weight ``opt`` retrains with a fixed pruning mask and a pattern set."""
+    found = []
+    for parent in model.modules():
+        for attr, m in parent.named_children():
+            if not isinstance(m, nn.Conv2d) or layer_kind(m) != PATTERN:
+                continue
+            st = opt._admm.get(m.weight)
+            if st is None or st.get("mask") is None or trained_pattern_set(m.weight) is None:
+                continue
+            found.append((parent, attr, m))
+    return found
+
+
+def _build(conv: nn.Conv2d, mask: torch.Tensor, patterns: torch.Tensor) -> PatternConv2d:
+    """A float PatternConv2d whose stored positions are exactly ``mask``'s (a kept weight that happens
+    to be 0 stays trainable, as in masked training)."""
+    arrays = fmt.compress(mask.to(conv.weight.dtype), patterns)
+    mod = PatternConv2d(conv.in_channels, conv.out_channels, conv.stride, conv.padding, conv.dilation,
+                        bias=False, patterns=patterns, nnz=arrays["values"].shape[0],
+                        device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        for name in ("filter_ptr", "kernel_channel", "kernel_pattern"):
+            getattr(mod, name).copy_(arrays[name])
+    mod.bias = conv.bias  # the very Parameter: the optimizer keeps training it as it is
+    mod.train(conv.training)
+    return mod
+
+
+def _move_state(opt: ADMM, old: torch.Tensor, new: torch.Tensor, convert) -> None:
+    """Put ``new`` where ``old`` is in ``opt``'s groups; map its state tensors of ``old``'s shape."""
+    for g in opt.param_groups:
+        for i, p in enumerate(g["params"]):
+            if p is old:
+                g["params"][i] = new
+    state = opt.state.pop(old, None)
+    if state is not None:
+        opt.state[new] = {k: convert(v) if torch.is_tensor(v) and v.shape == old.shape else v
+                          for k, v in state.items()}
+    admm = opt._admm.pop(old, None)
+    if admm is not None:
+        opt._admm[new] = {k: convert(v) if torch.is_tensor(v) and v.shape == old.shape else v
+                          for k, v in admm.items()}
+
+
+@contextmanager
+def compressed_training(model: nn.Module, optimizer: ADMM):
+    """Within the block, ``model``'s pattern-pruned 3x3 convs are trainable PatternConv2d modules and
+    ``optimizer`` trains their kept weights (see the module docstring). Only convs that ``optimizer``
+    (a :class:`ADMM` after :meth:`~ADMM.hard_prune`) retrains with a pattern constraint are swapped;
+    the others stay as they are. Yields the names of the swapped convs. On exit (also on an
+    exception) the dense convs are back, with the trained weights and the optimizer state in place."""
+    if not isinstance(optimizer, ADMM):
+        raise TypeError(f"compressed_training needs a ps.ADMM optimizer, got {type(optimizer).__name__}")
+    if optimizer.phase != "retrain":
+        raise RuntimeError("compressed_training: call optimizer.hard_prune() first (the pruning masks must be fixed)")
+    names = {id(m): n for n, m in model.named_modules()}
+    swaps: List[_Swap] = []
+    try:
+        with torch.no_grad():
+            for parent, attr, conv in _candidates(model, optimizer):
+                mask = optimizer._admm[conv.weight]["mask"]
+                mod = _build(conv, mask, trained_pattern_set(conv.weight).to_tensor())
+                sw = _Swap(parent, attr, conv, mod)
+                mod.values.copy_(sw.gather(conv.weight))
+                _move_state(optimizer, conv.weight, mod.values, sw.gather)
+                setattr(parent, attr, mod)
+                swaps.append(sw)
+        yield [names[id(sw.conv)] for sw in swaps]
+    finally:
+        with torch.no_grad():
+            for sw in reversed(swaps):
+                _restore(optimizer, sw)
+
+
+def _restore(opt: ADMM, sw: _Swap) -> None:
+    """Back to the dense conv: its weight (the original Parameter) and state get the trained values."""
+    w = sw.conv.weight
+
+    def to_dense(v: torch.Tensor) -> torch.Tensor:
+        dense = torch.empty(w.shape, dtype=v.dtype, device=v.device)
+        sw.scatter_into(dense, v)
+        return dense
+
+    sw.scatter_into(w.data, sw.mod.values.detach())
+    _move_state(opt, sw.mod.values, w, to_dense)
+    setattr(sw.parent, sw.attr, sw.conv)
