@@ -21,7 +21,7 @@ What it does, on a deep copy (the input model is untouched):
   conv, BatchNorm, activation children of an ``nn.Sequential`` fold the same way (no residual).
 
 Our modules with a native fused path (a ``forward_fused(input, scale, shift, residual, lo, hi)``
-method: PatternConv2d, and the sparse 1x1 / Linear modules once they have one) run the epilogue in
+method: PatternConv2d, SparseConv2d 1x1, SparseLinear) run the epilogue in
 the kernel; others run their forward and the epilogue in torch ops (same result).
 
 The result computes what the model computes (to float rounding: about 1e-6 relative), scripts with
