@@ -4,6 +4,7 @@ inputs) and ``ps.optimize_for_inference`` (BatchNorm folding with non-trivial st
 activations and residual adds against the unoptimized model, fx-traceable and non-traceable
 models, TorchScript and torch.export of the result, eval-only behaviour)."""
 import math
+from typing import Optional
 
 import pytest
 import torch
@@ -151,7 +152,7 @@ def test_forward_fused_method(isa, bits, has_bias):
     m = ps.nn.PatternConv2d.from_dense(conv, bits=bits, project=True).eval()
     x = torch.randn(2, 8, 10, 11)
     with torch.no_grad():
-        ref = m(x)
+        ref = m(x) - (0 if m.bias is None else m.bias.view(1, -1, 1, 1))  # forward_fused adds no bias
         for kind in range(8):
             scale, shift, residual = epilogue_args(12, ref.shape, kind, seed=kind)
             for lo, hi in BOUNDS:
@@ -504,3 +505,34 @@ def test_sparse_linear_and_unbatched_fallback_epilogue():
         assert count(opt, FusedConv) == 1 and len(list(opt.graph.nodes)) == 3
         with torch.no_grad():
             assert_same_model_output(opt(x), model(x))
+
+
+class PartlyNative(nn.Module):
+    """A module with forward_fused that runs it natively only for some layers (as SparseConv2d: `_native`)."""
+
+    def __init__(self, native):
+        super().__init__()
+        self._native = native
+        self.inner = ps.nn.PatternConv2d.from_dense(nn.Conv2d(4, 4, 3, padding=1), project=True)
+        self.out_channels, self.kernel_size, self.stride = 4, (3, 3), (1, 1)
+        self.padding, self.dilation, self.bias = (1, 1), (1, 1), None
+
+    def forward(self, x):
+        return self.inner(x)
+
+    def forward_fused(self, x, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
+                      residual: Optional[torch.Tensor], lo: float, hi: float):
+        if not self._native:
+            raise RuntimeError("not native")
+        return self.inner.forward_fused(x, scale, shift, residual, lo, hi)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_fused_conv_honours_native_flag(native):
+    conv = PartlyNative(native)
+    conv.inner.bias = None
+    fused = FusedConv(conv, torch.rand(4) + 0.5, torch.randn(4), 0.0, 6.0).eval()
+    x, r = torch.randn(2, 4, 5, 6), torch.randn(2, 4, 5, 6)
+    with torch.no_grad():
+        want = (conv(x) * fused.scale.view(-1, 1, 1) + fused.shift.view(-1, 1, 1) + r).clamp(0, 6)
+        assert_same_model_output(fused(x, r), want)

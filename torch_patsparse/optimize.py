@@ -21,7 +21,7 @@ What it does, on a deep copy (the input model is untouched):
   conv, BatchNorm, activation children of an ``nn.Sequential`` fold the same way (no residual).
 
 Our modules with a native fused path (a ``forward_fused(input, scale, shift, residual, lo, hi)``
-method: PatternConv2d, and the sparse 1x1 / Linear modules once they have one) run the epilogue in
+method: PatternConv2d, SparseConv2d 1x1, SparseLinear) run the epilogue in
 the kernel; others run their forward and the epilogue in torch ops (same result).
 
 The result computes what the model computes (to float rounding: about 1e-6 relative), scripts with
@@ -54,10 +54,12 @@ _EVAL_ONLY = ("this model was built by torch_patsparse.optimize_for_inference fo
 class FusedConv(nn.Module):
     """One of our conv / Linear modules with its epilogue: ``clamp(conv(x) * scale + shift + residual,
     lo, hi)`` per output channel (dim 1 of a conv output, the last dim of a Linear one). ``conv``'s
-    own bias is folded into ``shift`` (``conv.bias`` is None). Built by :func:`optimize_for_inference`."""
+    own bias is folded into ``shift`` (``conv.bias`` is None: ``forward_fused`` never adds the bias).
+    Built by :func:`optimize_for_inference`."""
 
     lo: float
     hi: float
+    native: bool
     out_features: int
     channel_view: List[int]
     geometry: List[int]
@@ -74,6 +76,9 @@ class FusedConv(nn.Module):
         self.register_buffer("unit_mean", torch.zeros_like(scale) if both else None, persistent=False)
         self.register_buffer("unit_var", torch.ones_like(scale) if both else None, persistent=False)
         self.lo, self.hi = float(lo), float(hi)
+        # A module with forward_fused may run it natively only for some layers (SparseConv2d: 1x1
+        # without padding or groups; `_native` says which); the others take the torch-op route.
+        self.native = hasattr(conv, "forward_fused") and bool(getattr(conv, "_native", True))
         linear = isinstance(conv, (nn.Linear, SparseLinear))
         self.channel_view = [-1] if linear else [-1, 1, 1]
         # Output geometry (kernel, stride, padding, dilation per axis), so a residual that would
@@ -100,11 +105,13 @@ class FusedConv(nn.Module):
         return list(residual.shape) == expected
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        out: Optional[torch.Tensor] = None
         if hasattr(self.conv, "forward_fused"):  # resolved when scripted, too
-            if residual is None or self._residual_fits(x, residual):
-                return self.conv.forward_fused(x, self.scale, self.shift, residual, self.lo, self.hi)
-            out = self.conv.forward_fused(x, self.scale, self.shift, None, -_INF, _INF)
-        else:  # one pass for scale and shift, then in place (that output is ours to change)
+            if self.native:
+                if residual is None or self._residual_fits(x, residual):
+                    return self.conv.forward_fused(x, self.scale, self.shift, residual, self.lo, self.hi)
+                out = self.conv.forward_fused(x, self.scale, self.shift, None, -_INF, _INF)
+        if out is None:  # one pass for scale and shift, then in place (that output is ours to change)
             out = self.conv(x)
             scale, shift = self.scale, self.shift
             mean, var = self.unit_mean, self.unit_var
@@ -117,6 +124,7 @@ class FusedConv(nn.Module):
                 out = out * scale.view(self.channel_view)
             elif shift is not None:
                 out = out + shift.view(self.channel_view)
+        assert out is not None
         if residual is not None:
             same = residual.shape == out.shape and residual.dtype == out.dtype
             out = out.add_(residual) if same else out + residual  # (broadcasting / type promotion as `+`)

@@ -204,11 +204,12 @@ class PatternConv2d(nn.Module):
 
     def forward_fused(self, input: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
                       residual: Optional[torch.Tensor], lo: float, hi: float) -> torch.Tensor:
-        """Inference: ``clamp(self(input) * scale + shift + residual, lo, hi)`` in one native pass
+        """Inference: ``clamp(conv(input) * scale + shift + residual, lo, hi)`` in one native pass
         (``patsparse::pattern_conv2d_fused``: folded BatchNorm, the residual add and a ReLU-style clamp
-        run in the conv's output stage, while the tile is in cache). ``scale`` / ``shift`` [Cout] or
-        None (1 / 0), ``residual`` output-shaped or None, ``lo`` / ``hi`` may be -inf / inf. Inputs and
-        errors as :meth:`forward`; no autograd (the backward raises)."""
+        run in the conv's output stage, while the tile is in cache). ``conv`` is without the bias (as
+        SparseConv2d / SparseLinear.forward_fused: pass it in ``shift``). ``scale`` / ``shift`` [Cout]
+        or None (1 / 0), ``residual`` output-shaped or None, ``lo`` / ``hi`` may be -inf / inf. Inputs
+        and errors as :meth:`forward`; no autograd (the backward raises)."""
         if input.dim() != 4 and input.dim() != 3:
             raise RuntimeError("Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: "
                                + str(list(input.shape)))
@@ -222,12 +223,6 @@ class PatternConv2d(nn.Module):
             raise RuntimeError("PatternConv2d expects a floating-point input, got " + str(x.dtype))
         compute = torch.float64 if x.dtype == torch.float64 else torch.float32
         values = self.values if self.values.dtype == compute else self.values.to(compute)
-        bias = self.bias
-        if bias is not None:  # the module's bias comes before the scale: shift' = bias * scale + shift
-            bias = bias.to(compute)
-            if scale is not None:
-                bias = bias * scale.to(compute)
-            shift = bias if shift is None else bias + shift.to(compute)
         if scale is not None and scale.dtype != compute:
             scale = scale.to(compute)
         if shift is not None and shift.dtype != compute:
