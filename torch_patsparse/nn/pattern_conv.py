@@ -172,9 +172,8 @@ class PatternConv2d(nn.Module):
         return PatternSet.from_tensor(self.patterns.cpu())
 
     # ------------------------------------------------------------------ forward
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        """Like ``nn.Conv2d``: input [N, C, H, W] or unbatched [C, H, W], any floating dtype (fp16 /
-        bf16 are computed in fp32 and returned in their dtype); the output has the input's dtype."""
+    def _batched(self, input: torch.Tensor) -> torch.Tensor:
+        """``input`` as [N, C, H, W] after nn.Conv2d's checks (rank, channels) and a floating dtype."""
         if input.dim() != 4 and input.dim() != 3:
             raise RuntimeError("Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: "
                                + str(list(input.shape)))
@@ -186,6 +185,12 @@ class PatternConv2d(nn.Module):
                                + " channels instead")
         if not x.is_floating_point():
             raise RuntimeError("PatternConv2d expects a floating-point input, got " + str(x.dtype))
+        return x
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """Like ``nn.Conv2d``: input [N, C, H, W] or unbatched [C, H, W], any floating dtype (fp16 /
+        bf16 are computed in fp32 and returned in their dtype); the output has the input's dtype."""
+        x = self._batched(input)
         # The native op runs fp32 and fp64; other dtypes (and a module of another dtype) meet in fp32.
         compute = torch.float64 if x.dtype == torch.float64 else torch.float32
         values = self.values
@@ -210,17 +215,7 @@ class PatternConv2d(nn.Module):
         SparseConv2d / SparseLinear.forward_fused: pass it in ``shift``). ``scale`` / ``shift`` [Cout]
         or None (1 / 0), ``residual`` output-shaped or None, ``lo`` / ``hi`` may be -inf / inf. Inputs
         and errors as :meth:`forward`; no autograd (the backward raises)."""
-        if input.dim() != 4 and input.dim() != 3:
-            raise RuntimeError("Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: "
-                               + str(list(input.shape)))
-        x = input if input.dim() == 4 else input.unsqueeze(0)
-        if x.size(1) != self.in_channels:
-            raise RuntimeError("Given groups=1, weight of size [" + str(self.out_channels) + ", "
-                               + str(self.in_channels) + ", 3, 3], expected input" + str(list(input.shape)) + " to have "
-                               + str(self.in_channels) + " channels, but got " + str(x.size(1))
-                               + " channels instead")
-        if not x.is_floating_point():
-            raise RuntimeError("PatternConv2d expects a floating-point input, got " + str(x.dtype))
+        x = self._batched(input)
         compute = torch.float64 if x.dtype == torch.float64 else torch.float32
         values = self.values if self.values.dtype == compute else self.values.to(compute)
         if scale is not None and scale.dtype != compute:
