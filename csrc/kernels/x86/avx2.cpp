@@ -1,4 +1,5 @@
-// AVX2+FMA micro-kernels (8 floats a vector); the tile body is in tile_impl.h.
+// AVX2+FMA kernels (8 floats a vector): the 3x3 micro-kernels (tile_impl.h, ../grad_tile_impl.h) and
+// the sparse 1x1 conv / Linear kernels (../spmm_impl.h), over one Simd wrapper.
 #include <immintrin.h>
 
 #include <cstdint>
@@ -10,22 +11,42 @@
 
 #include "tile_impl.h"  // after the pragma: compiled for this ISA
 #include "../grad_tile_impl.h"
+#include "../spmm_impl.h"
 
 namespace patsparse {
 namespace {
 
+alignas(32) const int32_t kLaneMask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+
 struct Simd {
   using Vec = __m256;
   static constexpr int width = 8;
+  static __m256i mask(int n) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kLaneMask + 8 - n)); }
+  static Vec zero() { return _mm256_setzero_ps(); }
   static Vec load(const float* p) { return _mm256_loadu_ps(p); }
+  static Vec load_part(const float* p, int n) { return _mm256_maskload_ps(p, mask(n)); }
   static void store(float* p, Vec v) { _mm256_storeu_ps(p, v); }
+  static void store_part(float* p, Vec v, int n) { _mm256_maskstore_ps(p, mask(n), v); }
   static Vec set1(float x) { return _mm256_set1_ps(x); }
   static Vec fma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
   static Vec add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+  // max / min return their second operand when one is NaN: v second keeps a NaN.
+  static Vec clamp(Vec v, Vec lo, Vec hi) { return _mm256_min_ps(hi, _mm256_max_ps(lo, v)); }
   static float hsum(Vec v) {
     __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     x = _mm_add_ps(x, _mm_movehl_ps(x, x));
     return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
+  }
+  static Vec gather(const float* base, const int32_t* idx) {
+    return _mm256_i32gather_ps(base, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx)), 4);
+  }
+  static Vec gather16(const float* base, const uint16_t* idx) {
+    return _mm256_i32gather_ps(base, _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx))), 4);
+  }
+  static Vec gather_part(const float* base, const int32_t* idx, int n) {
+    const __m256i m = mask(n);
+    return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), base, _mm256_maskload_epi32(idx, m),
+                                    _mm256_castsi256_ps(m), 4);
   }
 };
 
@@ -48,6 +69,11 @@ const MicroKernels& avx2_microkernels() {
 // Grad tiles: up to 2 members a pass (16 ymm registers: 2 members x 4 entries of accumulators, plus the loads).
 const GradValueKernels& avx2_grad_value_kernels() {
   static const GradValueKernels k = make_grad_value_kernels<Simd, 2>();
+  return k;
+}
+
+const SpmmKernels& avx2_spmm_kernels() {
+  static const SpmmKernels k = spmm_simd::make_kernels<Simd, 8>();
   return k;
 }
 

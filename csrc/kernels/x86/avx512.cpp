@@ -1,4 +1,5 @@
-// AVX-512F micro-kernels (16 floats a vector); the tile body is in tile_impl.h.
+// AVX-512F kernels (16 floats a vector): the 3x3 micro-kernels (tile_impl.h, ../grad_tile_impl.h) and
+// the sparse 1x1 conv / Linear kernels (../spmm_impl.h), over one Simd wrapper.
 #include <immintrin.h>
 
 #include <cstdint>
@@ -10,6 +11,7 @@
 
 #include "tile_impl.h"  // after the pragma: compiled for this ISA
 #include "../grad_tile_impl.h"
+#include "../spmm_impl.h"
 
 namespace patsparse {
 namespace {
@@ -17,17 +19,33 @@ namespace {
 struct Simd {
   using Vec = __m512;
   static constexpr int width = 16;
+  static __mmask16 mask(int n) { return static_cast<__mmask16>((1u << n) - 1); }
+  static Vec zero() { return _mm512_setzero_ps(); }
   static Vec load(const float* p) { return _mm512_loadu_ps(p); }
+  static Vec load_part(const float* p, int n) { return _mm512_maskz_loadu_ps(mask(n), p); }
   static void store(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+  static void store_part(float* p, Vec v, int n) { _mm512_mask_storeu_ps(p, mask(n), v); }
   static Vec set1(float x) { return _mm512_set1_ps(x); }
   static Vec fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
   static Vec add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+  // max / min return their second operand when one is NaN: v second keeps a NaN.
+  static Vec clamp(Vec v, Vec lo, Vec hi) { return _mm512_min_ps(hi, _mm512_max_ps(lo, v)); }
   static float hsum(Vec v) {  // once per dot product; GCC 12 warns inside the extract intrinsics
     alignas(64) float b[16];
     _mm512_store_ps(b, v);
     for (int w = 8; w > 0; w /= 2)
       for (int i = 0; i < w; ++i) b[i] += b[i + w];
     return b[0];
+  }
+  static Vec gather(const float* base, const int32_t* idx) {
+    return _mm512_i32gather_ps(_mm512_loadu_si512(idx), base, 4);
+  }
+  static Vec gather16(const float* base, const uint16_t* idx) {
+    return _mm512_i32gather_ps(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx))), base, 4);
+  }
+  static Vec gather_part(const float* base, const int32_t* idx, int n) {
+    const __mmask16 m = mask(n);
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, _mm512_maskz_loadu_epi32(m, idx), base, 4);
   }
 };
 
@@ -50,6 +68,11 @@ const MicroKernels& avx512_microkernels() {
 // Grad tiles: up to 4 members a pass (32 zmm registers: 4 members x 4 entries of accumulators, plus the loads).
 const GradValueKernels& avx512_grad_value_kernels() {
   static const GradValueKernels k = make_grad_value_kernels<Simd, 4>();
+  return k;
+}
+
+const SpmmKernels& avx512_spmm_kernels() {
+  static const SpmmKernels k = spmm_simd::make_kernels<Simd, 8>();
   return k;
 }
 
