@@ -66,13 +66,36 @@ class Block(nn.Module):
         return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
 
 
+class Bottleneck(nn.Module):
+    """ResNet bottleneck: 1x1 conv-BN-ReLU, 3x3 conv-BN-ReLU, 1x1 conv-BN, + identity, ReLU."""
+
+    def __init__(self, channels, width):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = torch.relu(self.bn2(self.conv2(out)))
+        return torch.relu(self.bn3(self.conv3(out)) + x)
+
+
 def resnet_net(seed=0):
-    """A small ResNet: dense stem conv-BN-ReLU, an identity block, a downsampling block, pool, Linear."""
+    """A small ResNet: dense stem conv-BN-ReLU, an identity block, a downsampling block, a bottleneck
+    block, pool, Linear-ReLU, Linear (Linear layers pruned to 20%, so layers="all" stores them sparse)."""
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-                          Block(16, 16), Block(16, 32, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(32, 10))
-    return sparsify_random(model, keep3x3=0.25, group=4, keep1x1=0.2, seed=seed).eval()
+                          Block(16, 16), Block(16, 32, stride=2), Bottleneck(32, 16), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
+    model = sparsify_random(model, keep3x3=0.25, group=4, keep1x1=0.2, seed=seed)
+    with torch.no_grad():
+        for i, m in enumerate(m for m in model.modules() if isinstance(m, nn.Linear)):
+            m.weight.mul_(torch.rand(m.weight.shape, generator=torch.Generator().manual_seed(seed + i)) < 0.2)
+    return model.eval()
 
 
 def assert_close(got, want, rtol=1e-5):
@@ -414,7 +437,10 @@ def test_optimized_resnet_round_trip(tmp_path, layers, bits):
     assert sum(isinstance(m, PatternConv2d) for m in fused) >= 4 and len(fused) == len(calls), calls
     # BN, residual and ReLU run in the ops' output stage, nothing else outside XNNPACK.
     assert calls.count("patsparse::pattern_conv2d_fused.out") == sum(isinstance(m, PatternConv2d) for m in fused)
-    assert calls.count("patsparse::sparse_conv1x1.out") == (1 if layers == "all" else 0), calls
+    # layers="all": the downsample and bottleneck 1x1 convs (BN; BN + residual + ReLU) and the Linear
+    # layers (bias + ReLU) run the sparse ops with their epilogue.
+    assert calls.count("patsparse::sparse_conv1x1.out") == (3 if layers == "all" else 0), calls
+    assert calls.count("patsparse::sparse_linear.out") == (2 if layers == "all" else 0), calls
     assert not any("batch_norm" in c for c in calls), calls
     program = export.load_executorch(path)
     with torch.no_grad():
