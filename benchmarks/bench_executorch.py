@@ -5,11 +5,14 @@ eager PyTorch ratio (dense: BatchNorm folded, the faster of NCHW / channels_last
 
 Models: torch_patsparse.models.vgg16 / resnet18 at 224x224 with random weights of the real
 sparsity structure (torch_patsparse.models.sparsify_random: every 3x3 conv with Cin > 3 projected
-onto 8 patterns of 4 + connectivity 0.25 in groups of 4; 1x1 convs, the stem and Linear dense).
+onto 8 patterns of 4 + connectivity 0.25 in groups of 4; 1x1 convs, the stem and Linear dense;
+with --keep1x1 0.2 --layers all: 1x1 convs pruned to 20% unstructured and stored as SparseConv2d).
 This machine is x86-64: the figure is a proxy until an arm64 device measures it (docs/MOBILE.md).
 
   flock /tmp/patsparse-bench.lock python benchmarks/bench_executorch.py --reps 9 \\
       --markdown benchmarks/results/executorch.md
+  flock /tmp/patsparse-bench.lock python benchmarks/bench_executorch.py --models resnet18 --reps 9 \\
+      --layers all --keep1x1 0.2 --markdown benchmarks/results/executorch.md --append
 """
 import argparse
 import copy
@@ -53,7 +56,11 @@ def main():
     p.add_argument("--models", default="vgg16,resnet18")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--reps", type=int, default=9)
+    p.add_argument("--layers", default="3x3", choices=["3x3", "all"], help="ps.convert's layers")
+    p.add_argument("--keep1x1", type=float, default=None,
+                   help="prune 1x1 convs to this fraction (unstructured; default: left dense)")
     p.add_argument("--markdown", default=None, help="write the table (with its command) to this file")
+    p.add_argument("--append", action="store_true", help="append to --markdown instead of replacing it")
     args = p.parse_args()
 
     import torch
@@ -62,6 +69,7 @@ def main():
     import torch_patsparse as ps
     from torch_patsparse import export, models
     from torch_patsparse.nn import PatternConv2d
+    from torch_patsparse.nn.sparse import SparseConv2d
 
     torch.set_num_threads(1)
     x = torch.randn(1, 3, args.size, args.size)
@@ -70,9 +78,10 @@ def main():
     for name in args.models.split(","):
         torch.manual_seed(0)
         dense = models.sparsify_random(getattr(models, name)(), keep3x3=0.25, group=4, patterns=8,
-                                       keep1x1=None).eval()
-        sparse = ps.convert(copy.deepcopy(dense)).eval()
+                                       keep1x1=args.keep1x1).eval()
+        sparse = ps.convert(copy.deepcopy(dense), layers=args.layers).eval()
         n_conv = sum(isinstance(m, PatternConv2d) for m in sparse.modules())
+        n_1x1 = sum(isinstance(m, SparseConv2d) for m in sparse.modules())
         t0 = time.perf_counter()
         dense_pte = export.executorch(dense, os.path.join(tmp, f"{name}_dense.pte"), (x,))
         sparse_pte = export.executorch(sparse, os.path.join(tmp, f"{name}_patsparse.pte"), (x,))
@@ -105,7 +114,7 @@ def main():
         med_w = {k: statistics.median(v) * 1e3 for k, v in wall.items()}
         med_c = {k: statistics.median(v) * 1e3 for k, v in cpu.items()}
         best_dense = min(("eager dense", "eager dense (channels_last)"), key=lambda k: med_c[k])
-        rows.append(dict(name=name, n_conv=n_conv, size_dense=os.path.getsize(dense_pte),
+        rows.append(dict(name=name, n_conv=n_conv, n_1x1=n_1x1, size_dense=os.path.getsize(dense_pte),
                          size_sparse=os.path.getsize(sparse_pte), err=err, export_s=export_s,
                          et_dense=(med_w["dense"], med_c["dense"]), et_sparse=(med_w["patsparse"], med_c["patsparse"]),
                          eager_dense=(med_w[best_dense], med_c[best_dense]), eager_dense_fmt=best_dense,
@@ -113,26 +122,32 @@ def main():
         print(rows[-1], flush=True)
 
     isa = ps.ops.get_isa()
-    lines = ["# ExecuTorch: converted model (patsparse kernels + XNNPACK) vs dense ExecuTorch + XNNPACK", "",
+    extra = "" if args.layers == "3x3" and args.keep1x1 is None else f" --layers {args.layers} --keep1x1 {args.keep1x1}"
+    one_by_one = ("1x1 convs dense" if args.keep1x1 is None else
+                  f"1x1 convs pruned to {args.keep1x1:g} unstructured" +
+                  (" and stored sparse (`layers=\"all\"`: `patsparse::sparse_conv1x1`)" if args.layers == "all" else ""))
+    title = "# ExecuTorch: converted model (patsparse kernels + XNNPACK) vs dense ExecuTorch + XNNPACK"
+    lines = [title if not args.append else f"## layers={args.layers}, keep1x1={args.keep1x1}", "",
              "Command: `flock /tmp/patsparse-bench.lock python benchmarks/bench_executorch.py "
-             f"--models {args.models} --size {args.size} --reps {args.reps} --markdown <this file>`", "",
+             f"--models {args.models} --size {args.size} --reps {args.reps}{extra} --markdown <this file>"
+             f"{' --append' if args.append else ''}`", "",
              f"**x86-64 proxy** (this machine: x86-64, patsparse kernel path `{isa}`, executorch 1.4.0 pip "
              "wheel, XNNPACK delegate); no arm64 device measured this: the on-device figure is still open "
              "(docs/MOBILE.md). Batch 1, 1 thread (`_unsafe_reset_threadpool(1)`: ExecuTorch's pool, used by "
              f"XNNPACK and by our kernels), {args.size}x{args.size}, random weights with the real structure "
              "(every 3x3 conv with Cin > 3: 8 patterns of 4, connectivity 0.25, group 4 = 11.1% of its "
-             "weights kept; stem, 1x1 convs and Linear dense), BatchNorm folded (XNNPACK folds it into the "
-             "dense convs, `export.executorch` into the pattern convs). Both programs in one process, "
+             f"weights kept; {one_by_one}; stem and Linear dense), BatchNorm folded (XNNPACK folds it into the "
+             "dense convs, `export.executorch` runs it in our ops' output stage). Both programs in one process, "
              f"interleaved, median of {args.reps} repetitions; ms = process CPU time (wall in brackets; the box "
              "is shared, CPU time is the steadier clock). Eager columns: PyTorch in the same process, "
              "dense BatchNorm-folded in its faster memory format.", "",
-             "| model | 3x3 convs converted | .pte dense | .pte patsparse | size ratio | ET dense + XNNPACK ms | "
+             "| model | 3x3 convs converted | 1x1 convs sparse | .pte dense | .pte patsparse | size ratio | ET dense + XNNPACK ms | "
              "ET patsparse ms | ET speed-up | eager dense ms | eager patsparse ms | eager speed-up | max rel. err |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         mb = lambda b: f"{b / 2**20:.1f} MB"  # noqa: E731
         lines.append(
-            f"| {r['name']} | {r['n_conv']} | {mb(r['size_dense'])} | {mb(r['size_sparse'])} | "
+            f"| {r['name']} | {r['n_conv']} | {r['n_1x1']} | {mb(r['size_dense'])} | {mb(r['size_sparse'])} | "
             f"{r['size_dense'] / r['size_sparse']:.2f}x | {r['et_dense'][1]:.1f} ({r['et_dense'][0]:.1f}) | "
             f"{r['et_sparse'][1]:.1f} ({r['et_sparse'][0]:.1f}) | **{r['et_dense'][1] / r['et_sparse'][1]:.2f}x** | "
             f"{r['eager_dense'][1]:.1f} ({r['eager_dense'][0]:.1f}) | {r['eager_sparse'][1]:.1f} "
@@ -140,8 +155,8 @@ def main():
     text = "\n".join(lines) + "\n"
     print(text)
     if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text)
+        with open(args.markdown, "a" if args.append else "w") as f:
+            f.write(("\n" if args.append else "") + text)
 
 
 if __name__ == "__main__":

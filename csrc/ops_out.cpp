@@ -38,6 +38,21 @@ constexpr char kPatternConv2d[] = "patsparse::pattern_conv2d";
 using PatternConv2dSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                     const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                                     at::IntArrayRef, at::IntArrayRef, at::IntArrayRef);
+constexpr char kPatternConv2dFused[] = "patsparse::pattern_conv2d_fused";
+using PatternConv2dFusedSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                         const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                         const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+                                         at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, double, double);
+constexpr char kSparseConv1x1[] = "patsparse::sparse_conv1x1";
+using SparseConv1x1Sig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                    const at::Tensor&, const at::Tensor&, int64_t, const std::optional<at::Tensor>&,
+                                    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+                                    at::IntArrayRef, double, double);
+constexpr char kSparseLinear[] = "patsparse::sparse_linear";
+using SparseLinearSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                   const at::Tensor&, const at::Tensor&, int64_t, const std::optional<at::Tensor>&,
+                                   const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, double,
+                                   double);
 
 }  // namespace
 
@@ -45,11 +60,23 @@ TORCH_LIBRARY_FRAGMENT(patsparse, m) {
   m.def("pattern_conv2d.out(Tensor input, Tensor patterns, Tensor filter_ptr, Tensor kernel_channel, "
         "Tensor kernel_pattern, Tensor values, Tensor? bias, int[2] stride=1, int[2] padding=0, "
         "int[2] dilation=1, *, Tensor(a!) out) -> Tensor(a!)");
+  m.def("pattern_conv2d_fused.out(Tensor input, Tensor patterns, Tensor filter_ptr, Tensor kernel_channel, "
+        "Tensor kernel_pattern, Tensor values, Tensor? scale, Tensor? shift, Tensor? residual, int[2] stride, "
+        "int[2] padding, int[2] dilation, float lo, float hi, *, Tensor(a!) out) -> Tensor(a!)");
+  m.def("sparse_conv1x1.out(Tensor input, Tensor header, Tensor index, Tensor codes, Tensor values, "
+        "Tensor code_scale, int out_channels, Tensor? scale, Tensor? shift, Tensor? residual, int[2] stride, "
+        "float lo, float hi, *, Tensor(a!) out) -> Tensor(a!)");
+  m.def("sparse_linear.out(Tensor input, Tensor header, Tensor index, Tensor codes, Tensor values, "
+        "Tensor code_scale, int out_features, Tensor? scale, Tensor? shift, Tensor? residual, float lo, "
+        "float hi, *, Tensor(a!) out) -> Tensor(a!)");
 }
 
 // Device-agnostic: the functional op dispatches to its CPU or CUDA kernel.
 TORCH_LIBRARY_IMPL(patsparse, CompositeExplicitAutograd, m) {
   m.impl("pattern_conv2d.out", &OutVariant<kPatternConv2d, PatternConv2dSig>::call);
+  m.impl("pattern_conv2d_fused.out", &OutVariant<kPatternConv2dFused, PatternConv2dFusedSig>::call);
+  m.impl("sparse_conv1x1.out", &OutVariant<kSparseConv1x1, SparseConv1x1Sig>::call);
+  m.impl("sparse_linear.out", &OutVariant<kSparseLinear, SparseLinearSig>::call);
 }
 
 }  // namespace patsparse

@@ -13,6 +13,7 @@ import torch_patsparse as ps
 from torch_patsparse import export
 from torch_patsparse.models import sparsify_random
 from torch_patsparse.nn import PatternConv2d
+from torch_patsparse.nn.sparse import SparseConv2d, SparseLinear
 
 from helpers import PATTERNS8, random_pattern_weight
 
@@ -29,6 +30,72 @@ def conv_net(seed=0, width=16, bn=True):
         nn.ReLU(), nn.Conv2d(4 * w, 4 * w, 3, padding=1), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, 10)]
     return sparsify_random(nn.Sequential(*layers), keep3x3=0.25, group=4, seed=seed).eval()
+
+
+def sparse_net(seed=0):
+    """conv_net's kind of model for ``ps.convert(layers="all")``: a pattern 3x3 conv, pruned 1x1 convs
+    (stride 2 and 1, bias and BatchNorm) and a pruned Linear head, which become SparseConv2d / SparseLinear."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 32, 1, stride=2), nn.ReLU(), nn.Conv2d(32, 64, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+    model = sparsify_random(model, keep3x3=0.25, group=4, keep1x1=0.2, seed=seed)
+    with torch.no_grad():
+        head = model[-1].weight
+        head.mul_(torch.rand(head.shape, generator=torch.Generator().manual_seed(seed)) < 0.2)
+    return model.eval()
+
+
+class Block(nn.Module):
+    """ResNet basic block: conv-BN-ReLU, conv-BN, + (1x1 conv-BN downsampled) identity, ReLU."""
+
+    def __init__(self, cin, cout, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class Bottleneck(nn.Module):
+    """ResNet bottleneck: 1x1 conv-BN-ReLU, 3x3 conv-BN-ReLU, 1x1 conv-BN, + identity, ReLU."""
+
+    def __init__(self, channels, width):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = torch.relu(self.bn2(self.conv2(out)))
+        return torch.relu(self.bn3(self.conv3(out)) + x)
+
+
+def resnet_net(seed=0):
+    """A small ResNet: dense stem conv-BN-ReLU, an identity block, a downsampling block, a bottleneck
+    block, pool, Linear-ReLU, Linear (Linear layers pruned to 20%, so layers="all" stores them sparse)."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                          Block(16, 16), Block(16, 32, stride=2), Bottleneck(32, 16), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
+    model = sparsify_random(model, keep3x3=0.25, group=4, keep1x1=0.2, seed=seed)
+    with torch.no_grad():
+        for i, m in enumerate(m for m in model.modules() if isinstance(m, nn.Linear)):
+            m.weight.mul_(torch.rand(m.weight.shape, generator=torch.Generator().manual_seed(seed + i)) < 0.2)
+    return model.eval()
 
 
 def assert_close(got, want, rtol=1e-5):
@@ -65,6 +132,45 @@ def test_out_variant_matches_functional():
         fx = mode.from_tensor(x)
         fo = torch.empty(want.shape)
         assert torch.ops.patsparse.pattern_conv2d.out(fx, *args, out=fo).shape == want.shape
+
+
+def _sparse_op_args():
+    model = ps.convert(sparse_net(), layers="all").eval()
+    conv = next(m for m in model.modules() if isinstance(m, SparseConv2d) and m.stride == (2, 2))
+    lin = next(m for m in model.modules() if isinstance(m, SparseLinear))
+    return conv, lin
+
+
+@pytest.mark.parametrize("op", ["sparse_conv1x1", "sparse_linear", "pattern_conv2d_fused"])
+def test_new_out_variants_match_functional(op):
+    torch.manual_seed(0)
+    conv, lin = _sparse_op_args()
+    if op == "pattern_conv2d_fused":
+        w = random_pattern_weight(8, 6, keep=0.5, group=2, seed=1)
+        with torch.no_grad():
+            dense = nn.Conv2d(6, 8, 3, padding=1, bias=False)
+            dense.weight.copy_(w)
+            layer = PatternConv2d.from_dense(dense, pattern_set=ps.PatternSet(PATTERNS8))
+        x = torch.randn(2, 6, 9, 7)
+        arrays = (layer.patterns, layer.filter_ptr, layer.kernel_channel, layer.kernel_pattern, layer.values)
+        args = (x, *arrays, torch.rand(8) + 0.5, torch.randn(8), torch.randn(2, 8, 9, 7), [1, 1], [1, 1], [1, 1],
+                0.0, 6.0)
+    else:
+        m = conv if op == "sparse_conv1x1" else lin
+        x = torch.randn(3, m.in_channels, 7, 5) if op == "sparse_conv1x1" else torch.randn(3, m.in_features)
+        rows = m.out_channels if op == "sparse_conv1x1" else m.out_features
+        out_shape = (3, rows, 4, 3) if op == "sparse_conv1x1" else (3, rows)
+        arrays = (m.header, m.index, m.codes, m.values, m.scale)
+        args = (x, *arrays, rows, torch.rand(rows) + 0.5, torch.randn(rows), torch.randn(out_shape))
+        args += (([2, 2],) if op == "sparse_conv1x1" else ()) + (0.0, float("inf"))
+    functional = getattr(torch.ops.patsparse, op)
+    want = functional(*args)
+    out = torch.empty(0)
+    got = functional.out(*args, out=out)
+    assert got is out and torch.equal(out, want)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        assert functional.out(mode.from_tensor(x), *args[1:], out=torch.empty(want.shape)).shape == want.shape
 
 
 def test_torch_export_and_compile_of_converted_model():
@@ -145,7 +251,10 @@ def test_program_calls_patsparse_kernels(et_programs):
     calls, delegates = pte_operators(paths[1])
     n_pattern = sum(isinstance(m, PatternConv2d) for m in model.modules())
     assert n_pattern == 4
-    assert calls.count("patsparse::pattern_conv2d.out") == n_pattern, calls
+    # The 2 PatternConv2d followed by BatchNorm run it in the fused op's output stage.
+    assert calls.count("patsparse::pattern_conv2d.out") == n_pattern - 2, calls
+    assert calls.count("patsparse::pattern_conv2d_fused.out") == 2, calls
+    assert not any("batch_norm" in c for c in calls), calls
     assert not any("conv" in c and "patsparse" not in c for c in calls), calls  # no dense decomposition
     assert delegates >= 1  # the dense conv, ReLUs, pooling and Linear run in XNNPACK
     # At run time: the kernels build one plan per layer, then find it in the cache.
@@ -278,3 +387,76 @@ def test_dynamic_batch(tmp_path):
         program(torch.randn(5, 3, 16, 16))  # above the bound the memory plan was made for
     with pytest.raises(ValueError, match="max_batch"):
         export.executorch(model, tmp_path / "x.pte", (torch.randn(2, 3, 16, 16),), max_batch=0)
+
+
+# ------------------------------------------------- sparse 1x1 / Linear and the fused op in ExecuTorch
+def _check_every_isa(program, x, want):
+    try:
+        for isa in ps.ops.supported_isas():
+            export.set_executorch_isa(isa)
+            assert_close(program(x), want)
+    finally:
+        export.set_executorch_isa("auto")
+
+
+@needs_et
+@pytest.mark.parametrize("bits", [None, 4])
+def test_sparse_layers_round_trip(tmp_path, bits):
+    model = ps.convert(sparse_net(), layers="all", bits=bits).eval()
+    n_conv = sum(isinstance(m, SparseConv2d) for m in model.modules())
+    n_linear = sum(isinstance(m, SparseLinear) for m in model.modules())
+    assert n_conv == 2 and n_linear == 1 and not any(isinstance(m, (nn.Conv2d, nn.Linear)) and
+                                                     getattr(m, "in_channels", 3) != 3 for m in model.modules())
+    for batch in (1, 4):
+        path = export.executorch(model, tmp_path / f"s{batch}.pte", (torch.randn(batch, 3, 16, 16),))
+        calls, _ = pte_operators(path)
+        assert calls.count("patsparse::sparse_conv1x1.out") == n_conv, calls
+        assert calls.count("patsparse::sparse_linear.out") == n_linear, calls
+        dense = [c for c in calls if "patsparse" not in c and any(k in c for k in ("conv", "linear", "mm"))]
+        assert not dense, calls  # the sparse layers are not decomposed into dense ops
+        program = export.load_executorch(path)
+        hits0, builds0, _ = export.executorch_sparse_index_cache_stats()
+        for seed in range(2):
+            x = torch.randn(batch, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+            with torch.no_grad():
+                want = model(x)
+            assert_close(program(x), want)
+        hits1, builds1, _ = export.executorch_sparse_index_cache_stats()
+        assert (hits1 - hits0) + (builds1 - builds0) == 2 * (n_conv + n_linear)  # the kernels ran
+        _check_every_isa(program, x, want)
+
+
+@needs_et
+@pytest.mark.parametrize("layers,bits", [("3x3", None), ("all", None), ("all", 4)])
+def test_optimized_resnet_round_trip(tmp_path, layers, bits):
+    model = ps.optimize_for_inference(ps.convert(resnet_net(), layers=layers, bits=bits)).eval()
+    x = torch.randn(2, 3, 16, 16)
+    path = export.executorch(model, tmp_path / "r.pte", (x,))
+    calls, _ = pte_operators(path)
+    fused = [m.conv for m in model.modules() if isinstance(m, ps.optimize.FusedConv)]
+    assert sum(isinstance(m, PatternConv2d) for m in fused) >= 4 and len(fused) == len(calls), calls
+    # BN, residual and ReLU run in the ops' output stage, nothing else outside XNNPACK.
+    assert calls.count("patsparse::pattern_conv2d_fused.out") == sum(isinstance(m, PatternConv2d) for m in fused)
+    # layers="all": the downsample and bottleneck 1x1 convs (BN; BN + residual + ReLU) and the Linear
+    # layers (bias + ReLU) run the sparse ops with their epilogue.
+    assert calls.count("patsparse::sparse_conv1x1.out") == (3 if layers == "all" else 0), calls
+    assert calls.count("patsparse::sparse_linear.out") == (2 if layers == "all" else 0), calls
+    assert not any("batch_norm" in c for c in calls), calls
+    program = export.load_executorch(path)
+    with torch.no_grad():
+        want = model(x)
+        assert_close(want, ps.convert(resnet_net(), layers=layers, bits=bits).eval()(x), rtol=1e-4)
+    assert_close(program(x), want)
+    _check_every_isa(program, x, want)
+
+
+@needs_et
+def test_bad_sparse_weights_fail_in_the_kernel(tmp_path):
+    model = ps.convert(sparse_net(), layers="all").eval()
+    layer = next(m for m in model.modules() if isinstance(m, SparseLinear))
+    with torch.no_grad():
+        layer.header.fill_(255)  # an impossible header: the index build must refuse it
+    x = torch.randn(1, 3, 16, 16)
+    program = export.load_executorch(export.executorch(model, tmp_path / "bad.pte", (x,)))
+    with pytest.raises(RuntimeError):
+        program(x)

@@ -8,14 +8,16 @@ lite-interpreter (``.ptl``) file for PyTorch Mobile. Both files call the native 
 docs/MOBILE.md), or loading fails with an "Unknown builtin op: patsparse::pattern_conv2d" error.
 
 ``executorch(model, path, example_inputs)`` writes an ExecuTorch program (``.pte``): the dense parts
-lowered to XNNPACK, the pattern convs kept as the custom op ``patsparse::pattern_conv2d.out`` with
-their compressed arrays as constants; ``load_executorch(path)`` runs it in ExecuTorch's runtime with
+lowered to XNNPACK, our layers kept as the custom ops ``patsparse::pattern_conv2d.out``,
+``pattern_conv2d_fused.out``, ``sparse_conv1x1.out``, ``sparse_linear.out`` with their compressed
+arrays as constants; ``load_executorch(path)`` runs it in ExecuTorch's runtime with
 this package's ExecuTorch kernels (csrc/executorch) built and registered. Both need the optional
 ``executorch`` package (``pip install 'torch_patsparse[executorch]'``).
 """
 import copy
 import ctypes
 import fcntl
+import math
 import os
 import shutil
 import subprocess
@@ -27,6 +29,7 @@ import torch
 from torch import nn
 
 from . import ops  # noqa: F401  (registers torch.ops.patsparse so scripting resolves the ops)
+from .optimize import _foldable_bn, _fused
 
 __all__ = ["torchscript", "mobile", "executorch", "load_executorch", "executorch_kernel_library",
            "LITE_INTERPRETER_WARNING"]
@@ -88,9 +91,18 @@ def _require_executorch() -> str:
     return list(et.__path__)[0]
 
 
-def _batch_norm_after_pattern_conv(ep) -> List[Tuple[str, str]]:
-    """(PatternConv2d path, BatchNorm path) pairs of an exported program where the conv's only user
-    is an eval-mode batch norm and each module is called once (so folding is exact in real numbers)."""
+# Our ops (functional form, as torch.export records them), each the forward of one of our modules.
+_OUR_OPS = ("patsparse.pattern_conv2d.", "patsparse.sparse_conv1x1.", "patsparse.sparse_linear.")
+
+
+def _is_our_op(node) -> bool:
+    return node.op == "call_function" and str(node.target).startswith(_OUR_OPS)
+
+
+def _batch_norm_after_our_conv(ep) -> List[Tuple[str, str]]:
+    """(module path, BatchNorm path) pairs of an exported program where the op of one of our conv
+    modules (PatternConv2d, SparseConv2d) has an eval-mode batch norm as its only user and each
+    module is called once (so fusing is exact in real numbers)."""
     def owner(node):
         stack = node.meta.get("nn_module_stack") or {}
         return list(stack.values())[-1][0] if stack else None
@@ -101,7 +113,7 @@ def _batch_norm_after_pattern_conv(ep) -> List[Tuple[str, str]]:
             calls.setdefault(owner(node), []).append(node)
     pairs = []
     for node in ep.graph.nodes:
-        if node.op != "call_function" or "patsparse.pattern_conv2d" not in str(node.target):
+        if not _is_our_op(node):
             continue
         users = list(node.users)
         if len(users) != 1 or "batch_norm" not in str(users[0].target):
@@ -109,23 +121,10 @@ def _batch_norm_after_pattern_conv(ep) -> List[Tuple[str, str]]:
         conv, bn = owner(node), owner(users[0])
         if conv is None or bn is None or len(calls.get(bn, [])) != 1:
             continue
-        if sum("patsparse.pattern_conv2d" in str(n.target) for n in calls.get(conv, [])) != 1:
+        if sum(_is_our_op(n) for n in calls.get(conv, [])) != 1:
             continue
         pairs.append((conv, bn))
     return pairs
-
-
-@torch.no_grad()
-def _fold_batch_norm(conv: nn.Module, bn: nn.BatchNorm2d) -> None:
-    """conv <- bn(conv(.)) for an eval BatchNorm: each filter's kept values times its channel's scale."""
-    scale = (bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)) / torch.sqrt(
-        bn.running_var + bn.eps)
-    shift = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
-    counts = (conv.filter_ptr[1:] - conv.filter_ptr[:-1]).long()
-    owner = torch.repeat_interleave(torch.arange(conv.out_channels, device=counts.device), counts)
-    conv.values.mul_(scale[owner].to(conv.values.dtype).unsqueeze(1))
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    conv.bias = nn.Parameter((bias - bn.running_mean) * scale + shift)
 
 
 def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
@@ -141,10 +140,13 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
     of every input may be anything in 1..max_batch, the memory plan sized for max_batch), then
     ``to_edge_transform_and_lower`` with the XNNPACK partitioner: dense convs,
     Linear, pooling and activations run in XNNPACK; each ``PatternConv2d`` stays the custom op
-    ``patsparse::pattern_conv2d.out`` whose compressed arrays (patterns, CSR indices, kept values)
-    are the only copy of its weight in the file. An eval-mode BatchNorm right after a PatternConv2d is
-    folded into it (scale on its kept values, shift into its bias: what XNNPACK does for a dense
-    conv + BatchNorm; equal up to float rounding). ``model`` itself is not modified.
+    ``patsparse::pattern_conv2d.out``, each ``SparseConv2d`` (1x1) / ``SparseLinear``
+    ``patsparse::sparse_conv1x1.out`` / ``sparse_linear.out``, and the fused modules of
+    :func:`torch_patsparse.optimize_for_inference` ``patsparse::pattern_conv2d_fused.out`` (or the
+    sparse ops with their epilogue); their compressed arrays are the only copy of their weights in the
+    file. An eval-mode BatchNorm right after a PatternConv2d / SparseConv2d is fused into its op's
+    output stage (per-channel scale and shift, as ``optimize_for_inference`` does; the stored weights
+    are untouched; equal up to float rounding). ``model`` itself is not modified.
     Run the file with :func:`load_executorch`, or on a device with the kernel library linked in
     (docs/MOBILE.md)."""
     _require_executorch()
@@ -172,10 +174,12 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
             raise ValueError(f"export.executorch: the model must be float32 (model.float()), found {p.dtype}")
     with torch.no_grad():
         ep = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes)
-        pairs = _batch_norm_after_pattern_conv(ep)
+        pairs = [(c, b) for c, b in _batch_norm_after_our_conv(ep)
+                 if _foldable_bn(model.get_submodule(b), model.get_submodule(c))]
         if pairs:
             for conv, bn in pairs:
-                _fold_batch_norm(model.get_submodule(conv), model.get_submodule(bn))
+                _set_submodule(model, conv, _fused(model.get_submodule(conv), model.get_submodule(bn), -math.inf,
+                                                   math.inf))
                 _set_submodule(model, bn, nn.Identity())
             ep = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes)
     program = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch()
@@ -269,4 +273,11 @@ def executorch_plan_cache_stats() -> Tuple[int, int, int]:
     """(hits, builds, size) of the ExecuTorch kernels' plan cache in this process."""
     stats = (ctypes.c_int64 * 3)()
     _load_kernels().patsparse_et_plan_cache_stats(stats)
+    return tuple(int(v) for v in stats)
+
+
+def executorch_sparse_index_cache_stats() -> Tuple[int, int, int]:
+    """(hits, builds, size) of the ExecuTorch sparse 1x1 / Linear kernels' runtime-index cache."""
+    stats = (ctypes.c_int64 * 3)()
+    _load_kernels().patsparse_et_sparse_index_cache_stats(stats)
     return tuple(int(v) for v in stats)

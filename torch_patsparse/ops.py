@@ -270,3 +270,22 @@ def _(input, patterns, filter_ptr, kernel_channel, kernel_pattern, values, bias,
       dilation=(1, 1), *, out):
     torch._check(input.dim() == 4, lambda: "patsparse: input must be 4-D")
     return out
+
+
+@torch.library.register_fake("patsparse::pattern_conv2d_fused.out")
+def _(input, patterns, filter_ptr, kernel_channel, kernel_pattern, values, scale, shift, residual, stride, padding,
+      dilation, lo, hi, *, out):
+    torch._check(input.dim() == 4, lambda: "patsparse: input must be 4-D")
+    return out
+
+
+@torch.library.register_fake("patsparse::sparse_conv1x1.out")
+def _(input, header, index, codes, values, code_scale, out_channels, scale, shift, residual, stride, lo, hi, *, out):
+    torch._check(input.dim() == 4, lambda: "patsparse: input must be 4-D")
+    return out
+
+
+@torch.library.register_fake("patsparse::sparse_linear.out")
+def _(input, header, index, codes, values, code_scale, out_features, scale, shift, residual, lo, hi, *, out):
+    torch._check(input.dim() >= 1, lambda: "patsparse: input must have at least 1 dimension")
+    return out

@@ -22,10 +22,12 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "kernels/dispatch.h"
 #include "kernels/pattern_conv.h"
 #include "kernels/plan.h"
+#include "kernels/spmm.h"
 
 namespace patsparse {
 namespace et {
@@ -96,12 +98,58 @@ std::string check_pair(IntArrayRef v, const char* name) {
   return v.size() == 2 ? "" : std::string(name) + " must have 2 elements, got " + std::to_string(v.size());
 }
 
-// Fills s and w from the arguments of pattern_conv2d, or returns what is wrong with them (shapes and
-// dtypes here; the index arrays are validated when the plan is built, or by validate() below).
+// "" when the optional per-channel vector t (an epilogue's scale / shift, a bias) is absent or fp32 [channels].
+std::string check_channels(const std::optional<Tensor>& t, const char* name, int64_t channels) {
+  if (!t) return "";
+  std::string e = check_tensor(*t, name, ScalarType::Float, 1);
+  if (e.empty() && t->size(0) != channels)
+    e = std::string(name) + " must be [" + std::to_string(channels) + "], got " + size_string(*t);
+  return e;
+}
+
+std::string sizes_string(const std::vector<int64_t>& sizes) {
+  std::string s = "[";
+  for (size_t i = 0; i < sizes.size(); ++i) s += (i ? ", " : "") + std::to_string(sizes[i]);
+  return s + "]";
+}
+
+// "" when the optional residual is absent or an fp32 contiguous tensor of the output's sizes.
+std::string check_residual(const std::optional<Tensor>& t, const std::vector<int64_t>& out_sizes) {
+  if (!t) return "";
+  std::string e = check_tensor(*t, "residual", ScalarType::Float, static_cast<int64_t>(out_sizes.size()));
+  if (!e.empty()) return e;
+  for (size_t d = 0; d < out_sizes.size(); ++d)
+    if (t->size(static_cast<int64_t>(d)) != out_sizes[d])
+      return "residual must have the output's shape " + sizes_string(out_sizes) + ", got " + size_string(*t);
+  return "";
+}
+
+// The epilogue's clamp bounds (kernels/epilogue.h): lo <= hi, neither NaN.
+std::string check_bounds(double lo, double hi) {
+  return lo <= hi ? "" : "the clamp bounds must satisfy lo <= hi and not be NaN, got lo=" + std::to_string(lo) +
+                             ", hi=" + std::to_string(hi);
+}
+
+// Checks `out` (fp32, contiguous, of this rank) and resizes it to `sizes`; false (call failed) if not possible.
+bool resize_out(KernelRuntimeContext& ctx, Tensor& out, const std::vector<int64_t>& sizes) {
+  if (!ok(ctx, check_tensor(out, "out", ScalarType::Float, static_cast<int64_t>(sizes.size())))) return false;
+  constexpr int64_t kMaxSize = std::numeric_limits<executorch::aten::SizesType>::max();
+  std::vector<executorch::aten::SizesType> et_sizes;
+  for (int64_t v : sizes) {
+    if (v < 0 || v > kMaxSize) return ok(ctx, "output size " + sizes_string(sizes) + " does not fit ExecuTorch's int32 sizes");
+    et_sizes.push_back(static_cast<executorch::aten::SizesType>(v));
+  }
+  if (executorch::runtime::resize_tensor(out, {et_sizes.data(), et_sizes.size()}) != Error::Ok)
+    return ok(ctx, "cannot resize out " + size_string(out) + " to " + sizes_string(sizes));
+  return true;
+}
+
+// Fills s and w from the arguments of pattern_conv2d(_fused), or returns what is wrong with them
+// (shapes and dtypes here; the index arrays are validated when the plan is built, or by validate()).
 std::string pattern_conv2d_args(const Tensor& input, const Tensor& patterns, const Tensor& filter_ptr,
                                 const Tensor& kernel_channel, const Tensor& kernel_pattern, const Tensor& values,
-                                const std::optional<Tensor>& bias, IntArrayRef stride, IntArrayRef padding,
-                                IntArrayRef dilation, ConvShape* s, PatternWeights<float>* w) {
+                                IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, ConvShape* s,
+                                PatternWeights<float>* w) {
   std::string e;
   if (!(e = check_tensor(input, "input", ScalarType::Float, 4)).empty()) return e;
   if (!(e = check_tensor(patterns, "patterns", ScalarType::Byte, 2)).empty()) return e;
@@ -117,11 +165,6 @@ std::string pattern_conv2d_args(const Tensor& input, const Tensor& patterns, con
   if (values.size(0) != nnz || values.size(1) != patterns.size(1))
     return "values must be [nnz, E] = [" + std::to_string(nnz) + ", " + std::to_string(patterns.size(1)) +
            "], got " + size_string(values);
-  if (bias) {
-    if (!(e = check_tensor(*bias, "bias", ScalarType::Float, 1)).empty()) return e;
-    if (bias->size(0) != out_channels)
-      return "bias must be [" + std::to_string(out_channels) + "], got " + size_string(*bias);
-  }
   if (!(e = check_pair(stride, "stride")).empty() || !(e = check_pair(padding, "padding")).empty() ||
       !(e = check_pair(dilation, "dilation")).empty())
     return e;
@@ -135,9 +178,6 @@ std::string pattern_conv2d_args(const Tensor& input, const Tensor& patterns, con
     return "stride and dilation must be >= 1 and padding >= 0 (and input size + 2 * padding must fit in int64)";
   if (s->out_h == 0 || s->out_w == 0) return "input " + size_string(input) + " is too small for the 3x3 kernel";
   if (!(e = check_shape(*s)).empty()) return e;
-  constexpr int64_t kMaxSize = std::numeric_limits<executorch::aten::SizesType>::max();
-  if (s->out_channels > kMaxSize || s->out_h > kMaxSize || s->out_w > kMaxSize)
-    return "output size does not fit ExecuTorch's int32 sizes";
   w->num_patterns = patterns.size(0);
   w->entries = patterns.size(1);
   w->out_channels = out_channels;
@@ -150,6 +190,25 @@ std::string pattern_conv2d_args(const Tensor& input, const Tensor& patterns, con
   return "";
 }
 
+// The 3x3 pattern conv with epilogue `ep` into `out` (already checked and resized to the output shape).
+void run_pattern_conv(KernelRuntimeContext& ctx, const ConvShape& s, const PatternWeights<float>& w,
+                      const Tensor& input, const Epilogue& ep, Tensor& out) {
+  try {
+    const Isa isa = active_isa();
+    std::shared_ptr<const ExecPlan> plan;
+    if (isa != Isa::Scalar) {
+      plan = plan_cache().get(w, s.in_channels);  // validates the index arrays when it builds
+    } else if (!ok(ctx, validate(w, s.in_channels))) {
+      return;
+    }
+    if (out.numel() > 0)
+      forward_f32(isa, s, w, plan.get(), input.const_data_ptr<float>(), ep, out.mutable_data_ptr<float>(),
+                  et_parallel_for(), num_threads());
+  } catch (const std::exception& e) {
+    ok(ctx, std::string("invalid compressed weight or shape: ") + e.what());
+  }
+}
+
 // patsparse::pattern_conv2d.out: out = conv2d(input, the pattern-compressed weight) + bias.
 Tensor& pattern_conv2d_out(KernelRuntimeContext& ctx, const Tensor& input, const Tensor& patterns,
                            const Tensor& filter_ptr, const Tensor& kernel_channel, const Tensor& kernel_pattern,
@@ -157,32 +216,178 @@ Tensor& pattern_conv2d_out(KernelRuntimeContext& ctx, const Tensor& input, const
                            IntArrayRef padding, IntArrayRef dilation, Tensor& out) {
   ConvShape s;
   PatternWeights<float> w;
-  if (!ok(ctx, pattern_conv2d_args(input, patterns, filter_ptr, kernel_channel, kernel_pattern, values, bias,
-                                   stride, padding, dilation, &s, &w)))
+  if (!ok(ctx, pattern_conv2d_args(input, patterns, filter_ptr, kernel_channel, kernel_pattern, values, stride,
+                                   padding, dilation, &s, &w)) ||
+      !ok(ctx, check_channels(bias, "bias", s.out_channels)) ||
+      !resize_out(ctx, out, {s.batch, s.out_channels, s.out_h, s.out_w}))
     return out;
-  if (!ok(ctx, check_tensor(out, "out", ScalarType::Float, 4))) return out;
-  const std::array<executorch::aten::SizesType, 4> sizes = {
-      static_cast<executorch::aten::SizesType>(s.batch), static_cast<executorch::aten::SizesType>(s.out_channels),
-      static_cast<executorch::aten::SizesType>(s.out_h), static_cast<executorch::aten::SizesType>(s.out_w)};
-  if (executorch::runtime::resize_tensor(out, {sizes.data(), sizes.size()}) != Error::Ok) {
-    ok(ctx, "cannot resize out " + size_string(out) + " to [" + std::to_string(s.batch) + ", " +
-                std::to_string(s.out_channels) + ", " + std::to_string(s.out_h) + ", " + std::to_string(s.out_w) + "]");
+  Epilogue ep;
+  ep.shift = bias ? bias->const_data_ptr<float>() : nullptr;
+  run_pattern_conv(ctx, s, w, input, ep, out);
+  return out;
+}
+
+// patsparse::pattern_conv2d_fused.out: out = clamp(conv2d(input, W) * scale + shift + residual, lo, hi).
+Tensor& pattern_conv2d_fused_out(KernelRuntimeContext& ctx, const Tensor& input, const Tensor& patterns,
+                                 const Tensor& filter_ptr, const Tensor& kernel_channel, const Tensor& kernel_pattern,
+                                 const Tensor& values, const std::optional<Tensor>& scale,
+                                 const std::optional<Tensor>& shift, const std::optional<Tensor>& residual,
+                                 IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, double lo, double hi,
+                                 Tensor& out) {
+  ConvShape s;
+  PatternWeights<float> w;
+  if (!ok(ctx, pattern_conv2d_args(input, patterns, filter_ptr, kernel_channel, kernel_pattern, values, stride,
+                                   padding, dilation, &s, &w)))
     return out;
-  }
+  const std::vector<int64_t> out_sizes{s.batch, s.out_channels, s.out_h, s.out_w};
+  if (!ok(ctx, check_channels(scale, "scale", s.out_channels)) || !ok(ctx, check_channels(shift, "shift", s.out_channels)) ||
+      !ok(ctx, check_residual(residual, out_sizes)) || !ok(ctx, check_bounds(lo, hi)) || !resize_out(ctx, out, out_sizes))
+    return out;
+  Epilogue ep;
+  ep.scale = scale ? scale->const_data_ptr<float>() : nullptr;
+  ep.shift = shift ? shift->const_data_ptr<float>() : nullptr;
+  ep.residual = residual ? residual->const_data_ptr<float>() : nullptr;
+  ep.lo = static_cast<float>(lo);
+  ep.hi = static_cast<float>(hi);
+  run_pattern_conv(ctx, s, w, input, ep, out);
+  return out;
+}
+
+// ------------------------------------------------------------ sparse 1x1 conv / Linear (kernels/spmm.h)
+// Runtime CSR indices of the stored weights, found by content like the plans.
+SparseIndexCache& sparse_index_cache() {
+  static SparseIndexCache cache;
+  return cache;
+}
+
+// Fills `view` with the stored arrays of a [rows, cols] weight (sparse.py's format), or says what is wrong
+// with their dtypes / ranks (their content is validated when the runtime index is built).
+std::string stored_sparse(const Tensor& header, const Tensor& index, const Tensor& codes, const Tensor& values,
+                          const Tensor& code_scale, int64_t rows, int64_t cols, StoredSparse* view) {
+  std::string e;
+  if (!(e = check_tensor(header, "header", ScalarType::Byte, 1)).empty() ||
+      !(e = check_tensor(index, "index", ScalarType::Byte, 1)).empty() ||
+      !(e = check_tensor(codes, "codes", ScalarType::Byte, 1)).empty() ||
+      !(e = check_tensor(values, "values", ScalarType::Float, 1)).empty() ||
+      !(e = check_tensor(code_scale, "code_scale", ScalarType::Float, 1)).empty())
+    return e;
+  if (rows < 0 || cols < 0) return "negative weight size [" + std::to_string(rows) + ", " + std::to_string(cols) + "]";
+  view->rows = rows;
+  view->cols = cols;
+  view->header = header.const_data_ptr<uint8_t>();
+  view->header_bytes = header.numel();
+  view->index = index.const_data_ptr<uint8_t>();
+  view->index_bytes = index.numel();
+  view->codes = codes.const_data_ptr<uint8_t>();
+  view->codes_bytes = codes.numel();
+  view->num_values = values.numel();
+  view->code_scale = code_scale.const_data_ptr<float>();
+  view->num_code_scale = code_scale.numel();
+  return "";
+}
+
+// Checks the epilogue arguments of a sparse op with `rows` output channels and output `out_sizes`.
+std::string sparse_epilogue_args(const std::optional<Tensor>& scale, const std::optional<Tensor>& shift,
+                                 const std::optional<Tensor>& residual, int64_t rows,
+                                 const std::vector<int64_t>& out_sizes, double lo, double hi, SpmmIo<float>* io) {
+  std::string e;
+  if (!(e = check_channels(scale, "scale", rows)).empty() || !(e = check_channels(shift, "shift", rows)).empty() ||
+      !(e = check_residual(residual, out_sizes)).empty() || !(e = check_bounds(lo, hi)).empty())
+    return e;
+  io->scale = scale ? scale->const_data_ptr<float>() : nullptr;
+  io->shift = shift ? shift->const_data_ptr<float>() : nullptr;
+  io->residual = residual ? residual->const_data_ptr<float>() : nullptr;
+  io->lo = static_cast<float>(lo);
+  io->hi = static_cast<float>(hi);
+  return "";
+}
+
+// Builds (or finds) the runtime index of `view` and runs the product; errors fail the call.
+void run_spmm(KernelRuntimeContext& ctx, const StoredSparse& view, const Tensor& values, const SpmmIo<float>& io,
+              bool empty) {
   try {
-    const Isa isa = active_isa();
-    std::shared_ptr<const ExecPlan> plan;
-    if (isa != Isa::Scalar) {
-      plan = plan_cache().get(w, s.in_channels);  // validates the index arrays when it builds
-    } else if (!ok(ctx, validate(w, s.in_channels))) {
-      return out;
-    }
-    if (out.numel() > 0)
-      forward_f32(isa, s, w, plan.get(), input.const_data_ptr<float>(), bias ? bias->const_data_ptr<float>() : nullptr,
-                  out.mutable_data_ptr<float>(), et_parallel_for(), num_threads());
+    const auto idx = sparse_index_cache().get(view);  // validated even for an empty batch
+    if (!empty) spmm_f32(active_isa(), csr_view(*idx, values.const_data_ptr<float>()), io, et_parallel_for(), num_threads());
   } catch (const std::exception& e) {
-    ok(ctx, std::string("invalid compressed weight or shape: ") + e.what());
+    ok(ctx, std::string("invalid compressed weight: ") + e.what());
   }
+}
+
+// patsparse::sparse_conv1x1.out: out = epilogue(conv2d(input, W[out_channels, C, 1, 1], stride)).
+Tensor& sparse_conv1x1_out(KernelRuntimeContext& ctx, const Tensor& input, const Tensor& header, const Tensor& index,
+                           const Tensor& codes, const Tensor& values, const Tensor& code_scale, int64_t out_channels,
+                           const std::optional<Tensor>& scale, const std::optional<Tensor>& shift,
+                           const std::optional<Tensor>& residual, IntArrayRef stride, double lo, double hi,
+                           Tensor& out) {
+  if (!ok(ctx, check_tensor(input, "input", ScalarType::Float, 4)) || !ok(ctx, check_pair(stride, "stride")))
+    return out;
+  if (stride[0] < 1 || stride[1] < 1) {
+    ok(ctx, "stride must be >= 1");
+    return out;
+  }
+  const int64_t batch = input.size(0), channels = input.size(1), h = input.size(2), w = input.size(3);
+  if (h == 0 || w == 0) {
+    ok(ctx, "input " + size_string(input) + " has an empty spatial size");
+    return out;
+  }
+  StoredSparse view;
+  if (!ok(ctx, stored_sparse(header, index, codes, values, code_scale, out_channels, channels, &view))) return out;
+  const int64_t oh = (h - 1) / stride[0] + 1, ow = (w - 1) / stride[1] + 1, n = oh * ow;
+  const std::vector<int64_t> out_sizes{batch, out_channels, oh, ow};
+  SpmmIo<float> io;
+  if (!ok(ctx, sparse_epilogue_args(scale, shift, residual, out_channels, out_sizes, lo, hi, &io)) ||
+      !resize_out(ctx, out, out_sizes))
+    return out;
+  // The kernels read pixels as contiguous columns: a strided conv reads a gathered copy of its pixels.
+  std::vector<float> gathered;
+  const float* x = input.const_data_ptr<float>();
+  if ((stride[0] > 1 || stride[1] > 1) && out.numel() > 0) {
+    gathered.resize(static_cast<size_t>(batch * channels * n));
+    float* g = gathered.data();
+    for (int64_t bc = 0; bc < batch * channels; ++bc)
+      for (int64_t i = 0; i < oh; ++i)
+        for (int64_t j = 0; j < ow; ++j) *g++ = x[(bc * h + i * stride[0]) * w + j * stride[1]];
+    x = gathered.data();
+  }
+  io.batch = batch;
+  io.n = n;
+  io.x = x;
+  io.x_image = channels * n, io.x_chan = n, io.x_col = 1;
+  io.y = out.mutable_data_ptr<float>();
+  io.y_image = out_channels * n, io.y_chan = n, io.y_col = 1;
+  run_spmm(ctx, view, values, io, out.numel() == 0);
+  return out;
+}
+
+// patsparse::sparse_linear.out: out = epilogue(linear(input, W[out_features, in_features])). The rows of the
+// input are read in place (the gather kernel; no transposed copy).
+Tensor& sparse_linear_out(KernelRuntimeContext& ctx, const Tensor& input, const Tensor& header, const Tensor& index,
+                          const Tensor& codes, const Tensor& values, const Tensor& code_scale, int64_t out_features,
+                          const std::optional<Tensor>& scale, const std::optional<Tensor>& shift,
+                          const std::optional<Tensor>& residual, double lo, double hi, Tensor& out) {
+  if (input.dim() < 1) {
+    ok(ctx, "input must have at least 1 dimension");
+    return out;
+  }
+  if (!ok(ctx, check_tensor(input, "input", ScalarType::Float, input.dim()))) return out;
+  const int64_t in_features = input.size(input.dim() - 1);
+  StoredSparse view;
+  if (!ok(ctx, stored_sparse(header, index, codes, values, code_scale, out_features, in_features, &view))) return out;
+  std::vector<int64_t> out_sizes(input.sizes().begin(), input.sizes().end());
+  out_sizes.back() = out_features;
+  int64_t rows = 1;
+  for (size_t d = 0; d + 1 < out_sizes.size(); ++d) rows *= out_sizes[d];
+  SpmmIo<float> io;
+  if (!ok(ctx, sparse_epilogue_args(scale, shift, residual, out_features, out_sizes, lo, hi, &io)) ||
+      !resize_out(ctx, out, out_sizes))
+    return out;
+  io.batch = 1;
+  io.n = rows;
+  io.x = input.const_data_ptr<float>();
+  io.x_chan = 1, io.x_col = in_features;
+  io.y = out.mutable_data_ptr<float>();
+  io.y_chan = 1, io.y_col = out_features;
+  run_spmm(ctx, view, values, io, out.numel() == 0);
   return out;
 }
 
@@ -190,6 +395,9 @@ Tensor& pattern_conv2d_out(KernelRuntimeContext& ctx, const Tensor& input, const
 }  // namespace patsparse
 
 EXECUTORCH_LIBRARY(patsparse, "pattern_conv2d.out", patsparse::et::pattern_conv2d_out);
+EXECUTORCH_LIBRARY(patsparse, "pattern_conv2d_fused.out", patsparse::et::pattern_conv2d_fused_out);
+EXECUTORCH_LIBRARY(patsparse, "sparse_conv1x1.out", patsparse::et::sparse_conv1x1_out);
+EXECUTORCH_LIBRARY(patsparse, "sparse_linear.out", patsparse::et::sparse_linear_out);
 
 // Forces the kernel path of this library ("scalar", "avx2", "avx512", "neon", "auto"; PATSPARSE_ISA
 // sets the initial one), as torch.ops.patsparse.set_isa does for the torch binding: 1 on success,
@@ -203,6 +411,15 @@ extern "C" __attribute__((visibility("default"))) int patsparse_et_set_isa(const
 // these kernels, and built each layer's plan once).
 extern "C" __attribute__((visibility("default"))) void patsparse_et_plan_cache_stats(int64_t* stats) {
   const patsparse::PlanCacheStats st = patsparse::et::plan_cache().stats();
+  stats[0] = st.hits;
+  stats[1] = st.builds;
+  stats[2] = st.size;
+}
+
+// [hits, builds, size] of this library's sparse index cache into stats[0..2] (tests: the sparse 1x1 /
+// Linear kernels ran, one index build per layer).
+extern "C" __attribute__((visibility("default"))) void patsparse_et_sparse_index_cache_stats(int64_t* stats) {
+  const patsparse::SparseIndexCacheStats st = patsparse::et::sparse_index_cache().stats();
   stats[0] = st.hits;
   stats[1] = st.builds;
   stats[2] = st.size;
