@@ -249,18 +249,20 @@ def test_later_stage_starts_from_a_dense_file_of_another_compression_config(tiny
 
 @needs_data
 def test_retrain_on_compressed_modules_matches_masked_dense(tiny_run, tmp_path):
-    """--retrain-on compressed: the retrain stage from the same admm.pt reaches the masked dense run's
-    result (losses to rounding); its checkpoint has the dense form (resume / convert unchanged)."""
+    """--retrain-on dense / compressed: the retrain stage from the same admm.pt reaches the same result
+    in both forms (losses to rounding); the checkpoint has the dense form (resume / convert unchanged)."""
     import shutil
     cfg, full_out, full = tiny_run
     out = str(tmp_path / "comp")
     os.makedirs(out)
     shutil.copy(os.path.join(full_out, "admm.pt"), out)
+    form = cli.DEFAULTS["retrain"]["on"]        # the tiny run's form; the other one here
+    other = "dense" if form == "compressed" else "compressed"
     assert cli.main(["--config", cfg, "--out", out, "--no-progress", "--stages", "retrain",
-                     "--retrain-on", "compressed"]) == 0
+                     "--retrain-on", other]) == 0
     a = torch.load(os.path.join(full_out, "retrain.pt"), weights_only=False)
     b = torch.load(os.path.join(out, "retrain.pt"), weights_only=False)
-    assert b["config"]["retrain"]["on"] == "compressed"
+    assert a["config"]["retrain"]["on"] == form and b["config"]["retrain"]["on"] == other
     assert a["model"].keys() == b["model"].keys()    # dense form: the same state_dict keys
     la = [e["train_loss"] for e in a["history"]["epochs"] if e["stage"] == "retrain"]
     lb = [e["train_loss"] for e in b["history"]["epochs"] if e["stage"] == "retrain"]

@@ -44,7 +44,7 @@ DEFAULTS: Dict[str, Any] = {
     "dense": {"epochs": 3, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
     "admm": {"method": "oneshot", "epochs": 2, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "rho": 1.0, "rho_growth": 1.5,
              "rho_max": 50.0, "updates_per_epoch": 4, "balance": False},
-    "retrain": {"epochs": 4, "lr": 0.02, "on": "dense"},
+    "retrain": {"epochs": 4, "lr": 0.02, "on": "compressed"},
     "latency": {"batches": [1, 64], "repeats": 30},
     "layers": [
         {"match": "features.0.weight",
