@@ -40,6 +40,7 @@ FC_SPEC = [C.Unstructured(keep=0.25), C.Quantize(bits=3, scheme="pow2")]
 
 def make_opt(model, base=torch.optim.SGD, conv=CONV_SPEC, fc=FC_SPEC, **kw):
     kw.setdefault("lr", 0.05)
+    kw.setdefault("penalty", "gradient")  # this file pins the gradient form; test_methods.py the proximal one
     if base is torch.optim.SGD:
         kw.setdefault("momentum", 0.9)
     spec = [(r"[03]\.weight", conv), (r"8\.weight", fc)]
@@ -175,7 +176,7 @@ def test_exact_math_absolute_rho():
     cons = [C.Connectivity(keep=0.5), C.Quantize(bits=3)]
     lr, rho, growth, rho_max, every = 0.1, 0.5, 2.0, 1.5, 3
     opt = ps.ADMM([{"params": [w], "constraints": cons}], lr=lr, rho=rho, rho_growth=growth, rho_max=rho_max,
-                  update_every=every, rho_scale="none")
+                  update_every=every, rho_scale="none", penalty="gradient")
 
     def proj(x):
         return project.quantize(project.connectivity(x, 0.5), 3)
@@ -524,7 +525,7 @@ def test_consensus_one_pair_per_constraint_exact_math():
     cons = [C.Connectivity(keep=0.5), C.Quantize(bits=3)]
     lr, rho, growth, every = 0.05, 0.5, 2.0, 3
     opt = ps.ADMM([{"params": [w], "constraints": cons}], lr=lr, rho=rho, rho_growth=growth, rho_max=1.5,
-                  update_every=every, rho_scale="none", consensus=True, rescale_dual=True)
+                  update_every=every, rho_scale="none", penalty="gradient", consensus=True, rescale_dual=True)
     projs = [lambda x: project.connectivity(x, 0.5), lambda x: project.quantize(x, 3)]
     W = w.detach().clone()
     Z = [f(W) for f in projs]
@@ -547,7 +548,7 @@ def test_consensus_one_pair_per_constraint_exact_math():
     assert opt.residuals()["group0.0"] == pytest.approx(res, rel=1e-4)
     sd = opt.state_dict()
     w2 = nn.Parameter(w.detach().clone())
-    opt2 = ps.ADMM([{"params": [w2], "constraints": cons}], lr=lr, rho_scale="none")
+    opt2 = ps.ADMM([{"params": [w2], "constraints": cons}], lr=lr, rho_scale="none", penalty="gradient")
     buf = io.BytesIO()
     torch.save(sd, buf)
     opt2.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))

@@ -22,14 +22,10 @@ test_limit = 1000
 [dense]
 epochs = 2
 lr = 0.05
-[admm]   # 64 steps: too short for the default rho schedule (see cli.QUICK)
+[admm]   # ADMM's default (proximal) rho schedule over the phase's 16 Z-updates
 method = "admm"   # the end-to-end path with ADMM state (the default one-shot is covered by test_methods)
 epochs = 2
 updates_per_epoch = 8
-lr = 0.002
-rho = 0.05
-rho_growth = 1.3
-rho_max = 0.3
 [retrain]
 epochs = 2
 lr = 0.02
@@ -80,6 +76,8 @@ def test_config_file_overrides_and_yaml(tmp_path):
     ("[admm]\nrho = 2.0\nrho_max = 1.0", "'admm.rho_max' must be a number >= admm.rho"),
     ("[admm]\nmethod = 'magnitude'", "'admm.method' must be one of admm, oneshot, gradual"),
     ("[admm]\nbalance = 1", "'admm.balance' must be true or false"),
+    ("[admm]\npenalty = 'l2'", "'admm.penalty' must be one of gradient, proximal"),
+    ("[admm]\nrho_growth = 'fast'", "'admm.rho_growth' must be a number >= 1 or \"auto\""),
     ("[[layers]]\nmatch = 'features.*.weight'\nconstraints = [{ type = 'patern' }]", "unknown constraint type 'patern'"),
     ("[[layers]]\nmatch = 'features.*.weight'\nconstraints = [{ type = 'pattern', k = 0 }]", "k must be an int"),
     ("[[layers]]\nmatch = 'features.*.weight'\nconstraints = [{ type = 'connectivity', keep = 1.5 }]", "keep must be"),
@@ -235,7 +233,7 @@ def test_later_stage_starts_from_a_dense_file_of_another_compression_config(tiny
     os.makedirs(out)
     shutil.copy(os.path.join(full_out, "dense.pt"), out)
     other = TINY.replace("epochs = 2\nupdates_per_epoch = 8", "epochs = 1\nupdates_per_epoch = 8")
-    other = other.replace("rho = 0.05", "rho = 0.1").replace("keep = 0.2", "keep = 0.1")
+    other = other.replace("updates_per_epoch = 8", "updates_per_epoch = 8\nrho = 0.1").replace("keep = 0.2", "keep = 0.1")
     assert other.count("rho = 0.1") == 1 and "epochs = 1" in other
     assert cli.main(["--config", write(tmp_path, other), "--out", out, "--no-progress", "--stages", "admm"]) == 0
     st = torch.load(os.path.join(out, "admm.pt"), weights_only=False)

@@ -145,12 +145,14 @@ def test_exact_resume_each_method(method):
 
 
 # ---------------------------------------------------------------- ADMM: residuals, balancing, convergence
-def test_residual_balancing_moves_rho_the_right_way_and_rescales_u():
+@pytest.mark.parametrize("penalty", ["gradient", "proximal"])
+def test_residual_balancing_moves_rho_the_right_way_and_rescales_u(penalty):
     torch.manual_seed(0)
     w = nn.Parameter(torch.randn(4, 3, 3, 3))
     cons = [C.Connectivity(keep=0.5), C.Quantize(bits=3)]
     opt = ps.ADMM([{"params": [w], "constraints": cons, "names": ["w"]}], lr=0.1, rho=1.0, rho_growth=1.0,
-                  rho_max=100.0, rho_scale="none", balance=True, update_every=1000)
+                  rho_max=100.0, penalty=penalty, balance=True, update_every=1000,
+                  **({"rho_scale": "none"} if penalty == "gradient" else {}))
     # W off the set, Z = Proj(W) does not move: primal >> dual -> rho doubles, U rescaled by 1/2
     opt.admm_update()
     st = opt._admm[w]
@@ -176,8 +178,10 @@ def test_rho_schedule_tied_to_the_phase():
     assert ps.ADMM(m.parameters(), lr=0.1).rho_growth == 1.3  # no phase length: the classic default
 
 
-@pytest.mark.parametrize("balance,rho_scale", [(False, "grad"), (True, "grad"), (True, "none")])
-def test_admm_converges_on_a_convex_least_squares_fit_with_known_optimum(balance, rho_scale):
+@pytest.mark.parametrize("penalty,balance,rho_scale", [("gradient", False, "grad"), ("gradient", True, "grad"),
+                                                       ("gradient", True, "none"), ("proximal", False, None),
+                                                       ("proximal", True, None)])
+def test_admm_converges_on_a_convex_least_squares_fit_with_known_optimum(penalty, balance, rho_scale):
     """min ||A vec(W) - b||^2 over W in (pattern ∘ quantize): b = A vec(W*) with W* in the set, so W*
     is the optimum (loss 0); A is well conditioned. ADMM with the defaults (relative rho, the schedule
     of the phase) must end on W*: residuals ~ 0, and the hard prune lands exactly on it."""
@@ -193,7 +197,7 @@ def test_admm_converges_on_a_convex_least_squares_fit_with_known_optimum(balance
     steps = 600
     opt = ps.ADMM([{"params": [w], "constraints": [C.Pattern(k=4), C.Quantize(bits=3)], "names": ["w"]}],
                   base=torch.optim.SGD, lr=0.1, momentum=0.5, update_every=20, phase_steps=steps, balance=balance,
-                  rho_scale=rho_scale)
+                  rho_scale=rho_scale, penalty=penalty)
     opt._pattern_sets[0] = pset  # the set W* lives in (selection from noisy W would pick the same shapes)
     for _ in range(steps):
         opt.zero_grad()
@@ -202,3 +206,78 @@ def test_admm_converges_on_a_convex_least_squares_fit_with_known_optimum(balance
     assert opt.residuals()["w"] < 0.02 and opt.dual_residuals()["w"] < 0.02
     opt.hard_prune()
     torch.testing.assert_close(w.detach(), w_star, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- the proximal W-step (the default)
+def test_proximal_step_exact_math():
+    """penalty="proximal": the base step on the loss gradient alone, then W -= a (W - Z + U) with
+    a = 1 - exp(-rho / update_every); Z / U / rho updates as for the gradient form."""
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(4, 3, 3, 3))
+    target = torch.randn(4, 3, 3, 3)
+    cons = [C.Connectivity(keep=0.5), C.Quantize(bits=3)]
+    lr, rho, growth, rho_max, every = 0.05, 0.1, 2.0, 0.3, 3
+    opt = ps.ADMM([{"params": [w], "constraints": cons}], lr=lr, momentum=0.0, rho=rho, rho_growth=growth,
+                  rho_max=rho_max, update_every=every)
+    assert opt.penalty == "proximal"
+
+    def proj(x):
+        return project.quantize(project.connectivity(x, 0.5), 3)
+
+    W = w.detach().clone()
+    Z, U, r = proj(W), torch.zeros_like(W), rho
+    for i in range(10):
+        opt.zero_grad()
+        ((w - target) ** 2).sum().backward()
+        opt.step()
+        W = W - lr * 2 * (W - target)
+        a = 1 - torch.exp(torch.tensor(-r, dtype=torch.float64)).item()
+        W = W - a * (W - Z + U)
+        if (i + 1) % every == 0:
+            Z = proj(W + U)
+            U = U + W - Z
+            r = min(r * growth, rho_max)
+        torch.testing.assert_close(w.detach(), W, rtol=1e-5, atol=1e-6)
+    assert opt._admm[w]["rho"] == r
+
+
+def test_proximal_rejects_gradient_only_settings_and_defaults_follow_the_penalty():
+    m = tiny_net()
+    with pytest.raises(ValueError, match="rho_scale applies to penalty='gradient' only"):
+        ps.ADMM(m.parameters(), lr=0.1, rho_scale="none")
+    with pytest.raises(ValueError, match="penalty must be one of"):
+        ps.ADMM(m.parameters(), lr=0.1, penalty="l1")
+    prox, grad = ps.ADMM(m.parameters(), lr=0.1), ps.ADMM(m.parameters(), lr=0.1, penalty="gradient")
+    assert (prox.rho, prox.rho_max, grad.rho, grad.rho_max, grad.rho_scale) == (0.01, 2.0, 1.0, 20.0, "grad")
+    assert ps.ADMM(m.parameters(), lr=0.1, rho=30.0).rho_max == 30.0  # rho_max never below a given rho
+
+
+@pytest.mark.parametrize("base", [torch.optim.SGD, torch.optim.Adam], ids=["sgd", "adam"])
+@pytest.mark.parametrize("bn", [True, False], ids=["bn", "no-bn"])
+def test_proximal_defaults_drive_the_weights_onto_the_set(base, bn):
+    """One set of defaults (no rho given; the phase length given) for SGD and Adam, with and without
+    BatchNorm: the residuals shrink to a small fraction of their peak by the end of the phase (the
+    hard prune changes little) while the loss still fell."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(64, 3, 6, 6, generator=g)
+    Y = (X[:, 0].mean((1, 2)) > 0).long() + 2 * (X[:, 1].mean((1, 2)) > 0).long()
+    m = tiny_net()
+    if not bn:
+        m[1] = m[4] = nn.Identity()
+    steps = 320
+    opt = ps.ADMM.from_model(m, [(r"[03]\.weight", CONV_SPEC), (r"8\.weight", FC_SPEC)], base=base,
+                             lr=0.02 if base is torch.optim.SGD else 2e-3, phase_steps=steps, update_every=40,
+                             **({"momentum": 0.9} if base is torch.optim.SGD else {}))
+    losses, peak = [], 0.0
+    for i in range(steps):
+        j = i % 4 * 16
+        opt.zero_grad()
+        loss = F.cross_entropy(m(X[j:j + 16]), Y[j:j + 16])
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        if (i + 1) % 40 == 0:
+            peak = max(peak, *opt.residuals().values())
+    final = max(opt.residuals().values())
+    assert final < 0.15 and final < 0.25 * peak, (final, peak)
+    assert sum(losses[-16:]) < sum(losses[:16])

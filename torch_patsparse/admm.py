@@ -37,8 +37,17 @@ fed into ``U``).
 
 The math (see DESIGN.md), per constrained tensor ``W_i`` with projection ``Proj_i``:
 
-* W-step: ``grad_i += rho_i * (W_i - Z_i + U_i)`` (gradient of ``rho_i/2 ||W_i - Z_i + U_i||_F^2``,
-  the *squared* norm), then the base optimizer's step.
+* W-step, ``penalty="proximal"`` (default): the base optimizer steps on the loss gradient alone, then
+  the penalty ``rho/2 ||W - Z + U||^2`` is applied by its proximal operator, a decoupled pull
+  ``W -= a (W - Z + U)`` with ``a = 1 - exp(-rho)``: rho is the pull's rate per step. The pull is a
+  fraction of the residual, so it is the same for SGD and Adam (Adam's normalisation would turn a
+  penalty gradient into a fixed-size step), any lr, any layer scale and BatchNorm's scale freedom,
+  and it can never overshoot ``Z - U`` (``a < 1``). Defaults: rho 0.01 -> 2 over the phase
+  (``phase_steps``), i.e. the pull moves W from 1 % to 86 % of the way each step: gentle while the
+  network adapts, on the set at the end, so the hard prune changes little.
+* W-step, ``penalty="gradient"`` (the published ADMM-NN form, the default before):
+  ``grad_i += rho_i * (W_i - Z_i + U_i)`` (gradient of ``rho_i/2 ||W_i - Z_i + U_i||_F^2``,
+  the *squared* norm), then the base optimizer's step; rho as below (``rho_scale``), default 1 -> 20.
 * every ``update_every`` steps (or by hand with :meth:`ADMM.admm_update`):
   ``Z_i = Proj_i(W_i + U_i)``; ``U_i += W_i - Z_i``; ``rho_i = min(rho_i * rho_growth, rho_max)``.
   ``U`` is not rescaled when rho grows (DESIGN.md, and the published ADMM-NN code), although in
@@ -63,7 +72,7 @@ per constraint, ``Z_j = Proj_j(W + U_j)``, ``U_j += W - Z_j``, penalty ``sum_j r
 set only and ``W`` is pulled to their average, which lies in none until the residuals vanish;
 :meth:`hard_prune` still applies the composed projection.
 
-**rho is scaled to the tensor (``rho_scale="grad"``, default).** A conv followed by BatchNorm is
+**Gradient penalty: rho is scaled to the tensor (``rho_scale="grad"``, default).** A conv followed by BatchNorm is
 scale-free: ``f(cW) = f(W)``, its gradient scales like ``1/||W||`` while the penalty gradient
 ``rho (W - Z + U)`` scales like ``||W||``; one absolute rho is therefore too weak for some layers
 (residuals grow) and too strong for others, and it drifts as weight decay shrinks ``||W||``. We
@@ -86,7 +95,8 @@ group (a plain gradient step on the penalty alone can then never overshoot ``Z``
 ``rho_scale="none"`` gives the classic absolute ``rho_eff = rho`` (use ``rho=1e-3`` for the
 published setting).
 
-**The step between Z-updates is one native pass.** The scale is recomputed only at Z-updates and
+**The step between Z-updates.** Proximal: the base optimizer's own step, then the pull (two in-place
+ops on ``W`` with the cached ``U - Z``). Gradient: one native pass. The scale is recomputed only at Z-updates and
 ``U - Z`` is cached there, so the penalty is ``grad += r * (W + (U - Z))``. For float32 CPU tensors
 with a ``torch.optim.SGD``, ``Adam`` or ``AdamW`` base (amsgrad off) it is fused with the base's own
 update (``torch.ops.patsparse.admm_sgd_`` / ``admm_adam_``: penalty, maximize, weight decay,
@@ -146,6 +156,12 @@ __all__ = ["ADMM", "METHODS"]
 #: Constraint methods: ADMM; one-shot projection + masked retraining; gradual (cubic) pruning.
 METHODS = ("admm", "oneshot", "gradual")
 _BALANCE_MU, _BALANCE_TAU = 10.0, 2.0  # residual balancing (Boyd et al. 2011, eq. 3.13)
+
+#: How the W-step applies the penalty: its gradient (added to the loss gradient before the base step)
+#: or its proximal operator (a decoupled pull after the base step).
+PENALTIES = ("gradient", "proximal")
+#: (rho, rho_max) when not given, per penalty (see the module docstring for what rho means in each)
+_DEFAULT_RHO = {"gradient": (1.0, 20.0), "proximal": (0.01, 2.0)}
 
 _CALIB_STEPS = 8  # steps before each Z-update whose gradient norms calibrate rho_eff
 
@@ -213,12 +229,14 @@ class ADMM(Optimizer):
             ``(name, param)`` tuples (torch's native ``param_names``), a group's ``"names"`` list,
             or default to ``"group{g}.{j}"``. See also :meth:`from_model`.
         base: the base optimizer class (``torch.optim.SGD``, ``Adam``, ``AdamW``, ...).
-        rho: initial penalty (dimensionless with ``rho_scale="grad"``, absolute with ``"none"``).
+        rho: initial penalty; None: 0.01 (proximal: the pull's rate per step) or 1.0 (gradient:
+            dimensionless with ``rho_scale="grad"``, absolute with ``"none"``).
         rho_growth: factor applied to rho at every Z-update; None (default): ``rho`` -> ``rho_max``
             over the Z-updates of ``phase_steps`` when given, else 1.3.
-        rho_max: upper bound of rho.
+        rho_max: upper bound of rho; None: 2 (proximal) or 20 (gradient), at least ``rho``.
         update_every: Z/U update every this many steps.
-        rho_scale: ``"grad"`` (default, see module docstring) or ``"none"``.
+        rho_scale: gradient penalty only (an error with the proximal one): ``"grad"`` (default, see
+            the module docstring) or ``"none"``.
         consensus: one ``(Z, U)`` pair per constraint of a group (consensus ADMM) instead of one
             pair for the composed projection (default; see the module docstring).
         rescale_dual: rescale ``U`` by ``rho_old / rho_new`` when rho changes (textbook scaled-dual
@@ -228,18 +246,25 @@ class ADMM(Optimizer):
         phase_steps: steps of the constraint phase (before :meth:`hard_prune`); required by
             ``"gradual"``, sets the default rho schedule of ``"admm"``.
         balance: residual balancing of rho (mu = 10, tau = 2) with ``U`` rescaled when rho changes.
+        penalty: ``"proximal"`` (default) or ``"gradient"``: how the W-step applies the penalty (see
+            the module docstring). ``"gradient"`` is fused with SGD / Adam into one native pass.
         **base_kwargs: passed to ``base`` (lr, momentum, weight_decay, ...).
     """
 
-    def __init__(self, params, base: type = torch.optim.SGD, rho: float = 1.0, rho_growth: float | None = None,
-                 rho_max: float = 20.0, update_every: int = 200, rho_scale: str = "grad", consensus: bool = False,
+    def __init__(self, params, base: type = torch.optim.SGD, rho: float | None = None, rho_growth: float | None = None,
+                 rho_max: float | None = None, update_every: int = 200, rho_scale: str | None = None, consensus: bool = False,
                  rescale_dual: bool = False, method: str = "admm", phase_steps: int | None = None,
-                 balance: bool = False, **base_kwargs):
+                 balance: bool = False, penalty: str = "proximal", **base_kwargs):
         if method not in METHODS:
             raise ValueError(f"ADMM: method must be one of {METHODS}, got {method!r}")
         if phase_steps is not None and (isinstance(phase_steps, bool) or not isinstance(phase_steps, int)
                                         or phase_steps < 1):
             raise ValueError(f"ADMM: phase_steps must be None or an int >= 1, got {phase_steps!r}")
+        if penalty not in PENALTIES:
+            raise ValueError(f"ADMM: penalty must be one of {PENALTIES}, got {penalty!r}")
+        rho = _DEFAULT_RHO[penalty][0] if rho is None else rho
+        rho_max = max(_DEFAULT_RHO[penalty][1], rho) if rho_max is None and isinstance(rho, (int, float)) \
+            else rho_max
         if method == "gradual" and phase_steps is None:
             raise ValueError("ADMM: method='gradual' needs phase_steps (the steps over which keep decays)")
         if rho_growth is None:  # geometric rho -> rho_max over the phase's Z-updates, else the classic 1.3
@@ -255,6 +280,10 @@ class ADMM(Optimizer):
             raise ValueError(f"ADMM: rho_max must be >= rho, got {rho_max!r}")
         if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
             raise ValueError(f"ADMM: update_every must be an int >= 1, got {update_every!r}")
+        if rho_scale is not None and penalty == "proximal":  # a gradient-form setting: never ignore it silently
+            raise ValueError("ADMM: rho_scale applies to penalty='gradient' only (the proximal pull is "
+                             "relative to the residual already)")
+        rho_scale = "grad" if rho_scale is None else rho_scale
         if rho_scale not in ("grad", "none"):
             raise ValueError(f"ADMM: rho_scale must be 'grad' or 'none', got {rho_scale!r}")
         for flag, value in (("consensus", consensus), ("rescale_dual", rescale_dual), ("balance", balance)):
@@ -266,6 +295,7 @@ class ADMM(Optimizer):
         self.update_every, self.rho_scale = update_every, rho_scale
         self.consensus, self.rescale_dual = consensus, rescale_dual
         self.method, self.phase_steps, self.balance = method, phase_steps, balance
+        self.penalty = penalty
         self._linked = False
         # The base optimizer builds (and keeps) the group dicts; we adopt the very same dicts and
         # list, and share its state, so param_groups / state are one object for both.
@@ -378,6 +408,13 @@ class ADMM(Optimizer):
             if not bool(torch.isfinite(p.sum())) and not bool(torch.isfinite(p).all()):
                 raise ValueError(f"ADMM: parameter '{name}' contains NaN/Inf at {what}")
 
+    def _rho_eff(self, rho: float, scale: float, group, pairs: int = 1) -> float:
+        """What a step applies: the proximal pull's fraction per step, ``1 - exp(-rho)`` (rho is the
+        pull's rate per step), or the gradient penalty's ``rho * scale`` capped."""
+        if self.penalty == "proximal":
+            return -math.expm1(-rho)
+        return self._cap(rho * scale, group, pairs)
+
     @staticmethod
     def _cap(rho_eff: float, group, pairs: int = 1) -> float:
         """rho_eff capped so that the whole pull (``pairs`` penalty terms) is at most ``1 / lr``."""
@@ -423,9 +460,10 @@ class ADMM(Optimizer):
                 for p, _ in todo:
                     u = torch.zeros((k, *p.shape) if k > 1 else p.shape, dtype=p.dtype, device=p.device)
                     z = self._z_step(p, u, cons, pset)
+                    fixed = self.rho_scale == "none" or self.penalty == "proximal"
                     self._admm[p] = {"Z": z, "U": u, "C": _shift(u, z, k), "k": k, "rho": self.rho,
-                                     "scale": 1.0 if self.rho_scale == "none" else None,
-                                     "rho_eff": self._cap(self.rho, g, k) if self.rho_scale == "none" else 0.0,
+                                     "scale": 1.0 if fixed else None,
+                                     "rho_eff": self._rho_eff(self.rho, 1.0, g, k) if fixed else 0.0,
                                      "gsum": torch.zeros((), dtype=torch.float64, device=p.device),
                                      "gcnt": 0}
 
@@ -447,9 +485,10 @@ class ADMM(Optimizer):
             return loss
         self._ensure_init()
         k = self._step_count
-        calib = self.rho_scale == "grad" and (k % self.update_every) >= self.update_every - _CALIB_STEPS
+        prox = self.penalty == "proximal"
+        calib = self.rho_scale == "grad" and not prox and (k % self.update_every) >= self.update_every - _CALIB_STEPS
         stepped = []  # params whose whole base step was done by a fused kernel
-        for gi, g, cons, pairs in self._constrained():
+        for gi, g, cons, pairs in () if prox else self._constrained():
             fusable = _fusable_group(self.base, g)
             for p, _ in pairs:
                 grad = p.grad
@@ -485,6 +524,12 @@ class ADMM(Optimizer):
         finally:
             for p, grad in hidden:
                 p.grad = grad
+        if prox:  # W = prox(W) = W - a (W - Z + U), after the base step on the loss gradient alone
+            for _, _, _, pairs in self._constrained():
+                for p, _ in pairs:
+                    if p.grad is not None:
+                        a = self._admm[p]["rho_eff"]
+                        p.mul_(1.0 - a).add_(self._admm[p]["C"], alpha=-a)
         self._step_count += 1
         if self._step_count % self.update_every == 0:
             self.admm_update()
@@ -553,7 +598,7 @@ class ADMM(Optimizer):
                         rho /= _BALANCE_TAU
                 st["rho"] = min(rho, self.rho_max)
                 old_eff = st["rho_eff"]
-                if self.rho_scale == "grad":
+                if self.rho_scale == "grad" and self.penalty == "gradient":
                     if st["gcnt"] > 0:
                         wn = float(p.norm())
                         st["scale"] = float(st["gsum"]) / st["gcnt"] / wn if wn > 0 else 0.0
@@ -562,10 +607,10 @@ class ADMM(Optimizer):
                     scale = st["scale"] if st["scale"] is not None else 0.0
                 else:
                     scale = 1.0
-                st["rho_eff"] = self._cap(st["rho"] * scale, g, st["k"])
-                if self.rescale_dual and old_eff > 0 and st["rho_eff"] > 0:  # keep rho * U
-                    st["U"].mul_(old_eff / st["rho_eff"])
-                elif self.balance:  # rho changed (schedule, balancing): keep rho * U; the gradient
+                st["rho_eff"] = self._rho_eff(st["rho"], scale, g, st["k"])
+                if self.rescale_dual and self.penalty == "gradient" and old_eff > 0 and st["rho_eff"] > 0:
+                    st["U"].mul_(old_eff / st["rho_eff"])  # keep rho * U
+                elif self.balance or (self.rescale_dual and self.penalty == "proximal"):  # rho changed (schedule, balancing): keep rho * U; the gradient
                     st["U"].mul_(old_rho / st["rho"])  # calibration is a preconditioner, its noise not fed into U
                 st["C"] = _shift(st["U"], z, st["k"])
 
@@ -740,7 +785,8 @@ class ADMM(Optimizer):
             "hyper": {"rho": self.rho, "rho_growth": self.rho_growth, "rho_max": self.rho_max,
                       "update_every": self.update_every, "rho_scale": self.rho_scale,
                       "consensus": self.consensus, "rescale_dual": self.rescale_dual,
-                      "method": self.method, "phase_steps": self.phase_steps, "balance": self.balance},
+                      "method": self.method, "phase_steps": self.phase_steps, "balance": self.balance,
+                      "penalty": self.penalty},
             "shapes": [tuple(p.shape) for p in params],
             "names": [n for gi in range(len(self.param_groups)) for n in self._names(gi)],
             "params": per,
@@ -800,6 +846,7 @@ class ADMM(Optimizer):
         self.rescale_dual = bool(h.get("rescale_dual", False))
         self.method, self.phase_steps = h.get("method", "admm"), h.get("phase_steps")
         self.balance = bool(h.get("balance", False))
+        self.penalty = h.get("penalty", "gradient")
 
     def __repr__(self) -> str:
         return f"ADMM(method={self.method!r}, base={type(self.base).__name__}, phase={self._phase}, step={self._step_count}, " \
