@@ -9,19 +9,12 @@ import torch_patsparse as ps
 from torch_patsparse import format as fmt
 from torch_patsparse.models import vgg16
 
-from helpers import PATTERNS8, random_pattern_weight
-
-
-def pattern_conv(cin=6, cout=8, keep=0.6, bias=True, group=1, seed=0, **conv_kwargs):
-    conv = nn.Conv2d(cin, cout, 3, bias=bias, **conv_kwargs)
-    with torch.no_grad():
-        conv.weight.copy_(random_pattern_weight(cout, cin, keep=keep, group=group, seed=seed))
-    return conv
+from helpers import PATTERNS8, pattern_weight_conv, random_pattern_weight
 
 
 @pytest.mark.parametrize("kwargs", [dict(padding=1), dict(stride=2), dict(padding=2, dilation=2), dict(bias=False)])
 def test_from_dense_is_exact_when_weights_fit(kwargs):
-    conv = pattern_conv(**kwargs)
+    conv = pattern_weight_conv(**kwargs)
     pc = ps.nn.PatternConv2d.from_dense(conv, ps.PatternSet(PATTERNS8))
     assert torch.equal(pc.to_dense().weight, conv.weight)
     x = torch.randn(2, 6, 13, 11)
@@ -41,7 +34,7 @@ def test_from_dense_projects_dense_weights():
 
 
 def test_state_dict_is_compressed_and_round_trips(tmp_path):
-    conv = pattern_conv(cin=16, cout=16, keep=0.3)
+    conv = pattern_weight_conv(cin=16, cout=16, keep=0.3)
     pc = ps.nn.PatternConv2d.from_dense(conv, ps.PatternSet(PATTERNS8))
     sd = pc.state_dict()
     assert "weight" not in sd
@@ -55,7 +48,7 @@ def test_state_dict_is_compressed_and_round_trips(tmp_path):
 
 
 def test_quantized_storage():
-    conv = pattern_conv(cin=8, cout=8, keep=0.5)
+    conv = pattern_weight_conv(cin=8, cout=8, keep=0.5)
     pc = ps.nn.PatternConv2d.from_dense(conv, ps.PatternSet(PATTERNS8), bits=4)
     assert pc.quantized and pc.codes.dtype == torch.int8
     assert "values" not in pc.state_dict() and "codes" in pc.state_dict()
@@ -63,7 +56,7 @@ def test_quantized_storage():
     # Values are the quantization of the kept weights (per-layer scale over the kept values).
     assert int(pc.codes.abs().max()) <= 7
     # Weights already on levels are detected and stored as codes without being asked.
-    conv2 = pattern_conv(cin=8, cout=8, keep=0.5)
+    conv2 = pattern_weight_conv(cin=8, cout=8, keep=0.5)
     with torch.no_grad():
         conv2.weight.copy_(ps.project.quantize(conv2.weight, 3))
     auto = ps.nn.PatternConv2d.from_dense(conv2, ps.PatternSet(PATTERNS8))
@@ -88,48 +81,12 @@ def test_quantized_storage():
     (lambda sd: sd.__setitem__("values", sd["values"][:-1].clone()), "values"),
 ])
 def test_load_state_dict_rejects_corrupt_arrays(corrupt, message):
-    pc = ps.nn.PatternConv2d.from_dense(pattern_conv(), ps.PatternSet(PATTERNS8))
+    pc = ps.nn.PatternConv2d.from_dense(pattern_weight_conv(), ps.PatternSet(PATTERNS8))
     sd = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in pc.state_dict().items()}
     corrupt(sd)
     fresh = ps.nn.PatternConv2d(6, 8)
     with pytest.raises((RuntimeError, ValueError), match=message):
         fresh.load_state_dict(sd)
-
-
-def test_convert_swaps_eligible_layers_anywhere():
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.seq = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
-            self.blocks = nn.ModuleList([nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1)])
-            self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
-            self.reflect = nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect")
-            self.fc = nn.Linear(8, 2)
-
-        def forward(self, x):
-            x = self.seq(x)
-            for b in self.blocks:
-                x = b(x)
-            x = self.reflect(self.dw(x))
-            return self.fc(x.mean((2, 3)))
-
-    net = Net()
-    out = ps.convert(net, project=True)                       # unpruned: projecting is lossy, so asked for
-    assert isinstance(out.seq[0], ps.nn.PatternConv2d) and isinstance(out.blocks[0], ps.nn.PatternConv2d)
-    assert type(out.blocks[1]) is nn.Conv2d and type(out.dw) is nn.Conv2d and type(out.reflect) is nn.Conv2d
-    assert type(net.seq[0]) is nn.Conv2d                      # not in place by default
-    kept = ps.convert(net, exclude=["seq.0"], project=True)
-    assert type(kept.seq[0]) is nn.Conv2d
-    with pytest.raises(ValueError, match="not in the model"):
-        ps.convert(net, exclude=["nope"])
-    x = torch.randn(2, 3, 8, 8)
-    dense = net
-    for name, m in out.named_modules():                       # the converted net computes what its dense twin does
-        if isinstance(m, ps.nn.PatternConv2d):
-            dense = dense if dense is not net else __import__("copy").deepcopy(net)
-            parent, _, child = name.rpartition(".")
-            setattr(dense.get_submodule(parent) if parent else dense, child, m.to_dense())
-    torch.testing.assert_close(out(x), dense(x), rtol=1e-4, atol=1e-5)
 
 
 def test_vgg16_report_bits_per_kernel():
@@ -156,19 +113,8 @@ def test_vgg16_report_bits_per_kernel():
     assert report.totals["ratio"] > 4
 
 
-def test_torchscript_round_trip(tmp_path):
-    model = nn.Sequential(pattern_conv(cin=3, cout=8, padding=1), nn.ReLU(), pattern_conv(cin=8, cout=4, stride=2))
-    model = ps.convert(model, pattern_set=ps.PatternSet(PATTERNS8)).eval()
-    scripted = torch.jit.script(model)
-    path = tmp_path / "m.pt"
-    torch.jit.save(scripted, str(path))
-    loaded = torch.jit.load(str(path))
-    x = torch.randn(2, 3, 12, 12)
-    assert torch.equal(loaded(x), model(x))
-
-
 def test_training_through_pattern_conv():
-    pc = ps.nn.PatternConv2d.from_dense(pattern_conv(), ps.PatternSet(PATTERNS8))
+    pc = ps.nn.PatternConv2d.from_dense(pattern_weight_conv(), ps.PatternSet(PATTERNS8))
     opt = torch.optim.SGD(pc.parameters(), lr=0.1)
     x = torch.randn(4, 6, 8, 8)
     before = pc.values.detach().clone()
@@ -179,7 +125,7 @@ def test_training_through_pattern_conv():
 
 
 def test_double_and_extra_repr():
-    pc = ps.nn.PatternConv2d.from_dense(pattern_conv(), ps.PatternSet(PATTERNS8)).double()
+    pc = ps.nn.PatternConv2d.from_dense(pattern_weight_conv(), ps.PatternSet(PATTERNS8)).double()
     out = pc(torch.randn(1, 6, 5, 5, dtype=torch.float64))
     assert out.dtype == torch.float64
     assert "kernels=" in repr(pc) and "patterns=8x4" in repr(pc)
@@ -201,7 +147,7 @@ def test_from_dense_rejects_ineligible():
 
 @pytest.mark.parametrize("bits", [None, 1, 3, 4, 8])
 def test_saved_file_tracks_counted_bits(tmp_path, bits):
-    conv = pattern_conv(cin=64, cout=64, keep=0.25, seed=4)
+    conv = pattern_weight_conv(cin=64, cout=64, keep=0.25, seed=4)
     pc = ps.nn.PatternConv2d.from_dense(conv, ps.PatternSet(PATTERNS8), bits=bits)
     path = tmp_path / "pc.pt"
     torch.save(pc.state_dict(), path)
@@ -216,7 +162,7 @@ def test_saved_file_tracks_counted_bits(tmp_path, bits):
 
 
 def test_corrupt_packed_codes_are_rejected():
-    pc = ps.nn.PatternConv2d.from_dense(pattern_conv(), ps.PatternSet(PATTERNS8), bits=4)
+    pc = ps.nn.PatternConv2d.from_dense(pattern_weight_conv(), ps.PatternSet(PATTERNS8), bits=4)
     sd = dict(pc.state_dict())
     sd["codes"] = sd["codes"][:-1].clone()
     with pytest.raises((RuntimeError, ValueError), match="codes|packed|length"):
