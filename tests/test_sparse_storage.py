@@ -10,7 +10,7 @@ from torch import nn
 
 from torch_patsparse import bitpack, project
 from torch_patsparse.nn import SparseConv2d, SparseLinear, compress_module
-from torch_patsparse.nn.sparse import _decode, _header_widths
+from torch_patsparse.sparse_format import _header_widths, decode
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -335,7 +335,7 @@ def test_decode_fuzz_never_crashes():
             i = int(torch.randint(0, arrays[key].numel(), (1,), generator=g))
             arrays[key][i] = int(torch.randint(0, 256, (1,), generator=g))
         try:
-            w = _decode(arrays, torch.Size([40, 200]))
+            w = decode(arrays, torch.Size([40, 200]))
         except ValueError:
             continue
         assert w.shape == (40, 200)
