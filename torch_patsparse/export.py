@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from . import ops  # noqa: F401  (registers torch.ops.patsparse so scripting resolves the ops)
-from .optimize import _foldable_bn, _fused
+from .fusion import foldable_bn, fused
 
 __all__ = ["torchscript", "mobile", "executorch", "load_executorch", "executorch_kernel_library",
            "LITE_INTERPRETER_WARNING"]
@@ -175,10 +175,10 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
     with torch.no_grad():
         ep = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes)
         pairs = [(c, b) for c, b in _batch_norm_after_our_conv(ep)
-                 if _foldable_bn(model.get_submodule(b), model.get_submodule(c))]
+                 if foldable_bn(model.get_submodule(b), model.get_submodule(c))]
         if pairs:
             for conv, bn in pairs:
-                _set_submodule(model, conv, _fused(model.get_submodule(conv), model.get_submodule(bn), -math.inf,
+                _set_submodule(model, conv, fused(model.get_submodule(conv), model.get_submodule(bn), -math.inf,
                                                    math.inf))
                 _set_submodule(model, bn, nn.Identity())
             ep = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes)
