@@ -45,8 +45,9 @@ def small_cnn(seed=0, quantized=False):
 def pattern_conv(conv):
     """PatternConv2d built directly from the compressed arrays (no pattern selection needed)."""
     arrays = fmt.compress(conv.weight, PATTERNS8)
-    m = PatternConv2d(conv.in_channels, conv.out_channels, conv.stride, conv.padding, conv.dilation,
-                      conv.bias is not None, patterns=PATTERNS8, nnz=arrays["values"].shape[0])
+    m = PatternConv2d(conv.in_channels, conv.out_channels, stride=conv.stride, padding=conv.padding,
+                      dilation=conv.dilation, bias=conv.bias is not None, patterns=PATTERNS8,
+                      kept_kernels=arrays["values"].shape[0])
     with torch.no_grad():
         for name in ("filter_ptr", "kernel_channel", "kernel_pattern", "values"):
             getattr(m, name).copy_(arrays[name])

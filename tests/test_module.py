@@ -19,7 +19,7 @@ def test_from_dense_is_exact_when_weights_fit(kwargs):
     assert torch.equal(pc.to_dense().weight, conv.weight)
     x = torch.randn(2, 6, 13, 11)
     torch.testing.assert_close(pc(x), conv(x), rtol=1e-5, atol=1e-5)
-    assert pc.nnz == int((conv.weight.abs().sum((2, 3)) != 0).sum())
+    assert pc.kept_kernels == int((conv.weight.abs().sum((2, 3)) != 0).sum())
 
 
 def test_from_dense_projects_dense_weights():
@@ -106,7 +106,7 @@ def test_vgg16_report_bits_per_kernel():
             continue
         m = model.get_submodule(row.name)
         per_kernel = 4 * 32 + 16 + 8                          # values + int16 channel index + pattern id
-        ideal = m.nnz * per_kernel
+        ideal = m.kept_kernels * per_kernel
         assert ideal <= row.stored_bits <= ideal * 1.05, (row.name, row.stored_bits, ideal)
         assert abs(row.density - 0.25 * 4 / 9) < 0.01
         assert row.kept_macs < row.dense_macs
@@ -167,3 +167,51 @@ def test_corrupt_packed_codes_are_rejected():
     sd["codes"] = sd["codes"][:-1].clone()
     with pytest.raises((RuntimeError, ValueError), match="codes|packed|length"):
         ps.nn.PatternConv2d(6, 8, bits=4).load_state_dict(sd)
+
+
+# ------------------------------------------------------------------ constructor order and renamed names
+def _geometry(m):
+    return (tuple(m.stride), tuple(m.padding), tuple(m.dilation), m.bias is not None)
+
+
+def test_constructor_follows_conv2d():
+    m = ps.nn.PatternConv2d(4, 8, 3, 2, 1, 1, 1, False)  # nn.Conv2d's positional order (told apart by groups)
+    assert _geometry(m) == ((2, 2), (1, 1), (1, 1), False)
+    kw = ps.nn.PatternConv2d(4, 8, kernel_size=3, stride=2, padding=1, bias=False)
+    assert _geometry(kw) == _geometry(m)
+    assert _geometry(ps.nn.PatternConv2d(4, 8)) == ((1, 1), (0, 0), (1, 1), True)  # nn.Conv2d's defaults
+    with pytest.raises(ValueError, match="3x3"):
+        ps.nn.PatternConv2d(4, 8, kernel_size=5)
+    with pytest.raises(ValueError, match="groups"):
+        ps.nn.PatternConv2d(4, 8, kernel_size=3, groups=2)
+
+
+@pytest.mark.parametrize("args,geometry", [((1,), ((1, 1), (0, 0), (1, 1), True)),
+                                           ((2, 1), ((2, 2), (1, 1), (1, 1), True)),
+                                           ((3, 1, 1, False), ((3, 3), (1, 1), (1, 1), False)),
+                                           ((1, 1, 1, True, PATTERNS8, 0), ((1, 1), (1, 1), (1, 1), True))])
+def test_old_positional_order_warns_and_means_what_it_meant(args, geometry):
+    with pytest.warns(DeprecationWarning, match="old positional order"):
+        m = ps.nn.PatternConv2d(4, 8, *args)
+    assert _geometry(m) == geometry
+
+
+@pytest.mark.parametrize("args", [(3,), (3, 1), (3, 2, 1), (3, 1, 1, 1)])
+def test_positional_call_that_reads_two_ways_is_an_error(args):
+    with pytest.raises(TypeError, match="by keyword"):
+        ps.nn.PatternConv2d(4, 8, *args)
+
+
+def test_renamed_keywords_warn():
+    conv = pattern_weight_conv(padding=1)
+    with pytest.warns(DeprecationWarning, match="conv="):
+        old = ps.nn.PatternConv2d.from_dense(conv=conv)
+    new = ps.nn.PatternConv2d.from_dense(module=conv)
+    assert old.kept_kernels == new.kept_kernels == int((conv.weight.abs().sum((2, 3)) != 0).sum())
+    with pytest.warns(DeprecationWarning, match="kept_kernels"):
+        assert new.nnz == new.kept_kernels  # deprecated alias: kept kernels, not kept weights
+    with pytest.warns(DeprecationWarning, match="nnz="):
+        m = ps.nn.PatternConv2d(4, 8, nnz=5)
+    assert m.kept_kernels == 5 and m.values.shape[0] == 5
+    with pytest.raises(TypeError, match="both"):
+        ps.nn.PatternConv2d(4, 8, nnz=5, kept_kernels=5)

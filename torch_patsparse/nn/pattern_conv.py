@@ -1,20 +1,27 @@
 """PatternConv2d: a drop-in ``nn.Conv2d`` (3x3, groups=1) that stores only the compressed weight."""
+import inspect
 import math
 from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
+from .. import _deprecation
 from .. import bitpack
 from .. import format as fmt
 from .. import ops  # also registers torch.ops.patsparse
+from .. import project as proj
 from .. import quant
+from .._deprecation import renamed_keywords
 from ..patterns import PatternSet
 from ._load import apply_or_restore, check_bias, check_tensor, load_error, size_mismatch
 from .kinds import PATTERN, conv_padding, layer_kind
 
 _SCHEMES = quant.SCHEMES
 _EXTRA_KEYS = ("bits", "scheme", "in_channels", "out_channels")
+_CONV2D_ORDER = ("kernel_size", "stride", "padding", "dilation", "groups", "bias")
+# The order before nn.Conv2d's (deprecated): PatternConv2d(in, out, stride, padding, dilation, bias, ...).
+_OLD_ORDER = ("stride", "padding", "dilation", "bias", "patterns", "kept_kernels", "bits", "scheme", "device", "dtype")
 
 
 class PatternConv2d(nn.Module):
@@ -33,11 +40,20 @@ class PatternConv2d(nn.Module):
 
     __constants__ = ["in_channels", "out_channels", "quantized"]
     conversion_error: float
-    __jit_unused_properties__ = ["nnz"]
+    __jit_unused_properties__ = ["nnz", "kept_kernels"]
 
-    def __init__(self, in_channels: int, out_channels: int, stride=1, padding=0, dilation=1, bias: bool = True,
-                 patterns: Optional[torch.Tensor] = None, nnz: int = 0, bits: Optional[int] = None,
-                 scheme: str = "uniform", device=None, dtype=None):
+    @renamed_keywords("PatternConv2d", nnz="kept_kernels")
+    def __init__(self, in_channels: int, out_channels: int, *args, **kwargs):
+        # nn.Conv2d's argument order (see _build for the signature); the old order is named by _conv2d_keywords.
+        self._build(in_channels, out_channels, **_conv2d_keywords(args, kwargs))
+
+    def _build(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=0, dilation=1,
+               groups: int = 1, bias: bool = True, *, patterns: Optional[torch.Tensor] = None, kept_kernels: int = 0,
+               bits: Optional[int] = None, scheme: str = "uniform", device=None, dtype=None) -> None:
+        if tuple(ops.pair(kernel_size)) != (3, 3):
+            raise ValueError(f"PatternConv2d is a 3x3 convolution, got kernel_size={kernel_size!r}")
+        if groups != 1:
+            raise ValueError(f"PatternConv2d takes groups=1 only, got groups={groups!r}")
         super().__init__()
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
@@ -64,25 +80,26 @@ class PatternConv2d(nn.Module):
         entries = patterns.shape[1]
         self.register_buffer("patterns", patterns.clone())
         self.register_buffer("filter_ptr", torch.zeros(out_channels + 1, dtype=torch.int32, device=device))
-        self.register_buffer("kernel_channel", torch.zeros(nnz, dtype=torch.int32, device=device))
-        self.register_buffer("kernel_pattern", torch.zeros(nnz, dtype=torch.uint8, device=device))
+        self.register_buffer("kernel_channel", torch.zeros(kept_kernels, dtype=torch.int32, device=device))
+        self.register_buffer("kernel_pattern", torch.zeros(kept_kernels, dtype=torch.uint8, device=device))
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         if self.quantized:
-            self.register_buffer("codes", torch.zeros(nnz, entries, dtype=torch.int8, device=device))
+            self.register_buffer("codes", torch.zeros(kept_kernels, entries, dtype=torch.int8, device=device))
             self.register_buffer("scale", torch.ones((), **factory))
             # Dequantized once (on build / load), not per call: the kernels cache their plan on it.
-            self.register_buffer("values", torch.zeros(nnz, entries, **factory), persistent=False)
+            self.register_buffer("values", torch.zeros(kept_kernels, entries, **factory), persistent=False)
         else:
-            self.values = nn.Parameter(torch.zeros(nnz, entries, **factory))
+            self.values = nn.Parameter(torch.zeros(kept_kernels, entries, **factory))
         self.bias = nn.Parameter(torch.zeros(out_channels, **factory)) if bias else None
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_dense(cls, conv: nn.Conv2d, pattern_set: Optional[PatternSet] = None, bits: Optional[int] = None,
+    @renamed_keywords("PatternConv2d.from_dense", conv="module")
+    def from_dense(cls, module: nn.Conv2d, pattern_set: Optional[PatternSet] = None, bits: Optional[int] = None,
                    scheme: str = "uniform", *, project: bool = False) -> "PatternConv2d":
-        """Compresses ``conv`` (a plain 3x3 ``nn.Conv2d``, groups=1, zero padding; numeric, ``"same"`` or
+        """Compresses ``module`` (a plain 3x3 ``nn.Conv2d``, groups=1, zero padding; numeric, ``"same"`` or
         ``"valid"`` padding). Unless asked (``project=True`` or ``bits``), the result computes exactly
-        what ``conv`` computes: every nonzero weight is stored as it is.
+        what ``module`` computes: every nonzero weight is stored as it is.
 
         ``pattern_set``: ``None`` finds a set that holds every kernel exactly
         (:meth:`PatternSet.cover`; ValueError if that needs more than 256 patterns). A given set must
@@ -99,7 +116,7 @@ class PatternConv2d(nn.Module):
         The module's ``conversion_error`` is the relative weight error ``||W_stored - W|| / ||W||``
         (0.0 when nothing was lost).
         """
-        from .. import project as proj
+        conv = module
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"expected an nn.Conv2d, got {type(conv).__name__}")
         if layer_kind(conv) != PATTERN:
@@ -135,8 +152,9 @@ class PatternConv2d(nn.Module):
                              "pattern_set=None to find a set that stores every kernel exactly") from None
         values = arrays["values"]
         codes, scale, grid_bits, scheme = _quantization(values, bits, scheme)
-        mod = cls(conv.in_channels, conv.out_channels, conv.stride, conv_padding(conv), conv.dilation,
-                  conv.bias is not None, patterns, values.shape[0], grid_bits, scheme, device=w.device, dtype=w.dtype)
+        mod = cls(conv.in_channels, conv.out_channels, stride=conv.stride, padding=conv_padding(conv),
+                  dilation=conv.dilation, bias=conv.bias is not None, patterns=patterns, kept_kernels=values.shape[0],
+                  bits=grid_bits, scheme=scheme, device=w.device, dtype=w.dtype)
         with torch.no_grad():
             for name in ("filter_ptr", "kernel_channel", "kernel_pattern"):
                 getattr(mod, name).copy_(arrays[name])
@@ -236,9 +254,16 @@ class PatternConv2d(nn.Module):
 
     # ------------------------------------------------------------------ report protocol
     @property
-    def nnz(self) -> int:
-        """Number of kept 3x3 kernels."""
+    def kept_kernels(self) -> int:
+        """Number of kept 3x3 kernels (each holds ``patterns.shape[1]`` weights)."""
         return int(self.kernel_channel.numel())
+
+    @property
+    def nnz(self) -> int:
+        """Deprecated: the number of kept kernels (``kept_kernels``); ``nnz`` is the number of kept
+        weights in SparseConv2d / SparseLinear."""
+        _deprecation.warn("PatternConv2d.nnz (kept kernels)", "PatternConv2d.kept_kernels")
+        return self.kept_kernels
 
     @torch.jit.unused
     def storage_bits(self) -> Dict[str, int]:
@@ -270,7 +295,7 @@ class PatternConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         total = self.out_channels * self.in_channels
-        kept = self.nnz
+        kept = self.kept_kernels
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size=(3, 3), stride={tuple(self.stride)}, "
              f"padding={tuple(self.padding)}")
         if self.dilation != [1, 1]:
@@ -415,6 +440,10 @@ class PatternConv2d(nn.Module):
         apply_or_restore(self, ("bits", "scheme"), apply, error_msgs)
 
 
+# help() and inspect show the real signature (nn.Conv2d's order), not __init__'s (*args, **kwargs).
+PatternConv2d.__init__.__signature__ = inspect.signature(PatternConv2d._build)
+
+
 class _SizeMismatch(ValueError):
     """A complete load message in nn.Module's size-mismatch wording."""
 
@@ -445,3 +474,42 @@ def _quantization(values: torch.Tensor, bits: Optional[int], scheme: str):
     if grid is None:
         return None, None, None, scheme
     return grid.codes.to(torch.int8), grid.scale, grid.bits, grid.scheme
+
+
+def _is_three(v) -> bool:
+    return (isinstance(v, int) and not isinstance(v, bool) and v == 3) or \
+        (isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_three(e) for e in v))
+
+
+def _conv2d_keywords(args: tuple, kwargs: dict) -> dict:
+    """``kwargs`` plus the positional arguments after (in_channels, out_channels) by name: nn.Conv2d's
+    order (kernel_size, stride, padding, dilation, groups, bias), or the old (stride, padding,
+    dilation, bias, patterns, nnz, ...) with a DeprecationWarning where the values tell which one it
+    is (a third argument that is not 3 is a stride; a bool fourth is the old bias; a fifth that is not
+    an int is the old patterns). A call that reads as a different layer in each is a TypeError."""
+    if not args:
+        return kwargs
+    int_at = [isinstance(a, int) and not isinstance(a, bool) for a in args]
+    old = ("kernel_size" in kwargs or not _is_three(args[0]) or len(args) > len(_CONV2D_ORDER)
+           or (len(args) > 3 and isinstance(args[3], bool)) or (len(args) > 4 and not int_at[4]))
+    new = not old and len(args) > 4  # a fifth int can only be nn.Conv2d's groups
+    if not old and not new:
+        raise TypeError(f"PatternConv2d(in_channels, out_channels, {', '.join(map(repr, args))}) reads as kernel_size=3 in "
+                        "nn.Conv2d's order but as stride=3 in the old (in_channels, out_channels, stride, padding, "
+                        "...) order, which is accepted for one more release: pass these by keyword (kernel_size=3, "
+                        "stride=..., padding=...)")
+    order = _OLD_ORDER if old else _CONV2D_ORDER
+    if len(args) > len(order):
+        raise TypeError(f"PatternConv2d takes at most {2 + len(order)} positional arguments, got {2 + len(args)}")
+    if old:
+        _deprecation.warn("PatternConv2d(in_channels, out_channels, stride, padding, dilation, bias, ...) "
+                          "(the old positional order)",
+                          "nn.Conv2d's order PatternConv2d(in_channels, out_channels, kernel_size=3, stride=1, "
+                          "padding=0, dilation=1, groups=1, bias=True, *, patterns=..., kept_kernels=..., ...) "
+                          "or keywords", stacklevel=5)
+    out = dict(kwargs)
+    for name, value in zip(order, args):
+        if name in out:
+            raise TypeError(f"PatternConv2d got multiple values for argument '{name}'")
+        out[name] = value
+    return out
