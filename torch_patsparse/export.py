@@ -150,6 +150,7 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
     Run the file with :func:`load_executorch`, or on a device with the kernel library linked in
     (docs/MOBILE.md)."""
     _require_executorch()
+    # executorch is an optional dependency: imported where the ExecuTorch route needs it.
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
@@ -245,7 +246,7 @@ class ExecuTorchProgram:
 
     def __init__(self, path: str):
         _load_kernels()
-        from executorch.runtime import Runtime
+        from executorch.runtime import Runtime  # optional dependency
         self.path = path
         self.program = Runtime.get().load_program(path)
         self.method = self.program.load_method("forward")
