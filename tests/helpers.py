@@ -1,6 +1,4 @@
 """Shared test utilities: random compressed weights and the dense masked reference."""
-import itertools
-
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -1,5 +1,6 @@
 """Export for C++ / mobile runtimes: TorchScript and lite-interpreter files of a converted model
-load back (after ``import torch_patsparse``) and give the eager output."""
+load back (after ``import torch_patsparse``) and give the eager output; every TorchScript round
+trip of our modules (PatternConv2d, SparseConv2d, SparseLinear) lives here."""
 import io
 import os
 import subprocess

@@ -1,4 +1,5 @@
-"""PatternConv2d, convert, compression_report and TorchScript, against dense nn.Conv2d."""
+"""PatternConv2d against dense nn.Conv2d: from_dense, storage, state_dict, compression_report,
+constructor order and renamed names (convert: test_convert.py; TorchScript: test_export.py)."""
 import io
 
 import pytest
@@ -6,10 +7,9 @@ import torch
 from torch import nn
 
 import torch_patsparse as ps
-from torch_patsparse import format as fmt
 from torch_patsparse.models import vgg16
 
-from helpers import PATTERNS8, pattern_weight_conv, random_pattern_weight
+from helpers import PATTERNS8, pattern_weight_conv
 
 
 @pytest.mark.parametrize("kwargs", [dict(padding=1), dict(stride=2), dict(padding=2, dilation=2), dict(bias=False)])

@@ -1,19 +1,17 @@
 """Native sparse 1x1 conv / Linear (SparseConv2d / SparseLinear's native path, csrc/sparse_ops.cpp):
 pinned to the dense PyTorch reference over a shape matrix on every ISA path, batch 0/1/N,
 channels_last, threads 1/2, quantized and fp32 storage; the fused epilogue against the unfused
-graph; the runtime index cache (never stale, values read at call time); corrupt arrays; autograd;
-TorchScript."""
-import io
-
+graph; the runtime index cache (never stale, values read at call time); corrupt arrays; autograd
+(TorchScript round trips: test_export.py)."""
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from torch_patsparse import ops
-from torch_patsparse.nn import SparseConv2d, SparseLinear
+from torch_patsparse.nn import SparseConv2d
 
-from helpers import pruned_weight, sparse_conv, sparse_linear
+from helpers import sparse_conv, sparse_linear
 
 INF = float("inf")
 
