@@ -56,6 +56,7 @@ class _SparseWeightMixin:
 
     @property
     def nnz(self) -> int:
+        """Number of kept (stored, nonzero) weights."""
         return self._fields()[4]
 
     @property
