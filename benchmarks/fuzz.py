@@ -176,8 +176,8 @@ def _make_module(family, rng, cfg=None):
             return SparseConv2d.from_dense(dense, bits=cfg["bits"], scheme=cfg["scheme"]), cfg
         return SparseLinear.from_dense(dense, bits=cfg["bits"], scheme=cfg["scheme"]), cfg
     if family.startswith("load:pattern"):
-        return PatternConv2d(cfg["cin"], cfg["cout"], cfg["stride"], cfg["padding"], cfg["dilation"], cfg["bias"],
-                             bits=cfg["bits"], scheme=cfg["scheme"]), cfg
+        return PatternConv2d(cfg["cin"], cfg["cout"], stride=cfg["stride"], padding=cfg["padding"],
+                             dilation=cfg["dilation"], bias=cfg["bias"], bits=cfg["bits"], scheme=cfg["scheme"]), cfg
     if family == "load:sparse-conv":
         return SparseConv2d(cfg["cin"], cfg["cout"], cfg["k"], cfg["stride"], cfg["padding"], cfg["dilation"],
                             cfg["groups"], cfg["bias"]), cfg

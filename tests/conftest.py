@@ -1,14 +1,9 @@
-import os
-import sys
+"""Shared fixtures. tests/ is on sys.path (pyproject.toml: pythonpath), so test modules import
+the shared builders and the dense reference as ``helpers``."""
+import pytest
+import torch
 
-# tests/helpers.py is imported as `helpers` by the test modules.
-sys.path.insert(0, os.path.dirname(__file__))
-
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from torch_patsparse import ops  # noqa: E402
+from torch_patsparse import ops
 
 
 @pytest.fixture(params=ops.supported_isas())

@@ -1,5 +1,6 @@
 """ps.convert as a user calls it: the README flow, and the rule that convert never changes what a
 model computes unless asked (project=True / bits)."""
+import copy
 import warnings
 
 import pytest
@@ -9,6 +10,7 @@ from torch import nn
 
 import torch_patsparse as ps
 from torch_patsparse import constraints as C
+from torch_patsparse import models, project
 from torch_patsparse.nn import PatternConv2d, SparseConv2d, SparseLinear
 
 
@@ -185,3 +187,53 @@ def test_impossible_constraints_fail_at_construction():
         ps.ADMM([{"params": [w], "names": ["conv.weight"], "constraints": [C.Connectivity(keep=13)]}], lr=0.1)
     with pytest.raises(ValueError, match="filters"):
         ps.ADMM([{"params": [w], "constraints": [C.Filter(keep=5)]}], lr=0.1)
+
+
+def test_convert_swaps_eligible_layers_anywhere():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.seq = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+            self.blocks = nn.ModuleList([nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1)])
+            self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+            self.reflect = nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect")
+            self.fc = nn.Linear(8, 2)
+
+        def forward(self, x):
+            x = self.seq(x)
+            for b in self.blocks:
+                x = b(x)
+            x = self.reflect(self.dw(x))
+            return self.fc(x.mean((2, 3)))
+
+    net = Net()
+    out = ps.convert(net, project=True)                       # unpruned: projecting is lossy, so asked for
+    assert isinstance(out.seq[0], ps.nn.PatternConv2d) and isinstance(out.blocks[0], ps.nn.PatternConv2d)
+    assert type(out.blocks[1]) is nn.Conv2d and type(out.dw) is nn.Conv2d and type(out.reflect) is nn.Conv2d
+    assert type(net.seq[0]) is nn.Conv2d                      # not in place by default
+    kept = ps.convert(net, exclude=["seq.0"], project=True)
+    assert type(kept.seq[0]) is nn.Conv2d
+    with pytest.raises(ValueError, match="not in the model"):
+        ps.convert(net, exclude=["nope"])
+    x = torch.randn(2, 3, 8, 8)
+    dense = net
+    for name, m in out.named_modules():                       # the converted net computes what its dense twin does
+        if isinstance(m, ps.nn.PatternConv2d):
+            dense = dense if dense is not net else copy.deepcopy(net)
+            parent, _, child = name.rpartition(".")
+            setattr(dense.get_submodule(parent) if parent else dense, child, m.to_dense())
+    torch.testing.assert_close(out(x), dense(x), rtol=1e-4, atol=1e-5)
+
+
+def test_convert_all_uses_compress_module():
+    torch.manual_seed(0)
+    m = models.LeNet5()
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, (nn.Conv2d, nn.Linear)):
+                mod.weight.copy_(project.quantize(project.unstructured(mod.weight, 0.05), 2))
+    c = ps.convert(m, layers="all")
+    kinds = [type(x) for x in c.modules()]
+    assert kinds.count(SparseConv2d) == 2 and kinds.count(SparseLinear) == 3
+    x = torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(c(x), m(x), rtol=1e-5, atol=1e-5)  # native sparse op: another summation order

@@ -1,5 +1,7 @@
 """Export for C++ / mobile runtimes: TorchScript and lite-interpreter files of a converted model
-load back (after ``import torch_patsparse``) and give the eager output."""
+load back (after ``import torch_patsparse``) and give the eager output; every TorchScript round
+trip of our modules (PatternConv2d, SparseConv2d, SparseLinear) lives here."""
+import io
 import os
 import subprocess
 import sys
@@ -13,7 +15,9 @@ from torch_patsparse import export
 from torch_patsparse import format as fmt
 from torch_patsparse.nn import PatternConv2d
 
-from helpers import PATTERNS8, random_pattern_weight
+from torch_patsparse.models import LeNet5
+
+from helpers import PATTERNS8, pattern_weight_conv, random_pattern_weight, sparse_conv, sparse_linear
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,8 +46,9 @@ def small_cnn(seed=0, quantized=False):
 def pattern_conv(conv):
     """PatternConv2d built directly from the compressed arrays (no pattern selection needed)."""
     arrays = fmt.compress(conv.weight, PATTERNS8)
-    m = PatternConv2d(conv.in_channels, conv.out_channels, conv.stride, conv.padding, conv.dilation,
-                      conv.bias is not None, patterns=PATTERNS8, nnz=arrays["values"].shape[0])
+    m = PatternConv2d(conv.in_channels, conv.out_channels, stride=conv.stride, padding=conv.padding,
+                      dilation=conv.dilation, bias=conv.bias is not None, patterns=PATTERNS8,
+                      kept_kernels=arrays["values"].shape[0])
     with torch.no_grad():
         for name in ("filter_ptr", "kernel_channel", "kernel_pattern", "values"):
             getattr(m, name).copy_(arrays[name])
@@ -148,3 +153,46 @@ def test_convert_then_export(tmp_path, x):
         want = model(x)
     with torch.no_grad():
         assert_close(torch.jit.load(export.torchscript(model, tmp_path / "c.pt"))(x), want)
+
+
+def test_scripted_pattern_convs_reload_exactly(tmp_path):
+    model = nn.Sequential(pattern_weight_conv(cin=3, cout=8, padding=1), nn.ReLU(), pattern_weight_conv(cin=8, cout=4, stride=2))
+    model = ps.convert(model, pattern_set=ps.PatternSet(PATTERNS8)).eval()
+    scripted = torch.jit.script(model)
+    path = tmp_path / "m.pt"
+    torch.jit.save(scripted, str(path))
+    loaded = torch.jit.load(str(path))
+    x = torch.randn(2, 3, 12, 12)
+    assert torch.equal(loaded(x), model(x))
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+def test_scripted_sparse_layers_reload_exactly(bits):
+    _, sc = sparse_conv(16, 12, 2, 0.2, bits, seed=19)
+    _, sl = sparse_linear(12 * 4 * 4, 10, 0.2, bits, seed=20)
+    model = nn.Sequential(sc, nn.ReLU(), nn.Flatten(), sl).eval()
+    x = torch.randn(2, 16, 7, 8)
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(model), buf)
+    buf.seek(0)
+    loaded = torch.jit.load(buf)
+    assert torch.equal(loaded(x), model(x))
+    scripted_fused = torch.jit.script(sc).forward_fused(x, None, None, None, 0.0, 6.0)
+    assert torch.equal(scripted_fused, sc.forward_fused(x, None, None, None, 0.0, 6.0))
+
+
+def test_torchscript_round_trip_of_all_layer_conversion(tmp_path):
+    """A model converted with layers="all" (PatternConv2d + SparseConv2d + SparseLinear) scripts,
+    saves and reloads with identical outputs (the main job writes such a file)."""
+    model = LeNet5()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.copy_(ps.project.quantize(ps.project.unstructured(p, 0.1), 4))
+    conv = ps.convert(model, layers="all").eval()
+    assert any(type(m).__name__ == "SparseLinear" for m in conv.modules())
+    path = str(tmp_path / "lenet.pt")
+    ps.export.torchscript(conv, path)
+    loaded = torch.jit.load(path)
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(loaded(x), conv(x))

@@ -1,4 +1,5 @@
-"""PatternConv2d, convert, compression_report and TorchScript, against dense nn.Conv2d."""
+"""PatternConv2d against dense nn.Conv2d: from_dense, storage, state_dict, compression_report,
+constructor order and renamed names (convert: test_convert.py; TorchScript: test_export.py)."""
 import io
 
 import pytest
@@ -6,27 +7,19 @@ import torch
 from torch import nn
 
 import torch_patsparse as ps
-from torch_patsparse import format as fmt
 from torch_patsparse.models import vgg16
 
-from helpers import PATTERNS8, random_pattern_weight
-
-
-def pattern_conv(cin=6, cout=8, keep=0.6, bias=True, group=1, seed=0, **conv_kwargs):
-    conv = nn.Conv2d(cin, cout, 3, bias=bias, **conv_kwargs)
-    with torch.no_grad():
-        conv.weight.copy_(random_pattern_weight(cout, cin, keep=keep, group=group, seed=seed))
-    return conv
+from helpers import PATTERNS8, pattern_weight_conv
 
 
 @pytest.mark.parametrize("kwargs", [dict(padding=1), dict(stride=2), dict(padding=2, dilation=2), dict(bias=False)])
 def test_from_dense_is_exact_when_weights_fit(kwargs):
-    conv = pattern_conv(**kwargs)
+    conv = pattern_weight_conv(**kwargs)
     pc = ps.nn.PatternConv2d.from_dense(conv, ps.PatternSet(PATTERNS8))
     assert torch.equal(pc.to_dense().weight, conv.weight)
     x = torch.randn(2, 6, 13, 11)
     torch.testing.assert_close(pc(x), conv(x), rtol=1e-5, atol=1e-5)
-    assert pc.nnz == int((conv.weight.abs().sum((2, 3)) != 0).sum())
+    assert pc.kept_kernels == int((conv.weight.abs().sum((2, 3)) != 0).sum())
 
 
 def test_from_dense_projects_dense_weights():
@@ -41,7 +34,7 @@ def test_from_dense_projects_dense_weights():
 
 
 def test_state_dict_is_compressed_and_round_trips(tmp_path):
-    conv = pattern_conv(cin=16, cout=16, keep=0.3)
+    conv = pattern_weight_conv(cin=16, cout=16, keep=0.3)
     pc = ps.nn.PatternConv2d.from_dense(conv, ps.PatternSet(PATTERNS8))
     sd = pc.state_dict()
     assert "weight" not in sd
@@ -55,7 +48,7 @@ def test_state_dict_is_compressed_and_round_trips(tmp_path):
 
 
 def test_quantized_storage():
-    conv = pattern_conv(cin=8, cout=8, keep=0.5)
+    conv = pattern_weight_conv(cin=8, cout=8, keep=0.5)
     pc = ps.nn.PatternConv2d.from_dense(conv, ps.PatternSet(PATTERNS8), bits=4)
     assert pc.quantized and pc.codes.dtype == torch.int8
     assert "values" not in pc.state_dict() and "codes" in pc.state_dict()
@@ -63,7 +56,7 @@ def test_quantized_storage():
     # Values are the quantization of the kept weights (per-layer scale over the kept values).
     assert int(pc.codes.abs().max()) <= 7
     # Weights already on levels are detected and stored as codes without being asked.
-    conv2 = pattern_conv(cin=8, cout=8, keep=0.5)
+    conv2 = pattern_weight_conv(cin=8, cout=8, keep=0.5)
     with torch.no_grad():
         conv2.weight.copy_(ps.project.quantize(conv2.weight, 3))
     auto = ps.nn.PatternConv2d.from_dense(conv2, ps.PatternSet(PATTERNS8))
@@ -88,48 +81,12 @@ def test_quantized_storage():
     (lambda sd: sd.__setitem__("values", sd["values"][:-1].clone()), "values"),
 ])
 def test_load_state_dict_rejects_corrupt_arrays(corrupt, message):
-    pc = ps.nn.PatternConv2d.from_dense(pattern_conv(), ps.PatternSet(PATTERNS8))
+    pc = ps.nn.PatternConv2d.from_dense(pattern_weight_conv(), ps.PatternSet(PATTERNS8))
     sd = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in pc.state_dict().items()}
     corrupt(sd)
     fresh = ps.nn.PatternConv2d(6, 8)
     with pytest.raises((RuntimeError, ValueError), match=message):
         fresh.load_state_dict(sd)
-
-
-def test_convert_swaps_eligible_layers_anywhere():
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.seq = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
-            self.blocks = nn.ModuleList([nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1)])
-            self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
-            self.reflect = nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect")
-            self.fc = nn.Linear(8, 2)
-
-        def forward(self, x):
-            x = self.seq(x)
-            for b in self.blocks:
-                x = b(x)
-            x = self.reflect(self.dw(x))
-            return self.fc(x.mean((2, 3)))
-
-    net = Net()
-    out = ps.convert(net, project=True)                       # unpruned: projecting is lossy, so asked for
-    assert isinstance(out.seq[0], ps.nn.PatternConv2d) and isinstance(out.blocks[0], ps.nn.PatternConv2d)
-    assert type(out.blocks[1]) is nn.Conv2d and type(out.dw) is nn.Conv2d and type(out.reflect) is nn.Conv2d
-    assert type(net.seq[0]) is nn.Conv2d                      # not in place by default
-    kept = ps.convert(net, exclude=["seq.0"], project=True)
-    assert type(kept.seq[0]) is nn.Conv2d
-    with pytest.raises(ValueError, match="not in the model"):
-        ps.convert(net, exclude=["nope"])
-    x = torch.randn(2, 3, 8, 8)
-    dense = net
-    for name, m in out.named_modules():                       # the converted net computes what its dense twin does
-        if isinstance(m, ps.nn.PatternConv2d):
-            dense = dense if dense is not net else __import__("copy").deepcopy(net)
-            parent, _, child = name.rpartition(".")
-            setattr(dense.get_submodule(parent) if parent else dense, child, m.to_dense())
-    torch.testing.assert_close(out(x), dense(x), rtol=1e-4, atol=1e-5)
 
 
 def test_vgg16_report_bits_per_kernel():
@@ -149,26 +106,15 @@ def test_vgg16_report_bits_per_kernel():
             continue
         m = model.get_submodule(row.name)
         per_kernel = 4 * 32 + 16 + 8                          # values + int16 channel index + pattern id
-        ideal = m.nnz * per_kernel
+        ideal = m.kept_kernels * per_kernel
         assert ideal <= row.stored_bits <= ideal * 1.05, (row.name, row.stored_bits, ideal)
         assert abs(row.density - 0.25 * 4 / 9) < 0.01
         assert row.kept_macs < row.dense_macs
     assert report.totals["ratio"] > 4
 
 
-def test_torchscript_round_trip(tmp_path):
-    model = nn.Sequential(pattern_conv(cin=3, cout=8, padding=1), nn.ReLU(), pattern_conv(cin=8, cout=4, stride=2))
-    model = ps.convert(model, pattern_set=ps.PatternSet(PATTERNS8)).eval()
-    scripted = torch.jit.script(model)
-    path = tmp_path / "m.pt"
-    torch.jit.save(scripted, str(path))
-    loaded = torch.jit.load(str(path))
-    x = torch.randn(2, 3, 12, 12)
-    assert torch.equal(loaded(x), model(x))
-
-
 def test_training_through_pattern_conv():
-    pc = ps.nn.PatternConv2d.from_dense(pattern_conv(), ps.PatternSet(PATTERNS8))
+    pc = ps.nn.PatternConv2d.from_dense(pattern_weight_conv(), ps.PatternSet(PATTERNS8))
     opt = torch.optim.SGD(pc.parameters(), lr=0.1)
     x = torch.randn(4, 6, 8, 8)
     before = pc.values.detach().clone()
@@ -179,7 +125,7 @@ def test_training_through_pattern_conv():
 
 
 def test_double_and_extra_repr():
-    pc = ps.nn.PatternConv2d.from_dense(pattern_conv(), ps.PatternSet(PATTERNS8)).double()
+    pc = ps.nn.PatternConv2d.from_dense(pattern_weight_conv(), ps.PatternSet(PATTERNS8)).double()
     out = pc(torch.randn(1, 6, 5, 5, dtype=torch.float64))
     assert out.dtype == torch.float64
     assert "kernels=" in repr(pc) and "patterns=8x4" in repr(pc)
@@ -201,7 +147,7 @@ def test_from_dense_rejects_ineligible():
 
 @pytest.mark.parametrize("bits", [None, 1, 3, 4, 8])
 def test_saved_file_tracks_counted_bits(tmp_path, bits):
-    conv = pattern_conv(cin=64, cout=64, keep=0.25, seed=4)
+    conv = pattern_weight_conv(cin=64, cout=64, keep=0.25, seed=4)
     pc = ps.nn.PatternConv2d.from_dense(conv, ps.PatternSet(PATTERNS8), bits=bits)
     path = tmp_path / "pc.pt"
     torch.save(pc.state_dict(), path)
@@ -216,8 +162,56 @@ def test_saved_file_tracks_counted_bits(tmp_path, bits):
 
 
 def test_corrupt_packed_codes_are_rejected():
-    pc = ps.nn.PatternConv2d.from_dense(pattern_conv(), ps.PatternSet(PATTERNS8), bits=4)
+    pc = ps.nn.PatternConv2d.from_dense(pattern_weight_conv(), ps.PatternSet(PATTERNS8), bits=4)
     sd = dict(pc.state_dict())
     sd["codes"] = sd["codes"][:-1].clone()
     with pytest.raises((RuntimeError, ValueError), match="codes|packed|length"):
         ps.nn.PatternConv2d(6, 8, bits=4).load_state_dict(sd)
+
+
+# ------------------------------------------------------------------ constructor order and renamed names
+def _geometry(m):
+    return (tuple(m.stride), tuple(m.padding), tuple(m.dilation), m.bias is not None)
+
+
+def test_constructor_follows_conv2d():
+    m = ps.nn.PatternConv2d(4, 8, 3, 2, 1, 1, 1, False)  # nn.Conv2d's positional order (told apart by groups)
+    assert _geometry(m) == ((2, 2), (1, 1), (1, 1), False)
+    kw = ps.nn.PatternConv2d(4, 8, kernel_size=3, stride=2, padding=1, bias=False)
+    assert _geometry(kw) == _geometry(m)
+    assert _geometry(ps.nn.PatternConv2d(4, 8)) == ((1, 1), (0, 0), (1, 1), True)  # nn.Conv2d's defaults
+    with pytest.raises(ValueError, match="3x3"):
+        ps.nn.PatternConv2d(4, 8, kernel_size=5)
+    with pytest.raises(ValueError, match="groups"):
+        ps.nn.PatternConv2d(4, 8, kernel_size=3, groups=2)
+
+
+@pytest.mark.parametrize("args,geometry", [((1,), ((1, 1), (0, 0), (1, 1), True)),
+                                           ((2, 1), ((2, 2), (1, 1), (1, 1), True)),
+                                           ((3, 1, 1, False), ((3, 3), (1, 1), (1, 1), False)),
+                                           ((1, 1, 1, True, PATTERNS8, 0), ((1, 1), (1, 1), (1, 1), True))])
+def test_old_positional_order_warns_and_means_what_it_meant(args, geometry):
+    with pytest.warns(DeprecationWarning, match="old positional order"):
+        m = ps.nn.PatternConv2d(4, 8, *args)
+    assert _geometry(m) == geometry
+
+
+@pytest.mark.parametrize("args", [(3,), (3, 1), (3, 2, 1), (3, 1, 1, 1)])
+def test_positional_call_that_reads_two_ways_is_an_error(args):
+    with pytest.raises(TypeError, match="by keyword"):
+        ps.nn.PatternConv2d(4, 8, *args)
+
+
+def test_renamed_keywords_warn():
+    conv = pattern_weight_conv(padding=1)
+    with pytest.warns(DeprecationWarning, match="conv="):
+        old = ps.nn.PatternConv2d.from_dense(conv=conv)
+    new = ps.nn.PatternConv2d.from_dense(module=conv)
+    assert old.kept_kernels == new.kept_kernels == int((conv.weight.abs().sum((2, 3)) != 0).sum())
+    with pytest.warns(DeprecationWarning, match="kept_kernels"):
+        assert new.nnz == new.kept_kernels  # deprecated alias: kept kernels, not kept weights
+    with pytest.warns(DeprecationWarning, match="nnz="):
+        m = ps.nn.PatternConv2d(4, 8, nnz=5)
+    assert m.kept_kernels == 5 and m.values.shape[0] == 5
+    with pytest.raises(TypeError, match="both"):
+        ps.nn.PatternConv2d(4, 8, nnz=5, kept_kernels=5)

@@ -1,6 +1,6 @@
 """Issue 12 ("no silent wrong results"), the module side: PatternConv2d / SparseConv2d / SparseLinear
 behave like nn.Conv2d / nn.Linear on inputs and checkpoints, from_dense never changes a layer's
-function unless asked, and one quantization module decides what "b bits" means. Each test names the
+function unless asked (quant.py itself: test_quant.py). Each test names the
 defect of the issue it pins."""
 import copy
 import os
@@ -11,7 +11,6 @@ from torch import nn
 
 import torch_patsparse as ps
 from torch_patsparse import format as fmt
-from torch_patsparse import quant
 from torch_patsparse.nn import PatternConv2d, SparseConv2d, SparseLinear, compress_module
 from torch_patsparse.nn.kinds import PATTERN, SPARSE, layer_kind
 
@@ -490,25 +489,6 @@ def test_compress_module_takes_an_unstructured_3x3_conv_losslessly():
     assert isinstance(sc, SparseConv2d) and sc.conversion_error == 0.0
     x = torch.randn(1, 16, 8, 8)
     assert torch.equal(sc(x), conv(x))
-
-
-# ---------------------------------------------------------------------------------------- quant root cause
-def test_levels_and_widths_in_one_place():
-    assert [quant.levels(b) for b in range(1, 9)] == [1, 1, 3, 7, 15, 31, 63, 127]
-    assert [quant.signed_code_width(b) for b in range(1, 9)] == [2, 2, 3, 4, 5, 6, 7, 8]
-    assert [quant.nonzero_code_width(b) for b in range(1, 9)] == [1, 1, 3, 4, 5, 6, 7, 8]
-    assert ps.project.quantize is quant.quantize and ps.project.quantize_params is quant.quantize_params
-
-
-@pytest.mark.parametrize("scheme", ["uniform", "pow2"])
-@pytest.mark.parametrize("bits", [1, 2, 3, 4, 6, 8])
-def test_detect_grid_round_trips_the_quantizer(bits, scheme):
-    w = quant.quantize(torch.randn(300) * (torch.rand(300) < 0.5), bits, scheme)
-    g = quant.detect_grid(w)
-    assert g is not None and g.bits <= bits
-    assert torch.equal(quant.dequantize(g.codes, g.scale, g.scheme, dtype=w.dtype), w)
-    assert quant.detect_grid(torch.randn(300)) is None
-    assert quant.detect_grid(torch.zeros(5)) is None
 
 
 def test_old_checkpoints_load_and_rebuild_bit_for_bit():

@@ -1,44 +1,19 @@
 """Native sparse 1x1 conv / Linear (SparseConv2d / SparseLinear's native path, csrc/sparse_ops.cpp):
 pinned to the dense PyTorch reference over a shape matrix on every ISA path, batch 0/1/N,
 channels_last, threads 1/2, quantized and fp32 storage; the fused epilogue against the unfused
-graph; the runtime index cache (never stale, values read at call time); corrupt arrays; autograd;
-TorchScript."""
-import io
-
+graph; the runtime index cache (never stale, values read at call time); corrupt arrays; autograd
+(TorchScript round trips: test_export.py)."""
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from torch_patsparse import ops
-from torch_patsparse.nn import SparseConv2d, SparseLinear
+from torch_patsparse.nn import SparseConv2d
+
+from helpers import sparse_conv, sparse_linear
 
 INF = float("inf")
-
-
-def pruned_weight(shape, keep, seed, empty_rows=False):
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(shape, generator=g) * (torch.rand(shape, generator=g) < keep)
-    if empty_rows and shape[0] > 2:
-        w[1] = 0
-        w[-1] = 0
-    return w
-
-
-def sparse_conv(cin, cout, stride, keep, bits=None, seed=0, empty_rows=False, bias=True):
-    conv = nn.Conv2d(cin, cout, 1, stride=stride, bias=bias)
-    with torch.no_grad():
-        conv.weight.copy_(pruned_weight(conv.weight.shape, keep, seed, empty_rows))
-        if bias:
-            conv.bias.copy_(torch.randn(cout, generator=torch.Generator().manual_seed(seed + 1)))
-    return conv, SparseConv2d.from_dense(conv, bits=bits)
-
-
-def sparse_linear(cin, cout, keep, bits=None, seed=0, empty_rows=False, bias=True):
-    lin = nn.Linear(cin, cout, bias=bias)
-    with torch.no_grad():
-        lin.weight.copy_(pruned_weight(lin.weight.shape, keep, seed, empty_rows))
-    return lin, SparseLinear.from_dense(lin, bits=bits)
 
 
 def close(out, ref):
@@ -254,16 +229,3 @@ def test_autograd_input_bias_and_epilogue():
     assert sl.bias.grad is not None and torch.allclose(sl.bias.grad, torch.full((6,), 3.0, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("bits", [None, 4])
-def test_torchscript_round_trip(bits):
-    _, sc = sparse_conv(16, 12, 2, 0.2, bits, seed=19)
-    _, sl = sparse_linear(12 * 4 * 4, 10, 0.2, bits, seed=20)
-    model = nn.Sequential(sc, nn.ReLU(), nn.Flatten(), sl).eval()
-    x = torch.randn(2, 16, 7, 8)
-    buf = io.BytesIO()
-    torch.jit.save(torch.jit.script(model), buf)
-    buf.seek(0)
-    loaded = torch.jit.load(buf)
-    assert torch.equal(loaded(x), model(x))
-    scripted_fused = torch.jit.script(sc).forward_fused(x, None, None, None, 0.0, 6.0)
-    assert torch.equal(scripted_fused, sc.forward_fused(x, None, None, None, 0.0, 6.0))

@@ -1,4 +1,4 @@
-"""SparseLinear / SparseConv2d: bit packing, exact round trips, forward vs dense F.linear / F.conv2d,
+"""SparseLinear / SparseConv2d: exact round trips, forward vs dense F.linear / F.conv2d,
 compact state_dict (weights_only load, file size), validation of corrupt arrays, compress_module."""
 import io
 import math
@@ -10,48 +10,7 @@ from torch import nn
 
 from torch_patsparse import bitpack, project
 from torch_patsparse.nn import SparseConv2d, SparseLinear, compress_module
-from torch_patsparse.nn.sparse import _decode, _header_widths
-
-
-
-# ------------------------------------------------------------------------------------------ bitpack
-@pytest.mark.parametrize("width", list(range(1, 17)))
-@pytest.mark.parametrize("n", [0, 1, 3, 7, 8, 9, 13, 64, 101])
-def test_bitpack_round_trip(width, n):
-    g = torch.Generator().manual_seed(width * 1000 + n)
-    x = torch.randint(0, 1 << width, (n,), generator=g)
-    if n:
-        x[0] = (1 << width) - 1  # the largest value must survive
-    p = bitpack.pack(x, width)
-    assert p.dtype == torch.uint8 and p.numel() == math.ceil(n * width / 8)
-    assert torch.equal(bitpack.unpack(p, n, width), x)
-
-
-def test_bitpack_layout_lsb_first():
-    assert bitpack.pack(torch.tensor([1, 0, 3]), 2).tolist() == [0b110001]
-    assert bitpack.pack(torch.tensor([5]), 3).tolist() == [5]
-
-
-def test_bitpack_errors():
-    with pytest.raises(ValueError):
-        bitpack.pack(torch.tensor([4]), 2)
-    with pytest.raises(ValueError):
-        bitpack.pack(torch.tensor([-1]), 3)
-    with pytest.raises(ValueError):
-        bitpack.pack(torch.tensor([1]), 0)
-    p = bitpack.pack(torch.tensor([1, 2, 3]), 2)
-    with pytest.raises(ValueError):  # length mismatch
-        bitpack.unpack(p, 5, 2)
-    with pytest.raises(ValueError):  # nonzero padding bits
-        bitpack.unpack(torch.tensor([0xFF], dtype=torch.uint8), 3, 2)
-    with pytest.raises(ValueError):
-        bitpack.unpack(p.to(torch.int32), 3, 2)
-
-
-def test_pack_fields_round_trip():
-    widths = [1, 4, 2, 4, 17, 17]
-    vals = [1, 9, 2, 3, 100000, 5]
-    assert bitpack.unpack_fields(bitpack.pack_fields(vals, widths), widths) == vals
+from torch_patsparse.sparse_format import _header_widths, decode
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -376,7 +335,7 @@ def test_decode_fuzz_never_crashes():
             i = int(torch.randint(0, arrays[key].numel(), (1,), generator=g))
             arrays[key][i] = int(torch.randint(0, 256, (1,), generator=g))
         try:
-            w = _decode(arrays, torch.Size([40, 200]))
+            w = decode(arrays, torch.Size([40, 200]))
         except ValueError:
             continue
         assert w.shape == (40, 200)
@@ -409,36 +368,3 @@ def test_compress_module_assorted():
     torch.testing.assert_close(compress_module(c5)(x), c5(x), rtol=0, atol=0)
 
 
-def test_convert_all_uses_compress_module():
-    import torch_patsparse as ps
-    from torch_patsparse import models
-    torch.manual_seed(0)
-    m = models.LeNet5()
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, (nn.Conv2d, nn.Linear)):
-                mod.weight.copy_(project.quantize(project.unstructured(mod.weight, 0.05), 2))
-    c = ps.convert(m, layers="all")
-    kinds = [type(x) for x in c.modules()]
-    assert kinds.count(SparseConv2d) == 2 and kinds.count(SparseLinear) == 3
-    x = torch.randn(2, 1, 28, 28)
-    torch.testing.assert_close(c(x), m(x), **NATIVE_TOL)
-
-
-def test_torchscript_round_trip_of_all_layer_conversion(tmp_path):
-    """A model converted with layers="all" (PatternConv2d + SparseConv2d + SparseLinear) scripts,
-    saves and reloads with identical outputs (the main job writes such a file)."""
-    import torch_patsparse as ps
-    from torch_patsparse.models import LeNet5
-    model = LeNet5()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.copy_(ps.project.quantize(ps.project.unstructured(p, 0.1), 4))
-    conv = ps.convert(model, layers="all").eval()
-    assert any(type(m).__name__ == "SparseLinear" for m in conv.modules())
-    path = str(tmp_path / "lenet.pt")
-    ps.export.torchscript(conv, path)
-    loaded = torch.jit.load(path)
-    x = torch.randn(2, 1, 28, 28)
-    assert torch.equal(loaded(x), conv(x))

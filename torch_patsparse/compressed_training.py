@@ -73,8 +73,8 @@ def _build(conv: nn.Conv2d, mask: torch.Tensor, patterns: torch.Tensor) -> Patte
     """A float PatternConv2d whose stored positions are exactly ``mask``'s (a kept weight that happens
     to be 0 stays trainable, as in masked training)."""
     arrays = fmt.compress(mask.to(conv.weight.dtype), patterns)
-    mod = PatternConv2d(conv.in_channels, conv.out_channels, conv.stride, conv.padding, conv.dilation,
-                        bias=False, patterns=patterns, nnz=arrays["values"].shape[0],
+    mod = PatternConv2d(conv.in_channels, conv.out_channels, stride=conv.stride, padding=conv.padding,
+                        dilation=conv.dilation, bias=False, patterns=patterns, kept_kernels=arrays["values"].shape[0],
                         device=conv.weight.device, dtype=conv.weight.dtype)
     with torch.no_grad():
         for name in ("filter_ptr", "kernel_channel", "kernel_pattern"):

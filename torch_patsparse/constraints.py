@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
+from . import _deprecation
+from . import project
+
 __all__ = ["Constraint", "Pattern", "Connectivity", "Unstructured", "Filter", "Channel", "Quantize",
-           "ORDER", "ordered", "to_dict", "from_dict"]
+           "ORDER", "ordered", "TYPES", "to_spec", "from_spec", "to_dict", "from_dict"]
 
 
 def _check_keep(cls_name: str, keep) -> None:
@@ -100,7 +103,6 @@ class Pattern(Constraint):
         _check_int("Pattern", "group", self.group, 1)
 
     def project(self, w, pattern_set=None):
-        from . import project
         return project.pattern(w, pattern_set, group=self.group)
 
 
@@ -121,7 +123,6 @@ class Connectivity(Constraint):
         _check_count(self, -(-shape[0] // self.group) * shape[1], "kernels (per group of filters)", name)
 
     def project(self, w, pattern_set=None):
-        from . import project
         return project.connectivity(w, self.keep, group=self.group)
 
 
@@ -138,7 +139,6 @@ class Unstructured(Constraint):
         _check_count(self, math.prod(shape), "weights", name)
 
     def project(self, w, pattern_set=None):
-        from . import project
         return project.unstructured(w, self.keep)
 
 
@@ -156,7 +156,6 @@ class Filter(Constraint):
         _check_count(self, shape[0], "filters", name)
 
     def project(self, w, pattern_set=None):
-        from . import project
         return project.filter(w, self.keep)
 
 
@@ -174,7 +173,6 @@ class Channel(Constraint):
         _check_count(self, shape[1], "input channels", name)
 
     def project(self, w, pattern_set=None):
-        from . import project
         return project.channel(w, self.keep)
 
 
@@ -192,13 +190,14 @@ class Quantize(Constraint):
             raise ValueError(f"Quantize: scheme must be 'uniform' or 'pow2', got {self.scheme!r}")
 
     def project(self, w, pattern_set=None):
-        return self.quantize_params(w)[0]
+        return self.project_with_scale(w)[0]
 
-    def quantize_params(self, w):
-        """``(quantized w, scale)`` of :func:`project.quantize` computed over the nonzeros of ``w``
-        only: zeros map to level 0 and add nothing to the least-squares scale fit, so this is the
-        same projection, but after pattern + connectivity pruning (~10% nonzeros) it is ~10x faster."""
-        from . import project
+    def project_with_scale(self, w):
+        """``(projected w, scale)``: the dequantized weights of :func:`project.quantize` (floats on the
+        levels, not codes: :func:`torch_patsparse.quant.quantize_params` gives codes) and the scale,
+        computed over the nonzeros of ``w`` only: zeros map to level 0 and add nothing to the
+        least-squares scale fit, so this is the same projection, but after pattern + connectivity
+        pruning (~10% nonzeros) it is ~10x faster."""
         nz = w != 0
         vals = w[nz]
         if vals.numel() == 0:
@@ -206,6 +205,12 @@ class Quantize(Constraint):
         codes, scale = project.quantize_params(vals, self.bits, self.scheme)
         out = torch.zeros_like(w).masked_scatter_(nz, project.dequantize(codes, scale, self.scheme, dtype=w.dtype))
         return out, scale
+
+    def quantize_params(self, w):
+        """Deprecated name of :meth:`project_with_scale` (it returns dequantized floats, while
+        ``project.quantize_params`` returns codes)."""
+        _deprecation.warn("Quantize.quantize_params", "Quantize.project_with_scale")
+        return self.project_with_scale(w)
 
 
 #: Composition order of combined constraints (first applied first).
@@ -230,18 +235,37 @@ def ordered(constraints, name: str = "?") -> list:
     return sorted(out, key=lambda c: ORDER.index(type(c)))
 
 
-def to_dict(c: Constraint) -> dict:
-    """Plain-data form of a constraint (for ``torch.load(weights_only=True)``-safe state_dicts)."""
-    from dataclasses import asdict
-    return {"kind": type(c).__name__, **asdict(c)}
+#: The constraint class of each spec ``"type"`` (the class name in lower case).
+TYPES = {t.__name__.lower(): t for t in ORDER}
 
 
-def from_dict(d) -> Constraint:
-    """Inverse of :func:`to_dict` (a constraint object is returned as is)."""
-    if isinstance(d, Constraint):
-        return d
-    kinds = {t.__name__: t for t in ORDER}
-    if not isinstance(d, dict) or d.get("kind") not in kinds:
-        raise ValueError(f"unknown constraint {d!r}")
-    args = {k: v for k, v in d.items() if k != "kind"}
-    return kinds[d["kind"]](**args)
+def to_spec(c: Constraint) -> dict:
+    """Plain-data spec of a constraint, ``{"type": "pattern", "k": 8, ...}`` (every field): the one
+    schema of the CLI config and of optimizer state_dicts (``torch.load(weights_only=True)``-safe).
+    :func:`from_spec` reads it back."""
+    return {"type": type(c).__name__.lower(), **asdict(c)}
+
+
+def from_spec(spec) -> Constraint:
+    """The constraint a spec describes: ``{"type": "pattern", "k": 8}`` (:func:`to_spec`'s and the
+    config's form; omitted fields take their defaults) or ``{"kind": "Pattern", ...}`` (state_dicts
+    written before the one schema). A constraint object is returned as is. ``ValueError`` with a
+    clear message for anything else (no 'type', an unknown type, bad arguments)."""
+    if isinstance(spec, Constraint):
+        return spec
+    if isinstance(spec, dict) and "type" not in spec and isinstance(spec.get("kind"), str):
+        spec = {"type": spec["kind"].lower(), **{k: v for k, v in spec.items() if k != "kind"}}
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise ValueError(f"a constraint must be a table with a 'type' key ({', '.join(TYPES)}), got {spec!r}")
+    kind = spec["type"]
+    if not isinstance(kind, str) or kind not in TYPES:
+        raise ValueError(f"unknown constraint type {kind!r} (expected one of {', '.join(TYPES)})")
+    try:
+        return TYPES[kind](**{k: v for k, v in spec.items() if k != "type"})
+    except TypeError as e:
+        raise ValueError(f"bad arguments for {kind}: {e}") from None
+
+
+# The names optimizer state_dicts were written and read with before to_spec / from_spec.
+to_dict = to_spec
+from_dict = from_spec

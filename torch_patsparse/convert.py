@@ -7,6 +7,7 @@ from typing import Dict, Iterable, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from .admm import trained_pattern_set
 from .nn import kinds
 from .nn.pattern_conv import PatternConv2d
 from .nn.sparse import compress_module
@@ -101,7 +102,6 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
         missing = set(pattern_set) - names
         if missing:
             raise ValueError(f"pattern_set names modules that are not in the model: {sorted(missing)}")
-    from .admm import trained_pattern_set  # the optimizer's record, keyed by the original parameters
     trained = {name: trained_pattern_set(m.weight) for name, m in model.named_modules()
                if kinds.layer_kind(m) == kinds.PATTERN}
     if not inplace:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from . import ops  # noqa: F401  (registers torch.ops.patsparse so scripting resolves the ops)
-from .optimize import _foldable_bn, _fused
+from .fusion import foldable_bn, fused
 
 __all__ = ["torchscript", "mobile", "executorch", "load_executorch", "executorch_kernel_library",
            "LITE_INTERPRETER_WARNING"]
@@ -150,6 +150,7 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
     Run the file with :func:`load_executorch`, or on a device with the kernel library linked in
     (docs/MOBILE.md)."""
     _require_executorch()
+    # executorch is an optional dependency: imported where the ExecuTorch route needs it.
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
@@ -175,10 +176,10 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
     with torch.no_grad():
         ep = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes)
         pairs = [(c, b) for c, b in _batch_norm_after_our_conv(ep)
-                 if _foldable_bn(model.get_submodule(b), model.get_submodule(c))]
+                 if foldable_bn(model.get_submodule(b), model.get_submodule(c))]
         if pairs:
             for conv, bn in pairs:
-                _set_submodule(model, conv, _fused(model.get_submodule(conv), model.get_submodule(bn), -math.inf,
+                _set_submodule(model, conv, fused(model.get_submodule(conv), model.get_submodule(bn), -math.inf,
                                                    math.inf))
                 _set_submodule(model, bn, nn.Identity())
             ep = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes)
@@ -245,7 +246,7 @@ class ExecuTorchProgram:
 
     def __init__(self, path: str):
         _load_kernels()
-        from executorch.runtime import Runtime
+        from executorch.runtime import Runtime  # optional dependency
         self.path = path
         self.program = Runtime.get().load_program(path)
         self.method = self.program.load_method("forward")

@@ -3,11 +3,14 @@ building it from a dense weight that satisfies a pattern set, rebuilding the den
 validating arrays that come from outside (state_dict, user code).
 
 Arrays (see DESIGN.md): ``patterns`` uint8 [K, E], ``filter_ptr`` int32 [Cout+1],
-``kernel_channel`` int32 [nnz], ``kernel_pattern`` uint8 [nnz], ``values`` float [nnz, E].
+``kernel_channel`` int32 [n], ``kernel_pattern`` uint8 [n], ``values`` float [n, E] for n kept kernels
+(``PatternConv2d.kept_kernels``; the native code calls it nnz).
 """
 from typing import Dict
 
 import torch
+
+from . import ops
 
 ARRAY_NAMES = ("patterns", "filter_ptr", "kernel_channel", "kernel_pattern", "values")
 _NATIVE_PREFIX = "patsparse: invalid compressed weight: "
@@ -73,7 +76,6 @@ def decompress(patterns: torch.Tensor, filter_ptr: torch.Tensor, kernel_channel:
 
 def validate(arrays: Dict[str, torch.Tensor], in_channels: int, out_channels: int) -> None:
     """Raises ValueError naming the first problem in ``arrays``; never reads out of bounds."""
-    from . import ops
     for name in ARRAY_NAMES:
         if not isinstance(arrays.get(name), torch.Tensor):
             raise ValueError(f"compressed weight is missing the '{name}' tensor")

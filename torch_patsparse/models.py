@@ -5,6 +5,9 @@ from typing import List, Sequence, Union
 import torch
 from torch import nn
 
+from . import constraints as C
+from .patterns import PatternSet
+
 # VGG-16 feature config: numbers are 3x3 conv widths, "M" a 2x2 max pool.
 VGG16_CFG: List[Union[int, str]] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
                                     512, 512, 512, "M"]
@@ -211,8 +214,6 @@ def sparsify_random(model: nn.Module, keep3x3: float = 0.25, group: int = 4, pat
     3 input channels is projected onto ``patterns`` patterns of 4 + connectivity ``keep3x3`` in groups
     of ``group`` (``keep3x3=None``: pattern only); every dense 1x1 conv onto ``keep1x1`` of its
     weights, unstructured (``None``: left dense). Depthwise convs and Linear layers stay dense."""
-    from . import constraints as C
-    from .patterns import PatternSet
     gen = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):

@@ -5,6 +5,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import _C  # noqa: F401  (loads the library: runs the TORCH_LIBRARY registrations)
+from . import sparse_format
 
 __all__ = ["pattern_conv2d", "set_isa", "get_isa", "supported_isas", "validate"]
 
@@ -221,7 +222,6 @@ def _sparse_setup_context(ctx, inputs, output):
 def _sparse_backward(ctx, grad_output):
     # Composite backward through the decoded dense weight (the modules train only their bias and
     # pass gradients to their input; the stored weight is not a parameter).
-    from .nn.sparse import _decode
     input, header, index, codes, values, code_scale, scale, shift, output = ctx.saved_tensors
     g = grad_output
     if ctx.lo > -_INF or ctx.hi < _INF:  # clamp: no gradient where the output sits on a bound
@@ -244,7 +244,7 @@ def _sparse_backward(ctx, grad_output):
         g = g * scale.view(shape)
     if need[0]:
         arrays = {"header": header, "index": index, "codes": codes, "values": values, "scale": code_scale}
-        w = _decode(arrays, (ctx.rows, input.shape[chan])).to(g.dtype)
+        w = sparse_format.decode(arrays, (ctx.rows, input.shape[chan])).to(g.dtype)
         if ctx.conv:
             gi = torch.einsum("oc,nohw->nchw", w, g)
             if ctx.stride != [1, 1]:

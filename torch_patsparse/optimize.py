@@ -32,210 +32,22 @@ through a fused op raises (train the original model and optimize it again).
 import copy
 import math
 import operator
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .nn.kinds import PATTERN, layer_kind
+from .fusion import (FusedConv, act_bounds_module, as_pattern_stem, foldable_bn, fold_dense, fused,
+                     max_pool2d_nchw)
 from .nn.pattern_conv import PatternConv2d
 from .nn.sparse import SparseConv2d, SparseLinear
-from .patterns import PatternSet
 
+# FusedConv and max_pool2d_nchw live in torch_patsparse.fusion (re-exported here, their old home).
 __all__ = ["optimize_for_inference", "FusedConv", "max_pool2d_nchw"]
 
 _INF = math.inf
 _OURS = (PatternConv2d, SparseConv2d, SparseLinear)
-_EVAL_ONLY = ("this model was built by torch_patsparse.optimize_for_inference for inference only (BatchNorm "
-              "is folded into the convs); train the original model and call optimize_for_inference again")
-
-
-class FusedConv(nn.Module):
-    """One of our conv / Linear modules with its epilogue: ``clamp(conv(x) * scale + shift + residual,
-    lo, hi)`` per output channel (dim 1 of a conv output, the last dim of a Linear one). ``conv``'s
-    own bias is folded into ``shift`` (``conv.bias`` is None: ``forward_fused`` never adds the bias).
-    Built by :func:`optimize_for_inference`."""
-
-    lo: float
-    hi: float
-    native: bool
-    out_features: int
-    channel_view: List[int]
-    geometry: List[int]
-
-    def __init__(self, conv: nn.Module, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
-                 lo: float = -_INF, hi: float = _INF):
-        super().__init__()
-        self.conv = conv
-        self.register_buffer("scale", scale)
-        self.register_buffer("shift", shift)
-        # mean 0 / variance 1 for the torch-op epilogue: batch_norm(eps=0) is exactly x * scale + shift,
-        # in one pass that is 4x faster than addcmul over [C, 1, 1] views (measured).
-        both = scale is not None and shift is not None
-        self.register_buffer("unit_mean", torch.zeros_like(scale) if both else None, persistent=False)
-        self.register_buffer("unit_var", torch.ones_like(scale) if both else None, persistent=False)
-        self.lo, self.hi = float(lo), float(hi)
-        # A module with forward_fused may run it natively only for some layers (SparseConv2d: 1x1
-        # without padding or groups; `_native` says which); the others take the torch-op route.
-        self.native = hasattr(conv, "forward_fused") and bool(getattr(conv, "_native", True))
-        linear = isinstance(conv, (nn.Linear, SparseLinear))
-        self.channel_view = [-1] if linear else [-1, 1, 1]
-        # Output geometry (kernel, stride, padding, dilation per axis), so a residual that would
-        # broadcast is recognised before the fused op (which needs the output's exact shape) runs.
-        self.out_features = int(conv.out_features if linear else conv.out_channels)
-        self.geometry = [] if linear else _geometry(conv)
-
-    def train(self, mode: bool = True):
-        if mode:  # BatchNorm is folded in and the fused op has no backward
-            raise RuntimeError(_EVAL_ONLY)
-        return super().train(False)
-
-    def _residual_fits(self, x: torch.Tensor, residual: torch.Tensor) -> bool:
-        if residual.dim() != x.dim():
-            return False
-        if len(self.geometry) == 0:
-            expected = list(x.shape[:-1]) + [self.out_features]
-        else:
-            expected = list(x.shape[:-3]) + [self.out_features]
-            g = self.geometry
-            for i in range(2):
-                k, s, p, d = g[i], g[2 + i], g[4 + i], g[6 + i]
-                expected.append((x.size(x.dim() - 2 + i) + 2 * p - d * (k - 1) - 1) // s + 1)
-        return list(residual.shape) == expected
-
-    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-        out: Optional[torch.Tensor] = None
-        if hasattr(self.conv, "forward_fused"):  # resolved when scripted, too
-            if self.native:
-                if residual is None or self._residual_fits(x, residual):
-                    return self.conv.forward_fused(x, self.scale, self.shift, residual, self.lo, self.hi)
-                out = self.conv.forward_fused(x, self.scale, self.shift, None, -_INF, _INF)
-        if out is None:  # one pass for scale and shift, then in place (that output is ours to change)
-            out = self.conv(x)
-            scale, shift = self.scale, self.shift
-            mean, var = self.unit_mean, self.unit_var
-            if scale is not None and shift is not None and mean is not None and var is not None:
-                if out.dim() == len(self.channel_view) + 1:  # channels in dim 1
-                    out = F.batch_norm(out, mean, var, scale, shift, False, 0.0, 0.0)
-                else:
-                    out = torch.addcmul(shift.view(self.channel_view), out, scale.view(self.channel_view))
-            elif scale is not None:
-                out = out * scale.view(self.channel_view)
-            elif shift is not None:
-                out = out + shift.view(self.channel_view)
-        assert out is not None
-        if residual is not None:
-            same = residual.shape == out.shape and residual.dtype == out.dtype
-            out = out.add_(residual) if same else out + residual  # (broadcasting / type promotion as `+`)
-        if self.lo != -_INF or self.hi != _INF:
-            out = out.clamp_(self.lo, self.hi)
-        return out
-
-    def extra_repr(self) -> str:
-        parts = [f"scale={'folded BatchNorm' if self.scale is not None else None}",
-                 f"shift={'yes' if self.shift is not None else None}"]
-        if self.lo != -_INF or self.hi != _INF:
-            parts.append(f"clamp=({self.lo}, {self.hi})")
-        return ", ".join(parts)
-
-
-def _geometry(conv: nn.Module) -> List[int]:
-    """[kh, kw, sh, sw, ph, pw, dh, dw] giving the conv's output size by PyTorch's formula."""
-    if conv.padding == "same":  # stride 1, output size = input size: as a 1x1 conv without padding
-        return [1, 1, 1, 1, 0, 0, 1, 1]
-    k = [int(v) for v in conv.kernel_size]
-    p = [0, 0] if conv.padding == "valid" else [int(v) for v in conv.padding]
-    return k + [int(v) for v in conv.stride] + p + [int(v) for v in conv.dilation]
-
-
-def max_pool2d_nchw(x: torch.Tensor, k: int) -> torch.Tensor:
-    """``F.max_pool2d(x, k)`` (kernel = stride = k, no padding, floor mode): NCHW-contiguous input
-    runs as k row maxima then k column maxima over strided views (the same values; NaN propagates
-    as in max_pool2d); other layouts call F.max_pool2d, which is fast for them."""
-    if k == 1 or x.dim() != 4 or not x.is_contiguous() or x.size(2) < k or x.size(3) < k:
-        return F.max_pool2d(x, k)
-    h, w = x.size(2) // k * k, x.size(3) // k * k
-    rows = torch.maximum(x[:, :, 0:h:k, :w], x[:, :, 1:h:k, :w])
-    for i in range(2, k):
-        rows = torch.maximum(rows, x[:, :, i:h:k, :w])
-    out = torch.maximum(rows[:, :, :, 0::k], rows[:, :, :, 1::k])
-    for j in range(2, k):
-        out = torch.maximum(out, rows[:, :, :, j::k])
-    return out
-
-
-# ---------------------------------------------------------------- folding helpers
-def _bn_scale_shift(bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift) of an eval BatchNorm, in float64: y = x * scale + shift."""
-    var, mean = bn.running_var.detach().double(), bn.running_mean.detach().double()
-    scale = torch.rsqrt(var + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight.detach().double()
-    shift = -mean * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias.detach().double()
-    return scale, shift
-
-
-def _foldable_bn(bn: nn.Module, conv: nn.Module) -> bool:
-    channels = conv.out_features if isinstance(conv, (nn.Linear, SparseLinear)) else conv.out_channels
-    return (isinstance(bn, nn.BatchNorm2d) and not isinstance(conv, (nn.Linear, SparseLinear))
-            and bn.running_mean is not None and bn.running_var is not None and bn.num_features == channels)
-
-
-def _fold_dense(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
-    """A dense conv with an eval BatchNorm folded into its weight and bias (computed in float64)."""
-    scale, shift = _bn_scale_shift(bn)
-    new = copy.deepcopy(conv)
-    w = conv.weight.detach().double() * scale.view(-1, 1, 1, 1)
-    b = shift if conv.bias is None else conv.bias.detach().double() * scale + shift
-    new.weight = nn.Parameter(w.to(conv.weight.dtype), requires_grad=False)
-    new.bias = nn.Parameter(b.to(conv.weight.dtype), requires_grad=False)
-    return new
-
-
-def _fused(conv: nn.Module, bn: Optional[nn.Module], lo: float, hi: float) -> FusedConv:
-    """FusedConv over a copy of our module ``conv`` with ``bn`` (or None) and the bounds; the
-    module's bias moves into the shift."""
-    conv = copy.deepcopy(conv)  # a module called at two places keeps its bias at the other
-    tensors = [t for t in list(conv.parameters()) + list(conv.buffers()) if t.is_floating_point()]
-    dtype = tensors[0].dtype if tensors else torch.get_default_dtype()
-    device = tensors[0].device if tensors else torch.device("cpu")
-    bias = None if conv.bias is None else conv.bias.detach().double()
-    conv.bias = None
-    scale = shift = None
-    if bn is not None:
-        scale, shift = _bn_scale_shift(bn)
-        if bias is not None:
-            shift = bias * scale + shift
-        scale = scale.to(dtype)
-    elif bias is not None:
-        shift = bias
-    if shift is not None:
-        shift = shift.to(dtype)
-    return FusedConv(conv, None if scale is None else scale.to(device), None if shift is None else shift.to(device),
-                     lo, hi)
-
-
-def _as_pattern_stem(conv: nn.Module) -> Optional[PatternConv2d]:
-    """A dense fp32 CPU 3x3 conv with at most 4 input channels (a stem) as a PatternConv2d holding
-    every weight in one 9-entry pattern (exact), or None. oneDNN's NCHW path is slow for so few
-    input channels (VGG-16's 3 -> 64 at 224x224: ~15 ms at one thread, ours ~1.7 ms, measured);
-    the output stays NCHW for the convs that follow."""
-    if type(conv) is not nn.Conv2d or conv.kernel_size != (3, 3) or conv.in_channels > 4 \
-            or conv.weight.dtype != torch.float32 or conv.weight.device.type != "cpu" \
-            or layer_kind(conv) != PATTERN:
-        return None
-    return PatternConv2d.from_dense(conv, PatternSet(torch.arange(9, dtype=torch.uint8).view(1, 9)))
-
-
-def _act_bounds_module(m: Optional[nn.Module]) -> Optional[Tuple[float, float]]:
-    if isinstance(m, nn.ReLU):
-        return 0.0, _INF
-    if isinstance(m, nn.Hardtanh):  # ReLU6 is a Hardtanh(0, 6)
-        return float(m.min_val), float(m.max_val)
-    return None
 
 
 # ---------------------------------------------------------------- fx passes
@@ -265,7 +77,7 @@ def _act_bounds(node: fx.Node, src: fx.Node, modules: Dict[str, nn.Module]) -> O
     if any(isinstance(a, fx.Node) for a in list(args) + list(kwargs.values())):
         return None
     if node.op == "call_module":
-        return _act_bounds_module(modules.get(node.target))
+        return act_bounds_module(modules.get(node.target))
     target = node.target
     if (node.op == "call_function" and target in _RELU_FUNCTIONS) or (node.op == "call_method"
                                                                       and target in ("relu", "relu_")):
@@ -320,7 +132,7 @@ def _fuse_graph(gm: fx.GraphModule) -> None:
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
             continue
-        stem = _as_pattern_stem(modules.get(node.target))
+        stem = as_pattern_stem(modules.get(node.target))
         if stem is not None:
             _set_module(gm, node.target, stem)
             modules[node.target] = stem
@@ -338,13 +150,13 @@ def _fuse_graph(gm: fx.GraphModule) -> None:
             continue
         chain, cur, bn = [node], node, None
         user = _only_user(cur)
-        if user is not None and user.op == "call_module" and _foldable_bn(modules.get(user.target), conv) \
+        if user is not None and user.op == "call_module" and foldable_bn(modules.get(user.target), conv) \
                 and user.args[0] is cur:
             bn, cur = modules[user.target], user
             chain.append(user)
         if not ours:  # dense conv: fold BatchNorm into the weight, leave the rest to PyTorch
             if bn is not None:
-                _set_module(gm, node.target, _fold_dense(conv, bn))
+                _set_module(gm, node.target, fold_dense(conv, bn))
                 cur.replace_all_uses_with(node)
                 graph.erase_node(cur)
             continue
@@ -366,7 +178,7 @@ def _fuse_graph(gm: fx.GraphModule) -> None:
         while hasattr(gm, name):
             counter += 1
             name = f"fused_{node.target.replace('.', '_')}_{counter}"
-        gm.add_submodule(name, _fused(conv, bn, lo, hi))
+        gm.add_submodule(name, fused(conv, bn, lo, hi))
         with graph.inserting_before(cur):
             args = (node.args[0],) if residual is None else (node.args[0], residual)
             new = graph.call_module(name, args)
@@ -456,7 +268,7 @@ def _fold_sequential(seq: nn.Sequential) -> None:
     names = list(seq._modules.keys())
     i = 0
     while i < len(names):
-        stem = _as_pattern_stem(seq._modules[names[i]])
+        stem = as_pattern_stem(seq._modules[names[i]])
         if stem is not None:
             seq._modules[names[i]] = stem
         conv = seq._modules[names[i]]
@@ -465,16 +277,16 @@ def _fold_sequential(seq: nn.Sequential) -> None:
             i += 1
             continue
         j, bn, bounds = i + 1, None, None
-        if j < len(names) and _foldable_bn(seq._modules[names[j]], conv):
+        if j < len(names) and foldable_bn(seq._modules[names[j]], conv):
             bn, j = seq._modules[names[j]], j + 1
         if ours and j < len(names):
-            bounds = _act_bounds_module(seq._modules[names[j]])
+            bounds = act_bounds_module(seq._modules[names[j]])
             if bounds is not None:
                 j += 1
         if ours and (bn is not None or bounds is not None or conv.bias is not None):
-            seq._modules[names[i]] = _fused(conv, bn, *(bounds or (-_INF, _INF)))
+            seq._modules[names[i]] = fused(conv, bn, *(bounds or (-_INF, _INF)))
         elif bn is not None:
-            seq._modules[names[i]] = _fold_dense(conv, bn)
+            seq._modules[names[i]] = fold_dense(conv, bn)
         else:
             j = i + 1
         for k in range(i + 1, j):

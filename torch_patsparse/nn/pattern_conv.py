@@ -1,23 +1,28 @@
 """PatternConv2d: a drop-in ``nn.Conv2d`` (3x3, groups=1) that stores only the compressed weight."""
-import math
+import inspect
 from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
+from .. import _deprecation
 from .. import bitpack
 from .. import format as fmt
 from .. import ops  # also registers torch.ops.patsparse
+from .. import project as proj
 from .. import quant
+from .._deprecation import renamed_keywords
 from ..patterns import PatternSet
-from ._load import apply_or_restore, check_bias, check_tensor, load_error, size_mismatch
+from ._pattern_state import PatternStateDict, channel_dtype
 from .kinds import PATTERN, conv_padding, layer_kind
 
 _SCHEMES = quant.SCHEMES
-_EXTRA_KEYS = ("bits", "scheme", "in_channels", "out_channels")
+_CONV2D_ORDER = ("kernel_size", "stride", "padding", "dilation", "groups", "bias")
+# The order before nn.Conv2d's (deprecated): PatternConv2d(in, out, stride, padding, dilation, bias, ...).
+_OLD_ORDER = ("stride", "padding", "dilation", "bias", "patterns", "kept_kernels", "bits", "scheme", "device", "dtype")
 
 
-class PatternConv2d(nn.Module):
+class PatternConv2d(PatternStateDict, nn.Module):
     """3x3 convolution with a pattern-compressed weight (see DESIGN.md, "Compressed format").
 
     Every kept kernel keeps ``E`` (usually 4) weights in one of ``K`` shapes of the layer's pattern
@@ -27,17 +32,30 @@ class PatternConv2d(nn.Module):
     (``bits`` and ``scheme`` are kept in the module's metadata). Build one with :meth:`from_dense`.
 
     Inputs and errors are ``nn.Conv2d``'s: [N, C, H, W] or unbatched [C, H, W], fp32 / fp64 / fp16 /
-    bf16. ``conversion_error`` is the relative weight error ``||W_stored - W|| / ||W||`` of the
+    bf16. Constructor arguments follow ``nn.Conv2d`` (``in_channels, out_channels, kernel_size=3,
+    stride=1, padding=0, dilation=1, groups=1, bias=True``; the storage ones keyword-only:
+    ``patterns``, ``kept_kernels``, ``bits``, ``scheme``, ``device``, ``dtype``); the old order
+    ``(in_channels, out_channels, stride, padding, ...)`` still works for one release with a
+    DeprecationWarning where it cannot be mistaken. ``conversion_error`` is the relative weight error ``||W_stored - W|| / ||W||`` of the
     conversion that built it (0.0 when lossless; shown by ``repr`` only when nonzero).
     """
 
     __constants__ = ["in_channels", "out_channels", "quantized"]
     conversion_error: float
-    __jit_unused_properties__ = ["nnz"]
+    __jit_unused_properties__ = ["nnz", "kept_kernels"]
 
-    def __init__(self, in_channels: int, out_channels: int, stride=1, padding=0, dilation=1, bias: bool = True,
-                 patterns: Optional[torch.Tensor] = None, nnz: int = 0, bits: Optional[int] = None,
-                 scheme: str = "uniform", device=None, dtype=None):
+    @renamed_keywords("PatternConv2d", nnz="kept_kernels")
+    def __init__(self, in_channels: int, out_channels: int, *args, **kwargs):
+        # nn.Conv2d's argument order (see _build for the signature); the old order is named by _conv2d_keywords.
+        self._build(in_channels, out_channels, **_conv2d_keywords(args, kwargs))
+
+    def _build(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=0, dilation=1,
+               groups: int = 1, bias: bool = True, *, patterns: Optional[torch.Tensor] = None, kept_kernels: int = 0,
+               bits: Optional[int] = None, scheme: str = "uniform", device=None, dtype=None) -> None:
+        if tuple(ops.pair(kernel_size)) != (3, 3):
+            raise ValueError(f"PatternConv2d is a 3x3 convolution, got kernel_size={kernel_size!r}")
+        if groups != 1:
+            raise ValueError(f"PatternConv2d takes groups=1 only, got groups={groups!r}")
         super().__init__()
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
@@ -64,25 +82,26 @@ class PatternConv2d(nn.Module):
         entries = patterns.shape[1]
         self.register_buffer("patterns", patterns.clone())
         self.register_buffer("filter_ptr", torch.zeros(out_channels + 1, dtype=torch.int32, device=device))
-        self.register_buffer("kernel_channel", torch.zeros(nnz, dtype=torch.int32, device=device))
-        self.register_buffer("kernel_pattern", torch.zeros(nnz, dtype=torch.uint8, device=device))
+        self.register_buffer("kernel_channel", torch.zeros(kept_kernels, dtype=torch.int32, device=device))
+        self.register_buffer("kernel_pattern", torch.zeros(kept_kernels, dtype=torch.uint8, device=device))
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         if self.quantized:
-            self.register_buffer("codes", torch.zeros(nnz, entries, dtype=torch.int8, device=device))
+            self.register_buffer("codes", torch.zeros(kept_kernels, entries, dtype=torch.int8, device=device))
             self.register_buffer("scale", torch.ones((), **factory))
             # Dequantized once (on build / load), not per call: the kernels cache their plan on it.
-            self.register_buffer("values", torch.zeros(nnz, entries, **factory), persistent=False)
+            self.register_buffer("values", torch.zeros(kept_kernels, entries, **factory), persistent=False)
         else:
-            self.values = nn.Parameter(torch.zeros(nnz, entries, **factory))
+            self.values = nn.Parameter(torch.zeros(kept_kernels, entries, **factory))
         self.bias = nn.Parameter(torch.zeros(out_channels, **factory)) if bias else None
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_dense(cls, conv: nn.Conv2d, pattern_set: Optional[PatternSet] = None, bits: Optional[int] = None,
+    @renamed_keywords("PatternConv2d.from_dense", conv="module")
+    def from_dense(cls, module: nn.Conv2d, pattern_set: Optional[PatternSet] = None, bits: Optional[int] = None,
                    scheme: str = "uniform", *, project: bool = False) -> "PatternConv2d":
-        """Compresses ``conv`` (a plain 3x3 ``nn.Conv2d``, groups=1, zero padding; numeric, ``"same"`` or
+        """Compresses ``module`` (a plain 3x3 ``nn.Conv2d``, groups=1, zero padding; numeric, ``"same"`` or
         ``"valid"`` padding). Unless asked (``project=True`` or ``bits``), the result computes exactly
-        what ``conv`` computes: every nonzero weight is stored as it is.
+        what ``module`` computes: every nonzero weight is stored as it is.
 
         ``pattern_set``: ``None`` finds a set that holds every kernel exactly
         (:meth:`PatternSet.cover`; ValueError if that needs more than 256 patterns). A given set must
@@ -99,7 +118,7 @@ class PatternConv2d(nn.Module):
         The module's ``conversion_error`` is the relative weight error ``||W_stored - W|| / ||W||``
         (0.0 when nothing was lost).
         """
-        from .. import project as proj
+        conv = module
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"expected an nn.Conv2d, got {type(conv).__name__}")
         if layer_kind(conv) != PATTERN:
@@ -135,8 +154,9 @@ class PatternConv2d(nn.Module):
                              "pattern_set=None to find a set that stores every kernel exactly") from None
         values = arrays["values"]
         codes, scale, grid_bits, scheme = _quantization(values, bits, scheme)
-        mod = cls(conv.in_channels, conv.out_channels, conv.stride, conv_padding(conv), conv.dilation,
-                  conv.bias is not None, patterns, values.shape[0], grid_bits, scheme, device=w.device, dtype=w.dtype)
+        mod = cls(conv.in_channels, conv.out_channels, stride=conv.stride, padding=conv_padding(conv),
+                  dilation=conv.dilation, bias=conv.bias is not None, patterns=patterns, kept_kernels=values.shape[0],
+                  bits=grid_bits, scheme=scheme, device=w.device, dtype=w.dtype)
         with torch.no_grad():
             for name in ("filter_ptr", "kernel_channel", "kernel_pattern"):
                 getattr(mod, name).copy_(arrays[name])
@@ -236,9 +256,16 @@ class PatternConv2d(nn.Module):
 
     # ------------------------------------------------------------------ report protocol
     @property
-    def nnz(self) -> int:
-        """Number of kept 3x3 kernels."""
+    def kept_kernels(self) -> int:
+        """Number of kept 3x3 kernels (each holds ``patterns.shape[1]`` weights)."""
         return int(self.kernel_channel.numel())
+
+    @property
+    def nnz(self) -> int:
+        """Deprecated: the number of kept kernels (``kept_kernels``); ``nnz`` is the number of kept
+        weights in SparseConv2d / SparseLinear."""
+        _deprecation.warn("PatternConv2d.nnz (kept kernels)", "PatternConv2d.kept_kernels")
+        return self.kept_kernels
 
     @torch.jit.unused
     def storage_bits(self) -> Dict[str, int]:
@@ -248,7 +275,7 @@ class PatternConv2d(nn.Module):
         ``bits`` each (2 for 1-bit layers: a kept position may hold 0) plus a 32-bit scale."""
         out = {name: getattr(self, name).numel() * getattr(self, name).element_size() * 8
                for name in ("patterns", "filter_ptr", "kernel_pattern")}
-        out["kernel_channel"] = self.kernel_channel.numel() * _channel_dtype(self.in_channels).itemsize * 8
+        out["kernel_channel"] = self.kernel_channel.numel() * channel_dtype(self.in_channels).itemsize * 8
         if self.quantized:
             out["codes"] = bitpack.packed_bytes(self.codes.numel(), quant.signed_code_width(self.bits)) * 8
             out["scale"] = 32
@@ -270,7 +297,7 @@ class PatternConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         total = self.out_channels * self.in_channels
-        kept = self.nnz
+        kept = self.kept_kernels
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size=(3, 3), stride={tuple(self.stride)}, "
              f"padding={tuple(self.padding)}")
         if self.dilation != [1, 1]:
@@ -284,144 +311,9 @@ class PatternConv2d(nn.Module):
             s += f", conversion_error={self.conversion_error:.3g}"
         return s
 
-    # ------------------------------------------------------------------ state_dict
-    def _refresh_values(self) -> None:
-        with torch.no_grad():
-            deq = quant.dequantize(self.codes, self.scale, self.scheme, dtype=self.values.dtype)
-            self.values.resize_(self.codes.shape).copy_(deq)
 
-    def get_extra_state(self):
-        return {"bits": self.bits, "scheme": self.scheme, "in_channels": self.in_channels,
-                "out_channels": self.out_channels}
-
-    def set_extra_state(self, state) -> None:
-        err = self._extra_state_error(state, "")
-        if err:
-            raise ValueError(err)
-        self.bits, self.scheme = state.get("bits"), state.get("scheme", "uniform")
-
-    def _extra_state_error(self, state, prefix: str) -> Optional[str]:
-        """Message when ``state`` (an incoming ``_extra_state``) does not fit this module, else None."""
-        if not isinstance(state, dict) or not set(state) <= set(_EXTRA_KEYS):
-            return load_error(prefix, f"_extra_state must be a dict with keys {list(_EXTRA_KEYS)}, "
-                                      f"got {state!r}"[:300])
-        bits, scheme = state.get("bits"), state.get("scheme", "uniform")
-        if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8):
-            return load_error(prefix, f"_extra_state has bits={bits!r}; expected None or an int in 1..8")
-        if scheme not in _SCHEMES:
-            return load_error(prefix, f"_extra_state has scheme={scheme!r}; expected one of {_SCHEMES}")
-        shape = [state.get("out_channels", self.out_channels), state.get("in_channels", self.in_channels), 3, 3]
-        if not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-            return load_error(prefix, f"_extra_state has in_channels / out_channels {shape[1]!r} / {shape[0]!r}")
-        if shape[:2] != [self.out_channels, self.in_channels]:
-            return size_mismatch(prefix, "weight", shape, [self.out_channels, self.in_channels, 3, 3])
-        if (bits is not None) != self.quantized:
-            return load_error(prefix, f"the state_dict is {'quantized' if bits is not None else 'not quantized'} but "
-                                      f"this PatternConv2d is {'quantized' if self.quantized else 'not quantized'}; "
-                                      "build the module with the matching `bits` before loading")
-        return None
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        # Store the narrow forms the report counts: int16 channel indices, bit-packed codes.
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        destination[prefix + "kernel_channel"] = self.kernel_channel.detach().to(_channel_dtype(self.in_channels))
-        if self.quantized:
-            width = quant.signed_code_width(self.bits)
-            destination[prefix + "codes"] = bitpack.pack(self.codes.detach().reshape(-1).long()
-                                                         + quant.levels(self.bits), width)
-
-    def _incoming(self, state_dict, prefix: str, bits: Optional[int], scheme: str) -> Dict[str, torch.Tensor]:
-        """The compressed arrays of ``state_dict`` in this module's forms (int32 channels, int8 codes
-        [nnz, E], 0-d scale), checked completely; {} when it holds none. Raises ValueError."""
-        names = ("patterns", "filter_ptr", "kernel_channel", "kernel_pattern")
-        names += ("codes", "scale") if self.quantized else ("values",)
-        present = [n for n in names if prefix + n in state_dict]
-        if not present:
-            return {}
-        if len(present) != len(names):
-            raise ValueError(f"incomplete: the state_dict has {present}, a weight needs {list(names)}")
-        t = {n: state_dict[prefix + n] for n in names}
-        check_tensor("patterns", t["patterns"], (torch.uint8,), 2)
-        check_tensor("filter_ptr", t["filter_ptr"], (torch.int32,), 1)
-        if t["filter_ptr"].numel() != self.out_channels + 1:  # a checkpoint of another width
-            raise _SizeMismatch(size_mismatch(prefix, "filter_ptr", t["filter_ptr"].shape, (self.out_channels + 1,)))
-        kc = check_tensor("kernel_channel", t["kernel_channel"], (torch.int16, torch.int32), 1).to(torch.int32)
-        check_tensor("kernel_pattern", t["kernel_pattern"], (torch.uint8,), 1)
-        nnz, entries = kc.numel(), t["patterns"].shape[1]
-        out = {"patterns": t["patterns"], "filter_ptr": t["filter_ptr"], "kernel_channel": kc,
-               "kernel_pattern": t["kernel_pattern"]}
-        if self.quantized:
-            bits = self.bits if bits is None else bits
-            codes = check_tensor("codes", t["codes"], (torch.uint8, torch.int8))
-            if codes.dtype == torch.uint8:  # bit-packed (see _save_to_state_dict)
-                check_tensor("codes", codes, dim=1)
-                codes = bitpack.unpack(codes, nnz * entries, quant.signed_code_width(bits)) - quant.levels(bits)
-                codes = codes.to(torch.int8).view(nnz, entries)
-            check_tensor("codes", codes, dim=2)
-            if codes.numel() and int(codes.abs().max()) > quant.levels(bits):
-                raise ValueError(f"codes exceed the {bits}-bit range (|code| <= {quant.levels(bits)})")
-            scale = check_tensor("scale", t["scale"], floating=True)
-            if scale.numel() != 1:
-                raise ValueError(f"'scale' must hold one number, got shape {list(scale.shape)}")
-            scale = scale.reshape(())
-            s = float(scale)
-            # 0 only decodes an all-zero layer; NaN, inf or a negative scale is never valid.
-            if not math.isfinite(s) or s < 0 or (s == 0 and codes.numel() and bool(codes.any())):
-                raise ValueError(f"'scale' must be a finite positive number, got {s}")
-            out.update(codes=codes, scale=scale)
-            values = quant.dequantize(codes, scale, scheme, dtype=torch.float32)
-            if not bool(torch.isfinite(values).all()):
-                raise ValueError(f"'scale' {s} times the {bits}-bit levels overflows float32")
-        else:
-            values = check_tensor("values", t["values"], floating=True, dim=2)
-            out["values"] = values
-        fmt.validate({"patterns": out["patterns"], "filter_ptr": out["filter_ptr"], "kernel_channel": kc,
-                      "kernel_pattern": out["kernel_pattern"], "values": values}, self.in_channels, self.out_channels)
-        return out
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        # Validate everything first, assign only then: a rejected load leaves the module as it was.
-        extra = state_dict.get(prefix + "_extra_state")
-        err = None if extra is None else self._extra_state_error(extra, prefix)
-        if err is None:
-            err = check_bias(self, state_dict, prefix, self.out_channels)
-        arrays: Dict[str, torch.Tensor] = {}
-        if err is None:
-            bits = extra.get("bits") if isinstance(extra, dict) else self.bits
-            scheme = extra.get("scheme", "uniform") if isinstance(extra, dict) else self.scheme
-            try:
-                arrays = self._incoming(state_dict, prefix, bits, scheme)
-            except _SizeMismatch as e:
-                err = str(e)
-            except ValueError as e:
-                err = load_error(prefix, str(e))
-        if err is not None:
-            error_msgs.append(err)
-            return
-
-        def apply():
-            for name, t in arrays.items():
-                state_dict[prefix + name] = t
-                mine = getattr(self, name)
-                # The number of kept kernels (and K) may differ from this module's: take the incoming shape.
-                mine.data = torch.empty(t.shape, dtype=mine.dtype, device=mine.device)
-            super(PatternConv2d, self)._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                                             unexpected_keys, error_msgs)
-            if self.quantized and arrays:
-                self.values.data = torch.empty(self.codes.shape, dtype=self.values.dtype, device=self.values.device)
-                self._refresh_values()
-
-        apply_or_restore(self, ("bits", "scheme"), apply, error_msgs)
-
-
-class _SizeMismatch(ValueError):
-    """A complete load message in nn.Module's size-mismatch wording."""
-
-
-def _channel_dtype(in_channels: int) -> torch.dtype:
-    """Stored dtype of kernel_channel: int16 while every channel index fits."""
-    return torch.int16 if in_channels <= 32768 else torch.int32
+# help() and inspect show the real signature (nn.Conv2d's order), not __init__'s (*args, **kwargs).
+PatternConv2d.__init__.__signature__ = inspect.signature(PatternConv2d._build)
 
 
 def _relative_error(stored: torch.Tensor, original: torch.Tensor) -> float:
@@ -445,3 +337,42 @@ def _quantization(values: torch.Tensor, bits: Optional[int], scheme: str):
     if grid is None:
         return None, None, None, scheme
     return grid.codes.to(torch.int8), grid.scale, grid.bits, grid.scheme
+
+
+def _is_three(v) -> bool:
+    return (isinstance(v, int) and not isinstance(v, bool) and v == 3) or \
+        (isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_three(e) for e in v))
+
+
+def _conv2d_keywords(args: tuple, kwargs: dict) -> dict:
+    """``kwargs`` plus the positional arguments after (in_channels, out_channels) by name: nn.Conv2d's
+    order (kernel_size, stride, padding, dilation, groups, bias), or the old (stride, padding,
+    dilation, bias, patterns, nnz, ...) with a DeprecationWarning where the values tell which one it
+    is (a third argument that is not 3 is a stride; a bool fourth is the old bias; a fifth that is not
+    an int is the old patterns). A call that reads as a different layer in each is a TypeError."""
+    if not args:
+        return kwargs
+    int_at = [isinstance(a, int) and not isinstance(a, bool) for a in args]
+    old = ("kernel_size" in kwargs or not _is_three(args[0]) or len(args) > len(_CONV2D_ORDER)
+           or (len(args) > 3 and isinstance(args[3], bool)) or (len(args) > 4 and not int_at[4]))
+    new = not old and len(args) > 4  # a fifth int can only be nn.Conv2d's groups
+    if not old and not new:
+        raise TypeError(f"PatternConv2d(in_channels, out_channels, {', '.join(map(repr, args))}) reads as kernel_size=3 in "
+                        "nn.Conv2d's order but as stride=3 in the old (in_channels, out_channels, stride, padding, "
+                        "...) order, which is accepted for one more release: pass these by keyword (kernel_size=3, "
+                        "stride=..., padding=...)")
+    order = _OLD_ORDER if old else _CONV2D_ORDER
+    if len(args) > len(order):
+        raise TypeError(f"PatternConv2d takes at most {2 + len(order)} positional arguments, got {2 + len(args)}")
+    if old:
+        _deprecation.warn("PatternConv2d(in_channels, out_channels, stride, padding, dilation, bias, ...) "
+                          "(the old positional order)",
+                          "nn.Conv2d's order PatternConv2d(in_channels, out_channels, kernel_size=3, stride=1, "
+                          "padding=0, dilation=1, groups=1, bias=True, *, patterns=..., kept_kernels=..., ...) "
+                          "or keywords", stacklevel=5)
+    out = dict(kwargs)
+    for name, value in zip(order, args):
+        if name in out:
+            raise TypeError(f"PatternConv2d got multiple values for argument '{name}'")
+        out[name] = value
+    return out

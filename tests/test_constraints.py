@@ -1,0 +1,70 @@
+"""Tests of torch_patsparse.constraints: argument validation, composition order, serialisation."""
+import pytest
+import torch
+
+from torch_patsparse import constraints as C
+from torch_patsparse import project
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, -0.1, 1.5, float("nan"), True, "0.5", -3])
+def test_keep_out_of_range(bad):
+    with pytest.raises(ValueError, match="keep"):
+        C.Connectivity(keep=bad)
+    with pytest.raises(ValueError, match="keep"):
+        C.Unstructured(keep=bad)
+
+
+@pytest.mark.parametrize("bits", [0, 9, -1, 2.0, True])
+def test_bits_out_of_range(bits):
+    with pytest.raises(ValueError, match="bits"):
+        C.Quantize(bits=bits)
+    with pytest.raises(ValueError, match="scheme"):
+        C.Quantize(bits=4, scheme="log")
+
+
+def test_constraint_roundtrip_and_order():
+    cs = [C.Quantize(4), C.Connectivity(0.3, group=2), C.Pattern(k=8, group=2), C.Unstructured(7)]
+    o = C.ordered(cs)
+    assert [type(c) for c in o] == [C.Pattern, C.Connectivity, C.Unstructured, C.Quantize]
+    assert [C.from_dict(C.to_dict(c)) for c in o] == o
+    with pytest.raises(ValueError, match="two Pattern"):
+        C.ordered([C.Pattern(), C.Pattern(k=4)], "w")
+
+
+ALL = [C.Pattern(k=8, entries=3, keep_center=False, group=2), C.Connectivity(keep=5, group=4), C.Unstructured(0.1),
+       C.Filter(keep=2), C.Channel(keep=0.5), C.Quantize(bits=3, scheme="pow2")]
+
+
+@pytest.mark.parametrize("c", ALL, ids=lambda c: type(c).__name__)
+def test_one_spec_schema_and_the_old_state_dict_form(c):
+    spec = C.to_spec(c)
+    assert spec["type"] == type(c).__name__.lower() and C.from_spec(spec) == c
+    old = {"kind": type(c).__name__, **{k: v for k, v in spec.items() if k != "type"}}  # optimizer files before
+    assert C.from_spec(old) == c
+    assert C.from_spec(c) is c
+    assert C.to_dict is C.to_spec and C.from_dict is C.from_spec  # the names ADMM's state_dict uses
+
+
+def test_spec_defaults_and_clear_errors():
+    assert C.from_spec({"type": "pattern", "k": 8}) == C.Pattern(k=8)  # the CLI config's form
+    with pytest.raises(ValueError, match="unknown constraint type 'patern'"):
+        C.from_spec({"type": "patern"})
+    with pytest.raises(ValueError, match="'type' key"):
+        C.from_spec(["pattern"])
+    with pytest.raises(ValueError, match="bad arguments for pattern"):
+        C.from_spec({"type": "pattern", "kk": 8})
+    with pytest.raises(ValueError, match="k must be an int"):
+        C.from_spec({"type": "pattern", "k": 0})
+    with pytest.raises(ValueError, match="unknown constraint type"):
+        C.from_spec({"kind": "Nope"})
+
+
+def test_quantize_projection_with_scale_and_old_name():
+    w = torch.randn(6, 5, generator=torch.Generator().manual_seed(0)) * (torch.arange(30).view(6, 5) % 3 != 0)
+    q = C.Quantize(bits=3)
+    out, scale = q.project_with_scale(w)
+    assert torch.equal(out, q.project(w)) and scale > 0
+    assert torch.equal(out, project.quantize(w, 3))  # floats on the levels, zeros kept
+    with pytest.warns(DeprecationWarning, match="project_with_scale"):
+        old, old_scale = q.quantize_params(w)
+    assert torch.equal(old, out) and old_scale == scale

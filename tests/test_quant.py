@@ -1,0 +1,24 @@
+"""Tests of torch_patsparse.quant, the one quantizer: levels and code widths, grid detection."""
+import pytest
+import torch
+
+import torch_patsparse as ps
+from torch_patsparse import quant
+
+
+def test_levels_and_widths_in_one_place():
+    assert [quant.levels(b) for b in range(1, 9)] == [1, 1, 3, 7, 15, 31, 63, 127]
+    assert [quant.signed_code_width(b) for b in range(1, 9)] == [2, 2, 3, 4, 5, 6, 7, 8]
+    assert [quant.nonzero_code_width(b) for b in range(1, 9)] == [1, 1, 3, 4, 5, 6, 7, 8]
+    assert ps.project.quantize is quant.quantize and ps.project.quantize_params is quant.quantize_params
+
+
+@pytest.mark.parametrize("scheme", ["uniform", "pow2"])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 6, 8])
+def test_detect_grid_round_trips_the_quantizer(bits, scheme):
+    w = quant.quantize(torch.randn(300) * (torch.rand(300) < 0.5), bits, scheme)
+    g = quant.detect_grid(w)
+    assert g is not None and g.bits <= bits
+    assert torch.equal(quant.dequantize(g.codes, g.scale, g.scheme, dtype=w.dtype), w)
+    assert quant.detect_grid(torch.randn(300)) is None
+    assert quant.detect_grid(torch.zeros(5)) is None

@@ -1,0 +1,157 @@
+"""PatternConv2d's state_dict: the narrow stored forms (int16 channel indices, bit-packed codes) and
+a load that checks every incoming array (format.validate, code range, scale) before it assigns
+anything, so a rejected load leaves the module as it was."""
+import math
+from typing import Dict, Optional
+
+import torch
+
+from .. import bitpack
+from .. import format as fmt
+from .. import quant
+from ._load import apply_or_restore, check_bias, check_tensor, load_error, size_mismatch
+
+_SCHEMES = quant.SCHEMES
+_EXTRA_KEYS = ("bits", "scheme", "in_channels", "out_channels")
+
+
+class PatternStateDict:
+    """Mixin of PatternConv2d (first base, before nn.Module): its state_dict save and load."""
+
+    def _refresh_values(self) -> None:
+        with torch.no_grad():
+            deq = quant.dequantize(self.codes, self.scale, self.scheme, dtype=self.values.dtype)
+            self.values.resize_(self.codes.shape).copy_(deq)
+
+    def get_extra_state(self):
+        return {"bits": self.bits, "scheme": self.scheme, "in_channels": self.in_channels,
+                "out_channels": self.out_channels}
+
+    def set_extra_state(self, state) -> None:
+        err = self._extra_state_error(state, "")
+        if err:
+            raise ValueError(err)
+        self.bits, self.scheme = state.get("bits"), state.get("scheme", "uniform")
+
+    def _extra_state_error(self, state, prefix: str) -> Optional[str]:
+        """Message when ``state`` (an incoming ``_extra_state``) does not fit this module, else None."""
+        if not isinstance(state, dict) or not set(state) <= set(_EXTRA_KEYS):
+            return load_error(prefix, f"_extra_state must be a dict with keys {list(_EXTRA_KEYS)}, "
+                                      f"got {state!r}"[:300])
+        bits, scheme = state.get("bits"), state.get("scheme", "uniform")
+        if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8):
+            return load_error(prefix, f"_extra_state has bits={bits!r}; expected None or an int in 1..8")
+        if scheme not in _SCHEMES:
+            return load_error(prefix, f"_extra_state has scheme={scheme!r}; expected one of {_SCHEMES}")
+        shape = [state.get("out_channels", self.out_channels), state.get("in_channels", self.in_channels), 3, 3]
+        if not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+            return load_error(prefix, f"_extra_state has in_channels / out_channels {shape[1]!r} / {shape[0]!r}")
+        if shape[:2] != [self.out_channels, self.in_channels]:
+            return size_mismatch(prefix, "weight", shape, [self.out_channels, self.in_channels, 3, 3])
+        if (bits is not None) != self.quantized:
+            return load_error(prefix, f"the state_dict is {'quantized' if bits is not None else 'not quantized'} but "
+                                      f"this PatternConv2d is {'quantized' if self.quantized else 'not quantized'}; "
+                                      "build the module with the matching `bits` before loading")
+        return None
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        # Store the narrow forms the report counts: int16 channel indices, bit-packed codes.
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "kernel_channel"] = self.kernel_channel.detach().to(channel_dtype(self.in_channels))
+        if self.quantized:
+            width = quant.signed_code_width(self.bits)
+            destination[prefix + "codes"] = bitpack.pack(self.codes.detach().reshape(-1).long()
+                                                         + quant.levels(self.bits), width)
+
+    def _incoming(self, state_dict, prefix: str, bits: Optional[int], scheme: str) -> Dict[str, torch.Tensor]:
+        """The compressed arrays of ``state_dict`` in this module's forms (int32 channels, int8 codes
+        [nnz, E], 0-d scale), checked completely; {} when it holds none. Raises ValueError."""
+        names = ("patterns", "filter_ptr", "kernel_channel", "kernel_pattern")
+        names += ("codes", "scale") if self.quantized else ("values",)
+        present = [n for n in names if prefix + n in state_dict]
+        if not present:
+            return {}
+        if len(present) != len(names):
+            raise ValueError(f"incomplete: the state_dict has {present}, a weight needs {list(names)}")
+        t = {n: state_dict[prefix + n] for n in names}
+        check_tensor("patterns", t["patterns"], (torch.uint8,), 2)
+        check_tensor("filter_ptr", t["filter_ptr"], (torch.int32,), 1)
+        if t["filter_ptr"].numel() != self.out_channels + 1:  # a checkpoint of another width
+            raise _SizeMismatch(size_mismatch(prefix, "filter_ptr", t["filter_ptr"].shape, (self.out_channels + 1,)))
+        kc = check_tensor("kernel_channel", t["kernel_channel"], (torch.int16, torch.int32), 1).to(torch.int32)
+        check_tensor("kernel_pattern", t["kernel_pattern"], (torch.uint8,), 1)
+        nnz, entries = kc.numel(), t["patterns"].shape[1]
+        out = {"patterns": t["patterns"], "filter_ptr": t["filter_ptr"], "kernel_channel": kc,
+               "kernel_pattern": t["kernel_pattern"]}
+        if self.quantized:
+            bits = self.bits if bits is None else bits
+            codes = check_tensor("codes", t["codes"], (torch.uint8, torch.int8))
+            if codes.dtype == torch.uint8:  # bit-packed (see _save_to_state_dict)
+                check_tensor("codes", codes, dim=1)
+                codes = bitpack.unpack(codes, nnz * entries, quant.signed_code_width(bits)) - quant.levels(bits)
+                codes = codes.to(torch.int8).view(nnz, entries)
+            check_tensor("codes", codes, dim=2)
+            if codes.numel() and int(codes.abs().max()) > quant.levels(bits):
+                raise ValueError(f"codes exceed the {bits}-bit range (|code| <= {quant.levels(bits)})")
+            scale = check_tensor("scale", t["scale"], floating=True)
+            if scale.numel() != 1:
+                raise ValueError(f"'scale' must hold one number, got shape {list(scale.shape)}")
+            scale = scale.reshape(())
+            s = float(scale)
+            # 0 only decodes an all-zero layer; NaN, inf or a negative scale is never valid.
+            if not math.isfinite(s) or s < 0 or (s == 0 and codes.numel() and bool(codes.any())):
+                raise ValueError(f"'scale' must be a finite positive number, got {s}")
+            out.update(codes=codes, scale=scale)
+            values = quant.dequantize(codes, scale, scheme, dtype=torch.float32)
+            if not bool(torch.isfinite(values).all()):
+                raise ValueError(f"'scale' {s} times the {bits}-bit levels overflows float32")
+        else:
+            values = check_tensor("values", t["values"], floating=True, dim=2)
+            out["values"] = values
+        fmt.validate({"patterns": out["patterns"], "filter_ptr": out["filter_ptr"], "kernel_channel": kc,
+                      "kernel_pattern": out["kernel_pattern"], "values": values}, self.in_channels, self.out_channels)
+        return out
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # Validate everything first, assign only then: a rejected load leaves the module as it was.
+        extra = state_dict.get(prefix + "_extra_state")
+        err = None if extra is None else self._extra_state_error(extra, prefix)
+        if err is None:
+            err = check_bias(self, state_dict, prefix, self.out_channels)
+        arrays: Dict[str, torch.Tensor] = {}
+        if err is None:
+            bits = extra.get("bits") if isinstance(extra, dict) else self.bits
+            scheme = extra.get("scheme", "uniform") if isinstance(extra, dict) else self.scheme
+            try:
+                arrays = self._incoming(state_dict, prefix, bits, scheme)
+            except _SizeMismatch as e:
+                err = str(e)
+            except ValueError as e:
+                err = load_error(prefix, str(e))
+        if err is not None:
+            error_msgs.append(err)
+            return
+
+        def apply():
+            for name, t in arrays.items():
+                state_dict[prefix + name] = t
+                mine = getattr(self, name)
+                # The number of kept kernels (and K) may differ from this module's: take the incoming shape.
+                mine.data = torch.empty(t.shape, dtype=mine.dtype, device=mine.device)
+            super(PatternStateDict, self)._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                                                missing_keys, unexpected_keys, error_msgs)
+            if self.quantized and arrays:
+                self.values.data = torch.empty(self.codes.shape, dtype=self.values.dtype, device=self.values.device)
+                self._refresh_values()
+
+        apply_or_restore(self, ("bits", "scheme"), apply, error_msgs)
+
+
+class _SizeMismatch(ValueError):
+    """A complete load message in nn.Module's size-mismatch wording."""
+
+
+def channel_dtype(in_channels: int) -> torch.dtype:
+    """Stored dtype of kernel_channel: int16 while every channel index fits."""
+    return torch.int16 if in_channels <= 32768 else torch.int32

@@ -1,0 +1,198 @@
+"""The compressed-weight storage shared by SparseLinear and SparseConv2d: buffers, build, decode
+cache, properties, report protocol and a validating ``load_state_dict`` (a rejected load leaves the
+module as it was). The stored form itself is :mod:`torch_patsparse.sparse_format`'s."""
+import math
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+
+from .. import sparse_format
+from ._load import apply_or_restore, check_bias, load_error, size_mismatch
+
+_ARRAYS = sparse_format.ARRAY_NAMES
+
+
+class _SparseWeightMixin:
+    """Holds one compressed weight as buffers; subclasses define ``weight_shape`` (a tuple),
+    ``_native`` (True when the native sparse op computes the layer) and ``forward``. Layers that are
+    not native keep the decoded weight in the non-persistent ``_weight_cache`` buffer (rebuilt on
+    build and load, never saved), so their ``forward`` is plain torch code that TorchScript
+    compiles; native layers keep it empty (size 0)."""
+
+    __jit_unused_properties__ = ["nnz", "bits", "scheme", "index_kind", "weight"]
+
+    def _init_storage(self, bias: bool) -> None:
+        self.conversion_error = 0.0
+        for k in _ARRAYS:
+            self.register_buffer(k, torch.zeros(0, dtype=torch.float32 if k in ("values", "scale") else torch.uint8))
+        self.register_buffer("_weight_cache", torch.zeros(0), persistent=False)
+        self.register_parameter("bias", nn.Parameter(torch.zeros(self.weight_shape[0])) if bias else None)
+        self._set_weight(torch.zeros(self.weight_shape), None, "uniform")
+
+    # -- building ---------------------------------------------------------------------------
+    def _set_weight(self, weight: torch.Tensor, bits: Optional[int], scheme: str) -> None:
+        if tuple(weight.shape) != tuple(self.weight_shape):
+            raise ValueError(f"weight has shape {tuple(weight.shape)}, expected {tuple(self.weight_shape)}")
+        arrays = sparse_format.encode(weight, bits, scheme)
+        w = weight.detach().to("cpu", torch.float32).reshape(-1)
+        dev = self.header.device
+        for k, t in arrays.items():
+            setattr(self, k, t.to(dev))
+        self._refresh_cache()
+        stored = self.dense_weight().reshape(-1).double().cpu()
+        diff, norm = float((stored - w.double()).norm()), float(w.double().norm())
+        # ||W_stored - W|| / ||W||: 0.0 unless `bits` quantized (the only lossy step here).
+        self.conversion_error = 0.0 if diff == 0 else (diff / norm if norm > 0 else float("inf"))
+
+    def _copy_bias(self, bias: Optional[torch.Tensor]) -> None:
+        if self.bias is not None:
+            with torch.no_grad():
+                self.bias.copy_(bias.detach().to(torch.float32))
+
+    # -- reading ----------------------------------------------------------------------------
+    def _fields(self):
+        return sparse_format.header_fields(self.header, self.weight_shape)
+
+    @property
+    def nnz(self) -> int:
+        """Number of kept (stored, nonzero) weights."""
+        return self._fields()[4]
+
+    @property
+    def bits(self) -> Optional[int]:
+        """Quantization bits (None when values are stored as fp32)."""
+        return self._fields()[3] or None
+
+    @property
+    def scheme(self) -> str:
+        return sparse_format.SCHEME_NAMES[self._fields()[2]]
+
+    @property
+    def index_kind(self) -> str:
+        f = self._fields()
+        return "bitmap" if f[0] == sparse_format.BITMAP else f"relative{f[1] + 1}"
+
+    def _fill_dense(self, module: nn.Module) -> nn.Module:
+        """``module`` (a fresh dense layer of this shape) with the decoded weight and the bias."""
+        with torch.no_grad():
+            module.weight.copy_(self.dense_weight())
+            if self.bias is not None:
+                module.bias.copy_(self.bias)
+        return module
+
+    def _weight_bias_as(self, x: torch.Tensor):
+        """The decoded weight and the bias in ``x``'s dtype (the dense path's operands); a native
+        layer run on another device than the CPU caches its decoded weight here."""
+        if self._weight_cache.numel() == 0:
+            self._weight_cache = self._decoded_weight()
+        b = self.bias
+        return self._weight_cache.to(x.dtype), (None if b is None else b.to(x.dtype))
+
+    @torch.jit.unused
+    def _decoded_weight(self) -> torch.Tensor:
+        return sparse_format.decode({k: getattr(self, k) for k in _ARRAYS}, self.weight_shape)
+
+    def _refresh_cache(self) -> None:
+        """Decodes the weight into ``_weight_cache`` for the dense path; empties it for native layers."""
+        dev = self.header.device
+        self._weight_cache = torch.zeros(0, device=dev) if self._native else self._decoded_weight()
+
+    @torch.jit.unused
+    def dense_weight(self) -> torch.Tensor:
+        """The decoded dense fp32 weight (decoded on each call for native layers: they keep none)."""
+        if self._weight_cache.numel() == 0 and int(math.prod(self.weight_shape)) > 0:
+            return self._decoded_weight()
+        return self._weight_cache.view(self.weight_shape)
+
+    def _native_args(self, x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
+                     residual: Optional[torch.Tensor]):
+        """Operands of the native op in its compute dtype (fp64 for fp64 input, else fp32): the
+        input, the stored fp32 arrays, the epilogue tensors."""
+        compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+        if scale is not None:
+            scale = scale.to(compute)
+        if shift is not None:
+            shift = shift.to(compute)
+        if residual is not None:
+            residual = residual.to(compute)
+        return (x.to(compute), self.values.float(), self.scale.float(), scale, shift, residual)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.dense_weight()
+
+    # -- report protocol ----------------------------------------------------------------------
+    def storage_bits(self) -> Dict[str, int]:
+        """Bits of every stored array at its stored width (packed arrays: whole bytes)."""
+        out = {k: getattr(self, k).numel() * getattr(self, k).element_size() * 8 for k in _ARRAYS}
+        out["bias"] = 0 if self.bias is None else self.bias.numel() * 32
+        return out
+
+    def dense_bits(self) -> int:
+        return 32 * (int(math.prod(self.weight_shape)) + (0 if self.bias is None else self.bias.numel()))
+
+    # -- state dict ---------------------------------------------------------------------------
+    def get_extra_state(self):
+        # The weight's shape is architecture, not data; saving it lets a load into a layer of another
+        # shape fail with a size mismatch instead of decoding into the wrong positions.
+        return {"weight_shape": list(self.weight_shape)}
+
+    def set_extra_state(self, state) -> None:
+        err = self._extra_state_error(state, "")
+        if err:
+            raise ValueError(err)
+
+    def _extra_state_error(self, state, prefix: str) -> Optional[str]:
+        if not isinstance(state, dict) or set(state) - {"weight_shape"}:
+            return load_error(prefix, f"_extra_state must be a dict with key 'weight_shape', got {state!r}"[:300])
+        shape = state.get("weight_shape", list(self.weight_shape))
+        if not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) for d in shape):
+            return load_error(prefix, f"_extra_state['weight_shape'] must be a list of ints, got {shape!r}"[:300])
+        if tuple(shape) != tuple(self.weight_shape):
+            return size_mismatch(prefix, "weight", shape, self.weight_shape)
+        return None
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # Validate everything first, assign only then: a rejected load leaves the module as it was.
+        extra_key = prefix + "_extra_state"
+        incoming = {k: state_dict[prefix + k] for k in _ARRAYS if prefix + k in state_dict}
+        errors = []
+        if extra_key in state_dict:
+            errors.append(self._extra_state_error(state_dict[extra_key], prefix))
+        elif incoming:  # checkpoints written before the shape was saved
+            state_dict[extra_key] = self.get_extra_state()
+        errors.append(check_bias(self, state_dict, prefix, self.weight_shape[0]))
+        if not any(errors):
+            try:
+                if len(incoming) == len(_ARRAYS):
+                    for k, t in incoming.items():
+                        if not isinstance(t, torch.Tensor):
+                            raise ValueError(f"'{k}' must be a tensor, got {type(t).__name__}")
+                    sparse_format.decode(incoming, self.weight_shape)
+                elif incoming:
+                    raise ValueError(f"incomplete: the state_dict has {sorted(incoming)}, a weight needs "
+                                     f"{list(_ARRAYS)}")
+            except ValueError as e:
+                errors.append(load_error(prefix, str(e)))
+        errors = [e for e in errors if e]
+        if errors:
+            error_msgs.extend(errors)
+            return
+
+        def apply():
+            if len(incoming) == len(_ARRAYS):
+                for k, t in incoming.items():
+                    setattr(self, k, torch.empty_like(t, device=getattr(self, k).device))
+            super(_SparseWeightMixin, self)._load_from_state_dict(
+                state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+            self._refresh_cache()
+
+        apply_or_restore(self, (), apply, error_msgs)
+
+    def _storage_repr(self) -> str:
+        bits = self.bits
+        s = (f"nnz={self.nnz}/{int(math.prod(self.weight_shape))}, "
+             f"values={'fp32' if bits is None else f'{bits}-bit {self.scheme}'}, index={self.index_kind}")
+        return s + (f", conversion_error={self.conversion_error:.3g}" if self.conversion_error else "")
