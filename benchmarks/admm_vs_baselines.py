@@ -142,7 +142,6 @@ def small_check(a) -> None:
                                                                          C.Quantize(bits=bits)]},
                                    {"params": rest}], base=base, lr=lr, method=method, phase_steps=steps,
                                   update_every=max(1, steps // 8), **kw, **(extra if method == "admm" else {}))
-                    opt.couple_batchnorm(model)
                     if method == "oneshot":
                         opt.hard_prune()
                     for _ in range(a.small_epochs):

@@ -2,7 +2,6 @@
 exactly through hard prune and masked retraining, bit-exact resume, the gradual keep schedule, ADMM
 residuals / residual balancing, and ADMM converging on a convex toy problem with a known optimum."""
 import io
-import math
 
 import pytest
 import torch
@@ -282,32 +281,3 @@ def test_proximal_defaults_drive_the_weights_onto_the_set(base, bn):
     final = max(opt.residuals().values())
     assert final < 0.15 and final < 0.25 * peak, (final, peak)
     assert sum(losses[-16:]) < sum(losses[:16])
-
-
-def test_batchnorm_of_dead_channels_is_pulled_with_the_conv():
-    """A filter with every kernel pruned in Z: BatchNorm would scale its tiny leftover weight back to
-    full strength, so from_model couples the BN scale of such channels to the same proximal pull;
-    live channels' BN scales get only the base step."""
-    m = tiny_net()
-    opt = ps.ADMM.from_model(m, [(r"3\.weight", [C.Connectivity(keep=3)])], lr=0.0, momentum=0.0,
-                             rho=0.5, rho_growth=1.0, update_every=1000)
-    assert opt._bn == {m[3].weight: m[4]}  # traced: conv 3 -> bn 4 (conv 0 is not constrained)
-    x, y = batch(0)
-    F.cross_entropy(m(x), y).backward()
-    opt.step()  # lr 0: only the pull moves anything
-    dead = (opt._admm[m[3].weight]["Z"].flatten(1) == 0).all(1)
-    assert 0 < int(dead.sum()) < 16
-    a = 1 - math.exp(-0.5)
-    torch.testing.assert_close(m[4].weight.detach(), torch.where(dead, 1.0 - a, 1.0))
-    # untraceable models: adjacent modules of a Sequential
-    class Untraceable(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.body = tiny_net()
-
-        def forward(self, x):
-            return self.body(x) if x.sum() > 0 else -self.body(x)  # data-dependent control flow
-    u = Untraceable()
-    opt = ps.ADMM.from_model(u, [(r"body\.[03]\.weight", [C.Connectivity(keep=3)])], lr=0.1)
-    assert opt._bn == {u.body[0].weight: u.body[1], u.body[3].weight: u.body[4]}
-    assert ps.ADMM.from_model(u, [(r"body\.8\.weight", [C.Unstructured(keep=0.5)])], lr=0.1)._bn == {}

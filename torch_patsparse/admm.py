@@ -214,29 +214,6 @@ def _scheduled(c, shape, s: float):
     return dataclasses.replace(c, keep=min(1.0, float(keep) + (1.0 - float(keep)) * s))
 
 
-def _conv_batchnorm_pairs(model: torch.nn.Module) -> dict:
-    """``{conv weight: the BatchNorm2d that alone consumes the conv's output}`` of ``model``."""
-    def ok(conv, bn):
-        return isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d) and bn.affine \
-            and bn.num_features == conv.out_channels
-    pairs = {}
-    try:
-        gm = torch.fx.symbolic_trace(model)
-    except Exception:  # untraceable models: adjacent modules of the Sequentials
-        for seq in model.modules():
-            if isinstance(seq, torch.nn.Sequential):
-                mods = list(seq)
-                pairs.update({a.weight: b for a, b in zip(mods, mods[1:]) if ok(a, b)})
-        return pairs
-    mods = dict(gm.named_modules())  # the traced module holds the model's own submodules
-    for node in gm.graph.nodes:
-        src = node.args[0] if node.op == "call_module" and node.args else None
-        if isinstance(src, torch.fx.Node) and src.op == "call_module" and len(src.users) == 1 \
-                and ok(mods[src.target], mods[node.target]):
-            pairs[mods[src.target].weight] = mods[node.target]
-    return pairs
-
-
 def _scalar_dtype() -> torch.dtype:
     """dtype of Adam's ``step`` state (torch's rule: float64 under a float64 default dtype)."""
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
@@ -329,7 +306,6 @@ class ADMM(Optimizer):
         self._linked = True
         self._admm: dict = {}          # param -> ADMM state (Z, U, rho, ..., or mask/levels/latent)
         self._pattern_sets: dict = {}  # group index -> PatternSet
-        self._bn: dict = {}            # constrained conv weight -> its BatchNorm (couple_batchnorm)
         self._step_count = 0
         # "admm" (ADMM, or one-shot before its prune at the first step), "gradual", then "retrain"
         self._phase = "gradual" if method == "gradual" else "admm"
@@ -360,24 +336,7 @@ class ADMM(Optimizer):
         groups = [g for g in groups if g["params"]]
         if rest:
             groups.append({"params": rest})
-        opt = cls(groups, **kwargs)
-        opt.couple_batchnorm(model)
-        return opt
-
-    def couple_batchnorm(self, model: torch.nn.Module) -> int:
-        """Pull the BatchNorm scale of dead output channels with their conv (proximal penalty only).
-
-        A conv followed by BatchNorm is scale-free per output channel: a filter whose every kernel
-        is pruned in ``Z`` keeps a tiny weight that BatchNorm scales back to full strength (its
-        loss gradient grows as the weight shrinks), so the network keeps using a channel the hard
-        prune will zero. Coupled, the scale ``gamma_c`` of such a channel is pulled to 0 by the
-        same fraction as the weight each step, so the network learns to do without it before the
-        prune. Finds conv -> BatchNorm pairs by tracing ``model`` with torch.fx (or, where it does
-        not trace, adjacent modules of an ``nn.Sequential``); :meth:`from_model` calls this.
-        Returns the number of coupled constrained weights."""
-        params = {p for _, _, _, pairs in self._constrained() for p, _ in pairs}
-        self._bn = {w: bn for w, bn in _conv_batchnorm_pairs(model).items() if w in params}
-        return len(self._bn)
+        return cls(groups, **kwargs)
 
     def add_param_group(self, param_group: dict) -> None:
         if self._linked:  # after construction: the base appends to the shared list
@@ -441,14 +400,6 @@ class ADMM(Optimizer):
         if len(sets) == 1:
             return self._project(p + u, cons, pset)
         return torch.stack([self._project(p + u[j], cs, pset) for j, cs in enumerate(sets)])
-
-    @staticmethod
-    def _dead_channels(st: dict) -> torch.Tensor:
-        """Bool per output channel: every weight of the filter is 0 in Z (all pairs for consensus)."""
-        if "dead" not in st:
-            z = st["Z"].reshape(st["k"], st["Z"].shape[-4] if st["k"] > 1 else st["Z"].shape[0], -1)
-            st["dead"] = (z == 0).all(-1).all(0)
-        return st["dead"]
 
     @staticmethod
     def _check_finite(pairs, what: str) -> None:
@@ -577,12 +528,8 @@ class ADMM(Optimizer):
             for _, _, _, pairs in self._constrained():
                 for p, _ in pairs:
                     if p.grad is not None:
-                        st = self._admm[p]
-                        a = st["rho_eff"]
-                        p.mul_(1.0 - a).add_(st["C"], alpha=-a)
-                        bn = self._bn.get(p)
-                        if bn is not None:
-                            bn.weight.mul_(torch.where(self._dead_channels(st), 1.0 - a, 1.0))
+                        a = self._admm[p]["rho_eff"]
+                        p.mul_(1.0 - a).add_(self._admm[p]["C"], alpha=-a)
         self._step_count += 1
         if self._step_count % self.update_every == 0:
             self.admm_update()
@@ -642,7 +589,6 @@ class ADMM(Optimizer):
                 st["dual"] = st["rho"] * dz / wn if wn > 0 else 0.0
                 st["U"].add_(p - z)
                 st["Z"] = z
-                st.pop("dead", None)
                 old_rho = st["rho"]
                 rho = old_rho * self.rho_growth
                 if self.balance:  # residual balancing (3.4.1): keep r and s within a factor mu

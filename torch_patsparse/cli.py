@@ -299,7 +299,6 @@ class Job:
                         rho=c["rho"], rho_growth=None if c["rho_growth"] == "auto" else c["rho_growth"], rho_max=c["rho_max"], balance=c["balance"], penalty=c["penalty"],
                         update_every=update_every, lr=c["lr"], momentum=c["momentum"],
                         weight_decay=c["weight_decay"])
-        self.opt.couple_batchnorm(self.model)  # dead channels' BN scale pulled with their conv
         self.sched = None
 
     def start_retrain(self):
