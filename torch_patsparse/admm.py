@@ -649,7 +649,7 @@ class ADMM(Optimizer):
         quant = next((c for c in cons if isinstance(c, C.Quantize)), None)
         if quant is None:
             return pruned, mask, None, None
-        final, scale = quant.quantize_params(pruned)
+        final, scale = quant.project_with_scale(pruned)
         return final, mask, quant, scale
 
     def _apply(self, p, value, mask) -> None:
@@ -771,7 +771,7 @@ class ADMM(Optimizer):
         sd = super().state_dict()
         for g in sd["param_groups"]:  # plain data, so torch.load(weights_only=True) can read it
             if "constraints" in g:
-                g["constraints"] = [C.to_dict(c) for c in C.ordered(g["constraints"])]
+                g["constraints"] = [C.to_spec(c) for c in C.ordered(g["constraints"])]
         params = [p for g in self.param_groups for p in g["params"]]
         per = {}
         for i, p in enumerate(params):
@@ -802,7 +802,7 @@ class ADMM(Optimizer):
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(f"ADMM.load_state_dict: state_dict has {len(saved_groups)} param groups, "
                              f"this optimizer has {len(self.param_groups)}")
-        saved_groups = [{**sg, "constraints": [C.from_dict(c) for c in sg.get("constraints") or ()]}
+        saved_groups = [{**sg, "constraints": [C.from_spec(c) for c in sg.get("constraints") or ()]}
                         for sg in saved_groups]
         params, names = [], []
         for gi, (g, sg) in enumerate(zip(self.param_groups, saved_groups)):

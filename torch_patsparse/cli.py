@@ -68,7 +68,6 @@ PENALTIES = ("gradient", "proximal")  # torch_patsparse.admm.PENALTIES
 # masked retraining (every epoch after the hard prune) on the dense model with masks, or through the
 # compressed modules (ps.compressed_training: same result to rounding)
 RETRAIN_ON = ("dense", "compressed")
-CONSTRAINT_TYPES = ("pattern", "connectivity", "unstructured", "filter", "channel", "quantize")
 
 
 class ConfigError(ValueError):
@@ -186,20 +185,10 @@ def validate_config(cfg: Dict[str, Any]) -> None:
 
 
 def make_constraint(spec, where: str = "?"):
-    """{"type": "pattern", "k": 8} -> C.Pattern(k=8), with a clear error for anything wrong."""
+    """{"type": "pattern", "k": 8} -> C.Pattern(k=8) (constraints.from_spec), errors as ConfigError."""
     from . import constraints as C
-    if not isinstance(spec, dict) or "type" not in spec:
-        raise ConfigError(f"{where}: a constraint must be a table with a 'type' key "
-                          f"({', '.join(CONSTRAINT_TYPES)}), got {spec!r}")
-    kind = spec["type"]
-    if kind not in CONSTRAINT_TYPES:
-        raise ConfigError(f"{where}: unknown constraint type {kind!r} (expected one of {', '.join(CONSTRAINT_TYPES)})")
-    cls = getattr(C, kind.capitalize())
-    kwargs = {k: v for k, v in spec.items() if k != "type"}
     try:
-        return cls(**kwargs)
-    except TypeError as e:
-        raise ConfigError(f"{where}: bad arguments for {kind}: {e}") from e
+        return C.from_spec(spec)
     except ValueError as e:
         raise ConfigError(f"{where}: {e}") from e
 

@@ -266,6 +266,13 @@ def from_spec(spec) -> Constraint:
         raise ValueError(f"bad arguments for {kind}: {e}") from None
 
 
-# The names optimizer state_dicts were written and read with before to_spec / from_spec.
-to_dict = to_spec
-from_dict = from_spec
+def to_dict(c: Constraint) -> dict:
+    """Deprecated name of :func:`to_spec`."""
+    _deprecation.warn("constraints.to_dict", "constraints.to_spec")
+    return to_spec(c)
+
+
+def from_dict(spec) -> Constraint:
+    """Deprecated name of :func:`from_spec`."""
+    _deprecation.warn("constraints.from_dict", "constraints.from_spec")
+    return from_spec(spec)
