@@ -26,6 +26,8 @@ def main():
     ap.add_argument("--dense", default="runs/default/dense.pt", help="a main-job dense.pt checkpoint")
     ap.add_argument("--epochs", type=int, default=2, help="ADMM epochs")
     ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--penalty", default="gradient", choices=("gradient", "proximal"),
+                    help="ADMM W-step (the rho defaults below are the gradient form's)")
     ap.add_argument("--rho", type=float, default=1.0)
     ap.add_argument("--growth", type=float, default=1.5)
     ap.add_argument("--rho-max", type=float, default=50.0)
@@ -39,7 +41,7 @@ def main():
 
     cfg = cli.build_config(None)
     cfg["admm"].update(epochs=a.epochs, lr=a.lr, rho=a.rho, rho_growth=a.growth, rho_max=a.rho_max,
-                       updates_per_epoch=a.updates_per_epoch)
+                       updates_per_epoch=a.updates_per_epoch, penalty=a.penalty, method="admm")
     cfg["retrain"].update(epochs=a.retrain, lr=a.retrain_lr)
     cfg["threads"] = a.threads
     job = cli.Job(cfg, types.SimpleNamespace(out=a.out, no_progress=True, data=None, interrupt_after=None))
