@@ -247,7 +247,10 @@ bool make_geometry(const ConvShape& s, Geometry* out, int64_t budget_floats) {
 // which took ~40% of a stride-2 layer at group 4).
 void build_slab(const ConvShape& s, const Geometry& g, const float* x, int64_t row0, float* slab) {
   const int64_t in_plane = s.in_h * s.in_w, in_h = s.in_h, in_w = s.in_w, sh = s.stride_h, sw = s.stride_w;
-  const int64_t pitch = g.pitch, plane_rows = g.plane_rows, plane_size = g.plane_size;
+  const int64_t pitch = g.pitch, plane_size = g.plane_size;
+  // Valid outputs read rows [0, block_rows + qy_max - qy_min); the plane's last row only takes the
+  // vectors that run past the block (junk outputs), so it stays zero.
+  const int64_t used_rows = g.plane_rows - 1;
   // Column cc of phase b holds iw = (cc + qx_min) * sw + b: inside [0, in_w) for cc in [lo, lo + n[b]).
   // lo is the same for every phase (0 <= b < sw), and n[b] does not grow with b.
   const int64_t lo = std::clamp<int64_t>(-g.qx_min, 0, pitch);
@@ -266,8 +269,8 @@ void build_slab(const ConvShape& s, const Geometry& g, const float* x, int64_t r
     for (int64_t a = 0; a < sh; ++a) {
       // Rows rr with ih = (row0 + rr + qy_min) * sh + a inside [0, in_h).
       const int64_t ih0 = (row0 + g.qy_min) * sh + a;
-      const int64_t rr_lo = std::clamp<int64_t>(floor_div(-ih0 + sh - 1, sh), 0, plane_rows);
-      const int64_t rr_hi = std::clamp<int64_t>(floor_div(in_h - 1 - ih0, sh) + 1, rr_lo, plane_rows);
+      const int64_t rr_lo = std::clamp<int64_t>(floor_div(-ih0 + sh - 1, sh), 0, used_rows);
+      const int64_t rr_hi = std::clamp<int64_t>(floor_div(in_h - 1 - ih0, sh) + 1, rr_lo, used_rows);
       const float* src = x + c * in_plane + (ih0 + rr_lo * sh) * in_w + first_iw;
       float* dst = chan + a * sw * plane_size + rr_lo * pitch + lo;  // phase (a, 0); phase (a, b) is b planes on
       for (int64_t rr = rr_lo; rr < rr_hi; ++rr, src += sh * in_w, dst += pitch) {
