@@ -243,8 +243,8 @@ bool make_geometry(const ConvShape& s, Geometry* out, int64_t budget_floats) {
 // Fills the slab of output rows [row0, row0 + block_rows) of image `x` (all channels). Each channel's
 // planes are zeroed by one memset, then its in-image rows get their in-image columns: per-row zero
 // fills of a few padding floats cost more in call overhead than they write. Every input row is read
-// once, for all its column phases (stride 2: one even/odd deinterleave instead of two strided passes,
-// which took ~40% of a stride-2 layer at group 4).
+// once, for all its column phases (stride 2: one even/odd deinterleave instead of one strided pass
+// per phase, which dominated stride-2 layers at group 4: benchmarks/results/x86.md).
 void build_slab(const ConvShape& s, const Geometry& g, const float* x, int64_t row0, float* slab) {
   const int64_t in_plane = s.in_h * s.in_w, in_h = s.in_h, in_w = s.in_w, sh = s.stride_h, sw = s.stride_w;
   const int64_t pitch = g.pitch, plane_size = g.plane_size;
@@ -260,7 +260,7 @@ void build_slab(const ConvShape& s, const Geometry& g, const float* x, int64_t r
   };
   const int64_t n0 = count(0), n1 = sw > 1 ? count(1) : 0;
   if (n0 <= 0) {  // no column inside the image: all padding
-    std::memset(slab, 0, sizeof(float) * s.in_channels * g.channel_stride);
+    std::memset(slab, 0, sizeof(float) * g.slab_floats);
     return;
   }
   for (int64_t c = 0; c < s.in_channels; ++c) {
@@ -271,6 +271,7 @@ void build_slab(const ConvShape& s, const Geometry& g, const float* x, int64_t r
       const int64_t ih0 = (row0 + g.qy_min) * sh + a;
       const int64_t rr_lo = std::clamp<int64_t>(floor_div(-ih0 + sh - 1, sh), 0, used_rows);
       const int64_t rr_hi = std::clamp<int64_t>(floor_div(in_h - 1 - ih0, sh) + 1, rr_lo, used_rows);
+      if (rr_lo == rr_hi) continue;
       const float* src = x + c * in_plane + (ih0 + rr_lo * sh) * in_w + first_iw;
       float* dst = chan + a * sw * plane_size + rr_lo * pitch + lo;  // phase (a, 0); phase (a, b) is b planes on
       for (int64_t rr = rr_lo; rr < rr_hi; ++rr, src += sh * in_w, dst += pitch) {
