@@ -38,7 +38,9 @@ RESNET50_DOWN_LAYERS = [("layer2_down", 128, 128, 56, 2), ("layer3_down", 256, 2
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="batch 1, 1 thread, 3 reps, a few layers")
-    p.add_argument("--layers", default="all", help="comma-separated layer names, 'vgg', 'resnet' or 'all'")
+    p.add_argument("--layers", default="all",
+                   help="comma-separated layer names (with or without the model prefix), 'vgg', 'resnet' (ResNet-18), "
+                        "'r50' (ResNet-50's stride-2 layers), 'stride2' or 'all'")
     p.add_argument("--batch", type=int, nargs="+", default=[1])
     p.add_argument("--threads", type=int, nargs="+", default=[1])
     p.add_argument("--densities", default="all", help="comma-separated subset of " + ",".join(d[0] for d in DENSITIES))
