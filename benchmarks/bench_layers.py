@@ -1,10 +1,12 @@
 """Layer benchmark: torch.ops.patsparse.pattern_conv2d against dense F.conv2d (oneDNN), same process,
 same thread count, interleaved repetitions, medians.
 
-Shapes: every VGG-16 3x3 conv at 224x224 input and the ResNet-18 3x3 shapes
-(torch_patsparse.models.VGG16_LAYERS / RESNET18_LAYERS). Densities (random weights with the real
+Shapes: every VGG-16 3x3 conv at 224x224 input, the ResNet-18 3x3 shapes
+(torch_patsparse.models.VGG16_LAYERS / RESNET18_LAYERS) and ResNet-50's stride-2 3x3 convs (r50.*;
+'r50' or 'stride2' select them, 'all' includes them). Densities (random weights with the real
 sparsity structure, 8 patterns of 4 entries):
   pattern      every kernel kept, 4 of 9 weights          (FLOP reduction 2.25x)
+  patterng4    + group=4 without connectivity: 4 consecutive filters share their patterns  (2.25x)
   conn0.25     + connectivity: 25% of the kernels kept    (9x)
   conn0.25g4   + group=4: 4 consecutive filters share (channel, pattern)  (9x)
 
@@ -26,13 +28,19 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-DENSITIES = [("pattern", 1.0, 1), ("conn0.25", 0.25, 1), ("conn0.25g4", 0.25, 4)]
+DENSITIES = [("pattern", 1.0, 1), ("patterng4", 1.0, 4), ("conn0.25", 0.25, 1), ("conn0.25g4", 0.25, 4)]
+# ResNet-50's stride-2 3x3 convs (torchvision v1.5: the stride sits in the bottleneck's 3x3); its
+# stride-1 3x3 shapes equal ResNet-18's.
+RESNET50_DOWN_LAYERS = [("layer2_down", 128, 128, 56, 2), ("layer3_down", 256, 256, 28, 2),
+                        ("layer4_down", 512, 512, 14, 2)]
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="batch 1, 1 thread, 3 reps, a few layers")
-    p.add_argument("--layers", default="all", help="comma-separated layer names, 'vgg', 'resnet' or 'all'")
+    p.add_argument("--layers", default="all",
+                   help="comma-separated layer names (with or without the model prefix), 'vgg', 'resnet' (ResNet-18), "
+                        "'r50' (ResNet-50's stride-2 layers), 'stride2' or 'all'")
     p.add_argument("--batch", type=int, nargs="+", default=[1])
     p.add_argument("--threads", type=int, nargs="+", default=[1])
     p.add_argument("--densities", default="all", help="comma-separated subset of " + ",".join(d[0] for d in DENSITIES))
@@ -53,14 +61,20 @@ def select_layers(spec):
     from torch_patsparse.models import RESNET18_LAYERS, VGG16_LAYERS
     vgg = [("vgg." + n, *r) for n, *r in VGG16_LAYERS]
     res = [("r18." + n, *r) for n, *r in RESNET18_LAYERS]
+    r50 = [("r50." + n, *r) for n, *r in RESNET50_DOWN_LAYERS]
+    every = vgg + res + r50
     if spec == "all":
-        return vgg + res
+        return every
     if spec == "vgg":
         return vgg
     if spec == "resnet":
         return res
+    if spec == "r50":
+        return r50
+    if spec == "stride2":
+        return [l for l in every if l[4] == 2]
     names = spec.split(",")
-    return [l for l in vgg + res if l[0] in names or l[0].split(".", 1)[1] in names]
+    return [l for l in every if l[0] in names or l[0].split(".", 1)[1] in names]
 
 
 def measure(args):

@@ -240,36 +240,56 @@ bool make_geometry(const ConvShape& s, Geometry* out, int64_t budget_floats) {
   return true;
 }
 
-// Fills the slab of output rows [row0, row0 + block_rows) of image `x` (all channels). Each plane is
-// zeroed by one memset, then its in-image rows get their in-image columns: per-row zero fills of a
-// few padding floats cost more in call overhead than they write.
+// Fills the slab of output rows [row0, row0 + block_rows) of image `x` (all channels). Each channel's
+// planes are zeroed by one memset, then its in-image rows get their in-image columns: per-row zero
+// fills of a few padding floats cost more in call overhead than they write. Every input row is read
+// once, for all its column phases (stride 2: one even/odd deinterleave instead of one strided pass
+// per phase, which dominated stride-2 layers at group 4: benchmarks/results/x86.md).
 void build_slab(const ConvShape& s, const Geometry& g, const float* x, int64_t row0, float* slab) {
   const int64_t in_plane = s.in_h * s.in_w, in_h = s.in_h, in_w = s.in_w, sh = s.stride_h, sw = s.stride_w;
-  const int64_t pitch = g.pitch, plane_rows = g.plane_rows;
-  for (int64_t b = 0; b < sw; ++b) {
-    // Column cc of phase b holds iw = (cc + qx_min) * sw + b: inside [0, in_w) for cc in [lo, hi).
-    const int64_t lo = std::clamp<int64_t>(-g.qx_min, 0, pitch);  // iw >= 0 (0 <= b < sw)
-    const int64_t hi = std::clamp<int64_t>(floor_div(in_w - 1 - b, sw) - g.qx_min + 1, lo, pitch);
-    const int64_t n = hi - lo, first_iw = (lo + g.qx_min) * sw + b;
-    for (int64_t c = 0; c < s.in_channels; ++c) {
-      for (int64_t a = 0; a < sh; ++a) {
-        float* plane = slab + c * g.channel_stride + (a * sw + b) * g.plane_size;
-        std::memset(plane, 0, sizeof(float) * g.plane_size);
-        if (n <= 0) continue;
-        // Rows rr with ih = (row0 + rr + qy_min) * sh + a inside [0, in_h).
-        const int64_t ih0 = (row0 + g.qy_min) * sh + a;
-        const int64_t rr_lo = std::clamp<int64_t>(floor_div(-ih0 + sh - 1, sh), 0, plane_rows);
-        const int64_t rr_hi = std::clamp<int64_t>(floor_div(in_h - 1 - ih0, sh) + 1, rr_lo, plane_rows);
-        if (rr_lo == rr_hi) continue;
-        const float* src = x + c * in_plane + (ih0 + rr_lo * sh) * in_w + first_iw;
-        float* dst = plane + rr_lo * pitch + lo;
-        for (int64_t rr = rr_lo; rr < rr_hi; ++rr, src += sh * in_w, dst += pitch) {
-          if (sw == 1) {
-            std::memcpy(dst, src, sizeof(float) * n);
-          } else if (sw == 2) {  // the common strided layer: a constant stride vectorises (LD2 on NEON)
-            for (int64_t i = 0; i < n; ++i) dst[i] = src[2 * i];
-          } else {
-            for (int64_t i = 0; i < n; ++i) dst[i] = src[i * sw];
+  const int64_t pitch = g.pitch, plane_size = g.plane_size;
+  // Valid outputs read rows [0, block_rows + qy_max - qy_min); the plane's last row only takes the
+  // vectors that run past the block (junk outputs), so it stays zero.
+  const int64_t used_rows = g.plane_rows - 1;
+  // Column cc of phase b holds iw = (cc + qx_min) * sw + b: inside [0, in_w) for cc in [lo, lo + n[b]).
+  // lo is the same for every phase (0 <= b < sw), and n[b] does not grow with b.
+  const int64_t lo = std::clamp<int64_t>(-g.qx_min, 0, pitch);
+  const int64_t first_iw = (lo + g.qx_min) * sw;  // of phase 0; phase b starts at first_iw + b
+  auto count = [&](int64_t b) {
+    return std::clamp<int64_t>(floor_div(in_w - 1 - b, sw) - g.qx_min + 1, lo, pitch) - lo;
+  };
+  const int64_t n0 = count(0), n1 = sw > 1 ? count(1) : 0;
+  if (n0 <= 0) {  // no column inside the image: all padding
+    std::memset(slab, 0, sizeof(float) * g.slab_floats);
+    return;
+  }
+  for (int64_t c = 0; c < s.in_channels; ++c) {
+    float* chan = slab + c * g.channel_stride;
+    std::memset(chan, 0, sizeof(float) * g.channel_stride);
+    for (int64_t a = 0; a < sh; ++a) {
+      // Rows rr with ih = (row0 + rr + qy_min) * sh + a inside [0, in_h).
+      const int64_t ih0 = (row0 + g.qy_min) * sh + a;
+      const int64_t rr_lo = std::clamp<int64_t>(floor_div(-ih0 + sh - 1, sh), 0, used_rows);
+      const int64_t rr_hi = std::clamp<int64_t>(floor_div(in_h - 1 - ih0, sh) + 1, rr_lo, used_rows);
+      if (rr_lo == rr_hi) continue;
+      const float* src = x + c * in_plane + (ih0 + rr_lo * sh) * in_w + first_iw;
+      float* dst = chan + a * sw * plane_size + rr_lo * pitch + lo;  // phase (a, 0); phase (a, b) is b planes on
+      for (int64_t rr = rr_lo; rr < rr_hi; ++rr, src += sh * in_w, dst += pitch) {
+        if (sw == 1) {
+          std::memcpy(dst, src, sizeof(float) * n0);
+        } else if (sw == 2) {  // the common strided layer: one deinterleave (vectorises; LD2 on NEON)
+          float* __restrict even = dst;
+          float* __restrict odd = dst + plane_size;
+          const float* __restrict in = src;
+          for (int64_t i = 0; i < n1; ++i) {
+            even[i] = in[2 * i];
+            odd[i] = in[2 * i + 1];
+          }
+          if (n0 > n1) even[n1] = in[2 * n1];
+        } else {
+          for (int64_t b = 0; b < sw; ++b) {
+            const int64_t nb = count(b);
+            for (int64_t i = 0; i < nb; ++i) dst[b * plane_size + i] = src[i * sw + b];
           }
         }
       }

@@ -70,7 +70,7 @@ void check(const char* name, const MicroKernels& mk, std::mt19937& rng) {
     ConvShape s;
     s.batch = d(rng); s.in_channels = 1 + rng() % 40; s.out_channels = 1 + rng() % 13;
     s.in_h = 1 + rng() % 30; s.in_w = 1 + rng() % 40;
-    s.stride_h = d(rng) == 3 ? 2 : 1; s.stride_w = d(rng) == 3 ? 2 : 1;
+    s.stride_h = d(rng) == 3 ? 2 : 1; s.stride_w = d(rng);  // stride_w 3: build_slab's general column path
     s.pad_h = rng() % 3; s.pad_w = rng() % 3; s.dil_h = d(rng) == 3 ? 2 : 1; s.dil_w = 1;
     s.out_h = conv_out_size(s.in_h, s.pad_h, s.dil_h, s.stride_h);
     s.out_w = conv_out_size(s.in_w, s.pad_w, s.dil_w, s.stride_w);
