@@ -29,7 +29,7 @@ if not _has_cuda_kernels():
     pytest.skip("torch_patsparse was built without CUDA kernels (PATSPARSE_CUDA=1 to build them)",
                 allow_module_level=True)
 
-from helpers import SHAPES, compressed, random_pattern_weight  # noqa: E402
+from helpers import SHAPES, compressed, random_pattern_weight, run_op  # noqa: E402
 
 pytestmark = pytest.mark.cuda
 
@@ -42,9 +42,6 @@ def to_dev(arrays, dtype):
     out["values"] = out["values"].to(dtype)
     return out
 
-
-def run_op(x, arrays, bias, stride, padding, dilation):
-    return ops.pattern_conv2d(x, *(arrays[k] for k in fmt.ARRAY_NAMES), bias, stride, padding, dilation)
 
 
 def dense_ref(x, weight, bias, stride, padding, dilation):

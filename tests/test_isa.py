@@ -9,17 +9,13 @@ import pytest
 import torch
 
 import torch_patsparse  # noqa: F401
-from torch_patsparse import format as fmt
 from torch_patsparse import ops
 
-from helpers import PATTERNS8, SHAPES, compressed, random_pattern_weight, reference_conv
+from helpers import PATTERNS8, SHAPES, compressed, random_pattern_weight, reference_conv, run_op
 
 ISAS = ops.supported_isas()
 SIMD = [i for i in ISAS if i != "scalar"]
 
-
-def run_op(x, arrays, bias=None, stride=1, padding=1, dilation=1):
-    return ops.pattern_conv2d(x, *(arrays[k] for k in fmt.ARRAY_NAMES), bias, stride, padding, dilation)
 
 
 def test_x86_paths_present():

@@ -7,11 +7,8 @@ import torch_patsparse  # noqa: F401
 from torch_patsparse import format as fmt
 from torch_patsparse import ops
 
-from helpers import PATTERNS8, SHAPES, compressed, random_pattern_weight, reference_conv
+from helpers import PATTERNS8, SHAPES, compressed, random_pattern_weight, reference_conv, run_op
 
-
-def run_op(x, arrays, bias, stride, padding, dilation):
-    return ops.pattern_conv2d(x, *(arrays[k] for k in fmt.ARRAY_NAMES), bias, stride, padding, dilation)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
