@@ -264,8 +264,10 @@ def test_retrain_on_compressed_modules_matches_masked_dense(tiny_run, tmp_path):
     assert a["model"].keys() == b["model"].keys()    # dense form: the same state_dict keys
     la = [e["train_loss"] for e in a["history"]["epochs"] if e["stage"] == "retrain"]
     lb = [e["train_loss"] for e in b["history"]["epochs"] if e["stage"] == "retrain"]
-    # first epoch to rounding; later, quantized weights at a level boundary may round the other way
-    assert len(la) == len(lb) == 2 and la[0] == pytest.approx(lb[0], rel=1e-4) and la == pytest.approx(lb, rel=1e-2)
+    # the step-by-step equality is pinned in test_compressed_training.py (1e-5 over 6 steps); over an
+    # epoch a quantized latent at a level boundary may round the other way in one form (measured
+    # after proximal ADMM: 2e-3 on the first epoch's mean loss), and the two runs drift apart from there
+    assert len(la) == len(lb) == 2 and la[0] == pytest.approx(lb[0], rel=5e-3) and la == pytest.approx(lb, rel=2e-2)
     assert abs(a["history"]["acc"]["retrain"] - b["history"]["acc"]["retrain"]) <= 1.0
     for name in ("features.3.weight", "features.14.weight"):
         assert torch.equal(a["model"][name] == 0, b["model"][name] == 0) or \
