@@ -1,7 +1,12 @@
 """ADMM training under pattern / connectivity / pruning / quantization constraints.
 
-:class:`ADMM` is a real :class:`torch.optim.Optimizer` that wraps a base optimizer (SGD, Adam,
-AdamW, ...). Swap it in for the base optimizer in an unchanged training loop::
+:class:`ADMM` is a :class:`torch.optim.Optimizer` wrapping a base optimizer (SGD, Adam, AdamW, ...);
+swap it in for the base optimizer in an unchanged training loop. Three methods (``method=``):
+``"admm"`` (default), ``"oneshot"`` (project once, masked retraining) and ``"gradual"`` (cubic
+schedule, Zhu & Gupta 2017). Two penalties for the ADMM W-step (``penalty=``): ``"proximal"``
+(default, a decoupled pull after the base step) and ``"gradient"`` (ADMM-NN, fused with SGD / Adam
+in one native pass). The design reasoning and the measurements behind the defaults: docs/DESIGN.md,
+"ADMM optimizer".
 
     from torch_patsparse import constraints as C
     opt = ps.ADMM([
@@ -13,118 +18,6 @@ AdamW, ...). Swap it in for the base optimizer in an unchanged training loop::
     opt.residuals()                                     # should shrink over the ADMM phase
     opt.hard_prune()                                    # then retrain under fixed masks / levels
     opt.pattern_sets()                                  # PatternSet per group, for ps.convert
-
-**Three methods, one optimizer** (``method=``): the constraint phase before :meth:`hard_prune` is
-ADMM (``"admm"``, default, below), or one of the two baselines every pruning claim must beat:
-``"oneshot"`` projects onto the constraints at the first step (or when :meth:`hard_prune` is called
-first) and trains under the fixed masks from then on; ``"gradual"`` is the cubic schedule of Zhu &
-Gupta (2017; torch.ao.pruning, TF-MOT): every ``update_every`` steps ``W = Proj_t(W)`` where every
-``keep`` of the group's constraints is relaxed to ``keep + (1 - keep) (1 - t / phase_steps)^3``
-(patterns at their target from the first update), pruned weights stay pruned (masked steps), and
-:meth:`hard_prune` at the end fixes the final masks and quantizes (levels fixed, as for the others). All three share
-:meth:`hard_prune` and the masked / straight-through retraining below, and the state_dict format.
-``phase_steps`` (the number of steps of the constraint phase) is needed by ``"gradual"``; for
-``"admm"`` it ties the rho schedule to the phase: with ``rho_growth=None`` (default) rho grows
-geometrically from ``rho`` to ``rho_max`` over the phase's Z-updates (1.3 per update without it).
-
-**Residuals and residual balancing** (Boyd et al. 2011, 3.3 - 3.4.1). At every Z-update the primal
-residual ``||W - Z|| / ||W||`` (:meth:`residuals`) and the dual residual ``rho ||Z - Z_old|| / ||W||``
-(:meth:`dual_residuals`) are recorded. ``balance=True`` adapts rho: times 2 when the primal residual
-exceeds 10x the dual one, divided by 2 in the opposite case (on top of the schedule), and ``U`` is
-rescaled by ``rho_old / rho_new`` whenever rho changes so that the multiplier ``rho U`` is kept (the
-gradient calibration of ``rho_scale="grad"`` below is treated as a preconditioner: its noise is not
-fed into ``U``).
-
-The math (see DESIGN.md), per constrained tensor ``W_i`` with projection ``Proj_i``:
-
-* W-step, ``penalty="proximal"`` (default): the base optimizer steps on the loss gradient alone, then
-  the penalty ``rho/2 ||W - Z + U||^2`` is applied by its proximal operator, a decoupled pull
-  ``W -= a (W - Z + U)`` with ``a = 1 - exp(-rho)``: rho is the pull's rate per step. The pull is a
-  fraction of the residual, so it is the same for SGD and Adam (Adam's normalisation would turn a
-  penalty gradient into a fixed-size step), any lr, any layer scale and BatchNorm's scale freedom,
-  and it can never overshoot ``Z - U`` (``a < 1``). Defaults: rho 0.01 -> 2 over the phase
-  (``phase_steps``), i.e. the pull moves W from 1 % to 86 % of the way each step: gentle while the
-  network adapts, on the set at the end, so the hard prune changes little.
-* W-step, ``penalty="gradient"`` (the published ADMM-NN form, the default before):
-  ``grad_i += rho_i * (W_i - Z_i + U_i)`` (gradient of ``rho_i/2 ||W_i - Z_i + U_i||_F^2``,
-  the *squared* norm), then the base optimizer's step; rho as below (``rho_scale``), default 1 -> 20.
-* every ``update_every`` steps (or by hand with :meth:`ADMM.admm_update`):
-  ``Z_i = Proj_i(W_i + U_i)``; ``U_i += W_i - Z_i``; ``rho_i = min(rho_i * rho_growth, rho_max)``.
-  ``U`` is not rescaled when rho grows (DESIGN.md, and the published ADMM-NN code), although in
-  textbook scaled-dual ADMM (Boyd et al. 3.4.1) ``rho * U`` is the multiplier and ``U`` should be
-  multiplied by ``rho_old / rho_new``; ``rescale_dual=True`` does that. Measured
-  (benchmarks/results/admm.md, storage.md): rescaling shrinks the residuals further (main job: max
-  0.048 vs 0.065 after 8 updates) but did not help accuracy: after the hard prune 69.0 vs 72.0 %
-  on the main job's net, and on LeNet-5 over Adam it cost 1.6 points after retraining (86.4 vs
-  88.0 %, first storage setting). What makes the residuals shrink is rho being large enough (below).
-* ``Z_i`` starts at ``Proj_i(W_i)``, ``U_i`` at zeros (lazily, at the first :meth:`step`, so that
-  weights loaded after building the optimizer are used).
-
-**Combined constraints: the composed set (default) or one (Z, U) pair per constraint.** The
-constraints of a group are ordered pattern ∘ connectivity ∘ filter ∘ channel ∘ unstructured ∘
-quantize (see :mod:`torch_patsparse.constraints`). By default each tensor keeps a single ``(Z, U)``
-pair for their composition: (1) :meth:`hard_prune` applies exactly this composed projection, so the
-residual ``||W - Z|| / ||W||`` directly measures what hard pruning will destroy; (2) it costs one
-``Z``, one ``U`` per tensor. ``consensus=True`` gives the textbook consensus form instead: one pair
-per constraint, ``Z_j = Proj_j(W + U_j)``, ``U_j += W - Z_j``, penalty ``sum_j rho (W - Z_j + U_j)``
-(one fused pass still: ``k rho (W + mean_j (U_j - Z_j))``), ``residuals()`` the largest
-``||W - Z_j|| / ||W||``; ``Z``/``U`` are then stacked ``[k, *W.shape]``. Each ``Z_j`` lies in its own
-set only and ``W`` is pulled to their average, which lies in none until the residuals vanish;
-:meth:`hard_prune` still applies the composed projection.
-
-**Gradient penalty: rho is scaled to the tensor (``rho_scale="grad"``, default).** A conv followed by BatchNorm is
-scale-free: ``f(cW) = f(W)``, its gradient scales like ``1/||W||`` while the penalty gradient
-``rho (W - Z + U)`` scales like ``||W||``; one absolute rho is therefore too weak for some layers
-(residuals grow) and too strong for others, and it drifts as weight decay shrinks ``||W||``. We
-use ``rho_eff_i = rho_i * G_i / ||W_i||`` where ``G_i`` is the mean norm of the loss gradient of
-``W_i`` over the last few (8) steps before each Z-update (at the first step: that step's
-gradient). Then ``||penalty grad|| / ||loss grad|| = rho_i * ||W_i - Z_i + U_i|| / ||W_i||``: rho is
-dimensionless ("how hard the constraint pulls, relative to the loss, per unit of relative
-residual"), identical across layers of any size or scale, and invariant to the BatchNorm rescaling.
-Why ``rho=1`` to start: with a loss gradient that keeps pushing, W settles where the two pulls
-balance, at a relative residual of about ``1 / rho``; so rho must reach >> 1 during the ADMM phase,
-and then it does shrink the residuals: on the main job's conv + BN Fashion-MNIST net, ``rho``
-1 -> x1.5 per update (8 updates) at lr 0.01 takes every residual from ~0.8 to <= 0.1 in two epochs
-(benchmarks/results/admm.md); with far fewer steps (e.g. 62 in ``--quick``) the same schedule lets
-the penalty swamp the loss while residuals are still large, so short runs need a gentler rho. Relative rho 0.05 - 0.3
-(tried first) never moved the pruned weights (per-step pull ``lr * rho_eff`` ~ 1e-5) and the
-residuals grew past 1, the failure DESIGN.md warns about. Few steps per update with very noisy
-gradients (e.g. ``update_every=10`` on batches of 16) can still keep the residuals from shrinking:
-keep ``update_every`` in the tens to hundreds. ``rho_eff`` is also capped at ``1 / lr`` of the
-group (a plain gradient step on the penalty alone can then never overshoot ``Z``).
-``rho_scale="none"`` gives the classic absolute ``rho_eff = rho`` (use ``rho=1e-3`` for the
-published setting).
-
-**The step between Z-updates.** Proximal: the base optimizer's own step, then the pull (two in-place
-ops on ``W`` with the cached ``U - Z``). Gradient: one native pass. The scale is recomputed only at Z-updates and
-``U - Z`` is cached there, so the penalty is ``grad += r * (W + (U - Z))``. For float32 CPU tensors
-with a ``torch.optim.SGD``, ``Adam`` or ``AdamW`` base (amsgrad off) it is fused with the base's own
-update (``torch.ops.patsparse.admm_sgd_`` / ``admm_adam_``: penalty, maximize, weight decay,
-momentum / moments and the weight update in one loop, the state kept in ``opt.state[p]`` as the
-base keeps it; ``p.grad`` is left untouched); with other bases it is one pass that adds the penalty
-into ``p.grad`` (``admm_penalty_``) before the base step. Other devices / dtypes use the same
-math in torch ops. With ``maximize=True`` the penalty is still minimised.
-
-**Hard prune and retraining.** :meth:`hard_prune` sets ``W = Proj(W)`` in place; the zeros of
-the *pruning* part of the projection (quantization excluded: a weight that rounds to level 0 is
-not pruned) become fixed masks, and the optimizer state (momentum_buffer, exp_avg, exp_avg_sq,
-...) is zeroed there. From then on every step zeroes the masked gradients before the base step
-and re-applies the masks after it, so masked weights are exactly zero after every step, for any
-base optimizer. Quantized tensors are retrained with a **straight-through estimator**: the
-optimizer keeps a full-precision latent copy (in its state); the model always holds the latent
-rounded to the fixed levels (levels = the values of ``Proj(W)`` at hard-prune time, so the scale
-is fixed), the gradient computed at the quantized weights updates the latent, and the result is
-re-rounded after each step. We chose this over re-projecting the weights themselves because with
-small learning rates a re-projected weight can never move (every update smaller than half a level
-is rounded away); with the latent copy small updates accumulate. Either way the weights the model
-sees after every step are exactly on their levels.
-
-``state_dict`` / ``load_state_dict`` hold everything (Z, U, rho, scales, masks, levels, latents,
-the step counter, pattern sets as tensors, and the base optimizer's state) so resuming is exact.
-``opt.param_groups`` is the very list the base optimizer uses (so lr schedulers, gradient
-clipping and ``torch.amp.GradScaler.step(opt)`` work unchanged); ``opt.state`` is the base
-optimizer's state. Note that :meth:`step` may add the penalty into ``p.grad`` in place (all but
-the fused paths).
 """
 from __future__ import annotations
 
@@ -160,7 +53,7 @@ _BALANCE_MU, _BALANCE_TAU = 10.0, 2.0  # residual balancing (Boyd et al. 2011, e
 #: How the W-step applies the penalty: its gradient (added to the loss gradient before the base step)
 #: or its proximal operator (a decoupled pull after the base step).
 PENALTIES = ("gradient", "proximal")
-#: (rho, rho_max) when not given, per penalty (see the module docstring for what rho means in each)
+#: (rho, rho_max) when not given, per penalty (docs/DESIGN.md says what rho means in each)
 _DEFAULT_RHO = {"gradient": (1.0, 20.0), "proximal": (0.01, 2.0)}
 
 _CALIB_STEPS = 8  # steps before each Z-update whose gradient norms calibrate rho_eff
@@ -220,7 +113,7 @@ def _scalar_dtype() -> torch.dtype:
 
 
 class ADMM(Optimizer):
-    """ADMM wrapper around a base optimizer; see the module docstring for the math and choices.
+    """ADMM wrapper around a base optimizer; see docs/DESIGN.md "ADMM optimizer" for the math and choices.
 
     Args:
         params: parameters or param groups, as for any optimizer. A group may carry
@@ -236,18 +129,18 @@ class ADMM(Optimizer):
         rho_max: upper bound of rho; None: 2 (proximal) or 20 (gradient), at least ``rho``.
         update_every: Z/U update every this many steps.
         rho_scale: gradient penalty only (an error with the proximal one): ``"grad"`` (default, see
-            the module docstring) or ``"none"``.
+            docs/DESIGN.md) or ``"none"``.
         consensus: one ``(Z, U)`` pair per constraint of a group (consensus ADMM) instead of one
-            pair for the composed projection (default; see the module docstring).
+            pair for the composed projection (default; see docs/DESIGN.md).
         rescale_dual: rescale ``U`` by ``rho_old / rho_new`` when rho changes (textbook scaled-dual
             ADMM); off by default, as in DESIGN.md and the published ADMM-NN code (measured: see
-            the module docstring).
-        method: ``"admm"`` (default), ``"oneshot"`` or ``"gradual"`` (see the module docstring).
+            docs/DESIGN.md).
+        method: ``"admm"`` (default), ``"oneshot"`` or ``"gradual"`` (see docs/DESIGN.md).
         phase_steps: steps of the constraint phase (before :meth:`hard_prune`); required by
             ``"gradual"``, sets the default rho schedule of ``"admm"``.
         balance: residual balancing of rho (mu = 10, tau = 2) with ``U`` rescaled when rho changes.
         penalty: ``"proximal"`` (default) or ``"gradient"``: how the W-step applies the penalty (see
-            the module docstring). ``"gradient"`` is fused with SGD / Adam into one native pass.
+            docs/DESIGN.md). ``"gradient"`` is fused with SGD / Adam into one native pass.
         **base_kwargs: passed to ``base`` (lr, momentum, weight_decay, ...).
     """
 
@@ -580,7 +473,7 @@ class ADMM(Optimizer):
                 st = self._admm[p]
                 z = self._z_step(p, st["U"], cons, pset)
                 # Boyd et al. 3.3: primal r = ||W - Z||, dual s = rho ||Z - Z_old||; relative to ||W|| (rho is
-                # dimensionless here, see the module docstring), for consensus the largest over the pairs
+                # dimensionless here, see docs/DESIGN.md), for consensus the largest over the pairs
                 wn = float(p.norm())
                 k = st["k"]
                 r = float((p - z).reshape(k, -1).norm(dim=1).max())
