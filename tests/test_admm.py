@@ -455,7 +455,7 @@ def test_fused_native_step_matches_torch_ops(base, kw, monkeypatch):
     (One step at a time: over many steps Adam's m / sqrt(v) of near-zero gradients amplifies float32
     rounding differences.)"""
     import copy
-    from torch_patsparse import admm as A
+    from torch_patsparse.admm import _fused as A
     native_ok = A._native_ok
     m = tiny_net()
     opt = make_opt(m, base=base, update_every=3, rho=2.0, **kw)
