@@ -223,6 +223,16 @@ def test_residuals_shrink_with_defaults():
 
 
 # ---------------------------------------------------------------- combined constraints, hard prune, retrain
+def test_pattern_sets_by_module_is_what_convert_takes():
+    m = tiny_net()
+    opt = make_opt(m, update_every=2)
+    assert opt.pattern_sets_by_module(m) == {}  # no set selected before the first step
+    train(m, opt, 1)
+    pset = opt.pattern_sets()[0]
+    assert opt.pattern_sets_by_module(m) == {"0": pset, "3": pset}  # the FC group has no Pattern
+    assert all(ps.admm.trained_pattern_set(m[i].weight) is pset for i in (0, 3))
+
+
 def test_combined_constraints_in_all_sets():
     m = tiny_net()
     opt = make_opt(m, conv=[C.Quantize(bits=4), C.Connectivity(keep=0.25), C.Pattern(k=4)], update_every=2)

@@ -3,13 +3,13 @@ mixed in from their own files (Z-update, fused step, hard prune / retraining, ch
 from __future__ import annotations
 
 import math
-import re
 from typing import Callable
 
 import torch
 from torch.optim import Optimizer
 
 from .. import constraints as C
+from ..select import param_groups
 from ._checkpoint import Checkpoint
 from ._fused import FusedStep
 from ._retrain import HardPrune
@@ -125,28 +125,13 @@ class ADMM(ZUpdate, FusedStep, HardPrune, Checkpoint, Optimizer):
     def from_model(cls, model: torch.nn.Module, spec, **kwargs) -> "ADMM":
         """Build an :class:`ADMM` from a model and a constraint spec, with parameter names.
 
-        ``spec`` is a dict (or a list of pairs) ``selector -> constraints``; a selector is a regex
-        (``re.fullmatch`` on the parameter name, e.g. ``r"features\\.\\d+\\.weight"``) or a callable
-        ``(name, param) -> bool``. Each parameter goes to the first matching entry; the rest form
-        one unconstrained group. ``kwargs`` go to :class:`ADMM`.
+        ``spec`` is a dict (or a list of pairs) ``selector -> constraints`` as for
+        :func:`torch_patsparse.select.param_groups`, except that a plain string is a regex here
+        (``re.fullmatch`` on the parameter name, e.g. ``r"features\\.\\d+\\.weight"``; the form this
+        method always took); a callable ``(name, param) -> bool`` works too. Each parameter goes to
+        the first matching entry; the rest form one unconstrained group. ``kwargs`` go to :class:`ADMM`.
         """
-        entries = list(spec.items()) if isinstance(spec, dict) else list(spec)
-        groups = [{"params": [], "constraints": list(cons or ())} for _, cons in entries]
-        rest = []
-        for name, p in model.named_parameters():
-            if not p.requires_grad:
-                continue
-            for (sel, _), g in zip(entries, groups):
-                hit = sel(name, p) if callable(sel) else re.fullmatch(sel, name) is not None
-                if hit:
-                    g["params"].append((name, p))
-                    break
-            else:
-                rest.append((name, p))
-        groups = [g for g in groups if g["params"]]
-        if rest:
-            groups.append({"params": rest})
-        return cls(groups, **kwargs)
+        return cls(param_groups(model, spec, plain="regex"), **kwargs)
 
     def add_param_group(self, param_group: dict) -> None:
         if self._linked:  # after construction: the base appends to the shared list
@@ -244,6 +229,14 @@ class ADMM(ZUpdate, FusedStep, HardPrune, Checkpoint, Optimizer):
         :meth:`step` / :meth:`admm_update` / :meth:`residuals`, and then fixed; it is stored in the
         state_dict. After :meth:`hard_prune` this is what ``ps.convert(model, pattern_set=...)`` needs."""
         return [self._pattern_sets.get(gi) for gi in range(len(self.param_groups))]
+
+    def pattern_sets_by_module(self, model: torch.nn.Module) -> dict:
+        """``{module name: PatternSet}`` for every module of ``model`` whose ``weight`` this optimizer
+        trains under a Pattern constraint: what ``ps.convert(model, pattern_set=...)`` takes."""
+        sets = {id(p): pset for g, pset in zip(self.param_groups, self.pattern_sets()) if pset is not None
+                for p in g["params"]}
+        return {name: sets[id(m.weight)] for name, m in model.named_modules()
+                if isinstance(getattr(m, "weight", None), torch.nn.Parameter) and id(m.weight) in sets}
 
     @property
     def phase(self) -> str:
