@@ -223,6 +223,16 @@ def test_residuals_shrink_with_defaults():
 
 
 # ---------------------------------------------------------------- combined constraints, hard prune, retrain
+def test_pattern_sets_by_module_is_what_convert_takes():
+    m = tiny_net()
+    opt = make_opt(m, update_every=2)
+    assert opt.pattern_sets_by_module(m) == {}  # no set selected before the first step
+    train(m, opt, 1)
+    pset = opt.pattern_sets()[0]
+    assert opt.pattern_sets_by_module(m) == {"0": pset, "3": pset}  # the FC group has no Pattern
+    assert all(ps.admm.trained_pattern_set(m[i].weight) is pset for i in (0, 3))
+
+
 def test_combined_constraints_in_all_sets():
     m = tiny_net()
     opt = make_opt(m, conv=[C.Quantize(bits=4), C.Connectivity(keep=0.25), C.Pattern(k=4)], update_every=2)
@@ -455,7 +465,7 @@ def test_fused_native_step_matches_torch_ops(base, kw, monkeypatch):
     (One step at a time: over many steps Adam's m / sqrt(v) of near-zero gradients amplifies float32
     rounding differences.)"""
     import copy
-    from torch_patsparse import admm as A
+    from torch_patsparse.admm import _fused as A
     native_ok = A._native_ok
     m = tiny_net()
     opt = make_opt(m, base=base, update_every=3, rho=2.0, **kw)

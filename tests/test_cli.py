@@ -8,7 +8,6 @@ import torch
 
 from torch_patsparse import cli
 from torch_patsparse import data as D
-from torch_patsparse.models import fmnist_vgg
 
 needs_data = pytest.mark.skipif(not D.available(), reason=(
     f"Fashion-MNIST IDX files not found in {D.default_dir()} "
@@ -50,44 +49,13 @@ def write(tmp_path, text, name="cfg.toml"):
     return str(p)
 
 
-# ------------------------------------------------------------------ config
-def test_default_toml_matches_builtin_defaults():
-    import tomllib
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with open(os.path.join(root, "configs", "default.toml"), "rb") as f:
-        assert tomllib.load(f) == cli.DEFAULTS
-
-
-def test_config_file_overrides_and_yaml(tmp_path):
-    cfg = cli.build_config(write(tmp_path, TINY))
-    assert cfg["batch_size"] == 64 and cfg["dense"]["epochs"] == 2 and cfg["dense"]["momentum"] == 0.9
-    assert cfg["layers"][1]["constraints"][1] == {"type": "connectivity", "keep": 0.2}
-    y = cli.build_config(write(tmp_path, "admm:\n  rho: 0.1\nlayers: []\n", "c.yaml"))
-    assert y["admm"]["rho"] == 0.1 and y["admm"]["epochs"] == cli.DEFAULTS["admm"]["epochs"] and y["layers"] == []
-    q = cli.build_config(quick=True)
-    assert q["train_limit"] == cli.QUICK["train_limit"] and q["dense"]["lr"] == cli.DEFAULTS["dense"]["lr"]
-
-
-@pytest.mark.parametrize("text, message", [
-    ("epochz = 3", "unknown config key 'epochz'"),
-    ("[admm]\nrhoo = 1", "unknown config key 'admm.rhoo'"),
-    ("[dense]\nepochs = -1", "'dense.epochs' must be an int >= 0"),
-    ("[dense]\nlr = 'fast'", "'dense.lr' must be a positive number"),
-    ("[admm]\nrho = 2.0\nrho_max = 1.0", "'admm.rho_max' must be a number >= admm.rho"),
-    ("[admm]\nmethod = 'magnitude'", "'admm.method' must be one of admm, oneshot, gradual"),
-    ("[admm]\nbalance = 1", "'admm.balance' must be true or false"),
-    ("[admm]\npenalty = 'l2'", "'admm.penalty' must be one of gradient, proximal"),
-    ("[admm]\nrho_growth = 'fast'", "'admm.rho_growth' must be a number >= 1 or \"auto\""),
-    ("[[layers]]\nmatch = 'features.*.weight'\nconstraints = [{ type = 'patern' }]", "unknown constraint type 'patern'"),
-    ("[[layers]]\nmatch = 'features.*.weight'\nconstraints = [{ type = 'pattern', k = 0 }]", "k must be an int"),
-    ("[[layers]]\nmatch = 'features.*.weight'\nconstraints = [{ type = 'connectivity', keep = 1.5 }]", "keep must be"),
-    ("[[layers]]\nmatch = 'features.*.weight'\nconstraints = [{ type = 'quantize', bitz = 4 }]", "bad arguments for quantize"),
-    ("[[layers]]\nconstraints = []", "must be a table with keys 'match'"),
-    ("this is = = not toml", "cannot parse config file"),
-])
-def test_bad_config_is_a_clear_error(tmp_path, text, message):
-    with pytest.raises(cli.ConfigError, match=message):
-        cli.build_config(write(tmp_path, text))
+# ------------------------------------------------------------------ command line (config: test_config.py)
+def test_old_names_still_import_from_cli():
+    from torch_patsparse import config, pipeline
+    assert cli.Job is pipeline.Job and cli.DEFAULTS is config.DEFAULTS and cli.QUICK is config.QUICK
+    assert cli.build_config is config.build_config and cli.validate_config is config.validate_config
+    assert cli.ConfigError is config.ConfigError and cli.resolve_layers is config.resolve_layers
+    assert cli.make_constraint is config.make_constraint
 
 
 def test_method_flag_overrides_the_config(tmp_path, capsys):
@@ -99,21 +67,6 @@ def test_method_flag_overrides_the_config(tmp_path, capsys):
     assert got["method"] == "oneshot" and got["epochs"] == 1
     with pytest.raises(SystemExit):
         cli.parse_args(["--method", "magnitude"])
-
-
-def test_layer_rules_resolved_against_the_model():
-    model = fmnist_vgg()
-    groups, rest = cli.resolve_layers(model, cli.DEFAULTS["layers"])
-    names = [[n for n, _ in members] for _, members, _ in groups]
-    assert names[0] == ["features.0.weight"]
-    assert names[1] == ["features.3.weight", "features.7.weight", "features.10.weight", "features.14.weight",
-                        "features.17.weight"]
-    assert names[2] == ["classifier.1.weight", "classifier.3.weight"]
-    assert all(p.dim() == 1 for _, p in rest)   # biases and BatchNorm stay unconstrained
-    with pytest.raises(cli.ConfigError, match="matches no"):
-        cli.resolve_layers(model, [{"match": "conv*.weight", "constraints": []}])
-    with pytest.raises(cli.ConfigError, match="needs a \\[Cout, Cin, 3, 3\\] weight.*classifier.1.weight"):
-        cli.resolve_layers(model, [{"match": "classifier.1.weight", "constraints": [{"type": "pattern"}]}])
 
 
 def test_main_reports_config_and_data_errors(tmp_path, capsys):

@@ -1,0 +1,55 @@
+"""The one selector language (torch_patsparse.select): globs, "re:" regexes, callables; first rule wins."""
+import pytest
+import torch
+
+from torch_patsparse import constraints as C
+from torch_patsparse import select
+
+
+def net():
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, 8, 3),
+                               torch.nn.Flatten(), torch.nn.Linear(8, 4))
+
+
+def names(members):
+    return [n for n, _ in members]
+
+
+def test_glob_regex_and_callable_selectors():
+    named = list(net().named_parameters())
+    members, rest = select.assign(named, ["*.weight", r"re:\d\.bias"])
+    assert names(members[0]) == ["0.weight", "1.weight", "2.weight", "4.weight"]
+    assert names(members[1]) == ["0.bias", "1.bias", "2.bias", "4.bias"] and rest == []
+    members, rest = select.assign(named, [lambda n, p: p.dim() == 4, "4.*"])  # first rule wins
+    assert names(members[0]) == ["0.weight", "2.weight"] and names(members[1]) == ["4.weight", "4.bias"]
+    assert names(rest) == ["0.bias", "1.weight", "1.bias", "2.bias"]
+    # a plain string is a regex under plain="regex" (ADMM.from_model's form), a glob never matches "\d"
+    assert names(select.assign(named, [r"[02]\.weight"], plain="regex")[0][0]) == ["0.weight", "2.weight"]
+    assert select.assign(named, [r"[02]\.weight"])[0][0] == []
+
+
+def test_eligible_params_only_are_offered():
+    members, rest = select.assign(net().named_parameters(), ["*"], eligible=lambda n, p: p.dim() >= 2)
+    assert names(members[0]) == ["0.weight", "2.weight", "4.weight"] and len(rest) == 5
+
+
+@pytest.mark.parametrize("bad, message", [("re:(", "not a valid regex"), ("", "non-empty string"), (3, "callable")])
+def test_bad_selector_is_a_clear_error(bad, message):
+    with pytest.raises(ValueError, match=message):
+        select.selector(bad)
+    with pytest.raises(ValueError, match="plain must be"):
+        select.selector("*", plain="sql")
+
+
+def test_param_groups_for_admm():
+    m = net()
+    m[1].weight.requires_grad_(False)
+    groups = select.param_groups(m, {"[02].weight": [C.Pattern(k=4)], "4.weight": []})
+    assert [names(g["params"]) for g in groups] == [["0.weight", "2.weight"], ["4.weight"],
+                                                    ["0.bias", "1.bias", "2.bias", "4.bias"]]
+    assert groups[0]["constraints"] == [C.Pattern(k=4)] and groups[1]["constraints"] == []
+    assert "constraints" not in groups[2]
+    import torch_patsparse as ps
+    opt = ps.ADMM(groups, lr=0.1)
+    same = ps.ADMM.from_model(m, {r"[02]\.weight": [C.Pattern(k=4)], r"4\.weight": []}, lr=0.1)
+    assert [g["params"] for g in opt.param_groups] == [g["params"] for g in same.param_groups]

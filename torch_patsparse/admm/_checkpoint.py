@@ -1,0 +1,93 @@
+"""(De)serialisation of :class:`ADMM`: everything needed to resume exactly, as plain data
+(``torch.load(weights_only=True)`` reads it); older state_dicts load."""
+from __future__ import annotations
+
+import torch
+
+from .. import constraints as C
+from ..patterns import PatternSet
+from ._state import SCALAR_KEYS, TENSOR_KEYS, _shift
+
+
+class Checkpoint:
+    """``state_dict`` / ``load_state_dict`` of :class:`ADMM`."""
+
+    def state_dict(self) -> dict:
+        sd = super().state_dict()
+        for g in sd["param_groups"]:  # plain data, so torch.load(weights_only=True) can read it
+            if "constraints" in g:
+                g["constraints"] = [C.to_spec(c) for c in C.ordered(g["constraints"])]
+        params = [p for g in self.param_groups for p in g["params"]]
+        per = {}
+        for i, p in enumerate(params):
+            st = self._admm.get(p)
+            if st is None:
+                continue
+            per[i] = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in st.items()
+                      if k in TENSOR_KEYS + SCALAR_KEYS}
+        sd["admm"] = {
+            "version": 1, "phase": self._phase, "step": self._step_count,
+            "hyper": {"rho": self.rho, "rho_growth": self.rho_growth, "rho_max": self.rho_max,
+                      "update_every": self.update_every, "rho_scale": self.rho_scale,
+                      "consensus": self.consensus, "rescale_dual": self.rescale_dual,
+                      "method": self.method, "phase_steps": self.phase_steps, "balance": self.balance,
+                      "penalty": self.penalty},
+            "shapes": [tuple(p.shape) for p in params],
+            "names": [n for gi in range(len(self.param_groups)) for n in self._names(gi)],
+            "params": per,
+            "pattern_sets": {gi: ps.to_tensor().clone() for gi, ps in self._pattern_sets.items()},
+        }
+        return sd
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        a = state_dict.get("admm") if isinstance(state_dict, dict) else None
+        if a is None:
+            raise ValueError("ADMM.load_state_dict: not an ADMM state_dict (no 'admm' entry)")
+        saved_groups = state_dict.get("param_groups", [])
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"ADMM.load_state_dict: state_dict has {len(saved_groups)} param groups, "
+                             f"this optimizer has {len(self.param_groups)}")
+        saved_groups = [{**sg, "constraints": [C.from_spec(c) for c in sg.get("constraints") or ()]}
+                        for sg in saved_groups]
+        params, names = [], []
+        for gi, (g, sg) in enumerate(zip(self.param_groups, saved_groups)):
+            if len(g["params"]) != len(sg["params"]):
+                raise ValueError(f"ADMM.load_state_dict: group {gi} has {len(g['params'])} params, "
+                                 f"the state_dict's has {len(sg['params'])}")
+            mine = C.ordered(g.get("constraints") or (), f"group{gi}")
+            theirs = C.ordered(sg.get("constraints") or (), f"group{gi}")
+            if mine != theirs:
+                raise ValueError(f"ADMM.load_state_dict: group {gi} constraints differ: {mine} vs saved {theirs}")
+            params += g["params"]
+            names += self._names(gi)
+        shapes = a["shapes"]
+        if len(shapes) != len(params):
+            raise ValueError("ADMM.load_state_dict: parameter count differs from the state_dict's")
+        for p, n, s in zip(params, names, shapes):
+            if tuple(p.shape) != tuple(s):
+                raise ValueError(f"ADMM.load_state_dict: parameter '{n}' has shape {list(p.shape)}, "
+                                 f"the state_dict's has {list(s)} (state_dict of another model?)")
+        new_admm = {}
+        for i, st in a["params"].items():
+            p = params[int(i)]
+            new_admm[p] = {k: (v.to(p.device).clone() if torch.is_tensor(v) else v) for k, v in st.items()}
+            if a["phase"] == "admm" and "U" in new_admm[p]:
+                k = new_admm[p].setdefault("k", 1)
+                new_admm[p]["C"] = _shift(new_admm[p]["U"], new_admm[p]["Z"], k)
+        new_ps = {int(gi): PatternSet.from_tensor(t) for gi, t in a["pattern_sets"].items()}
+        rest = {k: v for k, v in state_dict.items() if k != "admm"}
+        rest["param_groups"] = saved_groups
+        super().load_state_dict(rest)   # replaces the group dicts and state: relink the base
+        self.base.param_groups = self.param_groups
+        self.base.state = self.state
+        self._admm, self._pattern_sets = new_admm, new_ps
+        self._record_sets()
+        self._phase, self._step_count = a["phase"], int(a["step"])
+        h = a["hyper"]
+        self.rho, self.rho_growth, self.rho_max = h["rho"], h["rho_growth"], h["rho_max"]
+        self.update_every, self.rho_scale = h["update_every"], h["rho_scale"]
+        self.consensus = bool(h.get("consensus", False))
+        self.rescale_dual = bool(h.get("rescale_dual", False))
+        self.method, self.phase_steps = h.get("method", "admm"), h.get("phase_steps")
+        self.balance = bool(h.get("balance", False))
+        self.penalty = h.get("penalty", "gradient")

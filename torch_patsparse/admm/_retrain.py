@@ -1,0 +1,136 @@
+"""Hard prune, gradual pruning's mask updates and the masked / straight-through retraining of
+:class:`ADMM` (mixed into it)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from .. import constraints as C
+from .. import project
+from ..quant import levels as quant_levels
+
+
+def _units(c, shape) -> int:
+    """How many items a pruning constraint's ``keep`` counts in a tensor of ``shape``."""
+    if isinstance(c, C.Connectivity):
+        return -(-shape[0] // c.group) * shape[1]
+    if isinstance(c, C.Filter):
+        return shape[0]
+    if isinstance(c, C.Channel):
+        return shape[1]
+    return math.prod(shape)
+
+
+def _scheduled(c, shape, s: float):
+    """``c`` with its keep relaxed towards 1 by the cubic factor ``s`` in [0, 1] (Zhu & Gupta 2017:
+    ``keep_t = keep + (1 - keep) * (1 - t / T)^3``); constraints without ``keep`` unchanged."""
+    keep = getattr(c, "keep", None)
+    if keep is None or s <= 0:
+        return c
+    if isinstance(keep, int):
+        n = _units(c, shape)
+        return dataclasses.replace(c, keep=min(n, int(round(keep + (n - keep) * s))))
+    return dataclasses.replace(c, keep=min(1.0, float(keep) + (1.0 - float(keep)) * s))
+
+
+class HardPrune:
+    """Hard prune, gradual mask updates and retraining under fixed masks / levels."""
+
+    @torch.no_grad()
+    def hard_prune(self) -> None:
+        """``W = Proj(W)`` in place; fix masks and quantization levels; retrain from now on."""
+        if self._phase == "retrain":
+            return
+        self._ensure_init()
+        groups = list(self._constrained())
+        for _, _, _, pairs in groups:
+            self._check_finite(pairs, "hard_prune")
+        new = {}
+        for gi, g, cons, pairs in groups:
+            pset = self._pattern_sets.get(gi)
+            for p, _ in pairs:
+                final, mask, quant, scale = self._prune_quantize(p, cons, pset)
+                st = {"mask": mask, "levels": None, "latent": None}
+                if quant is not None:
+                    top = quant_levels(quant.bits)  # codes span -top..top
+                    all_codes = torch.arange(-top, top + 1, device=p.device)
+                    st["levels"] = project.dequantize(all_codes, scale, quant.scheme, dtype=p.dtype).unique()
+                    st["latent"] = final.clone()
+                new[p] = (final, st)
+        for p, (final, st) in new.items():
+            self._apply(p, final, st["mask"])
+        self._admm = {p: st for p, (_, st) in new.items()}
+        self._phase = "retrain"
+
+    def _prune_quantize(self, p, cons, pset):
+        """``(Proj(W), pruning mask or None, Quantize constraint or None, scale)``; the mask holds the
+        zeros of the pruning part only (a weight that rounds to level 0 is not pruned)."""
+        pruned = self._project(p, cons, pset, prune_only=True)
+        mask = (pruned != 0) if any(c.prunes for c in cons) else None
+        quant = next((c for c in cons if isinstance(c, C.Quantize)), None)
+        if quant is None:
+            return pruned, mask, None, None
+        final, scale = quant.project_with_scale(pruned)
+        return final, mask, quant, scale
+
+    def _apply(self, p, value, mask) -> None:
+        """``W = value``; gradient and optimizer state zeroed where ``mask`` is False."""
+        p.copy_(value)
+        if mask is not None:
+            if p.grad is not None:
+                p.grad.mul_(mask)
+            for v in self.state[p].values():
+                if torch.is_tensor(v) and v.shape == p.shape:
+                    v.mul_(mask)
+
+    @torch.no_grad()
+    def _gradual_update(self) -> None:
+        """Gradual pruning's mask update: ``W = Proj_t(W)`` where ``Proj_t`` is the composed pruning
+        projection with every keep relaxed by the cubic schedule (patterns at their target from the
+        first update; quantization only at :meth:`hard_prune`); pruned weights stay pruned (masked
+        steps), so keep only ever shrinks."""
+        groups = list(self._constrained())
+        for _, _, _, pairs in groups:
+            self._check_finite(pairs, "a gradual mask update")
+        s = (1.0 - min(1.0, self._step_count / self.phase_steps)) ** 3
+        for gi, g, cons, pairs in groups:
+            pset = self._pattern_sets.get(gi)
+            for p, _ in pairs:
+                # quantization waits for hard_prune: snapping to the levels at every mask update (tried
+                # first) kept the weights from recovering between updates at 2 bits (BENCHMARKS.md)
+                sched = [_scheduled(c, p.shape, s) for c in cons if not isinstance(c, C.Quantize)]
+                final, mask, _, _ = self._prune_quantize(p, sched, pset)
+                self._apply(p, final, mask)
+                self._admm[p]["mask"] = mask
+
+    @staticmethod
+    def _to_levels(w: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        if levels.numel() == 1:
+            return levels.expand_as(w).clone()
+        mids = (levels[1:] + levels[:-1]) * 0.5
+        return levels[torch.bucketize(w, mids)]
+
+    def _retrain_step(self) -> None:
+        items = [(p, self._admm[p]) for g in self.param_groups for p in g["params"] if p in self._admm]
+        for p, st in items:
+            if st["mask"] is not None and p.grad is not None:
+                p.grad.mul_(st["mask"])
+            if st["latent"] is not None:
+                p.copy_(st["latent"])
+        self.base.step()
+        self._step_count += 1
+        for p, st in items:
+            if st["mask"] is not None:
+                p.mul_(st["mask"])
+            if st["latent"] is not None:
+                st["latent"].copy_(p)
+                p.copy_(self._to_levels(p, st["levels"]))
+
+    def masks(self) -> dict:
+        """``{name: bool mask}`` of the pruned tensors after :meth:`hard_prune` (else empty)."""
+        if self._phase != "retrain":
+            return {}
+        return {name: self._admm[p]["mask"] for _, _, _, pairs in self._constrained() for p, name in pairs
+                if self._admm[p]["mask"] is not None}

@@ -1,0 +1,72 @@
+"""Which parameters a constraint rule takes: the one selector language of the library and the CLI.
+
+A selector is a glob over the parameter name (``"features.*.weight"``, ``fnmatch`` case-sensitive),
+a regex with the prefix ``"re:"`` (``"re:features\\.\\d+\\.weight"``, full match), or a callable
+``(name, param) -> bool``. Each parameter goes to the first rule whose selector takes it.
+
+    groups = ps.select.param_groups(model, {"features.*.weight": [C.Pattern(k=8)],
+                                            "classifier.*.weight": [C.Unstructured(keep=0.1)]})
+    opt = ps.ADMM(groups, lr=0.01)
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import Callable, Iterable, List, Sequence, Tuple
+
+import torch
+
+REGEX_PREFIX = "re:"
+SYNTAXES = ("glob", "regex")
+
+Named = Tuple[str, torch.nn.Parameter]
+
+
+def selector(sel, plain: str = "glob") -> Callable[[str, torch.Tensor], bool]:
+    """``sel`` as a predicate ``(name, param) -> bool``. ``plain`` says what a string without the
+    ``"re:"`` prefix is: ``"glob"`` (default) or ``"regex"`` (``ADMM.from_model``'s historical form)."""
+    if plain not in SYNTAXES:
+        raise ValueError(f"select: plain must be one of {SYNTAXES}, got {plain!r}")
+    if callable(sel):
+        return sel
+    if not isinstance(sel, str) or not sel:
+        raise ValueError(f"select: a selector is a non-empty string or a callable (name, param) -> bool, got {sel!r}")
+    if sel.startswith(REGEX_PREFIX) or plain == "regex":
+        try:
+            pattern = re.compile(sel[len(REGEX_PREFIX):] if sel.startswith(REGEX_PREFIX) else sel)
+        except re.error as e:
+            raise ValueError(f"select: {sel!r} is not a valid regex: {e}") from e
+        return lambda name, p: pattern.fullmatch(name) is not None
+    return lambda name, p: fnmatch.fnmatchcase(name, sel)
+
+
+def assign(named: Iterable[Named], selectors: Sequence, plain: str = "glob",
+           eligible: Callable[[str, torch.Tensor], bool] | None = None) -> Tuple[List[List[Named]], List[Named]]:
+    """Split ``(name, param)`` pairs over ``selectors``: each pair goes to the first selector that
+    takes it (only ``eligible`` pairs are offered). Returns one member list per selector (in order)
+    and the rest."""
+    preds = [selector(s, plain) for s in selectors]
+    members: List[List[Named]] = [[] for _ in preds]
+    rest: List[Named] = []
+    for name, p in named:
+        if eligible is None or eligible(name, p):
+            hit = next((i for i, pred in enumerate(preds) if pred(name, p)), None)
+            if hit is not None:
+                members[hit].append((name, p))
+                continue
+        rest.append((name, p))
+    return members, rest
+
+
+def param_groups(model: torch.nn.Module, rules, plain: str = "glob") -> list:
+    """Optimizer param groups from ``rules``, a dict (or list of pairs) ``selector -> constraints``:
+    one group ``{"params": [(name, param), ...], "constraints": [...]}`` per rule that takes a
+    parameter, then one unconstrained group with the rest. Parameters that do not require grad are
+    left out."""
+    entries = list(rules.items()) if isinstance(rules, dict) else list(rules)
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    members, rest = assign(named, [sel for sel, _ in entries], plain)
+    groups = [{"params": m, "constraints": list(cons or ())} for (_, cons), m in zip(entries, members) if m]
+    if rest:
+        groups.append({"params": rest})
+    return groups
