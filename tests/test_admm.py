@@ -143,16 +143,20 @@ def test_every_constraint(c, where):
     assert opt.residuals()["w"] == 0.0
 
 
-def test_exact_math_absolute_rho():
-    """W-step adds rho (W - Z + U) to the gradient (squared norm); Z = Proj(W + U),
-    U += W - Z, rho *= growth (capped) every update_every steps. Checked against a hand loop."""
+@pytest.mark.parametrize("penalty", ["gradient", "proximal"])
+def test_exact_math(penalty):
+    """gradient (absolute rho): the W-step adds rho (W - Z + U) to the gradient (squared norm);
+    proximal: the base step on the loss alone, then W -= a (W - Z + U), a = 1 - exp(-rho). Both:
+    Z = Proj(W + U), U += W - Z, rho *= growth (capped) every update_every steps. Checked against a
+    hand loop."""
     torch.manual_seed(0)
     w = nn.Parameter(torch.randn(4, 3, 3, 3))
     target = torch.randn(4, 3, 3, 3)
     cons = [C.Connectivity(keep=0.5), C.Quantize(bits=3)]
-    lr, rho, growth, rho_max, every = 0.1, 0.5, 2.0, 1.5, 3
+    lr, every = 0.1, 3
+    rho, growth, rho_max = (0.5, 2.0, 1.5) if penalty == "gradient" else (0.1, 2.0, 0.3)
     opt = ps.ADMM([{"params": [w], "constraints": cons}], lr=lr, rho=rho, rho_growth=growth, rho_max=rho_max,
-                  update_every=every, rho_scale="none", penalty="gradient")
+                  update_every=every, penalty=penalty, **({"rho_scale": "none"} if penalty == "gradient" else {}))
 
     def proj(x):
         return project.quantize(project.connectivity(x, 0.5), 3)
@@ -164,16 +168,23 @@ def test_exact_math_absolute_rho():
         ((w - target) ** 2).sum().backward()
         opt.step()
         g = 2 * (W - target)
-        W = W - lr * (g + r * (W - Z + U))
+        if penalty == "gradient":
+            W = W - lr * (g + r * (W - Z + U))
+            eff = r
+        else:
+            W = W - lr * g
+            eff = 1 - torch.exp(torch.tensor(-r, dtype=torch.float64)).item()
+            W = W - eff * (W - Z + U)
         if (i + 1) % every == 0:
             Z = proj(W + U)
             U = U + W - Z
             r = min(r * growth, rho_max)
+            eff = r if penalty == "gradient" else 1 - torch.exp(torch.tensor(-r, dtype=torch.float64)).item()
         torch.testing.assert_close(w.detach(), W, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(opt._admm[w]["Z"], Z, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(opt._admm[w]["U"], U, rtol=1e-5, atol=1e-6)
         assert opt._admm[w]["rho"] == pytest.approx(r)
-        assert opt.rho_eff()["group0.0"] == pytest.approx(r)
+        assert opt.rho_eff()["group0.0"] == pytest.approx(eff)
     res = opt.residuals()["group0.0"]
     assert res == pytest.approx(float((W - Z).norm() / W.norm()), rel=1e-4)
 

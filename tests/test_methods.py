@@ -209,38 +209,6 @@ def test_admm_converges_on_a_convex_least_squares_fit_with_known_optimum(penalty
 
 
 # ---------------------------------------------------------------- the proximal W-step (the default)
-def test_proximal_step_exact_math():
-    """penalty="proximal": the base step on the loss gradient alone, then W -= a (W - Z + U) with
-    a = 1 - exp(-rho / update_every); Z / U / rho updates as for the gradient form."""
-    torch.manual_seed(0)
-    w = nn.Parameter(torch.randn(4, 3, 3, 3))
-    target = torch.randn(4, 3, 3, 3)
-    cons = [C.Connectivity(keep=0.5), C.Quantize(bits=3)]
-    lr, rho, growth, rho_max, every = 0.05, 0.1, 2.0, 0.3, 3
-    opt = ps.ADMM([{"params": [w], "constraints": cons}], lr=lr, momentum=0.0, rho=rho, rho_growth=growth,
-                  rho_max=rho_max, update_every=every)
-    assert opt.penalty == "proximal"
-
-    def proj(x):
-        return project.quantize(project.connectivity(x, 0.5), 3)
-
-    W = w.detach().clone()
-    Z, U, r = proj(W), torch.zeros_like(W), rho
-    for i in range(10):
-        opt.zero_grad()
-        ((w - target) ** 2).sum().backward()
-        opt.step()
-        W = W - lr * 2 * (W - target)
-        a = 1 - torch.exp(torch.tensor(-r, dtype=torch.float64)).item()
-        W = W - a * (W - Z + U)
-        if (i + 1) % every == 0:
-            Z = proj(W + U)
-            U = U + W - Z
-            r = min(r * growth, rho_max)
-        torch.testing.assert_close(w.detach(), W, rtol=1e-5, atol=1e-6)
-    assert opt._admm[w]["rho"] == r
-
-
 def test_proximal_rejects_gradient_only_settings_and_defaults_follow_the_penalty():
     m = tiny_net()
     with pytest.raises(ValueError, match="rho_scale applies to penalty='gradient' only"):
