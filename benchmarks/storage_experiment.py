@@ -261,14 +261,18 @@ def run_model(kind, args, data, log):
     teacher = copy.deepcopy(model).eval() if args.distill else None
     for name, setting in settings:
         t0 = time.time()
-        admm_kwargs = dict(base=torch.optim.Adam, lr=lr, rho=args.rho, rho_growth=args.rho_growth,
-                           penalty=args.penalty, phase_steps=steps * admm_ep,
+        admm_kwargs = dict(base=torch.optim.Adam, lr=lr, method=args.method, phase_steps=steps * admm_ep,
                            update_every=max(steps * admm_ep // 12, 10))
+        if args.method == "admm":
+            admm_kwargs.update(rho=args.rho, rho_growth=args.rho_growth, penalty=args.penalty)
         if kind == "lenet":
             opt = ADMM.from_model(model, lenet_spec(setting), **admm_kwargs)
         else:
             opt = ADMM(vgg_groups(model, setting), **admm_kwargs)
-        run_epochs(model, opt, xtr, ytr, admm_ep, seed=1, teacher=teacher)
+        # one-shot: prune now and spend the constraint phase's epochs on retraining (equal budget)
+        phase_ep, retrain_ep = (0, admm_ep + rt_ep) if args.method == "oneshot" else (admm_ep, rt_ep)
+        if phase_ep:
+            run_epochs(model, opt, xtr, ytr, phase_ep, seed=1, teacher=teacher)
         res = opt.residuals()
         pre = accuracy(model, xte, yte)
         opt.hard_prune()
@@ -277,8 +281,8 @@ def run_model(kind, args, data, log):
         for g in opt.param_groups:
             g["lr"] = lr if args.cosine else lr * 0.5
         if args.cosine:
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, rt_ep * steps)
-        run_epochs(model, opt, xtr, ytr, rt_ep, seed=2, sched=sched, teacher=teacher)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, retrain_ep * steps)
+        run_epochs(model, opt, xtr, ytr, retrain_ep, seed=2, sched=sched, teacher=teacher)
         acc = accuracy(model, xte, yte)
         psets = [p for p in opt.pattern_sets() if p is not None]
         cmodel, names = compress(model, psets[0] if psets else None)
@@ -402,6 +406,8 @@ def main():
     ap.add_argument("--dense-epochs", type=int, default=8)
     ap.add_argument("--admm-epochs", type=int, default=4)
     ap.add_argument("--retrain-epochs", type=int, default=6)
+    ap.add_argument("--method", choices=("admm", "oneshot", "gradual"), default="admm",
+                    help="constraint method (oneshot: prune at once, retrain for both phases' epochs)")
     ap.add_argument("--penalty", default="proximal", choices=("proximal", "gradient"), help="ADMM W-step")
     ap.add_argument("--rho", type=float, help="ADMM initial rho (default: ps.ADMM's for --penalty)")
     ap.add_argument("--rho-growth", type=float, help="ADMM rho growth per Z-update (12 per phase; default: "

@@ -237,3 +237,50 @@ def test_convert_all_uses_compress_module():
     assert kinds.count(SparseConv2d) == 2 and kinds.count(SparseLinear) == 3
     x = torch.randn(2, 1, 28, 28)
     torch.testing.assert_close(c(x), m(x), rtol=1e-5, atol=1e-5)  # native sparse op: another summation order
+
+
+def _pruned_smallnet(seed: int) -> SmallNet:
+    """SmallNet with pattern-pruned 3x3 convs (30% of kernels) and a 20% unstructured FC."""
+    torch.manual_seed(seed)
+    model = SmallNet().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                pset = ps.PatternSet.select([m.weight], k=8)
+                keep = (torch.rand(m.weight.shape[:2]) < 0.3)[..., None, None]
+                m.weight.copy_(project.pattern(m.weight, pset) * keep)
+            elif isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2)
+        model.fc.weight.mul_(torch.rand_like(model.fc.weight) < 0.2)
+    return model
+
+
+@pytest.mark.parametrize("layers,bits", [("3x3", None), ("3x3", 4), ("all", None), ("all", 3)])
+def test_load_compressed_restores_a_weights_only_file_into_a_fresh_model(tmp_path, layers, bits):
+    model = _pruned_smallnet(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "lossy" with bits: asked for
+        converted = ps.convert(model, layers=layers, bits=bits).eval()
+    torch.save(converted.state_dict(), tmp_path / "c.pt")
+    fresh = ps.load_compressed(SmallNet().eval(), torch.load(tmp_path / "c.pt", weights_only=True))
+    assert [type(m) for m in fresh.modules()] == [type(m) for m in converted.modules()]
+    x = torch.randn(3, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), converted(x))
+    assert not fresh.training
+    if bits is not None:
+        assert {m.bits for m in fresh.modules() if isinstance(m, PatternConv2d)} == {bits}
+
+
+def test_load_compressed_rejects_what_it_cannot_place():
+    sd = ps.convert(_pruned_smallnet(1)).state_dict()
+    wrong = SmallNet()
+    wrong.features[0] = nn.Conv2d(1, 16, 5, padding=2)  # not a 3x3: cannot hold PatternConv2d arrays
+    with pytest.raises(ValueError, match="'features.0'.*cannot replace"):
+        ps.load_compressed(wrong, sd)
+    with pytest.raises(RuntimeError, match="Unexpected key|Missing key"):  # torch's strict load, after the swaps
+        ps.load_compressed(SmallNet(bn=False), sd)
+    with pytest.raises(TypeError, match="mapping"):
+        ps.load_compressed(SmallNet(), [1, 2])
+    plain = SmallNet()  # a dense state_dict loads as load_state_dict would
+    assert type(ps.load_compressed(SmallNet(), plain.state_dict()).features[0]) is nn.Conv2d

@@ -196,10 +196,16 @@ def test_old_positional_order_warns_and_means_what_it_meant(args, geometry):
     assert _geometry(m) == geometry
 
 
-@pytest.mark.parametrize("args", [(3,), (3, 1), (3, 2, 1), (3, 1, 1, 1)])
-def test_positional_call_that_reads_two_ways_is_an_error(args):
-    with pytest.raises(TypeError, match="by keyword"):
-        ps.nn.PatternConv2d(4, 8, *args)
+@pytest.mark.parametrize("args,geometry", [((3,), ((1, 1), (0, 0), (1, 1), True)),
+                                           ((3, 2), ((2, 2), (0, 0), (1, 1), True)),
+                                           ((3, 2, 1), ((2, 2), (1, 1), (1, 1), True)),
+                                           ((3, 1, 2, 2), ((1, 1), (2, 2), (2, 2), True))])
+def test_positional_kernel_size_3_reads_as_conv2d(args, geometry, recwarn):
+    # what a drop-in nn.Conv2d must accept, e.g. PatternConv2d(8, 16, 3, padding=1): no warning
+    m = ps.nn.PatternConv2d(4, 8, *args)
+    assert _geometry(m) == geometry
+    assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning)]
+    assert _geometry(ps.nn.PatternConv2d(4, 8, 3, padding=1)) == ((1, 1), (1, 1), (1, 1), True)
 
 
 def test_renamed_keywords_warn():

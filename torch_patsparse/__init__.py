@@ -10,7 +10,7 @@ from . import ops
 from . import project
 from .patterns import PatternSet
 from . import nn
-from .convert import convert
+from .convert import convert, load_compressed
 from .report import compression_report
 from . import export
 from . import constraints
@@ -20,5 +20,5 @@ from .optimize import optimize_for_inference
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "project", "PatternSet", "nn", "convert", "compression_report", "export", "constraints",
+__all__ = ["ops", "project", "PatternSet", "nn", "convert", "load_compressed", "compression_report", "export", "constraints",
            "ADMM", "compressed_training", "optimize_for_inference"]

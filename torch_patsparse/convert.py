@@ -10,7 +10,7 @@ from torch import nn
 from .admm import trained_pattern_set
 from .nn import kinds
 from .nn.pattern_conv import PatternConv2d
-from .nn.sparse import compress_module
+from .nn.sparse import SparseConv2d, SparseLinear, compress_module
 from .patterns import PatternSet
 
 _LAYER_CHOICES = ("3x3", "all")
@@ -146,4 +146,62 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
     if lossy:
         warnings.warn("convert: lossy conversion (relative weight error ||W'-W||/||W||): "
                       + ", ".join(f"'{n}': {e:.3g}" for n, e in lossy), UserWarning, stacklevel=2)
+    return model
+
+
+def _empty_compressed(name: str, module: nn.Module, state_dict, prefix: str) -> Optional[nn.Module]:
+    """An empty compressed module with ``module``'s geometry for the compressed arrays that
+    ``state_dict`` holds under ``prefix`` (None when it holds none), to load them into."""
+    pattern = prefix + "kernel_pattern" in state_dict and prefix + "patterns" in state_dict
+    sparse = prefix + "header" in state_dict and prefix + "index" in state_dict
+    if not (pattern or sparse) or isinstance(module, (PatternConv2d, SparseConv2d, SparseLinear)):
+        return None
+    factory = {"device": module.weight.device, "dtype": module.weight.dtype} \
+        if isinstance(getattr(module, "weight", None), torch.Tensor) else {}
+    has_bias = getattr(module, "bias", None) is not None
+    if pattern and kinds.layer_kind(module) == kinds.PATTERN:
+        extra = state_dict.get(prefix + "_extra_state")
+        extra = extra if isinstance(extra, dict) else {}
+        return PatternConv2d(module.in_channels, module.out_channels, 3, module.stride, module.padding,
+                             module.dilation, bias=has_bias, bits=extra.get("bits"),
+                             scheme=extra.get("scheme", "uniform"), **factory)
+    if sparse and type(module) is nn.Linear:
+        return SparseLinear(module.in_features, module.out_features, has_bias).to(**factory)
+    if sparse and type(module) is nn.Conv2d and module.padding_mode == "zeros":
+        return SparseConv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride,
+                            module.padding, module.dilation, module.groups, has_bias).to(**factory)
+    kind = "PatternConv2d" if pattern else "SparseConv2d / SparseLinear"
+    raise ValueError(f"load_compressed: '{name}' holds a compressed weight ({kind}) but the model's layer there is "
+                     f"{module!r}, which that form cannot replace")
+
+
+def load_compressed(model: nn.Module, state_dict, strict: bool = True) -> nn.Module:
+    """Loads the ``state_dict`` of a converted model (``ps.convert(...).state_dict()``) into ``model``,
+    a fresh instance of the original, dense architecture, and returns ``model`` (changed in place).
+
+    Every ``nn.Conv2d`` / ``nn.Linear`` whose entries in ``state_dict`` are compressed arrays is first
+    replaced by an empty :class:`PatternConv2d`, :class:`SparseConv2d` or :class:`SparseLinear` with
+    the layer's geometry (stride, padding, bias, bit width from the stored metadata), then
+    ``model.load_state_dict(state_dict, strict)`` loads everything, validating each compressed
+    array. The result computes exactly what the saved model computed. A compressed entry for a
+    layer that cannot take it (e.g. a 5x5 conv under PatternConv2d arrays) is a ValueError.
+    (``torch.save(model)`` of the whole converted module works too; this is for weights-only files.)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"load_compressed expects an nn.Module, got {type(model).__name__}")
+    if not hasattr(state_dict, "keys"):
+        raise TypeError(f"load_compressed expects a state_dict (a mapping), got {type(state_dict).__name__}")
+    swaps = []
+    for name, module in model.named_modules():
+        new = _empty_compressed(name, module, state_dict, f"{name}." if name else "")
+        if new is not None and not name:
+            raise ValueError("load_compressed: the model itself is a single layer; build the compressed module "
+                             "(e.g. PatternConv2d) and call its load_state_dict")
+        if new is not None:
+            new.train(module.training)
+            swaps.append((name, new))
+    for name, new in swaps:
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+    model.load_state_dict(state_dict, strict=strict)
     return model

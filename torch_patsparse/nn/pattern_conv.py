@@ -36,7 +36,7 @@ class PatternConv2d(PatternStateDict, nn.Module):
     stride=1, padding=0, dilation=1, groups=1, bias=True``; the storage ones keyword-only:
     ``patterns``, ``kept_kernels``, ``bits``, ``scheme``, ``device``, ``dtype``); the old order
     ``(in_channels, out_channels, stride, padding, ...)`` still works for one release with a
-    DeprecationWarning where it cannot be mistaken. ``conversion_error`` is the relative weight error ``||W_stored - W|| / ||W||`` of the
+    DeprecationWarning where it cannot be mistaken (a third positional 3 is ``kernel_size``). ``conversion_error`` is the relative weight error ``||W_stored - W|| / ||W||`` of the
     conversion that built it (0.0 when lossless; shown by ``repr`` only when nonzero).
     """
 
@@ -349,18 +349,13 @@ def _conv2d_keywords(args: tuple, kwargs: dict) -> dict:
     order (kernel_size, stride, padding, dilation, groups, bias), or the old (stride, padding,
     dilation, bias, patterns, nnz, ...) with a DeprecationWarning where the values tell which one it
     is (a third argument that is not 3 is a stride; a bool fourth is the old bias; a fifth that is not
-    an int is the old patterns). A call that reads as a different layer in each is a TypeError."""
+    an int is the old patterns). A call that fits both (a third argument 3) is nn.Conv2d's: it is what
+    a drop-in ``nn.Conv2d`` must accept (``PatternConv2d(8, 16, 3, padding=1)``)."""
     if not args:
         return kwargs
     int_at = [isinstance(a, int) and not isinstance(a, bool) for a in args]
     old = ("kernel_size" in kwargs or not _is_three(args[0]) or len(args) > len(_CONV2D_ORDER)
            or (len(args) > 3 and isinstance(args[3], bool)) or (len(args) > 4 and not int_at[4]))
-    new = not old and len(args) > 4  # a fifth int can only be nn.Conv2d's groups
-    if not old and not new:
-        raise TypeError(f"PatternConv2d(in_channels, out_channels, {', '.join(map(repr, args))}) reads as kernel_size=3 in "
-                        "nn.Conv2d's order but as stride=3 in the old (in_channels, out_channels, stride, padding, "
-                        "...) order, which is accepted for one more release: pass these by keyword (kernel_size=3, "
-                        "stride=..., padding=...)")
     order = _OLD_ORDER if old else _CONV2D_ORDER
     if len(args) > len(order):
         raise TypeError(f"PatternConv2d takes at most {2 + len(order)} positional arguments, got {2 + len(args)}")
