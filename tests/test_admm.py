@@ -2,6 +2,7 @@
 tested in test_constraints.py."""
 import io
 import math
+import os
 
 import pytest
 import torch
@@ -333,6 +334,48 @@ def test_exact_resume(base):
             assert torch.equal(a, b), (kk, n)
         assert o1.residuals() == o3.residuals()
         assert o1.pattern_sets() == o3.pattern_sets()
+
+
+def _assert_same(a, b, where="", exact=True):
+    """Nested state_dicts equal: same keys, types and values (tensors: bit for bit, or to rounding)."""
+    assert type(a) is type(b), (where, type(a), type(b))
+    if isinstance(a, dict):
+        assert list(a) == list(b), (where, list(a), list(b))
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}.{k}", exact)
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}[{i}]", exact)
+    elif torch.is_tensor(a):
+        assert a.dtype == b.dtype and a.shape == b.shape, where
+        if exact or not a.is_floating_point():
+            assert torch.equal(a, b), where
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=where)
+    elif isinstance(a, float) and not exact:
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6), where
+    else:
+        assert a == b, where
+
+
+def test_state_dicts_of_the_dict_state_code_load_and_resume():
+    """tests/data/admm_states_v1.pt was written by the code that kept the per-parameter state in
+    string-keyed dicts (make_admm_states_v1.py; every phase and method): each loads, saves back the
+    very same state_dict, and resumes to the saved continuation (to rounding: kernels may differ by ISA)."""
+    data = torch.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "admm_states_v1.pt"),
+                      weights_only=True)
+    steps = data.pop("resume_steps")
+    assert len(data) == 6
+    for name, rec in data.items():
+        m = tiny_net(seed=3)
+        opt = make_opt(m, base=getattr(torch.optim, rec["base"]), **rec["kwargs"])
+        m.load_state_dict(rec["model"])
+        opt.load_state_dict(rec["opt"])
+        _assert_same(opt.state_dict(), rec["opt"], name)
+        train(m, opt, steps, start=rec["steps"])
+        _assert_same(m.state_dict(), rec["model_after"], name, exact=False)
+        _assert_same(opt.state_dict(), rec["opt_after"], name, exact=False)
 
 
 def test_load_state_dict_of_another_model_is_rejected_untouched():
