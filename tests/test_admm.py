@@ -135,10 +135,10 @@ def test_every_constraint(c, where):
         assert pset is None
     # Z initialised to Proj(W) of the weights before the first step, U to zeros
     st = opt._admm[p]
-    assert torch.equal(st["Z"], c.project(w0, pset))
-    assert not st["U"].any()
+    assert torch.equal(st.Z, c.project(w0, pset))
+    assert not st.U.any()
     train(m, opt, 5, start=1)  # crosses a Z update
-    _check_in_set(c, opt._admm[p]["Z"], pset)
+    _check_in_set(c, opt._admm[p].Z, pset)
     opt.hard_prune()
     _check_in_set(c, p.detach(), pset)
     assert opt.residuals()["w"] == 0.0
@@ -182,9 +182,9 @@ def test_exact_math(penalty):
             r = min(r * growth, rho_max)
             eff = r if penalty == "gradient" else 1 - torch.exp(torch.tensor(-r, dtype=torch.float64)).item()
         torch.testing.assert_close(w.detach(), W, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(opt._admm[w]["Z"], Z, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(opt._admm[w]["U"], U, rtol=1e-5, atol=1e-6)
-        assert opt._admm[w]["rho"] == pytest.approx(r)
+        torch.testing.assert_close(opt._admm[w].Z, Z, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(opt._admm[w].U, U, rtol=1e-5, atol=1e-6)
+        assert opt._admm[w].rho == pytest.approx(r)
         assert opt.rho_eff()["group0.0"] == pytest.approx(eff)
     res = opt.residuals()["group0.0"]
     assert res == pytest.approx(float((W - Z).norm() / W.norm()), rel=1e-4)
@@ -249,12 +249,12 @@ def test_combined_constraints_in_all_sets():
     m = tiny_net()
     opt = make_opt(m, conv=[C.Quantize(bits=4), C.Connectivity(keep=0.25), C.Pattern(k=4)], update_every=2)
     train(m, opt, 3)
-    before = {p: (p.detach() + opt._admm[p]["U"]) for p in (m[0].weight, m[3].weight)}
+    before = {p: (p.detach() + opt._admm[p].U) for p in (m[0].weight, m[3].weight)}
     opt.admm_update()  # by hand
     pset = opt.pattern_sets()[0]
     assert opt.pattern_sets()[1] is None and opt.pattern_sets()[2] is None
     for p in (m[0].weight, m[3].weight):
-        z = opt._admm[p]["Z"]
+        z = opt._admm[p].Z
         assert in_pattern_set(z, pset)
         assert int((z != 0).reshape(-1, 9).any(1).sum()) <= round(0.25 * z[:, :, 0, 0].numel())
         assert z.unique().numel() <= 15
@@ -290,7 +290,7 @@ def test_hard_prune_retrain_invariants(base, kw):
         for v in opt.state[named[n]].values():                 # and their optimizer state too
             if torch.is_tensor(v) and v.shape == p.shape:
                 assert not v[~mask].any(), n
-        lv = opt._admm[named[n]]["levels"]
+        lv = opt._admm[named[n]].levels
         assert torch.isin(p, lv).all(), n                        # quantized weights on their levels
         assert lv.numel() <= (15 if n != "8.weight" else 7)
         assert not torch.equal(p, snap[n]), n                   # retraining does change them (STE)
@@ -401,6 +401,13 @@ def test_load_state_dict_of_another_model_is_rejected_untouched():
     o3 = make_opt(tiny_net(), conv=[C.Pattern(k=4)])
     with pytest.raises(ValueError, match="constraints differ"):
         opt.load_state_dict(o3.state_dict())
+    bad = opt.state_dict()
+    bad["admm"]["params"][0]["mask"] = bad["admm"]["params"][0].pop("Z")  # a retrain entry in the ADMM phase
+    with pytest.raises(ValueError, match=r"'0\.weight' \(phase 'admm'\) has unknown entries \['mask'\]"):
+        opt.load_state_dict(bad)
+    del bad["admm"]["params"][0]["mask"]
+    with pytest.raises(ValueError, match=r"'0\.weight' \(phase 'admm'\) lacks the entries \['Z'\]"):
+        opt.load_state_dict(bad)
     after = io.BytesIO()
     torch.save(opt.state_dict(), after)
     assert before.getvalue() == after.getvalue()
@@ -410,13 +417,13 @@ def test_nan_at_z_update_names_param_and_leaves_state():
     m = tiny_net()
     opt = make_opt(m, update_every=100)
     train(m, opt, 2)
-    z_before = {p: opt._admm[p]["Z"].clone() for p in opt._admm}
+    z_before = {p: opt._admm[p].Z.clone() for p in opt._admm}
     with torch.no_grad():
         m[3].weight[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match=r"'3\.weight' contains NaN"):
         opt.admm_update()
     for p, z in z_before.items():
-        assert torch.equal(opt._admm[p]["Z"], z)
+        assert torch.equal(opt._admm[p].Z, z)
     with pytest.raises(ValueError, match=r"'3\.weight' contains NaN"):
         opt.hard_prune()
     assert opt.phase == "admm"
@@ -542,7 +549,7 @@ def test_fused_native_step_matches_torch_ops(base, kw, monkeypatch):
             for k, v in o1.state[p1].items():
                 torch.testing.assert_close(v, o2.state[p2][k], rtol=1e-5, atol=1e-6)
         w = m1[3].weight  # the first copy did take the native path
-        assert native_ok(w, w.grad, o1._admm[w]["Z"])
+        assert native_ok(w, w.grad, o1._admm[w].Z)
         train(m, opt, 1, start=start)
 
 
@@ -582,8 +589,8 @@ def test_consensus_one_pair_per_constraint_exact_math():
             U = [(u + W - z) * (r / r_new) for z, u in zip(Z, U)]
             r = r_new
         torch.testing.assert_close(w.detach(), W, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(opt._admm[w]["Z"], torch.stack(Z), rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(opt._admm[w]["U"], torch.stack(U), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(opt._admm[w].Z, torch.stack(Z), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(opt._admm[w].U, torch.stack(U), rtol=1e-5, atol=1e-6)
     res = max(float((W - z).norm() / W.norm()) for z in Z)
     assert opt.residuals()["group0.0"] == pytest.approx(res, rel=1e-4)
     sd = opt.state_dict()
