@@ -26,6 +26,7 @@ def test_glob_regex_and_callable_selectors():
     # a plain string is a regex under plain="regex" (ADMM.from_model's form), a glob never matches "\d"
     assert names(select.assign(named, [r"[02]\.weight"], plain="regex")[0][0]) == ["0.weight", "2.weight"]
     assert select.assign(named, [r"[02]\.weight"])[0][0] == []
+    assert select.selector("a[1]")("a[1]", None)  # an exact name matches itself, glob characters or not
 
 
 def test_eligible_params_only_are_offered():
