@@ -13,7 +13,7 @@ from torch_patsparse import constraints as C
 from torch_patsparse import project
 from torch_patsparse.admm import _scheduled
 
-from test_admm import CONV_SPEC, FC_SPEC, _check_in_set, batch, in_pattern_set, tiny_net, train
+from test_admm import CONV_SPEC, FC_SPEC, _check_in_set, in_pattern_set, tiny_net, train
 
 
 @pytest.fixture(autouse=True, scope="module")

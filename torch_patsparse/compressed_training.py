@@ -18,7 +18,7 @@ run in another order); BatchNorm and every other layer are untouched.
 Save checkpoints outside the block: inside it the optimizer's state is in the compressed layout.
 """
 from contextlib import contextmanager
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import torch
 from torch import nn
