@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import constraints as C
 from ..patterns import PatternSet
-from ._state import from_dict, to_dict
+from ._state import from_saved, to_saved
 
 
 class Checkpoint:
@@ -16,7 +16,7 @@ class Checkpoint:
             if "constraints" in g:
                 g["constraints"] = [C.to_spec(c) for c in C.ordered(g["constraints"])]
         params = [p for g in self.param_groups for p in g["params"]]
-        per = {i: to_dict(self._admm[p]) for i, p in enumerate(params) if p in self._admm}
+        per = {i: to_saved(self._admm[p]) for i, p in enumerate(params) if p in self._admm}
         sd["admm"] = {
             "version": 1, "phase": self._phase, "step": self._step_count,
             "hyper": {"rho": self.rho, "rho_growth": self.rho_growth, "rho_max": self.rho_max,
@@ -59,7 +59,7 @@ class Checkpoint:
             if tuple(p.shape) != tuple(s):
                 raise ValueError(f"ADMM.load_state_dict: parameter '{n}' has shape {list(p.shape)}, "
                                  f"the state_dict's has {list(s)} (state_dict of another model?)")
-        new_admm = {params[int(i)]: from_dict(st, a["phase"], params[int(i)].device, names[int(i)])
+        new_admm = {params[int(i)]: from_saved(st, a["phase"], params[int(i)].device, names[int(i)])
                     for i, st in a["params"].items()}
         new_ps = {int(gi): PatternSet.from_tensor(t) for gi, t in a["pattern_sets"].items()}
         rest = {k: v for k, v in state_dict.items() if k != "admm"}

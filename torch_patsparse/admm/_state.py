@@ -4,7 +4,7 @@
 phase of method ``"admm"``, a :class:`RetrainState` in the ``"gradual"`` and ``"retrain"`` phases.
 It is kept beside ``Optimizer.state`` (the base optimizer's own per-parameter dicts, which
 torch.optim saves and loads itself) so that the base optimizer never sees it. A state_dict holds
-each state as the plain dict of :meth:`to_dict` (the keys the dict-based state had).
+each state as the plain dict of :func:`to_saved` (the keys the dict-based state had).
 """
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ _SAVED = {ADMMState: ("Z", "U", "k", "rho", "scale", "rho_eff", "gsum", "gcnt", 
 _OPTIONAL = {"k": 1, "primal": None, "dual": None}  # absent in older state_dicts / before the first Z-update
 
 
-def to_dict(st) -> dict:
+def to_saved(st) -> dict:
     """``st`` as the plain dict a state_dict holds (tensors cloned)."""
     out = {}
     for key in _SAVED[type(st)]:
@@ -76,7 +76,7 @@ def to_dict(st) -> dict:
     return out
 
 
-def from_dict(d: dict, phase: str, device: torch.device, name: str):
+def from_saved(d: dict, phase: str, device: torch.device, name: str):
     """The state a state_dict's entry ``d`` describes (tensors cloned onto ``device``)."""
     cls = ADMMState if phase == "admm" else RetrainState
     keys = _SAVED[cls]
