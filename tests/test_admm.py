@@ -1,5 +1,6 @@
 """Tests of torch_patsparse.ADMM (fast: tiny models, few steps); the constraint objects themselves are
 tested in test_constraints.py."""
+import copy
 import io
 import math
 import os
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 import torch_patsparse as ps
 from torch_patsparse import constraints as C
 from torch_patsparse import project
+from torch_patsparse.admm import _fused as fused
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -525,9 +527,7 @@ def test_fused_native_step_matches_torch_ops(base, kw, monkeypatch):
     state, at the first step (state created) and after a Z update (momentum / moments, U != 0).
     (One step at a time: over many steps Adam's m / sqrt(v) of near-zero gradients amplifies float32
     rounding differences.)"""
-    import copy
-    from torch_patsparse.admm import _fused as A
-    native_ok = A._native_ok
+    native_ok = fused._native_ok
     m = tiny_net()
     opt = make_opt(m, base=base, update_every=3, rho=2.0, **kw)
     for start in (0, 5):
@@ -538,10 +538,10 @@ def test_fused_native_step_matches_torch_ops(base, kw, monkeypatch):
             m2 = copy.deepcopy(m)
             o2 = make_opt(m2, base=base, update_every=3, rho=2.0, **kw)
             o2.load_state_dict(copy.deepcopy(opt.state_dict()))  # torch shares state tensors otherwise
-            monkeypatch.setattr(A, "_native_ok", native_ok if native else (lambda *t: False))
+            monkeypatch.setattr(fused, "_native_ok", native_ok if native else (lambda *t: False))
             train(m2, o2, 1, start=start)
             results.append((m2, o2))
-        monkeypatch.setattr(A, "_native_ok", native_ok)
+        monkeypatch.setattr(fused, "_native_ok", native_ok)
         (m1, o1), (m2, o2) = results
         for p1, p2 in zip(m1.parameters(), m2.parameters()):
             torch.testing.assert_close(p1, p2, rtol=1e-5, atol=1e-6)
