@@ -14,6 +14,7 @@ from .convert import convert
 from .report import compression_report
 from . import export
 from . import constraints
+from . import select
 from .admm import ADMM
 from .compressed_training import compressed_training
 from .optimize import optimize_for_inference
@@ -21,4 +22,4 @@ from .optimize import optimize_for_inference
 __version__ = "0.1.0"
 
 __all__ = ["ops", "project", "PatternSet", "nn", "convert", "compression_report", "export", "constraints",
-           "ADMM", "compressed_training", "optimize_for_inference"]
+           "select", "ADMM", "compressed_training", "optimize_for_inference"]
