@@ -253,14 +253,13 @@ class Job:
         PatternConv2d, each with the pattern set its ADMM group trained with; with
         ``torch_patsparse.nn.sparse`` available, the other constrained layers (FC) are stored
         sparse + k-bit too."""
-        psets = self.opt.pattern_sets_by_module(self.model) if hasattr(self.opt, "pattern_sets_by_module") else {}
-        modules = dict(self.model.named_modules())
         # 3x3 convs -> PatternConv2d; the other constrained layers (FC) -> sparse k-bit modules;
         # layers no rule constrains stay dense (excluded, so convert has nothing to warn about)
-        exclude = []
-        if hasattr(self.opt, "pattern_sets"):  # ADMM: its groups say which layers were constrained
+        psets, exclude = {}, []
+        if isinstance(self.opt, ADMM):  # its groups say which layers were constrained
+            psets = self.opt.pattern_sets_by_module(self.model)
             constrained = {n for g in self.opt.param_groups if g.get("constraints") for n in g.get("names", [])}
-            exclude = [name for name, m in modules.items()
+            exclude = [name for name, m in self.model.named_modules()
                        if name and isinstance(getattr(m, "weight", None), torch.nn.Parameter)
                        and f"{name}.weight" not in constrained]
         return convert(self.model, pattern_set=psets, layers="all", exclude=exclude).eval()
