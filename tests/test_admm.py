@@ -1,7 +1,9 @@
 """Tests of torch_patsparse.ADMM (fast: tiny models, few steps); the constraint objects themselves are
 tested in test_constraints.py."""
+import copy
 import io
 import math
+import os
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ import torch.nn.functional as F
 import torch_patsparse as ps
 from torch_patsparse import constraints as C
 from torch_patsparse import project
+from torch_patsparse.admm import _fused as fused
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -134,10 +137,10 @@ def test_every_constraint(c, where):
         assert pset is None
     # Z initialised to Proj(W) of the weights before the first step, U to zeros
     st = opt._admm[p]
-    assert torch.equal(st["Z"], c.project(w0, pset))
-    assert not st["U"].any()
+    assert torch.equal(st.Z, c.project(w0, pset))
+    assert not st.U.any()
     train(m, opt, 5, start=1)  # crosses a Z update
-    _check_in_set(c, opt._admm[p]["Z"], pset)
+    _check_in_set(c, opt._admm[p].Z, pset)
     opt.hard_prune()
     _check_in_set(c, p.detach(), pset)
     assert opt.residuals()["w"] == 0.0
@@ -181,9 +184,9 @@ def test_exact_math(penalty):
             r = min(r * growth, rho_max)
             eff = r if penalty == "gradient" else 1 - torch.exp(torch.tensor(-r, dtype=torch.float64)).item()
         torch.testing.assert_close(w.detach(), W, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(opt._admm[w]["Z"], Z, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(opt._admm[w]["U"], U, rtol=1e-5, atol=1e-6)
-        assert opt._admm[w]["rho"] == pytest.approx(r)
+        torch.testing.assert_close(opt._admm[w].Z, Z, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(opt._admm[w].U, U, rtol=1e-5, atol=1e-6)
+        assert opt._admm[w].rho == pytest.approx(r)
         assert opt.rho_eff()["group0.0"] == pytest.approx(eff)
     res = opt.residuals()["group0.0"]
     assert res == pytest.approx(float((W - Z).norm() / W.norm()), rel=1e-4)
@@ -248,12 +251,12 @@ def test_combined_constraints_in_all_sets():
     m = tiny_net()
     opt = make_opt(m, conv=[C.Quantize(bits=4), C.Connectivity(keep=0.25), C.Pattern(k=4)], update_every=2)
     train(m, opt, 3)
-    before = {p: (p.detach() + opt._admm[p]["U"]) for p in (m[0].weight, m[3].weight)}
+    before = {p: (p.detach() + opt._admm[p].U) for p in (m[0].weight, m[3].weight)}
     opt.admm_update()  # by hand
     pset = opt.pattern_sets()[0]
     assert opt.pattern_sets()[1] is None and opt.pattern_sets()[2] is None
     for p in (m[0].weight, m[3].weight):
-        z = opt._admm[p]["Z"]
+        z = opt._admm[p].Z
         assert in_pattern_set(z, pset)
         assert int((z != 0).reshape(-1, 9).any(1).sum()) <= round(0.25 * z[:, :, 0, 0].numel())
         assert z.unique().numel() <= 15
@@ -289,7 +292,7 @@ def test_hard_prune_retrain_invariants(base, kw):
         for v in opt.state[named[n]].values():                 # and their optimizer state too
             if torch.is_tensor(v) and v.shape == p.shape:
                 assert not v[~mask].any(), n
-        lv = opt._admm[named[n]]["levels"]
+        lv = opt._admm[named[n]].levels
         assert torch.isin(p, lv).all(), n                        # quantized weights on their levels
         assert lv.numel() <= (15 if n != "8.weight" else 7)
         assert not torch.equal(p, snap[n]), n                   # retraining does change them (STE)
@@ -335,6 +338,48 @@ def test_exact_resume(base):
         assert o1.pattern_sets() == o3.pattern_sets()
 
 
+def _assert_same(a, b, where="", exact=True):
+    """Nested state_dicts equal: same keys, types and values (tensors: bit for bit, or to rounding)."""
+    assert type(a) is type(b), (where, type(a), type(b))
+    if isinstance(a, dict):
+        assert list(a) == list(b), (where, list(a), list(b))
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}.{k}", exact)
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}[{i}]", exact)
+    elif torch.is_tensor(a):
+        assert a.dtype == b.dtype and a.shape == b.shape, where
+        if exact or not a.is_floating_point():
+            assert torch.equal(a, b), where
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=where)
+    elif isinstance(a, float) and not exact:
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6), where
+    else:
+        assert a == b, where
+
+
+def test_state_dicts_of_the_dict_state_code_load_and_resume():
+    """tests/data/admm_states_v1.pt was written by the code that kept the per-parameter state in
+    string-keyed dicts (make_admm_states_v1.py; every phase and method): each loads, saves back the
+    very same state_dict, and resumes to the saved continuation (to rounding: kernels may differ by ISA)."""
+    data = torch.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "admm_states_v1.pt"),
+                      weights_only=True)
+    steps = data.pop("resume_steps")
+    assert len(data) == 6
+    for name, rec in data.items():
+        m = tiny_net(seed=3)
+        opt = make_opt(m, base=getattr(torch.optim, rec["base"]), **rec["kwargs"])
+        m.load_state_dict(rec["model"])
+        opt.load_state_dict(rec["opt"])
+        _assert_same(opt.state_dict(), rec["opt"], name)
+        train(m, opt, steps, start=rec["steps"])
+        _assert_same(m.state_dict(), rec["model_after"], name, exact=False)
+        _assert_same(opt.state_dict(), rec["opt_after"], name, exact=False)
+
+
 def test_load_state_dict_of_another_model_is_rejected_untouched():
     m = tiny_net()
     opt = make_opt(m, update_every=3)
@@ -358,6 +403,13 @@ def test_load_state_dict_of_another_model_is_rejected_untouched():
     o3 = make_opt(tiny_net(), conv=[C.Pattern(k=4)])
     with pytest.raises(ValueError, match="constraints differ"):
         opt.load_state_dict(o3.state_dict())
+    bad = opt.state_dict()
+    bad["admm"]["params"][0]["mask"] = bad["admm"]["params"][0].pop("Z")  # a retrain entry in the ADMM phase
+    with pytest.raises(ValueError, match=r"'0\.weight' \(phase 'admm'\) has unknown entries \['mask'\]"):
+        opt.load_state_dict(bad)
+    del bad["admm"]["params"][0]["mask"]
+    with pytest.raises(ValueError, match=r"'0\.weight' \(phase 'admm'\) lacks the entries \['Z'\]"):
+        opt.load_state_dict(bad)
     after = io.BytesIO()
     torch.save(opt.state_dict(), after)
     assert before.getvalue() == after.getvalue()
@@ -367,13 +419,13 @@ def test_nan_at_z_update_names_param_and_leaves_state():
     m = tiny_net()
     opt = make_opt(m, update_every=100)
     train(m, opt, 2)
-    z_before = {p: opt._admm[p]["Z"].clone() for p in opt._admm}
+    z_before = {p: opt._admm[p].Z.clone() for p in opt._admm}
     with torch.no_grad():
         m[3].weight[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match=r"'3\.weight' contains NaN"):
         opt.admm_update()
     for p, z in z_before.items():
-        assert torch.equal(opt._admm[p]["Z"], z)
+        assert torch.equal(opt._admm[p].Z, z)
     with pytest.raises(ValueError, match=r"'3\.weight' contains NaN"):
         opt.hard_prune()
     assert opt.phase == "admm"
@@ -475,9 +527,7 @@ def test_fused_native_step_matches_torch_ops(base, kw, monkeypatch):
     state, at the first step (state created) and after a Z update (momentum / moments, U != 0).
     (One step at a time: over many steps Adam's m / sqrt(v) of near-zero gradients amplifies float32
     rounding differences.)"""
-    import copy
-    from torch_patsparse.admm import _fused as A
-    native_ok = A._native_ok
+    native_ok = fused._native_ok
     m = tiny_net()
     opt = make_opt(m, base=base, update_every=3, rho=2.0, **kw)
     for start in (0, 5):
@@ -488,10 +538,10 @@ def test_fused_native_step_matches_torch_ops(base, kw, monkeypatch):
             m2 = copy.deepcopy(m)
             o2 = make_opt(m2, base=base, update_every=3, rho=2.0, **kw)
             o2.load_state_dict(copy.deepcopy(opt.state_dict()))  # torch shares state tensors otherwise
-            monkeypatch.setattr(A, "_native_ok", native_ok if native else (lambda *t: False))
+            monkeypatch.setattr(fused, "_native_ok", native_ok if native else (lambda *t: False))
             train(m2, o2, 1, start=start)
             results.append((m2, o2))
-        monkeypatch.setattr(A, "_native_ok", native_ok)
+        monkeypatch.setattr(fused, "_native_ok", native_ok)
         (m1, o1), (m2, o2) = results
         for p1, p2 in zip(m1.parameters(), m2.parameters()):
             torch.testing.assert_close(p1, p2, rtol=1e-5, atol=1e-6)
@@ -499,7 +549,7 @@ def test_fused_native_step_matches_torch_ops(base, kw, monkeypatch):
             for k, v in o1.state[p1].items():
                 torch.testing.assert_close(v, o2.state[p2][k], rtol=1e-5, atol=1e-6)
         w = m1[3].weight  # the first copy did take the native path
-        assert native_ok(w, w.grad, o1._admm[w]["Z"])
+        assert native_ok(w, w.grad, o1._admm[w].Z)
         train(m, opt, 1, start=start)
 
 
@@ -539,8 +589,8 @@ def test_consensus_one_pair_per_constraint_exact_math():
             U = [(u + W - z) * (r / r_new) for z, u in zip(Z, U)]
             r = r_new
         torch.testing.assert_close(w.detach(), W, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(opt._admm[w]["Z"], torch.stack(Z), rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(opt._admm[w]["U"], torch.stack(U), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(opt._admm[w].Z, torch.stack(Z), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(opt._admm[w].U, torch.stack(U), rtol=1e-5, atol=1e-6)
     res = max(float((W - z).norm() / W.norm()) for z in Z)
     assert opt.residuals()["group0.0"] == pytest.approx(res, rel=1e-4)
     sd = opt.state_dict()

@@ -2,11 +2,12 @@
 whose compressed accuracy is checked against its own dense baseline, and exact --resume."""
 import json
 import os
+import shutil
 
 import pytest
 import torch
 
-from torch_patsparse import cli
+from torch_patsparse import cli, config, pipeline
 from torch_patsparse import data as D
 
 needs_data = pytest.mark.skipif(not D.available(), reason=(
@@ -51,7 +52,6 @@ def write(tmp_path, text, name="cfg.toml"):
 
 # ------------------------------------------------------------------ command line (config: test_config.py)
 def test_old_names_still_import_from_cli():
-    from torch_patsparse import config, pipeline
     assert cli.Job is pipeline.Job and cli.DEFAULTS is config.DEFAULTS and cli.QUICK is config.QUICK
     assert cli.build_config is config.build_config and cli.validate_config is config.validate_config
     assert cli.ConfigError is config.ConfigError and cli.resolve_layers is config.resolve_layers
@@ -180,7 +180,6 @@ def test_resume_continues_to_the_same_final_state(tiny_run, tmp_path):
 def test_later_stage_starts_from_a_dense_file_of_another_compression_config(tiny_run, tmp_path, capsys):
     """One dense baseline, several compression settings: --stages admm,... from OUT/dense.pt needs only
     the dense-stage configuration to match."""
-    import shutil
     cfg, full_out, _ = tiny_run
     out = str(tmp_path / "other")
     os.makedirs(out)
@@ -202,7 +201,6 @@ def test_later_stage_starts_from_a_dense_file_of_another_compression_config(tiny
 def test_retrain_on_compressed_modules_matches_masked_dense(tiny_run, tmp_path):
     """--retrain-on dense / compressed: the retrain stage from the same admm.pt reaches the same result
     in both forms (losses to rounding); the checkpoint has the dense form (resume / convert unchanged)."""
-    import shutil
     cfg, full_out, full = tiny_run
     out = str(tmp_path / "comp")
     os.makedirs(out)

@@ -105,6 +105,48 @@ def test_explicit_pattern_set_must_fit_unless_project():
     assert isinstance(out[0], PatternConv2d) and out[0].conversion_error > 0
 
 
+def test_module_selectors_exact_glob_regex_callable():
+    """exclude and pattern_set's keys take the selector language of torch_patsparse.select; exact
+    names keep working (also with glob characters, as ModuleDict keys may have); a selector that
+    selects no module is an error."""
+    torch.manual_seed(0)
+    model = SmallNet(bn=False).eval()  # 3x3 convs: features.0, features.3, features.7
+    convs = ["features.0", "features.3", "features.7"]
+
+    def converted(**kw):
+        with pytest.warns(UserWarning, match="lossy"):
+            out = ps.convert(model, project=True, **kw)
+        return [n for n in convs if isinstance(out.get_submodule(n), PatternConv2d)]
+
+    assert converted(exclude="features.0") == ["features.3", "features.7"]
+    assert converted(exclude=["features.[37]"]) == ["features.0"]
+    assert converted(exclude=r"re:features\.[03]") == ["features.7"]
+    assert converted(exclude=lambda name, m: getattr(m, "in_channels", 0) == 32) == ["features.0", "features.3"]
+    for bad in ("feature.*", r"re:fc\d", lambda name, m: False):
+        with pytest.raises(ValueError, match="not in the model"):
+            ps.convert(model, exclude=["fc", bad])
+
+    cand = ps.PatternSet.candidates()
+    a, b = ps.PatternSet(cand.positions[:8]), ps.PatternSet(cand.positions[8:16])
+    with torch.no_grad():
+        for name, pset in zip(convs, (a, b, b)):
+            w = model.get_submodule(name).weight
+            w.copy_(project.pattern(w, pset))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # lossless: each layer gets the set it was pruned onto
+        out = ps.convert(model, pattern_set={"features.0": a, "features.*": b})  # the first selector wins
+    assert [out.get_submodule(n).pattern_set() for n in convs] == [a, b, b]
+    with pytest.raises(ValueError, match=r"pattern_set selects modules that are not in the model: \['classifier\*'\]"):
+        ps.convert(model, pattern_set={"classifier*": a})
+
+    odd = nn.ModuleDict({"conv[1]": nn.Conv2d(2, 2, 3), "conv1": nn.Conv2d(2, 2, 3)})
+    with torch.no_grad():
+        for m in odd.values():
+            m.weight.copy_(project.pattern(m.weight, a))
+    out = ps.convert(odd, exclude="conv[1]")
+    assert type(out["conv[1]"]) is nn.Conv2d
+
+
 def test_subshape_kernels_are_stored_exactly():
     """Kernels with 1-3 nonzeros (e.g. quantized to zero) fit a sub-shape of a pattern: stored as they are."""
     torch.manual_seed(1)

@@ -13,7 +13,7 @@ from torch_patsparse import constraints as C
 from torch_patsparse import project
 from torch_patsparse.admm import _scheduled
 
-from test_admm import CONV_SPEC, FC_SPEC, _check_in_set, batch, in_pattern_set, tiny_net, train
+from test_admm import CONV_SPEC, FC_SPEC, _check_in_set, in_pattern_set, tiny_net, train
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -66,7 +66,7 @@ def test_constraints_exact_after_hard_prune_and_retraining(method, base):
     for n, mask in masks.items():
         p = named[n].detach()
         assert not p[~mask].any(), n
-        assert torch.isin(p, opt._admm[named[n]]["levels"]).all(), n
+        assert torch.isin(p, opt._admm[named[n]].levels).all(), n
         assert not torch.equal(p, pruned[n]), n  # retraining moves them (straight-through estimator)
         cons = CONV_SPEC if n != "8.weight" else FC_SPEC
         for c in cons:
@@ -157,17 +157,17 @@ def test_residual_balancing_moves_rho_the_right_way_and_rescales_u(penalty):
     opt.admm_update()
     st = opt._admm[w]
     assert opt.dual_residuals()["w"] == 0.0 and opt.residuals()["w"] > 0
-    assert st["rho"] == 2.0
+    assert st.rho == 2.0
     z = project.quantize(project.connectivity(w.detach(), 0.5), 3)
-    torch.testing.assert_close(st["U"], (w.detach() - z) * 0.5)
+    torch.testing.assert_close(st.U, (w.detach() - z) * 0.5)
     # W on the set, Z far from it: dual >> primal -> rho halves
     with torch.no_grad():
         w.copy_(z)
-    st["U"].zero_()
-    st["Z"] = torch.zeros_like(z)
+    st.U.zero_()
+    st.Z = torch.zeros_like(z)
     opt.admm_update()
     assert opt.residuals()["w"] == 0.0 and opt.dual_residuals()["w"] > 0
-    assert st["rho"] == 1.0
+    assert st.rho == 1.0
 
 
 def test_rho_schedule_tied_to_the_phase():

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+import torch_patsparse as ps
 from torch_patsparse import constraints as C
 from torch_patsparse import select
 
@@ -26,6 +27,7 @@ def test_glob_regex_and_callable_selectors():
     # a plain string is a regex under plain="regex" (ADMM.from_model's form), a glob never matches "\d"
     assert names(select.assign(named, [r"[02]\.weight"], plain="regex")[0][0]) == ["0.weight", "2.weight"]
     assert select.assign(named, [r"[02]\.weight"])[0][0] == []
+    assert select.selector("a[1]")("a[1]", None)  # an exact name matches itself, glob characters or not
 
 
 def test_eligible_params_only_are_offered():
@@ -49,7 +51,6 @@ def test_param_groups_for_admm():
                                                     ["0.bias", "1.bias", "2.bias", "4.bias"]]
     assert groups[0]["constraints"] == [C.Pattern(k=4)] and groups[1]["constraints"] == []
     assert "constraints" not in groups[2]
-    import torch_patsparse as ps
     opt = ps.ADMM(groups, lr=0.1)
     same = ps.ADMM.from_model(m, {r"[02]\.weight": [C.Pattern(k=4)], r"4\.weight": []}, lr=0.1)
     assert [g["params"] for g in opt.param_groups] == [g["params"] for g in same.param_groups]

@@ -14,11 +14,12 @@ from .convert import convert, load_compressed
 from .report import compression_report
 from . import export
 from . import constraints
+from . import select
 from .admm import ADMM
 from .compressed_training import compressed_training
 from .optimize import optimize_for_inference
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "project", "PatternSet", "nn", "convert", "load_compressed", "compression_report", "export", "constraints",
-           "ADMM", "compressed_training", "optimize_for_inference"]
+__all__ = ["ops", "project", "PatternSet", "nn", "convert", "load_compressed", "compression_report", "export",
+           "constraints", "select", "ADMM", "compressed_training", "optimize_for_inference"]

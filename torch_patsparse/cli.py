@@ -21,7 +21,9 @@ from typing import Any, Dict
 
 # the old names of this module live on in their homes: config (schema, validation), pipeline (Job),
 # summary (statistics, plot, table)
-from .config import (DEFAULTS, METHODS, PENALTIES, QUICK, RETRAIN_ON, ConfigError, build_config,  # noqa: F401
+from .admm import METHODS, PENALTIES  # noqa: F401
+from .data import DataNotFound
+from .config import (DEFAULTS, QUICK, RETRAIN_ON, ConfigError, build_config,  # noqa: F401
                      make_constraint, read_config_file, resolve_layers, validate_config)
 from .pipeline import CKPT_VERSION, STAGE_CONFIG, STAGES, Interrupted, Job  # noqa: F401
 from .summary import model_stats, plot, summary_table  # noqa: F401
@@ -84,7 +86,6 @@ def main(argv=None) -> int:
         print(f"patsparse: unknown stage(s) {bad} (stages: {','.join(STAGES)})", file=sys.stderr)
         return 2
     stages = [s for s in STAGES if s in stages]
-    from .data import DataNotFound
     try:
         job = Job(cfg, args)
         # validate the layer rules against the real model before any training

@@ -18,13 +18,14 @@ run in another order); BatchNorm and every other layer are untouched.
 Save checkpoints outside the block: inside it the optimizer's state is in the compressed layout.
 """
 from contextlib import contextmanager
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import torch
 from torch import nn
 
 from . import format as fmt
 from .admm import ADMM, trained_pattern_set
+from .admm._state import map_tensors
 from .nn import PatternConv2d
 from .nn.kinds import PATTERN, layer_kind
 
@@ -63,7 +64,7 @@ def _candidates(model: nn.Module, opt: ADMM) -> List[Tuple[nn.Module, str, nn.Co
             if not isinstance(m, nn.Conv2d) or layer_kind(m) != PATTERN:
                 continue
             st = opt._admm.get(m.weight)
-            if st is None or st.get("mask") is None or trained_pattern_set(m.weight) is None:
+            if st is None or st.mask is None or trained_pattern_set(m.weight) is None:
                 continue
             found.append((parent, attr, m))
     return found
@@ -96,8 +97,7 @@ def _move_state(opt: ADMM, old: torch.Tensor, new: torch.Tensor, convert) -> Non
                           for k, v in state.items()}
     admm = opt._admm.pop(old, None)
     if admm is not None:
-        opt._admm[new] = {k: convert(v) if torch.is_tensor(v) and v.shape == old.shape else v
-                          for k, v in admm.items()}
+        opt._admm[new] = map_tensors(admm, lambda v: convert(v) if v.shape == old.shape else v)
 
 
 @contextmanager
@@ -116,7 +116,7 @@ def compressed_training(model: nn.Module, optimizer: ADMM):
     try:
         with torch.no_grad():
             for parent, attr, conv in _candidates(model, optimizer):
-                mask = optimizer._admm[conv.weight]["mask"]
+                mask = optimizer._admm[conv.weight].mask
                 mod = _build(conv, mask, trained_pattern_set(conv.weight).to_tensor())
                 sw = _Swap(parent, attr, conv, mod)
                 mod.values.copy_(sw.gather(conv.weight))

@@ -10,6 +10,7 @@ import torch
 
 from . import constraints as C
 from . import select
+from .admm import METHODS, PENALTIES
 
 # Built-in defaults; configs/default.toml holds the same values (a test keeps them in sync).
 # admm.method is "oneshot": in benchmarks/admm_vs_baselines.py (BENCHMARKS.md) ADMM did not beat
@@ -42,8 +43,6 @@ QUICK = {"train_limit": 8000, "test_limit": 2000, "dense": {"epochs": 2},
          "admm": {"epochs": 2},
          "retrain": {"epochs": 2}, "latency": {"repeats": 10}}
 
-METHODS = ("admm", "oneshot", "gradual")  # torch_patsparse.admm.METHODS (not imported: keeps --help light)
-PENALTIES = ("gradient", "proximal")  # torch_patsparse.admm.PENALTIES
 # masked retraining (every epoch after the hard prune) on the dense model with masks, or through the
 # compressed modules (ps.compressed_training: same result to rounding)
 RETRAIN_ON = ("dense", "compressed")

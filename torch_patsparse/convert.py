@@ -2,11 +2,12 @@
 computes, unless the caller asks for a lossy step (``project=True`` or ``bits``)."""
 import copy
 import warnings
-from typing import Dict, Iterable, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
+from . import select
 from .admm import trained_pattern_set
 from .nn import kinds
 from .nn.pattern_conv import PatternConv2d
@@ -19,6 +20,16 @@ _LAYER_CHOICES = ("3x3", "all")
 def is_pattern_eligible(module: nn.Module) -> bool:
     """True when :class:`PatternConv2d` can take ``module`` (see :func:`torch_patsparse.nn.kinds.layer_kind`)."""
     return kinds.layer_kind(module) == kinds.PATTERN
+
+
+def _selected(named: List[Tuple[str, nn.Module]], selectors: list, arg: str) -> List[List[str]]:
+    """For each selector (:mod:`torch_patsparse.select`), the names of the modules it takes; one that
+    takes none is an error (a misspelt name must not pass silently)."""
+    per = [[n for n, m in named if pred(n, m)] for pred in (select.selector(s) for s in selectors)]
+    bad = [s for s, names in zip(selectors, per) if not names]
+    if bad:
+        raise ValueError(f"convert: {arg} selects modules that are not in the model: {bad}")
+    return per
 
 
 def _stored_bits(m: nn.Module) -> int:
@@ -58,7 +69,7 @@ def _pattern_layer(module: nn.Conv2d, pset: Optional[PatternSet], explicit: bool
 
 
 def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, PatternSet]] = None,
-            layers: str = "3x3", exclude: Iterable[str] = (), bits: Optional[int] = None,
+            layers: str = "3x3", exclude: Union[str, Callable, Iterable] = (), bits: Optional[int] = None,
             scheme: str = "uniform", inplace: bool = False, project: bool = False) -> nn.Module:
     """Returns ``model`` with its pruned layers replaced by compressed modules, anywhere in the tree.
 
@@ -69,13 +80,18 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
     set that holds every kernel exactly. Weights already on k-bit levels are stored as k-bit codes.
     Layers that cannot be stored smaller without loss stay dense, and a ``UserWarning`` lists them.
 
-    pattern_set: one :class:`PatternSet` for every 3x3 layer, a dict {module name: PatternSet}, or
-        None (see above). An explicit set must hold every kernel, else ``ValueError`` (or projection
-        with ``project=True``).
+    Module names are given as selectors (:mod:`torch_patsparse.select`: an exact name, a glob
+    ``"features.*"``, a regex ``"re:layer\\d\\.0\\.conv1"`` or a callable ``(name, module) -> bool``);
+    one that selects no module is a ``ValueError``.
+
+    pattern_set: one :class:`PatternSet` for every 3x3 layer, a dict {module selector: PatternSet}
+        (a module takes the set of the first selector that takes it), or None (see above). An
+        explicit set must hold every kernel, else ``ValueError`` (or projection with ``project=True``).
     layers: "3x3" (default) or "all": also store other ``nn.Conv2d`` / ``nn.Linear`` layers (and 3x3
         convs that are not pattern-pruned, e.g. unstructured sparsity) as sparse + k-bit modules
         (``torch_patsparse.nn.sparse``), when that is smaller than dense.
-    exclude: module names to keep dense (e.g. ``["features.0"]`` for a first conv with 3 inputs).
+    exclude: a selector or a list of them: modules to keep dense (e.g. ``["features.0"]`` for a
+        first conv with 3 inputs).
     bits / scheme: quantize the kept weights of every converted layer to ``bits`` (lossy, asked
         for). None: keep codes only where the weights already sit on quantization levels.
     project: allow the lossy projection of 3x3 layers that are not pattern-pruned (onto
@@ -91,17 +107,14 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
         raise TypeError(f"convert expects an nn.Module, got {type(model).__name__}")
     if pattern_set is not None and not isinstance(pattern_set, (PatternSet, dict)):
         raise TypeError(f"pattern_set must be a PatternSet, a dict of them or None, got {type(pattern_set).__name__}")
-    if isinstance(exclude, str):
-        exclude = [exclude]
-    exclude = set(exclude)
-    names = {name for name, _ in model.named_modules()}
-    unknown = exclude - names
-    if unknown:
-        raise ValueError(f"exclude names modules that are not in the model: {sorted(unknown)}")
+    named = list(model.named_modules())
+    excluded = set().union(*_selected(named, [exclude] if isinstance(exclude, str) or callable(exclude)
+                                      else list(exclude), "exclude"))
+    explicit_sets: Dict[str, PatternSet] = {}
     if isinstance(pattern_set, dict):
-        missing = set(pattern_set) - names
-        if missing:
-            raise ValueError(f"pattern_set names modules that are not in the model: {sorted(missing)}")
+        for pset, names in zip(pattern_set.values(), _selected(named, list(pattern_set), "pattern_set")):
+            for name in names:
+                explicit_sets.setdefault(name, pset)
     trained = {name: trained_pattern_set(m.weight) for name, m in model.named_modules()
                if kinds.layer_kind(m) == kinds.PATTERN}
     if not inplace:
@@ -110,14 +123,14 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
     swaps: List[Tuple[str, nn.Module]] = []
     dense: List[Tuple[str, str]] = []
     for name, module in model.named_modules():
-        if not name or name in exclude:
+        if not name or name in excluded:
             continue
         kind = kinds.layer_kind(module)
         if kind is None:
             continue
         new, why = None, ""
         if kind == kinds.PATTERN:
-            explicit = pattern_set.get(name) if isinstance(pattern_set, dict) else pattern_set
+            explicit = explicit_sets.get(name) if isinstance(pattern_set, dict) else pattern_set
             pset = explicit if explicit is not None else trained.get(name)
             new, why = _pattern_layer(module, pset, explicit is not None, bits, scheme, project)
             if new is None and explicit is not None:

@@ -1,6 +1,6 @@
 """Thin Python wrappers over the native ops ``torch.ops.patsparse.*``: fake (meta) kernels for
 tracing / torch.compile, and autograd (input, values, bias) registered with ``torch.library``."""
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 

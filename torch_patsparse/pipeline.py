@@ -10,8 +10,16 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from . import data as D
+from .admm import ADMM
+from .compressed_training import compressed_training
 from .config import resolve_layers
+from .convert import convert
+from .export import torchscript
+from .models import fmnist_vgg
+from .report import compression_report
 from .summary import model_stats, plot, summary_table
+from .train import evaluate, latency, recalibrate_bn, train_epoch
 
 STAGES = ("dense", "admm", "retrain", "convert", "report")
 # configuration keys each stage depends on (a later stage may start from an earlier stage's file
@@ -30,8 +38,6 @@ class Job:
     """State of one run: model, optimizer, scheduler, RNG, history; knows how to checkpoint."""
 
     def __init__(self, cfg: Dict[str, Any], args):
-        from . import data as D
-        from .models import fmnist_vgg
         self.cfg, self.args = cfg, args
         self.out = args.out
         os.makedirs(self.out, exist_ok=True)
@@ -65,7 +71,6 @@ class Job:
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=total)
 
     def make_admm_opt(self):
-        from .admm import ADMM
         c = self.cfg["admm"]
         groups, rest = resolve_layers(self.model, self.cfg["layers"])
         params = [{"params": [p for _, p in members], "names": [n for n, _ in members], "constraints": cons}
@@ -84,7 +89,6 @@ class Job:
 
     def start_retrain(self):
         """Hard prune (fixed masks / levels from here on), fresh cosine LR schedule."""
-        from .train import recalibrate_bn
         c = self.cfg["retrain"]
         self.opt.hard_prune()
         recalibrate_bn(self.model, self.x_train, self.cfg["batch_size"], show=self.show)
@@ -160,11 +164,9 @@ class Job:
         print(msg, flush=True)
 
     def evaluate(self, model=None, desc="eval") -> float:
-        from .train import evaluate
         return evaluate(self.model if model is None else model, self.x_test, self.y_test, desc=desc, show=self.show)["acc"]
 
     def run_epochs(self, stage: str, epochs: int) -> None:
-        from .train import train_epoch
         while self.epoch < epochs:
             t0, c0 = time.time(), time.process_time()
             with self.training_form():
@@ -191,9 +193,7 @@ class Job:
     def training_form(self):
         """Masked retraining through the compressed modules when asked (retrain.on); checkpoints and
         evaluation always see the dense form."""
-        from .admm import ADMM
         if self.cfg["retrain"]["on"] == "compressed" and isinstance(self.opt, ADMM) and self.opt.phase == "retrain":
-            from .compressed_training import compressed_training
             return compressed_training(self.model, self.opt)
         return contextlib.nullcontext()
 
@@ -220,7 +220,6 @@ class Job:
         if self.begin("admm"):
             self.make_admm_opt()
             if self.cfg["admm"]["method"] == "oneshot":  # prune before the first forward pass
-                from .train import recalibrate_bn
                 self.opt.hard_prune()
                 recalibrate_bn(self.model, self.x_train, self.cfg["batch_size"], show=self.show)
                 self.history["acc"]["oneshot_pruned"] = self.evaluate(desc="one-shot pruned eval")
@@ -231,7 +230,6 @@ class Job:
         self.history["acc"]["admm"] = self.evaluate(desc="admm eval")
         # The running BatchNorm statistics lag weights that the penalty still moves fast; the same
         # weights with re-estimated statistics (on a copy) say more about what ADMM reached.
-        from .train import recalibrate_bn
         probe = copy.deepcopy(self.model)
         recalibrate_bn(probe, self.x_train, self.cfg["batch_size"], show=self.show)
         self.history["acc"]["admm_bn"] = self.evaluate(probe, desc="admm eval (BN re-estimated)")
@@ -255,15 +253,13 @@ class Job:
         PatternConv2d, each with the pattern set its ADMM group trained with; with
         ``torch_patsparse.nn.sparse`` available, the other constrained layers (FC) are stored
         sparse + k-bit too."""
-        from .convert import convert
-        psets = self.opt.pattern_sets_by_module(self.model) if hasattr(self.opt, "pattern_sets_by_module") else {}
-        modules = dict(self.model.named_modules())
         # 3x3 convs -> PatternConv2d; the other constrained layers (FC) -> sparse k-bit modules;
         # layers no rule constrains stay dense (excluded, so convert has nothing to warn about)
-        exclude = []
-        if hasattr(self.opt, "pattern_sets"):  # ADMM: its groups say which layers were constrained
+        psets, exclude = {}, []
+        if isinstance(self.opt, ADMM):  # its groups say which layers were constrained
+            psets = self.opt.pattern_sets_by_module(self.model)
             constrained = {n for g in self.opt.param_groups if g.get("constraints") for n in g.get("names", [])}
-            exclude = [name for name, m in modules.items()
+            exclude = [name for name, m in self.model.named_modules()
                        if name and isinstance(getattr(m, "weight", None), torch.nn.Parameter)
                        and f"{name}.weight" not in constrained]
         return convert(self.model, pattern_set=psets, layers="all", exclude=exclude).eval()
@@ -282,8 +278,6 @@ class Job:
         self.finish("convert")
 
     def stage_report(self) -> None:
-        from . import compression_report
-        from .train import latency
         self.begin("report")
         dense = self.model.eval()
         comp = self.converted.eval()
@@ -297,7 +291,6 @@ class Job:
         self.history["latency_ms"] = lat
         ts_path = os.path.join(self.out, "model_compressed.pt")
         try:
-            from .export import torchscript
             torchscript(comp, ts_path)
             loaded = torch.jit.load(ts_path)
             with torch.no_grad():

@@ -1,8 +1,11 @@
-"""Which parameters a constraint rule takes: the one selector language of the library and the CLI.
+"""Which parameters a constraint rule takes, which modules ``convert`` treats: the one selector
+language of the library and the CLI.
 
-A selector is a glob over the parameter name (``"features.*.weight"``, ``fnmatch`` case-sensitive),
-a regex with the prefix ``"re:"`` (``"re:features\\.\\d+\\.weight"``, full match), or a callable
-``(name, param) -> bool``. Each parameter goes to the first rule whose selector takes it.
+A selector is a glob over the name (``"features.*.weight"``, ``fnmatch`` case-sensitive; a string
+always matches a name equal to it, so exact names work even when they hold glob characters, as
+``nn.ModuleDict`` keys may), a regex with the prefix ``"re:"`` (``"re:features\\.\\d+\\.weight"``,
+full match), or a callable ``(name, param_or_module) -> bool``. Each parameter goes to the first
+rule whose selector takes it.
 
     groups = ps.select.param_groups(model, {"features.*.weight": [C.Pattern(k=8)],
                                             "classifier.*.weight": [C.Unstructured(keep=0.1)]})
@@ -37,7 +40,7 @@ def selector(sel, plain: str = "glob") -> Callable[[str, torch.Tensor], bool]:
         except re.error as e:
             raise ValueError(f"select: {sel!r} is not a valid regex: {e}") from e
         return lambda name, p: pattern.fullmatch(name) is not None
-    return lambda name, p: fnmatch.fnmatchcase(name, sel)
+    return lambda name, p: name == sel or fnmatch.fnmatchcase(name, sel)
 
 
 def assign(named: Iterable[Named], selectors: Sequence, plain: str = "glob",

@@ -3,9 +3,11 @@ from typing import Any, Dict
 
 import torch
 
+from .nn import PatternConv2d
+
+
 def model_stats(dense: torch.nn.Module, comp: torch.nn.Module) -> Dict[str, Any]:
     """Per-layer density, kept 3x3 kernels, pattern usage and storage of the compressed model."""
-    from .nn import PatternConv2d
     layers = []
     usage: Dict[tuple, int] = {}
     bits = dense_bits = kernels = kept = 0

@@ -2,11 +2,9 @@
 (``torch.load(weights_only=True)`` reads it); older state_dicts load."""
 from __future__ import annotations
 
-import torch
-
 from .. import constraints as C
 from ..patterns import PatternSet
-from ._state import SCALAR_KEYS, TENSOR_KEYS, _shift
+from ._state import from_saved, to_saved
 
 
 class Checkpoint:
@@ -18,13 +16,7 @@ class Checkpoint:
             if "constraints" in g:
                 g["constraints"] = [C.to_spec(c) for c in C.ordered(g["constraints"])]
         params = [p for g in self.param_groups for p in g["params"]]
-        per = {}
-        for i, p in enumerate(params):
-            st = self._admm.get(p)
-            if st is None:
-                continue
-            per[i] = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in st.items()
-                      if k in TENSOR_KEYS + SCALAR_KEYS}
+        per = {i: to_saved(self._admm[p]) for i, p in enumerate(params) if p in self._admm}
         sd["admm"] = {
             "version": 1, "phase": self._phase, "step": self._step_count,
             "hyper": {"rho": self.rho, "rho_growth": self.rho_growth, "rho_max": self.rho_max,
@@ -67,13 +59,8 @@ class Checkpoint:
             if tuple(p.shape) != tuple(s):
                 raise ValueError(f"ADMM.load_state_dict: parameter '{n}' has shape {list(p.shape)}, "
                                  f"the state_dict's has {list(s)} (state_dict of another model?)")
-        new_admm = {}
-        for i, st in a["params"].items():
-            p = params[int(i)]
-            new_admm[p] = {k: (v.to(p.device).clone() if torch.is_tensor(v) else v) for k, v in st.items()}
-            if a["phase"] == "admm" and "U" in new_admm[p]:
-                k = new_admm[p].setdefault("k", 1)
-                new_admm[p]["C"] = _shift(new_admm[p]["U"], new_admm[p]["Z"], k)
+        new_admm = {params[int(i)]: from_saved(st, a["phase"], params[int(i)].device, names[int(i)])
+                    for i, st in a["params"].items()}
         new_ps = {int(gi): PatternSet.from_tensor(t) for gi, t in a["pattern_sets"].items()}
         rest = {k: v for k, v in state_dict.items() if k != "admm"}
         rest["param_groups"] = saved_groups

@@ -48,26 +48,26 @@ class FusedStep:
                 if grad is None:
                     continue
                 st = self._admm[p]
-                if st["scale"] is None:  # first step with a gradient: calibrate from it
+                if st.scale is None:  # first step with a gradient: calibrate from it
                     wn = float(p.norm())
-                    st["scale"] = float(grad.norm()) / wn if wn > 0 else 0.0
-                    st["rho_eff"] = self._cap(st["rho"] * st["scale"], g, st["k"])
+                    st.scale = float(grad.norm()) / wn if wn > 0 else 0.0
+                    st.rho_eff = self._cap(st.rho * st.scale, g, st.k)
                 elif calib:
-                    st["gsum"] += grad.norm().double()
-                    st["gcnt"] += 1
-                r = st["rho_eff"] * st["k"]  # sum_j rho (W - Z_j + U_j) = k rho (W + mean_j (U_j - Z_j))
+                    st.gsum += grad.norm().double()
+                    st.gcnt += 1
+                r = st.rho_eff * st.k  # sum_j rho (W - Z_j + U_j) = k rho (W + mean_j (U_j - Z_j))
                 if not r:
                     continue
                 if g.get("maximize"):  # the base negates the whole gradient: the penalty must still descend
                     r = -r
-                if not _native_ok(p, grad, st["C"]):
+                if not _native_ok(p, grad, st.shift):
                     grad.add_(p, alpha=r)
-                    grad.add_(st["C"], alpha=r)
+                    grad.add_(st.shift, alpha=r)
                 elif fusable:
-                    self._fused_step(p, grad, st["C"], r, g)
+                    self._fused_step(p, grad, st.shift, r, g)
                     stepped.append(p)
                 else:
-                    torch.ops.patsparse.admm_penalty_(grad, p, st["C"], r)
+                    torch.ops.patsparse.admm_penalty_(grad, p, st.shift, r)
         return stepped
 
     def _fused_step(self, p: torch.Tensor, grad: torch.Tensor, shift: torch.Tensor, r: float, g: dict) -> None:

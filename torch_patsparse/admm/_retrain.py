@@ -10,6 +10,7 @@ import torch
 from .. import constraints as C
 from .. import project
 from ..quant import levels as quant_levels
+from ._state import RetrainState
 
 
 def _units(c, shape) -> int:
@@ -52,15 +53,15 @@ class HardPrune:
             pset = self._pattern_sets.get(gi)
             for p, _ in pairs:
                 final, mask, quant, scale = self._prune_quantize(p, cons, pset)
-                st = {"mask": mask, "levels": None, "latent": None}
+                st = RetrainState(mask)
                 if quant is not None:
                     top = quant_levels(quant.bits)  # codes span -top..top
                     all_codes = torch.arange(-top, top + 1, device=p.device)
-                    st["levels"] = project.dequantize(all_codes, scale, quant.scheme, dtype=p.dtype).unique()
-                    st["latent"] = final.clone()
+                    st.levels = project.dequantize(all_codes, scale, quant.scheme, dtype=p.dtype).unique()
+                    st.latent = final.clone()
                 new[p] = (final, st)
         for p, (final, st) in new.items():
-            self._apply(p, final, st["mask"])
+            self._apply(p, final, st.mask)
         self._admm = {p: st for p, (_, st) in new.items()}
         self._phase = "retrain"
 
@@ -103,7 +104,7 @@ class HardPrune:
                 sched = [_scheduled(c, p.shape, s) for c in cons if not isinstance(c, C.Quantize)]
                 final, mask, _, _ = self._prune_quantize(p, sched, pset)
                 self._apply(p, final, mask)
-                self._admm[p]["mask"] = mask
+                self._admm[p].mask = mask
 
     @staticmethod
     def _to_levels(w: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
@@ -115,22 +116,22 @@ class HardPrune:
     def _retrain_step(self) -> None:
         items = [(p, self._admm[p]) for g in self.param_groups for p in g["params"] if p in self._admm]
         for p, st in items:
-            if st["mask"] is not None and p.grad is not None:
-                p.grad.mul_(st["mask"])
-            if st["latent"] is not None:
-                p.copy_(st["latent"])
+            if st.mask is not None and p.grad is not None:
+                p.grad.mul_(st.mask)
+            if st.latent is not None:
+                p.copy_(st.latent)
         self.base.step()
         self._step_count += 1
         for p, st in items:
-            if st["mask"] is not None:
-                p.mul_(st["mask"])
-            if st["latent"] is not None:
-                st["latent"].copy_(p)
-                p.copy_(self._to_levels(p, st["levels"]))
+            if st.mask is not None:
+                p.mul_(st.mask)
+            if st.latent is not None:
+                st.latent.copy_(p)
+                p.copy_(self._to_levels(p, st.levels))
 
     def masks(self) -> dict:
         """``{name: bool mask}`` of the pruned tensors after :meth:`hard_prune` (else empty)."""
         if self._phase != "retrain":
             return {}
-        return {name: self._admm[p]["mask"] for _, _, _, pairs in self._constrained() for p, name in pairs
-                if self._admm[p]["mask"] is not None}
+        return {name: self._admm[p].mask for _, _, _, pairs in self._constrained() for p, name in pairs
+                if self._admm[p].mask is not None}

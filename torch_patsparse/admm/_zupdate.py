@@ -8,7 +8,7 @@ import torch
 
 from .. import constraints as C
 from ..patterns import PatternSet
-from ._state import _shift
+from ._state import ADMMState, RetrainState
 
 _BALANCE_MU, _BALANCE_TAU = 10.0, 2.0  # residual balancing (Boyd et al. 2011, eq. 3.13)
 
@@ -80,7 +80,7 @@ class ZUpdate:
             if self.method != "admm":
                 if self._phase == "gradual":
                     for p, _ in todo:
-                        self._admm[p] = {"mask": None, "levels": None, "latent": None}
+                        self._admm[p] = RetrainState()
                 continue
             with torch.no_grad():
                 k = len(self._pair_sets(cons))
@@ -88,11 +88,9 @@ class ZUpdate:
                     u = torch.zeros((k, *p.shape) if k > 1 else p.shape, dtype=p.dtype, device=p.device)
                     z = self._z_step(p, u, cons, pset)
                     fixed = self.rho_scale == "none" or self.penalty == "proximal"
-                    self._admm[p] = {"Z": z, "U": u, "C": _shift(u, z, k), "k": k, "rho": self.rho,
-                                     "scale": 1.0 if fixed else None,
-                                     "rho_eff": self._rho_eff(self.rho, 1.0, g, k) if fixed else 0.0,
-                                     "gsum": torch.zeros((), dtype=torch.float64, device=p.device),
-                                     "gcnt": 0}
+                    self._admm[p] = ADMMState(Z=z, U=u, k=k, rho=self.rho, scale=1.0 if fixed else None,
+                                              rho_eff=self._rho_eff(self.rho, 1.0, g, k) if fixed else 0.0,
+                                              gsum=torch.zeros((), dtype=torch.float64, device=p.device))
 
     @torch.no_grad()
     def admm_update(self) -> None:
@@ -109,41 +107,40 @@ class ZUpdate:
             pset = self._pattern_sets.get(gi)
             for p, _ in pairs:
                 st = self._admm[p]
-                z = self._z_step(p, st["U"], cons, pset)
+                z = self._z_step(p, st.U, cons, pset)
                 # Boyd et al. 3.3: primal r = ||W - Z||, dual s = rho ||Z - Z_old||; relative to ||W|| (rho is
                 # dimensionless here, see docs/DESIGN.md), for consensus the largest over the pairs
                 wn = float(p.norm())
-                k = st["k"]
-                r = float((p - z).reshape(k, -1).norm(dim=1).max())
-                dz = float((z - st["Z"]).reshape(k, -1).norm(dim=1).max())
-                st["primal"] = r / wn if wn > 0 else 0.0
-                st["dual"] = st["rho"] * dz / wn if wn > 0 else 0.0
-                st["U"].add_(p - z)
-                st["Z"] = z
-                old_rho = st["rho"]
+                r = float((p - z).reshape(st.k, -1).norm(dim=1).max())
+                dz = float((z - st.Z).reshape(st.k, -1).norm(dim=1).max())
+                st.primal = r / wn if wn > 0 else 0.0
+                st.dual = st.rho * dz / wn if wn > 0 else 0.0
+                st.U.add_(p - z)
+                st.Z = z
+                old_rho = st.rho
                 rho = old_rho * self.rho_growth
                 if self.balance:  # residual balancing (3.4.1): keep r and s within a factor mu
-                    if st["primal"] > _BALANCE_MU * st["dual"]:
+                    if st.primal > _BALANCE_MU * st.dual:
                         rho *= _BALANCE_TAU
-                    elif st["dual"] > _BALANCE_MU * st["primal"]:
+                    elif st.dual > _BALANCE_MU * st.primal:
                         rho /= _BALANCE_TAU
-                st["rho"] = min(rho, self.rho_max)
-                old_eff = st["rho_eff"]
+                st.rho = min(rho, self.rho_max)
+                old_eff = st.rho_eff
                 if self.rho_scale == "grad" and self.penalty == "gradient":
-                    if st["gcnt"] > 0:
+                    if st.gcnt > 0:
                         wn = float(p.norm())
-                        st["scale"] = float(st["gsum"]) / st["gcnt"] / wn if wn > 0 else 0.0
-                        st["gsum"].zero_()
-                        st["gcnt"] = 0
-                    scale = st["scale"] if st["scale"] is not None else 0.0
+                        st.scale = float(st.gsum) / st.gcnt / wn if wn > 0 else 0.0
+                        st.gsum.zero_()
+                        st.gcnt = 0
+                    scale = st.scale if st.scale is not None else 0.0
                 else:
                     scale = 1.0
-                st["rho_eff"] = self._rho_eff(st["rho"], scale, g, st["k"])
-                if self.rescale_dual and self.penalty == "gradient" and old_eff > 0 and st["rho_eff"] > 0:
-                    st["U"].mul_(old_eff / st["rho_eff"])  # keep rho * U
+                st.rho_eff = self._rho_eff(st.rho, scale, g, st.k)
+                if self.rescale_dual and self.penalty == "gradient" and old_eff > 0 and st.rho_eff > 0:
+                    st.U.mul_(old_eff / st.rho_eff)  # keep rho * U
                 elif self.balance or (self.rescale_dual and self.penalty == "proximal"):  # rho changed (schedule, balancing): keep rho * U; the gradient
-                    st["U"].mul_(old_rho / st["rho"])  # calibration is a preconditioner, its noise not fed into U
-                st["C"] = _shift(st["U"], z, st["k"])
+                    st.U.mul_(old_rho / st.rho)  # calibration is a preconditioner, its noise not fed into U
+                st.update_shift()
 
     @torch.no_grad()
     def residuals(self) -> dict:
@@ -157,11 +154,11 @@ class ZUpdate:
                 if st is None or self._phase == "gradual":  # what a hard prune now would change
                     diff = (p - self._project(p, cons, self._pattern_sets.get(gi))).reshape(1, -1)
                 elif self._phase == "admm":  # consensus: the largest residual over the constraints
-                    diff = (p - st["Z"]).reshape(st["k"], -1)
+                    diff = (p - st.Z).reshape(st.k, -1)
                 else:
-                    z = p * st["mask"] if st["mask"] is not None else p
-                    if st["levels"] is not None:
-                        z = self._to_levels(z, st["levels"])
+                    z = p * st.mask if st.mask is not None else p
+                    if st.levels is not None:
+                        z = self._to_levels(z, st.levels)
                     diff = (p - z).reshape(1, -1)
                 wn = float(p.norm())
                 dn = float(diff.norm(dim=1).max())
@@ -175,9 +172,9 @@ class ZUpdate:
         if self._phase != "admm" or self.method != "admm":
             return {}
         self._ensure_init()
-        return {name: self._admm[p].get("dual", 0.0) for _, _, _, pairs in self._constrained() for p, name in pairs}
+        return {name: self._admm[p].dual or 0.0 for _, _, _, pairs in self._constrained() for p, name in pairs}
 
     def rho_eff(self) -> dict:
         """``{name: effective rho}`` currently applied to each constrained tensor's penalty."""
-        return {name: self._admm[p]["rho_eff"] for _, _, _, pairs in self._constrained() for p, name in pairs
-                if p in self._admm and "rho_eff" in self._admm[p]}
+        return {name: self._admm[p].rho_eff for _, _, _, pairs in self._constrained() for p, name in pairs
+                if isinstance(self._admm.get(p), ADMMState)}

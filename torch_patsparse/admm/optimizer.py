@@ -115,7 +115,7 @@ class ADMM(ZUpdate, FusedStep, HardPrune, Checkpoint, Optimizer):
         self.base.param_groups = self.param_groups
         self.base.state = self.state
         self._linked = True
-        self._admm: dict = {}          # param -> ADMM state (Z, U, rho, ..., or mask/levels/latent)
+        self._admm: dict = {}          # param -> ADMMState or RetrainState (admm/_state.py)
         self._pattern_sets: dict = {}  # group index -> PatternSet
         self._step_count = 0
         # "admm" (ADMM, or one-shot before its prune at the first step), "gradual", then "retrain"
@@ -215,8 +215,8 @@ class ADMM(ZUpdate, FusedStep, HardPrune, Checkpoint, Optimizer):
             for _, _, _, pairs in self._constrained():
                 for p, _ in pairs:
                     if p.grad is not None:
-                        a = self._admm[p]["rho_eff"]
-                        p.mul_(1.0 - a).add_(self._admm[p]["C"], alpha=-a)
+                        st = self._admm[p]
+                        p.mul_(1.0 - st.rho_eff).add_(st.shift, alpha=-st.rho_eff)
         self._step_count += 1
         if self._step_count % self.update_every == 0:
             self.admm_update()
