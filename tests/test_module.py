@@ -221,3 +221,12 @@ def test_renamed_keywords_warn():
     assert m.kept_kernels == 5 and m.values.shape[0] == 5
     with pytest.raises(TypeError, match="both"):
         ps.nn.PatternConv2d(4, 8, nnz=5, kept_kernels=5)
+
+
+def test_weight_reads_the_decoded_dense_weight_like_the_sparse_modules():
+    conv = pattern_weight_conv(padding=1)
+    m = ps.nn.PatternConv2d.from_dense(conv)
+    assert torch.equal(m.weight, conv.weight.detach()) and not isinstance(m.weight, torch.nn.Parameter)
+    assert [n for n, _ in m.named_parameters()] == ["values", "bias"]  # storage unchanged
+    x = torch.randn(2, conv.in_channels, 6, 6)
+    assert torch.allclose(torch.jit.script(m)(x), m(x))  # scripts: the property is not compiled

@@ -54,3 +54,12 @@ def test_param_groups_for_admm():
     opt = ps.ADMM(groups, lr=0.1)
     same = ps.ADMM.from_model(m, {r"[02]\.weight": [C.Pattern(k=4)], r"4\.weight": []}, lr=0.1)
     assert [g["params"] for g in opt.param_groups] == [g["params"] for g in same.param_groups]
+
+
+@pytest.mark.parametrize("rules", [{"nomatch.weight": [C.Pattern(k=4)]},
+                                   {"*.weight": [], "0.weight": [C.Pattern(k=4)]}])  # shadowed by the first
+def test_a_rule_that_takes_nothing_is_an_error(rules):
+    with pytest.raises(ValueError, match="takes no parameter.*0.weight"):
+        select.param_groups(net(), rules)
+    with pytest.raises(ValueError, match="takes no parameter"):
+        ps.ADMM.from_model(net(), {r"conv\d\.weight": [C.Pattern(k=4)]}, lr=0.1)  # a misspelt regex

@@ -252,8 +252,28 @@ class ExecuTorchProgram:
         self.method = self.program.load_method("forward")
 
     def __call__(self, *inputs: torch.Tensor) -> Any:
-        outputs = self.method.execute(list(inputs))
+        try:
+            outputs = self.method.execute(list(inputs))
+        except RuntimeError as e:  # the runtime's own message is an error code: say what did not fit
+            raise RuntimeError(f"ExecuTorch program {self.path}: {self._mismatch(inputs) or e}") from e
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def _mismatch(self, inputs) -> Optional[str]:
+        """What in ``inputs`` does not fit the program's inputs (count, dtype, shape), or None."""
+        meta = self.method.metadata
+        want = [meta.input_tensor_meta(i) for i in range(meta.num_inputs())]
+        if len(inputs) != len(want):
+            return f"takes {len(want)} input(s), got {len(inputs)}"
+        for i, (x, m) in enumerate(zip(inputs, want)):
+            if not isinstance(x, torch.Tensor):
+                return f"input {i} must be a tensor, got {type(x).__name__}"
+            if x.dtype != torch.float32:
+                return f"input {i} must be float32 (the kernels run float32), got {x.dtype}"
+            if list(x.shape) != list(m.sizes()):
+                return (f"input {i} has shape {list(x.shape)}; the program's input is planned for "
+                        f"{list(m.sizes())} (exported without max_batch: exactly that shape; with "
+                        "export.executorch(..., max_batch=N): batch 1..N)")
+        return None
 
 
 def load_executorch(path: Union[str, os.PathLike]) -> ExecuTorchProgram:

@@ -42,7 +42,7 @@ class PatternConv2d(PatternStateDict, nn.Module):
 
     __constants__ = ["in_channels", "out_channels", "quantized"]
     conversion_error: float
-    __jit_unused_properties__ = ["nnz", "kept_kernels"]
+    __jit_unused_properties__ = ["nnz", "kept_kernels", "weight"]
 
     @renamed_keywords("PatternConv2d", nnz="kept_kernels")
     def __init__(self, in_channels: int, out_channels: int, *args, **kwargs):
@@ -186,6 +186,13 @@ class PatternConv2d(PatternStateDict, nn.Module):
         """The dense [Cout, Cin, 3, 3] weight this layer computes with."""
         return fmt.decompress(self.patterns, self.filter_ptr, self.kernel_channel, self.kernel_pattern,
                               self.values.detach(), self.in_channels)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """Read-only: the decoded dense weight (:meth:`dense_weight`, built on each access; not a
+        Parameter). As on the sparse modules, it is there for code that reads ``conv.weight``;
+        training goes through ``values``."""
+        return self.dense_weight()
 
     @torch.jit.unused
     def pattern_set(self) -> PatternSet:
