@@ -14,8 +14,9 @@ void check_depthwise_shape(const DepthwiseShape& s) {
   if (s.batch < 0 || s.channels < 0 || s.h < 0 || s.w < 0)
     throw std::invalid_argument("depthwise conv: negative size");
   if (s.stride_h < 1 || s.stride_w < 1) throw std::invalid_argument("depthwise conv: stride must be >= 1");
-  int64_t n = 0;
-  if (!product_ok({s.batch, s.channels, s.h, s.w}, &n) || !product_ok({s.channels, 9}, &n))
+  int64_t n = 0, hp = 0, wp = 0;  // 2 (h + 2) (w + 2) bounds depthwise_scratch_floats
+  if (!product_ok({s.batch, s.channels, s.h, s.w}, &n) || !product_ok({s.channels, 9}, &n) ||
+      !add_ok(s.h, 2, &hp) || !add_ok(s.w, 2, &wp) || !product_ok({2, hp, wp}, &n))
     throw std::invalid_argument("depthwise conv: size overflows int64");
   if (s.batch * s.channels > 0 && (s.h < 1 || s.w < 1))
     throw std::invalid_argument("depthwise conv: empty spatial size");
@@ -61,6 +62,8 @@ const DepthwiseKernels* kernels_for(Isa isa) {
 
 // Below this many multiply-adds a call runs as one inline task (as spmm.cpp's kMinParallelWork).
 constexpr int64_t kMinParallelWork = int64_t(1) << 18;
+// Scratch floats a task aims at (the padded input rows and output rows it works on; fits in L2).
+constexpr int64_t kScratchFloats = int64_t(1) << 16;
 
 }  // namespace
 
@@ -76,14 +79,18 @@ void depthwise3x3_f32(Isa isa, const DepthwiseShape& s, const DepthwiseIo<float>
   int64_t work = 0;
   if (!product_ok({planes, oh, s.out_w(), 9}, &work)) work = INT64_MAX;
   if (work < kMinParallelWork) num_threads = 1;
-  // Row chunks per plane so that there are about 4 tasks a thread (batch 1, few channels).
-  const int64_t chunks = std::clamp<int64_t>((4 * std::max(1, num_threads) + planes - 1) / planes, 1, oh);
+  // Row chunks per plane: about 4 tasks a thread (batch 1 with few channels), and a bounded
+  // scratch (rows of at most kScratchFloats / 2 padded floats a task).
+  const int64_t max_rows = std::max<int64_t>(1, (kScratchFloats / (s.w + 2) - 3) / 2);
+  const int64_t chunks = std::clamp<int64_t>(
+      std::max((4 * std::max(1, num_threads) + planes - 1) / planes, (oh + max_rows - 1) / max_rows), 1, oh);
   const int64_t tasks = planes * chunks;
   pfor(tasks, num_threads > 1 ? 1 : tasks, [&](int64_t begin, int64_t end) {
-    std::vector<float> scratch(s.stride_w > 1 ? static_cast<size_t>(s.w) : 0);
+    std::vector<float> scratch(static_cast<size_t>(depthwise_scratch_floats(s, (oh + chunks - 1) / chunks)));
     for (int64_t t = begin; t < end; ++t) {
       const int64_t p = t / chunks, c = t % chunks;
-      for (int64_t oy = oh * c / chunks; oy < oh * (c + 1) / chunks; ++oy) k->row(s, io, p, oy, scratch.data());
+      const int64_t oy0 = oh * c / chunks, oy1 = oh * (c + 1) / chunks;
+      if (oy0 < oy1) k->rows(s, io, p, oy0, oy1, scratch.data());
     }
   });
 }

@@ -66,13 +66,20 @@ void reference_depthwise3x3(const DepthwiseShape& s, const DepthwiseIo<T>& io, c
 void depthwise3x3_f32(Isa isa, const DepthwiseShape& s, const DepthwiseIo<float>& io,
                       const ParallelFor& pfor = serial_for, int num_threads = 1);
 
-// An ISA's kernel (depthwise_impl.h instantiates it per ISA): output row oy of plane p (image
-// p / channels, channel p % channels); `scratch` holds w floats (used when stride_w > 1).
+// An ISA's kernel (depthwise_impl.h instantiates it per ISA): output rows [oy0, oy1) of plane p
+// (image p / channels, channel p % channels), with depthwise_scratch_floats(s, oy1 - oy0) floats of
+// scratch.
 struct DepthwiseKernels {
   int vec_len = 1;
-  void (*row)(const DepthwiseShape& s, const DepthwiseIo<float>& io, int64_t plane, int64_t oy,
-              float* scratch) = nullptr;
+  void (*rows)(const DepthwiseShape& s, const DepthwiseIo<float>& io, int64_t plane, int64_t oy0, int64_t oy1,
+               float* scratch) = nullptr;
 };
+
+// The SIMD kernels' scratch for `out_rows` output rows: the zero-padded input rows they read and one
+// stride-1 output row per output row, each w + 2 wide (sizes already checked by check_depthwise_shape).
+inline int64_t depthwise_scratch_floats(const DepthwiseShape& s, int64_t out_rows) {
+  return ((out_rows - 1) * s.stride_h + 3 + out_rows) * (s.w + 2);
+}
 
 #if defined(__x86_64__) || defined(_M_X64)
 const DepthwiseKernels& avx2_depthwise_kernels();

@@ -99,9 +99,9 @@ int main() {
         }
       }
     }
-    // batch 0, batch 1 with many channels (threaded row chunks), a large threaded plane
+    // batch 0, batch 1 with many channels (threaded row chunks), large planes, wide rows (scratch-bounded row chunks)
     for (auto [b, ch, h, w, st] : std::vector<std::array<int64_t, 5>>{
-             {0, 4, 5, 5, 1}, {1, 1, 112, 112, 1}, {1, 32, 56, 56, 2}, {3, 24, 14, 14, 1}, {1, 96, 7, 7, 2}}) {
+             {0, 4, 5, 5, 1}, {1, 1, 112, 112, 1}, {1, 2, 5, 40000, 1}, {1, 1, 4, 70000, 2}, {1, 32, 56, 56, 2}, {3, 24, 14, 14, 1}, {1, 96, 7, 7, 2}}) {
       DepthwiseShape s;
       s.batch = b;
       s.channels = ch;
