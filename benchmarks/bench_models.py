@@ -8,8 +8,8 @@ depthwise, stem and FC dense; non-trivial BatchNorm statistics).
 
 Dense baseline = the fastest of: BatchNorm folded by torch.fx (``torch.fx.experimental.optimization
 .fuse``) in NCHW and in channels_last, and ``ps.optimize_for_inference`` of the dense model (BatchNorm
-folded, channels_last stem + pool, fast NCHW max-pool) in NCHW and in channels_last. Ours runs NCHW
-(our kernels' layout). ``--profile`` adds a per-op breakdown of ours (torch.profiler, self CPU time
+folded, channels_last stem + pool, fast NCHW max-pool, depthwise 3x3 convs on the native NCHW kernel)
+in NCHW and in channels_last. Ours runs NCHW (our kernels' layout). ``--profile`` adds a per-op breakdown of ours (torch.profiler, self CPU time
 per forward) at batch 1, 1 thread.
 
   flock /tmp/patsparse-bench.lock python benchmarks/bench_models.py --markdown benchmarks/results/models.md

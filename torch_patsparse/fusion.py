@@ -1,7 +1,8 @@
 """What an optimized model runs and how it is built: :class:`FusedConv` (one of our conv / Linear
 modules with BatchNorm, residual add and clamp-style activation in its output stage),
-:func:`max_pool2d_nchw`, and the folding of BatchNorm / activation / bias into them (used by the
-graph and module passes of :mod:`torch_patsparse.optimize`)."""
+:class:`DepthwiseConv3x3` (a dense depthwise 3x3 conv with BatchNorm and activation folded in, on
+the native NCHW kernel), :func:`max_pool2d_nchw`, and the folding of BatchNorm / activation / bias
+into them (used by the graph and module passes of :mod:`torch_patsparse.optimize`)."""
 import copy
 import math
 from typing import List, Optional, Tuple
@@ -15,7 +16,7 @@ from .nn.pattern_conv import PatternConv2d
 from .nn.sparse import SparseLinear
 from .patterns import PatternSet
 
-__all__ = ["FusedConv", "max_pool2d_nchw"]
+__all__ = ["FusedConv", "DepthwiseConv3x3", "max_pool2d_nchw"]
 
 _INF = math.inf
 EVAL_ONLY = ("this model was built by torch_patsparse.optimize_for_inference for inference only (BatchNorm "
@@ -109,6 +110,59 @@ class FusedConv(nn.Module):
         if self.lo != -_INF or self.hi != _INF:
             parts.append(f"clamp=({self.lo}, {self.hi})")
         return ", ".join(parts)
+
+
+class DepthwiseConv3x3(nn.Module):
+    """A dense depthwise 3x3 conv (groups = channels, padding 1, dilation 1, any stride) with its
+    BatchNorm folded into ``weight`` / ``bias`` and a clamp-style activation: ``clamp(conv2d(x, weight,
+    bias, stride, 1, 1, channels), lo, hi)``. NCHW CPU input in the weight's dtype runs the native
+    kernel ``patsparse::depthwise_conv3x3`` (it keeps MobileNet's inverted residuals in the NCHW
+    layout of our sparse 1x1 convs; PyTorch's NCHW depthwise path is several times slower than its
+    channels_last one); any other input (channels_last, other devices or dtypes, unbatched, input
+    that needs a gradient) runs ``F.conv2d`` and the clamp, with ``F.conv2d``'s errors. Built by
+    :func:`optimize_for_inference`."""
+
+    channels: int
+    stride: List[int]
+    lo: float
+    hi: float
+
+    def __init__(self, conv: nn.Conv2d, lo: float = -_INF, hi: float = _INF):
+        super().__init__()
+        if not is_depthwise3x3(conv):
+            raise ValueError("DepthwiseConv3x3 needs a dense fp32 depthwise 3x3 conv with padding 1 and dilation 1")
+        self.channels = int(conv.out_channels)
+        self.stride = [int(v) for v in conv.stride]
+        self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+        self.lo, self.hi = float(lo), float(hi)
+
+    def train(self, mode: bool = True):
+        if mode:  # BatchNorm is folded in
+            raise RuntimeError(EVAL_ONLY)
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type == "cpu" and x.dim() == 4 and x.dtype == self.weight.dtype and not x.requires_grad
+                and x.size(1) == self.channels and x.size(2) > 0 and x.size(3) > 0
+                and not (x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())):
+            return torch.ops.patsparse.depthwise_conv3x3(x, self.weight, self.bias, self.stride, self.lo, self.hi)
+        out = F.conv2d(x, self.weight, self.bias, self.stride, 1, 1, self.channels)
+        if self.lo != -_INF or self.hi != _INF:
+            out = out.clamp(self.lo, self.hi)
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"{self.channels}, stride={tuple(self.stride)}, bias={self.bias is not None}, "
+                f"clamp=({self.lo}, {self.hi})")
+
+
+def is_depthwise3x3(conv: nn.Module) -> bool:
+    """A dense fp32 CPU depthwise 3x3 conv that :class:`DepthwiseConv3x3` takes."""
+    return (type(conv) is nn.Conv2d and conv.groups == conv.in_channels == conv.out_channels
+            and conv.kernel_size == (3, 3) and conv.padding == (1, 1) and conv.dilation == (1, 1)
+            and conv.padding_mode == "zeros" and conv.weight.dtype == torch.float32
+            and conv.weight.device.type == "cpu")
 
 
 def _geometry(conv: nn.Module) -> List[int]:

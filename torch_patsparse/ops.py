@@ -210,6 +210,18 @@ def _(input, header, index, codes, values, code_scale, out_features, scale, shif
     return input.new_empty((*input.shape[:-1], out_features))
 
 
+# Depthwise 3x3 conv with bias + clamp (DepthwiseConv3x3's native path, csrc/depthwise_ops.cpp;
+# inference only: no autograd formula).
+@torch.library.register_fake("patsparse::depthwise_conv3x3")
+def _(input, weight, bias, stride, lo, hi):
+    torch._check(input.dim() == 4, lambda: "patsparse: input must be 4-D")
+    n, c, h, w = input.shape
+    out = input.new_empty((n, c, (h - 1) // stride[0] + 1, (w - 1) // stride[1] + 1))
+    if input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous():
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
 def _sparse_setup_context(ctx, inputs, output):
     input, header, index, codes, values, code_scale, rows, scale, shift, residual = inputs[:10]
     ctx.conv = len(inputs) == 13

@@ -11,7 +11,9 @@ What it does, on a deep copy (the input model is untouched):
   ``relu_``, ...) becomes one :class:`FusedConv` call: ``clamp(conv(x) * scale + shift + residual,
   lo, hi)``, with BatchNorm folded to ``scale = gamma / sqrt(var + eps)``, ``shift = scale * (bias -
   mean) + beta`` and the stored (possibly quantized) weights untouched. A dense ``nn.Conv2d``
-  followed by BatchNorm gets the BatchNorm folded into its weight and bias.
+  followed by BatchNorm gets the BatchNorm folded into its weight and bias; a dense depthwise 3x3
+  one (MobileNet's) then also takes the activation and runs as :class:`DepthwiseConv3x3` (native
+  NCHW kernel with the clamp in its output stage).
 * **memory format**: a dense conv whose (BatchNorm / activation) output feeds a max-pool runs that
   segment in channels_last and returns to NCHW after the pool (PyTorch's NCHW ``max_pool2d`` is
   10-30x slower than channels_last at one thread; ResNet's 7x7 stem + pool); other NCHW max-pools
@@ -38,13 +40,13 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .fusion import (FusedConv, act_bounds_module, as_pattern_stem, foldable_bn, fold_dense, fused,
-                     max_pool2d_nchw)
+from .fusion import (DepthwiseConv3x3, FusedConv, act_bounds_module, as_pattern_stem, foldable_bn, fold_dense,
+                     fused, is_depthwise3x3, max_pool2d_nchw)
 from .nn.pattern_conv import PatternConv2d
 from .nn.sparse import SparseConv2d, SparseLinear
 
-# FusedConv and max_pool2d_nchw live in torch_patsparse.fusion (re-exported here, their old home).
-__all__ = ["optimize_for_inference", "FusedConv", "max_pool2d_nchw"]
+# FusedConv, DepthwiseConv3x3 and max_pool2d_nchw live in torch_patsparse.fusion (re-exported here).
+__all__ = ["optimize_for_inference", "FusedConv", "DepthwiseConv3x3", "max_pool2d_nchw"]
 
 _INF = math.inf
 _OURS = (PatternConv2d, SparseConv2d, SparseLinear)
@@ -55,7 +57,7 @@ class _Tracer(fx.Tracer):
     """Keeps our modules (and torch.nn's) as leaves."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, _OURS + (FusedConv,)) or super().is_leaf_module(m, qualname)
+        return isinstance(m, _OURS + (FusedConv, DepthwiseConv3x3)) or super().is_leaf_module(m, qualname)
 
 
 _IDENTITIES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
@@ -156,9 +158,18 @@ def _fuse_graph(gm: fx.GraphModule) -> None:
             chain.append(user)
         if not ours:  # dense conv: fold BatchNorm into the weight, leave the rest to PyTorch
             if bn is not None:
-                _set_module(gm, node.target, fold_dense(conv, bn))
+                conv = fold_dense(conv, bn)
+                _set_module(gm, node.target, conv)
+                modules[node.target] = conv
                 cur.replace_all_uses_with(node)
                 graph.erase_node(cur)
+            if is_depthwise3x3(conv):  # and a depthwise 3x3 one takes its activation into our kernel
+                user = _only_user(node)
+                bounds = _act_bounds(user, node, modules) if user is not None else None
+                if bounds is not None:
+                    user.replace_all_uses_with(node)
+                    graph.erase_node(user)
+                _set_module(gm, node.target, DepthwiseConv3x3(conv, *(bounds or (-_INF, _INF))))
             continue
         residual = None
         user = _only_user(cur)
@@ -279,12 +290,16 @@ def _fold_sequential(seq: nn.Sequential) -> None:
         j, bn, bounds = i + 1, None, None
         if j < len(names) and foldable_bn(seq._modules[names[j]], conv):
             bn, j = seq._modules[names[j]], j + 1
-        if ours and j < len(names):
+        depthwise = is_depthwise3x3(conv)
+        if (ours or depthwise) and j < len(names):
             bounds = act_bounds_module(seq._modules[names[j]])
             if bounds is not None:
                 j += 1
         if ours and (bn is not None or bounds is not None or conv.bias is not None):
             seq._modules[names[i]] = fused(conv, bn, *(bounds or (-_INF, _INF)))
+        elif depthwise:
+            seq._modules[names[i]] = DepthwiseConv3x3(conv if bn is None else fold_dense(conv, bn),
+                                                      *(bounds or (-_INF, _INF)))
         elif bn is not None:
             seq._modules[names[i]] = fold_dense(conv, bn)
         else:

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "csrc/kernels/spmm_impl.h"
+#include "csrc/kernels/depthwise_impl.h"
 
 namespace patsparse {
 namespace {
@@ -50,6 +51,11 @@ struct Simd {
 
 const SpmmKernels& neon_spmm_kernels() {
   static const SpmmKernels k = spmm_simd::make_kernels<Simd, 8>();
+  return k;
+}
+
+const DepthwiseKernels& neon_depthwise_kernels() {
+  static const DepthwiseKernels k = depthwise_simd::make_kernels<Simd>();
   return k;
 }
 

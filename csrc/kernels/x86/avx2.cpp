@@ -12,6 +12,7 @@
 #include "tile_impl.h"  // after the pragma: compiled for this ISA
 #include "../grad_tile_impl.h"
 #include "../spmm_impl.h"
+#include "../depthwise_impl.h"
 
 namespace patsparse {
 namespace {
@@ -74,6 +75,11 @@ const GradValueKernels& avx2_grad_value_kernels() {
 
 const SpmmKernels& avx2_spmm_kernels() {
   static const SpmmKernels k = spmm_simd::make_kernels<Simd, 8>();
+  return k;
+}
+
+const DepthwiseKernels& avx2_depthwise_kernels() {
+  static const DepthwiseKernels k = depthwise_simd::make_kernels<Simd>();
   return k;
 }
 

@@ -12,6 +12,7 @@
 #include "tile_impl.h"  // after the pragma: compiled for this ISA
 #include "../grad_tile_impl.h"
 #include "../spmm_impl.h"
+#include "../depthwise_impl.h"
 
 namespace patsparse {
 namespace {
@@ -73,6 +74,11 @@ const GradValueKernels& avx512_grad_value_kernels() {
 
 const SpmmKernels& avx512_spmm_kernels() {
   static const SpmmKernels k = spmm_simd::make_kernels<Simd, 8>();
+  return k;
+}
+
+const DepthwiseKernels& avx512_depthwise_kernels() {
+  static const DepthwiseKernels k = depthwise_simd::make_kernels<Simd>();
   return k;
 }
 
