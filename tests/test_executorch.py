@@ -461,3 +461,40 @@ def test_bad_sparse_weights_fail_in_the_kernel(tmp_path):
     program = export.load_executorch(export.executorch(model, tmp_path / "bad.pte", (x,)))
     with pytest.raises(RuntimeError):
         program(x)
+
+
+@needs_et
+def test_optimized_inverted_residual_round_trip(tmp_path):
+    """MobileNet-V2's block: the native depthwise kernel of optimize_for_inference has no ExecuTorch
+    kernel, so export hands the depthwise conv (and its ReLU6) to XNNPACK."""
+    torch.manual_seed(0)
+
+    def bn(c):
+        b = nn.BatchNorm2d(c)
+        b.running_mean.uniform_(-0.5, 0.5), b.running_var.uniform_(0.5, 2), b.weight.data.uniform_(0.5, 1.5)
+        return b
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.expand = nn.Sequential(nn.Conv2d(8, 32, 1, bias=False), bn(32), nn.ReLU6())
+            self.dw = nn.Sequential(nn.Conv2d(32, 32, 3, 1, 1, groups=32, bias=False), bn(32), nn.ReLU6())
+            self.project = nn.Sequential(nn.Conv2d(32, 8, 1, bias=False), bn(8))
+
+        def forward(self, x):
+            return x + self.project(self.dw(self.expand(x)))
+
+    block = Block().eval()
+    with torch.no_grad():
+        for conv in (block.expand[0], block.project[0]):
+            conv.weight.mul_(torch.rand_like(conv.weight) < 0.25)
+    model = ps.optimize_for_inference(ps.convert(block, layers="all"))
+    assert any(isinstance(m, ps.fusion.DepthwiseConv3x3) for m in model.modules())
+    x = torch.randn(1, 8, 12, 12)
+    path = export.executorch(model, tmp_path / "mb.pte", (x,))
+    calls, _ = pte_operators(path)
+    assert calls.count("patsparse::sparse_conv1x1.out") == 2 and not any("depthwise" in c for c in calls), calls
+    with torch.no_grad():
+        want = block(x)
+        assert_close(model(x), want, rtol=1e-4)
+    assert_close(export.load_executorch(path)(x), want, rtol=1e-4)

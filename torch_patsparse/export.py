@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from . import ops  # noqa: F401  (registers torch.ops.patsparse so scripting resolves the ops)
-from .fusion import foldable_bn, fused
+from .fusion import DepthwiseConv3x3, foldable_bn, fused
 
 __all__ = ["torchscript", "mobile", "executorch", "load_executorch", "executorch_kernel_library",
            "LITE_INTERPRETER_WARNING"]
@@ -170,6 +170,13 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
             # torch.export specialises a size-1 example dim: trace with batch 2 (only shapes matter).
             example_inputs = tuple(torch.cat([x, x]) if x.shape[0] == 1 else x for x in example_inputs)
     model = copy.deepcopy(model).eval()
+    # the native depthwise kernel of optimize_for_inference has no ExecuTorch kernel: XNNPACK runs it
+    for name, m in list(model.named_modules()):
+        if isinstance(m, DepthwiseConv3x3):
+            if not name:
+                model = m.to_dense()
+                break
+            _set_submodule(model, name, m.to_dense())
     for p in model.parameters():
         if p.dtype != torch.float32:
             raise ValueError(f"export.executorch: the model must be float32 (model.float()), found {p.dtype}")

@@ -152,6 +152,20 @@ class DepthwiseConv3x3(nn.Module):
             out = out.clamp(self.lo, self.hi)
         return out
 
+    def to_dense(self) -> nn.Module:
+        """The same function as ``nn.Conv2d`` (+ ``nn.Hardtanh`` / ``nn.ReLU`` when clamped): what
+        runtimes without the native kernel (ExecuTorch's XNNPACK) take."""
+        conv = nn.Conv2d(self.channels, self.channels, 3, self.stride, 1, 1, self.channels, self.bias is not None,
+                         device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(self.weight)
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        if self.lo == -_INF and self.hi == _INF:
+            return conv.eval()
+        act = nn.ReLU() if (self.lo, self.hi) == (0.0, _INF) else nn.Hardtanh(self.lo, self.hi)
+        return nn.Sequential(conv, act).eval()
+
     def extra_repr(self) -> str:
         return (f"{self.channels}, stride={tuple(self.stride)}, bias={self.bias is not None}, "
                 f"clamp=({self.lo}, {self.hi})")
