@@ -352,7 +352,8 @@ void plan_grad_values(const ExecPlan& plan, const GradValueKernels& gk, const Co
   const int64_t E = plan.entries, VL = gk.vec_len;
   if (VL < 1 || VL > kMaxVecLen) throw_invalid("plan_grad_values: bad kernel vector length");
   for (int G = 1; G <= kPlanMaxGroup; ++G)
-    if (!gk.fn[G]) throw_invalid("plan_grad_values: kernel table has a hole");
+    if (!gk.fn[G])
+      throw_invalid("plan_grad_values: kernel table has a hole: no " + microkernel_name("patconv_gradv", G, 0, gk.isa));
   std::fill(grad_values, grad_values + plan.nnz * E, 0.f);
   if (s.batch == 0 || s.out_channels == 0 || s.out_h == 0 || s.out_w == 0 || plan.nnz == 0) return;
 

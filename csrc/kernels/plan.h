@@ -142,24 +142,31 @@ std::string microkernel_name(const char* op, int g, int v, const char* isa);
 // An ISA's tile list, as data: the widest V offered for each G = 1..kPlanMaxGroup ([0] unused).
 using TileList = std::array<int, kPlanMaxGroup + 1>;
 
+namespace detail {
+template <class K, int G, int... V>
+void fill_tile_row(MicroKernels& mk, std::integer_sequence<int, V...>) {
+  static_assert(sizeof...(V) >= 1 && sizeof...(V) <= kPlanMaxVecs, "tile list out of range");
+  ((mk.fn[G][V + 1] = &K::template tile<G, V + 1>), ...);
+  mk.max_vecs[G] = static_cast<int>(sizeof...(V));
+}
+template <class K, const TileList& list, int... G>
+void fill_tiles(MicroKernels& mk, std::integer_sequence<int, G...>) {
+  (fill_tile_row<K, G + 1>(mk, std::make_integer_sequence<int, list[G + 1]>{}), ...);
+}
+}  // namespace detail
+
 // The table of `list`: fn[G][V] = &K::template tile<G, V> for every G and V = 1..list[G]. K is the
 // ISA's tile family (a struct with `template <int G, int V> static void tile(const TileArgs&)`);
-// instantiate this in the ISA's file, after its `#pragma GCC target(...)`.
-template <class K, TileList list>
+// instantiate this in the ISA's file, after its `#pragma GCC target(...)`. (C++17: the core also
+// builds into the ExecuTorch library.)
+template <class K, const TileList& list>
 MicroKernels make_microkernels(const char* isa, int vec_len, bool counts) {
   static_assert(list[0] == 0, "TileList[0] is unused");
   MicroKernels mk;
   mk.isa = isa;
   mk.vec_len = vec_len;
   mk.counts = counts;
-  auto row = [&]<int G, int... V>(std::integer_sequence<int, V...>) {
-    static_assert(sizeof...(V) >= 1 && sizeof...(V) <= kPlanMaxVecs, "tile list out of range");
-    ((mk.fn[G][V + 1] = &K::template tile<G, V + 1>), ...);
-    mk.max_vecs[G] = static_cast<int>(sizeof...(V));
-  };
-  [&]<int... G>(std::integer_sequence<int, G...>) {
-    (row.template operator()<G + 1>(std::make_integer_sequence<int, list[G + 1]>{}), ...);
-  }(std::make_integer_sequence<int, kPlanMaxGroup>{});
+  detail::fill_tiles<K, list>(mk, std::make_integer_sequence<int, kPlanMaxGroup>{});
   return mk;
 }
 

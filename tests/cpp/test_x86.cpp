@@ -135,6 +135,17 @@ void check_names(const MicroKernels& mk, std::mt19937& rng) {
   if (isa == "avx512" && widest != "f32_patconv_g4v6__avx512") fail("AVX-512 widest G=4 tile is " + widest);
   if (isa == "avx2" && widest != "f32_patconv_g4v3__avx2") fail("AVX2 widest G=4 tile is " + widest);
   if (names.empty() || !plan_forward_tiles(*plan, mk, ConvShape{}).empty()) fail("empty / non-empty lists");
+  // A hole in the table is an error naming the missing micro-kernel.
+  MicroKernels holey = mk;
+  holey.fn[2][1] = nullptr;
+  std::vector<float> x(s.batch * s.in_channels * s.in_h * s.in_w), out(s.batch * s.out_channels * s.out_h * s.out_w);
+  std::string err;
+  try {
+    plan_forward(*plan, holey, s, w.values.data(), x.data(), nullptr, out.data());
+  } catch (const std::invalid_argument& e) {
+    err = e.what();
+  }
+  if (err.find(microkernel_name("patconv", 2, 1, mk.isa)) == std::string::npos) fail("hole error: '" + err + "'");
 }
 
 }  // namespace
