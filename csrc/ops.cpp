@@ -40,10 +40,10 @@ void check_format(const at::Tensor& patterns, const at::Tensor& filter_ptr, cons
   // Index arrays are validated on the host before any kernel reads through them.
   auto p = patterns.cpu().contiguous(), fp = filter_ptr.cpu().contiguous();
   auto kc = kernel_channel.cpu().contiguous(), kp = kernel_pattern.cpu().contiguous();
-  const std::string err = validate_format(p.size(0), p.size(1), fp.size(0) - 1, nnz, p.data_ptr<uint8_t>(),
-                                          fp.data_ptr<int32_t>(), kc.data_ptr<int32_t>(),
-                                          kp.data_ptr<uint8_t>(), in_channels);
-  TORCH_CHECK(err.empty(), "patsparse: invalid compressed weight: ", err);
+  core_call("invalid compressed weight: ", [&] {
+    validate_format(p.size(0), p.size(1), fp.size(0) - 1, nnz, p.data_ptr<uint8_t>(), fp.data_ptr<int32_t>(),
+                    kc.data_ptr<int32_t>(), kp.data_ptr<uint8_t>(), in_channels);
+  });
 }
 
 void check_float_args(const at::Tensor& input, const at::Tensor& values, const std::optional<at::Tensor>& bias,
@@ -78,9 +78,12 @@ ConvShape make_shape(at::IntArrayRef input_size, int64_t out_channels, at::IntAr
               " are out of range for input ", input_size, " (input size + 2 * padding or 2 * dilation overflows int64)");
   TORCH_CHECK(s.out_h > 0 && s.out_w > 0, "patsparse: input ", input_size, " is too small for a 3x3 kernel with padding ",
               padding, " and dilation ", dilation);
-  const std::string err = check_shape(s);  // element counts of input and output fit in int64
-  TORCH_CHECK(err.empty(), "patsparse: ", err, " (input ", input_size, ", ", out_channels, " output channels, stride ",
-              stride, ", padding ", padding, ", dilation ", dilation, ")");
+  try {
+    check_shape(s);  // element counts of input and output fit in int64
+  } catch (const std::invalid_argument& e) {
+    TORCH_CHECK(false, "patsparse: ", e.what(), " (input ", input_size, ", ", out_channels, " output channels, stride ",
+                stride, ", padding ", padding, ", dilation ", dilation, ")");
+  }
   return s;
 }
 
@@ -184,26 +187,15 @@ at::Tensor forward_cpu(const at::Tensor& input, const at::Tensor& patterns, cons
   if (f32) {
     const auto w = weights_view<float>(p, fp, kc, kp, v);
     std::shared_ptr<const ExecPlan> plan;
-    if (isa != Isa::Scalar) {  // found or built (and validated) even for an empty batch
-      try {
-        plan = plan_cache().get(w, s.in_channels);
-      } catch (const std::invalid_argument& e) {
-        TORCH_CHECK(false, "patsparse: invalid compressed weight: ", e.what());
-      }
-    }
+    if (isa != Isa::Scalar)  // found or built (and validated) even for an empty batch
+      plan = core_call("invalid compressed weight: ", [&] { return plan_cache().get(w, s.in_channels); });
     if (out.numel() > 0) {
-      Epilogue ep;
-      ep.scale = sc ? sc->data_ptr<float>() : nullptr;
-      ep.shift = sh ? sh->data_ptr<float>() : nullptr;
-      ep.residual = res ? res->data_ptr<float>() : nullptr;
-      ep.lo = static_cast<float>(lo);
-      ep.hi = static_cast<float>(hi);
-      try {
+      const Epilogue ep = Epilogue::make(sc ? sc->data_ptr<float>() : nullptr, sh ? sh->data_ptr<float>() : nullptr,
+                                         res ? res->data_ptr<float>() : nullptr, lo, hi);
+      core_call("", [&] {
         forward_f32(isa, s, w, plan.get(), x.data_ptr<float>(), ep, out.data_ptr<float>(), aten_parallel_for(),
                     at::get_num_threads());
-      } catch (const std::invalid_argument& e) {
-        TORCH_CHECK(false, "patsparse: ", e.what());
-      }
+      });
     }
   } else if (out.numel() > 0) {
     const bool only_shift = !sc && !res && lo == -std::numeric_limits<double>::infinity() &&
@@ -244,11 +236,7 @@ TransposedPlanCache& transposed_cache() {
 // The fp32 plan for the arrays (validating them when built); null on the scalar path.
 std::shared_ptr<const ExecPlan> cached_plan(Isa isa, const PatternWeights<float>& w, int64_t in_channels) {
   if (isa == Isa::Scalar) return nullptr;
-  try {
-    return plan_cache().get(w, in_channels);
-  } catch (const std::invalid_argument& e) {
-    TORCH_CHECK(false, "patsparse: invalid compressed weight: ", e.what());
-  }
+  return core_call("invalid compressed weight: ", [&] { return plan_cache().get(w, in_channels); });
 }
 
 at::Tensor grad_input_cpu(const at::Tensor& grad_output, at::IntArrayRef input_size, const at::Tensor& patterns,
@@ -271,14 +259,12 @@ at::Tensor grad_input_cpu(const at::Tensor& grad_output, at::IntArrayRef input_s
     const auto w = weights_view<float>(p, fp, kc, kp, v);
     const auto plan = cached_plan(isa, w, s.in_channels);
     if (gin.numel() == 0) return gin;
-    try {
+    core_call("", [&] {
       std::shared_ptr<const TransposedPlan> tp;
       if (plan && plan_grad_input_supports(s)) tp = transposed_cache().get(plan);
       grad_input_f32(isa, s, w, tp.get(), go.data_ptr<float>(), gin.data_ptr<float>(), aten_parallel_for(),
                      at::get_num_threads());
-    } catch (const std::invalid_argument& e) {
-      TORCH_CHECK(false, "patsparse: ", e.what());
-    }
+    });
   } else if (gin.numel() > 0) {
     reference_grad_input<double>(s, weights_view<double>(p, fp, kc, kp, v), go.data_ptr<double>(),
                                  gin.data_ptr<double>(), aten_parallel_for());
@@ -307,12 +293,10 @@ at::Tensor grad_values_cpu(const at::Tensor& grad_output, const at::Tensor& inpu
     const auto w = weights_view<float>(p, fp, kc, kp, v);
     const auto plan = cached_plan(isa, w, s.in_channels);
     if (gv.numel() == 0 || s.batch == 0) return gv;
-    try {
+    core_call("", [&] {
       grad_values_f32(isa, s, w, plan.get(), x.data_ptr<float>(), go.data_ptr<float>(), gv.data_ptr<float>(),
                       aten_parallel_for(), at::get_num_threads());
-    } catch (const std::invalid_argument& e) {
-      TORCH_CHECK(false, "patsparse: ", e.what());
-    }
+    });
   } else if (gv.numel() > 0 && s.batch > 0) {
     reference_grad_values<double>(s, weights_view<double>(p, fp, kc, kp, v), x.data_ptr<double>(),
                                   go.data_ptr<double>(), gv.data_ptr<double>(), aten_parallel_for());

@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include <stdexcept>
+
 #include "kernels/pattern_conv.h"
 
 namespace patsparse {
@@ -35,6 +37,17 @@ void check_epilogue_args(const at::Tensor& input, const ConvShape& s, const std:
 at::Tensor epilogue_unfused(at::Tensor out, const std::optional<at::Tensor>& scale,
                             const std::optional<at::Tensor>& shift, const std::optional<at::Tensor>& residual,
                             double lo, double hi);
+
+// The binding's side of the core's error convention (kernels/error.h): runs f() and turns the
+// std::invalid_argument it throws into a c10::Error "patsparse: <context><message>".
+template <class F>
+decltype(auto) core_call(const char* context, F&& f) {
+  try {
+    return f();
+  } catch (const std::invalid_argument& e) {
+    TORCH_CHECK(false, "patsparse: ", context, e.what());
+  }
+}
 
 // Raw-pointer view of contiguous tensors (the caller keeps them alive).
 template <typename T>

@@ -58,11 +58,7 @@ StoredArrays stored_arrays(const at::Tensor& header, const at::Tensor& index, co
 }
 
 std::shared_ptr<const SparseIndex> runtime_index(const StoredArrays& a) {
-  try {
-    return sparse_index_cache().get(a.view);
-  } catch (const std::invalid_argument& e) {
-    TORCH_CHECK(false, "patsparse: invalid compressed weight: ", e.what());
-  }
+  return core_call("invalid compressed weight: ", [&] { return sparse_index_cache().get(a.view); });
 }
 
 // Optional per-channel scale / shift and output-shaped residual, in the input's dtype (contiguous).
@@ -109,11 +105,7 @@ void run(const SparseIndex& idx, const StoredArrays& a, SpmmIo<T> io, const Epil
   if (residual.defined()) io.residual = residual.data_ptr<T>();
   const CsrView w = csr_view(idx, a.values.data_ptr<float>());
   if constexpr (std::is_same_v<T, float>) {
-    try {
-      spmm_f32(active_isa(), w, io, aten_parallel_for(), at::get_num_threads());
-    } catch (const std::invalid_argument& err) {
-      TORCH_CHECK(false, "patsparse: ", err.what());
-    }
+    core_call("", [&] { spmm_f32(active_isa(), w, io, aten_parallel_for(), at::get_num_threads()); });
   } else {
     reference_spmm<T>(w, io, aten_parallel_for());
   }

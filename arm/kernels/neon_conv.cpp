@@ -48,9 +48,9 @@ constexpr bool kMultiLoad[kPlanMaxGroup + 1] = {false, true, true, true, true};
 constexpr int kTapChunk = 4;
 #endif
 
-// Widest tile per group size within the 32 vector registers: G*V accumulators + G weight vectors
-// + the input vectors in flight (G=1: 12+1+12, G=2: 16+2+8, G=3: 18+3+6, G=4: 20+4+5).
-constexpr int kMaxVecs[kPlanMaxGroup + 1] = {0, 12, 8, 6, 5};
+// The tile list (plan.h): widest tile per group size within the 32 vector registers: G*V accumulators
+// + G weight vectors + the input vectors in flight (G=1: 12+1+12, G=2: 16+2+8, G=3: 18+3+6, G=4: 20+4+5).
+constexpr TileList kNeonTiles = {0, 12, 8, 6, 5};
 
 // The V input vectors at x. Multi: 4 per instruction (LD1 of 4 registers moves 64 bytes in one
 // instruction; a G = 1 tile issues one input vector per FMLA, so load instructions count). Else
@@ -140,30 +140,19 @@ inline __attribute__((always_inline)) void tile_body(const TileArgs& t) {
   }
 }
 
-template <int G, int V>
-void neon_tile(const TileArgs& t) {
-  if (t.entries == 4) tile_body<G, V, 4>(t);
-  else tile_body<G, V, 0>(t);
-}
-
-template <int G, int... Vs>
-void fill_row(MicroKernels& mk, std::integer_sequence<int, Vs...>) {
-  ((mk.fn[G][Vs + 1] = &neon_tile<G, Vs + 1>), ...);
-  mk.max_vecs[G] = static_cast<int>(sizeof...(Vs));
-}
+// tile<G, V> is f32_patconv_g<G>v<V>__neon.
+struct NeonTiles {
+  template <int G, int V>
+  static void tile(const TileArgs& t) {
+    if (t.entries == 4) tile_body<G, V, 4>(t);
+    else tile_body<G, V, 0>(t);
+  }
+};
 
 }  // namespace
 
 const MicroKernels& neon_microkernels() {
-  static const MicroKernels mk = [] {
-    MicroKernels m;
-    m.vec_len = 4;
-    fill_row<1>(m, std::make_integer_sequence<int, kMaxVecs[1]>{});
-    fill_row<2>(m, std::make_integer_sequence<int, kMaxVecs[2]>{});
-    fill_row<3>(m, std::make_integer_sequence<int, kMaxVecs[3]>{});
-    fill_row<4>(m, std::make_integer_sequence<int, kMaxVecs[4]>{});
-    return m;
-  }();
+  static const MicroKernels mk = make_microkernels<NeonTiles, kNeonTiles>("neon", 4, /*counts=*/false);
   return mk;
 }
 

@@ -50,7 +50,7 @@ struct Simd {
 }  // namespace
 
 const SpmmKernels& neon_spmm_kernels() {
-  static const SpmmKernels k = spmm_simd::make_kernels<Simd, 8>();
+  static const SpmmKernels k = spmm_simd::make_kernels<Simd, 8>("neon");
   return k;
 }
 

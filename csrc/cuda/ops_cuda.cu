@@ -25,12 +25,11 @@
 #include <array>
 #include <cstdlib>
 #include <cstring>
-#include <list>
 #include <memory>
-#include <mutex>
 
 #include "cuda/pattern_conv_cuda.h"
 #include "cuda/plan.h"
+#include "kernels/lru_cache.h"
 #include "ops_common.h"
 
 namespace patsparse {
@@ -48,10 +47,9 @@ struct PlanEntry {
   DevicePlan view;
 };
 
-constexpr size_t kPlanCacheSize = 64;
-std::mutex g_plan_mutex;
-// Most recently used first. Never destroyed (no CUDA frees during static destruction at exit).
-auto& g_plan_cache = *new std::list<std::shared_ptr<const PlanEntry>>();
+// The CPU caches' container and bounds (kernels/lru_cache.h). Never destroyed (no CUDA frees during
+// static destruction at exit).
+auto& g_plan_cache = *new LruCache<const PlanEntry>(64, int64_t(512) << 20);
 
 bool same_tensor(const at::Tensor& cached, const at::Storage& storage, const at::Tensor& t) {
   return t.storage().unsafeGetStorageImpl() == storage.unsafeGetStorageImpl() && cached.data_ptr() == t.data_ptr() &&
@@ -71,28 +69,23 @@ bool same_content(const PlanEntry& e, const std::array<at::Tensor, 4>& index) {
 std::shared_ptr<const PlanEntry> get_plan(const std::array<at::Tensor, 4>& index, int64_t in_channels) {
   bool versioned = true;
   for (const auto& t : index) versioned = versioned && !t.is_inference();
-  std::lock_guard<std::mutex> lock(g_plan_mutex);
-  for (auto it = g_plan_cache.begin(); it != g_plan_cache.end(); ++it) {
-    const PlanEntry& e = **it;
-    bool hit = e.in_channels == in_channels && e.versioned == versioned;
-    for (size_t i = 0; hit && i < 4; ++i)
-      hit = same_tensor(e.index[i], e.storage[i], index[i]) && (!versioned || e.version[i] == index[i]._version());
-    if (!hit) continue;
-    if (!versioned && !same_content(e, index)) {  // changed in place: replace the entry
-      g_plan_cache.erase(it);
-      break;
-    }
-    g_plan_cache.splice(g_plan_cache.begin(), g_plan_cache, it);
-    return g_plan_cache.front();
+  const auto hit = g_plan_cache.find([&](const PlanEntry& e) {
+    bool same = e.in_channels == in_channels && e.versioned == versioned;
+    for (size_t i = 0; same && i < 4; ++i)
+      same = same_tensor(e.index[i], e.storage[i], index[i]) && (!versioned || e.version[i] == index[i]._version());
+    return same;
+  });
+  if (hit) {
+    if (versioned || same_content(*hit, index)) return hit;
+    g_plan_cache.remove(hit);  // unversioned and changed in place: rebuild
   }
   // Miss: one device-to-host copy of the index arrays (synchronises), validation, plan, upload.
   const at::Tensor p = index[0].cpu().contiguous(), fp = index[1].cpu().contiguous();
   const at::Tensor kc = index[2].cpu().contiguous(), kp = index[3].cpu().contiguous();
-  HostPlan host;
-  const std::string err = build_plan(p.size(0), p.size(1), fp.size(0) - 1, kc.size(0), p.data_ptr<uint8_t>(),
-                                     fp.data_ptr<int32_t>(), kc.data_ptr<int32_t>(), kp.data_ptr<uint8_t>(),
-                                     in_channels, &host);
-  TORCH_CHECK(err.empty(), "patsparse: invalid compressed weight: ", err);
+  const HostPlan host = core_call("invalid compressed weight: ", [&] {
+    return build_plan(p.size(0), p.size(1), fp.size(0) - 1, kc.size(0), p.data_ptr<uint8_t>(), fp.data_ptr<int32_t>(),
+                      kc.data_ptr<int32_t>(), kp.data_ptr<uint8_t>(), in_channels);
+  });
   std::vector<int32_t> packed = pack_plan(host);
   packed.push_back(0);  // never empty
   auto entry = std::make_shared<PlanEntry>();
@@ -110,8 +103,9 @@ std::shared_ptr<const PlanEntry> get_plan(const std::array<at::Tensor, 4>& index
     // queued kernel may change).
     if (!versioned) entry->copy[i] = host_arrays[i].to(index[i].device(), /*non_blocking=*/false, /*copy=*/true);
   }
-  g_plan_cache.push_front(entry);
-  if (g_plan_cache.size() > kPlanCacheSize) g_plan_cache.pop_back();
+  int64_t bytes = entry->device.nbytes();
+  for (const auto& c : entry->copy) bytes += c.defined() ? static_cast<int64_t>(c.nbytes()) : 0;
+  g_plan_cache.add(entry, bytes);
   return entry;
 }
 

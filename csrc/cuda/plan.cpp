@@ -8,13 +8,11 @@
 namespace patsparse {
 namespace cuda {
 
-std::string build_plan(int64_t num_patterns, int64_t entries, int64_t out_channels, int64_t nnz,
-                       const uint8_t* patterns, const int32_t* filter_ptr, const int32_t* kernel_channel,
-                       const uint8_t* kernel_pattern, int64_t in_channels, HostPlan* plan) {
-  std::string err = validate_format(num_patterns, entries, out_channels, nnz, patterns, filter_ptr,
-                                    kernel_channel, kernel_pattern, in_channels);
-  if (!err.empty()) return err;
-  if (in_channels < 0) return "negative in_channels";
+HostPlan build_plan(int64_t num_patterns, int64_t entries, int64_t out_channels, int64_t nnz,
+                    const uint8_t* patterns, const int32_t* filter_ptr, const int32_t* kernel_channel,
+                    const uint8_t* kernel_pattern, int64_t in_channels) {
+  validate_format(num_patterns, entries, out_channels, nnz, patterns, filter_ptr, kernel_channel, kernel_pattern,
+                  in_channels);  // also rejects in_channels < 0
   HostPlan p;
   p.out_channels = out_channels;
   p.in_channels = in_channels;
@@ -100,8 +98,7 @@ std::string build_plan(int64_t num_patterns, int64_t entries, int64_t out_channe
       p.kernel_out[k] = static_cast<int32_t>(o);
     }
   }
-  *plan = std::move(p);
-  return "";
+  return p;
 }
 
 namespace {

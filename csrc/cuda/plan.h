@@ -6,7 +6,6 @@
 #pragma once
 
 #include <cstdint>
-#include <string>
 #include <vector>
 
 namespace patsparse {
@@ -55,10 +54,10 @@ struct DevicePlan {
 };
 
 // Validates the arrays (validate_format: every index in range) and builds the plan. Host pointers.
-// Returns "" on success, else the validation message (plan untouched).
-std::string build_plan(int64_t num_patterns, int64_t entries, int64_t out_channels, int64_t nnz,
-                       const uint8_t* patterns, const int32_t* filter_ptr, const int32_t* kernel_channel,
-                       const uint8_t* kernel_pattern, int64_t in_channels, HostPlan* plan);
+// Throws std::invalid_argument with the validation message (the core's convention, kernels/error.h).
+HostPlan build_plan(int64_t num_patterns, int64_t entries, int64_t out_channels, int64_t nnz,
+                    const uint8_t* patterns, const int32_t* filter_ptr, const int32_t* kernel_channel,
+                    const uint8_t* kernel_pattern, int64_t in_channels);
 
 // All plan arrays concatenated (copied to the device as one buffer) ...
 std::vector<int32_t> pack_plan(const HostPlan& plan);

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <functional>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -163,8 +164,13 @@ void run_case(int N, int cin, int H, int W, int cout, int stride, int pad, int d
   const int64_t nnz = static_cast<int64_t>(w.kernel_channel.size());
 
   HostPlan hp;
-  const std::string err = build_plan(K, E, cout, nnz, w.patterns.data(), w.filter_ptr.data(), w.kernel_channel.data(),
-                                     w.kernel_pattern.data(), cin, &hp);
+  std::string err;
+  try {
+    hp = build_plan(K, E, cout, nnz, w.patterns.data(), w.filter_ptr.data(), w.kernel_channel.data(),
+                    w.kernel_pattern.data(), cin);
+  } catch (const std::invalid_argument& e) {
+    err = e.what();
+  }
   if (dup) {  // a (filter, channel) kernel listed twice is invalid (validate_format rejects it)
     if (err.empty()) { ++failures; std::printf("FAIL build_plan %s: duplicate kernel accepted\n", tag.c_str()); }
     return;
@@ -254,14 +260,21 @@ void check_validation() {
   const int32_t fp[3] = {0, 1, 2};
   const int32_t kc_bad[2] = {0, 5};
   const uint8_t kp[2] = {0, 0};
-  HostPlan hp;
-  if (build_plan(1, 4, 2, 2, pats, fp, kc_bad, kp, 3, &hp).empty()) {
+  auto rejects = [&](const int32_t* kc, const uint8_t* kp) {
+    try {
+      build_plan(1, 4, 2, 2, pats, fp, kc, kp, 3);
+    } catch (const std::invalid_argument&) {
+      return true;
+    }
+    return false;
+  };
+  if (!rejects(kc_bad, kp)) {
     ++failures;
     std::printf("FAIL validation: out-of-range kernel_channel accepted\n");
   }
   const uint8_t kp_bad[2] = {0, 1};
   const int32_t kc[2] = {0, 1};
-  if (build_plan(1, 4, 2, 2, pats, fp, kc, kp_bad, 3, &hp).empty()) {
+  if (!rejects(kc, kp_bad)) {
     ++failures;
     std::printf("FAIL validation: out-of-range kernel_pattern accepted\n");
   }

@@ -4,8 +4,9 @@
 // cache). No torch here: built against ExecuTorch's headers only (csrc/executorch/CMakeLists.txt).
 //
 // Contract of every kernel: check every argument (dtype, rank, layout, index arrays) and, on a bad
-// one, log the reason and fail the call with InvalidArgument (ExecuTorch then returns an error from
-// Method::execute); never read through an unchecked index. fp32, contiguous (default dim order).
+// one, log the reason and fail the call with InvalidArgument (kernel_guard; ExecuTorch then returns
+// an error from Method::execute); never read through an unchecked index. fp32, contiguous (default
+// dim order).
 //
 // Adding an op: a `<op>_out` function below (unpack the ExecuTorch tensors into the core's structs,
 // call the core), one EXECUTORCH_LIBRARY line, and its out schema in csrc/ops_out.cpp.
@@ -68,12 +69,18 @@ ParallelFor et_parallel_for() {
 #endif
 }
 
-// Logs `error` and fails the call when it is not empty; true when it is.
-bool ok(KernelRuntimeContext& ctx, const std::string& error) {
-  if (error.empty()) return true;
-  ET_LOG(Error, "patsparse: %s", error.c_str());
-  ctx.fail(Error::InvalidArgument);
-  return false;
+// The core's error convention (kernels/error.h) holds here too: every check below throws
+// std::invalid_argument naming the problem, and each kernel catches once (kernel_guard): it logs the
+// reason and fails the call with InvalidArgument.
+template <class F>
+Tensor& kernel_guard(KernelRuntimeContext& ctx, Tensor& out, F&& body) {
+  try {
+    body();
+  } catch (const std::exception& e) {
+    ET_LOG(Error, "patsparse: %s", e.what());
+    ctx.fail(Error::InvalidArgument);
+  }
+  return out;
 }
 
 std::string size_string(const Tensor& t) {
@@ -82,29 +89,27 @@ std::string size_string(const Tensor& t) {
   return s + "]";
 }
 
-// "" when t has this dtype, rank and the default (contiguous) dim order, else what is wrong.
-std::string check_tensor(const Tensor& t, const char* name, ScalarType dtype, int64_t dim) {
+// Throws unless t has this dtype, rank and the default (contiguous) dim order.
+void check_tensor(const Tensor& t, const char* name, ScalarType dtype, int64_t dim) {
   const std::string n(name);
   if (t.scalar_type() != dtype)
-    return n + " must be " + executorch::runtime::toString(dtype) + ", got " +
-           executorch::runtime::toString(t.scalar_type());
-  if (t.dim() != dim) return n + " must be " + std::to_string(dim) + "-D, got " + size_string(t);
+    throw_invalid(n + " must be " + executorch::runtime::toString(dtype) + ", got " +
+                  executorch::runtime::toString(t.scalar_type()));
+  if (t.dim() != dim) throw_invalid(n + " must be " + std::to_string(dim) + "-D, got " + size_string(t));
   if (!executorch::runtime::tensor_is_default_dim_order(t))
-    return n + " must be contiguous (default dim order; channels_last is not supported by this kernel)";
-  return "";
+    throw_invalid(n + " must be contiguous (default dim order; channels_last is not supported by this kernel)");
 }
 
-std::string check_pair(IntArrayRef v, const char* name) {
-  return v.size() == 2 ? "" : std::string(name) + " must have 2 elements, got " + std::to_string(v.size());
+void check_pair(IntArrayRef v, const char* name) {
+  if (v.size() != 2) throw_invalid(std::string(name) + " must have 2 elements, got " + std::to_string(v.size()));
 }
 
-// "" when the optional per-channel vector t (an epilogue's scale / shift, a bias) is absent or fp32 [channels].
-std::string check_channels(const std::optional<Tensor>& t, const char* name, int64_t channels) {
-  if (!t) return "";
-  std::string e = check_tensor(*t, name, ScalarType::Float, 1);
-  if (e.empty() && t->size(0) != channels)
-    e = std::string(name) + " must be [" + std::to_string(channels) + "], got " + size_string(*t);
-  return e;
+// Throws unless the optional per-channel vector t (an epilogue's scale / shift, a bias) is absent or fp32 [channels].
+void check_channels(const std::optional<Tensor>& t, const char* name, int64_t channels) {
+  if (!t) return;
+  check_tensor(*t, name, ScalarType::Float, 1);
+  if (t->size(0) != channels)
+    throw_invalid(std::string(name) + " must be [" + std::to_string(channels) + "], got " + size_string(*t));
 }
 
 std::string sizes_string(const std::vector<int64_t>& sizes) {
@@ -113,61 +118,58 @@ std::string sizes_string(const std::vector<int64_t>& sizes) {
   return s + "]";
 }
 
-// "" when the optional residual is absent or an fp32 contiguous tensor of the output's sizes.
-std::string check_residual(const std::optional<Tensor>& t, const std::vector<int64_t>& out_sizes) {
-  if (!t) return "";
-  std::string e = check_tensor(*t, "residual", ScalarType::Float, static_cast<int64_t>(out_sizes.size()));
-  if (!e.empty()) return e;
+// Throws unless the optional residual is absent or an fp32 contiguous tensor of the output's sizes.
+void check_residual(const std::optional<Tensor>& t, const std::vector<int64_t>& out_sizes) {
+  if (!t) return;
+  check_tensor(*t, "residual", ScalarType::Float, static_cast<int64_t>(out_sizes.size()));
   for (size_t d = 0; d < out_sizes.size(); ++d)
     if (t->size(static_cast<int64_t>(d)) != out_sizes[d])
-      return "residual must have the output's shape " + sizes_string(out_sizes) + ", got " + size_string(*t);
-  return "";
+      throw_invalid("residual must have the output's shape " + sizes_string(out_sizes) + ", got " + size_string(*t));
 }
 
 // The epilogue's clamp bounds (kernels/epilogue.h): lo <= hi, neither NaN.
-std::string check_bounds(double lo, double hi) {
-  return lo <= hi ? "" : "the clamp bounds must satisfy lo <= hi and not be NaN, got lo=" + std::to_string(lo) +
-                             ", hi=" + std::to_string(hi);
+void check_bounds(double lo, double hi) {
+  if (!(lo <= hi))
+    throw_invalid("the clamp bounds must satisfy lo <= hi and not be NaN, got lo=" + std::to_string(lo) +
+                  ", hi=" + std::to_string(hi));
 }
 
-// Checks `out` (fp32, contiguous, of this rank) and resizes it to `sizes`; false (call failed) if not possible.
-bool resize_out(KernelRuntimeContext& ctx, Tensor& out, const std::vector<int64_t>& sizes) {
-  if (!ok(ctx, check_tensor(out, "out", ScalarType::Float, static_cast<int64_t>(sizes.size())))) return false;
+// Checks `out` (fp32, contiguous, of this rank) and resizes it to `sizes`.
+void resize_out(Tensor& out, const std::vector<int64_t>& sizes) {
+  check_tensor(out, "out", ScalarType::Float, static_cast<int64_t>(sizes.size()));
   constexpr int64_t kMaxSize = std::numeric_limits<executorch::aten::SizesType>::max();
   std::vector<executorch::aten::SizesType> et_sizes;
   for (int64_t v : sizes) {
-    if (v < 0 || v > kMaxSize) return ok(ctx, "output size " + sizes_string(sizes) + " does not fit ExecuTorch's int32 sizes");
+    if (v < 0 || v > kMaxSize) throw_invalid("output size " + sizes_string(sizes) + " does not fit ExecuTorch's int32 sizes");
     et_sizes.push_back(static_cast<executorch::aten::SizesType>(v));
   }
   if (executorch::runtime::resize_tensor(out, {et_sizes.data(), et_sizes.size()}) != Error::Ok)
-    return ok(ctx, "cannot resize out " + size_string(out) + " to " + sizes_string(sizes));
-  return true;
+    throw_invalid("cannot resize out " + size_string(out) + " to " + sizes_string(sizes));
 }
 
-// Fills s and w from the arguments of pattern_conv2d(_fused), or returns what is wrong with them
+// Fills s and w from the arguments of pattern_conv2d(_fused), or throws what is wrong with them
 // (shapes and dtypes here; the index arrays are validated when the plan is built, or by validate()).
-std::string pattern_conv2d_args(const Tensor& input, const Tensor& patterns, const Tensor& filter_ptr,
-                                const Tensor& kernel_channel, const Tensor& kernel_pattern, const Tensor& values,
-                                IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, ConvShape* s,
-                                PatternWeights<float>* w) {
-  std::string e;
-  if (!(e = check_tensor(input, "input", ScalarType::Float, 4)).empty()) return e;
-  if (!(e = check_tensor(patterns, "patterns", ScalarType::Byte, 2)).empty()) return e;
-  if (!(e = check_tensor(filter_ptr, "filter_ptr", ScalarType::Int, 1)).empty()) return e;
-  if (!(e = check_tensor(kernel_channel, "kernel_channel", ScalarType::Int, 1)).empty()) return e;
-  if (!(e = check_tensor(kernel_pattern, "kernel_pattern", ScalarType::Byte, 1)).empty()) return e;
-  if (!(e = check_tensor(values, "values", ScalarType::Float, 2)).empty()) return e;
-  if (filter_ptr.size(0) < 1) return "filter_ptr must have Cout + 1 >= 1 entries";
+void pattern_conv2d_args(const Tensor& input, const Tensor& patterns, const Tensor& filter_ptr,
+                         const Tensor& kernel_channel, const Tensor& kernel_pattern, const Tensor& values,
+                         IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, ConvShape* s,
+                         PatternWeights<float>* w) {
+  check_tensor(input, "input", ScalarType::Float, 4);
+  check_tensor(patterns, "patterns", ScalarType::Byte, 2);
+  check_tensor(filter_ptr, "filter_ptr", ScalarType::Int, 1);
+  check_tensor(kernel_channel, "kernel_channel", ScalarType::Int, 1);
+  check_tensor(kernel_pattern, "kernel_pattern", ScalarType::Byte, 1);
+  check_tensor(values, "values", ScalarType::Float, 2);
+  if (filter_ptr.size(0) < 1) throw_invalid("filter_ptr must have Cout + 1 >= 1 entries");
   const int64_t nnz = kernel_channel.size(0), out_channels = filter_ptr.size(0) - 1;
   if (kernel_pattern.size(0) != nnz)
-    return "kernel_pattern has " + std::to_string(kernel_pattern.size(0)) + " entries but kernel_channel has " +
-           std::to_string(nnz);
+    throw_invalid("kernel_pattern has " + std::to_string(kernel_pattern.size(0)) + " entries but kernel_channel has " +
+                  std::to_string(nnz));
   if (values.size(0) != nnz || values.size(1) != patterns.size(1))
-    return "values must be [nnz, E] = [" + std::to_string(nnz) + ", " + std::to_string(patterns.size(1)) +
-           "], got " + size_string(values);
-  if (!(e = check_pair(stride, "stride")).empty() || !(e = check_pair(padding, "padding")).empty() ||
-      !(e = check_pair(dilation, "dilation")).empty())
-    return e;
+    throw_invalid("values must be [nnz, E] = [" + std::to_string(nnz) + ", " + std::to_string(patterns.size(1)) +
+                  "], got " + size_string(values));
+  check_pair(stride, "stride");
+  check_pair(padding, "padding");
+  check_pair(dilation, "dilation");
   s->batch = input.size(0); s->in_channels = input.size(1); s->in_h = input.size(2); s->in_w = input.size(3);
   s->out_channels = out_channels;
   s->stride_h = stride[0]; s->stride_w = stride[1]; s->pad_h = padding[0]; s->pad_w = padding[1];
@@ -175,9 +177,9 @@ std::string pattern_conv2d_args(const Tensor& input, const Tensor& patterns, con
   s->out_h = conv_out_size(s->in_h, s->pad_h, s->dil_h, s->stride_h);
   s->out_w = conv_out_size(s->in_w, s->pad_w, s->dil_w, s->stride_w);
   if (s->out_h < 0 || s->out_w < 0)
-    return "stride and dilation must be >= 1 and padding >= 0 (and input size + 2 * padding must fit in int64)";
-  if (s->out_h == 0 || s->out_w == 0) return "input " + size_string(input) + " is too small for the 3x3 kernel";
-  if (!(e = check_shape(*s)).empty()) return e;
+    throw_invalid("stride and dilation must be >= 1 and padding >= 0 (and input size + 2 * padding must fit in int64)");
+  if (s->out_h == 0 || s->out_w == 0) throw_invalid("input " + size_string(input) + " is too small for the 3x3 kernel");
+  check_shape(*s);
   w->num_patterns = patterns.size(0);
   w->entries = patterns.size(1);
   w->out_channels = out_channels;
@@ -187,26 +189,22 @@ std::string pattern_conv2d_args(const Tensor& input, const Tensor& patterns, con
   w->kernel_channel = kernel_channel.const_data_ptr<int32_t>();
   w->kernel_pattern = kernel_pattern.const_data_ptr<uint8_t>();
   w->values = values.const_data_ptr<float>();
-  return "";
 }
 
 // The 3x3 pattern conv with epilogue `ep` into `out` (already checked and resized to the output shape).
-void run_pattern_conv(KernelRuntimeContext& ctx, const ConvShape& s, const PatternWeights<float>& w,
-                      const Tensor& input, const Epilogue& ep, Tensor& out) {
+void run_pattern_conv(const ConvShape& s, const PatternWeights<float>& w, const Tensor& input, const Epilogue& ep,
+                      Tensor& out) {
+  const Isa isa = active_isa();
+  std::shared_ptr<const ExecPlan> plan;
   try {
-    const Isa isa = active_isa();
-    std::shared_ptr<const ExecPlan> plan;
-    if (isa != Isa::Scalar) {
-      plan = plan_cache().get(w, s.in_channels);  // validates the index arrays when it builds
-    } else if (!ok(ctx, validate(w, s.in_channels))) {
-      return;
-    }
-    if (out.numel() > 0)
-      forward_f32(isa, s, w, plan.get(), input.const_data_ptr<float>(), ep, out.mutable_data_ptr<float>(),
-                  et_parallel_for(), num_threads());
-  } catch (const std::exception& e) {
-    ok(ctx, std::string("invalid compressed weight or shape: ") + e.what());
+    if (isa != Isa::Scalar) plan = plan_cache().get(w, s.in_channels);  // validates the index arrays when it builds
+    else validate(w, s.in_channels);
+  } catch (const std::invalid_argument& e) {
+    throw_invalid(std::string("invalid compressed weight: ") + e.what());
   }
+  if (out.numel() > 0)
+    forward_f32(isa, s, w, plan.get(), input.const_data_ptr<float>(), ep, out.mutable_data_ptr<float>(),
+                et_parallel_for(), num_threads());
 }
 
 // patsparse::pattern_conv2d.out: out = conv2d(input, the pattern-compressed weight) + bias.
@@ -214,17 +212,15 @@ Tensor& pattern_conv2d_out(KernelRuntimeContext& ctx, const Tensor& input, const
                            const Tensor& filter_ptr, const Tensor& kernel_channel, const Tensor& kernel_pattern,
                            const Tensor& values, const std::optional<Tensor>& bias, IntArrayRef stride,
                            IntArrayRef padding, IntArrayRef dilation, Tensor& out) {
-  ConvShape s;
-  PatternWeights<float> w;
-  if (!ok(ctx, pattern_conv2d_args(input, patterns, filter_ptr, kernel_channel, kernel_pattern, values, stride,
-                                   padding, dilation, &s, &w)) ||
-      !ok(ctx, check_channels(bias, "bias", s.out_channels)) ||
-      !resize_out(ctx, out, {s.batch, s.out_channels, s.out_h, s.out_w}))
-    return out;
-  Epilogue ep;
-  ep.shift = bias ? bias->const_data_ptr<float>() : nullptr;
-  run_pattern_conv(ctx, s, w, input, ep, out);
-  return out;
+  return kernel_guard(ctx, out, [&] {
+    ConvShape s;
+    PatternWeights<float> w;
+    pattern_conv2d_args(input, patterns, filter_ptr, kernel_channel, kernel_pattern, values, stride, padding,
+                        dilation, &s, &w);
+    check_channels(bias, "bias", s.out_channels);
+    resize_out(out, {s.batch, s.out_channels, s.out_h, s.out_w});
+    run_pattern_conv(s, w, input, Epilogue::bias_only(bias ? bias->const_data_ptr<float>() : nullptr), out);
+  });
 }
 
 // patsparse::pattern_conv2d_fused.out: out = clamp(conv2d(input, W) * scale + shift + residual, lo, hi).
@@ -234,23 +230,22 @@ Tensor& pattern_conv2d_fused_out(KernelRuntimeContext& ctx, const Tensor& input,
                                  const std::optional<Tensor>& shift, const std::optional<Tensor>& residual,
                                  IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, double lo, double hi,
                                  Tensor& out) {
-  ConvShape s;
-  PatternWeights<float> w;
-  if (!ok(ctx, pattern_conv2d_args(input, patterns, filter_ptr, kernel_channel, kernel_pattern, values, stride,
-                                   padding, dilation, &s, &w)))
-    return out;
-  const std::vector<int64_t> out_sizes{s.batch, s.out_channels, s.out_h, s.out_w};
-  if (!ok(ctx, check_channels(scale, "scale", s.out_channels)) || !ok(ctx, check_channels(shift, "shift", s.out_channels)) ||
-      !ok(ctx, check_residual(residual, out_sizes)) || !ok(ctx, check_bounds(lo, hi)) || !resize_out(ctx, out, out_sizes))
-    return out;
-  Epilogue ep;
-  ep.scale = scale ? scale->const_data_ptr<float>() : nullptr;
-  ep.shift = shift ? shift->const_data_ptr<float>() : nullptr;
-  ep.residual = residual ? residual->const_data_ptr<float>() : nullptr;
-  ep.lo = static_cast<float>(lo);
-  ep.hi = static_cast<float>(hi);
-  run_pattern_conv(ctx, s, w, input, ep, out);
-  return out;
+  return kernel_guard(ctx, out, [&] {
+    ConvShape s;
+    PatternWeights<float> w;
+    pattern_conv2d_args(input, patterns, filter_ptr, kernel_channel, kernel_pattern, values, stride, padding,
+                        dilation, &s, &w);
+    const std::vector<int64_t> out_sizes{s.batch, s.out_channels, s.out_h, s.out_w};
+    check_channels(scale, "scale", s.out_channels);
+    check_channels(shift, "shift", s.out_channels);
+    check_residual(residual, out_sizes);
+    check_bounds(lo, hi);
+    resize_out(out, out_sizes);
+    const Epilogue ep = Epilogue::make(scale ? scale->const_data_ptr<float>() : nullptr,
+                                       shift ? shift->const_data_ptr<float>() : nullptr,
+                                       residual ? residual->const_data_ptr<float>() : nullptr, lo, hi);
+    run_pattern_conv(s, w, input, ep, out);
+  });
 }
 
 // ------------------------------------------------------------ sparse 1x1 conv / Linear (kernels/spmm.h)
@@ -260,18 +255,16 @@ SparseIndexCache& sparse_index_cache() {
   return cache;
 }
 
-// Fills `view` with the stored arrays of a [rows, cols] weight (sparse.py's format), or says what is wrong
-// with their dtypes / ranks (their content is validated when the runtime index is built).
-std::string stored_sparse(const Tensor& header, const Tensor& index, const Tensor& codes, const Tensor& values,
-                          const Tensor& code_scale, int64_t rows, int64_t cols, StoredSparse* view) {
-  std::string e;
-  if (!(e = check_tensor(header, "header", ScalarType::Byte, 1)).empty() ||
-      !(e = check_tensor(index, "index", ScalarType::Byte, 1)).empty() ||
-      !(e = check_tensor(codes, "codes", ScalarType::Byte, 1)).empty() ||
-      !(e = check_tensor(values, "values", ScalarType::Float, 1)).empty() ||
-      !(e = check_tensor(code_scale, "code_scale", ScalarType::Float, 1)).empty())
-    return e;
-  if (rows < 0 || cols < 0) return "negative weight size [" + std::to_string(rows) + ", " + std::to_string(cols) + "]";
+// Fills `view` with the stored arrays of a [rows, cols] weight (sparse.py's format), or throws what is
+// wrong with their dtypes / ranks (their content is validated when the runtime index is built).
+void stored_sparse(const Tensor& header, const Tensor& index, const Tensor& codes, const Tensor& values,
+                   const Tensor& code_scale, int64_t rows, int64_t cols, StoredSparse* view) {
+  check_tensor(header, "header", ScalarType::Byte, 1);
+  check_tensor(index, "index", ScalarType::Byte, 1);
+  check_tensor(codes, "codes", ScalarType::Byte, 1);
+  check_tensor(values, "values", ScalarType::Float, 1);
+  check_tensor(code_scale, "code_scale", ScalarType::Float, 1);
+  if (rows < 0 || cols < 0) throw_invalid("negative weight size [" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
   view->rows = rows;
   view->cols = cols;
   view->header = header.const_data_ptr<uint8_t>();
@@ -283,34 +276,32 @@ std::string stored_sparse(const Tensor& header, const Tensor& index, const Tenso
   view->num_values = values.numel();
   view->code_scale = code_scale.const_data_ptr<float>();
   view->num_code_scale = code_scale.numel();
-  return "";
 }
 
 // Checks the epilogue arguments of a sparse op with `rows` output channels and output `out_sizes`.
-std::string sparse_epilogue_args(const std::optional<Tensor>& scale, const std::optional<Tensor>& shift,
-                                 const std::optional<Tensor>& residual, int64_t rows,
-                                 const std::vector<int64_t>& out_sizes, double lo, double hi, SpmmIo<float>* io) {
-  std::string e;
-  if (!(e = check_channels(scale, "scale", rows)).empty() || !(e = check_channels(shift, "shift", rows)).empty() ||
-      !(e = check_residual(residual, out_sizes)).empty() || !(e = check_bounds(lo, hi)).empty())
-    return e;
+void sparse_epilogue_args(const std::optional<Tensor>& scale, const std::optional<Tensor>& shift,
+                          const std::optional<Tensor>& residual, int64_t rows, const std::vector<int64_t>& out_sizes,
+                          double lo, double hi, SpmmIo<float>* io) {
+  check_channels(scale, "scale", rows);
+  check_channels(shift, "shift", rows);
+  check_residual(residual, out_sizes);
+  check_bounds(lo, hi);
   io->scale = scale ? scale->const_data_ptr<float>() : nullptr;
   io->shift = shift ? shift->const_data_ptr<float>() : nullptr;
   io->residual = residual ? residual->const_data_ptr<float>() : nullptr;
   io->lo = static_cast<float>(lo);
   io->hi = static_cast<float>(hi);
-  return "";
 }
 
-// Builds (or finds) the runtime index of `view` and runs the product; errors fail the call.
-void run_spmm(KernelRuntimeContext& ctx, const StoredSparse& view, const Tensor& values, const SpmmIo<float>& io,
-              bool empty) {
+// Builds (or finds) the runtime index of `view` and runs the product.
+void run_spmm(const StoredSparse& view, const Tensor& values, const SpmmIo<float>& io, bool empty) {
+  std::shared_ptr<const SparseIndex> idx;
   try {
-    const auto idx = sparse_index_cache().get(view);  // validated even for an empty batch
-    if (!empty) spmm_f32(active_isa(), csr_view(*idx, values.const_data_ptr<float>()), io, et_parallel_for(), num_threads());
-  } catch (const std::exception& e) {
-    ok(ctx, std::string("invalid compressed weight: ") + e.what());
+    idx = sparse_index_cache().get(view);  // validated even for an empty batch
+  } catch (const std::invalid_argument& e) {
+    throw_invalid(std::string("invalid compressed weight: ") + e.what());
   }
+  if (!empty) spmm_f32(active_isa(), csr_view(*idx, values.const_data_ptr<float>()), io, et_parallel_for(), num_threads());
 }
 
 // patsparse::sparse_conv1x1.out: out = epilogue(conv2d(input, W[out_channels, C, 1, 1], stride)).
@@ -319,44 +310,38 @@ Tensor& sparse_conv1x1_out(KernelRuntimeContext& ctx, const Tensor& input, const
                            const std::optional<Tensor>& scale, const std::optional<Tensor>& shift,
                            const std::optional<Tensor>& residual, IntArrayRef stride, double lo, double hi,
                            Tensor& out) {
-  if (!ok(ctx, check_tensor(input, "input", ScalarType::Float, 4)) || !ok(ctx, check_pair(stride, "stride")))
-    return out;
-  if (stride[0] < 1 || stride[1] < 1) {
-    ok(ctx, "stride must be >= 1");
-    return out;
-  }
-  const int64_t batch = input.size(0), channels = input.size(1), h = input.size(2), w = input.size(3);
-  if (h == 0 || w == 0) {
-    ok(ctx, "input " + size_string(input) + " has an empty spatial size");
-    return out;
-  }
-  StoredSparse view;
-  if (!ok(ctx, stored_sparse(header, index, codes, values, code_scale, out_channels, channels, &view))) return out;
-  const int64_t oh = (h - 1) / stride[0] + 1, ow = (w - 1) / stride[1] + 1, n = oh * ow;
-  const std::vector<int64_t> out_sizes{batch, out_channels, oh, ow};
-  SpmmIo<float> io;
-  if (!ok(ctx, sparse_epilogue_args(scale, shift, residual, out_channels, out_sizes, lo, hi, &io)) ||
-      !resize_out(ctx, out, out_sizes))
-    return out;
-  // The kernels read pixels as contiguous columns: a strided conv reads a gathered copy of its pixels.
-  std::vector<float> gathered;
-  const float* x = input.const_data_ptr<float>();
-  if ((stride[0] > 1 || stride[1] > 1) && out.numel() > 0) {
-    gathered.resize(static_cast<size_t>(batch * channels * n));
-    float* g = gathered.data();
-    for (int64_t bc = 0; bc < batch * channels; ++bc)
-      for (int64_t i = 0; i < oh; ++i)
-        for (int64_t j = 0; j < ow; ++j) *g++ = x[(bc * h + i * stride[0]) * w + j * stride[1]];
-    x = gathered.data();
-  }
-  io.batch = batch;
-  io.n = n;
-  io.x = x;
-  io.x_image = channels * n, io.x_chan = n, io.x_col = 1;
-  io.y = out.mutable_data_ptr<float>();
-  io.y_image = out_channels * n, io.y_chan = n, io.y_col = 1;
-  run_spmm(ctx, view, values, io, out.numel() == 0);
-  return out;
+  return kernel_guard(ctx, out, [&] {
+    check_tensor(input, "input", ScalarType::Float, 4);
+    check_pair(stride, "stride");
+    if (stride[0] < 1 || stride[1] < 1) throw_invalid("stride must be >= 1");
+    const int64_t batch = input.size(0), channels = input.size(1), h = input.size(2), w = input.size(3);
+    if (h == 0 || w == 0) throw_invalid("input " + size_string(input) + " has an empty spatial size");
+    StoredSparse view;
+    stored_sparse(header, index, codes, values, code_scale, out_channels, channels, &view);
+    const int64_t oh = (h - 1) / stride[0] + 1, ow = (w - 1) / stride[1] + 1, n = oh * ow;
+    const std::vector<int64_t> out_sizes{batch, out_channels, oh, ow};
+    SpmmIo<float> io;
+    sparse_epilogue_args(scale, shift, residual, out_channels, out_sizes, lo, hi, &io);
+    resize_out(out, out_sizes);
+    // The kernels read pixels as contiguous columns: a strided conv reads a gathered copy of its pixels.
+    std::vector<float> gathered;
+    const float* x = input.const_data_ptr<float>();
+    if ((stride[0] > 1 || stride[1] > 1) && out.numel() > 0) {
+      gathered.resize(static_cast<size_t>(batch * channels * n));
+      float* g = gathered.data();
+      for (int64_t bc = 0; bc < batch * channels; ++bc)
+        for (int64_t i = 0; i < oh; ++i)
+          for (int64_t j = 0; j < ow; ++j) *g++ = x[(bc * h + i * stride[0]) * w + j * stride[1]];
+      x = gathered.data();
+    }
+    io.batch = batch;
+    io.n = n;
+    io.x = x;
+    io.x_image = channels * n, io.x_chan = n, io.x_col = 1;
+    io.y = out.mutable_data_ptr<float>();
+    io.y_image = out_channels * n, io.y_chan = n, io.y_col = 1;
+    run_spmm(view, values, io, out.numel() == 0);
+  });
 }
 
 // patsparse::sparse_linear.out: out = epilogue(linear(input, W[out_features, in_features])). The rows of the
@@ -365,30 +350,27 @@ Tensor& sparse_linear_out(KernelRuntimeContext& ctx, const Tensor& input, const 
                           const Tensor& codes, const Tensor& values, const Tensor& code_scale, int64_t out_features,
                           const std::optional<Tensor>& scale, const std::optional<Tensor>& shift,
                           const std::optional<Tensor>& residual, double lo, double hi, Tensor& out) {
-  if (input.dim() < 1) {
-    ok(ctx, "input must have at least 1 dimension");
-    return out;
-  }
-  if (!ok(ctx, check_tensor(input, "input", ScalarType::Float, input.dim()))) return out;
-  const int64_t in_features = input.size(input.dim() - 1);
-  StoredSparse view;
-  if (!ok(ctx, stored_sparse(header, index, codes, values, code_scale, out_features, in_features, &view))) return out;
-  std::vector<int64_t> out_sizes(input.sizes().begin(), input.sizes().end());
-  out_sizes.back() = out_features;
-  int64_t rows = 1;
-  for (size_t d = 0; d + 1 < out_sizes.size(); ++d) rows *= out_sizes[d];
-  SpmmIo<float> io;
-  if (!ok(ctx, sparse_epilogue_args(scale, shift, residual, out_features, out_sizes, lo, hi, &io)) ||
-      !resize_out(ctx, out, out_sizes))
-    return out;
-  io.batch = 1;
-  io.n = rows;
-  io.x = input.const_data_ptr<float>();
-  io.x_chan = 1, io.x_col = in_features;
-  io.y = out.mutable_data_ptr<float>();
-  io.y_chan = 1, io.y_col = out_features;
-  run_spmm(ctx, view, values, io, out.numel() == 0);
-  return out;
+  return kernel_guard(ctx, out, [&] {
+    if (input.dim() < 1) throw_invalid("input must have at least 1 dimension");
+    check_tensor(input, "input", ScalarType::Float, input.dim());
+    const int64_t in_features = input.size(input.dim() - 1);
+    StoredSparse view;
+    stored_sparse(header, index, codes, values, code_scale, out_features, in_features, &view);
+    std::vector<int64_t> out_sizes(input.sizes().begin(), input.sizes().end());
+    out_sizes.back() = out_features;
+    int64_t rows = 1;
+    for (size_t d = 0; d + 1 < out_sizes.size(); ++d) rows *= out_sizes[d];
+    SpmmIo<float> io;
+    sparse_epilogue_args(scale, shift, residual, out_features, out_sizes, lo, hi, &io);
+    resize_out(out, out_sizes);
+    io.batch = 1;
+    io.n = rows;
+    io.x = input.const_data_ptr<float>();
+    io.x_chan = 1, io.x_col = in_features;
+    io.y = out.mutable_data_ptr<float>();
+    io.y_chan = 1, io.y_col = out_features;
+    run_spmm(view, values, io, out.numel() == 0);
+  });
 }
 
 }  // namespace et

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
-#include <stdexcept>
 
 #include "slab.h"
 
@@ -31,7 +30,7 @@ namespace patsparse {
 using namespace slab;
 
 const GradValueKernels& portable_grad_value_kernels() {
-  static const GradValueKernels k = make_grad_value_kernels<PortableSimd, kPlanMaxGroup>();
+  static const GradValueKernels k = make_grad_value_kernels<PortableSimd, kPlanMaxGroup>("portable");
   return k;
 }
 
@@ -76,35 +75,10 @@ std::shared_ptr<const TransposedPlan> build_transposed_plan(const std::shared_pt
 }
 
 std::shared_ptr<const TransposedPlan> TransposedPlanCache::get(const std::shared_ptr<const ExecPlan>& forward) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto it = entries_.begin(); it != entries_.end(); ++it)
-      if ((*it)->forward == forward) {
-        ++hits_;
-        entries_.splice(entries_.begin(), entries_, it);
-        return entries_.front();
-      }
-  }
+  if (auto hit = cache_.find([&](const TransposedPlan& t) { return t.forward == forward; })) return hit;
   auto tp = build_transposed_plan(forward);
-  std::lock_guard<std::mutex> lock(mu_);
-  ++builds_;
-  entries_.push_front(tp);
-  while (entries_.size() > max_entries_) entries_.pop_back();
+  cache_.add(tp, tp->plan->bytes + static_cast<int64_t>(sizeof(int32_t) * tp->perm.size()));
   return tp;
-}
-
-PlanCacheStats TransposedPlanCache::stats() {
-  std::lock_guard<std::mutex> lock(mu_);
-  PlanCacheStats st;
-  st.hits = hits_;
-  st.builds = builds_;
-  st.size = static_cast<int64_t>(entries_.size());
-  return st;
-}
-
-void TransposedPlanCache::clear() {
-  std::lock_guard<std::mutex> lock(mu_);
-  entries_.clear();
 }
 
 namespace {
@@ -113,7 +87,7 @@ namespace {
 // in_h + 2 * pad - 2 * dil rows, row oh at oh * stride) convolved with the flipped kernels at padding
 // 2 * dil - pad. Its output size is exactly in_h x in_w.
 bool transposed_shape(const ConvShape& s, ConvShape* out) {
-  if (!check_shape(s).empty()) return false;
+  if (!shape_ok(s)) return false;
   ConvShape t;
   t.batch = s.batch;
   t.in_channels = s.out_channels;
@@ -129,7 +103,7 @@ bool transposed_shape(const ConvShape& s, ConvShape* out) {
   t.out_w = s.in_w;
   if (t.in_h < 1 || t.in_w < 1) return false;
   if (s.stride_h == 1 && s.stride_w == 1 && (t.in_h != s.out_h || t.in_w != s.out_w)) return false;
-  if (!check_shape(t).empty()) return false;
+  if (!shape_ok(t)) return false;
   *out = t;
   return true;
 }
@@ -151,7 +125,7 @@ struct PhaseGeometry {
 };
 
 bool make_phase_geometry(const ConvShape& s, PhaseGeometry* out) {
-  if (!check_shape(s).empty() || s.in_h == 0 || s.in_w == 0) return false;
+  if (!shape_ok(s) || s.in_h == 0 || s.in_w == 0) return false;
   PhaseGeometry p;
   if (!mul_ok(s.stride_h, s.stride_w, &p.phases) || p.phases > kMaxPhases) return false;
   int64_t q[2][2];  // [axis][min, max] of the tap quotients over every phase
@@ -322,12 +296,12 @@ void plan_grad_input(const TransposedPlan& tp, const MicroKernels& mk, const Con
                      const float* grad_output, float* grad_input, const ParallelFor& pfor, int num_threads) {
   ConvShape t;
   if (!transposed_shape(s, &t) || !plan_supports(t))
-    throw std::invalid_argument("plan_grad_input: shape out of range for the plan path");
+    throw_invalid("plan_grad_input: shape out of range for the plan path");
   const ExecPlan& f = *tp.forward;
   if (f.in_channels != s.in_channels || f.out_channels != s.out_channels)
-    throw std::invalid_argument("plan_grad_input: plan was built for another layer shape");
+    throw_invalid("plan_grad_input: plan was built for another layer shape");
   int64_t gin_elems;
-  if (!product_ok({s.batch, s.in_channels, s.in_h, s.in_w}, &gin_elems)) throw std::invalid_argument("plan_grad_input: size overflow");
+  if (!product_ok({s.batch, s.in_channels, s.in_h, s.in_w}, &gin_elems)) throw_invalid("plan_grad_input: size overflow");
   if (gin_elems == 0) return;
   if (s.out_channels == 0 || f.nnz == 0) { std::memset(grad_input, 0, sizeof(float) * gin_elems); return; }
 
@@ -347,7 +321,7 @@ void plan_grad_input(const TransposedPlan& tp, const MicroKernels& mk, const Con
   std::vector<float> spread;
   if (s.stride_h > 1 || s.stride_w > 1) {
     int64_t n;
-    if (!product_ok({t.batch, t.in_channels, t.in_h, t.in_w}, &n)) throw std::invalid_argument("plan_grad_input: size overflow");
+    if (!product_ok({t.batch, t.in_channels, t.in_h, t.in_w}, &n)) throw_invalid("plan_grad_input: size overflow");
     spread.assign(static_cast<size_t>(n), 0.f);
     const int64_t planes = s.batch * s.out_channels, up = t.in_h * t.in_w, op = s.out_h * s.out_w;
     pfor(planes, 16, [&](int64_t b, int64_t e) {
@@ -371,14 +345,15 @@ constexpr int64_t kGradSlabBudgetFloats = int64_t(512) * 1024;
 void plan_grad_values(const ExecPlan& plan, const GradValueKernels& gk, const ConvShape& s, const float* input,
                       const float* grad_output, float* grad_values, const ParallelFor& pfor, int num_threads) {
   Geometry g;
-  if (!make_geometry(s, &g)) throw std::invalid_argument("plan_grad_values: shape out of range for the plan path");
+  if (!make_geometry(s, &g)) throw_invalid("plan_grad_values: shape out of range for the plan path");
   if (!make_geometry(s, &g, kGradSlabBudgetFloats)) make_geometry(s, &g);
   if (plan.out_channels != s.out_channels || plan.in_channels != s.in_channels)
-    throw std::invalid_argument("plan_grad_values: plan was built for another layer shape");
+    throw_invalid("plan_grad_values: plan was built for another layer shape");
   const int64_t E = plan.entries, VL = gk.vec_len;
-  if (VL < 1 || VL > kMaxVecLen) throw std::invalid_argument("plan_grad_values: bad kernel vector length");
+  if (VL < 1 || VL > kMaxVecLen) throw_invalid("plan_grad_values: bad kernel vector length");
   for (int G = 1; G <= kPlanMaxGroup; ++G)
-    if (!gk.fn[G]) throw std::invalid_argument("plan_grad_values: kernel table has a hole");
+    if (!gk.fn[G])
+      throw_invalid("plan_grad_values: kernel table has a hole: no " + microkernel_name("patconv_gradv", G, 0, gk.isa));
   std::fill(grad_values, grad_values + plan.nnz * E, 0.f);
   if (s.batch == 0 || s.out_channels == 0 || s.out_h == 0 || s.out_w == 0 || plan.nnz == 0) return;
 

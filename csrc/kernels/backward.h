@@ -19,9 +19,7 @@
 #pragma once
 
 #include <cstdint>
-#include <list>
 #include <memory>
-#include <mutex>
 #include <vector>
 
 #include "plan.h"
@@ -37,20 +35,19 @@ struct TransposedPlan {
 
 std::shared_ptr<const TransposedPlan> build_transposed_plan(const std::shared_ptr<const ExecPlan>& forward);
 
-// Bounded LRU of transposed plans keyed by the forward plan object (identity: the forward plan is
-// immutable and is found by content, so equal keys mean equal index arrays). Thread-safe.
+// Bounded LRU (lru_cache.h) of transposed plans keyed by the forward plan object (identity: the
+// forward plan is immutable and is found by content, so equal keys mean equal index arrays; the entry
+// keeps it alive, so its address cannot be reused while cached). Thread-safe.
 class TransposedPlanCache {
  public:
-  explicit TransposedPlanCache(size_t max_entries = 64) : max_entries_(max_entries) {}
+  explicit TransposedPlanCache(size_t max_entries = 64, int64_t max_bytes = int64_t(512) << 20)
+      : cache_(max_entries, max_bytes) {}
   std::shared_ptr<const TransposedPlan> get(const std::shared_ptr<const ExecPlan>& forward);
-  PlanCacheStats stats();
-  void clear();
+  PlanCacheStats stats() { return cache_.stats(); }
+  void clear() { cache_.clear(); }
 
  private:
-  std::mutex mu_;
-  std::list<std::shared_ptr<const TransposedPlan>> entries_;  // most recently used first
-  size_t max_entries_;
-  int64_t hits_ = 0, builds_ = 0;
+  LruCache<const TransposedPlan> cache_;
 };
 
 // True when plan_grad_input can run shape s (the forward's shape): padding <= 2 * dilation on both
@@ -81,9 +78,11 @@ struct GradTileArgs {
 };
 using GradTileFn = void (*)(const GradTileArgs&);
 
+// fn[G] for G = 1..kPlanMaxGroup is microkernel_name("patconv_gradv", G, 0, isa), e.g. f32_patconv_gradv_g4__avx512.
 struct GradValueKernels {
+  const char* isa = "portable";
   int vec_len = 1;
-  GradTileFn fn[kPlanMaxGroup + 1] = {};  // fn[G] for G = 1..kPlanMaxGroup
+  GradTileFn fn[kPlanMaxGroup + 1] = {};
 };
 
 // Portable grad tiles (plain C++, vec_len 4): the NEON and generic builds use them.

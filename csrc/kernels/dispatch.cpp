@@ -2,7 +2,6 @@
 
 #include <atomic>
 #include <cstdlib>
-#include <stdexcept>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #define PATSPARSE_X86 1
@@ -88,11 +87,10 @@ const MicroKernels& microkernels(Isa isa) {
 
 void forward_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, const ExecPlan* plan,
                  const float* input, const Epilogue& ep, float* output, const ParallelFor& pfor, int num_threads) {
-  const std::string err = check_shape(s);
-  if (!err.empty()) throw std::invalid_argument(err);
-  if (!(ep.lo <= ep.hi)) throw std::invalid_argument("epilogue bounds must satisfy lo <= hi (and not be NaN)");
+  check_shape(s);
+  if (!(ep.lo <= ep.hi)) throw_invalid("epilogue bounds must satisfy lo <= hi (and not be NaN)");
   if (isa != Isa::Scalar && !isa_supported(isa))
-    throw std::invalid_argument(std::string("ISA path not available: ") + isa_name(isa));
+    throw_invalid(std::string("ISA path not available: ") + isa_name(isa));
   // Geometries whose slab would be huge (stride, padding or dilation in the thousands) run the
   // reference kernel, which needs no scratch: slower, but bounded memory and nn.Conv2d's answer.
   if (isa == Isa::Scalar || !plan_supports(s)) { reference_forward(s, w, input, ep, output, pfor); return; }
@@ -103,10 +101,9 @@ void forward_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, co
 
 void grad_input_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, const TransposedPlan* tp,
                     const float* grad_output, float* grad_input, const ParallelFor& pfor, int num_threads) {
-  const std::string err = check_shape(s);
-  if (!err.empty()) throw std::invalid_argument(err);
+  check_shape(s);
   if (isa != Isa::Scalar && !isa_supported(isa))
-    throw std::invalid_argument(std::string("ISA path not available: ") + isa_name(isa));
+    throw_invalid(std::string("ISA path not available: ") + isa_name(isa));
   if (isa == Isa::Scalar || !plan_grad_input_supports(s)) {
     reference_grad_input<float>(s, w, grad_output, grad_input, pfor);
     return;
@@ -119,10 +116,9 @@ void grad_input_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w,
 void grad_values_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, const ExecPlan* plan,
                      const float* input, const float* grad_output, float* grad_values, const ParallelFor& pfor,
                      int num_threads) {
-  const std::string err = check_shape(s);
-  if (!err.empty()) throw std::invalid_argument(err);
+  check_shape(s);
   if (isa != Isa::Scalar && !isa_supported(isa))
-    throw std::invalid_argument(std::string("ISA path not available: ") + isa_name(isa));
+    throw_invalid(std::string("ISA path not available: ") + isa_name(isa));
   if (isa == Isa::Scalar || !plan_supports(s)) {
     reference_grad_values<float>(s, w, input, grad_output, grad_values, pfor);
     return;

@@ -37,9 +37,7 @@ void forward_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, co
 inline void forward_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, const ExecPlan* plan,
                         const float* input, const float* bias, float* output, const ParallelFor& pfor = serial_for,
                         int num_threads = 1) {
-  Epilogue ep;
-  ep.shift = bias;
-  forward_f32(isa, s, w, plan, input, ep, output, pfor, num_threads);
+  forward_f32(isa, s, w, plan, input, Epilogue::bias_only(bias), output, pfor, num_threads);
 }
 inline void forward_f32(Isa isa, const ConvShape& s, const PatternWeights<float>& w, const float* input,
                         const float* bias, float* output, const ParallelFor& pfor = serial_for) {

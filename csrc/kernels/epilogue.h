@@ -24,6 +24,24 @@ struct Epilogue {
   float lo = -std::numeric_limits<float>::infinity();
   float hi = std::numeric_limits<float>::infinity();
 
+  // The stage from an op's arguments (null = absent; lo / hi as the schema's doubles): the one place
+  // the bindings build it.
+  static Epilogue make(const float* scale, const float* shift, const float* residual, double lo, double hi) {
+    Epilogue ep;
+    ep.scale = scale;
+    ep.shift = shift;
+    ep.residual = residual;
+    ep.lo = static_cast<float>(lo);
+    ep.hi = static_cast<float>(hi);
+    return ep;
+  }
+  // A plain bias (may be null): the shift alone.
+  static Epilogue bias_only(const float* bias) {
+    Epilogue ep;
+    ep.shift = bias;
+    return ep;
+  }
+
   // True when the stage is the identity plus an optional per-channel shift (a plain bias).
   bool only_shift() const { return !scale && !residual && lo == -hi && hi == std::numeric_limits<float>::infinity(); }
 

@@ -124,8 +124,9 @@ void grad_tile(const GradTileArgs& t) {
 }
 
 template <class S, int MaxG>
-GradValueKernels make_grad_value_kernels() {
+GradValueKernels make_grad_value_kernels(const char* isa) {
   GradValueKernels k;
+  k.isa = isa;
   k.vec_len = S::width;
   k.fn[1] = &grad_tile<S, 1, MaxG>;
   k.fn[2] = &grad_tile<S, 2, MaxG>;

@@ -10,6 +10,7 @@
 
 #include "checked.h"
 #include "epilogue.h"
+#include "error.h"
 
 namespace patsparse {
 
@@ -33,11 +34,12 @@ inline int64_t conv_out_size(int64_t in, int64_t pad, int64_t dil, int64_t strid
   return span < 0 ? 0 : span / stride + 1;
 }
 
-// "" when every size the kernels derive from s is in range: non-negative sizes, stride and
+// Null when every size the kernels derive from s is in range: non-negative sizes, stride and
 // dilation >= 1, out_h / out_w equal to conv_out_size (so in + 2 * pad fits in int64, which bounds
 // every input coordinate a tap reaches), and the input and output element counts fit in int64.
-// Otherwise a message naming the problem. The reference kernels rely on it; the binding checks it.
-inline std::string check_shape(const ConvShape& s) {
+// Otherwise the problem. The reference kernels rely on it; callers use check_shape / shape_ok.
+namespace detail {
+inline const char* shape_problem(const ConvShape& s) {
   if (s.batch < 0 || s.in_channels < 0 || s.in_h < 0 || s.in_w < 0 || s.out_channels < 0)
     return "negative sizes";
   if (s.stride_h < 1 || s.stride_w < 1 || s.dil_h < 1 || s.dil_w < 1 || s.pad_h < 0 || s.pad_w < 0)
@@ -54,8 +56,14 @@ inline std::string check_shape(const ConvShape& s) {
   if (!product_ok({s.out_h, s.out_w}, &plane) || !product_ok({s.out_channels, plane}, &image) ||
       !product_ok({s.batch, image}, &n))
     return "output element count overflows int64";
-  return "";
+  return nullptr;
 }
+}  // namespace detail
+// Throws std::invalid_argument naming the problem unless s is in range (detail::shape_problem).
+inline void check_shape(const ConvShape& s) {
+  if (const char* why = detail::shape_problem(s)) throw_invalid(why);
+}
+inline bool shape_ok(const ConvShape& s) { return detail::shape_problem(s) == nullptr; }
 
 // Borrowed view of the FKW-style compressed weight of a [Cout, Cin, 3, 3] conv.
 //   patterns       [K, E]   kept positions (0..8, row-major in the 3x3 kernel) of each pattern
@@ -76,16 +84,16 @@ struct PatternWeights {
   const T* values = nullptr;
 };
 
-// Checks every index of the format against `in_channels`. Returns "" when valid, otherwise a
-// message naming the first problem. Kernels call this before touching memory through an index.
-std::string validate_format(int64_t num_patterns, int64_t entries, int64_t out_channels, int64_t nnz,
+// Checks every index of the format against `in_channels`; throws std::invalid_argument naming the
+// first problem. Kernels call this before touching memory through an index.
+void validate_format(int64_t num_patterns, int64_t entries, int64_t out_channels, int64_t nnz,
                             const uint8_t* patterns, const int32_t* filter_ptr,
                             const int32_t* kernel_channel, const uint8_t* kernel_pattern,
                             int64_t in_channels);
 
 template <typename T>
-std::string validate(const PatternWeights<T>& w, int64_t in_channels) {
-  return validate_format(w.num_patterns, w.entries, w.out_channels, w.nnz, w.patterns, w.filter_ptr,
+void validate(const PatternWeights<T>& w, int64_t in_channels) {
+  validate_format(w.num_patterns, w.entries, w.out_channels, w.nnz, w.patterns, w.filter_ptr,
                          w.kernel_channel, w.kernel_pattern, in_channels);
 }
 

@@ -5,13 +5,11 @@
 #include <atomic>
 #include <cstring>
 #include <numeric>
-#include <stdexcept>
 
 namespace patsparse {
 
 std::shared_ptr<const ExecPlan> build_plan(const PatternWeights<float>& w, int64_t in_channels) {
-  const std::string err = validate(w, in_channels);
-  if (!err.empty()) throw std::invalid_argument(err);
+  validate(w, in_channels);
   auto plan = std::make_shared<ExecPlan>();
   ExecPlan& p = *plan;
   p.in_channels = in_channels;
@@ -144,67 +142,25 @@ PlanCache::Hint PlanCache::hint_of(const PatternWeights<float>& w, int64_t in_ch
   return h;
 }
 
-// Counts a hit on `plan` (if still cached: moves it to the front and gives it `hint`).
-std::shared_ptr<const ExecPlan> PlanCache::touch(const std::shared_ptr<const ExecPlan>& plan, const Hint& hint) {
-  std::lock_guard<std::mutex> lock(mu_);
-  ++hits_;
-  for (auto it = entries_.begin(); it != entries_.end(); ++it) {
-    if (it->plan != plan) continue;
-    it->hint = hint;
-    entries_.splice(entries_.begin(), entries_, it);
-    break;
-  }
-  return plan;
-}
-
 std::shared_ptr<const ExecPlan> PlanCache::get(const PatternWeights<float>& w, int64_t in_channels) {
   const Hint hint = hint_of(w, in_channels);
-  std::shared_ptr<const ExecPlan> candidate;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (const Entry& e : entries_)
-      if (e.hint == hint) { candidate = e.plan; break; }
+  auto here = [&](Entry& e) { e.hint = hint; };
+  const auto same_place = cache_.candidates([&](const Entry& e) { return e.hint == hint; });
+  const std::shared_ptr<Entry> tried = same_place.empty() ? nullptr : same_place.front();
+  if (tried && plan_matches(*tried->plan, w, in_channels)) {
+    cache_.hit(tried, here);
+    return tried->plan;
   }
-  if (candidate && plan_matches(*candidate, w, in_channels)) return touch(candidate, hint);
-
   // Moved, copied or changed in place: look the content up by hash.
   const uint64_t h = index_hash(w, in_channels);
-  std::vector<std::shared_ptr<const ExecPlan>> same_hash;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (const Entry& e : entries_)
-      if (e.plan->hash == h && e.plan != candidate) same_hash.push_back(e.plan);
-  }
-  for (const auto& plan : same_hash)
-    if (plan_matches(*plan, w, in_channels)) return touch(plan, hint);
-
+  for (const auto& e : cache_.candidates([&](const Entry& e) { return e.plan->hash == h; }))
+    if (e != tried && plan_matches(*e->plan, w, in_channels)) {
+      cache_.hit(e, here);
+      return e->plan;
+    }
   std::shared_ptr<const ExecPlan> plan = build_plan(w, in_channels);  // validates every index
-  std::lock_guard<std::mutex> lock(mu_);
-  ++builds_;
-  for (Entry& e : entries_)
-    if (e.hint == hint) e.hint = Hint{};  // those arrays now hold this content
-  entries_.push_front(Entry{hint, plan});
-  bytes_ += plan->bytes;
-  while (entries_.size() > 1 && (entries_.size() > max_entries_ || bytes_ > max_bytes_)) {
-    bytes_ -= entries_.back().plan->bytes;
-    entries_.pop_back();
-  }
+  cache_.add(std::make_shared<Entry>(Entry{hint, plan}), plan->bytes);
   return plan;
-}
-
-PlanCacheStats PlanCache::stats() {
-  std::lock_guard<std::mutex> lock(mu_);
-  PlanCacheStats st;
-  st.hits = hits_;
-  st.builds = builds_;
-  st.size = static_cast<int64_t>(entries_.size());
-  return st;
-}
-
-void PlanCache::clear() {
-  std::lock_guard<std::mutex> lock(mu_);
-  entries_.clear();
-  bytes_ = 0;
 }
 
 namespace slab {
@@ -214,7 +170,7 @@ static_assert(kPlanMaxSlabFloats + kMaxVecLen * kPlanMaxVecs < (int64_t(1) << 31
 // False when a size overflows or the slab exceeds kPlanMaxSlabFloats. Given check_shape(s), every
 // input coordinate a tap reaches lies in [-pad, in + pad), so the tap and row offsets below fit.
 bool make_geometry(const ConvShape& s, Geometry* out, int64_t budget_floats) {
-  if (!check_shape(s).empty()) return false;
+  if (!shape_ok(s)) return false;
   Geometry g;
   g.qy_min = floor_div(-s.pad_h, s.stride_h);
   g.qy_max = floor_div(2 * s.dil_h - s.pad_h, s.stride_h);  // 2 * dil fits: checked by check_shape
@@ -337,7 +293,21 @@ std::vector<int64_t> equal_work_chunks(const ExecPlan& plan, int64_t chunks) {
   return begin;
 }
 
+std::string microkernel_name(const char* op, int g, int v, const char* isa) {
+  std::string name = std::string("f32_") + op;
+  if (g > 0) name += "_g" + std::to_string(g);
+  if (v > 0) name += (g > 0 ? "v" : "_v") + std::to_string(v);
+  return name + "__" + isa;
+}
+
 namespace {
+// Vectors per tile for a row of nvec vectors and tiles of at most maxv: the fewest tiles, of equal
+// width (the last one takes the remainder).
+int64_t tile_vecs(int64_t nvec, int64_t maxv) {
+  const int64_t ntiles = (nvec + maxv - 1) / maxv;
+  return (nvec + ntiles - 1) / ntiles;
+}
+
 // The epilogue over `count` consecutive outputs of channel o (src: the tile, r: residual or null).
 void epilogue_row(const Epilogue& ep, int64_t o, const float* src, const float* r, int64_t count, float* dst) {
   const float sc = ep.scale ? ep.scale[o] : 1.f, sh = ep.shift ? ep.shift[o] : 0.f;
@@ -353,16 +323,18 @@ void epilogue_row(const Epilogue& ep, int64_t o, const float* src, const float* 
 void plan_forward(const ExecPlan& plan, const MicroKernels& mk, const ConvShape& s, const float* values,
                   const float* input, const Epilogue& ep, float* output, const ParallelFor& pfor, int num_threads) {
   Geometry g;
-  if (!make_geometry(s, &g)) throw std::invalid_argument("plan_forward: shape out of range for the plan path");
+  if (!make_geometry(s, &g)) throw_invalid("plan_forward: shape out of range for the plan path");
   if (s.batch == 0 || s.out_channels == 0 || s.out_h == 0 || s.out_w == 0) return;
   if (plan.out_channels != s.out_channels || plan.in_channels != s.in_channels)
-    throw std::invalid_argument("plan_forward: plan was built for another layer shape");
+    throw_invalid("plan_forward: plan was built for another layer shape");
   const int64_t E = plan.entries, VL = mk.vec_len;
-  if (VL < 1 || VL > kMaxVecLen) throw std::invalid_argument("plan_forward: bad micro-kernel vector length");
+  if (VL < 1 || VL > kMaxVecLen) throw_invalid("plan_forward: bad micro-kernel vector length");
   for (int G = 1; G <= kPlanMaxGroup; ++G) {
-    if (mk.max_vecs[G] < 1 || mk.max_vecs[G] > kPlanMaxVecs) throw std::invalid_argument("plan_forward: bad micro-kernel table");
+    if (mk.max_vecs[G] < 1 || mk.max_vecs[G] > kPlanMaxVecs) throw_invalid("plan_forward: bad micro-kernel table");
     for (int V = 1; V <= mk.max_vecs[G]; ++V)
-      if (!mk.fn[G][V]) throw std::invalid_argument("plan_forward: micro-kernel table has a hole");
+      if (!mk.fn[G][V])
+        throw_invalid("plan_forward: micro-kernel table has a hole: no " +
+                                    microkernel_name("patconv", G, V, mk.isa));
   }
 
   const std::vector<int32_t> tap_off = tap_offsets(plan, s, g);
@@ -420,9 +392,7 @@ void plan_forward(const ExecPlan& plan, const MicroKernels& mk, const ConvShape&
         ta.bias = bias_g;
         ta.out = stage;
         ta.out_stride = stage_stride;
-        const int64_t maxv = mk.max_vecs[G];
-        const int64_t ntiles = (nvec + maxv - 1) / maxv;
-        const int64_t vper = (nvec + ntiles - 1) / ntiles;  // equal tiles
+        const int64_t vper = tile_vecs(nvec, mk.max_vecs[G]);
         for (int64_t v0 = 0; v0 < nvec; v0 += vper) {
           const int64_t V = std::min(vper, nvec - v0);
           const int64_t j0 = v0 * VL;
@@ -452,47 +422,60 @@ void plan_forward(const ExecPlan& plan, const MicroKernels& mk, const ConvShape&
   });
 }
 
-namespace {
-
-template <int G, int V>
-void portable_tile(const TileArgs& t) {
-  constexpr int VL = 4, W = V * VL;
-  float acc[G][W];
-  for (int m = 0; m < G; ++m)
-    for (int i = 0; i < W; ++i) acc[m][i] = t.bias ? t.bias[m] : 0.f;
-  for (int64_t r = 0; r < t.runs; ++r) {
-    const float* base = t.src + t.run_channel[r] * t.channel_stride;
-    const int32_t* off = t.tap_off + t.run_pattern[r] * t.entries;
-    const int64_t ne = t.counts ? t.counts[t.run_pattern[r]] : t.entries;
-    for (int64_t e = 0; e < ne; ++e) {
-      const float* x = base + off[e];
-      for (int m = 0; m < G; ++m)
-        for (int i = 0; i < W; ++i) acc[m][i] += t.values[m][r * t.entries + e] * x[i];
+std::vector<std::string> plan_forward_tiles(const ExecPlan& plan, const MicroKernels& mk, const ConvShape& s) {
+  std::vector<std::string> names;
+  Geometry g;
+  if (!make_geometry(s, &g) || s.batch == 0 || s.out_channels == 0 || s.out_h == 0 || s.out_w == 0 ||
+      mk.vec_len < 1)
+    return names;
+  auto add = [&](int G, int64_t V) {
+    std::string n = microkernel_name("patconv", G, static_cast<int>(V), mk.isa);
+    if (std::find(names.begin(), names.end(), n) == names.end()) names.push_back(std::move(n));
+  };
+  // Every block has block_rows rows but the last: those two row counts cover every tile shape.
+  for (const int64_t rows : {g.block_rows, s.out_h - (g.num_blocks - 1) * g.block_rows}) {
+    const int64_t nvec = (rows * g.pitch + mk.vec_len - 1) / mk.vec_len;
+    for (const PlanGroup& grp : plan.groups) {
+      if (mk.max_vecs[grp.size] < 1) continue;
+      const int64_t vper = tile_vecs(nvec, mk.max_vecs[grp.size]);
+      add(grp.size, vper);
+      if (nvec % vper) add(grp.size, nvec % vper);
     }
   }
-  for (int m = 0; m < G; ++m)
-    for (int i = 0; i < W; ++i) t.out[m * t.out_stride + i] = acc[m][i];
+  return names;
 }
 
-template <int G, int... Vs>
-void fill_row(MicroKernels& mk, std::integer_sequence<int, Vs...>) {
-  ((mk.fn[G][Vs + 1] = &portable_tile<G, Vs + 1>), ...);
-  mk.max_vecs[G] = static_cast<int>(sizeof...(Vs));
-}
+namespace {
+
+// The portable tile family (plain loops, vec_len 4).
+struct PortableTiles {
+  template <int G, int V>
+  static void tile(const TileArgs& t) {
+    constexpr int VL = 4, W = V * VL;
+    float acc[G][W];
+    for (int m = 0; m < G; ++m)
+      for (int i = 0; i < W; ++i) acc[m][i] = t.bias ? t.bias[m] : 0.f;
+    for (int64_t r = 0; r < t.runs; ++r) {
+      const float* base = t.src + t.run_channel[r] * t.channel_stride;
+      const int32_t* off = t.tap_off + t.run_pattern[r] * t.entries;
+      const int64_t ne = t.counts ? t.counts[t.run_pattern[r]] : t.entries;
+      for (int64_t e = 0; e < ne; ++e) {
+        const float* x = base + off[e];
+        for (int m = 0; m < G; ++m)
+          for (int i = 0; i < W; ++i) acc[m][i] += t.values[m][r * t.entries + e] * x[i];
+      }
+    }
+    for (int m = 0; m < G; ++m)
+      for (int i = 0; i < W; ++i) t.out[m * t.out_stride + i] = acc[m][i];
+  }
+};
+
+constexpr TileList kPortableTiles = {0, 8, 8, 8, 8};
 
 }  // namespace
 
 const MicroKernels& portable_microkernels() {
-  static const MicroKernels mk = [] {
-    MicroKernels m;
-    m.vec_len = 4;
-    m.counts = true;
-    fill_row<1>(m, std::make_integer_sequence<int, 8>{});
-    fill_row<2>(m, std::make_integer_sequence<int, 8>{});
-    fill_row<3>(m, std::make_integer_sequence<int, 8>{});
-    fill_row<4>(m, std::make_integer_sequence<int, 8>{});
-    return m;
-  }();
+  static const MicroKernels mk = make_microkernels<PortableTiles, kPortableTiles>("portable", 4, /*counts=*/true);
   return mk;
 }
 

@@ -16,7 +16,7 @@
 //     of equal work for threads.
 // PlanCache finds a plan by the content of the index arrays (a pointer hint, then a hash; a full
 // compare against the plan's own arrays decides), so in-place writes to them, freed and reused memory
-// and tensors without version counters all behave.
+// and tensors without version counters all behave. Its lifetime policy is lru_cache.h's.
 //
 // Execution (plan_forward): per (image, block of output rows, chunk of groups) task, the input rows
 // the block needs are copied into a thread-local zero-padded "slab": per input channel, one plane
@@ -28,12 +28,14 @@
 // A micro-kernel computes one tile: G output channels x V vectors of j, over all runs of a group.
 #pragma once
 
+#include <array>
 #include <cstdint>
-#include <list>
 #include <memory>
-#include <mutex>
+#include <string>
+#include <utility>
 #include <vector>
 
+#include "lru_cache.h"
 #include "pattern_conv.h"
 
 namespace patsparse {
@@ -72,21 +74,17 @@ uint64_t index_hash(const PatternWeights<float>& w, int64_t in_channels);
 // True when `plan` was built from index arrays equal (element by element) to w's, for in_channels.
 bool plan_matches(const ExecPlan& plan, const PatternWeights<float>& w, int64_t in_channels);
 
-struct PlanCacheStats {
-  int64_t hits = 0, builds = 0, size = 0;
-};
-
 // Bounded LRU cache of plans keyed by content (see the header comment). Thread-safe; the content
 // compares run outside the lock (plans are immutable and shared).
 class PlanCache {
  public:
   explicit PlanCache(size_t max_entries = 64, int64_t max_bytes = int64_t(512) << 20)
-      : max_entries_(max_entries), max_bytes_(max_bytes) {}
+      : cache_(max_entries, max_bytes) {}
   // The plan for w's index arrays: a cached one whose arrays equal w's, or a new one (build_plan:
   // throws std::invalid_argument on invalid arrays; nothing is cached then).
   std::shared_ptr<const ExecPlan> get(const PatternWeights<float>& w, int64_t in_channels);
-  PlanCacheStats stats();
-  void clear();
+  PlanCacheStats stats() { return cache_.stats(); }
+  void clear() { cache_.clear(); }
 
  private:
   struct Hint {  // where the arrays were last seen; a hint only picks the first plan to compare
@@ -95,16 +93,12 @@ class PlanCache {
     bool operator==(const Hint& o) const;
   };
   struct Entry {
-    Hint hint;
-    std::shared_ptr<const ExecPlan> plan;
+    Hint hint;  // updated on a hit, under the cache's lock
+    const std::shared_ptr<const ExecPlan> plan;
   };
   static Hint hint_of(const PatternWeights<float>& w, int64_t in_channels);
-  std::shared_ptr<const ExecPlan> touch(const std::shared_ptr<const ExecPlan>& plan, const Hint& hint);
 
-  std::mutex mu_;
-  std::list<Entry> entries_;  // most recently used first
-  size_t max_entries_;
-  int64_t max_bytes_, bytes_ = 0, hits_ = 0, builds_ = 0;
+  LruCache<Entry> cache_;
 };
 
 // One tile for a micro-kernel. For run r of the group (r in [0, runs)) and pattern entry e:
@@ -130,13 +124,55 @@ struct TileArgs {
 };
 using TileFn = void (*)(const TileArgs&);
 
-// An ISA's micro-kernels: fn[G][V] computes G output channels x V vectors (null = not offered).
+// An ISA's micro-kernels: fn[G][V] computes G output channels x V vectors (null = not offered); its
+// name is microkernel_name("patconv", G, V, isa), e.g. f32_patconv_g4v6__avx512.
 struct MicroKernels {
+  const char* isa = "portable";                 // the ISA suffix of the tiles' names
   int vec_len = 1;                              // floats per vector (16 AVX-512, 8 AVX2, 4 NEON)
   int max_vecs[kPlanMaxGroup + 1] = {};          // widest V offered for each G
   TileFn fn[kPlanMaxGroup + 1][kPlanMaxVecs + 1] = {};
   bool counts = false;                          // the tiles honour TileArgs::counts
 };
+
+// XNNPACK-style name of a micro-kernel by operation, tile shape and ISA: "f32_" + op, then "_g<g>"
+// when g > 0 and "v<v>" when v > 0, then "__" + isa: f32_patconv_g4v6__avx512 (MicroKernels::fn[4][6]),
+// f32_patconv_gradv_g2__avx2 (GradValueKernels::fn[2]), f32_spmm_v8__avx512, f32_spmm_gather__neon.
+std::string microkernel_name(const char* op, int g, int v, const char* isa);
+
+// An ISA's tile list, as data: the widest V offered for each G = 1..kPlanMaxGroup ([0] unused).
+using TileList = std::array<int, kPlanMaxGroup + 1>;
+
+namespace detail {
+template <class K, int G, int... V>
+void fill_tile_row(MicroKernels& mk, std::integer_sequence<int, V...>) {
+  static_assert(sizeof...(V) >= 1 && sizeof...(V) <= kPlanMaxVecs, "tile list out of range");
+  ((mk.fn[G][V + 1] = &K::template tile<G, V + 1>), ...);
+  mk.max_vecs[G] = static_cast<int>(sizeof...(V));
+}
+template <class K, const TileList& list, int... G>
+void fill_tiles(MicroKernels& mk, std::integer_sequence<int, G...>) {
+  (fill_tile_row<K, G + 1>(mk, std::make_integer_sequence<int, list[G + 1]>{}), ...);
+}
+}  // namespace detail
+
+// The table of `list`: fn[G][V] = &K::template tile<G, V> for every G and V = 1..list[G]. K is the
+// ISA's tile family (a struct with `template <int G, int V> static void tile(const TileArgs&)`);
+// instantiate this in the ISA's file, after its `#pragma GCC target(...)`. (C++17: the core also
+// builds into the ExecuTorch library.)
+template <class K, const TileList& list>
+MicroKernels make_microkernels(const char* isa, int vec_len, bool counts) {
+  static_assert(list[0] == 0, "TileList[0] is unused");
+  MicroKernels mk;
+  mk.isa = isa;
+  mk.vec_len = vec_len;
+  mk.counts = counts;
+  detail::fill_tiles<K, list>(mk, std::make_integer_sequence<int, kPlanMaxGroup>{});
+  return mk;
+}
+
+// Names of the micro-kernels plan_forward(plan, mk, s, ...) calls, in first-use order (a reader's
+// and a test's view of the tile choice; empty when !plan_supports(s) or nothing is computed).
+std::vector<std::string> plan_forward_tiles(const ExecPlan& plan, const MicroKernels& mk, const ConvShape& s);
 
 // Largest input slab (floats, per thread) plan_forward allocates. Larger geometries (huge stride,
 // padding or dilation: the slab holds stride_h * stride_w phase planes per channel) are not planned.
@@ -162,9 +198,7 @@ void plan_forward(const ExecPlan& plan, const MicroKernels& mk, const ConvShape&
 inline void plan_forward(const ExecPlan& plan, const MicroKernels& mk, const ConvShape& s, const float* values,
                          const float* input, const float* bias, float* output, const ParallelFor& pfor = serial_for,
                          int num_threads = 1) {
-  Epilogue ep;
-  ep.shift = bias;
-  plan_forward(plan, mk, s, values, input, ep, output, pfor, num_threads);
+  plan_forward(plan, mk, s, values, input, Epilogue::bias_only(bias), output, pfor, num_threads);
 }
 
 // Portable micro-kernels (plain C++ loops, vec_len 4): tests the plan logic on any machine.

@@ -10,37 +10,37 @@ void serial_for(int64_t n, int64_t /*grain*/, const std::function<void(int64_t, 
   if (n > 0) body(0, n);
 }
 
-std::string validate_format(int64_t num_patterns, int64_t entries, int64_t out_channels, int64_t nnz,
-                            const uint8_t* patterns, const int32_t* filter_ptr,
-                            const int32_t* kernel_channel, const uint8_t* kernel_pattern,
-                            int64_t in_channels) {
-  if (num_patterns < 1 || num_patterns > 256) return "patterns must have 1..256 rows, got " + std::to_string(num_patterns);
-  if (entries < 1 || entries > 9) return "patterns must have 1..9 entries per row, got " + std::to_string(entries);
+void validate_format(int64_t num_patterns, int64_t entries, int64_t out_channels, int64_t nnz,
+                     const uint8_t* patterns, const int32_t* filter_ptr,
+                     const int32_t* kernel_channel, const uint8_t* kernel_pattern,
+                     int64_t in_channels) {
+  if (num_patterns < 1 || num_patterns > 256) throw_invalid("patterns must have 1..256 rows, got " + std::to_string(num_patterns));
+  if (entries < 1 || entries > 9) throw_invalid("patterns must have 1..9 entries per row, got " + std::to_string(entries));
   if (out_channels < 0 || nnz < 0 || in_channels < 0)
-    return "negative sizes (out_channels " + std::to_string(out_channels) + ", kernels " + std::to_string(nnz) +
-           ", in_channels " + std::to_string(in_channels) + ")";
+    throw_invalid("negative sizes (out_channels " + std::to_string(out_channels) + ", kernels " + std::to_string(nnz) +
+                  ", in_channels " + std::to_string(in_channels) + ")");
   for (int64_t p = 0; p < num_patterns; ++p) {
     uint16_t seen = 0;
     for (int64_t e = 0; e < entries; ++e) {
       const int pos = patterns[p * entries + e];
-      if (pos > 8) return "pattern " + std::to_string(p) + " has position " + std::to_string(pos) + " outside 0..8";
-      if (seen & (1u << pos)) return "pattern " + std::to_string(p) + " repeats position " + std::to_string(pos);
+      if (pos > 8) throw_invalid("pattern " + std::to_string(p) + " has position " + std::to_string(pos) + " outside 0..8");
+      if (seen & (1u << pos)) throw_invalid("pattern " + std::to_string(p) + " repeats position " + std::to_string(pos));
       seen |= static_cast<uint16_t>(1u << pos);
     }
   }
-  if (filter_ptr[0] != 0) return "filter_ptr[0] must be 0, got " + std::to_string(filter_ptr[0]);
+  if (filter_ptr[0] != 0) throw_invalid("filter_ptr[0] must be 0, got " + std::to_string(filter_ptr[0]));
   for (int64_t o = 0; o < out_channels; ++o)
     if (filter_ptr[o + 1] < filter_ptr[o])
-      return "filter_ptr must be non-decreasing (filter " + std::to_string(o) + ")";
+      throw_invalid("filter_ptr must be non-decreasing (filter " + std::to_string(o) + ")");
   if (filter_ptr[out_channels] != nnz)
-    return "filter_ptr[-1] = " + std::to_string(filter_ptr[out_channels]) + " but there are " + std::to_string(nnz) + " kernels";
+    throw_invalid("filter_ptr[-1] = " + std::to_string(filter_ptr[out_channels]) + " but there are " + std::to_string(nnz) + " kernels");
   for (int64_t k = 0; k < nnz; ++k) {
     if (kernel_channel[k] < 0 || kernel_channel[k] >= in_channels)
-      return "kernel_channel[" + std::to_string(k) + "] = " + std::to_string(kernel_channel[k]) +
-             " is outside 0.." + std::to_string(in_channels - 1);
+      throw_invalid("kernel_channel[" + std::to_string(k) + "] = " + std::to_string(kernel_channel[k]) +
+                    " is outside 0.." + std::to_string(in_channels - 1));
     if (kernel_pattern[k] >= num_patterns)
-      return "kernel_pattern[" + std::to_string(k) + "] = " + std::to_string(kernel_pattern[k]) +
-             " but there are only " + std::to_string(num_patterns) + " patterns";
+      throw_invalid("kernel_pattern[" + std::to_string(k) + "] = " + std::to_string(kernel_pattern[k]) +
+                    " but there are only " + std::to_string(num_patterns) + " patterns");
   }
   // A (filter, channel) pair listed twice would be summed by the kernels but kept once by
   // decompress: reject it. last_filter[c] = last filter that used channel c, O(nnz + Cin);
@@ -53,7 +53,7 @@ std::string validate_format(int64_t num_patterns, int64_t entries, int64_t out_c
     std::vector<int64_t> last_filter(static_cast<size_t>(std::max<int64_t>(in_channels, 0)), -1);
     for (int64_t o = 0; o < out_channels; ++o)
       for (int64_t k = filter_ptr[o]; k < filter_ptr[o + 1]; ++k) {
-        if (last_filter[kernel_channel[k]] == o) return duplicate(o, kernel_channel[k]);
+        if (last_filter[kernel_channel[k]] == o) throw_invalid(duplicate(o, kernel_channel[k]));
         last_filter[kernel_channel[k]] = o;
       }
   } else {
@@ -62,10 +62,9 @@ std::string validate_format(int64_t num_patterns, int64_t entries, int64_t out_c
       chans.assign(kernel_channel + filter_ptr[o], kernel_channel + filter_ptr[o + 1]);
       std::sort(chans.begin(), chans.end());
       const auto it = std::adjacent_find(chans.begin(), chans.end());
-      if (it != chans.end()) return duplicate(o, *it);
+      if (it != chans.end()) throw_invalid(duplicate(o, *it));
     }
   }
-  return "";
 }
 
 namespace {

@@ -2,7 +2,6 @@
 #include "spmm.h"
 
 #include <algorithm>
-#include <stdexcept>
 #include <string>
 
 namespace patsparse {
@@ -57,7 +56,7 @@ constexpr int64_t kMinParallelWork = int64_t(1) << 18;
 
 void spmm_f32(Isa isa, const CsrView& w, const SpmmIo<float>& io, const ParallelFor& pfor, int num_threads) {
   if (isa != Isa::Scalar && !isa_supported(isa))
-    throw std::invalid_argument(std::string("ISA path not available: ") + isa_name(isa));
+    throw_invalid(std::string("ISA path not available: ") + isa_name(isa));
   if (io.batch <= 0 || io.n <= 0 || w.rows <= 0) return;
   const SpmmKernels* k = kernels_for(isa);
   int64_t work = 0;

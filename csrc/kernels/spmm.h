@@ -20,13 +20,12 @@
 
 #include <cstdint>
 #include <limits>
-#include <list>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
 #include "dispatch.h"
+#include "lru_cache.h"
 #include "pattern_conv.h"
 
 namespace patsparse {
@@ -62,24 +61,19 @@ struct SparseIndex {
 // code range, finite positive scale, value count). Throws std::invalid_argument naming the problem.
 std::shared_ptr<const SparseIndex> build_sparse_index(const StoredSparse& s);
 
-struct SparseIndexCacheStats {
-  int64_t hits = 0, builds = 0, size = 0, bytes = 0;
-};
+using SparseIndexCacheStats = PlanCacheStats;
 
-// Bounded LRU cache of runtime indices keyed by the stored arrays' content. Thread-safe.
+// Bounded LRU cache (lru_cache.h) of runtime indices keyed by the stored arrays' content. Thread-safe.
 class SparseIndexCache {
  public:
   explicit SparseIndexCache(size_t max_entries = 256, int64_t max_bytes = int64_t(512) << 20)
-      : max_entries_(max_entries), max_bytes_(max_bytes) {}
+      : cache_(max_entries, max_bytes) {}
   std::shared_ptr<const SparseIndex> get(const StoredSparse& s);  // throws like build_sparse_index
-  SparseIndexCacheStats stats();
-  void clear();
+  SparseIndexCacheStats stats() { return cache_.stats(); }
+  void clear() { cache_.clear(); }
 
  private:
-  std::mutex mu_;
-  std::list<std::shared_ptr<const SparseIndex>> entries_;  // most recently used first
-  size_t max_entries_;
-  int64_t max_bytes_, bytes_ = 0, hits_ = 0, builds_ = 0;
+  LruCache<const SparseIndex> cache_;
 };
 
 // What the kernels read: CSR arrays plus the values (stored fp32 values or SparseIndex::decoded).
@@ -127,8 +121,10 @@ void reference_spmm(const CsrView& w, const SpmmIo<T>& io, const ParallelFor& pf
 void spmm_f32(Isa isa, const CsrView& w, const SpmmIo<float>& io, const ParallelFor& pfor = serial_for,
               int num_threads = 1);
 
-// An ISA's kernels (spmm_impl.h instantiates them per ISA).
+// An ISA's kernels (spmm_impl.h instantiates them per ISA): column tiles of V vectors are
+// microkernel_name("spmm", 0, V, isa) (f32_spmm_v8__avx512), the gather kernel f32_spmm_gather__<isa>.
 struct SpmmKernels {
+  const char* isa = "";
   int vec_len = 1;
   int max_vecs = 1;  // widest column tile, in vectors
   // Rows [o0, o1) x columns [j0, j0 + len) of image b, len <= vec_len * max_vecs (column layout).

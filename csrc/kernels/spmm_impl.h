@@ -154,8 +154,9 @@ void gather_rows(const CsrView& w, const SpmmIo<float>& io, int64_t b, int64_t j
 }
 
 template <class S, int MaxV>
-SpmmKernels make_kernels() {
+SpmmKernels make_kernels(const char* isa) {
   SpmmKernels k;
+  k.isa = isa;
   k.vec_len = S::width;
   k.max_vecs = MaxV;
   k.column_tile = &column_tile<S, MaxV>;

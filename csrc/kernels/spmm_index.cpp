@@ -3,7 +3,6 @@
 // TorchScript file or a C++ caller hands in is validated before a kernel reads through it.
 #include <cmath>
 #include <cstring>
-#include <stdexcept>
 #include <string>
 
 #include "spmm.h"
@@ -12,8 +11,6 @@ namespace patsparse {
 namespace {
 
 constexpr int kBitmap = 1;
-
-[[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument(msg); }
 
 int bit_length(uint64_t v) { return v ? 64 - __builtin_clzll(v) : 0; }
 
@@ -34,12 +31,12 @@ class PackedReader {
   PackedReader(const char* name, const uint8_t* data, int64_t bytes, int64_t count, int width)
       : data_(data), bytes_(bytes), width_(width) {
     int64_t bits;
-    if (!mul_ok(count, width, &bits) || bits > INT64_MAX - 7) fail(std::string(name) + " is too long");
+    if (!mul_ok(count, width, &bits) || bits > INT64_MAX - 7) throw_invalid(std::string(name) + " is too long");
     if (bytes != (bits + 7) / 8)
-      fail(std::string(name) + " has " + std::to_string(bytes) + " bytes, expected " + std::to_string((bits + 7) / 8) +
+      throw_invalid(std::string(name) + " has " + std::to_string(bytes) + " bytes, expected " + std::to_string((bits + 7) / 8) +
            " for " + std::to_string(count) + " values of " + std::to_string(width) + " bits");
     if (bits % 8 && (data[bytes - 1] >> (bits % 8)))
-      fail(std::string(name) + " has nonzero padding bits after the last value");
+      throw_invalid(std::string(name) + " has nonzero padding bits after the last value");
   }
   uint32_t operator()(int64_t i) const {
     const int64_t pos = i * width_, byte = pos >> 3;
@@ -60,48 +57,48 @@ std::vector<int64_t> decode_positions(const StoredSparse& s, int kind, int width
   std::vector<int64_t> pos;
   pos.reserve(static_cast<size_t>(nnz));
   if (kind == kBitmap) {
-    if (width != 1 || nsym != 0) fail("bitmap index must have width 1 and no symbols");
+    if (width != 1 || nsym != 0) throw_invalid("bitmap index must have width 1 and no symbols");
     PackedReader bits("bitmap index", s.index, s.index_bytes, numel, 1);
     for (int64_t i = 0; i < numel; ++i)
       if (s.index[i >> 3] >> (i & 7) & 1) {
-        if (static_cast<int64_t>(pos.size()) == nnz) fail("bitmap has more set bits than the header's nnz");
+        if (static_cast<int64_t>(pos.size()) == nnz) throw_invalid("bitmap has more set bits than the header's nnz");
         pos.push_back(i);
       }
     (void)bits;
     if (static_cast<int64_t>(pos.size()) != nnz)
-      fail("bitmap has " + std::to_string(pos.size()) + " set bits, header says nnz=" + std::to_string(nnz));
+      throw_invalid("bitmap has " + std::to_string(pos.size()) + " set bits, header says nnz=" + std::to_string(nnz));
     return pos;
   }
-  if (nsym > numel) fail("relative index has more symbols than the weight has entries");
+  if (nsym > numel) throw_invalid("relative index has more symbols than the weight has entries");
   PackedReader sym("relative index", s.index, s.index_bytes, nsym, width);
   const uint32_t esc = (1u << width) - 1;
   int64_t p = -1;
   for (int64_t i = 0; i < nsym; ++i) {
     const uint32_t v = sym(i);
     if (v == esc) {
-      if (i == nsym - 1) fail("relative index ends with a padding (escape) entry");
+      if (i == nsym - 1) throw_invalid("relative index ends with a padding (escape) entry");
       p += esc;  // the last symbol is a value, so an escape past the end is an error already
-      if (p >= numel) fail("relative index points past the end of the weight");
+      if (p >= numel) throw_invalid("relative index points past the end of the weight");
       continue;
     }
     p += int64_t(v) + 1;
-    if (p >= numel) fail("relative index points past the end of the weight");
-    if (static_cast<int64_t>(pos.size()) == nnz) fail("relative index holds more entries than the header's nnz");
+    if (p >= numel) throw_invalid("relative index points past the end of the weight");
+    if (static_cast<int64_t>(pos.size()) == nnz) throw_invalid("relative index holds more entries than the header's nnz");
     pos.push_back(p);
   }
   if (static_cast<int64_t>(pos.size()) != nnz)
-    fail("relative index holds " + std::to_string(pos.size()) + " entries, header says nnz=" + std::to_string(nnz));
+    throw_invalid("relative index holds " + std::to_string(pos.size()) + " entries, header says nnz=" + std::to_string(nnz));
   return pos;
 }
 
 // quant.levels / quant.nonzero_code_width / quant.multipliers, for the nonzero codes SparseLinear
 // and SparseConv2d store (symbol s < 2m names level s - m for s < m, s - m + 1 otherwise).
 std::vector<float> decode_codes(const StoredSparse& s, int scheme, int bits, int64_t nnz) {
-  if (bits < 1 || bits > 8) fail("code bits must be in 1..8, got " + std::to_string(bits));
-  if (s.num_values) fail("a quantized weight stores no fp32 'values'");
-  if (s.num_code_scale != 1) fail("'scale' must hold one finite positive fp32 number");
+  if (bits < 1 || bits > 8) throw_invalid("code bits must be in 1..8, got " + std::to_string(bits));
+  if (s.num_values) throw_invalid("a quantized weight stores no fp32 'values'");
+  if (s.num_code_scale != 1) throw_invalid("'scale' must hold one finite positive fp32 number");
   const float scale = s.code_scale[0];
-  if (!std::isfinite(scale) || !(scale > 0)) fail("'scale' must hold one finite positive fp32 number");
+  if (!std::isfinite(scale) || !(scale > 0)) throw_invalid("'scale' must hold one finite positive fp32 number");
   const int m = bits <= 2 ? 1 : (1 << (bits - 1)) - 1;
   int width = 1;
   while ((1 << width) < 2 * m) ++width;
@@ -109,11 +106,11 @@ std::vector<float> decode_codes(const StoredSparse& s, int scheme, int bits, int
   std::vector<float> out(static_cast<size_t>(nnz));
   for (int64_t i = 0; i < nnz; ++i) {
     const int v = static_cast<int>(sym(i));
-    if (v >= 2 * m) fail("code " + std::to_string(v) + " out of range for " + std::to_string(bits) + "-bit levels");
+    if (v >= 2 * m) throw_invalid("code " + std::to_string(v) + " out of range for " + std::to_string(bits) + "-bit levels");
     const int c = v < m ? v - m : v - m + 1;
     const float mult = scheme == 1 ? float(c) : (c < 0 ? -1.f : 1.f) * std::ldexp(1.0f, 1 - (c < 0 ? -c : c));
     out[i] = mult * scale;
-    if (!std::isfinite(out[i])) fail("'scale' times the code levels overflows float32");
+    if (!std::isfinite(out[i])) throw_invalid("'scale' times the code levels overflows float32");
   }
   return out;
 }
@@ -136,25 +133,25 @@ bool same_stored(const SparseIndex& idx, const StoredSparse& s) {
 
 std::shared_ptr<const SparseIndex> build_sparse_index(const StoredSparse& s) {
   int64_t numel;
-  if (s.rows < 0 || s.cols < 0 || !mul_ok(s.rows, s.cols, &numel)) fail("weight size out of range");
-  if (s.rows >= INT32_MAX || s.cols >= INT32_MAX) fail("weight dimensions must fit in int32");
+  if (s.rows < 0 || s.cols < 0 || !mul_ok(s.rows, s.cols, &numel)) throw_invalid("weight size out of range");
+  if (s.rows >= INT32_MAX || s.cols >= INT32_MAX) throw_invalid("weight dimensions must fit in int32");
   if (s.header_bytes < 0 || s.index_bytes < 0 || s.codes_bytes < 0 || s.num_values < 0 || s.num_code_scale < 0)
-    fail("negative array size");
+    throw_invalid("negative array size");
   const int L = bit_length(static_cast<uint64_t>(numel)) > 0 ? bit_length(static_cast<uint64_t>(numel)) : 1;
   const int widths[6] = {1, 4, 2, 4, L, L};
   const int64_t header_bits = 11 + 2 * L;
   if (s.header_bytes != (header_bits + 7) / 8)
-    fail("header has " + std::to_string(s.header_bytes) + " bytes, expected " + std::to_string((header_bits + 7) / 8));
+    throw_invalid("header has " + std::to_string(s.header_bytes) + " bytes, expected " + std::to_string((header_bits + 7) / 8));
   if (header_bits % 8 && (s.header[s.header_bytes - 1] >> (header_bits % 8)))
-    fail("header has nonzero padding bits");
+    throw_invalid("header has nonzero padding bits");
   uint64_t f[6];
   for (int i = 0, pos = 0; i < 6; pos += widths[i], ++i) f[i] = read_field(s.header, pos, widths[i]);
   const int kind = static_cast<int>(f[0]), width = static_cast<int>(f[1]) + 1, scheme = static_cast<int>(f[2]);
   const int bits = static_cast<int>(f[3]);
   const int64_t nnz = static_cast<int64_t>(f[4]), nsym = static_cast<int64_t>(f[5]);
-  if (scheme > 2) fail("unknown value scheme " + std::to_string(scheme));
-  if (nnz > numel) fail("nnz=" + std::to_string(nnz) + " exceeds the weight's " + std::to_string(numel) + " entries");
-  if (nnz >= INT32_MAX) fail("nnz must fit in int32");
+  if (scheme > 2) throw_invalid("unknown value scheme " + std::to_string(scheme));
+  if (nnz > numel) throw_invalid("nnz=" + std::to_string(nnz) + " exceeds the weight's " + std::to_string(numel) + " entries");
+  if (nnz >= INT32_MAX) throw_invalid("nnz must fit in int32");
 
   auto idx = std::make_shared<SparseIndex>();
   idx->rows = s.rows;
@@ -163,9 +160,9 @@ std::shared_ptr<const SparseIndex> build_sparse_index(const StoredSparse& s) {
   const std::vector<int64_t> pos = decode_positions(s, kind, width, nnz, nsym, numel);
   if (scheme == 0) {
     if (bits != 0 || s.codes_bytes || s.num_code_scale)
-      fail("an unquantized weight stores no codes and no scale (bits must be 0)");
+      throw_invalid("an unquantized weight stores no codes and no scale (bits must be 0)");
     if (s.num_values != nnz)
-      fail("'values' has " + std::to_string(s.num_values) + " entries, expected nnz=" + std::to_string(nnz));
+      throw_invalid("'values' has " + std::to_string(s.num_values) + " entries, expected nnz=" + std::to_string(nnz));
   } else {
     idx->quantized = true;
     idx->decoded = decode_codes(s, scheme, bits, nnz);
@@ -204,37 +201,10 @@ CsrView csr_view(const SparseIndex& index, const float* stored_values) {
 }
 
 std::shared_ptr<const SparseIndex> SparseIndexCache::get(const StoredSparse& s) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto it = entries_.begin(); it != entries_.end(); ++it)
-      if (same_stored(**it, s)) {
-        auto hit = *it;
-        entries_.splice(entries_.begin(), entries_, it);
-        ++hits_;
-        return hit;
-      }
-  }
+  if (auto hit = cache_.find([&](const SparseIndex& idx) { return same_stored(idx, s); })) return hit;
   auto built = build_sparse_index(s);  // outside the lock: may take a while, may throw
-  std::lock_guard<std::mutex> lock(mu_);
-  ++builds_;
-  entries_.push_front(built);
-  bytes_ += built->bytes;
-  while (entries_.size() > 1 && (entries_.size() > max_entries_ || bytes_ > max_bytes_)) {
-    bytes_ -= entries_.back()->bytes;
-    entries_.pop_back();
-  }
+  cache_.add(built, built->bytes);
   return built;
-}
-
-SparseIndexCacheStats SparseIndexCache::stats() {
-  std::lock_guard<std::mutex> lock(mu_);
-  return {hits_, builds_, static_cast<int64_t>(entries_.size()), bytes_};
-}
-
-void SparseIndexCache::clear() {
-  std::lock_guard<std::mutex> lock(mu_);
-  entries_.clear();
-  bytes_ = 0;
 }
 
 }  // namespace patsparse

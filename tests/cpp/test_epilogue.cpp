@@ -61,12 +61,8 @@ void run_case(Counter& t, const ConvShape& s, const Compressed& w, uint64_t seed
   const auto plan = build_plan(w.view(), s.in_channels);
   for (int kind = 0; kind < 8; ++kind) {
     for (const Bounds& b : kBounds) {
-      Epilogue ep;
-      ep.scale = (kind & 1) ? scale.data() : nullptr;
-      ep.shift = (kind & 2) ? shift.data() : nullptr;
-      ep.residual = (kind & 4) ? residual.data() : nullptr;
-      ep.lo = b.lo;
-      ep.hi = b.hi;
+      const Epilogue ep = Epilogue::make((kind & 1) ? scale.data() : nullptr, (kind & 2) ? shift.data() : nullptr,
+                                         (kind & 4) ? residual.data() : nullptr, b.lo, b.hi);
       const auto want = expected(s, w, x, ep.scale, ep.shift, ep.residual, b);
       const std::string tag = name + " scale=" + std::to_string(kind & 1) + " shift=" + std::to_string((kind >> 1) & 1) +
                               " residual=" + std::to_string((kind >> 2) & 1) + " bounds=" + b.name;
@@ -131,9 +127,7 @@ void bad_bounds(Counter& t) {
     const auto bias = random_input(4, 44);
     std::vector<float> a(out.size()), b(out.size());
     forward_f32(isa, s, w.view(), nullptr, x.data(), bias.data(), a.data());
-    Epilogue ep;
-    ep.shift = bias.data();
-    forward_f32(isa, s, w.view(), nullptr, x.data(), ep, b.data());
+    forward_f32(isa, s, w.view(), nullptr, x.data(), Epilogue::bias_only(bias.data()), b.data());
     t.check(a == b, std::string("bias overload equals shift-only epilogue on ") + isa_name(isa));
   }
 }

@@ -123,18 +123,18 @@ std::string corrupt(Rng& rng, Compressed& c, int64_t* cin) {
 void duplicate_rule(Counter& t) {
   // 3 filters over 4 channels; filter 1 lists channel 2 twice (not adjacent).
   Compressed c = random_weights(3, 4, 1.0, 1, 11);
-  t.check(validate(c.view(), 4).empty(), "dup rule: valid weights validate");
-  t.check(validate(c.view(), int64_t(1) << 40).empty(), "dup rule: valid weights validate (sort path)");
+  t.check(error_of([&] { validate(c.view(), 4); }).empty(), "dup rule: valid weights validate");
+  t.check(error_of([&] { validate(c.view(), int64_t(1) << 40); }).empty(), "dup rule: valid weights validate (sort path)");
   for (int64_t cin : {int64_t(4), int64_t(1) << 40}) {
     const std::string path = cin == 4 ? " (stamp path)" : " (sort path)";
     auto d = c;
     d.kernel_channel[4] = d.kernel_channel[6];
-    const std::string err = validate(d.view(), cin);
+    const std::string err = error_of([&] { validate(d.view(), cin); });
     t.check(err.find("filter 1") != std::string::npos && err.find("twice") != std::string::npos,
             "dup in filter 1 rejected with a message naming it" + path + ": '" + err + "'");
     auto e = c;
     e.kernel_channel[11] = e.kernel_channel[10];  // adjacent, in the last filter
-    t.check(!validate(e.view(), cin).empty(), "adjacent dup in the last filter rejected" + path);
+    t.check(!error_of([&] { validate(e.view(), cin); }).empty(), "adjacent dup in the last filter rejected" + path);
     try {
       build_plan(d.view(), cin);
       t.check(false, "build_plan accepted a duplicate" + path);
@@ -144,7 +144,7 @@ void duplicate_rule(Counter& t) {
   }
   // The same channel in different filters is the normal case.
   Compressed s = random_weights(4, 1, 1.0, 1, 12);
-  t.check(validate(s.view(), 1).empty(), "same channel in different filters accepted");
+  t.check(error_of([&] { validate(s.view(), 1); }).empty(), "same channel in different filters accepted");
 }
 
 void fuzz(Counter& t, uint64_t seed, int cases) {
@@ -159,7 +159,7 @@ void fuzz(Counter& t, uint64_t seed, int cases) {
     const std::string what = corrupt(rng, c, &cin);
     const std::string tag = "case " + std::to_string(i) + " (seed " + std::to_string(seed) + ", " + what + ")";
     const bool want = oracle_valid(c, cin);
-    const std::string err = validate(c.view(), cin);
+    const std::string err = error_of([&] { validate(c.view(), cin); });
     t.check(err.empty() == want, tag + ": validate says '" + err + "', oracle says " + (want ? "valid" : "invalid"));
     if (!err.empty()) {
       ++rejected;
@@ -236,7 +236,7 @@ void geometry_fuzz(Counter& t, uint64_t seed, int cases) {
     std::snprintf(tag, sizeof tag, "geometry case %d: N=%lld H=%lld W=%lld stride=(%lld,%lld) pad=(%lld,%lld) dil=(%lld,%lld)",
                   i, (long long)s.batch, (long long)s.in_h, (long long)s.in_w, (long long)s.stride_h,
                   (long long)s.stride_w, (long long)s.pad_h, (long long)s.pad_w, (long long)s.dil_h, (long long)s.dil_w);
-    const std::string err = check_shape(s);
+    const std::string err = error_of([&] { check_shape(s); });
     if (!err.empty()) {
       for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon}) {
         if (!isa_supported(isa)) continue;

@@ -153,7 +153,7 @@ void edge_cases(Counter& t) {
 
 void format_checks(Counter& t) {
   Compressed w = random_weights(4, 3, 1.0, 1, 7);
-  const auto err = [&](const Compressed& c, int64_t cin) { return validate(c.view(), cin); };
+  const auto err = [&](const Compressed& c, int64_t cin) { return error_of([&] { validate(c.view(), cin); }); };
   t.check(err(w, 3).empty(), "valid weights validate");
   t.check(!err(w, 2).empty(), "kernel_channel >= in_channels rejected");
   { auto c = w; c.kernel_channel[1] = -1; t.check(!err(c, 3).empty(), "negative kernel_channel rejected"); }

@@ -4,11 +4,13 @@
 //     -> a new plan; equal content in other buffers -> hit; invalid arrays -> throws, not cached;
 //     the cache stays bounded;
 //   * filters with the same (channel, pattern) list in different CSR orders still compute right;
+//   * the cache container's LRU policy (lru_cache.h), the transposed plan cache's bounds;
 //   * conv_out_size / check_shape reject overflowing sizes; plan_supports rejects huge slabs and
 //     forward_f32 then runs the reference kernel (stride 2048 matches the dense conv).
 #include <cstdint>
 #include <stdexcept>
 
+#include "csrc/kernels/backward.h"
 #include "csrc/kernels/dispatch.h"
 #include "csrc/kernels/plan.h"
 #include "tests/cpp/test_util.h"
@@ -152,15 +154,15 @@ void checked_sizes(Counter& t) {
   t.check(conv_out_size(-1, 0, 1, 1) == -1 && conv_out_size(5, 0, 0, 1) == -1 && conv_out_size(5, 0, 1, 0) == -1,
           "conv_out_size rejects out-of-range arguments");
   ConvShape s = make_shape(1, 1, 5, 5, 1, 1, 0, 1);
-  t.check(check_shape(s).empty() && plan_supports(s), "a small shape is valid and planned");
+  t.check(shape_ok(s) && plan_supports(s), "a small shape is valid and planned");
   s = make_shape(1, 1, 5, 5, 1, int64_t(1) << 32, 0, 1);
-  t.check(check_shape(s).empty() && !plan_supports(s), "stride 2**32: valid shape, not planned");
+  t.check(shape_ok(s) && !plan_supports(s), "stride 2**32: valid shape, not planned");
   s = make_shape(1, 1, 5, 5, 1, 2048, 0, 1);
-  t.check(check_shape(s).empty() && !plan_supports(s), "stride 2048: slab too big, not planned");
+  t.check(shape_ok(s) && !plan_supports(s), "stride 2048: slab too big, not planned");
   s = make_shape(1, 1, 5, 5, 1, 1, big, big);
-  t.check(!check_shape(s).empty() && !plan_supports(s), "padding = dilation = 2**62-1 rejected");
+  t.check(!shape_ok(s) && !plan_supports(s), "padding = dilation = 2**62-1 rejected");
   s = make_shape(1, 1, 5, 5, 1, 1, int64_t(1) << 61, 1);
-  t.check(!check_shape(s).empty(), "output element count overflow rejected");
+  t.check(!shape_ok(s), "output element count overflow rejected");
 
   // A rejected shape throws from forward_f32 on every path instead of running.
   Compressed w = random_weights(1, 1, 1.0, 1, 41);
@@ -191,6 +193,40 @@ void checked_sizes(Counter& t) {
   t.check(a.out_h > 0 && all_paths_match(a, w3, nullptr, 7), "padding 700, dilation 600 match the dense conv");
 }
 
+// The one cache container (lru_cache.h): a hit moves an entry to the front, the least recently used
+// entry goes first past either bound, the newest always stays, and what a caller got outlives its
+// eviction. Then the transposed plan cache under a byte bound (it had only an entry bound).
+void lru_policy(Counter& t) {
+  LruCache<const int> cache(3, 100);
+  std::vector<std::shared_ptr<const int>> v;
+  for (int i = 0; i < 4; ++i) v.push_back(std::make_shared<const int>(i));
+  cache.add(v[0], 10);
+  cache.add(v[1], 10);
+  cache.add(v[2], 10);
+  t.check(cache.find([](int x) { return x == 0; }) == v[0], "lru: find returns the matching entry");
+  cache.add(v[3], 10);  // 4 > 3 entries: evicts 1 (0 was used more recently)
+  t.check(!cache.find([](int x) { return x == 1; }) && cache.find([](int x) { return x == 0; }),
+          "lru: the least recently used entry is evicted first");
+  const PlanCacheStats st = cache.stats();
+  t.check(st.size == 3 && st.bytes == 30 && st.builds == 4 && st.hits == 2, "lru: stats count hits, builds, bytes");
+  auto big = std::make_shared<const int>(9);
+  cache.add(big, 1000);  // over the byte bound alone: everything older goes, the newest stays
+  t.check(cache.stats().size == 1 && cache.find([](int x) { return x == 9; }) == big, "lru: the newest entry stays");
+  t.check(*v[1] == 1, "lru: an evicted entry stays valid for its holder");
+  cache.remove(big);
+  t.check(cache.stats().size == 0 && cache.stats().bytes == 0, "lru: remove drops an entry and its bytes");
+
+  Compressed a = random_weights(8, 6, 0.7, 1, 61), b = random_weights(8, 6, 0.7, 1, 62);
+  const auto fa = build_plan(a.view(), 6), fb = build_plan(b.view(), 6);
+  TransposedPlanCache tc(64, /*max_bytes=*/1);
+  const auto ta = tc.get(fa);
+  t.check(tc.get(fa) == ta, "transposed cache: the same forward plan hits");
+  tc.get(fb);
+  const PlanCacheStats ts = tc.stats();
+  t.check(ts.size == 1 && ts.builds == 2 && ts.hits == 1, "transposed cache: bounded by bytes too");
+  t.check(tc.get(fa) != ta && ta->forward == fa, "transposed cache: an evicted plan is rebuilt; the old one stays valid");
+}
+
 }  // namespace
 
 int main() {
@@ -199,5 +235,6 @@ int main() {
   cache_by_content(t);
   group_with_other_order(t);
   checked_sizes(t);
+  lru_policy(t);
   return t.finish("test_plan_cache");
 }

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <functional>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -30,6 +31,18 @@ inline void threaded_for(int64_t n, int64_t grain, const std::function<void(int6
     if (b < e) threads.emplace_back([&body, b, e] { body(b, e); });
   }
   for (auto& th : threads) th.join();
+}
+
+// The message of the std::invalid_argument f() throws (the core's error convention), "" when it
+// returns normally.
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "";
 }
 
 struct Rng {  // splitmix64: same sequence on every platform

@@ -5,10 +5,12 @@
 // Build and run from the repository root:
 //   g++ -O2 -std=c++20 -I. -Icsrc tests/cpp/test_x86.cpp csrc/kernels/{plan,reference,dispatch}.cpp \
 //       csrc/kernels/x86/*.cpp -o /tmp/test_x86 && /tmp/test_x86
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <random>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "csrc/kernels/dispatch.h"
@@ -107,16 +109,62 @@ void check(const char* name, const MicroKernels& mk, std::mt19937& rng) {
   std::printf("%s: done\n", name);
 }
 
+// The tile names (microkernel_name) and the tiles plan_forward picks: a row of exactly 2 x the widest
+// G = 4 tile runs that tile, named f32_patconv_g4v<max>__<isa>; every picked tile is in the table.
+void check_names(const MicroKernels& mk, std::mt19937& rng) {
+  const std::string isa = mk.isa;
+  auto fail = [&](const std::string& what) {
+    std::printf("FAIL %s names: %s\n", mk.isa, what.c_str());
+    ++failures;
+  };
+  ConvShape s;
+  s.batch = 1; s.in_channels = 6; s.out_channels = 8;
+  s.in_h = 3; s.in_w = 2 * mk.vec_len * mk.max_vecs[4];  // pitch = in_w at padding 0
+  s.out_h = conv_out_size(s.in_h, 0, 1, 1); s.out_w = conv_out_size(s.in_w, 0, 1, 1);
+  const Weights w = random_weights(rng, s.out_channels, s.in_channels, 1.0, 4);
+  const auto plan = build_plan(w.view(s.out_channels), s.in_channels);
+  const std::vector<std::string> names = plan_forward_tiles(*plan, mk, s);
+  const std::string widest = microkernel_name("patconv", 4, mk.max_vecs[4], mk.isa);
+  if (std::find(names.begin(), names.end(), widest) == names.end()) fail("no " + widest);
+  for (const std::string& n : names) {
+    bool offered = false;
+    for (int G = 1; G <= kPlanMaxGroup; ++G)
+      for (int V = 1; V <= mk.max_vecs[G]; ++V) offered = offered || n == microkernel_name("patconv", G, V, mk.isa);
+    if (!offered) fail(n + " is not in the table");
+  }
+  if (isa == "avx512" && widest != "f32_patconv_g4v6__avx512") fail("AVX-512 widest G=4 tile is " + widest);
+  if (isa == "avx2" && widest != "f32_patconv_g4v3__avx2") fail("AVX2 widest G=4 tile is " + widest);
+  if (names.empty() || !plan_forward_tiles(*plan, mk, ConvShape{}).empty()) fail("empty / non-empty lists");
+  // A hole in the table is an error naming the missing micro-kernel.
+  MicroKernels holey = mk;
+  holey.fn[2][1] = nullptr;
+  std::vector<float> x(s.batch * s.in_channels * s.in_h * s.in_w), out(s.batch * s.out_channels * s.out_h * s.out_w);
+  std::string err;
+  try {
+    plan_forward(*plan, holey, s, w.values.data(), x.data(), nullptr, out.data());
+  } catch (const std::invalid_argument& e) {
+    err = e.what();
+  }
+  if (err.find(microkernel_name("patconv", 2, 1, mk.isa)) == std::string::npos) fail("hole error: '" + err + "'");
+}
+
 }  // namespace
 
 int main() {
   std::mt19937 rng(1234);
+  if (microkernel_name("spmm", 0, 8, "avx512") != "f32_spmm_v8__avx512" ||
+      microkernel_name("patconv_gradv", 2, 0, "avx2") != "f32_patconv_gradv_g2__avx2") {
+    std::printf("FAIL microkernel_name\n");
+    ++failures;
+  }
   check("portable", portable_microkernels(), rng);
+  check_names(portable_microkernels(), rng);
 #if defined(__x86_64__)
-  if (cpu_has_avx2_fma()) check("avx2", avx2_microkernels(), rng);
-  if (cpu_has_avx512()) check("avx512", avx512_microkernels(), rng);
+  if (cpu_has_avx2_fma()) { check("avx2", avx2_microkernels(), rng); check_names(avx2_microkernels(), rng); }
+  if (cpu_has_avx512()) { check("avx512", avx512_microkernels(), rng); check_names(avx512_microkernels(), rng); }
 #elif defined(__aarch64__)
   check("neon", neon_microkernels(), rng);
+  check_names(neon_microkernels(), rng);
 #endif
   std::printf(failures ? "FAILED (%d)\n" : "all passed\n", failures);
   return failures ? 1 : 0;

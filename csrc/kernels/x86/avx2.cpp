@@ -53,28 +53,22 @@ struct Simd {
 
 }  // namespace
 
+// The tile list (../plan.h): the widest tile, in vectors, offered for each group size G.
+constexpr TileList kAvx2Tiles = {0, 12, 4, 3, 3};
+
 const MicroKernels& avx2_microkernels() {
-  static const MicroKernels mk = [] {
-    MicroKernels m;
-    m.counts = true;
-    m.vec_len = 8;
-    fill<Simd, 1>(m, std::make_integer_sequence<int, 12>{});
-    fill<Simd, 2>(m, std::make_integer_sequence<int, 4>{});
-    fill<Simd, 3>(m, std::make_integer_sequence<int, 3>{});
-    fill<Simd, 4>(m, std::make_integer_sequence<int, 3>{});
-    return m;
-  }();
+  static const MicroKernels mk = make_microkernels<PatConvTiles<Simd>, kAvx2Tiles>("avx2", Simd::width, /*counts=*/true);
   return mk;
 }
 
 // Grad tiles: up to 2 members a pass (16 ymm registers: 2 members x 4 entries of accumulators, plus the loads).
 const GradValueKernels& avx2_grad_value_kernels() {
-  static const GradValueKernels k = make_grad_value_kernels<Simd, 2>();
+  static const GradValueKernels k = make_grad_value_kernels<Simd, 2>("avx2");
   return k;
 }
 
 const SpmmKernels& avx2_spmm_kernels() {
-  static const SpmmKernels k = spmm_simd::make_kernels<Simd, 8>();
+  static const SpmmKernels k = spmm_simd::make_kernels<Simd, 8>("avx2");
   return k;
 }
 

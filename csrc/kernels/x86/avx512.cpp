@@ -52,28 +52,22 @@ struct Simd {
 
 }  // namespace
 
+// The tile list (../plan.h): the widest tile, in vectors, offered for each group size G.
+constexpr TileList kAvx512Tiles = {0, 16, 8, 6, 6};
+
 const MicroKernels& avx512_microkernels() {
-  static const MicroKernels mk = [] {
-    MicroKernels m;
-    m.counts = true;
-    m.vec_len = 16;
-    fill<Simd, 1>(m, std::make_integer_sequence<int, 16>{});
-    fill<Simd, 2>(m, std::make_integer_sequence<int, 8>{});
-    fill<Simd, 3>(m, std::make_integer_sequence<int, 6>{});
-    fill<Simd, 4>(m, std::make_integer_sequence<int, 6>{});
-    return m;
-  }();
+  static const MicroKernels mk = make_microkernels<PatConvTiles<Simd>, kAvx512Tiles>("avx512", Simd::width, /*counts=*/true);
   return mk;
 }
 
 // Grad tiles: up to 4 members a pass (32 zmm registers: 4 members x 4 entries of accumulators, plus the loads).
 const GradValueKernels& avx512_grad_value_kernels() {
-  static const GradValueKernels k = make_grad_value_kernels<Simd, 4>();
+  static const GradValueKernels k = make_grad_value_kernels<Simd, 4>("avx512");
   return k;
 }
 
 const SpmmKernels& avx512_spmm_kernels() {
-  static const SpmmKernels k = spmm_simd::make_kernels<Simd, 8>();
+  static const SpmmKernels k = spmm_simd::make_kernels<Simd, 8>("avx512");
   return k;
 }
 

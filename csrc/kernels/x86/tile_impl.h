@@ -1,12 +1,12 @@
-// The x86 micro-kernel body shared by avx2.cpp and avx512.cpp: a tile of G output channels x V
-// vectors of output pixels kept in registers; each input vector load feeds G FMAs (broadcast
-// weights). S is a SIMD traits type (Vec, width, load, store, set1, fma). Include this only after
-// the file's `#pragma GCC target(...)`, inside an anonymous namespace, so each ISA gets its own
+// The x86 micro-kernel family shared by avx2.cpp and avx512.cpp: PatConvTiles<S>::tile<G, V> is
+// f32_patconv_g<G>v<V>__<isa>, a tile of G output channels x V vectors of output pixels kept in
+// registers; each input vector load feeds G FMAs (broadcast weights). S is a SIMD traits type (Vec,
+// width, load, store, set1, fma). The ISA file lists the tiles it offers (a TileList, ../plan.h).
+// Include this only after the file's `#pragma GCC target(...)`, so each ISA gets its own
 // instantiation compiled for that ISA.
 #pragma once
 
 #include <cstdint>
-#include <utility>
 
 #include "x86_kernels.h"
 
@@ -44,28 +44,25 @@ __attribute__((always_inline)) inline void tile_runs(const TileArgs& t, typename
   }
 }
 
-template <class S, int G, int V>
-void tile(const TileArgs& t) {
-  typename S::Vec acc[G][V];
+template <class S>
+struct PatConvTiles {
+  template <int G, int V>
+  static void tile(const TileArgs& t) {
+    typename S::Vec acc[G][V];
 #pragma GCC unroll 4
-  for (int m = 0; m < G; ++m) {
-    const typename S::Vec b = S::set1(t.bias ? t.bias[m] : 0.0f);
+    for (int m = 0; m < G; ++m) {
+      const typename S::Vec b = S::set1(t.bias ? t.bias[m] : 0.0f);
 #pragma GCC unroll 16
-    for (int v = 0; v < V; ++v) acc[m][v] = b;
+      for (int v = 0; v < V; ++v) acc[m][v] = b;
+    }
+    if (t.entries == 4 && !t.counts) tile_runs<S, G, V, 4>(t, acc);  // the papers' (and the default) pattern size
+    else tile_runs<S, G, V, 0>(t, acc);
+#pragma GCC unroll 4
+    for (int m = 0; m < G; ++m)
+#pragma GCC unroll 16
+      for (int v = 0; v < V; ++v) S::store(t.out + m * t.out_stride + S::width * v, acc[m][v]);
   }
-  if (t.entries == 4 && !t.counts) tile_runs<S, G, V, 4>(t, acc);  // the papers' (and the default) pattern size
-  else tile_runs<S, G, V, 0>(t, acc);
-#pragma GCC unroll 4
-  for (int m = 0; m < G; ++m)
-#pragma GCC unroll 16
-    for (int v = 0; v < V; ++v) S::store(t.out + m * t.out_stride + S::width * v, acc[m][v]);
-}
-
-template <class S, int G, int... Vs>
-void fill(MicroKernels& mk, std::integer_sequence<int, Vs...>) {
-  ((mk.fn[G][Vs + 1] = &tile<S, G, Vs + 1>), ...);
-  mk.max_vecs[G] = static_cast<int>(sizeof...(Vs));
-}
+};
 
 }  // namespace
 }  // namespace patsparse
