@@ -195,14 +195,20 @@ def sparse_index_cache_stats() -> list:
     return list(_ops.sparse_index_cache_stats())
 
 
-@torch.library.register_fake("patsparse::sparse_conv1x1")
-def _(input, header, index, codes, values, code_scale, out_channels, scale, shift, residual, stride, lo, hi):
+def _strided_output(input, channels: int, stride):
+    """Fake output of a conv that keeps the spatial size up to ``stride`` (1x1 unpadded, 3x3 padding
+    1), in the input's memory format."""
     torch._check(input.dim() == 4, lambda: "patsparse: input must be 4-D")
     n, _c, h, w = input.shape
-    out = input.new_empty((n, out_channels, (h - 1) // stride[0] + 1, (w - 1) // stride[1] + 1))
+    out = input.new_empty((n, channels, (h - 1) // stride[0] + 1, (w - 1) // stride[1] + 1))
     if input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous():
         out = out.contiguous(memory_format=torch.channels_last)
     return out
+
+
+@torch.library.register_fake("patsparse::sparse_conv1x1")
+def _(input, header, index, codes, values, code_scale, out_channels, scale, shift, residual, stride, lo, hi):
+    return _strided_output(input, out_channels, stride)
 
 
 @torch.library.register_fake("patsparse::sparse_linear")
@@ -214,12 +220,7 @@ def _(input, header, index, codes, values, code_scale, out_features, scale, shif
 # inference only: no autograd formula).
 @torch.library.register_fake("patsparse::depthwise_conv3x3")
 def _(input, weight, bias, stride, lo, hi):
-    torch._check(input.dim() == 4, lambda: "patsparse: input must be 4-D")
-    n, c, h, w = input.shape
-    out = input.new_empty((n, c, (h - 1) // stride[0] + 1, (w - 1) // stride[1] + 1))
-    if input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous():
-        out = out.contiguous(memory_format=torch.channels_last)
-    return out
+    return _strided_output(input, input.shape[1], stride)
 
 
 def _sparse_setup_context(ctx, inputs, output):
