@@ -1,11 +1,15 @@
-"""Shared test utilities: random compressed weights and the dense masked reference."""
+"""Shared test utilities: random compressed weights, the dense masked reference, compressed modules
+and their state dicts."""
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from torch_patsparse import format as fmt
 from torch_patsparse import ops
-from torch_patsparse.nn import SparseConv2d, SparseLinear
+from torch_patsparse.nn import PatternConv2d, SparseConv2d, SparseLinear
+from torch_patsparse.patterns import PatternSet
 
 # A fixed 8-pattern set (centre kept), so the kernel tests do not depend on pattern selection.
 PATTERNS8 = torch.tensor([[0, 1, 3, 4], [1, 2, 4, 5], [3, 4, 6, 7], [4, 5, 7, 8],
@@ -92,3 +96,75 @@ def sparse_linear(cin, cout, keep, bits=None, seed=0, empty_rows=False, bias=Tru
     with torch.no_grad():
         lin.weight.copy_(pruned_weight(lin.weight.shape, keep, seed, empty_rows))
     return lin, SparseLinear.from_dense(lin, bits=bits)
+
+
+def with_duplicate_kernel():
+    """Compressed arrays of a 3x4 weight in which filter 1 names one input channel twice."""
+    arrays = compressed(random_pattern_weight(3, 4, keep=1.0, seed=3))
+    kc = arrays["kernel_channel"].clone()
+    kc[5] = kc[7]  # filter 1 (kernels 4..7) now names one input channel twice
+    arrays["kernel_channel"] = kc
+    return arrays
+
+
+def pconv(cin=16, cout=16, bits=None, keep=0.5, **kw):
+    """A PatternConv2d over PATTERNS8 from a random pattern-fitting 3x3 conv."""
+    return PatternConv2d.from_dense(pattern_weight_conv(cin, cout, keep=keep, **kw), PatternSet(PATTERNS8), bits=bits)
+
+
+def sd_of(m):
+    """A deep copy of ``m.state_dict()`` that a test may corrupt."""
+    return {k: v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v) for k, v in m.state_dict().items()}
+
+
+def snapshot(m):
+    """Everything the module holds: parameters, buffers (persistent or not), metadata."""
+    out = {k: v.detach().clone() for k, v in list(m.named_parameters()) + list(m.named_buffers())}
+    out["_meta"] = {k: getattr(m, k, None) for k in ("bits", "scheme")} if isinstance(m, PatternConv2d) else {}
+    return out
+
+
+def assert_same_snapshot(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], torch.Tensor):
+            assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(a[k], b[k]), k
+        else:
+            assert a[k] == b[k], k
+
+
+# Tolerances of a half-precision forward against the float32 dense reference.
+HALF_TOL = {torch.float16: dict(rtol=1e-2, atol=2e-2), torch.bfloat16: dict(rtol=4e-2, atol=8e-2)}
+
+
+def pruned_on_grid(shape, keep, seed=0, levels=None, q=0.037):
+    """Random weight with ~keep of entries nonzero; if levels, on the uniform grid c*q, |c|<=levels."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(shape, generator=g) < keep
+    if levels is None:
+        w = torch.randn(shape, generator=g)
+    else:
+        c = torch.randint(1, levels + 1, shape, generator=g) * (torch.randint(0, 2, shape, generator=g) * 2 - 1)
+        w = c.float() * q
+    return w * mask
+
+
+def linear_with(w, bias=True, seed=0):
+    """An nn.Linear holding weight ``w`` and a seeded random bias."""
+    lin = nn.Linear(w.shape[1], w.shape[0], bias=bias)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+        if bias:
+            lin.bias.copy_(torch.randn(w.shape[0], generator=torch.Generator().manual_seed(seed + 1)))
+    return lin
+
+
+def conv_with(w, stride=1, padding=0, dilation=1, groups=1, bias=True, seed=0):
+    """An nn.Conv2d holding weight ``w`` and a seeded random bias."""
+    cout, cin_g, kh, kw = w.shape
+    conv = nn.Conv2d(cin_g * groups, cout, (kh, kw), stride, padding, dilation, groups, bias)
+    with torch.no_grad():
+        conv.weight.copy_(w)
+        if bias:
+            conv.bias.copy_(torch.randn(cout, generator=torch.Generator().manual_seed(seed + 1)))
+    return conv

@@ -1,5 +1,8 @@
-"""PatternConv2d against dense nn.Conv2d: from_dense, storage, state_dict, compression_report,
-constructor order and renamed names (convert: test_convert.py; TorchScript: test_export.py)."""
+"""nn/pattern_conv.py, PatternConv2d against dense nn.Conv2d: from_dense (lossless unless projection or
+bits are asked), quantized storage, inputs like nn.Conv2d (wrong channels or rank, unbatched, half,
+float64, string padding), constructor order and renamed names (state_dict and load validation:
+test_pattern_state.py; convert: test_convert.py; TorchScript: test_export.py)."""
+import copy
 import io
 
 import pytest
@@ -7,9 +10,11 @@ import torch
 from torch import nn
 
 import torch_patsparse as ps
-from torch_patsparse.models import vgg16
+from torch_patsparse import format as fmt
+from torch_patsparse.nn import PatternConv2d
+from torch_patsparse.nn.kinds import PATTERN, layer_kind
 
-from helpers import PATTERNS8, pattern_weight_conv
+from helpers import HALF_TOL, PATTERNS8, pattern_weight_conv, pconv
 
 
 @pytest.mark.parametrize("kwargs", [dict(padding=1), dict(stride=2), dict(padding=2, dilation=2), dict(bias=False)])
@@ -31,20 +36,6 @@ def test_from_dense_projects_dense_weights():
     assert ((dense.weight != 0).sum((2, 3)) <= 4).all()
     x = torch.randn(1, 4, 7, 7)
     torch.testing.assert_close(pc(x), dense(x), rtol=1e-5, atol=1e-5)
-
-
-def test_state_dict_is_compressed_and_round_trips(tmp_path):
-    conv = pattern_weight_conv(cin=16, cout=16, keep=0.3)
-    pc = ps.nn.PatternConv2d.from_dense(conv, ps.PatternSet(PATTERNS8))
-    sd = pc.state_dict()
-    assert "weight" not in sd
-    assert sum(t.numel() for t in sd.values() if isinstance(t, torch.Tensor)) < conv.weight.numel()
-    torch.save(sd, tmp_path / "pc.pt")
-    loaded = torch.load(tmp_path / "pc.pt", weights_only=True)
-    fresh = ps.nn.PatternConv2d(16, 16, padding=0)          # different nnz: load resizes
-    fresh.load_state_dict(loaded)
-    x = torch.randn(2, 16, 9, 9)
-    assert torch.equal(fresh(x), pc(x))
 
 
 def test_quantized_storage():
@@ -70,47 +61,6 @@ def test_quantized_storage():
     x = torch.randn(1, 8, 6, 6)
     assert torch.equal(again(x), auto(x))
     assert levels.shape == conv.weight.shape
-
-
-@pytest.mark.parametrize("corrupt,message", [
-    (lambda sd: sd["kernel_channel"].__setitem__(0, 99), "kernel_channel"),
-    (lambda sd: sd["kernel_pattern"].__setitem__(0, 200), "kernel_pattern"),
-    (lambda sd: sd["filter_ptr"].__setitem__(3, 10_000), "filter_ptr"),
-    (lambda sd: sd.__setitem__("filter_ptr", sd["filter_ptr"][:-1].clone()), "filter_ptr"),
-    (lambda sd: sd.__setitem__("kernel_channel", sd["kernel_channel"].long()), "dtype"),
-    (lambda sd: sd.__setitem__("values", sd["values"][:-1].clone()), "values"),
-])
-def test_load_state_dict_rejects_corrupt_arrays(corrupt, message):
-    pc = ps.nn.PatternConv2d.from_dense(pattern_weight_conv(), ps.PatternSet(PATTERNS8))
-    sd = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in pc.state_dict().items()}
-    corrupt(sd)
-    fresh = ps.nn.PatternConv2d(6, 8)
-    with pytest.raises((RuntimeError, ValueError), match=message):
-        fresh.load_state_dict(sd)
-
-
-def test_vgg16_report_bits_per_kernel():
-    """Stored bits of each converted layer are within a few percent of (4 values + index) per kept kernel."""
-    model = vgg16(num_classes=10)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d) and m.in_channels > 3:
-                m.weight.copy_(ps.project.connectivity(ps.project.pattern(m.weight, ps.PatternSet.select(m.weight)),
-                                                       0.25))
-    model = ps.convert(model, exclude=["features.0"])
-    report = ps.compression_report(model, input_size=(1, 3, 32, 32))
-    text = str(report)
-    assert "total" in text
-    for row in report.rows:
-        if row.kind != "PatternConv2d":
-            continue
-        m = model.get_submodule(row.name)
-        per_kernel = 4 * 32 + 16 + 8                          # values + int16 channel index + pattern id
-        ideal = m.kept_kernels * per_kernel
-        assert ideal <= row.stored_bits <= ideal * 1.05, (row.name, row.stored_bits, ideal)
-        assert abs(row.density - 0.25 * 4 / 9) < 0.01
-        assert row.kept_macs < row.dense_macs
-    assert report.totals["ratio"] > 4
 
 
 def test_training_through_pattern_conv():
@@ -143,30 +93,6 @@ def test_from_dense_rejects_ineligible():
         conv.weight[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         ps.nn.PatternConv2d.from_dense(conv)
-
-
-@pytest.mark.parametrize("bits", [None, 1, 3, 4, 8])
-def test_saved_file_tracks_counted_bits(tmp_path, bits):
-    conv = pattern_weight_conv(cin=64, cout=64, keep=0.25, seed=4)
-    pc = ps.nn.PatternConv2d.from_dense(conv, ps.PatternSet(PATTERNS8), bits=bits)
-    path = tmp_path / "pc.pt"
-    torch.save(pc.state_dict(), path)
-    counted = sum(pc.storage_bits().values()) / 8
-    overhead = 700 * len(pc.state_dict()) + 1500              # zip entries + pickle, per tensor
-    assert counted <= path.stat().st_size <= counted + overhead, (path.stat().st_size, counted)
-    fresh = ps.nn.PatternConv2d(64, 64, bits=bits, scheme=pc.scheme if bits else "uniform")
-    fresh.load_state_dict(torch.load(path, weights_only=True))
-    x = torch.randn(1, 64, 8, 8)
-    assert torch.equal(fresh(x), pc(x))
-    assert torch.equal(fresh.codes, pc.codes) if bits else torch.equal(fresh.values, pc.values)
-
-
-def test_corrupt_packed_codes_are_rejected():
-    pc = ps.nn.PatternConv2d.from_dense(pattern_weight_conv(), ps.PatternSet(PATTERNS8), bits=4)
-    sd = dict(pc.state_dict())
-    sd["codes"] = sd["codes"][:-1].clone()
-    with pytest.raises((RuntimeError, ValueError), match="codes|packed|length"):
-        ps.nn.PatternConv2d(6, 8, bits=4).load_state_dict(sd)
 
 
 # ------------------------------------------------------------------ constructor order and renamed names
@@ -230,3 +156,167 @@ def test_weight_reads_the_decoded_dense_weight_like_the_sparse_modules():
     assert [n for n, _ in m.named_parameters()] == ["values", "bias"]  # storage unchanged
     x = torch.randn(2, conv.in_channels, 6, 6)
     assert torch.allclose(torch.jit.script(m)(x), m(x))  # scripts: the property is not compiled
+
+
+@pytest.mark.parametrize("cin", [20, 8])
+@pytest.mark.parametrize("unbatched", [False, True])
+def test_wrong_channel_count_raises_like_conv2d(cin, unbatched):
+    pc = pconv(16, 16)
+    x = torch.randn(1, cin, 8, 8)
+    if unbatched:
+        x = x[0]
+    with pytest.raises(RuntimeError, match=f"expected input.* to have 16 channels, but got {cin} channels instead"):
+        pc(x)
+    with pytest.raises(RuntimeError, match=f"to have 16 channels, but got {cin} channels instead"):
+        pc.to_dense()(x)  # the same words as nn.Conv2d
+
+
+def test_wrong_channel_count_raises_when_scripted():
+    scripted = torch.jit.script(pconv(16, 16).eval())
+    with pytest.raises((RuntimeError, torch.jit.Error), match="to have 16 channels, but got 20"):
+        scripted(torch.randn(1, 20, 8, 8))
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+def test_unbatched_input_like_conv2d(bits):
+    pc = pconv(6, 8, bits=bits, padding=1)
+    x = torch.randn(6, 9, 7)
+    y = pc(x)
+    assert y.shape == (8, 9, 7)
+    assert torch.equal(y, pc(x[None])[0])
+    torch.testing.assert_close(y, pc.to_dense()(x), rtol=1e-5, atol=1e-5)
+    scripted = torch.jit.script(pc.eval())
+    assert torch.equal(scripted(x), y)
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (1, 1, 16, 8, 8), (16,)])
+def test_wrong_rank_raises_like_conv2d(shape):
+    with pytest.raises(RuntimeError, match="Expected 3D \\(unbatched\\) or 4D \\(batched\\) input to conv2d"):
+        pconv(16, 16)(torch.randn(shape))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("bits", [None, 4])
+def test_half_inputs_run_and_match_dense(dtype, bits):
+    pc = pconv(8, 8, bits=bits, padding=1)
+    dense = pc.to_dense()
+    x = torch.randn(2, 8, 10, 10)
+    want = dense(x)
+    y = pc(x.to(dtype))
+    assert y.dtype == dtype and y.shape == want.shape
+    torch.testing.assert_close(y.float(), want, **HALF_TOL[dtype])
+
+
+@pytest.mark.parametrize("convert", [lambda m: m.half(), lambda m: m.bfloat16(), lambda m: m.to(torch.float16)])
+@pytest.mark.parametrize("bits", [None, 3])
+def test_half_model_runs_and_matches_dense(convert, bits):
+    model = nn.Sequential(pconv(3, 8, bits=bits, padding=1), nn.ReLU(), pconv(8, 4, bits=bits, seed=1))
+    x = torch.randn(2, 3, 9, 9)
+    want = model(x)
+    half = convert(copy.deepcopy(model))
+    dtype = half[0].values.dtype
+    assert dtype in (torch.float16, torch.bfloat16)
+    if bits:
+        assert half[0].scale.dtype == dtype
+    y = half(x.to(dtype))
+    assert y.dtype == dtype
+    assert float((y.float() - want).norm() / want.norm()) < (5e-3 if dtype == torch.float16 else 3e-2)
+    # and back to float32: runs again
+    assert half.float()(x).dtype == torch.float32
+
+
+def test_half_model_scripts():
+    model = nn.Sequential(pconv(3, 8, padding=1)).half().eval()
+    x = torch.randn(1, 3, 7, 7, dtype=torch.float16)
+    assert torch.equal(torch.jit.script(model)(x), model(x))
+
+
+def test_float64_stays_float64():
+    pc = pconv(6, 8, padding=1).double()
+    x = torch.randn(1, 6, 7, 7, dtype=torch.float64)
+    y = pc(x)
+    assert y.dtype == torch.float64
+    torch.testing.assert_close(y, pc.to_dense()(x), rtol=1e-12, atol=1e-12)
+
+
+def trained_like_weight(cout=16, cin=12, bits=3, seed=0):
+    """What ADMM leaves: pattern-projected (8 of the 56 shapes), connectivity-pruned, quantized; after
+    quantization some kernels keep only 1-3 of their 4 weights (small ones round to 0)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(cout, cin, 3, 3, generator=g) * torch.rand(cout, cin, 3, 3, generator=g) ** 2
+    pset = ps.PatternSet.select(w, k=8)
+    w = ps.project.quantize(ps.project.connectivity(ps.project.pattern(w, pset), 0.4), bits)
+    return w, pset
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_from_dense_is_lossless_without_a_pattern_set(bits):
+    w, pset = trained_like_weight(bits=bits)
+    nz = (w != 0).sum((2, 3))
+    assert ((nz >= 1) & (nz < 4)).any()  # the case that used to lose weights
+    conv = nn.Conv2d(12, 16, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_(w)
+    pc = PatternConv2d.from_dense(conv)
+    assert pc.conversion_error == 0.0 and "conversion_error" not in repr(pc)
+    assert torch.equal(pc.dense_weight(), w)
+    assert pc.quantized and pc.bits <= bits  # levels detected: codes, losslessly
+    x = torch.randn(2, 12, 11, 11)
+    want = conv(x)
+    assert float((pc(x) - want).norm() / want.norm()) < 1e-6
+    # the trained set covers it too (sub-shapes), and is the one kept when preferred
+    assert torch.equal(PatternConv2d.from_dense(conv, pset).dense_weight(), w)
+    assert ps.PatternSet.cover(w, prefer=pset) == pset
+
+
+def test_from_dense_unpruned_is_lossless_unless_projection_is_asked():
+    conv = nn.Conv2d(4, 5, 3)
+    pc = PatternConv2d.from_dense(conv)
+    assert pc.patterns.shape == (1, 9) and pc.conversion_error == 0.0
+    assert torch.equal(pc.dense_weight(), conv.weight.detach())
+    projected = PatternConv2d.from_dense(conv, project=True)
+    assert projected.patterns.shape == (8, 4)
+    assert 0 < projected.conversion_error < 1
+    assert f"conversion_error={projected.conversion_error:.3g}" in repr(projected)
+    err = (projected.dense_weight() - conv.weight).norm() / conv.weight.norm()
+    assert projected.conversion_error == pytest.approx(float(err), rel=1e-6)
+
+
+def test_from_dense_with_a_set_that_does_not_fit():
+    conv = pattern_weight_conv(6, 8, keep=0.5)
+    other = ps.PatternSet([[0, 1, 2, 4], [4, 6, 7, 8]])
+    with pytest.raises(ValueError, match=r"kernel \(out=\d+, in=\d+\).*project=True.*pattern_set=None"):
+        PatternConv2d.from_dense(conv, other)
+    pc = PatternConv2d.from_dense(conv, other, project=True)
+    assert pc.conversion_error > 0
+    torch.testing.assert_close(pc.dense_weight(), ps.project.pattern(conv.weight.detach(), other))
+    # sub-shapes fit: kernels with 1-3 nonzeros inside a pattern of the set are stored as they are
+    with torch.no_grad():
+        conv.weight[:, :, 0, 0] = 0
+    pc = PatternConv2d.from_dense(conv, ps.PatternSet(PATTERNS8))
+    assert pc.conversion_error == 0.0 and torch.equal(pc.dense_weight(), conv.weight.detach())
+
+
+def test_from_dense_bits_is_lossy_and_recorded():
+    conv = pattern_weight_conv(8, 8, keep=0.5)
+    pc = PatternConv2d.from_dense(conv, bits=3)
+    assert pc.quantized and pc.bits == 3 and pc.conversion_error > 0
+    assert torch.equal(pc.dense_weight(), fmt.decompress(pc.patterns, pc.filter_ptr, pc.kernel_channel,
+                                                         pc.kernel_pattern, pc.values, 8))
+
+
+@pytest.mark.parametrize("padding,dilation", [("same", 1), ("valid", 1), ("same", 2)])
+def test_string_padding_is_taken(padding, dilation):
+    conv = pattern_weight_conv(6, 8, keep=0.5, padding=padding, dilation=dilation)
+    assert layer_kind(conv) == PATTERN
+    pc = PatternConv2d.from_dense(conv)
+    x = torch.randn(1, 6, 12, 10)
+    assert torch.equal(pc.to_dense().weight, conv.weight.detach())
+    torch.testing.assert_close(pc(x), conv(x), rtol=1e-5, atol=1e-5)
+
+
+def test_string_padding_in_the_constructor():
+    assert PatternConv2d(4, 4, padding="same", dilation=2).padding == [2, 2]
+    assert PatternConv2d(4, 4, padding="valid").padding == [0, 0]
+    with pytest.raises(ValueError, match="padding"):
+        PatternConv2d(4, 4, padding="full")
