@@ -168,3 +168,11 @@ def conv_with(w, stride=1, padding=0, dilation=1, groups=1, bias=True, seed=0):
         if bias:
             conv.bias.copy_(torch.randn(cout, generator=torch.Generator().manual_seed(seed + 1)))
     return conv
+
+
+def assert_same_model_output(got, want, rtol=1e-5):
+    """Outputs equal to float rounding: relative error (norm) and elementwise, at 1e-5."""
+    assert got.shape == want.shape and got.dtype == want.dtype
+    err = float((got - want).norm() / want.norm().clamp_min(1e-30))
+    assert err <= rtol, err
+    torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * float(want.abs().max()))
