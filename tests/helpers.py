@@ -319,3 +319,19 @@ def write(tmp_path, text, name="cfg.toml"):
     p = tmp_path / name
     p.write_text(text)
     return str(p)
+
+
+class SmallNet(nn.Module):
+    """Three 3x3 convs (BatchNorm optional) and a linear layer on 1x16x16 inputs (test_convert.py, test_report.py)."""
+
+    def __init__(self, bn: bool = True):
+        super().__init__()
+        norm = (lambda c: nn.BatchNorm2d(c)) if bn else (lambda c: nn.Identity())
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), norm(16), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1), norm(32), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 32, 3, padding=1), norm(32), nn.ReLU(), nn.MaxPool2d(2))
+        self.fc = nn.Linear(32 * 4 * 4, 10)
+
+    def forward(self, x):
+        return self.fc(self.features(x).flatten(1))

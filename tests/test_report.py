@@ -5,6 +5,8 @@ from torch import nn
 import torch_patsparse as ps
 from torch_patsparse.models import vgg16
 
+from helpers import SmallNet
+
 
 def test_vgg16_report_bits_per_kernel():
     """Stored bits of each converted layer are within a few percent of (4 values + index) per kept kernel."""
@@ -28,3 +30,13 @@ def test_vgg16_report_bits_per_kernel():
         assert abs(row.density - 0.25 * 4 / 9) < 0.01
         assert row.kept_macs < row.dense_macs
     assert report.totals["ratio"] > 4
+
+
+def test_report_counts_the_whole_state_dict():
+    torch.manual_seed(0)
+    model = SmallNet().eval()
+    report = ps.compression_report(model, input_size=(1, 1, 16, 16))
+    sd_bits = sum(t.numel() * t.element_size() * 8 for t in model.state_dict().values())
+    assert report.totals["model_stored_bits"] == sd_bits
+    assert report.totals["other_bits"] > 0  # BatchNorm statistics
+    assert "whole state_dict" in str(report)
