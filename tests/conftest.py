@@ -20,3 +20,12 @@ def threads():
     previous = torch.get_num_threads()
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread is faster than several (and much faster on a loaded machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

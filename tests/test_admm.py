@@ -15,31 +15,9 @@ from torch_patsparse import constraints as C
 from torch_patsparse import project
 from torch_patsparse.admm import _fused as fused
 
+from helpers import CONV_SPEC, FC_SPEC, batch, check_in_set, in_pattern_set, tiny_net, train
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster than several (and much faster on a loaded machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def tiny_net(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
-
-
-def batch(i, n=8):
-    g = torch.Generator().manual_seed(1000 + i)
-    return torch.randn(n, 3, 6, 6, generator=g), torch.randint(0, 4, (n,), generator=g)
-
-
-CONV_SPEC = [C.Pattern(k=4), C.Connectivity(keep=0.5), C.Quantize(bits=4)]
-FC_SPEC = [C.Unstructured(keep=0.25), C.Quantize(bits=3, scheme="pow2")]
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def make_opt(model, base=torch.optim.SGD, conv=CONV_SPEC, fc=FC_SPEC, **kw):
@@ -49,22 +27,6 @@ def make_opt(model, base=torch.optim.SGD, conv=CONV_SPEC, fc=FC_SPEC, **kw):
         kw.setdefault("momentum", 0.9)
     spec = [(r"[03]\.weight", conv), (r"8\.weight", fc)]
     return ps.ADMM.from_model(model, spec, base=base, **kw)
-
-
-def train(model, opt, steps, start=0):
-    for i in range(start, start + steps):
-        x, y = batch(i)
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
-
-def in_pattern_set(w, pset):
-    """Every kernel's nonzeros fit inside at least one pattern of the set."""
-    nz = (w != 0).reshape(-1, 9)
-    m = pset.masks.reshape(-1, 9)
-    fits = (nz[:, None, :] & ~m[None]).any(-1).logical_not().any(-1)
-    return bool(fits.all())
 
 
 # ---------------------------------------------------------------- constraint validation by the optimizer
@@ -102,27 +64,6 @@ SINGLE = [
 ]
 
 
-def _check_in_set(c, w, pset):
-    if isinstance(c, C.Pattern):
-        assert in_pattern_set(w, pset)
-        assert ((w != 0).reshape(-1, 9).sum(1) <= c.entries).all()
-    elif isinstance(c, C.Connectivity):
-        kept = (w != 0).reshape(w.shape[0], w.shape[1], 9).any(-1)
-        n = c.keep if isinstance(c.keep, int) else round(c.keep * kept.numel())
-        g = kept.reshape(-1, c.group, kept.shape[1])  # G consecutive filters keep the same channels
-        assert (g == g[:, :1]).all()
-        assert int(g[:, 0].sum()) <= n
-    elif isinstance(c, C.Unstructured):
-        assert int((w != 0).sum()) <= max(1, round(c.keep * w.numel()))
-    elif isinstance(c, C.Filter):
-        n = c.keep if isinstance(c.keep, int) else round(c.keep * w.shape[0])
-        assert int((w.reshape(w.shape[0], -1) != 0).any(1).sum()) <= n
-    elif isinstance(c, C.Channel):
-        assert int((w.transpose(0, 1).reshape(w.shape[1], -1) != 0).any(1).sum()) <= round(c.keep * w.shape[1])
-    elif isinstance(c, C.Quantize):
-        assert w.unique().numel() <= 2 ** c.bits - 1 + (c.bits == 1)
-
-
 @pytest.mark.parametrize("c,where", SINGLE, ids=[f"{type(c).__name__}-{i}" for i, (c, _) in enumerate(SINGLE)])
 def test_every_constraint(c, where):
     m = tiny_net()
@@ -140,9 +81,9 @@ def test_every_constraint(c, where):
     assert torch.equal(st.Z, c.project(w0, pset))
     assert not st.U.any()
     train(m, opt, 5, start=1)  # crosses a Z update
-    _check_in_set(c, opt._admm[p].Z, pset)
+    check_in_set(c, opt._admm[p].Z, pset)
     opt.hard_prune()
-    _check_in_set(c, p.detach(), pset)
+    check_in_set(c, p.detach(), pset)
     assert opt.residuals()["w"] == 0.0
 
 
@@ -620,4 +561,4 @@ def test_consensus_on_a_net_shrinks_residuals_and_prunes_into_all_sets():
     pset = opt.pattern_sets()[0]
     opt.hard_prune()
     for c in CONV_SPEC:
-        _check_in_set(c, m[3].weight.detach(), pset)
+        check_in_set(c, m[3].weight.detach(), pset)

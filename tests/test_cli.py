@@ -10,44 +10,11 @@ import torch
 from torch_patsparse import cli, config, pipeline
 from torch_patsparse import data as D
 
+from helpers import TINY, write
+
 needs_data = pytest.mark.skipif(not D.available(), reason=(
     f"Fashion-MNIST IDX files not found in {D.default_dir()} "
     "(install the Debian package: apt-get install dataset-fashion-mnist)"))
-
-# Tiny run: 2k train / 1k test images, 2 epochs per stage, batch 64 (32 steps an epoch).
-TINY = """
-batch_size = 64
-train_limit = 2000
-test_limit = 1000
-[dense]
-epochs = 2
-lr = 0.05
-[admm]   # ADMM's default (proximal) rho schedule over the phase's 16 Z-updates
-method = "admm"   # the end-to-end path with ADMM state (the default one-shot is covered by test_methods)
-epochs = 2
-updates_per_epoch = 8
-[retrain]
-epochs = 2
-lr = 0.02
-[latency]
-batches = [1, 8]
-repeats = 3
-[[layers]]
-match = "features.0.weight"
-constraints = [{ type = "pattern", k = 8 }, { type = "quantize", bits = 4 }]
-[[layers]]
-match = "features.*.weight"
-constraints = [{ type = "pattern", k = 8 }, { type = "connectivity", keep = 0.2 }, { type = "quantize", bits = 4 }]
-[[layers]]
-match = "classifier.1.weight"
-constraints = [{ type = "unstructured", keep = 0.3 }, { type = "quantize", bits = 4 }]
-"""
-
-
-def write(tmp_path, text, name="cfg.toml"):
-    p = tmp_path / name
-    p.write_text(text)
-    return str(p)
 
 
 # ------------------------------------------------------------------ command line (config: test_config.py)

@@ -5,7 +5,8 @@ import pytest
 
 from torch_patsparse import config
 from torch_patsparse.models import fmnist_vgg
-from test_cli import TINY, write
+
+from helpers import TINY, write
 
 
 def test_default_toml_matches_builtin_defaults():

@@ -13,19 +13,7 @@ from torch_patsparse import constraints as C
 from torch_patsparse import models, project
 from torch_patsparse.nn import PatternConv2d, SparseConv2d, SparseLinear
 
-
-class SmallNet(nn.Module):
-    def __init__(self, bn: bool = True):
-        super().__init__()
-        norm = (lambda c: nn.BatchNorm2d(c)) if bn else (lambda c: nn.Identity())
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), norm(16), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, padding=1), norm(32), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 32, 3, padding=1), norm(32), nn.ReLU(), nn.MaxPool2d(2))
-        self.fc = nn.Linear(32 * 4 * 4, 10)
-
-    def forward(self, x):
-        return self.fc(self.features(x).flatten(1))
+from helpers import SmallNet
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -209,16 +197,6 @@ def test_convert_is_idempotent_and_validates_arguments():
     once = ps.convert(model)
     twice = ps.convert(once)
     assert isinstance(twice[0], PatternConv2d)
-
-
-def test_report_counts_the_whole_state_dict():
-    torch.manual_seed(0)
-    model = SmallNet().eval()
-    report = ps.compression_report(model, input_size=(1, 1, 16, 16))
-    sd_bits = sum(t.numel() * t.element_size() * 8 for t in model.state_dict().values())
-    assert report.totals["model_stored_bits"] == sd_bits
-    assert report.totals["other_bits"] > 0  # BatchNorm statistics
-    assert "whole state_dict" in str(report)
 
 
 def test_impossible_constraints_fail_at_construction():

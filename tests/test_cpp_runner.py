@@ -16,7 +16,7 @@ import torch
 
 from torch_patsparse import export
 
-from test_export import converted
+from helpers import converted
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.environ.get("PATSPARSE_CPP_BUILD", os.path.join(ROOT, "build", "cpp"))

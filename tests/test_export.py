@@ -12,56 +12,13 @@ from torch import nn
 
 import torch_patsparse as ps
 from torch_patsparse import export
-from torch_patsparse import format as fmt
 from torch_patsparse.nn import PatternConv2d
 
 from torch_patsparse.models import LeNet5
 
-from helpers import PATTERNS8, pattern_weight_conv, random_pattern_weight, sparse_conv, sparse_linear
+from helpers import PATTERNS8, converted, pattern_weight_conv, small_cnn, sparse_conv, sparse_linear
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def small_cnn(seed=0, quantized=False):
-    """3x3 convs with stride 1/2, padding 1/2, dilation 2, with and without bias, whose weights
-    already satisfy PATTERNS8 (one layer with filter groups of 2, one with int8 codes * scale)."""
-    torch.manual_seed(seed)
-    model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.ReLU(),
-        nn.Conv2d(16, 16, 3, padding=2, dilation=2), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
-    ).eval()
-    with torch.no_grad():
-        for i, (idx, group) in enumerate([(0, 1), (2, 2), (4, 1)]):
-            conv = model[idx]
-            w = random_pattern_weight(conv.out_channels, conv.in_channels, keep=0.6, group=group, seed=seed + i)
-            if quantized:  # values = int8 codes * scale
-                scale = w.abs().max() / 7
-                w = torch.round(w / scale).clamp(-7, 7) * scale
-            conv.weight.copy_(w)
-    return model
-
-
-def pattern_conv(conv):
-    """PatternConv2d built directly from the compressed arrays (no pattern selection needed)."""
-    arrays = fmt.compress(conv.weight, PATTERNS8)
-    m = PatternConv2d(conv.in_channels, conv.out_channels, stride=conv.stride, padding=conv.padding,
-                      dilation=conv.dilation, bias=conv.bias is not None, patterns=PATTERNS8,
-                      kept_kernels=arrays["values"].shape[0])
-    with torch.no_grad():
-        for name in ("filter_ptr", "kernel_channel", "kernel_pattern", "values"):
-            getattr(m, name).copy_(arrays[name])
-        if conv.bias is not None:
-            m.bias.copy_(conv.bias)
-    return m
-
-
-def converted(quantized=False):
-    model = small_cnn(quantized=quantized)
-    for idx in (0, 2, 4):
-        model[idx] = pattern_conv(model[idx])
-    return model.eval()
 
 
 def assert_close(got, want):

@@ -13,15 +13,9 @@ from torch_patsparse import constraints as C
 from torch_patsparse import project
 from torch_patsparse.admm import _scheduled
 
-from test_admm import CONV_SPEC, FC_SPEC, _check_in_set, in_pattern_set, tiny_net, train
+from helpers import CONV_SPEC, FC_SPEC, check_in_set, in_pattern_set, tiny_net, train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 PHASE = 12  # constraint-phase steps
@@ -70,7 +64,7 @@ def test_constraints_exact_after_hard_prune_and_retraining(method, base):
         assert not torch.equal(p, pruned[n]), n  # retraining moves them (straight-through estimator)
         cons = CONV_SPEC if n != "8.weight" else FC_SPEC
         for c in cons:
-            _check_in_set(c, p, pset)
+            check_in_set(c, p, pset)
     for n in ("0.weight", "3.weight"):
         assert in_pattern_set(named[n].detach(), pset)
     assert all(v == 0.0 for v in opt.residuals().values())

@@ -3,11 +3,11 @@ Every CPU path (scalar, avx2, avx512, ...) is forced in turn: see also test_isa.
 import pytest
 import torch
 
-import torch_patsparse  # noqa: F401
+import torch_patsparse as ps
 from torch_patsparse import format as fmt
 from torch_patsparse import ops
 
-from helpers import PATTERNS8, SHAPES, compressed, random_pattern_weight, reference_conv, run_op
+from helpers import PATTERNS8, SHAPES, compressed, random_pattern_weight, reference_conv, run_op, with_duplicate_kernel
 
 
 
@@ -171,3 +171,24 @@ def test_isa_controls():
         assert ops.get_isa() == "scalar"
     finally:
         ops.set_isa(previous)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ops_reject_duplicate_kernel(dtype):
+    duplicate = with_duplicate_kernel()
+    arrays = [t.to(dtype) if t.is_floating_point() else t for t in (duplicate[n] for n in fmt.ARRAY_NAMES)]
+    x = torch.randn(1, 4, 6, 6, dtype=dtype)
+    isas = ps.ops.supported_isas() if dtype == torch.float32 else [ps.ops.get_isa()]
+    previous = ps.ops.get_isa()
+    try:
+        for isa in isas:  # the scalar path validates per call, the SIMD paths when the plan is built
+            ps.ops.set_isa(isa)
+            with pytest.raises(RuntimeError, match="twice"):
+                torch.ops.patsparse.pattern_conv2d(x, *arrays, None, [1, 1], [1, 1], [1, 1])
+    finally:
+        ps.ops.set_isa(previous)
+    go = torch.randn(1, 3, 6, 6, dtype=dtype)
+    with pytest.raises(RuntimeError, match="twice"):
+        torch.ops.patsparse.pattern_conv2d_grad_input(go, [1, 4, 6, 6], *arrays, [1, 1], [1, 1], [1, 1])
+    with pytest.raises(RuntimeError, match="twice"):
+        torch.ops.patsparse.pattern_conv2d_grad_values(go, x, *arrays, [1, 1], [1, 1], [1, 1])

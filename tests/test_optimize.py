@@ -2,9 +2,9 @@
 torch ops on every ISA path, batch 0/1/N, channels_last, threads 1/2, every epilogue kind, bad
 inputs) and ``ps.optimize_for_inference`` (BatchNorm folding with non-trivial statistics, fused
 activations and residual adds against the unoptimized model, fx-traceable and non-traceable
-models, TorchScript and torch.export of the result, eval-only behaviour)."""
+models, TorchScript and torch.export of the result, eval-only behaviour). fusion.py's pieces
+(max_pool2d_nchw, FusedConv): test_fusion.py."""
 import math
-from typing import Optional
 
 import pytest
 import torch
@@ -15,7 +15,7 @@ import torch_patsparse as ps
 from torch_patsparse import format as fmt
 from torch_patsparse import ops
 
-from helpers import SHAPES, compressed, random_pattern_weight, reference_conv
+from helpers import SHAPES, assert_same_model_output, compressed, random_pattern_weight, reference_conv
 
 INF = math.inf
 BOUNDS = [(-INF, INF), (0.0, INF), (0.0, 6.0), (-0.25, 0.5)]  # none, ReLU, ReLU6, hardtanh-like
@@ -170,15 +170,7 @@ def test_forward_fused_method(isa, bits, has_bias):
 
 # ---------------------------------------------------------------- optimize_for_inference
 from torch_patsparse import models  # noqa: E402
-from torch_patsparse.optimize import FusedConv, max_pool2d_nchw  # noqa: E402
-
-
-def assert_same_model_output(got, want, rtol=1e-5):
-    """Outputs equal to float rounding: relative error (norm) and elementwise, at 1e-5."""
-    assert got.shape == want.shape and got.dtype == want.dtype
-    err = float((got - want).norm() / want.norm().clamp_min(1e-30))
-    assert err <= rtol, err
-    torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * float(want.abs().max()))
+from torch_patsparse.optimize import FusedConv  # noqa: E402
 
 
 def sparse_model(model, keep1x1=0.3, seed=0):
@@ -260,16 +252,6 @@ def test_resnet_stem_runs_channels_last_and_vgg_pool_is_replaced():
     assert "channels_last" in code and "bn1" not in code
     vgg = ps.optimize_for_inference(sparse_model(tiny_vgg()))
     assert "max_pool2d_nchw" in vgg.code and count(vgg, nn.MaxPool2d) == 0
-
-
-@pytest.mark.parametrize("k", [2, 3])
-def test_max_pool2d_nchw_equals_max_pool2d(k):
-    x = torch.randn(2, 5, 13, 17)
-    x[0, 1, 2, 3] = math.nan
-    for t in (x, x.contiguous(memory_format=torch.channels_last), x[0], x[:, :, :k + 1]):
-        torch.testing.assert_close(max_pool2d_nchw(t, k), F.max_pool2d(t, k), equal_nan=True, rtol=0, atol=0)
-    with pytest.raises(RuntimeError, match="too small"):  # as F.max_pool2d
-        max_pool2d_nchw(x[:, :, :k - 1], k)
 
 
 ACTIVATIONS = {  # a module (registered as the block's submodule) or a function
@@ -507,32 +489,3 @@ def test_sparse_linear_and_unbatched_fallback_epilogue():
             assert_same_model_output(opt(x), model(x))
 
 
-class PartlyNative(nn.Module):
-    """A module with forward_fused that runs it natively only for some layers (as SparseConv2d: `_native`)."""
-
-    def __init__(self, native):
-        super().__init__()
-        self._native = native
-        self.inner = ps.nn.PatternConv2d.from_dense(nn.Conv2d(4, 4, 3, padding=1), project=True)
-        self.out_channels, self.kernel_size, self.stride = 4, (3, 3), (1, 1)
-        self.padding, self.dilation, self.bias = (1, 1), (1, 1), None
-
-    def forward(self, x):
-        return self.inner(x)
-
-    def forward_fused(self, x, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
-                      residual: Optional[torch.Tensor], lo: float, hi: float):
-        if not self._native:
-            raise RuntimeError("not native")
-        return self.inner.forward_fused(x, scale, shift, residual, lo, hi)
-
-
-@pytest.mark.parametrize("native", [True, False])
-def test_fused_conv_honours_native_flag(native):
-    conv = PartlyNative(native)
-    conv.inner.bias = None
-    fused = FusedConv(conv, torch.rand(4) + 0.5, torch.randn(4), 0.0, 6.0).eval()
-    x, r = torch.randn(2, 4, 5, 6), torch.randn(2, 4, 5, 6)
-    with torch.no_grad():
-        want = (conv(x) * fused.scale.view(-1, 1, 1) + fused.shift.view(-1, 1, 1) + r).clamp(0, 6)
-        assert_same_model_output(fused(x, r), want)

@@ -1,5 +1,7 @@
-"""SparseLinear / SparseConv2d: exact round trips, forward vs dense F.linear / F.conv2d,
-compact state_dict (weights_only load, file size), validation of corrupt arrays, compress_module."""
+"""nn/_sparse_storage.py, the stored form of SparseLinear / SparseConv2d: exact round trips, forward vs
+dense F.linear / F.conv2d, compact state_dict (weights_only load, file size), load validation (bad
+scale or _extra_state, another shape, a rejected load leaves the module unchanged). Decode's checks
+of corrupt arrays: test_sparse_format.py; nn/sparse.py's inputs and compress_module: test_sparse.py."""
 import io
 import math
 
@@ -8,45 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torch_patsparse import bitpack, project
-from torch_patsparse.nn import SparseConv2d, SparseLinear, compress_module
-from torch_patsparse.sparse_format import _header_widths, decode
+from torch_patsparse import project
+from torch_patsparse.nn import SparseConv2d, SparseLinear
+
+from helpers import assert_same_snapshot, conv_with, linear_with, pruned_on_grid, sd_of, snapshot
 
 
 # ------------------------------------------------------------------------------------------ helpers
 # SparseLinear and 1x1 SparseConv2d run the native sparse op: the dense reference sums in another order.
 NATIVE_TOL = {"rtol": 1e-5, "atol": 1e-5}
-
-def pruned(shape, keep, seed=0, levels=None, q=0.037):
-    """Random weight with ~keep of entries nonzero; if levels, on the uniform grid c*q, |c|<=levels."""
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.rand(shape, generator=g) < keep
-    if levels is None:
-        w = torch.randn(shape, generator=g)
-    else:
-        c = torch.randint(1, levels + 1, shape, generator=g) * (torch.randint(0, 2, shape, generator=g) * 2 - 1)
-        w = c.float() * q
-    return w * mask
-
-
-def linear_with(w, bias=True, seed=0):
-    lin = nn.Linear(w.shape[1], w.shape[0], bias=bias)
-    with torch.no_grad():
-        lin.weight.copy_(w)
-        if bias:
-            lin.bias.copy_(torch.randn(w.shape[0], generator=torch.Generator().manual_seed(seed + 1)))
-    return lin
-
-
-def conv_with(w, stride=1, padding=0, dilation=1, groups=1, bias=True, seed=0):
-    cout, cin_g, kh, kw = w.shape
-    conv = nn.Conv2d(cin_g * groups, cout, (kh, kw), stride, padding, dilation, groups, bias)
-    with torch.no_grad():
-        conv.weight.copy_(w)
-        if bias:
-            conv.bias.copy_(torch.randn(cout, generator=torch.Generator().manual_seed(seed + 1)))
-    return conv
-
 
 KEEPS = [0.0, 0.003, 0.05, 0.5, 1.0]
 LEVELS = [None, 1, 3, 7, 100]
@@ -57,7 +29,7 @@ LEVELS = [None, 1, 3, 7, 100]
 @pytest.mark.parametrize("levels", LEVELS)
 @pytest.mark.parametrize("bias", [True, False])
 def test_linear_round_trip_and_forward(keep, levels, bias):
-    w = pruned((37, 211), keep, levels=levels)
+    w = pruned_on_grid((37, 211), keep, levels=levels)
     lin = linear_with(w, bias)
     s = SparseLinear.from_dense(lin)
     assert torch.equal(s.to_dense().weight, lin.weight)
@@ -72,18 +44,18 @@ def test_linear_round_trip_and_forward(keep, levels, bias):
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_ternary_codes_take_one_bit(bits):
-    w = pruned((50, 64), 0.2, levels=1)
+    w = pruned_on_grid((50, 64), 0.2, levels=1)
     s = SparseLinear.from_dense(linear_with(w))
     nnz = s.nnz
     assert s.bits == 1 and s.storage_bits()["codes"] == 8 * math.ceil(nnz / 8)
-    w = pruned((50, 64), 0.2, levels=(1 << (bits - 1)) - 1)
+    w = pruned_on_grid((50, 64), 0.2, levels=(1 << (bits - 1)) - 1)
     s = SparseLinear.from_dense(linear_with(w))
     assert s.bits == (1 if bits == 2 else bits) and torch.equal(s.to_dense().weight, w)
 
 
 @pytest.mark.parametrize("q", [0.01, 1e-3, 0.1, 3.3])
 def test_grid_detection_exact(q):
-    w = pruned((20, 30), 0.3, levels=3, q=q)
+    w = pruned_on_grid((20, 30), 0.3, levels=3, q=q)
     s = SparseLinear.from_dense(linear_with(w))
     assert s.bits == 3 and s.scheme == "uniform"
     assert torch.equal(s.to_dense().weight, w)
@@ -102,7 +74,7 @@ def test_pow2_grid_detection():
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
 @pytest.mark.parametrize("scheme", ["uniform", "pow2"])
 def test_from_dense_quantizes(bits, scheme):
-    w = pruned((30, 40), 0.1, seed=bits)
+    w = pruned_on_grid((30, 40), 0.1, seed=bits)
     s = SparseLinear.from_dense(linear_with(w), bits=bits, scheme=scheme)
     wq = project.quantize(w, bits, scheme)
     assert s.bits == bits
@@ -113,9 +85,9 @@ def test_from_dense_quantizes(bits, scheme):
 
 
 def test_index_choice_bitmap_vs_relative():
-    dense = SparseLinear.from_dense(linear_with(pruned((64, 64), 0.6)))
+    dense = SparseLinear.from_dense(linear_with(pruned_on_grid((64, 64), 0.6)))
     assert dense.index_kind == "bitmap" and dense.storage_bits()["index"] == 64 * 64
-    sparse = SparseLinear.from_dense(linear_with(pruned((64, 64), 0.01)))
+    sparse = SparseLinear.from_dense(linear_with(pruned_on_grid((64, 64), 0.01)))
     assert sparse.index_kind.startswith("relative")
     assert sparse.storage_bits()["index"] < 64 * 64
 
@@ -149,7 +121,7 @@ CONV_CASES = [
 def test_conv_round_trip_and_forward(case, keep, levels):
     cin, cout, k, stride, padding, dilation, groups, bias, hw = case
     ks = k if isinstance(k, tuple) else (k, k)
-    w = pruned((cout, cin // groups, *ks), keep, levels=levels, seed=cout)
+    w = pruned_on_grid((cout, cin // groups, *ks), keep, levels=levels, seed=cout)
     conv = conv_with(w, stride, padding, dilation, groups, bias)
     s = SparseConv2d.from_dense(conv)
     assert torch.equal(s.to_dense().weight, w)
@@ -165,7 +137,7 @@ def test_conv_round_trip_and_forward(case, keep, levels):
 
 
 def test_linear_macs_and_bits():
-    w = pruned((120, 400), 0.01, levels=1)
+    w = pruned_on_grid((120, 400), 0.01, levels=1)
     s = SparseLinear.from_dense(linear_with(w))
     assert s.macs(None) == s.macs(()) == (48000, s.nnz)
     b = s.storage_bits()
@@ -187,7 +159,7 @@ def load(b: bytes):
 
 @pytest.mark.parametrize("levels,keep", [(None, 0.05), (1, 0.01), (3, 0.2), (None, 0.0)])
 def test_state_dict_round_trip_weights_only(levels, keep):
-    w = pruned((16, 6, 5, 5), keep, levels=levels)
+    w = pruned_on_grid((16, 6, 5, 5), keep, levels=levels)
     conv = conv_with(w)
     s = SparseConv2d.from_dense(conv)
     sd = load(save_bytes(s.state_dict()))
@@ -198,7 +170,8 @@ def test_state_dict_round_trip_weights_only(levels, keep):
     assert torch.equal(fresh.to_dense().weight, w)
     assert fresh.storage_bits() == s.storage_bits()
     # a whole model
-    model = nn.Sequential(s, nn.Flatten(), SparseLinear.from_dense(linear_with(pruned((10, 16 * 64), 0.02, levels=1))))
+    fc = SparseLinear.from_dense(linear_with(pruned_on_grid((10, 16 * 64), 0.02, levels=1)))
+    model = nn.Sequential(s, nn.Flatten(), fc)
     sd = load(save_bytes(model.state_dict()))
     model2 = nn.Sequential(SparseConv2d(6, 16, 5), nn.Flatten(), SparseLinear(16 * 64, 10))
     model2.load_state_dict(sd)
@@ -206,7 +179,7 @@ def test_state_dict_round_trip_weights_only(levels, keep):
 
 
 def test_decoded_weight_not_persistent():
-    s = SparseLinear.from_dense(linear_with(pruned((10, 20), 0.3)))
+    s = SparseLinear.from_dense(linear_with(pruned_on_grid((10, 20), 0.3)))
     s(torch.randn(1, 20))  # fills the cache
     assert set(s.state_dict()) == {"header", "index", "codes", "values", "scale", "bias", "_extra_state"}
 
@@ -218,153 +191,72 @@ FIXED_OVERHEAD = 1500
 @pytest.mark.parametrize("shape,keep,levels", [((120, 400), 0.005, 1), ((120, 400), 0.05, 3),
                                                ((84, 120), 0.3, None), ((120, 400), 0.9, 7)])
 def test_file_size_tracks_counted_bits(shape, keep, levels):
-    s = SparseLinear.from_dense(linear_with(pruned(shape, keep, levels=levels)))
+    s = SparseLinear.from_dense(linear_with(pruned_on_grid(shape, keep, levels=levels)))
     sd = s.state_dict()
     counted_bytes = sum(s.storage_bits().values()) / 8
     size = len(save_bytes(sd))
     assert size <= counted_bytes + FIXED_OVERHEAD + PER_TENSOR_OVERHEAD * len(sd), (size, counted_bytes)
     # and the counted bits are the real data: dense fp32 file is ~dense_bits/8
     if keep < 0.1:
-        dense_size = len(save_bytes(linear_with(pruned(shape, keep, levels=levels)).state_dict()))
+        dense_size = len(save_bytes(linear_with(pruned_on_grid(shape, keep, levels=levels)).state_dict()))
         assert size < dense_size / 5
 
 
-# ------------------------------------------------------------------------------------------ corruption
-def good_sd(levels=3, keep=0.05, shape=(40, 200)):
-    s = SparseLinear.from_dense(linear_with(pruned(shape, keep, levels=levels)))
-    return s, {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in s.state_dict().items()}
+# ------------------------------------------------------------------------------------------ load validation
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), 0.0, -0.5])
+def test_sparse_bad_scale_is_rejected(scale):
+    lin = nn.Linear(30, 6)
+    with torch.no_grad():
+        lin.weight.mul_(torch.rand(6, 30) < 0.2)
+    sl = SparseLinear.from_dense(lin, bits=3)
+    sd = sd_of(sl)
+    sd["scale"] = torch.tensor([scale])
+    with pytest.raises(RuntimeError, match="scale"):
+        SparseLinear(30, 6).load_state_dict(sd)
 
 
-def load_into_fresh(sd, shape=(40, 200)):
-    m = SparseLinear(shape[1], shape[0])
-    m.load_state_dict(sd)
-    return m
+def test_sparse_checkpoint_of_another_shape_is_rejected():
+    lin = nn.Linear(16, 8)
+    with torch.no_grad():
+        lin.weight.mul_(torch.rand(8, 16) < 0.3)
+    sd = sd_of(SparseLinear.from_dense(lin))
+    with pytest.raises(RuntimeError, match="size mismatch for"):
+        SparseLinear(8, 8).load_state_dict(sd)
+    with pytest.raises(RuntimeError, match="size mismatch for"):
+        SparseLinear(16, 4).load_state_dict(sd)
+    conv = nn.Conv2d(4, 6, 5)
+    sd = sd_of(SparseConv2d.from_dense(conv))
+    with pytest.raises(RuntimeError, match="size mismatch for"):
+        SparseConv2d(8, 6, 5).load_state_dict(sd)
 
 
-def test_corrupt_index_out_of_range():
-    w = torch.zeros(4, 8)
-    w[3, 7] = 1.0  # last position: relative symbol 31 or bitmap
-    s = SparseLinear.from_dense(linear_with(w))
-    sd = s.state_dict()
-    # a bitmap / relative index that points past the end, or with too many entries
-    bad = dict(sd)
-    bad["index"] = torch.full_like(sd["index"], 0xFF)
+@pytest.mark.parametrize("key", ["index", "codes", "scale", "bias", "header"])
+def test_sparse_rejected_load_leaves_module_unchanged(key):
+    def make(seed, keep):
+        g = torch.Generator().manual_seed(seed)
+        lin = nn.Linear(40, 10)
+        with torch.no_grad():
+            lin.weight.mul_(torch.rand(10, 40, generator=g) < keep)
+        return SparseLinear.from_dense(lin, bits=3)
+    sl, other = make(0, 0.1), make(1, 0.6)
+    sd = sd_of(other)
+    sd[key] = {"index": sd["index"][:-1], "codes": sd["codes"][:-1], "scale": torch.tensor([-1.0]),
+               "bias": torch.zeros(3), "header": sd["header"][:-1]}[key]
+    before = snapshot(sl)
+    x = torch.randn(2, 40)
+    y = sl(x)
+    with pytest.raises(RuntimeError):
+        sl.load_state_dict(sd)
+    assert_same_snapshot(snapshot(sl), before)
+    assert torch.equal(sl(x), y)
+
+
+def test_sparse_extra_state_and_arrays_clean_errors():
+    sd = sd_of(SparseLinear.from_dense(nn.Linear(10, 4)))
+    for bad in (["x"], "x", {"weight_shape": [4, 10], "junk": 1}, {"weight_shape": "4x10"}):
+        sd2 = dict(sd, _extra_state=bad)
+        with pytest.raises(RuntimeError, match="_extra_state"):
+            SparseLinear(10, 4).load_state_dict(sd2)
+    sd2 = dict(sd, values=[1.0])
     with pytest.raises(RuntimeError, match="invalid compressed weight"):
-        SparseLinear(8, 4).load_state_dict(bad)
-    # relative index pointing beyond numel
-    w2 = torch.zeros(40, 200)
-    w2[39, 199] = 1.0
-    w2[0, 3] = 1.0
-    s2 = SparseLinear.from_dense(linear_with(w2))
-    assert s2.index_kind.startswith("relative")
-    sd2 = dict(s2.state_dict())
-    idx = bitpack.unpack(sd2["index"], _nsym(s2), int(s2.index_kind[8:]))
-    esc = (1 << int(s2.index_kind[8:])) - 1
-    idx[-1] = esc - 1  # last gap larger: position beyond numel
-    idx2 = idx.clone()
-    sd2["index"] = bitpack.pack(idx2, int(s2.index_kind[8:]))
-    with pytest.raises(RuntimeError, match="invalid compressed weight"):
-        load_into_fresh(sd2)
-
-
-def _nsym(s):
-    return s._fields()[5]
-
-
-def test_corrupt_lengths_and_widths():
-    s, sd = good_sd()
-    for key, bad in [("codes", sd["codes"][:-1]), ("codes", torch.cat([sd["codes"], sd["codes"][:1]])),
-                     ("index", sd["index"][:-1]), ("header", sd["header"][:-1]),
-                     ("codes", sd["codes"].to(torch.int32)), ("scale", torch.zeros(1)),
-                     ("scale", torch.tensor([float("nan")])), ("scale", torch.ones(2)),
-                     ("values", torch.ones(3)), ("index", sd["index"].view(1, -1))]:
-        corrupt = dict(sd)
-        corrupt[key] = bad
-        with pytest.raises(RuntimeError, match="invalid compressed weight"):
-            load_into_fresh(corrupt)
-    corrupt = dict(sd)
-    del corrupt["codes"]
-    with pytest.raises(RuntimeError, match="invalid compressed weight"):
-        load_into_fresh(corrupt)
-    # the good one still loads
-    assert torch.equal(load_into_fresh(sd).to_dense().weight, s.to_dense().weight)
-
-
-def test_corrupt_code_out_of_range():
-    # 3-bit codes name 6 levels; symbols 6 and 7 are invalid
-    s, sd = good_sd(levels=3)
-    codes = bitpack.unpack(sd["codes"], s.nnz, 3)
-    codes[0] = 7
-    sd["codes"] = bitpack.pack(codes, 3)
-    with pytest.raises(RuntimeError, match="out of range"):
-        load_into_fresh(sd)
-
-
-def test_corrupt_header_nnz_mismatch():
-    s, sd = good_sd()
-    f = s._fields()
-    widths = _header_widths(40 * 200)
-    assert bitpack.unpack_fields(sd["header"], widths) == f
-    for i, delta in [(4, 1), (4, -1), (3, 1), (3, -1), (5, 1), (5, -1), (1, 1)]:
-        g = list(f)
-        g[i] += delta
-        corrupt = dict(sd)
-        corrupt["header"] = bitpack.pack_fields(g, widths)
-        with pytest.raises(RuntimeError, match="invalid compressed weight"):
-            load_into_fresh(corrupt)
-
-
-def test_corrupt_bitmap_count():
-    s, sd = good_sd(levels=None, keep=0.7, shape=(40, 200))
-    assert s.index_kind == "bitmap"
-    idx = sd["index"].clone()
-    idx[0] ^= 0x1  # one more / one fewer set bit than nnz
-    sd["index"] = idx
-    with pytest.raises(RuntimeError, match="invalid compressed weight"):
-        load_into_fresh(sd)
-
-
-def test_decode_fuzz_never_crashes():
-    """Random garbage in every array: a ValueError or a valid weight, nothing else."""
-    s, sd = good_sd()
-    g = torch.Generator().manual_seed(0)
-    for trial in range(200):
-        arrays = {k: v.clone() for k, v in sd.items() if k not in ("bias", "_extra_state")}
-        key = ["header", "index", "codes"][trial % 3]
-        if arrays[key].numel():
-            i = int(torch.randint(0, arrays[key].numel(), (1,), generator=g))
-            arrays[key][i] = int(torch.randint(0, 256, (1,), generator=g))
-        try:
-            w = decode(arrays, torch.Size([40, 200]))
-        except ValueError:
-            continue
-        assert w.shape == (40, 200)
-
-
-# ------------------------------------------------------------------------------------------ compress_module
-def test_compress_module_assorted():
-    lin = linear_with(pruned((120, 400), 0.01, levels=1))
-    assert isinstance(compress_module(lin), SparseLinear)
-    c5 = conv_with(pruned((16, 6, 5, 5), 0.1, levels=3))
-    assert isinstance(compress_module(c5), SparseConv2d)
-    c1 = conv_with(pruned((16, 8, 1, 1), 0.1))
-    assert isinstance(compress_module(c1), SparseConv2d)
-    dw = conv_with(pruned((8, 1, 3, 3), 0.3, levels=1), padding=1, groups=8)
-    assert isinstance(compress_module(dw), SparseConv2d)
-    c3 = conv_with(pruned((8, 4, 3, 3), 0.1), padding=1)  # unstructured 3x3: taken when asked (convert decides)
-    assert isinstance(compress_module(c3), SparseConv2d)
-    x3 = torch.randn(2, 4, 7, 7)
-    assert torch.equal(compress_module(c3)(x3), c3(x3))
-    assert compress_module(nn.ReLU()) is None
-    assert compress_module(nn.BatchNorm2d(4)) is None
-    assert compress_module(SparseLinear.from_dense(lin)) is None
-    refl = nn.Conv2d(4, 4, 5, padding=2, padding_mode="reflect")
-    assert compress_module(refl) is None
-    assert compress_module(nn.Linear(10, 10)) is None  # dense fp32: compressing would not save space
-    assert isinstance(compress_module(nn.Linear(10, 10), only_if_smaller=False), SparseLinear)
-    assert compress_module(nn.Linear(10, 10).double()) is None
-    # outputs unchanged
-    x = torch.randn(3, 6, 9, 9)
-    torch.testing.assert_close(compress_module(c5)(x), c5(x), rtol=0, atol=0)
-
-
+        SparseLinear(10, 4).load_state_dict(sd2)

@@ -1,0 +1,66 @@
+"""nn/_load.py, the load path shared by the compressed modules: one clear message for a rejected
+weight, and checkpoints written by older code (tests/data/checkpoints_v0.pt) load bit for bit."""
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import torch_patsparse as ps
+from torch_patsparse.nn import PatternConv2d, SparseConv2d, SparseLinear
+
+from helpers import PATTERNS8, pconv, sd_of
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+
+
+def test_load_error_text_is_one_clear_message():
+    pc = pconv(16, 16)
+    sd = sd_of(pc)
+    sd["kernel_channel"][3] = 20
+    model = nn.Sequential()
+    model.conv = PatternConv2d(16, 16)
+    with pytest.raises(RuntimeError) as e:
+        model.load_state_dict({"conv." + k: v for k, v in sd.items()})
+    text = str(e.value)
+    assert "conv.: invalid compressed weight: kernel_channel[3] = 20 is outside 0..15" in text, text
+    assert text.count("invalid compressed weight") == 1 and "patsparse:" not in text, text
+    with pytest.raises(RuntimeError) as e:
+        PatternConv2d(16, 16).load_state_dict(sd)
+    assert str(e.value).endswith("\n\tinvalid compressed weight: kernel_channel[3] = 20 is outside 0..15"), str(e.value)
+
+
+def test_old_checkpoints_load_and_rebuild_bit_for_bit():
+    """tests/data/checkpoints_v0.pt was written by the code before quant.py (make_checkpoints_v0.py):
+    it loads with the same outputs, and building from the same weights gives the same state_dict."""
+    data = torch.load(os.path.join(DATA, "checkpoints_v0.pt"), weights_only=True)
+    assert len(data) == 11
+    for name, rec in data.items():
+        args, sd = dict(rec["args"]), rec["state_dict"]
+        if rec["kind"] == "PatternConv2d":
+            m = PatternConv2d(**args)
+            src = nn.Conv2d(args["in_channels"], args["out_channels"], 3, args["stride"], args["padding"],
+                            bias=args["bias"])
+            build = lambda c: PatternConv2d.from_dense(c, ps.PatternSet(PATTERNS8), **rec["build"])  # noqa: E731
+        elif rec["kind"] == "SparseLinear":
+            m = SparseLinear(**args)
+            src = nn.Linear(args["in_features"], args["out_features"], bias=args["bias"])
+            build = lambda c: SparseLinear.from_dense(c, **rec["build"])  # noqa: E731
+        else:
+            m = SparseConv2d(**args)
+            src = nn.Conv2d(**args)
+            build = lambda c: SparseConv2d.from_dense(c, **rec["build"])  # noqa: E731
+        m.load_state_dict(sd)
+        assert torch.equal(m.dense_weight(), rec["dense"]), name
+        # Same weights bit for bit; the output only to rounding (kernels may sum in another order).
+        torch.testing.assert_close(m(rec["x"]).detach(), rec["y"], rtol=1e-5, atol=1e-6, msg=name)
+        with torch.no_grad():
+            src.weight.copy_(rec["source"])
+            if src.bias is not None and "bias" in sd:
+                src.bias.copy_(sd["bias"])
+        new = build(src).state_dict()
+        for k, v in sd.items():
+            if isinstance(v, torch.Tensor):
+                assert v.dtype == new[k].dtype and torch.equal(v, new[k]), (name, k)
+            else:
+                assert {kk: new[k][kk] for kk in v} == v, (name, k)

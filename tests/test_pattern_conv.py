@@ -1,0 +1,322 @@
+"""nn/pattern_conv.py, PatternConv2d against dense nn.Conv2d: from_dense (lossless unless projection or
+bits are asked), quantized storage, inputs like nn.Conv2d (wrong channels or rank, unbatched, half,
+float64, string padding), constructor order and renamed names (state_dict and load validation:
+test_pattern_state.py; convert: test_convert.py; TorchScript: test_export.py)."""
+import copy
+import io
+
+import pytest
+import torch
+from torch import nn
+
+import torch_patsparse as ps
+from torch_patsparse import format as fmt
+from torch_patsparse.nn import PatternConv2d
+from torch_patsparse.nn.kinds import PATTERN, layer_kind
+
+from helpers import HALF_TOL, PATTERNS8, pattern_weight_conv, pconv
+
+
+@pytest.mark.parametrize("kwargs", [dict(padding=1), dict(stride=2), dict(padding=2, dilation=2), dict(bias=False)])
+def test_from_dense_is_exact_when_weights_fit(kwargs):
+    conv = pattern_weight_conv(**kwargs)
+    pc = ps.nn.PatternConv2d.from_dense(conv, ps.PatternSet(PATTERNS8))
+    assert torch.equal(pc.to_dense().weight, conv.weight)
+    x = torch.randn(2, 6, 13, 11)
+    torch.testing.assert_close(pc(x), conv(x), rtol=1e-5, atol=1e-5)
+    assert pc.kept_kernels == int((conv.weight.abs().sum((2, 3)) != 0).sum())
+
+
+def test_from_dense_projects_dense_weights():
+    conv = nn.Conv2d(4, 5, 3, padding=1)
+    pc = ps.nn.PatternConv2d.from_dense(conv, project=True)  # selects 8 patterns, projects
+    assert pc.patterns.shape == (8, 4)
+    assert pc.conversion_error > 0 and "conversion_error=" in repr(pc)
+    dense = pc.to_dense()
+    assert ((dense.weight != 0).sum((2, 3)) <= 4).all()
+    x = torch.randn(1, 4, 7, 7)
+    torch.testing.assert_close(pc(x), dense(x), rtol=1e-5, atol=1e-5)
+
+
+def test_quantized_storage():
+    conv = pattern_weight_conv(cin=8, cout=8, keep=0.5)
+    pc = ps.nn.PatternConv2d.from_dense(conv, ps.PatternSet(PATTERNS8), bits=4)
+    assert pc.quantized and pc.codes.dtype == torch.int8
+    assert "values" not in pc.state_dict() and "codes" in pc.state_dict()
+    levels = ps.project.quantize(conv.weight.detach(), 4)
+    # Values are the quantization of the kept weights (per-layer scale over the kept values).
+    assert int(pc.codes.abs().max()) <= 7
+    # Weights already on levels are detected and stored as codes without being asked.
+    conv2 = pattern_weight_conv(cin=8, cout=8, keep=0.5)
+    with torch.no_grad():
+        conv2.weight.copy_(ps.project.quantize(conv2.weight, 3))
+    auto = ps.nn.PatternConv2d.from_dense(conv2, ps.PatternSet(PATTERNS8))
+    assert auto.quantized and auto.bits <= 3
+    assert torch.equal(auto.to_dense().weight, conv2.weight)
+    buf = io.BytesIO()
+    torch.save(auto.state_dict(), buf)
+    buf.seek(0)
+    again = ps.nn.PatternConv2d(8, 8, bits=auto.bits, scheme=auto.scheme)
+    again.load_state_dict(torch.load(buf, weights_only=True))
+    x = torch.randn(1, 8, 6, 6)
+    assert torch.equal(again(x), auto(x))
+    assert levels.shape == conv.weight.shape
+
+
+def test_training_through_pattern_conv():
+    pc = ps.nn.PatternConv2d.from_dense(pattern_weight_conv(), ps.PatternSet(PATTERNS8))
+    opt = torch.optim.SGD(pc.parameters(), lr=0.1)
+    x = torch.randn(4, 6, 8, 8)
+    before = pc.values.detach().clone()
+    pc(x).square().mean().backward()
+    opt.step()
+    assert not torch.equal(before, pc.values)
+    assert pc.bias.grad is not None
+
+
+def test_double_and_extra_repr():
+    pc = ps.nn.PatternConv2d.from_dense(pattern_weight_conv(), ps.PatternSet(PATTERNS8)).double()
+    out = pc(torch.randn(1, 6, 5, 5, dtype=torch.float64))
+    assert out.dtype == torch.float64
+    assert "kernels=" in repr(pc) and "patterns=8x4" in repr(pc)
+
+
+def test_from_dense_rejects_ineligible():
+    with pytest.raises(ValueError, match="3x3"):
+        ps.nn.PatternConv2d.from_dense(nn.Conv2d(2, 2, 5))
+    with pytest.raises(ValueError, match="groups"):
+        ps.nn.PatternConv2d.from_dense(nn.Conv2d(2, 2, 3, groups=2))
+    with pytest.raises(TypeError):
+        ps.nn.PatternConv2d.from_dense(nn.Linear(2, 2))
+    conv = nn.Conv2d(2, 2, 3)
+    with torch.no_grad():
+        conv.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        ps.nn.PatternConv2d.from_dense(conv)
+
+
+# ------------------------------------------------------------------ constructor order and renamed names
+def _geometry(m):
+    return (tuple(m.stride), tuple(m.padding), tuple(m.dilation), m.bias is not None)
+
+
+def test_constructor_follows_conv2d():
+    m = ps.nn.PatternConv2d(4, 8, 3, 2, 1, 1, 1, False)  # nn.Conv2d's positional order (told apart by groups)
+    assert _geometry(m) == ((2, 2), (1, 1), (1, 1), False)
+    kw = ps.nn.PatternConv2d(4, 8, kernel_size=3, stride=2, padding=1, bias=False)
+    assert _geometry(kw) == _geometry(m)
+    assert _geometry(ps.nn.PatternConv2d(4, 8)) == ((1, 1), (0, 0), (1, 1), True)  # nn.Conv2d's defaults
+    with pytest.raises(ValueError, match="3x3"):
+        ps.nn.PatternConv2d(4, 8, kernel_size=5)
+    with pytest.raises(ValueError, match="groups"):
+        ps.nn.PatternConv2d(4, 8, kernel_size=3, groups=2)
+
+
+@pytest.mark.parametrize("args,geometry", [((1,), ((1, 1), (0, 0), (1, 1), True)),
+                                           ((2, 1), ((2, 2), (1, 1), (1, 1), True)),
+                                           ((3, 1, 1, False), ((3, 3), (1, 1), (1, 1), False)),
+                                           ((1, 1, 1, True, PATTERNS8, 0), ((1, 1), (1, 1), (1, 1), True))])
+def test_old_positional_order_warns_and_means_what_it_meant(args, geometry):
+    with pytest.warns(DeprecationWarning, match="old positional order"):
+        m = ps.nn.PatternConv2d(4, 8, *args)
+    assert _geometry(m) == geometry
+
+
+@pytest.mark.parametrize("args,geometry", [((3,), ((1, 1), (0, 0), (1, 1), True)),
+                                           ((3, 2), ((2, 2), (0, 0), (1, 1), True)),
+                                           ((3, 2, 1), ((2, 2), (1, 1), (1, 1), True)),
+                                           ((3, 1, 2, 2), ((1, 1), (2, 2), (2, 2), True))])
+def test_positional_kernel_size_3_reads_as_conv2d(args, geometry, recwarn):
+    # what a drop-in nn.Conv2d must accept, e.g. PatternConv2d(8, 16, 3, padding=1): no warning
+    m = ps.nn.PatternConv2d(4, 8, *args)
+    assert _geometry(m) == geometry
+    assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning)]
+    assert _geometry(ps.nn.PatternConv2d(4, 8, 3, padding=1)) == ((1, 1), (1, 1), (1, 1), True)
+
+
+def test_renamed_keywords_warn():
+    conv = pattern_weight_conv(padding=1)
+    with pytest.warns(DeprecationWarning, match="conv="):
+        old = ps.nn.PatternConv2d.from_dense(conv=conv)
+    new = ps.nn.PatternConv2d.from_dense(module=conv)
+    assert old.kept_kernels == new.kept_kernels == int((conv.weight.abs().sum((2, 3)) != 0).sum())
+    with pytest.warns(DeprecationWarning, match="kept_kernels"):
+        assert new.nnz == new.kept_kernels  # deprecated alias: kept kernels, not kept weights
+    with pytest.warns(DeprecationWarning, match="nnz="):
+        m = ps.nn.PatternConv2d(4, 8, nnz=5)
+    assert m.kept_kernels == 5 and m.values.shape[0] == 5
+    with pytest.raises(TypeError, match="both"):
+        ps.nn.PatternConv2d(4, 8, nnz=5, kept_kernels=5)
+
+
+def test_weight_reads_the_decoded_dense_weight_like_the_sparse_modules():
+    conv = pattern_weight_conv(padding=1)
+    m = ps.nn.PatternConv2d.from_dense(conv)
+    assert torch.equal(m.weight, conv.weight.detach()) and not isinstance(m.weight, torch.nn.Parameter)
+    assert [n for n, _ in m.named_parameters()] == ["values", "bias"]  # storage unchanged
+    x = torch.randn(2, conv.in_channels, 6, 6)
+    assert torch.allclose(torch.jit.script(m)(x), m(x))  # scripts: the property is not compiled
+
+
+@pytest.mark.parametrize("cin", [20, 8])
+@pytest.mark.parametrize("unbatched", [False, True])
+def test_wrong_channel_count_raises_like_conv2d(cin, unbatched):
+    pc = pconv(16, 16)
+    x = torch.randn(1, cin, 8, 8)
+    if unbatched:
+        x = x[0]
+    with pytest.raises(RuntimeError, match=f"expected input.* to have 16 channels, but got {cin} channels instead"):
+        pc(x)
+    with pytest.raises(RuntimeError, match=f"to have 16 channels, but got {cin} channels instead"):
+        pc.to_dense()(x)  # the same words as nn.Conv2d
+
+
+def test_wrong_channel_count_raises_when_scripted():
+    scripted = torch.jit.script(pconv(16, 16).eval())
+    with pytest.raises((RuntimeError, torch.jit.Error), match="to have 16 channels, but got 20"):
+        scripted(torch.randn(1, 20, 8, 8))
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+def test_unbatched_input_like_conv2d(bits):
+    pc = pconv(6, 8, bits=bits, padding=1)
+    x = torch.randn(6, 9, 7)
+    y = pc(x)
+    assert y.shape == (8, 9, 7)
+    assert torch.equal(y, pc(x[None])[0])
+    torch.testing.assert_close(y, pc.to_dense()(x), rtol=1e-5, atol=1e-5)
+    scripted = torch.jit.script(pc.eval())
+    assert torch.equal(scripted(x), y)
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (1, 1, 16, 8, 8), (16,)])
+def test_wrong_rank_raises_like_conv2d(shape):
+    with pytest.raises(RuntimeError, match="Expected 3D \\(unbatched\\) or 4D \\(batched\\) input to conv2d"):
+        pconv(16, 16)(torch.randn(shape))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("bits", [None, 4])
+def test_half_inputs_run_and_match_dense(dtype, bits):
+    pc = pconv(8, 8, bits=bits, padding=1)
+    dense = pc.to_dense()
+    x = torch.randn(2, 8, 10, 10)
+    want = dense(x)
+    y = pc(x.to(dtype))
+    assert y.dtype == dtype and y.shape == want.shape
+    torch.testing.assert_close(y.float(), want, **HALF_TOL[dtype])
+
+
+@pytest.mark.parametrize("convert", [lambda m: m.half(), lambda m: m.bfloat16(), lambda m: m.to(torch.float16)])
+@pytest.mark.parametrize("bits", [None, 3])
+def test_half_model_runs_and_matches_dense(convert, bits):
+    model = nn.Sequential(pconv(3, 8, bits=bits, padding=1), nn.ReLU(), pconv(8, 4, bits=bits, seed=1))
+    x = torch.randn(2, 3, 9, 9)
+    want = model(x)
+    half = convert(copy.deepcopy(model))
+    dtype = half[0].values.dtype
+    assert dtype in (torch.float16, torch.bfloat16)
+    if bits:
+        assert half[0].scale.dtype == dtype
+    y = half(x.to(dtype))
+    assert y.dtype == dtype
+    assert float((y.float() - want).norm() / want.norm()) < (5e-3 if dtype == torch.float16 else 3e-2)
+    # and back to float32: runs again
+    assert half.float()(x).dtype == torch.float32
+
+
+def test_half_model_scripts():
+    model = nn.Sequential(pconv(3, 8, padding=1)).half().eval()
+    x = torch.randn(1, 3, 7, 7, dtype=torch.float16)
+    assert torch.equal(torch.jit.script(model)(x), model(x))
+
+
+def test_float64_stays_float64():
+    pc = pconv(6, 8, padding=1).double()
+    x = torch.randn(1, 6, 7, 7, dtype=torch.float64)
+    y = pc(x)
+    assert y.dtype == torch.float64
+    torch.testing.assert_close(y, pc.to_dense()(x), rtol=1e-12, atol=1e-12)
+
+
+def trained_like_weight(cout=16, cin=12, bits=3, seed=0):
+    """What ADMM leaves: pattern-projected (8 of the 56 shapes), connectivity-pruned, quantized; after
+    quantization some kernels keep only 1-3 of their 4 weights (small ones round to 0)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(cout, cin, 3, 3, generator=g) * torch.rand(cout, cin, 3, 3, generator=g) ** 2
+    pset = ps.PatternSet.select(w, k=8)
+    w = ps.project.quantize(ps.project.connectivity(ps.project.pattern(w, pset), 0.4), bits)
+    return w, pset
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_from_dense_is_lossless_without_a_pattern_set(bits):
+    w, pset = trained_like_weight(bits=bits)
+    nz = (w != 0).sum((2, 3))
+    assert ((nz >= 1) & (nz < 4)).any()  # the case that used to lose weights
+    conv = nn.Conv2d(12, 16, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_(w)
+    pc = PatternConv2d.from_dense(conv)
+    assert pc.conversion_error == 0.0 and "conversion_error" not in repr(pc)
+    assert torch.equal(pc.dense_weight(), w)
+    assert pc.quantized and pc.bits <= bits  # levels detected: codes, losslessly
+    x = torch.randn(2, 12, 11, 11)
+    want = conv(x)
+    assert float((pc(x) - want).norm() / want.norm()) < 1e-6
+    # the trained set covers it too (sub-shapes), and is the one kept when preferred
+    assert torch.equal(PatternConv2d.from_dense(conv, pset).dense_weight(), w)
+    assert ps.PatternSet.cover(w, prefer=pset) == pset
+
+
+def test_from_dense_unpruned_is_lossless_unless_projection_is_asked():
+    conv = nn.Conv2d(4, 5, 3)
+    pc = PatternConv2d.from_dense(conv)
+    assert pc.patterns.shape == (1, 9) and pc.conversion_error == 0.0
+    assert torch.equal(pc.dense_weight(), conv.weight.detach())
+    projected = PatternConv2d.from_dense(conv, project=True)
+    assert projected.patterns.shape == (8, 4)
+    assert 0 < projected.conversion_error < 1
+    assert f"conversion_error={projected.conversion_error:.3g}" in repr(projected)
+    err = (projected.dense_weight() - conv.weight).norm() / conv.weight.norm()
+    assert projected.conversion_error == pytest.approx(float(err), rel=1e-6)
+
+
+def test_from_dense_with_a_set_that_does_not_fit():
+    conv = pattern_weight_conv(6, 8, keep=0.5)
+    other = ps.PatternSet([[0, 1, 2, 4], [4, 6, 7, 8]])
+    with pytest.raises(ValueError, match=r"kernel \(out=\d+, in=\d+\).*project=True.*pattern_set=None"):
+        PatternConv2d.from_dense(conv, other)
+    pc = PatternConv2d.from_dense(conv, other, project=True)
+    assert pc.conversion_error > 0
+    torch.testing.assert_close(pc.dense_weight(), ps.project.pattern(conv.weight.detach(), other))
+    # sub-shapes fit: kernels with 1-3 nonzeros inside a pattern of the set are stored as they are
+    with torch.no_grad():
+        conv.weight[:, :, 0, 0] = 0
+    pc = PatternConv2d.from_dense(conv, ps.PatternSet(PATTERNS8))
+    assert pc.conversion_error == 0.0 and torch.equal(pc.dense_weight(), conv.weight.detach())
+
+
+def test_from_dense_bits_is_lossy_and_recorded():
+    conv = pattern_weight_conv(8, 8, keep=0.5)
+    pc = PatternConv2d.from_dense(conv, bits=3)
+    assert pc.quantized and pc.bits == 3 and pc.conversion_error > 0
+    assert torch.equal(pc.dense_weight(), fmt.decompress(pc.patterns, pc.filter_ptr, pc.kernel_channel,
+                                                         pc.kernel_pattern, pc.values, 8))
+
+
+@pytest.mark.parametrize("padding,dilation", [("same", 1), ("valid", 1), ("same", 2)])
+def test_string_padding_is_taken(padding, dilation):
+    conv = pattern_weight_conv(6, 8, keep=0.5, padding=padding, dilation=dilation)
+    assert layer_kind(conv) == PATTERN
+    pc = PatternConv2d.from_dense(conv)
+    x = torch.randn(1, 6, 12, 10)
+    assert torch.equal(pc.to_dense().weight, conv.weight.detach())
+    torch.testing.assert_close(pc(x), conv(x), rtol=1e-5, atol=1e-5)
+
+
+def test_string_padding_in_the_constructor():
+    assert PatternConv2d(4, 4, padding="same", dilation=2).padding == [2, 2]
+    assert PatternConv2d(4, 4, padding="valid").padding == [0, 0]
+    with pytest.raises(ValueError, match="padding"):
+        PatternConv2d(4, 4, padding="full")

@@ -1,0 +1,88 @@
+"""nn/sparse.py: SparseLinear / SparseConv2d behave like nn.Linear / nn.Conv2d on inputs (wrong
+shapes, unbatched, half precision) and compress_module takes what it can store losslessly (storage,
+state_dict and load validation: test_sparse_storage.py)."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import torch_patsparse as ps
+from torch_patsparse.nn import SparseConv2d, SparseLinear, compress_module
+
+from helpers import HALF_TOL, conv_with, linear_with, pruned_on_grid
+
+
+def test_sparse_wrong_input_raises_like_dense():
+    lin = SparseLinear.from_dense(nn.Linear(12, 5))
+    with pytest.raises(RuntimeError):
+        lin(torch.randn(2, 13))
+    conv = SparseConv2d.from_dense(nn.Conv2d(6, 4, 5))
+    with pytest.raises(RuntimeError, match="to have 6 channels, but got 7"):
+        conv(torch.randn(1, 7, 9, 9))
+
+
+def test_sparse_unbatched():
+    conv = nn.Conv2d(6, 4, 5, padding=2)
+    with torch.no_grad():
+        conv.weight.mul_(torch.rand(conv.weight.shape) < 0.2)
+    sc = SparseConv2d.from_dense(conv)
+    x = torch.randn(6, 9, 9)
+    assert torch.equal(sc(x), conv(x))
+    lin = nn.Linear(12, 5)
+    sl = SparseLinear.from_dense(lin)
+    v = torch.randn(12)
+    torch.testing.assert_close(sl(v), lin(v), rtol=1e-5, atol=1e-5)  # native op: another sum order
+    assert sl(v).shape == lin(v).shape
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_sparse_half(dtype):
+    conv = nn.Conv2d(6, 4, 5, padding=2)
+    with torch.no_grad():
+        conv.weight.mul_(torch.rand(conv.weight.shape) < 0.3)
+    sc = SparseConv2d.from_dense(conv, bits=4)
+    x = torch.randn(1, 6, 9, 9)
+    want = sc(x)
+    assert sc(x.to(dtype)).dtype == dtype
+    torch.testing.assert_close(sc(x.to(dtype)).float(), want, **HALF_TOL[dtype])
+    half = copy.deepcopy(sc).to(dtype)
+    torch.testing.assert_close(half(x.to(dtype)).float(), want, **HALF_TOL[dtype])
+    sl = SparseLinear.from_dense(nn.Linear(12, 5)).to(dtype)
+    assert sl(torch.randn(3, 12, dtype=dtype)).dtype == dtype
+
+
+def test_compress_module_takes_an_unstructured_3x3_conv_losslessly():
+    conv = nn.Conv2d(16, 16, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_(ps.project.unstructured(conv.weight, 0.05))
+    sc = compress_module(conv)
+    assert isinstance(sc, SparseConv2d) and sc.conversion_error == 0.0
+    x = torch.randn(1, 16, 8, 8)
+    assert torch.equal(sc(x), conv(x))
+
+
+def test_compress_module_assorted():
+    lin = linear_with(pruned_on_grid((120, 400), 0.01, levels=1))
+    assert isinstance(compress_module(lin), SparseLinear)
+    c5 = conv_with(pruned_on_grid((16, 6, 5, 5), 0.1, levels=3))
+    assert isinstance(compress_module(c5), SparseConv2d)
+    c1 = conv_with(pruned_on_grid((16, 8, 1, 1), 0.1))
+    assert isinstance(compress_module(c1), SparseConv2d)
+    dw = conv_with(pruned_on_grid((8, 1, 3, 3), 0.3, levels=1), padding=1, groups=8)
+    assert isinstance(compress_module(dw), SparseConv2d)
+    c3 = conv_with(pruned_on_grid((8, 4, 3, 3), 0.1), padding=1)  # unstructured 3x3: taken when asked (convert decides)
+    assert isinstance(compress_module(c3), SparseConv2d)
+    x3 = torch.randn(2, 4, 7, 7)
+    assert torch.equal(compress_module(c3)(x3), c3(x3))
+    assert compress_module(nn.ReLU()) is None
+    assert compress_module(nn.BatchNorm2d(4)) is None
+    assert compress_module(SparseLinear.from_dense(lin)) is None
+    refl = nn.Conv2d(4, 4, 5, padding=2, padding_mode="reflect")
+    assert compress_module(refl) is None
+    assert compress_module(nn.Linear(10, 10)) is None  # dense fp32: compressing would not save space
+    assert isinstance(compress_module(nn.Linear(10, 10), only_if_smaller=False), SparseLinear)
+    assert compress_module(nn.Linear(10, 10).double()) is None
+    # outputs unchanged
+    x = torch.randn(3, 6, 9, 9)
+    torch.testing.assert_close(compress_module(c5)(x), c5(x), rtol=0, atol=0)
