@@ -10,6 +10,39 @@
 namespace patsparse {
 namespace depthwise_simd {
 
+// One block of padded_run: the n outputs t[q, q + n), n = U vectors (kTail false) or fewer, the last
+// one partial (kTail true: the checks compile away for full blocks).
+template <class S, bool kTail, int U>
+__attribute__((always_inline)) inline void padded_block(const float* p, const int64_t (&off)[9],
+                                                        const typename S::Vec (&wv)[9], typename S::Vec b,
+                                                        typename S::Vec vlo, typename S::Vec vhi, int64_t q, int64_t n,
+                                                        float* t) {
+  using Vec = typename S::Vec;
+  constexpr int W = S::width;
+  Vec acc[U], acc2[U];
+#pragma GCC unroll 4
+  for (int u = 0; u < U; ++u) acc[u] = acc2[u] = S::zero();
+#pragma GCC unroll 9
+  for (int i = 0; i < 9; ++i) {
+    const float* src = p + q + off[i];
+#pragma GCC unroll 4
+    for (int u = 0; u < U; ++u) {
+      if (kTail && u * W >= n) break;
+      const Vec x = !kTail || n - u * W >= W ? S::load(src + u * W)
+                                             : S::load_part(src + u * W, static_cast<int>(n - u * W));
+      if (i % 2) acc2[u] = S::fma(wv[i], x, acc2[u]);
+      else acc[u] = S::fma(wv[i], x, acc[u]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int u = 0; u < U; ++u) {
+    if (kTail && u * W >= n) break;
+    const Vec r = S::clamp(S::add(S::add(acc[u], acc2[u]), b), vlo, vhi);
+    if (!kTail || n - u * W >= W) S::store(t + q + u * W, r);
+    else S::store_part(t + q + u * W, r, static_cast<int>(n - u * W));
+  }
+}
+
 // t[q] = clamp(bias + sum over taps i of wk[i] * p[q + off[i]], lo, hi) for q in [0, len): outputs
 // over a zero-padded block p, U vectors at a time, the last partial vector masked. Taps alternate
 // between two accumulator sets (even taps, odd taps; then their sum), so short rows do not wait on
@@ -25,46 +58,8 @@ void padded_run(const float* p, const int64_t (&off)[9], const float* wk, float 
 #pragma GCC unroll 9
   for (int i = 0; i < 9; ++i) wv[i] = S::set1(wk[i]);
   int64_t q = 0;
-  for (; q + U * W <= len; q += U * W) {
-    Vec acc[U], acc2[U];
-#pragma GCC unroll 4
-    for (int u = 0; u < U; ++u) acc[u] = acc2[u] = S::zero();
-#pragma GCC unroll 9
-    for (int i = 0; i < 9; ++i) {
-      const float* src = p + q + off[i];
-#pragma GCC unroll 4
-      for (int u = 0; u < U; ++u) {
-        if (i % 2) acc2[u] = S::fma(wv[i], S::load(src + u * W), acc2[u]);
-        else acc[u] = S::fma(wv[i], S::load(src + u * W), acc[u]);
-      }
-    }
-#pragma GCC unroll 4
-    for (int u = 0; u < U; ++u) S::store(t + q + u * W, S::clamp(S::add(S::add(acc[u], acc2[u]), b), vlo, vhi));
-  }
-  if (q == len) return;
-  // The rest (< U vectors, the last one partial): every vector at once.
-  const int64_t rem = len - q;
-  Vec acc[U], acc2[U];
-#pragma GCC unroll 4
-  for (int u = 0; u < U; ++u) acc[u] = acc2[u] = S::zero();
-#pragma GCC unroll 9
-  for (int i = 0; i < 9; ++i) {
-    const float* src = p + q + off[i];
-#pragma GCC unroll 4
-    for (int u = 0; u < U; ++u) {
-      if (u * W >= rem) break;
-      const Vec x = rem - u * W >= W ? S::load(src + u * W) : S::load_part(src + u * W, static_cast<int>(rem - u * W));
-      if (i % 2) acc2[u] = S::fma(wv[i], x, acc2[u]);
-      else acc[u] = S::fma(wv[i], x, acc[u]);
-    }
-  }
-#pragma GCC unroll 4
-  for (int u = 0; u < U; ++u) {
-    if (u * W >= rem) break;
-    const Vec r = S::clamp(S::add(S::add(acc[u], acc2[u]), b), vlo, vhi);
-    if (rem - u * W >= W) S::store(t + q + u * W, r);
-    else S::store_part(t + q + u * W, r, static_cast<int>(rem - u * W));
-  }
+  for (; q + U * W <= len; q += U * W) padded_block<S, false, U>(p, off, wv, b, vlo, vhi, q, U * W, t);
+  if (q < len) padded_block<S, true, U>(p, off, wv, b, vlo, vhi, q, len - q, t);  // < U vectors, the last partial
 }
 
 // Output rows [oy0, oy1) of one plane. The input rows they read are copied into a zero-padded block

@@ -77,9 +77,7 @@ void check_case(Counter& c, Isa isa, const DepthwiseShape& s, bool with_bias, bo
 
 int main() {
   Counter c;
-  std::vector<Isa> isas;
-  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon})
-    if (isa_supported(isa)) isas.push_back(isa);
+  const std::vector<Isa> isas = patsparse_test::supported_isas();
   uint64_t seed = 1;
   for (Isa isa : isas) {
     // widths: 1, 2, 3 (no interior), around 4 / 8 / 16 lanes and 4-vector blocks, and larger

@@ -209,9 +209,7 @@ void check_rejects(Counter& c, const std::string& what, Encoded e) {
 
 int main() {
   Counter c;
-  std::vector<Isa> isas;
-  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon})
-    if (isa_supported(isa)) isas.push_back(isa);
+  const std::vector<Isa> isas = patsparse_test::supported_isas();
   struct Case { int64_t rows, cols; double keep; int width, scheme, bits; };
   const Case cases[] = {{1, 1, 1.0, 1, 0, 0}, {5, 3, 0.5, 0, 0, 0}, {9, 17, 0.25, 3, 0, 0}, {31, 33, 0.2, 2, 1, 4},
                         {20, 70, 0.0, 1, 0, 0}, {24, 40, 1.0, 4, 2, 3}, {13, 100, 0.05, 2, 1, 1}, {64, 48, 0.2, 0, 1, 8}};

@@ -14,12 +14,21 @@
 #include <thread>
 #include <vector>
 
+#include "csrc/kernels/dispatch.h"
 #include "csrc/kernels/pattern_conv.h"
 
 namespace patsparse_test {
 
 using patsparse::ConvShape;
 using patsparse::PatternWeights;
+
+// The kernel paths this build and CPU run (a test forces each in turn).
+inline std::vector<patsparse::Isa> supported_isas() {
+  std::vector<patsparse::Isa> out;
+  for (patsparse::Isa isa : {patsparse::Isa::Scalar, patsparse::Isa::Avx2, patsparse::Isa::Avx512, patsparse::Isa::Neon})
+    if (patsparse::isa_supported(isa)) out.push_back(isa);
+  return out;
+}
 
 // Splits [0, n) into up to 3 chunks run on their own threads (the kernels must write disjoint data).
 inline void threaded_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body) {
