@@ -115,8 +115,7 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
         for pset, names in zip(pattern_set.values(), _selected(named, list(pattern_set), "pattern_set")):
             for name in names:
                 explicit_sets.setdefault(name, pset)
-    trained = {name: trained_pattern_set(m.weight) for name, m in model.named_modules()
-               if kinds.layer_kind(m) == kinds.PATTERN}
+    trained = {name: trained_pattern_set(m.weight) for name, m in named if kinds.layer_kind(m) == kinds.PATTERN}
     if not inplace:
         model = copy.deepcopy(model)
     # Collect first, then swap: replacing while iterating named_modules would skip or revisit.
@@ -147,9 +146,7 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
         new.train(module.training)
         swaps.append((name, new))
     for name, new in swaps:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, new)
+        model.set_submodule(name, new)
     if dense:
         warnings.warn("convert: left dense (function unchanged): "
                       + "; ".join(f"'{n}': {why}" for n, why in dense)
@@ -214,7 +211,6 @@ def load_compressed(model: nn.Module, state_dict, strict: bool = True) -> nn.Mod
             new.train(module.training)
             swaps.append((name, new))
     for name, new in swaps:
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        model.set_submodule(name, new)
     model.load_state_dict(state_dict, strict=strict)
     return model

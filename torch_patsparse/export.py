@@ -127,11 +127,6 @@ def _batch_norm_after_our_conv(ep) -> List[Tuple[str, str]]:
     return pairs
 
 
-def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, name, module)
-
-
 def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: Sequence[torch.Tensor],
                max_batch: Optional[int] = None) -> str:
     """Writes ``model`` (in eval mode, float32) as an ExecuTorch program to ``path``; returns the path.
@@ -176,7 +171,7 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
             if not name:
                 model = m.to_dense()
                 break
-            _set_submodule(model, name, m.to_dense())
+            model.set_submodule(name, m.to_dense())
     for p in model.parameters():
         if p.dtype != torch.float32:
             raise ValueError(f"export.executorch: the model must be float32 (model.float()), found {p.dtype}")
@@ -186,9 +181,9 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
                  if foldable_bn(model.get_submodule(b), model.get_submodule(c))]
         if pairs:
             for conv, bn in pairs:
-                _set_submodule(model, conv, fused(model.get_submodule(conv), model.get_submodule(bn), -math.inf,
-                                                   math.inf))
-                _set_submodule(model, bn, nn.Identity())
+                model.set_submodule(conv, fused(model.get_submodule(conv), model.get_submodule(bn), -math.inf,
+                                                math.inf))
+                model.set_submodule(bn, nn.Identity())
             ep = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes)
     program = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch()
     with open(path, "wb") as f:

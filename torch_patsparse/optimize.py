@@ -136,7 +136,7 @@ def _fuse_graph(gm: fx.GraphModule) -> None:
             continue
         stem = as_pattern_stem(modules.get(node.target))
         if stem is not None:
-            _set_module(gm, node.target, stem)
+            gm.set_submodule(node.target, stem)
             modules[node.target] = stem
     counter = 0
     # Last conv first: of two branches meeting in an add (ResNet's main path and its downsample),
@@ -159,7 +159,7 @@ def _fuse_graph(gm: fx.GraphModule) -> None:
         if not ours:  # dense conv: fold BatchNorm into the weight, leave the rest to PyTorch
             if bn is not None:
                 conv = fold_dense(conv, bn)
-                _set_module(gm, node.target, conv)
+                gm.set_submodule(node.target, conv)
                 modules[node.target] = conv
                 cur.replace_all_uses_with(node)
                 graph.erase_node(cur)
@@ -169,7 +169,7 @@ def _fuse_graph(gm: fx.GraphModule) -> None:
                 if bounds is not None:
                     user.replace_all_uses_with(node)
                     graph.erase_node(user)
-                _set_module(gm, node.target, DepthwiseConv3x3(conv, *(bounds or (-_INF, _INF))))
+                gm.set_submodule(node.target, DepthwiseConv3x3(conv, *(bounds or (-_INF, _INF))))
             continue
         residual = None
         user = _only_user(cur)
@@ -307,11 +307,6 @@ def _fold_sequential(seq: nn.Sequential) -> None:
         for k in range(i + 1, j):
             seq._modules[names[k]] = nn.Identity()
         i = j
-
-
-def _set_module(root: nn.Module, qualname: str, module: nn.Module) -> None:
-    parent, _, name = qualname.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, name, module)
 
 
 def _optimize(module: nn.Module) -> nn.Module:
