@@ -156,6 +156,13 @@ def test_rho_scaled_to_gradient():
     assert all(v == pytest.approx(1 / 0.05) for v in opt.rho_eff().values())
 
 
+def test_repr_names_the_penalty_and_only_its_settings():
+    gradient = repr(make_opt(tiny_net()))
+    assert "penalty='gradient'" in gradient and "rho_scale='grad'" in gradient and "SGD (" in gradient
+    proximal = repr(make_opt(tiny_net(), penalty="proximal"))
+    assert "penalty='proximal'" in proximal and "rho_scale" not in proximal
+
+
 def test_residuals_shrink_with_defaults():
     """With the default rho settings the residuals shrink over the ADMM phase (conv + BatchNorm,
     weight decay, a small learnable task)."""

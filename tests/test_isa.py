@@ -159,6 +159,13 @@ def test_set_isa_and_env():
     if "neon" not in ISAS:
         with pytest.raises(RuntimeError, match="not supported"):
             ops.set_isa("neon")
+    with pytest.raises(TypeError, match="ISA path is a str"):
+        ops.set_isa(None)
+    previous = ops.set_isa("SCALAR")  # case-insensitive
+    try:
+        assert ops.get_isa() == "scalar"
+    finally:
+        ops.set_isa(previous)
     code = "import torch_patsparse.ops as o; print(o.get_isa())"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     for name in ISAS:

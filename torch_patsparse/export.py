@@ -28,7 +28,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from . import ops  # noqa: F401  (registers torch.ops.patsparse so scripting resolves the ops)
+from . import ops  # also registers torch.ops.patsparse, so scripting resolves the ops
 from .fusion import DepthwiseConv3x3, foldable_bn, fused
 
 __all__ = ["torchscript", "mobile", "executorch", "load_executorch", "executorch_kernel_library",
@@ -288,6 +288,7 @@ def set_executorch_isa(name: str) -> None:
     """Forces the kernel path of the ExecuTorch kernels in this process (``scalar``, ``avx2``,
     ``avx512``, ``neon``, ``auto``; the environment variable ``PATSPARSE_ISA`` sets the initial one),
     like :func:`torch_patsparse.ops.set_isa` does for the torch ops."""
+    name = ops.isa_name(name)
     if not _load_kernels().patsparse_et_set_isa(name.encode()):
         raise ValueError(f"torch_patsparse: ISA path '{name}' is unknown or not supported by this build or CPU")
 

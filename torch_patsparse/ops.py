@@ -39,10 +39,19 @@ def get_isa() -> str:
     return _ops.get_isa()
 
 
+def isa_name(name) -> str:
+    """``name`` as the kernels spell an ISA path (lower case); TypeError when it is not a string."""
+    if not isinstance(name, str):
+        raise TypeError(f"an ISA path is a str (scalar, avx2, avx512, neon or auto), got {type(name).__name__}")
+    return name.lower()
+
+
 def set_isa(name: str) -> str:
-    """Force a CPU kernel path (``auto`` picks the best one); returns the previous name.
-    The environment variable ``PATSPARSE_ISA`` sets the initial path."""
-    return _ops.set_isa(name)
+    """Force a CPU kernel path (``scalar``, ``avx2``, ``avx512``, ``neon``; ``auto`` picks the best
+    one; case-insensitive); returns the previous name. RuntimeError for a name that is unknown or
+    not supported by this build and CPU. The environment variable ``PATSPARSE_ISA`` sets the
+    initial path."""
+    return _ops.set_isa(isa_name(name))
 
 
 def supported_isas() -> list:

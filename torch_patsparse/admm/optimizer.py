@@ -244,6 +244,7 @@ class ADMM(ZUpdate, FusedStep, HardPrune, Checkpoint, Optimizer):
         return self._phase
 
     def __repr__(self) -> str:
-        return f"ADMM(method={self.method!r}, base={type(self.base).__name__}, phase={self._phase}, step={self._step_count}, " \
-               f"update_every={self.update_every}, rho={self.rho}, rho_scale={self.rho_scale!r})\n" \
-               + repr(self.base)
+        scale = f", rho_scale={self.rho_scale!r}" if self.penalty == "gradient" else ""  # proximal has none
+        return f"ADMM(method={self.method!r}, penalty={self.penalty!r}, base={type(self.base).__name__}, " \
+               f"phase={self._phase}, step={self._step_count}, update_every={self.update_every}, rho={self.rho}" \
+               f"{scale})\n" + repr(self.base)
