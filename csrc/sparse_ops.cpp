@@ -207,6 +207,22 @@ at::Tensor sparse_linear_cpu(const at::Tensor& input, const at::Tensor& header, 
   return out;
 }
 
+// The dense fp32 weight [rows, cols] of the stored arrays (validated and cached like the products'
+// index). The ops' input gradient multiplies by it; a native op (with a fake kernel) keeps that
+// backward traceable by torch.compile, which a data-dependent Python decode is not.
+at::Tensor sparse_dense_weight_cpu(const at::Tensor& header, const at::Tensor& index, const at::Tensor& codes,
+                                   const at::Tensor& values, const at::Tensor& code_scale, int64_t rows,
+                                   int64_t cols) {
+  const StoredArrays a = stored_arrays(header, index, codes, values, code_scale, rows, cols);
+  const auto idx = runtime_index(a);
+  const CsrView w = csr_view(*idx, a.values.data_ptr<float>());
+  auto out = at::zeros({rows, cols}, at::kFloat);
+  float* d = out.data_ptr<float>();
+  for (int64_t o = 0; o < rows; ++o)
+    for (int64_t k = w.row_ptr[o]; k < w.row_ptr[o + 1]; ++k) d[o * cols + w.column(k)] = w.values[k];
+  return out;
+}
+
 // [hits, builds, size, bytes] of the runtime index cache (tests see index builds with it).
 std::vector<int64_t> sparse_index_cache_stats() {
   const SparseIndexCacheStats st = sparse_index_cache().stats();
@@ -222,12 +238,15 @@ TORCH_LIBRARY_FRAGMENT(patsparse, m) {
   m.def("sparse_linear(Tensor input, Tensor header, Tensor index, Tensor codes, Tensor values, "
         "Tensor code_scale, int out_features, Tensor? scale, Tensor? shift, Tensor? residual, float lo, "
         "float hi) -> Tensor");
+  m.def("sparse_dense_weight(Tensor header, Tensor index, Tensor codes, Tensor values, Tensor code_scale, "
+        "int rows, int cols) -> Tensor");
   m.def("sparse_index_cache_stats() -> int[]", &sparse_index_cache_stats);
 }
 
 TORCH_LIBRARY_IMPL(patsparse, CPU, m) {
   m.impl("sparse_conv1x1", &sparse_conv1x1_cpu);
   m.impl("sparse_linear", &sparse_linear_cpu);
+  m.impl("sparse_dense_weight", &sparse_dense_weight_cpu);
 }
 
 }  // namespace patsparse

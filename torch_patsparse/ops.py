@@ -5,7 +5,6 @@ from typing import Optional
 import torch
 
 from . import _C  # noqa: F401  (loads the library: runs the TORCH_LIBRARY registrations)
-from . import sparse_format
 
 __all__ = ["pattern_conv2d", "set_isa", "get_isa", "supported_isas", "validate"]
 
@@ -199,6 +198,11 @@ def sparse_linear(input: torch.Tensor, header: torch.Tensor, index: torch.Tensor
                               lo, hi)
 
 
+@torch.library.register_fake("patsparse::sparse_dense_weight")
+def _(header, index, codes, values, code_scale, rows, cols):
+    return values.new_empty((rows, cols), dtype=torch.float32)
+
+
 def sparse_index_cache_stats() -> list:
     """[hits, builds, size, bytes] of the native runtime-index cache of the sparse ops."""
     return list(_ops.sparse_index_cache_stats())
@@ -265,8 +269,7 @@ def _sparse_backward(ctx, grad_output):
     if scale is not None:
         g = g * scale.view(shape)
     if need[0]:
-        arrays = {"header": header, "index": index, "codes": codes, "values": values, "scale": code_scale}
-        w = sparse_format.decode(arrays, (ctx.rows, input.shape[chan])).to(g.dtype)
+        w = _ops.sparse_dense_weight(header, index, codes, values, code_scale, ctx.rows, input.shape[chan]).to(g.dtype)
         if ctx.conv:
             gi = torch.einsum("oc,nohw->nchw", w, g)
             if ctx.stride != [1, 1]:
