@@ -408,6 +408,11 @@ def test_param_groups_shared_and_lr_scheduler():
     with pytest.raises(ValueError, match="'bad' has shape"):
         opt.add_param_group({"params": [("bad", bad)], "constraints": [C.Pattern()]})
     assert len(opt.param_groups) == 4 and opt.base.param_groups is opt.param_groups
+    # a plain group (no names) joins from_model's named groups under the names ADMM reports
+    plain = nn.Parameter(torch.zeros(4))
+    opt.add_param_group({"params": (p for p in [plain])})
+    assert opt.param_groups[-1]["params"] == [plain] and opt.param_groups[-1]["param_names"] == ["group4.0"]
+    opt.step()
 
 
 def test_grad_scaler_and_clipping_match_plain_loop():

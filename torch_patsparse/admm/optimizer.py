@@ -134,6 +134,15 @@ class ADMM(ZUpdate, FusedStep, HardPrune, Checkpoint, Optimizer):
         return cls(param_groups(model, spec, plain="regex"), **kwargs)
 
     def add_param_group(self, param_group: dict) -> None:
+        """As torch's, plus a ``"constraints"`` entry; a group without names joins named groups (as
+        :meth:`from_model` builds) under the names ADMM reports it by (``group<i>.<j>``)."""
+        named = [("param_names" in g) for g in self.param_groups]
+        if named and all(named) and "param_names" not in param_group:
+            params = param_group["params"]
+            params = [params] if isinstance(params, torch.Tensor) else list(params)
+            gi = len(self.param_groups)
+            param_group = {**param_group, "params": params,
+                           "param_names": [f"group{gi}.{j}" for j in range(len(params))]}
         if self._linked:  # after construction: the base appends to the shared list
             self.base.add_param_group(param_group)
             param_group.setdefault("constraints", ())
