@@ -287,7 +287,7 @@ def run_model(kind, args, data, log):
         # one-shot: prune now and spend the constraint phase's epochs on retraining (equal budget)
         phase_ep, retrain_ep = (0, admm_ep + rt_ep) if args.method == "oneshot" else (admm_ep, rt_ep)
         if phase_ep:
-            run_epochs(model, opt, xtr, ytr, phase_ep, seed=1, **(kd if args.distill_phase == "both" else {}))
+            run_epochs(model, opt, xtr, ytr, phase_ep, seed=1 + 1000 * args.seed, **(kd if args.distill_phase == "both" else {}))
         res = opt.residuals()
         pre = accuracy(model, xte, yte)
         opt.hard_prune()
@@ -297,7 +297,7 @@ def run_model(kind, args, data, log):
             g["lr"] = lr if args.cosine else lr * 0.5
         if args.cosine:
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, retrain_ep * steps)
-        run_epochs(model, opt, xtr, ytr, retrain_ep, seed=2, sched=sched, **kd)
+        run_epochs(model, opt, xtr, ytr, retrain_ep, seed=2 + 1000 * args.seed, sched=sched, **kd)
         acc = accuracy(model, xte, yte)
         if args.save_models:
             torch.save(model.state_dict(), os.path.join(args.out, f"{kind}_{name}.pt"))
@@ -442,6 +442,8 @@ def main():
                     help="--distill: during the ADMM phase and retraining, or retraining only")
     ap.add_argument("--add-setting", action="append", default=[], metavar="NAME=k:b,...",
                     help="an extra LeNet-5 setting: keep:bits for conv1,conv2,fc1,fc2,fc3")
+    ap.add_argument("--seed", type=int, default=0, help="data-order seed of the ADMM and retraining phases "
+                    "(the dense model is the same)")
     ap.add_argument("--save-models", action="store_true", help="save each setting's model to --out")
     ap.add_argument("--start-from", help="a saved model (state_dict) to start the chain from instead of the dense one")
     ap.add_argument("--settings", default="", help="comma-separated subset of the setting names (chained in order)")
