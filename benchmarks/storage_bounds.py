@@ -125,11 +125,29 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                                   "storage_bounds.md"))
+    ap.add_argument("--kept", action="append", default=[], metavar="K1,K2,K3,K4,K5",
+                    help="only: fp32 sparse LeNet-5s with these kept weights per layer, pruned from --dense")
+    ap.add_argument("--dense", help="--kept: the dense LeNet-5 state_dict to prune (e.g. storage_experiment.py's "
+                                    "--cache-dense file)")
+    ap.add_argument("--no-distill", action="store_true", help="--kept: fine-tune without distillation")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     xtr, ytr = load_fmnist("train")
     xte, yte = load_fmnist("test")
     data = (xtr, ytr)
+    if args.kept:  # upper bounds at other budgets (e.g. 100x): print only
+        dense = LeNet5()
+        dense.load_state_dict(torch.load(args.dense, weights_only=True))
+        teacher = None if args.no_distill else copy.deepcopy(dense).eval()
+        print(f"dense {accuracy(dense, xte, yte):.2f}%", flush=True)
+        for spec in args.kept:
+            kept = [int(k) for k in spec.split(",")]
+            t0 = time.time()
+            model = prune_to(copy.deepcopy(dense), teacher, data, kept, args.prune_epochs, args.finetune_epochs)
+            print(f"sparse fp32 {kept} ({sum(kept)} weights, {args.prune_epochs:g} + {args.finetune_epochs} epochs, "
+                  f"distillation {teacher is not None}): top-1 {accuracy(model, xte, yte):.2f}% "
+                  f"({time.time() - t0:.0f}s)", flush=True)
+        return
     rows = []
 
     def record(family, shape, nweights, acc, t0, min_bits):

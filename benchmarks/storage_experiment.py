@@ -72,8 +72,8 @@ def load_fmnist(split):
 
 
 def run_epochs(model, opt, x, y, epochs, bs=128, seed=0, sched=None, teacher=None, temperature=4.0, alpha=0.7):
-    """Mini-batch training; ``sched`` steps every batch; with a ``teacher`` the loss is knowledge
-    distillation (Hinton et al.): (1 - alpha) CE + alpha T^2 KL(teacher_T || student_T)."""
+    """Mini-batch training; ``sched`` steps every batch; with a ``teacher`` (in eval mode) the loss is
+    knowledge distillation, ``ps.distillation_loss``."""
     model.train()
     g = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
@@ -81,12 +81,12 @@ def run_epochs(model, opt, x, y, epochs, bs=128, seed=0, sched=None, teacher=Non
         for i in range(0, x.shape[0], bs):
             idx = perm[i:i + bs]
             out = model(x[idx])
-            loss = F.cross_entropy(out, y[idx])
-            if teacher is not None:
+            if teacher is None:
+                loss = F.cross_entropy(out, y[idx])
+            else:
                 with torch.no_grad():
-                    soft = F.softmax(teacher(x[idx]) / temperature, 1)
-                kd = F.kl_div(F.log_softmax(out / temperature, 1), soft, reduction="batchmean")
-                loss = (1 - alpha) * loss + alpha * temperature ** 2 * kd
+                    soft = teacher(x[idx])
+                loss = ps.distillation_loss(out, y[idx], soft, temperature, alpha)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -124,6 +124,8 @@ LENET_SETTINGS = [
     ("L0", [(0.60, 4), (0.20, 3), (0.040, 3), (0.100, 3), (0.40, 4)]),
     ("L1", [(0.60, 4), (0.15, 3), (0.020, 3), (0.060, 3), (0.30, 4)]),
     ("L1b", [(0.60, 4), (0.12, 3), (0.016, 3), (0.050, 3), (0.30, 4)]),
+    # ~109x: fc1 ternary (1 code bit per kept weight; its index is most of its ~9.6 bits per weight)
+    ("L1t", [(0.60, 4), (0.20, 3), (0.020, 2), (0.050, 3), (0.30, 4)]),
     # ternary (1 stored bit per kept weight), ~1,900 kept: 1,000x when only the values are counted
     ("T1", [(0.60, 2), (0.15, 2), (0.025, 2), (0.020, 2), (0.10, 2)]),
     ("L2", [(0.40, 3), (0.05, 3), (0.004, 3), (0.015, 3), (0.12, 3)]),
@@ -136,6 +138,15 @@ VGG_SETTINGS = [
     ("V1", (0.25, 4, 0.10, 4)),
     ("V2", (0.08, 2, 0.03, 2)),
 ]
+
+
+def parse_setting(spec):
+    """'NAME=keep:bits,keep:bits,...' (one pair per LeNet-5 layer, conv1 conv2 fc1 fc2 fc3)."""
+    name, _, layers = spec.partition("=")
+    pairs = [tuple(float(v) for v in pair.split(":")) for pair in layers.split(",")]
+    if len(pairs) != len(LENET):
+        raise ValueError(f"{spec!r}: need {len(LENET)} keep:bits pairs")
+    return name, [(k, int(b)) for k, b in pairs]
 
 
 def lenet_spec(setting):
@@ -236,8 +247,10 @@ def run_model(kind, args, data, log):
     if args.quick:
         ntrain, dense_ep, admm_ep, rt_ep = min(ntrain, 6000), 1, 1, 1
         settings = settings[::2] if kind == "lenet" else settings[:1]
+    settings = settings + [parse_setting(spec) for spec in args.add_setting]
     if args.settings:
-        settings = [st for st in settings if st[0] in args.settings.split(",")]
+        by_name = dict(settings)
+        settings = [(n, by_name[n]) for n in args.settings.split(",")]
     xtr, ytr = xtr[:ntrain], ytr[:ntrain]
     t0 = time.time()
     tag = f"{kind}_{ntrain}_{dense_ep}{'_1cycle' if args.onecycle else ''}"
@@ -252,13 +265,17 @@ def run_model(kind, args, data, log):
         if ckpt:
             torch.save(model.state_dict(), ckpt)
     base = accuracy(model, xte, yte)
+    teacher = copy.deepcopy(model).eval() if args.distill else None
+    if args.start_from:  # continue a chain from a saved setting's model (masks re-derived by the projection)
+        model.load_state_dict(torch.load(args.start_from, weights_only=True))
+        log(f"[{kind}] start from {args.start_from}: top-1 {accuracy(model, xte, yte):.2f}%")
     ndense = sum(m.weight.numel() for m in model.modules() if type(m) in (nn.Conv2d, nn.Linear))
     log(f"[{kind}] dense: top-1 {base:.2f}%  ({ndense} conv/linear weights, {dense_ep} epochs on {ntrain}, "
         f"{time.time() - t0:.0f}s)")
     results = [{"model": kind, "setting": "dense", "acc": base, "reduction": 1.0, "all_in": 1.0,
                 "weight_bits": 32 * ndense, "kept": ndense}]
     steps = math.ceil(ntrain / 128)
-    teacher = copy.deepcopy(model).eval() if args.distill else None
+    kd = dict(teacher=teacher, temperature=args.kd_temperature, alpha=args.kd_alpha)
     for name, setting in settings:
         t0 = time.time()
         admm_kwargs = dict(base=torch.optim.Adam, lr=lr, method=args.method, phase_steps=steps * admm_ep,
@@ -272,7 +289,7 @@ def run_model(kind, args, data, log):
         # one-shot: prune now and spend the constraint phase's epochs on retraining (equal budget)
         phase_ep, retrain_ep = (0, admm_ep + rt_ep) if args.method == "oneshot" else (admm_ep, rt_ep)
         if phase_ep:
-            run_epochs(model, opt, xtr, ytr, phase_ep, seed=1, teacher=teacher)
+            run_epochs(model, opt, xtr, ytr, phase_ep, seed=1 + 1000 * args.seed, **(kd if args.distill_phase == "both" else {}))
         res = opt.residuals()
         pre = accuracy(model, xte, yte)
         opt.hard_prune()
@@ -282,8 +299,10 @@ def run_model(kind, args, data, log):
             g["lr"] = lr if args.cosine else lr * 0.5
         if args.cosine:
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, retrain_ep * steps)
-        run_epochs(model, opt, xtr, ytr, retrain_ep, seed=2, sched=sched, teacher=teacher)
+        run_epochs(model, opt, xtr, ytr, retrain_ep, seed=2 + 1000 * args.seed, sched=sched, **kd)
         acc = accuracy(model, xte, yte)
+        if args.save_models:
+            torch.save(model.state_dict(), os.path.join(args.out, f"{kind}_{name}.pt"))
         psets = [p for p in opt.pattern_sets() if p is not None]
         cmodel, names = compress(model, psets[0] if psets else None)
         cacc = accuracy(cmodel, xte, yte)
@@ -419,6 +438,16 @@ def main():
     ap.add_argument("--cosine", action="store_true", help="retrain at the full lr with cosine decay")
     ap.add_argument("--distill", action="store_true", help="ADMM + retrain with knowledge distillation "
                     "from the dense model")
+    ap.add_argument("--kd-temperature", type=float, default=4.0, help="--distill: softmax temperature")
+    ap.add_argument("--kd-alpha", type=float, default=0.7, help="--distill: weight of the soft-target term")
+    ap.add_argument("--distill-phase", choices=("both", "retrain"), default="both",
+                    help="--distill: during the ADMM phase and retraining, or retraining only")
+    ap.add_argument("--add-setting", action="append", default=[], metavar="NAME=k:b,...",
+                    help="an extra LeNet-5 setting: keep:bits for conv1,conv2,fc1,fc2,fc3")
+    ap.add_argument("--seed", type=int, default=0, help="data-order seed of the ADMM and retraining phases "
+                    "(the dense model is the same)")
+    ap.add_argument("--save-models", action="store_true", help="save each setting's model to --out")
+    ap.add_argument("--start-from", help="a saved model (state_dict) to start the chain from instead of the dense one")
     ap.add_argument("--settings", default="", help="comma-separated subset of the setting names (chained in order)")
     ap.add_argument("--report-only", action="store_true", help="rewrite the .md/.png from the saved .json files")
     ap.add_argument("--cache-dense", action="store_true", help="save / reuse the dense model in --out")

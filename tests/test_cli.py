@@ -190,3 +190,33 @@ def test_retrain_on_compressed_modules_matches_masked_dense(tiny_run, tmp_path):
     for name in ("features.3.weight", "features.14.weight"):
         assert torch.equal(a["model"][name] == 0, b["model"][name] == 0) or \
             (a["model"][name] != b["model"][name]).float().mean() < 0.01   # same masks, levels to rounding
+
+
+@needs_data
+def test_retrain_with_distillation_from_the_dense_model(tiny_run, tmp_path, capsys):
+    """retrain.distill_alpha > 0: masked retraining against the dense model's soft targets (OUT/dense.pt);
+    it changes the training (another loss) but keeps the hard prune's masks; without dense.pt: a clear error."""
+    cfg, full_out, _ = tiny_run
+    kd = write(tmp_path, open(cfg).read().replace("[retrain]\n", "[retrain]\ndistill_alpha = 0.7\ndistill_temperature = 3.0\n"),
+               "kd.toml")
+    out = str(tmp_path / "kd")
+    os.makedirs(out)
+    shutil.copy(os.path.join(full_out, "admm.pt"), out)
+    assert cli.main(["--config", kd, "--out", out, "--no-progress", "--stages", "retrain"]) == 2
+    assert "needs the dense model as teacher" in capsys.readouterr().err
+    shutil.copy(os.path.join(full_out, "dense.pt"), out)
+    assert cli.main(["--config", kd, "--out", out, "--no-progress", "--stages", "retrain"]) == 0
+    a = torch.load(os.path.join(full_out, "retrain.pt"), weights_only=False)
+    b = torch.load(os.path.join(out, "retrain.pt"), weights_only=False)
+    assert b["config"]["retrain"]["distill_alpha"] == 0.7
+    la = [e["train_loss"] for e in a["history"]["epochs"] if e["stage"] == "retrain"]
+    lb = [e["train_loss"] for e in b["history"]["epochs"] if e["stage"] == "retrain"]
+    assert la != lb
+    sa, sb = a["opt"]["admm"], b["opt"]["admm"]
+    masked = [i for i, st in sb["params"].items() if st.get("mask") is not None]
+    assert masked and sorted(masked) == sorted(i for i, st in sa["params"].items() if st.get("mask") is not None)
+    for i in masked:  # the same hard prune, and nothing outside its mask after retraining with soft targets
+        name, mask = sb["names"][i], sb["params"][i]["mask"]
+        assert torch.equal(mask, sa["params"][i]["mask"]), name
+        assert not b["model"][name][~mask].any(), name
+        assert not torch.equal(b["model"][name], a["model"][name]), name

@@ -107,6 +107,8 @@ def main(argv=None) -> int:
                 prev = STAGES[first - 1]
                 job.load(os.path.join(args.out, prev + ".pt"), finished_stage=prev)
                 job.log(f"starting from {args.out}/{prev}.pt")
+        if "retrain" in stages and "dense" in job.done:
+            job.distillation()  # the teacher (OUT/dense.pt), if asked for, before any training
     except (FileNotFoundError, ValueError) as e:
         print(f"patsparse: cannot continue: {e}", file=sys.stderr)
         return 2

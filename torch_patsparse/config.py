@@ -24,7 +24,7 @@ DEFAULTS: Dict[str, Any] = {
     "dense": {"epochs": 3, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
     "admm": {"method": "oneshot", "epochs": 2, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "rho": 0.01,
              "rho_growth": "auto", "rho_max": 2.0, "updates_per_epoch": 4, "balance": False, "penalty": "proximal"},
-    "retrain": {"epochs": 4, "lr": 0.02, "on": "compressed"},
+    "retrain": {"epochs": 4, "lr": 0.02, "on": "compressed", "distill_alpha": 0.0, "distill_temperature": 4.0},
     "latency": {"batches": [1, 64], "repeats": 30},
     "layers": [
         {"match": "features.0.weight",
@@ -134,7 +134,8 @@ def validate_config(cfg: Dict[str, Any]) -> None:
         _check_number(cfg, key, lambda v: isinstance(v, int) and v >= 0, "an int >= 0")
     for key in ("batch_size", "threads", "admm.updates_per_epoch", "latency.repeats"):
         _check_number(cfg, key, lambda v: isinstance(v, int) and v >= 1, "an int >= 1")
-    for key in ("dense.lr", "admm.lr", "retrain.lr", "admm.rho"):
+    _check_number(cfg, "retrain.distill_alpha", lambda v: 0 <= v <= 1, "a number in [0, 1]")
+    for key in ("dense.lr", "admm.lr", "retrain.lr", "admm.rho", "retrain.distill_temperature"):
         _check_number(cfg, key, lambda v: v > 0 and math.isfinite(v), "a positive number")
     if cfg["admm"]["rho_growth"] != "auto":
         _check_number(cfg, "admm.rho_growth", lambda v: v >= 1 and math.isfinite(v), 'a number >= 1 or "auto"')

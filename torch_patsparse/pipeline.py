@@ -19,7 +19,7 @@ from .export import torchscript
 from .models import fmnist_vgg
 from .report import compression_report
 from .summary import model_stats, plot, summary_table
-from .train import evaluate, latency, recalibrate_bn, train_epoch
+from .train import Distillation, evaluate, latency, recalibrate_bn, train_epoch
 
 STAGES = ("dense", "admm", "retrain", "convert", "report")
 # configuration keys each stage depends on (a later stage may start from an earlier stage's file
@@ -58,6 +58,7 @@ class Job:
         self.converted = None     # the converted model (after the convert stage)
         self.interrupt_after = args.interrupt_after
         self.epochs_run = 0
+        self._distill: Optional[Distillation] = None
 
     # ---------------- optimizers
     def steps_per_epoch(self) -> int:
@@ -100,6 +101,20 @@ class Job:
     def retrain_sched(self):
         total = max(1, self.cfg["retrain"]["epochs"] * self.steps_per_epoch())
         return torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=total)
+
+    def distillation(self) -> Optional[Distillation]:
+        """Soft targets of the dense model (OUT/dense.pt) for masked retraining, when retrain.distill_alpha > 0."""
+        c = self.cfg["retrain"]
+        if c["distill_alpha"] == 0:
+            return None
+        if self._distill is None:
+            path = os.path.join(self.out, "dense.pt")
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"retrain.distill_alpha > 0 needs the dense model as teacher: no {path}")
+            teacher = fmnist_vgg()
+            teacher.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["model"])
+            self._distill = Distillation(teacher.eval(), c["distill_temperature"], c["distill_alpha"])
+        return self._distill
 
     # ---------------- checkpoints
     def state(self) -> Dict[str, Any]:
@@ -172,7 +187,7 @@ class Job:
             with self.training_form():
                 stats = train_epoch(self.model, self.opt, self.x_train, self.y_train, self.cfg["batch_size"],
                                     self.gen, desc=f"{stage} {self.epoch + 1}/{epochs}", scheduler=self.sched,
-                                    show=self.show)
+                                    show=self.show, distill=self.distillation() if stage == "retrain" else None)
             acc = self.evaluate(desc=f"{stage} eval")
             self.epoch += 1
             rec = {"stage": stage, "epoch": self.epoch, "train_loss": stats["loss"], "train_acc": stats["acc"],

@@ -4,9 +4,11 @@ Plain loops over in-memory tensors (see :mod:`torch_patsparse.data`), with tqdm 
 optimizer can be anything with ``step``/``zero_grad`` (SGD for the dense phase, ``ps.ADMM`` for the
 ADMM and masked-retraining phases: the loop is the same, which is the point of the ADMM API).
 """
+import math
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence
 
 import torch
@@ -26,10 +28,54 @@ def progress(iterable, total: int, desc: str, enabled: bool = True, leave: bool 
     return tqdm(iterable, total=total, desc=desc, leave=leave, dynamic_ncols=True, file=sys.stderr)
 
 
+def distillation_loss(logits: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.Tensor,
+                      temperature: float = 4.0, alpha: float = 0.5) -> torch.Tensor:
+    """Knowledge-distillation loss (Hinton et al. 2015), batch mean:
+    ``(1 - alpha) * CE(logits, targets) + alpha * T^2 * KL(softmax(teacher_logits / T) || softmax(logits / T))``.
+
+    The T^2 factor keeps the soft term's gradients at the hard term's scale for any temperature T.
+    ``alpha = 0`` is plain cross-entropy."""
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"distillation temperature must be a positive number, got {temperature!r}")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"distillation alpha must be in [0, 1], got {alpha!r}")
+    if teacher_logits.shape != logits.shape:
+        raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} do not match the student's "
+                         f"{tuple(logits.shape)}")
+    hard = F.cross_entropy(logits, targets)
+    if alpha == 0:
+        return hard
+    soft = F.kl_div(F.log_softmax(logits / temperature, 1), F.log_softmax(teacher_logits.detach() / temperature, 1),
+                    reduction="batchmean", log_target=True)
+    return (1 - alpha) * hard + alpha * temperature ** 2 * soft
+
+
+@dataclass
+class Distillation:
+    """Soft targets from a ``teacher`` (e.g. the dense model) for :func:`train_epoch`: the loss becomes
+    :func:`distillation_loss` with this ``temperature`` and ``alpha`` (weight of the soft term). The
+    teacher runs in eval mode without gradients and is never changed."""
+    teacher: torch.nn.Module
+    temperature: float = 4.0
+    alpha: float = 0.5
+
+    def __post_init__(self):
+        distillation_loss(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), torch.zeros(1, 2),
+                          self.temperature, self.alpha)  # validates temperature and alpha now
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        self.teacher.eval()
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)
+        return distillation_loss(logits, targets, teacher_logits, self.temperature, self.alpha)
+
+
 def train_epoch(model: torch.nn.Module, opt, x: torch.Tensor, y: torch.Tensor, batch_size: int,
                 generator: torch.Generator, desc: str = "train", scheduler=None, show: bool = True,
-                on_step: Optional[Callable[[int], None]] = None) -> Dict[str, float]:
-    """One epoch of SGD-style training; ``scheduler`` (if any) steps once per batch."""
+                on_step: Optional[Callable[[int], None]] = None,
+                distill: Optional[Distillation] = None) -> Dict[str, float]:
+    """One epoch of SGD-style training; ``scheduler`` (if any) steps once per batch; with ``distill``
+    the loss is knowledge distillation from its teacher (:class:`Distillation`), else cross-entropy."""
     model.train()
     total_loss = torch.zeros((), dtype=torch.float64)
     correct = 0
@@ -38,7 +84,7 @@ def train_epoch(model: torch.nn.Module, opt, x: torch.Tensor, y: torch.Tensor, b
                    D.num_batches(x.shape[0], batch_size), desc, show)
     for i, (xb, yb) in enumerate(bar):
         out = model(xb)
-        loss = F.cross_entropy(out, yb)
+        loss = F.cross_entropy(out, yb) if distill is None else distill.loss(out, yb, xb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
