@@ -117,31 +117,40 @@ void column_tile(const CsrView& w, const SpmmIo<float>& io, int64_t b, int64_t o
 }
 
 // Gather kernel (X's channels contiguous: Linear samples, channels_last pixels): per row, a dot
-// product of its nonzeros with the gathered X[k] (two accumulators, then a horizontal sum).
+// product of its nonzeros with X[k]: vector gathers over whole vectors of nonzeros (two sums), the
+// last < width nonzeros by scalar loads (a masked gather of a short tail cost more than the rest of
+// a short row on this project's AMD EPYC box; spmm.md).
 template <class S, class I>
 void gather_rows_of(const CsrView& w, const I* col, const SpmmIo<float>& io, int64_t b, int64_t j, int64_t o0,
                     int64_t o1) {
   using Vec = typename S::Vec;
   constexpr int W = S::width;
   const float* x = io.x + b * io.x_image + j * io.x_col;
+  const float* val = w.values;
   const int64_t out = b * io.y_image + j * io.y_col;
   for (int64_t o = o0; o < o1; ++o) {
     int64_t k = w.row_ptr[o];
     const int64_t k1 = w.row_ptr[o + 1];
-    Vec a0 = S::zero(), a1 = S::zero();
-    for (; k + 2 * W <= k1; k += 2 * W) {
-      a0 = S::fma(S::load(w.values + k), gather<S>(x, col + k), a0);
-      a1 = S::fma(S::load(w.values + k + W), gather<S>(x, col + k + W), a1);
-    }
+    float acc = 0.f;
     if (k + W <= k1) {
-      a0 = S::fma(S::load(w.values + k), gather<S>(x, col + k), a0);
-      k += W;
+      Vec a0 = S::zero(), a1 = S::zero();
+      for (; k + 2 * W <= k1; k += 2 * W) {
+        a0 = S::fma(S::load(val + k), gather<S>(x, col + k), a0);
+        a1 = S::fma(S::load(val + k + W), gather<S>(x, col + k + W), a1);
+      }
+      if (k + W <= k1) {
+        a0 = S::fma(S::load(val + k), gather<S>(x, col + k), a0);
+        k += W;
+      }
+      acc = S::hsum(S::add(a0, a1));
     }
-    if (k < k1) {
-      const int n = static_cast<int>(k1 - k);
-      a1 = S::fma(S::load_part(w.values + k, n), gather_part<S>(x, col + k, n), a1);
+    float t0 = 0.f, t1 = 0.f;
+    for (; k + 2 <= k1; k += 2) {
+      t0 += val[k] * x[col[k]];
+      t1 += val[k + 1] * x[col[k + 1]];
     }
-    const float acc = S::hsum(S::add(a0, a1));
+    if (k < k1) t0 += val[k] * x[col[k]];
+    acc += t0 + t1;
     const int64_t at = out + o * io.y_chan;
     io.y[at] = spmm_epilogue(io, o, acc, io.residual ? io.residual[at] : 0.f);
   }
