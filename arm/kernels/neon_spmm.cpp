@@ -40,11 +40,6 @@ struct Simd {
     const float buf[4] = {base[idx[0]], base[idx[1]], base[idx[2]], base[idx[3]]};
     return vld1q_f32(buf);
   }
-  static Vec gather_part(const float* base, const int32_t* idx, int n) {
-    float buf[4] = {0.f, 0.f, 0.f, 0.f};
-    for (int i = 0; i < n; ++i) buf[i] = base[idx[i]];
-    return vld1q_f32(buf);
-  }
 };
 
 }  // namespace

@@ -1,8 +1,8 @@
 // The SIMD bodies of the sparse 1x1 conv / Linear kernels (spmm.h), shared by the x86 AVX2 /
 // AVX-512 files and the NEON file. S is a traits type: Vec, width, zero, load, store, load_part /
 // store_part (the first n < width lanes; the rest read as 0 and are not written), set1, fma(a, b,
-// c) = a * b + c, add, clamp(v, lo, hi) (NaN propagates), hsum, gather(base, idx) (int32 indices),
-// gather16 (uint16 indices) and gather_part (int32, n < width lanes).
+// c) = a * b + c, add, clamp(v, lo, hi) (NaN propagates), hsum, gather(base, idx) (int32 indices)
+// and gather16 (uint16 indices).
 // Include it after the file's `#pragma GCC target(...)` so each ISA gets its own instantiation.
 #pragma once
 
@@ -14,19 +14,11 @@
 namespace patsparse {
 namespace spmm_simd {
 
-// Gathers X[idx[0 .. width)] (32- or 16-bit column indices); the _part forms read n < width lanes.
+// Gathers X[idx[0 .. width)] (32- or 16-bit column indices).
 template <class S>
 typename S::Vec gather(const float* x, const int32_t* idx) { return S::gather(x, idx); }
 template <class S>
 typename S::Vec gather(const float* x, const uint16_t* idx) { return S::gather16(x, idx); }
-template <class S>
-typename S::Vec gather_part(const float* x, const int32_t* idx, int n) { return S::gather_part(x, idx, n); }
-template <class S>
-typename S::Vec gather_part(const float* x, const uint16_t* idx, int n) {
-  int32_t wide[S::width];
-  for (int i = 0; i < n; ++i) wide[i] = idx[i];
-  return S::gather_part(x, wide, n);
-}
 
 // Column kernel: rows [o0, o1) x V vectors of columns starting at j0 (the last vector holds `tail`
 // lanes when Tail). Every nonzero W[o, k] broadcasts against the contiguous X[k, j0 ..] vectors.

@@ -44,11 +44,6 @@ struct Simd {
   static Vec gather16(const float* base, const uint16_t* idx) {
     return _mm256_i32gather_ps(base, _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx))), 4);
   }
-  static Vec gather_part(const float* base, const int32_t* idx, int n) {
-    const __m256i m = mask(n);
-    return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), base, _mm256_maskload_epi32(idx, m),
-                                    _mm256_castsi256_ps(m), 4);
-  }
 };
 
 }  // namespace

@@ -44,10 +44,6 @@ struct Simd {
   static Vec gather16(const float* base, const uint16_t* idx) {
     return _mm512_i32gather_ps(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx))), base, 4);
   }
-  static Vec gather_part(const float* base, const int32_t* idx, int n) {
-    const __mmask16 m = mask(n);
-    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, _mm512_maskz_loadu_epi32(m, idx), base, 4);
-  }
 };
 
 }  // namespace
