@@ -20,6 +20,10 @@ ParallelFor aten_parallel_for() {
   };
 }
 
+at::Tensor int32_channels(const at::Tensor& kernel_channel) {
+  return kernel_channel.scalar_type() == at::kInt ? kernel_channel.contiguous() : kernel_channel.to(at::kInt).contiguous();
+}
+
 void check_format(const at::Tensor& patterns, const at::Tensor& filter_ptr, const at::Tensor& kernel_channel,
                   const at::Tensor& kernel_pattern, const at::Tensor& values, int64_t in_channels,
                   bool check_indices) {
@@ -27,8 +31,10 @@ void check_format(const at::Tensor& patterns, const at::Tensor& filter_ptr, cons
               "patsparse: patterns must be a uint8 [K, E] tensor, got ", patterns.scalar_type(), " ", patterns.sizes());
   TORCH_CHECK(filter_ptr.dim() == 1 && filter_ptr.scalar_type() == at::kInt && filter_ptr.size(0) >= 1,
               "patsparse: filter_ptr must be an int32 [Cout+1] tensor, got ", filter_ptr.scalar_type(), " ", filter_ptr.sizes());
-  TORCH_CHECK(kernel_channel.dim() == 1 && kernel_channel.scalar_type() == at::kInt,
-              "patsparse: kernel_channel must be an int32 [nnz] tensor, got ", kernel_channel.scalar_type(), " ", kernel_channel.sizes());
+  TORCH_CHECK(kernel_channel.dim() == 1 &&
+                  (kernel_channel.scalar_type() == at::kInt || kernel_channel.scalar_type() == at::kShort),
+              "patsparse: kernel_channel must be an int32 or int16 [nnz] tensor, got ", kernel_channel.scalar_type(), " ",
+              kernel_channel.sizes());
   TORCH_CHECK(kernel_pattern.dim() == 1 && kernel_pattern.scalar_type() == at::kByte,
               "patsparse: kernel_pattern must be a uint8 [nnz] tensor, got ", kernel_pattern.scalar_type(), " ", kernel_pattern.sizes());
   const int64_t nnz = kernel_channel.size(0);
@@ -39,7 +45,7 @@ void check_format(const at::Tensor& patterns, const at::Tensor& filter_ptr, cons
   if (!check_indices) return;
   // Index arrays are validated on the host before any kernel reads through them.
   auto p = patterns.cpu().contiguous(), fp = filter_ptr.cpu().contiguous();
-  auto kc = kernel_channel.cpu().contiguous(), kp = kernel_pattern.cpu().contiguous();
+  auto kc = int32_channels(kernel_channel.cpu()), kp = kernel_pattern.cpu().contiguous();
   core_call("invalid compressed weight: ", [&] {
     validate_format(p.size(0), p.size(1), fp.size(0) - 1, nnz, p.data_ptr<uint8_t>(), fp.data_ptr<int32_t>(),
                     kc.data_ptr<int32_t>(), kp.data_ptr<uint8_t>(), in_channels);
@@ -178,7 +184,7 @@ at::Tensor forward_cpu(const at::Tensor& input, const at::Tensor& patterns, cons
   const auto memory_format = input.suggest_memory_format();
   auto x = input.contiguous();
   auto v = values.contiguous();
-  auto p = patterns.contiguous(), fp = filter_ptr.contiguous(), kc = kernel_channel.contiguous(), kp = kernel_pattern.contiguous();
+  auto p = patterns.contiguous(), fp = filter_ptr.contiguous(), kc = int32_channels(kernel_channel), kp = kernel_pattern.contiguous();
   std::optional<at::Tensor> sc, sh, res;
   if (scale) sc = scale->contiguous();
   if (shift) sh = shift->contiguous();
@@ -253,7 +259,7 @@ at::Tensor grad_input_cpu(const at::Tensor& grad_output, at::IntArrayRef input_s
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({s.batch, s.out_channels, s.out_h, s.out_w}),
               "patsparse: grad_output has shape ", grad_output.sizes());
   auto go = grad_output.contiguous(), v = values.contiguous();
-  auto p = patterns.contiguous(), fp = filter_ptr.contiguous(), kc = kernel_channel.contiguous(), kp = kernel_pattern.contiguous();
+  auto p = patterns.contiguous(), fp = filter_ptr.contiguous(), kc = int32_channels(kernel_channel), kp = kernel_pattern.contiguous();
   auto gin = at::empty(input_size, grad_output.options());
   if (f32) {
     const auto w = weights_view<float>(p, fp, kc, kp, v);
@@ -287,7 +293,7 @@ at::Tensor grad_values_cpu(const at::Tensor& grad_output, const at::Tensor& inpu
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({s.batch, s.out_channels, s.out_h, s.out_w}),
               "patsparse: grad_output has shape ", grad_output.sizes());
   auto go = grad_output.contiguous(), x = input.contiguous(), v = values.contiguous();
-  auto p = patterns.contiguous(), fp = filter_ptr.contiguous(), kc = kernel_channel.contiguous(), kp = kernel_pattern.contiguous();
+  auto p = patterns.contiguous(), fp = filter_ptr.contiguous(), kc = int32_channels(kernel_channel), kp = kernel_pattern.contiguous();
   auto gv = at::zeros_like(v);
   if (f32) {
     const auto w = weights_view<float>(p, fp, kc, kp, v);

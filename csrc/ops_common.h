@@ -11,6 +11,10 @@ namespace patsparse {
 
 ParallelFor aten_parallel_for();
 
+// kernel_channel as the int32 array the kernels read: a module stores int16 (PatternConv2d passes
+// the int32 form from patsparse::pattern_channels; a direct call with the stored form is widened here).
+at::Tensor int32_channels(const at::Tensor& kernel_channel);
+
 // Checks dtypes and shapes of the compressed arrays; with check_indices, also every index
 // (copied to the host when on a device) against in_channels. Throws c10::Error with a clear message.
 void check_format(const at::Tensor& patterns, const at::Tensor& filter_ptr, const at::Tensor& kernel_channel,

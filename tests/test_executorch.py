@@ -300,10 +300,12 @@ def test_quantized_model_round_trip(tmp_path):
 
 
 def _compressed_bytes(model):
-    """Bytes of the arrays each PatternConv2d hands the op (what the .pte stores for it)."""
+    """Bytes of the arrays each PatternConv2d hands the op (what the .pte stores for it: the runtime
+    form of ``decoded()``, int32 channel indices and float values)."""
     total = 0
     for m in model.modules():
         if isinstance(m, PatternConv2d):
+            m = m.decoded()
             total += sum(t.numel() * t.element_size()
                          for t in (m.patterns, m.filter_ptr, m.kernel_channel, m.kernel_pattern, m.values))
             total += 0 if m.bias is None else m.bias.numel() * 4

@@ -153,3 +153,26 @@ def test_torchscript_round_trip_of_all_layer_conversion(tmp_path):
     loaded = torch.jit.load(path)
     x = torch.randn(2, 1, 28, 28)
     assert torch.equal(loaded(x), conv(x))
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+def test_files_hold_only_the_compressed_form(tmp_path, bits):
+    """The TorchScript and lite files of a converted model are (nearly) its compressed state_dict:
+    no decoded copy of any weight (quantized PatternConv2d layers keep packed codes and int16
+    channel indices, not float values)."""
+    import io
+    import warnings
+    from torch_patsparse import models
+    torch.manual_seed(0)
+    dense = models.resnet18(num_classes=10).eval()
+    models.sparsify_random(dense, keep3x3=0.25, group=4, patterns=8, keep1x1=0.2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = ps.convert(dense, layers="all", bits=bits).eval()
+        buf = io.BytesIO()
+        torch.save(model.state_dict(), buf)
+        ts = os.path.getsize(ps.export.torchscript(model, str(tmp_path / "m.pt")))
+        lite = os.path.getsize(ps.export.mobile(model, str(tmp_path / "m.ptl")))
+    assert ts <= 1.1 * buf.tell() and lite <= 1.1 * buf.tell(), (ts, lite, buf.tell())
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(torch.jit.load(str(tmp_path / "m.pt"))(x), model(x))

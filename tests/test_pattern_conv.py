@@ -41,11 +41,17 @@ def test_from_dense_projects_dense_weights():
 def test_quantized_storage():
     conv = pattern_weight_conv(cin=8, cout=8, keep=0.5)
     pc = ps.nn.PatternConv2d.from_dense(conv, ps.PatternSet(PATTERNS8), bits=4)
-    assert pc.quantized and pc.codes.dtype == torch.int8
+    assert pc.quantized and pc.codes.dtype == torch.uint8  # bit-packed, 4 bits a code
+    assert pc.codes.numel() == pc.kept_kernels * 4 * 4 // 8 and pc.kernel_channel.dtype == torch.int16
+    assert pc.int_codes().shape == (pc.kept_kernels, 4)
     assert "values" not in pc.state_dict() and "codes" in pc.state_dict()
+    assert dict(pc.named_buffers()).keys() == pc.state_dict().keys() - {"bias", "_extra_state"}
     levels = ps.project.quantize(conv.weight.detach(), 4)
     # Values are the quantization of the kept weights (per-layer scale over the kept values).
-    assert int(pc.codes.abs().max()) <= 7
+    assert int(pc.int_codes().abs().max()) <= 7
+    torch.testing.assert_close(pc.dense_weight(), ps.format.decompress(
+        pc.patterns, pc.filter_ptr, pc.kernel_channel, pc.kernel_pattern,
+        ps.quant.dequantize(pc.int_codes(), pc.scale, pc.scheme, dtype=torch.float32), 8), rtol=0, atol=0)
     # Weights already on levels are detected and stored as codes without being asked.
     conv2 = pattern_weight_conv(cin=8, cout=8, keep=0.5)
     with torch.no_grad():
@@ -214,10 +220,8 @@ def test_half_model_runs_and_matches_dense(convert, bits):
     x = torch.randn(2, 3, 9, 9)
     want = model(x)
     half = convert(copy.deepcopy(model))
-    dtype = half[0].values.dtype
+    dtype = (half[0].scale if bits else half[0].values).dtype
     assert dtype in (torch.float16, torch.bfloat16)
-    if bits:
-        assert half[0].scale.dtype == dtype
     y = half(x.to(dtype))
     assert y.dtype == dtype
     assert float((y.float() - want).norm() / want.norm()) < (5e-3 if dtype == torch.float16 else 3e-2)
@@ -302,7 +306,7 @@ def test_from_dense_bits_is_lossy_and_recorded():
     pc = PatternConv2d.from_dense(conv, bits=3)
     assert pc.quantized and pc.bits == 3 and pc.conversion_error > 0
     assert torch.equal(pc.dense_weight(), fmt.decompress(pc.patterns, pc.filter_ptr, pc.kernel_channel,
-                                                         pc.kernel_pattern, pc.values, 8))
+                                                         pc.kernel_pattern, pc.decoded().values, 8))
 
 
 @pytest.mark.parametrize("padding,dilation", [("same", 1), ("valid", 1), ("same", 2)])

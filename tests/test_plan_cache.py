@@ -280,3 +280,31 @@ def test_huge_stride_memory_is_bounded(isa):
     assert got.returncode == 0, got.stderr[-2000:]
     grown_kb = int(got.stdout.split()[-1])
     assert grown_kb < 100 * 1024, f"stride 2048 on a 9x11 input took {grown_kb / 1024:.0f} MB more memory"
+
+
+def test_quantized_layer_decode_is_content_keyed():
+    """A quantized PatternConv2d holds only its stored form (packed codes, int16 channels); the decode
+    cache behind its forward is found by content: writes into the stored arrays are seen by the next
+    forward, equal content in new tensors decodes once, and a write into the shared decoded output
+    (read-only by contract) makes the next call rebuild instead of serving it."""
+    layer = ps.nn.PatternConv2d.from_dense(make_layer(16, 8).to_dense(), bits=4)
+    x = torch.randn(2, 16, 6, 6)
+    check_matches_dense(layer, x)
+    before = ops.pattern_decode_cache_stats()
+    twin = ps.nn.PatternConv2d(16, 8, 3, padding=1, bits=4)
+    twin.load_state_dict(layer.state_dict())
+    assert torch.equal(twin(x), layer(x))
+    after = ops.pattern_decode_cache_stats()
+    assert after[1] == before[1] and after[0] > before[0]  # no new decode: same content
+    with torch.no_grad():
+        codes = layer.int_codes()
+        codes[0] = -codes[0]
+        codes[1] = 7
+        layer.codes.copy_(ps.nn.pattern_conv.pack_codes(codes, 4))  # in place: same tensor, new content
+    check_matches_dense(layer, x)
+    assert torch.equal(layer.int_codes(), codes)
+    _, values = torch.ops.patsparse.pattern_decode(layer.kernel_channel, layer.codes, layer.scale, 4, 4, "uniform")
+    out = layer(x)
+    values.add_(1.0)  # a caller breaking the contract
+    assert torch.equal(layer(x), out)
+    check_matches_dense(layer, x)

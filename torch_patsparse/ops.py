@@ -203,6 +203,24 @@ def _(header, index, codes, values, code_scale, rows, cols):
     return values.new_empty((rows, cols), dtype=torch.float32)
 
 
+@torch.library.register_fake("patsparse::pattern_channels")
+def _(kernel_channel):
+    return kernel_channel.new_empty(kernel_channel.shape, dtype=torch.int32)
+
+
+@torch.library.register_fake("patsparse::pattern_decode")
+def _(kernel_channel, codes, scale, entries, bits, scheme):
+    nnz = kernel_channel.shape[0]
+    dtype = torch.float64 if scale.dtype == torch.float64 else torch.float32
+    return kernel_channel.new_empty((nnz,), dtype=torch.int32), scale.new_empty((nnz, entries), dtype=dtype)
+
+
+def pattern_decode_cache_stats() -> list:
+    """[hits, builds, size, bytes] of the native cache of PatternConv2d's runtime arrays (pattern_channels,
+    pattern_decode)."""
+    return list(_ops.pattern_decode_cache_stats())
+
+
 def sparse_index_cache_stats() -> list:
     """[hits, builds, size, bytes] of the native runtime-index cache of the sparse ops."""
     return list(_ops.sparse_index_cache_stats())

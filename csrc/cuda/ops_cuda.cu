@@ -151,7 +151,7 @@ void check_planes(const char* op, const ConvShape& s) {
 
 std::array<at::Tensor, 4> index_arrays(const at::Tensor& patterns, const at::Tensor& filter_ptr,
                                        const at::Tensor& kernel_channel, const at::Tensor& kernel_pattern) {
-  return {patterns.contiguous(), filter_ptr.contiguous(), kernel_channel.contiguous(), kernel_pattern.contiguous()};
+  return {patterns.contiguous(), filter_ptr.contiguous(), int32_channels(kernel_channel), kernel_pattern.contiguous()};
 }
 
 at::Tensor pattern_conv2d_cuda(const at::Tensor& input, const at::Tensor& patterns, const at::Tensor& filter_ptr,

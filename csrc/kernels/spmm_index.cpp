@@ -5,6 +5,7 @@
 #include <cstring>
 #include <string>
 
+#include "codes.h"
 #include "spmm.h"
 
 namespace patsparse {
@@ -23,33 +24,6 @@ uint64_t read_field(const uint8_t* data, int64_t pos, int width) {
   }
   return v;
 }
-
-// Reads `count` values of `width` (1..16) bits packed LSB first (bitpack.pack's layout), after
-// checking the byte count and that the padding bits are zero.
-class PackedReader {
- public:
-  PackedReader(const char* name, const uint8_t* data, int64_t bytes, int64_t count, int width)
-      : data_(data), bytes_(bytes), width_(width) {
-    int64_t bits;
-    if (!mul_ok(count, width, &bits) || bits > INT64_MAX - 7) throw_invalid(std::string(name) + " is too long");
-    if (bytes != (bits + 7) / 8)
-      throw_invalid(std::string(name) + " has " + std::to_string(bytes) + " bytes, expected " + std::to_string((bits + 7) / 8) +
-           " for " + std::to_string(count) + " values of " + std::to_string(width) + " bits");
-    if (bits % 8 && (data[bytes - 1] >> (bits % 8)))
-      throw_invalid(std::string(name) + " has nonzero padding bits after the last value");
-  }
-  uint32_t operator()(int64_t i) const {
-    const int64_t pos = i * width_, byte = pos >> 3;
-    uint32_t win = 0;
-    for (int k = 0; k < 3 && byte + k < bytes_; ++k) win |= uint32_t(data_[byte + k]) << (8 * k);
-    return (win >> (pos & 7)) & ((1u << width_) - 1);
-  }
-
- private:
-  const uint8_t* data_;
-  int64_t bytes_;
-  int width_;
-};
 
 // Flat positions (row-major in W) of the kept weights, validated against nnz and numel.
 std::vector<int64_t> decode_positions(const StoredSparse& s, int kind, int width, int64_t nnz, int64_t nsym,

@@ -1,6 +1,6 @@
 """PatternConv2d's state_dict: the narrow stored forms (int16 channel indices, bit-packed codes) and
 a load that checks every incoming array (format.validate, code range, scale) before it assigns
-anything, so a rejected load leaves the module as it was."""
+anything, so a rejected load leaves the module as it was. The module holds these forms itself."""
 import math
 from typing import Dict, Optional
 
@@ -17,11 +17,6 @@ _EXTRA_KEYS = ("bits", "scheme", "in_channels", "out_channels")
 
 class PatternStateDict:
     """Mixin of PatternConv2d (first base, before nn.Module): its state_dict save and load."""
-
-    def _refresh_values(self) -> None:
-        with torch.no_grad():
-            deq = quant.dequantize(self.codes, self.scale, self.scheme, dtype=self.values.dtype)
-            self.values.resize_(self.codes.shape).copy_(deq)
 
     def get_extra_state(self):
         return {"bits": self.bits, "scheme": self.scheme, "in_channels": self.in_channels,
@@ -54,18 +49,10 @@ class PatternStateDict:
                                       "build the module with the matching `bits` before loading")
         return None
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        # Store the narrow forms the report counts: int16 channel indices, bit-packed codes.
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        destination[prefix + "kernel_channel"] = self.kernel_channel.detach().to(channel_dtype(self.in_channels))
-        if self.quantized:
-            width = quant.signed_code_width(self.bits)
-            destination[prefix + "codes"] = bitpack.pack(self.codes.detach().reshape(-1).long()
-                                                         + quant.levels(self.bits), width)
-
     def _incoming(self, state_dict, prefix: str, bits: Optional[int], scheme: str) -> Dict[str, torch.Tensor]:
-        """The compressed arrays of ``state_dict`` in this module's forms (int32 channels, int8 codes
-        [nnz, E], 0-d scale), checked completely; {} when it holds none. Raises ValueError."""
+        """The compressed arrays of ``state_dict`` in this module's forms (channel indices as the
+        module holds them, bit-packed codes, 0-d scale), checked completely; {} when it holds none.
+        Raises ValueError."""
         names = ("patterns", "filter_ptr", "kernel_channel", "kernel_pattern")
         names += ("codes", "scale") if self.quantized else ("values",)
         present = [n for n in names if prefix + n in state_dict]
@@ -81,30 +68,30 @@ class PatternStateDict:
         kc = check_tensor("kernel_channel", t["kernel_channel"], (torch.int16, torch.int32), 1).to(torch.int32)
         check_tensor("kernel_pattern", t["kernel_pattern"], (torch.uint8,), 1)
         nnz, entries = kc.numel(), t["patterns"].shape[1]
-        out = {"patterns": t["patterns"], "filter_ptr": t["filter_ptr"], "kernel_channel": kc,
+        stored_kc = kc.to(channel_dtype(self.in_channels))  # wraps only an index fmt.validate rejects
+        out = {"patterns": t["patterns"], "filter_ptr": t["filter_ptr"], "kernel_channel": stored_kc,
                "kernel_pattern": t["kernel_pattern"]}
         if self.quantized:
             bits = self.bits if bits is None else bits
             codes = check_tensor("codes", t["codes"], (torch.uint8, torch.int8))
-            if codes.dtype == torch.uint8:  # bit-packed (see _save_to_state_dict)
-                check_tensor("codes", codes, dim=1)
-                codes = bitpack.unpack(codes, nnz * entries, quant.signed_code_width(bits)) - quant.levels(bits)
-                codes = codes.to(torch.int8).view(nnz, entries)
-            check_tensor("codes", codes, dim=2)
-            if codes.numel() and int(codes.abs().max()) > quant.levels(bits):
-                raise ValueError(f"codes exceed the {bits}-bit range (|code| <= {quant.levels(bits)})")
+            if codes.dtype == torch.int8:  # unpacked [nnz, E] codes: store them packed
+                check_tensor("codes", codes, dim=2)
+                if codes.numel() and int(codes.abs().max()) > quant.levels(bits):
+                    raise ValueError(f"codes exceed the {bits}-bit range (|code| <= {quant.levels(bits)})")
+                codes = pack_codes(codes, bits)
+            check_tensor("codes", codes, dim=1)
             scale = check_tensor("scale", t["scale"], floating=True)
             if scale.numel() != 1:
                 raise ValueError(f"'scale' must hold one number, got shape {list(scale.shape)}")
             scale = scale.reshape(())
             s = float(scale)
-            # 0 only decodes an all-zero layer; NaN, inf or a negative scale is never valid.
-            if not math.isfinite(s) or s < 0 or (s == 0 and codes.numel() and bool(codes.any())):
+            if not math.isfinite(s) or s < 0:  # 0 decodes an all-zero layer only (checked by the decode)
                 raise ValueError(f"'scale' must be a finite positive number, got {s}")
+            try:  # checks the packed length and padding, every code's range, a 0 scale, overflow
+                values = torch.ops.patsparse.pattern_decode(stored_kc, codes, scale.float(), entries, bits, scheme)[1]
+            except RuntimeError as e:
+                raise ValueError(str(e).split("\n")[0]) from None
             out.update(codes=codes, scale=scale)
-            values = quant.dequantize(codes, scale, scheme, dtype=torch.float32)
-            if not bool(torch.isfinite(values).all()):
-                raise ValueError(f"'scale' {s} times the {bits}-bit levels overflows float32")
         else:
             values = check_tensor("values", t["values"], floating=True, dim=2)
             out["values"] = values
@@ -141,9 +128,6 @@ class PatternStateDict:
                 mine.data = torch.empty(t.shape, dtype=mine.dtype, device=mine.device)
             super(PatternStateDict, self)._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                                                 missing_keys, unexpected_keys, error_msgs)
-            if self.quantized and arrays:
-                self.values.data = torch.empty(self.codes.shape, dtype=self.values.dtype, device=self.values.device)
-                self._refresh_values()
 
         apply_or_restore(self, ("bits", "scheme"), apply, error_msgs)
 
@@ -155,3 +139,9 @@ class _SizeMismatch(ValueError):
 def channel_dtype(in_channels: int) -> torch.dtype:
     """Stored dtype of kernel_channel: int16 while every channel index fits."""
     return torch.int16 if in_channels <= 32768 else torch.int32
+
+
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """int8 codes (|code| <= levels(bits)) -> the stored bit-packed form (code + levels at
+    ``signed_code_width(bits)`` bits each; a kept position may hold 0)."""
+    return bitpack.pack(codes.detach().reshape(-1).long().cpu() + quant.levels(bits), quant.signed_code_width(bits))

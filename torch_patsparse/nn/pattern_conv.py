@@ -13,7 +13,7 @@ from .. import project as proj
 from .. import quant
 from .._deprecation import renamed_keywords
 from ..patterns import PatternSet
-from ._pattern_state import PatternStateDict, channel_dtype
+from ._pattern_state import PatternStateDict, channel_dtype, pack_codes
 from .kinds import PATTERN, conv_padding, layer_kind
 
 _SCHEMES = quant.SCHEMES
@@ -27,9 +27,12 @@ class PatternConv2d(PatternStateDict, nn.Module):
 
     Every kept kernel keeps ``E`` (usually 4) weights in one of ``K`` shapes of the layer's pattern
     set; dropped kernels (connectivity pruning) cost nothing. ``state_dict`` holds only the
-    compressed tensors: ``patterns``, ``filter_ptr``, ``kernel_channel``, ``kernel_pattern`` and
-    either ``values`` (float, trainable) or, for quantized layers, int8 ``codes`` + ``scale``
-    (``bits`` and ``scheme`` are kept in the module's metadata). Build one with :meth:`from_dense`.
+    compressed tensors: ``patterns``, ``filter_ptr``, ``kernel_channel`` (int16 while ``in_channels``
+    <= 32768), ``kernel_pattern`` and either ``values`` (float, trainable) or, for quantized layers,
+    bit-packed ``codes`` + ``scale`` (``bits`` and ``scheme`` are kept in the module's metadata). The
+    module holds only that stored form, in memory and in a TorchScript file; its forward gets the
+    runtime arrays (int32 channel indices, decoded values) from a content-keyed native cache
+    (``patsparse::pattern_channels`` / ``pattern_decode``). Build one with :meth:`from_dense`.
 
     Inputs and errors are ``nn.Conv2d``'s: [N, C, H, W] or unbatched [C, H, W], fp32 / fp64 / fp16 /
     bf16. Constructor arguments follow ``nn.Conv2d`` (``in_channels, out_channels, kernel_size=3,
@@ -82,14 +85,15 @@ class PatternConv2d(PatternStateDict, nn.Module):
         entries = patterns.shape[1]
         self.register_buffer("patterns", patterns.clone())
         self.register_buffer("filter_ptr", torch.zeros(out_channels + 1, dtype=torch.int32, device=device))
-        self.register_buffer("kernel_channel", torch.zeros(kept_kernels, dtype=torch.int32, device=device))
+        # The stored (narrow) form; the ops read int32 from patsparse::pattern_channels.
+        self.register_buffer("kernel_channel", torch.zeros(kept_kernels, dtype=channel_dtype(in_channels),
+                                                           device=device))
         self.register_buffer("kernel_pattern", torch.zeros(kept_kernels, dtype=torch.uint8, device=device))
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         if self.quantized:
-            self.register_buffer("codes", torch.zeros(kept_kernels, entries, dtype=torch.int8, device=device))
+            zero = torch.full((kept_kernels * entries,), quant.levels(bits))  # code 0, stored as code + levels
+            self.register_buffer("codes", bitpack.pack(zero, quant.signed_code_width(bits)).to(device))
             self.register_buffer("scale", torch.ones((), **factory))
-            # Dequantized once (on build / load), not per call: the kernels cache their plan on it.
-            self.register_buffer("values", torch.zeros(kept_kernels, entries, **factory), persistent=False)
         else:
             self.values = nn.Parameter(torch.zeros(kept_kernels, entries, **factory))
         self.bias = nn.Parameter(torch.zeros(out_channels, **factory)) if bias else None
@@ -161,9 +165,8 @@ class PatternConv2d(PatternStateDict, nn.Module):
             for name in ("filter_ptr", "kernel_channel", "kernel_pattern"):
                 getattr(mod, name).copy_(arrays[name])
             if mod.quantized:
-                mod.codes.copy_(codes)
+                mod.codes = pack_codes(codes, mod.bits).to(w.device)
                 mod.scale.copy_(scale)
-                mod._refresh_values()
             else:
                 mod.values.copy_(values)
             if conv.bias is not None:
@@ -174,7 +177,7 @@ class PatternConv2d(PatternStateDict, nn.Module):
     def to_dense(self) -> nn.Conv2d:
         """An ``nn.Conv2d`` with the same function (exact: same weights, zeros elsewhere)."""
         conv = nn.Conv2d(self.in_channels, self.out_channels, 3, self.stride, self.padding, self.dilation,
-                         bias=self.bias is not None, device=self.values.device, dtype=self.values.dtype)
+                         bias=self.bias is not None, device=self.patterns.device, dtype=self._dtype())
         with torch.no_grad():
             conv.weight.copy_(self.dense_weight())
             if self.bias is not None:
@@ -182,10 +185,64 @@ class PatternConv2d(PatternStateDict, nn.Module):
         return conv
 
     @torch.jit.unused
+    def _dtype(self) -> torch.dtype:
+        """The layer's float dtype (of its values, or of its scale when quantized)."""
+        return self.scale.dtype if self.quantized else self.values.dtype
+
+    def _runtime_arrays(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(kernel_channel, values) for the pattern ops. A quantized layer's values are decoded from
+        its codes by ``patsparse::pattern_decode`` (once per distinct content, then cached and
+        shared: read-only); a :meth:`decoded` layer holds int32 indices and float values itself."""
+        if self.quantized:
+            bits = self.bits
+            assert bits is not None
+            return torch.ops.patsparse.pattern_decode(self.kernel_channel, self.codes, self.scale,
+                                                      self.patterns.size(1), bits, self.scheme)
+        kernel_channel = self.kernel_channel
+        # The CPU ops widen int16 per call (their plan cache compares content); the CUDA plan cache
+        # keys on tensor identity, so a device layer passes the cached int32 tensor.
+        if kernel_channel.dtype != torch.int32 and kernel_channel.device.type != "cpu":
+            kernel_channel = torch.ops.patsparse.pattern_channels(kernel_channel)
+        return kernel_channel, self.values
+
+    @torch.jit.unused
     def dense_weight(self) -> torch.Tensor:
         """The dense [Cout, Cin, 3, 3] weight this layer computes with."""
-        return fmt.decompress(self.patterns, self.filter_ptr, self.kernel_channel, self.kernel_pattern,
-                              self.values.detach(), self.in_channels)
+        kernel_channel, values = self._runtime_arrays()
+        return fmt.decompress(self.patterns, self.filter_ptr, kernel_channel, self.kernel_pattern,
+                              values.detach().to(self._dtype()), self.in_channels)
+
+    @torch.jit.unused
+    def int_codes(self) -> torch.Tensor:
+        """A quantized layer's codes as int8 [kept_kernels, E] (``codes`` holds them bit-packed):
+        value = ``code * scale`` (uniform) or ``sign(code) * scale * 2^(1 - |code|)`` (pow2)."""
+        if not self.quantized:
+            raise ValueError("int_codes: this PatternConv2d is not quantized (it stores float values)")
+        width, levels = quant.signed_code_width(self.bits), quant.levels(self.bits)
+        codes = bitpack.unpack(self.codes.cpu(), self.kept_kernels * self.patterns.shape[1], width) - levels
+        return codes.to(torch.int8).view(self.kept_kernels, -1).to(self.codes.device)
+
+    @torch.jit.unused
+    def decoded(self) -> "PatternConv2d":
+        """A float PatternConv2d computing exactly what this layer computes, holding the runtime arrays
+        itself: int32 ``kernel_channel`` and float ``values`` (the decoded codes when quantized). For
+        runtimes without ``patsparse::pattern_channels`` / ``pattern_decode`` (the ExecuTorch export);
+        it takes more memory than this layer."""
+        kernel_channel, values = self._runtime_arrays()
+        kernel_channel = kernel_channel.to(torch.int32)
+        mod = PatternConv2d(self.in_channels, self.out_channels, stride=self.stride, padding=self.padding,
+                            dilation=self.dilation, bias=self.bias is not None, patterns=self.patterns,
+                            kept_kernels=self.kept_kernels, device=self.patterns.device, dtype=values.dtype)
+        with torch.no_grad():
+            for name, t in (("filter_ptr", self.filter_ptr), ("kernel_pattern", self.kernel_pattern),
+                            ("values", values)):
+                getattr(mod, name).copy_(t)
+            mod.kernel_channel = kernel_channel.clone()
+            if self.bias is not None:
+                mod.bias.copy_(self.bias)
+        mod.conversion_error = self.conversion_error
+        mod.train(self.training)
+        return mod
 
     @property
     def weight(self) -> torch.Tensor:
@@ -220,14 +277,14 @@ class PatternConv2d(PatternStateDict, nn.Module):
         x = self._batched(input)
         # The native op runs fp32 and fp64; other dtypes (and a module of another dtype) meet in fp32.
         compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-        values = self.values
+        kernel_channel, values = self._runtime_arrays()
         if values.dtype != compute:
             values = values.to(compute)
         bias = self.bias
         if bias is not None:  # separate test: TorchScript skips it when bias is None
             if bias.dtype != compute:
                 bias = bias.to(compute)
-        out = torch.ops.patsparse.pattern_conv2d(x.to(compute), self.patterns, self.filter_ptr, self.kernel_channel,
+        out = torch.ops.patsparse.pattern_conv2d(x.to(compute), self.patterns, self.filter_ptr, kernel_channel,
                                                  self.kernel_pattern, values, bias, self.stride, self.padding,
                                                  self.dilation)
         if out.dtype != input.dtype:
@@ -244,7 +301,9 @@ class PatternConv2d(PatternStateDict, nn.Module):
         and errors as :meth:`forward`; no autograd (the backward raises)."""
         x = self._batched(input)
         compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-        values = self.values if self.values.dtype == compute else self.values.to(compute)
+        kernel_channel, values = self._runtime_arrays()
+        if values.dtype != compute:
+            values = values.to(compute)
         if scale is not None and scale.dtype != compute:
             scale = scale.to(compute)
         if shift is not None and shift.dtype != compute:
@@ -255,7 +314,7 @@ class PatternConv2d(PatternStateDict, nn.Module):
             if residual.dtype != compute:
                 residual = residual.to(compute)
         out = torch.ops.patsparse.pattern_conv2d_fused(x.to(compute), self.patterns, self.filter_ptr,
-                                                       self.kernel_channel, self.kernel_pattern, values, scale, shift,
+                                                       kernel_channel, self.kernel_pattern, values, scale, shift,
                                                        residual, self.stride, self.padding, self.dilation, lo, hi)
         if out.dtype != input.dtype:
             out = out.to(input.dtype)
@@ -284,7 +343,7 @@ class PatternConv2d(PatternStateDict, nn.Module):
                for name in ("patterns", "filter_ptr", "kernel_pattern")}
         out["kernel_channel"] = self.kernel_channel.numel() * channel_dtype(self.in_channels).itemsize * 8
         if self.quantized:
-            out["codes"] = bitpack.packed_bytes(self.codes.numel(), quant.signed_code_width(self.bits)) * 8
+            out["codes"] = self.codes.numel() * 8
             out["scale"] = 32
         else:
             out["values"] = self.values.numel() * 32
@@ -300,7 +359,7 @@ class PatternConv2d(PatternStateDict, nn.Module):
     def macs(self, output_hw: Tuple[int, int]) -> Tuple[int, int]:
         """(dense, kept) multiply-accumulates for one image with this output size."""
         pixels = int(output_hw[0]) * int(output_hw[1])
-        return (self.out_channels * self.in_channels * 9 * pixels, int(self.values.numel()) * pixels)
+        return (self.out_channels * self.in_channels * 9 * pixels, self.kept_kernels * int(self.patterns.shape[1]) * pixels)
 
     def extra_repr(self) -> str:
         total = self.out_channels * self.in_channels

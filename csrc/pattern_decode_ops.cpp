@@ -1,0 +1,169 @@
+// PatternConv2d's stored arrays (exactly its state_dict: int16 channel indices, and for a quantized
+// layer bit-packed codes + scale) -> the runtime arrays the pattern ops read (int32 channel indices,
+// decoded values): patsparse::pattern_channels and patsparse::pattern_decode. Results are found by
+// the stored arrays' content in a process-wide cache (lru_cache.h: never stale), so a layer decodes
+// once, not per call, and the module, its TorchScript file and its .ptl hold only the stored form.
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+#include <torch/library.h>
+
+#include <cstring>
+#include <functional>
+#include <tuple>
+
+#include "kernels/checked.h"
+#include "kernels/codes.h"
+#include "kernels/lru_cache.h"
+#include "ops_common.h"
+
+namespace patsparse {
+namespace {
+
+// One decoded layer: the bytes it was decoded from (op, parameters, stored arrays), the device its
+// outputs live on, and the outputs. `versions` catch a caller writing into an output in place (the
+// outputs are the cache's own tensors, read-only by contract): such an entry is rebuilt.
+struct Decoded {
+  std::vector<uint8_t> stored;
+  c10::Device device = c10::Device(c10::kCPU);
+  std::vector<at::Tensor> outputs;
+  std::vector<int64_t> versions;
+};
+
+LruCache<const Decoded>& decode_cache() {
+  static LruCache<const Decoded> cache(512, int64_t(1) << 30);
+  return cache;
+}
+
+void append(std::vector<uint8_t>& key, const void* data, size_t bytes) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  key.insert(key.end(), p, p + bytes);
+}
+
+// The outputs cached for `key` on `device`, or build() (CPU tensors) moved there and cached.
+std::vector<at::Tensor> cached(std::vector<uint8_t> key, c10::Device device,
+                               const std::function<std::vector<at::Tensor>()>& build) {
+  auto& cache = decode_cache();
+  for (const auto& e : cache.candidates([&](const Decoded& d) {
+         return d.device == device && d.stored.size() == key.size();
+       })) {
+    if (std::memcmp(e->stored.data(), key.data(), key.size()) != 0) continue;
+    bool intact = true;
+    for (size_t i = 0; i < e->outputs.size(); ++i) intact = intact && e->outputs[i]._version() == e->versions[i];
+    if (!intact) {
+      cache.remove(e);  // written into in place: rebuild
+      break;
+    }
+    cache.hit(e);
+    return e->outputs;
+  }
+  // Cached tensors outlive this call: never inference tensors, so autograd may save them later.
+  c10::InferenceMode normal_mode(false);
+  auto entry = std::make_shared<Decoded>();
+  int64_t bytes = static_cast<int64_t>(key.size());
+  for (at::Tensor t : build()) {
+    if (!device.is_cpu()) t = t.to(device);
+    bytes += static_cast<int64_t>(t.nbytes());
+    entry->versions.push_back(t._version());
+    entry->outputs.push_back(std::move(t));
+  }
+  entry->stored = std::move(key);
+  entry->device = device;
+  cache.add(entry, bytes);
+  return entry->outputs;
+}
+
+void check_channels(const at::Tensor& kernel_channel, const char* op) {
+  TORCH_CHECK(kernel_channel.dim() == 1 &&
+                  (kernel_channel.scalar_type() == at::kShort || kernel_channel.scalar_type() == at::kInt),
+              "patsparse::", op, ": kernel_channel must be a 1-D int16 or int32 tensor, got ",
+              kernel_channel.scalar_type(), " ", kernel_channel.sizes());
+}
+
+// int32 channel indices of a PatternConv2d's stored (int16) ones.
+at::Tensor pattern_channels(const at::Tensor& kernel_channel) {
+  check_channels(kernel_channel, "pattern_channels");
+  // Host copy (a no-op on the CPU): the key is content, so a device layer pays one small copy per call.
+  const at::Tensor kc = kernel_channel.cpu().contiguous();
+  const int64_t params[2] = {0, static_cast<int64_t>(kc.element_size())};  // 0: this op
+  std::vector<uint8_t> key;
+  key.reserve(sizeof(params) + kc.nbytes());
+  append(key, params, sizeof(params));
+  append(key, kc.data_ptr(), kc.nbytes());
+  return cached(std::move(key), kernel_channel.device(), [&] {
+    return std::vector<at::Tensor>{kc.to(at::kInt, /*non_blocking=*/false, /*copy=*/true)};
+  })[0];
+}
+
+std::tuple<at::Tensor, at::Tensor> pattern_decode(const at::Tensor& kernel_channel, const at::Tensor& codes,
+                                                  const at::Tensor& scale, int64_t entries, int64_t bits,
+                                                  c10::string_view scheme) {
+  check_channels(kernel_channel, "pattern_decode");
+  TORCH_CHECK(codes.dim() == 1 && codes.scalar_type() == at::kByte,
+              "patsparse::pattern_decode: codes must be a 1-D uint8 (bit-packed) tensor, got ", codes.scalar_type(),
+              " ", codes.sizes());
+  TORCH_CHECK(scale.numel() == 1 && at::isFloatingType(scale.scalar_type()),
+              "patsparse::pattern_decode: scale must be one floating-point number, got ", scale.scalar_type(), " ",
+              scale.sizes());
+  TORCH_CHECK(entries >= 1 && entries <= 9, "patsparse::pattern_decode: entries must be in 1..9, got ", entries);
+  TORCH_CHECK(bits >= 1 && bits <= 8, "patsparse::pattern_decode: bits must be in 1..8, got ", bits);
+  TORCH_CHECK(scheme == "uniform" || scheme == "pow2", "patsparse::pattern_decode: scheme must be 'uniform' or 'pow2', got '",
+              std::string(scheme), "'");
+  const c10::Device device = codes.device();
+  TORCH_CHECK(kernel_channel.device() == device && scale.device() == device,
+              "patsparse::pattern_decode: kernel_channel, codes and scale must be on one device, got ",
+              kernel_channel.device(), ", ", device, ", ", scale.device());
+  const int64_t nnz = kernel_channel.size(0);
+  int64_t count;
+  TORCH_CHECK(mul_ok(nnz, entries, &count), "patsparse::pattern_decode: ", nnz, " x ", entries, " values overflow int64");
+  const bool f64 = scale.scalar_type() == at::kDouble;
+  const at::Tensor kc = kernel_channel.cpu().contiguous(), packed = codes.cpu().contiguous();
+  const double s = scale.detach().cpu().to(at::kDouble).item<double>();
+
+  const int64_t params[7] = {1, entries, bits, scheme == "pow2", f64, static_cast<int64_t>(kc.element_size()), nnz};
+  std::vector<uint8_t> key;
+  key.reserve(sizeof(params) + sizeof(s) + kc.nbytes() + packed.nbytes());
+  append(key, params, sizeof(params));
+  append(key, &s, sizeof(s));
+  append(key, kc.data_ptr(), kc.nbytes());
+  append(key, packed.data_ptr(), packed.nbytes());
+  const auto out = cached(std::move(key), device, [&] {
+    at::Tensor values = at::empty({nnz, entries}, at::TensorOptions().dtype(f64 ? at::kDouble : at::kFloat));
+    core_call("invalid quantized pattern weight: ", [&] {
+      if (f64)
+        decode_pattern_codes<double>(packed.data_ptr<uint8_t>(), packed.numel(), count, static_cast<int>(bits),
+                                     scheme == "pow2", s, values.data_ptr<double>());
+      else
+        decode_pattern_codes<float>(packed.data_ptr<uint8_t>(), packed.numel(), count, static_cast<int>(bits),
+                                    scheme == "pow2", static_cast<float>(s), values.data_ptr<float>());
+    });
+    return std::vector<at::Tensor>{kc.to(at::kInt, /*non_blocking=*/false, /*copy=*/true), values};
+  });
+  return {out[0], out[1]};
+}
+
+// [hits, builds, size, bytes] of the decode cache (tests see decodes with it).
+std::vector<int64_t> pattern_decode_cache_stats() {
+  const PlanCacheStats st = decode_cache().stats();
+  return {st.hits, st.builds, st.size, st.bytes};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(patsparse, m) {
+  // The outputs are shared with the cache and with every later call on the same arrays: read them only.
+  m.def("pattern_channels(Tensor kernel_channel) -> Tensor");
+  m.def("pattern_decode(Tensor kernel_channel, Tensor codes, Tensor scale, int entries, int bits, str scheme) "
+        "-> (Tensor, Tensor)");
+  m.def("pattern_decode_cache_stats() -> int[]", &pattern_decode_cache_stats);
+}
+
+TORCH_LIBRARY_IMPL(patsparse, CPU, m) {
+  m.impl("pattern_channels", &pattern_channels);
+  m.impl("pattern_decode", &pattern_decode);
+}
+TORCH_LIBRARY_IMPL(patsparse, CUDA, m) {
+  m.impl("pattern_channels", &pattern_channels);
+  m.impl("pattern_decode", &pattern_decode);
+}
+
+}  // namespace patsparse
