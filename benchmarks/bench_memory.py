@@ -94,12 +94,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["resnet50"], choices=["resnet18", "resnet50", "mobilenet_v2", "vgg16"])
     p.add_argument("--runs", type=int, default=3, help="fresh processes per resident-memory measurement")
+    p.add_argument("--bits", type=int, nargs="*", default=[4],
+                   help="also measure ps.convert(layers='all', bits=B) for each B (quantized storage)")
     p.add_argument("--out")
     args = p.parse_args(argv)
     lines = ["# Memory and shipped size: converted vs dense", "",
              f"torch {torch.__version__}. Random weights with the benchmarks' sparsity (`sparsify_random`: 3x3 "
              "8 patterns + connectivity 0.25 group 4, 1x1 20% unstructured, fp32 values), converted with "
-             "`ps.convert(layers=\"all\")`. Files: `torch.save(state_dict)`, `ps.export.torchscript`, "
+             "`ps.convert(layers=\"all\")` (fp32 values; `bits=B` rows: quantized with `bits=B`). Files: `torch.save(state_dict)`, `ps.export.torchscript`, "
              "`ps.export.mobile`, `torch.jit.trace(...).save`; ratio = file / the converted state_dict. "
              "Resident memory: a fresh process loads the traced file and runs 3 forwards (batch 1, 224x224, "
              f"1 thread); growth of VmRSS (and of the peak VmHWM) over the process before loading, median of "
@@ -116,6 +118,11 @@ def main(argv=None):
                 conv = ps.convert(dense, layers="all").eval()
             rows = {"dense": measure(name + "_dense", dense, args.runs, work),
                     "converted": measure(name + "_conv", conv, args.runs, work)}
+            for bits in args.bits:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    q = ps.convert(dense, layers="all", bits=bits).eval()
+                rows[f"converted bits={bits}"] = measure(f"{name}_conv{bits}", q, args.runs, work)
             for kind, r in rows.items():
                 sd = r["state_dict"]
                 rel = r["growth"] / rows["dense"]["growth"]
