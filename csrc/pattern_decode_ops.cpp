@@ -1,6 +1,6 @@
 // PatternConv2d's stored arrays (exactly its state_dict: int16 channel indices, and for a quantized
-// layer bit-packed codes + scale) -> the runtime arrays the pattern ops read (int32 channel indices,
-// decoded values): patsparse::pattern_channels and patsparse::pattern_decode. Results are found by
+// layer bit-packed codes + scale) -> the runtime arrays the pattern ops read: decoded values
+// (patsparse::pattern_decode) and, for device layers, int32 channel indices (pattern_channels). Results are found by
 // the stored arrays' content in a process-wide cache (lru_cache.h: never stale), so a layer decodes
 // once, not per call, and the module, its TorchScript file and its .ptl hold only the stored form.
 #include <ATen/ATen.h>
@@ -9,7 +9,6 @@
 
 #include <cstring>
 #include <functional>
-#include <tuple>
 
 #include "kernels/checked.h"
 #include "kernels/codes.h"
@@ -72,16 +71,13 @@ std::vector<at::Tensor> cached(std::vector<uint8_t> key, c10::Device device,
   return entry->outputs;
 }
 
-void check_channels(const at::Tensor& kernel_channel, const char* op) {
+// int32 channel indices of a PatternConv2d's stored (int16) ones, for device layers (the CUDA plan
+// cache keys on tensor identity: a cached tensor keeps it hitting).
+at::Tensor pattern_channels(const at::Tensor& kernel_channel) {
   TORCH_CHECK(kernel_channel.dim() == 1 &&
                   (kernel_channel.scalar_type() == at::kShort || kernel_channel.scalar_type() == at::kInt),
-              "patsparse::", op, ": kernel_channel must be a 1-D int16 or int32 tensor, got ",
+              "patsparse::pattern_channels: kernel_channel must be a 1-D int16 or int32 tensor, got ",
               kernel_channel.scalar_type(), " ", kernel_channel.sizes());
-}
-
-// int32 channel indices of a PatternConv2d's stored (int16) ones.
-at::Tensor pattern_channels(const at::Tensor& kernel_channel) {
-  check_channels(kernel_channel, "pattern_channels");
   // Host copy (a no-op on the CPU): the key is content, so a device layer pays one small copy per call.
   const at::Tensor kc = kernel_channel.cpu().contiguous();
   const int64_t params[2] = {0, static_cast<int64_t>(kc.element_size())};  // 0: this op
@@ -94,51 +90,49 @@ at::Tensor pattern_channels(const at::Tensor& kernel_channel) {
   })[0];
 }
 
-std::tuple<at::Tensor, at::Tensor> pattern_decode(const at::Tensor& kernel_channel, const at::Tensor& codes,
-                                                  const at::Tensor& scale, int64_t entries, int64_t bits,
-                                                  c10::string_view scheme) {
-  check_channels(kernel_channel, "pattern_decode");
+// Float values [kept_kernels, entries] of a quantized PatternConv2d's packed codes and scale.
+at::Tensor pattern_decode(const at::Tensor& codes, const at::Tensor& scale, int64_t kept_kernels, int64_t entries,
+                          int64_t bits, c10::string_view scheme) {
   TORCH_CHECK(codes.dim() == 1 && codes.scalar_type() == at::kByte,
               "patsparse::pattern_decode: codes must be a 1-D uint8 (bit-packed) tensor, got ", codes.scalar_type(),
               " ", codes.sizes());
   TORCH_CHECK(scale.numel() == 1 && at::isFloatingType(scale.scalar_type()),
               "patsparse::pattern_decode: scale must be one floating-point number, got ", scale.scalar_type(), " ",
               scale.sizes());
+  TORCH_CHECK(kept_kernels >= 0, "patsparse::pattern_decode: kept_kernels must be >= 0, got ", kept_kernels);
   TORCH_CHECK(entries >= 1 && entries <= 9, "patsparse::pattern_decode: entries must be in 1..9, got ", entries);
   TORCH_CHECK(bits >= 1 && bits <= 8, "patsparse::pattern_decode: bits must be in 1..8, got ", bits);
   TORCH_CHECK(scheme == "uniform" || scheme == "pow2", "patsparse::pattern_decode: scheme must be 'uniform' or 'pow2', got '",
               std::string(scheme), "'");
   const c10::Device device = codes.device();
-  TORCH_CHECK(kernel_channel.device() == device && scale.device() == device,
-              "patsparse::pattern_decode: kernel_channel, codes and scale must be on one device, got ",
-              kernel_channel.device(), ", ", device, ", ", scale.device());
-  const int64_t nnz = kernel_channel.size(0);
+  TORCH_CHECK(scale.device() == device, "patsparse::pattern_decode: codes and scale must be on one device, got ", device,
+              ", ", scale.device());
   int64_t count;
-  TORCH_CHECK(mul_ok(nnz, entries, &count), "patsparse::pattern_decode: ", nnz, " x ", entries, " values overflow int64");
-  const bool f64 = scale.scalar_type() == at::kDouble;
-  const at::Tensor kc = kernel_channel.cpu().contiguous(), packed = codes.cpu().contiguous();
+  TORCH_CHECK(mul_ok(kept_kernels, entries, &count), "patsparse::pattern_decode: ", kept_kernels, " x ", entries,
+              " values overflow int64");
+  const bool f64 = scale.scalar_type() == at::kDouble, pow2 = scheme == "pow2";
+  // Host copy (a no-op on the CPU): the key is content, so a device layer pays one small copy per call.
+  const at::Tensor packed = codes.cpu().contiguous();
   const double s = scale.detach().cpu().to(at::kDouble).item<double>();
 
-  const int64_t params[7] = {1, entries, bits, scheme == "pow2", f64, static_cast<int64_t>(kc.element_size()), nnz};
+  const int64_t params[6] = {1, kept_kernels, entries, bits, pow2, f64};  // 1: this op
   std::vector<uint8_t> key;
-  key.reserve(sizeof(params) + sizeof(s) + kc.nbytes() + packed.nbytes());
+  key.reserve(sizeof(params) + sizeof(s) + packed.nbytes());
   append(key, params, sizeof(params));
   append(key, &s, sizeof(s));
-  append(key, kc.data_ptr(), kc.nbytes());
   append(key, packed.data_ptr(), packed.nbytes());
-  const auto out = cached(std::move(key), device, [&] {
-    at::Tensor values = at::empty({nnz, entries}, at::TensorOptions().dtype(f64 ? at::kDouble : at::kFloat));
+  return cached(std::move(key), device, [&] {
+    at::Tensor values = at::empty({kept_kernels, entries}, at::TensorOptions().dtype(f64 ? at::kDouble : at::kFloat));
     core_call("invalid quantized pattern weight: ", [&] {
       if (f64)
-        decode_pattern_codes<double>(packed.data_ptr<uint8_t>(), packed.numel(), count, static_cast<int>(bits),
-                                     scheme == "pow2", s, values.data_ptr<double>());
+        decode_pattern_codes<double>(packed.data_ptr<uint8_t>(), packed.numel(), count, static_cast<int>(bits), pow2, s,
+                                     values.data_ptr<double>());
       else
-        decode_pattern_codes<float>(packed.data_ptr<uint8_t>(), packed.numel(), count, static_cast<int>(bits),
-                                    scheme == "pow2", static_cast<float>(s), values.data_ptr<float>());
+        decode_pattern_codes<float>(packed.data_ptr<uint8_t>(), packed.numel(), count, static_cast<int>(bits), pow2,
+                                    static_cast<float>(s), values.data_ptr<float>());
     });
-    return std::vector<at::Tensor>{kc.to(at::kInt, /*non_blocking=*/false, /*copy=*/true), values};
-  });
-  return {out[0], out[1]};
+    return std::vector<at::Tensor>{values};
+  })[0];
 }
 
 // [hits, builds, size, bytes] of the decode cache (tests see decodes with it).
@@ -152,8 +146,7 @@ std::vector<int64_t> pattern_decode_cache_stats() {
 TORCH_LIBRARY_FRAGMENT(patsparse, m) {
   // The outputs are shared with the cache and with every later call on the same arrays: read them only.
   m.def("pattern_channels(Tensor kernel_channel) -> Tensor");
-  m.def("pattern_decode(Tensor kernel_channel, Tensor codes, Tensor scale, int entries, int bits, str scheme) "
-        "-> (Tensor, Tensor)");
+  m.def("pattern_decode(Tensor codes, Tensor scale, int kept_kernels, int entries, int bits, str scheme) -> Tensor");
   m.def("pattern_decode_cache_stats() -> int[]", &pattern_decode_cache_stats);
 }
 

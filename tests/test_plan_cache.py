@@ -303,7 +303,7 @@ def test_quantized_layer_decode_is_content_keyed():
         layer.codes.copy_(ps.nn.pattern_conv.pack_codes(codes, 4))  # in place: same tensor, new content
     check_matches_dense(layer, x)
     assert torch.equal(layer.int_codes(), codes)
-    _, values = torch.ops.patsparse.pattern_decode(layer.kernel_channel, layer.codes, layer.scale, 4, 4, "uniform")
+    values = torch.ops.patsparse.pattern_decode(layer.codes, layer.scale, layer.kept_kernels, 4, 4, "uniform")
     out = layer(x)
     values.add_(1.0)  # a caller breaking the contract
     assert torch.equal(layer(x), out)

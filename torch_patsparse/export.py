@@ -141,8 +141,8 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
     :func:`torch_patsparse.optimize_for_inference` ``patsparse::pattern_conv2d_fused.out`` (or the
     sparse ops with their epilogue); their compressed arrays are the only copy of their weights in the
     file (a PatternConv2d's as int32 channel indices and float32 values: the ExecuTorch kernels do not
-    decode its stored int16 indices and packed codes). An eval-mode BatchNorm right after a PatternConv2d / SparseConv2d is fused into its op's
-    output stage (per-channel scale and shift, as ``optimize_for_inference`` does; the stored weights
+    decode its stored int16 indices and packed codes). An eval-mode BatchNorm right after a
+    PatternConv2d / SparseConv2d is fused into its op's output stage (per-channel scale and shift, as ``optimize_for_inference`` does; the stored weights
     are untouched; equal up to float rounding). ``model`` itself is not modified.
     Run the file with :func:`load_executorch`, or on a device with the kernel library linked in
     (docs/MOBILE.md)."""

@@ -209,10 +209,9 @@ def _(kernel_channel):
 
 
 @torch.library.register_fake("patsparse::pattern_decode")
-def _(kernel_channel, codes, scale, entries, bits, scheme):
-    nnz = kernel_channel.shape[0]
+def _(codes, scale, kept_kernels, entries, bits, scheme):
     dtype = torch.float64 if scale.dtype == torch.float64 else torch.float32
-    return kernel_channel.new_empty((nnz,), dtype=torch.int32), scale.new_empty((nnz, entries), dtype=dtype)
+    return scale.new_empty((kept_kernels, entries), dtype=dtype)
 
 
 def pattern_decode_cache_stats() -> list:

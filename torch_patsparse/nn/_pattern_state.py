@@ -68,9 +68,9 @@ class PatternStateDict:
         kc = check_tensor("kernel_channel", t["kernel_channel"], (torch.int16, torch.int32), 1).to(torch.int32)
         check_tensor("kernel_pattern", t["kernel_pattern"], (torch.uint8,), 1)
         nnz, entries = kc.numel(), t["patterns"].shape[1]
-        stored_kc = kc.to(channel_dtype(self.in_channels))  # wraps only an index fmt.validate rejects
-        out = {"patterns": t["patterns"], "filter_ptr": t["filter_ptr"], "kernel_channel": stored_kc,
-               "kernel_pattern": t["kernel_pattern"]}
+        # The narrowing wraps only an index that fmt.validate below rejects.
+        out = {"patterns": t["patterns"], "filter_ptr": t["filter_ptr"],
+               "kernel_channel": kc.to(channel_dtype(self.in_channels)), "kernel_pattern": t["kernel_pattern"]}
         if self.quantized:
             bits = self.bits if bits is None else bits
             codes = check_tensor("codes", t["codes"], (torch.uint8, torch.int8))
@@ -88,7 +88,7 @@ class PatternStateDict:
             if not math.isfinite(s) or s < 0:  # 0 decodes an all-zero layer only (checked by the decode)
                 raise ValueError(f"'scale' must be a finite positive number, got {s}")
             try:  # checks the packed length and padding, every code's range, a 0 scale, overflow
-                values = torch.ops.patsparse.pattern_decode(stored_kc, codes, scale.float(), entries, bits, scheme)[1]
+                values = torch.ops.patsparse.pattern_decode(codes, scale.float(), nnz, entries, bits, scheme)
             except RuntimeError as e:
                 raise ValueError(str(e).split("\n")[0]) from None
             out.update(codes=codes, scale=scale)

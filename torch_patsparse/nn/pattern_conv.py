@@ -91,8 +91,7 @@ class PatternConv2d(PatternStateDict, nn.Module):
         self.register_buffer("kernel_pattern", torch.zeros(kept_kernels, dtype=torch.uint8, device=device))
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         if self.quantized:
-            zero = torch.full((kept_kernels * entries,), quant.levels(bits))  # code 0, stored as code + levels
-            self.register_buffer("codes", bitpack.pack(zero, quant.signed_code_width(bits)).to(device))
+            self.register_buffer("codes", pack_codes(torch.zeros(kept_kernels * entries), bits).to(device))
             self.register_buffer("scale", torch.ones((), **factory))
         else:
             self.values = nn.Parameter(torch.zeros(kept_kernels, entries, **factory))
@@ -193,17 +192,19 @@ class PatternConv2d(PatternStateDict, nn.Module):
         """(kernel_channel, values) for the pattern ops. A quantized layer's values are decoded from
         its codes by ``patsparse::pattern_decode`` (once per distinct content, then cached and
         shared: read-only); a :meth:`decoded` layer holds int32 indices and float values itself."""
-        if self.quantized:
-            bits = self.bits
-            assert bits is not None
-            return torch.ops.patsparse.pattern_decode(self.kernel_channel, self.codes, self.scale,
-                                                      self.patterns.size(1), bits, self.scheme)
         kernel_channel = self.kernel_channel
         # The CPU ops widen int16 per call (their plan cache compares content); the CUDA plan cache
         # keys on tensor identity, so a device layer passes the cached int32 tensor.
         if kernel_channel.dtype != torch.int32 and kernel_channel.device.type != "cpu":
             kernel_channel = torch.ops.patsparse.pattern_channels(kernel_channel)
-        return kernel_channel, self.values
+        if self.quantized:
+            bits = self.bits
+            assert bits is not None
+            values = torch.ops.patsparse.pattern_decode(self.codes, self.scale, kernel_channel.size(0),
+                                                        self.patterns.size(1), bits, self.scheme)
+        else:
+            values = self.values
+        return kernel_channel, values
 
     @torch.jit.unused
     def dense_weight(self) -> torch.Tensor:
