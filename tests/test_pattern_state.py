@@ -198,3 +198,15 @@ def test_load_state_dict_rejects_duplicate_kernel(bits):
     dst = PatternConv2d(4, 3, padding=1, bits=bits)
     with pytest.raises((ValueError, RuntimeError), match="twice"):
         dst.load_state_dict(sd)
+
+
+def test_unpacked_int8_codes_must_have_the_kernel_layout():
+    """int8 codes [nnz, E] are accepted (and packed); any other shape with as many codes (e.g. the
+    transpose) is rejected, not decoded in the wrong order."""
+    pc = PatternConv2d.from_dense(pattern_weight_conv(cin=8, cout=8, keep=0.5), bits=4, project=True)
+    sd = pc.state_dict()
+    fresh = PatternConv2d(8, 8, bits=4)
+    fresh.load_state_dict({**sd, "codes": pc.int_codes()})
+    assert torch.equal(fresh.codes, pc.codes)
+    with pytest.raises((RuntimeError, ValueError), match="codes"):
+        PatternConv2d(8, 8, bits=4).load_state_dict({**sd, "codes": pc.int_codes().t().contiguous()})

@@ -76,6 +76,8 @@ class PatternStateDict:
             codes = check_tensor("codes", t["codes"], (torch.uint8, torch.int8))
             if codes.dtype == torch.int8:  # unpacked [nnz, E] codes: store them packed
                 check_tensor("codes", codes, dim=2)
+                if tuple(codes.shape) != (nnz, entries):
+                    raise ValueError(f"'codes' must be [nnz, E] = [{nnz}, {entries}], got {list(codes.shape)}")
                 if codes.numel() and int(codes.abs().max()) > quant.levels(bits):
                     raise ValueError(f"codes exceed the {bits}-bit range (|code| <= {quant.levels(bits)})")
                 codes = pack_codes(codes, bits)
