@@ -229,7 +229,6 @@ def empty_like_compressed(cmodel):
             if isinstance(mod, (SparseConv2d, SparseLinear)):
                 for k in ("header", "index", "codes", "values", "scale"):
                     setattr(mod, k, getattr(mod, k)[:0].clone())
-                mod._weight_cache = None
         return m
     return ctor
 

@@ -3,7 +3,9 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <stdexcept>
+#include <vector>
 
 #include "kernels/pattern_conv.h"
 
@@ -14,6 +16,15 @@ ParallelFor aten_parallel_for();
 // kernel_channel as the int32 array the kernels read: a module stores int16 (PatternConv2d passes
 // the int32 form from patsparse::pattern_channels; a direct call with the stored form is widened here).
 at::Tensor int32_channels(const at::Tensor& kernel_channel);
+
+// The decode cache (decode_ops.cpp): tensors derived from a layer's stored arrays, keyed by those
+// arrays' bytes (append_key: op id, parameters, arrays) and the device. Returns the outputs cached
+// for `key` on `device`, or build()'s (CPU tensors) moved there and cached. The outputs are the
+// cache's own tensors, shared with later calls: read them only (an in-place write is detected by
+// their version counter and rebuilt).
+void append_key(std::vector<uint8_t>& key, const void* data, size_t bytes);
+std::vector<at::Tensor> decode_cached(std::vector<uint8_t> key, c10::Device device,
+                                      const std::function<std::vector<at::Tensor>()>& build);
 
 // Checks dtypes and shapes of the compressed arrays; with check_indices, also every index
 // (copied to the host when on a device) against in_channels. Throws c10::Error with a clear message.

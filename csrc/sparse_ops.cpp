@@ -8,6 +8,7 @@
 
 #include <stdexcept>
 
+#include "kernels/checked.h"
 #include "kernels/dispatch.h"
 #include "kernels/spmm.h"
 #include "ops_common.h"
@@ -207,20 +208,54 @@ at::Tensor sparse_linear_cpu(const at::Tensor& input, const at::Tensor& header, 
   return out;
 }
 
-// The dense fp32 weight [rows, cols] of the stored arrays (validated and cached like the products'
-// index). The ops' input gradient multiplies by it; a native op (with a fake kernel) keeps that
+// The dense fp32 weight [rows, cols] of the stored arrays (validated like the products' index), a new
+// tensor per call. The ops' input gradient multiplies by it; a native op (with a fake kernel) keeps that
 // backward traceable by torch.compile, which a data-dependent Python decode is not.
 at::Tensor sparse_dense_weight_cpu(const at::Tensor& header, const at::Tensor& index, const at::Tensor& codes,
                                    const at::Tensor& values, const at::Tensor& code_scale, int64_t rows,
                                    int64_t cols) {
   const StoredArrays a = stored_arrays(header, index, codes, values, code_scale, rows, cols);
   const auto idx = runtime_index(a);
-  const CsrView w = csr_view(*idx, a.values.data_ptr<float>());
-  auto out = at::zeros({rows, cols}, at::kFloat);
-  float* d = out.data_ptr<float>();
-  for (int64_t o = 0; o < rows; ++o)
-    for (int64_t k = w.row_ptr[o]; k < w.row_ptr[o + 1]; ++k) d[o * cols + w.column(k)] = w.values[k];
+  auto out = at::empty({rows, cols}, at::kFloat);
+  csr_to_dense(csr_view(*idx, a.values.data_ptr<float>()), out.data_ptr<float>());
   return out;
+}
+
+// The dense fp32 weight of `shape` for the layers without a native kernel (SparseConv2d other than
+// 1x1, any layer on a device), from the decode cache: decoded once per content, never stale, not
+// held by the module (so not in its TorchScript file either). Device arrays are read through a host
+// copy (the key is content). The result is shared with later calls: read it only.
+at::Tensor sparse_decode(const at::Tensor& header, const at::Tensor& index, const at::Tensor& codes,
+                         const at::Tensor& values, const at::Tensor& code_scale, at::IntArrayRef shape) {
+  TORCH_CHECK(!shape.empty(), "patsparse::sparse_decode: shape must have at least one dimension");
+  int64_t cols = 1;
+  for (size_t d = 0; d < shape.size(); ++d) {
+    TORCH_CHECK(shape[d] >= 0, "patsparse::sparse_decode: negative size in shape ", shape);
+    TORCH_CHECK(d == 0 || mul_ok(cols, shape[d], &cols), "patsparse::sparse_decode: shape ", shape,
+                " overflows int64");
+  }
+  const c10::Device device = header.device();
+  for (const at::Tensor* t : {&index, &codes, &values, &code_scale})
+    TORCH_CHECK(t->device() == device, "patsparse::sparse_decode: the stored arrays must be on one device, got ",
+                device, " and ", t->device());
+  const StoredArrays a = stored_arrays(header.cpu(), index.cpu(), codes.cpu(), values.cpu(), code_scale.cpu(),
+                                       shape[0], cols);
+  std::vector<uint8_t> key;
+  const int64_t params[2] = {2, static_cast<int64_t>(shape.size())};  // 2: this op (decode_ops.cpp has 0 and 1)
+  append_key(key, params, sizeof(params));
+  append_key(key, shape.data(), shape.size() * sizeof(int64_t));
+  for (const at::Tensor* t : {&a.header, &a.index, &a.codes, &a.values, &a.code_scale}) {
+    const int64_t bytes = static_cast<int64_t>(t->nbytes());
+    append_key(key, &bytes, sizeof(bytes));
+    append_key(key, t->data_ptr(), t->nbytes());
+  }
+  return decode_cached(std::move(key), device, [&] {
+    // Built directly, not through the index cache: only the dense weight is kept.
+    const auto idx = core_call("invalid compressed weight: ", [&] { return build_sparse_index(a.view); });
+    auto out = at::empty(shape, at::kFloat);
+    csr_to_dense(csr_view(*idx, a.values.data_ptr<float>()), out.data_ptr<float>());
+    return std::vector<at::Tensor>{out};
+  })[0];
 }
 
 // [hits, builds, size, bytes] of the runtime index cache (tests see index builds with it).
@@ -240,6 +275,9 @@ TORCH_LIBRARY_FRAGMENT(patsparse, m) {
         "float hi) -> Tensor");
   m.def("sparse_dense_weight(Tensor header, Tensor index, Tensor codes, Tensor values, Tensor code_scale, "
         "int rows, int cols) -> Tensor");
+  // Shared with the decode cache and with every later call on the same arrays: read it only.
+  m.def("sparse_decode(Tensor header, Tensor index, Tensor codes, Tensor values, Tensor code_scale, int[] shape) "
+        "-> Tensor");
   m.def("sparse_index_cache_stats() -> int[]", &sparse_index_cache_stats);
 }
 
@@ -247,6 +285,8 @@ TORCH_LIBRARY_IMPL(patsparse, CPU, m) {
   m.impl("sparse_conv1x1", &sparse_conv1x1_cpu);
   m.impl("sparse_linear", &sparse_linear_cpu);
   m.impl("sparse_dense_weight", &sparse_dense_weight_cpu);
+  m.impl("sparse_decode", &sparse_decode);
 }
+TORCH_LIBRARY_IMPL(patsparse, CUDA, m) { m.impl("sparse_decode", &sparse_decode); }
 
 }  // namespace patsparse

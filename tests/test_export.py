@@ -5,14 +5,17 @@ import io
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import torch_patsparse as ps
 from torch_patsparse import export
 from torch_patsparse.nn import PatternConv2d
+from torch_patsparse.nn.sparse import compress_module
 
 from torch_patsparse.models import LeNet5
 
@@ -160,8 +163,6 @@ def test_files_hold_only_the_compressed_form(tmp_path, bits):
     """The TorchScript and lite files of a converted model are (nearly) its compressed state_dict:
     no decoded copy of any weight (quantized PatternConv2d layers keep packed codes and int16
     channel indices, not float values)."""
-    import io
-    import warnings
     from torch_patsparse import models
     torch.manual_seed(0)
     dense = models.resnet18(num_classes=10).eval()
@@ -176,3 +177,45 @@ def test_files_hold_only_the_compressed_form(tmp_path, bits):
     assert ts <= 1.1 * buf.tell() and lite <= 1.1 * buf.tell(), (ts, lite, buf.tell())
     x = torch.randn(1, 3, 32, 32)
     assert torch.equal(torch.jit.load(str(tmp_path / "m.pt"))(x), model(x))
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+def test_sparse_layers_without_native_kernel_keep_no_dense_weight(tmp_path, bits):
+    """SparseConv2d layers the sparse op does not take (5x5, padded, grouped) decode their weight
+    through patsparse::sparse_decode: the module holds only its state_dict, its TorchScript and lite
+    files no decoded copy, and a write into the stored values is seen by the next call."""
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Conv2d(128, 128, 3, padding=1, groups=128), nn.Conv2d(128, 256, 5, padding=2),
+                          nn.Conv2d(256, 128, 3, padding=1, groups=2)).eval()
+    with torch.no_grad():
+        for m in dense:
+            m.weight.mul_(torch.rand_like(m.weight) < 0.3)
+    model = nn.Sequential(*[compress_module(m, bits=bits, only_if_smaller=False) for m in dense]).eval()
+    assert not any(m._native for m in model)
+    assert {k for k, _ in model.named_buffers()} <= set(model.state_dict())
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    ts = os.path.getsize(ps.export.torchscript(model, str(tmp_path / "m.pt")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lite = os.path.getsize(ps.export.mobile(model, str(tmp_path / "m.ptl")))
+    assert ts <= 1.1 * buf.tell() and lite <= 1.1 * buf.tell(), (ts, lite, buf.tell())
+    x = torch.randn(2, 128, 9, 9)
+    out = model(x)
+    expect = x
+    for m in model:
+        expect = F.conv2d(expect, m.dense_weight(), m.bias, m.stride, m.padding, m.dilation, m.groups)
+    assert torch.allclose(out, expect, rtol=1e-5, atol=1e-5)
+    if bits is None:
+        assert torch.allclose(out, dense(x), rtol=1e-5, atol=1e-5)
+    assert torch.equal(torch.jit.load(str(tmp_path / "m.pt"))(x), out)
+    # never stale: a write into the stored arrays changes the next result
+    first = model[1]
+    with torch.no_grad():
+        if bits is None:
+            first.values.mul_(2)
+        else:
+            first.scale.mul_(2)
+    ones = torch.ones(1, 128, 5, 5)
+    assert torch.allclose(first(ones), F.conv2d(ones, first.dense_weight(), first.bias, padding=2), rtol=1e-5,
+                          atol=1e-5)

@@ -290,11 +290,11 @@ def test_quantized_layer_decode_is_content_keyed():
     layer = ps.nn.PatternConv2d.from_dense(make_layer(16, 8).to_dense(), bits=4)
     x = torch.randn(2, 16, 6, 6)
     check_matches_dense(layer, x)
-    before = ops.pattern_decode_cache_stats()
+    before = ops.decode_cache_stats()
     twin = ps.nn.PatternConv2d(16, 8, 3, padding=1, bits=4)
     twin.load_state_dict(layer.state_dict())
     assert torch.equal(twin(x), layer(x))
-    after = ops.pattern_decode_cache_stats()
+    after = ops.decode_cache_stats()
     assert after[1] == before[1] and after[0] > before[0]  # no new decode: same content
     with torch.no_grad():
         codes = layer.int_codes()

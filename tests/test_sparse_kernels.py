@@ -33,8 +33,9 @@ CONV_SHAPES = [(1, 1, 1, 1, 1), (3, 5, 1, 1, 1), (17, 9, 7, 7, 1), (33, 31, 5, 9
 def test_conv1x1_matches_dense(isa, threads, shape, keep, bits):
     cin, cout, h, w, stride = shape
     conv, sc = sparse_conv(cin, cout, stride, keep, bits, seed=cin * 31 + cout, empty_rows=True)
-    assert sc._native and sc._weight_cache.numel() == 0
+    assert sc._native
     wd = sc.dense_weight().double()
+    decodes = ops.decode_cache_stats()[:2]
     for nthreads in (1, 2):
         torch.set_num_threads(nthreads)
         for batch in (0, 1, 3):
@@ -46,7 +47,7 @@ def test_conv1x1_matches_dense(isa, threads, shape, keep, bits):
             close(out_cl, ref)
             if batch and h * w > 1 and cout > 1:
                 assert out_cl.is_contiguous(memory_format=torch.channels_last)
-    assert sc._weight_cache.numel() == 0  # no decoded weight kept
+    assert ops.decode_cache_stats()[:2] == decodes  # the native op ran: no dense weight decoded
 
 
 LINEAR_SHAPES = [(1, 1), (7, 3), (100, 33), (257, 64), (40, 130)]
@@ -59,12 +60,13 @@ def test_linear_matches_dense(isa, threads, shape, keep, bits):
     cin, cout = shape
     lin, sl = sparse_linear(cin, cout, keep, bits, seed=cin + cout, empty_rows=True)
     wd = sl.dense_weight().double()
+    decodes = ops.decode_cache_stats()[:2]
     for nthreads in (1, 2):
         torch.set_num_threads(nthreads)
         for lead in BATCHES:
             x = torch.randn(*lead, cin)
             close(sl(x), F.linear(x.double(), wd, sl.bias.double()))
-    assert sl._weight_cache.numel() == 0
+    assert ops.decode_cache_stats()[:2] == decodes
 
 
 def test_results_do_not_depend_on_threads(isa, threads):
@@ -141,21 +143,27 @@ def test_dtypes_and_unbatched_inputs():
     close(sl(v), F.linear(v.double(), sl.dense_weight().double(), sl.bias.double()))
 
 
+def error_of(module, x) -> str:
+    with pytest.raises(RuntimeError) as e:
+        module(x)
+    return str(e.value).strip().splitlines()[-1].replace("RuntimeError: ", "")
+
+
 def test_input_errors_match_dense_modules():
+    """A bad input raises the dense layer's own message, eager and scripted (bias or not)."""
     conv, sc = sparse_conv(6, 5, 1, 0.5, seed=12)
     lin, sl = sparse_linear(12, 5, 0.5, seed=13)
-    for bad in (torch.randn(1, 4, 3, 3), torch.randn(6, 3), torch.randn(1, 1, 6, 3, 3)):
-        with pytest.raises(RuntimeError):
-            conv(bad)
-        with pytest.raises(RuntimeError):
-            sc(bad)
-    for bad in (torch.randn(2, 11), torch.tensor(1.0)):
-        with pytest.raises(RuntimeError):
-            lin(bad)
-        with pytest.raises(RuntimeError):
-            sl(bad)
-    with pytest.raises(RuntimeError):
-        sl(torch.ones(2, 12, dtype=torch.int64))
+    lin_nobias, sl_nobias = sparse_linear(12, 5, 0.5, seed=13, bias=False)
+    pairs = [(conv, sc, (torch.randn(1, 4, 3, 3), torch.randn(6, 3), torch.randn(1, 1, 6, 3, 3),
+                         torch.ones(1, 6, 3, 3, dtype=torch.int64))),
+             (lin, sl, (torch.randn(2, 11), torch.tensor(1.0), torch.ones(2, 12, dtype=torch.int64))),
+             (lin_nobias, sl_nobias, (torch.ones(2, 12, dtype=torch.int64),))]
+    for dense, ours, bads in pairs:
+        scripted = torch.jit.script(ours)
+        for bad in bads:
+            want = error_of(dense, bad)
+            assert error_of(ours, bad) == want
+            assert error_of(scripted, bad) == want
     with pytest.raises(RuntimeError, match="residual"):
         sl.forward_fused(torch.randn(2, 12), None, None, torch.randn(3, 5))
     with pytest.raises(RuntimeError, match="scale"):

@@ -31,6 +31,7 @@ from torch import nn
 from . import ops  # also registers torch.ops.patsparse, so scripting resolves the ops
 from .fusion import DepthwiseConv3x3, foldable_bn, fused
 from .nn.pattern_conv import PatternConv2d
+from .nn.sparse import SparseConv2d
 
 __all__ = ["torchscript", "mobile", "executorch", "load_executorch", "executorch_kernel_library",
            "LITE_INTERPRETER_WARNING"]
@@ -141,7 +142,8 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
     :func:`torch_patsparse.optimize_for_inference` ``patsparse::pattern_conv2d_fused.out`` (or the
     sparse ops with their epilogue); their compressed arrays are the only copy of their weights in the
     file (a PatternConv2d's as int32 channel indices and float32 values: the ExecuTorch kernels do not
-    decode its stored int16 indices and packed codes). An eval-mode BatchNorm right after a
+    decode its stored int16 indices and packed codes); a SparseConv2d the sparse op does not take
+    (not 1x1, padded or grouped) goes in as its dense conv (``to_dense()``). An eval-mode BatchNorm right after a
     PatternConv2d / SparseConv2d is fused into its op's output stage (per-channel scale and shift, as ``optimize_for_inference`` does; the stored weights
     are untouched; equal up to float rounding). ``model`` itself is not modified.
     Run the file with :func:`load_executorch`, or on a device with the kernel library linked in
@@ -167,11 +169,12 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
             # torch.export specialises a size-1 example dim: trace with batch 2 (only shapes matter).
             example_inputs = tuple(torch.cat([x, x]) if x.shape[0] == 1 else x for x in example_inputs)
     model = copy.deepcopy(model).eval()
-    # No ExecuTorch kernel for the native depthwise kernel of optimize_for_inference (XNNPACK runs it)
-    # nor for pattern_channels / pattern_decode (a PatternConv2d goes in as its decoded twin).
+    # No ExecuTorch kernel for the native depthwise kernel of optimize_for_inference (XNNPACK runs it),
+    # nor for sparse_decode (a SparseConv2d without a native kernel is a dense conv there), nor for
+    # pattern_channels / pattern_decode (a PatternConv2d goes in as its decoded twin).
     for name, m in list(model.named_modules()):
-        swap = m.to_dense() if isinstance(m, DepthwiseConv3x3) else \
-            m.decoded() if isinstance(m, PatternConv2d) else None
+        dense = isinstance(m, DepthwiseConv3x3) or (isinstance(m, SparseConv2d) and not m._native)
+        swap = m.to_dense() if dense else m.decoded() if isinstance(m, PatternConv2d) else None
         if swap is None:
             continue
         if not name:

@@ -203,6 +203,11 @@ def _(header, index, codes, values, code_scale, rows, cols):
     return values.new_empty((rows, cols), dtype=torch.float32)
 
 
+@torch.library.register_fake("patsparse::sparse_decode")
+def _(header, index, codes, values, code_scale, shape):
+    return values.new_empty(shape, dtype=torch.float32)
+
+
 @torch.library.register_fake("patsparse::pattern_channels")
 def _(kernel_channel):
     return kernel_channel.new_empty(kernel_channel.shape, dtype=torch.int32)
@@ -214,10 +219,11 @@ def _(codes, scale, kept_kernels, entries, bits, scheme):
     return scale.new_empty((kept_kernels, entries), dtype=dtype)
 
 
-def pattern_decode_cache_stats() -> list:
-    """[hits, builds, size, bytes] of the native cache of PatternConv2d's runtime arrays (pattern_channels,
-    pattern_decode)."""
-    return list(_ops.pattern_decode_cache_stats())
+def decode_cache_stats() -> list:
+    """[hits, builds, size, bytes] of the native decode cache: PatternConv2d's runtime arrays
+    (pattern_channels, pattern_decode) and the dense weights of sparse layers without a native kernel
+    (sparse_decode)."""
+    return list(_ops.decode_cache_stats())
 
 
 def sparse_index_cache_stats() -> list:

@@ -89,6 +89,9 @@ struct CsrView {
 // `stored_values` (the caller's fp32 array, num_values long) unless the index is quantized.
 CsrView csr_view(const SparseIndex& index, const float* stored_values);
 
+// Writes the weight W[rows, cols] densely into `dense` (row-major, rows * cols floats).
+void csr_to_dense(const CsrView& w, float* dense);
+
 // Operands of one product (element strides; x and y must not overlap; residual in y's layout).
 template <typename T>
 struct SpmmIo {

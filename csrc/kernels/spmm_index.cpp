@@ -1,6 +1,7 @@
 // Stored sparse weight -> runtime CSR index (spmm.h), and the content-keyed cache of those indices.
 // The decode mirrors torch_patsparse/nn/sparse.py's _decode check for check: every array a
 // TorchScript file or a C++ caller hands in is validated before a kernel reads through it.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -172,6 +173,12 @@ CsrView csr_view(const SparseIndex& index, const float* stored_values) {
   v.col = index.col.empty() ? nullptr : index.col.data();
   v.values = index.quantized ? index.decoded.data() : stored_values;
   return v;
+}
+
+void csr_to_dense(const CsrView& w, float* dense) {
+  std::fill(dense, dense + w.rows * w.cols, 0.0f);
+  for (int64_t o = 0; o < w.rows; ++o)
+    for (int64_t k = w.row_ptr[o]; k < w.row_ptr[o + 1]; ++k) dense[o * w.cols + w.column(k)] = w.values[k];
 }
 
 std::shared_ptr<const SparseIndex> SparseIndexCache::get(const StoredSparse& s) {

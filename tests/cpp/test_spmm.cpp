@@ -217,6 +217,13 @@ int main() {
   uint64_t seed = 1;
   for (const Case& k : cases) {
     const Encoded e = encode(k.rows, k.cols, k.keep, k.width, k.scheme, k.bits, seed++);
+    {  // the dense weight (sparse_decode's) is exactly what the arrays stand for
+      std::vector<float> dense(static_cast<size_t>(k.rows * k.cols), 7.f);
+      csr_to_dense(csr_view(*build_sparse_index(e.view()), e.values.data()), dense.data());
+      bool same = true;
+      for (size_t i = 0; i < dense.size(); ++i) same = same && static_cast<double>(dense[i]) == static_cast<float>(e.dense[i]);
+      c.check(same, "csr_to_dense rows=" + std::to_string(k.rows) + " cols=" + std::to_string(k.cols));
+    }
     for (Isa isa : isas)
       for (int64_t n : ns)
         for (int64_t batch : {0, 1, 2})

@@ -14,11 +14,11 @@ _ARRAYS = sparse_format.ARRAY_NAMES
 
 
 class _SparseWeightMixin:
-    """Holds one compressed weight as buffers; subclasses define ``weight_shape`` (a tuple),
-    ``_native`` (True when the native sparse op computes the layer) and ``forward``. Layers that are
-    not native keep the decoded weight in the non-persistent ``_weight_cache`` buffer (rebuilt on
-    build and load, never saved), so their ``forward`` is plain torch code that TorchScript
-    compiles; native layers keep it empty (size 0)."""
+    """Holds one compressed weight as buffers (exactly its state_dict: no decoded copy); subclasses
+    define ``weight_shape`` (a tuple), ``_native`` (True when the native sparse op computes the
+    layer) and ``forward``. The other layers read their dense weight from ``patsparse::sparse_decode``
+    (decoded once per content into a native cache, never stale), so their TorchScript / lite files
+    hold only the stored form too."""
 
     __jit_unused_properties__ = ["nnz", "bits", "scheme", "index_kind", "weight"]
 
@@ -26,7 +26,6 @@ class _SparseWeightMixin:
         self.conversion_error = 0.0
         for k in _ARRAYS:
             self.register_buffer(k, torch.zeros(0, dtype=torch.float32 if k in ("values", "scale") else torch.uint8))
-        self.register_buffer("_weight_cache", torch.zeros(0), persistent=False)
         self.register_parameter("bias", nn.Parameter(torch.zeros(self.weight_shape[0])) if bias else None)
         self._set_weight(torch.zeros(self.weight_shape), None, "uniform")
 
@@ -39,7 +38,6 @@ class _SparseWeightMixin:
         dev = self.header.device
         for k, t in arrays.items():
             setattr(self, k, t.to(dev))
-        self._refresh_cache()
         stored = self.dense_weight().reshape(-1).double().cpu()
         diff, norm = float((stored - w.double()).norm()), float(w.double().norm())
         # ||W_stored - W|| / ||W||: 0.0 unless `bits` quantized (the only lossy step here).
@@ -82,28 +80,23 @@ class _SparseWeightMixin:
         return module
 
     def _weight_bias_as(self, x: torch.Tensor):
-        """The decoded weight and the bias in ``x``'s dtype (the dense path's operands); a native
-        layer run on another device than the CPU caches its decoded weight here."""
-        if self._weight_cache.numel() == 0:
-            self._weight_cache = self._decoded_weight()
+        """The decoded weight and the bias in ``x``'s dtype (the dense path's operands). The weight
+        is the decode cache's tensor (shared: read only)."""
+        w = torch.ops.patsparse.sparse_decode(self.header, self.index, self.codes, self.values.float(),
+                                              self.scale.float(), self.weight_shape)
         b = self.bias
-        return self._weight_cache.to(x.dtype), (None if b is None else b.to(x.dtype))
-
-    @torch.jit.unused
-    def _decoded_weight(self) -> torch.Tensor:
-        return sparse_format.decode({k: getattr(self, k) for k in _ARRAYS}, self.weight_shape)
-
-    def _refresh_cache(self) -> None:
-        """Decodes the weight into ``_weight_cache`` for the dense path; empties it for native layers."""
-        dev = self.header.device
-        self._weight_cache = torch.zeros(0, device=dev) if self._native else self._decoded_weight()
+        return w.to(x.dtype), (None if b is None else b.to(x.dtype))
 
     @torch.jit.unused
     def dense_weight(self) -> torch.Tensor:
-        """The decoded dense fp32 weight (decoded on each call for native layers: they keep none)."""
-        if self._weight_cache.numel() == 0 and int(math.prod(self.weight_shape)) > 0:
-            return self._decoded_weight()
-        return self._weight_cache.view(self.weight_shape)
+        """The decoded dense fp32 weight (a new tensor on every call)."""
+        return sparse_format.decode({k: getattr(self, k) for k in _ARRAYS}, self.weight_shape)
+
+    def _placeholder_weight(self, x: torch.Tensor) -> torch.Tensor:
+        """A zero dense weight for the error path only: handed to ``F.conv2d`` / ``F.linear`` with an
+        input the native op cannot take, it makes torch raise the dense layer's own error."""
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        return torch.zeros(self.weight_shape, dtype=dtype, device=x.device)
 
     def _native_args(self, x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
                      residual: Optional[torch.Tensor]):
@@ -187,7 +180,6 @@ class _SparseWeightMixin:
                     setattr(self, k, torch.empty_like(t, device=getattr(self, k).device))
             super(_SparseWeightMixin, self)._load_from_state_dict(
                 state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-            self._refresh_cache()
 
         apply_or_restore(self, (), apply, error_msgs)
 

@@ -8,8 +8,9 @@ native sparse ops ``torch.ops.patsparse.sparse_linear`` / ``sparse_conv1x1`` on 
 themselves (CPU; the op finds its runtime CSR index by the arrays' content in a native cache, reads
 fp32 ``values`` at call time and decodes quantized codes once), so no dense weight is kept.
 ``forward_fused`` exposes their epilogue (per-channel scale / shift, residual, clamp) for
-``optimize_for_inference``. Other convolutions, and other devices, decode the dense weight (cached
-in the non-persistent ``_weight_cache`` buffer) and call ``F.conv2d`` / ``F.linear``.
+``optimize_for_inference``. Other convolutions, and other devices, take the dense weight from
+``torch.ops.patsparse.sparse_decode`` (decoded once per content into a native cache, not kept by the
+module) and call ``F.conv2d`` / ``F.linear``.
 
 ``load_state_dict`` validates every array (lengths, widths, padding bits, index range, code range,
 a finite positive scale) before it assigns anything and rejects a bad one with torch's
@@ -66,13 +67,10 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
         ``shift`` [out_features] or None (``forward`` passes the bias as ``shift``; this method does
         not add the bias itself), ``residual`` of the output's shape or None. Inputs and errors are
         ``F.linear``'s; fp16 / bf16 are computed in fp32 and returned in their dtype."""
-        if x.dim() == 0 or x.size(-1) != self.in_features:
-            rows = 1 if x.dim() < 2 else x.numel() // max(x.size(-1), 1)
-            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (" + str(rows) + "x"
-                               + str(x.size(-1) if x.dim() else 1) + " and " + str(self.in_features) + "x"
-                               + str(self.out_features) + ")")
-        if not x.is_floating_point():
-            raise RuntimeError("SparseLinear expects a floating-point input, got " + str(x.dtype))
+        if x.dim() == 0 or x.size(-1) != self.in_features or not x.is_floating_point():
+            # nn.Linear's own error: F.linear rejects every input this branch takes (a plain call,
+            # result unused, would be removed as dead code by TorchScript)
+            return F.linear(x, self._placeholder_weight(x), self.bias)
         a = self._native_args(x, scale, shift, residual)
         out = torch.ops.patsparse.sparse_linear(a[0], self.header, self.index, self.codes, a[1], a[2],
                                                 self.out_features, a[3], a[4], a[5], lo, hi)
@@ -94,6 +92,8 @@ def _pair(v) -> tuple:
 class SparseConv2d(_SparseWeightMixin, nn.Module):
     """``nn.Conv2d`` (any kernel size / stride / padding / dilation / groups, zero padding) whose
     weight is stored sparse (+ k-bit). Build with :meth:`from_dense`."""
+
+    __constants__ = ["_native"]
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True):
@@ -126,7 +126,10 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
                                           device=self.header.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._native or x.device.type != "cpu":
+        # `_native` is a TorchScript constant: a scripted layer holds only the branch it runs.
+        if not self._native:
+            return F.conv2d(x, *self._weight_bias_as(x), self.stride, self.padding, self.dilation, self.groups)
+        if x.device.type != "cpu":
             return F.conv2d(x, *self._weight_bias_as(x), self.stride, self.padding, self.dilation, self.groups)
         return self.forward_fused(x, None, self.bias, None, -float("inf"), float("inf"))
 
@@ -139,16 +142,11 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
         ``nn.Conv2d``'s (batched or unbatched; fp16 / bf16 computed in fp32, returned in their dtype)."""
         if not self._native:
             raise RuntimeError("SparseConv2d.forward_fused needs a 1x1 convolution without padding and groups")
-        if x.dim() != 4 and x.dim() != 3:
-            raise RuntimeError("Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: "
-                               + str(list(x.shape)))
+        if (x.dim() != 4 and x.dim() != 3) or x.size(-3) != self.in_channels or not x.is_floating_point():
+            # nn.Conv2d's own error: F.conv2d rejects every input this branch takes (a plain call,
+            # result unused, would be removed as dead code by TorchScript)
+            return F.conv2d(x, self._placeholder_weight(x), self.bias)
         xb = x if x.dim() == 4 else x.unsqueeze(0)
-        if xb.size(1) != self.in_channels:
-            raise RuntimeError("Given groups=1, weight of size " + str(list(self.weight_shape)) + ", expected input"
-                               + str(list(x.shape)) + " to have " + str(self.in_channels)
-                               + " channels, but got " + str(xb.size(1)) + " channels instead")
-        if not xb.is_floating_point():
-            raise RuntimeError("SparseConv2d expects a floating-point input, got " + str(x.dtype))
         if residual is not None and x.dim() == 3:
             residual = residual.unsqueeze(0)
         a = self._native_args(xb, scale, shift, residual)

@@ -1,8 +1,9 @@
-// PatternConv2d's stored arrays (exactly its state_dict: int16 channel indices, and for a quantized
-// layer bit-packed codes + scale) -> the runtime arrays the pattern ops read: decoded values
-// (patsparse::pattern_decode) and, for device layers, int32 channel indices (pattern_channels). Results are found by
-// the stored arrays' content in a process-wide cache (lru_cache.h: never stale), so a layer decodes
-// once, not per call, and the module, its TorchScript file and its .ptl hold only the stored form.
+// Tensors derived from stored arrays, found by the arrays' content in one process-wide cache
+// (lru_cache.h: never stale), so a layer decodes once, not per call, and the module, its TorchScript
+// file and its .ptl hold only the stored form: PatternConv2d's decoded values
+// (patsparse::pattern_decode) and, for device layers, int32 channel indices (pattern_channels);
+// SparseConv2d / SparseLinear's dense weight for the layers without a native kernel (sparse_decode,
+// sparse_ops.cpp).
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 #include <torch/library.h>
@@ -33,14 +34,15 @@ LruCache<const Decoded>& decode_cache() {
   return cache;
 }
 
-void append(std::vector<uint8_t>& key, const void* data, size_t bytes) {
+}  // namespace
+
+void append_key(std::vector<uint8_t>& key, const void* data, size_t bytes) {
   const auto* p = static_cast<const uint8_t*>(data);
   key.insert(key.end(), p, p + bytes);
 }
 
-// The outputs cached for `key` on `device`, or build() (CPU tensors) moved there and cached.
-std::vector<at::Tensor> cached(std::vector<uint8_t> key, c10::Device device,
-                               const std::function<std::vector<at::Tensor>()>& build) {
+std::vector<at::Tensor> decode_cached(std::vector<uint8_t> key, c10::Device device,
+                                      const std::function<std::vector<at::Tensor>()>& build) {
   auto& cache = decode_cache();
   for (const auto& e : cache.candidates([&](const Decoded& d) {
          return d.device == device && d.stored.size() == key.size();
@@ -71,6 +73,8 @@ std::vector<at::Tensor> cached(std::vector<uint8_t> key, c10::Device device,
   return entry->outputs;
 }
 
+namespace {
+
 // int32 channel indices of a PatternConv2d's stored (int16) ones, for device layers (the CUDA plan
 // cache keys on tensor identity: a cached tensor keeps it hitting).
 at::Tensor pattern_channels(const at::Tensor& kernel_channel) {
@@ -83,9 +87,9 @@ at::Tensor pattern_channels(const at::Tensor& kernel_channel) {
   const int64_t params[2] = {0, static_cast<int64_t>(kc.element_size())};  // 0: this op
   std::vector<uint8_t> key;
   key.reserve(sizeof(params) + kc.nbytes());
-  append(key, params, sizeof(params));
-  append(key, kc.data_ptr(), kc.nbytes());
-  return cached(std::move(key), kernel_channel.device(), [&] {
+  append_key(key, params, sizeof(params));
+  append_key(key, kc.data_ptr(), kc.nbytes());
+  return decode_cached(std::move(key), kernel_channel.device(), [&] {
     return std::vector<at::Tensor>{kc.to(at::kInt, /*non_blocking=*/false, /*copy=*/true)};
   })[0];
 }
@@ -118,10 +122,10 @@ at::Tensor pattern_decode(const at::Tensor& codes, const at::Tensor& scale, int6
   const int64_t params[6] = {1, kept_kernels, entries, bits, pow2, f64};  // 1: this op
   std::vector<uint8_t> key;
   key.reserve(sizeof(params) + sizeof(s) + packed.nbytes());
-  append(key, params, sizeof(params));
-  append(key, &s, sizeof(s));
-  append(key, packed.data_ptr(), packed.nbytes());
-  return cached(std::move(key), device, [&] {
+  append_key(key, params, sizeof(params));
+  append_key(key, &s, sizeof(s));
+  append_key(key, packed.data_ptr(), packed.nbytes());
+  return decode_cached(std::move(key), device, [&] {
     at::Tensor values = at::empty({kept_kernels, entries}, at::TensorOptions().dtype(f64 ? at::kDouble : at::kFloat));
     core_call("invalid quantized pattern weight: ", [&] {
       if (f64)
@@ -136,7 +140,7 @@ at::Tensor pattern_decode(const at::Tensor& codes, const at::Tensor& scale, int6
 }
 
 // [hits, builds, size, bytes] of the decode cache (tests see decodes with it).
-std::vector<int64_t> pattern_decode_cache_stats() {
+std::vector<int64_t> decode_cache_stats() {
   const PlanCacheStats st = decode_cache().stats();
   return {st.hits, st.builds, st.size, st.bytes};
 }
@@ -147,7 +151,7 @@ TORCH_LIBRARY_FRAGMENT(patsparse, m) {
   // The outputs are shared with the cache and with every later call on the same arrays: read them only.
   m.def("pattern_channels(Tensor kernel_channel) -> Tensor");
   m.def("pattern_decode(Tensor codes, Tensor scale, int kept_kernels, int entries, int bits, str scheme) -> Tensor");
-  m.def("pattern_decode_cache_stats() -> int[]", &pattern_decode_cache_stats);
+  m.def("decode_cache_stats() -> int[]", &decode_cache_stats);
 }
 
 TORCH_LIBRARY_IMPL(patsparse, CPU, m) {
