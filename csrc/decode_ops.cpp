@@ -34,20 +34,27 @@ LruCache<const Decoded>& decode_cache() {
   return cache;
 }
 
-}  // namespace
-
-void append_key(std::vector<uint8_t>& key, const void* data, size_t bytes) {
-  const auto* p = static_cast<const uint8_t*>(data);
-  key.insert(key.end(), p, p + bytes);
+// `key`'s parts against an entry's concatenated bytes (same total size), compared in place.
+bool same_key(const std::vector<uint8_t>& stored, const std::vector<KeyPart>& key) {
+  size_t at = 0;
+  for (const KeyPart& part : key) {
+    if (part.bytes && std::memcmp(stored.data() + at, part.data, part.bytes) != 0) return false;
+    at += part.bytes;
+  }
+  return true;
 }
 
-std::vector<at::Tensor> decode_cached(std::vector<uint8_t> key, c10::Device device,
+}  // namespace
+
+std::vector<at::Tensor> decode_cached(const std::vector<KeyPart>& key, c10::Device device,
                                       const std::function<std::vector<at::Tensor>()>& build) {
+  size_t key_bytes = 0;
+  for (const KeyPart& part : key) key_bytes += part.bytes;
   auto& cache = decode_cache();
   for (const auto& e : cache.candidates([&](const Decoded& d) {
-         return d.device == device && d.stored.size() == key.size();
+         return d.device == device && d.stored.size() == key_bytes;
        })) {
-    if (std::memcmp(e->stored.data(), key.data(), key.size()) != 0) continue;
+    if (!same_key(e->stored, key)) continue;
     bool intact = true;
     for (size_t i = 0; i < e->outputs.size(); ++i) intact = intact && e->outputs[i]._version() == e->versions[i];
     if (!intact) {
@@ -60,14 +67,18 @@ std::vector<at::Tensor> decode_cached(std::vector<uint8_t> key, c10::Device devi
   // Cached tensors outlive this call: never inference tensors, so autograd may save them later.
   c10::InferenceMode normal_mode(false);
   auto entry = std::make_shared<Decoded>();
-  int64_t bytes = static_cast<int64_t>(key.size());
+  int64_t bytes = static_cast<int64_t>(key_bytes);
   for (at::Tensor t : build()) {
     if (!device.is_cpu()) t = t.to(device);
     bytes += static_cast<int64_t>(t.nbytes());
     entry->versions.push_back(t._version());
     entry->outputs.push_back(std::move(t));
   }
-  entry->stored = std::move(key);
+  entry->stored.reserve(key_bytes);
+  for (const KeyPart& part : key) {
+    const auto* p = static_cast<const uint8_t*>(part.data);
+    entry->stored.insert(entry->stored.end(), p, p + part.bytes);
+  }
   entry->device = device;
   cache.add(entry, bytes);
   return entry->outputs;
@@ -85,11 +96,7 @@ at::Tensor pattern_channels(const at::Tensor& kernel_channel) {
   // Host copy (a no-op on the CPU): the key is content, so a device layer pays one small copy per call.
   const at::Tensor kc = kernel_channel.cpu().contiguous();
   const int64_t params[2] = {0, static_cast<int64_t>(kc.element_size())};  // 0: this op
-  std::vector<uint8_t> key;
-  key.reserve(sizeof(params) + kc.nbytes());
-  append_key(key, params, sizeof(params));
-  append_key(key, kc.data_ptr(), kc.nbytes());
-  return decode_cached(std::move(key), kernel_channel.device(), [&] {
+  return decode_cached({{params, sizeof(params)}, {kc.data_ptr(), kc.nbytes()}}, kernel_channel.device(), [&] {
     return std::vector<at::Tensor>{kc.to(at::kInt, /*non_blocking=*/false, /*copy=*/true)};
   })[0];
 }
@@ -120,12 +127,7 @@ at::Tensor pattern_decode(const at::Tensor& codes, const at::Tensor& scale, int6
   const double s = scale.detach().cpu().to(at::kDouble).item<double>();
 
   const int64_t params[6] = {1, kept_kernels, entries, bits, pow2, f64};  // 1: this op
-  std::vector<uint8_t> key;
-  key.reserve(sizeof(params) + sizeof(s) + packed.nbytes());
-  append_key(key, params, sizeof(params));
-  append_key(key, &s, sizeof(s));
-  append_key(key, packed.data_ptr(), packed.nbytes());
-  return decode_cached(std::move(key), device, [&] {
+  return decode_cached({{params, sizeof(params)}, {&s, sizeof(s)}, {packed.data_ptr(), packed.nbytes()}}, device, [&] {
     at::Tensor values = at::empty({kept_kernels, entries}, at::TensorOptions().dtype(f64 ? at::kDouble : at::kFloat));
     core_call("invalid quantized pattern weight: ", [&] {
       if (f64)

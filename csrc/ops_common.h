@@ -18,12 +18,17 @@ ParallelFor aten_parallel_for();
 at::Tensor int32_channels(const at::Tensor& kernel_channel);
 
 // The decode cache (decode_ops.cpp): tensors derived from a layer's stored arrays, keyed by those
-// arrays' bytes (append_key: op id, parameters, arrays) and the device. Returns the outputs cached
-// for `key` on `device`, or build()'s (CPU tensors) moved there and cached. The outputs are the
-// cache's own tensors, shared with later calls: read them only (an in-place write is detected by
-// their version counter and rebuilt).
-void append_key(std::vector<uint8_t>& key, const void* data, size_t bytes);
-std::vector<at::Tensor> decode_cached(std::vector<uint8_t> key, c10::Device device,
+// arrays' bytes and the device. The key is the concatenation of `key`'s parts (op id, parameters,
+// arrays; a caller makes it unambiguous, e.g. with the array sizes among the parameters); a lookup
+// compares the parts in place, so a hit copies nothing. Returns the outputs cached for the key on
+// `device`, or build()'s (CPU tensors) moved there and cached. The outputs are the cache's own
+// tensors, shared with later calls: read them only (an in-place write is detected by their version
+// counter and rebuilt).
+struct KeyPart {
+  const void* data;
+  size_t bytes;
+};
+std::vector<at::Tensor> decode_cached(const std::vector<KeyPart>& key, c10::Device device,
                                       const std::function<std::vector<at::Tensor>()>& build);
 
 // Checks dtypes and shapes of the compressed arrays; with check_indices, also every index

@@ -240,16 +240,14 @@ at::Tensor sparse_decode(const at::Tensor& header, const at::Tensor& index, cons
                 device, " and ", t->device());
   const StoredArrays a = stored_arrays(header.cpu(), index.cpu(), codes.cpu(), values.cpu(), code_scale.cpu(),
                                        shape[0], cols);
-  std::vector<uint8_t> key;
-  const int64_t params[2] = {2, static_cast<int64_t>(shape.size())};  // 2: this op (decode_ops.cpp has 0 and 1)
-  append_key(key, params, sizeof(params));
-  append_key(key, shape.data(), shape.size() * sizeof(int64_t));
-  for (const at::Tensor* t : {&a.header, &a.index, &a.codes, &a.values, &a.code_scale}) {
-    const int64_t bytes = static_cast<int64_t>(t->nbytes());
-    append_key(key, &bytes, sizeof(bytes));
-    append_key(key, t->data_ptr(), t->nbytes());
-  }
-  return decode_cached(std::move(key), device, [&] {
+  // op id 2 (decode_ops.cpp has 0 and 1), the shape, then each array's size and bytes
+  std::vector<int64_t> params{2, static_cast<int64_t>(shape.size())};
+  params.insert(params.end(), shape.begin(), shape.end());
+  const at::Tensor* arrays[5] = {&a.header, &a.index, &a.codes, &a.values, &a.code_scale};
+  for (const at::Tensor* t : arrays) params.push_back(static_cast<int64_t>(t->nbytes()));
+  std::vector<KeyPart> key{{params.data(), params.size() * sizeof(int64_t)}};
+  for (const at::Tensor* t : arrays) key.push_back({t->data_ptr(), t->nbytes()});
+  return decode_cached(key, device, [&] {
     // Built directly, not through the index cache: only the dense weight is kept.
     const auto idx = core_call("invalid compressed weight: ", [&] { return build_sparse_index(a.view); });
     auto out = at::empty(shape, at::kFloat);

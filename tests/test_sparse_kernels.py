@@ -33,7 +33,8 @@ CONV_SHAPES = [(1, 1, 1, 1, 1), (3, 5, 1, 1, 1), (17, 9, 7, 7, 1), (33, 31, 5, 9
 def test_conv1x1_matches_dense(isa, threads, shape, keep, bits):
     cin, cout, h, w, stride = shape
     conv, sc = sparse_conv(cin, cout, stride, keep, bits, seed=cin * 31 + cout, empty_rows=True)
-    assert sc._native
+    assert sc._op_takes_shape
+    sc._native = True  # the sparse op even where a dense quantized weight would run dense (test below)
     wd = sc.dense_weight().double()
     decodes = ops.decode_cache_stats()[:2]
     for nthreads in (1, 2):
@@ -59,6 +60,7 @@ BATCHES = [(), (0,), (1,), (5,), (8,), (2, 9), (17,)]
 def test_linear_matches_dense(isa, threads, shape, keep, bits):
     cin, cout = shape
     lin, sl = sparse_linear(cin, cout, keep, bits, seed=cin + cout, empty_rows=True)
+    sl._native = True  # the sparse op even where a dense quantized weight would run dense (test below)
     wd = sl.dense_weight().double()
     decodes = ops.decode_cache_stats()[:2]
     for nthreads in (1, 2):
@@ -237,3 +239,28 @@ def test_autograd_input_bias_and_epilogue():
     assert sl.bias.grad is not None and torch.allclose(sl.bias.grad, torch.full((6,), 3.0, dtype=torch.float64))
 
 
+
+
+@pytest.mark.parametrize("keep,bits,native", [(0.5, 4, True), (0.9, 4, False), (1.0, 8, False), (1.0, None, True)])
+def test_dense_quantized_layers_run_dense(keep, bits, native):
+    """A quantized layer at density >= 2/3 runs from the dense fp32 weight (sparse_decode + F.conv2d /
+    F.linear): its CSR runtime form would be larger and slower. Same results either way; the choice
+    follows a load; scripting keeps it."""
+    torch.manual_seed(0)
+    conv, sc = sparse_conv(64, 48, 1, keep, bits, seed=21)
+    lin, sl = sparse_linear(64, 48, keep, bits, seed=22)
+    x, v = torch.randn(2, 64, 5, 5), torch.randn(3, 64)
+    for m, inp in ((sc, x), (sl, v)):
+        assert m._native == native, (m, keep, bits)
+        decodes = ops.decode_cache_stats()[1]
+        out = m(inp)
+        assert (ops.decode_cache_stats()[1] > decodes) == (not native)  # a dense layer decodes once
+        m._native = True
+        torch.testing.assert_close(m(inp), out, rtol=1e-5, atol=2e-5)  # the sparse op: the same result
+        m._native = native
+        assert torch.equal(torch.jit.script(m)(inp), out)
+    fresh_conv, fresh = sparse_conv(64, 48, 1, 0.2, None, seed=23)
+    assert fresh._native
+    fresh.load_state_dict(sc.state_dict())
+    assert fresh._native == native
+    torch.testing.assert_close(fresh(x), sc(x))

@@ -31,7 +31,7 @@ from torch import nn
 from . import ops  # also registers torch.ops.patsparse, so scripting resolves the ops
 from .fusion import DepthwiseConv3x3, foldable_bn, fused
 from .nn.pattern_conv import PatternConv2d
-from .nn.sparse import SparseConv2d
+from .nn.sparse import SparseConv2d, SparseLinear
 
 __all__ = ["torchscript", "mobile", "executorch", "load_executorch", "executorch_kernel_library",
            "LITE_INTERPRETER_WARNING"]
@@ -170,9 +170,12 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
             example_inputs = tuple(torch.cat([x, x]) if x.shape[0] == 1 else x for x in example_inputs)
     model = copy.deepcopy(model).eval()
     # No ExecuTorch kernel for the native depthwise kernel of optimize_for_inference (XNNPACK runs it),
-    # nor for sparse_decode (a SparseConv2d without a native kernel is a dense conv there), nor for
-    # pattern_channels / pattern_decode (a PatternConv2d goes in as its decoded twin).
+    # nor for sparse_decode (a SparseConv2d the sparse op does not take is a dense conv there; a
+    # quantized layer that runs dense here keeps its compressed arrays there, in the sparse op), nor
+    # for pattern_channels / pattern_decode (a PatternConv2d goes in as its decoded twin).
     for name, m in list(model.named_modules()):
+        if isinstance(m, (SparseConv2d, SparseLinear)):
+            m._native = m._op_takes_shape
         dense = isinstance(m, DepthwiseConv3x3) or (isinstance(m, SparseConv2d) and not m._native)
         swap = m.to_dense() if dense else m.decoded() if isinstance(m, PatternConv2d) else None
         if swap is None:

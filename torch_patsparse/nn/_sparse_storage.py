@@ -15,10 +15,12 @@ _ARRAYS = sparse_format.ARRAY_NAMES
 
 class _SparseWeightMixin:
     """Holds one compressed weight as buffers (exactly its state_dict: no decoded copy); subclasses
-    define ``weight_shape`` (a tuple), ``_native`` (True when the native sparse op computes the
-    layer) and ``forward``. The other layers read their dense weight from ``patsparse::sparse_decode``
-    (decoded once per content into a native cache, never stale), so their TorchScript / lite files
-    hold only the stored form too."""
+    define ``weight_shape`` (a tuple), ``_op_takes_shape`` (True when the native sparse op takes the
+    layer's geometry) and ``forward``. ``_native`` (kept current on build and load) says whether the
+    sparse op computes the layer: not for a quantized weight at density >= 2/3, whose CSR runtime
+    form (6 bytes per kept weight) would outgrow the dense fp32 weight. The other layers read their
+    dense weight from ``patsparse::sparse_decode`` (decoded once per content into a native cache,
+    never stale), so their TorchScript / lite files hold only the stored form too."""
 
     __jit_unused_properties__ = ["nnz", "bits", "scheme", "index_kind", "weight"]
 
@@ -38,10 +40,15 @@ class _SparseWeightMixin:
         dev = self.header.device
         for k, t in arrays.items():
             setattr(self, k, t.to(dev))
+        self._update_native()
         stored = self.dense_weight().reshape(-1).double().cpu()
         diff, norm = float((stored - w.double()).norm()), float(w.double().norm())
         # ||W_stored - W|| / ||W||: 0.0 unless `bits` quantized (the only lossy step here).
         self.conversion_error = 0.0 if diff == 0 else (diff / norm if norm > 0 else float("inf"))
+
+    def _update_native(self) -> None:
+        dense_enough = 3 * self.nnz >= 2 * int(math.prod(self.weight_shape))
+        self._native = bool(self._op_takes_shape) and not (self.bits is not None and dense_enough)
 
     def _copy_bias(self, bias: Optional[torch.Tensor]) -> None:
         if self.bias is not None:
@@ -180,8 +187,9 @@ class _SparseWeightMixin:
                     setattr(self, k, torch.empty_like(t, device=getattr(self, k).device))
             super(_SparseWeightMixin, self)._load_from_state_dict(
                 state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+            self._update_native()
 
-        apply_or_restore(self, (), apply, error_msgs)
+        apply_or_restore(self, ("_native",), apply, error_msgs)
 
     def _storage_repr(self) -> str:
         bits = self.bits

@@ -8,7 +8,9 @@ native sparse ops ``torch.ops.patsparse.sparse_linear`` / ``sparse_conv1x1`` on 
 themselves (CPU; the op finds its runtime CSR index by the arrays' content in a native cache, reads
 fp32 ``values`` at call time and decodes quantized codes once), so no dense weight is kept.
 ``forward_fused`` exposes their epilogue (per-channel scale / shift, residual, clamp) for
-``optimize_for_inference``. Other convolutions, and other devices, take the dense weight from
+``optimize_for_inference``. A quantized layer at density >= 2/3 runs dense instead (its CSR runtime
+form, a 16-bit column and a decoded fp32 value per kept weight, would be larger than the dense fp32
+weight, and the dense product is faster there). Other convolutions, and other devices, take the dense weight from
 ``torch.ops.patsparse.sparse_decode`` (decoded once per content into a native cache, not kept by the
 module) and call ``F.conv2d`` / ``F.linear``.
 
@@ -36,11 +38,13 @@ _INF = float("inf")
 class SparseLinear(_SparseWeightMixin, nn.Module):
     """``nn.Linear`` whose weight is stored sparse (+ k-bit). Build with :meth:`from_dense`."""
 
+    __constants__ = ["_native"]
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.weight_shape = (self.out_features, self.in_features)
-        self._native = True
+        self._op_takes_shape = True
         self._init_storage(bias)
 
     @classmethod
@@ -57,6 +61,9 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
                                           device=self.header.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # `_native` is a TorchScript constant: a scripted layer holds only the branch it runs.
+        if not self._native:
+            return F.linear(x, *self._weight_bias_as(x))
         if x.device.type != "cpu":
             return F.linear(x, *self._weight_bias_as(x))
         return self.forward_fused(x, None, self.bias, None, -float("inf"), float("inf"))
@@ -66,7 +73,10 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
         """``clamp(x @ W.T * scale + shift + residual, lo, hi)`` in one native op (CPU): ``scale`` /
         ``shift`` [out_features] or None (``forward`` passes the bias as ``shift``; this method does
         not add the bias itself), ``residual`` of the output's shape or None. Inputs and errors are
-        ``F.linear``'s; fp16 / bf16 are computed in fp32 and returned in their dtype."""
+        ``F.linear``'s; fp16 / bf16 are computed in fp32 and returned in their dtype. Layers that run
+        dense (``_native`` False, see the class docstring of the storage) have no fused op."""
+        if not self._native:
+            raise RuntimeError("SparseLinear.forward_fused: this layer runs dense (a quantized weight this dense)")
         if x.dim() == 0 or x.size(-1) != self.in_features or not x.is_floating_point():
             # nn.Linear's own error: F.linear rejects every input this branch takes (a plain call,
             # result unused, would be removed as dead code by TorchScript)
@@ -105,8 +115,8 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
         self.padding = padding if isinstance(padding, str) else _pair(padding)
         self.weight_shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
         # 1x1, groups 1, no padding ("same" / "valid" pad nothing at 1x1), any stride: the native op
-        self._native = (self.kernel_size == (1, 1) and self.groups == 1
-                        and (isinstance(padding, str) or self.padding == (0, 0)))
+        self._op_takes_shape = (self.kernel_size == (1, 1) and self.groups == 1
+                                and (isinstance(padding, str) or self.padding == (0, 0)))
         self._init_storage(bias)
 
     @classmethod
@@ -141,7 +151,8 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
         the bias itself), ``residual`` of the output's shape or None. Inputs and errors are
         ``nn.Conv2d``'s (batched or unbatched; fp16 / bf16 computed in fp32, returned in their dtype)."""
         if not self._native:
-            raise RuntimeError("SparseConv2d.forward_fused needs a 1x1 convolution without padding and groups")
+            raise RuntimeError("SparseConv2d.forward_fused needs a 1x1 convolution without padding and groups "
+                               "(and not a quantized weight this dense: it runs dense)")
         if (x.dim() != 4 and x.dim() != 3) or x.size(-3) != self.in_channels or not x.is_floating_point():
             # nn.Conv2d's own error: F.conv2d rejects every input this branch takes (a plain call,
             # result unused, would be removed as dead code by TorchScript)
