@@ -505,18 +505,21 @@ def test_optimized_inverted_residual_round_trip(tmp_path):
 @needs_et
 def test_sparse_conv_without_native_kernel_goes_in_dense(tmp_path):
     """A SparseConv2d the sparse op does not take (a pruned, quantized depthwise 3x3) has no
-    ExecuTorch kernel for its decode: export hands it to XNNPACK as its dense conv."""
+    ExecuTorch kernel for its decode: export hands it to XNNPACK as its dense conv. An unpruned
+    quantized 1x1 conv runs dense in PyTorch but keeps its compressed arrays in the .pte (sparse op)."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(8, 16, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=16)).eval()
+    model = nn.Sequential(nn.Conv2d(8, 16, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=16),
+                          nn.Conv2d(16, 16, 1)).eval()
     with torch.no_grad():
         for conv in (model[0], model[2]):
             conv.weight.mul_(torch.rand_like(conv.weight) < 0.3)
-    model = ps.convert(model, layers="all", bits=4).eval()
-    assert not model[2]._native
+    model = ps.convert(model, layers="all", bits=8).eval()
+    assert model[0]._native and not model[2]._native and not model[3]._native
+    assert model[3]._op_takes_shape
     x = torch.randn(1, 8, 10, 10)
     path = export.executorch(model, tmp_path / "dw.pte", (x,))
     calls, _ = pte_operators(path)
-    assert calls.count("patsparse::sparse_conv1x1.out") == 1 and not any("decode" in c for c in calls), calls
+    assert calls.count("patsparse::sparse_conv1x1.out") == 2 and not any("decode" in c for c in calls), calls
     with torch.no_grad():
         want = model(x)
     assert_close(export.load_executorch(path)(x), want, rtol=1e-4)
