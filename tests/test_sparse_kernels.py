@@ -197,8 +197,15 @@ def test_corrupt_arrays_are_errors_not_crashes(bits):
     for args in cases:
         with pytest.raises(RuntimeError):
             ops.sparse_linear(x, *args, 30)
+        with pytest.raises(RuntimeError):
+            torch.ops.patsparse.sparse_decode(*args, [30, 40])
     with pytest.raises(RuntimeError):  # a weight too small for the index
         ops.sparse_linear(x[:, :4], *op_args(sl), 2)
+    for shape in ([30, 4], [], [30, -40], [2 ** 62, 2 ** 62]):
+        with pytest.raises(RuntimeError):
+            torch.ops.patsparse.sparse_decode(*op_args(sl), shape)
+    torch.testing.assert_close(torch.ops.patsparse.sparse_decode(*op_args(sl), [30, 4, 10]),
+                               sl.dense_weight().view(30, 4, 10), rtol=0, atol=0)
 
 
 def test_index_cache_is_content_keyed_and_values_are_read_at_call_time(isa):

@@ -142,7 +142,8 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
     :func:`torch_patsparse.optimize_for_inference` ``patsparse::pattern_conv2d_fused.out`` (or the
     sparse ops with their epilogue); their compressed arrays are the only copy of their weights in the
     file (a PatternConv2d's as int32 channel indices and float32 values: the ExecuTorch kernels do not
-    decode its stored int16 indices and packed codes); a SparseConv2d the sparse op does not take
+    decode its stored int16 indices and packed codes; a quantized sparse layer that runs dense in
+    PyTorch, at density >= 2/3, keeps its sparse op here); a SparseConv2d the sparse op does not take
     (not 1x1, padded or grouped) goes in as its dense conv (``to_dense()``). An eval-mode BatchNorm right after a
     PatternConv2d / SparseConv2d is fused into its op's output stage (per-channel scale and shift, as ``optimize_for_inference`` does; the stored weights
     are untouched; equal up to float rounding). ``model`` itself is not modified.

@@ -47,6 +47,7 @@ class _SparseWeightMixin:
         self.conversion_error = 0.0 if diff == 0 else (diff / norm if norm > 0 else float("inf"))
 
     def _update_native(self) -> None:
+        """``_native`` for the current arrays (the rule in the class docstring)."""
         dense_enough = 3 * self.nnz >= 2 * int(math.prod(self.weight_shape))
         self._native = bool(self._op_takes_shape) and not (self.bits is not None and dense_enough)
 

@@ -73,8 +73,8 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
         """``clamp(x @ W.T * scale + shift + residual, lo, hi)`` in one native op (CPU): ``scale`` /
         ``shift`` [out_features] or None (``forward`` passes the bias as ``shift``; this method does
         not add the bias itself), ``residual`` of the output's shape or None. Inputs and errors are
-        ``F.linear``'s; fp16 / bf16 are computed in fp32 and returned in their dtype. Layers that run
-        dense (``_native`` False, see the class docstring of the storage) have no fused op."""
+        ``F.linear``'s; fp16 / bf16 are computed in fp32 and returned in their dtype. A layer that runs
+        dense (``_native`` False: a quantized weight at density >= 2/3) has no fused op."""
         if not self._native:
             raise RuntimeError("SparseLinear.forward_fused: this layer runs dense (a quantized weight this dense)")
         if x.dim() == 0 or x.size(-1) != self.in_features or not x.is_floating_point():
