@@ -2,6 +2,7 @@
 converted models, and (with the optional `executorch` package) `.pte` files that run our ExecuTorch
 kernels (csrc/executorch) in ExecuTorch's runtime: eager outputs, every kernel path, the file size,
 errors for bad inputs and bad weights."""
+import copy
 import os
 import sys
 
@@ -291,23 +292,41 @@ def test_every_kernel_path_and_thread_count(et_programs):
 
 @needs_et
 def test_quantized_model_round_trip(tmp_path):
-    model = ps.convert(conv_net(seed=1), bits=4).eval()
-    assert any(getattr(m, "quantized", False) for m in model.modules())
+    """A quantized PatternConv2d keeps its bit-packed codes in the .pte: patsparse::pattern_decode.out
+    decodes them at run time (the file is smaller than the same model with decoded fp32 values)."""
+    model = ps.convert(conv_net(seed=1, width=32), bits=4).eval()
+    layers = [m for m in model.modules() if isinstance(m, PatternConv2d)]
+    assert layers and all(m.quantized for m in layers)
     x = torch.randn(1, 3, 16, 16)
-    program = export.load_executorch(export.executorch(model, tmp_path / "q.pte", (x,)))
+    path = export.executorch(model, tmp_path / "q.pte", (x,))
+    calls, _ = pte_operators(path)
+    assert calls.count("patsparse::pattern_decode.out") == len(layers), calls
+    program = export.load_executorch(path)
     with torch.no_grad():
         assert_close(program(x), model(x))
+    twin = copy.deepcopy(model)
+    for name, m in list(twin.named_modules()):
+        if isinstance(m, PatternConv2d):
+            twin.set_submodule(name, m.decoded())
+    float_pte = os.path.getsize(export.executorch(twin, tmp_path / "f.pte", (x,)))
+    decoded_bytes = sum(m.kept_kernels * m.patterns.shape[1] * 4 for m in layers)
+    assert os.path.getsize(path) <= float_pte - 0.75 * decoded_bytes, (os.path.getsize(path), float_pte, decoded_bytes)
+    with torch.no_grad():  # codes out of range (written past load's validation): a run-time error
+        layers[0].codes.fill_(255)
+    program = export.load_executorch(export.executorch(model, tmp_path / "bad.pte", (x,)))
+    with pytest.raises(RuntimeError):
+        program(x)
 
 
 def _compressed_bytes(model):
-    """Bytes of the arrays each PatternConv2d hands the op (what the .pte stores for it: the runtime
-    form of ``decoded()``, int32 channel indices and float values)."""
+    """Bytes of the arrays each PatternConv2d hands the ops (what the .pte stores for it: int32
+    channel indices, its float values or packed codes)."""
     total = 0
     for m in model.modules():
         if isinstance(m, PatternConv2d):
-            m = m.decoded()
-            total += sum(t.numel() * t.element_size()
-                         for t in (m.patterns, m.filter_ptr, m.kernel_channel, m.kernel_pattern, m.values))
+            stored = (m.codes, m.scale) if m.quantized else (m.values,)
+            total += m.kernel_channel.numel() * 4 + sum(
+                t.numel() * t.element_size() for t in (m.patterns, m.filter_ptr, m.kernel_pattern) + stored)
             total += 0 if m.bias is None else m.bias.numel() * 4
     return total
 
@@ -437,7 +456,9 @@ def test_optimized_resnet_round_trip(tmp_path, layers, bits):
     path = export.executorch(model, tmp_path / "r.pte", (x,))
     calls, _ = pte_operators(path)
     fused = [m.conv for m in model.modules() if isinstance(m, ps.optimize.FusedConv)]
-    assert sum(isinstance(m, PatternConv2d) for m in fused) >= 4 and len(fused) == len(calls), calls
+    decodes = calls.count("patsparse::pattern_decode.out")  # a quantized layer's codes, decoded at run time
+    assert decodes == (sum(isinstance(m, PatternConv2d) for m in fused) if bits else 0), calls
+    assert sum(isinstance(m, PatternConv2d) for m in fused) >= 4 and len(fused) == len(calls) - decodes, calls
     # BN, residual and ReLU run in the ops' output stage, nothing else outside XNNPACK.
     assert calls.count("patsparse::pattern_conv2d_fused.out") == sum(isinstance(m, PatternConv2d) for m in fused)
     # layers="all": the downsample and bottleneck 1x1 convs (BN; BN + residual + ReLU) and the Linear

@@ -22,9 +22,12 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
+#include "kernels/checked.h"
+#include "kernels/codes.h"
 #include "kernels/dispatch.h"
 #include "kernels/pattern_conv.h"
 #include "kernels/plan.h"
@@ -134,9 +137,9 @@ void check_bounds(double lo, double hi) {
                   ", hi=" + std::to_string(hi));
 }
 
-// Checks `out` (fp32, contiguous, of this rank) and resizes it to `sizes`.
-void resize_out(Tensor& out, const std::vector<int64_t>& sizes) {
-  check_tensor(out, "out", ScalarType::Float, static_cast<int64_t>(sizes.size()));
+// Checks `out` (fp32 unless `dtype` says otherwise, contiguous, of this rank) and resizes it to `sizes`.
+void resize_out(Tensor& out, const std::vector<int64_t>& sizes, ScalarType dtype = ScalarType::Float) {
+  check_tensor(out, "out", dtype, static_cast<int64_t>(sizes.size()));
   constexpr int64_t kMaxSize = std::numeric_limits<executorch::aten::SizesType>::max();
   std::vector<executorch::aten::SizesType> et_sizes;
   for (int64_t v : sizes) {
@@ -373,9 +376,30 @@ Tensor& sparse_linear_out(KernelRuntimeContext& ctx, const Tensor& input, const 
   });
 }
 
+// patsparse::pattern_decode.out: a quantized PatternConv2d's float values [kept_kernels, entries]
+// from its bit-packed codes and scale (kernels/codes.h), so the .pte holds the codes, not fp32 values.
+Tensor& pattern_decode_out(KernelRuntimeContext& ctx, const Tensor& codes, const Tensor& scale, int64_t kept_kernels,
+                           int64_t entries, int64_t bits, std::string_view scheme, Tensor& out) {
+  return kernel_guard(ctx, out, [&] {
+    check_tensor(codes, "codes", ScalarType::Byte, 1);
+    if (scale.scalar_type() != ScalarType::Float || scale.numel() != 1)
+      throw_invalid("scale must hold one float32 number, got " + size_string(scale));
+    if (kept_kernels < 0) throw_invalid("kept_kernels must be >= 0, got " + std::to_string(kept_kernels));
+    if (entries < 1 || entries > 9) throw_invalid("entries must be in 1..9, got " + std::to_string(entries));
+    if (bits < 1 || bits > 8) throw_invalid("bits must be in 1..8, got " + std::to_string(bits));
+    if (scheme != "uniform" && scheme != "pow2") throw_invalid("scheme must be 'uniform' or 'pow2'");
+    int64_t count;
+    if (!mul_ok(kept_kernels, entries, &count)) throw_invalid("kept_kernels x entries overflows int64");
+    resize_out(out, {kept_kernels, entries});
+    decode_pattern_codes<float>(codes.const_data_ptr<uint8_t>(), codes.numel(), count, static_cast<int>(bits),
+                                scheme == "pow2", scale.const_data_ptr<float>()[0], out.mutable_data_ptr<float>());
+  });
+}
+
 }  // namespace et
 }  // namespace patsparse
 
+EXECUTORCH_LIBRARY(patsparse, "pattern_decode.out", patsparse::et::pattern_decode_out);
 EXECUTORCH_LIBRARY(patsparse, "pattern_conv2d.out", patsparse::et::pattern_conv2d_out);
 EXECUTORCH_LIBRARY(patsparse, "pattern_conv2d_fused.out", patsparse::et::pattern_conv2d_fused_out);
 EXECUTORCH_LIBRARY(patsparse, "sparse_conv1x1.out", patsparse::et::sparse_conv1x1_out);

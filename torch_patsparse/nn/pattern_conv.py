@@ -227,8 +227,8 @@ class PatternConv2d(PatternStateDict, nn.Module):
     def decoded(self) -> "PatternConv2d":
         """A float PatternConv2d computing exactly what this layer computes, holding the runtime arrays
         itself: int32 ``kernel_channel`` and float ``values`` (the decoded codes when quantized). For
-        runtimes without ``patsparse::pattern_channels`` / ``pattern_decode`` (the ExecuTorch export);
-        it takes more memory than this layer."""
+        runtimes without ``patsparse::pattern_channels`` / ``pattern_decode``; it takes more memory
+        than this layer."""
         kernel_channel, values = self._runtime_arrays()
         kernel_channel = kernel_channel.to(torch.int32)
         mod = PatternConv2d(self.in_channels, self.out_channels, stride=self.stride, padding=self.padding,
