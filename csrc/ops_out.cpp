@@ -43,6 +43,8 @@ using PatternConv2dFusedSig = at::Tensor(const at::Tensor&, const at::Tensor&, c
                                          const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                                          const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
                                          at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, double, double);
+constexpr char kPatternChannels[] = "patsparse::pattern_channels";
+using PatternChannelsSig = at::Tensor(const at::Tensor&);
 constexpr char kPatternDecode[] = "patsparse::pattern_decode";
 using PatternDecodeSig = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t, int64_t, c10::string_view);
 constexpr char kSparseConv1x1[] = "patsparse::sparse_conv1x1";
@@ -65,6 +67,7 @@ TORCH_LIBRARY_FRAGMENT(patsparse, m) {
   m.def("pattern_conv2d_fused.out(Tensor input, Tensor patterns, Tensor filter_ptr, Tensor kernel_channel, "
         "Tensor kernel_pattern, Tensor values, Tensor? scale, Tensor? shift, Tensor? residual, int[2] stride, "
         "int[2] padding, int[2] dilation, float lo, float hi, *, Tensor(a!) out) -> Tensor(a!)");
+  m.def("pattern_channels.out(Tensor kernel_channel, *, Tensor(a!) out) -> Tensor(a!)");
   m.def("pattern_decode.out(Tensor codes, Tensor scale, int kept_kernels, int entries, int bits, str scheme, *, "
         "Tensor(a!) out) -> Tensor(a!)");
   m.def("sparse_conv1x1.out(Tensor input, Tensor header, Tensor index, Tensor codes, Tensor values, "
@@ -79,6 +82,7 @@ TORCH_LIBRARY_FRAGMENT(patsparse, m) {
 TORCH_LIBRARY_IMPL(patsparse, CompositeExplicitAutograd, m) {
   m.impl("pattern_conv2d.out", &OutVariant<kPatternConv2d, PatternConv2dSig>::call);
   m.impl("pattern_conv2d_fused.out", &OutVariant<kPatternConv2dFused, PatternConv2dFusedSig>::call);
+  m.impl("pattern_channels.out", &OutVariant<kPatternChannels, PatternChannelsSig>::call);
   m.impl("pattern_decode.out", &OutVariant<kPatternDecode, PatternDecodeSig>::call);
   m.impl("sparse_conv1x1.out", &OutVariant<kSparseConv1x1, SparseConv1x1Sig>::call);
   m.impl("sparse_linear.out", &OutVariant<kSparseLinear, SparseLinearSig>::call);

@@ -292,8 +292,9 @@ def test_every_kernel_path_and_thread_count(et_programs):
 
 @needs_et
 def test_quantized_model_round_trip(tmp_path):
-    """A quantized PatternConv2d keeps its bit-packed codes in the .pte: patsparse::pattern_decode.out
-    decodes them at run time (the file is smaller than the same model with decoded fp32 values)."""
+    """A quantized PatternConv2d keeps its stored form in the .pte (int16 channel indices, bit-packed
+    codes): patsparse::pattern_channels.out / pattern_decode.out widen and decode them at run time (the
+    file is smaller than the same model with decoded fp32 values)."""
     model = ps.convert(conv_net(seed=1, width=32), bits=4).eval()
     layers = [m for m in model.modules() if isinstance(m, PatternConv2d)]
     assert layers and all(m.quantized for m in layers)
@@ -301,6 +302,7 @@ def test_quantized_model_round_trip(tmp_path):
     path = export.executorch(model, tmp_path / "q.pte", (x,))
     calls, _ = pte_operators(path)
     assert calls.count("patsparse::pattern_decode.out") == len(layers), calls
+    assert calls.count("patsparse::pattern_channels.out") == len(layers), calls
     program = export.load_executorch(path)
     with torch.no_grad():
         assert_close(program(x), model(x))
@@ -319,14 +321,13 @@ def test_quantized_model_round_trip(tmp_path):
 
 
 def _compressed_bytes(model):
-    """Bytes of the arrays each PatternConv2d hands the ops (what the .pte stores for it: int32
-    channel indices, its float values or packed codes)."""
+    """Bytes of the arrays each PatternConv2d stores (what the .pte holds for it: its stored form)."""
     total = 0
     for m in model.modules():
         if isinstance(m, PatternConv2d):
             stored = (m.codes, m.scale) if m.quantized else (m.values,)
-            total += m.kernel_channel.numel() * 4 + sum(
-                t.numel() * t.element_size() for t in (m.patterns, m.filter_ptr, m.kernel_pattern) + stored)
+            total += sum(t.numel() * t.element_size()
+                         for t in (m.patterns, m.filter_ptr, m.kernel_channel, m.kernel_pattern) + stored)
             total += 0 if m.bias is None else m.bias.numel() * 4
     return total
 
@@ -456,9 +457,11 @@ def test_optimized_resnet_round_trip(tmp_path, layers, bits):
     path = export.executorch(model, tmp_path / "r.pte", (x,))
     calls, _ = pte_operators(path)
     fused = [m.conv for m in model.modules() if isinstance(m, ps.optimize.FusedConv)]
-    decodes = calls.count("patsparse::pattern_decode.out")  # a quantized layer's codes, decoded at run time
-    assert decodes == (sum(isinstance(m, PatternConv2d) for m in fused) if bits else 0), calls
-    assert sum(isinstance(m, PatternConv2d) for m in fused) >= 4 and len(fused) == len(calls) - decodes, calls
+    # each PatternConv2d's stored form: int16 channel indices widened (and quantized codes decoded) at run time
+    n_pattern = sum(isinstance(m, PatternConv2d) for m in fused)
+    decodes = calls.count("patsparse::pattern_decode.out") + calls.count("patsparse::pattern_channels.out")
+    assert decodes == n_pattern * (2 if bits else 1), calls
+    assert n_pattern >= 4 and len(fused) == len(calls) - decodes, calls
     # BN, residual and ReLU run in the ops' output stage, nothing else outside XNNPACK.
     assert calls.count("patsparse::pattern_conv2d_fused.out") == sum(isinstance(m, PatternConv2d) for m in fused)
     # layers="all": the downsample and bottleneck 1x1 convs (BN; BN + residual + ReLU) and the Linear

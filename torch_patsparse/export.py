@@ -141,9 +141,10 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
     ``patsparse::sparse_conv1x1.out`` / ``sparse_linear.out``, and the fused modules of
     :func:`torch_patsparse.optimize_for_inference` ``patsparse::pattern_conv2d_fused.out`` (or the
     sparse ops with their epilogue); their compressed arrays are the only copy of their weights in the
-    file (a PatternConv2d's channel indices as int32, which the ExecuTorch kernels read; quantized
-    codes stay bit-packed and ``patsparse::pattern_decode.out`` decodes them at run time; a quantized
-    sparse layer that runs dense in PyTorch, at density >= 2/3, keeps its sparse op here); a SparseConv2d the sparse op does not take
+    file, in their stored form (a PatternConv2d's int16 channel indices and bit-packed codes are
+    widened / decoded at run time by ``patsparse::pattern_channels.out`` / ``pattern_decode.out``
+    into memory-planned scratch; a quantized sparse layer that runs dense in PyTorch, at density
+    >= 2/3, keeps its sparse op here); a SparseConv2d the sparse op does not take
     (not 1x1, padded or grouped) goes in as its dense conv (``to_dense()``). An eval-mode BatchNorm right after a
     PatternConv2d / SparseConv2d is fused into its op's output stage (per-channel scale and shift, as ``optimize_for_inference`` does; the stored weights
     are untouched; equal up to float rounding). ``model`` itself is not modified.
@@ -172,14 +173,12 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
     model = copy.deepcopy(model).eval()
     # No ExecuTorch kernel for the native depthwise kernel of optimize_for_inference (XNNPACK runs it),
     # nor for sparse_decode (a SparseConv2d the sparse op does not take is a dense conv there; a
-    # quantized layer that runs dense here keeps its compressed arrays there, in the sparse op). The
-    # pattern kernels read int32 channel indices: a PatternConv2d's are widened in the file (its
-    # codes stay packed: patsparse::pattern_decode.out decodes them at run time).
+    # quantized layer that runs dense here keeps its compressed arrays there, in the sparse op). A
+    # PatternConv2d keeps its stored form: pattern_channels.out / pattern_decode.out widen its int16
+    # channel indices and decode its packed codes at run time.
     for name, m in list(model.named_modules()):
         if isinstance(m, (SparseConv2d, SparseLinear)):
             m._native = m._op_takes_shape
-        if isinstance(m, PatternConv2d):
-            m.kernel_channel = m.kernel_channel.to(torch.int32)
         dense = isinstance(m, DepthwiseConv3x3) or (isinstance(m, SparseConv2d) and not m._native)
         swap = m.to_dense() if dense else None
         if swap is None:

@@ -16,6 +16,7 @@
 #include <executorch/runtime/kernel/thread_parallel_interface.h>
 #endif
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <limits>
@@ -376,6 +377,25 @@ Tensor& sparse_linear_out(KernelRuntimeContext& ctx, const Tensor& input, const 
   });
 }
 
+// patsparse::pattern_channels.out: a PatternConv2d's stored (int16) channel indices as the int32 array
+// the pattern kernels read, so the .pte holds the narrow form.
+Tensor& pattern_channels_out(KernelRuntimeContext& ctx, const Tensor& kernel_channel, Tensor& out) {
+  return kernel_guard(ctx, out, [&] {
+    const bool narrow = kernel_channel.scalar_type() == ScalarType::Short;
+    check_tensor(kernel_channel, "kernel_channel", narrow ? ScalarType::Short : ScalarType::Int, 1);
+    const int64_t n = kernel_channel.size(0);
+    resize_out(out, {n}, ScalarType::Int);
+    int32_t* dst = out.mutable_data_ptr<int32_t>();
+    if (narrow) {
+      const int16_t* src = kernel_channel.const_data_ptr<int16_t>();
+      std::copy(src, src + n, dst);
+    } else {
+      const int32_t* src = kernel_channel.const_data_ptr<int32_t>();
+      std::copy(src, src + n, dst);
+    }
+  });
+}
+
 // patsparse::pattern_decode.out: a quantized PatternConv2d's float values [kept_kernels, entries]
 // from its bit-packed codes and scale (kernels/codes.h), so the .pte holds the codes, not fp32 values.
 Tensor& pattern_decode_out(KernelRuntimeContext& ctx, const Tensor& codes, const Tensor& scale, int64_t kept_kernels,
@@ -399,6 +419,7 @@ Tensor& pattern_decode_out(KernelRuntimeContext& ctx, const Tensor& codes, const
 }  // namespace et
 }  // namespace patsparse
 
+EXECUTORCH_LIBRARY(patsparse, "pattern_channels.out", patsparse::et::pattern_channels_out);
 EXECUTORCH_LIBRARY(patsparse, "pattern_decode.out", patsparse::et::pattern_decode_out);
 EXECUTORCH_LIBRARY(patsparse, "pattern_conv2d.out", patsparse::et::pattern_conv2d_out);
 EXECUTORCH_LIBRARY(patsparse, "pattern_conv2d_fused.out", patsparse::et::pattern_conv2d_fused_out);

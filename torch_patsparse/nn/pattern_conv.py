@@ -194,8 +194,12 @@ class PatternConv2d(PatternStateDict, nn.Module):
         shared: read-only); a :meth:`decoded` layer holds int32 indices and float values itself."""
         kernel_channel = self.kernel_channel
         # The CPU ops widen int16 per call (their plan cache compares content); the CUDA plan cache
-        # keys on tensor identity, so a device layer passes the cached int32 tensor.
-        if kernel_channel.dtype != torch.int32 and kernel_channel.device.type != "cpu":
+        # keys on tensor identity, so a device layer passes the cached int32 tensor; an exported
+        # graph (torch.export: the ExecuTorch kernels read int32) widens through the op too.
+        widen = kernel_channel.device.type != "cpu"
+        if not torch.jit.is_scripting():
+            widen = widen or torch.compiler.is_exporting()
+        if kernel_channel.dtype != torch.int32 and widen:
             kernel_channel = torch.ops.patsparse.pattern_channels(kernel_channel)
         if self.quantized:
             bits = self.bits
