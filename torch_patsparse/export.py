@@ -178,7 +178,7 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
     # channel indices and decode its packed codes at run time.
     for name, m in list(model.named_modules()):
         if isinstance(m, (SparseConv2d, SparseLinear)):
-            m._native = m._op_takes_shape
+            m._native = m._op_takes_layer()
         dense = isinstance(m, DepthwiseConv3x3) or (isinstance(m, SparseConv2d) and not m._native)
         swap = m.to_dense() if dense else None
         if swap is None:

@@ -46,10 +46,16 @@ class _SparseWeightMixin:
         # ||W_stored - W|| / ||W||: 0.0 unless `bits` quantized (the only lossy step here).
         self.conversion_error = 0.0 if diff == 0 else (diff / norm if norm > 0 else float("inf"))
 
+    def _op_takes_layer(self) -> bool:
+        """Whether the native sparse op takes this layer's geometry (modules pickled before
+        ``_op_takes_shape`` existed kept that in ``_native``)."""
+        takes = getattr(self, "_op_takes_shape", None)
+        return bool(self._native if takes is None else takes)
+
     def _update_native(self) -> None:
         """``_native`` for the current arrays (the rule in the class docstring)."""
         dense_enough = 3 * self.nnz >= 2 * int(math.prod(self.weight_shape))
-        self._native = bool(self._op_takes_shape) and not (self.bits is not None and dense_enough)
+        self._native = self._op_takes_layer() and not (self.bits is not None and dense_enough)
 
     def _copy_bias(self, bias: Optional[torch.Tensor]) -> None:
         if self.bias is not None:
