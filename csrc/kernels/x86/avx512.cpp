@@ -8,6 +8,10 @@
 #include "x86_kernels.h"
 
 #pragma GCC target("avx512f,avx2,fma")
+// GCC 12's own _mm512_max_ps / _mm512_min_ps pass _mm512_undefined_ps() (`__m512 __Y = __Y;`) as the
+// unused merge operand, which -Wmaybe-uninitialized reports wherever they are inlined: a false
+// positive of the header, not of this code.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 #include "tile_impl.h"  // after the pragma: compiled for this ISA
 #include "../grad_tile_impl.h"
