@@ -296,6 +296,8 @@ def test_quantized_layer_decode_is_content_keyed():
     assert torch.equal(twin(x), layer(x))
     after = ops.decode_cache_stats()
     assert after[1] == before[1] and after[0] > before[0]  # no new decode: same content
+    with pytest.deprecated_call():  # the session-9 name
+        assert ops.pattern_decode_cache_stats() == after
     with torch.no_grad():
         codes = layer.int_codes()
         codes[0] = -codes[0]

@@ -4,6 +4,7 @@ from typing import Optional
 
 import torch
 
+from . import _deprecation
 from . import _C  # noqa: F401  (loads the library: runs the TORCH_LIBRARY registrations)
 
 __all__ = ["pattern_conv2d", "set_isa", "get_isa", "supported_isas", "validate"]
@@ -224,6 +225,12 @@ def decode_cache_stats() -> list:
     (pattern_channels, pattern_decode) and the dense weights of sparse layers without a native kernel
     (sparse_decode)."""
     return list(_ops.decode_cache_stats())
+
+
+def pattern_decode_cache_stats() -> list:
+    """Deprecated name of :func:`decode_cache_stats` (the decode cache now serves every decode)."""
+    _deprecation.warn("torch_patsparse.ops.pattern_decode_cache_stats", "torch_patsparse.ops.decode_cache_stats")
+    return decode_cache_stats()
 
 
 def sparse_index_cache_stats() -> list:
