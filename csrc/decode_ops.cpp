@@ -11,7 +11,6 @@
 #include <cstring>
 #include <functional>
 
-#include "kernels/checked.h"
 #include "kernels/codes.h"
 #include "kernels/lru_cache.h"
 #include "ops_common.h"
@@ -110,17 +109,12 @@ at::Tensor pattern_decode(const at::Tensor& codes, const at::Tensor& scale, int6
   TORCH_CHECK(scale.numel() == 1 && at::isFloatingType(scale.scalar_type()),
               "patsparse::pattern_decode: scale must be one floating-point number, got ", scale.scalar_type(), " ",
               scale.sizes());
-  TORCH_CHECK(kept_kernels >= 0, "patsparse::pattern_decode: kept_kernels must be >= 0, got ", kept_kernels);
-  TORCH_CHECK(entries >= 1 && entries <= 9, "patsparse::pattern_decode: entries must be in 1..9, got ", entries);
-  TORCH_CHECK(bits >= 1 && bits <= 8, "patsparse::pattern_decode: bits must be in 1..8, got ", bits);
-  TORCH_CHECK(scheme == "uniform" || scheme == "pow2", "patsparse::pattern_decode: scheme must be 'uniform' or 'pow2', got '",
-              std::string(scheme), "'");
+  const int64_t count = core_call("pattern_decode: ", [&] {
+    return pattern_code_count(kept_kernels, entries, bits, std::string_view(scheme.data(), scheme.size()));
+  });
   const c10::Device device = codes.device();
   TORCH_CHECK(scale.device() == device, "patsparse::pattern_decode: codes and scale must be on one device, got ", device,
               ", ", scale.device());
-  int64_t count;
-  TORCH_CHECK(mul_ok(kept_kernels, entries, &count), "patsparse::pattern_decode: ", kept_kernels, " x ", entries,
-              " values overflow int64");
   const bool f64 = scale.scalar_type() == at::kDouble, pow2 = scheme == "pow2";
   // Host copy (a no-op on the CPU): the key is content, so a device layer pays one small copy per call.
   const at::Tensor packed = codes.cpu().contiguous();

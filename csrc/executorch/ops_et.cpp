@@ -27,7 +27,6 @@
 #include <thread>
 #include <vector>
 
-#include "kernels/checked.h"
 #include "kernels/codes.h"
 #include "kernels/dispatch.h"
 #include "kernels/pattern_conv.h"
@@ -404,12 +403,7 @@ Tensor& pattern_decode_out(KernelRuntimeContext& ctx, const Tensor& codes, const
     check_tensor(codes, "codes", ScalarType::Byte, 1);
     if (scale.scalar_type() != ScalarType::Float || scale.numel() != 1)
       throw_invalid("scale must hold one float32 number, got " + size_string(scale));
-    if (kept_kernels < 0) throw_invalid("kept_kernels must be >= 0, got " + std::to_string(kept_kernels));
-    if (entries < 1 || entries > 9) throw_invalid("entries must be in 1..9, got " + std::to_string(entries));
-    if (bits < 1 || bits > 8) throw_invalid("bits must be in 1..8, got " + std::to_string(bits));
-    if (scheme != "uniform" && scheme != "pow2") throw_invalid("scheme must be 'uniform' or 'pow2'");
-    int64_t count;
-    if (!mul_ok(kept_kernels, entries, &count)) throw_invalid("kept_kernels x entries overflows int64");
+    const int64_t count = pattern_code_count(kept_kernels, entries, bits, scheme);
     resize_out(out, {kept_kernels, entries});
     decode_pattern_codes<float>(codes.const_data_ptr<uint8_t>(), codes.numel(), count, static_cast<int>(bits),
                                 scheme == "pow2", scale.const_data_ptr<float>()[0], out.mutable_data_ptr<float>());

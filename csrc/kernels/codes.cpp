@@ -4,6 +4,18 @@
 
 namespace patsparse {
 
+int64_t pattern_code_count(int64_t kept_kernels, int64_t entries, int64_t bits, std::string_view scheme) {
+  if (kept_kernels < 0) throw_invalid("kept_kernels must be >= 0, got " + std::to_string(kept_kernels));
+  if (entries < 1 || entries > 9) throw_invalid("entries must be in 1..9, got " + std::to_string(entries));
+  if (bits < 1 || bits > 8) throw_invalid("bits must be in 1..8, got " + std::to_string(bits));
+  if (scheme != "uniform" && scheme != "pow2")
+    throw_invalid("scheme must be 'uniform' or 'pow2', got '" + std::string(scheme) + "'");
+  int64_t count;
+  if (!mul_ok(kept_kernels, entries, &count))
+    throw_invalid(std::to_string(kept_kernels) + " x " + std::to_string(entries) + " values overflow int64");
+  return count;
+}
+
 template <typename T>
 void decode_pattern_codes(const uint8_t* packed, int64_t bytes, int64_t count, int bits, bool pow2, T scale, T* out) {
   if (bits < 1 || bits > 8) throw_invalid("code bits must be in 1..8, got " + std::to_string(bits));

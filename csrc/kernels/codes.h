@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "checked.h"
 #include "error.h"
@@ -38,6 +39,11 @@ class PackedReader {
   int64_t bytes_;
   int width_;
 };
+
+// The parameters of a pattern_decode call (torch and ExecuTorch bindings): kept_kernels >= 0, entries
+// in 1..9, bits in 1..8, scheme "uniform" or "pow2". Returns the number of values, kept_kernels *
+// entries; throws std::invalid_argument naming the bad one (or an int64 overflow).
+int64_t pattern_code_count(int64_t kept_kernels, int64_t entries, int64_t bits, std::string_view scheme);
 
 // PatternConv2d's quantized values (quant.dequantize of its stored codes): `count` codes, each
 // stored as code + levels in signed_code_width(bits) = max(bits, 2) bits (a kept position may hold

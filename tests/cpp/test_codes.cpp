@@ -83,6 +83,20 @@ int main() {
   c.check(throws<float>(pack({8}, 4), 1, 4, false, 1.f), "rejects code 8 at 4 bits (|code| <= 7)");
   c.check(throws<float>(pack({2}, 2), 1, 2, false, 1.f), "rejects code 2 at 2 bits (|code| <= 1)");
   c.check(throws<float>(good, 5, 0, false, 1.f) && throws<float>(good, 5, 9, false, 1.f), "rejects bits outside 1..8");
+  auto bad_params = [](int64_t k, int64_t e, int64_t b, const char* scheme) {
+    try {
+      pattern_code_count(k, e, b, scheme);
+    } catch (const std::invalid_argument&) {
+      return true;
+    }
+    return false;
+  };
+  c.check(pattern_code_count(3, 4, 4, "uniform") == 12 && pattern_code_count(0, 9, 8, "pow2") == 0,
+          "pattern_code_count of good parameters");
+  c.check(bad_params(-1, 4, 4, "uniform") && bad_params(3, 0, 4, "uniform") && bad_params(3, 10, 4, "uniform") &&
+              bad_params(3, 4, 0, "uniform") && bad_params(3, 4, 9, "pow2") && bad_params(3, 4, 4, "log") &&
+              bad_params(INT64_MAX / 2, 9, 4, "uniform"),
+          "pattern_code_count rejects each bad parameter");
   c.check(throws<float>(good, 5, 4, false, -1.f), "rejects a negative scale");
   c.check(throws<float>(good, 5, 4, false, NAN) && throws<float>(good, 5, 4, false, INFINITY), "rejects NaN / inf scale");
   c.check(throws<float>(good, 5, 4, false, 0.f), "rejects scale 0 with nonzero codes");
