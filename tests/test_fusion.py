@@ -15,14 +15,85 @@ from torch_patsparse.fusion import FusedConv, max_pool2d_nchw
 from helpers import assert_same_model_output
 
 
+def assert_same(got, want):
+    assert got.shape == want.shape and got.dtype == want.dtype
+    torch.testing.assert_close(got, want, equal_nan=True, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("k", [2, 3])
 def test_max_pool2d_nchw_equals_max_pool2d(k):
     x = torch.randn(2, 5, 13, 17)
     x[0, 1, 2, 3] = math.nan
-    for t in (x, x.contiguous(memory_format=torch.channels_last), x[0], x[:, :, :k + 1]):
-        torch.testing.assert_close(max_pool2d_nchw(t, k), F.max_pool2d(t, k), equal_nan=True, rtol=0, atol=0)
+    for t in (x, x.contiguous(memory_format=torch.channels_last), x[0], x[:, :, :k + 1], x.double(),
+              x[:, :, 1:, 1:]):
+        assert_same(max_pool2d_nchw(t, k), F.max_pool2d(t, k))
     with pytest.raises(RuntimeError, match="too small"):  # as F.max_pool2d
         max_pool2d_nchw(x[:, :, :k - 1], k)
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 8, 8), (1, 1, 2, 2), (1, 3, 5, 7), (2, 4, 9, 33), (1, 8, 16, 17),
+                                   (3, 2, 30, 65), (1, 16, 56, 56), (1, 2, 224, 224)])
+def test_native_max_pool_matches_max_pool2d(isa, shape):
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    if x.numel():  # ties, signed zeros, infinities and NaN
+        flat = x.view(-1)
+        flat[::7] = 0.0
+        flat[3::11] = -0.0
+        flat[5::13] = math.inf
+        flat[6::17] = -math.inf
+        flat[1::29] = math.nan
+    assert_same(torch.ops.patsparse.max_pool2d(x, 2), F.max_pool2d(x, 2))
+    assert_same(torch.ops.patsparse.max_pool2d(x.double(), 2), F.max_pool2d(x.double(), 2))
+    assert_same(max_pool2d_nchw(x, 2), F.max_pool2d(x, 2))
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("batch", [0, 1, 4])
+def test_native_max_pool_threads_layouts(isa, threads, batch, nthreads):
+    torch.set_num_threads(nthreads)
+    x = torch.randn(batch, 64, 30, 46)
+    want = F.max_pool2d(x, 2)
+    got = torch.ops.patsparse.max_pool2d(x, 2)
+    assert_same(got, want)
+    assert_same(torch.ops.patsparse.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2), want)
+    assert_same(torch.ops.patsparse.max_pool2d(x.transpose(2, 3), 2), F.max_pool2d(x.transpose(2, 3), 2))
+    for k in (1, 3, 4):  # any k (the reference kernel)
+        assert_same(torch.ops.patsparse.max_pool2d(x, k), F.max_pool2d(x, k))
+    torch.set_num_threads(1)  # the result does not depend on the thread count
+    assert torch.equal(torch.ops.patsparse.max_pool2d(x, 2), got)
+
+
+def test_native_max_pool_bad_inputs_clear_errors():
+    x = torch.randn(1, 4, 6, 6)
+    op = torch.ops.patsparse.max_pool2d
+    for args, match in [((x[0], 2), "4-D"), ((x, 0), "kernel size must be >= 1"), ((x, -2), "kernel size"),
+                        ((x, 7), "output size is too small"), ((x[:, :, :1], 2), "output size is too small"),
+                        ((x.int(), 2), "float32 or float64"), ((x.half(), 2), "float32 or float64")]:
+        with pytest.raises(RuntimeError, match=match):
+            op(*args)
+
+
+def test_max_pool2d_nchw_gradient_script_export():
+    """Input that needs a gradient and torch.export take the strided path (no autograd formula, no
+    ExecuTorch kernel for the native op); TorchScript keeps the native one."""
+    x = torch.randn(2, 3, 8, 10, requires_grad=True)
+    out = max_pool2d_nchw(x, 2)
+    out.sum().backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    F.max_pool2d(x2, 2).sum().backward()
+    assert_same(x.grad, x2.grad)
+
+    class Pool(nn.Module):
+        def forward(self, t):
+            return max_pool2d_nchw(t, 2)
+
+    scripted = torch.jit.script(Pool())
+    assert_same(scripted(x.detach()), F.max_pool2d(x.detach(), 2))
+    exported = torch.export.export(Pool(), (x.detach(),))
+    targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
+    assert not any("patsparse" in t for t in targets), targets
+    assert_same(exported.module()(x.detach()), F.max_pool2d(x.detach(), 2))
 
 
 class PartlyNative(nn.Module):

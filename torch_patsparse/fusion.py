@@ -189,11 +189,19 @@ def _geometry(conv: nn.Module) -> List[int]:
 
 
 def max_pool2d_nchw(x: torch.Tensor, k: int) -> torch.Tensor:
-    """``F.max_pool2d(x, k)`` (kernel = stride = k, no padding, floor mode): NCHW-contiguous input
-    runs as k row maxima then k column maxima over strided views (the same values; NaN propagates
-    as in max_pool2d); other layouts call F.max_pool2d, which is fast for them."""
+    """``F.max_pool2d(x, k)`` (kernel = stride = k, no padding, floor mode) for NCHW-contiguous input,
+    the same values (NaN propagates as in max_pool2d). k = 2 on the CPU in fp32 runs the
+    native kernel ``patsparse::max_pool2d`` (one pass over the input); other k, input that needs a
+    gradient, other devices and dtypes, and a graph being exported (no ExecuTorch kernel) take k row
+    maxima then k column maxima over strided views; other layouts call F.max_pool2d, which is fast
+    for them."""
     if k == 1 or x.dim() != 4 or not x.is_contiguous() or x.size(2) < k or x.size(3) < k:
         return F.max_pool2d(x, k)
+    native = k == 2 and x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad
+    if not torch.jit.is_scripting():
+        native = native and not torch.compiler.is_exporting()
+    if native:
+        return torch.ops.patsparse.max_pool2d(x, k)
     h, w = x.size(2) // k * k, x.size(3) // k * k
     rows = torch.maximum(x[:, :, 0:h:k, :w], x[:, :, 1:h:k, :w])
     for i in range(2, k):

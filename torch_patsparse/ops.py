@@ -266,6 +266,12 @@ def _(input, weight, bias, stride, lo, hi):
     return _strided_output(input, input.shape[1], stride)
 
 
+# Max-pool, kernel = stride = k (fusion.max_pool2d_nchw's native path, csrc/pool_ops.cpp; inference only).
+@torch.library.register_fake("patsparse::max_pool2d")
+def _(input, k):
+    return input.new_empty((input.shape[0], input.shape[1], input.shape[2] // k, input.shape[3] // k))
+
+
 def _sparse_setup_context(ctx, inputs, output):
     input, header, index, codes, values, code_scale, rows, scale, shift, residual = inputs[:10]
     ctx.conv = len(inputs) == 13

@@ -1,5 +1,6 @@
 // AVX2+FMA kernels (8 floats a vector): the 3x3 micro-kernels (tile_impl.h, ../grad_tile_impl.h) and
-// the sparse 1x1 conv / Linear kernels (../spmm_impl.h), over one Simd wrapper.
+// the sparse 1x1 conv / Linear, depthwise 3x3 and max-pool kernels (../{spmm,depthwise,maxpool}_impl.h),
+// over one Simd wrapper.
 #include <immintrin.h>
 
 #include <cstdint>
@@ -13,6 +14,7 @@
 #include "../grad_tile_impl.h"
 #include "../spmm_impl.h"
 #include "../depthwise_impl.h"
+#include "../maxpool_impl.h"
 
 namespace patsparse {
 namespace {
@@ -33,6 +35,14 @@ struct Simd {
   static Vec add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
   // max / min return their second operand when one is NaN: v second keeps a NaN.
   static Vec clamp(Vec v, Vec lo, Vec hi) { return _mm256_min_ps(hi, _mm256_max_ps(lo, v)); }
+  static Vec max_first(Vec m, Vec v) {  // maxpool.h's max_first per lane
+    return _mm256_blendv_ps(_mm256_max_ps(v, m), v, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  }
+  static Vec pair_max(Vec a, Vec b) {  // lanes 2i and 2i + 1 of a:b
+    // per 128-bit half: a0 a2 b0 b2 | a4 a6 b4 b6 (and the odd lanes); then 64-bit pairs 0 2 1 3
+    const Vec m = max_first(_mm256_shuffle_ps(a, b, 0x88), _mm256_shuffle_ps(a, b, 0xDD));
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(m), 0xD8));
+  }
   static float hsum(Vec v) {
     __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     x = _mm_add_ps(x, _mm_movehl_ps(x, x));
@@ -69,6 +79,11 @@ const SpmmKernels& avx2_spmm_kernels() {
 
 const DepthwiseKernels& avx2_depthwise_kernels() {
   static const DepthwiseKernels k = depthwise_simd::make_kernels<Simd>();
+  return k;
+}
+
+const MaxPoolKernels& avx2_max_pool_kernels() {
+  static const MaxPoolKernels k = maxpool_simd::make_kernels<Simd>();
   return k;
 }
 

@@ -1,5 +1,6 @@
 // AVX-512F kernels (16 floats a vector): the 3x3 micro-kernels (tile_impl.h, ../grad_tile_impl.h) and
-// the sparse 1x1 conv / Linear kernels (../spmm_impl.h), over one Simd wrapper.
+// the sparse 1x1 conv / Linear, depthwise 3x3 and max-pool kernels (../{spmm,depthwise,maxpool}_impl.h),
+// over one Simd wrapper.
 #include <immintrin.h>
 
 #include <cstdint>
@@ -17,6 +18,7 @@
 #include "../grad_tile_impl.h"
 #include "../spmm_impl.h"
 #include "../depthwise_impl.h"
+#include "../maxpool_impl.h"
 
 namespace patsparse {
 namespace {
@@ -35,6 +37,14 @@ struct Simd {
   static Vec add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
   // max / min return their second operand when one is NaN: v second keeps a NaN.
   static Vec clamp(Vec v, Vec lo, Vec hi) { return _mm512_min_ps(hi, _mm512_max_ps(lo, v)); }
+  static Vec max_first(Vec m, Vec v) {  // maxpool.h's max_first per lane
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_max_ps(v, m), v);
+  }
+  static Vec pair_max(Vec a, Vec b) {  // lanes 2i and 2i + 1 of a:b
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    return max_first(_mm512_permutex2var_ps(a, even, b), _mm512_permutex2var_ps(a, odd, b));
+  }
   static float hsum(Vec v) {  // once per dot product; GCC 12 warns inside the extract intrinsics
     alignas(64) float b[16];
     _mm512_store_ps(b, v);
@@ -73,6 +83,11 @@ const SpmmKernels& avx512_spmm_kernels() {
 
 const DepthwiseKernels& avx512_depthwise_kernels() {
   static const DepthwiseKernels k = depthwise_simd::make_kernels<Simd>();
+  return k;
+}
+
+const MaxPoolKernels& avx512_max_pool_kernels() {
+  static const MaxPoolKernels k = maxpool_simd::make_kernels<Simd>();
   return k;
 }
 
