@@ -1,6 +1,6 @@
 // Thin torch binding of the depthwise 3x3 kernel (kernels/depthwise.h): patsparse::depthwise_conv3x3
 // = clamp(conv2d(input, weight, bias, stride, padding=1, groups=channels) , lo, hi). fp32 runs
-// through the active ISA, fp64 through the reference. Inference only (no autograd formula).
+// through the active ISA, fp64 through the reference. Inference only (input that needs a gradient is refused).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -43,6 +43,8 @@ at::Tensor depthwise_conv3x3_cpu(const at::Tensor& input, const at::Tensor& weig
   TORCH_CHECK(!std::isnan(lo) && !std::isnan(hi) && lo <= hi, "patsparse: clamp bounds must satisfy lo <= hi, got ",
               lo, ", ", hi);
   TORCH_CHECK(h > 0 && w > 0, "patsparse: input ", input.sizes(), " has an empty spatial size");
+  const at::Tensor bias_or_none = bias ? *bias : at::Tensor();
+  check_inference_only("depthwise_conv3x3", {&input, &weight, &bias_or_none});
   DepthwiseShape s;
   s.batch = batch, s.channels = channels, s.h = h, s.w = w, s.stride_h = stride[0], s.stride_w = stride[1];
   const auto memory_format = input.suggest_memory_format();

@@ -2,8 +2,10 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include <functional>
+#include <initializer_list>
 #include <stdexcept>
 #include <vector>
 
@@ -67,6 +69,16 @@ decltype(auto) core_call(const char* context, F&& f) {
   } catch (const std::invalid_argument& e) {
     TORCH_CHECK(false, "patsparse: ", context, e.what());
   }
+}
+
+// The ops without an autograd formula (max_pool2d, depthwise_conv3x3) refuse, in grad mode, a
+// tensor that needs a gradient: an output without a correct backward is never returned silently.
+inline void check_inference_only(const char* op, std::initializer_list<const at::Tensor*> tensors) {
+  if (!at::GradMode::is_enabled()) return;
+  for (const at::Tensor* t : tensors)
+    TORCH_CHECK(!(t->defined() && t->requires_grad()), "patsparse::", op,
+                " is inference-only (it has no gradient formula): call it under torch.no_grad() or with tensors "
+                "that do not require grad");
 }
 
 // Raw-pointer view of contiguous tensors (the caller keeps them alive).

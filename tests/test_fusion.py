@@ -1,6 +1,7 @@
 """fusion.py, the pieces optimize_for_inference builds from: max_pool2d_nchw against F.max_pool2d,
 FusedConv's epilogue (BatchNorm scale/shift, residual, clamp) natively or not (the passes and whole
 models: test_optimize.py; DepthwiseConv3x3: test_depthwise.py)."""
+import itertools
 import math
 from typing import Optional
 
@@ -48,6 +49,19 @@ def test_native_max_pool_matches_max_pool2d(isa, shape):
     assert_same(max_pool2d_nchw(x, 2), F.max_pool2d(x, 2))
 
 
+def test_max_pool_signed_zeros_and_nan_in_pytorch_order(isa):
+    """A -0 / +0 tie keeps the sign F.max_pool2d gives (the first maximum in row-major order) and NaN
+    propagates: every 2x2 window of {-1, -0, +0, NaN}, across SIMD bodies and masked tails."""
+    windows = torch.tensor(list(itertools.product([-1.0, -0.0, 0.0, math.nan], repeat=4)))  # [256, 4]
+    for width in (2, 10, 40, 66):
+        x = windows.view(-1, 1, 2, 1, 2).expand(-1, 1, 2, width // 2, 2).transpose(2, 3).reshape(-1, 1, 2, width)
+        want = F.max_pool2d(x, 2)
+        for got in (torch.ops.patsparse.max_pool2d(x, 2), torch.ops.patsparse.max_pool2d(x.double(), 2).float(),
+                    max_pool2d_nchw(x, 2), max_pool2d_nchw(x.clone().requires_grad_(True), 2).detach()):
+            assert torch.equal(got.isnan(), want.isnan())
+            assert torch.equal(got.signbit(), want.signbit()) and torch.equal(got.nan_to_num(), want.nan_to_num())
+
+
 @pytest.mark.parametrize("nthreads", [1, 2])
 @pytest.mark.parametrize("batch", [0, 1, 4])
 def test_native_max_pool_threads_layouts(isa, threads, batch, nthreads):
@@ -56,7 +70,9 @@ def test_native_max_pool_threads_layouts(isa, threads, batch, nthreads):
     want = F.max_pool2d(x, 2)
     got = torch.ops.patsparse.max_pool2d(x, 2)
     assert_same(got, want)
-    assert_same(torch.ops.patsparse.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2), want)
+    cl = torch.ops.patsparse.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2)
+    assert_same(cl, want)
+    assert cl.is_contiguous(memory_format=torch.channels_last) or batch == 0  # as F.max_pool2d
     assert_same(torch.ops.patsparse.max_pool2d(x.transpose(2, 3), 2), F.max_pool2d(x.transpose(2, 3), 2))
     for k in (1, 3, 4):  # any k (the reference kernel)
         assert_same(torch.ops.patsparse.max_pool2d(x, k), F.max_pool2d(x, k))
@@ -69,14 +85,33 @@ def test_native_max_pool_bad_inputs_clear_errors():
     op = torch.ops.patsparse.max_pool2d
     for args, match in [((x[0], 2), "4-D"), ((x, 0), "kernel size must be >= 1"), ((x, -2), "kernel size"),
                         ((x, 7), "output size is too small"), ((x[:, :, :1], 2), "output size is too small"),
-                        ((x.int(), 2), "float32 or float64"), ((x.half(), 2), "float32 or float64")]:
+                        ((x.int(), 2), "float32 or float64"), ((x.half(), 2), "float32 or float64"),
+                        ((x[:0, :, :1], 2), "output size is too small"), ((x[:, :0], 2), "channels"),
+                        ((x.clone().requires_grad_(True), 2), "inference-only")]:
         with pytest.raises(RuntimeError, match=match):
             op(*args)
+    with torch.no_grad():  # no gradient wanted: runs
+        assert_same(op(x.clone().requires_grad_(True), 2), F.max_pool2d(x, 2))
+    w = torch.randn(4, 1, 3, 3)
+    for needs_grad in (x.clone().requires_grad_(True), w.clone().requires_grad_(True)):
+        args = [x, w, None, [1, 1], -math.inf, math.inf]
+        args[0 if needs_grad.dim() == 4 and needs_grad.size(0) == 1 else 1] = needs_grad
+        with pytest.raises(RuntimeError, match="inference-only"):
+            torch.ops.patsparse.depthwise_conv3x3(*args)
+
+
+@pytest.mark.parametrize("k", [0, -1, 1.5])
+def test_max_pool2d_nchw_bad_kernel_errors_as_max_pool2d(k):
+    x = torch.randn(1, 2, 6, 6)
+    with pytest.raises((RuntimeError, TypeError)) as want:
+        F.max_pool2d(x, k)
+    with pytest.raises(want.type, match=str(want.value).splitlines()[0][:40].replace("(", r"\(").replace(")", r"\)")):
+        max_pool2d_nchw(x, k)
 
 
 def test_max_pool2d_nchw_gradient_script_export():
-    """Input that needs a gradient and torch.export take the strided path (no autograd formula, no
-    ExecuTorch kernel for the native op); TorchScript keeps the native one."""
+    """Input that needs a gradient and torch.export take F.max_pool2d (the native op has no autograd
+    formula and no ExecuTorch kernel); TorchScript keeps the native one."""
     x = torch.randn(2, 3, 8, 10, requires_grad=True)
     out = max_pool2d_nchw(x, 2)
     out.sum().backward()

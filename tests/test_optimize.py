@@ -245,6 +245,35 @@ def test_optimized_models_match(isa, build):
         assert_same_model_output(dopt(x), dense(x))
 
 
+def test_optimized_pools_save_load_trace_export_unbatched():
+    """The rewritten max-pools (native 2x2 kernel, channels_last segment) survive torch.save /
+    torch.load (which re-traces the graph module's code), export with dynamic H / W, and take unbatched 3-D input."""
+    import io
+    torch.manual_seed(0)
+    stem_vgg = lambda: nn.Sequential(  # takes unbatched input (no BatchNorm2d, no classifier)
+        nn.Conv2d(3, 3, 7, 2, 3), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
+        *models.VGG([16, 16, "M", 32], num_classes=10, batch_norm=False).features)
+    for build in (tiny_vgg, TinyResNet, stem_vgg):
+        model = sparse_model(build())
+        opt = ps.optimize_for_inference(model)
+        buf = io.BytesIO()
+        torch.save(opt, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        x = torch.randn(2, 3, 40, 44)
+        with torch.no_grad():
+            want = opt(x)
+            assert_same_model_output(want, model(x))
+            assert torch.equal(loaded(x), want)
+            if build is stem_vgg:
+                assert_same_model_output(opt(x[0]), model(x[0]))  # unbatched
+        h, w = torch.export.Dim("h", min=16, max=128), torch.export.Dim("w", min=16, max=128)
+        exported = torch.export.export(opt, (x,), dynamic_shapes=({2: h, 3: w},)).module()
+        y = torch.randn(2, 3, 36, 50)
+        with torch.no_grad():
+            assert_same_model_output(exported(y), model(y))
+
+
 def test_resnet_stem_runs_channels_last_and_vgg_pool_is_replaced():
     torch.manual_seed(0)
     opt = ps.optimize_for_inference(sparse_model(TinyResNet()))
@@ -300,7 +329,7 @@ def test_fused_epilogues_match_unfused_graph(act, residual):
         with torch.no_grad():
             assert_same_model_output(opt(x), model(x))
         # everything after the conv ran inside the fused module: nothing but it is left in the graph
-        calls = [n for n in opt.graph.nodes if n.op not in ("placeholder", "output")]
+        calls = [n for n in opt.graph.nodes if n.op not in ("placeholder", "output") and n.target != "eval_only"]
         if act != "none" or residual != "none" or bn or bias:
             assert len(calls) == 1 and calls[0].op == "call_module", opt.code
 
@@ -414,8 +443,10 @@ def test_eval_only():
     opt = ps.optimize_for_inference(model)
     assert model.training and not opt.training
     assert all(not p.requires_grad for p in opt.parameters())
+    assert not any(m.training for m in opt.modules())
     with pytest.raises(RuntimeError, match="inference only"):
         opt.train()
+    assert not any(m.training for _, m in opt.named_modules() if _)  # raised before any child changed mode
     with pytest.raises(RuntimeError, match="inference only"):
         next(m for m in opt.modules() if isinstance(m, FusedConv)).train()
     opt.eval()
@@ -437,6 +468,57 @@ def test_eval_only():
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(again(x), opt(x)) and torch.equal(fresh(x), opt(x))
+    with pytest.raises(RuntimeError, match="inference only"):
+        again.train()
+
+
+class DropoutHead(nn.Module):
+    """Modules whose behaviour depends on the mode and that optimize_for_inference leaves in place: a
+    BatchNorm with no conv before it, a Dropout; the convs fuse."""
+
+    def __init__(self, traceable=True):
+        super().__init__()
+        self.traceable = traceable
+        self.bn_in = nn.BatchNorm2d(3)
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        if not self.traceable and x.sum() > 1e30:  # data-dependent: torch.fx cannot trace it
+            x = x * 0
+        return self.fc(self.drop(self.features(self.bn_in(x)).mean((2, 3))))
+
+
+@pytest.mark.parametrize("traceable", [True, False])
+def test_failed_train_changes_no_mode(traceable):
+    """.train() on an optimized model raises before any BatchNorm / Dropout left in it changes mode,
+    also after a deepcopy or torch.save / torch.load (the graph keeps its EvalOnly guard). A model
+    that does not trace is its own class: its children optimized, the fused ones raise."""
+    import copy
+    import io
+    torch.manual_seed(0)
+    model = DropoutHead(traceable)
+    models.sparsify_random(model)
+    opt = ps.optimize_for_inference(sparse_model(model))
+    assert isinstance(opt, torch.fx.GraphModule) == traceable and count(opt, FusedConv) == 1
+    buf = io.BytesIO()
+    torch.save(opt, buf)
+    buf.seek(0)
+    x = torch.randn(2, 3, 10, 10)
+    with torch.no_grad():
+        want = opt(x)
+    for m in (opt, copy.deepcopy(opt), torch.load(buf, weights_only=False)):
+        with pytest.raises(RuntimeError, match="inference only"):
+            m.train()
+        if traceable:
+            assert not any(sub.training for name, sub in m.named_modules() if name)
+        else:
+            m.eval()
+        with torch.no_grad():
+            assert torch.equal(m(x), want)
+        m.eval()
+        assert not m.training
 
 
 class StemPools(nn.Module):
@@ -484,7 +566,7 @@ def test_sparse_linear_and_unbatched_fallback_epilogue():
         model = sparse_model(model.eval(), keep1x1=0.5)
         assert count(model, (ps.nn.SparseLinear, ps.nn.SparseConv2d)) == 1
         opt = ps.optimize_for_inference(model)
-        assert count(opt, FusedConv) == 1 and len(list(opt.graph.nodes)) == 3
+        assert count(opt, FusedConv) == 1 and len(list(opt.graph.nodes)) == 4  # input, guard, fused, output
         with torch.no_grad():
             assert_same_model_output(opt(x), model(x))
 

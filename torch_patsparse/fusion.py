@@ -16,11 +16,26 @@ from .nn.pattern_conv import PatternConv2d
 from .nn.sparse import SparseLinear
 from .patterns import PatternSet
 
-__all__ = ["FusedConv", "DepthwiseConv3x3", "max_pool2d_nchw"]
+__all__ = ["FusedConv", "DepthwiseConv3x3", "EvalOnly", "max_pool2d_nchw"]
 
 _INF = math.inf
 EVAL_ONLY = ("this model was built by torch_patsparse.optimize_for_inference for inference only (BatchNorm "
              "is folded into the convs); train the original model and call optimize_for_inference again")
+
+
+class EvalOnly(nn.Module):
+    """The first child of a model built by :func:`optimize_for_inference`: ``model.train()`` sets the
+    children's mode in registration order, so it raises here before any BatchNorm or Dropout left in
+    the model changes mode. Its forward (no input, nothing returned) is called first in a graph
+    module's code, so the graph keeps it through ``copy.deepcopy`` and ``torch.save`` / ``torch.load``."""
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise RuntimeError(EVAL_ONLY)
+        return super().train(False)
+
+    def forward(self) -> None:
+        return None
 
 
 class FusedConv(nn.Module):
@@ -189,27 +204,26 @@ def _geometry(conv: nn.Module) -> List[int]:
 
 
 def max_pool2d_nchw(x: torch.Tensor, k: int) -> torch.Tensor:
-    """``F.max_pool2d(x, k)`` (kernel = stride = k, no padding, floor mode) for NCHW-contiguous input,
-    the same values (NaN propagates as in max_pool2d). k = 2 on the CPU in fp32 runs the
-    native kernel ``patsparse::max_pool2d`` (one pass over the input); other k, input that needs a
-    gradient, other devices and dtypes, and a graph being exported (no ExecuTorch kernel) take k row
-    maxima then k column maxima over strided views; other layouts call F.max_pool2d, which is fast
-    for them."""
-    if k == 1 or x.dim() != 4 or not x.is_contiguous() or x.size(2) < k or x.size(3) < k:
-        return F.max_pool2d(x, k)
-    native = k == 2 and x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad
+    """``F.max_pool2d(x, k)`` (kernel = stride = k, no padding, floor mode), bit for bit (the sign of
+    a zero and NaN included) and with its errors. NCHW-contiguous 4-D fp32 CPU input that needs no
+    gradient, k = 2, runs the native kernel ``patsparse::max_pool2d`` (one pass over the input,
+    which PyTorch's NCHW max_pool2d reads more than once); anything else, and a graph being
+    exported (ExecuTorch has no kernel for it), calls F.max_pool2d."""
     if not torch.jit.is_scripting():
-        native = native and not torch.compiler.is_exporting()
-    if native:
+        if torch.compiler.is_exporting():
+            return F.max_pool2d(x, k)
+    if (k == 2 and x.dim() == 4 and x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad
+            and x.is_contiguous() and x.size(1) > 0 and x.size(2) >= 2 and x.size(3) >= 2):
         return torch.ops.patsparse.max_pool2d(x, k)
-    h, w = x.size(2) // k * k, x.size(3) // k * k
-    rows = torch.maximum(x[:, :, 0:h:k, :w], x[:, :, 1:h:k, :w])
-    for i in range(2, k):
-        rows = torch.maximum(rows, x[:, :, i:h:k, :w])
-    out = torch.maximum(rows[:, :, :, 0::k], rows[:, :, :, 1::k])
-    for j in range(2, k):
-        out = torch.maximum(out, rows[:, :, :, j::k])
-    return out
+    return F.max_pool2d(x, k)
+
+
+def channels_last_4d(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in channels_last if it is 4-D; other input (unbatched 3-D, which that format does not
+    cover) as it is. Starts a channels_last segment of an optimized model."""
+    if x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 # ---------------------------------------------------------------- folding

@@ -243,7 +243,11 @@ def _strided_output(input, channels: int, stride):
     1), in the input's memory format."""
     torch._check(input.dim() == 4, lambda: "patsparse: input must be 4-D")
     n, _c, h, w = input.shape
-    out = input.new_empty((n, channels, (h - 1) // stride[0] + 1, (w - 1) // stride[1] + 1))
+    return _in_format_of(input, input.new_empty((n, channels, (h - 1) // stride[0] + 1, (w - 1) // stride[1] + 1)))
+
+
+def _in_format_of(input, out):
+    """``out`` in ``input``'s memory format (the native ops return channels_last for channels_last input)."""
     if input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous():
         out = out.contiguous(memory_format=torch.channels_last)
     return out
@@ -260,7 +264,7 @@ def _(input, header, index, codes, values, code_scale, out_features, scale, shif
 
 
 # Depthwise 3x3 conv with bias + clamp (DepthwiseConv3x3's native path, csrc/depthwise_ops.cpp;
-# inference only: no autograd formula).
+# inference only: input that needs a gradient is refused).
 @torch.library.register_fake("patsparse::depthwise_conv3x3")
 def _(input, weight, bias, stride, lo, hi):
     return _strided_output(input, input.shape[1], stride)
@@ -269,7 +273,9 @@ def _(input, weight, bias, stride, lo, hi):
 # Max-pool, kernel = stride = k (fusion.max_pool2d_nchw's native path, csrc/pool_ops.cpp; inference only).
 @torch.library.register_fake("patsparse::max_pool2d")
 def _(input, k):
-    return input.new_empty((input.shape[0], input.shape[1], input.shape[2] // k, input.shape[3] // k))
+    torch._check(input.dim() == 4, lambda: "patsparse: input must be 4-D")
+    return _in_format_of(input, input.new_empty((input.shape[0], input.shape[1], input.shape[2] // k,
+                                                 input.shape[3] // k)))
 
 
 def _sparse_setup_context(ctx, inputs, output):

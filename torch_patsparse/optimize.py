@@ -16,9 +16,9 @@ What it does, on a deep copy (the input model is untouched):
   NCHW kernel with the clamp in its output stage).
 * **memory format**: a dense conv whose (BatchNorm / activation) output feeds a max-pool runs that
   segment in channels_last and returns to NCHW after the pool (PyTorch's NCHW ``max_pool2d`` is
-  10-30x slower than channels_last at one thread; ResNet's 7x7 stem + pool); other NCHW max-pools
-  with kernel == stride (VGG) run as k row maxima and k column maxima over strided views
-  (:func:`max_pool2d_nchw`, exactly the same values).
+  10-30x slower than channels_last at one thread; ResNet's 7x7 stem + pool); other NCHW 2x2
+  max-pools with stride 2 (VGG) run the native NCHW kernel (:func:`max_pool2d_nchw`, bit for bit
+  F.max_pool2d), any other max-pool in channels_last.
 * **no trace** (and inside ``nn.Sequential`` children of modules that do not trace): consecutive
   conv, BatchNorm, activation children of an ``nn.Sequential`` fold the same way (no residual).
 
@@ -28,7 +28,7 @@ the kernel; others run their forward and the epilogue in torch ops (same result)
 
 The result computes what the model computes (to float rounding: about 1e-6 relative), scripts with
 TorchScript and exports with ``torch.export``. It is for inference only: its parameters do not
-require grad, ``.train()`` raises on the fused modules (so on any model holding one), and a backward
+require grad, ``.train()`` raises (a graph module before any child changes mode), and a backward
 through a fused op raises (train the original model and optimize it again).
 """
 import copy
@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .fusion import (DepthwiseConv3x3, FusedConv, act_bounds_module, as_pattern_stem, foldable_bn, fold_dense,
-                     fused, is_depthwise3x3, max_pool2d_nchw)
+from .fusion import (DepthwiseConv3x3, EvalOnly, FusedConv, act_bounds_module, as_pattern_stem, channels_last_4d,
+                     foldable_bn, fold_dense, fused, is_depthwise3x3, max_pool2d_nchw)
 from .nn.pattern_conv import PatternConv2d
 from .nn.sparse import SparseConv2d, SparseLinear
 
@@ -249,10 +249,9 @@ def _memory_format_pass(gm: fx.GraphModule) -> None:
         if dense:
             _channels_last_segment(graph, src, pool)
             continue
-        k = _pool_args(pool, modules)
-        if k is not None and k > 1:
+        if _pool_args(pool, modules) == 2:
             with graph.inserting_before(pool):
-                new = graph.call_function(max_pool2d_nchw, (pool.args[0], k))
+                new = _call_wrapped(graph, max_pool2d_nchw, (pool.args[0], 2))
             pool.replace_all_uses_with(new)
             graph.erase_node(pool)
             continue
@@ -262,11 +261,19 @@ def _memory_format_pass(gm: fx.GraphModule) -> None:
     graph.lint()
 
 
+def _call_wrapped(graph: fx.Graph, fn, args: tuple) -> fx.Node:
+    """A call of ``fn`` (which branches on its input) marked as fx.wrap'ed: the generated code wraps
+    it, so re-tracing that code (torch.load of the graph module, symbolic_trace) keeps it one node."""
+    node = graph.call_function(fn, args)
+    node.meta["is_wrapped"] = True
+    return node
+
+
 def _channels_last_segment(graph: fx.Graph, first: fx.Node, last: fx.Node) -> None:
     """Run the nodes from ``first`` to ``last`` in channels_last: ``first``'s input is converted to it,
     ``last``'s output back to NCHW (contiguous) for every user."""
     with graph.inserting_before(first):
-        cl = graph.call_method("contiguous", (first.args[0],), {"memory_format": torch.channels_last})
+        cl = _call_wrapped(graph, channels_last_4d, (first.args[0],))
     first.replace_input_with(first.args[0], cl)
     with graph.inserting_after(last):
         back = graph.call_method("contiguous", (last,))
@@ -338,8 +345,8 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
     dense conv + max-pool segments in the faster memory format (module docstring for the details).
     ``model`` is not changed. The copy computes the same outputs (to float rounding), scripts with
     TorchScript, exports with ``torch.export`` and pickles (``torch.save``). It is for inference:
-    its parameters do not require grad, ``.train()`` raises (on the fused modules, so on any model
-    that holds one), and a backward through a fused op raises. Where the model traces with torch.fx
+    its parameters do not require grad, ``.train()`` raises (for a graph module before any child
+    changes mode; call ``.eval()`` after catching it), and a backward through a fused op raises. Where the model traces with torch.fx
     the result is an ``fx.GraphModule`` (other methods and attributes of the model's class are not
     kept); otherwise it is the model's own class with its children optimized."""
     if not isinstance(model, nn.Module):
@@ -350,4 +357,20 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
     out = _optimize(copy.deepcopy(model).eval())
     for p in out.parameters():
         p.requires_grad_(False)
-    return out
+    if isinstance(out, fx.GraphModule):
+        _add_eval_only(out)
+    return out.eval()
+
+
+def _add_eval_only(gm: fx.GraphModule) -> None:
+    """Registers an :class:`EvalOnly` guard as the graph module's first child and calls it first (so
+    the graph keeps it): ``gm.train()`` then raises before any child changes mode. (A model that does
+    not trace stays its own class, whose children's order and use are its own: no guard there.)"""
+    name = "eval_only"
+    while name in gm._modules or hasattr(gm, name):
+        name = "_" + name
+    gm._modules = {name: EvalOnly(), **gm._modules}
+    first = next(n for n in gm.graph.nodes if n.op != "placeholder")
+    with gm.graph.inserting_before(first):
+        gm.graph.call_module(name)
+    gm.recompile()

@@ -14,7 +14,7 @@ void check_max_pool_shape(const MaxPoolShape& s) {
   if (s.k < 1) throw std::invalid_argument("max-pool: kernel size must be >= 1");
   int64_t n = 0;
   if (!product_ok({s.planes, s.h, s.w}, &n)) throw std::invalid_argument("max-pool: size overflows int64");
-  if (s.planes > 0 && (s.h < s.k || s.w < s.k))
+  if (s.h < s.k || s.w < s.k)
     throw std::invalid_argument("max-pool: output size is too small (input " + std::to_string(s.h) + "x" +
                                 std::to_string(s.w) + ", kernel " + std::to_string(s.k) + ")");
 }
@@ -27,12 +27,10 @@ void reference_max_pool2d(const MaxPoolShape& s, const T* x, T* y, const Paralle
     for (int64_t r = begin; r < end; ++r) {
       const T* in = x + (r / oh * s.h + r % oh * k) * s.w;
       for (int64_t ox = 0; ox < ow; ++ox) {
-        T m = 0;
-        for (int64_t j = 0; j < k; ++j) {
-          T col = in[ox * k + j];
-          for (int64_t i = 1; i < k; ++i) col = max_first(col, in[i * s.w + ox * k + j]);
-          m = j == 0 ? col : max_first(m, col);
-        }
+        const T* win = in + ox * k;
+        T m = win[0];
+        for (int64_t i = 0; i < k; ++i)
+          for (int64_t j = i == 0 ? 1 : 0; j < k; ++j) m = max_first(m, win[i * s.w + j]);
         y[r * ow + ox] = m;
       }
     }

@@ -17,8 +17,8 @@ struct MaxPoolShape {
   int64_t out_w() const { return w / k; }
 };
 
-// Throws std::invalid_argument unless planes, h, w >= 0, k >= 1, the window fits (h, w >= k when
-// planes > 0: as F.max_pool2d, an empty output is an error) and the element count fits in int64.
+// Throws std::invalid_argument unless planes, h, w >= 0, k >= 1, the window fits (h, w >= k, also
+// for planes = 0: as F.max_pool2d, an empty output is an error) and the element count fits in int64.
 void check_max_pool_shape(const MaxPoolShape& s);
 
 // The running maximum m updated by the next window element v: v wins only when larger (the first
@@ -29,8 +29,9 @@ inline T max_first(T m, T v) {
 }
 
 // y[p, oy, ox] = max of x[p, oy k + i, ox k + j], i, j < k; x [planes, h, w] and y [planes, out_h,
-// out_w] contiguous. Each window is reduced down its k columns first (rows in order), then across
-// them (columns in order): the order of the SIMD kernels, so every path gives identical bits.
+// out_w] contiguous. Each window is reduced in PyTorch's order, row by row, each row left to right,
+// so ties of -0 / +0 keep the same sign and NaN the same payload as F.max_pool2d. max_first is
+// associative, so the SIMD kernels (each row's pairs, then the two rows) give identical bits.
 template <typename T>
 void reference_max_pool2d(const MaxPoolShape& s, const T* x, T* y, const ParallelFor& pfor = serial_for);
 

@@ -21,16 +21,15 @@ void rows2(const MaxPoolShape& s, const float* x, float* y, int64_t plane, int64
     float* out = y + (plane * oh + oy) * ow;
     int64_t j = 0;
     for (; j + W <= ow; j += W) {
-      const auto lo = S::max_first(S::load(r0 + 2 * j), S::load(r1 + 2 * j));
-      const auto hi = S::max_first(S::load(r0 + 2 * j + W), S::load(r1 + 2 * j + W));
-      S::store(out + j, S::pair_max(lo, hi));
+      const auto top = S::pair_max(S::load(r0 + 2 * j), S::load(r0 + 2 * j + W));
+      const auto bottom = S::pair_max(S::load(r1 + 2 * j), S::load(r1 + 2 * j + W));
+      S::store(out + j, S::max_first(top, bottom));
     }
     if (j < ow) {  // n < W outputs from 2 n inputs a row (within the row: 2 ow <= w); masked lanes read 0
       const int n = static_cast<int>(ow - j), n_lo = n * 2 < W ? n * 2 : W, n_hi = n * 2 - n_lo;
-      const auto lo = S::max_first(S::load_part(r0 + 2 * j, n_lo), S::load_part(r1 + 2 * j, n_lo));
-      const auto hi = n_hi ? S::max_first(S::load_part(r0 + 2 * j + W, n_hi), S::load_part(r1 + 2 * j + W, n_hi))
-                           : S::zero();
-      S::store_part(out + j, S::pair_max(lo, hi), n);
+      const auto top = S::pair_max(S::load_part(r0 + 2 * j, n_lo), n_hi ? S::load_part(r0 + 2 * j + W, n_hi) : S::zero());
+      const auto bottom = S::pair_max(S::load_part(r1 + 2 * j, n_lo), n_hi ? S::load_part(r1 + 2 * j + W, n_hi) : S::zero());
+      S::store_part(out + j, S::max_first(top, bottom), n);
     }
   }
 }

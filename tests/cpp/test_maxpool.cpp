@@ -1,8 +1,8 @@
 // Torch-free test of the max-pool kernel (csrc/kernels/maxpool.h): every ISA path this machine runs
 // (and NEON under qemu, arm/test.sh), serial and threaded, over widths around the vector lengths,
 // odd sizes (floor mode drops the last row / column), k = 1..3, against a naive window maximum in
-// PyTorch's order (first maximum of the window in row-major order; NaN propagates); every path gives
-// the reference's bits; bad shapes must throw. Runs under ASan/UBSan in CI (scripts/test_cpp.sh).
+// PyTorch's order (first maximum of the window in row-major order, so a -0 / +0 tie keeps the sign
+// max_pool2d gives; NaN propagates), bit for bit; every path gives the reference's bits; bad shapes must throw. Runs under ASan/UBSan in CI (scripts/test_cpp.sh).
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -60,7 +60,7 @@ void check_case(Counter& c, Isa isa, const MaxPoolShape& s, bool threaded, uint6
   const std::vector<float> want = naive(s, x);
   bool values = true, bits = true;
   for (size_t i = 0; i < out_size; ++i) {
-    values = values && same_value(y[i], want[i]);
+    values = values && same_value(y[i], want[i]) && same_bits(y[i], want[i]);  // the sign of a zero too
     bits = bits && same_bits(y[i], ref[i]);
   }
   char what[160];
@@ -89,7 +89,7 @@ int main() {
   }
   // bad shapes throw
   for (auto [planes, h, w, k] : std::vector<std::array<int64_t, 4>>{
-           {-1, 4, 4, 2}, {1, 1, 4, 2}, {1, 4, 1, 2}, {1, 4, 4, 0}, {1, 4, 4, -2},
+           {-1, 4, 4, 2}, {0, 1, 1, 2}, {0, 4, 1, 2}, {1, 1, 4, 2}, {1, 4, 1, 2}, {1, 4, 4, 0}, {1, 4, 4, -2},
            {int64_t(1) << 40, int64_t(1) << 20, int64_t(1) << 20, 2}}) {
     const std::string err = patsparse_test::error_of(
         [&] { max_pool2d_f32(isas.back(), {planes, h, w, k}, nullptr, nullptr); });
