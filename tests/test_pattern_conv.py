@@ -324,3 +324,27 @@ def test_string_padding_in_the_constructor():
     assert PatternConv2d(4, 4, padding="valid").padding == [0, 0]
     with pytest.raises(ValueError, match="padding"):
         PatternConv2d(4, 4, padding="full")
+    for cls in (torch.nn.Conv2d, PatternConv2d):  # the same refusal as nn.Conv2d
+        with pytest.raises(ValueError, match="padding='same' is not supported for strided convolutions"):
+            cls(4, 4, 3, stride=2, padding="same")
+
+
+@pytest.mark.parametrize("bad", ["x", None, 3.0])
+def test_non_tensor_input_raises_type_error_like_conv2d(bad):
+    for m in (torch.nn.Conv2d(16, 16, 3), pconv(16, 16)):
+        with pytest.raises(TypeError, match="conv2d\\(\\)"):  # a TypeError naming conv2d, as nn.Conv2d's
+            m(bad)
+
+
+def test_assigning_weight_says_what_to_do():
+    """The decoded weight cannot be assigned (nn.Module would raise a bare KeyError for a Parameter);
+    the sparse modules say the same; the bias can be."""
+    lin = torch.nn.Linear(8, 4)
+    with torch.no_grad():
+        lin.weight.mul_((torch.rand_like(lin.weight) < 0.3).float())
+    for m in (pconv(16, 16), ps.nn.SparseLinear.from_dense(lin)):
+        for value in (torch.nn.Parameter(m.weight.clone()), m.weight.clone()):
+            with pytest.raises(AttributeError, match="cannot be assigned.*from_dense"):
+                m.weight = value
+        m.bias = torch.nn.Parameter(torch.zeros_like(m.bias))
+        assert torch.equal(m.bias, torch.zeros_like(m.bias))

@@ -18,6 +18,13 @@ _EXTRA_KEYS = ("bits", "scheme", "in_channels", "out_channels")
 class PatternStateDict:
     """Mixin of PatternConv2d (first base, before nn.Module): its state_dict save and load."""
 
+    def __setattr__(self, name: str, value) -> None:
+        if name == "weight":  # nn.Module would say "attribute 'weight' already exists" (a KeyError)
+            raise AttributeError(f"{type(self).__name__}.weight is decoded from the compressed arrays and cannot be "
+                                 f"assigned; build the layer again with {type(self).__name__}.from_dense(module) "
+                                 "(which reports its conversion error)")
+        super().__setattr__(name, value)
+
     def get_extra_state(self):
         return {"bits": self.bits, "scheme": self.scheme, "in_channels": self.in_channels,
                 "out_channels": self.out_channels}

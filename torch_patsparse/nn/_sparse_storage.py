@@ -24,6 +24,13 @@ class _SparseWeightMixin:
 
     __jit_unused_properties__ = ["nnz", "bits", "scheme", "index_kind", "weight"]
 
+    def __setattr__(self, name: str, value) -> None:
+        if name == "weight":  # nn.Module would say "attribute 'weight' already exists" (a KeyError)
+            raise AttributeError(f"{type(self).__name__}.weight is decoded from the compressed arrays and cannot be "
+                                 f"assigned; build the layer again with {type(self).__name__}.from_dense(module) "
+                                 "(which reports its conversion error)")
+        super().__setattr__(name, value)
+
     def _init_storage(self, bias: bool) -> None:
         self.conversion_error = 0.0
         for k in _ARRAYS:

@@ -70,11 +70,14 @@ class PatternConv2d(PatternStateDict, nn.Module):
         self.kernel_size = (3, 3)
         self.groups = 1
         self.padding_mode = "zeros"
+        padding_is_same = padding == "same"
         if isinstance(padding, str):  # as nn.Conv2d: a 3x3 kernel's "same" is symmetric, dilation on each side
             if padding not in ("same", "valid"):
                 raise ValueError(f"padding must be 'same', 'valid' or numbers, got {padding!r}")
             padding = ops.pair(dilation) if padding == "same" else 0
         self.stride, self.padding, self.dilation = ops.pair(stride), ops.pair(padding), ops.pair(dilation)
+        if padding_is_same and tuple(self.stride) != (1, 1):
+            raise ValueError("padding='same' is not supported for strided convolutions")  # as nn.Conv2d
         self.quantized = bits is not None
         self.bits = bits
         self.scheme = scheme
@@ -263,6 +266,8 @@ class PatternConv2d(PatternStateDict, nn.Module):
     # ------------------------------------------------------------------ forward
     def _batched(self, input: torch.Tensor) -> torch.Tensor:
         """``input`` as [N, C, H, W] after nn.Conv2d's checks (rank, channels) and a floating dtype."""
+        if not isinstance(input, torch.Tensor):
+            raise TypeError("conv2d(): argument 'input' must be Tensor, not " + type(input).__name__)
         if input.dim() != 4 and input.dim() != 3:
             raise RuntimeError("Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: "
                                + str(list(input.shape)))
