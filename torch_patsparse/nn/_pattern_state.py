@@ -9,21 +9,15 @@ import torch
 from .. import bitpack
 from .. import format as fmt
 from .. import quant
+from ._decoded_weight import DecodedWeight
 from ._load import apply_or_restore, check_bias, check_tensor, load_error, size_mismatch
 
 _SCHEMES = quant.SCHEMES
 _EXTRA_KEYS = ("bits", "scheme", "in_channels", "out_channels")
 
 
-class PatternStateDict:
+class PatternStateDict(DecodedWeight):
     """Mixin of PatternConv2d (first base, before nn.Module): its state_dict save and load."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if name == "weight":  # nn.Module would say "attribute 'weight' already exists" (a KeyError)
-            raise AttributeError(f"{type(self).__name__}.weight is decoded from the compressed arrays and cannot be "
-                                 f"assigned; build the layer again with {type(self).__name__}.from_dense(module) "
-                                 "(which reports its conversion error)")
-        super().__setattr__(name, value)
 
     def get_extra_state(self):
         return {"bits": self.bits, "scheme": self.scheme, "in_channels": self.in_channels,

@@ -8,12 +8,13 @@ import torch
 from torch import nn
 
 from .. import sparse_format
+from ._decoded_weight import DecodedWeight
 from ._load import apply_or_restore, check_bias, load_error, size_mismatch
 
 _ARRAYS = sparse_format.ARRAY_NAMES
 
 
-class _SparseWeightMixin:
+class _SparseWeightMixin(DecodedWeight):
     """Holds one compressed weight as buffers (exactly its state_dict: no decoded copy); subclasses
     define ``weight_shape`` (a tuple), ``_op_takes_shape`` (True when the native sparse op takes the
     layer's geometry) and ``forward``. ``_native`` (kept current on build and load) says whether the
@@ -23,13 +24,6 @@ class _SparseWeightMixin:
     never stale), so their TorchScript / lite files hold only the stored form too."""
 
     __jit_unused_properties__ = ["nnz", "bits", "scheme", "index_kind", "weight"]
-
-    def __setattr__(self, name: str, value) -> None:
-        if name == "weight":  # nn.Module would say "attribute 'weight' already exists" (a KeyError)
-            raise AttributeError(f"{type(self).__name__}.weight is decoded from the compressed arrays and cannot be "
-                                 f"assigned; build the layer again with {type(self).__name__}.from_dense(module) "
-                                 "(which reports its conversion error)")
-        super().__setattr__(name, value)
 
     def _init_storage(self, bias: bool) -> None:
         self.conversion_error = 0.0
