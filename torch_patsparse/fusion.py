@@ -23,22 +23,27 @@ EVAL_ONLY = ("this model was built by torch_patsparse.optimize_for_inference for
              "is folded into the convs); train the original model and call optimize_for_inference again")
 
 
-class EvalOnly(nn.Module):
-    """The first child of a model built by :func:`optimize_for_inference`: ``model.train()`` sets the
-    children's mode in registration order, so it raises here before any BatchNorm or Dropout left in
-    the model changes mode. Its forward (no input, nothing returned) is called first in a graph
-    module's code, so the graph keeps it through ``copy.deepcopy`` and ``torch.save`` / ``torch.load``."""
+class _InferenceOnly(nn.Module):
+    """A module of an optimized model: ``.train()`` raises (BatchNorm is folded in, the fused ops have
+    no backward); ``.train(False)`` / ``.eval()`` work."""
 
     def train(self, mode: bool = True):
         if mode:
             raise RuntimeError(EVAL_ONLY)
         return super().train(False)
 
+
+class EvalOnly(_InferenceOnly):
+    """The first child of a model built by :func:`optimize_for_inference`: ``model.train()`` sets the
+    children's mode in registration order, so it raises here before any BatchNorm or Dropout left in
+    the model changes mode. Its forward (no input, nothing returned) is called first in a graph
+    module's code, so the graph keeps it through ``copy.deepcopy`` and ``torch.save`` / ``torch.load``."""
+
     def forward(self) -> None:
         return None
 
 
-class FusedConv(nn.Module):
+class FusedConv(_InferenceOnly):
     """One of our conv / Linear modules with its epilogue: ``clamp(conv(x) * scale + shift + residual,
     lo, hi)`` per output channel (dim 1 of a conv output, the last dim of a Linear one). ``conv``'s
     own bias is folded into ``shift`` (``conv.bias`` is None: ``forward_fused`` never adds the bias).
@@ -72,11 +77,6 @@ class FusedConv(nn.Module):
         # broadcast is recognised before the fused op (which needs the output's exact shape) runs.
         self.out_features = int(conv.out_features if linear else conv.out_channels)
         self.geometry = [] if linear else _geometry(conv)
-
-    def train(self, mode: bool = True):
-        if mode:  # BatchNorm is folded in and the fused op has no backward
-            raise RuntimeError(EVAL_ONLY)
-        return super().train(False)
 
     def _residual_fits(self, x: torch.Tensor, residual: torch.Tensor) -> bool:
         if residual.dim() != x.dim():
@@ -127,7 +127,7 @@ class FusedConv(nn.Module):
         return ", ".join(parts)
 
 
-class DepthwiseConv3x3(nn.Module):
+class DepthwiseConv3x3(_InferenceOnly):
     """A dense depthwise 3x3 conv (groups = channels, padding 1, dilation 1, any stride) with its
     BatchNorm folded into ``weight`` / ``bias`` and a clamp-style activation: ``clamp(conv2d(x, weight,
     bias, stride, 1, 1, channels), lo, hi)``. NCHW CPU input in the weight's dtype runs the native
@@ -151,11 +151,6 @@ class DepthwiseConv3x3(nn.Module):
         self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
         self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
         self.lo, self.hi = float(lo), float(hi)
-
-    def train(self, mode: bool = True):
-        if mode:  # BatchNorm is folded in
-            raise RuntimeError(EVAL_ONLY)
-        return super().train(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.device.type == "cpu" and x.dim() == 4 and x.dtype == self.weight.dtype and not x.requires_grad

@@ -346,9 +346,10 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
     ``model`` is not changed. The copy computes the same outputs (to float rounding), scripts with
     TorchScript, exports with ``torch.export`` and pickles (``torch.save``). It is for inference:
     its parameters do not require grad, ``.train()`` raises (for a graph module before any child
-    changes mode; call ``.eval()`` after catching it), and a backward through a fused op raises. Where the model traces with torch.fx
-    the result is an ``fx.GraphModule`` (other methods and attributes of the model's class are not
-    kept); otherwise it is the model's own class with its children optimized."""
+    changes mode; call ``.eval()`` after catching it), and a backward through a fused op raises.
+    Where the model traces with torch.fx the result is an ``fx.GraphModule`` (other methods and
+    attributes of the model's class are not kept); otherwise it is the model's own class with its
+    children optimized."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"optimize_for_inference expects an nn.Module, got {type(model).__name__}")
     if isinstance(model, torch.jit.ScriptModule):
