@@ -170,6 +170,7 @@ def test_forward_fused_method(isa, bits, has_bias):
 
 # ---------------------------------------------------------------- optimize_for_inference
 from torch_patsparse import models  # noqa: E402
+from torch_patsparse.fusion import DepthwiseConv3x3  # noqa: E402
 from torch_patsparse.optimize import FusedConv  # noqa: E402
 
 
@@ -434,6 +435,30 @@ def test_script_and_export(isa):
     buf.seek(0)
     with torch.no_grad():
         assert_same_model_output(torch.jit.load(buf)(x), want)
+
+
+LEAVES = (ps.nn.PatternConv2d, ps.nn.SparseConv2d, ps.nn.SparseLinear, FusedConv, DepthwiseConv3x3)
+
+
+def test_fx_symbolic_trace_keeps_our_modules_as_leaves():
+    """torch.fx's default tracer (what users' FX tools call) records our modules as one call_module
+    node each, as it does nn.Conv2d, for converted and optimized models; TorchScript code is unchanged."""
+    torch.manual_seed(0)
+    for build in (TinyResNet, tiny_vgg, tiny_mobilenet):
+        model = sparse_model(build())
+        for m in (model, ps.optimize_for_inference(model)):
+            traced = torch.fx.symbolic_trace(m)
+            leaves = {type(traced.get_submodule(n.target)) for n in traced.graph.nodes if n.op == "call_module"}
+            inner = {id(c) for f in m.modules() if isinstance(f, FusedConv) for c in f.modules() if c is not f}
+            ours = {type(s) for s in m.modules() if isinstance(s, LEAVES) and id(s) not in inner}
+            assert ours and ours <= leaves, (ours, leaves)
+            x = torch.randn(2, 3, 40, 44)
+            with torch.no_grad():
+                assert torch.equal(traced(x), m(x))
+    conv = nn.Conv2d(8, 8, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_(random_pattern_weight(8, 8, keep=0.5))
+    assert "fx" not in torch.jit.script(ps.nn.PatternConv2d.from_dense(conv)).code
 
 
 def test_eval_only():

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._tracing import fx_leaf
 from .nn.kinds import PATTERN, layer_kind
 from .nn.pattern_conv import PatternConv2d
 from .nn.sparse import SparseLinear
@@ -92,6 +93,10 @@ class FusedConv(_InferenceOnly):
         return list(residual.shape) == expected
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if not torch.jit.is_scripting():  # torch.fx: one call_module node, as for nn.Conv2d (_tracing.py)
+            traced = fx_leaf(self, x, residual)
+            if traced is not None:
+                return traced
         out: Optional[torch.Tensor] = None
         if hasattr(self.conv, "forward_fused"):  # resolved when scripted, too
             if self.native:
@@ -153,6 +158,10 @@ class DepthwiseConv3x3(_InferenceOnly):
         self.lo, self.hi = float(lo), float(hi)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():  # torch.fx: one call_module node, as for nn.Conv2d (_tracing.py)
+            traced = fx_leaf(self, x)
+            if traced is not None:
+                return traced
         if (x.device.type == "cpu" and x.dim() == 4 and x.dtype == self.weight.dtype and not x.requires_grad
                 and x.size(1) == self.channels and x.size(2) > 0 and x.size(3) > 0
                 and not (x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())):

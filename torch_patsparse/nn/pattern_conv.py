@@ -12,6 +12,7 @@ from .. import ops  # also registers torch.ops.patsparse
 from .. import project as proj
 from .. import quant
 from .._deprecation import renamed_keywords
+from .._tracing import fx_leaf
 from ..patterns import PatternSet
 from ._pattern_state import PatternStateDict, channel_dtype, pack_codes
 from .kinds import PATTERN, conv_padding, layer_kind
@@ -284,6 +285,10 @@ class PatternConv2d(PatternStateDict, nn.Module):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """Like ``nn.Conv2d``: input [N, C, H, W] or unbatched [C, H, W], any floating dtype (fp16 /
         bf16 are computed in fp32 and returned in their dtype); the output has the input's dtype."""
+        if not torch.jit.is_scripting():  # torch.fx: one call_module node, as for nn.Conv2d (_tracing.py)
+            traced = fx_leaf(self, input)
+            if traced is not None:
+                return traced
         x = self._batched(input)
         # The native op runs fp32 and fp64; other dtypes (and a module of another dtype) meet in fp32.
         compute = torch.float64 if x.dtype == torch.float64 else torch.float32

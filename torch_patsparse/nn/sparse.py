@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from .._tracing import fx_leaf
 from ._sparse_storage import _SparseWeightMixin
 from .kinds import layer_kind
 
@@ -61,6 +62,10 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
                                           device=self.header.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():  # torch.fx: one call_module node, as for nn.Conv2d (_tracing.py)
+            traced = fx_leaf(self, x)
+            if traced is not None:
+                return traced
         # `_native` is a TorchScript constant: a scripted layer holds only the branch it runs.
         if not self._native:
             return F.linear(x, *self._weight_bias_as(x))
@@ -136,6 +141,10 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
                                           device=self.header.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():  # torch.fx: one call_module node, as for nn.Conv2d (_tracing.py)
+            traced = fx_leaf(self, x)
+            if traced is not None:
+                return traced
         # `_native` is a TorchScript constant: a scripted layer holds only the branch it runs.
         if not self._native:
             return F.conv2d(x, *self._weight_bias_as(x), self.stride, self.padding, self.dilation, self.groups)

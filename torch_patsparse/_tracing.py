@@ -1,0 +1,27 @@
+"""torch.fx leaves for our modules.
+
+``torch.fx.symbolic_trace``'s default tracer keeps torch.nn's own modules as leaves (one
+``call_module`` node each) and traces into every other module's forward. Our layers' forwards branch
+on the input (dtype, shape, device, grad mode), which a Proxy cannot answer, so a user's FX tool would
+fail on a converted model where it works on the dense one. Each of our modules' forward therefore starts
+with (the block is dropped when TorchScript compiles it)::
+
+    if not torch.jit.is_scripting():
+        traced = fx_leaf(self, x)
+        if traced is not None:
+            return traced
+"""
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+
+def fx_leaf(module: nn.Module, *args: Any) -> Optional[torch.fx.Proxy]:
+    """While torch.fx traces (an argument is a Proxy): ``module``'s ``call_module`` node, as the tracer
+    records an ``nn.Conv2d``; otherwise None."""
+    for a in args:
+        if isinstance(a, torch.fx.Proxy):
+            tracer = a.tracer
+            return tracer.create_proxy("call_module", tracer.path_of_module(module), args, {})
+    return None
