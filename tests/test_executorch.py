@@ -478,6 +478,24 @@ def test_optimized_resnet_round_trip(tmp_path, layers, bits):
 
 
 @needs_et
+def test_optimized_vgg_pool_round_trip_and_channels_last_input(tmp_path):
+    """A pattern conv into a 2x2 max-pool (VGG: the native NCHW pool, which exports as F.max_pool2d)
+    exports; a channels_last input to the loaded program gives the NCHW input's output."""
+    torch.manual_seed(0)
+    model = sparsify_random(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
+                                          nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                                          nn.Linear(16 * 6 * 6, 10)), keep3x3=0.25, group=4).eval()
+    opt = ps.optimize_for_inference(ps.convert(model))
+    assert "max_pool2d_nchw" in opt.code
+    x = torch.randn(1, 3, 12, 12)
+    program = export.load_executorch(export.executorch(opt, tmp_path / "v.pte", (x,)))
+    with torch.no_grad():
+        want = model(x)
+    assert_close(program(x), want, rtol=1e-4)
+    assert_close(program(x.contiguous(memory_format=torch.channels_last)), want, rtol=1e-4)
+
+
+@needs_et
 def test_bad_sparse_weights_fail_in_the_kernel(tmp_path):
     model = ps.convert(sparse_net(), layers="all").eval()
     layer = next(m for m in model.modules() if isinstance(m, SparseLinear))

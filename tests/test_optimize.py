@@ -5,6 +5,7 @@ activations and residual adds against the unoptimized model, fx-traceable and no
 models, TorchScript and torch.export of the result, eval-only behaviour). fusion.py's pieces
 (max_pool2d_nchw, FusedConv): test_fusion.py."""
 import math
+from typing import Optional
 
 import pytest
 import torch
@@ -170,7 +171,7 @@ def test_forward_fused_method(isa, bits, has_bias):
 
 # ---------------------------------------------------------------- optimize_for_inference
 from torch_patsparse import models  # noqa: E402
-from torch_patsparse.fusion import DepthwiseConv3x3  # noqa: E402
+from torch_patsparse.fusion import DepthwiseConv3x3, EvalOnly  # noqa: E402
 from torch_patsparse.optimize import FusedConv  # noqa: E402
 
 
@@ -437,7 +438,7 @@ def test_script_and_export(isa):
         assert_same_model_output(torch.jit.load(buf)(x), want)
 
 
-LEAVES = (ps.nn.PatternConv2d, ps.nn.SparseConv2d, ps.nn.SparseLinear, FusedConv, DepthwiseConv3x3)
+LEAVES = (ps.nn.PatternConv2d, ps.nn.SparseConv2d, ps.nn.SparseLinear, FusedConv, DepthwiseConv3x3, EvalOnly)
 
 
 def test_fx_symbolic_trace_keeps_our_modules_as_leaves():
@@ -455,10 +456,189 @@ def test_fx_symbolic_trace_keeps_our_modules_as_leaves():
             x = torch.randn(2, 3, 40, 44)
             with torch.no_grad():
                 assert torch.equal(traced(x), m(x))
+            if m is not model:  # the optimized model's guard is still called first: .train() refused
+                assert isinstance(next(traced.children()), EvalOnly)
+                with pytest.raises(RuntimeError, match="inference only"):
+                    traced.train()
     conv = nn.Conv2d(8, 8, 3, padding=1)
     with torch.no_grad():
         conv.weight.copy_(random_pattern_weight(8, 8, keep=0.5))
     assert "fx" not in torch.jit.script(ps.nn.PatternConv2d.from_dense(conv)).code
+
+
+def _random_bn(model):
+    g = torch.Generator().manual_seed(1)
+    for b in model.modules():
+        if isinstance(b, nn.BatchNorm2d):
+            b.running_mean.copy_(torch.rand(b.num_features, generator=g) - 0.5)
+            b.running_var.copy_(torch.rand(b.num_features, generator=g) + 0.5)
+            b.weight.data.copy_(torch.rand(b.num_features, generator=g) + 0.5)
+            b.bias.data.copy_(torch.rand(b.num_features, generator=g) - 0.5)
+    return model.eval()
+
+
+def _pattern_conv(cin=8, cout=8, bias=True):
+    conv = nn.Conv2d(cin, cout, 3, padding=1, bias=bias)
+    with torch.no_grad():
+        conv.weight.copy_(random_pattern_weight(cout, cin, keep=0.5))
+    return conv
+
+
+class _Twice(nn.Module):  # one conv + BN + ReLU block called twice (a shared encoder)
+    def __init__(self, conv):
+        super().__init__()
+        self.block = nn.Sequential(conv, nn.BatchNorm2d(8), nn.ReLU())
+
+    def forward(self, x):
+        return self.block(self.block(x))
+
+
+class _SharedDepthwise(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+
+    def forward(self, x):
+        return F.relu(self.dw(x)) + self.dw(x)
+
+
+class _InPlaceBetween(nn.Module):  # the conv's input is changed in place before the residual add
+    def __init__(self):
+        super().__init__()
+        self.c, self.bn, self.relu = _pattern_conv(bias=False), nn.BatchNorm2d(8), nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        out = self.bn(self.c(x))
+        x = self.relu(x)
+        return out + x
+
+
+class _SelfAdd(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c, self.bn = _pattern_conv(), nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        o = self.bn(self.c(x))
+        return F.relu(o + o)
+
+
+class _Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c, self.bn = _pattern_conv(), nn.BatchNorm2d(8)
+
+    def forward(self, x, r):
+        return F.relu(self.bn(self.c(x)) + r)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: _Twice(nn.Conv2d(8, 8, 1)), lambda: _Twice(_pattern_conv()), _SharedDepthwise,
+    lambda: (lambda c, b: nn.Sequential(c, b, nn.ReLU(), c, b))(nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)),
+    _InPlaceBetween, _SelfAdd], ids=["shared-dense", "shared-pattern", "shared-depthwise", "shared-in-sequential",
+                                     "in-place-before-add", "o-plus-o"])
+def test_shared_modules_and_in_place_ops(build):
+    """A module called more than once gets one folded copy per call; an in-place op on the conv's input
+    between the conv and its add keeps the add out of the fused op; ``o + o`` is not a residual."""
+    torch.manual_seed(0)
+    model = ps.convert(_random_bn(build()))
+    opt = ps.optimize_for_inference(model)
+    x = torch.randn(2, 8, 10, 11)
+    with torch.no_grad():
+        assert_same_model_output(opt(x.clone()), model(x.clone()))
+
+
+def test_residual_of_another_dtype_promotes_as_the_model():
+    model = ps.convert(_random_bn(_Residual()))
+    opt = ps.optimize_for_inference(model)
+    x, r = torch.randn(2, 8, 10, 11), torch.randn(2, 8, 10, 11, dtype=torch.float64)
+    with torch.no_grad():
+        got, want = opt(x, r), model(x, r)
+    assert got.dtype == want.dtype == torch.float64
+    assert_same_model_output(got, want)
+
+
+class _Head(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.temperature = nn.Linear(8, 5), 2.0
+
+    def forward(self, x):
+        return self.fc(x.mean((2, 3)))
+
+
+class _HeadWithMethod(_Head):
+    def logits(self, x):
+        return self.forward(x)
+
+
+class _Untraceable(nn.Module):  # control flow on the input; reads a child's attribute, calls a child's method
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(_pattern_conv(), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout())
+        self.head, self.head2 = _Head(), _HeadWithMethod()
+
+    def forward(self, x):
+        if x.sum() > 0:
+            x = x.relu()
+        x = self.body(x)
+        return self.head(x) / self.head.temperature + self.head2.logits(x)
+
+
+class _OptionalMask(nn.Module):  # `if mask is not None` would trace as taken
+    def __init__(self):
+        super().__init__()
+        self.c, self.bn = _pattern_conv(), nn.BatchNorm2d(8)
+
+    def forward(self, x, mask: Optional[torch.Tensor] = None):
+        y = self.bn(self.c(x))
+        if mask is not None:
+            y = y * mask
+        return y
+
+
+@pytest.mark.parametrize("build", [_Untraceable, _OptionalMask, lambda: nn.Sequential(_Untraceable())],
+                         ids=["control-flow", "optional-arg", "sequential"])
+def test_models_that_do_not_trace(build, tmp_path):
+    """Children keep what their callers use (attributes, methods), None-default arguments are not
+    traced, ``.train()`` is refused before any child changes mode, and the result exports."""
+    import copy
+    import io
+    torch.manual_seed(0)
+    model = ps.convert(_random_bn(build()))
+    opt = ps.optimize_for_inference(model)
+    x = torch.randn(2, 8, 10, 11)
+    with torch.no_grad():
+        want = model(x)
+        assert_same_model_output(opt(x), want)
+        if isinstance(model, _OptionalMask):
+            mask = torch.rand(2, 8, 10, 11)
+            assert_same_model_output(opt(x, mask), model(x, mask))
+        assert torch.equal(copy.deepcopy(opt)(x), opt(x))
+        buf = io.BytesIO()
+        torch.save(opt, buf)
+        buf.seek(0)
+        assert torch.equal(torch.load(buf, weights_only=False)(x), opt(x))
+    with pytest.raises(RuntimeError, match="inference only"):
+        opt.train()
+    if not isinstance(opt, nn.Sequential):  # (no guard in a Sequential: children switch until a fused one)
+        assert not any(m.training for m in opt.modules() if m is not opt)
+        ps.export.torchscript(opt, tmp_path / "m.pt")  # after a caught .train(): still exports
+
+
+def test_traced_graph_keeps_plain_attributes_through_deepcopy():
+    import copy
+
+    class WithScale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c, self.bn, self.scale = _pattern_conv(), nn.BatchNorm2d(8), 0.5
+
+        def forward(self, x):
+            return self.bn(self.c(x)) * self.scale
+
+    opt = ps.optimize_for_inference(ps.convert(_random_bn(WithScale())))
+    assert opt.scale == 0.5 and copy.deepcopy(opt).scale == 0.5
 
 
 def test_eval_only():

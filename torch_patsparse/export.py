@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from . import ops  # also registers torch.ops.patsparse, so scripting resolves the ops
-from .fusion import DepthwiseConv3x3, foldable_bn, fused
+from .fusion import DepthwiseConv3x3, _InferenceOnly, foldable_bn, fused
 from .nn.pattern_conv import PatternConv2d
 from .nn.sparse import SparseConv2d, SparseLinear
 
@@ -51,7 +51,9 @@ def _script(model: nn.Module) -> torch.jit.ScriptModule:
     try:
         return torch.jit.script(model)
     finally:
-        model.train(was_training)
+        # (an optimized model refuses .train(): its flag was left True by a caught refusal)
+        if was_training and not any(isinstance(m, _InferenceOnly) for m in model.modules()):
+            model.train()
 
 
 def torchscript(model: nn.Module, path: Union[str, os.PathLike]) -> str:
@@ -257,8 +259,8 @@ def _load_kernels() -> ctypes.CDLL:
 
 
 class ExecuTorchProgram:
-    """A loaded ``.pte`` (its ``forward`` method): call it with the example inputs' shapes and dtypes.
-    Returns a tensor (a tuple when the program has several outputs). Errors of the runtime (bad
+    """A loaded ``.pte`` (its ``forward`` method): call it with the example inputs' shapes and dtypes
+    (any memory format: inputs are made contiguous first). Returns a tensor (a tuple when the program has several outputs). Errors of the runtime (bad
     shape or dtype, a kernel rejecting its arguments) come back as RuntimeError."""
 
     def __init__(self, path: str):
@@ -269,6 +271,8 @@ class ExecuTorchProgram:
         self.method = self.program.load_method("forward")
 
     def __call__(self, *inputs: torch.Tensor) -> Any:
+        # The runtime reads a tensor's storage as contiguous (NCHW) whatever its strides: give it that.
+        inputs = tuple(x.contiguous() if isinstance(x, torch.Tensor) else x for x in inputs)
         try:
             outputs = self.method.execute(list(inputs))
         except RuntimeError as e:  # the runtime's own message is an error code: say what did not fit

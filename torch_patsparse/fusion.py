@@ -5,7 +5,7 @@ the native NCHW kernel), :func:`max_pool2d_nchw`, and the folding of BatchNorm /
 into them (used by the graph and module passes of :mod:`torch_patsparse.optimize`)."""
 import copy
 import math
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -37,11 +37,16 @@ class _InferenceOnly(nn.Module):
 class EvalOnly(_InferenceOnly):
     """The first child of a model built by :func:`optimize_for_inference`: ``model.train()`` sets the
     children's mode in registration order, so it raises here before any BatchNorm or Dropout left in
-    the model changes mode. Its forward (no input, nothing returned) is called first in a graph
-    module's code, so the graph keeps it through ``copy.deepcopy`` and ``torch.save`` / ``torch.load``."""
+    the model changes mode. A graph module calls it first, with its first input, so the graph keeps it
+    through ``copy.deepcopy``, ``torch.save`` / ``torch.load`` and torch.fx re-tracing. It returns its
+    input (an identity: a model that did not trace may iterate over its children)."""
 
-    def forward(self) -> None:
-        return None
+    def forward(self, x: Any = None) -> Any:
+        if not torch.jit.is_scripting():
+            traced = fx_leaf(self, x)
+            if traced is not None:
+                return traced
+        return x
 
 
 class FusedConv(_InferenceOnly):
@@ -80,7 +85,9 @@ class FusedConv(_InferenceOnly):
         self.geometry = [] if linear else _geometry(conv)
 
     def _residual_fits(self, x: torch.Tensor, residual: torch.Tensor) -> bool:
-        if residual.dim() != x.dim():
+        # The fused op returns x's dtype and needs the output's exact shape: another dtype (type
+        # promotion) or a broadcasting shape takes the unfused add.
+        if residual.dim() != x.dim() or residual.dtype != x.dtype:
             return False
         if len(self.geometry) == 0:
             expected = list(x.shape[:-1]) + [self.out_features]
@@ -215,11 +222,11 @@ def max_pool2d_nchw(x: torch.Tensor, k: int) -> torch.Tensor:
     exported (ExecuTorch has no kernel for it), calls F.max_pool2d."""
     if not torch.jit.is_scripting():
         if torch.compiler.is_exporting():
-            return F.max_pool2d(x, k)
+            return F.max_pool2d(x, k, k)  # stride given: ExecuTorch's XNNPACK partitioner reads it
     if (k == 2 and x.dim() == 4 and x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad
             and x.is_contiguous() and x.size(1) > 0 and x.size(2) >= 2 and x.size(3) >= 2):
         return torch.ops.patsparse.max_pool2d(x, k)
-    return F.max_pool2d(x, k)
+    return F.max_pool2d(x, k, k)
 
 
 def channels_last_4d(x: torch.Tensor) -> torch.Tensor:

@@ -31,10 +31,12 @@ TorchScript and exports with ``torch.export``. It is for inference only: its par
 require grad, ``.train()`` raises (a graph module before any child changes mode), and a backward
 through a fused op raises (train the original model and optimize it again).
 """
+import collections
 import copy
+import inspect
 import math
 import operator
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -113,13 +115,68 @@ def _residual_of(node: fx.Node, src: fx.Node) -> Optional[fx.Node]:
         return None
     if a is src and isinstance(b, fx.Node) and b is not src:
         return b
-    if b is src and isinstance(a, fx.Node) and not in_place:  # an in-place add would write the other operand
+    if b is src and isinstance(a, fx.Node) and a is not src and not in_place:  # (in place: it writes `a`)
         return a
     return None
 
 
 def _only_user(node: fx.Node) -> Optional[fx.Node]:
     return next(iter(node.users)) if len(node.users) == 1 else None
+
+
+_INPLACE_FUNCTIONS = {operator.setitem, operator.iadd, operator.isub, operator.imul, operator.itruediv,
+                      operator.ifloordiv, operator.imod, operator.ipow, operator.iand, operator.ior, operator.ixor,
+                      operator.ilshift, operator.irshift, operator.imatmul}
+
+
+def _maybe_inplace(node: fx.Node, modules: Dict[str, nn.Module]) -> bool:
+    """Whether ``node`` may write a tensor it takes (``x.relu_()``, ``nn.ReLU(inplace=True)``,
+    ``x += y``, ``x[i] = y``, ``F.relu(x, inplace=True)``, ...)."""
+    if node.op == "call_module":
+        return bool(getattr(modules.get(node.target), "inplace", False))
+    if node.op == "call_method":
+        return str(node.target).endswith("_")
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        return (node.target in _INPLACE_FUNCTIONS or (name.endswith("_") and not name.endswith("__"))
+                or node.kwargs.get("inplace", False) is True or any(a is True for a in node.args[1:]))
+    return False
+
+
+def _safe_prefix(chain: List[fx.Node], modules: Dict[str, nn.Module]) -> int:
+    """How many nodes of ``chain`` (a conv and its single-use successors, in graph order) one fused call
+    can replace: it reads the conv's input (and the residual) where the last of them is, so no node
+    that may write a tensor in place may run between the conv and that one."""
+    k, n = 1, chain[0].next
+    while k < len(chain):
+        if n is chain[k]:
+            k += 1
+        elif _maybe_inplace(n, modules):
+            break
+        n = n.next
+    return k
+
+
+def _free_name(gm: fx.GraphModule, base: str) -> str:
+    name, counter = base, 0
+    while hasattr(gm, name):
+        counter += 1
+        name = f"{base}_{counter}"
+    return name
+
+
+def _own_module(gm: fx.GraphModule, modules: Dict[str, nn.Module], calls: Dict[str, int], node: fx.Node,
+                new: nn.Module) -> None:
+    """Puts ``new`` in place of the module ``node`` calls: in place when this is its only call; a module
+    called more than once (shared) gets ``new`` under a new name for this call alone."""
+    if calls[node.target] > 1:
+        calls[node.target] -= 1
+        node.target = _free_name(gm, "folded_" + node.target.replace(".", "_"))
+        gm.add_submodule(node.target, new)
+        calls[node.target] = 1
+    else:
+        gm.set_submodule(node.target, new)
+    modules[node.target] = new
 
 
 def _fuse_graph(gm: fx.GraphModule) -> None:
@@ -138,7 +195,7 @@ def _fuse_graph(gm: fx.GraphModule) -> None:
         if stem is not None:
             gm.set_submodule(node.target, stem)
             modules[node.target] = stem
-    counter = 0
+    calls = collections.Counter(n.target for n in graph.nodes if n.op == "call_module")
     # Last conv first: of two branches meeting in an add (ResNet's main path and its downsample),
     # the later one (the main path) takes the add and the activation.
     for node in reversed(list(graph.nodes)):
@@ -150,45 +207,46 @@ def _fuse_graph(gm: fx.GraphModule) -> None:
         ours = isinstance(conv, _OURS)
         if not ours and type(conv) is not nn.Conv2d:
             continue
-        chain, cur, bn = [node], node, None
-        user = _only_user(cur)
+        # The chain: the conv, then (each the only user of the one before) BatchNorm, a residual add
+        # (ours only), a clamp-style activation (ours and depthwise 3x3 only).
+        chain, bn_node, add_node, act_node, residual, bounds = [node], None, None, None, None, None
+        user = _only_user(node)
         if user is not None and user.op == "call_module" and foldable_bn(modules.get(user.target), conv) \
-                and user.args[0] is cur:
-            bn, cur = modules[user.target], user
+                and user.args[0] is node:
             chain.append(user)
+            bn_node = user
+        user = _only_user(chain[-1])
+        if ours and user is not None:
+            residual = _residual_of(user, chain[-1])
+            if residual is not None:
+                chain.append(user)
+                add_node = user
+        user = _only_user(chain[-1])
+        if (ours or is_depthwise3x3(conv)) and user is not None:
+            bounds = _act_bounds(user, chain[-1], modules)
+            if bounds is not None:
+                chain.append(user)
+                act_node = user
+        chain = chain[:_safe_prefix(chain, modules)]
+        bn = modules[bn_node.target] if bn_node in chain else None
+        residual = residual if add_node in chain else None
+        lo, hi = bounds if act_node in chain else (-_INF, _INF)
+        cur = chain[-1]
         if not ours:  # dense conv: fold BatchNorm into the weight, leave the rest to PyTorch
             if bn is not None:
                 conv = fold_dense(conv, bn)
-                gm.set_submodule(node.target, conv)
-                modules[node.target] = conv
-                cur.replace_all_uses_with(node)
-                graph.erase_node(cur)
             if is_depthwise3x3(conv):  # and a depthwise 3x3 one takes its activation into our kernel
-                user = _only_user(node)
-                bounds = _act_bounds(user, node, modules) if user is not None else None
-                if bounds is not None:
-                    user.replace_all_uses_with(node)
-                    graph.erase_node(user)
-                gm.set_submodule(node.target, DepthwiseConv3x3(conv, *(bounds or (-_INF, _INF))))
+                conv = DepthwiseConv3x3(conv, lo, hi)
+            if conv is not modules[node.target]:
+                _own_module(gm, modules, calls, node, conv)
+            if cur is not node:
+                cur.replace_all_uses_with(node)
+                for n in reversed(chain[1:]):
+                    graph.erase_node(n)
             continue
-        residual = None
-        user = _only_user(cur)
-        if user is not None and _residual_of(user, cur) is not None:
-            residual = _residual_of(user, cur)
-            cur = user
-            chain.append(user)
-        lo, hi = -_INF, _INF
-        user = _only_user(cur)
-        bounds = _act_bounds(user, cur, modules) if user is not None else None
-        if bounds is not None:
-            (lo, hi), cur = bounds, user
-            chain.append(user)
         if len(chain) == 1 and conv.bias is None:
             continue
-        name = f"fused_{node.target.replace('.', '_')}"
-        while hasattr(gm, name):
-            counter += 1
-            name = f"fused_{node.target.replace('.', '_')}_{counter}"
+        name = _free_name(gm, f"fused_{node.target.replace('.', '_')}")
         gm.add_submodule(name, fused(conv, bn, lo, hi))
         with graph.inserting_before(cur):
             args = (node.args[0],) if residual is None else (node.args[0], residual)
@@ -316,22 +374,54 @@ def _fold_sequential(seq: nn.Sequential) -> None:
         i = j
 
 
-def _optimize(module: nn.Module) -> nn.Module:
+_MODULE_STATE = frozenset(nn.Module().__dict__)
+_PLAIN_METHODS = {"forward", "extra_repr", "reset_parameters"}
+
+
+def _traceable(module: nn.Module, child: bool) -> bool:
+    """Whether tracing ``module`` into a graph module keeps what its callers see. torch.fx passes a
+    Proxy for every argument, so ``if mask is not None`` would be traced as taken for any argument
+    that defaults to None; and a child's caller may call its other methods, which a graph module
+    does not have."""
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    if any(p.default is None for p in params):
+        return False
+    if child:
+        for cls in type(module).__mro__:
+            if cls.__module__.startswith("torch."):
+                break
+            if any(not k.startswith("_") and k not in _PLAIN_METHODS and (callable(v) or isinstance(v, property))
+                   for k, v in vars(cls).items()):
+                return False
+    return True
+
+
+def _optimize(module: nn.Module, child: bool = False) -> nn.Module:
     """The optimized form of ``module`` (an eval-mode copy owned by the caller)."""
     tracer = _Tracer()
     if tracer.is_leaf_module(module, ""):  # torch.nn's and ours: nothing inside to fuse
         return module
-    try:
-        graph = tracer.trace(module)
-    except Exception:  # does not trace (data-dependent control flow, ...): recurse into the children
-        graph = None
+    graph = None
+    if _traceable(module, child):
+        try:
+            graph = tracer.trace(module)
+        except Exception:  # does not trace (data-dependent control flow, ...): recurse into the children
+            graph = None
     if graph is None:
-        for name, child in list(module.named_children()):
-            setattr(module, name, _optimize(child))
+        for name, child_module in list(module.named_children()):
+            setattr(module, name, _optimize(child_module, child=True))
         if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
             _fold_sequential(module)  # only where the children run one after the other
         return module
     gm = fx.GraphModule(module, graph, module.__class__.__name__)
+    # The model's plain attributes (a caller may read them), kept through deepcopy by fx's own key.
+    kept = {k: v for k, v in module.__dict__.items() if k not in _MODULE_STATE and k not in gm.__dict__}
+    gm.meta.setdefault("_user_preserved_attributes", {}).update(kept)
+    for k, v in kept.items():
+        setattr(gm, k, v)
     _fuse_graph(gm)
     _memory_format_pass(gm)
     gm.delete_all_unused_submodules()
@@ -345,11 +435,13 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
     dense conv + max-pool segments in the faster memory format (module docstring for the details).
     ``model`` is not changed. The copy computes the same outputs (to float rounding), scripts with
     TorchScript, exports with ``torch.export`` and pickles (``torch.save``). It is for inference:
-    its parameters do not require grad, ``.train()`` raises (for a graph module before any child
-    changes mode; call ``.eval()`` after catching it), and a backward through a fused op raises.
-    Where the model traces with torch.fx the result is an ``fx.GraphModule`` (other methods and
-    attributes of the model's class are not kept); otherwise it is the model's own class with its
-    children optimized."""
+    its parameters do not require grad, ``.train()`` raises before any child changes mode (an
+    ``nn.Sequential`` model: when it reaches a fused child; call ``.eval()`` after catching it), and
+    a backward through a fused op raises. Where the model traces with torch.fx the result is an
+    ``fx.GraphModule`` with the model's plain attributes (its other methods, and forward hooks, are
+    not kept); otherwise (control flow on the input, a ``forward`` argument that defaults to None)
+    it is the model's own class with its children optimized (a child whose class has other public
+    methods is kept as its class too, with its children optimized)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"optimize_for_inference expects an nn.Module, got {type(model).__name__}")
     if isinstance(model, torch.jit.ScriptModule):
@@ -358,20 +450,25 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
     out = _optimize(copy.deepcopy(model).eval())
     for p in out.parameters():
         p.requires_grad_(False)
-    if isinstance(out, fx.GraphModule):
-        _add_eval_only(out)
+    _add_eval_only(out)
     return out.eval()
 
 
-def _add_eval_only(gm: fx.GraphModule) -> None:
-    """Registers an :class:`EvalOnly` guard as the graph module's first child and calls it first (so
-    the graph keeps it): ``gm.train()`` then raises before any child changes mode. (A model that does
-    not trace stays its own class, whose children's order and use are its own: no guard there.)"""
+def _add_eval_only(gm: nn.Module) -> None:
+    """Registers an :class:`EvalOnly` guard as the model's first child: ``gm.train()`` then raises
+    before any child changes mode. A graph module calls it first (so the graph keeps it); a model
+    that did not trace (its own class and forward) does not call it, or, iterating over its children,
+    finds it an identity. Not for an ``nn.Sequential`` (whose forward would run it: no guard)."""
+    if isinstance(gm, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+        return
     name = "eval_only"
     while name in gm._modules or hasattr(gm, name):
         name = "_" + name
     gm._modules = {name: EvalOnly(), **gm._modules}
+    if not isinstance(gm, fx.GraphModule):
+        return
+    inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
     first = next(n for n in gm.graph.nodes if n.op != "placeholder")
     with gm.graph.inserting_before(first):
-        gm.graph.call_module(name)
+        gm.graph.call_module(name, tuple(inputs[:1]))
     gm.recompile()
