@@ -148,6 +148,30 @@ def test_gradcheck(isa, stride, padding, dilation):
     assert torch.autograd.gradcheck(f, (x, values, bias))
 
 
+@pytest.mark.parametrize("stride,padding,dilation", [(1, 1, 1), (2, 0, 1), (1, 2, 2)])
+def test_double_backward(stride, padding, dilation):
+    """A differentiated backward (create_graph=True: gradient penalties) is exact: gradgradcheck, and
+    a gradient penalty gives the dense masked conv's gradients (it gave zeros)."""
+    weight = random_pattern_weight(3, 2, keep=0.8, dtype=torch.float64, seed=5)
+    arrays = compressed(weight)
+    values = arrays["values"].clone().requires_grad_()
+    x = torch.randn(2, 2, 8, 7, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    idx = [arrays[k] for k in fmt.ARRAY_NAMES[:4]]
+    f = lambda x, v, b: ops.pattern_conv2d(x, *idx, v, b, stride, padding, dilation)  # noqa: E731
+    assert torch.autograd.gradgradcheck(f, (x, values, bias))
+    module, conv = module_and_dense(4, 5, stride, padding, dilation, True, 0.6, 1, 3, dtype=torch.float64)
+    grads = []
+    for m in (module, conv):
+        xi = torch.randn(2, 4, 9, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64,
+                         requires_grad=True)
+        g, = torch.autograd.grad(m(xi).pow(2).sum(), xi, create_graph=True)
+        g.pow(2).sum().backward()
+        grads.append((xi.grad, m.bias.grad, m.values.grad if m is module else expected_value_grad(m.weight.grad, module)))
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_opcheck_backward_ops(isa, dtype):
     weight = random_pattern_weight(6, 5, keep=0.7, seed=11, dtype=dtype)

@@ -111,16 +111,37 @@ def _setup_context(ctx, inputs, output):
     ctx.conv_args = (list(stride), list(padding), list(dilation))
 
 
+def _differentiable_grads(ctx, grad_output):
+    """The input and values gradients in differentiable torch ops, through the dense weight: for a
+    backward that is itself differentiated (``create_graph=True``: gradient penalties, double
+    backward), which the native gradient ops have no formula for."""
+    from .format import decompress
+    input, patterns, filter_ptr, kernel_channel, kernel_pattern, values = ctx.saved_tensors
+    stride, padding, dilation = ctx.conv_args
+    w = decompress(patterns, filter_ptr, kernel_channel, kernel_pattern, values, input.shape[1])
+    grad_input = grad_values = None
+    if ctx.needs_input_grad[0]:
+        grad_input = torch.nn.grad.conv2d_input(input.shape, w, grad_output, stride, padding, dilation)
+    if ctx.needs_input_grad[5]:
+        gw = torch.nn.grad.conv2d_weight(input, w.shape, grad_output, stride, padding, dilation).flatten(2)
+        counts = (filter_ptr[1:] - filter_ptr[:-1]).long()
+        rows = torch.repeat_interleave(torch.arange(w.shape[0], device=w.device), counts)
+        grad_values = gw[rows.unsqueeze(1), kernel_channel.long().unsqueeze(1), patterns.long()[kernel_pattern.long()]]
+    return grad_input, grad_values
+
+
 def _backward(ctx, grad_output):
     input, patterns, filter_ptr, kernel_channel, kernel_pattern, values = ctx.saved_tensors
     stride, padding, dilation = ctx.conv_args
     grad_output = grad_output.contiguous()
     grad_input = grad_values = grad_bias = None
-    if ctx.needs_input_grad[0]:
+    if torch.is_grad_enabled():
+        grad_input, grad_values = _differentiable_grads(ctx, grad_output)
+    elif ctx.needs_input_grad[0]:
         grad_input = _ops.pattern_conv2d_grad_input(grad_output, list(input.shape), patterns, filter_ptr,
                                                     kernel_channel, kernel_pattern, values, stride, padding,
                                                     dilation)
-    if ctx.needs_input_grad[5]:
+    if ctx.needs_input_grad[5] and grad_values is None:
         grad_values = _ops.pattern_conv2d_grad_values(grad_output, input, patterns, filter_ptr, kernel_channel,
                                                       kernel_pattern, values, stride, padding, dilation)
     if ctx.has_bias and ctx.needs_input_grad[6]:
