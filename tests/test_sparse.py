@@ -22,6 +22,37 @@ def test_sparse_wrong_input_raises_like_dense():
         conv(torch.randn(1, 7, 9, 9))
 
 
+@pytest.mark.parametrize("dense", [lambda: nn.Conv2d(2, 3, 5, padding=2), lambda: nn.Conv2d(2, 3, 1),
+                                   lambda: nn.Linear(4, 3)], ids=["conv5x5", "conv1x1", "linear"])
+def test_sparse_non_float_and_non_tensor_input_raise_like_dense(dense):
+    """Integer / complex input (the dense path cast the weight to it: all-zero integer weights) and
+    non-tensor input raise the dense layer's exception type."""
+    torch.manual_seed(0)
+    dense = dense()
+    with torch.no_grad():
+        dense.weight.mul_((torch.rand_like(dense.weight) < 0.3).float())
+    sparse = ps.nn.compress_module(dense)
+    shape = (2, 4) if isinstance(dense, nn.Linear) else (1, 2, 6, 6)
+    for x in (torch.randint(0, 5, shape), torch.zeros(shape, dtype=torch.complex64), None, [1.0, 2.0]):
+        kinds = []
+        for m in (dense, sparse):
+            with pytest.raises(Exception) as err:
+                m(x)
+            kinds.append(err.type)
+        assert kinds[0] is kinds[1], (x, kinds)
+
+
+def test_float64_layer_reports_its_rounding_to_fp32_values():
+    torch.manual_seed(0)
+    for dense in (nn.Linear(8, 6, dtype=torch.float64), nn.Conv2d(4, 6, 1, dtype=torch.float64)):
+        with torch.no_grad():
+            dense.weight.mul_((torch.rand_like(dense.weight) < 0.3).double())
+        sparse = (SparseLinear if isinstance(dense, nn.Linear) else SparseConv2d).from_dense(dense)
+        assert 0 < sparse.conversion_error < 1e-7  # fp32 values: the fp64 weight rounded, and said so
+        exact = (SparseLinear if isinstance(dense, nn.Linear) else SparseConv2d).from_dense(dense.float())
+        assert exact.conversion_error == 0.0
+
+
 def test_sparse_unbatched():
     conv = nn.Conv2d(6, 4, 5, padding=2)
     with torch.no_grad():

@@ -37,14 +37,14 @@ class _SparseWeightMixin(DecodedWeight):
         if tuple(weight.shape) != tuple(self.weight_shape):
             raise ValueError(f"weight has shape {tuple(weight.shape)}, expected {tuple(self.weight_shape)}")
         arrays = sparse_format.encode(weight, bits, scheme)
-        w = weight.detach().to("cpu", torch.float32).reshape(-1)
+        w = weight.detach().to("cpu", torch.float64).reshape(-1)  # the original, in its own precision
         dev = self.header.device
         for k, t in arrays.items():
             setattr(self, k, t.to(dev))
         self._update_native()
         stored = self.dense_weight().reshape(-1).double().cpu()
-        diff, norm = float((stored - w.double()).norm()), float(w.double().norm())
-        # ||W_stored - W|| / ||W||: 0.0 unless `bits` quantized (the only lossy step here).
+        diff, norm = float((stored - w).norm()), float(w.norm())
+        # ||W_stored - W|| / ||W||: 0.0 unless `bits` quantized or the weight had more than fp32's precision.
         self.conversion_error = 0.0 if diff == 0 else (diff / norm if norm > 0 else float("inf"))
 
     def _op_takes_layer(self) -> bool:
@@ -100,6 +100,8 @@ class _SparseWeightMixin(DecodedWeight):
         w = torch.ops.patsparse.sparse_decode(self.header, self.index, self.codes, self.values.float(),
                                               self.scale.float(), self.weight_shape)
         b = self.bias
+        if not x.is_floating_point():  # (fp32 operands: torch raises the dense layer's dtype error)
+            return w, b
         return w.to(x.dtype), (None if b is None else b.to(x.dtype))
 
     @torch.jit.unused

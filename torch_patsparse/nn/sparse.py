@@ -51,7 +51,8 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
     @classmethod
     def from_dense(cls, module: nn.Linear, bits: Optional[int] = None, scheme: str = "uniform") -> "SparseLinear":
         """From a pruned (zeros = pruned) Linear. ``bits``: quantize to k bits (``project.quantize``);
-        None: store exact levels if the nonzeros already sit on a ``scheme`` grid, else fp32 values."""
+        None: store exact levels if the nonzeros already sit on a ``scheme`` grid, else fp32 values (a
+        float64 weight is rounded to them: ``conversion_error`` says by how much)."""
         m = cls(module.in_features, module.out_features, module.bias is not None)
         m._set_weight(module.weight, bits, scheme)
         m._copy_bias(module.bias)
@@ -66,6 +67,8 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
             traced = fx_leaf(self, x)
             if traced is not None:
                 return traced
+            if not isinstance(x, torch.Tensor):  # F.linear's TypeError, as the dense layer
+                return F.linear(x, self._placeholder_weight(torch.empty(0)))
         # `_native` is a TorchScript constant: a scripted layer holds only the branch it runs.
         if not self._native:
             return F.linear(x, *self._weight_bias_as(x))
@@ -145,6 +148,8 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
             traced = fx_leaf(self, x)
             if traced is not None:
                 return traced
+            if not isinstance(x, torch.Tensor):  # F.conv2d's TypeError, as the dense layer
+                return F.conv2d(x, self._placeholder_weight(torch.empty(0)))
         # `_native` is a TorchScript constant: a scripted layer holds only the branch it runs.
         if not self._native:
             return F.conv2d(x, *self._weight_bias_as(x), self.stride, self.padding, self.dilation, self.groups)
