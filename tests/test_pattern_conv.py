@@ -118,9 +118,26 @@ def test_constructor_follows_conv2d():
         ps.nn.PatternConv2d(4, 8, kernel_size=3, groups=2)
 
 
-@pytest.mark.parametrize("args,geometry", [((1,), ((1, 1), (0, 0), (1, 1), True)),
-                                           ((2, 1), ((2, 2), (1, 1), (1, 1), True)),
-                                           ((3, 1, 1, False), ((3, 3), (1, 1), (1, 1), False)),
+@pytest.mark.parametrize("args", [(1,), (2, 1), (5,), ((3, 5),)])
+def test_a_third_argument_is_the_kernel_size_as_in_conv2d(args):
+    # nn.Conv2d(8, 16, 5) is a 5x5 conv: PatternConv2d refuses it (it built a 3x3 conv with stride 5)
+    with pytest.raises(ValueError, match="3x3"):
+        ps.nn.PatternConv2d(4, 8, *args)
+
+
+def test_padding_mode_keyword():
+    assert ps.nn.PatternConv2d(4, 8, 3, padding_mode="zeros").padding_mode == "zeros"
+    assert ps.nn.SparseConv2d(4, 8, 1, padding_mode="zeros").padding_mode == "zeros"
+    for cls in (ps.nn.PatternConv2d, ps.nn.SparseConv2d):
+        with pytest.raises(ValueError, match="padding_mode"):
+            cls(4, 8, 3, padding_mode="reflect")
+    with pytest.raises(ValueError, match="strided"):
+        ps.nn.SparseConv2d(4, 8, 3, stride=2, padding="same")
+    with pytest.raises(ValueError, match="padding string"):
+        ps.nn.SparseConv2d(4, 8, 3, padding="full")
+
+
+@pytest.mark.parametrize("args,geometry", [((3, 1, 1, False), ((3, 3), (1, 1), (1, 1), False)),
                                            ((1, 1, 1, True, PATTERNS8, 0), ((1, 1), (1, 1), (1, 1), True))])
 def test_old_positional_order_warns_and_means_what_it_meant(args, geometry):
     with pytest.warns(DeprecationWarning, match="old positional order"):

@@ -55,7 +55,10 @@ class PatternConv2d(PatternStateDict, nn.Module):
 
     def _build(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=0, dilation=1,
                groups: int = 1, bias: bool = True, *, patterns: Optional[torch.Tensor] = None, kept_kernels: int = 0,
-               bits: Optional[int] = None, scheme: str = "uniform", device=None, dtype=None) -> None:
+               bits: Optional[int] = None, scheme: str = "uniform", device=None, dtype=None,
+               padding_mode: str = "zeros") -> None:
+        if padding_mode != "zeros":
+            raise ValueError(f"PatternConv2d supports padding_mode='zeros' only, got {padding_mode!r}")
         if tuple(ops.pair(kernel_size)) != (3, 3):
             raise ValueError(f"PatternConv2d is a 3x3 convolution, got kernel_size={kernel_size!r}")
         if groups != 1:
@@ -420,22 +423,20 @@ def _quantization(values: torch.Tensor, bits: Optional[int], scheme: str):
     return grid.codes.to(torch.int8), grid.scale, grid.bits, grid.scheme
 
 
-def _is_three(v) -> bool:
-    return (isinstance(v, int) and not isinstance(v, bool) and v == 3) or \
-        (isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_three(e) for e in v))
-
-
 def _conv2d_keywords(args: tuple, kwargs: dict) -> dict:
     """``kwargs`` plus the positional arguments after (in_channels, out_channels) by name: nn.Conv2d's
     order (kernel_size, stride, padding, dilation, groups, bias), or the old (stride, padding,
-    dilation, bias, patterns, nnz, ...) with a DeprecationWarning where the values tell which one it
-    is (a third argument that is not 3 is a stride; a bool fourth is the old bias; a fifth that is not
-    an int is the old patterns). A call that fits both (a third argument 3) is nn.Conv2d's: it is what
-    a drop-in ``nn.Conv2d`` must accept (``PatternConv2d(8, 16, 3, padding=1)``)."""
+    dilation, bias, patterns, nnz, ...) with a DeprecationWarning where no nn.Conv2d call fits (a bool
+    fourth is the old bias; a fifth that is not an int is the old patterns; kernel_size given by name).
+    Any other call is nn.Conv2d's: what a drop-in ``nn.Conv2d`` must accept (``PatternConv2d(8, 16, 3,
+    padding=1)``; ``PatternConv2d(8, 16, 5)`` is a 5x5 kernel, refused)."""
     if not args:
         return kwargs
     int_at = [isinstance(a, int) and not isinstance(a, bool) for a in args]
-    old = ("kernel_size" in kwargs or not _is_three(args[0]) or len(args) > len(_CONV2D_ORDER)
+    # A third argument other than 3 reads as nn.Conv2d's kernel_size (and is refused: a drop-in
+    # PatternConv2d(8, 16, 5) must not build a 3x3 conv with stride 5); the old order only where no
+    # nn.Conv2d call fits.
+    old = ("kernel_size" in kwargs or len(args) > len(_CONV2D_ORDER)
            or (len(args) > 3 and isinstance(args[3], bool)) or (len(args) > 4 and not int_at[4]))
     order = _OLD_ORDER if old else _CONV2D_ORDER
     if len(args) > len(order):

@@ -114,10 +114,17 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
     __constants__ = ["_native"]
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True):
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros"):
         super().__init__()
         if in_channels % groups or out_channels % groups:
             raise ValueError("in_channels and out_channels must be divisible by groups")
+        if padding_mode != "zeros":
+            raise ValueError(f"SparseConv2d supports padding_mode='zeros' only, got {padding_mode!r}")
+        if isinstance(padding, str) and padding not in ("same", "valid"):  # nn.Conv2d's errors, at construction
+            raise ValueError(f"Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}")
+        if padding == "same" and _pair(stride) != (1, 1):
+            raise ValueError("padding='same' is not supported for strided convolutions")
+        self.padding_mode = "zeros"
         self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
         self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
         self.padding = padding if isinstance(padding, str) else _pair(padding)
