@@ -35,13 +35,18 @@ class PatternConv2d(PatternStateDict, nn.Module):
     runtime arrays (int32 channel indices, decoded values) from a content-keyed native cache
     (``patsparse::pattern_channels`` / ``pattern_decode``). Build one with :meth:`from_dense`.
 
-    Inputs and errors are ``nn.Conv2d``'s: [N, C, H, W] or unbatched [C, H, W], fp32 / fp64 / fp16 /
-    bf16. Constructor arguments follow ``nn.Conv2d`` (``in_channels, out_channels, kernel_size=3,
-    stride=1, padding=0, dilation=1, groups=1, bias=True``; the storage ones keyword-only:
-    ``patterns``, ``kept_kernels``, ``bits``, ``scheme``, ``device``, ``dtype``); the old order
-    ``(in_channels, out_channels, stride, padding, ...)`` still works for one release with a
-    DeprecationWarning where it cannot be mistaken (a third positional 3 is ``kernel_size``). ``conversion_error`` is the relative weight error ``||W_stored - W|| / ||W||`` of the
-    conversion that built it (0.0 when lossless; shown by ``repr`` only when nonzero).
+    Inputs and errors are ``nn.Conv2d``'s: [N, C, H, W] or unbatched [C, H, W]; unlike nn.Conv2d it
+    takes any floating dtype whatever its own (fp16 / bf16 computed in fp32, fp64 in fp64) and returns
+    the input's. Constructor arguments follow ``nn.Conv2d`` (``in_channels, out_channels,
+    kernel_size=3, stride=1, padding=0, dilation=1, groups=1, bias=True``, ``padding_mode='zeros'``;
+    the storage ones keyword-only: ``patterns``, ``kept_kernels``, ``bits``, ``scheme``, ``device``,
+    ``dtype``); the old order ``(in_channels, out_channels, stride, padding, dilation, bias, ...)``
+    still works for one release with a DeprecationWarning where no nn.Conv2d call fits (a bool fourth
+    argument). ``stride`` / ``padding`` / ``dilation`` are lists (TorchScript passes them to the op).
+    Pruned weights are skipped, not multiplied: a NaN / inf input that only pruned weights touch does
+    not reach the output (it does in the dense conv, through 0 * NaN). ``conversion_error`` is the
+    relative weight error ``||W_stored - W|| / ||W||`` of the conversion that built it (0.0 when
+    lossless; shown by ``repr`` only when nonzero).
     """
 
     __constants__ = ["in_channels", "out_channels", "quantized"]
