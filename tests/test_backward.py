@@ -136,30 +136,27 @@ def test_transposed_plan_cache_hits():
     assert after[1] == before[1] and after[0] == before[0] + 1  # a hit, no build
 
 
-@pytest.mark.parametrize("stride,padding,dilation", [(1, 1, 1), (2, 0, 1), (1, 2, 2), (2, 1, 2), (1, 3, 1)])
-def test_gradcheck(isa, stride, padding, dilation):
+def small_op(stride, padding, dilation):
+    """A float64 pattern_conv2d of a small layer as a function of (input, values, bias), and those."""
     weight = random_pattern_weight(3, 2, keep=0.8, dtype=torch.float64, seed=5)
     arrays = compressed(weight)
     values = arrays["values"].clone().requires_grad_()
     x = torch.randn(2, 2, 8, 7, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
     idx = [arrays[k] for k in fmt.ARRAY_NAMES[:4]]
-    f = lambda x, v, b: ops.pattern_conv2d(x, *idx, v, b, stride, padding, dilation)  # noqa: E731
-    assert torch.autograd.gradcheck(f, (x, values, bias))
+    return (lambda x, v, b: ops.pattern_conv2d(x, *idx, v, b, stride, padding, dilation)), (x, values, bias)
+
+
+@pytest.mark.parametrize("stride,padding,dilation", [(1, 1, 1), (2, 0, 1), (1, 2, 2), (2, 1, 2), (1, 3, 1)])
+def test_gradcheck(isa, stride, padding, dilation):
+    assert torch.autograd.gradcheck(*small_op(stride, padding, dilation))
 
 
 @pytest.mark.parametrize("stride,padding,dilation", [(1, 1, 1), (2, 0, 1), (1, 2, 2)])
 def test_double_backward(stride, padding, dilation):
     """A differentiated backward (create_graph=True: gradient penalties) is exact: gradgradcheck, and
     a gradient penalty gives the dense masked conv's gradients (it gave zeros)."""
-    weight = random_pattern_weight(3, 2, keep=0.8, dtype=torch.float64, seed=5)
-    arrays = compressed(weight)
-    values = arrays["values"].clone().requires_grad_()
-    x = torch.randn(2, 2, 8, 7, dtype=torch.float64, requires_grad=True)
-    bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
-    idx = [arrays[k] for k in fmt.ARRAY_NAMES[:4]]
-    f = lambda x, v, b: ops.pattern_conv2d(x, *idx, v, b, stride, padding, dilation)  # noqa: E731
-    assert torch.autograd.gradgradcheck(f, (x, values, bias))
+    assert torch.autograd.gradgradcheck(*small_op(stride, padding, dilation))
     module, conv = module_and_dense(4, 5, stride, padding, dilation, True, 0.6, 1, 3, dtype=torch.float64)
     grads = []
     for m in (module, conv):

@@ -2,12 +2,13 @@
 cache, properties, report protocol and a validating ``load_state_dict`` (a rejected load leaves the
 module as it was). The stored form itself is :mod:`torch_patsparse.sparse_format`'s."""
 import math
-from typing import Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch import nn
 
 from .. import sparse_format
+from .._tracing import fx_leaf
 from ._decoded_weight import DecodedWeight
 from ._load import apply_or_restore, check_bias, load_error, size_mismatch
 
@@ -108,6 +109,16 @@ class _SparseWeightMixin(DecodedWeight):
     def dense_weight(self) -> torch.Tensor:
         """The decoded dense fp32 weight (a new tensor on every call)."""
         return sparse_format.decode({k: getattr(self, k) for k in _ARRAYS}, self.weight_shape)
+
+    @torch.jit.unused
+    def _eager_entry(self, x: Any, dense_fn: Callable) -> Optional[torch.Tensor]:
+        """Checks at the top of an eager forward: while torch.fx traces, this layer's call_module node
+        (_tracing.py); for a non-tensor input, the dense layer's TypeError (``dense_fn`` is F.linear /
+        F.conv2d); else None."""
+        traced = fx_leaf(self, x)
+        if traced is None and not isinstance(x, torch.Tensor):
+            dense_fn(x, self._placeholder_weight(torch.empty(0)))
+        return traced
 
     def _placeholder_weight(self, x: torch.Tensor) -> torch.Tensor:
         """A zero dense weight for the error path only: handed to ``F.conv2d`` / ``F.linear`` with an

@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from .._tracing import fx_leaf
 from ._sparse_storage import _SparseWeightMixin
 from .kinds import layer_kind
 
@@ -63,12 +62,10 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
                                           device=self.header.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting():  # torch.fx: one call_module node, as for nn.Conv2d (_tracing.py)
-            traced = fx_leaf(self, x)
+        if not torch.jit.is_scripting():
+            traced = self._eager_entry(x, F.linear)
             if traced is not None:
                 return traced
-            if not isinstance(x, torch.Tensor):  # F.linear's TypeError, as the dense layer
-                return F.linear(x, self._placeholder_weight(torch.empty(0)))
         # `_native` is a TorchScript constant: a scripted layer holds only the branch it runs.
         if not self._native:
             return F.linear(x, *self._weight_bias_as(x))
@@ -151,12 +148,10 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
                                           device=self.header.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting():  # torch.fx: one call_module node, as for nn.Conv2d (_tracing.py)
-            traced = fx_leaf(self, x)
+        if not torch.jit.is_scripting():
+            traced = self._eager_entry(x, F.conv2d)
             if traced is not None:
                 return traced
-            if not isinstance(x, torch.Tensor):  # F.conv2d's TypeError, as the dense layer
-                return F.conv2d(x, self._placeholder_weight(torch.empty(0)))
         # `_native` is a TorchScript constant: a scripted layer holds only the branch it runs.
         if not self._native:
             return F.conv2d(x, *self._weight_bias_as(x), self.stride, self.padding, self.dilation, self.groups)
