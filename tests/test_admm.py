@@ -574,3 +574,38 @@ def test_consensus_on_a_net_shrinks_residuals_and_prunes_into_all_sets():
     opt.hard_prune()
     for c in CONV_SPEC:
         check_in_set(c, m[3].weight.detach(), pset)
+
+
+@pytest.mark.parametrize("method", ["admm", "oneshot"])
+def test_deepcopy_and_pickle_of_the_optimizer_keep_its_state(method):
+    """copy.deepcopy / torch.save of the optimizer object keep ADMM's own state (torch.optim.Optimizer
+    pickles only defaults / state / param_groups: the copy lost its phase, Z / U and base optimizer)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 8, 3)
+    opt = ps.ADMM([{"params": [conv.weight], "constraints": [C.Pattern(k=4)]}], lr=0.1, method=method,
+                  update_every=2)
+    conv.weight.grad = torch.randn_like(conv.weight)
+    opt.step()
+    buf = io.BytesIO()
+    torch.save(opt, buf)
+    buf.seek(0)
+    for other in (copy.deepcopy(opt), torch.load(buf, weights_only=False)):
+        (w,) = other.param_groups[0]["params"]
+        assert w is not conv.weight and torch.equal(w, conv.weight)
+        w.grad = conv.weight.grad.clone()
+        other.step()
+        assert other.phase == opt.phase and other.state_dict()["param_groups"][0]["lr"] == 0.1
+    opt.step()
+    assert torch.equal(w, conv.weight)
+
+
+def test_constrained_group_added_after_hard_prune_is_refused():
+    a, b = nn.Parameter(torch.randn(4, 4, 3, 3)), nn.Parameter(torch.randn(8, 8))
+    opt = ps.ADMM([{"params": [a], "constraints": [C.Pattern(k=4)]}], lr=0.05)
+    a.grad = torch.randn_like(a)
+    opt.step()
+    opt.hard_prune()
+    with pytest.raises(ValueError, match="after hard_prune"):
+        opt.add_param_group({"params": [b], "constraints": [C.Unstructured(keep=0.1)]})
+    opt.add_param_group({"params": [b]})  # unconstrained: fine
+    assert len(opt.param_groups) == 2

@@ -126,3 +126,47 @@ def test_rejects_other_optimizers():
     with pytest.raises(TypeError, match="ps.ADMM"):
         with ps.compressed_training(model, torch.optim.SGD(model.parameters(), lr=0.1)):
             pass
+
+
+class Tied(nn.Module):  # one conv registered at two places (weight tying)
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.again = self.c2
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.again(F.relu(self.c2(F.relu(self.c1(x)))))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("case", ["frozen", "tied", "channels_last"])
+def test_frozen_tied_and_channels_last_models(case):
+    """A frozen conv stays frozen, a conv registered twice is swapped at both places, a channels_last
+    model trains and comes back: each as masked dense retraining."""
+    results = []
+    for compressed in (False, True):
+        torch.manual_seed(0)
+        model = Tied() if case == "tied" else Net()
+        if case == "frozen":
+            model.c2.requires_grad_(False)
+        if case == "channels_last":
+            model = model.to(memory_format=torch.channels_last)
+        convs = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
+        rest = [p for p in model.parameters() if all(p is not c for c in convs)]
+        opt = ps.ADMM([{"params": convs, "constraints": [C.Pattern(k=4)]}, {"params": rest}],
+                      base=torch.optim.SGD, lr=0.05, momentum=0.9, method="oneshot")
+        opt.hard_prune()
+        frozen = model.c2.weight.detach().clone()
+        losses, names = train(model, opt, 4, compressed)
+        if compressed:
+            assert "c2" in names and all(type(m) is nn.Conv2d for m in model.modules() if "Conv" in type(m).__name__)
+            if case == "tied":
+                assert model.again is model.c2
+        if case == "frozen":
+            assert torch.equal(model.c2.weight, frozen)
+        results.append((losses, {k: v.clone() for k, v in model.state_dict().items()}))
+    (ld, sd), (lc, sc) = results
+    assert ld == pytest.approx(lc, rel=1e-5)
+    for k in sd:
+        torch.testing.assert_close(sd[k].float(), sc[k].float(), rtol=1e-4, atol=1e-5)

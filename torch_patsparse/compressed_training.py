@@ -18,7 +18,7 @@ run in another order); BatchNorm and every other layer are untouched.
 Save checkpoints outside the block: inside it the optimizer's state is in the compressed layout.
 """
 from contextlib import contextmanager
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -42,31 +42,36 @@ def _flat_index(mod: PatternConv2d) -> torch.Tensor:
 
 
 class _Swap:
-    """One conv trained in compressed form: where it lives, its dense objects, the gather index."""
+    """One conv trained in compressed form: where it lives (every place, if the model holds it at
+    several), its dense objects, the gather index."""
 
-    def __init__(self, parent: nn.Module, attr: str, conv: nn.Conv2d, mod: PatternConv2d):
-        self.parent, self.attr, self.conv, self.mod = parent, attr, conv, mod
+    def __init__(self, places: List[Tuple[nn.Module, str]], conv: nn.Conv2d, mod: PatternConv2d):
+        self.places, self.conv, self.mod = places, conv, mod
         self.index = _flat_index(mod)
 
     def gather(self, t: torch.Tensor) -> torch.Tensor:
         return t.reshape(-1)[self.index].clone()
 
     def scatter_into(self, dense: torch.Tensor, values: torch.Tensor) -> None:
-        dense.zero_()
-        dense.view(-1)[self.index.reshape(-1)] = values.reshape(-1).to(dense.dtype)
+        # through a contiguous buffer: the index is in the logical [O, I, 3, 3] order, whatever
+        # `dense`'s memory format (a channels_last weight cannot be viewed flat)
+        flat = torch.zeros(dense.numel(), dtype=dense.dtype, device=dense.device)
+        flat[self.index.reshape(-1)] = values.reshape(-1).to(dense.dtype)
+        dense.copy_(flat.view(dense.shape))
 
 
-def _candidates(model: nn.Module, opt: ADMM) -> List[Tuple[nn.Module, str, nn.Conv2d]]:
-    """Plain 3x3 convs whose weight ``opt`` retrains with a fixed pruning mask and a pattern set."""
-    found = []
+def _candidates(model: nn.Module, opt: ADMM) -> Dict[nn.Conv2d, List[Tuple[nn.Module, str]]]:
+    """Plain 3x3 convs whose weight ``opt`` retrains with a fixed pruning mask and a pattern set, with
+    every (parent, attribute) that holds each (a conv registered twice is swapped at both)."""
+    found: Dict[nn.Conv2d, List[Tuple[nn.Module, str]]] = {}
     for parent in model.modules():
-        for attr, m in parent.named_children():
+        for attr, m in parent._modules.items():
             if not isinstance(m, nn.Conv2d) or layer_kind(m) != PATTERN:
                 continue
             st = opt._admm.get(m.weight)
             if st is None or st.mask is None or trained_pattern_set(m.weight) is None:
                 continue
-            found.append((parent, attr, m))
+            found.setdefault(m, []).append((parent, attr))
     return found
 
 
@@ -81,6 +86,7 @@ def _build(conv: nn.Conv2d, mask: torch.Tensor, patterns: torch.Tensor) -> Patte
         for name in ("filter_ptr", "kernel_channel", "kernel_pattern"):
             getattr(mod, name).copy_(arrays[name])
     mod.bias = conv.bias  # the very Parameter: the optimizer keeps training it as it is
+    mod.values.requires_grad_(conv.weight.requires_grad)  # a frozen conv stays frozen
     mod.train(conv.training)
     return mod
 
@@ -115,13 +121,14 @@ def compressed_training(model: nn.Module, optimizer: ADMM):
     swaps: List[_Swap] = []
     try:
         with torch.no_grad():
-            for parent, attr, conv in _candidates(model, optimizer):
+            for conv, places in _candidates(model, optimizer).items():
                 mask = optimizer._admm[conv.weight].mask
                 mod = _build(conv, mask, trained_pattern_set(conv.weight).to_tensor())
-                sw = _Swap(parent, attr, conv, mod)
+                sw = _Swap(places, conv, mod)
                 mod.values.copy_(sw.gather(conv.weight))
                 _move_state(optimizer, conv.weight, mod.values, sw.gather)
-                setattr(parent, attr, mod)
+                for parent, attr in places:
+                    setattr(parent, attr, mod)
                 swaps.append(sw)
         yield [names[id(sw.conv)] for sw in swaps]
     finally:
@@ -141,4 +148,5 @@ def _restore(opt: ADMM, sw: _Swap) -> None:
 
     sw.scatter_into(w.data, sw.mod.values.detach())
     _move_state(opt, sw.mod.values, w, to_dense)
-    setattr(sw.parent, sw.attr, sw.conv)
+    for parent, attr in sw.places:
+        setattr(parent, attr, sw.conv)

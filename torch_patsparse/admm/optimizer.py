@@ -133,9 +133,20 @@ class ADMM(ZUpdate, FusedStep, HardPrune, Checkpoint, Optimizer):
         """
         return cls(param_groups(model, spec, plain="regex"), **kwargs)
 
+    def __getstate__(self) -> dict:
+        # torch.optim.Optimizer pickles only defaults / state / param_groups; ADMM's phase, Z / U,
+        # masks and base optimizer must survive copy.deepcopy and torch.save of the object too.
+        return self.__dict__.copy()
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
     def add_param_group(self, param_group: dict) -> None:
         """As torch's, plus a ``"constraints"`` entry; a group without names joins named groups (as
         :meth:`from_model` builds) under the names ADMM reports it by (``group<i>.<j>``)."""
+        if getattr(self, "_phase", None) == "retrain" and param_group.get("constraints"):
+            raise ValueError("add_param_group: a group with constraints added after hard_prune() would never be "
+                             "pruned; add it before hard_prune() (method='oneshot': before the first step)")
         named = [("param_names" in g) for g in self.param_groups]
         if named and all(named) and "param_names" not in param_group:
             params = param_group["params"]
