@@ -609,3 +609,9 @@ def test_constrained_group_added_after_hard_prune_is_refused():
         opt.add_param_group({"params": [b], "constraints": [C.Unstructured(keep=0.1)]})
     opt.add_param_group({"params": [b]})  # unconstrained: fine
     assert len(opt.param_groups) == 2
+
+
+def test_constraints_given_as_a_string_name_the_mistake():
+    w = nn.Parameter(torch.randn(4, 4, 3, 3))
+    with pytest.raises(TypeError, match="must be a list of constraint objects"):
+        ps.ADMM([{"params": [w], "constraints": "pattern"}], lr=0.1)

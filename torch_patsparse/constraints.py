@@ -221,9 +221,12 @@ def ordered(constraints, name: str = "?") -> list:
     """Validate a constraint list and return it sorted into :data:`ORDER`.
 
     Raises ``ValueError`` (naming ``name``) for an object that is not a known constraint or for
-    two constraints of the same kind."""
+    two constraints of the same kind, ``TypeError`` for a string or dict in place of the list."""
     if isinstance(constraints, Constraint):
         constraints = [constraints]
+    if isinstance(constraints, (str, bytes, dict)):  # (a string would be read letter by letter)
+        raise TypeError(f"constraints for parameter '{name}' must be a list of constraint objects "
+                        f"(e.g. [Pattern(k=8), Quantize(bits=4)] from torch_patsparse.constraints), got {constraints!r}")
     out = []
     for c in constraints:
         if type(c) not in ORDER:
