@@ -32,22 +32,14 @@ from .nn.kinds import PATTERN, layer_kind
 __all__ = ["compressed_training"]
 
 
-def _flat_index(mod: PatternConv2d) -> torch.Tensor:
-    """Index into the flattened dense weight of each stored value, long [nnz, E]."""
-    cout = mod.out_channels
-    counts = (mod.filter_ptr[1:] - mod.filter_ptr[:-1]).long()
-    out_idx = torch.repeat_interleave(torch.arange(cout, device=counts.device), counts)
-    kernel = out_idx * mod.in_channels + mod.kernel_channel.long()
-    return kernel.unsqueeze(1) * 9 + mod.patterns.long()[mod.kernel_pattern.long()]
-
-
 class _Swap:
     """One conv trained in compressed form: where it lives (every place, if the model holds it at
     several), its dense objects, the gather index."""
 
     def __init__(self, places: List[Tuple[nn.Module, str]], conv: nn.Conv2d, mod: PatternConv2d):
         self.places, self.conv, self.mod = places, conv, mod
-        self.index = _flat_index(mod)
+        self.index = fmt.flat_positions(mod.patterns, mod.filter_ptr, mod.kernel_channel, mod.kernel_pattern,
+                                        mod.in_channels)
 
     def gather(self, t: torch.Tensor) -> torch.Tensor:
         return t.reshape(-1)[self.index].clone()

@@ -62,15 +62,23 @@ def compress(weight: torch.Tensor, patterns: torch.Tensor) -> Dict[str, torch.Te
     }
 
 
-def decompress(patterns: torch.Tensor, filter_ptr: torch.Tensor, kernel_channel: torch.Tensor,
-               kernel_pattern: torch.Tensor, values: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """Dense [Cout, Cin, 3, 3] weight from the compressed arrays (exact inverse of :func:`compress`)."""
+def flat_positions(patterns: torch.Tensor, filter_ptr: torch.Tensor, kernel_channel: torch.Tensor,
+                   kernel_pattern: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Where each stored value sits in the flattened dense [Cout, Cin, 3, 3] weight: long [nnz, E]."""
     cout = filter_ptr.numel() - 1
     counts = (filter_ptr[1:] - filter_ptr[:-1]).long()
-    o_idx = torch.repeat_interleave(torch.arange(cout, device=values.device), counts)
-    flat = torch.zeros(cout, in_channels, 9, dtype=values.dtype, device=values.device)
-    pos = patterns.long()[kernel_pattern.long()]                                          # [nnz, E]
-    flat[o_idx.unsqueeze(1), kernel_channel.long().unsqueeze(1), pos] = values
+    o_idx = torch.repeat_interleave(torch.arange(cout, device=filter_ptr.device), counts)
+    kernel = o_idx * in_channels + kernel_channel.long()
+    return kernel.unsqueeze(1) * 9 + patterns.long()[kernel_pattern.long()]
+
+
+def decompress(patterns: torch.Tensor, filter_ptr: torch.Tensor, kernel_channel: torch.Tensor,
+               kernel_pattern: torch.Tensor, values: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Dense [Cout, Cin, 3, 3] weight from the compressed arrays (exact inverse of :func:`compress`;
+    differentiable in ``values``)."""
+    cout = filter_ptr.numel() - 1
+    flat = torch.zeros(cout * in_channels * 9, dtype=values.dtype, device=values.device)
+    flat[flat_positions(patterns, filter_ptr, kernel_channel, kernel_pattern, in_channels)] = values
     return flat.view(cout, in_channels, 3, 3)
 
 

@@ -115,7 +115,7 @@ def _differentiable_grads(ctx, grad_output):
     """The input and values gradients in differentiable torch ops, through the dense weight: for a
     backward that is itself differentiated (``create_graph=True``: gradient penalties, double
     backward), which the native gradient ops have no formula for."""
-    from .format import decompress
+    from .format import decompress, flat_positions  # (format imports this module)
     input, patterns, filter_ptr, kernel_channel, kernel_pattern, values = ctx.saved_tensors
     stride, padding, dilation = ctx.conv_args
     w = decompress(patterns, filter_ptr, kernel_channel, kernel_pattern, values, input.shape[1])
@@ -123,10 +123,9 @@ def _differentiable_grads(ctx, grad_output):
     if ctx.needs_input_grad[0]:
         grad_input = torch.nn.grad.conv2d_input(input.shape, w, grad_output, stride, padding, dilation)
     if ctx.needs_input_grad[5]:
-        gw = torch.nn.grad.conv2d_weight(input, w.shape, grad_output, stride, padding, dilation).flatten(2)
-        counts = (filter_ptr[1:] - filter_ptr[:-1]).long()
-        rows = torch.repeat_interleave(torch.arange(w.shape[0], device=w.device), counts)
-        grad_values = gw[rows.unsqueeze(1), kernel_channel.long().unsqueeze(1), patterns.long()[kernel_pattern.long()]]
+        gw = torch.nn.grad.conv2d_weight(input, w.shape, grad_output, stride, padding, dilation)
+        grad_values = gw.reshape(-1)[flat_positions(patterns, filter_ptr, kernel_channel, kernel_pattern,
+                                                    input.shape[1])]
     return grad_input, grad_values
 
 
