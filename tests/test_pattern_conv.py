@@ -337,8 +337,8 @@ def test_string_padding_is_taken(padding, dilation):
 
 
 def test_string_padding_in_the_constructor():
-    assert PatternConv2d(4, 4, padding="same", dilation=2).padding == [2, 2]
-    assert PatternConv2d(4, 4, padding="valid").padding == [0, 0]
+    assert PatternConv2d(4, 4, padding="same", dilation=2).padding == (2, 2)
+    assert PatternConv2d(4, 4, padding="valid").padding == (0, 0)
     with pytest.raises(ValueError, match="padding"):
         PatternConv2d(4, 4, padding="full")
     for cls in (torch.nn.Conv2d, PatternConv2d):  # the same refusal as nn.Conv2d
@@ -365,3 +365,14 @@ def test_assigning_weight_says_what_to_do():
                 m.weight = value
         m.bias = torch.nn.Parameter(torch.zeros_like(m.bias))
         assert torch.equal(m.bias, torch.zeros_like(m.bias))
+
+
+def test_conv_attributes_read_as_nn_conv2d():
+    conv = pattern_weight_conv(6, 8, keep=0.5, stride=2, padding=1, dilation=1)
+    pc = PatternConv2d.from_dense(conv)
+    for name in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+                 "padding_mode"):
+        assert getattr(pc, name) == getattr(conv, name), name
+    scripted = torch.jit.script(pc)
+    x = torch.randn(1, 6, 9, 9)
+    torch.testing.assert_close(scripted(x), conv(x), rtol=1e-5, atol=1e-5)

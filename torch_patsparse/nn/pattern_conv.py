@@ -42,7 +42,7 @@ class PatternConv2d(PatternStateDict, nn.Module):
     the storage ones keyword-only: ``patterns``, ``kept_kernels``, ``bits``, ``scheme``, ``device``,
     ``dtype``); the old order ``(in_channels, out_channels, stride, padding, dilation, bias, ...)``
     still works for one release with a DeprecationWarning where no nn.Conv2d call fits (a bool fourth
-    argument). ``stride`` / ``padding`` / ``dilation`` are lists (TorchScript passes them to the op).
+    argument). ``kernel_size`` / ``stride`` / ``padding`` / ``dilation`` / ``groups`` read as nn.Conv2d's.
     Pruned weights are skipped, not multiplied: a NaN / inf input that only pruned weights touch does
     not reach the output (it does in the dense conv, through 0 * NaN). ``conversion_error`` is the
     relative weight error ``||W_stored - W|| / ||W||`` of the conversion that built it (0.0 when
@@ -84,8 +84,10 @@ class PatternConv2d(PatternStateDict, nn.Module):
             if padding not in ("same", "valid"):
                 raise ValueError(f"padding must be 'same', 'valid' or numbers, got {padding!r}")
             padding = ops.pair(dilation) if padding == "same" else 0
-        self.stride, self.padding, self.dilation = ops.pair(stride), ops.pair(padding), ops.pair(dilation)
-        if padding_is_same and tuple(self.stride) != (1, 1):
+        # Tuples, as nn.Conv2d's (TorchScript passes a Tuple[int, int] to the op's int[] argument).
+        self.stride, self.padding, self.dilation = (tuple(ops.pair(v)) for v in (stride, padding, dilation))
+        self.kernel_size, self.groups = (3, 3), 1
+        if padding_is_same and self.stride != (1, 1):
             raise ValueError("padding='same' is not supported for strided convolutions")  # as nn.Conv2d
         self.quantized = bits is not None
         self.bits = bits
@@ -387,10 +389,10 @@ class PatternConv2d(PatternStateDict, nn.Module):
     def extra_repr(self) -> str:
         total = self.out_channels * self.in_channels
         kept = self.kept_kernels
-        s = (f"{self.in_channels}, {self.out_channels}, kernel_size=(3, 3), stride={tuple(self.stride)}, "
-             f"padding={tuple(self.padding)}")
-        if self.dilation != [1, 1]:
-            s += f", dilation={tuple(self.dilation)}"
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size=(3, 3), stride={self.stride}, "
+             f"padding={self.padding}")
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
         if self.bias is None:
             s += ", bias=False"
         s += (f", kernels={kept}/{total} ({100.0 * kept / max(total, 1):.1f}%), patterns={self.patterns.shape[0]}"
