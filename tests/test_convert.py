@@ -347,3 +347,32 @@ def test_torch_compile_traces_converted_models_whole_with_gradients(bits):
         dense(dense_x).square().sum().backward()
         torch.testing.assert_close(x.grad, dense_x.grad, rtol=1e-4, atol=1e-6)
     torch._dynamo.reset()
+
+
+def _pruned(m):
+    with torch.no_grad():
+        m.weight[m.weight.abs() < m.weight.abs().median()] = 0
+    return m
+
+
+@pytest.mark.parametrize("layers", ["3x3", "all"])
+def test_pruned_layers_left_dense_are_listed_with_the_reason(layers):
+    torch.manual_seed(0)
+    model = nn.Sequential(_pruned(nn.Conv2d(8, 8, 3, padding=1, groups=8)),
+                          _pruned(nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect")),
+                          nn.Conv2d(8, 8, 3, padding=1, groups=2))  # not pruned: no news under "3x3"
+    with pytest.warns(UserWarning, match="left dense") as record:
+        out = ps.convert(model, layers=layers)
+    text = " ".join(str(w.message) for w in record)
+    assert "'1': padding_mode='reflect'" in text
+    assert ("'0': groups=8: PatternConv2d takes groups=1" in text) == (layers == "3x3")
+    assert ("'2'" in text) == (layers == "all")
+    x = torch.randn(2, 8, 6, 6)
+    torch.testing.assert_close(out(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_float64_sparse_layers_say_why_they_stay_dense():
+    model = nn.Sequential(nn.Flatten(), _pruned(nn.Linear(16, 4))).double()
+    with pytest.warns(UserWarning, match="'1': weight is torch.float64; SparseConv2d / SparseLinear store float32"):
+        out = ps.convert(model, layers="all")
+    assert type(out[1]) is nn.Linear

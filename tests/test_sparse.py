@@ -117,3 +117,14 @@ def test_compress_module_assorted():
     # outputs unchanged
     x = torch.randn(3, 6, 9, 9)
     torch.testing.assert_close(compress_module(c5)(x), c5(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("make", [lambda **kw: SparseLinear(6, 4, **kw), lambda **kw: SparseConv2d(6, 4, 1, **kw)])
+def test_factory_arguments_as_the_dense_layers(make):
+    layer = make(device="cpu", dtype=torch.float64)
+    assert layer.bias.dtype == torch.float64 and layer.bias.device.type == "cpu"
+    x = torch.randn(2, 6) if isinstance(layer, SparseLinear) else torch.randn(2, 6, 3, 3)
+    assert layer(x.double()).dtype == torch.float64
+    assert make(dtype=torch.float32)(x).dtype == torch.float32
+    with pytest.raises(TypeError, match="floating-point"):
+        make(dtype=torch.int64)

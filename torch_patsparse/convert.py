@@ -45,6 +45,28 @@ def _relative_error(new: nn.Module, old: nn.Module) -> float:
     return diff / norm if norm > 0 else (0.0 if diff == 0 else float("inf"))
 
 
+def _why_dense(module: nn.Module, layers: str) -> str:
+    """Why a pruned ``nn.Conv2d`` / ``nn.Linear`` that no compressed module takes in this ``layers`` mode
+    stays dense; "" when it is not such a layer or holds no zero (a dense layer left dense is no news)."""
+    w = getattr(module, "weight", None)
+    if (not isinstance(module, (nn.Conv2d, nn.Linear)) or not isinstance(w, torch.Tensor)
+            or isinstance(w, nn.parameter.UninitializedParameter) or not bool((w == 0).any())):
+        return ""
+    kind = kinds.layer_kind(module)
+    if kind is None:
+        if getattr(module, "padding_mode", "zeros") != "zeros":
+            return f"padding_mode={module.padding_mode!r} (compressed layers pad with zeros only)"
+        if not w.is_floating_point():
+            return f"weight is {w.dtype}"
+        return f"{type(module).__name__} has its own forward, which a compressed layer would not run"
+    if layers == "3x3" and kind == kinds.SPARSE and tuple(getattr(module, "kernel_size", ())) == (3, 3):
+        return (f"groups={module.groups}: PatternConv2d takes groups=1 (layers='all' stores it as SparseConv2d)"
+                if module.groups != 1 else "its padding cannot be written as numbers (layers='all' stores it sparse)")
+    if layers == "all" and kind == kinds.SPARSE and w.dtype != torch.float32:
+        return f"weight is {w.dtype}; SparseConv2d / SparseLinear store float32 values (convert the float32 model)"
+    return ""
+
+
 def _pattern_layer(module: nn.Conv2d, pset: Optional[PatternSet], explicit: bool, bits, scheme,
                    project: bool) -> Tuple[Optional[nn.Module], str]:
     """(PatternConv2d or None, why not). Lossless unless ``project`` / ``bits`` ask otherwise."""
@@ -125,7 +147,10 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
         if not name or name in excluded:
             continue
         kind = kinds.layer_kind(module)
-        if kind is None:
+        if kind is None or (layers == "3x3" and kind == kinds.SPARSE):
+            why = _why_dense(module, layers)
+            if why:
+                dense.append((name, why))
             continue
         new, why = None, ""
         if kind == kinds.PATTERN:
@@ -137,7 +162,7 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
         if new is None and layers == "all":
             new = compress_module(module, bits=bits, scheme=scheme)
             if new is None:
-                why = why or "sparse form not smaller than dense (weights not pruned)"
+                why = why or _why_dense(module, layers) or "sparse form not smaller than dense (weights not pruned)"
         if new is None:
             if layers == "all" or kind == kinds.PATTERN:
                 dense.append((name, why))

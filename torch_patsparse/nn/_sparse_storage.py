@@ -26,12 +26,19 @@ class _SparseWeightMixin(DecodedWeight):
 
     __jit_unused_properties__ = ["nnz", "bits", "scheme", "index_kind", "weight"]
 
-    def _init_storage(self, bias: bool) -> None:
+    def _init_storage(self, bias: bool, device=None, dtype=None) -> None:
+        """Empty storage (an all-zero weight), on ``device``; ``dtype`` (a floating dtype, as the dense
+        layer's factory argument) is the bias's and the stored values' dtype, as after ``.to(dtype)``."""
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"{type(self).__name__}: dtype must be a floating-point torch.dtype, got {dtype!r}")
         self.conversion_error = 0.0
         for k in _ARRAYS:
-            self.register_buffer(k, torch.zeros(0, dtype=torch.float32 if k in ("values", "scale") else torch.uint8))
-        self.register_parameter("bias", nn.Parameter(torch.zeros(self.weight_shape[0])) if bias else None)
+            self.register_buffer(k, torch.zeros(0, dtype=torch.float32 if k in ("values", "scale") else torch.uint8,
+                                                device=device))
+        self.register_parameter("bias", nn.Parameter(torch.zeros(self.weight_shape[0], device=device)) if bias else None)
         self._set_weight(torch.zeros(self.weight_shape), None, "uniform")
+        if dtype is not None:
+            self.to(dtype)
 
     # -- building ---------------------------------------------------------------------------
     def _set_weight(self, weight: torch.Tensor, bits: Optional[int], scheme: str) -> None:

@@ -40,12 +40,12 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
 
     __constants__ = ["_native"]
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.weight_shape = (self.out_features, self.in_features)
         self._op_takes_shape = True
-        self._init_storage(bias)
+        self._init_storage(bias, device, dtype)
 
     @classmethod
     def from_dense(cls, module: nn.Linear, bits: Optional[int] = None, scheme: str = "uniform") -> "SparseLinear":
@@ -111,7 +111,7 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
     __constants__ = ["_native"]
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros"):
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None):
         super().__init__()
         if in_channels % groups or out_channels % groups:
             raise ValueError("in_channels and out_channels must be divisible by groups")
@@ -129,7 +129,7 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
         # 1x1, groups 1, no padding ("same" / "valid" pad nothing at 1x1), any stride: the native op
         self._op_takes_shape = (self.kernel_size == (1, 1) and self.groups == 1
                                 and (isinstance(padding, str) or self.padding == (0, 0)))
-        self._init_storage(bias)
+        self._init_storage(bias, device, dtype)
 
     @classmethod
     def from_dense(cls, module: nn.Conv2d, bits: Optional[int] = None, scheme: str = "uniform") -> "SparseConv2d":
