@@ -4,6 +4,7 @@ import copy
 import io
 import math
 import os
+import warnings
 
 import pytest
 import torch
@@ -52,6 +53,23 @@ def test_bad_hyperparameters():
                dict(rho=1.0, rho_max=0.5), dict(base=int)]:
         with pytest.raises(ValueError):
             ps.ADMM(m.parameters(), lr=0.1, **kw)
+    with pytest.raises(ValueError, match="rho_max must be a finite number"):  # named as given, not as rho_growth
+        ps.ADMM(m.parameters(), lr=0.1, rho_max=float("inf"))
+    with pytest.raises(ValueError, match="LBFGS needs a closure"):
+        ps.ADMM(m.parameters(), lr=0.1, base=torch.optim.LBFGS)
+
+
+def test_load_state_dict_says_which_settings_the_saved_ones_replace():
+    m = tiny_net()
+    saved = ps.ADMM(m.parameters(), lr=0.1, method="oneshot").state_dict()
+    same = ps.ADMM(m.parameters(), lr=0.1, method="oneshot")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same.load_state_dict(saved)
+    other = ps.ADMM(m.parameters(), lr=0.1, update_every=7)
+    with pytest.warns(UserWarning, match="update_every 7 -> 200, method 'admm' -> 'oneshot'"):
+        other.load_state_dict(saved)
+    assert other.method == "oneshot" and other.update_every == 200
 
 
 # ---------------------------------------------------------------- projections and the exact math

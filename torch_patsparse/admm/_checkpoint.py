@@ -2,6 +2,8 @@
 (``torch.load(weights_only=True)`` reads it); older state_dicts load."""
 from __future__ import annotations
 
+import warnings
+
 from .. import constraints as C
 from ..patterns import PatternSet
 from ._state import from_saved, to_saved
@@ -32,6 +34,11 @@ class Checkpoint:
         return sd
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """Resumes exactly where ``state_dict()`` was taken: phase, step, Z / U, masks, pattern sets,
+        the base optimizer's state, and (as torch's optimizers do for ``lr``) the saved group
+        hyper-parameters and ADMM settings (``method``, ``rho``, ``update_every``, ...), which replace
+        this optimizer's; a ``UserWarning`` names the settings that differed. The param groups'
+        sizes, shapes and constraints must match (``ValueError`` otherwise)."""
         a = state_dict.get("admm") if isinstance(state_dict, dict) else None
         if a is None:
             raise ValueError("ADMM.load_state_dict: not an ADMM state_dict (no 'admm' entry)")
@@ -71,10 +78,15 @@ class Checkpoint:
         self._record_sets()
         self._phase, self._step_count = a["phase"], int(a["step"])
         h = a["hyper"]
+        h = {**h, "consensus": bool(h.get("consensus", False)), "rescale_dual": bool(h.get("rescale_dual", False)),
+             "method": h.get("method", "admm"), "phase_steps": h.get("phase_steps"),
+             "balance": bool(h.get("balance", False)), "penalty": h.get("penalty", "gradient")}
+        changed = [f"{k} {getattr(self, k)!r} -> {v!r}" for k, v in h.items() if getattr(self, k, v) != v]
+        if changed:
+            warnings.warn("ADMM.load_state_dict: the saved settings replace this optimizer's: " + ", ".join(changed),
+                          UserWarning, stacklevel=2)
         self.rho, self.rho_growth, self.rho_max = h["rho"], h["rho_growth"], h["rho_max"]
         self.update_every, self.rho_scale = h["update_every"], h["rho_scale"]
-        self.consensus = bool(h.get("consensus", False))
-        self.rescale_dual = bool(h.get("rescale_dual", False))
-        self.method, self.phase_steps = h.get("method", "admm"), h.get("phase_steps")
-        self.balance = bool(h.get("balance", False))
-        self.penalty = h.get("penalty", "gradient")
+        self.consensus, self.rescale_dual = h["consensus"], h["rescale_dual"]
+        self.method, self.phase_steps = h["method"], h["phase_steps"]
+        self.balance, self.penalty = h["balance"], h["penalty"]

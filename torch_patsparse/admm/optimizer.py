@@ -2,6 +2,7 @@
 mixed in from their own files (Z-update, fused step, hard prune / retraining, checkpoint)."""
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable
 
@@ -78,17 +79,16 @@ class ADMM(ZUpdate, FusedStep, HardPrune, Checkpoint, Optimizer):
             else rho_max
         if method == "gradual" and phase_steps is None:
             raise ValueError("ADMM: method='gradual' needs phase_steps (the steps over which keep decays)")
+        if not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho > 0):
+            raise ValueError(f"ADMM: rho must be a positive finite number, got {rho!r}")
+        if not (isinstance(rho_max, (int, float)) and math.isfinite(rho_max) and rho_max >= rho):
+            raise ValueError(f"ADMM: rho_max must be a finite number >= rho, got {rho_max!r}")
         if rho_growth is None:  # geometric rho -> rho_max over the phase's Z-updates, else the classic 1.3
             updates = (phase_steps // update_every) if phase_steps and isinstance(update_every, int) and \
                 update_every >= 1 else 0
-            rho_growth = (rho_max / rho) ** (1.0 / max(1, updates - 1)) if updates >= 2 and isinstance(
-                rho, (int, float)) and isinstance(rho_max, (int, float)) and 0 < rho <= rho_max else 1.3
-        if not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho > 0):
-            raise ValueError(f"ADMM: rho must be a positive finite number, got {rho!r}")
+            rho_growth = (rho_max / rho) ** (1.0 / (updates - 1)) if updates >= 2 else 1.3
         if not (isinstance(rho_growth, (int, float)) and math.isfinite(rho_growth) and rho_growth >= 1):
             raise ValueError(f"ADMM: rho_growth must be >= 1, got {rho_growth!r}")
-        if not (isinstance(rho_max, (int, float)) and rho_max >= rho):
-            raise ValueError(f"ADMM: rho_max must be >= rho, got {rho_max!r}")
         if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
             raise ValueError(f"ADMM: update_every must be an int >= 1, got {update_every!r}")
         if rho_scale is not None and penalty == "proximal":  # a gradient-form setting: never ignore it silently
@@ -102,6 +102,11 @@ class ADMM(ZUpdate, FusedStep, HardPrune, Checkpoint, Optimizer):
                 raise ValueError(f"ADMM: {flag} must be True or False, got {value!r}")
         if not (isinstance(base, type) and issubclass(base, Optimizer)) or issubclass(base, ADMM):
             raise ValueError(f"ADMM: base must be a torch.optim.Optimizer class, got {base!r}")
+        closure = inspect.signature(base.step).parameters.get("closure")
+        if closure is not None and closure.default is inspect.Parameter.empty:
+            raise ValueError(f"ADMM: base {base.__name__} needs a closure at every step (it re-evaluates the loss), "
+                             "which the ADMM / masked steps cannot give it; use a gradient-step optimizer "
+                             "(SGD, Adam, AdamW, ...)")
         self.rho, self.rho_growth, self.rho_max = float(rho), float(rho_growth), float(rho_max)
         self.update_every, self.rho_scale = update_every, rho_scale
         self.consensus, self.rescale_dual = consensus, rescale_dual
