@@ -172,3 +172,15 @@ def test_set_isa_and_env():
         env["PATSPARSE_ISA"] = name
         got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         assert got.stdout.strip() == name
+
+
+def test_isa_environment_variable_as_set_isa_takes_it():
+    code = "import torch_patsparse.ops as o; print(o.get_isa())"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), PATSPARSE_ISA="SCALAR")
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert got.stdout.strip() == "scalar"  # case-insensitive, as set_isa
+    env["PATSPARSE_ISA"] = "avx-512"  # a typo is said, not silently replaced by the default
+    got = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
+    assert "PATSPARSE_ISA='avx-512' is not a kernel path" in got.stderr
+    assert got.stdout.strip() in ops.supported_isas()

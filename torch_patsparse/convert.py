@@ -6,6 +6,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
+from torch.nn.utils import prune
 
 from . import select
 from .admm import trained_pattern_set
@@ -46,12 +47,14 @@ def _relative_error(new: nn.Module, old: nn.Module) -> float:
 
 
 def _why_dense(module: nn.Module, layers: str) -> str:
-    """Why a pruned ``nn.Conv2d`` / ``nn.Linear`` that no compressed module takes in this ``layers`` mode
+    """Why a pruned conv / ``nn.Linear`` that no compressed module takes in this ``layers`` mode
     stays dense; "" when it is not such a layer or holds no zero (a dense layer left dense is no news)."""
     w = getattr(module, "weight", None)
-    if (not isinstance(module, (nn.Conv2d, nn.Linear)) or not isinstance(w, torch.Tensor)
+    if (not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) or not isinstance(w, torch.Tensor)
             or isinstance(w, nn.parameter.UninitializedParameter) or not bool((w == 0).any())):
         return ""
+    if not isinstance(module, (nn.Conv2d, nn.Linear)):
+        return f"{type(module).__name__} has no compressed form (nn.Conv2d / nn.Linear)" if layers == "all" else ""
     kind = kinds.layer_kind(module)
     if kind is None:
         if getattr(module, "padding_mode", "zeros") != "zeros":
@@ -80,9 +83,12 @@ def _pattern_layer(module: nn.Conv2d, pset: Optional[PatternSet], explicit: bool
     except ValueError as e:
         cover, why = None, str(e)
     if cover is not None:
-        new = PatternConv2d.from_dense(module, cover, bits=bits, scheme=scheme)
+        # Pattern-pruned: the pattern form is smaller by itself; unpruned kernels stored in k bits
+        # are smaller only by quantizing, which project=True replaces by the projection it asks for.
+        new = PatternConv2d.from_dense(module, cover, bits=None if project else bits, scheme=scheme)
         if _stored_bits(new) < new.dense_bits():
-            return new, ""
+            return (new if bits is None or not project
+                    else PatternConv2d.from_dense(module, cover, bits=bits, scheme=scheme)), ""
         why = (f"not pattern-pruned: kernels keep up to {cover.entries} of 9 weights, so the pattern form "
                "is not smaller than dense")
     if not project:
@@ -118,7 +124,12 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
         for). None: keep codes only where the weights already sit on quantization levels.
     project: allow the lossy projection of 3x3 layers that are not pattern-pruned (onto
         ``pattern_set`` or 8 patterns of 4 selected from the weight).
-    inplace: modify ``model`` itself instead of a deep copy.
+    inplace: modify ``model`` itself instead of a deep copy (``model`` itself being one layer, the
+        compressed layer is returned).
+
+    A selected container (``exclude="features"``, a ``pattern_set`` key) stands for every module in
+    it. A layer registered at several places is converted once and swapped at each (the tie stays).
+    Frozen parameters stay frozen, and the layer's forward / backward hooks move to the new module.
 
     Every converted module gets ``conversion_error``, the relative weight error ``||W' - W|| / ||W||``
     (0.0 when lossless); when any is nonzero a ``UserWarning`` lists them per layer.
@@ -129,22 +140,37 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
         raise TypeError(f"convert expects an nn.Module, got {type(model).__name__}")
     if pattern_set is not None and not isinstance(pattern_set, (PatternSet, dict)):
         raise TypeError(f"pattern_set must be a PatternSet, a dict of them or None, got {type(pattern_set).__name__}")
-    named = list(model.named_modules())
-    excluded = set().union(*_selected(named, [exclude] if isinstance(exclude, str) or callable(exclude)
-                                      else list(exclude), "exclude"))
+    # Every name a module has (a module registered twice is converted once and swapped at both places).
+    named = list(model.named_modules(remove_duplicate=False))
+    excluded = set().union(*(_with_children(named, names) for names in _selected(
+        named, [exclude] if isinstance(exclude, str) or callable(exclude) else list(exclude), "exclude")))
     explicit_sets: Dict[str, PatternSet] = {}
     if isinstance(pattern_set, dict):
-        for pset, names in zip(pattern_set.values(), _selected(named, list(pattern_set), "pattern_set")):
+        for key, pset, names in zip(pattern_set, pattern_set.values(), _selected(named, list(pattern_set), "pattern_set")):
+            names = _with_children(named, names)
+            if not any(kinds.layer_kind(m) == kinds.PATTERN for n, m in named if n in names):
+                raise ValueError(f"convert: pattern_set key {key!r} selects no 3x3 conv that PatternConv2d takes")
             for name in names:
                 explicit_sets.setdefault(name, pset)
     trained = {name: trained_pattern_set(m.weight) for name, m in named if kinds.layer_kind(m) == kinds.PATTERN}
     if not inplace:
-        model = copy.deepcopy(model)
+        try:
+            model = copy.deepcopy(model)
+        except RuntimeError as e:
+            raise RuntimeError(f"convert: the model cannot be deep-copied ({e}). A model pruned with "
+                               "torch.nn.utils.prune converts with inplace=True (or after prune.remove(...))") from e
+    places: Dict[int, List[str]] = {}
+    modules: Dict[int, nn.Module] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        places.setdefault(id(module), []).append(name)
+        modules[id(module)] = module
     # Collect first, then swap: replacing while iterating named_modules would skip or revisit.
-    swaps: List[Tuple[str, nn.Module]] = []
+    swaps: List[Tuple[List[str], nn.Module]] = []
     dense: List[Tuple[str, str]] = []
-    for name, module in model.named_modules():
-        if not name or name in excluded:
+    projectable = False  # a pattern-eligible layer left dense: project=True would take it
+    for key, names in places.items():
+        module, name = modules[key], names[0]
+        if excluded.intersection(names):
             continue
         kind = kinds.layer_kind(module)
         if kind is None or (layers == "3x3" and kind == kinds.SPARSE):
@@ -159,29 +185,60 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
             new, why = _pattern_layer(module, pset, explicit is not None, bits, scheme, project)
             if new is None and explicit is not None:
                 raise ValueError(f"convert: layer '{name}': {why}")
+            projectable = projectable or new is None
         if new is None and layers == "all":
             new = compress_module(module, bits=bits, scheme=scheme)
             if new is None:
                 why = why or _why_dense(module, layers) or "sparse form not smaller than dense (weights not pruned)"
         if new is None:
-            if layers == "all" or kind == kinds.PATTERN:
-                dense.append((name, why))
+            dense.append((name, why))
             continue
         new.conversion_error = _relative_error(new, module)
         new.train(module.training)
-        swaps.append((name, new))
-    for name, new in swaps:
-        model.set_submodule(name, new)
+        _carry_over(module, new)
+        swaps.append((names, new))
+    for names, new in swaps:
+        for name in names:
+            if name:
+                model.set_submodule(name, new)
+            else:  # the model is itself one layer
+                model = new
     if dense:
         warnings.warn("convert: left dense (function unchanged): "
                       + "; ".join(f"'{n}': {why}" for n, why in dense)
-                      + ". Pass project=True to project 3x3 layers onto patterns (lossy), or exclude=[...].",
-                      UserWarning, stacklevel=2)
-    lossy = [(n, m.conversion_error) for n, m in swaps if m.conversion_error > 0]
+                      + (". Pass project=True to project 3x3 layers onto patterns (lossy), or exclude=[...]."
+                         if projectable else "."), UserWarning, stacklevel=2)
+    lossy = [(names[0], m.conversion_error) for names, m in swaps if m.conversion_error > 0]
     if lossy:
         warnings.warn("convert: lossy conversion (relative weight error ||W'-W||/||W||): "
                       + ", ".join(f"'{n}': {e:.3g}" for n, e in lossy), UserWarning, stacklevel=2)
     return model
+
+
+def _with_children(named: List[Tuple[str, nn.Module]], names: List[str]) -> set:
+    """``names`` and every module below them: a selected container stands for what it holds."""
+    picked = set(names)
+    return {n for n, _ in named if n in picked or any(p == "" or n.startswith(p + ".") for p in picked)}
+
+
+def _carry_over(old: nn.Module, new: nn.Module) -> None:
+    """What the user set on the layer goes with it: frozen parameters stay frozen, and its forward /
+    backward hooks are kept (as torch.ao.quantization's module swap does), except
+    torch.nn.utils.prune's reparametrization hooks (the new layer stores the pruned weight itself)."""
+    for pname, p in new.named_parameters(recurse=False):
+        src = getattr(old, "bias" if pname == "bias" else "weight", None)
+        if isinstance(src, torch.Tensor):
+            p.requires_grad_(src.requires_grad)
+    kept = set()
+    for attr in ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks"):
+        for hid, fn in getattr(old, attr).items():
+            if not isinstance(fn, prune.BasePruningMethod):
+                getattr(new, attr)[hid] = fn
+                kept.add(hid)
+    for attr in ("_forward_pre_hooks_with_kwargs", "_forward_hooks_with_kwargs", "_forward_hooks_always_called"):
+        getattr(new, attr).update({hid: v for hid, v in getattr(old, attr).items() if hid in kept})
+    if old._backward_hooks:
+        new._is_full_backward_hook = old._is_full_backward_hook
 
 
 def _empty_compressed(name: str, module: nn.Module, state_dict, prefix: str) -> Optional[nn.Module]:

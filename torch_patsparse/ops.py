@@ -1,5 +1,7 @@
 """Thin Python wrappers over the native ops ``torch.ops.patsparse.*``: fake (meta) kernels for
 tracing / torch.compile, and autograd (input, values, bias) registered with ``torch.library``."""
+import os
+import warnings
 from typing import Optional
 
 import torch
@@ -57,6 +59,21 @@ def set_isa(name: str) -> str:
 def supported_isas() -> list:
     """Kernel paths this build and CPU can run."""
     return list(_ops.supported_isas())
+
+
+def _check_isa_env() -> None:
+    """``PATSPARSE_ISA`` as :func:`set_isa` takes it; a path this build and CPU do not run is a warning."""
+    wanted = os.environ.get("PATSPARSE_ISA")
+    if not wanted:
+        return
+    try:
+        set_isa(wanted)  # case-insensitive, as set_isa ("AVX2" too)
+    except RuntimeError:
+        warnings.warn(f"PATSPARSE_ISA={wanted!r} is not a kernel path this build and CPU run "
+                      f"({', '.join(supported_isas())} or auto); using {get_isa()}", RuntimeWarning, stacklevel=2)
+
+
+_check_isa_env()
 
 
 def validate(patterns, filter_ptr, kernel_channel, kernel_pattern, values, in_channels: int) -> str:
@@ -317,17 +334,20 @@ def _sparse_backward(ctx, grad_output):
     chan = 1 if ctx.conv else g.dim() - 1
     shape = [1] * g.dim()
     shape[chan] = -1
-    reduce = [d for d in range(g.dim()) if d != chan]
+    reduce = [d for d in range(g.dim()) if d != chan]  # empty for an unbatched (1-D) Linear input
+
+    def per_channel(t):
+        return t.sum(reduce) if reduce else t  # sum([]) would reduce every dim
     need = ctx.needs_input_grad
     grad_scale = grad_shift = grad_residual = grad_input = None
     if need[9]:
         grad_residual = g
     if need[8]:
-        grad_shift = g.sum(reduce)
+        grad_shift = per_channel(g)
     if need[7]:
         args = (input, header, index, codes, values, code_scale, ctx.rows, None, None, None)
         acc = _ops.sparse_conv1x1(*args, ctx.stride, -_INF, _INF) if ctx.conv else _ops.sparse_linear(*args, -_INF, _INF)
-        grad_scale = (g * acc).sum(reduce)
+        grad_scale = per_channel(g * acc)
     if scale is not None:
         g = g * scale.view(shape)
     if need[0]:

@@ -76,17 +76,23 @@ def _mmacs(v: Optional[int]) -> str:
 
 
 def _bits_of(t: Optional[torch.Tensor]) -> int:
-    return 0 if t is None else t.numel() * 32
+    return 0 if t is None else t.numel() * t.element_size() * 8
 
 
-def _output_hw(model: nn.Module, example_input: torch.Tensor, names: Sequence[str]) -> Dict[str, tuple]:
-    """Output spatial size (or () for Linear) of each named module, from one forward pass."""
-    shapes: Dict[str, tuple] = {}
+def _output_positions(model: nn.Module, example_input: torch.Tensor, names: Sequence[str]) -> Dict[str, int]:
+    """Per image, how many outputs each named module computes per output channel / feature (output
+    pixels of a conv, tokens of a Linear on [N, T, F]), summed over its calls in one eval forward
+    pass: a module called twice counts twice, one that eval does not run counts 0."""
+    positions: Dict[str, int] = {name: 0 for name in names}
     hooks = []
 
     def record(name):
         def hook(module, inputs, output):
-            shapes.setdefault(name, tuple(output.shape[2:]) if output.dim() == 4 else ())
+            if isinstance(output, torch.Tensor) and output.numel():
+                linear = hasattr(module, "in_features")  # channels last for a Linear, at -3 for a conv
+                channels = output.shape[-1] if linear else output.shape[-3]
+                batched = output.dim() >= 2 if linear else output.dim() == 4
+                positions[name] += output.numel() // channels // (output.shape[0] if batched else 1)
         return hook
 
     for name, module in model.named_modules():
@@ -101,7 +107,7 @@ def _output_hw(model: nn.Module, example_input: torch.Tensor, names: Sequence[st
         model.train(was_training)
         for h in hooks:
             h.remove()
-    return shapes
+    return positions
 
 
 def compression_report(model: nn.Module, input_size: Optional[Sequence[int]] = None,
@@ -120,23 +126,22 @@ def compression_report(model: nn.Module, input_size: Optional[Sequence[int]] = N
         p = next(model.parameters(), None)
         example_input = torch.zeros(*input_size, device=p.device if p is not None else "cpu",
                                     dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32)
-    hw = _output_hw(model, example_input, [n for n, _ in layers]) if example_input is not None else {}
+    positions = _output_positions(model, example_input, [n for n, _ in layers]) if example_input is not None else {}
     rows = []
     for name, m in layers:
         if hasattr(m, "storage_bits"):
             detail = {k: int(v) for k, v in m.storage_bits().items()}
             dense_bits = int(m.dense_bits())
             kind = type(m).__name__
-            dense_w, kept_w = m.macs((1, 1))          # per output pixel = weight counts
+            dense_w, kept_w = m.macs((1, 1))          # per output position = weight counts
             density = kept_w / max(dense_w, 1)
-            macs = m.macs(hw[name]) if name in hw else (None, None)
         else:
             detail = {"weight": _bits_of(m.weight), **({"bias": _bits_of(m.bias)} if m.bias is not None else {})}
             dense_bits = sum(detail.values())
             kind = "Conv2d" if isinstance(m, nn.Conv2d) else "Linear"
-            per_pixel = m.weight.numel()              # a dense layer computes every weight
-            macs = (per_pixel * _pixels(hw[name]),) * 2 if name in hw else (None, None)
+            dense_w = kept_w = m.weight.numel()     # a dense layer computes every weight
             density = 1.0
+        macs = (dense_w * positions[name], kept_w * positions[name]) if name in positions else (None, None)
         shape = _shape(m)
         rows.append(LayerRow(name, kind, shape, density, dense_bits, sum(detail.values()), macs[0], macs[1], detail))
     return CompressionReport(rows, _other_bits(model, [n for n, _ in layers]))
@@ -149,13 +154,6 @@ def _other_bits(model: nn.Module, layer_names: Sequence[str]) -> int:
         return 0
     return sum(t.numel() * t.element_size() * 8 for k, t in model.state_dict().items()
                if isinstance(t, torch.Tensor) and not k.startswith(prefixes))
-
-
-def _pixels(hw) -> int:
-    n = 1
-    for v in hw:
-        n *= int(v)
-    return n
 
 
 def _shape(m: nn.Module) -> str:

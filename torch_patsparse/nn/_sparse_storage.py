@@ -148,17 +148,21 @@ class _SparseWeightMixin(DecodedWeight):
 
     @property
     def weight(self) -> torch.Tensor:
+        """The decoded dense weight (a new tensor on each access, not a Parameter), for code that reads
+        ``layer.weight``; writing into it does not change the layer (``load_state_dict`` does)."""
         return self.dense_weight()
 
     # -- report protocol ----------------------------------------------------------------------
     def storage_bits(self) -> Dict[str, int]:
         """Bits of every stored array at its stored width (packed arrays: whole bytes)."""
         out = {k: getattr(self, k).numel() * getattr(self, k).element_size() * 8 for k in _ARRAYS}
-        out["bias"] = 0 if self.bias is None else self.bias.numel() * 32
+        out["bias"] = 0 if self.bias is None else self.bias.numel() * self.bias.element_size() * 8
         return out
 
     def dense_bits(self) -> int:
-        return 32 * (int(math.prod(self.weight_shape)) + (0 if self.bias is None else self.bias.numel()))
+        """Bits of the dense weight and bias in this layer's float dtype."""
+        return self.values.element_size() * 8 * (int(math.prod(self.weight_shape))
+                                                 + (0 if self.bias is None else self.bias.numel()))
 
     # -- state dict ---------------------------------------------------------------------------
     def get_extra_state(self):

@@ -265,10 +265,13 @@ class PatternConv2d(PatternStateDict, nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """Read-only: the decoded dense weight (:meth:`dense_weight`, built on each access; not a
-        Parameter). As on the sparse modules, it is there for code that reads ``conv.weight``;
-        training goes through ``values``."""
-        return self.dense_weight()
+        """The dense [Cout, Cin, 3, 3] weight, decoded on each access (not a Parameter), for code that
+        reads ``conv.weight``. Differentiable in ``values``, so a penalty written on ``conv.weight``
+        trains the stored values; writing into it does not change the layer (``load_state_dict`` or
+        :meth:`from_dense` do)."""
+        kernel_channel, values = self._runtime_arrays()
+        return fmt.decompress(self.patterns, self.filter_ptr, kernel_channel, self.kernel_pattern,
+                              values.to(self._dtype()), self.in_channels)
 
     @torch.jit.unused
     def pattern_set(self) -> PatternSet:
@@ -363,22 +366,24 @@ class PatternConv2d(PatternStateDict, nn.Module):
         """Bits of every array the state_dict stores, at the width it is stored with (see
         ``_save_to_state_dict``): index arrays at their dtype's width (``kernel_channel`` as int16
         when ``in_channels`` <= 32768), values at 32 bits or, when quantized, codes bit-packed at
-        ``bits`` each (2 for 1-bit layers: a kept position may hold 0) plus a 32-bit scale."""
+        ``bits`` each (2 for 1-bit layers: a kept position may hold 0) plus a scale; floats at their dtype's width."""
         out = {name: getattr(self, name).numel() * getattr(self, name).element_size() * 8
                for name in ("patterns", "filter_ptr", "kernel_pattern")}
         out["kernel_channel"] = self.kernel_channel.numel() * channel_dtype(self.in_channels).itemsize * 8
         if self.quantized:
             out["codes"] = self.codes.numel() * 8
-            out["scale"] = 32
+            out["scale"] = self.scale.element_size() * 8
         else:
-            out["values"] = self.values.numel() * 32
+            out["values"] = self.values.numel() * self.values.element_size() * 8
         if self.bias is not None:
-            out["bias"] = self.bias.numel() * 32
+            out["bias"] = self.bias.numel() * self.bias.element_size() * 8
         return out
 
     @torch.jit.unused
     def dense_bits(self) -> int:
-        return 32 * (self.out_channels * self.in_channels * 9 + (self.out_channels if self.bias is not None else 0))
+        """Bits of the dense weight and bias in this layer's float dtype."""
+        return self._dtype().itemsize * 8 * (self.out_channels * self.in_channels * 9
+                                             + (self.out_channels if self.bias is not None else 0))
 
     @torch.jit.unused
     def macs(self, output_hw: Tuple[int, int]) -> Tuple[int, int]:

@@ -52,6 +52,7 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
         """From a pruned (zeros = pruned) Linear. ``bits``: quantize to k bits (``project.quantize``);
         None: store exact levels if the nonzeros already sit on a ``scheme`` grid, else fp32 values (a
         float64 weight is rounded to them: ``conversion_error`` says by how much)."""
+        _check_source(cls, module, nn.Linear)
         m = cls(module.in_features, module.out_features, module.bias is not None)
         m._set_weight(module.weight, bits, scheme)
         m._copy_bias(module.bias)
@@ -100,6 +101,17 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
                 + self._storage_repr())
 
 
+def _check_source(cls, module, base) -> None:
+    """``from_dense`` takes a layer that computes what ``base`` computes (TypeError / ValueError else)."""
+    if not isinstance(module, base):
+        raise TypeError(f"{cls.__name__}.from_dense takes an nn.{base.__name__}, got {type(module).__name__}")
+    if getattr(module, "padding_mode", "zeros") != "zeros":
+        raise ValueError(f"only padding_mode='zeros' is supported, got {module.padding_mode!r}")
+    if layer_kind(module) is None:
+        raise ValueError(f"{cls.__name__}.from_dense: {type(module).__name__} has its own forward (or no "
+                         f"materialised floating-point weight); a {cls.__name__} would compute nn.{base.__name__}'s")
+
+
 def _pair(v) -> tuple:
     return tuple(ops.pair(v))
 
@@ -134,8 +146,7 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
     @classmethod
     def from_dense(cls, module: nn.Conv2d, bits: Optional[int] = None, scheme: str = "uniform") -> "SparseConv2d":
         """From a pruned (zeros = pruned) Conv2d; ``bits`` / ``scheme`` as in SparseLinear.from_dense."""
-        if module.padding_mode != "zeros":
-            raise ValueError(f"only padding_mode='zeros' is supported, got {module.padding_mode!r}")
+        _check_source(cls, module, nn.Conv2d)
         m = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
                 module.dilation, module.groups, module.bias is not None)
         m._set_weight(module.weight, bits, scheme)
