@@ -376,3 +376,96 @@ def test_float64_sparse_layers_say_why_they_stay_dense():
     with pytest.warns(UserWarning, match="'1': weight is torch.float64; SparseConv2d / SparseLinear store float32"):
         out = ps.convert(model, layers="all")
     assert type(out[1]) is nn.Linear
+
+
+def _pattern_pruned_conv(cin=4, cout=8, **kw):
+    conv = nn.Conv2d(cin, cout, 3, padding=1, **kw)
+    with torch.no_grad():
+        conv.weight.copy_(project.pattern(conv.weight, ps.PatternSet.select(conv.weight, k=8)))
+    return conv
+
+
+def test_hooks_and_frozen_parameters_carry_over():
+    torch.manual_seed(0)
+    model = nn.Sequential(_pattern_pruned_conv(), nn.ReLU())
+    model[0].register_forward_hook(lambda m, i, o: o * 2)
+    model[0].register_forward_pre_hook(lambda m, i: (i[0] + 1,))
+    model[0].requires_grad_(False)
+    out = ps.convert(model)
+    assert isinstance(out[0], PatternConv2d)
+    assert not any(p.requires_grad for p in out[0].parameters())
+    x = torch.randn(2, 4, 6, 6)
+    torch.testing.assert_close(out(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_an_excluded_container_keeps_everything_in_it_dense():
+    torch.manual_seed(0)
+    model = nn.Module()
+    model.features = nn.Sequential(_pattern_pruned_conv(), nn.ReLU(), _pattern_pruned_conv(8, 8))
+    model.head = _pattern_pruned_conv(8, 4)
+    out = ps.convert(model, exclude="features", bits=4)
+    assert all(type(m) is nn.Conv2d for m in out.features if isinstance(m, nn.Conv2d))
+    assert isinstance(out.head, PatternConv2d)
+    pset = ps.PatternSet.select(model.features[0].weight, k=8)
+    out = ps.convert(model, pattern_set={"features": pset}, project=True)  # a container key: its convs
+    assert isinstance(out.features[0], PatternConv2d) and isinstance(out.features[2], PatternConv2d)
+
+
+def test_a_layer_registered_twice_is_swapped_at_both_places():
+    torch.manual_seed(0)
+    class Tied(nn.Module):
+        def __init__(self, conv):
+            super().__init__()
+            self.a, self.b = conv, conv
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+    model = Tied(_pattern_pruned_conv(8, 8))
+    out = ps.convert(model, bits=4)
+    assert isinstance(out.a, PatternConv2d) and out.a is out.b
+    ref = nn.Sequential(out.a.to_dense(), nn.ReLU(), out.a.to_dense())
+    x = torch.randn(1, 8, 6, 6)
+    torch.testing.assert_close(out(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_project_with_bits_projects_an_unpruned_conv():
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="lossy"):
+        out = ps.convert(nn.Sequential(nn.Conv2d(8, 16, 3, padding=1)), project=True, bits=4)
+    assert isinstance(out[0], PatternConv2d) and out[0].patterns.shape[1] == 4 and out[0].bits == 4
+
+
+def test_a_single_layer_converts():
+    conv = _pattern_pruned_conv()
+    out = ps.convert(conv)
+    assert isinstance(out, PatternConv2d)
+    x = torch.randn(1, 4, 5, 5)
+    torch.testing.assert_close(out(x), conv(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_pruned_with_torch_prune():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 3))
+    for m in (model[0], model[2]):
+        torch.nn.utils.prune.l1_unstructured(m, "weight", amount=0.8)
+    x = torch.randn(2, 4, 6, 6)
+    ref = model(x)
+    with pytest.raises(RuntimeError, match="inplace=True"):
+        ps.convert(model, layers="all")
+    out = ps.convert(model, layers="all", inplace=True)
+    assert isinstance(out[0], (PatternConv2d, SparseConv2d)) and isinstance(out[2], SparseLinear)
+    assert not out[0]._forward_pre_hooks  # prune's reparametrization hook stays behind
+    torch.testing.assert_close(out(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_from_dense_refuses_other_layer_classes():
+    with pytest.raises(TypeError, match="takes an nn.Conv2d, got ConvTranspose2d"):
+        SparseConv2d.from_dense(nn.ConvTranspose2d(4, 4, 3))
+    with pytest.raises(TypeError, match="takes an nn.Linear, got Conv2d"):
+        SparseLinear.from_dense(nn.Conv2d(4, 4, 1))
+
+    class Scaled(nn.Conv2d):
+        def forward(self, x):
+            return 2 * super().forward(x)
+    with pytest.raises(ValueError, match="own forward"):
+        SparseConv2d.from_dense(Scaled(4, 4, 1))

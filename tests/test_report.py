@@ -1,8 +1,11 @@
 """report.py: compression_report's per-layer stored bits, densities and MACs, and its totals."""
+import copy
+
 import torch
 from torch import nn
 
 import torch_patsparse as ps
+from torch_patsparse import project
 from torch_patsparse.models import vgg16
 
 from helpers import SmallNet
@@ -40,3 +43,37 @@ def test_report_counts_the_whole_state_dict():
     assert report.totals["model_stored_bits"] == sd_bits
     assert report.totals["other_bits"] > 0  # BatchNorm statistics
     assert "whole state_dict" in str(report)
+
+
+def test_macs_count_every_call_tokens_and_layers_eval_skips():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(8, 8, 3, padding=1)
+            self.tok = nn.Linear(8, 4)
+            self.aux = nn.Linear(4, 2)  # run in training only
+
+        def forward(self, x):
+            y = self.conv(torch.relu(self.conv(x)))  # the same conv twice
+            t = self.tok(y.flatten(2).transpose(1, 2))  # [N, 256 tokens, 8]
+            return (t, self.aux(t)) if self.training else t
+    rep = ps.compression_report(Net(), input_size=(2, 8, 16, 16))
+    rows = {r.name: r for r in rep.rows}
+    assert rows["conv"].dense_macs == 2 * 8 * 8 * 9 * 16 * 16
+    assert rows["tok"].dense_macs == 8 * 4 * 256
+    assert rows["aux"].dense_macs == 0
+    assert rep.totals["dense_macs"] == sum(r.dense_macs for r in rep.rows)
+
+
+def test_bits_follow_the_dtype():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 4 * 4, 3))
+    with torch.no_grad():
+        model[0].weight.copy_(project.pattern(model[0].weight, ps.PatternSet.select(model[0].weight, k=8)))
+        model[2].weight[model[2].weight.abs() < 0.05] = 0
+    converted = ps.convert(model, layers="all")
+    for dtype in (torch.float16, torch.float64):
+        m = copy.deepcopy(converted).to(dtype)
+        rep = ps.compression_report(m)
+        sd_bits = sum(t.numel() * t.element_size() * 8 for t in m.state_dict().values() if isinstance(t, torch.Tensor))
+        assert rep.totals["model_stored_bits"] == sd_bits, dtype

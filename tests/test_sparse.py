@@ -128,3 +128,15 @@ def test_factory_arguments_as_the_dense_layers(make):
     assert make(dtype=torch.float32)(x).dtype == torch.float32
     with pytest.raises(TypeError, match="floating-point"):
         make(dtype=torch.int64)
+
+
+def test_unbatched_linear_backward_with_bias():
+    dense = linear_with(pruned_on_grid((4, 6), keep=0.5))
+    sparse = SparseLinear.from_dense(dense)
+    x = torch.randn(6, requires_grad=True)
+    sparse(x).sum().backward()
+    gx = x.grad.clone()
+    x.grad = None
+    dense(x).sum().backward()
+    torch.testing.assert_close(gx, x.grad)
+    torch.testing.assert_close(sparse.bias.grad, dense.bias.grad)
