@@ -633,3 +633,36 @@ def test_constraints_given_as_a_string_name_the_mistake():
     w = nn.Parameter(torch.randn(4, 4, 3, 3))
     with pytest.raises(TypeError, match="must be a list of constraint objects"):
         ps.ADMM([{"params": [w], "constraints": "pattern"}], lr=0.1)
+
+
+def test_an_lr_scheduler_does_not_tie_a_copy_to_the_original():
+    m = tiny_net()
+    opt = ps.ADMM([{"params": [m[3].weight], "constraints": CONV_SPEC},
+                   {"params": [p for n, p in m.named_parameters() if n != "3.weight"]}], lr=0.1, method="oneshot")
+    torch.optim.lr_scheduler.StepLR(opt, 1)  # wraps opt.step per instance (with a weakref to opt)
+    m2, opt2 = copy.deepcopy((m, opt))
+    before, before2 = m[3].weight.detach().clone(), m2[3].weight.detach().clone()
+    train(m2, opt2, 1)
+    assert torch.equal(m[3].weight, before) and not torch.equal(m2[3].weight, before2)
+    torch.save(opt, io.BytesIO())  # picklable with the scheduler attached
+
+
+def test_edited_constraints_are_refused_not_ignored():
+    for method in ("admm", "oneshot"):
+        m = tiny_net()
+        opt = ps.ADMM([{"params": [m[3].weight], "constraints": [C.Connectivity(keep=0.5)]}], lr=0.05,
+                      method=method, update_every=2)
+        train(m, opt, 1)
+        opt.param_groups[0]["constraints"] = [C.Pattern(k=4), C.Connectivity(keep=0.25)]
+        with pytest.raises(ValueError, match="constraints of group 0 changed"):
+            opt.step()
+
+
+def test_numpy_arguments_become_python_numbers():
+    np = pytest.importorskip("numpy")
+    c = C.Connectivity(keep=np.float64(0.25), group=np.int64(2))
+    assert type(c.keep) is float and type(c.group) is int and c == C.Connectivity(keep=0.25, group=2)
+    assert type(C.Pattern(k=np.int64(4)).k) is int
+    with pytest.warns(UserWarning, match="keeps ONE"):
+        one = C.Connectivity(keep=1)
+    assert one != C.Connectivity(keep=1.0)  # a count of 1 is not the fraction 1.0

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -33,20 +34,32 @@ __all__ = ["Constraint", "Pattern", "Connectivity", "Unstructured", "Filter", "C
            "ORDER", "ordered", "TYPES", "to_spec", "from_spec", "to_dict", "from_dict"]
 
 
-def _check_keep(cls_name: str, keep) -> None:
+def _check_keep(c, keep) -> None:
+    """Validates ``c.keep`` and stores it as a Python int (a count) or float (a fraction): numpy
+    scalars would leave the optimizer's state_dict unreadable by ``torch.load(weights_only=True)``."""
+    cls_name = type(c).__name__
     if isinstance(keep, bool) or not isinstance(keep, numbers.Real):
         raise ValueError(f"{cls_name}: keep must be a fraction in (0, 1] or an int count >= 1, got {keep!r}")
     if isinstance(keep, numbers.Integral):
         if keep < 1:
             raise ValueError(f"{cls_name}: keep count must be >= 1, got {keep!r}")
+        if keep == 1:
+            warnings.warn(f"{cls_name}(keep=1): an int keep is a count, so this keeps ONE per layer; "
+                          "keep=1.0 keeps everything", UserWarning, stacklevel=4)
+        object.__setattr__(c, "keep", int(keep))
     elif not (0.0 < float(keep) <= 1.0):  # also rejects NaN
         raise ValueError(f"{cls_name}: keep must be a fraction in (0, 1] (or an int count), got {keep!r}")
+    else:
+        object.__setattr__(c, "keep", float(keep))
 
 
-def _check_int(cls_name: str, what: str, v, lo: int, hi: int | None = None) -> None:
+def _check_int(c, what: str, lo: int, hi: int | None = None) -> None:
+    """Validates the int field ``what`` of ``c`` and stores it as a Python int."""
+    v = getattr(c, what)
     if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo or (hi is not None and v > hi):
         rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        raise ValueError(f"{cls_name}: {what} must be an int in {rng}, got {v!r}")
+        raise ValueError(f"{type(c).__name__}: {what} must be an int in {rng}, got {v!r}")
+    object.__setattr__(c, what, int(v))
 
 
 def _check_count(c, n: int, what: str, name: str) -> None:
@@ -77,8 +90,18 @@ class Constraint:
     def project(self, w, pattern_set=None):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _key(self) -> tuple:
+        # keep=1 (one kernel) and keep=1.0 (all) compare equal as numbers: the type is part of the value
+        return tuple((type(v), v) for v in asdict(self).values())
 
-@dataclass(frozen=True)
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._key()))
+
+
+@dataclass(frozen=True, eq=False)
 class Pattern(Constraint):
     """Every 3x3 kernel keeps ``entries`` weights in one of the ``k`` shapes of the group's pattern
     set (selected from all the group's weights when ADMM initialises Z, then fixed); ``group`` G
@@ -90,23 +113,23 @@ class Pattern(Constraint):
     needs_3x3 = True
 
     def __post_init__(self):
-        _check_int("Pattern", "entries", self.entries, 1, 9)
+        _check_int(self, "entries", 1, 9)
         if not isinstance(self.keep_center, bool):
             raise ValueError(f"Pattern: keep_center must be a bool, got {self.keep_center!r}")
         # There are only C(8, E-1) shapes of E positions that keep the centre (C(9, E) without it).
         shapes = math.comb(8, self.entries - 1) if self.keep_center else math.comb(9, self.entries)
         try:
-            _check_int("Pattern", "k", self.k, 1, min(shapes, 256))
+            _check_int(self, "k", 1, min(shapes, 256))
         except ValueError as e:
             raise ValueError(f"{e} (there are only {shapes} shapes of {self.entries} positions"
                              f"{' that keep the centre' if self.keep_center else ''})") from None
-        _check_int("Pattern", "group", self.group, 1)
+        _check_int(self, "group", 1)
 
     def project(self, w, pattern_set=None):
         return project.pattern(w, pattern_set, group=self.group)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Connectivity(Constraint):
     """Keep the ``keep`` fraction (or count) of 3x3 kernels with the largest L2 norm per layer;
     ``group`` G consecutive output channels keep the same input channels."""
@@ -115,8 +138,8 @@ class Connectivity(Constraint):
     needs_3x3 = True
 
     def __post_init__(self):
-        _check_keep("Connectivity", self.keep)
-        _check_int("Connectivity", "group", self.group, 1)
+        _check_keep(self, self.keep)
+        _check_int(self, "group", 1)
 
     def check_tensor(self, shape, name: str) -> None:
         super().check_tensor(shape, name)
@@ -126,13 +149,13 @@ class Connectivity(Constraint):
         return project.connectivity(w, self.keep, group=self.group)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Unstructured(Constraint):
     """Keep the ``keep`` fraction (or count) of weights with the largest magnitude."""
     keep: float = 0.1
 
     def __post_init__(self):
-        _check_keep("Unstructured", self.keep)
+        _check_keep(self, self.keep)
 
     def check_tensor(self, shape, name: str) -> None:
         super().check_tensor(shape, name)
@@ -142,14 +165,14 @@ class Unstructured(Constraint):
         return project.unstructured(w, self.keep)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Filter(Constraint):
     """Keep the ``keep`` fraction (or count) of output filters (dim 0) with the largest L2 norm."""
     keep: float = 0.5
     min_dim = 2
 
     def __post_init__(self):
-        _check_keep("Filter", self.keep)
+        _check_keep(self, self.keep)
 
     def check_tensor(self, shape, name: str) -> None:
         super().check_tensor(shape, name)
@@ -159,14 +182,14 @@ class Filter(Constraint):
         return project.filter(w, self.keep)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Channel(Constraint):
     """Keep the ``keep`` fraction (or count) of input channels (dim 1) with the largest L2 norm."""
     keep: float = 0.5
     min_dim = 2
 
     def __post_init__(self):
-        _check_keep("Channel", self.keep)
+        _check_keep(self, self.keep)
 
     def check_tensor(self, shape, name: str) -> None:
         super().check_tensor(shape, name)
@@ -176,7 +199,7 @@ class Channel(Constraint):
         return project.channel(w, self.keep)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Quantize(Constraint):
     """``bits``-bit levels with one per-tensor scale: ``scheme="uniform"`` (0, ±q, ±2q, ...) or
     ``"pow2"`` (0, ±q·2^-j)."""
@@ -185,7 +208,7 @@ class Quantize(Constraint):
     prunes = False
 
     def __post_init__(self):
-        _check_int("Quantize", "bits", self.bits, 1, 8)
+        _check_int(self, "bits", 1, 8)
         if self.scheme not in ("uniform", "pow2"):
             raise ValueError(f"Quantize: scheme must be 'uniform' or 'pow2', got {self.scheme!r}")
 

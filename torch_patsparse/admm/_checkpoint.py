@@ -65,7 +65,8 @@ class Checkpoint:
         for p, n, s in zip(params, names, shapes):
             if tuple(p.shape) != tuple(s):
                 raise ValueError(f"ADMM.load_state_dict: parameter '{n}' has shape {list(p.shape)}, "
-                                 f"the state_dict's has {list(s)} (state_dict of another model?)")
+                                 f"the state_dict's has {list(s)} (state_dict of another model, or one saved inside "
+                                 "ps.compressed_training, whose layers hold compressed values: save it outside the block)")
         new_admm = {params[int(i)]: from_saved(st, a["phase"], params[int(i)].device, names[int(i)])
                     for i, st in a["params"].items()}
         new_ps = {int(gi): PatternSet.from_tensor(t) for gi, t in a["pattern_sets"].items()}

@@ -141,10 +141,13 @@ class ADMM(ZUpdate, FusedStep, HardPrune, Checkpoint, Optimizer):
     def __getstate__(self) -> dict:
         # torch.optim.Optimizer pickles only defaults / state / param_groups; ADMM's phase, Z / U,
         # masks and base optimizer must survive copy.deepcopy and torch.save of the object too.
-        return self.__dict__.copy()
+        # Not what torch drops: hooks, and an LR scheduler's per-instance `step` wrapper (it holds a
+        # weakref to this object: a copy would step the original's parameters).
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("step", "_opt_called") and not k.startswith("_optimizer_")}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
+        super().__setstate__(state)  # fresh hook dicts, as torch's optimizers after unpickling
 
     def add_param_group(self, param_group: dict) -> None:
         """As torch's, plus a ``"constraints"`` entry; a group without names joins named groups (as
@@ -192,9 +195,23 @@ class ADMM(ZUpdate, FusedStep, HardPrune, Checkpoint, Optimizer):
                 c.check_tensor(p.shape, name)
             if cons and not p.is_floating_point():
                 raise ValueError(f"ADMM: constrained parameter '{name}' must be floating point, got {p.dtype}")
+        self.__dict__.setdefault("_given", {})[gi] = frozenset(cons)
+
+    def _check_given(self) -> None:
+        """Z / U, masks and pattern sets follow the constraints each group was given: an edit of a
+        group's ``"constraints"`` afterwards is refused, not half-applied or ignored."""
+        given = self.__dict__.setdefault("_given", {})  # (an optimizer pickled before this check: from now)
+        for gi, g in enumerate(self.param_groups):
+            cons = g.get("constraints") or ()
+            cons = [cons] if isinstance(cons, C.Constraint) else cons
+            if frozenset(cons) != given.setdefault(gi, frozenset(cons)):
+                raise ValueError(f"ADMM: the constraints of group {gi} changed after they were given "
+                                 f"({sorted(map(repr, given[gi]))} -> {sorted(map(repr, cons))}); "
+                                 "build a new ADMM for new constraints")
 
     def _constrained(self):
         """Yield (group index, group, ordered constraints, [(param, name), ...])."""
+        self._check_given()
         for gi, g in enumerate(self.param_groups):
             cons = g.get("constraints") or ()
             if cons:
@@ -209,6 +226,7 @@ class ADMM(ZUpdate, FusedStep, HardPrune, Checkpoint, Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
+        self._check_given()
         loss = None
         if closure is not None:
             with torch.enable_grad():
