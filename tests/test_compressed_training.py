@@ -38,7 +38,7 @@ def build(base, bits, seed=0, **kw):
     return model, opt
 
 
-def train(model, opt, steps, compressed, seed=1):
+def train(model, opt, steps, compressed, seed=1, clip=None):
     g = torch.Generator().manual_seed(seed)
     losses = []
     ctx = ps.compressed_training(model, opt) if compressed else contextlib.nullcontext([])
@@ -48,6 +48,8 @@ def train(model, opt, steps, compressed, seed=1):
             opt.zero_grad()
             loss = F.cross_entropy(model(x), y)
             loss.backward()
+            if clip is not None:  # sees the gradients masked retraining trains with, in both forms
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
             losses.append(loss.item())
     return losses, names
@@ -170,3 +172,16 @@ def test_frozen_tied_and_channels_last_models(case):
     assert ld == pytest.approx(lc, rel=1e-5)
     for k in sd:
         torch.testing.assert_close(sd[k].float(), sc[k].float(), rtol=1e-4, atol=1e-5)
+
+
+def test_gradient_clipping_sees_the_masked_gradients():
+    kw = dict(lr=0.05, momentum=0.9)
+    dense_model, dense_opt = build(torch.optim.SGD, None, **kw)
+    comp_model, comp_opt = build(torch.optim.SGD, None, **kw)
+    dense_losses, _ = train(dense_model, dense_opt, 8, compressed=False, clip=0.1)
+    comp_losses, _ = train(comp_model, comp_opt, 8, compressed=True, clip=0.1)
+    assert dense_losses == pytest.approx(comp_losses, rel=1e-5)
+    for k, v in dense_model.state_dict().items():
+        torch.testing.assert_close(v, comp_model.state_dict()[k], rtol=1e-4, atol=1e-6)
+    g = dense_model.c2.weight
+    assert g.grad is not None and torch.equal(g.grad[g == 0], torch.zeros_like(g.grad[g == 0]))

@@ -78,6 +78,7 @@ class Checkpoint:
         self._admm, self._pattern_sets = new_admm, new_ps
         self._record_sets()
         self._phase, self._step_count = a["phase"], int(a["step"])
+        self._hook_masks()
         h = a["hyper"]
         h = {**h, "consensus": bool(h.get("consensus", False)), "rescale_dual": bool(h.get("rescale_dual", False)),
              "method": h.get("method", "admm"), "phase_steps": h.get("phase_steps"),

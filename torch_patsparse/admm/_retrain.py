@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
 
 import torch
 
@@ -36,8 +37,33 @@ def _scheduled(c, shape, s: float):
     return dataclasses.replace(c, keep=min(1.0, float(keep) + (1.0 - float(keep)) * s))
 
 
+class _MaskGrad:
+    """Tensor hook of a pruned parameter in retraining: its gradient without the pruned entries, so
+    what a loop does between ``backward()`` and ``step()`` (gradient clipping, logging) sees the
+    gradient masked retraining trains with, as on compressed layers. Holds the optimizer weakly and
+    passes gradients through once it is gone."""
+    __torch_unserializable__ = True  # torch.save(model) leaves it out: the optimizer's state has the mask
+
+    def __init__(self, opt, mask: torch.Tensor):
+        self.opt, self.mask = weakref.ref(opt), mask
+
+    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad if self.opt() is None else grad * self.mask
+
+
 class HardPrune:
     """Hard prune, gradual mask updates and retraining under fixed masks / levels."""
+
+    def _hook_masks(self) -> None:
+        """(Re)registers the gradient masks of the retraining phase (:class:`_MaskGrad`)."""
+        for handle in self.__dict__.pop("_grad_hooks", {}).values():
+            handle.remove()
+        hooks = {}
+        if self._phase == "retrain":
+            for p, st in self._admm.items():
+                if isinstance(st, RetrainState) and st.mask is not None and p.requires_grad:
+                    hooks[p] = p.register_hook(_MaskGrad(self, st.mask))
+        self._grad_hooks = hooks
 
     @torch.no_grad()
     def hard_prune(self) -> None:
@@ -64,6 +90,7 @@ class HardPrune:
             self._apply(p, final, st.mask)
         self._admm = {p: st for p, (_, st) in new.items()}
         self._phase = "retrain"
+        self._hook_masks()
 
     def _prune_quantize(self, p, cons, pset):
         """``(Proj(W), pruning mask or None, Quantize constraint or None, scale)``; the mask holds the

@@ -143,11 +143,13 @@ class ADMM(ZUpdate, FusedStep, HardPrune, Checkpoint, Optimizer):
         # masks and base optimizer must survive copy.deepcopy and torch.save of the object too.
         # Not what torch drops: hooks, and an LR scheduler's per-instance `step` wrapper (it holds a
         # weakref to this object: a copy would step the original's parameters).
+        # The gradient-mask hooks sit on the parameters: the copy registers its own.
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("step", "_opt_called") and not k.startswith("_optimizer_")}
+                if k not in ("step", "_opt_called", "_grad_hooks") and not k.startswith("_optimizer_")}
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)  # fresh hook dicts, as torch's optimizers after unpickling
+        self._hook_masks()
 
     def add_param_group(self, param_group: dict) -> None:
         """As torch's, plus a ``"constraints"`` entry; a group without names joins named groups (as
