@@ -469,3 +469,27 @@ def test_from_dense_refuses_other_layer_classes():
             return 2 * super().forward(x)
     with pytest.raises(ValueError, match="own forward"):
         SparseConv2d.from_dense(Scaled(4, 4, 1))
+
+
+def test_load_compressed_says_what_it_did_not_load():
+    torch.manual_seed(0)
+    model = nn.Sequential(_pattern_pruned_conv(), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    sd = {k: v for k, v in ps.convert(model).state_dict().items() if not k.startswith("2.")}
+    with pytest.warns(UserWarning, match=r"missing keys \['2.weight', '2.bias'\]"):
+        ps.load_compressed(nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)), sd,
+                           strict=False)
+    optimized = ps.optimize_for_inference(ps.convert(nn.Sequential(_pattern_pruned_conv(), nn.BatchNorm2d(8)).eval()))
+    with pytest.raises(RuntimeError, match="optimize_for_inference result"):
+        ps.load_compressed(nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8)), optimized.state_dict())
+
+
+def test_traced_pattern_conv_keeps_the_channel_check_without_warnings():
+    conv = _pattern_pruned_conv()
+    pc = PatternConv2d.from_dense(conv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torch.jit.TracerWarning)
+        traced = torch.jit.trace(pc, torch.randn(1, 4, 6, 6))
+    x = torch.randn(3, 4, 7, 5).contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(traced(x), conv(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError):
+        traced(torch.randn(1, 5, 6, 6))  # 5 channels: the stored kernels read 4 (was silently accepted)

@@ -106,7 +106,12 @@ def test_optimize_replaces_depthwise_bn_activation(isa, stride):
             want = model.double()(x) if x.dtype == torch.float64 else model.float()(x)
             got = opt.double()(x) if x.dtype == torch.float64 else opt.float()(x)
         assert_close(got, want)
+    for dtype in (torch.float16, torch.bfloat16):  # the native kernel runs fp32 / fp64: F.conv2d's route
+        x = torch.randn(1, 8, 6, 6, dtype=dtype)
+        with torch.no_grad():
+            torch.testing.assert_close(opt.to(dtype)(x).float(), model.to(dtype)(x).float(), rtol=3e-2, atol=3e-2)
     opt.float()
+    model.float()
     x3 = torch.randn(8, 6, 6)  # unbatched: F.conv2d's route
     with torch.no_grad():
         assert_close(opt(x3), opt(x3.unsqueeze(0)).squeeze(0))

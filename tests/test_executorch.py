@@ -493,6 +493,10 @@ def test_optimized_vgg_pool_round_trip_and_channels_last_input(tmp_path):
         want = model(x)
     assert_close(program(x), want, rtol=1e-4)
     assert_close(program(x.contiguous(memory_format=torch.channels_last)), want, rtol=1e-4)
+    # a channels_last example: the program still takes the contiguous inputs load_executorch hands it
+    program = export.load_executorch(export.executorch(opt, tmp_path / "v_cl.pte",
+                                                       (x.contiguous(memory_format=torch.channels_last),)))
+    assert_close(program(x), want, rtol=1e-4)
 
 
 @needs_et

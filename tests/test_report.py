@@ -77,3 +77,8 @@ def test_bits_follow_the_dtype():
         rep = ps.compression_report(m)
         sd_bits = sum(t.numel() * t.element_size() * 8 for t in m.state_dict().values() if isinstance(t, torch.Tensor))
         assert rep.totals["model_stored_bits"] == sd_bits, dtype
+
+
+def test_a_grouped_conv_shows_its_weight_shape():
+    rep = ps.compression_report(nn.Sequential(nn.Conv2d(32, 32, 3, groups=32)))
+    assert rep.rows[0].shape == "32x1x3x3"

@@ -294,5 +294,14 @@ def load_compressed(model: nn.Module, state_dict, strict: bool = True) -> nn.Mod
             swaps.append((name, new))
     for name, new in swaps:
         model.set_submodule(name, new)
-    model.load_state_dict(state_dict, strict=strict)
+    try:
+        keys = model.load_state_dict(state_dict, strict=strict)
+    except RuntimeError as e:
+        if any(".fused_" in f".{k}" for k in state_dict.keys()):
+            raise RuntimeError(f"{e}\nThis state_dict is of an optimize_for_inference result (fused layers): save "
+                               "the converted model's state_dict, load that, then optimize again") from e
+        raise
+    if keys.missing_keys or keys.unexpected_keys:  # strict=False: say what was not loaded
+        warnings.warn(f"load_compressed(strict=False): missing keys {keys.missing_keys} (they keep the model's "
+                      f"own values), unexpected keys {keys.unexpected_keys} (ignored)", UserWarning, stacklevel=2)
     return model

@@ -135,7 +135,8 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
                max_batch: Optional[int] = None) -> str:
     """Writes ``model`` (in eval mode, float32) as an ExecuTorch program to ``path``; returns the path.
 
-    ``torch.export`` with ``example_inputs`` (their shapes are the program's; with ``max_batch``, dim 0
+    ``torch.export`` with ``example_inputs`` (their shapes are the program's, in the contiguous
+    layout, which the program takes whatever the examples' memory format; with ``max_batch``, dim 0
     of every input may be anything in 1..max_batch, the memory plan sized for max_batch), then
     ``to_edge_transform_and_lower`` with the XNNPACK partitioner: dense convs,
     Linear, pooling and activations run in XNNPACK; each ``PatternConv2d`` stays the custom op
@@ -158,7 +159,9 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
     from executorch.exir import to_edge_transform_and_lower
 
     path = os.fspath(path)
-    example_inputs = tuple(example_inputs)
+    # The program takes contiguous (NCHW) inputs, as load_executorch hands them: a channels_last
+    # example would make it expect channels_last and read contiguous inputs wrongly.
+    example_inputs = tuple(x.contiguous() if isinstance(x, torch.Tensor) else x for x in example_inputs)
     for x in example_inputs:
         if not isinstance(x, torch.Tensor) or x.dtype != torch.float32:
             raise ValueError("export.executorch: the ExecuTorch kernels run float32; example_inputs must be "

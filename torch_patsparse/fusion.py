@@ -170,6 +170,7 @@ class DepthwiseConv3x3(_InferenceOnly):
             if traced is not None:
                 return traced
         if (x.device.type == "cpu" and x.dim() == 4 and x.dtype == self.weight.dtype and not x.requires_grad
+                and (x.dtype == torch.float32 or x.dtype == torch.float64)  # the native kernel's dtypes
                 and x.size(1) == self.channels and x.size(2) > 0 and x.size(3) > 0
                 and not (x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())):
             return torch.ops.patsparse.depthwise_conv3x3(x, self.weight, self.bias, self.stride, self.lo, self.hi)

@@ -157,10 +157,10 @@ def _other_bits(model: nn.Module, layer_names: Sequence[str]) -> int:
 
 
 def _shape(m: nn.Module) -> str:
-    if hasattr(m, "in_channels") and hasattr(m, "out_channels"):
-        k = getattr(m, "kernel_size", None)
-        k = f"x{k[0]}x{k[1]}" if k is not None else ""
-        return f"{m.out_channels}x{m.in_channels}{k}"
-    if hasattr(m, "in_features"):
-        return f"{m.out_features}x{m.in_features}"
-    return ""
+    """The weight's shape (a grouped conv's is [Cout, Cin / groups, kh, kw])."""
+    shape = getattr(m, "weight_shape", None)
+    if shape is None and hasattr(m, "in_channels") and hasattr(m, "out_channels"):
+        shape = (m.out_channels, m.in_channels // getattr(m, "groups", 1), *getattr(m, "kernel_size", ()))
+    if shape is None and hasattr(m, "in_features"):
+        shape = (m.out_features, m.in_features)
+    return "x".join(str(int(v)) for v in shape) if shape is not None else ""

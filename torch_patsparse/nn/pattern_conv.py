@@ -286,13 +286,16 @@ class PatternConv2d(PatternStateDict, nn.Module):
             raise RuntimeError("Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: "
                                + str(list(input.shape)))
         x = input if input.dim() == 4 else input.unsqueeze(0)
+        if not x.is_floating_point():
+            raise RuntimeError("PatternConv2d expects a floating-point input, got " + str(x.dtype))
+        if not torch.jit.is_scripting():
+            if torch.jit.is_tracing():  # sizes are traced tensors: a view keeps the channel check in the trace
+                return x.view(x.size(0), self.in_channels, x.size(2), x.size(3))
         if x.size(1) != self.in_channels:
             raise RuntimeError("Given groups=1, weight of size [" + str(self.out_channels) + ", "
                                + str(self.in_channels) + ", 3, 3], expected input" + str(list(input.shape)) + " to have "
                                + str(self.in_channels) + " channels, but got " + str(x.size(1))
                                + " channels instead")
-        if not x.is_floating_point():
-            raise RuntimeError("PatternConv2d expects a floating-point input, got " + str(x.dtype))
         return x
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
