@@ -666,3 +666,18 @@ def test_numpy_arguments_become_python_numbers():
     with pytest.warns(UserWarning, match="keeps ONE"):
         one = C.Connectivity(keep=1)
     assert one != C.Connectivity(keep=1.0)  # a count of 1 is not the fraction 1.0
+
+
+def test_gradient_penalty_cap_follows_an_lr_warmup():
+    """penalty='gradient' caps the pull at 1 / lr: with this step's lr, not the lr of the last
+    Z-update (a warmup raising lr in between made lr * rho_eff 25 and the weights diverge)."""
+    m = tiny_net()
+    convs = [m[0].weight, m[3].weight]
+    rest = [p for p in m.parameters() if all(p is not c for c in convs)]
+    opt = ps.ADMM([{"params": convs, "constraints": [C.Pattern(k=4)]}, {"params": rest}], lr=0.1,
+                  penalty="gradient", rho=1e4, rho_max=1e4, rho_scale="none", update_every=50)
+    warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.04, total_iters=10)
+    for i in range(20):
+        train(m, opt, 1, start=i)
+        warm.step()
+    assert all(bool(torch.isfinite(p).all()) and float(p.abs().max()) < 10 for p in m.parameters())

@@ -33,7 +33,8 @@ def selector(sel, plain: str = "glob") -> Callable[[str, torch.Tensor], bool]:
     if callable(sel):
         return sel
     if not isinstance(sel, str) or not sel:
-        raise ValueError(f"select: a selector is a non-empty string or a callable (name, param) -> bool, got {sel!r}")
+        raise ValueError(f"select: a selector is a non-empty string or a callable (name, param or module) -> bool, "
+                         f"got {sel!r}")
     if sel.startswith(REGEX_PREFIX) or plain == "regex":
         try:
             pattern = re.compile(sel[len(REGEX_PREFIX):] if sel.startswith(REGEX_PREFIX) else sel)

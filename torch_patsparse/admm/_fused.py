@@ -55,7 +55,9 @@ class FusedStep:
                 elif calib:
                     st.gsum += grad.norm().double()
                     st.gcnt += 1
-                r = st.rho_eff * st.k  # sum_j rho (W - Z_j + U_j) = k rho (W + mean_j (U_j - Z_j))
+                # sum_j rho (W - Z_j + U_j) = k rho (W + mean_j (U_j - Z_j)); capped at this step's lr (a
+                # warmup may have raised it since the Z-update that set rho_eff)
+                r = self._cap(st.rho_eff, g, st.k) * st.k
                 if not r:
                     continue
                 if g.get("maximize"):  # the base negates the whole gradient: the penalty must still descend

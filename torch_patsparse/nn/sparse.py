@@ -3,6 +3,9 @@
 stored form is :mod:`torch_patsparse.sparse_format`'s; the storage, its state_dict validation and
 the report protocol live in :mod:`._sparse_storage`.
 
+Pruned weights are skipped, not multiplied: a NaN / inf input that only pruned weights touch does not
+reach the output of a native layer (the dense layer gives NaN there), as in PatternConv2d.
+
 Execution: ``SparseLinear`` and 1x1 ``SparseConv2d`` (no padding, groups 1, any stride) run the
 native sparse ops ``torch.ops.patsparse.sparse_linear`` / ``sparse_conv1x1`` on the stored arrays
 themselves (CPU; the op finds its runtime CSR index by the arrays' content in a native cache, reads
