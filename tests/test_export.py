@@ -219,3 +219,22 @@ def test_sparse_layers_without_native_kernel_keep_no_dense_weight(tmp_path, bits
     ones = torch.ones(1, 128, 5, 5)
     assert torch.allclose(first(ones), F.conv2d(ones, first.dense_weight(), first.bias, padding=2), rtol=1e-5,
                           atol=1e-5)
+
+
+def test_mobile_file_of_sparse_layers_runs_them_natively_only(tmp_path):
+    """The lite interpreter runs on the CPU: ps.export.mobile leaves out the sparse layers'
+    other-device branch (a dense decode, inlined per layer), and the file gives the eager output."""
+    torch.manual_seed(0)
+    model = nn.Sequential(sparse_conv(8, 16, 1, 0.3, bits=4)[1], nn.ReLU(), nn.Flatten(),
+                          sparse_linear(16 * 5 * 5, 4, 0.3, bits=4)[1]).eval()
+    x = torch.randn(2, 8, 5, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        path = ps.export.mobile(model, tmp_path / "s.ptl")
+    from torch.jit.mobile import _load_for_lite_interpreter
+    with torch.no_grad():
+        assert_close(_load_for_lite_interpreter(path)(x), model(x))
+    assert not any(m._cpu_only for m in model.modules() if hasattr(m, "_cpu_only"))  # the caller's model unchanged
+    full = tmp_path / "full.ptl"
+    torch.jit.script(model)._save_for_lite_interpreter(str(full))
+    assert os.path.getsize(path) < os.path.getsize(full)

@@ -72,6 +72,13 @@ def mobile(model: nn.Module, path: Union[str, os.PathLike]) -> str:
     torch, which the CPU wheel used here is not; run it yourself where available.)"""
     warnings.warn(LITE_INTERPRETER_WARNING, FutureWarning, stacklevel=2)
     path = os.fspath(path)
+    if not isinstance(model, torch.jit.ScriptModule):
+        # The lite interpreter runs on the CPU: the sparse layers' other-device branch (a dense decode,
+        # about half of each layer's bytecode, which the lite format inlines per layer) goes.
+        model = copy.deepcopy(model)
+        for m in model.modules():
+            if isinstance(m, (SparseConv2d, SparseLinear)):
+                m._cpu_only = True
     scripted = _script(model)
     scripted._save_for_lite_interpreter(path)
     return path

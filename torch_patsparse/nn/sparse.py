@@ -41,7 +41,8 @@ _INF = float("inf")
 class SparseLinear(_SparseWeightMixin, nn.Module):
     """``nn.Linear`` whose weight is stored sparse (+ k-bit). Build with :meth:`from_dense`."""
 
-    __constants__ = ["_native"]
+    __constants__ = ["_native", "_cpu_only"]
+    _cpu_only = False  # True in ps.export.mobile's copy: no other-device branch in its bytecode
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__()
@@ -73,8 +74,9 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
         # `_native` is a TorchScript constant: a scripted layer holds only the branch it runs.
         if not self._native:
             return F.linear(x, *self._weight_bias_as(x))
-        if x.device.type != "cpu":
-            return F.linear(x, *self._weight_bias_as(x))
+        if not self._cpu_only:
+            if x.device.type != "cpu":
+                return F.linear(x, *self._weight_bias_as(x))
         return self.forward_fused(x, None, self.bias, None, -float("inf"), float("inf"))
 
     def forward_fused(self, x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
@@ -123,7 +125,8 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
     """``nn.Conv2d`` (any kernel size / stride / padding / dilation / groups, zero padding) whose
     weight is stored sparse (+ k-bit). Build with :meth:`from_dense`."""
 
-    __constants__ = ["_native"]
+    __constants__ = ["_native", "_cpu_only"]
+    _cpu_only = False  # True in ps.export.mobile's copy: no other-device branch in its bytecode
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None):
@@ -169,8 +172,9 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
         # `_native` is a TorchScript constant: a scripted layer holds only the branch it runs.
         if not self._native:
             return F.conv2d(x, *self._weight_bias_as(x), self.stride, self.padding, self.dilation, self.groups)
-        if x.device.type != "cpu":
-            return F.conv2d(x, *self._weight_bias_as(x), self.stride, self.padding, self.dilation, self.groups)
+        if not self._cpu_only:
+            if x.device.type != "cpu":
+                return F.conv2d(x, *self._weight_bias_as(x), self.stride, self.padding, self.dilation, self.groups)
         return self.forward_fused(x, None, self.bias, None, -float("inf"), float("inf"))
 
     def forward_fused(self, x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
