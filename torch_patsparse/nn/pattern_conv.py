@@ -287,6 +287,8 @@ class PatternConv2d(PatternStateDict, nn.Module):
                                + str(list(input.shape)))
         x = input if input.dim() == 4 else input.unsqueeze(0)
         if not x.is_floating_point():
+            if torch.jit.is_scripting():  # (TorchScript's str(dtype) is a number)
+                raise RuntimeError("PatternConv2d expects a floating-point input (float16/32/64 or bfloat16)")
             raise RuntimeError("PatternConv2d expects a floating-point input, got " + str(x.dtype))
         if not torch.jit.is_scripting():
             if torch.jit.is_tracing():  # sizes are traced tensors: a view keeps the channel check in the trace
