@@ -59,7 +59,16 @@ def test_param_groups_for_admm():
 @pytest.mark.parametrize("rules", [{"nomatch.weight": [C.Pattern(k=4)]},
                                    {"*.weight": [], "0.weight": [C.Pattern(k=4)]}])  # shadowed by the first
 def test_a_rule_that_takes_nothing_is_an_error(rules):
-    with pytest.raises(ValueError, match="takes no parameter.*0.weight"):
+    with pytest.raises(ValueError, match=r"takes no \(multi-dimensional\) parameter.*0.weight"):
         select.param_groups(net(), rules)
-    with pytest.raises(ValueError, match="takes no parameter"):
+    with pytest.raises(ValueError, match="takes no"):
         ps.ADMM.from_model(net(), {r"conv\d\.weight": [C.Pattern(k=4)]}, lr=0.1)  # a misspelt regex
+
+
+def test_rules_take_multi_dimensional_parameters_only():
+    """As the CLI's config: a glob over a conv stack takes its conv weights, not its BatchNorms'."""
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, 8, 3))
+    groups = select.param_groups(m, {"*.weight": [C.Pattern(k=4)]})
+    assert [n for n, _ in groups[0]["params"]] == ["0.weight", "2.weight"]
+    assert "1.weight" in [n for n, _ in groups[1]["params"]]
+    ps.ADMM(groups, lr=0.1)

@@ -65,16 +65,18 @@ def assign(named: Iterable[Named], selectors: Sequence, plain: str = "glob",
 def param_groups(model: torch.nn.Module, rules, plain: str = "glob") -> list:
     """Optimizer param groups from ``rules``, a dict (or list of pairs) ``selector -> constraints``:
     one group ``{"params": [(name, param), ...], "constraints": [...]}`` per rule, then one
-    unconstrained group with the rest. Parameters that do not require grad are left out. A rule that
-    takes no parameter (a misspelt name, or every match taken by an earlier rule) is a ValueError:
-    its constraints would silently apply to nothing."""
+    unconstrained group with the rest. Parameters that do not require grad are left out; 1-D
+    parameters (biases, BatchNorm weights) go to the rest, as in the CLI's config, so
+    ``"features.*.weight"`` takes a conv stack's weights and not its BatchNorms'. A rule that takes
+    no parameter (a misspelt name, or every match taken by an earlier rule) is a ValueError: its
+    constraints would silently apply to nothing."""
     entries = list(rules.items()) if isinstance(rules, dict) else list(rules)
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    members, rest = assign(named, [sel for sel, _ in entries], plain)
+    members, rest = assign(named, [sel for sel, _ in entries], plain, eligible=lambda name, p: p.dim() >= 2)
     empty = [sel for (sel, _), m in zip(entries, members) if not m]
     if empty:
-        raise ValueError(f"select: {', '.join(map(repr, empty))} takes no parameter that an earlier rule did not "
-                         f"take; parameters: {', '.join(n for n, _ in named)}"[:1000])
+        raise ValueError(f"select: {', '.join(map(repr, empty))} takes no (multi-dimensional) parameter that an "
+                         f"earlier rule did not take; parameters: {', '.join(n for n, p in named if p.dim() >= 2)}"[:1000])
     groups = [{"params": m, "constraints": list(cons or ())} for (_, cons), m in zip(entries, members)]
     if rest:
         groups.append({"params": rest})
