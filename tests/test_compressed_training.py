@@ -185,3 +185,15 @@ def test_gradient_clipping_sees_the_masked_gradients():
         torch.testing.assert_close(v, comp_model.state_dict()[k], rtol=1e-4, atol=1e-6)
     g = dense_model.c2.weight
     assert g.grad is not None and torch.equal(g.grad[g == 0], torch.zeros_like(g.grad[g == 0]))
+
+
+def test_what_it_cannot_swap_is_said():
+    model, opt = build(torch.optim.SGD, None, lr=0.05)
+    with pytest.warns(UserWarning, match="no layer to swap"):
+        with ps.compressed_training(ps.convert(model), opt) as names:  # already converted: nothing of opt's
+            assert names == []
+    model.c3.weight = model.c2.weight  # a weight tie across two layers (no forward runs: only the tie matters)
+    with pytest.warns(UserWarning, match="'c2', 'c3' share one weight"):
+        with ps.compressed_training(model, opt) as names:
+            assert names == ["c1"]
+    assert type(model.c2) is nn.Conv2d and model.c2.weight is model.c3.weight

@@ -493,3 +493,20 @@ def test_traced_pattern_conv_keeps_the_channel_check_without_warnings():
     torch.testing.assert_close(traced(x), conv(x), rtol=1e-5, atol=1e-5)
     with pytest.raises(RuntimeError):
         traced(torch.randn(1, 5, 6, 6))  # 5 channels: the stored kernels read 4 (was silently accepted)
+
+
+def test_a_weight_shared_by_two_layers_stays_one_parameter():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = _pattern_pruned_conv(4, 4)
+            self.b = nn.Conv2d(4, 4, 3, padding=2, dilation=2)
+            self.b.weight, self.b.bias = self.a.weight, self.a.bias
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+    model = Tied()
+    out = ps.convert(model)
+    assert out.a is not out.b and out.a.values is out.b.values and out.a.bias is out.b.bias
+    x = torch.randn(2, 4, 8, 8)
+    torch.testing.assert_close(out(x), model(x), rtol=1e-5, atol=1e-6)

@@ -17,6 +17,7 @@ run in another order); BatchNorm and every other layer are untouched.
 
 Save checkpoints outside the block: inside it the optimizer's state is in the compressed layout.
 """
+import warnings
 from contextlib import contextmanager
 from typing import Dict, List, Tuple
 
@@ -67,6 +68,15 @@ def _candidates(model: nn.Module, opt: ADMM) -> Dict[nn.Conv2d, List[Tuple[nn.Mo
     return found
 
 
+def _shared_weights(found) -> List[nn.Conv2d]:
+    """The convs of ``found`` whose weight another conv holds too (a weight tie across two layers:
+    one set of stored values cannot serve both geometries)."""
+    holders: Dict[int, int] = {}
+    for m in found:
+        holders[id(m.weight)] = holders.get(id(m.weight), 0) + 1
+    return [m for m in found if holders[id(m.weight)] > 1]
+
+
 def _build(conv: nn.Conv2d, mask: torch.Tensor, patterns: torch.Tensor) -> PatternConv2d:
     """A float PatternConv2d whose stored positions are exactly ``mask``'s (a kept weight that happens
     to be 0 stays trainable, as in masked training)."""
@@ -110,10 +120,21 @@ def compressed_training(model: nn.Module, optimizer: ADMM):
     if optimizer.phase != "retrain":
         raise RuntimeError("compressed_training: call optimizer.hard_prune() first (the pruning masks must be fixed)")
     names = {id(m): n for n, m in model.named_modules()}
+    found = _candidates(model, optimizer)
+    shared = _shared_weights(found)
+    if shared:
+        warnings.warn("compressed_training: " + ", ".join(repr(names[id(m)]) for m in shared) + " share one weight "
+                      "between layers; they train dense (masked) in the block", UserWarning, stacklevel=3)
+    if len(found) == len(shared):
+        warnings.warn("compressed_training: no layer to swap (it takes plain 3x3 convs of this model whose weight "
+                      "this optimizer pruned with a pattern constraint); the block trains the model as it is",
+                      UserWarning, stacklevel=3)
     swaps: List[_Swap] = []
     try:
         with torch.no_grad():
-            for conv, places in _candidates(model, optimizer).items():
+            for conv, places in found.items():
+                if conv in shared:
+                    continue
                 mask = optimizer._admm[conv.weight].mask
                 mod = _build(conv, mask, trained_pattern_set(conv.weight).to_tensor())
                 sw = _Swap(places, conv, mod)

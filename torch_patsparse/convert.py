@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from . import format as fmt
 from . import select
 from .admm import trained_pattern_set
 from .nn import kinds
@@ -166,6 +167,7 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
         modules[id(module)] = module
     # Collect first, then swap: replacing while iterating named_modules would skip or revisit.
     swaps: List[Tuple[List[str], nn.Module]] = []
+    ties: Dict[int, Tuple[nn.Module, nn.Parameter]] = {}
     dense: List[Tuple[str, str]] = []
     projectable = False  # a pattern-eligible layer left dense: project=True would take it
     for key, names in places.items():
@@ -196,6 +198,7 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
         new.conversion_error = _relative_error(new, module)
         new.train(module.training)
         _carry_over(module, new)
+        _keep_ties(module, new, ties)
         swaps.append((names, new))
     for names, new in swaps:
         for name in names:
@@ -213,6 +216,21 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
         warnings.warn("convert: lossy conversion (relative weight error ||W'-W||/||W||): "
                       + ", ".join(f"'{n}': {e:.3g}" for n, e in lossy), UserWarning, stacklevel=2)
     return model
+
+
+def _keep_ties(old: nn.Module, new: nn.Module, ties: Dict[int, Tuple[nn.Module, nn.Parameter]]) -> None:
+    """A weight / bias Parameter shared by two layers (``b.weight = a.weight``) stays one Parameter:
+    the later layer takes the earlier one's trainable stored values (when it stores them in the same
+    positions) and bias, so fine-tuning trains one copy, as before."""
+    for old_name, new_name in (("weight", "values"), ("bias", "bias")):
+        src, dst = getattr(old, old_name, None), getattr(new, new_name, None)
+        if not isinstance(src, nn.Parameter) or not isinstance(dst, nn.Parameter):
+            continue
+        first, shared = ties.setdefault(id(src), (new, dst))
+        same_layout = new_name == "bias" or all(
+            torch.equal(getattr(first, k), getattr(new, k)) for k in fmt.ARRAY_NAMES if k != "values")
+        if shared is not dst and type(first) is type(new) and shared.shape == dst.shape and same_layout:
+            setattr(new, new_name, shared)
 
 
 def _with_children(named: List[Tuple[str, nn.Module]], names: List[str]) -> set:
