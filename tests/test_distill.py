@@ -92,3 +92,10 @@ def test_masked_retraining_with_distillation_keeps_constraints_and_teacher():
         assert torch.equal(v, teacher_state[k]), k  # BN statistics too: the teacher ran in eval mode
     plain, _, _ = retrain(None)
     assert any(not torch.equal(a, b) for a, b in zip(m.parameters(), plain.parameters()))  # the soft term acted
+
+
+def test_the_teacher_mode_is_restored():
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 10), torch.nn.Dropout(0.5))
+    d = ps.Distillation(teacher, temperature=4.0, alpha=0.5)
+    d.loss(torch.randn(4, 10), torch.randint(0, 10, (4,)), torch.randn(4, 1, 4, 4))
+    assert teacher.training

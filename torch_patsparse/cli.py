@@ -33,7 +33,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(
         prog="patsparse",
         description="Compress a VGG-style CNN on Fashion-MNIST with pattern + connectivity pruning and 4-bit "
-                    "quantization (ADMM), convert it to PatternConv2d and report accuracy, size and latency.")
+                    "quantization (one-shot projection by default, or ADMM / gradual pruning), convert it to PatternConv2d and report accuracy, size and latency.")
     p.add_argument("--config", help="TOML / YAML / JSON file overriding the defaults (see configs/default.toml)")
     p.add_argument("--out", default="runs/patsparse", help="output directory: checkpoints, plot, TorchScript, summary")
     p.add_argument("--data", help="directory with the Fashion-MNIST IDX files "

@@ -53,14 +53,14 @@ class CompressionReport:
         head = ["layer", "type", "shape", "density", "dense KiB", "stored KiB", "ratio", "MMACs dense", "MMACs kept"]
         body = []
         for r in self.rows:
-            body.append([r.name, r.kind, r.shape, f"{100 * r.density:.1f}%", f"{r.dense_bits / 8192:.1f}",
+            body.append([r.name, r.kind, r.shape, f"{100 * r.density:.1f}%", f"{r.dense_bits / 8192:.2f}",
                          f"{r.stored_bits / 8192:.2f}", f"{r.ratio:.1f}x", _mmacs(r.dense_macs), _mmacs(r.kept_macs)])
         t = self.totals
-        tail = [["total (layers)", "", "", "", f"{t['dense_bits'] / 8192:.1f}", f"{t['stored_bits'] / 8192:.2f}",
+        tail = [["total (layers)", "", "", "", f"{t['dense_bits'] / 8192:.2f}", f"{t['stored_bits'] / 8192:.2f}",
                  f"{t['ratio']:.1f}x", _mmacs(t["dense_macs"]), _mmacs(t["kept_macs"])],
-                ["other tensors", "", "", "", f"{t['other_bits'] / 8192:.1f}", f"{t['other_bits'] / 8192:.2f}",
+                ["other tensors", "", "", "", f"{t['other_bits'] / 8192:.2f}", f"{t['other_bits'] / 8192:.2f}",
                  "", "", ""],
-                ["whole state_dict", "", "", "", f"{t['model_dense_bits'] / 8192:.1f}",
+                ["whole state_dict", "", "", "", f"{t['model_dense_bits'] / 8192:.2f}",
                  f"{t['model_stored_bits'] / 8192:.2f}", f"{t['model_ratio']:.1f}x", "", ""]]
         widths = [max(len(str(row[i])) for row in [head] + body + tail) for i in range(len(head))]
         line = lambda row: "  ".join(str(c).rjust(w) if i >= 3 else str(c).ljust(w)  # noqa: E731

@@ -54,7 +54,8 @@ def distillation_loss(logits: torch.Tensor, targets: torch.Tensor, teacher_logit
 class Distillation:
     """Soft targets from a ``teacher`` (e.g. the dense model) for :func:`train_epoch`: the loss becomes
     :func:`distillation_loss` with this ``temperature`` and ``alpha`` (weight of the soft term). The
-    teacher runs in eval mode without gradients and is never changed."""
+    teacher runs in eval mode without gradients; its weights are never changed, and its train / eval
+    mode is restored after each call."""
     teacher: torch.nn.Module
     temperature: float = 4.0
     alpha: float = 0.5
@@ -64,9 +65,13 @@ class Distillation:
                           self.temperature, self.alpha)  # validates temperature and alpha now
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        was_training = self.teacher.training
         self.teacher.eval()
-        with torch.no_grad():
-            teacher_logits = self.teacher(x)
+        try:
+            with torch.no_grad():
+                teacher_logits = self.teacher(x)
+        finally:
+            self.teacher.train(was_training)
         return distillation_loss(logits, targets, teacher_logits, self.temperature, self.alpha)
 
 

@@ -175,6 +175,8 @@ class ZUpdate:
         return {name: self._admm[p].dual or 0.0 for _, _, _, pairs in self._constrained() for p, name in pairs}
 
     def rho_eff(self) -> dict:
-        """``{name: effective rho}`` currently applied to each constrained tensor's penalty."""
+        """``{name: what a step applies}`` per constrained tensor: with ``penalty="proximal"`` the pull
+        fraction ``1 - exp(-rho)``, with ``penalty="gradient"`` the penalty weight ``rho_eff`` (rho times
+        the gradient scale, capped at ``1 / lr``)."""
         return {name: self._admm[p].rho_eff for _, _, _, pairs in self._constrained() for p, name in pairs
                 if isinstance(self._admm.get(p), ADMMState)}

@@ -285,7 +285,7 @@ class ADMM(ZUpdate, FusedStep, HardPrune, Checkpoint, Optimizer):
 
     @property
     def phase(self) -> str:
-        """``"admm"`` before :meth:`hard_prune`, ``"retrain"`` after."""
+        """``"admm"`` (methods admm and oneshot) or ``"gradual"`` before :meth:`hard_prune`, ``"retrain"`` after."""
         return self._phase
 
     def __repr__(self) -> str:
