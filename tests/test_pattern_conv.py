@@ -376,3 +376,13 @@ def test_conv_attributes_read_as_nn_conv2d():
     scripted = torch.jit.script(pc)
     x = torch.randn(1, 6, 9, 9)
     torch.testing.assert_close(scripted(x), conv(x), rtol=1e-5, atol=1e-5)
+
+
+def test_autocast_output_dtype_as_nn_conv2d():
+    conv = pattern_weight_conv(6, 8, keep=0.5, padding=1)
+    pc = PatternConv2d.from_dense(conv)
+    x = torch.randn(2, 6, 7, 7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want, got = conv(x), pc(x)
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.float(), rtol=3e-2, atol=3e-2)

@@ -36,6 +36,14 @@ def pattern_conv2d(input: torch.Tensor, patterns: torch.Tensor, filter_ptr: torc
                                pair(stride), pair(padding), pair(dilation))
 
 
+def as_autocast(out: torch.Tensor) -> torch.Tensor:
+    """``out`` (computed in fp32 by a native op) in the autocast dtype when autocast is on for its
+    device, as ``nn.Conv2d`` / ``nn.Linear`` return it there (eager only)."""
+    if out.dtype == torch.float32 and torch.is_autocast_enabled(out.device.type):
+        return out.to(torch.get_autocast_dtype(out.device.type))
+    return out
+
+
 def get_isa() -> str:
     """Name of the CPU kernel path in use: ``scalar``, ``avx2``, ``avx512`` or ``neon``."""
     return _ops.get_isa()

@@ -322,6 +322,8 @@ class PatternConv2d(PatternStateDict, nn.Module):
                                                  self.dilation)
         if out.dtype != input.dtype:
             out = out.to(input.dtype)
+        if not torch.jit.is_scripting():
+            out = ops.as_autocast(out)
         return out if input.dim() == 4 else out.squeeze(0)
 
     def forward_fused(self, input: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],

@@ -77,7 +77,10 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
         if not self._cpu_only:
             if x.device.type != "cpu":
                 return F.linear(x, *self._weight_bias_as(x))
-        return self.forward_fused(x, None, self.bias, None, -float("inf"), float("inf"))
+        out = self.forward_fused(x, None, self.bias, None, -float("inf"), float("inf"))
+        if not torch.jit.is_scripting():
+            out = ops.as_autocast(out)
+        return out
 
     def forward_fused(self, x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
                       residual: Optional[torch.Tensor], lo: float = -_INF, hi: float = _INF) -> torch.Tensor:
@@ -175,7 +178,10 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
         if not self._cpu_only:
             if x.device.type != "cpu":
                 return F.conv2d(x, *self._weight_bias_as(x), self.stride, self.padding, self.dilation, self.groups)
-        return self.forward_fused(x, None, self.bias, None, -float("inf"), float("inf"))
+        out = self.forward_fused(x, None, self.bias, None, -float("inf"), float("inf"))
+        if not torch.jit.is_scripting():
+            out = ops.as_autocast(out)
+        return out
 
     def forward_fused(self, x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
                       residual: Optional[torch.Tensor], lo: float = -_INF, hi: float = _INF) -> torch.Tensor:
