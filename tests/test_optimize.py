@@ -776,3 +776,81 @@ def test_sparse_linear_and_unbatched_fallback_epilogue():
             assert_same_model_output(opt(x), model(x))
 
 
+
+
+class _OutWrite(nn.Module):
+    """An `out=` write of the residual between the conv and its add."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        out = self.conv(x)
+        torch.mul(x, 2, out=x)
+        return F.relu(out + x)
+
+
+class _ReadsWeights(nn.Module):
+    """Conv + BN whose forward also reads the conv's own weight and bias (tied decoder, a penalty)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        return F.conv_transpose2d(y, self.conv.weight, padding=1) + self.conv.bias.sum()
+
+
+class _ScaledBN(nn.BatchNorm2d):
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+class _SizeAdd(nn.Module):
+    """conv(x) + numbers computed from sizes, and a BatchNorm called by keyword."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        y = self.conv(x) + x.size(1)
+        return self.bn(input=self.conv(y)) + x.shape[-1] / 2.0
+
+
+class _TypeTest(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x) if isinstance(x, torch.Tensor) else x
+
+
+@pytest.mark.parametrize("make", [lambda: _OutWrite(), lambda: _ReadsWeights(), lambda: _SizeAdd(), lambda: _TypeTest(),
+                                  lambda: nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), _ScaledBN(8), nn.ReLU(),
+                                                        nn.Flatten(), nn.Unflatten(1, (8, 6, 6))),
+                                  lambda: nn.Sequential(torch.nn.utils.weight_norm(nn.Conv2d(8, 8, 3, padding=1)),
+                                                        nn.BatchNorm2d(8))],
+                         ids=["out_write", "reads_weights", "size_add", "type_test", "bn_subclass", "weight_norm_hook"])
+@pytest.mark.parametrize("converted", [False, True])
+def test_graphs_a_new_user_writes(make, converted):
+    """Found by a new-user probe: each was silently wrong (up to 1.8 off) or crashed."""
+    import warnings
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if converted and any(hasattr(m, "weight_g") for m in make().modules()):
+            pytest.skip("a hook-based weight_norm model does not deep-copy (torch): convert needs inplace=True")
+        model = sparse_model(make()) if converted else models.sparsify_random(make().eval(), keep3x3=0.5, group=4)
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        want = model(x.clone())
+        opt = ps.optimize_for_inference(model)
+        got = opt(x.clone())
+        assert_same_model_output(got, want)
+        assert_same_model_output(model(x.clone()), want)  # the original untouched

@@ -253,7 +253,8 @@ def bn_scale_shift(bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
 
 def foldable_bn(bn: nn.Module, conv: nn.Module) -> bool:
     channels = conv.out_features if isinstance(conv, (nn.Linear, SparseLinear)) else conv.out_channels
-    return (isinstance(bn, nn.BatchNorm2d) and not isinstance(conv, (nn.Linear, SparseLinear))
+    return (isinstance(bn, nn.BatchNorm2d) and type(bn).forward is nn.BatchNorm2d.forward and not bn._forward_hooks
+            and not bn._forward_pre_hooks and not isinstance(conv, (nn.Linear, SparseLinear))
             and bn.running_mean is not None and bn.running_var is not None and bn.num_features == channels)
 
 

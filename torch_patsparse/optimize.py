@@ -103,6 +103,25 @@ def _act_bounds(node: fx.Node, src: fx.Node, modules: Dict[str, nn.Module]) -> O
     return None
 
 
+_SIZE_METHODS = {"size", "dim", "numel", "nelement", "item", "tolist", "stride", "element_size"}
+_NUMBER_OPS = {operator.getitem, operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv,
+               operator.mod, operator.pow, operator.neg, len, int, float}
+
+
+def _number_node(n) -> bool:
+    """Whether fx node ``n`` computes a Python number from sizes (``x.size(1)``, ``x.shape[-1] / 2``):
+    no tensor, so no residual for our fused ops."""
+    if not isinstance(n, fx.Node):
+        return not isinstance(n, (list, tuple, dict))
+    if n.op == "call_method" and n.target in _SIZE_METHODS:
+        return True
+    if n.op == "call_function" and n.target is getattr:
+        return len(n.args) > 1 and n.args[1] in ("shape", "ndim", "dtype", "device")
+    if n.op == "call_function" and n.target in _NUMBER_OPS:
+        return all(_number_node(a) for a in n.args)
+    return False
+
+
 def _residual_of(node: fx.Node, src: fx.Node) -> Optional[fx.Node]:
     """The other operand when ``node`` is ``src + other`` (other a tensor node), else None."""
     if node.kwargs.get("alpha", 1) != 1 or "out" in node.kwargs or len(node.args) != 2:
@@ -113,10 +132,10 @@ def _residual_of(node: fx.Node, src: fx.Node) -> Optional[fx.Node]:
     if not ((node.op == "call_function" and node.target in _ADD_FUNCTIONS) or (node.op == "call_method" and
                                                                               node.target in ("add", "add_"))):
         return None
-    if a is src and isinstance(b, fx.Node) and b is not src:
+    if a is src and isinstance(b, fx.Node) and b is not src and not _number_node(b):
         return b
-    if b is src and isinstance(a, fx.Node) and a is not src and not in_place:  # (in place: it writes `a`)
-        return a
+    if b is src and isinstance(a, fx.Node) and a is not src and not in_place and not _number_node(a):
+        return a  # (in place, `a += conv(...)` writes `a`: no)
     return None
 
 
@@ -131,7 +150,9 @@ _INPLACE_FUNCTIONS = {operator.setitem, operator.iadd, operator.isub, operator.i
 
 def _maybe_inplace(node: fx.Node, modules: Dict[str, nn.Module]) -> bool:
     """Whether ``node`` may write a tensor it takes (``x.relu_()``, ``nn.ReLU(inplace=True)``,
-    ``x += y``, ``x[i] = y``, ``F.relu(x, inplace=True)``, ...)."""
+    ``x += y``, ``x[i] = y``, ``F.relu(x, inplace=True)``, ``torch.mul(a, b, out=x)``, ...)."""
+    if "out" in node.kwargs:
+        return True
     if node.op == "call_module":
         return bool(getattr(modules.get(node.target), "inplace", False))
     if node.op == "call_method":
@@ -166,10 +187,14 @@ def _free_name(gm: fx.GraphModule, base: str) -> str:
 
 
 def _own_module(gm: fx.GraphModule, modules: Dict[str, nn.Module], calls: Dict[str, int], node: fx.Node,
-                new: nn.Module) -> None:
-    """Puts ``new`` in place of the module ``node`` calls: in place when this is its only call; a module
-    called more than once (shared) gets ``new`` under a new name for this call alone."""
-    if calls[node.target] > 1:
+                new: nn.Module, keep: bool = False) -> None:
+    """Puts ``new`` in place of the module ``node`` calls: in place when nothing else can see the
+    module; under a new name for this call alone when it is called more than once (shared), when the
+    graph reads its attributes (``self.conv.weight``: that must stay the original), or with ``keep``
+    (a child of a module that does not trace: its parent's forward may call the module itself)."""
+    read = any(n.op == "get_attr" and (n.target == node.target or n.target.startswith(node.target + "."))
+               for n in gm.graph.nodes)
+    if calls[node.target] > 1 or read or keep:
         calls[node.target] -= 1
         node.target = _free_name(gm, "folded_" + node.target.replace(".", "_"))
         gm.add_submodule(node.target, new)
@@ -179,9 +204,17 @@ def _own_module(gm: fx.GraphModule, modules: Dict[str, nn.Module], calls: Dict[s
     modules[node.target] = new
 
 
-def _fuse_graph(gm: fx.GraphModule) -> None:
+def _hooked(m: Optional[nn.Module]) -> bool:
+    """A module with hooks (the old hook-based ``weight_norm``, user hooks) computes more than its
+    class: it is not folded."""
+    return m is not None and bool(m._forward_pre_hooks or m._forward_hooks)
+
+
+def _fuse_graph(gm: fx.GraphModule, keep: bool = False) -> None:
+    """Fuses ``gm``'s graph; ``keep``: every original submodule stays as it is (see :func:`_own_module`)."""
     modules = dict(gm.named_modules())
     graph = gm.graph
+    calls = collections.Counter(n.target for n in graph.nodes if n.op == "call_module")
     for node in list(graph.nodes):
         if node.op != "call_module":
             continue
@@ -193,16 +226,14 @@ def _fuse_graph(gm: fx.GraphModule) -> None:
             continue
         stem = as_pattern_stem(modules.get(node.target))
         if stem is not None:
-            gm.set_submodule(node.target, stem)
-            modules[node.target] = stem
-    calls = collections.Counter(n.target for n in graph.nodes if n.op == "call_module")
+            _own_module(gm, modules, calls, node, stem, keep)
     # Last conv first: of two branches meeting in an add (ResNet's main path and its downsample),
     # the later one (the main path) takes the add and the activation.
     for node in reversed(list(graph.nodes)):
         if node.op != "call_module" or node.graph is not graph:
             continue
         conv = modules.get(node.target)
-        if len(node.args) != 1 or node.kwargs:
+        if len(node.args) != 1 or node.kwargs or _hooked(conv):
             continue
         ours = isinstance(conv, _OURS)
         if not ours and type(conv) is not nn.Conv2d:
@@ -212,7 +243,7 @@ def _fuse_graph(gm: fx.GraphModule) -> None:
         chain, bn_node, add_node, act_node, residual, bounds = [node], None, None, None, None, None
         user = _only_user(node)
         if user is not None and user.op == "call_module" and foldable_bn(modules.get(user.target), conv) \
-                and user.args[0] is node:
+                and user.args == (node,) and not user.kwargs:
             chain.append(user)
             bn_node = user
         user = _only_user(chain[-1])
@@ -238,7 +269,7 @@ def _fuse_graph(gm: fx.GraphModule) -> None:
             if is_depthwise3x3(conv):  # and a depthwise 3x3 one takes its activation into our kernel
                 conv = DepthwiseConv3x3(conv, lo, hi)
             if conv is not modules[node.target]:
-                _own_module(gm, modules, calls, node, conv)
+                _own_module(gm, modules, calls, node, conv, keep)
             if cur is not node:
                 cur.replace_all_uses_with(node)
                 for n in reversed(chain[1:]):
@@ -349,7 +380,7 @@ def _fold_sequential(seq: nn.Sequential) -> None:
             seq._modules[names[i]] = stem
         conv = seq._modules[names[i]]
         ours = isinstance(conv, _OURS)
-        if not ours and type(conv) is not nn.Conv2d:
+        if (not ours and type(conv) is not nn.Conv2d) or _hooked(conv):
             i += 1
             continue
         j, bn, bounds = i + 1, None, None
@@ -389,6 +420,12 @@ def _traceable(module: nn.Module, child: bool) -> bool:
         return False
     if any(p.default is None for p in params):
         return False
+    try:  # a type test on an argument sees fx's Proxy, not the tensor: it would be traced as False
+        source = inspect.getsource(type(module).forward)
+    except (OSError, TypeError):
+        source = ""
+    if "isinstance(" in source or "is_tensor(" in source:
+        return False
     if child:
         for cls in type(module).__mro__:
             if cls.__module__.startswith("torch."):
@@ -422,7 +459,9 @@ def _optimize(module: nn.Module, child: bool = False) -> nn.Module:
     gm.meta.setdefault("_user_preserved_attributes", {}).update(kept)
     for k, v in kept.items():
         setattr(gm, k, v)
-    _fuse_graph(gm)
+    # A child of a module that does not trace: no submodule is changed in place (the parent's forward
+    # may call one itself, ``self.backbone.conv1(x)``: it finds the original, or none, never a folded one).
+    _fuse_graph(gm, keep=child)
     _memory_format_pass(gm)
     gm.delete_all_unused_submodules()
     gm.recompile()
@@ -441,7 +480,12 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
     ``fx.GraphModule`` with the model's plain attributes (its other methods, and forward hooks, are
     not kept); otherwise (control flow on the input, a ``forward`` argument that defaults to None)
     it is the model's own class with its children optimized (a child whose class has other public
-    methods is kept as its class too, with its children optimized)."""
+    methods is kept as its class too, with its children optimized). A forward that tests its
+    argument's type (``isinstance``) is not traced (fx would pass a Proxy). No module is folded in
+    place where something else can reach it (a module the graph reads ``.weight`` of, a child whose
+    untraced parent may call its layers: such a parent finds a fused layer gone, an AttributeError,
+    never a folded one); modules with hooks and BatchNorm subclasses with their own forward are not
+    folded."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"optimize_for_inference expects an nn.Module, got {type(model).__name__}")
     if isinstance(model, torch.jit.ScriptModule):
