@@ -569,3 +569,29 @@ def test_sparse_conv_without_native_kernel_goes_in_dense(tmp_path):
     with torch.no_grad():
         want = model(x)
     assert_close(export.load_executorch(path)(x), want, rtol=1e-4)
+
+
+class _FunctionalPool(nn.Module):
+    def forward(self, x):
+        return torch.nn.functional.max_pool2d(x, 2)  # no stride: exported without it
+
+
+@needs_et
+def test_a_sequential_with_batch_norm_and_a_functional_pool_exports(tmp_path):
+    """Found by a deployment probe: XNNPACK failed on a top-level Sequential's dense conv + BatchNorm
+    (names starting with a digit) and on F.max_pool2d without a stride; and the loaded program took
+    inputs of any shape that fit its memory."""
+    torch.manual_seed(0)
+    model = sparsify_random(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                          _FunctionalPool(), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(TypeError, match="sequence of tensors"):
+        export.executorch(model, tmp_path / "m.pte", x)
+    with pytest.raises(ValueError, match="below the example batch"):
+        export.executorch(model, tmp_path / "m.pte", (x,), max_batch=1)
+    for m in (model, ps.convert(model, layers="all")):
+        program = export.load_executorch(export.executorch(m, tmp_path / "m.pte", (x,), max_batch=3))
+        with torch.no_grad():
+            assert_close(program(x[:1]), m(x[:1]), rtol=1e-4)
+        with pytest.raises(RuntimeError, match="planned for"):
+            program(torch.randn(1, 3, 4, 4))  # another image size: not the program's

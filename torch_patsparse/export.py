@@ -166,6 +166,8 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
     from executorch.exir import to_edge_transform_and_lower
 
     path = os.fspath(path)
+    if isinstance(example_inputs, torch.Tensor):
+        raise TypeError("export.executorch: example_inputs is a sequence of tensors, e.g. (x,), not a tensor")
     # The program takes contiguous (NCHW) inputs, as load_executorch hands them: a channels_last
     # example would make it expect channels_last and read contiguous inputs wrongly.
     example_inputs = tuple(x.contiguous() if isinstance(x, torch.Tensor) else x for x in example_inputs)
@@ -177,6 +179,9 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
     if max_batch is not None:
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"export.executorch: max_batch must be a positive int, got {max_batch!r}")
+        too_big = [x.shape[0] for x in example_inputs if x.dim() and x.shape[0] > max_batch]
+        if too_big:
+            raise ValueError(f"export.executorch: max_batch={max_batch} is below the example batch {too_big[0]}")
         if max_batch > 1:
             batch = torch.export.Dim("batch", min=1, max=max_batch)
             dynamic_shapes = tuple({0: batch} for _ in example_inputs)
@@ -202,6 +207,8 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
     for p in model.parameters():
         if p.dtype != torch.float32:
             raise ValueError(f"export.executorch: the model must be float32 (model.float()), found {p.dtype}")
+    if isinstance(model, nn.Sequential):  # (XNNPACK's BatchNorm fusion fails on names starting with a digit)
+        model = _Named(model)
     with torch.no_grad():
         ep = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes)
         pairs = [(c, b) for c, b in _batch_norm_after_our_conv(ep)
@@ -212,10 +219,36 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
                                                 math.inf))
                 model.set_submodule(bn, nn.Identity())
             ep = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes)
+    _explicit_pool_strides(ep)
     program = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch()
     with open(path, "wb") as f:
         program.write_to_file(f)
     return path
+
+
+class _Named(nn.Module):
+    """An ``nn.Sequential`` one level down, so its parameter names start with a letter (``model.0.weight``)."""
+
+    def __init__(self, model: nn.Sequential):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)
+
+
+def _explicit_pool_strides(ep) -> None:
+    """``F.max_pool2d(x, k)`` exports without its stride (= the kernel size), which XNNPACK's
+    partitioner reads as an argument: write it out."""
+    changed = False
+    for node in ep.graph_module.graph.nodes:
+        if (node.op == "call_function" and node.target in (torch.ops.aten.max_pool2d.default,
+                                                           torch.ops.aten.max_pool2d_with_indices.default)
+                and (len(node.args) == 2 or not node.args[2])):
+            node.args = (node.args[0], node.args[1], node.args[1]) + tuple(node.args[3:])
+            changed = True
+    if changed:
+        ep.graph_module.recompile()
 
 
 _KERNELS_LOADED = None
@@ -279,10 +312,16 @@ class ExecuTorchProgram:
         self.path = path
         self.program = Runtime.get().load_program(path)
         self.method = self.program.load_method("forward")
+        meta = self.method.metadata
+        self._planned = [list(meta.input_tensor_meta(i).sizes()) for i in range(meta.num_inputs())]
 
     def __call__(self, *inputs: torch.Tensor) -> Any:
         # The runtime reads a tensor's storage as contiguous (NCHW) whatever its strides: give it that.
         inputs = tuple(x.contiguous() if isinstance(x, torch.Tensor) else x for x in inputs)
+        # The runtime takes any shape that fits the planned memory; only the batch may vary (max_batch).
+        if any(isinstance(x, torch.Tensor) and (x.dim() != len(p) or list(x.shape[1:]) != p[1:])
+               for x, p in zip(inputs, self._planned)):
+            raise RuntimeError(f"ExecuTorch program {self.path}: {self._mismatch(inputs)}")
         try:
             outputs = self.method.execute(list(inputs))
         except RuntimeError as e:  # the runtime's own message is an error code: say what did not fit
