@@ -381,8 +381,11 @@ def test_conv_attributes_read_as_nn_conv2d():
 def test_autocast_output_dtype_as_nn_conv2d():
     conv = pattern_weight_conv(6, 8, keep=0.5, padding=1)
     pc = PatternConv2d.from_dense(conv)
-    x = torch.randn(2, 6, 7, 7)
+    x = torch.randn(2, 6, 7, 7, generator=torch.Generator().manual_seed(0))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         want, got = conv(x), pc(x)
     assert got.dtype == want.dtype == torch.bfloat16
-    torch.testing.assert_close(got.float(), want.float(), rtol=3e-2, atol=3e-2)
+    # ours computes in fp32 and rounds the output once (nn.Conv2d rounds its operands: a looser
+    # reference); the fp32 result rounded to bf16 is what it must give
+    with torch.no_grad():
+        torch.testing.assert_close(got, conv(x).to(torch.bfloat16))

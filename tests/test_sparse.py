@@ -145,11 +145,12 @@ def test_unbatched_linear_backward_with_bias():
 def test_autocast_output_dtype_as_the_dense_layers():
     dense_lin = linear_with(pruned_on_grid((4, 6), keep=0.5))
     conv = conv_with(pruned_on_grid((4, 6, 1, 1), keep=0.5))
-    for dense, sparse, x in ((dense_lin, SparseLinear.from_dense(dense_lin), torch.randn(3, 6, requires_grad=True)),
-                             (conv, SparseConv2d.from_dense(conv), torch.randn(2, 6, 5, 5, requires_grad=True))):
+    for dense, sparse, x in ((dense_lin, SparseLinear.from_dense(dense_lin), torch.randn(3, 6, generator=torch.Generator().manual_seed(0)).requires_grad_()),
+                             (conv, SparseConv2d.from_dense(conv), torch.randn(2, 6, 5, 5, generator=torch.Generator().manual_seed(1)).requires_grad_())):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             want, got = dense(x), sparse(x)
         assert got.dtype == want.dtype == torch.bfloat16
-        torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+        with torch.no_grad():  # ours rounds the fp32 result once (see test_pattern_conv's autocast test)
+            torch.testing.assert_close(got, dense(x).to(torch.bfloat16))
         got.float().sum().backward()
         assert x.grad is not None and x.grad.dtype == torch.float32
