@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 
@@ -92,7 +92,7 @@ class Constraint:
 
     def _key(self) -> tuple:
         # keep=1 (one kernel) and keep=1.0 (all) compare equal as numbers: the type is part of the value
-        return tuple((type(v), v) for v in asdict(self).values())
+        return tuple((type(v), v) for v in (getattr(self, f.name) for f in fields(self)))
 
     def __eq__(self, other) -> bool:
         return type(self) is type(other) and self._key() == other._key()

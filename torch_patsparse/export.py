@@ -330,18 +330,16 @@ class ExecuTorchProgram:
 
     def _mismatch(self, inputs) -> Optional[str]:
         """What in ``inputs`` does not fit the program's inputs (count, dtype, shape), or None."""
-        meta = self.method.metadata
-        want = [meta.input_tensor_meta(i) for i in range(meta.num_inputs())]
-        if len(inputs) != len(want):
-            return f"takes {len(want)} input(s), got {len(inputs)}"
-        for i, (x, m) in enumerate(zip(inputs, want)):
+        if len(inputs) != len(self._planned):
+            return f"takes {len(self._planned)} input(s), got {len(inputs)}"
+        for i, (x, sizes) in enumerate(zip(inputs, self._planned)):
             if not isinstance(x, torch.Tensor):
                 return f"input {i} must be a tensor, got {type(x).__name__}"
             if x.dtype != torch.float32:
                 return f"input {i} must be float32 (the kernels run float32), got {x.dtype}"
-            if list(x.shape) != list(m.sizes()):
+            if list(x.shape) != sizes:
                 return (f"input {i} has shape {list(x.shape)}; the program's input is planned for "
-                        f"{list(m.sizes())} (exported without max_batch: exactly that shape; with "
+                        f"{sizes} (exported without max_batch: exactly that shape; with "
                         "export.executorch(..., max_batch=N): batch 1..N)")
         return None
 

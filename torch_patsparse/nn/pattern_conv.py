@@ -226,10 +226,9 @@ class PatternConv2d(PatternStateDict, nn.Module):
 
     @torch.jit.unused
     def dense_weight(self) -> torch.Tensor:
-        """The dense [Cout, Cin, 3, 3] weight this layer computes with."""
-        kernel_channel, values = self._runtime_arrays()
-        return fmt.decompress(self.patterns, self.filter_ptr, kernel_channel, self.kernel_pattern,
-                              values.detach().to(self._dtype()), self.in_channels)
+        """The dense [Cout, Cin, 3, 3] weight this layer computes with (detached: :attr:`weight` is
+        the differentiable one)."""
+        return self.weight.detach()
 
     @torch.jit.unused
     def int_codes(self) -> torch.Tensor:
