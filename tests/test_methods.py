@@ -84,6 +84,44 @@ def test_oneshot_is_the_projection_of_the_starting_weights():
     assert o2.phase == "retrain" and o2.pattern_sets()[0] == pset
 
 
+@pytest.mark.parametrize("method", ["oneshot", "gradual"])
+def test_kept_weights_that_are_zero_at_the_prune_still_train(method):
+    """The mask is the support the projection keeps, not the nonzeros: a zero-initialised layer
+    pruned at the first step (oneshot) trains its kept half, and a 3x3 conv its kept kernels."""
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 20), torch.randint(0, 5, (64,))
+    m = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 5))
+    nn.init.zeros_(m[2].weight)
+    opt = ps.ADMM.from_model(m, {r"2\.weight": [C.Unstructured(keep=0.5)]}, method=method, phase_steps=4, lr=0.1)
+    for _ in range(20):
+        opt.zero_grad()
+        F.cross_entropy(m(x), y).backward()
+        opt.step()
+    opt.hard_prune()  # (gradual: the end of its phase)
+    mask = opt.masks()["2.weight"]
+    assert int(mask.sum()) == 80 and int((m[2].weight != 0).sum()) == 80
+    assert not m[2].weight[~mask].any()
+    conv = nn.Conv2d(3, 8, 3, padding=1)
+    nn.init.zeros_(conv.weight)
+    opt = ps.ADMM.from_model(nn.Sequential(conv), {r"0\.weight": [C.Pattern(k=4), C.Connectivity(keep=0.5)]},
+                             method="oneshot", lr=0.1)
+    xx = torch.randn(4, 3, 8, 8)
+    for _ in range(5):
+        opt.zero_grad()
+        conv(xx).pow(2).mean().neg().backward()
+        opt.step()
+    nz = (conv.weight != 0).sum((2, 3))
+    assert int((nz > 0).sum()) == 12 and set(nz[nz > 0].tolist()) == {4}
+
+
+def test_quantizing_an_all_zero_weight_warns():
+    m = nn.Sequential(nn.Linear(8, 4))
+    nn.init.zeros_(m[0].weight)
+    opt = ps.ADMM.from_model(m, {r"0\.weight": [C.Quantize(bits=4)]}, method="oneshot", lr=0.1)
+    with pytest.warns(RuntimeWarning, match="'0.weight' is all zero"):
+        opt.hard_prune()
+
+
 def test_gradual_keep_follows_the_cubic_schedule():
     m = tiny_net()
     opt = ps.ADMM([{"params": [m[3].weight], "constraints": [C.Pattern(k=4), C.Connectivity(keep=0.25)],

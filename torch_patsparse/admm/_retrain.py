@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 import weakref
 
 import torch
@@ -77,10 +78,14 @@ class HardPrune:
         new = {}
         for gi, g, cons, pairs in groups:
             pset = self._pattern_sets.get(gi)
-            for p, _ in pairs:
+            for p, name in pairs:
                 final, mask, quant, scale = self._prune_quantize(p, cons, pset)
                 st = RetrainState(mask)
                 if quant is not None:
+                    if scale == 0:
+                        warnings.warn(f"ADMM.hard_prune: '{name}' is all zero, so its {quant.bits}-bit levels "
+                                      "are all 0 and it cannot train from here; hard-prune a trained weight "
+                                      "(method='oneshot' prunes at the first step)", RuntimeWarning, stacklevel=3)
                     top = quant_levels(quant.bits)  # codes span -top..top
                     all_codes = torch.arange(-top, top + 1, device=p.device)
                     st.levels = project.dequantize(all_codes, scale, quant.scheme, dtype=p.dtype).unique()
@@ -93,10 +98,16 @@ class HardPrune:
         self._hook_masks()
 
     def _prune_quantize(self, p, cons, pset):
-        """``(Proj(W), pruning mask or None, Quantize constraint or None, scale)``; the mask holds the
-        zeros of the pruning part only (a weight that rounds to level 0 is not pruned)."""
-        pruned = self._project(p, cons, pset, prune_only=True)
-        mask = (pruned != 0) if any(c.prunes for c in cons) else None
+        """``(Proj(W), pruning mask or None, Quantize constraint or None, scale)``. The mask is the
+        support the pruning part keeps, also where W is exactly 0 there (a zero-initialised layer
+        pruned at the first step still trains); a weight that rounds to level 0 is not pruned."""
+        pruned, mask = p.detach(), None
+        if any(c.prunes for c in cons):
+            # Zeros become the dtype's smallest normal number: they rank below every weight (their
+            # squares are 0, as before), and the projection's output marks the ones it keeps.
+            marked = torch.where(pruned == 0, torch.finfo(p.dtype).tiny, pruned)
+            mask = self._project(marked, cons, pset, prune_only=True) != 0
+            pruned = torch.where(mask, pruned, torch.zeros((), dtype=p.dtype, device=p.device))
         quant = next((c for c in cons if isinstance(c, C.Quantize)), None)
         if quant is None:
             return pruned, mask, None, None
