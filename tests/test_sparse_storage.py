@@ -74,9 +74,10 @@ def test_pow2_grid_detection():
     j = torch.randint(0, 3, (20, 30), generator=g)
     sign = torch.randint(0, 2, (20, 30), generator=g) * 2 - 1
     w = sign * 0.75 * torch.pow(2.0, -j.float()) * (torch.rand(20, 30, generator=g) < 0.3)
-    s = SparseLinear.from_dense(linear_with(w), scheme="pow2")
-    assert s.scheme == "pow2" and s.bits == 3
-    assert torch.equal(s.to_dense().weight, w)
+    for scheme in ("pow2", "uniform"):  # found under either argument (the default: uniform first)
+        s = SparseLinear.from_dense(linear_with(w), scheme=scheme)
+        assert s.scheme == "pow2" and s.bits == 3
+        assert torch.equal(s.to_dense().weight, w)
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])

@@ -174,8 +174,8 @@ def header_fields(header: torch.Tensor, shape) -> list:
 
 def encode(weight: torch.Tensor, bits: Optional[int], scheme: str) -> Dict[str, torch.Tensor]:
     """The stored arrays (CPU) of a weight: its nonzeros (zeros = pruned), quantized to ``bits`` with
-    ``scheme`` (lossy), or with ``bits=None`` as exact codes when they already sit on a ``scheme``
-    grid, else fp32 values."""
+    ``scheme`` (lossy), or with ``bits=None`` as exact codes when they already sit on a grid
+    (``scheme``'s or the other's, the fewer bits; ties: ``scheme``), else fp32 values."""
     if scheme not in quant.SCHEMES:
         raise ValueError(f"scheme must be 'uniform' or 'pow2', got {scheme!r}")
     w = weight.detach().to("cpu", torch.float32).reshape(-1)
@@ -190,8 +190,10 @@ def encode(weight: torch.Tensor, bits: Optional[int], scheme: str) -> Dict[str, 
         grid = (codes.view(-1)[pos].long(), torch.tensor([q], dtype=torch.float32), int(bits)) if pos.numel() else None
     else:
         pos = torch.nonzero(w).view(-1)
-        g = quant.detect_grid(w[pos], (scheme,))
+        # `scheme` first, then the other: weights trained on either grid store as codes
+        g = quant.detect_grid(w[pos], (scheme, *[s for s in quant.SCHEMES if s != scheme]))
         grid = None if g is None else (g.codes, g.scale.reshape(1).float(), g.bits)
+        scheme = scheme if g is None else g.scheme
     kind, width, index, nsym = _choose_index(pos, numel)
     if grid is None:
         sid, qbits = 0, 0

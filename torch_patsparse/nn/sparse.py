@@ -54,8 +54,8 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
     @classmethod
     def from_dense(cls, module: nn.Linear, bits: Optional[int] = None, scheme: str = "uniform") -> "SparseLinear":
         """From a pruned (zeros = pruned) Linear. ``bits``: quantize to k bits (``project.quantize``);
-        None: store exact levels if the nonzeros already sit on a ``scheme`` grid, else fp32 values (a
-        float64 weight is rounded to them: ``conversion_error`` says by how much)."""
+        None: store exact levels if the nonzeros already sit on a grid (``scheme``'s or the other's),
+        else fp32 values (a float64 weight is rounded to them: ``conversion_error`` says by how much)."""
         _check_source(cls, module, nn.Linear)
         m = cls(module.in_features, module.out_features, module.bias is not None)
         m._set_weight(module.weight, bits, scheme)
