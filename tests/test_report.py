@@ -82,3 +82,27 @@ def test_bits_follow_the_dtype():
 def test_a_grouped_conv_shows_its_weight_shape():
     rep = ps.compression_report(nn.Sequential(nn.Conv2d(32, 32, 3, groups=32)))
     assert rep.rows[0].shape == "32x1x3x3"
+
+
+def test_every_dense_conv_kind_and_subclass_is_a_layer_with_its_macs():
+    """Conv1d / Conv3d / transposed convs and subclasses are layers (not "other tensors"): a transposed
+    conv computes each weight once per input position."""
+    class MyConv(nn.Conv2d):
+        pass
+
+    m = nn.Sequential(nn.Conv1d(4, 8, 5, padding=2), nn.Unflatten(2, (4, 8)), MyConv(8, 8, 3, padding=1),
+                      nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1), nn.Unflatten(1, (1, 4)), nn.Conv3d(1, 2, 3))
+    rep = ps.compression_report(m, input_size=(1, 4, 32))
+    rows = {r.name: r for r in rep.rows}
+    assert [rows[k].kind for k in ("0", "2", "3", "5")] == ["Conv1d", "MyConv", "ConvTranspose2d", "Conv3d"]
+    assert rows["0"].dense_macs == 4 * 8 * 5 * 32
+    assert rows["2"].dense_macs == 8 * 8 * 9 * 32
+    assert rows["3"].dense_macs == 8 * 4 * 16 * 32          # per input position: 4x8 of them
+    assert rows["5"].dense_macs == 2 * 27 * 2 * 6 * 14      # output [1, 2, 2, 6, 14]
+    assert rep.totals["model_stored_bits"] == rep.totals["stored_bits"]  # nothing left in "other tensors"
+
+
+def test_a_lazy_model_is_a_clear_error():
+    import pytest
+    with pytest.raises(ValueError, match="lazy"):
+        ps.compression_report(nn.Sequential(nn.LazyLinear(3)))

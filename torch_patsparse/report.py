@@ -88,11 +88,15 @@ def _output_positions(model: nn.Module, example_input: torch.Tensor, names: Sequ
 
     def record(name):
         def hook(module, inputs, output):
-            if isinstance(output, torch.Tensor) and output.numel():
-                linear = hasattr(module, "in_features")  # channels last for a Linear, at -3 for a conv
-                channels = output.shape[-1] if linear else output.shape[-3]
-                batched = output.dim() >= 2 if linear else output.dim() == 4
-                positions[name] += output.numel() // channels // (output.shape[0] if batched else 1)
+            # a transposed conv computes every weight once per *input* position
+            t = inputs[0] if getattr(module, "transposed", False) and inputs else output
+            if isinstance(t, torch.Tensor) and t.numel():
+                if hasattr(module, "in_features"):  # features last: [..., F]
+                    channels, batched = t.shape[-1], t.dim() >= 2
+                else:                               # [N, C, *spatial] or unbatched [C, *spatial]
+                    spatial = len(getattr(module, "kernel_size", (1, 1)))
+                    channels, batched = t.shape[-spatial - 1], t.dim() == spatial + 2
+                positions[name] += t.numel() // channels // (t.shape[0] if batched else 1)
         return hook
 
     for name, module in model.named_modules():
@@ -115,13 +119,15 @@ def compression_report(model: nn.Module, input_size: Optional[Sequence[int]] = N
     """Storage and compute of every conv / linear layer of ``model``.
 
     Compressed modules report their stored arrays (``storage_bits()``: values or k-bit codes, all
-    index arrays, pattern table, scale, bias); plain ``nn.Conv2d`` / ``nn.Linear`` count as stored
-    dense in fp32. ``totals`` sums the layers (``ratio``) and, in ``model_*``, the whole state_dict:
+    index arrays, pattern table, scale, bias); dense convs (``nn.Conv1d`` / ``2d`` / ``3d``, transposed
+    too) and ``nn.Linear`` (subclasses too) count as stored dense at their dtype's width. ``totals`` sums the layers (``ratio``) and, in ``model_*``, the whole state_dict:
     every other tensor (BatchNorm statistics, ...) counted at its stored width. MACs are per image and need ``input_size`` (e.g. ``(1, 3, 224, 224)``) or an
     ``example_input`` (one forward pass records each layer's output size).
     """
-    layers = [(n, m) for n, m in model.named_modules()
-              if hasattr(m, "storage_bits") or type(m) in (nn.Conv2d, nn.Linear)]
+    if any(isinstance(t, nn.parameter.UninitializedTensorMixin) for t in (*model.parameters(), *model.buffers())):
+        raise ValueError("compression_report: the model has uninitialized (lazy) parameters; run one forward "
+                         "pass first so they get their shapes")
+    layers = [(n, m) for n, m in model.named_modules() if hasattr(m, "storage_bits") or _dense_layer(m)]
     if example_input is None and input_size is not None:
         p = next(model.parameters(), None)
         example_input = torch.zeros(*input_size, device=p.device if p is not None else "cpu",
@@ -138,13 +144,18 @@ def compression_report(model: nn.Module, input_size: Optional[Sequence[int]] = N
         else:
             detail = {"weight": _bits_of(m.weight), **({"bias": _bits_of(m.bias)} if m.bias is not None else {})}
             dense_bits = sum(detail.values())
-            kind = "Conv2d" if isinstance(m, nn.Conv2d) else "Linear"
+            kind = type(m).__name__
             dense_w = kept_w = m.weight.numel()     # a dense layer computes every weight
             density = 1.0
         macs = (dense_w * positions[name], kept_w * positions[name]) if name in positions else (None, None)
         shape = _shape(m)
         rows.append(LayerRow(name, kind, shape, density, dense_bits, sum(detail.values()), macs[0], macs[1], detail))
     return CompressionReport(rows, _other_bits(model, [n for n, _ in layers]))
+
+
+def _dense_layer(m: nn.Module) -> bool:
+    """A dense conv (1-3d, transposed too) or Linear, subclasses included."""
+    return isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and isinstance(m.weight, torch.Tensor)
 
 
 def _other_bits(model: nn.Module, layer_names: Sequence[str]) -> int:
