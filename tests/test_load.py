@@ -64,3 +64,40 @@ def test_old_checkpoints_load_and_rebuild_bit_for_bit():
                 assert v.dtype == new[k].dtype and torch.equal(v, new[k]), (name, k)
             else:
                 assert {kk: new[k][kk] for kk in v} == v, (name, k)
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+def test_a_load_of_the_same_structure_writes_in_place(bits):
+    """As nn.Module loads: the same tensors receive the new values, so a scripted / traced copy and a
+    model in shared memory see the load; another kept count takes the incoming shape, in the same
+    tensor objects (a scripted copy still follows)."""
+    import copy
+    import warnings
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 36, 5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = ps.convert(dense, project=True, layers="all", bits=bits).eval()
+    new = copy.deepcopy(model)
+    with torch.no_grad():
+        for t in (*new.parameters(), *new.buffers()):
+            if t.is_floating_point():
+                t.mul_(2)
+    x = torch.randn(2, 4, 6, 6)
+    scripted, traced = torch.jit.script(model), torch.jit.trace(model, x)
+    before = {k: v.data_ptr() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    model.load_state_dict(new.state_dict())
+    assert {k: v.data_ptr() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)} == before
+    for m in (model, scripted, traced):
+        assert torch.equal(m(x), new(x))
+    lin = nn.Linear(20, 5)
+    with torch.no_grad():
+        lin.weight[lin.weight.abs() < 0.1] = 0
+    other = ps.convert(nn.Sequential(lin), layers="all", bits=bits)
+    with torch.no_grad():
+        lin.weight[lin.weight.abs() < 0.15] = 0
+    fewer = ps.convert(nn.Sequential(lin), layers="all", bits=bits)
+    scripted = torch.jit.script(other)
+    other.load_state_dict(fewer.state_dict())
+    y = torch.randn(3, 20)
+    assert torch.equal(other(y), fewer(y)) and torch.equal(scripted(y), fewer(y))

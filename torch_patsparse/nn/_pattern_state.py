@@ -127,8 +127,11 @@ class PatternStateDict(DecodedWeight):
             for name, t in arrays.items():
                 state_dict[prefix + name] = t
                 mine = getattr(self, name)
-                # The number of kept kernels (and K) may differ from this module's: take the incoming shape.
-                mine.data = torch.empty(t.shape, dtype=mine.dtype, device=mine.device)
+                # The number of kept kernels (and K) may differ from this module's: take the incoming
+                # shape, in the same tensor object (a scripted copy shares it). Same shape: loaded in
+                # place, as nn.Module does (shared memory sees it; never uninitialised memory).
+                if mine.shape != t.shape:
+                    mine.data = torch.empty(t.shape, dtype=mine.dtype, device=mine.device)
             super(PatternStateDict, self)._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                                                 missing_keys, unexpected_keys, error_msgs)
 

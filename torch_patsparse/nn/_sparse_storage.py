@@ -215,8 +215,10 @@ class _SparseWeightMixin(DecodedWeight):
 
         def apply():
             if len(incoming) == len(_ARRAYS):
-                for k, t in incoming.items():
-                    setattr(self, k, torch.empty_like(t, device=getattr(self, k).device))
+                for k, t in incoming.items():  # as PatternConv2d's load (_pattern_state.py)
+                    mine = getattr(self, k)
+                    if mine.shape != t.shape or mine.dtype != t.dtype:
+                        mine.data = torch.empty_like(t, device=mine.device)
             super(_SparseWeightMixin, self)._load_from_state_dict(
                 state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
             self._update_native()
