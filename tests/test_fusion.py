@@ -160,3 +160,29 @@ def test_fused_conv_honours_native_flag(native):
     with torch.no_grad():
         want = (conv(x) * fused.scale.view(-1, 1, 1) + fused.shift.view(-1, 1, 1) + r).clamp(0, 6)
         assert_same_model_output(fused(x, r), want)
+
+
+def test_fused_layer_follows_a_load_that_changes_whether_it_runs_natively():
+    """A 4-bit SparseLinear this dense runs dense (``_native`` False): loading such a checkpoint into an
+    optimized model of a sparse one (and back) gives the loaded model's output, eager and scripted."""
+    import warnings
+
+    def converted(seed, density):
+        torch.manual_seed(seed)
+        m = nn.Sequential(nn.Linear(64, 32), nn.ReLU())
+        with torch.no_grad():
+            m[0].weight.mul_((torch.rand_like(m[0].weight) < density).float())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ps.convert(m, layers="all", bits=4).eval()
+
+    sparse, dense = converted(0, 0.3), converted(1, 0.9)
+    assert sparse[0]._native and not dense[0]._native
+    x = torch.randn(4, 64)
+    for a, b in ((sparse, dense), (dense, sparse)):
+        opt = ps.optimize_for_inference(a)
+        opt(x)
+        opt.load_state_dict(ps.optimize_for_inference(b).state_dict())
+        with torch.no_grad():
+            assert_same_model_output(opt(x), b(x))
+            assert_same_model_output(torch.jit.script(opt)(x), b(x))

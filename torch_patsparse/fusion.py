@@ -57,7 +57,6 @@ class FusedConv(_InferenceOnly):
 
     lo: float
     hi: float
-    native: bool
     out_features: int
     channel_view: List[int]
     geometry: List[int]
@@ -74,9 +73,6 @@ class FusedConv(_InferenceOnly):
         self.register_buffer("unit_mean", torch.zeros_like(scale) if both else None, persistent=False)
         self.register_buffer("unit_var", torch.ones_like(scale) if both else None, persistent=False)
         self.lo, self.hi = float(lo), float(hi)
-        # A module with forward_fused may run it natively only for some layers (SparseConv2d: 1x1
-        # without padding or groups; `_native` says which); the others take the torch-op route.
-        self.native = hasattr(conv, "forward_fused") and bool(getattr(conv, "_native", True))
         linear = isinstance(conv, (nn.Linear, SparseLinear))
         self.channel_view = [-1] if linear else [-1, 1, 1]
         # Output geometry (kernel, stride, padding, dilation per axis), so a residual that would
@@ -106,7 +102,13 @@ class FusedConv(_InferenceOnly):
                 return traced
         out: Optional[torch.Tensor] = None
         if hasattr(self.conv, "forward_fused"):  # resolved when scripted, too
-            if self.native:
+            # A module with forward_fused may run it natively only for some layers (SparseConv2d: 1x1
+            # without padding or groups, not a k-bit weight this dense); `_native` says which, read
+            # here as a load may change it. The others take the torch-op route.
+            native = True
+            if hasattr(self.conv, "_native"):
+                native = self.conv._native
+            if native:
                 if residual is None or self._residual_fits(x, residual):
                     return self.conv.forward_fused(x, self.scale, self.shift, residual, self.lo, self.hi)
                 out = self.conv.forward_fused(x, self.scale, self.shift, None, -_INF, _INF)
