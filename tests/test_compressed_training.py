@@ -187,6 +187,19 @@ def test_gradient_clipping_sees_the_masked_gradients():
     assert g.grad is not None and torch.equal(g.grad[g == 0], torch.zeros_like(g.grad[g == 0]))
 
 
+def test_hooks_on_a_swapped_conv_keep_firing():
+    """As after convert: forward / pre-forward / full backward hooks of a conv fire inside the block."""
+    model, opt = build(torch.optim.SGD, None, lr=0.05)
+    calls = {"pre": 0, "fwd": 0, "bwd": 0}
+    model.c2.register_forward_pre_hook(lambda *a: calls.__setitem__("pre", calls["pre"] + 1))
+    model.c2.register_forward_hook(lambda *a: calls.__setitem__("fwd", calls["fwd"] + 1))
+    model.c2.register_full_backward_hook(lambda *a: calls.__setitem__("bwd", calls["bwd"] + 1))
+    _, names = train(model, opt, 2, compressed=True)
+    assert "c2" in names and calls == {"pre": 2, "fwd": 2, "bwd": 2}
+    train(model, opt, 1, compressed=False)
+    assert calls == {"pre": 3, "fwd": 3, "bwd": 3}
+
+
 def test_what_it_cannot_swap_is_said():
     model, opt = build(torch.optim.SGD, None, lr=0.05)
     with pytest.warns(UserWarning, match="no layer to swap"):

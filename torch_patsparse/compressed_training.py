@@ -27,6 +27,7 @@ from torch import nn
 from . import format as fmt
 from .admm import ADMM, trained_pattern_set
 from .admm._state import map_tensors
+from .convert import _carry_over
 from .nn import PatternConv2d
 from .nn.kinds import PATTERN, layer_kind
 
@@ -88,7 +89,7 @@ def _build(conv: nn.Conv2d, mask: torch.Tensor, patterns: torch.Tensor) -> Patte
         for name in ("filter_ptr", "kernel_channel", "kernel_pattern"):
             getattr(mod, name).copy_(arrays[name])
     mod.bias = conv.bias  # the very Parameter: the optimizer keeps training it as it is
-    mod.values.requires_grad_(conv.weight.requires_grad)  # a frozen conv stays frozen
+    _carry_over(conv, mod)  # a frozen conv stays frozen; its hooks keep firing
     mod.train(conv.training)
     return mod
 
@@ -113,8 +114,9 @@ def compressed_training(model: nn.Module, optimizer: ADMM):
     """Within the block, ``model``'s pattern-pruned 3x3 convs are trainable PatternConv2d modules and
     ``optimizer`` trains their kept weights (see the module docstring). Only convs that ``optimizer``
     (a :class:`ADMM` after :meth:`~ADMM.hard_prune`) retrains with a pattern constraint are swapped;
-    the others stay as they are. Yields the names of the swapped convs. On exit (also on an
-    exception) the dense convs are back, with the trained weights and the optimizer state in place."""
+    the others stay as they are (a swapped conv keeps its hooks and frozen flag, as after ``convert``).
+    Yields the names of the swapped convs. On exit (also on an exception) the dense convs are back,
+    with the trained weights and the optimizer state in place."""
     if not isinstance(optimizer, ADMM):
         raise TypeError(f"compressed_training needs a ps.ADMM optimizer, got {type(optimizer).__name__}")
     if optimizer.phase != "retrain":
