@@ -154,3 +154,36 @@ def test_autocast_output_dtype_as_the_dense_layers():
             torch.testing.assert_close(got, dense(x).to(torch.bfloat16))
         got.float().sum().backward()
         assert x.grad is not None and x.grad.dtype == torch.float32
+
+
+def test_meta_inputs_give_the_dense_layers_shapes():
+    """Shape / FLOP tools run models on the meta device: our layers answer as nn.Conv2d / nn.Linear."""
+    torch.manual_seed(0)
+    conv3, conv1, lin = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(8, 4, 1), nn.Linear(8, 4)
+    with torch.no_grad():
+        conv3.weight[:, :, 0, :] = 0
+        conv3.weight[:, :, 2, :2] = 0
+        conv1.weight[conv1.weight.abs() < 0.2] = 0
+        lin.weight[lin.weight.abs() < 0.2] = 0
+    cases = [(conv3, ps.nn.PatternConv2d.from_dense(conv3), (1, 2, 5, 5)),
+             (conv1, SparseConv2d.from_dense(conv1), (2, 8, 5, 5)), (lin, SparseLinear.from_dense(lin), (2, 8))]
+    for dense, ours, shape in cases:
+        x = torch.empty(shape, device="meta")
+        for ref, module in ((dense, ours), (copy.deepcopy(dense).to("meta"), copy.deepcopy(ours).to("meta"))):
+            try:
+                want = ref(x)
+            except RuntimeError:  # nn.Linear's CPU weight with a meta input
+                with pytest.raises(RuntimeError):
+                    module(x)
+                continue
+            got = module(x)
+            assert got.device.type == "meta" and got.shape == want.shape, type(ours).__name__
+
+
+def test_subnormal_weights_are_stored_exactly():
+    lin = nn.Linear(8, 4)
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.weight[0, 5], lin.weight[2, 1] = 1e-42, -3e-42
+    s = SparseLinear.from_dense(lin)
+    assert torch.equal(s.to_dense().weight, lin.weight)

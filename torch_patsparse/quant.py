@@ -195,9 +195,10 @@ def _nonzero_grid(v: torch.Tensor, scheme: str) -> Optional[Tuple[torch.Tensor, 
                 if s is not None:
                     return c, s
         return None
-    j = torch.round(torch.log2(amax / a)).to(torch.int64)  # the scale is the largest magnitude
-    if int(j.max()) > top - 1:
+    ratio = torch.log2(amax / a)  # the scale is the largest magnitude
+    if not bool(torch.isfinite(ratio).all()) or float(ratio.max()) > top - 0.5:  # (inf: subnormal a)
         return None
+    j = torch.round(ratio).to(torch.int64)
     c = torch.where(v < 0, -(j + 1), j + 1)
     s = _exact_scale(v, c, scheme, amax)
     return None if s is None else (c, s)
