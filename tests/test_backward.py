@@ -196,3 +196,22 @@ def test_bad_arrays_raise_in_backward(isa):
     with pytest.raises(RuntimeError, match="kernel_channel"):
         torch.ops.patsparse.pattern_conv2d_grad_values(g, torch.randn(1, 3, 6, 6), *idx, arrays["values"],
                                                        [1, 1], [1, 1], [1, 1])
+
+
+def test_torch_func_as_the_readme_says():
+    """vmap of a forward runs the native op per sample; the torch.func gradient transforms raise
+    torch 2.13's register_autograd error (pytorch#170834). If this starts passing through, the
+    README's paragraph on autograd is out of date."""
+    import warnings
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 6, 3, padding=1)
+    with torch.no_grad():
+        conv.weight[:, :, 0, :] = 0
+        conv.weight[:, :, 2, :2] = 0
+    m = PatternConv2d.from_dense(conv)
+    x = torch.randn(3, 4, 6, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "no batching rule": the per-sample fallback
+        torch.testing.assert_close(torch.func.vmap(m)(x), m(x))
+    with pytest.raises(RuntimeError, match="setup_context"):
+        torch.func.grad(lambda xi: m(xi).square().sum())(x[0])
