@@ -41,6 +41,12 @@ def test_config_file_overrides_and_yaml(tmp_path):
     ("[[layers]]\nmatch = 'features.*.weight'\nconstraints = [{ type = 'connectivity', keep = 1.5 }]", "keep must be"),
     ("[[layers]]\nmatch = 'features.*.weight'\nconstraints = [{ type = 'quantize', bitz = 4 }]", "bad arguments for quantize"),
     ("[[layers]]\nconstraints = []", "must be a table with keys 'match'"),
+    ("seed = 'abc'", "'seed' must be an int >= 0"),
+    ("seed = 1.5", "'seed' must be an int >= 0"),
+    ("[admm]\nmomentum = 'fast'", "'admm.momentum' must be a number >= 0"),
+    ("[dense]\nmomentum = -1", "'dense.momentum' must be a number >= 0"),
+    ("[dense]\nweight_decay = -1e-4", "'dense.weight_decay' must be a number >= 0"),
+    ("[latency]\nbatches = []", "'latency.batches' must be a non-empty list"),
     ("this is = = not toml", "cannot parse config file"),
     ("[[layers]]\nmatch = 're:features.(\\d+.weight'\nconstraints = []", "layers\\[0\\].match: .*not a valid regex"),
 ])

@@ -43,8 +43,26 @@ def test_read_idx_roundtrip_and_errors(tmp_path):
     with pytest.raises(ValueError, match="expected 24 data bytes"):
         D.read_idx(str(tmp_path / "short"))
     (tmp_path / "junk").write_bytes(b"PK\x03\x04 not idx")
-    with pytest.raises(ValueError, match="not an IDX file"):
+    with pytest.raises(D.BadData, match="not an IDX file"):
         D.read_idx(str(tmp_path / "junk"))
+    gz = (tmp_path / "a.gz").read_bytes()
+    (tmp_path / "cut.gz").write_bytes(gz[:len(gz) // 2])  # a truncated download
+    with pytest.raises(D.BadData, match="cannot read"):
+        D.read_idx(str(tmp_path / "cut.gz"))
+    (tmp_path / "head").write_bytes(bytes([0, 0, 0x08, 3, 0, 0]))
+    with pytest.raises(D.BadData, match="truncated IDX header"):
+        D.read_idx(str(tmp_path / "head"))
+
+
+def test_bad_data_files_are_a_clear_cli_error(tmp_path, capsys):
+    """Files that cannot be read or do not fit together: exit code 2 and the reason, no traceback."""
+    from torch_patsparse import cli
+    imgs = np.zeros((5, 28, 28), dtype=np.uint8)
+    for split, (i, l) in D.FILES.items():
+        _write_idx(tmp_path / (i + ".gz"), imgs)
+        _write_idx(tmp_path / (l + ".gz"), np.zeros(4 if split == "train" else 5, dtype=np.uint8))
+    assert cli.main(["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--epochs", "0"]) == 2
+    assert "inconsistent train files" in capsys.readouterr().err
 
 
 def test_directory_with_own_copy(tmp_path):

@@ -22,7 +22,7 @@ from typing import Any, Dict
 # the old names of this module live on in their homes: config (schema, validation), pipeline (Job),
 # summary (statistics, plot, table)
 from .admm import METHODS, PENALTIES  # noqa: F401
-from .data import DataNotFound
+from .data import BadData, DataNotFound
 from .config import (DEFAULTS, QUICK, RETRAIN_ON, ConfigError, build_config,  # noqa: F401
                      make_constraint, read_config_file, resolve_layers, validate_config)
 from .pipeline import CKPT_VERSION, STAGE_CONFIG, STAGES, Interrupted, Job  # noqa: F401
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
         job = Job(cfg, args)
         # validate the layer rules against the real model before any training
         resolve_layers(job.model, cfg["layers"])
-    except DataNotFound as e:
+    except (DataNotFound, BadData) as e:
         print(f"patsparse: {e}", file=sys.stderr)
         return 2
     except ConfigError as e:

@@ -134,6 +134,9 @@ def validate_config(cfg: Dict[str, Any]) -> None:
         _check_number(cfg, key, lambda v: isinstance(v, int) and v >= 0, "an int >= 0")
     for key in ("batch_size", "threads", "admm.updates_per_epoch", "latency.repeats"):
         _check_number(cfg, key, lambda v: isinstance(v, int) and v >= 1, "an int >= 1")
+    _check_number(cfg, "seed", lambda v: isinstance(v, int) and 0 <= v < 2 ** 63, "an int >= 0")
+    for key in ("dense.momentum", "admm.momentum", "dense.weight_decay", "admm.weight_decay"):
+        _check_number(cfg, key, lambda v: v >= 0 and math.isfinite(v), "a number >= 0")
     _check_number(cfg, "retrain.distill_alpha", lambda v: 0 <= v <= 1, "a number in [0, 1]")
     for key in ("dense.lr", "admm.lr", "retrain.lr", "admm.rho", "retrain.distill_temperature"):
         _check_number(cfg, key, lambda v: v > 0 and math.isfinite(v), "a positive number")
@@ -144,9 +147,9 @@ def validate_config(cfg: Dict[str, Any]) -> None:
     for key in ("train_limit", "test_limit"):
         if cfg[key] is not None:
             _check_number(cfg, key, lambda v: isinstance(v, int) and v >= 1, "an int >= 1")
-    if not isinstance(cfg["latency"]["batches"], list) or not all(
+    if not isinstance(cfg["latency"]["batches"], list) or not cfg["latency"]["batches"] or not all(
             isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in cfg["latency"]["batches"]):
-        raise ConfigError(f"config 'latency.batches' must be a list of ints >= 1, got {cfg['latency']['batches']!r}")
+        raise ConfigError(f"config 'latency.batches' must be a non-empty list of ints >= 1, got {cfg['latency']['batches']!r}")
     layers = cfg["layers"]
     if not isinstance(layers, list):
         raise ConfigError("config 'layers' must be a list of {match = ..., constraints = [...]} tables")

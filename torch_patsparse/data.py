@@ -35,6 +35,10 @@ class DataNotFound(FileNotFoundError):
     pass
 
 
+class BadData(ValueError):
+    """A dataset file that cannot be read (truncated, not IDX) or files that do not fit together."""
+
+
 def default_dir() -> str:
     return os.environ.get("PATSPARSE_DATA", DEFAULT_DIR)
 
@@ -50,17 +54,22 @@ def _find(directory: str, stem: str) -> str:
 def read_idx(path: str) -> np.ndarray:
     """Reads one IDX file (optionally gzipped): magic 0x0000 <dtype> <ndim>, big-endian dims, data."""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:  # a truncated or corrupt .gz (gzip.BadGzipFile is an OSError)
+        raise BadData(f"{path}: cannot read: {e}") from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
-        raise ValueError(f"{path}: not an IDX file (bad magic {raw[:4]!r})")
+        raise BadData(f"{path}: not an IDX file (bad magic {raw[:4]!r})")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise BadData(f"{path}: truncated IDX header")
     dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
     dtype = np.dtype(_DTYPES[raw[2]])
     count = int(np.prod(dims)) if dims else 1
     offset = 4 + 4 * ndim
     if len(raw) - offset != count * dtype.itemsize:
-        raise ValueError(f"{path}: expected {count * dtype.itemsize} data bytes for shape {dims}, "
+        raise BadData(f"{path}: expected {count * dtype.itemsize} data bytes for shape {dims}, "
                          f"found {len(raw) - offset}")
     return np.frombuffer(raw, dtype=dtype, offset=offset).reshape(dims)
 
@@ -91,7 +100,7 @@ def load_split(split: str, directory: Optional[str] = None, limit: Optional[int]
     images = read_idx(_find(directory, img_stem))
     labels = read_idx(_find(directory, lbl_stem))
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{directory}: inconsistent {split} files: images {images.shape}, labels {labels.shape}")
+        raise BadData(f"{directory}: inconsistent {split} files: images {images.shape}, labels {labels.shape}")
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     x = torch.from_numpy(images.copy()).unsqueeze(1)
