@@ -37,6 +37,8 @@ def test_unknown_constraint_names_param():
         ps.ADMM.from_model(m, [(r"3\.weight", ["pattern"])], lr=0.1)
     with pytest.raises(ValueError, match="unknown constraint"):
         ps.ADMM([{"params": [m[0].weight], "constraints": [object()]}], lr=0.1)
+    with pytest.raises(ValueError, match="is a spec: build the object with .*from_spec"):
+        ps.ADMM([{"params": [m[0].weight], "constraints": [{"type": "filter", "keep": 0.5}]}], lr=0.1)
 
 
 def test_pattern_on_non_3x3_names_param():

@@ -167,7 +167,10 @@ class Unstructured(Constraint):
 
 @dataclass(frozen=True, eq=False)
 class Filter(Constraint):
-    """Keep the ``keep`` fraction (or count) of output filters (dim 0) with the largest L2 norm."""
+    """Keep the ``keep`` fraction (or count) of output filters (dim 0) with the largest L2 norm.
+
+    Works on the weight tensor's dims: dim 0 is an *input* channel of a ConvTranspose weight
+    ``[Cin, Cout / groups, k, k]``."""
     keep: float = 0.5
     min_dim = 2
 
@@ -184,7 +187,11 @@ class Filter(Constraint):
 
 @dataclass(frozen=True, eq=False)
 class Channel(Constraint):
-    """Keep the ``keep`` fraction (or count) of input channels (dim 1) with the largest L2 norm."""
+    """Keep the ``keep`` fraction (or count) of input channels (dim 1) with the largest L2 norm.
+
+    Works on the weight tensor's dims: in a grouped conv (``[Cout, Cin / groups, k, k]``) index j of
+    dim 1 is input j of every group (scored over all groups together); in a ConvTranspose weight
+    ``[Cin, Cout / groups, k, k]`` dim 1 is an output channel."""
     keep: float = 0.5
     min_dim = 2
 
@@ -252,6 +259,9 @@ def ordered(constraints, name: str = "?") -> list:
                         f"(e.g. [Pattern(k=8), Quantize(bits=4)] from torch_patsparse.constraints), got {constraints!r}")
     out = []
     for c in constraints:
+        if isinstance(c, dict):
+            raise ValueError(f"constraint {c!r} for parameter '{name}' is a spec: build the object with "
+                             "torch_patsparse.constraints.from_spec(spec)")
         if type(c) not in ORDER:
             raise ValueError(f"unknown constraint {c!r} for parameter '{name}' "
                              f"(expected one of {[t.__name__ for t in ORDER]} from torch_patsparse.constraints)")
