@@ -101,3 +101,16 @@ def test_a_load_of_the_same_structure_writes_in_place(bits):
     other.load_state_dict(fewer.state_dict())
     y = torch.randn(3, 20)
     assert torch.equal(other(y), fewer(y)) and torch.equal(scripted(y), fewer(y))
+
+
+def test_a_scripted_models_state_dict_of_k_bit_layers_says_what_is_missing():
+    """TorchScript leaves `_extra_state` (a k-bit PatternConv2d's bits) out of a scripted model's
+    state_dict; load_compressed then says so instead of only listing arrays."""
+    import warnings
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = ps.convert(nn.Sequential(nn.Conv2d(4, 8, 3, padding=1)), project=True, bits=4).eval()
+    sd = torch.jit.script(model).state_dict()
+    with pytest.raises(RuntimeError, match="without the '_extra_state'"):
+        ps.load_compressed(nn.Sequential(nn.Conv2d(4, 8, 3, padding=1)), sd)

@@ -60,7 +60,11 @@ class PatternStateDict(DecodedWeight):
         if not present:
             return {}
         if len(present) != len(names):
-            raise ValueError(f"incomplete: the state_dict has {present}, a weight needs {list(names)}")
+            hint = ""
+            if not self.quantized and prefix + "codes" in state_dict and prefix + "_extra_state" not in state_dict:
+                hint = ("; it holds k-bit codes without the '_extra_state' that says their bits (a scripted "
+                        "model's state_dict leaves it out: save the eager model's)")
+            raise ValueError(f"incomplete: the state_dict has {present}, a weight needs {list(names)}{hint}")
         t = {n: state_dict[prefix + n] for n in names}
         check_tensor("patterns", t["patterns"], (torch.uint8,), 2)
         check_tensor("filter_ptr", t["filter_ptr"], (torch.int32,), 1)
