@@ -22,3 +22,21 @@ def test_detect_grid_round_trips_the_quantizer(bits, scheme):
     assert torch.equal(quant.dequantize(g.codes, g.scale, g.scheme, dtype=w.dtype), w)
     assert quant.detect_grid(torch.randn(300)) is None
     assert quant.detect_grid(torch.zeros(5)) is None
+
+
+def test_a_scale_that_overflows_the_stored_dtype_is_a_clear_error():
+    """pow2 puts the scale above the largest weight: near float32's maximum it cannot be stored."""
+    from torch import nn
+    from torch_patsparse.nn import PatternConv2d, SparseLinear
+    conv = nn.Conv2d(2, 2, 3, padding=1)
+    lin = nn.Linear(4, 2)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[:, :, 1, 1] = torch.tensor([[3e38, -1e38], [2e38, 1e37]])
+        lin.weight.zero_()
+        lin.weight[0, 0], lin.weight[1, 1] = 3e38, -1e38
+    for build in (lambda: PatternConv2d.from_dense(conv, bits=4, scheme="pow2"),
+                  lambda: SparseLinear.from_dense(lin, bits=4, scheme="pow2")):
+        with pytest.raises(ValueError, match="overflows torch.float32"):
+            build()
+    assert PatternConv2d.from_dense(conv, bits=4).bits == 4  # uniform fits

@@ -31,6 +31,16 @@ def check(bits: int, scheme: str) -> None:
         raise ValueError(f"unknown quantization scheme {scheme!r}; use one of {SCHEMES}")
 
 
+def scale_tensor(q: float, dtype: torch.dtype, bits: int, scheme: str) -> torch.Tensor:
+    """The 0-d ``dtype`` tensor that stores :func:`quantize_params`' scale ``q``; ValueError when it
+    overflows ``dtype`` (weights near its maximum on a grid whose scale lies above them)."""
+    s = torch.tensor(q, dtype=dtype)
+    if not bool(torch.isfinite(s)):
+        raise ValueError(f"{bits}-bit {scheme} quantization: the scale {q:.4g} overflows {dtype} (weights near "
+                         f"its maximum); use scheme='uniform' or bits=None")
+    return s
+
+
 def levels(bits: int) -> int:
     """Nonzero levels a side for ``bits`` bits, in both schemes: ``2^(b-1) - 1``, and 1 for b = 1
     (b = 1 and b = 2 are the same grid, ``{0, +-q}``). Also the largest ``|code|``."""
