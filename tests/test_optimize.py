@@ -778,6 +778,77 @@ def test_sparse_linear_and_unbatched_fallback_epilogue():
 
 
 
+class _DoubledReLU(nn.ReLU):
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def _halved(module):
+    module.register_forward_hook(lambda mod, inputs, out: out * 0.5)
+    return module
+
+
+class _IteratesFeatures(nn.Module):
+    """An FPN-style backbone fx cannot trace (a shape test) that iterates its Sequential and keeps
+    outputs between the layers, one of them between a conv and its BatchNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+
+    def forward(self, x):
+        outs = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in (0, 2, 4) and x.shape[-1] > 2:
+                outs.append(x)
+        return outs + [self.head(x), self.features[3](outs[1])]
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), _halved(nn.ReLU())),
+                                  lambda: nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8),
+                                                        _halved(nn.ReLU6())),
+                                  lambda: nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), _halved(nn.Dropout()),
+                                                        nn.BatchNorm2d(8)),
+                                  lambda: nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), _DoubledReLU()),
+                                  lambda: nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8),
+                                                        _halved(nn.ReLU6())),
+                                  lambda: _IteratesFeatures()],
+                         ids=["hooked_relu", "hooked_relu6", "hooked_dropout", "relu_subclass", "depthwise_hooked",
+                              "iterated_child"])
+@pytest.mark.parametrize("converted", [False, True])
+def test_hooks_subclasses_and_iterated_children_are_kept(make, converted):
+    """Found by a new-user probe: a hook on a fused activation or a removed Dropout was dropped (0.84
+    off), and a parent that iterates its Sequential crashed ('Sequential' object is not iterable)."""
+    import warnings
+    torch.manual_seed(0)
+    model = make().eval()
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = sparse_model(model) if converted else models.sparsify_random(model, keep3x3=0.5, group=4)
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        got, want = ps.optimize_for_inference(model)(x), model(x)
+    for g, w in zip(got, want) if isinstance(want, list) else [(got, want)]:
+        assert_same_model_output(g, w)
+
+
+def test_a_hooked_stem_is_not_replaced():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)).eval()
+    calls = []
+    model[0].register_forward_hook(lambda mod, inputs, out: calls.append(1) or torch.zeros_like(out))
+    x = torch.randn(1, 3, 10, 10)
+    with torch.no_grad():
+        assert_same_model_output(ps.optimize_for_inference(model)(x), model(x))
+    assert len(calls) == 2
+
+
 class _OutWrite(nn.Module):
     """An `out=` write of the residual between the conv and its add."""
 

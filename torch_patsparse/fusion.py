@@ -253,10 +253,16 @@ def bn_scale_shift(bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
     return scale, shift
 
 
+def hooked(m: Optional[nn.Module]) -> bool:
+    """A module with forward hooks (user hooks, the old hook-based ``weight_norm``) computes more than
+    its class: it is never folded, fused or replaced."""
+    return m is not None and bool(m._forward_pre_hooks or m._forward_hooks)
+
+
 def foldable_bn(bn: nn.Module, conv: nn.Module) -> bool:
     channels = conv.out_features if isinstance(conv, (nn.Linear, SparseLinear)) else conv.out_channels
-    return (isinstance(bn, nn.BatchNorm2d) and type(bn).forward is nn.BatchNorm2d.forward and not bn._forward_hooks
-            and not bn._forward_pre_hooks and not isinstance(conv, (nn.Linear, SparseLinear))
+    return (isinstance(bn, nn.BatchNorm2d) and type(bn).forward is nn.BatchNorm2d.forward and not hooked(bn)
+            and not isinstance(conv, (nn.Linear, SparseLinear))
             and bn.running_mean is not None and bn.running_var is not None and bn.num_features == channels)
 
 
@@ -299,7 +305,7 @@ def as_pattern_stem(conv: nn.Module) -> Optional[PatternConv2d]:
     every weight in one 9-entry pattern (exact), or None. oneDNN's NCHW path is slow for so few
     input channels (VGG-16's 3 -> 64 at 224x224: ~15 ms at one thread, ours ~1.7 ms, measured);
     the output stays NCHW for the convs that follow."""
-    if type(conv) is not nn.Conv2d or conv.kernel_size != (3, 3) or conv.in_channels > 4 \
+    if type(conv) is not nn.Conv2d or hooked(conv) or conv.kernel_size != (3, 3) or conv.in_channels > 4 \
             or conv.weight.dtype != torch.float32 or conv.weight.device.type != "cpu" \
             or layer_kind(conv) != PATTERN:
         return None
@@ -307,8 +313,11 @@ def as_pattern_stem(conv: nn.Module) -> Optional[PatternConv2d]:
 
 
 def act_bounds_module(m: Optional[nn.Module]) -> Optional[Tuple[float, float]]:
-    if isinstance(m, nn.ReLU):
+    """(lo, hi) of a clamp-style activation module (not a subclass with its own forward, not hooked)."""
+    if m is None or hooked(m):
+        return None
+    if isinstance(m, nn.ReLU) and type(m).forward is nn.ReLU.forward:
         return 0.0, _INF
-    if isinstance(m, nn.Hardtanh):  # ReLU6 is a Hardtanh(0, 6)
+    if isinstance(m, nn.Hardtanh) and type(m).forward is nn.Hardtanh.forward:  # ReLU6 is a Hardtanh(0, 6)
         return float(m.min_val), float(m.max_val)
     return None

@@ -36,6 +36,7 @@ import copy
 import inspect
 import math
 import operator
+import re
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -43,7 +44,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .fusion import (DepthwiseConv3x3, EvalOnly, FusedConv, act_bounds_module, as_pattern_stem, channels_last_4d,
-                     foldable_bn, fold_dense, fused, is_depthwise3x3, max_pool2d_nchw)
+                     foldable_bn, fold_dense, fused, hooked, is_depthwise3x3, max_pool2d_nchw)
 from .nn.pattern_conv import PatternConv2d
 from .nn.sparse import SparseConv2d, SparseLinear
 
@@ -204,12 +205,6 @@ def _own_module(gm: fx.GraphModule, modules: Dict[str, nn.Module], calls: Dict[s
     modules[node.target] = new
 
 
-def _hooked(m: Optional[nn.Module]) -> bool:
-    """A module with hooks (the old hook-based ``weight_norm``, user hooks) computes more than its
-    class: it is not folded."""
-    return m is not None and bool(m._forward_pre_hooks or m._forward_hooks)
-
-
 def _fuse_graph(gm: fx.GraphModule, keep: bool = False) -> None:
     """Fuses ``gm``'s graph; ``keep``: every original submodule stays as it is (see :func:`_own_module`)."""
     modules = dict(gm.named_modules())
@@ -219,8 +214,8 @@ def _fuse_graph(gm: fx.GraphModule, keep: bool = False) -> None:
         if node.op != "call_module":
             continue
         # identities in eval mode (they would separate a conv from its BatchNorm)
-        if isinstance(modules.get(node.target), _IDENTITIES) and len(node.args) == 1 and not node.kwargs \
-                and isinstance(node.args[0], fx.Node):
+        if type(modules.get(node.target)) in _IDENTITIES and not hooked(modules.get(node.target)) \
+                and len(node.args) == 1 and not node.kwargs and isinstance(node.args[0], fx.Node):
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
             continue
@@ -233,7 +228,7 @@ def _fuse_graph(gm: fx.GraphModule, keep: bool = False) -> None:
         if node.op != "call_module" or node.graph is not graph:
             continue
         conv = modules.get(node.target)
-        if len(node.args) != 1 or node.kwargs or _hooked(conv):
+        if len(node.args) != 1 or node.kwargs or hooked(conv):
             continue
         ours = isinstance(conv, _OURS)
         if not ours and type(conv) is not nn.Conv2d:
@@ -380,7 +375,7 @@ def _fold_sequential(seq: nn.Sequential) -> None:
             seq._modules[names[i]] = stem
         conv = seq._modules[names[i]]
         ours = isinstance(conv, _OURS)
-        if (not ours and type(conv) is not nn.Conv2d) or _hooked(conv):
+        if (not ours and type(conv) is not nn.Conv2d) or hooked(conv):
             i += 1
             continue
         j, bn, bounds = i + 1, None, None
@@ -436,10 +431,34 @@ def _traceable(module: nn.Module, child: bool) -> bool:
     return True
 
 
-def _optimize(module: nn.Module, child: bool = False) -> nn.Module:
-    """The optimized form of ``module`` (an eval-mode copy owned by the caller)."""
+def _called_whole(parent: nn.Module, name: str) -> bool:
+    """Whether ``parent``'s own code uses its child ``name`` only by calling it (``self.name(...)``).
+    Anything else (``for layer in self.name``, ``self.name[0]``, ``self.name.conv1``) or code that
+    cannot be read: the child's layers must stay where they are."""
+    sources = []
+    for cls in type(parent).__mro__:
+        if cls.__module__.startswith("torch."):
+            break
+        try:
+            sources.append(inspect.getsource(cls))
+        except (OSError, TypeError):
+            return False
+    uses = re.findall(rf"self\.{re.escape(name)}\b\s*(.?.?)", "\n".join(sources))
+    calls = [u for u in uses if not (u[:1] == "=" and u[1:] != "=")]  # (assignments: __init__)
+    return bool(calls) and all(u[:1] == "(" for u in calls)
+
+
+def _optimize(module: nn.Module, child: bool = False, whole: bool = True) -> nn.Module:
+    """The optimized form of ``module`` (an eval-mode copy owned by the caller). ``whole``: its caller
+    only calls it (see :func:`_called_whole`)."""
     tracer = _Tracer()
     if tracer.is_leaf_module(module, ""):  # torch.nn's and ours: nothing inside to fuse
+        return module
+    if child and not whole and isinstance(module, nn.Sequential):
+        # an untraced parent iterates / indexes it: every layer stays at its place (each optimized on
+        # its own), as a fold would change what the parent reads between them
+        for name, child_module in list(module.named_children()):
+            setattr(module, name, _optimize(child_module, child=True))
         return module
     graph = None
     if _traceable(module, child):
@@ -449,7 +468,7 @@ def _optimize(module: nn.Module, child: bool = False) -> nn.Module:
             graph = None
     if graph is None:
         for name, child_module in list(module.named_children()):
-            setattr(module, name, _optimize(child_module, child=True))
+            setattr(module, name, _optimize(child_module, child=True, whole=_called_whole(module, name)))
         if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
             _fold_sequential(module)  # only where the children run one after the other
         return module
@@ -480,12 +499,13 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
     ``fx.GraphModule`` with the model's plain attributes (its other methods, and forward hooks, are
     not kept); otherwise (control flow on the input, a ``forward`` argument that defaults to None)
     it is the model's own class with its children optimized (a child whose class has other public
-    methods is kept as its class too, with its children optimized). A forward that tests its
+    methods is kept as its class too, with its children optimized; an ``nn.Sequential`` child that
+    such a parent iterates or indexes keeps every layer at its place, unfolded). A forward that tests its
     argument's type (``isinstance``) is not traced (fx would pass a Proxy). No module is folded in
     place where something else can reach it (a module the graph reads ``.weight`` of, a child whose
     untraced parent may call its layers: such a parent finds a fused layer gone, an AttributeError,
-    never a folded one); modules with hooks and BatchNorm subclasses with their own forward are not
-    folded."""
+    never a folded one); modules with forward hooks (convs, BatchNorm, activations, Dropout) and
+    subclasses with their own forward are not folded, fused or removed."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"optimize_for_inference expects an nn.Module, got {type(model).__name__}")
     if isinstance(model, torch.jit.ScriptModule):
