@@ -807,6 +807,30 @@ class _IteratesFeatures(nn.Module):
         return outs + [self.head(x), self.features[3](outs[1])]
 
 
+class _Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1, self.out_channels = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), 8
+
+    def forward(self, x):
+        return torch.relu(self.bn1(self.conv1(x)))
+
+
+class _ReachesIn(nn.Module):
+    """A parent fx cannot trace that calls one child's layer itself and reads a plain attribute of
+    the other (which it only calls: that one is still fused)."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone, self.other = _Block(), _Block()
+
+    def forward(self, x):
+        y = self.backbone(x)
+        if y.shape[-1] > 4:
+            y = y + self.backbone.conv1(x)
+        return self.other(y) * self.other.out_channels
+
+
 @pytest.mark.parametrize("make", [lambda: nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), _halved(nn.ReLU())),
                                   lambda: nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8),
                                                         _halved(nn.ReLU6())),
@@ -815,13 +839,14 @@ class _IteratesFeatures(nn.Module):
                                   lambda: nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), _DoubledReLU()),
                                   lambda: nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8),
                                                         _halved(nn.ReLU6())),
-                                  lambda: _IteratesFeatures()],
+                                  lambda: _IteratesFeatures(), lambda: _ReachesIn()],
                          ids=["hooked_relu", "hooked_relu6", "hooked_dropout", "relu_subclass", "depthwise_hooked",
-                              "iterated_child"])
+                              "iterated_child", "reaches_in"])
 @pytest.mark.parametrize("converted", [False, True])
 def test_hooks_subclasses_and_iterated_children_are_kept(make, converted):
     """Found by a new-user probe: a hook on a fused activation or a removed Dropout was dropped (0.84
-    off), and a parent that iterates its Sequential crashed ('Sequential' object is not iterable)."""
+    off), and a parent that iterates its Sequential crashed ('Sequential' object is not iterable), as
+    one calling its child's layer did (AttributeError)."""
     import warnings
     torch.manual_seed(0)
     model = make().eval()

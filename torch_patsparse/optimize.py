@@ -432,10 +432,13 @@ def _traceable(module: nn.Module, child: bool) -> bool:
 
 
 def _called_whole(parent: nn.Module, name: str) -> bool:
-    """Whether ``parent``'s own code uses its child ``name`` only by calling it (``self.name(...)``).
-    Anything else (``for layer in self.name``, ``self.name[0]``, ``self.name.conv1``) or code that
-    cannot be read: the child's layers must stay where they are."""
-    sources = []
+    """Whether ``parent``'s code uses its child ``name`` only by calling it (``self.name(...)``) and
+    reading plain attributes of it. Anything else (``for layer in self.name``, ``self.name[0]``,
+    ``self.name.conv1(x)``, ``f(self.name)``) or code that cannot be read: False. The children of a
+    torch.nn container are called by whoever iterates it: True."""
+    if type(parent).__module__.startswith("torch."):
+        return True
+    child, sources = parent._modules[name], []
     for cls in type(parent).__mro__:
         if cls.__module__.startswith("torch."):
             break
@@ -443,9 +446,18 @@ def _called_whole(parent: nn.Module, name: str) -> bool:
             sources.append(inspect.getsource(cls))
         except (OSError, TypeError):
             return False
-    uses = re.findall(rf"self\.{re.escape(name)}\b\s*(.?.?)", "\n".join(sources))
-    calls = [u for u in uses if not (u[:1] == "=" and u[1:] != "=")]  # (assignments: __init__)
-    return bool(calls) and all(u[:1] == "(" for u in calls)
+    calls = 0
+    for use in re.finditer(rf"self\.{re.escape(name)}\b\s*(?:\.\s*(\w+)|(.?.?))", "\n".join(sources)):
+        attr, after = use.group(1), use.group(2)
+        if attr is not None:  # self.name.attr: a plain attribute survives, a layer / method / tensor may not
+            if attr in child._modules or attr in child._parameters or attr in child._buffers \
+                    or callable(getattr(type(child), attr, None)):
+                return False
+        elif after[:1] == "(":
+            calls += 1
+        elif not (after[:1] == "=" and after[1:] != "="):  # (an assignment: __init__)
+            return False
+    return calls > 0
 
 
 def _optimize(module: nn.Module, child: bool = False, whole: bool = True) -> nn.Module:
@@ -454,11 +466,12 @@ def _optimize(module: nn.Module, child: bool = False, whole: bool = True) -> nn.
     tracer = _Tracer()
     if tracer.is_leaf_module(module, ""):  # torch.nn's and ours: nothing inside to fuse
         return module
-    if child and not whole and isinstance(module, nn.Sequential):
-        # an untraced parent iterates / indexes it: every layer stays at its place (each optimized on
-        # its own), as a fold would change what the parent reads between them
+    if child and not whole:
+        # an untraced parent iterates it, indexes it or calls its layers: it keeps its class and every
+        # layer at its place (each optimized on its own), as a fold or a graph module would change
+        # what the parent finds there
         for name, child_module in list(module.named_children()):
-            setattr(module, name, _optimize(child_module, child=True))
+            setattr(module, name, _optimize(child_module, child=True, whole=_called_whole(module, name)))
         return module
     graph = None
     if _traceable(module, child):
@@ -478,8 +491,8 @@ def _optimize(module: nn.Module, child: bool = False, whole: bool = True) -> nn.
     gm.meta.setdefault("_user_preserved_attributes", {}).update(kept)
     for k, v in kept.items():
         setattr(gm, k, v)
-    # A child of a module that does not trace: no submodule is changed in place (the parent's forward
-    # may call one itself, ``self.backbone.conv1(x)``: it finds the original, or none, never a folded one).
+    # A child of a module that does not trace: no submodule is changed in place (a copy may share
+    # them; a parent that calls the child's layers itself keeps the child untraced, _called_whole).
     _fuse_graph(gm, keep=child)
     _memory_format_pass(gm)
     gm.delete_all_unused_submodules()
@@ -499,13 +512,13 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
     ``fx.GraphModule`` with the model's plain attributes (its other methods, and forward hooks, are
     not kept); otherwise (control flow on the input, a ``forward`` argument that defaults to None)
     it is the model's own class with its children optimized (a child whose class has other public
-    methods is kept as its class too, with its children optimized; an ``nn.Sequential`` child that
-    such a parent iterates or indexes keeps every layer at its place, unfolded). A forward that tests its
-    argument's type (``isinstance``) is not traced (fx would pass a Proxy). No module is folded in
-    place where something else can reach it (a module the graph reads ``.weight`` of, a child whose
-    untraced parent may call its layers: such a parent finds a fused layer gone, an AttributeError,
-    never a folded one); modules with forward hooks (convs, BatchNorm, activations, Dropout) and
-    subclasses with their own forward are not folded, fused or removed."""
+    methods, or that such a parent does more with than call it: iterates, indexes, passes on or
+    calls the layers of, as its code reads, is kept as its class too, every layer at its place, with
+    its children optimized). A forward that tests its argument's type (``isinstance``) is not
+    traced (fx would pass a Proxy). No module is folded in place where something else can reach it
+    (a module the graph reads ``.weight`` of, a child of an untraced parent); modules with forward
+    hooks (convs, BatchNorm, activations, Dropout) and subclasses with their own forward are not
+    folded, fused or removed."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"optimize_for_inference expects an nn.Module, got {type(model).__name__}")
     if isinstance(model, torch.jit.ScriptModule):
