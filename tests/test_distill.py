@@ -99,3 +99,29 @@ def test_the_teacher_mode_is_restored():
     d = ps.Distillation(teacher, temperature=4.0, alpha=0.5)
     d.loss(torch.randn(4, 10), torch.randint(0, 10, (4,)), torch.randn(4, 1, 4, 4))
     assert teacher.training
+
+
+def test_mixed_modes_are_restored_and_recalibrate_bn_fails_cleanly():
+    """A frozen BatchNorm in a training model stays in eval after a teacher call and after
+    recalibrate_bn; recalibrate_bn refuses zero images (it reset the statistics to 0 / 1) and, when
+    a forward raises, leaves statistics, momentum and modes as they were."""
+    from torch_patsparse.train import recalibrate_bn
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3, momentum=0.3))
+    m.train()
+    m[1].eval()
+    ps.Distillation(m).loss(torch.randn(5, 3), torch.randint(0, 3, (5,)), torch.randn(5, 4))
+    assert m.training and not m[1].training
+    recalibrate_bn(m, torch.randn(10, 4), show=False)
+    assert m.training and not m[1].training and m[1].momentum == 0.3
+    m[1].running_mean.fill_(5.0)
+    with pytest.raises(ValueError, match="at least one image"):
+        recalibrate_bn(m, torch.randn(10, 4), max_images=0, show=False)
+    with pytest.raises(ValueError):  # the last batch holds one sample: BatchNorm1d raises in train mode
+        recalibrate_bn(m, torch.randn(11, 4), batch_size=5, show=False)
+    assert m.training and not m[1].training and m[1].momentum == 0.3
+    assert torch.equal(m[1].running_mean, torch.full((3,), 5.0))
+    recalibrate_bn(m, x := torch.randn(20, 4), batch_size=10, show=False)
+    with torch.no_grad():
+        h = m[0](x)
+    assert torch.allclose(m[1].running_mean, (h[:10].mean(0) + h[10:].mean(0)) / 2, atol=1e-6)

@@ -8,6 +8,7 @@ import math
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence
 
@@ -65,14 +66,22 @@ class Distillation:
                           self.temperature, self.alpha)  # validates temperature and alpha now
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        was_training = self.teacher.training
-        self.teacher.eval()
-        try:
-            with torch.no_grad():
-                teacher_logits = self.teacher(x)
-        finally:
-            self.teacher.train(was_training)
+        with mode(self.teacher, training=False), torch.no_grad():
+            teacher_logits = self.teacher(x)
         return distillation_loss(logits, targets, teacher_logits, self.temperature, self.alpha)
+
+
+@contextmanager
+def mode(model: torch.nn.Module, training: bool):
+    """``model`` in train / eval mode within; after (also on an exception) every module has its own
+    mode back, a mixed one included (a frozen BatchNorm in a training model stays in eval)."""
+    saved = [(m, m.training) for m in model.modules()]
+    model.train(training)
+    try:
+        yield model
+    finally:
+        for m, flag in saved:
+            m.training = flag
 
 
 def train_epoch(model: torch.nn.Module, opt, x: torch.Tensor, y: torch.Tensor, batch_size: int,
@@ -110,16 +119,14 @@ def train_epoch(model: torch.nn.Module, opt, x: torch.Tensor, y: torch.Tensor, b
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500,
              desc: str = "eval", show: bool = True) -> Dict[str, float]:
     """Top-1 accuracy (percent) and mean cross-entropy on (x, y)."""
-    was_training = model.training
-    model.eval()
     total_loss = 0.0
     correct = 0
     bar = progress(D.batches(x, y, batch_size), D.num_batches(x.shape[0], batch_size), desc, show)
-    for xb, yb in bar:
-        out = model(xb)
-        total_loss += float(F.cross_entropy(out, yb, reduction="sum"))
-        correct += int((out.argmax(1) == yb).sum())
-    model.train(was_training)
+    with mode(model, training=False):
+        for xb, yb in bar:
+            out = model(xb)
+            total_loss += float(F.cross_entropy(out, yb, reduction="sum"))
+            correct += int((out.argmax(1) == yb).sum())
     n = max(x.shape[0], 1)
     return {"loss": total_loss / n, "acc": 100.0 * correct / n}
 
@@ -127,25 +134,34 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
 @torch.no_grad()
 def recalibrate_bn(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 256, max_images: int = 5000,
                    show: bool = True) -> None:
-    """Re-estimates BatchNorm running statistics for the current weights (cumulative average over
-    up to ``max_images`` training images, train-mode forward passes, no weight change). After a
-    hard prune the old statistics belong to the dense weights; without this the pruned model is
-    judged (and starts retraining) with mismatched normalisation."""
+    """Re-estimates BatchNorm running statistics for the current weights: the average of the batch
+    statistics over the first ``max_images`` images of ``x`` in batches of ``batch_size`` (each batch
+    weighs the same; train-mode forward passes, no weight change). After a hard prune the old
+    statistics belong to the dense weights; without this the pruned model is judged (and starts
+    retraining) with mismatched normalisation. Every module's mode and each BatchNorm's momentum
+    are restored after; if a forward raises, the old statistics are too."""
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return
-    was_training = model.training
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None   # cumulative moving average
-    model.train()
     xs = x[:max_images]
-    for (xb, _) in progress(D.batches(xs, xs, batch_size), D.num_batches(xs.shape[0], batch_size), "BN stats", show):
-        model(xb)
-    for m, mom in zip(bns, saved):
-        m.momentum = mom
-    model.train(was_training)
+    if xs.shape[0] == 0:
+        raise ValueError(f"recalibrate_bn needs at least one image (x has {x.shape[0]}, max_images={max_images})")
+    saved = [(m.momentum, {k: v.clone() for k, v in m.state_dict().items()}) for m in bns]
+    ok = False
+    try:
+        with mode(model, training=True):
+            for m in bns:
+                m.reset_running_stats()
+                m.momentum = None   # cumulative moving average
+            batches = D.batches(xs, xs, batch_size)
+            for (xb, _) in progress(batches, D.num_batches(xs.shape[0], batch_size), "BN stats", show):
+                model(xb)
+        ok = True
+    finally:
+        for m, (momentum, stats) in zip(bns, saved):
+            m.momentum = momentum
+            if not ok:
+                m.load_state_dict(stats)
 
 
 @torch.no_grad()
