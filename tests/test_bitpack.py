@@ -44,3 +44,10 @@ def test_pack_fields_round_trip():
     widths = [1, 4, 2, 4, 17, 17]
     vals = [1, 9, 2, 3, 100000, 5]
     assert bitpack.unpack_fields(bitpack.pack_fields(vals, widths), widths) == vals
+
+
+def test_pack_refuses_non_integer_tensors():
+    from torch_patsparse import bitpack
+    for t in (torch.tensor([1.7, 2.9]), torch.tensor([True, False])):
+        with pytest.raises(ValueError, match="integer tensor"):
+            bitpack.pack(t, 2)

@@ -71,3 +71,14 @@ def test_quantize_projection_with_scale_and_old_name():
     with pytest.warns(DeprecationWarning, match="project_with_scale"):
         old, old_scale = q.quantize_params(w)
     assert torch.equal(old, out) and old_scale == scale
+
+
+def test_int_field_messages_read_plainly():
+    with pytest.raises(ValueError, match=r"group must be an int >= 1, got 0$"):
+        C.Pattern(group=0)
+    with pytest.raises(ValueError, match=r"k must be an int in 1\.\.56, got 0$"):  # no hint about too few shapes
+        C.Pattern(k=0)
+    with pytest.raises(ValueError, match="there are only 56 shapes"):
+        C.Pattern(k=60)
+    with pytest.raises(TypeError, match="must be a list of constraint objects"):
+        C.ordered(None)

@@ -50,6 +50,8 @@ def _unstream(data: torch.Tensor, nbits: int) -> torch.Tensor:
 def pack(x: torch.Tensor, width: int) -> torch.Tensor:
     """Pack non-negative integers ``x`` (any int dtype, 1-D or flattened) of at most ``width`` bits."""
     _check_width(width)
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise ValueError(f"pack takes an integer tensor, got {x.dtype}")
     x = x.reshape(-1).to(torch.int64)
     if x.numel() and (int(x.min()) < 0 or int(x.max()) >= (1 << width)):
         raise ValueError(f"values out of range for {width}-bit packing: [{int(x.min())}, {int(x.max())}]")

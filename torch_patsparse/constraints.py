@@ -57,8 +57,8 @@ def _check_int(c, what: str, lo: int, hi: int | None = None) -> None:
     """Validates the int field ``what`` of ``c`` and stores it as a Python int."""
     v = getattr(c, what)
     if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo or (hi is not None and v > hi):
-        rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        raise ValueError(f"{type(c).__name__}: {what} must be an int in {rng}, got {v!r}")
+        rng = f"an int in {lo}..{hi}" if hi is not None else f"an int >= {lo}"
+        raise ValueError(f"{type(c).__name__}: {what} must be {rng}, got {v!r}")
     object.__setattr__(c, what, int(v))
 
 
@@ -121,8 +121,9 @@ class Pattern(Constraint):
         try:
             _check_int(self, "k", 1, min(shapes, 256))
         except ValueError as e:
+            too_many = isinstance(self.k, numbers.Integral) and not isinstance(self.k, bool) and self.k > shapes
             raise ValueError(f"{e} (there are only {shapes} shapes of {self.entries} positions"
-                             f"{' that keep the centre' if self.keep_center else ''})") from None
+                             f"{' that keep the centre' if self.keep_center else ''})" if too_many else str(e)) from None
         _check_int(self, "group", 1)
 
     def project(self, w, pattern_set=None):
@@ -254,7 +255,7 @@ def ordered(constraints, name: str = "?") -> list:
     two constraints of the same kind, ``TypeError`` for a string or dict in place of the list."""
     if isinstance(constraints, Constraint):
         constraints = [constraints]
-    if isinstance(constraints, (str, bytes, dict)):  # (a string would be read letter by letter)
+    if constraints is None or isinstance(constraints, (str, bytes, dict)):  # (a string: letter by letter)
         raise TypeError(f"constraints for parameter '{name}' must be a list of constraint objects "
                         f"(e.g. [Pattern(k=8), Quantize(bits=4)] from torch_patsparse.constraints), got {constraints!r}")
     out = []
