@@ -19,9 +19,10 @@ from .admm import ADMM
 from .compressed_training import compressed_training
 from .optimize import optimize_for_inference
 from .train import Distillation, distillation_loss
+from . import models
 
 __version__ = "0.1.0"
 
 __all__ = ["ops", "project", "PatternSet", "nn", "convert", "load_compressed", "compression_report", "export",
            "constraints", "select", "ADMM", "compressed_training", "optimize_for_inference", "Distillation",
-           "distillation_loss"]
+           "distillation_loss", "models"]

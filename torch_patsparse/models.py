@@ -213,7 +213,9 @@ def sparsify_random(model: nn.Module, keep3x3: float = 0.25, group: int = 4, pat
     non-trivial BatchNorm statistics (so folding is not a no-op): every dense 3x3 conv with more than
     3 input channels is projected onto ``patterns`` patterns of 4 + connectivity ``keep3x3`` in groups
     of ``group`` (``keep3x3=None``: pattern only); every dense 1x1 conv onto ``keep1x1`` of its
-    weights, unstructured (``None``: left dense). Depthwise convs and Linear layers stay dense."""
+    weights, unstructured (``None``: left dense). ``seed`` draws the weights of the convs with
+    ``groups=1`` and the BatchNorm parameters and statistics; depthwise / grouped convs and Linear
+    layers keep the weights they have (dense)."""
     gen = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):

@@ -84,7 +84,9 @@ def multipliers(codes: torch.Tensor, scheme: str, dtype: torch.dtype) -> torch.T
 
 # -- quantizing ------------------------------------------------------------------------------
 def quantize_params(w: torch.Tensor, bits: int, scheme: str = "uniform") -> Tuple[torch.Tensor, float]:
-    """Codes and scale of the per-tensor quantization of ``w`` with the least squared error.
+    """Codes and scale of the per-tensor quantization of ``w``, searched for the least squared error
+    (a multi-start search, not an exhaustive one: at 7-8 bits on small tensors it can miss the best
+    scale).
 
     Returns ``(codes, scale)``: int8 codes of ``w``'s shape on its device and a Python float
     ``scale`` (0.0 for an all-zero ``w``); :func:`dequantize` maps them back to the values of
