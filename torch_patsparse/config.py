@@ -149,7 +149,8 @@ def validate_config(cfg: Dict[str, Any]) -> None:
             _check_number(cfg, key, lambda v: isinstance(v, int) and v >= 1, "an int >= 1")
     if not isinstance(cfg["latency"]["batches"], list) or not cfg["latency"]["batches"] or not all(
             isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in cfg["latency"]["batches"]):
-        raise ConfigError(f"config 'latency.batches' must be a non-empty list of ints >= 1, got {cfg['latency']['batches']!r}")
+        raise ConfigError("config 'latency.batches' must be a non-empty list of ints >= 1, "
+                          f"got {cfg['latency']['batches']!r}")
     layers = cfg["layers"]
     if not isinstance(layers, list):
         raise ConfigError("config 'layers' must be a list of {match = ..., constraints = [...]} tables")

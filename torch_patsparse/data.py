@@ -70,7 +70,7 @@ def read_idx(path: str) -> np.ndarray:
     offset = 4 + 4 * ndim
     if len(raw) - offset != count * dtype.itemsize:
         raise BadData(f"{path}: expected {count * dtype.itemsize} data bytes for shape {dims}, "
-                         f"found {len(raw) - offset}")
+                      f"found {len(raw) - offset}")
     return np.frombuffer(raw, dtype=dtype, offset=offset).reshape(dims)
 
 

@@ -39,9 +39,10 @@ def pattern_conv2d(input: torch.Tensor, patterns: torch.Tensor, filter_ptr: torc
 def as_autocast(out: torch.Tensor) -> torch.Tensor:
     """``out`` (computed in fp32 by a native op) in the autocast dtype when autocast is on for its
     device, as ``nn.Conv2d`` / ``nn.Linear`` return it there (eager only)."""
+    device = out.device.type
     # (the devices our ops run on: torch.is_autocast_enabled raises for "meta")
-    if out.dtype == torch.float32 and out.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(out.device.type):
-        return out.to(torch.get_autocast_dtype(out.device.type))
+    if out.dtype == torch.float32 and device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
+        return out.to(torch.get_autocast_dtype(device))
     return out
 
 

@@ -119,10 +119,12 @@ def compression_report(model: nn.Module, input_size: Optional[Sequence[int]] = N
     """Storage and compute of every conv / linear layer of ``model``.
 
     Compressed modules report their stored arrays (``storage_bits()``: values or k-bit codes, all
-    index arrays, pattern table, scale, bias); dense convs (``nn.Conv1d`` / ``2d`` / ``3d``, transposed
-    too) and ``nn.Linear`` (subclasses too) count as stored dense at their dtype's width. ``totals`` sums the layers (``ratio``) and, in ``model_*``, the whole state_dict:
-    every other tensor (BatchNorm statistics, ...) counted at its stored width. MACs are per image and need ``input_size`` (e.g. ``(1, 3, 224, 224)``) or an
-    ``example_input`` (one forward pass records each layer's output size).
+    index arrays, pattern table, scale, bias); dense convs (``nn.Conv1d`` / ``2d`` / ``3d``,
+    transposed too) and ``nn.Linear`` (subclasses too) count as stored dense at their dtype's width.
+    ``totals`` sums the layers (``ratio``) and, in ``model_*``, the whole state_dict: every other
+    tensor (BatchNorm statistics, ...) counted at its stored width. MACs are per image and need
+    ``input_size`` (e.g. ``(1, 3, 224, 224)``) or an ``example_input`` (one forward pass records each
+    layer's output size; a transposed conv counts per input position).
     """
     if any(isinstance(t, nn.parameter.UninitializedTensorMixin) for t in (*model.parameters(), *model.buffers())):
         raise ValueError("compression_report: the model has uninitialized (lazy) parameters; run one forward "
