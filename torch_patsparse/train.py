@@ -143,11 +143,10 @@ def recalibrate_bn(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 25
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return
+    if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1 or x.shape[0] == 0:
+        raise ValueError(f"recalibrate_bn needs at least one image (x has {x.shape[0]}, max_images={max_images!r})")
     xs = x[:max_images]
-    if xs.shape[0] == 0:
-        raise ValueError(f"recalibrate_bn needs at least one image (x has {x.shape[0]}, max_images={max_images})")
     saved = [(m.momentum, {k: v.clone() for k, v in m.state_dict().items()}) for m in bns]
-    ok = False
     try:
         with mode(model, training=True):
             for m in bns:
@@ -156,12 +155,13 @@ def recalibrate_bn(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 25
             batches = D.batches(xs, xs, batch_size)
             for (xb, _) in progress(batches, D.num_batches(xs.shape[0], batch_size), "BN stats", show):
                 model(xb)
-        ok = True
+    except BaseException:
+        for m, (_, stats) in zip(bns, saved):
+            m.load_state_dict(stats)
+        raise
     finally:
-        for m, (momentum, stats) in zip(bns, saved):
+        for m, (momentum, _) in zip(bns, saved):
             m.momentum = momentum
-            if not ok:
-                m.load_state_dict(stats)
 
 
 @torch.no_grad()
