@@ -595,3 +595,42 @@ def test_a_sequential_with_batch_norm_and_a_functional_pool_exports(tmp_path):
             assert_close(program(x[:1]), m(x[:1]), rtol=1e-4)
         with pytest.raises(RuntimeError, match="planned for"):
             program(torch.randn(1, 3, 4, 4))  # another image size: not the program's
+
+
+class _AddInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.p = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x, r):
+        return torch.relu(self.p(x) + r)
+
+
+@needs_et
+def test_optimized_epilogue_then_batch_norm_and_batch_bounds(tmp_path):
+    """Found by an ExecuTorch probe: an optimized sparse 1x1 conv + ReLU followed by BatchNorm failed
+    at export ('FusedConv' has no 'out_channels'); batch 0 ran and returned garbage sizes; a kernel's
+    error at a batch within max_batch was blamed on the input's shape."""
+    import warnings
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, 1)
+    with torch.no_grad():
+        conv.weight.mul_(torch.rand_like(conv.weight) < 0.3)
+    model = nn.Sequential(conv, nn.ReLU(), nn.BatchNorm2d(16)).eval()
+    model[2].running_mean.uniform_(-1, 1)
+    model[2].running_var.uniform_(0.5, 2)
+    opt = ps.optimize_for_inference(ps.convert(model, layers="all"))
+    x = torch.randn(2, 8, 5, 5)
+    program = export.load_executorch(export.executorch(opt, tmp_path / "bn.pte", (x,), max_batch=2))
+    with torch.no_grad():
+        assert_close(program(x), model(x))
+        assert_close(program(x[:1]), model(x[:1]))
+    with pytest.raises(RuntimeError, match="batch 1..N"):
+        program(x[:0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fused = ps.optimize_for_inference(ps.convert(_AddInput(), project=True))
+    y = torch.randn(1, 4, 5, 5)
+    program = export.load_executorch(export.executorch(fused, tmp_path / "r.pte", (y, y), max_batch=4))
+    with pytest.raises(RuntimeError, match=r"batch \[3, 1\].*a kernel rejected its arguments"):
+        program(torch.randn(3, 4, 5, 5), y)  # the residual's batch differs: our fused op rejects it

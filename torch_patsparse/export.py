@@ -207,12 +207,16 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
     for p in model.parameters():
         if p.dtype != torch.float32:
             raise ValueError(f"export.executorch: the model must be float32 (model.float()), found {p.dtype}")
-    if isinstance(model, nn.Sequential):  # (XNNPACK's BatchNorm fusion fails on names starting with a digit)
-        model = _Named(model)
+    if any(name[:1].isdigit() for name in model._modules):  # an nn.Sequential, a graph module of one:
+        model = _Named(model)  # XNNPACK's BatchNorm fusion fails on names starting with a digit
+        dynamic_shapes = None if dynamic_shapes is None else (dynamic_shapes,)  # (for its *inputs)
     with torch.no_grad():
         ep = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes)
+        # (a FusedConv of optimize_for_inference owns its op with an epilogue: a BatchNorm after it
+        # comes after that epilogue, and XNNPACK runs it)
         pairs = [(c, b) for c, b in _batch_norm_after_our_conv(ep)
-                 if foldable_bn(model.get_submodule(b), model.get_submodule(c))]
+                 if isinstance(model.get_submodule(c), (PatternConv2d, SparseConv2d))
+                 and foldable_bn(model.get_submodule(b), model.get_submodule(c))]
         if pairs:
             for conv, bn in pairs:
                 model.set_submodule(conv, fused(model.get_submodule(conv), model.get_submodule(bn), -math.inf,
@@ -227,14 +231,14 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
 
 
 class _Named(nn.Module):
-    """An ``nn.Sequential`` one level down, so its parameter names start with a letter (``model.0.weight``)."""
+    """A model one level down, so its parameter names start with a letter (``model.0.weight``)."""
 
-    def __init__(self, model: nn.Sequential):
+    def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x):
-        return self.model(x)
+    def forward(self, *inputs):
+        return self.model(*inputs)
 
 
 def _explicit_pool_strides(ep) -> None:
@@ -318,18 +322,24 @@ class ExecuTorchProgram:
     def __call__(self, *inputs: torch.Tensor) -> Any:
         # The runtime reads a tensor's storage as contiguous (NCHW) whatever its strides: give it that.
         inputs = tuple(x.contiguous() if isinstance(x, torch.Tensor) else x for x in inputs)
-        # The runtime takes any shape that fits the planned memory; only the batch may vary (max_batch).
-        if any(isinstance(x, torch.Tensor) and (x.dim() != len(p) or list(x.shape[1:]) != p[1:])
-               for x, p in zip(inputs, self._planned)):
-            raise RuntimeError(f"ExecuTorch program {self.path}: {self._mismatch(inputs)}")
+        # The runtime takes any shape that fits the planned memory; only the batch may vary (max_batch),
+        # from 1 to the planned one.
+        mismatch = self._mismatch(inputs)
+        if mismatch is not None:
+            raise RuntimeError(f"ExecuTorch program {self.path}: {mismatch}")
         try:
             outputs = self.method.execute(list(inputs))
-        except RuntimeError as e:  # the runtime's own message is an error code: say what did not fit
-            raise RuntimeError(f"ExecuTorch program {self.path}: {self._mismatch(inputs) or e}") from e
+        except RuntimeError as e:  # the runtime's own message is an error code: add what may not fit
+            batches = [x.shape[0] for x in inputs]
+            hint = "" if batches == [p[0] for p in self._planned] else (
+                f" (batch {batches}: a program exported without max_batch runs only its example batch; "
+                "with max_batch, a kernel rejected its arguments: the runtime's log names it)")
+            raise RuntimeError(f"ExecuTorch program {self.path}: {e}{hint}") from e
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def _mismatch(self, inputs) -> Optional[str]:
-        """What in ``inputs`` does not fit the program's inputs (count, dtype, shape), or None."""
+        """What in ``inputs`` does not fit the program's inputs (count, dtype, shape; the batch in
+        1..the planned one), or None."""
         if len(inputs) != len(self._planned):
             return f"takes {len(self._planned)} input(s), got {len(inputs)}"
         for i, (x, sizes) in enumerate(zip(inputs, self._planned)):
@@ -337,7 +347,7 @@ class ExecuTorchProgram:
                 return f"input {i} must be a tensor, got {type(x).__name__}"
             if x.dtype != torch.float32:
                 return f"input {i} must be float32 (the kernels run float32), got {x.dtype}"
-            if list(x.shape) != sizes:
+            if x.dim() != len(sizes) or list(x.shape[1:]) != sizes[1:] or not 1 <= x.shape[0] <= sizes[0]:
                 return (f"input {i} has shape {list(x.shape)}; the program's input is planned for "
                         f"{sizes} (exported without max_batch: exactly that shape; with "
                         "export.executorch(..., max_batch=N): batch 1..N)")
