@@ -17,6 +17,7 @@ run in another order); BatchNorm and every other layer are untouched.
 
 Save checkpoints outside the block: inside it the optimizer's state is in the compressed layout.
 """
+import collections
 import warnings
 from contextlib import contextmanager
 from typing import Dict, List, Tuple
@@ -72,9 +73,7 @@ def _candidates(model: nn.Module, opt: ADMM) -> Dict[nn.Conv2d, List[Tuple[nn.Mo
 def _shared_weights(found) -> List[nn.Conv2d]:
     """The convs of ``found`` whose weight another conv holds too (a weight tie across two layers:
     one set of stored values cannot serve both geometries)."""
-    holders: Dict[int, int] = {}
-    for m in found:
-        holders[id(m.weight)] = holders.get(id(m.weight), 0) + 1
+    holders = collections.Counter(id(m.weight) for m in found)
     return [m for m in found if holders[id(m.weight)] > 1]
 
 

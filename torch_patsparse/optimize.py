@@ -422,32 +422,43 @@ def _traceable(module: nn.Module, child: bool) -> bool:
     if "isinstance(" in source or "is_tensor(" in source:
         return False
     if child:
-        for cls in type(module).__mro__:
-            if cls.__module__.startswith("torch."):
-                break
+        for cls in _own_classes(module):
             if any(not k.startswith("_") and k not in _PLAIN_METHODS and (callable(v) or isinstance(v, property))
                    for k, v in vars(cls).items()):
                 return False
     return True
 
 
-def _called_whole(parent: nn.Module, name: str) -> bool:
-    """Whether ``parent``'s code uses its child ``name`` only by calling it (``self.name(...)``) and
-    reading plain attributes of it. Anything else (``for layer in self.name``, ``self.name[0]``,
-    ``self.name.conv1(x)``, ``f(self.name)``) or code that cannot be read: False. The children of a
-    torch.nn container are called by whoever iterates it: True."""
-    if type(parent).__module__.startswith("torch."):
-        return True
-    child, sources = parent._modules[name], []
-    for cls in type(parent).__mro__:
+def _own_classes(module: nn.Module) -> List[type]:
+    """``module``'s classes above torch's own (its MRO up to the first torch.* class)."""
+    own = []
+    for cls in type(module).__mro__:
         if cls.__module__.startswith("torch."):
             break
-        try:
-            sources.append(inspect.getsource(cls))
-        except (OSError, TypeError):
-            return False
+        own.append(cls)
+    return own
+
+
+def _own_source(module: nn.Module) -> Optional[str]:
+    """The source of ``module``'s own classes, or None when some cannot be read."""
+    try:
+        return "\n".join(inspect.getsource(cls) for cls in _own_classes(module))
+    except (OSError, TypeError):
+        return None
+
+
+def _called_whole(parent: nn.Module, name: str, source: Optional[str]) -> bool:
+    """Whether ``parent``'s code (``source``: :func:`_own_source`) uses its child ``name`` only by
+    calling it (``self.name(...)``) and reading plain attributes of it. Anything else (``for layer in
+    self.name``, ``self.name[0]``, ``self.name.conv1(x)``, ``f(self.name)``) or code that cannot be
+    read: False. The children of a torch.nn container are called by whoever iterates it: True."""
+    if type(parent).__module__.startswith("torch."):
+        return True
+    if source is None:
+        return False
+    child = parent._modules[name]
     calls = 0
-    for use in re.finditer(rf"self\.{re.escape(name)}\b\s*(?:\.\s*(\w+)|(.?.?))", "\n".join(sources)):
+    for use in re.finditer(rf"self\.{re.escape(name)}\b\s*(?:\.\s*(\w+)|(.?.?))", source):
         attr, after = use.group(1), use.group(2)
         if attr is not None:  # self.name.attr: a plain attribute survives, a layer / method / tensor may not
             if attr in child._modules or attr in child._parameters or attr in child._buffers \
@@ -470,8 +481,7 @@ def _optimize(module: nn.Module, child: bool = False, whole: bool = True) -> nn.
         # an untraced parent iterates it, indexes it or calls its layers: it keeps its class and every
         # layer at its place (each optimized on its own), as a fold or a graph module would change
         # what the parent finds there
-        for name, child_module in list(module.named_children()):
-            setattr(module, name, _optimize(child_module, child=True, whole=_called_whole(module, name)))
+        _optimize_children(module)
         return module
     graph = None
     if _traceable(module, child):
@@ -480,8 +490,7 @@ def _optimize(module: nn.Module, child: bool = False, whole: bool = True) -> nn.
         except Exception:  # does not trace (data-dependent control flow, ...): recurse into the children
             graph = None
     if graph is None:
-        for name, child_module in list(module.named_children()):
-            setattr(module, name, _optimize(child_module, child=True, whole=_called_whole(module, name)))
+        _optimize_children(module)
         if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
             _fold_sequential(module)  # only where the children run one after the other
         return module
@@ -498,6 +507,13 @@ def _optimize(module: nn.Module, child: bool = False, whole: bool = True) -> nn.
     gm.delete_all_unused_submodules()
     gm.recompile()
     return gm
+
+
+def _optimize_children(module: nn.Module) -> None:
+    """Each child of an untraced ``module`` optimized on its own (its code read once for all)."""
+    source = _own_source(module)
+    for name, child_module in list(module.named_children()):
+        setattr(module, name, _optimize(child_module, child=True, whole=_called_whole(module, name, source)))
 
 
 def optimize_for_inference(model: nn.Module) -> nn.Module:

@@ -107,7 +107,7 @@ class HardPrune:
             # squares are 0, as before), and the projection's output marks the ones it keeps.
             marked = torch.where(pruned == 0, torch.finfo(p.dtype).tiny, pruned)
             mask = self._project(marked, cons, pset, prune_only=True) != 0
-            pruned = torch.where(mask, pruned, torch.zeros((), dtype=p.dtype, device=p.device))
+            pruned = project._keep(pruned, mask)
         quant = next((c for c in cons if isinstance(c, C.Quantize)), None)
         if quant is None:
             return pruned, mask, None, None
