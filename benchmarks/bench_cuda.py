@@ -12,6 +12,11 @@ dense weight. Prints a markdown table (also written to --out).
 
     python3 benchmarks/bench_cuda.py [--reps 20] [--batches 1,32] [--layers conv1_2,...] [--out FILE]
     python3 benchmarks/bench_cuda.py --smoke     # a few small launches (for compute-sanitizer runs)
+
+A second table (--models, empty to skip) times whole networks of torch_patsparse.models on the GPU as
+bench_models.py does on the CPU: ``ps.convert(model, layers="all")`` with and without
+``ps.optimize_for_inference`` against the dense model with BatchNorm folded (torch.fx) in NCHW and in
+channels_last, fp32 (TF32 off) and TF32, each output checked against dense fp32 first.
 """
 import argparse
 import os
@@ -23,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_models (--models)
 
 import torch_patsparse  # noqa: E402,F401
 from torch_patsparse import format as fmt  # noqa: E402
@@ -108,6 +114,8 @@ def main():
     ap.add_argument("--layers", default=",".join(name for name, *_ in VGG16_LAYERS))
     ap.add_argument("--pix", default="1,2,4", help="PATSPARSE_CUDA_FWD_PIX values compared in the second table")
     ap.add_argument("--out", default="")
+    ap.add_argument("--models", default="vgg16,resnet18,resnet50,mobilenet_v2")
+    ap.add_argument("--model-batches", default="1,32")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -197,7 +205,58 @@ def main():
         for lname, batch, times in pix_rows:
             emit(f"| {lname} | " + " | ".join(f"{times[k]:.3f}" for k in keys) + " |")
         emit()
+    if args.models:
+        bench_models_cuda(args, emit)
     emit(f"(total benchmark time {time.time() - t_start:.0f} s)")
+
+
+def bench_models_cuda(args, emit):
+    """Whole networks on the GPU (the module docstring's second table)."""
+    import torch.fx.experimental.optimization as fxo
+    import torch_patsparse as ps
+    from bench_models import build
+    dev = torch.device("cuda")
+    emit("Whole networks, 224x224, fp32, ms (medians of CUDA-event timed forwards); dense = BatchNorm folded "
+         "(torch.fx), best of NCHW / channels_last; ours = ps.convert(layers=\"all\") (+ optimize_for_inference); "
+         "ratio = best dense fp32 / ours:")
+    emit()
+    emit("| model | batch | dense fp32 NCHW | dense fp32 CL | dense TF32 best | converted | optimized | "
+         "ratio (optimized) | vs TF32 |")
+    emit("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name in [m for m in args.models.split(",") if m]:
+        dense, converted = build(name)
+        folded = fxo.fuse(dense).to(dev)
+        folded_cl = fxo.fuse(dense).to(dev).to(memory_format=torch.channels_last)
+        converted = converted.to(dev)
+        optimized = ps.optimize_for_inference(converted)
+        for batch in [int(b) for b in args.model_batches.split(",")]:
+            x = torch.randn(batch, 3, 224, 224, device=dev)
+            x_cl = x.contiguous(memory_format=torch.channels_last)
+            set_tf32(False)
+            with torch.no_grad():
+                ref = dense.to(dev)(x)
+                for label, m in (("converted", converted), ("optimized", optimized)):
+                    err = ((m(x) - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+                    if not err < 1e-3:
+                        raise SystemExit(f"bench_cuda: {name} b{batch} {label}: output differs from dense (rel {err:.2e})")
+                dense.cpu()
+                t = {}
+                for tf32 in (False, True):
+                    set_tf32(tf32)
+                    t["nchw", tf32] = time_cuda(lambda: folded(x), args.reps)
+                    t["cl", tf32] = time_cuda(lambda: folded_cl(x_cl), args.reps)
+                set_tf32(False)
+                t["converted"] = time_cuda(lambda: converted(x), args.reps)
+                t["optimized"] = time_cuda(lambda: optimized(x), args.reps)
+            best = min(t["nchw", False], t["cl", False])
+            best_tf32 = min(t["nchw", True], t["cl", True])
+            emit(f"| {name} | {batch} | {t['nchw', False]:.3f} | {t['cl', False]:.3f} | {best_tf32:.3f} | "
+                 f"{t['converted']:.3f} | {t['optimized']:.3f} | {best / t['optimized']:.2f}x | "
+                 f"{best_tf32 / t['optimized']:.2f}x |")
+            del x, x_cl, ref
+        del folded, folded_cl, converted, optimized
+        torch.cuda.empty_cache()
+    emit()
 
 
 if __name__ == "__main__":

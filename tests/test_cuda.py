@@ -3,6 +3,7 @@
 Skipped as a whole when there is no CUDA device or the extension was built without CUDA kernels.
 References are computed in float64 on the CPU (dense F.conv2d), so cuDNN's TF32 never enters them.
 """
+import contextlib
 import copy
 
 import pytest
@@ -297,3 +298,191 @@ def test_convert_model_on_cuda():
     cpu_out = converted(x)
     gpu_out = converted.to(DEV)(x.to(DEV))
     torch.testing.assert_close(gpu_out.cpu(), cpu_out, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- the whole path on CUDA, as a user runs it
+# Each result on CUDA is compared with the same model run on the CPU (whose native paths are pinned to
+# the dense reference by the CPU tests).
+
+def _user_net() -> torch.nn.Module:
+    """Every layer kind convert(layers="all") handles: a 3-channel stem, a stride-2 3x3, a 1x1, a
+    depthwise 3x3, Linear; BatchNorm after a 3x3 and a 1x1 (optimize_for_inference folds both)."""
+    nn = torch.nn
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.BatchNorm2d(32), nn.ReLU(),
+                         nn.Conv2d(32, 32, 1), nn.BatchNorm2d(32), nn.ReLU(),
+                         nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+
+def _converted(bits):
+    model = ps.models.sparsify_random(_user_net())
+    with pytest.warns(UserWarning):  # convert lists the lossy (projected / quantized) layers
+        return ps.convert(model, layers="all", bits=bits, project=True).eval()
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("batch", [0, 1, 5])
+def test_converted_model_on_cuda_matches_cpu(no_tf32, bits, layout, batch):
+    model = _converted(bits)
+    x = torch.randn(batch, 3, 16, 16)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    ref = model(x)
+    gpu = copy.deepcopy(model).to(DEV)
+    out = gpu(x.to(DEV))
+    assert out.device.type == "cuda" and out.shape == ref.shape
+    torch.testing.assert_close(out.cpu(), ref, rtol=1e-4, atol=1e-5)
+    scripted = torch.jit.script(gpu)
+    torch.testing.assert_close(scripted(x.to(DEV)).cpu(), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_converted_model_trains_on_cuda_like_cpu(no_tf32):
+    model = _converted(None).train()
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
+    gpu = copy.deepcopy(model).to(DEV)
+    for m, xx, yy in ((model, x, y), (gpu, x.to(DEV), y.to(DEV))):
+        F.cross_entropy(m(xx), yy).backward()
+    for (name, p), q in zip(model.named_parameters(), gpu.parameters()):
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            torch.testing.assert_close(q.grad.cpu(), p.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_converted_model_under_autocast_on_cuda(dtype):
+    model = _converted(4).to(DEV)
+    x = torch.randn(2, 3, 16, 16, device=DEV)
+    ref = model(x)
+    with torch.autocast(DEV.type, dtype=dtype):
+        out = model(x)
+    assert out.dtype == dtype  # as nn.Linear gives under autocast
+    torch.testing.assert_close(out.float(), ref, rtol=5e-2, atol=5e-2)
+
+
+def test_half_model_on_cuda():
+    model = _converted(None)
+    x = torch.randn(2, 3, 16, 16)
+    ref = model(x)
+    out = copy.deepcopy(model).to(DEV).half()(x.to(DEV).half())
+    assert out.dtype == torch.float16
+    torch.testing.assert_close(out.float().cpu(), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_optimize_for_inference_on_cuda(no_tf32):
+    model = _converted(None)
+    x = torch.randn(3, 3, 16, 16)
+    ref = model(x)
+    fast = ps.optimize_for_inference(copy.deepcopy(model).to(DEV))
+    torch.testing.assert_close(fast(x.to(DEV)).cpu(), ref, rtol=1e-4, atol=1e-5)
+    # optimized on the CPU, then moved
+    moved = ps.optimize_for_inference(copy.deepcopy(model)).to(DEV)
+    torch.testing.assert_close(moved(x.to(DEV)).cpu(), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_saved_on_cuda_loads_on_cpu(tmp_path):
+    model = _converted(4)
+    gpu = copy.deepcopy(model).to(DEV)
+    torch.save(gpu.state_dict(), tmp_path / "m.pt")
+    fresh = ps.load_compressed(_user_net(), torch.load(tmp_path / "m.pt", map_location="cpu", weights_only=True)).eval()
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(fresh(x), model(x))
+    back = ps.load_compressed(_user_net().to(DEV), torch.load(tmp_path / "m.pt", weights_only=True)).eval()
+    torch.testing.assert_close(back(x.to(DEV)).cpu(), model(x), rtol=1e-4, atol=1e-5)
+
+
+def _admm_run(device, method, penalty, base):
+    from torch_patsparse import constraints as C
+    torch.manual_seed(0)
+    model = _user_net().to(device)
+    convs = [m.weight for m in model.modules()
+             if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) and m.in_channels > 3 and m.groups == 1]
+    rest = [p for p in model.parameters() if all(p is not c for c in convs)]
+    opt = ps.ADMM([{"params": convs, "constraints": [C.Pattern(k=4), C.Connectivity(keep=0.5), C.Quantize(bits=4)]},
+                   {"params": rest}], base=base, lr=0.01, method=method, penalty=penalty, update_every=4,
+                  phase_steps=12)
+    gen = torch.Generator().manual_seed(1)
+    data = [(torch.randn(8, 3, 12, 12, generator=gen), torch.randint(0, 10, (8,), generator=gen)) for _ in range(16)]
+    for i, (x, y) in enumerate(data):
+        if i == 12:
+            opt.hard_prune()
+        opt.zero_grad()
+        F.cross_entropy(model(x.to(device)), y.to(device)).backward()
+        opt.step()
+    return model, convs
+
+
+@pytest.mark.parametrize("method,penalty,base", [
+    ("admm", "proximal", torch.optim.SGD), ("admm", "gradient", torch.optim.SGD),
+    ("admm", "gradient", torch.optim.Adam), ("oneshot", "proximal", torch.optim.SGD),
+    ("gradual", "proximal", torch.optim.AdamW)], ids=lambda v: getattr(v, "__name__", v))
+def test_admm_on_cuda_follows_cpu(no_tf32, method, penalty, base):
+    cpu_model, cpu_convs = _admm_run("cpu", method, penalty, base)
+    gpu_model, gpu_convs = _admm_run(DEV, method, penalty, base)
+    for c, g in zip(cpu_convs, gpu_convs):
+        assert g.device.type == "cuda" and torch.isfinite(g).all()
+        # the same kept weights (a near-tie may fall the other way on another device's rounding)
+        differ = ((c != 0) != (g.cpu() != 0)).float().mean().item()
+        assert differ < 0.02, differ
+        torch.testing.assert_close(g.cpu(), c, rtol=0.05, atol=0.02)
+    # On the constraints exactly: convert stores the CUDA model's pruned layers without loss.
+    converted = ps.convert(copy.deepcopy(gpu_model).eval())
+    pats = [m for m in converted.modules() if isinstance(m, ps.nn.PatternConv2d)]
+    assert len(pats) == 1 and pats[0].conversion_error == 0
+    x = torch.randn(2, 3, 12, 12, device=DEV)
+    torch.testing.assert_close(converted(x), gpu_model.eval()(x), rtol=1e-4, atol=1e-5)
+
+
+def _masked_retrain(compressed):
+    from torch_patsparse import constraints as C
+    torch.manual_seed(0)
+    model = _user_net().to(DEV)
+    conv = model[3]
+    opt = ps.ADMM([{"params": [conv.weight], "constraints": [C.Pattern(k=4), C.Connectivity(keep=0.5)]},
+                   {"params": [p for p in model.parameters() if p is not conv.weight]}],
+                  base=torch.optim.SGD, lr=0.01, momentum=0.9, method="oneshot")
+    opt.hard_prune()
+    pruned = conv.weight.detach().clone()
+    x, y = torch.randn(8, 3, 12, 12).to(DEV), torch.randint(0, 10, (8,)).to(DEV)
+    with ps.compressed_training(model, opt) if compressed else contextlib.nullcontext():
+        assert any(isinstance(m, ps.nn.PatternConv2d) for m in model.modules()) == compressed
+        for _ in range(3):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    assert type(model[3]) is torch.nn.Conv2d and model[3].weight.device.type == "cuda"
+    return pruned, model
+
+
+def test_compressed_training_on_cuda(no_tf32):
+    pruned, model = _masked_retrain(compressed=True)
+    _, ref = _masked_retrain(compressed=False)
+    w = model[3].weight.detach()
+    assert (w[pruned == 0] == 0).all() and not torch.equal(w, pruned)
+    for (name, p), q in zip(ref.named_parameters(), model.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_torch_compile_on_cuda(no_tf32):
+    model = _converted(None)
+    x = torch.randn(2, 3, 16, 16)
+    ref = model(x)
+    compiled = torch.compile(copy.deepcopy(model).to(DEV))
+    torch.testing.assert_close(compiled(x.to(DEV)).cpu(), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_sparse_forward_fused_on_cuda_is_a_clear_error():
+    torch.manual_seed(0)
+    conv, linear = torch.nn.Conv2d(32, 16, 1), torch.nn.Linear(32, 10)
+    with torch.no_grad():
+        for m in (conv, linear):
+            m.weight.mul_(torch.rand(m.weight.shape) < 0.2)
+    conv1x1 = ps.nn.SparseConv2d.from_dense(conv).to(DEV)
+    linear = ps.nn.SparseLinear.from_dense(linear).to(DEV)
+    assert conv1x1._native and linear._native  # (forward_fused raises another error for a layer that runs dense)
+    with pytest.raises(RuntimeError, match="runs on the CPU"):
+        conv1x1.forward_fused(torch.randn(1, 32, 8, 8, device=DEV), None, None, None)
+    with pytest.raises(RuntimeError, match="runs on the CPU"):
+        linear.forward_fused(torch.randn(1, 32, device=DEV), None, None, None)

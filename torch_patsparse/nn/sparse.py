@@ -84,13 +84,16 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
 
     def forward_fused(self, x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
                       residual: Optional[torch.Tensor], lo: float = -_INF, hi: float = _INF) -> torch.Tensor:
-        """``clamp(x @ W.T * scale + shift + residual, lo, hi)`` in one native op (CPU): ``scale`` /
+        """``clamp(x @ W.T * scale + shift + residual, lo, hi)`` in one native op (CPU only): ``scale`` /
         ``shift`` [out_features] or None (``forward`` passes the bias as ``shift``; this method does
         not add the bias itself), ``residual`` of the output's shape or None. Inputs and errors are
         ``F.linear``'s; fp16 / bf16 are computed in fp32 and returned in their dtype. A layer that runs
         dense (``_native`` False: a quantized weight at density >= 2/3) has no fused op."""
         if not self._native:
             raise RuntimeError("SparseLinear.forward_fused: this layer runs dense (a quantized weight this dense)")
+        if x.device.type != "cpu":
+            raise RuntimeError(f"SparseLinear.forward_fused runs on the CPU (the sparse op has no {x.device.type} "
+                               "kernel); forward() runs on any device")
         if x.dim() == 0 or x.size(-1) != self.in_features or not x.is_floating_point():
             # nn.Linear's own error: F.linear rejects every input this branch takes (a plain call,
             # result unused, would be removed as dead code by TorchScript)
@@ -185,7 +188,7 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
 
     def forward_fused(self, x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
                       residual: Optional[torch.Tensor], lo: float = -_INF, hi: float = _INF) -> torch.Tensor:
-        """``clamp(conv(x) * scale[c] + shift[c] + residual, lo, hi)`` in one native op (CPU; 1x1
+        """``clamp(conv(x) * scale[c] + shift[c] + residual, lo, hi)`` in one native op (CPU only; 1x1
         layers without padding and groups, the ones ``forward`` runs natively): ``scale`` / ``shift``
         [out_channels] or None (``forward`` passes the bias as ``shift``; this method does not add
         the bias itself), ``residual`` of the output's shape or None. Inputs and errors are
@@ -193,6 +196,9 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
         if not self._native:
             raise RuntimeError("SparseConv2d.forward_fused needs a 1x1 convolution without padding and groups "
                                "(and not a quantized weight this dense: it runs dense)")
+        if x.device.type != "cpu":
+            raise RuntimeError(f"SparseConv2d.forward_fused runs on the CPU (the sparse op has no {x.device.type} "
+                               "kernel); forward() runs on any device")
         if (x.dim() != 4 and x.dim() != 3) or x.size(-3) != self.in_channels or not x.is_floating_point():
             # nn.Conv2d's own error: F.conv2d rejects every input this branch takes (a plain call,
             # result unused, would be removed as dead code by TorchScript)
