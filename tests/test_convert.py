@@ -510,3 +510,26 @@ def test_a_weight_shared_by_two_layers_stays_one_parameter():
     assert out.a is not out.b and out.a.values is out.b.values and out.a.bias is out.b.bias
     x = torch.randn(2, 4, 8, 8)
     torch.testing.assert_close(out(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("magnitude", [1e-200, 1.0, 1e200])
+def test_conversion_error_at_any_magnitude_of_a_float64_model(magnitude):
+    """The relative error is scale-free: float64 weights of 1e-200 / 1e200 (whose squares underflow /
+    overflow) report the error of weights of 1, and the lossy-conversion warning lists them."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, padding=1).double()
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(6, 4, 3, 3, dtype=torch.float64) * magnitude)
+    with pytest.warns(UserWarning, match="lossy conversion"):
+        new = ps.convert(nn.Sequential(conv), project=True, bits=4)[0]
+    w = conv.weight.double() / magnitude
+    want = float((new.to_dense().weight.double() / magnitude - w).norm() / w.norm())
+    assert want > 0.01 and new.conversion_error == pytest.approx(want, rel=1e-9)
+
+
+def test_a_weight_convert_cannot_store_names_its_layer():
+    model = models.sparsify_random(models.fmnist_vgg())
+    with torch.no_grad():
+        model.features[3].weight[0, 0, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"convert: layer 'features\.3': .*NaN"):
+        ps.convert(model)

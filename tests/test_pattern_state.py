@@ -210,3 +210,20 @@ def test_unpacked_int8_codes_must_have_the_kernel_layout():
     assert torch.equal(fresh.codes, pc.codes)
     with pytest.raises((RuntimeError, ValueError), match="codes"):
         PatternConv2d(8, 8, bits=4).load_state_dict({**sd, "codes": pc.int_codes().t().contiguous()})
+
+
+@pytest.mark.parametrize("magnitude", [1e-50, 1.0, 1e40])
+def test_float64_layer_with_a_scale_outside_float32_loads(magnitude):
+    """A float64 layer on a grid of scale 1e-50 / 1e39 (stored as codes by a lossless convert) decodes
+    in float64; its load checked the scale in float32 (0 / inf) and refused its own state_dict."""
+    conv = nn.Conv2d(4, 4, 3, padding=1, bias=False).double()
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[:, :, 1, 1] = torch.arange(-7, 9, dtype=torch.float64).view(4, 4) * magnitude
+    m = PatternConv2d.from_dense(conv)
+    assert m.quantized and m.scale.dtype == torch.float64 and m.conversion_error == 0
+    fresh = ps.load_compressed(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, bias=False).double()),
+                               nn.Sequential(m).state_dict())[0]
+    x = torch.randn(1, 4, 5, 5, dtype=torch.float64)
+    assert torch.equal(fresh(x), m(x))
+    torch.testing.assert_close(m(x), conv(x), rtol=1e-12, atol=0)

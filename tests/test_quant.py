@@ -40,3 +40,19 @@ def test_a_scale_that_overflows_the_stored_dtype_is_a_clear_error():
         with pytest.raises(ValueError, match="overflows torch.float32"):
             build()
     assert PatternConv2d.from_dense(conv, bits=4).bits == 4  # uniform fits
+
+
+def test_a_scale_that_underflows_the_stored_dtype_is_a_clear_error():
+    """Weights at float32's smallest subnormal divided into 7 levels: the scale rounds to 0."""
+    from torch import nn
+    from torch_patsparse.nn import PatternConv2d, SparseLinear
+    conv, lin = nn.Conv2d(2, 2, 3, padding=1), nn.Linear(4, 2)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[:, :, 1, 1] = 1e-45
+        lin.weight.zero_()
+        lin.weight[0, 0], lin.weight[1, 1] = 1e-45, -1e-45
+    for build in (lambda b: PatternConv2d.from_dense(conv, bits=b), lambda b: SparseLinear.from_dense(lin, bits=b)):
+        with pytest.raises(ValueError, match="underflows torch.float32"):
+            build(4)
+        assert build(2).conversion_error == 0  # one level: the weights themselves

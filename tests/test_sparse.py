@@ -187,3 +187,19 @@ def test_subnormal_weights_are_stored_exactly():
         lin.weight[0, 5], lin.weight[2, 1] = 1e-42, -3e-42
     s = SparseLinear.from_dense(lin)
     assert torch.equal(s.to_dense().weight, lin.weight)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_to_dense_is_in_the_layers_dtype(dtype):
+    """After .to(dtype), to_dense() is a dense layer of that dtype (it was float32: a dtype error at
+    its first call with the input the layer itself took)."""
+    lin, conv = nn.Linear(8, 4), nn.Conv2d(8, 4, 1)
+    with torch.no_grad():
+        lin.weight.mul_(torch.rand(4, 8) < 0.3)
+        conv.weight.mul_(torch.rand(4, 8, 1, 1) < 0.3)
+    for ours, x in ((SparseLinear.from_dense(lin).to(dtype), torch.randn(2, 8, dtype=dtype)),
+                    (SparseConv2d.from_dense(conv, bits=4).to(dtype), torch.randn(1, 8, 3, 3, dtype=dtype))):
+        dense = ours.to_dense()
+        assert dense.weight.dtype == dtype and dense.bias.dtype == dtype
+        tol = {} if dtype == torch.float64 else dict(rtol=0.05, atol=0.02)  # ours accumulates in fp32
+        torch.testing.assert_close(dense(x), ours(x), **tol)

@@ -12,6 +12,7 @@ from . import format as fmt
 from . import select
 from .admm import trained_pattern_set
 from .nn import kinds
+from .nn._decoded_weight import relative_error
 from .nn.pattern_conv import PatternConv2d
 from .nn.sparse import SparseConv2d, SparseLinear, compress_module
 from .patterns import PatternSet
@@ -38,13 +39,13 @@ def _stored_bits(m: nn.Module) -> int:
     return sum(int(v) for v in m.storage_bits().values())
 
 
-def _relative_error(new: nn.Module, old: nn.Module) -> float:
-    """||W_new - W_old|| / ||W_old|| of the weights the two layers compute with."""
-    w = old.weight.detach().double()
-    d = new.to_dense().weight.detach().double().to(w.device)
-    norm = float(w.norm())
-    diff = float((d - w).norm())
-    return diff / norm if norm > 0 else (0.0 if diff == 0 else float("inf"))
+def _naming(name: str, build, *args, **kwargs):
+    """``build(*args, **kwargs)``; its ValueError (a weight it cannot store: NaN, a scale out of
+    range) names the layer, which a deep model's user could not tell otherwise."""
+    try:
+        return build(*args, **kwargs)
+    except ValueError as e:
+        raise ValueError(f"convert: layer '{name}': {e}") from e
 
 
 def _why_dense(module: nn.Module, layers: str) -> str:
@@ -184,18 +185,18 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
         if kind == kinds.PATTERN:
             explicit = explicit_sets.get(name) if isinstance(pattern_set, dict) else pattern_set
             pset = explicit if explicit is not None else trained.get(name)
-            new, why = _pattern_layer(module, pset, explicit is not None, bits, scheme, project)
+            new, why = _naming(name, _pattern_layer, module, pset, explicit is not None, bits, scheme, project)
             if new is None and explicit is not None:
                 raise ValueError(f"convert: layer '{name}': {why}")
             projectable = projectable or new is None
         if new is None and layers == "all":
-            new = compress_module(module, bits=bits, scheme=scheme)
+            new = _naming(name, compress_module, module, bits=bits, scheme=scheme)
             if new is None:
                 why = why or _why_dense(module, layers) or "sparse form not smaller than dense (weights not pruned)"
         if new is None:
             dense.append((name, why))
             continue
-        new.conversion_error = _relative_error(new, module)
+        new.conversion_error = relative_error(new.to_dense().weight, module.weight)
         new.train(module.training)
         _carry_over(module, new)
         _keep_ties(module, new, ties)

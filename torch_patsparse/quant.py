@@ -33,11 +33,15 @@ def check(bits: int, scheme: str) -> None:
 
 def scale_tensor(q: float, dtype: torch.dtype, bits: int, scheme: str) -> torch.Tensor:
     """The 0-d ``dtype`` tensor that stores :func:`quantize_params`' scale ``q``; ValueError when it
-    overflows ``dtype`` (weights near its maximum on a grid whose scale lies above them)."""
+    overflows ``dtype`` (weights near its maximum on a grid whose scale lies above them) or underflows
+    to 0 (weights near its smallest subnormal, divided into more levels than it holds)."""
     s = torch.tensor(q, dtype=dtype)
     if not bool(torch.isfinite(s)):
         raise ValueError(f"{bits}-bit {scheme} quantization: the scale {q:.4g} overflows {dtype} (weights near "
                          f"its maximum); use scheme='uniform' or bits=None")
+    if q > 0 and float(s) == 0.0:
+        raise ValueError(f"{bits}-bit {scheme} quantization: the scale {q:.4g} underflows {dtype} (weights near "
+                         f"its smallest subnormal); use fewer bits or bits=None")
     return s
 
 

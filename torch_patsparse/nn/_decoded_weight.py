@@ -1,4 +1,6 @@
-"""The mixin of our layers whose ``weight`` is a property decoded from their compressed arrays."""
+"""The mixin of our layers whose ``weight`` is a property decoded from their compressed arrays, and
+the relative error they report for what they store (``conversion_error``)."""
+import torch
 
 
 class DecodedWeight:
@@ -11,3 +13,17 @@ class DecodedWeight:
                                  f"assigned; build the layer again with {type(self).__name__}.from_dense(module) "
                                  "(which reports its conversion error)")
         super().__setattr__(name, value)
+
+
+def relative_error(stored: torch.Tensor, original: torch.Tensor) -> float:
+    """``||stored - original|| / ||original||`` in float64: 0.0 when equal, inf when ``original`` is
+    all zeros and ``stored`` is not. Both are divided by ``max|original|`` first, so the squares
+    neither underflow nor overflow (weights of 1e-200 or 1e200 in a float64 model)."""
+    a = stored.detach().to("cpu", torch.float64).reshape(-1)
+    b = original.detach().to("cpu", torch.float64).reshape(-1)
+    if torch.equal(a, b):
+        return 0.0
+    top = float(b.abs().max()) if b.numel() else 0.0
+    if top == 0.0:
+        return float("inf")
+    return float((a / top - b / top).norm() / (b / top).norm())

@@ -94,8 +94,11 @@ class PatternStateDict(DecodedWeight):
             s = float(scale)
             if not math.isfinite(s) or s < 0:  # 0 decodes an all-zero layer only (checked by the decode)
                 raise ValueError(f"'scale' must be a finite positive number, got {s}")
+            # decoded as forward decodes it: a float64 scale in float64 (outside float32's range for
+            # the weights of a float64 model), any other in float32
+            wide = scale if scale.dtype == torch.float64 else scale.float()
             try:  # checks the packed length and padding, every code's range, a 0 scale, overflow
-                values = torch.ops.patsparse.pattern_decode(codes, scale.float(), nnz, entries, bits, scheme)
+                values = torch.ops.patsparse.pattern_decode(codes, wide, nnz, entries, bits, scheme)
             except RuntimeError as e:
                 raise ValueError(str(e).split("\n")[0]) from None
             out.update(codes=codes, scale=scale)

@@ -9,7 +9,7 @@ from torch import nn
 
 from .. import sparse_format
 from .._tracing import fx_leaf
-from ._decoded_weight import DecodedWeight
+from ._decoded_weight import DecodedWeight, relative_error
 from ._load import apply_or_restore, check_bias, load_error, size_mismatch
 
 _ARRAYS = sparse_format.ARRAY_NAMES
@@ -45,15 +45,12 @@ class _SparseWeightMixin(DecodedWeight):
         if tuple(weight.shape) != tuple(self.weight_shape):
             raise ValueError(f"weight has shape {tuple(weight.shape)}, expected {tuple(self.weight_shape)}")
         arrays = sparse_format.encode(weight, bits, scheme)
-        w = weight.detach().to("cpu", torch.float64).reshape(-1)  # the original, in its own precision
         dev = self.header.device
         for k, t in arrays.items():
             setattr(self, k, t.to(dev))
         self._update_native()
-        stored = self.dense_weight().reshape(-1).double().cpu()
-        diff, norm = float((stored - w).norm()), float(w.norm())
-        # ||W_stored - W|| / ||W||: 0.0 unless `bits` quantized or the weight had more than fp32's precision.
-        self.conversion_error = 0.0 if diff == 0 else (diff / norm if norm > 0 else float("inf"))
+        # 0.0 unless `bits` quantized or the weight had more than fp32's precision
+        self.conversion_error = relative_error(self.dense_weight(), weight)
 
     def _op_takes_layer(self) -> bool:
         """Whether the native sparse op takes this layer's geometry (modules pickled before
@@ -95,7 +92,8 @@ class _SparseWeightMixin(DecodedWeight):
         return "bitmap" if f[0] == sparse_format.BITMAP else f"relative{f[1] + 1}"
 
     def _fill_dense(self, module: nn.Module) -> nn.Module:
-        """``module`` (a fresh dense layer of this shape) with the decoded weight and the bias."""
+        """``module`` (a fresh dense layer of this shape, in this layer's dtype: its values' after
+        ``.to(dtype)`` / ``.half()``) with the decoded weight and the bias."""
         with torch.no_grad():
             module.weight.copy_(self.dense_weight())
             if self.bias is not None:

@@ -14,6 +14,7 @@ from .. import quant
 from .._deprecation import renamed_keywords
 from .._tracing import fx_leaf
 from ..patterns import PatternSet
+from ._decoded_weight import relative_error
 from ._pattern_state import PatternStateDict, channel_dtype, pack_codes
 from .kinds import PATTERN, conv_padding, layer_kind
 
@@ -184,7 +185,7 @@ class PatternConv2d(PatternStateDict, nn.Module):
                 mod.values.copy_(values)
             if conv.bias is not None:
                 mod.bias.copy_(conv.bias.detach())
-        mod.conversion_error = _relative_error(mod.dense_weight(), w)
+        mod.conversion_error = relative_error(mod.dense_weight(), w)
         return mod
 
     def to_dense(self) -> nn.Conv2d:
@@ -416,15 +417,6 @@ class PatternConv2d(PatternStateDict, nn.Module):
 
 # help() and inspect show the real signature (nn.Conv2d's order), not __init__'s (*args, **kwargs).
 PatternConv2d.__init__.__signature__ = inspect.signature(PatternConv2d._build)
-
-
-def _relative_error(stored: torch.Tensor, original: torch.Tensor) -> float:
-    """||stored - original|| / ||original|| in float64 (0.0 when equal)."""
-    a, b = stored.detach().double(), original.detach().double().to(stored.device)
-    diff, norm = float((a - b).norm()), float(b.norm())
-    if diff == 0.0:
-        return 0.0
-    return diff / norm if norm > 0 else float("inf")
 
 
 def _quantization(values: torch.Tensor, bits: Optional[int], scheme: str):

@@ -64,7 +64,7 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
 
     def to_dense(self) -> nn.Linear:
         return self._fill_dense(nn.Linear(self.in_features, self.out_features, self.bias is not None,
-                                          device=self.header.device))
+                                          device=self.header.device, dtype=self.values.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
@@ -168,7 +168,7 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
     def to_dense(self) -> nn.Conv2d:
         return self._fill_dense(nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
                                           self.padding, self.dilation, self.groups, self.bias is not None,
-                                          device=self.header.device))
+                                          device=self.header.device, dtype=self.values.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
