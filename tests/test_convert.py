@@ -1,5 +1,6 @@
 """ps.convert as a user calls it: the README flow, and the rule that convert never changes what a
 model computes unless asked (project=True / bits)."""
+import contextlib
 import copy
 import warnings
 
@@ -533,3 +534,40 @@ def test_a_weight_convert_cannot_store_names_its_layer():
         model.features[3].weight[0, 0, 1, 1] = float("nan")
     with pytest.raises(ValueError, match=r"convert: layer 'features\.3': .*NaN"):
         ps.convert(model)
+
+
+_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("autocast", [None, torch.bfloat16], ids=["plain", "autocast_bf16"])
+@pytest.mark.parametrize("given", _DTYPES, ids=str)
+@pytest.mark.parametrize("own", _DTYPES, ids=str)
+def test_input_dtypes_are_taken_or_refused_as_the_dense_layers(own, given, autocast):
+    """Drop-in, inputs and errors included: every converted layer kind (3x3 PatternConv2d, 1x1 /
+    5x5 SparseConv2d, SparseLinear) in dtype ``own`` takes input of dtype ``given`` exactly when the
+    dense layer does (same output dtype), and raises its message otherwise; with autocast too."""
+    torch.manual_seed(0)
+    layers = [(nn.Conv2d(4, 6, 3, padding=1), (1, 4, 5, 5)), (nn.Conv2d(4, 6, 1), (1, 4, 5, 5)),
+              (nn.Conv2d(4, 6, 5, padding=2), (1, 4, 5, 5)), (nn.Linear(4, 6), (2, 4))]
+    for layer, shape in layers:
+        with torch.no_grad():
+            layer.weight.mul_(torch.rand(layer.weight.shape) < 0.3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ours = ps.convert(nn.Sequential(layer), layers="all", project=True)[0].to(own)
+        dense = ours.to_dense()
+        assert type(ours) is not type(layer) and dense.weight.dtype == own
+        x = torch.randn(shape).to(given)
+        results = []
+        for m in (dense, ours):
+            with torch.autocast("cpu", dtype=autocast) if autocast else contextlib.nullcontext():
+                try:
+                    results.append(m(x))
+                except RuntimeError as e:
+                    results.append(str(e))
+        want, got = results
+        if isinstance(want, str):
+            assert got == want, type(ours).__name__
+        else:
+            assert isinstance(got, torch.Tensor) and got.dtype == want.dtype, type(ours).__name__
+            torch.testing.assert_close(got.double(), want.double(), rtol=0.05, atol=0.05)

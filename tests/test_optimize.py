@@ -4,6 +4,7 @@ inputs) and ``ps.optimize_for_inference`` (BatchNorm folding with non-trivial st
 activations and residual adds against the unoptimized model, fx-traceable and non-traceable
 models, TorchScript and torch.export of the result, eval-only behaviour). fusion.py's pieces
 (max_pool2d_nchw, FusedConv): test_fusion.py."""
+import copy
 import math
 from typing import Optional
 
@@ -164,7 +165,7 @@ def test_forward_fused_method(isa, bits, has_bias):
         # unbatched input and residual, fp16 input (computed in fp32, returned in fp16)
         got = m.forward_fused(x[0], None, None, ref[0], 0.0, INF)
         torch.testing.assert_close(got, (ref[0] + ref[0]).clamp(min=0), rtol=1e-5, atol=1e-5)
-        assert m.forward_fused(x.half(), None, None, None, 0.0, INF).dtype == torch.float16
+        assert copy.deepcopy(m).half().forward_fused(x.half(), None, None, None, 0.0, INF).dtype == torch.float16
         with pytest.raises(RuntimeError, match="channels"):
             m.forward_fused(torch.randn(2, 7, 10, 11), None, None, None, 0.0, INF)
 

@@ -218,16 +218,26 @@ def test_wrong_rank_raises_like_conv2d(shape):
         pconv(16, 16)(torch.randn(shape))
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("bits", [None, 4])
-def test_half_inputs_run_and_match_dense(dtype, bits):
+def test_input_of_another_dtype_raises_like_conv2d(dtype, bits):
+    """Drop-in, errors included: an fp32 layer refuses other input dtypes with nn.Conv2d's message
+    (it computed them in fp32 / fp64 before); under autocast both run, in the autocast dtype."""
     pc = pconv(8, 8, bits=bits, padding=1)
     dense = pc.to_dense()
-    x = torch.randn(2, 8, 10, 10)
-    want = dense(x)
-    y = pc(x.to(dtype))
-    assert y.dtype == dtype and y.shape == want.shape
-    torch.testing.assert_close(y.float(), want, **HALF_TOL[dtype])
+    x = torch.randn(2, 8, 10, 10).to(dtype)
+    with pytest.raises(RuntimeError) as want:
+        dense(x)
+    with pytest.raises(RuntimeError) as got:
+        pc(x)
+    assert str(got.value) == str(want.value)
+    with pytest.raises(RuntimeError, match=str(want.value).split(" (")[0]):
+        torch.jit.script(pc)(x)
+    if dtype != torch.float64:  # autocast leaves fp64 alone: nn.Conv2d raises there too
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, ref = pc(x), dense(x)
+        assert y.dtype == ref.dtype == torch.bfloat16
+        torch.testing.assert_close(y.float(), ref.float(), **HALF_TOL[torch.bfloat16])
 
 
 @pytest.mark.parametrize("convert", [lambda m: m.half(), lambda m: m.bfloat16(), lambda m: m.to(torch.float16)])

@@ -75,8 +75,11 @@ def test_sparse_half(dtype):
     sc = SparseConv2d.from_dense(conv, bits=4)
     x = torch.randn(1, 6, 9, 9)
     want = sc(x)
-    assert sc(x.to(dtype)).dtype == dtype
-    torch.testing.assert_close(sc(x.to(dtype)).float(), want, **HALF_TOL[dtype])
+    with pytest.raises(RuntimeError) as dense_error:  # another input dtype: nn.Conv2d's error
+        sc.to_dense()(x.to(dtype))
+    with pytest.raises(RuntimeError) as ours:
+        sc(x.to(dtype))
+    assert str(ours.value) == str(dense_error.value)
     half = copy.deepcopy(sc).to(dtype)
     torch.testing.assert_close(half(x.to(dtype)).float(), want, **HALF_TOL[dtype])
     sl = SparseLinear.from_dense(nn.Linear(12, 5)).to(dtype)

@@ -135,11 +135,11 @@ def test_dtypes_and_unbatched_inputs():
     _, sl = sparse_linear(12, 5, 0.5, seed=11)
     x = torch.randn(2, 6, 7, 7)
     ref = F.conv2d(x.double(), sc.dense_weight().double(), sc.bias.double(), 2)
-    out64 = sc(x.double())
+    out64 = copy.deepcopy(sc).double()(x.double())
     assert out64.dtype == torch.float64
-    torch.testing.assert_close(out64, ref, rtol=1e-12, atol=1e-12)  # fp64 input: fp64 arithmetic
+    torch.testing.assert_close(out64, ref, rtol=1e-12, atol=1e-12)  # fp64 layer: fp64 arithmetic
     for dt in (torch.float16, torch.bfloat16):
-        out = sc(x.to(dt))
+        out = copy.deepcopy(sc).to(dt)(x.to(dt))
         assert out.dtype == dt
         torch.testing.assert_close(out.double(), ref, rtol=2e-2, atol=5e-2)
     close(sc(x[0]), ref[0])

@@ -37,13 +37,38 @@ def pattern_conv2d(input: torch.Tensor, patterns: torch.Tensor, filter_ptr: torc
 
 
 def as_autocast(out: torch.Tensor) -> torch.Tensor:
-    """``out`` (computed in fp32 by a native op) in the autocast dtype when autocast is on for its
-    device, as ``nn.Conv2d`` / ``nn.Linear`` return it there (eager only)."""
+    """``out`` (a native op's result) in the autocast dtype when autocast is on for its device and
+    ``out`` is not fp64, as ``nn.Conv2d`` / ``nn.Linear`` return it there (autocast casts their fp32 /
+    fp16 / bf16 operands; eager only)."""
     device = out.device.type
     # (the devices our ops run on: torch.is_autocast_enabled raises for "meta")
-    if out.dtype == torch.float32 and device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
+    if (out.is_floating_point() and out.dtype != torch.float64 and device in ("cpu", "cuda")
+            and torch.is_autocast_enabled(device)):
         return out.to(torch.get_autocast_dtype(device))
     return out
+
+
+def dtypes_clash(x: torch.Tensor, own: torch.dtype) -> bool:
+    """Whether a dense ``nn.Conv2d`` / ``nn.Linear`` whose parameters are ``own`` raises for the
+    floating input ``x``: the dtypes differ after autocast's casts, where autocast is on for x's device
+    (its fp32 / fp16 / bf16 operands become the autocast dtype, fp64 ones stay). Our layers then raise
+    the dense layer's error (drop-in: inputs and errors included)."""
+    a, b = x.dtype, own
+    if a == b:
+        return False
+    if not torch.jit.is_scripting():
+        device = x.device.type
+        if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
+            low = torch.get_autocast_dtype(device)
+            a = a if a == torch.float64 else low
+            b = b if b == torch.float64 else low
+    return a != b
+
+
+def dtype_error(dense_out: torch.Tensor) -> None:
+    """Called with the result of the dense op on the clashing operands (which raises the dense layer's
+    own error first; the call is an argument so TorchScript does not drop it as dead code)."""
+    raise RuntimeError(f"the input's dtype does not match the layer's ({dense_out.dtype} from the dense op)")
 
 
 def get_isa() -> str:

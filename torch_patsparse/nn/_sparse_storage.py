@@ -125,10 +125,12 @@ class _SparseWeightMixin(DecodedWeight):
             dense_fn(x, self._placeholder_weight(torch.empty(0)))
         return traced
 
-    def _placeholder_weight(self, x: torch.Tensor) -> torch.Tensor:
-        """A zero dense weight for the error path only: handed to ``F.conv2d`` / ``F.linear`` with an
-        input the native op cannot take, it makes torch raise the dense layer's own error."""
-        dtype = x.dtype if x.is_floating_point() else torch.float32
+    def _placeholder_weight(self, x: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """A zero dense weight (of ``dtype``, else x's floating dtype) for the error path only: handed to
+        ``F.conv2d`` / ``F.linear`` with an input the native op cannot take, it makes torch raise the
+        dense layer's own error."""
+        if dtype is None:
+            dtype = x.dtype if x.is_floating_point() else torch.float32
         return torch.zeros(self.weight_shape, dtype=dtype, device=x.device)
 
     def _native_args(self, x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],

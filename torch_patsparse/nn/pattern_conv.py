@@ -36,9 +36,9 @@ class PatternConv2d(PatternStateDict, nn.Module):
     runtime arrays (int32 channel indices, decoded values) from a content-keyed native cache
     (``patsparse::pattern_channels`` / ``pattern_decode``). Build one with :meth:`from_dense`.
 
-    Inputs and errors are ``nn.Conv2d``'s: [N, C, H, W] or unbatched [C, H, W]; unlike nn.Conv2d it
-    takes any floating dtype whatever its own (fp16 / bf16 computed in fp32, fp64 in fp64) and returns
-    the input's. Constructor arguments follow ``nn.Conv2d`` (``in_channels, out_channels,
+    Inputs and errors are ``nn.Conv2d``'s: [N, C, H, W] or unbatched [C, H, W], in the layer's dtype
+    (another raises nn.Conv2d's dtype error; under autocast, what autocast casts is accepted and the
+    output is in the autocast dtype); fp16 / bf16 are computed in fp32, fp64 in fp64. Constructor arguments follow ``nn.Conv2d`` (``in_channels, out_channels,
     kernel_size=3, stride=1, padding=0, dilation=1, groups=1, bias=True``, ``padding_mode='zeros'``;
     the storage ones keyword-only: ``patterns``, ``kept_kernels``, ``bits``, ``scheme``, ``device``,
     ``dtype``); the old order ``(in_channels, out_channels, stride, padding, dilation, bias, ...)``
@@ -198,10 +198,11 @@ class PatternConv2d(PatternStateDict, nn.Module):
                 conv.bias.copy_(self.bias)
         return conv
 
-    @torch.jit.unused
     def _dtype(self) -> torch.dtype:
         """The layer's float dtype (of its values, or of its scale when quantized)."""
-        return self.scale.dtype if self.quantized else self.values.dtype
+        if self.quantized:  # a TorchScript constant: the other branch is not compiled
+            return self.scale.dtype
+        return self.values.dtype
 
     def _runtime_arrays(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """(kernel_channel, values) for the pattern ops. A quantized layer's values are decoded from
@@ -290,6 +291,9 @@ class PatternConv2d(PatternStateDict, nn.Module):
             if torch.jit.is_scripting():  # (TorchScript's str(dtype) is a number)
                 raise RuntimeError("PatternConv2d expects a floating-point input (float16/32/64 or bfloat16)")
             raise RuntimeError("PatternConv2d expects a floating-point input, got " + str(x.dtype))
+        if ops.dtypes_clash(x, self._dtype()):  # nn.Conv2d's own error (input vs weight / bias dtype)
+            own = torch.zeros(self.out_channels, self.in_channels, 3, 3, dtype=self._dtype(), device=x.device)
+            ops.dtype_error(torch.nn.functional.conv2d(x, own, self.bias, self.stride, self.padding, self.dilation))
         if not torch.jit.is_scripting():
             if torch.jit.is_tracing():  # sizes are traced tensors: a view keeps the channel check in the trace
                 return x.view(x.size(0), self.in_channels, x.size(2), x.size(3))
@@ -301,14 +305,15 @@ class PatternConv2d(PatternStateDict, nn.Module):
         return x
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        """Like ``nn.Conv2d``: input [N, C, H, W] or unbatched [C, H, W], any floating dtype (fp16 /
-        bf16 are computed in fp32 and returned in their dtype); the output has the input's dtype."""
+        """Like ``nn.Conv2d``: input [N, C, H, W] or unbatched [C, H, W] in the layer's dtype (fp16 /
+        bf16 are computed in fp32 and returned in their dtype)."""
         if not torch.jit.is_scripting():  # torch.fx: one call_module node, as for nn.Conv2d (_tracing.py)
             traced = fx_leaf(self, input)
             if traced is not None:
                 return traced
         x = self._batched(input)
-        # The native op runs fp32 and fp64; other dtypes (and a module of another dtype) meet in fp32.
+        # The native op runs fp32 and fp64; other dtypes (and under autocast a module of another dtype)
+        # meet in fp32.
         compute = torch.float64 if x.dtype == torch.float64 else torch.float32
         kernel_channel, values = self._runtime_arrays()
         if values.dtype != compute:

@@ -71,6 +71,8 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
             traced = self._eager_entry(x, F.linear)
             if traced is not None:
                 return traced
+        if ops.dtypes_clash(x, self.values.dtype):  # nn.Linear's own error (input vs weight dtype)
+            ops.dtype_error(F.linear(x, self._placeholder_weight(x, self.values.dtype), self.bias))
         # `_native` is a TorchScript constant: a scripted layer holds only the branch it runs.
         if not self._native:
             return F.linear(x, *self._weight_bias_as(x))
@@ -175,6 +177,9 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
             traced = self._eager_entry(x, F.conv2d)
             if traced is not None:
                 return traced
+        if ops.dtypes_clash(x, self.values.dtype):  # nn.Conv2d's own error (input vs weight dtype)
+            ops.dtype_error(F.conv2d(x, self._placeholder_weight(x, self.values.dtype), self.bias, self.stride,
+                                     self.padding, self.dilation, self.groups))
         # `_native` is a TorchScript constant: a scripted layer holds only the branch it runs.
         if not self._native:
             return F.conv2d(x, *self._weight_bias_as(x), self.stride, self.padding, self.dilation, self.groups)
