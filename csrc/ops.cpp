@@ -361,7 +361,7 @@ TORCH_LIBRARY(patsparse, m) {
   m.def("pattern_conv2d_fused(Tensor input, Tensor patterns, Tensor filter_ptr, Tensor kernel_channel, "
         "Tensor kernel_pattern, Tensor values, Tensor? scale, Tensor? shift, Tensor? residual, int[2] stride, "
         "int[2] padding, int[2] dilation, float lo, float hi) -> Tensor");
-  m.def("pattern_conv2d_grad_input(Tensor grad_output, int[] input_size, Tensor patterns, Tensor filter_ptr, "
+  m.def("pattern_conv2d_grad_input(Tensor grad_output, SymInt[] input_size, Tensor patterns, Tensor filter_ptr, "
         "Tensor kernel_channel, Tensor kernel_pattern, Tensor values, int[2] stride, int[2] padding, "
         "int[2] dilation) -> Tensor");
   m.def("pattern_conv2d_grad_values(Tensor grad_output, Tensor input, Tensor patterns, Tensor filter_ptr, "

@@ -571,3 +571,44 @@ def test_input_dtypes_are_taken_or_refused_as_the_dense_layers(own, given, autoc
         else:
             assert isinstance(got, torch.Tensor) and got.dtype == want.dtype, type(ours).__name__
             torch.testing.assert_close(got.double(), want.double(), rtol=0.05, atol=0.05)
+
+
+def test_torch_compile_of_a_cropped_channels_last_input():
+    """A center crop of a channels_last input has channels_last strides that are not dense: the native
+    ops return channels_last for it (ATen's suggest_memory_format), and the fake kernels must say the
+    same (they said NCHW: a stride assertion under inductor, a view error under aot_eager)."""
+    torch.manual_seed(0)
+    body = models.sparsify_random(nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16),
+                                                nn.ReLU(), nn.Conv2d(16, 8, 1)).eval())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = ps.convert(body, layers="all").eval()
+    x = torch.randn(2, 16, 12, 12).contiguous(memory_format=torch.channels_last)
+    for model in (converted, ps.optimize_for_inference(converted)):
+        def crop(t, model=model):
+            return model(t[:, :, 2:-2, 2:-2]).flatten(1)
+        with torch.no_grad():
+            torch.testing.assert_close(torch.compile(crop, backend="aot_eager", fullgraph=True)(x), crop(x))
+        torch._dynamo.reset()
+
+
+def test_torch_compile_training_with_dynamic_batch_compiles_once():
+    """The input-gradient op takes the input size as SymInt[]: with int[] every new batch size of a
+    training loop (the last, smaller batch of an epoch) recompiled."""
+    from torch._dynamo.utils import counters
+    torch.manual_seed(0)
+    dense = models.sparsify_random(nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, 1, 1),
+                                                 nn.Flatten(), nn.Linear(16 * 64, 10)))
+    converted = ps.convert(dense)
+    assert isinstance(converted[2], PatternConv2d)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(converted, backend="aot_eager", dynamic=True)
+    for n in (2, 3, 5):
+        x = torch.randn(n, 3, 8, 8, requires_grad=True)
+        compiled(x).sum().backward()
+        want = x.detach().clone().requires_grad_()
+        converted(want).sum().backward()
+        torch.testing.assert_close(x.grad, want.grad)
+    assert counters["stats"]["unique_graphs"] == 1
+    torch._dynamo.reset()

@@ -6,6 +6,7 @@ models, TorchScript and torch.export of the result, eval-only behaviour). fusion
 (max_pool2d_nchw, FusedConv): test_fusion.py."""
 import copy
 import math
+import warnings
 from typing import Optional
 
 import pytest
@@ -951,3 +952,27 @@ def test_graphs_a_new_user_writes(make, converted):
         got = opt(x.clone())
         assert_same_model_output(got, want)
         assert_same_model_output(model(x.clone()), want)  # the original untouched
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+def test_optimized_model_under_autocast_gives_the_autocast_dtype(bits):
+    """Under autocast the fused layers return what the layers they replace return (the autocast
+    dtype): a fused output came back fp32 (an fp32 shift promoted it, or a native depthwise / fused op
+    ran in fp32)."""
+    torch.manual_seed(0)
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+    trunk = [nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+             nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.BatchNorm2d(32), nn.ReLU(),
+             nn.Conv2d(32, 32, 1), nn.BatchNorm2d(32), nn.ReLU(),
+             nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.BatchNorm2d(32), nn.ReLU6()]
+    for layers in (trunk, trunk + [head]):
+        dense = models.sparsify_random(nn.Sequential(*copy.deepcopy(layers)).eval())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            converted = ps.convert(dense, layers="all", bits=bits).eval()
+        optimized = ps.optimize_for_inference(converted)
+        x = torch.randn(2, 3, 16, 16)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            want, got = converted(x), optimized(x)
+        assert got.dtype == want.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), want.float(), rtol=0.05, atol=0.05)

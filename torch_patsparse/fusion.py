@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._tracing import fx_leaf
+from .ops import as_autocast
 from .nn.kinds import PATTERN, layer_kind
 from .nn.pattern_conv import PatternConv2d
 from .nn.sparse import SparseLinear
@@ -112,7 +113,10 @@ class FusedConv(_InferenceOnly):
                 native = self.conv._native and x.device.type == "cpu"
             if native:
                 if residual is None or self._residual_fits(x, residual):
-                    return self.conv.forward_fused(x, self.scale, self.shift, residual, self.lo, self.hi)
+                    out = self.conv.forward_fused(x, self.scale, self.shift, residual, self.lo, self.hi)
+                    if not torch.jit.is_scripting():
+                        out = as_autocast(out)  # the dtype the unfused layers give under autocast
+                    return out
                 out = self.conv.forward_fused(x, self.scale, self.shift, None, -_INF, _INF)
         if out is None:  # one pass for scale and shift, then in place (that output is ours to change)
             out = self.conv(x)
@@ -133,6 +137,8 @@ class FusedConv(_InferenceOnly):
             out = out.add_(residual) if same else out + residual  # (broadcasting / type promotion as `+`)
         if self.lo != -_INF or self.hi != _INF:
             out = out.clamp_(self.lo, self.hi)
+        if not torch.jit.is_scripting():
+            out = as_autocast(out)  # (an fp32 shift promoted an autocast result)
         return out
 
     def extra_repr(self) -> str:
@@ -177,7 +183,10 @@ class DepthwiseConv3x3(_InferenceOnly):
                 and (x.dtype == torch.float32 or x.dtype == torch.float64)  # the native kernel's dtypes
                 and x.size(1) == self.channels and x.size(2) > 0 and x.size(3) > 0
                 and not (x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())):
-            return torch.ops.patsparse.depthwise_conv3x3(x, self.weight, self.bias, self.stride, self.lo, self.hi)
+            out = torch.ops.patsparse.depthwise_conv3x3(x, self.weight, self.bias, self.stride, self.lo, self.hi)
+            if not torch.jit.is_scripting():
+                out = as_autocast(out)  # nn.Conv2d's dtype under autocast
+            return out
         out = F.conv2d(x, self.weight, self.bias, self.stride, 1, 1, self.channels)
         if self.lo != -_INF or self.hi != _INF:
             out = out.clamp(self.lo, self.hi)

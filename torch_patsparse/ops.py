@@ -5,6 +5,7 @@ import warnings
 from typing import Optional
 
 import torch
+from torch._prims_common import suggest_memory_format
 
 from . import _deprecation
 from . import _C  # noqa: F401  (loads the library: runs the TORCH_LIBRARY registrations)
@@ -139,10 +140,7 @@ def _(input, patterns, filter_ptr, kernel_channel, kernel_pattern, values, bias,
     n, _c, h, w = input.shape
     oh = _out_size(h, padding[0], dilation[0], stride[0])
     ow = _out_size(w, padding[1], dilation[1], stride[1])
-    out = input.new_empty((n, filter_ptr.shape[0] - 1, oh, ow))
-    if input.dim() == 4 and input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous():
-        out = out.contiguous(memory_format=torch.channels_last)
-    return out
+    return _in_format_of(input, input.new_empty((n, filter_ptr.shape[0] - 1, oh, ow)))
 
 
 @torch.library.register_fake("patsparse::pattern_conv2d_grad_input")
@@ -319,8 +317,10 @@ def _strided_output(input, channels: int, stride):
 
 
 def _in_format_of(input, out):
-    """``out`` in ``input``'s memory format (the native ops return channels_last for channels_last input)."""
-    if input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous():
+    """``out`` in the memory format the native ops give for ``input``: ATen's
+    ``input.suggest_memory_format()`` (channels_last strides, dense or not: a cropped channels_last
+    input too), which torch._prims_common mirrors for fake tensors."""
+    if input.dim() == 4 and suggest_memory_format(input) == torch.channels_last:
         out = out.contiguous(memory_format=torch.channels_last)
     return out
 
