@@ -273,3 +273,20 @@ def test_sparse_extra_state_and_arrays_clean_errors():
     sd2 = dict(sd, values=[1.0])
     with pytest.raises(RuntimeError, match="invalid compressed weight"):
         SparseLinear(10, 4).load_state_dict(sd2)
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.4])
+def test_load_keeps_the_layers_float_dtype(keep):
+    """A state_dict with float64 values / scale loads into a float32 layer as float32 (copied into,
+    as nn.Linear's weight): it took the stored dtype, and the layer then refused float32 input."""
+    torch.manual_seed(0)
+    lin = nn.Linear(12, 3, bias=False)
+    with torch.no_grad():
+        lin.weight.mul_(torch.rand(3, 12) < keep)
+    m = SparseLinear.from_dense(lin, bits=3)
+    sd = {k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in m.state_dict().items()}
+    fresh = SparseLinear(12, 3, bias=False)
+    fresh.load_state_dict(sd)
+    assert fresh.values.dtype == fresh.scale.dtype == torch.float32
+    x = torch.randn(2, 12)
+    torch.testing.assert_close(fresh(x), m(x))

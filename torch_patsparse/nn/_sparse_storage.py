@@ -217,8 +217,11 @@ class _SparseWeightMixin(DecodedWeight):
             if len(incoming) == len(_ARRAYS):
                 for k, t in incoming.items():  # as PatternConv2d's load (_pattern_state.py)
                     mine = getattr(self, k)
-                    if mine.shape != t.shape or mine.dtype != t.dtype:
-                        mine.data = torch.empty_like(t, device=mine.device)
+                    # float arrays keep the layer's dtype (copied into, as nn.Linear's weight), the
+                    # index arrays take the stored one
+                    dtype = mine.dtype if mine.is_floating_point() else t.dtype
+                    if mine.shape != t.shape or mine.dtype != dtype:
+                        mine.data = torch.empty(t.shape, dtype=dtype, device=mine.device)
             super(_SparseWeightMixin, self)._load_from_state_dict(
                 state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
             self._update_native()
