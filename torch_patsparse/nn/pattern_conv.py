@@ -38,12 +38,13 @@ class PatternConv2d(PatternStateDict, nn.Module):
 
     Inputs and errors are ``nn.Conv2d``'s: [N, C, H, W] or unbatched [C, H, W], in the layer's dtype
     (another raises nn.Conv2d's dtype error; under autocast, what autocast casts is accepted and the
-    output is in the autocast dtype); fp16 / bf16 are computed in fp32, fp64 in fp64. Constructor arguments follow ``nn.Conv2d`` (``in_channels, out_channels,
-    kernel_size=3, stride=1, padding=0, dilation=1, groups=1, bias=True``, ``padding_mode='zeros'``;
-    the storage ones keyword-only: ``patterns``, ``kept_kernels``, ``bits``, ``scheme``, ``device``,
-    ``dtype``); the old order ``(in_channels, out_channels, stride, padding, dilation, bias, ...)``
-    still works for one release with a DeprecationWarning where no nn.Conv2d call fits (a bool fourth
-    argument). ``kernel_size`` / ``stride`` / ``padding`` / ``dilation`` / ``groups`` read as nn.Conv2d's.
+    output is in the autocast dtype); fp16 / bf16 are computed in fp32, fp64 in fp64. Constructor
+    arguments follow ``nn.Conv2d`` (``in_channels, out_channels, kernel_size=3, stride=1, padding=0,
+    dilation=1, groups=1, bias=True``, ``padding_mode='zeros'``; the storage ones keyword-only:
+    ``patterns``, ``kept_kernels``, ``bits``, ``scheme``, ``device``, ``dtype``); the old order
+    ``(in_channels, out_channels, stride, padding, dilation, bias, ...)`` still works for one release
+    with a DeprecationWarning where no nn.Conv2d call fits (a bool fourth argument). ``kernel_size`` /
+    ``stride`` / ``padding`` / ``dilation`` / ``groups`` read as nn.Conv2d's.
     Pruned weights are skipped, not multiplied: a NaN / inf input that only pruned weights touch does
     not reach the output (it does in the dense conv, through 0 * NaN). ``conversion_error`` is the
     relative weight error ``||W_stored - W|| / ||W||`` of the conversion that built it (0.0 when
