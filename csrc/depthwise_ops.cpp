@@ -24,6 +24,8 @@ void run(const DepthwiseShape& s, const DepthwiseIo<double>& io) {
 
 at::Tensor depthwise_conv3x3_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                  at::IntArrayRef stride, double lo, double hi) {
+  lo = clamp_bound(lo);
+  hi = clamp_bound(hi);
   TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
               "patsparse: input must be float32 or float64, got ", input.scalar_type());
   TORCH_CHECK(input.device().is_cpu(), "patsparse: input must be on the CPU, got ", input.device());

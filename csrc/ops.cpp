@@ -229,6 +229,8 @@ at::Tensor pattern_conv2d_fused_cpu(const at::Tensor& input, const at::Tensor& p
                                     const std::optional<at::Tensor>& shift, const std::optional<at::Tensor>& residual,
                                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                     double lo, double hi) {
+  lo = clamp_bound(lo);
+  hi = clamp_bound(hi);
   return forward_cpu(input, patterns, filter_ptr, kernel_channel, kernel_pattern, values, scale, shift, residual,
                      stride, padding, dilation, lo, hi, /*fused=*/true);
 }

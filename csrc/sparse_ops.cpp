@@ -117,6 +117,8 @@ at::Tensor sparse_conv1x1_cpu(const at::Tensor& input, const at::Tensor& header,
                               int64_t out_channels, const std::optional<at::Tensor>& scale,
                               const std::optional<at::Tensor>& shift, const std::optional<at::Tensor>& residual,
                               at::IntArrayRef stride, double lo, double hi) {
+  lo = clamp_bound(lo);
+  hi = clamp_bound(hi);
   check_input(input);
   TORCH_CHECK(input.dim() == 4, "patsparse: input must be 4-D [N, C, H, W], got ", input.dim(), "-D");
   TORCH_CHECK(stride.size() == 2 && stride[0] >= 1 && stride[1] >= 1, "patsparse: stride must be 2 ints >= 1, got ",
@@ -165,6 +167,8 @@ at::Tensor sparse_linear_cpu(const at::Tensor& input, const at::Tensor& header, 
                              int64_t out_features, const std::optional<at::Tensor>& scale,
                              const std::optional<at::Tensor>& shift, const std::optional<at::Tensor>& residual,
                              double lo, double hi) {
+  lo = clamp_bound(lo);
+  hi = clamp_bound(hi);
   check_input(input);
   TORCH_CHECK(input.dim() >= 1, "patsparse: input must have at least 1 dimension");
   const int64_t in_features = input.size(-1);

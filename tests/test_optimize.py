@@ -976,3 +976,40 @@ def test_optimized_model_under_autocast_gives_the_autocast_dtype(bits):
             want, got = converted(x), optimized(x)
         assert got.dtype == want.dtype == torch.bfloat16
         torch.testing.assert_close(got.float(), want.float(), rtol=0.05, atol=0.05)
+
+
+def test_aoti_package_of_an_optimized_model_loads_and_runs(tmp_path):
+    """AOTInductor writes custom-op float arguments to JSON, where an infinite clamp bound became a
+    string its loader refused ("type must be number"): the layers pass +-DBL_MAX for no bound."""
+    torch.manual_seed(0)
+    dense = models.sparsify_random(nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16),
+                                                 nn.ReLU(), nn.Conv2d(16, 8, 1),
+                                                 nn.Conv2d(8, 8, 3, padding=1, groups=8)).eval())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = ps.optimize_for_inference(ps.convert(dense, layers="all").eval())
+    x = torch.randn(2, 16, 10, 10)
+    path = torch._inductor.aoti_compile_and_package(torch.export.export(model, (x,)),
+                                                    package_path=str(tmp_path / "m.pt2"))
+    torch.testing.assert_close(torch._inductor.aoti_load_package(path)(x), model(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_unbounded_fused_ops_pass_infinities_through(dtype):
+    """No clamp bound is +-DBL_MAX at the op boundary and +-inf in the kernels: an infinite output
+    stays infinite (a DBL_MAX clamp would make it finite in fp64)."""
+    conv = nn.Conv2d(2, 3, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[:, :, 1, 1] = 1.0
+    lin = nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))
+    pc = ps.nn.PatternConv2d.from_dense(conv).to(dtype)
+    sl = ps.nn.SparseLinear.from_dense(lin).to(dtype)
+    x = torch.zeros(1, 2, 3, 3, dtype=dtype)
+    x[0, 0, 1, 1] = float("inf")
+    v = torch.tensor([[float("inf"), -float("inf"), 0, 0]], dtype=dtype)
+    assert torch.isinf(pc.forward_fused(x, None, None, None, -INF, INF)[0, :, 1, 1]).all()
+    assert pc.forward_fused(x, None, None, None, -INF, 5.0)[0, 0, 1, 1] == 5.0
+    assert sl.forward_fused(v, None, None, None, -INF, INF).tolist() == [[float("inf"), -float("inf")]]

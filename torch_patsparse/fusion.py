@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._tracing import fx_leaf
-from .ops import as_autocast
+from .ops import as_autocast, clamp_bound
 from .nn.kinds import PATTERN, layer_kind
 from .nn.pattern_conv import PatternConv2d
 from .nn.sparse import SparseLinear
@@ -183,7 +183,8 @@ class DepthwiseConv3x3(_InferenceOnly):
                 and (x.dtype == torch.float32 or x.dtype == torch.float64)  # the native kernel's dtypes
                 and x.size(1) == self.channels and x.size(2) > 0 and x.size(3) > 0
                 and not (x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())):
-            out = torch.ops.patsparse.depthwise_conv3x3(x, self.weight, self.bias, self.stride, self.lo, self.hi)
+            out = torch.ops.patsparse.depthwise_conv3x3(x, self.weight, self.bias, self.stride,
+                                                        clamp_bound(self.lo), clamp_bound(self.hi))
             if not torch.jit.is_scripting():
                 out = as_autocast(out)  # nn.Conv2d's dtype under autocast
             return out

@@ -49,6 +49,17 @@ def as_autocast(out: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def clamp_bound(v: float) -> float:
+    """A clamp bound as the fused ops take it: +-inf (no bound) as +-DBL_MAX, which the native ops read
+    back as +-inf (kernels/epilogue.h: clamp_bound). An infinite float argument does not survive
+    AOTInductor's package format (written as a string, which its loader refuses)."""
+    if v > 1.7976931348623157e308:
+        return 1.7976931348623157e308
+    if v < -1.7976931348623157e308:
+        return -1.7976931348623157e308
+    return v
+
+
 def dtypes_clash(x: torch.Tensor, own: torch.dtype) -> bool:
     """Whether a dense ``nn.Conv2d`` / ``nn.Linear`` whose parameters are ``own`` raises for the
     floating input ``x``: the dtypes differ after autocast's casts, where autocast is on for x's device

@@ -244,6 +244,8 @@ at::Tensor pattern_conv2d_fused_cuda(const at::Tensor& input, const at::Tensor& 
                                      const std::optional<at::Tensor>& shift, const std::optional<at::Tensor>& residual,
                                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                      double lo, double hi) {
+  lo = clamp_bound(lo);
+  hi = clamp_bound(hi);
   check_args("pattern_conv2d_fused", input, values, patterns, filter_ptr, kernel_channel, kernel_pattern, std::nullopt,
              stride, padding, dilation);
   const ConvShape s = make_shape(input.sizes(), filter_ptr.size(0) - 1, stride, padding, dilation);

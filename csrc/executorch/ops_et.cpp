@@ -131,7 +131,10 @@ void check_residual(const std::optional<Tensor>& t, const std::vector<int64_t>& 
 }
 
 // The epilogue's clamp bounds (kernels/epilogue.h): lo <= hi, neither NaN.
-void check_bounds(double lo, double hi) {
+// Checks the clamp bounds and reads +-DBL_MAX as no bound (clamp_bound).
+void check_bounds(double& lo, double& hi) {
+  lo = clamp_bound(lo);
+  hi = clamp_bound(hi);
   if (!(lo <= hi))
     throw_invalid("the clamp bounds must satisfy lo <= hi and not be NaN, got lo=" + std::to_string(lo) +
                   ", hi=" + std::to_string(hi));

@@ -17,6 +17,16 @@
 
 namespace patsparse {
 
+// A clamp bound as the ops take it: +-DBL_MAX stands for no bound (+-inf). The Python layers pass
+// that, as an infinite float argument does not survive AOTInductor's package format (it is written
+// as a string the loader refuses); the kernels then see +-inf, so the result is the unbounded one.
+inline double clamp_bound(double v) {
+  constexpr double kMax = std::numeric_limits<double>::max();
+  if (v == kMax) return std::numeric_limits<double>::infinity();
+  if (v == -kMax) return -std::numeric_limits<double>::infinity();
+  return v;
+}
+
 struct Epilogue {
   const float* scale = nullptr;     // [C] or null
   const float* shift = nullptr;     // [C] or null

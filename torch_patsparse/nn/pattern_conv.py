@@ -356,7 +356,8 @@ class PatternConv2d(PatternStateDict, nn.Module):
                 residual = residual.to(compute)
         out = torch.ops.patsparse.pattern_conv2d_fused(x.to(compute), self.patterns, self.filter_ptr,
                                                        kernel_channel, self.kernel_pattern, values, scale, shift,
-                                                       residual, self.stride, self.padding, self.dilation, lo, hi)
+                                                       residual, self.stride, self.padding, self.dilation,
+                                                       ops.clamp_bound(lo), ops.clamp_bound(hi))
         if out.dtype != input.dtype:
             out = out.to(input.dtype)
         return out if input.dim() == 4 else out.squeeze(0)

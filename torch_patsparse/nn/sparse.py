@@ -102,7 +102,8 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
             return F.linear(x, self._placeholder_weight(x), self.bias)
         a = self._native_args(x, scale, shift, residual)
         out = torch.ops.patsparse.sparse_linear(a[0], self.header, self.index, self.codes, a[1], a[2],
-                                                self.out_features, a[3], a[4], a[5], lo, hi)
+                                                self.out_features, a[3], a[4], a[5], ops.clamp_bound(lo),
+                                                ops.clamp_bound(hi))
         return out if out.dtype == x.dtype else out.to(x.dtype)
 
     def macs(self, output_hw=None) -> Tuple[int, int]:
@@ -214,7 +215,8 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
         a = self._native_args(xb, scale, shift, residual)
         out = torch.ops.patsparse.sparse_conv1x1(a[0], self.header, self.index, self.codes, a[1], a[2],
                                                  self.out_channels, a[3], a[4], a[5],
-                                                 [self.stride[0], self.stride[1]], lo, hi)
+                                                 [self.stride[0], self.stride[1]], ops.clamp_bound(lo),
+                                                 ops.clamp_bound(hi))
         if out.dtype != x.dtype:
             out = out.to(x.dtype)
         return out if x.dim() == 4 else out.squeeze(0)
