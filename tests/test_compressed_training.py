@@ -210,3 +210,33 @@ def test_what_it_cannot_swap_is_said():
         with ps.compressed_training(model, opt) as names:
             assert names == ["c1"]
     assert type(model.c2) is nn.Conv2d and model.c2.weight is model.c3.weight
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "torch.save"])
+def test_a_copied_model_and_optimizer_keep_the_trained_pattern_sets(how, tmp_path):
+    """The record convert / compressed_training read the trained pattern set from is keyed by
+    parameter: a copy of (model, opt) by deepcopy or a whole-object torch.save had none, so
+    compressed_training swapped nothing (warning that the optimizer pruned no layer) and convert
+    picked another pattern set."""
+    import copy
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(32 * 144, 10))
+    opt = ps.ADMM([{"params": [model[2].weight], "constraints": [C.Pattern(k=4), C.Connectivity(keep=0.5)]},
+                   {"params": [p for p in model.parameters() if p is not model[2].weight]}],
+                  lr=0.01, momentum=0.9, method="oneshot")
+    for _ in range(3):
+        F.cross_entropy(model(torch.randn(8, 1, 12, 12)), torch.randint(0, 10, (8,))).backward()
+        opt.step()
+        opt.zero_grad()
+    opt.hard_prune()
+    if how == "deepcopy":
+        model2, opt2 = copy.deepcopy((model, opt))
+    else:
+        torch.save((model, opt), tmp_path / "ckpt.pt")
+        model2, opt2 = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    want = ps.admm.trained_pattern_set(model[2].weight)
+    got = ps.admm.trained_pattern_set(model2[2].weight)
+    assert want is not None and got == want
+    with ps.compressed_training(model2, opt2) as swapped:
+        assert swapped == ["2"]

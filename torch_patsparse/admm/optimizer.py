@@ -150,6 +150,9 @@ class ADMM(ZUpdate, FusedStep, HardPrune, Checkpoint, Optimizer):
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)  # fresh hook dicts, as torch's optimizers after unpickling
         self._hook_masks()
+        # The record convert / compressed_training read the trained pattern sets from is per process
+        # and keyed by parameter: a copy's parameters are new objects (as after load_state_dict).
+        self._record_sets()
 
     def add_param_group(self, param_group: dict) -> None:
         """As torch's, plus a ``"constraints"`` entry; a group without names joins named groups (as
