@@ -85,7 +85,8 @@ def smoke():
     """Small forward + backward launches of every kernel path (for compute-sanitizer)."""
     dev = torch.device("cuda")
     for (n, cin, h, w, cout, stride, pad, dil, group) in [(2, 5, 19, 23, 12, 1, 1, 1, 1), (1, 8, 17, 9, 16, 2, 2, 2, 4),
-                                                         (1, 40, 20, 20, 8, 1, 1, 1, 8), (1, 3, 70, 70, 2, 1, 30, 30, 2)]:
+                                                         (1, 40, 20, 20, 8, 1, 1, 1, 8), (1, 3, 70, 70, 2, 1, 30, 30, 2),
+                                                         (1, 12, 21, 19, 10, 2, 1, 1, 2)]:
         for dtype in (torch.float32, torch.float64):
             weight = pattern_weight(cout, cin, 0.5, group, seed=cin)
             arrays = {k: v.to(dev) for k, v in fmt.compress(weight, PATTERNS8).items()}
@@ -93,7 +94,8 @@ def smoke():
             x = torch.randn(n, cin, h, w, device=dev, dtype=dtype, requires_grad=True)
             ref = F.conv2d(x.detach().double().cpu(), weight.double(), None, stride, pad, dil)
             err = 0.0
-            for key, val in (("PATSPARSE_CUDA_KERNEL", "simple"), ("PATSPARSE_CUDA_FWD_PIX", "1"),
+            for key, val in (("PATSPARSE_CUDA_KERNEL", "simple"), ("PATSPARSE_CUDA_KERNEL", "tiled"),
+                             ("PATSPARSE_CUDA_KERNEL", "regtile"), ("PATSPARSE_CUDA_FWD_PIX", "1"),
                              ("PATSPARSE_CUDA_FWD_PIX", "4"), ("PATSPARSE_CUDA_FWD_PIX", "2")):
                 os.environ[key] = val
                 out = ops.pattern_conv2d(x, *(arrays[k] for k in fmt.ARRAY_NAMES), None, stride, pad, dil)
@@ -177,8 +179,8 @@ def main():
                 cells.append(t)
                 if vname == "+conn0.25" and batch == max(batches) and pix_values:
                     times = {}
-                    for p in pix_values + ["simple"]:
-                        key, val = ("PATSPARSE_CUDA_KERNEL", "simple") if p == "simple" else ("PATSPARSE_CUDA_FWD_PIX", p)
+                    for p in ["regtile"] + pix_values + ["simple"]:
+                        key, val = ("PATSPARSE_CUDA_FWD_PIX", p) if p.isdigit() else ("PATSPARSE_CUDA_KERNEL", p)
                         os.environ[key] = val
                         times[p] = time_cuda(lambda: run_sparse(x, arrays, stride), max(5, args.reps // 2))
                         os.environ.pop(key)
@@ -196,11 +198,12 @@ def main():
             torch.cuda.empty_cache()
     emit()
     if pix_rows:
-        emit(f"Forward variants on +conn0.25, batch {max(batches)} (ms; PATSPARSE_CUDA_FWD_PIX = output pixels per "
-             "thread of the tiled kernel, default 2; simple = one thread per output, no shared memory):")
+        emit(f"Forward variants on +conn0.25, batch {max(batches)} (ms; regtile = the register-tiled kernel, the "
+             "default at dilation 1 / stride 1-2; pix=P: the tiled kernel with P output pixels per thread "
+             "(PATSPARSE_CUDA_FWD_PIX); simple = one thread per output, no shared memory):")
         emit()
-        keys = pix_values + ["simple"]
-        emit("| layer | " + " | ".join(f"pix={k}" if k != "simple" else "simple" for k in keys) + " |")
+        keys = ["regtile"] + pix_values + ["simple"]
+        emit("| layer | " + " | ".join(f"pix={k}" if k.isdigit() else k for k in keys) + " |")
         emit("|---|" + "---:|" * len(keys))
         for lname, batch, times in pix_rows:
             emit(f"| {lname} | " + " | ".join(f"{times[k]:.3f}" for k in keys) + " |")

@@ -83,7 +83,8 @@ def test_forward_matches_dense(shape, dtype, group, layout):
     assert out.stride() == cpu_out.stride()
 
 
-@pytest.mark.parametrize("knob", [("PATSPARSE_CUDA_KERNEL", "simple"), ("PATSPARSE_CUDA_FWD_PIX", "1"),
+@pytest.mark.parametrize("knob", [("PATSPARSE_CUDA_KERNEL", "simple"), ("PATSPARSE_CUDA_KERNEL", "tiled"),
+                                  ("PATSPARSE_CUDA_KERNEL", "regtile"), ("PATSPARSE_CUDA_FWD_PIX", "1"),
                                   ("PATSPARSE_CUDA_FWD_PIX", "4")], ids=lambda k: f"{k[0]}={k[1]}")
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 def test_forward_kernel_variants(monkeypatch, knob, shape):
@@ -97,9 +98,10 @@ def test_forward_kernel_variants(monkeypatch, knob, shape):
     torch.testing.assert_close(out.cpu(), dense_ref(x, weight, bias, stride, padding, dilation), **TOL[torch.float64])
 
 
-@pytest.mark.parametrize("shape", [(1, 70, 20, 37, 19, 1, 1, 1, True), (2, 9, 40, 40, 17, 3, 2, 1, False),
-                                   (1, 4, 30, 30, 8, 1, 7, 7, True), (1, 3, 200, 200, 2, 1, 60, 60, False)],
-                         ids=["many_channels", "stride3", "dil7", "dil60_fallback"])
+@pytest.mark.parametrize("shape", [(1, 70, 20, 37, 19, 1, 1, 1, True), (2, 45, 35, 29, 20, 2, 1, 1, True),
+                                   (2, 9, 40, 40, 17, 3, 2, 1, False), (1, 4, 30, 30, 8, 1, 7, 7, True),
+                                   (1, 3, 200, 200, 2, 1, 60, 60, False)],
+                         ids=["many_channels", "many_channels_stride2", "stride3", "dil7", "dil60_fallback"])
 @pytest.mark.parametrize("group", [1, 8])
 def test_forward_larger_shapes(shape, group):
     """More channels than one shared-memory chunk, several tiles, large dilation (simple fallback)."""
