@@ -94,8 +94,7 @@ def smoke():
             x = torch.randn(n, cin, h, w, device=dev, dtype=dtype, requires_grad=True)
             ref = F.conv2d(x.detach().double().cpu(), weight.double(), None, stride, pad, dil)
             err = 0.0
-            for key, val in (("PATSPARSE_CUDA_KERNEL", "simple"), ("PATSPARSE_CUDA_KERNEL", "tiled"),
-                             ("PATSPARSE_CUDA_KERNEL", "regtile"), ("PATSPARSE_CUDA_FWD_PIX", "1"),
+            for key, val in (("PATSPARSE_CUDA_KERNEL", "simple"), ("PATSPARSE_CUDA_FWD_PIX", "1"),
                              ("PATSPARSE_CUDA_FWD_PIX", "4"), ("PATSPARSE_CUDA_FWD_PIX", "2")):
                 os.environ[key] = val
                 out = ops.pattern_conv2d(x, *(arrays[k] for k in fmt.ARRAY_NAMES), None, stride, pad, dil)
@@ -179,8 +178,8 @@ def main():
                 cells.append(t)
                 if vname == "+conn0.25" and batch == max(batches) and pix_values:
                     times = {}
-                    for p in ["regtile"] + pix_values + ["simple"]:
-                        key, val = ("PATSPARSE_CUDA_FWD_PIX", p) if p.isdigit() else ("PATSPARSE_CUDA_KERNEL", p)
+                    for p in pix_values + ["simple"]:
+                        key, val = ("PATSPARSE_CUDA_KERNEL", "simple") if p == "simple" else ("PATSPARSE_CUDA_FWD_PIX", p)
                         os.environ[key] = val
                         times[p] = time_cuda(lambda: run_sparse(x, arrays, stride), max(5, args.reps // 2))
                         os.environ.pop(key)
@@ -198,12 +197,11 @@ def main():
             torch.cuda.empty_cache()
     emit()
     if pix_rows:
-        emit(f"Forward variants on +conn0.25, batch {max(batches)} (ms; regtile = the register-tiled kernel, the "
-             "default at dilation 1 / stride 1-2; pix=P: the tiled kernel with P output pixels per thread "
-             "(PATSPARSE_CUDA_FWD_PIX); simple = one thread per output, no shared memory):")
+        emit(f"Forward variants on +conn0.25, batch {max(batches)} (ms; PATSPARSE_CUDA_FWD_PIX = output pixels per "
+             "thread of the tiled kernel, default 2; simple = one thread per output, no shared memory):")
         emit()
-        keys = ["regtile"] + pix_values + ["simple"]
-        emit("| layer | " + " | ".join(f"pix={k}" if k.isdigit() else k for k in keys) + " |")
+        keys = pix_values + ["simple"]
+        emit("| layer | " + " | ".join(f"pix={k}" if k != "simple" else "simple" for k in keys) + " |")
         emit("|---|" + "---:|" * len(keys))
         for lname, batch, times in pix_rows:
             emit(f"| {lname} | " + " | ".join(f"{times[k]:.3f}" for k in keys) + " |")

@@ -109,19 +109,15 @@ std::shared_ptr<const PlanEntry> get_plan(const std::array<at::Tensor, 4>& index
   return entry;
 }
 
-// Tuning / cross-check knobs, read per call (cheap): PATSPARSE_CUDA_KERNEL=simple|tiled|regtile forces a
-// forward kernel; PATSPARSE_CUDA_FWD_PIX=1|2|4 output pixels per thread of the tiled forward (and
-// selects it, unless PATSPARSE_CUDA_KERNEL says otherwise).
-FwdKernel env_fwd_kernel() {
-  const char* v = std::getenv("PATSPARSE_CUDA_KERNEL");
-  if (v && std::strcmp(v, "simple") == 0) return FwdKernel::kSimple;
-  if (v && std::strcmp(v, "tiled") == 0) return FwdKernel::kTiled;
-  if (v && std::strcmp(v, "regtile") == 0) return FwdKernel::kRegTile;
-  return std::getenv("PATSPARSE_CUDA_FWD_PIX") ? FwdKernel::kTiled : FwdKernel::kAuto;
-}
+// Tuning / cross-check knobs, read per call (cheap): PATSPARSE_CUDA_FWD_PIX=1|2|4 output pixels per
+// thread in the tiled forward; PATSPARSE_CUDA_KERNEL=simple forces the one-thread-per-output forward.
 int env_fwd_pix() {
   const char* v = std::getenv("PATSPARSE_CUDA_FWD_PIX");
   return v ? std::atoi(v) : 0;
+}
+bool env_force_simple() {
+  const char* v = std::getenv("PATSPARSE_CUDA_KERNEL");
+  return v && std::strcmp(v, "simple") == 0;
 }
 
 void check_args(const char* op, const at::Tensor& lead, const at::Tensor& values, const at::Tensor& patterns,
@@ -181,7 +177,7 @@ at::Tensor pattern_conv2d_cuda(const at::Tensor& input, const at::Tensor& patter
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "patsparse_pattern_conv2d_cuda", [&] {
       C10_CUDA_CHECK(launch_forward<scalar_t>(s, weights_view<scalar_t>(idx[0], idx[1], idx[2], idx[3], v), plan->view,
                                               x.data_ptr<scalar_t>(), b ? b->data_ptr<scalar_t>() : nullptr,
-                                              out.data_ptr<scalar_t>(), env_fwd_kernel(), env_fwd_pix(), stream));
+                                              out.data_ptr<scalar_t>(), env_fwd_pix(), env_force_simple(), stream));
     });
   }
   return memory_format == at::MemoryFormat::Contiguous ? out : out.contiguous(memory_format);

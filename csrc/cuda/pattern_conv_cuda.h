@@ -12,10 +12,11 @@
 namespace patsparse {
 namespace cuda {
 
-// pix: output pixels per thread of the tiled forward (1, 2 or 4; anything else means the default).
+// pix: output pixels per thread of the tiled forward (1, 2 or 4; anything else means the default);
+// simple: force the one-thread-per-output kernel (a cross-check path).
 template <typename T>
 cudaError_t launch_forward(const ConvShape& s, const PatternWeights<T>& w, const DevicePlan& plan,
-                           const T* input, const T* bias, T* output, FwdKernel kernel, int pix, cudaStream_t stream);
+                           const T* input, const T* bias, T* output, int pix, bool simple, cudaStream_t stream);
 template <typename T>
 cudaError_t launch_grad_input(const ConvShape& s, const PatternWeights<T>& w, const DevicePlan& plan,
                               const T* grad_output, T* grad_input, cudaStream_t stream);

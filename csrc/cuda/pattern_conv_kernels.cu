@@ -28,19 +28,6 @@ void launch_tiled(const ConvArgs<T>& a, const DevicePlan& p, const FwdLaunch& l,
   }
 }
 
-template <typename T, int S>
-void launch_regtile(const ConvArgs<T>& a, const DevicePlan& p, const FwdLaunch& l, const T* input, const T* bias,
-                    T* output, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(l.grid_x), static_cast<unsigned>(l.grid_y));
-  const dim3 block(kRegThreads);
-  switch (p.group) {
-    case 8: forward_regtile_kernel<T, 8, S><<<grid, block, l.smem_bytes, stream>>>(a, p, l, input, bias, output); break;
-    case 4: forward_regtile_kernel<T, 4, S><<<grid, block, l.smem_bytes, stream>>>(a, p, l, input, bias, output); break;
-    case 2: forward_regtile_kernel<T, 2, S><<<grid, block, l.smem_bytes, stream>>>(a, p, l, input, bias, output); break;
-    default: forward_regtile_kernel<T, 1, S><<<grid, block, l.smem_bytes, stream>>>(a, p, l, input, bias, output); break;
-  }
-}
-
 // The backward kernels index within one image plane with 32-bit ints.
 template <typename T>
 bool planes_fit_int(const ConvArgs<T>& a) {
@@ -51,18 +38,14 @@ bool planes_fit_int(const ConvArgs<T>& a) {
 
 template <typename T>
 cudaError_t launch_forward(const ConvShape& s, const PatternWeights<T>& w, const DevicePlan& plan,
-                           const T* input, const T* bias, T* output, FwdKernel kernel, int pix,
-                           cudaStream_t stream) {
+                           const T* input, const T* bias, T* output, int pix, bool simple, cudaStream_t stream) {
   const ConvArgs<T> a = make_args(s, w);
   const int64_t total = a.N * a.Cout * a.OH * a.OW;
   if (total == 0) return cudaSuccess;
-  const FwdLaunch l = forward_launch(a, plan, kernel, pix);
-  if (l.kernel == FwdKernel::kSimple) {
+  const FwdLaunch l = forward_launch(a, plan, pix);
+  if (simple || !l.tiled) {
     forward_simple_kernel<T><<<static_cast<unsigned>(blocks_for(total, 256)), 256, 0, stream>>>(
         a, w.filter_ptr, w.kernel_channel, w.kernel_pattern, input, bias, output);
-  } else if (l.kernel == FwdKernel::kRegTile) {
-    if (a.sh == 1) launch_regtile<T, 1>(a, plan, l, input, bias, output, stream);
-    else launch_regtile<T, 2>(a, plan, l, input, bias, output, stream);
   } else if (l.pix == 1) {
     launch_tiled<T, 1>(a, plan, l, input, bias, output, stream);
   } else if (l.pix == 4) {
@@ -100,7 +83,7 @@ cudaError_t launch_grad_values(const ConvShape& s, const PatternWeights<T>& w, c
 
 #define PATSPARSE_CUDA_INSTANTIATE(T)                                                                      \
   template cudaError_t launch_forward<T>(const ConvShape&, const PatternWeights<T>&, const DevicePlan&,     \
-                                         const T*, const T*, T*, FwdKernel, int, cudaStream_t);                  \
+                                         const T*, const T*, T*, int, bool, cudaStream_t);                  \
   template cudaError_t launch_grad_input<T>(const ConvShape&, const PatternWeights<T>&, const DevicePlan&,  \
                                             const T*, T*, cudaStream_t);                                    \
   template cudaError_t launch_grad_values<T>(const ConvShape&, const PatternWeights<T>&, const DevicePlan&, \

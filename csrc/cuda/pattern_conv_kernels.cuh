@@ -9,14 +9,6 @@
 //                          owns P (2) output pixels x 8 output channels of accumulators. With a grouped
 //                          weight (G filters sharing (channel, pattern) lists, plan.group) one shared
 //                          load of an input value feeds G FMAs.
-//   forward_regtile_kernel the default where it applies (dilation 1, stride 1 or 2): register-tiled.
-//                          Same blocks and staging, but each thread keeps a column of RH output pixels
-//                          x 8 output channels of accumulators and, per staged channel, the input
-//                          window those pixels read ((RH-1)*S+3 rows x 3 columns) in registers. All
-//                          entries of the block's filters on that channel then run from registers: a
-//                          tap costs G value loads for G*RH FMAs, the window load is shared by every
-//                          filter of the block using the channel. The tap position is block-uniform,
-//                          so the switch that picks the window registers does not diverge.
 //   forward_simple_kernel  one thread per output element; used when the staged tile does not fit in
 //                          shared memory (very large dilation) or the grid would be too large.
 //   grad_input_kernel      gather form (transposed plan: kernels grouped by input channel), one thread
@@ -54,17 +46,6 @@ constexpr int kMaxEntries = 9;
 constexpr int kMaxChunk = 32;               // input channels staged at once (upper bound)
 constexpr size_t kSmemInputBudget = 24 * 1024;  // bytes of staged input per block (occupancy)
 constexpr size_t kSmemLimit = 48 * 1024;        // default dynamic shared memory limit
-// Register-tiled forward: a block is one warp, 16 columns x 2 thread rows; thread (tx, ty) owns output
-// column tx, rows ty*RH .. ty*RH+RH-1 of the block's tile (so a warp reads 32 distinct banks per
-// window row at stride 1). Less staged input per block than the tiled kernel: small blocks, more of
-// them per multiprocessor.
-constexpr int kRegTileW = 16, kRegThreadRows = 2;
-constexpr int kRegThreads = kRegTileW * kRegThreadRows;
-constexpr size_t kRegSmemInputBudget = 12 * 1024;
-// Output rows per thread: RH accumulators per output channel; the window holds (RH-1)*S+3 rows.
-template <typename T, int S>
-constexpr int regtile_rows() { return S == 1 && sizeof(T) == 4 ? 8 : 4; }
-
 
 
 template <typename T>
@@ -91,13 +72,10 @@ inline ConvArgs<T> make_args(const ConvShape& s, const PatternWeights<T>& w) {
   return a;
 }
 
-// Host-side geometry of the forward launch (shared by the launcher and the CPU emulator).
+// Host-side geometry of the tiled forward (shared by the launcher and the CPU emulator).
 struct FwdLaunch {
-  FwdKernel kernel = FwdKernel::kSimple;  // kTiled, kRegTile or kSimple (never kAuto)
-  int pix = kFwdDefaultPix;  // P of the tiled kernel
-  int rows = 0;              // RH of the register-tiled kernel
-  int threads = 0;
-  int tile_h = 0, tile_w = 0;  // output tile of one block
+  bool tiled = false;   // false: use forward_simple_kernel
+  int pix = kFwdDefaultPix;  // P
   int tiles_h = 0, tiles_w = 0;
   int in_h = 0, in_w = 0, plane = 0;  // staged input tile (per channel)
   int chunk = 0;                      // channels staged at once
@@ -106,37 +84,17 @@ struct FwdLaunch {
 };
 
 template <typename T>
-inline bool regtile_applies(const ConvArgs<T>& a) {
-  return a.dh == 1 && a.dw == 1 && a.sh == a.sw && (a.sh == 1 || a.sh == 2);
-}
-
-template <typename T>
-inline FwdLaunch forward_launch(const ConvArgs<T>& a, const DevicePlan& p, FwdKernel want = FwdKernel::kAuto,
-                                int pix = kFwdDefaultPix) {
+inline FwdLaunch forward_launch(const ConvArgs<T>& a, const DevicePlan& p, int pix = kFwdDefaultPix) {
   FwdLaunch l;
-  if (want == FwdKernel::kSimple) return l;
-  const bool reg = want != FwdKernel::kTiled && regtile_applies(a);
-  l.kernel = reg ? FwdKernel::kRegTile : FwdKernel::kTiled;
   l.pix = (pix == 1 || pix == 2 || pix == 4) ? pix : kFwdDefaultPix;
-  if (reg) {
-    l.rows = a.sh == 1 ? regtile_rows<T, 1>() : regtile_rows<T, 2>();
-    l.threads = kRegThreads;
-    l.tile_h = kRegThreadRows * l.rows;
-    l.tile_w = kRegTileW;
-  } else {
-    l.threads = kTileH * kTileW / l.pix;
-    l.tile_h = kTileH;
-    l.tile_w = kTileW;
-  }
-  l.tiles_h = static_cast<int>((a.OH + l.tile_h - 1) / l.tile_h);
-  l.tiles_w = static_cast<int>((a.OW + l.tile_w - 1) / l.tile_w);
-  l.in_h = (l.tile_h - 1) * a.sh + 2 * a.dh + 1;
-  l.in_w = (l.tile_w - 1) * a.sw + 2 * a.dw + 1;
+  l.tiles_h = static_cast<int>((a.OH + kTileH - 1) / kTileH);
+  l.tiles_w = static_cast<int>((a.OW + kTileW - 1) / kTileW);
+  l.in_h = (kTileH - 1) * a.sh + 2 * a.dh + 1;
+  l.in_w = (kTileW - 1) * a.sw + 2 * a.dw + 1;
   l.plane = l.in_h * l.in_w;
   const size_t tap_bytes = static_cast<size_t>(a.K) * a.E * sizeof(int);
   const size_t avail = kSmemLimit > tap_bytes ? kSmemLimit - tap_bytes : 0;
-  const size_t want_bytes = reg ? kRegSmemInputBudget : kSmemInputBudget;
-  const size_t budget = avail < want_bytes ? avail : want_bytes;
+  const size_t budget = avail < kSmemInputBudget ? avail : kSmemInputBudget;
   const size_t per_channel = static_cast<size_t>(l.plane) * sizeof(T);
   size_t chunk = per_channel ? budget / per_channel : 0;
   if (chunk > static_cast<size_t>(kMaxChunk)) chunk = kMaxChunk;
@@ -146,29 +104,11 @@ inline FwdLaunch forward_launch(const ConvArgs<T>& a, const DevicePlan& p, FwdKe
   l.smem_bytes = l.in_bytes + tap_bytes;
   l.grid_x = static_cast<int64_t>(l.tiles_h) * l.tiles_w * a.N;
   l.grid_y = p.num_blocks;
-  if (!(l.chunk >= 1 && l.plane < (1 << 24) && l.grid_x <= 0x7fffffffLL && l.grid_y <= 65535))
-    l.kernel = FwdKernel::kSimple;
+  l.tiled = l.chunk >= 1 && l.plane < (1 << 24) && l.grid_x <= 0x7fffffffLL && l.grid_y <= 65535;
   return l;
 }
 
 __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
-
-// Copies the input tiles of `cc` channels (channel ids chan[0..cc)) of image in_n into s_in as zero-padded
-// [cc][in_h][in_w] planes whose (0, 0) is input pixel (ih0, iw0). Threads tid = 0..nt-1 share the work.
-template <typename T>
-__device__ __forceinline__ void stage_chunk(const ConvArgs<T>& a, const FwdLaunch& l, const T* __restrict__ in_n,
-                                            const int32_t* chan, int cc, int64_t ih0, int64_t iw0, int tid, int nt,
-                                            T* s_in) {
-  const int64_t HW = a.H * a.W;
-  for (int i = tid; i < cc * l.plane; i += nt) {
-    const int cl = i / l.plane, r = i - cl * l.plane;
-    const int y = r / l.in_w, x = r - y * l.in_w;
-    const int64_t ih = ih0 + y, iw = iw0 + x;
-    T v = T(0);
-    if (ih >= 0 && ih < a.H && iw >= 0 && iw < a.W) v = in_n[static_cast<int64_t>(chan[cl]) * HW + ih * a.W + iw];
-    s_in[i] = v;
-  }
-}
 
 template <typename T, int G, int P>
 __global__ void __launch_bounds__(fwd_threads<P>())
@@ -218,7 +158,15 @@ forward_tiled_kernel(ConvArgs<T> a, DevicePlan p, FwdLaunch l, const T* __restri
   for (int s0 = 0; s0 < nchan; s0 += l.chunk) {
     const int cc = imin(l.chunk, nchan - s0);
     __syncthreads();  // the previous chunk is consumed (and s_tap is written before the first use)
-    stage_chunk(a, l, in_n, p.blk_chan + cbeg + s0, cc, ih0, iw0, tid, NT, s_in);
+    for (int i = tid; i < cc * l.plane; i += NT) {
+      const int cl = i / l.plane, r = i - cl * l.plane;
+      const int y = r / l.in_w, x = r - y * l.in_w;
+      const int64_t ih = ih0 + y, iw = iw0 + x;
+      T v = T(0);
+      if (ih >= 0 && ih < a.H && iw >= 0 && iw < a.W)
+        v = in_n[static_cast<int64_t>(p.blk_chan[cbeg + s0 + cl]) * HW + ih * a.W + iw];
+      s_in[i] = v;
+    }
     __syncthreads();
     const int slot_end = s0 + cc;
 #pragma unroll
@@ -255,112 +203,6 @@ forward_tiled_kernel(ConvArgs<T> a, DevicePlan p, FwdLaunch l, const T* __restri
 #pragma unroll
     for (int q = 0; q < P; ++q) {
       const int64_t oh = oh0 + ty + q * kRowStep, ow = ow0 + tx;
-      if (oh < a.OH && ow < a.OW) output[((n * a.Cout + o) * a.OH + oh) * a.OW + ow] = acc[o_local][q] + bv;
-    }
-  }
-}
-
-// acc[o0 + j][q] += v[j] * win[q*S + KH][KW] for the G filters of one group: one tap of a 3x3 kernel
-// applied to the thread's RH output rows, all indices compile-time (the window stays in registers).
-template <typename T, int G, int S, int RH, int KH, int KW>
-__device__ __forceinline__ void regtile_tap(T (&acc)[kOutBlock][RH], int o0, const T (&v)[G],
-                                            const T (&win)[(RH - 1) * S + 3][3]) {
-#pragma unroll
-  for (int j = 0; j < G; ++j)
-#pragma unroll
-    for (int q = 0; q < RH; ++q) acc[o0 + j][q] += v[j] * win[q * S + KH][KW];
-}
-
-template <typename T, int G, int S>
-__global__ void __launch_bounds__(kRegThreads)
-forward_regtile_kernel(ConvArgs<T> a, DevicePlan p, FwdLaunch l, const T* __restrict__ input,
-                       const T* __restrict__ bias, T* __restrict__ output) {
-  constexpr int FB = kOutBlock / G;  // filter groups per block
-  constexpr int RH = regtile_rows<T, S>();
-  constexpr int WR = (RH - 1) * S + 3;  // window rows
-  constexpr int TH = kRegThreadRows * RH;
-  PATSPARSE_DYN_SMEM(smem);
-  T* s_in = reinterpret_cast<T*>(smem);                     // [chunk][in_h][in_w]
-  int* s_pos = reinterpret_cast<int*>(smem + l.in_bytes);   // [K][E] tap positions 0..8
-
-  const int tid = threadIdx.x;
-  const int tiles = l.tiles_h * l.tiles_w;
-  const int tile = static_cast<int>(blockIdx.x % tiles);
-  const int64_t n = blockIdx.x / tiles;
-  const int b = blockIdx.y;
-  const int oh0 = (tile / l.tiles_w) * TH, ow0 = (tile % l.tiles_w) * kRegTileW;
-  const int64_t ih0 = static_cast<int64_t>(oh0) * S - a.ph, iw0 = static_cast<int64_t>(ow0) * S - a.pw;
-  for (int i = tid; i < a.K * a.E; i += kRegThreads) s_pos[i] = a.patterns[i];
-  const int tx = tid % kRegTileW, ty = tid / kRegTileW;
-  const int win0 = ty * RH * S * l.in_w + tx * S;  // the window's top-left in a staged plane
-
-  T acc[kOutBlock][RH];
-#pragma unroll
-  for (int o = 0; o < kOutBlock; ++o)
-#pragma unroll
-    for (int q = 0; q < RH; ++q) acc[o][q] = T(0);
-
-  int cur[FB], end[FB];
-#pragma unroll
-  for (int fb = 0; fb < FB; ++fb) {
-    const int g = b * FB + fb;
-    cur[fb] = g < p.num_groups ? p.grp_ptr[g] : 0;
-    end[fb] = g < p.num_groups ? p.grp_ptr[g + 1] : 0;
-  }
-  const int cbeg = p.blk_chan_ptr[b], nchan = p.blk_chan_ptr[b + 1] - cbeg;
-  const T* in_n = input + n * a.Cin * a.H * a.W;
-
-  for (int s0 = 0; s0 < nchan; s0 += l.chunk) {
-    const int cc = imin(l.chunk, nchan - s0);
-    __syncthreads();  // the previous chunk is consumed (and s_pos is written before the first use)
-    stage_chunk(a, l, in_n, p.blk_chan + cbeg + s0, cc, ih0, iw0, tid, kRegThreads, s_in);
-    __syncthreads();
-    for (int cl = 0; cl < cc; ++cl) {
-      // Every staged channel is used by at least one filter of the block: load its window once.
-      const T* sp = s_in + cl * l.plane + win0;
-      T win[WR][3];
-#pragma unroll
-      for (int r = 0; r < WR; ++r)
-#pragma unroll
-        for (int c = 0; c < 3; ++c) win[r][c] = sp[r * l.in_w + c];
-#pragma unroll
-      for (int fb = 0; fb < FB; ++fb) {
-        // At most one entry per (group, channel) (validate_format rejects duplicate kernels).
-        if (cur[fb] >= end[fb] || p.ent_slot[cur[fb]] != s0 + cl) continue;  // block-uniform
-        const int e = cur[fb]++;
-        const int* pos = s_pos + p.ent_pattern[e] * a.E;
-        int kern[G];
-#pragma unroll
-        for (int j = 0; j < G; ++j) kern[j] = p.ent_kernel[e * G + j];
-        for (int t = 0; t < a.E; ++t) {
-          T v[G];
-#pragma unroll
-          for (int j = 0; j < G; ++j) v[j] = kern[j] >= 0 ? a.values[static_cast<int64_t>(kern[j]) * a.E + t] : T(0);
-          switch (pos[t]) {  // block-uniform
-            case 0: regtile_tap<T, G, S, RH, 0, 0>(acc, fb * G, v, win); break;
-            case 1: regtile_tap<T, G, S, RH, 0, 1>(acc, fb * G, v, win); break;
-            case 2: regtile_tap<T, G, S, RH, 0, 2>(acc, fb * G, v, win); break;
-            case 3: regtile_tap<T, G, S, RH, 1, 0>(acc, fb * G, v, win); break;
-            case 4: regtile_tap<T, G, S, RH, 1, 1>(acc, fb * G, v, win); break;
-            case 5: regtile_tap<T, G, S, RH, 1, 2>(acc, fb * G, v, win); break;
-            case 6: regtile_tap<T, G, S, RH, 2, 0>(acc, fb * G, v, win); break;
-            case 7: regtile_tap<T, G, S, RH, 2, 1>(acc, fb * G, v, win); break;
-            default: regtile_tap<T, G, S, RH, 2, 2>(acc, fb * G, v, win); break;  // 8 (validated)
-          }
-        }
-      }
-    }
-  }
-
-#pragma unroll
-  for (int o_local = 0; o_local < kOutBlock; ++o_local) {
-    const int64_t o = static_cast<int64_t>(b) * kOutBlock + o_local;
-    if (o >= a.Cout) break;
-    const T bv = bias ? bias[o] : T(0);
-    const int64_t ow = ow0 + tx;
-#pragma unroll
-    for (int q = 0; q < RH; ++q) {
-      const int64_t oh = oh0 + ty * RH + q;
       if (oh < a.OH && ow < a.OW) output[((n * a.Cout + o) * a.OH + oh) * a.OW + ow] = acc[o_local][q] + bv;
     }
   }

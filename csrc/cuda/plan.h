@@ -16,11 +16,6 @@ namespace cuda {
 // pairs: one shared-memory load of an input value then feeds G multiply-adds (ps.project.*(group=G)).
 constexpr int kOutBlock = 8;
 
-// Which forward kernel runs: kAuto picks the register-tiled one where it applies (dilation 1, stride 1
-// or 2), else the tiled one, and the simple one when no tile fits; the others force a kernel (cross-
-// checks, benchmarks; a forced kernel that does not apply falls back the same way).
-enum class FwdKernel : int { kAuto = 0, kSimple, kTiled, kRegTile };
-
 struct HostPlan {
   int group = 1;             // G: largest of 8, 4, 2, 1 such that every aligned G-group shares structure
   int64_t out_channels = 0;  // Cout

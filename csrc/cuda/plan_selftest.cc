@@ -200,8 +200,8 @@ void run_case(int N, int cin, int H, int W, int cout, int stride, int pad, int d
   std::vector<T> want(gout.size());
   reference_forward<T>(s, pw, x.data(), bp, want.data());
   for (int P : {1, 2, 4}) {
-    const FwdLaunch l = forward_launch(a, dp, FwdKernel::kTiled, P);
-    if (l.kernel != FwdKernel::kTiled) { ++failures; std::printf("FAIL %s: tiled path not taken\n", tag.c_str()); break; }
+    const FwdLaunch l = forward_launch(a, dp, P);
+    if (!l.tiled) { ++failures; std::printf("FAIL %s: tiled path not taken\n", tag.c_str()); break; }
     std::vector<T> out(want.size(), T(-777));
     const dim3 grid{static_cast<unsigned>(l.grid_x), static_cast<unsigned>(l.grid_y), 1};
     auto launch = [&](auto g_tag, auto p_tag) {
@@ -221,32 +221,6 @@ void run_case(int N, int cin, int H, int W, int cout, int stride, int pad, int d
       default: with_p(std::integral_constant<int, 1>{}); break;
     }
     expect_close(("forward_tiled P=" + std::to_string(P)).c_str(), tag, out, want);
-  }
-  {
-    const FwdLaunch l = forward_launch(a, dp);
-    const FwdKernel expect = regtile_applies(a) ? FwdKernel::kRegTile : FwdKernel::kTiled;
-    if (l.kernel != expect) {
-      ++failures;
-      std::printf("FAIL %s: default forward kernel %d, want %d\n", tag.c_str(), static_cast<int>(l.kernel),
-                  static_cast<int>(expect));
-    } else if (l.kernel == FwdKernel::kRegTile) {
-      std::vector<T> out(want.size(), T(-777));
-      const dim3 grid{static_cast<unsigned>(l.grid_x), static_cast<unsigned>(l.grid_y), 1};
-      auto launch = [&](auto g_tag) {
-        constexpr int G = decltype(g_tag)::value;
-        emulate(grid, dim3{static_cast<unsigned>(kRegThreads), 1, 1}, l.smem_bytes, [&] {
-          if (stride == 1) forward_regtile_kernel<T, G, 1>(a, dp, l, x.data(), bp, out.data());
-          else forward_regtile_kernel<T, G, 2>(a, dp, l, x.data(), bp, out.data());
-        });
-      };
-      switch (dp.group) {
-        case 8: launch(std::integral_constant<int, 8>{}); break;
-        case 4: launch(std::integral_constant<int, 4>{}); break;
-        case 2: launch(std::integral_constant<int, 2>{}); break;
-        default: launch(std::integral_constant<int, 1>{}); break;
-      }
-      expect_close("forward_regtile", tag, out, want);
-    }
   }
   {
     std::vector<T> out(want.size(), T(-777));
@@ -333,10 +307,6 @@ int main() {
   run_case<double>(1, 3, 5, 5, 3, 3, 4, 1, true, 8, 4, 0.8, 1, false, 0, rng);       // stride 3, large padding
   run_case<double>(1, 3, 20, 20, 2, 1, 0, 8, false, 8, 4, 0.8, 1, false, 0, rng);    // dilation 8
   run_case<float>(2, 32, 16, 16, 24, 1, 1, 1, false, 8, 4, 0.5, 4, false, 4, rng);
-  run_case<float>(1, 20, 37, 21, 16, 1, 1, 1, true, 8, 4, 0.6, 1, false, 1, rng);   // regtile: 3x2 tiles, 2 chunks
-  run_case<float>(1, 12, 33, 35, 10, 2, 1, 1, true, 8, 4, 0.6, 2, false, 2, rng);   // regtile stride 2, partial group
-  run_case<float>(2, 9, 17, 18, 8, 2, 0, 1, false, 6, 5, 0.7, 8, false, 8, rng);    // regtile stride 2, no padding
-  run_case<double>(1, 6, 19, 17, 9, 1, 3, 1, true, 3, 9, 0.6, 1, false, 0, rng);    // regtile f64 (RH 4), pad 3, E=9
   run_case<float>(1, 7, 30, 33, 9, 2, 1, 1, true, 8, 4, 0.5, 1, false, 0, rng);
   if (failures) {
     std::printf("plan_selftest: %d FAILURES\n", failures);
