@@ -8,9 +8,13 @@
 //   * the key is the caller's match predicate, and a hit must prove that the arrays the entry was
 //     derived from equal the caller's (content, or an identity that cannot be reused plus a version
 //     counter); an address alone never identifies an entry.
-// Thread-safe; checks too slow to run under the lock use candidates() then hit(). Torch-free.
+// Thread-safe; checks too slow to run under the lock use candidates() then hit(). Fork-safe: a
+// process forked while another thread holds a cache's lock (DataLoader workers fork on Linux) would
+// inherit it locked forever; fork waits for every cache's lock and releases them on both sides
+// (pthread_atfork, ForkLocks). Torch-free.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <list>
 #include <memory>
@@ -18,7 +22,51 @@
 #include <utility>
 #include <vector>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#endif
+
 namespace patsparse {
+
+// The locks of every live cache, taken before fork() and released after it in the parent and the
+// child. One registry per binary (an inline function's static); never destroyed (a cache may be
+// destroyed at exit after it).
+class ForkLocks {
+ public:
+  static ForkLocks& get() {
+    static ForkLocks* r = new ForkLocks();
+    return *r;
+  }
+  void add(std::mutex* m) {
+    std::lock_guard<std::mutex> lock(mu_);
+    locks_.push_back(m);
+  }
+  void remove(std::mutex* m) {
+    std::lock_guard<std::mutex> lock(mu_);
+    locks_.erase(std::remove(locks_.begin(), locks_.end(), m), locks_.end());
+  }
+
+ private:
+  ForkLocks() {
+#if defined(__unix__) || defined(__APPLE__)
+    pthread_atfork(&before_fork, &after_fork, &after_fork);
+#endif
+  }
+  // A cache operation holds one cache lock at a time and calls nothing that takes another, so
+  // taking them all in registry order cannot deadlock.
+  static void before_fork() {
+    ForkLocks& r = get();
+    r.mu_.lock();
+    for (std::mutex* m : r.locks_) m->lock();
+  }
+  static void after_fork() {
+    ForkLocks& r = get();
+    for (auto it = r.locks_.rbegin(); it != r.locks_.rend(); ++it) (*it)->unlock();
+    r.mu_.unlock();
+  }
+  std::mutex mu_;
+  std::vector<std::mutex*> locks_;
+};
 
 struct PlanCacheStats {
   int64_t hits = 0, builds = 0, size = 0, bytes = 0;
@@ -30,7 +78,12 @@ class LruCache {
   using Ptr = std::shared_ptr<Entry>;
 
   explicit LruCache(size_t max_entries, int64_t max_bytes = INT64_MAX)
-      : max_entries_(max_entries), max_bytes_(max_bytes) {}
+      : max_entries_(max_entries), max_bytes_(max_bytes) {
+    ForkLocks::get().add(&mu_);
+  }
+  ~LruCache() { ForkLocks::get().remove(&mu_); }
+  LruCache(const LruCache&) = delete;
+  LruCache& operator=(const LruCache&) = delete;
 
   // The most recently used entry with match(entry), counted as a hit and moved to the front; null
   // when none matches. match runs under the lock.

@@ -6,9 +6,16 @@
 //   * filters with the same (channel, pattern) list in different CSR orders still compute right;
 //   * the cache container's LRU policy (lru_cache.h), the transposed plan cache's bounds;
 //   * conv_out_size / check_shape reject overflowing sizes; plan_supports rejects huge slabs and
-//     forward_f32 then runs the reference kernel (stride 2048 matches the dense conv).
+//     forward_f32 then runs the reference kernel (stride 2048 matches the dense conv);
+//   * a process forked while another thread holds a cache's lock can use the cache (no deadlock).
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <stdexcept>
+#include <thread>
 
 #include "csrc/kernels/backward.h"
 #include "csrc/kernels/dispatch.h"
@@ -227,6 +234,40 @@ void lru_policy(Counter& t) {
   t.check(tc.get(fa) != ta && ta->forward == fa, "transposed cache: an evicted plan is rebuilt; the old one stays valid");
 }
 
+// fork() while another thread is inside a cache operation (holding its lock): the child must be able
+// to use the cache. Without the fork handlers the child inherits the lock held and hangs.
+void fork_while_locked(Counter& t) {
+  LruCache<const int> cache(4);
+  cache.add(std::make_shared<const int>(1), 1);
+  std::atomic<bool> inside{false};
+  std::thread holder([&] {
+    cache.find([&](int) {
+      inside = true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));  // holds the lock meanwhile
+      return false;
+    });
+  });
+  while (!inside) std::this_thread::yield();
+  const pid_t pid = fork();
+  if (pid == 0) {
+    cache.add(std::make_shared<const int>(2), 1);  // takes the lock
+    _exit(cache.find([](int x) { return x == 2; }) ? 0 : 1);
+  }
+  holder.join();
+  int status = -1;
+  bool exited = false;
+  for (int i = 0; i < 500 && !exited; ++i) {  // up to 5 s
+    exited = waitpid(pid, &status, WNOHANG) == pid;
+    if (!exited) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  if (!exited) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+  }
+  t.check(exited && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "fork: a child forked while another thread held a cache lock uses the cache");
+}
+
 }  // namespace
 
 int main() {
@@ -236,5 +277,6 @@ int main() {
   group_with_other_order(t);
   checked_sizes(t);
   lru_policy(t);
+  fork_while_locked(t);
   return t.finish("test_plan_cache");
 }
