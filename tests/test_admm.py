@@ -61,6 +61,11 @@ def test_bad_hyperparameters():
         ps.ADMM(m.parameters(), lr=0.1, base=torch.optim.LBFGS)
 
 
+def test_constraints_keyword_is_a_clear_error():
+    with pytest.raises(ValueError, match="param group"):
+        ps.ADMM(nn.Conv2d(2, 4, 3).parameters(), lr=0.1, constraints=[C.Pattern(k=4)])
+
+
 def test_load_state_dict_says_which_settings_the_saved_ones_replace():
     m = tiny_net()
     saved = ps.ADMM(m.parameters(), lr=0.1, method="oneshot").state_dict()
@@ -683,3 +688,26 @@ def test_gradient_penalty_cap_follows_an_lr_warmup():
         train(m, opt, 1, start=i)
         warm.step()
     assert all(bool(torch.isfinite(p).all()) and float(p.abs().max()) < 10 for p in m.parameters())
+
+
+def test_global_step_hooks_run_once_per_step_as_for_the_base_optimizer():
+    """torch's global optimizer step hooks see one step per ADMM.step, in every phase (the wrapped
+    base optimizer's own step ran them a second time)."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+    model = nn.Sequential(nn.Conv2d(2, 4, 3))
+    calls = []
+    hooks = [register_optimizer_step_pre_hook(lambda opt, a, k: calls.append(("pre", type(opt).__name__))),
+             register_optimizer_step_post_hook(lambda opt, a, k: calls.append(("post", type(opt).__name__)))]
+    try:
+        opt = ps.ADMM([{"params": [model[0].weight], "constraints": [C.Pattern(k=4)]},
+                       {"params": [model[0].bias]}], lr=0.01)
+        for step in range(4):
+            if step == 2:
+                opt.hard_prune()
+            opt.zero_grad()
+            model(torch.randn(1, 2, 5, 5)).sum().backward()
+            opt.step()
+    finally:
+        for h in hooks:
+            h.remove()
+    assert calls == [("pre", "ADMM"), ("post", "ADMM")] * 4

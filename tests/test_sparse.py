@@ -206,3 +206,24 @@ def test_to_dense_is_in_the_layers_dtype(dtype):
         assert dense.weight.dtype == dtype and dense.bias.dtype == dtype
         tol = {} if dtype == torch.float64 else dict(rtol=0.05, atol=0.02)  # ours accumulates in fp32
         torch.testing.assert_close(dense(x), ours(x), **tol)
+
+
+@pytest.mark.parametrize("make", ["linear", "conv1x1", "conv1x1_stride2"])
+def test_batched_gradients_as_the_dense_layers(make):
+    """autograd.grad(is_grads_batched=True) and jacobian(vectorize=True) run the backward under vmap:
+    the native 1x1 / Linear backward must have batching rules (an einsum had none)."""
+    if make == "linear":
+        dense, x = linear_with(pruned_on_grid((8, 32), keep=0.3)), torch.randn(2, 32)
+    else:
+        stride = 2 if make.endswith("stride2") else 1
+        dense, x = conv_with(pruned_on_grid((8, 16, 1, 1), keep=0.3), stride=stride), torch.randn(2, 16, 5, 5)
+    sparse = ps.convert(nn.Sequential(dense), layers="all")[0]
+    assert isinstance(sparse, SparseLinear if make == "linear" else SparseConv2d)
+    grads = torch.randn(3, *dense(x).shape)
+    got, want = [], []
+    for mod, out in ((sparse, got), (dense, want)):
+        xx = x.clone().requires_grad_()
+        out.append(torch.autograd.grad(mod(xx), xx, grads, is_grads_batched=True)[0])
+        out.append(torch.autograd.functional.jacobian(mod, x, vectorize=True))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)

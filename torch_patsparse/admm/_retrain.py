@@ -158,7 +158,7 @@ class HardPrune:
                 p.grad.mul_(st.mask)
             if st.latent is not None:
                 p.copy_(st.latent)
-        self.base.step()
+        self._base_step()
         self._step_count += 1
         for p, st in items:
             if st.mask is not None:

@@ -100,6 +100,10 @@ class ADMM(ZUpdate, FusedStep, HardPrune, Checkpoint, Optimizer):
         for flag, value in (("consensus", consensus), ("rescale_dual", rescale_dual), ("balance", balance)):
             if not isinstance(value, bool):
                 raise ValueError(f"ADMM: {flag} must be True or False, got {value!r}")
+        if "constraints" in base_kwargs:  # the base optimizer would reject it with a TypeError about itself
+            raise ValueError("ADMM: constraints belong to a param group ({'params': [...], 'constraints': [...]}), "
+                             "not to the constructor; ADMM.from_model(model, {selector: constraints}, ...) "
+                             "builds the groups from parameter names")
         if not (isinstance(base, type) and issubclass(base, Optimizer)) or issubclass(base, ADMM):
             raise ValueError(f"ADMM: base must be a torch.optim.Optimizer class, got {base!r}")
         closure = inspect.signature(base.step).parameters.get("closure")
@@ -255,7 +259,7 @@ class ADMM(ZUpdate, FusedStep, HardPrune, Checkpoint, Optimizer):
         for p in stepped:
             p.grad = None
         try:
-            self.base.step()
+            self._base_step()
         finally:
             for p, grad in hidden:
                 p.grad = grad
@@ -269,6 +273,14 @@ class ADMM(ZUpdate, FusedStep, HardPrune, Checkpoint, Optimizer):
         if self._step_count % self.update_every == 0:
             self.admm_update()
         return loss
+
+    def _base_step(self) -> None:
+        """The wrapped optimizer's update, without torch's step hooks: ADMM.step already ran the global
+        step hooks (register_optimizer_step_pre_hook / _post_hook) once for this step."""
+        step = type(self.base).step
+        if getattr(step, "hooked", False) and hasattr(step, "__wrapped__"):  # Optimizer.profile_hook_step
+            step = step.__wrapped__
+        step(self.base)
 
     def pattern_sets(self) -> list:
         """One entry per param group (same order as ``param_groups``): its :class:`PatternSet`, or
