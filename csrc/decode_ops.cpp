@@ -85,8 +85,9 @@ std::vector<at::Tensor> decode_cached(const std::vector<KeyPart>& key, c10::Devi
 
 namespace {
 
-// int32 channel indices of a PatternConv2d's stored (int16) ones, for device layers (the CUDA plan
-// cache keys on tensor identity: a cached tensor keeps it hitting).
+// int32 channel indices of a PatternConv2d's stored (int16) ones, for device layers: the cache's own
+// tensor (the CUDA plan cache keys on tensor identity: the same tensor keeps it hitting), unlike the
+// other decodes, which return copies. Read it only.
 at::Tensor pattern_channels(const at::Tensor& kernel_channel) {
   TORCH_CHECK(kernel_channel.dim() == 1 &&
                   (kernel_channel.scalar_type() == at::kShort || kernel_channel.scalar_type() == at::kInt),
@@ -100,7 +101,10 @@ at::Tensor pattern_channels(const at::Tensor& kernel_channel) {
   })[0];
 }
 
-// Float values [kept_kernels, entries] of a quantized PatternConv2d's packed codes and scale.
+// Float values [kept_kernels, entries] of a quantized PatternConv2d's packed codes and scale: a new
+// tensor per call (a copy of the cached decode). A functional op's output belongs to its caller:
+// torch.compile's generated code may reuse it as scratch memory in place (without a version bump), so
+// handing out the cache's own tensor let one compiled function corrupt every later decode.
 at::Tensor pattern_decode(const at::Tensor& codes, const at::Tensor& scale, int64_t kept_kernels, int64_t entries,
                           int64_t bits, c10::string_view scheme) {
   TORCH_CHECK(codes.dim() == 1 && codes.scalar_type() == at::kByte,
@@ -132,7 +136,7 @@ at::Tensor pattern_decode(const at::Tensor& codes, const at::Tensor& scale, int6
                                     static_cast<float>(s), values.data_ptr<float>());
     });
     return std::vector<at::Tensor>{values};
-  })[0];
+  })[0].clone();
 }
 
 // [hits, builds, size, bytes] of the decode cache (tests see decodes with it).
@@ -144,7 +148,8 @@ std::vector<int64_t> decode_cache_stats() {
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(patsparse, m) {
-  // The outputs are shared with the cache and with every later call on the same arrays: read them only.
+  // pattern_channels' output is shared with the cache and with every later call on the same array:
+  // read it only. pattern_decode returns a new tensor.
   m.def("pattern_channels(Tensor kernel_channel) -> Tensor");
   m.def("pattern_decode(Tensor codes, Tensor scale, int kept_kernels, int entries, int bits, str scheme) -> Tensor");
   m.def("decode_cache_stats() -> int[]", &decode_cache_stats);

@@ -228,7 +228,7 @@ at::Tensor sparse_dense_weight_cpu(const at::Tensor& header, const at::Tensor& i
 // The dense fp32 weight of `shape` for the layers without a native kernel (SparseConv2d other than
 // 1x1, any layer on a device), from the decode cache: decoded once per content, never stale, not
 // held by the module (so not in its TorchScript file either). Device arrays are read through a host
-// copy (the key is content). The result is shared with later calls: read it only.
+// copy (the key is content). Returns a copy of the cached weight (see pattern_decode).
 at::Tensor sparse_decode(const at::Tensor& header, const at::Tensor& index, const at::Tensor& codes,
                          const at::Tensor& values, const at::Tensor& code_scale, at::IntArrayRef shape) {
   TORCH_CHECK(!shape.empty(), "patsparse::sparse_decode: shape must have at least one dimension");
@@ -257,7 +257,7 @@ at::Tensor sparse_decode(const at::Tensor& header, const at::Tensor& index, cons
     auto out = at::empty(shape, at::kFloat);
     csr_to_dense(csr_view(*idx, a.values.data_ptr<float>()), out.data_ptr<float>());
     return std::vector<at::Tensor>{out};
-  })[0];
+  })[0].clone();  // a new tensor per call: see pattern_decode (decode_ops.cpp)
 }
 
 // [hits, builds, size, bytes] of the runtime index cache (tests see index builds with it).
@@ -277,7 +277,6 @@ TORCH_LIBRARY_FRAGMENT(patsparse, m) {
         "float hi) -> Tensor");
   m.def("sparse_dense_weight(Tensor header, Tensor index, Tensor codes, Tensor values, Tensor code_scale, "
         "int rows, int cols) -> Tensor");
-  // Shared with the decode cache and with every later call on the same arrays: read it only.
   m.def("sparse_decode(Tensor header, Tensor index, Tensor codes, Tensor values, Tensor code_scale, int[] shape) "
         "-> Tensor");
   m.def("sparse_index_cache_stats() -> int[]", &sparse_index_cache_stats);

@@ -612,3 +612,37 @@ def test_torch_compile_training_with_dynamic_batch_compiles_once():
         torch.testing.assert_close(x.grad, want.grad)
     assert counters["stats"]["unique_graphs"] == 1
     torch._dynamo.reset()
+
+
+def test_compiled_code_cannot_write_into_the_decode_cache(tmp_path, monkeypatch):
+    """pattern_decode / sparse_decode are functional ops: inductor may reuse their output buffer in place
+    (no version bump). They handed out the decode cache's own tensor, so one compiled function changed
+    every later decode of the same arrays: the layers' outputs and to_dense() silently."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    dense = models.sparsify_random(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, bias=False),
+                                                 nn.Conv2d(4, 4, 3, padding=1, groups=2, bias=False)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = ps.convert(dense, layers="all", bits=4).eval()
+    pconv, sconv = model[0], model[1]
+    assert isinstance(pconv, PatternConv2d) and isinstance(sconv, SparseConv2d)
+    x = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        ref, ref_weights = model(x), [m.to_dense().weight for m in model]
+    K, E = pconv.kept_kernels, pconv.patterns.shape[1]
+
+    @torch.compile(backend="inductor", fullgraph=True)
+    def scaled(codes, scale, header, index, scodes, values, code_scale):
+        a = torch.ops.patsparse.pattern_decode(codes, scale, K, E, 4, "uniform") * 2 + 1
+        b = torch.ops.patsparse.sparse_decode(header, index, scodes, values, code_scale, list(sconv.weight_shape))
+        return a, b * 2 + 1
+
+    with torch.no_grad():
+        for _ in range(2):
+            scaled(pconv.codes, pconv.scale, sconv.header, sconv.index, sconv.codes, sconv.values.float(),
+                   sconv.scale.float())
+        torch.testing.assert_close(model(x), ref, rtol=0, atol=0)
+        for m, w in zip(model, ref_weights):
+            torch.testing.assert_close(m.to_dense().weight, w, rtol=0, atol=0)
+    torch._dynamo.reset()

@@ -102,7 +102,7 @@ class _SparseWeightMixin(DecodedWeight):
 
     def _weight_bias_as(self, x: torch.Tensor):
         """The decoded weight and the bias in ``x``'s dtype (the dense path's operands). The weight
-        is the decode cache's tensor (shared: read only)."""
+        is a copy of the decode cache's tensor."""
         w = torch.ops.patsparse.sparse_decode(self.header, self.index, self.codes, self.values.float(),
                                               self.scale.float(), self.weight_shape)
         b = self.bias

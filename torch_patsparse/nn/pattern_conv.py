@@ -207,8 +207,8 @@ class PatternConv2d(PatternStateDict, nn.Module):
 
     def _runtime_arrays(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """(kernel_channel, values) for the pattern ops. A quantized layer's values are decoded from
-        its codes by ``patsparse::pattern_decode`` (once per distinct content, then cached and
-        shared: read-only); a :meth:`decoded` layer holds int32 indices and float values itself."""
+        its codes by ``patsparse::pattern_decode`` (once per distinct content, then cached; each call
+        gets a copy); a :meth:`decoded` layer holds int32 indices and float values itself."""
         kernel_channel = self.kernel_channel
         # The CPU ops widen int16 per call (their plan cache compares content); the CUDA plan cache
         # keys on tensor identity, so a device layer passes the cached int32 tensor; an exported
