@@ -646,3 +646,21 @@ def test_compiled_code_cannot_write_into_the_decode_cache(tmp_path, monkeypatch)
         for m, w in zip(model, ref_weights):
             torch.testing.assert_close(m.to_dense().weight, w, rtol=0, atol=0)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("norm", ["weight_norm", "spectral_norm"])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_hook_based_weight_norms_are_a_clear_error(norm, inplace):
+    """The hook-based torch.nn.utils.weight_norm / spectral_norm recompute the weight from other
+    parameters at every forward: convert(inplace=True) kept the hook on the new layer, whose first
+    forward then failed (no weight_g / weight_orig). After remove_* the layer converts."""
+    torch.manual_seed(0)
+    layer = getattr(torch.nn.utils, norm)(models.sparsify_random(nn.Sequential(nn.Conv2d(4, 8, 3, padding=1)),
+                                                                 keep3x3=1.0)[0])
+    model = nn.Sequential(layer, nn.ReLU(), nn.Conv2d(8, 8, 1))
+    with pytest.raises(ValueError, match=f"layer '0'.*remove_{norm}"):
+        ps.convert(model, inplace=inplace)
+    getattr(torch.nn.utils, f"remove_{norm}")(layer)
+    x = torch.randn(1, 4, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(ps.convert(model, inplace=inplace)(x), model(x))

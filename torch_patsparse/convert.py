@@ -155,6 +155,10 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
             for name in names:
                 explicit_sets.setdefault(name, pset)
     trained = {name: trained_pattern_set(m.weight) for name, m in named if kinds.layer_kind(m) == kinds.PATTERN}
+    for name, module in named:
+        kind = kinds.layer_kind(module)
+        if kind is not None and not (layers == "3x3" and kind == kinds.SPARSE) and name not in excluded:
+            _check_no_norm_hooks(name, module)
     if not inplace:
         try:
             model = copy.deepcopy(model)
@@ -238,6 +242,19 @@ def _with_children(named: List[Tuple[str, nn.Module]], names: List[str]) -> set:
     """``names`` and every module below them: a selected container stands for what it holds."""
     picked = set(names)
     return {n for n, _ in named if n in picked or any(p == "" or n.startswith(p + ".") for p in picked)}
+
+
+def _check_no_norm_hooks(name: str, module: nn.Module) -> None:
+    """The hook-based torch.nn.utils.weight_norm / spectral_norm recompute ``weight`` in a forward
+    pre-hook from other parameters (the new layer has none of them); convert cannot keep that."""
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+    for hook in module._forward_pre_hooks.values():
+        for cls, fn in ((WeightNorm, "weight_norm"), (SpectralNorm, "spectral_norm")):
+            if isinstance(hook, cls):
+                raise ValueError(f"convert: layer '{name}' uses the hook-based torch.nn.utils.{fn}, which recomputes "
+                                 f"its weight at every forward; fold it first with torch.nn.utils.remove_{fn}(layer), "
+                                 f"or use torch.nn.utils.parametrizations.{fn} (convert takes the weight it gives)")
 
 
 def _carry_over(old: nn.Module, new: nn.Module) -> None:
