@@ -664,3 +664,25 @@ def test_hook_based_weight_norms_are_a_clear_error(norm, inplace):
     x = torch.randn(1, 4, 6, 6)
     with torch.no_grad():
         torch.testing.assert_close(ps.convert(model, inplace=inplace)(x), model(x))
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+def test_load_compressed_into_a_meta_device_model_with_assign(bits):
+    """A model built on the meta device (no memory for the dense weights) loads a converted model's
+    state_dict with assign=True, as load_state_dict does; without it the copy into meta tensors fails."""
+    def net():
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.Flatten(),
+                             nn.Linear(8 * 36, 4))
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = ps.convert(models.sparsify_random(net()), layers="all", bits=bits)
+    with torch.device("meta"):
+        model = net()
+    with pytest.raises(NotImplementedError):
+        ps.load_compressed(copy.deepcopy(model), converted.state_dict())
+    model = ps.load_compressed(model, converted.state_dict(), assign=True)
+    assert [type(m) for m in model] == [type(m) for m in converted]
+    assert all(t.device.type == "cpu" for t in model.state_dict().values() if torch.is_tensor(t))
+    x = torch.randn(2, 3, 6, 6)
+    torch.testing.assert_close(model(x), converted(x), rtol=0, atol=0)

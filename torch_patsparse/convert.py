@@ -303,7 +303,7 @@ def _empty_compressed(name: str, module: nn.Module, state_dict, prefix: str) -> 
                      f"{module!r}, which that form cannot replace")
 
 
-def load_compressed(model: nn.Module, state_dict, strict: bool = True) -> nn.Module:
+def load_compressed(model: nn.Module, state_dict, strict: bool = True, assign: bool = False) -> nn.Module:
     """Loads the ``state_dict`` of a converted model (``ps.convert(...).state_dict()``) into ``model``,
     a fresh instance of the original, dense architecture, and returns ``model`` (changed in place).
 
@@ -314,6 +314,8 @@ def load_compressed(model: nn.Module, state_dict, strict: bool = True) -> nn.Mod
     array. The result computes exactly what the saved model computed. A compressed entry for a
     layer that cannot take it (e.g. a 5x5 conv under PatternConv2d arrays) is a ValueError.
     (``torch.save(model)`` of the whole converted module works too; this is for weights-only files.)
+    ``assign`` is ``load_state_dict``'s: True takes the loaded tensors themselves, the way to load into
+    a model built on the meta device (``with torch.device("meta"): model = Net()``).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"load_compressed expects an nn.Module, got {type(model).__name__}")
@@ -331,7 +333,7 @@ def load_compressed(model: nn.Module, state_dict, strict: bool = True) -> nn.Mod
     for name, new in swaps:
         model.set_submodule(name, new)
     try:
-        keys = model.load_state_dict(state_dict, strict=strict)
+        keys = model.load_state_dict(state_dict, strict=strict, assign=assign)
     except RuntimeError as e:
         if any(".fused_" in f".{k}" for k in state_dict.keys()):
             raise RuntimeError(f"{e}\nThis state_dict is of an optimize_for_inference result (fused layers): save "
