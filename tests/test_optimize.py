@@ -468,6 +468,33 @@ def test_fx_symbolic_trace_keeps_our_modules_as_leaves():
     assert "fx" not in torch.jit.script(ps.nn.PatternConv2d.from_dense(conv)).code
 
 
+class _WeightPenalty(nn.Module):
+    def __init__(self, conv):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x):
+        return self.conv(x).sum() + self.conv.weight.pow(2).sum()
+
+
+def test_fx_symbolic_trace_of_a_forward_that_reads_the_weight():
+    """A forward reading ``conv.weight`` (a penalty) traces as for nn.Conv2d: a get_attr node the graph
+    module reads at run time (the decode ran on the tracer's Proxy of the values and failed)."""
+    conv = nn.Conv2d(8, 8, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_(random_pattern_weight(8, 8, keep=0.5))
+    net = _WeightPenalty(ps.nn.PatternConv2d.from_dense(conv))
+    traced = torch.fx.symbolic_trace(net)
+    assert any(n.op == "get_attr" and n.target == "conv.weight" for n in traced.graph.nodes)
+    x = torch.randn(1, 8, 5, 5)
+    torch.testing.assert_close(traced(x), net(x))
+    with torch.no_grad():
+        net.conv.values.mul_(2)  # the graph reads the live weight, not a copy taken at trace time
+    torch.testing.assert_close(traced(x), net(x))
+    traced(x).backward()
+    assert net.conv.values.grad is not None
+
+
 def _random_bn(model):
     g = torch.Generator().manual_seed(1)
     for b in model.modules():

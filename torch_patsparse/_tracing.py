@@ -1,4 +1,4 @@
-"""torch.fx leaves for our modules.
+"""torch.fx leaves for our modules (and their decoded ``weight`` as a ``get_attr`` node).
 
 ``torch.fx.symbolic_trace``'s default tracer keeps torch.nn's own modules as leaves (one
 ``call_module`` node each) and traces into every other module's forward. Our layers' forwards branch
@@ -24,4 +24,14 @@ def fx_leaf(module: nn.Module, *args: Any) -> Optional[torch.fx.Proxy]:
         if isinstance(a, torch.fx.Proxy):
             tracer = a.tracer
             return tracer.create_proxy("call_module", tracer.path_of_module(module), args, {})
+    return None
+
+
+def fx_attr(module: nn.Module, name: str, param: Any) -> Optional[torch.fx.Proxy]:
+    """While torch.fx traces (``param``, one of ``module``'s parameters, reads as a Proxy then): a
+    ``get_attr`` node for ``module.<name>``, as the tracer records a dense layer's ``weight``; the
+    graph module reads the attribute (our decoding property) when it runs. Otherwise None."""
+    if isinstance(param, torch.fx.Proxy):
+        tracer = param.tracer
+        return tracer.create_proxy("get_attr", f"{tracer.path_of_module(module)}.{name}", (), {})
     return None

@@ -12,7 +12,7 @@ from .. import ops  # also registers torch.ops.patsparse
 from .. import project as proj
 from .. import quant
 from .._deprecation import renamed_keywords
-from .._tracing import fx_leaf
+from .._tracing import fx_attr, fx_leaf
 from ..patterns import PatternSet
 from ._decoded_weight import relative_error
 from ._pattern_state import PatternStateDict, channel_dtype, pack_codes
@@ -271,6 +271,10 @@ class PatternConv2d(PatternStateDict, nn.Module):
         reads ``conv.weight``. Differentiable in ``values``, so a penalty written on ``conv.weight``
         trains the stored values; writing into it does not change the layer (``load_state_dict`` or
         :meth:`from_dense` do)."""
+        # (torch.fx proxies parameters only: a quantized layer's weight is a constant of the graph)
+        traced = None if self.quantized else fx_attr(self, "weight", self.values)
+        if traced is not None:
+            return traced
         kernel_channel, values = self._runtime_arrays()
         return fmt.decompress(self.patterns, self.filter_ptr, kernel_channel, self.kernel_pattern,
                               values.to(self._dtype()), self.in_channels)
