@@ -227,3 +227,17 @@ def test_batched_gradients_as_the_dense_layers(make):
         out.append(torch.autograd.functional.jacobian(mod, x, vectorize=True))
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("batch", [0, 1, 3])
+def test_conv1x1_input_gradient_at_batch_0_1_n(stride, batch):
+    dense = conv_with(pruned_on_grid((8, 16, 1, 1), keep=0.3), stride=stride)
+    sparse = ps.convert(nn.Sequential(dense), layers="all")[0]
+    assert isinstance(sparse, SparseConv2d)
+    grads = []
+    for mod in (sparse, dense):
+        x = torch.randn(batch, 16, 5, 5, generator=torch.Generator().manual_seed(batch)).requires_grad_()
+        mod(x).square().sum().backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-5)

@@ -400,7 +400,8 @@ def _sparse_backward(ctx, grad_output):
         w = _ops.sparse_dense_weight(header, index, codes, values, code_scale, ctx.rows, input.shape[chan]).to(g.dtype)
         if ctx.conv:
             # w^T g per image as a matmul (has a vmap batching rule, unlike einsum: is_grads_batched)
-            gi = torch.matmul(w.t(), g.reshape(g.shape[0], g.shape[1], -1)).view(g.shape[0], -1, *g.shape[2:])
+            n, _, h, wd = g.shape  # (explicit sizes: -1 is ambiguous at batch 0)
+            gi = torch.matmul(w.t(), g.flatten(2)).view(n, w.shape[1], h, wd)
             if ctx.stride != [1, 1]:
                 grad_input = g.new_zeros(input.shape)
                 grad_input[:, :, ::ctx.stride[0], ::ctx.stride[1]] = gi
