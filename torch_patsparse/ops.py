@@ -401,7 +401,7 @@ def _sparse_backward(ctx, grad_output):
         if ctx.conv:
             # w^T g per image as a matmul (has a vmap batching rule, unlike einsum: is_grads_batched)
             n, _, h, wd = g.shape  # (explicit sizes: -1 is ambiguous at batch 0)
-            gi = torch.matmul(w.t(), g.flatten(2)).view(n, w.shape[1], h, wd)
+            gi = torch.matmul(w.t(), g.reshape(n, g.shape[1], h * wd)).view(n, w.shape[1], h, wd)
             if ctx.stride != [1, 1]:
                 grad_input = g.new_zeros(input.shape)
                 grad_input[:, :, ::ctx.stride[0], ::ctx.stride[1]] = gi
