@@ -52,12 +52,16 @@ def pack(x: torch.Tensor, width: int) -> torch.Tensor:
     _check_width(width)
     if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
         raise ValueError(f"pack takes an integer tensor, got {x.dtype}")
-    x = x.reshape(-1).to(torch.int64)
+    x = x.reshape(-1)
     if x.numel() and (int(x.min()) < 0 or int(x.max()) >= (1 << width)):
         raise ValueError(f"values out of range for {width}-bit packing: [{int(x.min())}, {int(x.max())}]")
     shifts = torch.arange(width, dtype=torch.int64, device=x.device)
-    bits = ((x.unsqueeze(1) >> shifts) & 1).to(torch.uint8).view(-1)
-    return _stream(bits)
+    # In chunks of a multiple of 8 values (whole bytes each): the int64 bit matrix of a large index
+    # would take width * 8 bytes per value at once.
+    step = 1 << 20
+    parts = [_stream(((x[i:i + step].to(torch.int64).unsqueeze(1) >> shifts) & 1).to(torch.uint8).view(-1))
+             for i in range(0, x.numel(), step)]
+    return torch.cat(parts) if parts else _stream(torch.zeros(0, dtype=torch.uint8, device=x.device))
 
 
 def unpack(data: torch.Tensor, count: int, width: int) -> torch.Tensor:
@@ -66,9 +70,13 @@ def unpack(data: torch.Tensor, count: int, width: int) -> torch.Tensor:
     _check_width(width)
     if count < 0:
         raise ValueError(f"negative count {count}")
-    bits = _unstream(data, count * width).to(torch.int64).view(count, width)
+    bits = _unstream(data, count * width).view(count, width)
     shifts = torch.arange(width, dtype=torch.int64, device=data.device)
-    return (bits << shifts).sum(1)
+    out = torch.empty(count, dtype=torch.int64, device=data.device)
+    step = 1 << 20  # chunks, as in pack
+    for i in range(0, count, step):
+        out[i:i + step] = (bits[i:i + step].to(torch.int64) << shifts).sum(1)
+    return out
 
 
 def pack_fields(values: Sequence[int], widths: Sequence[int]) -> torch.Tensor:

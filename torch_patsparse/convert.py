@@ -200,7 +200,8 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
         if new is None:
             dense.append((name, why))
             continue
-        new.conversion_error = relative_error(new.to_dense().weight, module.weight)
+        if isinstance(new, PatternConv2d):  # against the weight before a projection (from_dense saw the projected one)
+            new.conversion_error = relative_error(new.to_dense().weight, module.weight)
         new.train(module.training)
         _carry_over(module, new)
         _keep_ties(module, new, ties)

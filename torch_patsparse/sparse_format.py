@@ -86,7 +86,7 @@ def _choose_index(positions: torch.Tensor, numel: int) -> Tuple[int, int, torch.
         best = (0, RELATIVE, 1)
     _, kind, w = best
     if kind == BITMAP:
-        bits = torch.zeros(numel, dtype=torch.int64)
+        bits = torch.zeros(numel, dtype=torch.uint8)
         bits[positions] = 1
         return kind, 1, bitpack.pack(bits, 1), 0
     sym = _encode_relative(gaps, w) if positions.numel() else positions.new_zeros(0)
@@ -170,6 +170,15 @@ def decode(arrays: Dict[str, torch.Tensor], shape) -> torch.Tensor:
 def header_fields(header: torch.Tensor, shape) -> list:
     """[kind, index width - 1, scheme id, bits, nnz, nsym] of a stored header."""
     return bitpack.unpack_fields(header.cpu(), _header_widths(int(math.prod(shape))))
+
+
+def encode_zeros(numel: int) -> Dict[str, torch.Tensor]:
+    """The stored arrays of an all-zero weight of ``numel`` entries (``encode(torch.zeros(...))``
+    without the dense zeros: an empty layer of a large shape)."""
+    kind, width, index, nsym = _choose_index(torch.zeros(0, dtype=torch.long), numel)
+    header = bitpack.pack_fields([kind, width - 1, 0, 0, 0, nsym], _header_widths(numel))
+    empty = torch.zeros(0)
+    return dict(zip(ARRAY_NAMES, (header, index, torch.zeros(0, dtype=torch.uint8), empty, empty.clone())))
 
 
 def encode(weight: torch.Tensor, bits: Optional[int], scheme: str) -> Dict[str, torch.Tensor]:

@@ -36,7 +36,7 @@ class _SparseWeightMixin(DecodedWeight):
             self.register_buffer(k, torch.zeros(0, dtype=torch.float32 if k in ("values", "scale") else torch.uint8,
                                                 device=device))
         self.register_parameter("bias", nn.Parameter(torch.zeros(self.weight_shape[0], device=device)) if bias else None)
-        self._set_weight(torch.zeros(self.weight_shape), None, "uniform")
+        self._set_arrays(sparse_format.encode_zeros(math.prod(self.weight_shape)))
         if dtype is not None:
             self.to(dtype)
 
@@ -44,13 +44,15 @@ class _SparseWeightMixin(DecodedWeight):
     def _set_weight(self, weight: torch.Tensor, bits: Optional[int], scheme: str) -> None:
         if tuple(weight.shape) != tuple(self.weight_shape):
             raise ValueError(f"weight has shape {tuple(weight.shape)}, expected {tuple(self.weight_shape)}")
-        arrays = sparse_format.encode(weight, bits, scheme)
+        self._set_arrays(sparse_format.encode(weight, bits, scheme))
+        # 0.0 unless `bits` quantized or the weight had more than fp32's precision
+        self.conversion_error = relative_error(self.dense_weight(), weight)
+
+    def _set_arrays(self, arrays: Dict[str, torch.Tensor]) -> None:
         dev = self.header.device
         for k, t in arrays.items():
             setattr(self, k, t.to(dev))
         self._update_native()
-        # 0.0 unless `bits` quantized or the weight had more than fp32's precision
-        self.conversion_error = relative_error(self.dense_weight(), weight)
 
     def _op_takes_layer(self) -> bool:
         """Whether the native sparse op takes this layer's geometry (modules pickled before
