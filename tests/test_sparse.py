@@ -241,3 +241,21 @@ def test_conv1x1_input_gradient_at_batch_0_1_n(stride, batch):
         mod(x).square().sum().backward()
         grads.append(x.grad)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("make", ["linear", "conv1x1"])
+def test_short_values_after_a_warm_call_are_an_error(make):
+    """The sparse ops' index cache checked the value count only when it built an index: after one
+    valid call, the same index arrays with fewer values read past the array (garbage or a crash)."""
+    if make == "linear":
+        layer, x = SparseLinear.from_dense(linear_with(pruned_on_grid((10, 64), keep=0.2))), torch.randn(3, 64)
+    else:
+        layer = SparseConv2d.from_dense(conv_with(pruned_on_grid((10, 16, 1, 1), keep=0.3)))
+        x = torch.randn(2, 16, 4, 4)
+    assert layer._native
+    layer(x)  # warms the cache
+    full = layer.values
+    for n in (0, 3, full.numel() - 1):
+        layer.values = full[:n].clone()
+        with pytest.raises(RuntimeError, match="values"):
+            layer(x)

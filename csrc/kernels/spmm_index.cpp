@@ -93,6 +93,9 @@ std::vector<float> decode_codes(const StoredSparse& s, int scheme, int bits, int
 bool same_stored(const SparseIndex& idx, const StoredSparse& s) {
   const int64_t sizes[4] = {s.header_bytes, s.index_bytes, s.codes_bytes, s.num_code_scale * 4};
   if (idx.rows != s.rows || idx.cols != s.cols) return false;
+  // The values are not part of the key (read at call time), but their count is checked by the build:
+  // a hit must have it right too, or the kernels read past a short array.
+  if (s.num_values != (idx.quantized ? 0 : idx.nnz)) return false;
   for (int i = 0; i < 4; ++i)
     if (idx.stored_sizes[i] != sizes[i]) return false;
   const void* parts[4] = {s.header, s.index, s.codes, s.code_scale};

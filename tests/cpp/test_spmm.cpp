@@ -241,6 +241,26 @@ int main() {
     c.check(!build_sparse_index(wide.view())->col.empty(), "wide weight uses 32-bit columns");
   }
 
+  {  // the cache checks the value count on a hit too (values are read at call time, not keyed)
+    SparseIndexCache cache;
+    for (const Encoded& e : {encode(12, 30, 0.3, 3, 0, 0, 98), encode(12, 30, 0.3, 3, 1, 4, 97)}) {
+      cache.get(e.view());
+      for (int64_t wrong : {int64_t(0), int64_t(3), static_cast<int64_t>(e.values.size()) + 1}) {
+        StoredSparse s = e.view();
+        if (wrong == s.num_values) continue;
+        s.num_values = wrong;
+        bool threw = false;
+        try {
+          cache.get(s);
+        } catch (const std::invalid_argument&) {
+          threw = true;
+        }
+        c.check(threw, "cache hit with " + std::to_string(wrong) + " values instead of " +
+                           std::to_string(e.values.size()) + " is rejected");
+      }
+    }
+  }
+
   // corrupt arrays
   const Encoded good = encode(12, 30, 0.3, 3, 1, 4, 99);
   {
