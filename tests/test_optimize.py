@@ -1040,3 +1040,25 @@ def test_unbounded_fused_ops_pass_infinities_through(dtype):
     assert torch.isinf(pc.forward_fused(x, None, None, None, -INF, INF)[0, :, 1, 1]).all()
     assert pc.forward_fused(x, None, None, None, -INF, 5.0)[0, 0, 1, 1] == 5.0
     assert sl.forward_fused(v, None, None, None, -INF, INF).tolist() == [[float("inf"), -float("inf")]]
+
+
+class _ReadsConvWeight(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        return F.conv2d(x, self.conv.weight, self.conv.bias, padding=1)
+
+
+def test_optimized_graph_reading_a_decoded_weight_deep_copies():
+    """A forward that reads conv.weight of a converted layer (never calling it): the graph holds the
+    decoded weight as a buffer, which required grad (a non-leaf): deepcopy, export.mobile and a second
+    optimize_for_inference failed with torch's non-leaf deepcopy error."""
+    torch.manual_seed(0)
+    model = models.sparsify_random(_ReadsConvWeight(), keep3x3=0.5).eval()
+    opt = ps.optimize_for_inference(ps.convert(model))
+    assert not any(t.requires_grad for t in list(opt.parameters()) + list(opt.buffers()))
+    x = torch.randn(2, 8, 9, 9)
+    for m in (opt, copy.deepcopy(opt), ps.optimize_for_inference(opt)):
+        torch.testing.assert_close(m(x), model(x), rtol=1e-5, atol=1e-5)

@@ -543,6 +543,10 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
     out = _optimize(copy.deepcopy(model).eval())
     for p in out.parameters():
         p.requires_grad_(False)
+    for m in out.modules():  # a graph that reads a decoded weight (conv.weight) holds it as a buffer
+        for k, b in m._buffers.items():
+            if b is not None and b.requires_grad:
+                m._buffers[k] = b.detach()
     _add_eval_only(out)
     return out.eval()
 
