@@ -686,3 +686,26 @@ def test_load_compressed_into_a_meta_device_model_with_assign(bits):
     assert all(t.device.type == "cpu" for t in model.state_dict().values() if torch.is_tensor(t))
     x = torch.randn(2, 3, 6, 6)
     torch.testing.assert_close(model(x), converted(x), rtol=0, atol=0)
+
+
+class _SharedLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(8, 8, 3, padding=1)
+        self.b = self.a
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+@pytest.mark.parametrize("kw", [{}, {"layers": "all", "bits": 4}], ids=["3x3", "all-4bit"])
+def test_load_compressed_of_a_layer_registered_twice(kw):
+    """convert converts a layer registered under two names once (shared); load_compressed placed a
+    compressed module at the first name only and then failed on the second name's keys."""
+    torch.manual_seed(0)
+    model = models.sparsify_random(_SharedLayer(), keep3x3=0.5).eval()
+    converted = ps.convert(model, **kw)
+    loaded = ps.load_compressed(_SharedLayer().eval(), converted.state_dict())
+    assert loaded.a is loaded.b and isinstance(loaded.a, PatternConv2d)
+    x = torch.randn(1, 8, 6, 6)
+    torch.testing.assert_close(loaded(x), converted(x), rtol=0, atol=0)

@@ -323,13 +323,15 @@ def load_compressed(model: nn.Module, state_dict, strict: bool = True, assign: b
     if not hasattr(state_dict, "keys"):
         raise TypeError(f"load_compressed expects a state_dict (a mapping), got {type(state_dict).__name__}")
     swaps = []
-    for name, module in model.named_modules():
-        new = _empty_compressed(name, module, state_dict, f"{name}." if name else "")
+    made: Dict[int, nn.Module] = {}  # a layer registered at two places gets one compressed module, as in convert
+    for name, module in model.named_modules(remove_duplicate=False):
+        new = made.get(id(module)) or _empty_compressed(name, module, state_dict, f"{name}." if name else "")
         if new is not None and not name:
             raise ValueError("load_compressed: the model itself is a single layer; build the compressed module "
                              "(e.g. PatternConv2d) and call its load_state_dict")
         if new is not None:
             new.train(module.training)
+            made[id(module)] = new
             swaps.append((name, new))
     for name, new in swaps:
         model.set_submodule(name, new)
