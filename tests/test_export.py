@@ -250,3 +250,39 @@ def _layer_code(path) -> dict:
     with zipfile.ZipFile(path) as z:
         return {n: z.read(n).decode() for n in z.namelist()
                 if "torch_patsparse/nn/sparse" in n and n.endswith(".py")}
+
+
+class _ReadsWeights(nn.Module):
+    """A forward that reads its layers' weights (a functional conv, a weight penalty)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.down = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        y = F.conv2d(x, self.conv.weight, self.conv.bias, padding=1) + self.conv(x)
+        return self.down(y) + F.conv2d(y, self.down.weight) + self.down.weight.square().sum()
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+def test_a_forward_reading_the_weights_scripts_and_exports(tmp_path, bits):
+    """Converted layers give ``.weight`` for code that reads it: scripting such a model failed
+    ("has no attribute 'weight'"), as did export.torchscript / export.mobile."""
+    from torch_patsparse import models
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = ps.convert(models.sparsify_random(_ReadsWeights(), keep3x3=0.5).eval(), layers="all", bits=bits)
+    assert {type(m).__name__ for m in model.modules()} >= {"PatternConv2d", "SparseConv2d"}
+    x = torch.randn(2, 8, 7, 7)
+    want = model(x)
+    torch.testing.assert_close(torch.jit.script(model)(x), want, rtol=1e-5, atol=1e-5)
+    for fn, name in ((export.torchscript, "m.pt"), (export.mobile, "m.ptl")):
+        path = str(tmp_path / name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fn(model, path)
+        from torch.jit.mobile import _load_for_lite_interpreter
+        loaded = torch.jit.load(path) if name.endswith(".pt") else _load_for_lite_interpreter(path)
+        torch.testing.assert_close(loaded(x), want, rtol=1e-5, atol=1e-5)

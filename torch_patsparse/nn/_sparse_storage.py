@@ -24,7 +24,7 @@ class _SparseWeightMixin(DecodedWeight):
     dense weight from ``patsparse::sparse_decode`` (decoded once per content into a native cache,
     never stale), so their TorchScript / lite files hold only the stored form too."""
 
-    __jit_unused_properties__ = ["nnz", "bits", "scheme", "index_kind", "weight"]
+    __jit_unused_properties__ = ["nnz", "bits", "scheme", "index_kind"]
 
     def _init_storage(self, bias: bool, device=None, dtype=None) -> None:
         """Empty storage (an all-zero weight), on ``device``; ``dtype`` (a floating dtype, as the dense
@@ -152,6 +152,9 @@ class _SparseWeightMixin(DecodedWeight):
     def weight(self) -> torch.Tensor:
         """The decoded dense weight (a new tensor on each access, not a Parameter), for code that reads
         ``layer.weight``; writing into it does not change the layer (``load_state_dict`` does)."""
+        if torch.jit.is_scripting():  # (the Python decode validates; the native one is scriptable)
+            return torch.ops.patsparse.sparse_decode(self.header, self.index, self.codes, self.values.float(),
+                                                     self.scale.float(), self.weight_shape)
         return self.dense_weight()
 
     # -- report protocol ----------------------------------------------------------------------

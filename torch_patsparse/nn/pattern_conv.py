@@ -53,7 +53,7 @@ class PatternConv2d(PatternStateDict, nn.Module):
 
     __constants__ = ["in_channels", "out_channels", "quantized"]
     conversion_error: float
-    __jit_unused_properties__ = ["nnz", "kept_kernels", "weight"]
+    __jit_unused_properties__ = ["nnz", "kept_kernels"]
 
     @renamed_keywords("PatternConv2d", nnz="kept_kernels")
     def __init__(self, in_channels: int, out_channels: int, *args, **kwargs):
@@ -271,10 +271,11 @@ class PatternConv2d(PatternStateDict, nn.Module):
         reads ``conv.weight``. Differentiable in ``values``, so a penalty written on ``conv.weight``
         trains the stored values; writing into it does not change the layer (``load_state_dict`` or
         :meth:`from_dense` do)."""
-        # (torch.fx proxies parameters only: a quantized layer's weight is a constant of the graph)
-        traced = None if self.quantized else fx_attr(self, "weight", self.values)
-        if traced is not None:
-            return traced
+        if not torch.jit.is_scripting():
+            # (torch.fx proxies parameters only: a quantized layer's weight is a constant of the graph)
+            traced = None if self.quantized else fx_attr(self, "weight", self.values)
+            if traced is not None:
+                return traced
         kernel_channel, values = self._runtime_arrays()
         return fmt.decompress(self.patterns, self.filter_ptr, kernel_channel, self.kernel_pattern,
                               values.to(self._dtype()), self.in_channels)
