@@ -325,7 +325,9 @@ def load_compressed(model: nn.Module, state_dict, strict: bool = True, assign: b
     swaps = []
     made: Dict[int, nn.Module] = {}  # a layer registered at two places gets one compressed module, as in convert
     for name, module in model.named_modules(remove_duplicate=False):
-        new = made.get(id(module)) or _empty_compressed(name, module, state_dict, f"{name}." if name else "")
+        new = made.get(id(module))
+        if new is None:
+            new = _empty_compressed(name, module, state_dict, f"{name}." if name else "")
         if new is not None and not name:
             raise ValueError("load_compressed: the model itself is a single layer; build the compressed module "
                              "(e.g. PatternConv2d) and call its load_state_dict")
