@@ -310,3 +310,29 @@ def test_quantized_layer_decode_is_content_keyed():
     values.add_(1.0)  # a caller breaking the contract
     assert torch.equal(layer(x), out)
     check_matches_dense(layer, x)
+
+
+def test_scratch_of_one_wide_input_is_given_back():
+    """The per-thread slab scratch grew to fit one very wide input (62 MiB here) and kept it for the
+    life of the process; a later call that needs much less now gives it back (fresh process, RSS)."""
+    code = """
+import ctypes, gc, torch, torch.nn as nn, warnings
+warnings.filterwarnings("ignore")
+import torch_patsparse as ps
+from torch_patsparse import models
+torch.set_num_threads(1)
+libc = ctypes.CDLL("libc.so.6")
+def rss():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) / 1024
+conv = nn.Conv2d(256, 8, 3)
+models.sparsify_random(nn.Sequential(conv))
+m = ps.convert(conv)
+small = torch.randn(1, 256, 3, 64)
+with torch.no_grad():
+    m(small); gc.collect(); libc.malloc_trim(0); r0 = rss()
+    m(torch.randn(1, 256, 3, 16000)); m(small); gc.collect(); libc.malloc_trim(0)
+print(rss() - r0)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout.split()[-1]) < 20, out.stdout

@@ -253,9 +253,14 @@ void build_slab(const ConvShape& s, const Geometry& g, const float* x, int64_t r
   }
 }
 
-// 64-byte aligned, grow-only per-thread scratch.
+// 64-byte aligned per-thread scratch. It grows as needed and is given back when a call needs less
+// than a quarter of a buffer over kKeep floats: one very wide input does not leave tens of MiB per
+// thread for the life of the process, and the usual slabs (under kKeep) are never reallocated.
 float* thread_scratch(int64_t floats) {
+  constexpr int64_t kKeep = int64_t(4) << 20;  // 16 MiB
   thread_local std::vector<float> buf;
+  const int64_t have = static_cast<int64_t>(buf.size());
+  if (have > kKeep && floats + 16 < have / 4) std::vector<float>().swap(buf);
   if (static_cast<int64_t>(buf.size()) < floats + 16) buf.resize(static_cast<size_t>(floats + 16));
   auto addr = reinterpret_cast<uintptr_t>(buf.data());
   return reinterpret_cast<float*>((addr + 63) & ~uintptr_t(63));
