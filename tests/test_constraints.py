@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+import torch_patsparse as ps
 from torch_patsparse import constraints as C
 from torch_patsparse import project
 
@@ -82,3 +83,15 @@ def test_int_field_messages_read_plainly():
         C.Pattern(k=60)
     with pytest.raises(TypeError, match="must be a list of constraint objects"):
         C.ordered(None)
+
+
+def test_connectivity_on_one_kernel_filters_warns():
+    """On a depthwise conv's [C, 1, 3, 3] weight each dropped kernel is a whole channel: keep=0.25
+    zeroed 75% of MobileNet's depthwise channels without a word (the README's snippet picked them)."""
+    import warnings
+    dw = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+    with pytest.warns(UserWarning, match="each filter has one kernel"):
+        ps.ADMM([{"params": [dw.weight], "constraints": [C.Connectivity(keep=0.25)]}], lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ps.ADMM([{"params": [torch.nn.Conv2d(8, 8, 3).weight], "constraints": [C.Connectivity(keep=0.25)]}], lr=0.1)

@@ -7,7 +7,7 @@ models, TorchScript and torch.export of the result, eval-only behaviour). fusion
 import copy
 import math
 import warnings
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import pytest
 import torch
@@ -1062,3 +1062,67 @@ def test_optimized_graph_reading_a_decoded_weight_deep_copies():
     x = torch.randn(2, 8, 9, 9)
     for m in (opt, copy.deepcopy(opt), ps.optimize_for_inference(opt)):
         torch.testing.assert_close(m(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+class _ScriptedOutput(NamedTuple):
+    logits: torch.Tensor
+    aux: Optional[torch.Tensor]
+
+
+class _EagerOrScripted(nn.Module):
+    """As torchvision's GoogLeNet / Inception-v3: the forward is annotated with what its scripted
+    branch returns (a NamedTuple) and returns a tensor in eager mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Linear(8, 5)
+
+    def forward(self, x) -> _ScriptedOutput:
+        y = self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+        if torch.jit.is_scripting():
+            return _ScriptedOutput(y, None)
+        return y  # type: ignore[return-value]
+
+
+def test_return_annotation_of_the_scripted_branch_does_not_stop_scripting():
+    """The traced graph kept the forward's return annotation (the NamedTuple) while it returns the
+    eager branch's tensor: torch.jit.script / export.torchscript of the optimized model failed."""
+    torch.manual_seed(0)
+    model = _EagerOrScripted().eval()
+    opt = ps.optimize_for_inference(ps.convert(model))
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        assert_same_model_output(torch.jit.script(opt)(x), model(x))
+
+
+@pytest.mark.parametrize("sequential", [True, False], ids=["sequential", "graph"])
+def test_pruned_depthwise_convs_run_the_native_depthwise_kernel(sequential):
+    """A pruned depthwise 3x3 conv converted with layers="all" is a SparseConv2d without a sparse
+    kernel (F.conv2d on its decoded weight); optimize_for_inference left it there, 1.5-2x slower than
+    the dense depthwise conv it turns into DepthwiseConv3x3 (found on MobileNet-V2)."""
+    torch.manual_seed(0)
+    dw = nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False)
+    with torch.no_grad():
+        dw.weight.mul_((torch.rand_like(dw.weight) < 0.5).float())
+    layers = [nn.Conv2d(3, 16, 1), dw, nn.BatchNorm2d(16), nn.ReLU6()]
+    model = nn.Sequential(*layers) if sequential else nn.Sequential(nn.Sequential(*layers), nn.Flatten())
+    _nontrivial_bn(model)
+    conv = ps.convert(model.eval(), layers="all")
+    assert count(conv, ps.nn.SparseConv2d) >= 1
+    opt = ps.optimize_for_inference(conv)
+    assert count(opt, DepthwiseConv3x3) == 1 and not any(
+        isinstance(m, ps.nn.SparseConv2d) and m.groups > 1 for m in opt.modules())
+    x = torch.randn(2, 3, 9, 10)
+    with torch.no_grad():
+        assert_same_model_output(opt(x), conv(x))
+        assert_same_model_output(opt(x), model(x))
+
+
+def _nontrivial_bn(model):
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            with torch.no_grad():
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)

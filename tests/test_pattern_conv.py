@@ -399,3 +399,28 @@ def test_autocast_output_dtype_as_nn_conv2d():
     # reference); the fp32 result rounded to bf16 is what it must give
     with torch.no_grad():
         torch.testing.assert_close(got, conv(x).to(torch.bfloat16))
+
+
+def test_full_positional_conv2d_signature():
+    """nn.Conv2d's whole positional order (..., bias, padding_mode, device, dtype) was read as the old
+    order (a ValueError about bits); a bool groups is nn.Conv2d's groups (refused as groups != 1)."""
+    m = ps.nn.PatternConv2d(4, 8, 3, 2, 1, 1, 1, False, "zeros", "cpu", torch.float64)
+    assert _geometry(m) == ((2, 2), (1, 1), (1, 1), False) and m.values.dtype == torch.float64
+    with pytest.raises(ValueError, match="groups"):
+        ps.nn.PatternConv2d(4, 6, 3, 1, 1, 1, False)
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+def test_built_on_the_meta_device_then_loaded(bits):
+    """``with torch.device("meta")`` builds the layer (the built-in pattern table was made there and
+    copied out: an error); its ``weight`` is a meta tensor as nn.Conv2d's; ``load_state_dict(assign=True)``
+    gives the saved layer."""
+    torch.manual_seed(0)
+    dense = pattern_weight_conv(cin=4, cout=6, padding=1)
+    saved = ps.nn.PatternConv2d.from_dense(dense, bits=bits)
+    with torch.device("meta"):
+        empty = ps.nn.PatternConv2d(4, 6, 3, padding=1, bits=bits)
+    assert empty.patterns.is_meta and empty.weight.is_meta and empty.weight.shape == (6, 4, 3, 3)
+    empty.load_state_dict(saved.state_dict(), assign=True)
+    x = torch.randn(2, 4, 5, 5)
+    torch.testing.assert_close(empty(x), saved(x), rtol=0, atol=0)

@@ -227,3 +227,31 @@ def test_float64_layer_with_a_scale_outside_float32_loads(magnitude):
     x = torch.randn(1, 4, 5, 5, dtype=torch.float64)
     assert torch.equal(fresh(x), m(x))
     torch.testing.assert_close(m(x), conv(x), rtol=1e-12, atol=0)
+
+
+def test_scale_is_checked_in_the_dtype_it_is_stored_in():
+    """A float64 scale of 1e-300 / 1e39 for a float32 layer was checked in float64 and stored as
+    0 / inf: the load succeeded and the first forward failed. Now the load refuses it, module unchanged."""
+    pc = pconv(8, 8, bits=4)
+    for bad in (1e-300, 1e39):
+        fresh = PatternConv2d(8, 8, bits=4)
+        before = snapshot(fresh)
+        with pytest.raises(RuntimeError, match="scale"):
+            fresh.load_state_dict({**sd_of(pc), "scale": torch.tensor(bad, dtype=torch.float64)})
+        assert_same_snapshot(snapshot(fresh), before)
+
+
+def test_int8_code_minus_128_is_out_of_range():
+    """abs(-128) wraps in int8: the range check passed and packing gave a confusing message."""
+    pc = PatternConv2d.from_dense(pattern_weight_conv(cin=8, cout=8, keep=0.5), bits=4, project=True)
+    codes = torch.full_like(pc.int_codes(), -128)
+    with pytest.raises(RuntimeError, match="exceed the 4-bit range"):
+        PatternConv2d(8, 8, bits=4).load_state_dict({**pc.state_dict(), "codes": codes})
+
+
+def test_load_compressed_names_the_layer_with_bad_metadata():
+    m = ps.convert(nn.Sequential(pattern_weight_conv(cin=4, cout=8)), bits=4)
+    sd = sd_of(m)
+    sd["0._extra_state"]["bits"] = 9
+    with pytest.raises(ValueError, match="'0'.*invalid compressed weight.*bits"):
+        ps.load_compressed(nn.Sequential(nn.Conv2d(4, 8, 3)), sd)

@@ -106,3 +106,23 @@ def test_a_lazy_model_is_a_clear_error():
     import pytest
     with pytest.raises(ValueError, match="lazy"):
         ps.compression_report(nn.Sequential(nn.LazyLinear(3)))
+
+
+def test_optimized_model_reports_the_converted_models_macs():
+    """optimize_for_inference's FusedConv calls its layer's forward_fused, so the layer's own hook
+    never ran: every fused layer reported 0 MACs (a model's MAC reduction 0.0 or 1.0), and
+    DepthwiseConv3x3 layers were missing from the table."""
+    import warnings
+    from torch_patsparse import models
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        conv = ps.convert(models.sparsify_random(models.mobilenet_v2(num_classes=10)).eval(), layers="all")
+    opt = ps.optimize_for_inference(conv)
+    a = ps.compression_report(conv, input_size=(1, 3, 64, 64))
+    b = ps.compression_report(opt, input_size=(1, 3, 64, 64))
+    assert a.totals["dense_macs"] == b.totals["dense_macs"] > 0
+    assert a.totals["kept_macs"] == b.totals["kept_macs"] > 0
+    assert len(a.rows) == len(b.rows)
+    assert sum(r.kind == "DepthwiseConv3x3" for r in b.rows) == 17
+    assert all(r.dense_macs for r in b.rows)

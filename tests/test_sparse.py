@@ -259,3 +259,89 @@ def test_short_values_after_a_warm_call_are_an_error(make):
         layer.values = full[:n].clone()
         with pytest.raises(RuntimeError, match="values"):
             layer(x)
+
+
+def _pruned(dense):
+    with torch.no_grad():
+        dense.weight.mul_((torch.rand_like(dense.weight) < 0.3).to(dense.weight.dtype))
+    return dense
+
+
+@pytest.mark.parametrize("make,shape", [(lambda: nn.Linear(8, 4), (2, 8)), (lambda: nn.Conv2d(8, 6, 1), (2, 8, 3, 3))],
+                         ids=["linear", "conv1x1"])
+def test_optimized_sparse_layers_refuse_other_dtypes_like_dense(make, shape):
+    """The fused native path (what optimize_for_inference runs) computed fp64 / fp16 / bf16 input on
+    an fp32 layer; the dense layer and the unoptimized converted one raise."""
+    torch.manual_seed(0)
+    model = nn.Sequential(_pruned(make()), nn.ReLU()).eval()
+    fast = ps.optimize_for_inference(ps.convert(model, layers="all"))
+    layer = ps.convert(model, layers="all")[0]
+    for dtype in (torch.float64, torch.float16, torch.bfloat16):
+        x = torch.randn(shape, dtype=dtype)
+        for m in (model, fast, lambda x: layer.forward_fused(x, None, layer.bias, None)):
+            with pytest.raises(RuntimeError):
+                m(x)
+    x = torch.randn(shape)
+    torch.testing.assert_close(fast(x), model(x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what autocast casts is taken, as by the dense model
+        assert fast(x).dtype == model(x).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Linear(8, 4), lambda: nn.Conv2d(8, 6, 1), lambda: nn.Conv2d(4, 6, 3)],
+                         ids=["linear", "conv1x1", "conv3x3"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_weight_and_from_dense_keep_the_layers_dtype(make, dtype):
+    """``weight`` was fp32 after ``.half()`` / ``.double()`` (``x.to(layer.weight.dtype)`` then
+    failed), and from_dense of an fp64 / fp16 layer returned an fp32 module its inputs failed on."""
+    torch.manual_seed(0)
+    dense = _pruned(make())
+    cls = SparseLinear if isinstance(dense, nn.Linear) else SparseConv2d
+    x = torch.randn(2, 8) if isinstance(dense, nn.Linear) else torch.randn(2, dense.in_channels, 5, 5)
+    assert cls.from_dense(dense).to(dtype).weight.dtype == dtype
+    src = dense.to(dtype)
+    sparse = cls.from_dense(src)
+    assert sparse.weight.dtype == sparse.bias.dtype == dtype
+    out = sparse(x.to(sparse.weight.dtype))
+    assert out.dtype == dtype
+    if dtype == torch.float64:  # the values are fp32 (rounded, said by conversion_error); the bias exact
+        torch.testing.assert_close(sparse.bias, src.bias, rtol=0, atol=0)
+        torch.testing.assert_close(out, src(x.double()), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("make,shape", [(lambda: nn.Linear(8, 4), (2, 8)), (lambda: nn.Conv2d(8, 6, 1), (2, 8, 3, 3)),
+                                        (lambda: nn.Conv2d(8, 6, 3), (2, 8, 5, 5))], ids=["linear", "conv1x1", "conv3x3"])
+def test_input_by_keyword_as_the_dense_layers(make, shape):
+    dense = _pruned(make())
+    x = torch.randn(shape)
+    torch.testing.assert_close(compress_module(dense, only_if_smaller=False)(input=x), dense(input=x))
+
+
+def test_conv1x1_with_invalid_dilation_raises_like_dense():
+    """The native 1x1 op ignores dilation: dilation 0 was computed instead of nn.Conv2d's error."""
+    dense = _pruned(nn.Conv2d(4, 6, 1, dilation=0))
+    sparse = SparseConv2d.from_dense(dense)
+    for m in (dense, sparse):
+        with pytest.raises(RuntimeError, match="dilation should be greater than zero"):
+            m(torch.randn(1, 4, 3, 3))
+
+
+@pytest.mark.parametrize("make", [lambda: SparseLinear(8, 4), lambda: SparseConv2d(4, 6, 1),
+                                  lambda: SparseConv2d(4, 6, 3, padding=1)], ids=["linear", "conv1x1", "conv3x3"])
+def test_built_on_the_meta_device_then_loaded(make):
+    """``with torch.device("meta")`` (and ``device="meta"``) builds the layer, as nn.Linear / nn.Conv2d;
+    ``load_state_dict(assign=True)`` then gives the saved layer (it failed at construction)."""
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        empty = make()
+    assert empty.bias.is_meta and empty.header.is_meta and empty.weight.is_meta
+    assert "meta" in repr(empty)
+    meta_kw = type(empty)(*((8, 4) if isinstance(empty, SparseLinear) else (4, 6, empty.kernel_size)),
+                          device="meta")
+    assert meta_kw.header.is_meta
+    saved = make()
+    dense = _pruned(saved.to_dense())
+    saved = type(saved).from_dense(dense)
+    empty.load_state_dict(saved.state_dict(), assign=True)
+    x = torch.randn(2, 8) if isinstance(saved, SparseLinear) else torch.randn(2, 4, 5, 5)
+    torch.testing.assert_close(empty(x), saved(x), rtol=0, atol=0)
+    torch.testing.assert_close(empty(x), dense(x))

@@ -337,3 +337,21 @@ print((hwm() - base) / dense)
     assert out.returncode == 0, out.stderr
     empty, from_dense = (float(v) for v in out.stdout.split())
     assert empty < 0.2 and from_dense < 2.0, (empty, from_dense)
+
+
+def test_missing_extra_state_is_said():
+    """Without ``_extra_state`` (the weight's shape) the arrays decode into any shape of as many
+    weights: a (10, 64) weight loaded as (20, 32) without a word. Old checkpoints have none, so the
+    layer's own shape is still assumed, now with a warning that says so."""
+    torch.manual_seed(0)
+    src = SparseLinear.from_dense(linear_with(project.unstructured(torch.randn(10, 64), 0.3), bias=False))
+    sd = sd_of(src)
+    del sd["_extra_state"]
+    other = SparseLinear(32, 20, bias=False)
+    with pytest.warns(UserWarning, match=r"no '_extra_state'.*\[20, 32\]"):
+        other.load_state_dict(sd)
+    same = SparseLinear(64, 10, bias=False)
+    with pytest.warns(UserWarning, match="no '_extra_state'"):
+        same.load_state_dict(sd)
+    x = torch.randn(3, 64)
+    assert torch.equal(same(x), src(x))

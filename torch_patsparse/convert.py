@@ -291,9 +291,12 @@ def _empty_compressed(name: str, module: nn.Module, state_dict, prefix: str) -> 
     if pattern and kinds.layer_kind(module) == kinds.PATTERN:
         extra = state_dict.get(prefix + "_extra_state")
         extra = extra if isinstance(extra, dict) else {}
-        return PatternConv2d(module.in_channels, module.out_channels, 3, module.stride, module.padding,
-                             module.dilation, bias=has_bias, bits=extra.get("bits"),
-                             scheme=extra.get("scheme", "uniform"), **factory)
+        try:
+            return PatternConv2d(module.in_channels, module.out_channels, 3, module.stride, module.padding,
+                                 module.dilation, bias=has_bias, bits=extra.get("bits"),
+                                 scheme=extra.get("scheme", "uniform"), **factory)
+        except ValueError as e:  # the stored metadata (_extra_state) is what is wrong: name the layer
+            raise ValueError(f"load_compressed: '{name}': invalid compressed weight: {e}") from None
     if sparse and type(module) is nn.Linear:
         return SparseLinear(module.in_features, module.out_features, has_bias).to(**factory)
     if sparse and type(module) is nn.Conv2d and module.padding_mode == "zeros":

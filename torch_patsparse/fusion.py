@@ -15,7 +15,7 @@ from ._tracing import fx_leaf
 from .ops import as_autocast, clamp_bound
 from .nn.kinds import PATTERN, layer_kind
 from .nn.pattern_conv import PatternConv2d
-from .nn.sparse import SparseLinear
+from .nn.sparse import SparseConv2d, SparseLinear
 from .patterns import PatternSet
 
 __all__ = ["FusedConv", "DepthwiseConv3x3", "EvalOnly", "max_pool2d_nchw"]
@@ -218,6 +218,19 @@ def is_depthwise3x3(conv: nn.Module) -> bool:
             and conv.kernel_size == (3, 3) and conv.padding == (1, 1) and conv.dilation == (1, 1)
             and conv.padding_mode == "zeros" and conv.weight.dtype == torch.float32
             and conv.weight.device.type == "cpu")
+
+
+def as_dense_depthwise(conv: nn.Module) -> nn.Module:
+    """The ``nn.Conv2d`` a depthwise 3x3 :class:`SparseConv2d` decodes to (it has no native sparse
+    kernel: its forward is ``F.conv2d`` on that decoded weight), which :class:`DepthwiseConv3x3` then
+    runs natively; any other module as it is."""
+    if (isinstance(conv, SparseConv2d) and not conv._native and not hooked(conv)
+            and conv.groups == conv.in_channels == conv.out_channels and conv.kernel_size == (3, 3)
+            and conv.padding == (1, 1) and conv.dilation == (1, 1)):
+        dense = conv.to_dense()
+        if is_depthwise3x3(dense):
+            return dense
+    return conv
 
 
 def _geometry(conv: nn.Module) -> List[int]:

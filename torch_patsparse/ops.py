@@ -78,8 +78,9 @@ def dtypes_clash(x: torch.Tensor, own: torch.dtype) -> bool:
 
 
 def dtype_error(dense_out: torch.Tensor) -> None:
-    """Called with the result of the dense op on the clashing operands (which raises the dense layer's
-    own error first; the call is an argument so TorchScript does not drop it as dead code)."""
+    """Called with the result of the dense op on operands the dense layer rejects (a clashing dtype, a
+    wrong shape), which raises the dense layer's own error first; the call is an argument so
+    TorchScript does not drop it as dead code. Raises if the dense op accepted them after all."""
     raise RuntimeError(f"the input's dtype does not match the layer's ({dense_out.dtype} from the dense op)")
 
 

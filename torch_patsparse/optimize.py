@@ -13,7 +13,9 @@ What it does, on a deep copy (the input model is untouched):
   mean) + beta`` and the stored (possibly quantized) weights untouched. A dense ``nn.Conv2d``
   followed by BatchNorm gets the BatchNorm folded into its weight and bias; a dense depthwise 3x3
   one (MobileNet's) then also takes the activation and runs as :class:`DepthwiseConv3x3` (native
-  NCHW kernel with the clamp in its output stage).
+  NCHW kernel with the clamp in its output stage), and so does a depthwise 3x3 ``SparseConv2d`` (it
+  has no sparse kernel: it ran ``F.conv2d`` on its decoded weight; the optimized model holds that
+  small dense weight).
 * **memory format**: a dense conv whose (BatchNorm / activation) output feeds a max-pool runs that
   segment in channels_last and returns to NCHW after the pool (PyTorch's NCHW ``max_pool2d`` is
   10-30x slower than channels_last at one thread; ResNet's 7x7 stem + pool); other NCHW 2x2
@@ -43,8 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .fusion import (DepthwiseConv3x3, EvalOnly, FusedConv, act_bounds_module, as_pattern_stem, channels_last_4d,
-                     foldable_bn, fold_dense, fused, hooked, is_depthwise3x3, max_pool2d_nchw)
+from .fusion import (DepthwiseConv3x3, EvalOnly, FusedConv, act_bounds_module, as_dense_depthwise, as_pattern_stem,
+                     channels_last_4d, foldable_bn, fold_dense, fused, hooked, is_depthwise3x3, max_pool2d_nchw)
 from .nn.pattern_conv import PatternConv2d
 from .nn.sparse import SparseConv2d, SparseLinear
 
@@ -230,6 +232,7 @@ def _fuse_graph(gm: fx.GraphModule, keep: bool = False) -> None:
         conv = modules.get(node.target)
         if len(node.args) != 1 or node.kwargs or hooked(conv):
             continue
+        conv = as_dense_depthwise(conv)
         ours = isinstance(conv, _OURS)
         if not ours and type(conv) is not nn.Conv2d:
             continue
@@ -373,7 +376,7 @@ def _fold_sequential(seq: nn.Sequential) -> None:
         stem = as_pattern_stem(seq._modules[names[i]])
         if stem is not None:
             seq._modules[names[i]] = stem
-        conv = seq._modules[names[i]]
+        conv = as_dense_depthwise(seq._modules[names[i]])
         ours = isinstance(conv, _OURS)
         if (not ours and type(conv) is not nn.Conv2d) or hooked(conv):
             i += 1
@@ -494,6 +497,10 @@ def _optimize(module: nn.Module, child: bool = False, whole: bool = True) -> nn.
         if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
             _fold_sequential(module)  # only where the children run one after the other
         return module
+    # The trace ran the eager branch of the forward; its return annotation may name what the scripted
+    # branch returns (torchvision's GoogLeNet: a NamedTuple when scripting, a tensor in eager), which
+    # TorchScript would then refuse: the graph module's return type is inferred instead.
+    graph.output_node().type = None
     gm = fx.GraphModule(module, graph, module.__class__.__name__)
     # The model's plain attributes (a caller may read them), kept through deepcopy by fx's own key.
     kept = {k: v for k, v in module.__dict__.items() if k not in _MODULE_STATE and k not in gm.__dict__}
@@ -524,7 +531,8 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
     TorchScript, exports with ``torch.export`` and pickles (``torch.save``). It is for inference:
     its parameters do not require grad, ``.train()`` raises before any child changes mode (an
     ``nn.Sequential`` model: when it reaches a fused child; call ``.eval()`` after catching it), and
-    a backward through a fused op raises. Where the model traces with torch.fx the result is an
+    a backward through a fused PatternConv2d op raises (no gradients are meant to be taken; the
+    fused sparse 1x1 / Linear ops happen to have an input gradient). Where the model traces with torch.fx the result is an
     ``fx.GraphModule`` with the model's plain attributes (its other methods, and forward hooks, are
     not kept); otherwise (control flow on the input, a ``forward`` argument that defaults to None)
     it is the model's own class with its children optimized (a child whose class has other public

@@ -86,22 +86,28 @@ def _output_positions(model: nn.Module, example_input: torch.Tensor, names: Sequ
     positions: Dict[str, int] = {name: 0 for name in names}
     hooks = []
 
-    def record(name):
+    def record(name, layer):
         def hook(module, inputs, output):
             # a transposed conv computes every weight once per *input* position
-            t = inputs[0] if getattr(module, "transposed", False) and inputs else output
+            t = inputs[0] if getattr(layer, "transposed", False) and inputs else output
             if isinstance(t, torch.Tensor) and t.numel():
-                if hasattr(module, "in_features"):  # features last: [..., F]
+                if hasattr(layer, "in_features"):  # features last: [..., F]
                     channels, batched = t.shape[-1], t.dim() >= 2
-                else:                               # [N, C, *spatial] or unbatched [C, *spatial]
-                    spatial = len(getattr(module, "kernel_size", (1, 1)))
+                else:                              # [N, C, *spatial] or unbatched [C, *spatial]
+                    spatial = len(getattr(layer, "kernel_size", (1, 1)))
                     channels, batched = t.shape[-spatial - 1], t.dim() == spatial + 2
                 positions[name] += t.numel() // channels // (t.shape[0] if batched else 1)
         return hook
 
-    for name, module in model.named_modules():
-        if name in names:
-            hooks.append(module.register_forward_hook(record(name)))
+    from .fusion import FusedConv
+    modules = dict(model.named_modules())
+    for name in names:
+        layer = modules[name]
+        # optimize_for_inference's FusedConv calls its layer's forward_fused (the layer's hooks never
+        # run) and returns the layer's output shape: its calls are the layer's
+        parent = modules.get(name.rpartition(".")[0]) if "." in name else None
+        host = parent if isinstance(parent, FusedConv) and parent.conv is layer else layer
+        hooks.append(host.register_forward_hook(record(name, layer)))
     was_training = model.training
     model.eval()
     try:
@@ -156,8 +162,11 @@ def compression_report(model: nn.Module, input_size: Optional[Sequence[int]] = N
 
 
 def _dense_layer(m: nn.Module) -> bool:
-    """A dense conv (1-3d, transposed too) or Linear, subclasses included."""
-    return isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and isinstance(m.weight, torch.Tensor)
+    """A dense conv (1-3d, transposed too; optimize_for_inference's DepthwiseConv3x3) or Linear,
+    subclasses included."""
+    from .fusion import DepthwiseConv3x3
+    return (isinstance(m, (nn.modules.conv._ConvNd, nn.Linear, DepthwiseConv3x3))
+            and isinstance(m.weight, torch.Tensor))
 
 
 def _other_bits(model: nn.Module, layer_names: Sequence[str]) -> int:
@@ -176,4 +185,6 @@ def _shape(m: nn.Module) -> str:
         shape = (m.out_channels, m.in_channels // getattr(m, "groups", 1), *getattr(m, "kernel_size", ()))
     if shape is None and hasattr(m, "in_features"):
         shape = (m.out_features, m.in_features)
+    if shape is None and isinstance(getattr(m, "weight", None), torch.Tensor):
+        shape = tuple(m.weight.shape)
     return "x".join(str(int(v)) for v in shape) if shape is not None else ""

@@ -83,14 +83,14 @@ class PatternStateDict(DecodedWeight):
                 check_tensor("codes", codes, dim=2)
                 if tuple(codes.shape) != (nnz, entries):
                     raise ValueError(f"'codes' must be [nnz, E] = [{nnz}, {entries}], got {list(codes.shape)}")
-                if codes.numel() and int(codes.abs().max()) > quant.levels(bits):
+                if codes.numel() and int(codes.to(torch.int16).abs().max()) > quant.levels(bits):  # (int8 -128)
                     raise ValueError(f"codes exceed the {bits}-bit range (|code| <= {quant.levels(bits)})")
                 codes = pack_codes(codes, bits)
             check_tensor("codes", codes, dim=1)
             scale = check_tensor("scale", t["scale"], floating=True)
             if scale.numel() != 1:
                 raise ValueError(f"'scale' must hold one number, got shape {list(scale.shape)}")
-            scale = scale.reshape(())
+            scale = scale.reshape(()).to(self.scale.dtype)  # checked as it will be stored (1e-300 -> 0 in fp32)
             s = float(scale)
             if not math.isfinite(s) or s < 0:  # 0 decodes an all-zero layer only (checked by the decode)
                 raise ValueError(f"'scale' must be a finite positive number, got {s}")

@@ -2,6 +2,7 @@
 cache, properties, report protocol and a validating ``load_state_dict`` (a rejected load leaves the
 module as it was). The stored form itself is :mod:`torch_patsparse.sparse_format`'s."""
 import math
+import warnings
 from typing import Any, Callable, Dict, Optional
 
 import torch
@@ -36,7 +37,9 @@ class _SparseWeightMixin(DecodedWeight):
             self.register_buffer(k, torch.zeros(0, dtype=torch.float32 if k in ("values", "scale") else torch.uint8,
                                                 device=device))
         self.register_parameter("bias", nn.Parameter(torch.zeros(self.weight_shape[0], device=device)) if bias else None)
-        self._set_arrays(sparse_format.encode_zeros(math.prod(self.weight_shape)))
+        with torch.device("cpu"):  # (data, built on the CPU also inside a `with torch.device("meta")` block)
+            arrays = sparse_format.encode_zeros(math.prod(self.weight_shape))
+        self._set_arrays(arrays)
         if dtype is not None:
             self.to(dtype)
 
@@ -52,7 +55,7 @@ class _SparseWeightMixin(DecodedWeight):
         dev = self.header.device
         for k, t in arrays.items():
             setattr(self, k, t.to(dev))
-        self._update_native()
+        self._update_native(arrays["header"])
 
     def _op_takes_layer(self) -> bool:
         """Whether the native sparse op takes this layer's geometry (modules pickled before
@@ -60,15 +63,17 @@ class _SparseWeightMixin(DecodedWeight):
         takes = getattr(self, "_op_takes_shape", None)
         return bool(self._native if takes is None else takes)
 
-    def _update_native(self) -> None:
-        """``_native`` for the current arrays (the rule in the class docstring)."""
-        dense_enough = 3 * self.nnz >= 2 * int(math.prod(self.weight_shape))
-        self._native = self._op_takes_layer() and not (self.bits is not None and dense_enough)
+    def _update_native(self, header: Optional[torch.Tensor] = None) -> None:
+        """``_native`` for the current arrays (the rule in the class docstring), read from ``header``
+        (a copy of the stored one with data, for a module on the meta device) or the stored one."""
+        fields = sparse_format.header_fields(self.header if header is None else header, self.weight_shape)
+        dense_enough = 3 * fields[4] >= 2 * int(math.prod(self.weight_shape))
+        self._native = self._op_takes_layer() and not (fields[3] != 0 and dense_enough)
 
     def _copy_bias(self, bias: Optional[torch.Tensor]) -> None:
         if self.bias is not None:
             with torch.no_grad():
-                self.bias.copy_(bias.detach().to(torch.float32))
+                self.bias.copy_(bias.detach())
 
     # -- reading ----------------------------------------------------------------------------
     def _fields(self):
@@ -150,12 +155,17 @@ class _SparseWeightMixin(DecodedWeight):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The decoded dense weight (a new tensor on each access, not a Parameter), for code that reads
-        ``layer.weight``; writing into it does not change the layer (``load_state_dict`` does)."""
+        """The decoded dense weight in the layer's dtype (a new tensor on each access, not a Parameter),
+        for code that reads ``layer.weight``; writing into it does not change the layer
+        (``load_state_dict`` does)."""
         if torch.jit.is_scripting():  # (the Python decode validates; the native one is scriptable)
-            return torch.ops.patsparse.sparse_decode(self.header, self.index, self.codes, self.values.float(),
-                                                     self.scale.float(), self.weight_shape)
-        return self.dense_weight()
+            w = torch.ops.patsparse.sparse_decode(self.header, self.index, self.codes, self.values.float(),
+                                                  self.scale.float(), self.weight_shape)
+        elif self.header.is_meta:  # a model built on the meta device: no data, as nn.Linear's weight there
+            w = torch.empty(self.weight_shape, device="meta")
+        else:
+            w = self.dense_weight()
+        return w.to(self.values.dtype)
 
     # -- report protocol ----------------------------------------------------------------------
     def storage_bits(self) -> Dict[str, int]:
@@ -198,7 +208,10 @@ class _SparseWeightMixin(DecodedWeight):
         errors = []
         if extra_key in state_dict:
             errors.append(self._extra_state_error(state_dict[extra_key], prefix))
-        elif incoming:  # checkpoints written before the shape was saved
+        elif incoming:  # checkpoints written before the shape was saved (and scripted models' state_dicts)
+            # The arrays alone decode into any shape of as many weights: this layer's is assumed, and said.
+            warnings.warn(f"{prefix or type(self).__name__}: the state_dict has no '_extra_state' (the weight's "
+                          f"shape); loading it as this layer's {list(self.weight_shape)}", UserWarning, stacklevel=3)
             state_dict[extra_key] = self.get_extra_state()
         errors.append(check_bias(self, state_dict, prefix, self.weight_shape[0]))
         if not any(errors):
@@ -234,6 +247,8 @@ class _SparseWeightMixin(DecodedWeight):
         apply_or_restore(self, ("_native",), apply, error_msgs)
 
     def _storage_repr(self) -> str:
+        if self.header.is_meta:
+            return "stored on the meta device"
         bits = self.bits
         s = (f"nnz={self.nnz}/{int(math.prod(self.weight_shape))}, "
              f"values={'fp32' if bits is None else f'{bits}-bit {self.scheme}'}, index={self.index_kind}")

@@ -19,7 +19,7 @@ from ._pattern_state import PatternStateDict, channel_dtype, pack_codes
 from .kinds import PATTERN, conv_padding, layer_kind
 
 _SCHEMES = quant.SCHEMES
-_CONV2D_ORDER = ("kernel_size", "stride", "padding", "dilation", "groups", "bias")
+_CONV2D_ORDER = ("kernel_size", "stride", "padding", "dilation", "groups", "bias", "padding_mode", "device", "dtype")
 # The order before nn.Conv2d's (deprecated): PatternConv2d(in, out, stride, padding, dilation, bias, ...).
 _OLD_ORDER = ("stride", "padding", "dilation", "bias", "patterns", "kept_kernels", "bits", "scheme", "device", "dtype")
 
@@ -95,9 +95,13 @@ class PatternConv2d(PatternStateDict, nn.Module):
         self.bits = bits
         self.scheme = scheme
         self.conversion_error = 0.0  # set by from_dense: relative weight error of the conversion
+        # Where nn.Conv2d would put its weight: `device`, else the default device (a `with
+        # torch.device(...)` block, e.g. "meta"); the pattern table and zero codes are built on the CPU.
+        target = torch.device(device) if device is not None else torch.get_default_device()
         if patterns is None:
-            patterns = PatternSet.candidates().to_tensor()[:8]
-        patterns = torch.as_tensor(patterns).to(device=device, dtype=torch.uint8)
+            with torch.device("cpu"):
+                patterns = PatternSet.candidates().to_tensor()[:8]
+        patterns = torch.as_tensor(patterns).to(device=target, dtype=torch.uint8)
         entries = patterns.shape[1]
         self.register_buffer("patterns", patterns.clone())
         self.register_buffer("filter_ptr", torch.zeros(out_channels + 1, dtype=torch.int32, device=device))
@@ -107,7 +111,9 @@ class PatternConv2d(PatternStateDict, nn.Module):
         self.register_buffer("kernel_pattern", torch.zeros(kept_kernels, dtype=torch.uint8, device=device))
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         if self.quantized:
-            self.register_buffer("codes", pack_codes(torch.zeros(kept_kernels * entries), bits).to(device))
+            with torch.device("cpu"):
+                codes = pack_codes(torch.zeros(kept_kernels * entries), bits)
+            self.register_buffer("codes", codes.to(target))
             self.register_buffer("scale", torch.ones((), **factory))
         else:
             self.values = nn.Parameter(torch.zeros(kept_kernels, entries, **factory))
@@ -276,6 +282,8 @@ class PatternConv2d(PatternStateDict, nn.Module):
             traced = None if self.quantized else fx_attr(self, "weight", self.values)
             if traced is not None:
                 return traced
+            if self.filter_ptr.is_meta:  # a model built on the meta device: no data, as nn.Conv2d's weight there
+                return torch.empty(self.out_channels, self.in_channels, 3, 3, dtype=self._dtype(), device="meta")
         kernel_channel, values = self._runtime_arrays()
         return fmt.decompress(self.patterns, self.filter_ptr, kernel_channel, self.kernel_pattern,
                               values.to(self._dtype()), self.in_channels)
@@ -447,19 +455,19 @@ def _quantization(values: torch.Tensor, bits: Optional[int], scheme: str):
 
 def _conv2d_keywords(args: tuple, kwargs: dict) -> dict:
     """``kwargs`` plus the positional arguments after (in_channels, out_channels) by name: nn.Conv2d's
-    order (kernel_size, stride, padding, dilation, groups, bias), or the old (stride, padding,
-    dilation, bias, patterns, nnz, ...) with a DeprecationWarning where no nn.Conv2d call fits (a bool
-    fourth is the old bias; a fifth that is not an int is the old patterns; kernel_size given by name).
+    order (kernel_size, stride, padding, dilation, groups, bias, padding_mode, device, dtype), or the
+    old (stride, padding, dilation, bias, patterns, nnz, ...) with a DeprecationWarning where no
+    nn.Conv2d call fits (a bool fourth is the old bias; a fifth that is not an int or bool is the old
+    patterns; kernel_size given by name).
     Any other call is nn.Conv2d's: what a drop-in ``nn.Conv2d`` must accept (``PatternConv2d(8, 16, 3,
     padding=1)``; ``PatternConv2d(8, 16, 5)`` is a 5x5 kernel, refused)."""
     if not args:
         return kwargs
-    int_at = [isinstance(a, int) and not isinstance(a, bool) for a in args]
     # A third argument other than 3 reads as nn.Conv2d's kernel_size (and is refused: a drop-in
     # PatternConv2d(8, 16, 5) must not build a 3x3 conv with stride 5); the old order only where no
     # nn.Conv2d call fits.
     old = ("kernel_size" in kwargs or len(args) > len(_CONV2D_ORDER)
-           or (len(args) > 3 and isinstance(args[3], bool)) or (len(args) > 4 and not int_at[4]))
+           or (len(args) > 3 and isinstance(args[3], bool)) or (len(args) > 4 and not isinstance(args[4], int)))
     order = _OLD_ORDER if old else _CONV2D_ORDER
     if len(args) > len(order):
         raise TypeError(f"PatternConv2d takes at most {2 + len(order)} positional arguments, got {2 + len(args)}")

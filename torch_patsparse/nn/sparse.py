@@ -55,34 +55,40 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
     def from_dense(cls, module: nn.Linear, bits: Optional[int] = None, scheme: str = "uniform") -> "SparseLinear":
         """From a pruned (zeros = pruned) Linear. ``bits``: quantize to k bits (``project.quantize``);
         None: store exact levels if the nonzeros already sit on a grid (``scheme``'s or the other's),
-        else fp32 values (a float64 weight is rounded to them: ``conversion_error`` says by how much)."""
+        else fp32 values (a float64 weight is rounded to them: ``conversion_error`` says by how much).
+        The result is on the source layer's device and in its dtype (as after ``.to(dtype)``)."""
         _check_source(cls, module, nn.Linear)
         m = cls(module.in_features, module.out_features, module.bias is not None)
         m._set_weight(module.weight, bits, scheme)
+        m = m.to(device=module.weight.device, dtype=module.weight.dtype)
         m._copy_bias(module.bias)
-        return m.to(module.weight.device)
+        return m
 
     def to_dense(self) -> nn.Linear:
         return self._fill_dense(nn.Linear(self.in_features, self.out_features, self.bias is not None,
                                           device=self.header.device, dtype=self.values.dtype))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
-            traced = self._eager_entry(x, F.linear)
+            traced = self._eager_entry(input, F.linear)
             if traced is not None:
                 return traced
-        if ops.dtypes_clash(x, self.values.dtype):  # nn.Linear's own error (input vs weight dtype)
-            ops.dtype_error(F.linear(x, self._placeholder_weight(x, self.values.dtype), self.bias))
-        # `_native` is a TorchScript constant: a scripted layer holds only the branch it runs.
+        # `_native` / `_cpu_only` are TorchScript constants: a scripted layer holds only the branches it runs.
         if not self._native:
-            return F.linear(x, *self._weight_bias_as(x))
+            return self._dense_forward(input)
         if not self._cpu_only:
-            if x.device.type != "cpu":
-                return F.linear(x, *self._weight_bias_as(x))
-        out = self.forward_fused(x, None, self.bias, None, -float("inf"), float("inf"))
+            if input.device.type != "cpu":
+                return self._dense_forward(input)
+        out = self.forward_fused(input, None, self.bias, None, -float("inf"), float("inf"))
         if not torch.jit.is_scripting():
             out = ops.as_autocast(out)
         return out
+
+    def _dense_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """F.linear with the decoded weight (other devices; a layer that runs dense)."""
+        if ops.dtypes_clash(x, self.values.dtype):  # nn.Linear's own error (input vs weight dtype)
+            ops.dtype_error(F.linear(x, self._placeholder_weight(x, self.values.dtype), self.bias))
+        return F.linear(x, *self._weight_bias_as(x))
 
     def forward_fused(self, x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
                       residual: Optional[torch.Tensor], lo: float = -_INF, hi: float = _INF) -> torch.Tensor:
@@ -96,10 +102,11 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
         if x.device.type != "cpu":
             raise RuntimeError(f"SparseLinear.forward_fused runs on the CPU (the sparse op has no {x.device.type} "
                                "kernel); forward() runs on any device")
-        if x.dim() == 0 or x.size(-1) != self.in_features or not x.is_floating_point():
-            # nn.Linear's own error: F.linear rejects every input this branch takes (a plain call,
-            # result unused, would be removed as dead code by TorchScript)
-            return F.linear(x, self._placeholder_weight(x), self.bias)
+        if (x.dim() == 0 or x.size(-1) != self.in_features or not x.is_floating_point()
+                or ops.dtypes_clash(x, self.values.dtype)):
+            # nn.Linear's own error: F.linear with a weight of the layer's dtype rejects every input
+            # this branch takes (as an argument, so TorchScript does not drop the call as dead code)
+            ops.dtype_error(F.linear(x, self._placeholder_weight(x, self.values.dtype), self.bias))
         a = self._native_args(x, scale, shift, residual)
         out = torch.ops.patsparse.sparse_linear(a[0], self.header, self.index, self.codes, a[1], a[2],
                                                 self.out_features, a[3], a[4], a[5], ops.clamp_bound(lo),
@@ -154,8 +161,10 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
         self.padding = padding if isinstance(padding, str) else _pair(padding)
         self.weight_shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
         # 1x1, groups 1, no padding ("same" / "valid" pad nothing at 1x1), any stride: the native op
+        # (an invalid stride / dilation goes to F.conv2d, which raises nn.Conv2d's error)
         self._op_takes_shape = (self.kernel_size == (1, 1) and self.groups == 1
-                                and (isinstance(padding, str) or self.padding == (0, 0)))
+                                and (isinstance(padding, str) or self.padding == (0, 0))
+                                and min(self.stride) >= 1 and min(self.dilation) >= 1)
         self._init_storage(bias, device, dtype)
 
     @classmethod
@@ -165,32 +174,37 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
         m = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
                 module.dilation, module.groups, module.bias is not None)
         m._set_weight(module.weight, bits, scheme)
+        m = m.to(device=module.weight.device, dtype=module.weight.dtype)
         m._copy_bias(module.bias)
-        return m.to(module.weight.device)
+        return m
 
     def to_dense(self) -> nn.Conv2d:
         return self._fill_dense(nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
                                           self.padding, self.dilation, self.groups, self.bias is not None,
                                           device=self.header.device, dtype=self.values.dtype))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
-            traced = self._eager_entry(x, F.conv2d)
+            traced = self._eager_entry(input, F.conv2d)
             if traced is not None:
                 return traced
-        if ops.dtypes_clash(x, self.values.dtype):  # nn.Conv2d's own error (input vs weight dtype)
-            ops.dtype_error(F.conv2d(x, self._placeholder_weight(x, self.values.dtype), self.bias, self.stride,
-                                     self.padding, self.dilation, self.groups))
-        # `_native` is a TorchScript constant: a scripted layer holds only the branch it runs.
+        # `_native` / `_cpu_only` are TorchScript constants: a scripted layer holds only the branches it runs.
         if not self._native:
-            return F.conv2d(x, *self._weight_bias_as(x), self.stride, self.padding, self.dilation, self.groups)
+            return self._dense_forward(input)
         if not self._cpu_only:
-            if x.device.type != "cpu":
-                return F.conv2d(x, *self._weight_bias_as(x), self.stride, self.padding, self.dilation, self.groups)
-        out = self.forward_fused(x, None, self.bias, None, -float("inf"), float("inf"))
+            if input.device.type != "cpu":
+                return self._dense_forward(input)
+        out = self.forward_fused(input, None, self.bias, None, -float("inf"), float("inf"))
         if not torch.jit.is_scripting():
             out = ops.as_autocast(out)
         return out
+
+    def _dense_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """F.conv2d with the decoded weight (other devices, other geometries, a layer that runs dense)."""
+        if ops.dtypes_clash(x, self.values.dtype):  # nn.Conv2d's own error (input vs weight dtype)
+            ops.dtype_error(F.conv2d(x, self._placeholder_weight(x, self.values.dtype), self.bias, self.stride,
+                                     self.padding, self.dilation, self.groups))
+        return F.conv2d(x, *self._weight_bias_as(x), self.stride, self.padding, self.dilation, self.groups)
 
     def forward_fused(self, x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
                       residual: Optional[torch.Tensor], lo: float = -_INF, hi: float = _INF) -> torch.Tensor:
@@ -205,10 +219,11 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
         if x.device.type != "cpu":
             raise RuntimeError(f"SparseConv2d.forward_fused runs on the CPU (the sparse op has no {x.device.type} "
                                "kernel); forward() runs on any device")
-        if (x.dim() != 4 and x.dim() != 3) or x.size(-3) != self.in_channels or not x.is_floating_point():
-            # nn.Conv2d's own error: F.conv2d rejects every input this branch takes (a plain call,
-            # result unused, would be removed as dead code by TorchScript)
-            return F.conv2d(x, self._placeholder_weight(x), self.bias)
+        if ((x.dim() != 4 and x.dim() != 3) or x.size(-3) != self.in_channels or not x.is_floating_point()
+                or ops.dtypes_clash(x, self.values.dtype)):
+            # nn.Conv2d's own error: F.conv2d with a weight of the layer's dtype rejects every input
+            # this branch takes (as an argument, so TorchScript does not drop the call as dead code)
+            ops.dtype_error(F.conv2d(x, self._placeholder_weight(x, self.values.dtype), self.bias))
         xb = x if x.dim() == 4 else x.unsqueeze(0)
         if residual is not None and x.dim() == 3:
             residual = residual.unsqueeze(0)
