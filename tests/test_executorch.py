@@ -190,7 +190,7 @@ def test_torch_export_and_compile_of_converted_model():
 def test_missing_executorch_is_named(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "executorch", None)  # import executorch -> ImportError
     model = ps.convert(conv_net()).eval()
-    with pytest.raises(ImportError, match=r"pip install 'torch_patsparse\[executorch\]'"):
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[executorch\]'"):
         export.executorch(model, tmp_path / "m.pte", (torch.randn(1, 3, 16, 16),))
     with pytest.raises(ImportError, match="executorch"):
         export.load_executorch(tmp_path / "m.pte")

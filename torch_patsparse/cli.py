@@ -43,7 +43,7 @@ def parse_args(argv=None):
                         "predecessor did not run in this process starts from OUT/<predecessor>.pt")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (stage, epoch, model, "
                                                          "optimizer incl. ADMM state, LR schedule, RNG)")
-    p.add_argument("--quick", action="store_true", help="small subset and 2 epochs per stage (about 2 minutes)")
+    p.add_argument("--quick", action="store_true", help="small subset and 2 epochs per stage (a few minutes)")
     p.add_argument("--method", choices=METHODS, help="constraint phase: admm (ADMM), oneshot (project at once, "
                    "then masked training) or gradual (cubic keep schedule); overrides admm.method")
     p.add_argument("--retrain-on", choices=RETRAIN_ON, help="masked retraining on the dense model with masks or "

@@ -12,7 +12,7 @@ lowered to XNNPACK, our layers kept as the custom ops ``patsparse::pattern_conv2
 ``pattern_conv2d_fused.out``, ``sparse_conv1x1.out``, ``sparse_linear.out`` with their compressed
 arrays as constants; ``load_executorch(path)`` runs it in ExecuTorch's runtime with
 this package's ExecuTorch kernels (csrc/executorch) built and registered. Both need the optional
-``executorch`` package (``pip install 'torch_patsparse[executorch]'``).
+``executorch`` package (``pip install -e '.[executorch]' --no-build-isolation``).
 """
 import copy
 import ctypes
@@ -97,7 +97,7 @@ def _require_executorch() -> str:
     except ImportError as e:
         raise ImportError(
             "torch_patsparse.export: the ExecuTorch route needs the 'executorch' package, which is not "
-            f"installed: pip install 'torch_patsparse[executorch]' (executorch=={EXECUTORCH_VERSION}, "
+            f"installed: pip install -e '.[executorch]' --no-build-isolation (executorch=={EXECUTORCH_VERSION}, "
             "the release for torch 2.13)") from e
     return list(et.__path__)[0]
 
