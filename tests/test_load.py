@@ -114,3 +114,26 @@ def test_a_scripted_models_state_dict_of_k_bit_layers_says_what_is_missing():
     sd = torch.jit.script(model).state_dict()
     with pytest.raises(RuntimeError, match="without the '_extra_state'"):
         ps.load_compressed(nn.Sequential(nn.Conv2d(4, 8, 3, padding=1)), sd)
+
+
+def test_a_failed_load_compressed_gives_the_model_its_layers_back():
+    """A state_dict bad in a later layer: load_compressed raised but left empty compressed modules in
+    the model (a caller that falls back to the dense model would run zero weights)."""
+    import warnings
+    torch.manual_seed(0)
+
+    def net():
+        return nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+    src = net()
+    for m in (src[0], src[2]):
+        with torch.no_grad():
+            m.weight.copy_(ps.project.pattern(m.weight, ps.PatternSet(PATTERNS8)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sd = ps.convert(src).state_dict()
+    sd["2.kernel_channel"] = sd["2.kernel_channel"] + 100
+    model = net()
+    layers = list(model)
+    with pytest.raises(RuntimeError, match="invalid compressed weight"):
+        ps.load_compressed(model, sd)
+    assert all(a is b for a, b in zip(model, layers))

@@ -320,6 +320,8 @@ def load_compressed(model: nn.Module, state_dict, strict: bool = True, assign: b
     (``torch.save(model)`` of the whole converted module works too; this is for weights-only files.)
     ``assign`` is ``load_state_dict``'s: True takes the loaded tensors themselves, the way to load into
     a model built on the meta device (``with torch.device("meta"): model = Net()``).
+    When the load fails (a RuntimeError naming every bad entry, as ``load_state_dict``'s), the model's
+    own layers are put back; as with ``load_state_dict``, its other tensors may hold what was loaded.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"load_compressed expects an nn.Module, got {type(model).__name__}")
@@ -338,11 +340,16 @@ def load_compressed(model: nn.Module, state_dict, strict: bool = True, assign: b
             new.train(module.training)
             made[id(module)] = new
             swaps.append((name, new))
+    originals = [(name, model.get_submodule(name)) for name, _ in swaps]
     for name, new in swaps:
         model.set_submodule(name, new)
     try:
         keys = model.load_state_dict(state_dict, strict=strict, assign=assign)
-    except RuntimeError as e:
+    except BaseException as e:
+        for name, old in originals:  # the model gets its own layers back, not empty compressed ones
+            model.set_submodule(name, old)
+        if not isinstance(e, RuntimeError):
+            raise
         if any(".fused_" in f".{k}" for k in state_dict.keys()):
             raise RuntimeError(f"{e}\nThis state_dict is of an optimize_for_inference result (fused layers): save "
                                "the converted model's state_dict, load that, then optimize again") from e
