@@ -424,3 +424,16 @@ def test_built_on_the_meta_device_then_loaded(bits):
     empty.load_state_dict(saved.state_dict(), assign=True)
     x = torch.randn(2, 4, 5, 5)
     torch.testing.assert_close(empty(x), saved(x), rtol=0, atol=0)
+
+
+def test_integer_input_and_unbatched_channel_errors_read_as_conv2d():
+    """An integer / complex input had PatternConv2d's own message, and a wrong channel count in an
+    unbatched input showed the 3-D shape where nn.Conv2d shows the batched one."""
+    dense, ours = nn.Conv2d(4, 6, 3), ps.nn.PatternConv2d(4, 6, 3)
+    for x in (torch.randint(0, 3, (1, 4, 5, 5)), torch.zeros(1, 4, 5, 5, dtype=torch.complex64), torch.randn(5, 6, 6)):
+        messages = []
+        for m in (dense, ours):
+            with pytest.raises(RuntimeError) as e:
+                m(x)
+            messages.append(str(e.value))
+        assert messages[0] == messages[1]

@@ -301,11 +301,8 @@ class PatternConv2d(PatternStateDict, nn.Module):
             raise RuntimeError("Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: "
                                + str(list(input.shape)))
         x = input if input.dim() == 4 else input.unsqueeze(0)
-        if not x.is_floating_point():
-            if torch.jit.is_scripting():  # (TorchScript's str(dtype) is a number)
-                raise RuntimeError("PatternConv2d expects a floating-point input (float16/32/64 or bfloat16)")
-            raise RuntimeError("PatternConv2d expects a floating-point input, got " + str(x.dtype))
-        if ops.dtypes_clash(x, self._dtype()):  # nn.Conv2d's own error (input vs weight / bias dtype)
+        # nn.Conv2d's own error (input vs weight / bias dtype; an integer input too)
+        if not x.is_floating_point() or ops.dtypes_clash(x, self._dtype()):
             own = torch.zeros(self.out_channels, self.in_channels, 3, 3, dtype=self._dtype(), device=x.device)
             ops.dtype_error(torch.nn.functional.conv2d(x, own, self.bias, self.stride, self.padding, self.dilation))
         if not torch.jit.is_scripting():
@@ -313,7 +310,7 @@ class PatternConv2d(PatternStateDict, nn.Module):
                 return x.view(x.size(0), self.in_channels, x.size(2), x.size(3))
         if x.size(1) != self.in_channels:
             raise RuntimeError("Given groups=1, weight of size [" + str(self.out_channels) + ", "
-                               + str(self.in_channels) + ", 3, 3], expected input" + str(list(input.shape)) + " to have "
+                               + str(self.in_channels) + ", 3, 3], expected input" + str(list(x.shape)) + " to have "
                                + str(self.in_channels) + " channels, but got " + str(x.size(1))
                                + " channels instead")
         return x
