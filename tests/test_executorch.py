@@ -632,5 +632,5 @@ def test_optimized_epilogue_then_batch_norm_and_batch_bounds(tmp_path):
         fused = ps.optimize_for_inference(ps.convert(_AddInput(), project=True))
     y = torch.randn(1, 4, 5, 5)
     program = export.load_executorch(export.executorch(fused, tmp_path / "r.pte", (y, y), max_batch=4))
-    with pytest.raises(RuntimeError, match=r"batch \[3, 1\].*a kernel rejected its arguments"):
+    with pytest.raises(RuntimeError, match=r"batch \[3, 1\].*a patsparse kernel rejected its arguments: .*residual"):
         program(torch.randn(3, 4, 5, 5), y)  # the residual's batch differs: our fused op rejects it

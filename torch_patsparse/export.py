@@ -305,6 +305,17 @@ def _load_kernels() -> ctypes.CDLL:
     return _KERNELS_LOADED
 
 
+def _take_kernel_error() -> str:
+    """The reason of this thread's last failed patsparse ExecuTorch kernel call ('' when none), forgotten
+    once read (the runtime itself reports an error code; the reason goes to its log)."""
+    take = getattr(_load_kernels(), "patsparse_et_take_error", None)
+    if take is None:  # (a kernel library built before this function existed)
+        return ""
+    buf = ctypes.create_string_buffer(1024)
+    take(buf, ctypes.c_size_t(len(buf)))
+    return buf.value.decode("utf-8", "replace")
+
+
 class ExecuTorchProgram:
     """A loaded ``.pte`` (its ``forward`` method): call it with the example inputs' shapes and dtypes
     (any memory format: inputs are made contiguous first). Returns a tensor (a tuple when the program has several outputs). Errors of the runtime (bad
@@ -327,13 +338,17 @@ class ExecuTorchProgram:
         mismatch = self._mismatch(inputs)
         if mismatch is not None:
             raise RuntimeError(f"ExecuTorch program {self.path}: {mismatch}")
+        _take_kernel_error()
         try:
             outputs = self.method.execute(list(inputs))
         except RuntimeError as e:  # the runtime's own message is an error code: add what may not fit
+            reason = _take_kernel_error()
             batches = [x.shape[0] for x in inputs]
             hint = "" if batches == [p[0] for p in self._planned] else (
                 f" (batch {batches}: a program exported without max_batch runs only its example batch; "
-                "with max_batch, a kernel rejected its arguments: the runtime's log names it)")
+                "with max_batch, a kernel rejected its arguments)")
+            if reason:
+                hint += f"; a patsparse kernel rejected its arguments: {reason}"
             raise RuntimeError(f"ExecuTorch program {self.path}: {e}{hint}") from e
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 

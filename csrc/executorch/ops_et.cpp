@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <optional>
 #include <stdexcept>
@@ -75,12 +76,17 @@ ParallelFor et_parallel_for() {
 // The core's error convention (kernels/error.h) holds here too: every check below throws
 // std::invalid_argument naming the problem, and each kernel catches once (kernel_guard): it logs the
 // reason and fails the call with InvalidArgument.
+// The reason of this thread's last failed call, for the Python runner's error (the runtime's own error
+// is a code; patsparse_et_take_error).
+thread_local std::string last_error;
+
 template <class F>
 Tensor& kernel_guard(KernelRuntimeContext& ctx, Tensor& out, F&& body) {
   try {
     body();
   } catch (const std::exception& e) {
     ET_LOG(Error, "patsparse: %s", e.what());
+    last_error = e.what();
     ctx.fail(Error::InvalidArgument);
   }
   return out;
@@ -429,6 +435,16 @@ EXECUTORCH_LIBRARY(patsparse, "sparse_linear.out", patsparse::et::sparse_linear_
 extern "C" __attribute__((visibility("default"))) int patsparse_et_set_isa(const char* name) {
   patsparse::Isa isa;
   return name && patsparse::parse_isa(name, &isa) && patsparse::set_active_isa(isa) ? 1 : 0;
+}
+
+// Copies the reason of this thread's last failed patsparse kernel call (empty when none) into buf
+// (at most size - 1 bytes and a NUL; size > 0) and forgets it. (Python: ExecuTorchProgram.__call__.)
+extern "C" __attribute__((visibility("default"))) void patsparse_et_take_error(char* buf, size_t size) {
+  std::string& error = patsparse::et::last_error;
+  const size_t n = std::min(size - 1, error.size());
+  std::memcpy(buf, error.data(), n);
+  buf[n] = '\0';
+  error.clear();
 }
 
 // [hits, builds, size] of this library's plan cache into stats[0..2] (tests: the program really ran
