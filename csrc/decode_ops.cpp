@@ -93,6 +93,7 @@ at::Tensor pattern_channels(const at::Tensor& kernel_channel) {
                   (kernel_channel.scalar_type() == at::kShort || kernel_channel.scalar_type() == at::kInt),
               "patsparse::pattern_channels: kernel_channel must be a 1-D int16 or int32 tensor, got ",
               kernel_channel.scalar_type(), " ", kernel_channel.sizes());
+  check_has_data(kernel_channel, "kernel_channel");
   // Host copy (a no-op on the CPU): the key is content, so a device layer pays one small copy per call.
   const at::Tensor kc = kernel_channel.cpu().contiguous();
   const int64_t params[2] = {0, static_cast<int64_t>(kc.element_size())};  // 0: this op
@@ -113,6 +114,7 @@ at::Tensor pattern_decode(const at::Tensor& codes, const at::Tensor& scale, int6
   TORCH_CHECK(scale.numel() == 1 && at::isFloatingType(scale.scalar_type()),
               "patsparse::pattern_decode: scale must be one floating-point number, got ", scale.scalar_type(), " ",
               scale.sizes());
+  check_has_data(codes, "codes");
   const int64_t count = core_call("pattern_decode: ", [&] {
     return pattern_code_count(kept_kernels, entries, bits, std::string_view(scheme.data(), scheme.size()));
   });

@@ -37,6 +37,11 @@ void check_format(const at::Tensor& patterns, const at::Tensor& filter_ptr, cons
               kernel_channel.sizes());
   TORCH_CHECK(kernel_pattern.dim() == 1 && kernel_pattern.scalar_type() == at::kByte,
               "patsparse: kernel_pattern must be a uint8 [nnz] tensor, got ", kernel_pattern.scalar_type(), " ", kernel_pattern.sizes());
+  check_has_data(patterns, "patterns");
+  check_has_data(filter_ptr, "filter_ptr");
+  check_has_data(kernel_channel, "kernel_channel");
+  check_has_data(kernel_pattern, "kernel_pattern");
+  check_has_data(values, "values");
   const int64_t nnz = kernel_channel.size(0);
   TORCH_CHECK(kernel_pattern.size(0) == nnz, "patsparse: kernel_pattern has ", kernel_pattern.size(0),
               " entries but kernel_channel has ", nnz);

@@ -15,6 +15,13 @@ namespace patsparse {
 
 ParallelFor aten_parallel_for();
 
+// A stored array must hold its bytes: a TorchScript / lite file with a truncated tensor record loads a
+// tensor of the right size without data (torch does not check), which would be read at address 0.
+inline void check_has_data(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.numel() == 0 || t.data_ptr() != nullptr, "patsparse: '", name, "' ", t.sizes(),
+              " has no data (a damaged file?)");
+}
+
 // kernel_channel as the int32 array the kernels read: a module stores int16 (PatternConv2d passes
 // the int32 form from patsparse::pattern_channels; a direct call with the stored form is widened here).
 at::Tensor int32_channels(const at::Tensor& kernel_channel);

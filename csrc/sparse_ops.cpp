@@ -31,6 +31,7 @@ void check_array(const at::Tensor& t, const char* name, at::ScalarType dtype) {
   TORCH_CHECK(t.dim() == 1 && t.scalar_type() == dtype, "patsparse: '", name, "' must be a 1-D ", dtype,
               " tensor, got ", t.scalar_type(), " ", t.sizes());
   TORCH_CHECK(t.device().is_cpu(), "patsparse: '", name, "' must be on the CPU, got ", t.device());
+  check_has_data(t, name);
 }
 
 StoredArrays stored_arrays(const at::Tensor& header, const at::Tensor& index, const at::Tensor& codes,
