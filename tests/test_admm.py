@@ -711,3 +711,15 @@ def test_global_step_hooks_run_once_per_step_as_for_the_base_optimizer():
         for h in hooks:
             h.remove()
     assert calls == [("pre", "ADMM"), ("post", "ADMM")] * 4
+
+
+def test_add_param_group_with_a_non_constraint_leaves_the_optimizer_as_it_was():
+    """A TypeError (constraints="pattern") left the group in place: every later step() raised."""
+    w, b = nn.Parameter(torch.randn(8, 8, 3, 3)), nn.Parameter(torch.randn(8, 8, 3, 3))
+    opt = ps.ADMM([{"params": [w], "constraints": [C.Pattern(k=4)]}], lr=0.1)
+    with pytest.raises(TypeError):
+        opt.add_param_group({"params": [b], "constraints": "pattern"})
+    assert len(opt.param_groups) == 1
+    w.grad = torch.randn_like(w)
+    opt.step()
+    opt.state_dict()

@@ -323,3 +323,36 @@ except RuntimeError as e:
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "REFUSED" in r.stdout, (r.returncode, r.stdout, r.stderr[-2000:])
+
+
+def test_export_keeps_each_modules_own_mode(tmp_path):
+    """export.torchscript put every module in the top-level mode afterwards: a frozen BatchNorm of a
+    training model became trainable, a dropout kept in training in an eval model went to eval."""
+    m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5))
+    m.train()
+    m[1].eval()
+    export.torchscript(m, tmp_path / "a.pt")
+    assert [x.training for x in m.modules()] == [True, True, False, True]
+    m.eval()
+    m[2].train()
+    export.torchscript(m, tmp_path / "b.pt")
+    assert [x.training for x in m.modules()] == [False, False, False, True]
+
+
+class _SavesBadly(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(1, 4, 3)
+
+    def forward(self, x):
+        return self.c(x) * len({1: object()})  # scripts, but cannot be saved
+
+
+def test_a_failed_export_leaves_the_existing_file(tmp_path):
+    path = tmp_path / "model.pt"
+    export.torchscript(nn.Sequential(nn.Conv2d(1, 4, 3)), path)
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError):
+        export.torchscript(_SavesBadly(), path)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["model.pt"]
+    torch.jit.load(str(path))

@@ -137,3 +137,22 @@ def test_a_failed_load_compressed_gives_the_model_its_layers_back():
     with pytest.raises(RuntimeError, match="invalid compressed weight"):
         ps.load_compressed(model, sd)
     assert all(a is b for a, b in zip(model, layers))
+
+
+def test_load_compressed_non_strict_keeps_the_layers_own_bias():
+    """strict=False and no bias entry for a compressed layer: the bias became the empty module's zeros
+    while the warning said the layer kept its own values."""
+    import warnings
+    torch.manual_seed(0)
+    src = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1))
+    with torch.no_grad():
+        src[0].weight.copy_(ps.project.pattern(src[0].weight, ps.PatternSet(PATTERNS8)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sd = ps.convert(src).state_dict()
+    del sd["0.bias"]
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1))
+    own = model[0].bias.detach().clone()
+    with pytest.warns(UserWarning, match="0.bias"):
+        ps.load_compressed(model, sd, strict=False)
+    assert torch.equal(model[0].bias, own)

@@ -338,6 +338,9 @@ def load_compressed(model: nn.Module, state_dict, strict: bool = True, assign: b
                              "(e.g. PatternConv2d) and call its load_state_dict")
         if new is not None:
             new.train(module.training)
+            if getattr(new, "bias", None) is not None and isinstance(getattr(module, "bias", None), torch.Tensor):
+                with torch.no_grad():  # a bias the state_dict leaves out (strict=False) keeps the layer's own
+                    new.bias.copy_(module.bias)
             made[id(module)] = new
             swaps.append((name, new))
     originals = [(name, model.get_submodule(name)) for name, _ in swaps]

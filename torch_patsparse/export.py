@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from . import ops  # also registers torch.ops.patsparse, so scripting resolves the ops
-from .fusion import DepthwiseConv3x3, _InferenceOnly, foldable_bn, fused
+from .fusion import DepthwiseConv3x3, foldable_bn, fused
 from .nn.pattern_conv import PatternConv2d
 from .nn.sparse import SparseConv2d, SparseLinear
 
@@ -46,14 +46,28 @@ LITE_INTERPRETER_WARNING = (
 def _script(model: nn.Module) -> torch.jit.ScriptModule:
     if isinstance(model, torch.jit.ScriptModule):
         return model
-    was_training = model.training
+    # Each module's own flag is put back (a frozen BatchNorm in a training model stays in eval; set
+    # directly: an optimized model refuses .train())
+    flags = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         return torch.jit.script(model)
     finally:
-        # (an optimized model refuses .train(): its flag was left True by a caught refusal)
-        if was_training and not any(isinstance(m, _InferenceOnly) for m in model.modules()):
-            model.train()
+        for m, training in flags:
+            m.training = training
+
+
+def _write_atomically(path: str, write) -> str:
+    """``write(tmp)`` then ``tmp`` renamed to ``path``: a failed export leaves an existing file as it
+    was and no partial one."""
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
 
 
 def torchscript(model: nn.Module, path: Union[str, os.PathLike]) -> str:
@@ -61,8 +75,7 @@ def torchscript(model: nn.Module, path: Union[str, os.PathLike]) -> str:
     the path. Load it with ``torch.jit.load`` after ``import torch_patsparse``, or from C++."""
     path = os.fspath(path)
     scripted = _script(model)
-    scripted.save(path)
-    return path
+    return _write_atomically(path, scripted.save)
 
 
 def mobile(model: nn.Module, path: Union[str, os.PathLike]) -> str:
@@ -80,8 +93,7 @@ def mobile(model: nn.Module, path: Union[str, os.PathLike]) -> str:
             if isinstance(m, (SparseConv2d, SparseLinear)):
                 m._cpu_only = True
     scripted = _script(model)
-    scripted._save_for_lite_interpreter(path)
-    return path
+    return _write_atomically(path, scripted._save_for_lite_interpreter)
 
 
 # ---------------------------------------------------------------------------------------- ExecuTorch
@@ -225,9 +237,10 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
             ep = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes)
     _explicit_pool_strides(ep)
     program = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch()
-    with open(path, "wb") as f:
-        program.write_to_file(f)
-    return path
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            program.write_to_file(f)
+    return _write_atomically(path, write)
 
 
 class _Named(nn.Module):

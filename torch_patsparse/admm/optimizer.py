@@ -178,7 +178,7 @@ class ADMM(ZUpdate, FusedStep, HardPrune, Checkpoint, Optimizer):
             super().add_param_group(param_group)
         try:
             self._check_group(len(self.param_groups) - 1)
-        except ValueError:
+        except Exception:  # (ValueError, or TypeError for a constraint that is not one)
             self.param_groups.pop()  # leave the optimizer as it was
             raise
 
