@@ -240,3 +240,35 @@ def test_a_copied_model_and_optimizer_keep_the_trained_pattern_sets(how, tmp_pat
     assert want is not None and got == want
     with ps.compressed_training(model2, opt2) as swapped:
         assert swapped == ["2"]
+
+
+def test_what_the_block_sets_on_a_swapped_conv_stays_after_it():
+    """model.eval() / requires_grad_(False), hooks registered or removed, and the gradient of the last
+    backward in the block were the PatternConv2d's only: after the block the conv was back in train
+    mode, trainable, with its old hooks and the gradient from before the block."""
+    model, opt = build(torch.optim.SGD, None, lr=0.05)
+    dense, dense_opt = build(torch.optim.SGD, None, lr=0.05)
+    x, y = torch.randn(4, 3, 10, 10), torch.randint(0, 5, (4,))
+    calls = []
+    old = model.c2.register_forward_hook(lambda *a: calls.append("old"))
+    F.cross_entropy(model(x), y).backward()  # a gradient from before the block
+    with ps.compressed_training(model, opt):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        old.remove()
+        model.c2.register_forward_hook(lambda *a: calls.append("new"))
+        with torch.no_grad():
+            model(x)
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.eval()
+        model.requires_grad_(False)
+    assert calls == ["old", "old", "new"]
+    model(x)
+    assert calls[-1] == "new"
+    assert not any(m.training for m in model.modules())
+    assert not any(p.requires_grad for p in model.parameters())
+    dense_opt.zero_grad()
+    F.cross_entropy(dense(x), y).backward()  # masked dense retraining's gradient
+    for name in ("c1.weight", "c2.weight", "c3.weight"):
+        torch.testing.assert_close(model.get_parameter(name).grad, dense.get_parameter(name).grad, rtol=1e-5, atol=1e-6)
+    assert len(grads) == len([p for p in model.parameters() if p.grad is not None])

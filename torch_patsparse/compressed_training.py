@@ -88,9 +88,17 @@ def _build(conv: nn.Conv2d, mask: torch.Tensor, patterns: torch.Tensor) -> Patte
         for name in ("filter_ptr", "kernel_channel", "kernel_pattern"):
             getattr(mod, name).copy_(arrays[name])
     mod.bias = conv.bias  # the very Parameter: the optimizer keeps training it as it is
-    _carry_over(conv, mod)  # a frozen conv stays frozen; its hooks keep firing
+    _carry_over(conv, mod)  # a frozen conv stays frozen
+    # The conv's very hook dicts: a hook registered or removed in the block is the conv's too
+    for attr in _HOOK_DICTS:
+        setattr(mod, attr, getattr(conv, attr))
+    mod._is_full_backward_hook = conv._is_full_backward_hook
     mod.train(conv.training)
     return mod
+
+
+_HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks",
+               "_forward_pre_hooks_with_kwargs", "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
 
 
 def _move_state(opt: ADMM, old: torch.Tensor, new: torch.Tensor, convert) -> None:
@@ -140,6 +148,8 @@ def compressed_training(model: nn.Module, optimizer: ADMM):
                 mod = _build(conv, mask, trained_pattern_set(conv.weight).to_tensor())
                 sw = _Swap(places, conv, mod)
                 mod.values.copy_(sw.gather(conv.weight))
+                if conv.weight.grad is not None:  # a gradient from before the block is the values' too
+                    mod.values.grad = sw.gather(conv.weight.grad)
                 _move_state(optimizer, conv.weight, mod.values, sw.gather)
                 for parent, attr in places:
                     setattr(parent, attr, mod)
@@ -152,15 +162,19 @@ def compressed_training(model: nn.Module, optimizer: ADMM):
 
 
 def _restore(opt: ADMM, sw: _Swap) -> None:
-    """Back to the dense conv: its weight (the original Parameter) and state get the trained values."""
-    w = sw.conv.weight
+    """Back to the dense conv: its weight (the original Parameter), gradient and state get the trained
+    values, and the conv the mode / frozen flag set in the block (``model.eval()``, ``requires_grad_``)."""
+    w, values = sw.conv.weight, sw.mod.values
 
     def to_dense(v: torch.Tensor) -> torch.Tensor:
         dense = torch.empty(w.shape, dtype=v.dtype, device=v.device)
         sw.scatter_into(dense, v)
         return dense
 
-    sw.scatter_into(w.data, sw.mod.values.detach())
-    _move_state(opt, sw.mod.values, w, to_dense)
+    sw.scatter_into(w.data, values.detach())
+    w.grad = None if values.grad is None else to_dense(values.grad)  # masked training's: 0 where pruned
+    w.requires_grad_(values.requires_grad)
+    sw.conv.training = sw.mod.training
+    _move_state(opt, values, w, to_dense)
     for parent, attr in sw.places:
         setattr(parent, attr, sw.conv)
