@@ -723,3 +723,40 @@ def test_add_param_group_with_a_non_constraint_leaves_the_optimizer_as_it_was():
     w.grad = torch.randn_like(w)
     opt.step()
     opt.state_dict()
+
+
+def _pruned_opt(seed):
+    torch.manual_seed(seed)
+    w = nn.Parameter(torch.randn(8, 8, 3, 3))
+    opt = ps.ADMM([{"params": [w], "constraints": [C.Pattern(k=4), C.Connectivity(keep=0.5)]}],
+                  method="oneshot", lr=0.1, momentum=0.9)
+    for _ in range(2):
+        w.grad = torch.randn_like(w)
+        opt.step()
+    return w, opt
+
+
+@pytest.mark.parametrize("edit", [
+    lambda a: a["params"][0].__setitem__("mask", torch.ones(1, dtype=torch.bool)),   # broadcast: unpruned
+    lambda a: a["params"][0].__setitem__("mask", torch.ones(8, 8, 3, dtype=torch.bool)),
+    lambda a: a["params"][0].__setitem__("mask", torch.ones(8, 8, 3, 3)),
+    lambda a: a.__setitem__("step", "2.0"),
+    lambda a: a.__setitem__("phase", "bogus"),
+    lambda a: a.pop("hyper"),
+    lambda a: a["hyper"].__setitem__("update_every", 0),
+], ids=["mask1", "mask_shape", "mask_float", "step", "phase", "no_hyper", "update_every"])
+def test_a_damaged_admm_state_is_refused_before_anything_changes(edit):
+    """A one-element mask was accepted and broadcast (the layer silently unpruned); a bad step or a
+    missing 'hyper' failed after masks and momentum were already replaced (hooks kept the old masks)."""
+    import copy as _copy
+    _, other = _pruned_opt(1)
+    sd = _copy.deepcopy(other.state_dict())
+    edit(sd["admm"])
+    w, opt = _pruned_opt(0)
+    before = _copy.deepcopy(opt.state_dict())
+    with pytest.raises(ValueError, match="ADMM.load_state_dict"):
+        opt.load_state_dict(sd)
+    after = opt.state_dict()
+    assert torch.equal(after["admm"]["params"][0]["mask"], before["admm"]["params"][0]["mask"])
+    assert after["admm"]["step"] == before["admm"]["step"]
+    assert torch.equal(after["state"][0]["momentum_buffer"], before["state"][0]["momentum_buffer"])

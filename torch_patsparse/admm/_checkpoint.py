@@ -67,7 +67,8 @@ class Checkpoint:
                 raise ValueError(f"ADMM.load_state_dict: parameter '{n}' has shape {list(p.shape)}, "
                                  f"the state_dict's has {list(s)} (state_dict of another model, or one saved inside "
                                  "ps.compressed_training, whose layers hold compressed values: save it outside the block)")
-        new_admm = {params[int(i)]: from_saved(st, a["phase"], params[int(i)].device, names[int(i)])
+        phase, step, h = _checked_header(a)  # everything is checked before anything is replaced
+        new_admm = {params[int(i)]: from_saved(st, phase, params[int(i)].device, names[int(i)], params[int(i)].shape)
                     for i, st in a["params"].items()}
         new_ps = {int(gi): PatternSet.from_tensor(t) for gi, t in a["pattern_sets"].items()}
         rest = {k: v for k, v in state_dict.items() if k != "admm"}
@@ -77,12 +78,8 @@ class Checkpoint:
         self.base.state = self.state
         self._admm, self._pattern_sets = new_admm, new_ps
         self._record_sets()
-        self._phase, self._step_count = a["phase"], int(a["step"])
+        self._phase, self._step_count = phase, step
         self._hook_masks()
-        h = a["hyper"]
-        h = {**h, "consensus": bool(h.get("consensus", False)), "rescale_dual": bool(h.get("rescale_dual", False)),
-             "method": h.get("method", "admm"), "phase_steps": h.get("phase_steps"),
-             "balance": bool(h.get("balance", False)), "penalty": h.get("penalty", "gradient")}
         changed = [f"{k} {getattr(self, k)!r} -> {v!r}" for k, v in h.items() if getattr(self, k, v) != v]
         if changed:
             warnings.warn("ADMM.load_state_dict: the saved settings replace this optimizer's: " + ", ".join(changed),
@@ -92,3 +89,25 @@ class Checkpoint:
         self.consensus, self.rescale_dual = h["consensus"], h["rescale_dual"]
         self.method, self.phase_steps = h["method"], h["phase_steps"]
         self.balance, self.penalty = h["balance"], h["penalty"]
+
+
+def _checked_header(a: dict):
+    """(phase, step, settings) of a state_dict's ``admm`` entry, ValueError when one does not fit
+    (older state_dicts lack the later settings: their defaults then)."""
+    phase = a.get("phase")
+    if phase not in ("admm", "gradual", "retrain"):
+        raise ValueError(f"ADMM.load_state_dict: phase must be 'admm', 'gradual' or 'retrain', got {phase!r}")
+    step = a.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"ADMM.load_state_dict: step must be an int >= 0, got {step!r}")
+    h = a.get("hyper")
+    missing = [k for k in ("rho", "rho_growth", "rho_max", "update_every", "rho_scale")
+               if not isinstance(h, dict) or k not in h]
+    if missing:
+        raise ValueError(f"ADMM.load_state_dict: the 'hyper' entry lacks {missing}")
+    if isinstance(h["update_every"], bool) or not isinstance(h["update_every"], int) or h["update_every"] < 1:
+        raise ValueError(f"ADMM.load_state_dict: update_every must be an int >= 1, got {h['update_every']!r}")
+    h = {**h, "consensus": bool(h.get("consensus", False)), "rescale_dual": bool(h.get("rescale_dual", False)),
+         "method": h.get("method", "admm"), "phase_steps": h.get("phase_steps"),
+         "balance": bool(h.get("balance", False)), "penalty": h.get("penalty", "gradient")}
+    return phase, step, h

@@ -76,14 +76,29 @@ def to_saved(st) -> dict:
     return out
 
 
-def from_saved(d: dict, phase: str, device: torch.device, name: str):
-    """The state a state_dict's entry ``d`` describes (tensors cloned onto ``device``)."""
+def from_saved(d: dict, phase: str, device: torch.device, name: str, shape):
+    """The state a state_dict's entry ``d`` describes for a parameter of ``shape`` (tensors cloned onto
+    ``device``); ValueError naming the entry when one does not fit (a one-element mask would
+    broadcast: the layer silently unpruned)."""
     cls = ADMMState if phase == "admm" else RetrainState
     keys = _SAVED[cls]
     bad = sorted(set(d) - set(keys)) or [k for k in keys if k not in d and k not in _OPTIONAL]
     if bad:
         raise ValueError(f"ADMM.load_state_dict: the state of parameter '{name}' (phase {phase!r}) "
                          f"{'has unknown' if bad[0] in d else 'lacks the'} entries {bad}")
+    k = d.get("k", 1)
+    want = {"mask": tuple(shape), "latent": tuple(shape), "Z": (k, *shape) if k != 1 else tuple(shape)}
+    want["U"] = want["Z"]
+    for key, t in d.items():
+        if key not in want and key != "levels" or t is None:
+            continue
+        ok = torch.is_tensor(t) and (t.dim() == 1 if key == "levels" else tuple(t.shape) == want[key])
+        if ok and key == "mask":
+            ok = t.dtype == torch.bool
+        if not ok:
+            got = f"{t.dtype} {list(t.shape)}" if torch.is_tensor(t) else type(t).__name__
+            need = "a 1-D tensor" if key == "levels" else f"{'a bool' if key == 'mask' else 'a'} tensor {list(want[key])}"
+            raise ValueError(f"ADMM.load_state_dict: '{key}' of parameter '{name}' must be {need}, got {got}")
     return cls(**{k: (d[k].to(device).clone() if torch.is_tensor(d[k]) else d[k]) if k in d else _OPTIONAL[k]
                   for k in keys})
 
