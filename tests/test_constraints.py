@@ -90,8 +90,12 @@ def test_connectivity_on_one_kernel_filters_warns():
     zeroed 75% of MobileNet's depthwise channels without a word (the README's snippet picked them)."""
     import warnings
     dw = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
-    with pytest.warns(UserWarning, match="each filter has one kernel"):
-        ps.ADMM([{"params": [dw.weight], "constraints": [C.Connectivity(keep=0.25)]}], lr=0.1)
+    for keep in (0.25, 1, 4):  # a fraction, or a count (keep=1: one kernel per layer)
+        with pytest.warns(UserWarning, match="each filter has one kernel"):
+            ps.ADMM([{"params": [dw.weight], "constraints": [C.Connectivity(keep=keep)]}], lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ps.ADMM([{"params": [dw.weight], "constraints": [C.Connectivity(keep=1.0)]}], lr=0.1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ps.ADMM([{"params": [torch.nn.Conv2d(8, 8, 3).weight], "constraints": [C.Connectivity(keep=0.25)]}], lr=0.1)

@@ -144,8 +144,9 @@ class Connectivity(Constraint):
 
     def check_tensor(self, shape, name: str) -> None:
         super().check_tensor(shape, name)
-        _check_count(self, -(-shape[0] // self.group) * shape[1], "kernels (per group of filters)", name)
-        if shape[1] == 1 and self.keep != 1 and self.keep != 1.0:
+        kernels = -(-shape[0] // self.group) * shape[1]
+        _check_count(self, kernels, "kernels (per group of filters)", name)
+        if shape[1] == 1 and project._count(self.keep, kernels) < kernels:
             warnings.warn(f"Connectivity on parameter '{name}' {list(shape)}: each filter has one kernel (a "
                           "depthwise conv, or one input channel), so every dropped kernel is a whole output "
                           "channel; leave such layers out of this constraint", UserWarning, stacklevel=2)
