@@ -47,6 +47,11 @@ def _unstream(data: torch.Tensor, nbits: int) -> torch.Tensor:
     return bits[:nbits]
 
 
+# pack / unpack work in chunks of this many values (a multiple of 8: whole bytes each): the int64 bit
+# matrix of a large index would take width * 8 bytes per value at once.
+_CHUNK = 1 << 20
+
+
 def pack(x: torch.Tensor, width: int) -> torch.Tensor:
     """Pack non-negative integers ``x`` (any int dtype, 1-D or flattened) of at most ``width`` bits."""
     _check_width(width)
@@ -56,11 +61,8 @@ def pack(x: torch.Tensor, width: int) -> torch.Tensor:
     if x.numel() and (int(x.min()) < 0 or int(x.max()) >= (1 << width)):
         raise ValueError(f"values out of range for {width}-bit packing: [{int(x.min())}, {int(x.max())}]")
     shifts = torch.arange(width, dtype=torch.int64, device=x.device)
-    # In chunks of a multiple of 8 values (whole bytes each): the int64 bit matrix of a large index
-    # would take width * 8 bytes per value at once.
-    step = 1 << 20
-    parts = [_stream(((x[i:i + step].to(torch.int64).unsqueeze(1) >> shifts) & 1).to(torch.uint8).view(-1))
-             for i in range(0, x.numel(), step)]
+    parts = [_stream(((x[i:i + _CHUNK].to(torch.int64).unsqueeze(1) >> shifts) & 1).to(torch.uint8).view(-1))
+             for i in range(0, x.numel(), _CHUNK)]
     return torch.cat(parts) if parts else _stream(torch.zeros(0, dtype=torch.uint8, device=x.device))
 
 
@@ -73,9 +75,8 @@ def unpack(data: torch.Tensor, count: int, width: int) -> torch.Tensor:
     bits = _unstream(data, count * width).view(count, width)
     shifts = torch.arange(width, dtype=torch.int64, device=data.device)
     out = torch.empty(count, dtype=torch.int64, device=data.device)
-    step = 1 << 20  # chunks, as in pack
-    for i in range(0, count, step):
-        out[i:i + step] = (bits[i:i + step].to(torch.int64) << shifts).sum(1)
+    for i in range(0, count, _CHUNK):
+        out[i:i + _CHUNK] = (bits[i:i + _CHUNK].to(torch.int64) << shifts).sum(1)
     return out
 
 

@@ -28,7 +28,7 @@ from torch import nn
 from . import format as fmt
 from .admm import ADMM, trained_pattern_set
 from .admm._state import map_tensors
-from .convert import _carry_over
+from .convert import HOOK_DICTS, HOOK_FLAG_DICTS
 from .nn import PatternConv2d
 from .nn.kinds import PATTERN, layer_kind
 
@@ -88,17 +88,14 @@ def _build(conv: nn.Conv2d, mask: torch.Tensor, patterns: torch.Tensor) -> Patte
         for name in ("filter_ptr", "kernel_channel", "kernel_pattern"):
             getattr(mod, name).copy_(arrays[name])
     mod.bias = conv.bias  # the very Parameter: the optimizer keeps training it as it is
-    _carry_over(conv, mod)  # a frozen conv stays frozen
+    mod.values.requires_grad_(conv.weight.requires_grad)  # a frozen conv stays frozen
     # The conv's very hook dicts: a hook registered or removed in the block is the conv's too
-    for attr in _HOOK_DICTS:
+    for attr in HOOK_DICTS + HOOK_FLAG_DICTS:
         setattr(mod, attr, getattr(conv, attr))
     mod._is_full_backward_hook = conv._is_full_backward_hook
     mod.train(conv.training)
     return mod
 
-
-_HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks",
-               "_forward_pre_hooks_with_kwargs", "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
 
 
 def _move_state(opt: ADMM, old: torch.Tensor, new: torch.Tensor, convert) -> None:

@@ -258,6 +258,11 @@ def _check_no_norm_hooks(name: str, module: nn.Module) -> None:
                                  f"or use torch.nn.utils.parametrizations.{fn} (convert takes the weight it gives)")
 
 
+# An nn.Module's hooks: the dicts of hook functions, and those of per-hook flags (keyed by hook id).
+HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
+HOOK_FLAG_DICTS = ("_forward_pre_hooks_with_kwargs", "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
+
+
 def _carry_over(old: nn.Module, new: nn.Module) -> None:
     """What the user set on the layer goes with it: frozen parameters stay frozen, and its forward /
     backward hooks are kept (as torch.ao.quantization's module swap does), except
@@ -267,12 +272,12 @@ def _carry_over(old: nn.Module, new: nn.Module) -> None:
         if isinstance(src, torch.Tensor):
             p.requires_grad_(src.requires_grad)
     kept = set()
-    for attr in ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks"):
+    for attr in HOOK_DICTS:
         for hid, fn in getattr(old, attr).items():
             if not isinstance(fn, prune.BasePruningMethod):
                 getattr(new, attr)[hid] = fn
                 kept.add(hid)
-    for attr in ("_forward_pre_hooks_with_kwargs", "_forward_hooks_with_kwargs", "_forward_hooks_always_called"):
+    for attr in HOOK_FLAG_DICTS:
         getattr(new, attr).update({hid: v for hid, v in getattr(old, attr).items() if hid in kept})
     if old._backward_hooks:
         new._is_full_backward_hook = old._is_full_backward_hook
@@ -342,14 +347,13 @@ def load_compressed(model: nn.Module, state_dict, strict: bool = True, assign: b
                 with torch.no_grad():  # a bias the state_dict leaves out (strict=False) keeps the layer's own
                     new.bias.copy_(module.bias)
             made[id(module)] = new
-            swaps.append((name, new))
-    originals = [(name, model.get_submodule(name)) for name, _ in swaps]
-    for name, new in swaps:
+            swaps.append((name, module, new))
+    for name, _, new in swaps:
         model.set_submodule(name, new)
     try:
         keys = model.load_state_dict(state_dict, strict=strict, assign=assign)
     except BaseException as e:
-        for name, old in originals:  # the model gets its own layers back, not empty compressed ones
+        for name, old, _ in swaps:  # the model gets its own layers back, not empty compressed ones
             model.set_submodule(name, old)
         if not isinstance(e, RuntimeError):
             raise

@@ -212,21 +212,23 @@ class DepthwiseConv3x3(_InferenceOnly):
                 f"clamp=({self.lo}, {self.hi})")
 
 
+def _depthwise3x3_geometry(conv: nn.Module) -> bool:
+    """Groups = channels, a 3x3 kernel, padding 1, dilation 1: DepthwiseConv3x3's geometry."""
+    return (conv.groups == conv.in_channels == conv.out_channels and conv.kernel_size == (3, 3)
+            and conv.padding == (1, 1) and conv.dilation == (1, 1))
+
+
 def is_depthwise3x3(conv: nn.Module) -> bool:
     """A dense fp32 CPU depthwise 3x3 conv that :class:`DepthwiseConv3x3` takes."""
-    return (type(conv) is nn.Conv2d and conv.groups == conv.in_channels == conv.out_channels
-            and conv.kernel_size == (3, 3) and conv.padding == (1, 1) and conv.dilation == (1, 1)
-            and conv.padding_mode == "zeros" and conv.weight.dtype == torch.float32
-            and conv.weight.device.type == "cpu")
+    return (type(conv) is nn.Conv2d and _depthwise3x3_geometry(conv) and conv.padding_mode == "zeros"
+            and conv.weight.dtype == torch.float32 and conv.weight.device.type == "cpu")
 
 
 def as_dense_depthwise(conv: nn.Module) -> nn.Module:
     """The ``nn.Conv2d`` a depthwise 3x3 :class:`SparseConv2d` decodes to (it has no native sparse
     kernel: its forward is ``F.conv2d`` on that decoded weight), which :class:`DepthwiseConv3x3` then
     runs natively; any other module as it is."""
-    if (isinstance(conv, SparseConv2d) and not conv._native and not hooked(conv)
-            and conv.groups == conv.in_channels == conv.out_channels and conv.kernel_size == (3, 3)
-            and conv.padding == (1, 1) and conv.dilation == (1, 1)):
+    if isinstance(conv, SparseConv2d) and not conv._native and not hooked(conv) and _depthwise3x3_geometry(conv):
         dense = conv.to_dense()
         if is_depthwise3x3(dense):
             return dense

@@ -5,6 +5,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from .fusion import DepthwiseConv3x3, FusedConv
+
 
 @dataclass
 class LayerRow:
@@ -99,7 +101,6 @@ def _output_positions(model: nn.Module, example_input: torch.Tensor, names: Sequ
                 positions[name] += t.numel() // channels // (t.shape[0] if batched else 1)
         return hook
 
-    from .fusion import FusedConv
     modules = dict(model.named_modules())
     for name in names:
         layer = modules[name]
@@ -164,7 +165,6 @@ def compression_report(model: nn.Module, input_size: Optional[Sequence[int]] = N
 def _dense_layer(m: nn.Module) -> bool:
     """A dense conv (1-3d, transposed too; optimize_for_inference's DepthwiseConv3x3) or Linear,
     subclasses included."""
-    from .fusion import DepthwiseConv3x3
     return (isinstance(m, (nn.modules.conv._ConvNd, nn.Linear, DepthwiseConv3x3))
             and isinstance(m.weight, torch.Tensor))
 
