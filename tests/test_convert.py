@@ -2,6 +2,7 @@
 model computes unless asked (project=True / bits)."""
 import contextlib
 import copy
+import threading
 import warnings
 
 import pytest
@@ -451,12 +452,24 @@ def test_a_model_pruned_with_torch_prune():
         torch.nn.utils.prune.l1_unstructured(m, "weight", amount=0.8)
     x = torch.randn(2, 4, 6, 6)
     ref = model(x)
-    with pytest.raises(RuntimeError, match="inplace=True"):
+    with pytest.raises(RuntimeError, match=r"layer '0' uses torch.nn.utils.prune.*prune.remove.*or convert with inplace=True"):
         ps.convert(model, layers="all")
+    with pytest.raises(RuntimeError, match=r"optimize_for_inference: .*layer '0' uses torch.nn.utils.prune.*prune.remove"):
+        ps.optimize_for_inference(model)
     out = ps.convert(model, layers="all", inplace=True)
     assert isinstance(out[0], (PatternConv2d, SparseConv2d)) and isinstance(out[2], SparseLinear)
     assert not out[0]._forward_pre_hooks  # prune's reparametrization hook stays behind
     torch.testing.assert_close(out(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_that_cannot_be_copied_is_named_as_such():
+    """Not every deepcopy failure is torch.nn.utils.prune's (the message suggested it for any)."""
+    model = nn.Sequential(nn.Conv2d(4, 8, 3))
+    model.lock = threading.Lock()
+    for call in (ps.convert, ps.optimize_for_inference):
+        with pytest.raises(TypeError, match=r"cannot pickle.*an attribute of the model cannot be copied") as err:
+            call(model)
+        assert "prune" not in str(err.value)
 
 
 def test_from_dense_refuses_other_layer_classes():

@@ -7,6 +7,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 import torch
 from torch import nn
 from torch.nn.utils import prune
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
 from . import format as fmt
 from . import select
@@ -98,6 +100,33 @@ def _pattern_layer(module: nn.Conv2d, pset: Optional[PatternSet], explicit: bool
     return PatternConv2d.from_dense(module, None, bits=bits, scheme=scheme, project=True), ""
 
 
+# torch.nn.utils tools whose forward pre-hook recomputes a layer's weight from tensors of its own:
+# their hook class -> (the tool, how to undo it)
+_HOOK_TOOLS = {prune.BasePruningMethod: ("torch.nn.utils.prune", "prune.remove(layer, name)"),
+               WeightNorm: ("torch.nn.utils.weight_norm", "torch.nn.utils.remove_weight_norm(layer)"),
+               SpectralNorm: ("torch.nn.utils.spectral_norm", "torch.nn.utils.remove_spectral_norm(layer)")}
+
+
+def _hook_tool(module: nn.Module) -> Optional[type]:
+    """The _HOOK_TOOLS class of the module's first such hook, or None."""
+    return next((cls for hook in module._forward_pre_hooks.values() for cls in _HOOK_TOOLS if isinstance(hook, cls)),
+                None)
+
+
+def copy_model(model: nn.Module, caller: str, otherwise: str = "") -> nn.Module:
+    """``copy.deepcopy(model)``, or an error that says why the model cannot be copied and what to do
+    (``otherwise``: the caller's way around a copy, if it has one)."""
+    try:
+        return copy.deepcopy(model)
+    except (RuntimeError, TypeError) as e:
+        why = "an attribute of the model cannot be copied: make it copyable"
+        hooked = next(((name, _hook_tool(m)) for name, m in model.named_modules() if _hook_tool(m)), None)
+        if hooked:
+            tool, fix = _HOOK_TOOLS[hooked[1]]
+            why = f"layer {hooked[0]!r} uses {tool}, whose hook cannot be copied: call {fix} first"
+        raise type(e)(f"{caller}: the model cannot be deep-copied ({e}); {why}{otherwise}") from e
+
+
 def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, PatternSet]] = None,
             layers: str = "3x3", exclude: Union[str, Callable, Iterable] = (), bits: Optional[int] = None,
             scheme: str = "uniform", inplace: bool = False, project: bool = False) -> nn.Module:
@@ -160,11 +189,7 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
         if kind is not None and not (layers == "3x3" and kind == kinds.SPARSE) and name not in excluded:
             _check_no_norm_hooks(name, module)
     if not inplace:
-        try:
-            model = copy.deepcopy(model)
-        except RuntimeError as e:
-            raise RuntimeError(f"convert: the model cannot be deep-copied ({e}). A model pruned with "
-                               "torch.nn.utils.prune converts with inplace=True (or after prune.remove(...))") from e
+        model = copy_model(model, "convert", ", or convert with inplace=True")
     places: Dict[int, List[str]] = {}
     modules: Dict[int, nn.Module] = {}
     for name, module in model.named_modules(remove_duplicate=False):
@@ -248,14 +273,12 @@ def _with_children(named: List[Tuple[str, nn.Module]], names: List[str]) -> set:
 def _check_no_norm_hooks(name: str, module: nn.Module) -> None:
     """The hook-based torch.nn.utils.weight_norm / spectral_norm recompute ``weight`` in a forward
     pre-hook from other parameters (the new layer has none of them); convert cannot keep that."""
-    from torch.nn.utils.spectral_norm import SpectralNorm
-    from torch.nn.utils.weight_norm import WeightNorm
-    for hook in module._forward_pre_hooks.values():
-        for cls, fn in ((WeightNorm, "weight_norm"), (SpectralNorm, "spectral_norm")):
-            if isinstance(hook, cls):
-                raise ValueError(f"convert: layer '{name}' uses the hook-based torch.nn.utils.{fn}, which recomputes "
-                                 f"its weight at every forward; fold it first with torch.nn.utils.remove_{fn}(layer), "
-                                 f"or use torch.nn.utils.parametrizations.{fn} (convert takes the weight it gives)")
+    cls = _hook_tool(module)
+    if cls in (WeightNorm, SpectralNorm):
+        (tool, fix), fn = _HOOK_TOOLS[cls], _HOOK_TOOLS[cls][0].rsplit(".", 1)[1]
+        raise ValueError(f"convert: layer '{name}' uses the hook-based {tool}, which recomputes "
+                         f"its weight at every forward; fold it first with {fix}, "
+                         f"or use torch.nn.utils.parametrizations.{fn} (convert takes the weight it gives)")
 
 
 # An nn.Module's hooks: the dicts of hook functions, and those of per-hook flags (keyed by hook id).

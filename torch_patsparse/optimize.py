@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from .convert import copy_model
 from .fusion import (DepthwiseConv3x3, EvalOnly, FusedConv, act_bounds_module, as_dense_depthwise, as_pattern_stem,
                      channels_last_4d, foldable_bn, fold_dense, fused, hooked, is_depthwise3x3, max_pool2d_nchw)
 from .nn.pattern_conv import PatternConv2d
@@ -548,7 +549,7 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
     if isinstance(model, torch.jit.ScriptModule):
         raise TypeError("optimize_for_inference takes the Python model (before torch.jit.script): a ScriptModule "
                         "cannot be traced with torch.fx")
-    out = _optimize(copy.deepcopy(model).eval())
+    out = _optimize(copy_model(model, "optimize_for_inference").eval())
     for p in out.parameters():
         p.requires_grad_(False)
     for m in out.modules():  # a graph that reads a decoded weight (conv.weight) holds it as a buffer
