@@ -356,3 +356,6 @@ def test_a_failed_export_leaves_the_existing_file(tmp_path):
         export.torchscript(_SavesBadly(), path)
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["model.pt"]
     torch.jit.load(str(path))
+    # torch names the archive's folder after the file it writes: the file's own name, not a temporary one
+    with zipfile.ZipFile(path) as z:
+        assert {n.split("/")[0] for n in z.namelist()} == {"model"}

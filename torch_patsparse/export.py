@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import warnings
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
@@ -59,14 +60,15 @@ def _script(model: nn.Module) -> torch.jit.ScriptModule:
 
 def _write_atomically(path: str, write) -> str:
     """``write(tmp)`` then ``tmp`` renamed to ``path``: a failed export leaves an existing file as it
-    was and no partial one."""
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    was and no partial one. ``tmp`` has ``path``'s name (in a temporary folder beside it): torch names
+    the file's archive folder after it."""
+    folder = tempfile.mkdtemp(prefix=".patsparse-export-", dir=os.path.dirname(os.path.abspath(path)))
     try:
+        tmp = os.path.join(folder, os.path.basename(path))
         write(tmp)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
     return path
 
 
