@@ -28,3 +28,21 @@ def test_one_layer_kind_for_all_predicates():
         else:
             assert isinstance(got, SparseLinear if isinstance(m, nn.Linear) else SparseConv2d), m
     assert layer_kind(nn.Conv2d(4, 4, 5)) == SPARSE
+
+
+def test_a_conv_subclass_with_its_own_conv_forward_is_not_converted():
+    """nn.Conv2d.forward calls self._conv_forward: a subclass overriding only that computes something
+    else, and convert / compressed_training swapped it for a layer that computes the plain conv."""
+    import torch_patsparse as ps
+
+    class Half(nn.Conv2d):
+        def _conv_forward(self, x, w, b):
+            return super()._conv_forward(x, w * 0.5, b)
+    assert layer_kind(Half(4, 4, 3)) is None and layer_kind(Half(4, 4, 1)) is None
+    model = nn.Sequential(Half(4, 8, 3))
+    with torch.no_grad():
+        model[0].weight.mul_(torch.rand_like(model[0].weight) < 0.2)
+    x = torch.randn(1, 4, 6, 6)
+    out = ps.convert(model, layers="all", project=True)
+    assert isinstance(out[0], Half)
+    torch.testing.assert_close(out(x), model(x))

@@ -12,8 +12,9 @@ PATTERN, SPARSE = "pattern", "sparse"
 
 def _plain(module: nn.Module, base: type) -> bool:
     """An instance of ``base`` that computes what ``base`` computes (its own class or a subclass that
-    keeps ``base.forward``), with a materialised floating-point weight."""
-    if not isinstance(module, base) or type(module).forward is not base.forward:
+    keeps ``base.forward`` and nn.Conv2d's ``_conv_forward``), with a materialised floating-point weight."""
+    if not isinstance(module, base) or any(getattr(type(module), f, None) is not getattr(base, f, None)
+                                           for f in ("forward", "_conv_forward")):
         return False
     w = getattr(module, "weight", None)
     return (isinstance(w, torch.Tensor) and not isinstance(w, nn.parameter.UninitializedParameter)
