@@ -276,6 +276,31 @@ def test_hard_prune_retrain_invariants(base, kw):
     assert all(v == 0.0 for v in opt.residuals().values())
 
 
+def test_quantized_retraining_goes_on_from_weights_loaded_into_the_model():
+    """Straight-through retraining keeps a full-precision latent; a step overwrote the model's weight
+    with it, so an early-stopping rollback (model.load_state_dict of an earlier state) was undone by
+    the next step. Without Quantize the loaded weights were kept: both must be."""
+    m = tiny_net()
+    opt = make_opt(m, update_every=5)
+    train(m, opt, 6)
+    opt.hard_prune()
+    train(m, opt, 3, start=6)
+    best = copy.deepcopy(m.state_dict())
+    train(m, opt, 3, start=9)
+    assert not torch.equal(m[3].weight, best["3.weight"])
+    m.load_state_dict(best)
+    for g in opt.param_groups:
+        g["lr"] = 0.0
+    train(m, opt, 1, start=12)
+    for n in ("0.weight", "3.weight", "8.weight"):
+        torch.testing.assert_close(m.state_dict()[n], best[n], rtol=0, atol=0)
+    with torch.no_grad():  # a float edit (not on the levels) is trained from, then snapped
+        m[3].weight.mul_(0.5)
+        want = opt._to_levels(m[3].weight.clone(), opt._admm[m[3].weight].levels)
+    train(m, opt, 1, start=13)
+    torch.testing.assert_close(m[3].weight.detach(), want, rtol=0, atol=0)
+
+
 # ---------------------------------------------------------------- state_dict: exact resume, errors
 @pytest.mark.parametrize("base", [torch.optim.SGD, torch.optim.Adam])
 def test_exact_resume(base):

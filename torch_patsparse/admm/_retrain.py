@@ -157,6 +157,10 @@ class HardPrune:
             if st.mask is not None and p.grad is not None:
                 p.grad.mul_(st.mask)
             if st.latent is not None:
+                if not torch.equal(p, self._to_levels(st.latent, st.levels)):
+                    # written since the last step (load_state_dict, an EMA swap, an edit): train on
+                    # from what the model holds, as without quantization
+                    st.latent.copy_(p)
                 p.copy_(st.latent)
         self._base_step()
         self._step_count += 1
