@@ -301,6 +301,48 @@ def test_quantized_retraining_goes_on_from_weights_loaded_into_the_model():
     torch.testing.assert_close(m[3].weight.detach(), want, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("method", ["admm", "oneshot", "gradual"])
+def test_residuals_before_the_first_step_initialise_nothing(method):
+    """residuals() (a diagnostic) before weights are loaded selected the pattern sets and Z from the
+    weights it saw, so the loaded ones did not count."""
+    pretrained = tiny_net(seed=1).state_dict()
+
+    def run(peek):
+        m = tiny_net()
+        opt = make_opt(m, update_every=2, method=method, penalty="proximal", phase_steps=4)
+        if peek:
+            r = opt.residuals()
+            assert set(r) == {"0.weight", "3.weight", "8.weight"} and all(v > 0 for v in r.values())
+            assert opt.dual_residuals() == ({k: 0.0 for k in r} if method == "admm" else {})
+            assert all(s is None for s in opt.pattern_sets())
+        m.load_state_dict(pretrained)
+        train(m, opt, 3)
+        return m, opt
+    (a, oa), (b, ob) = run(False), run(True)
+    assert torch.equal(oa.pattern_sets()[0].to_tensor(), ob.pattern_sets()[0].to_tensor())
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+
+
+def test_state_made_under_inference_mode_can_be_trained():
+    """hard_prune / admm_update / load_state_dict / a first residuals() called in an evaluation block
+    (torch.inference_mode) made inference tensors that the next training step could not update."""
+    m = tiny_net()
+    opt = make_opt(m, update_every=100)
+    with torch.inference_mode():
+        opt.admm_update()
+    train(m, opt, 2)
+    sd = copy.deepcopy(opt.state_dict())
+    with torch.inference_mode():
+        opt.load_state_dict(sd)
+        opt.hard_prune()                      # with Quantize: the latent
+    train(m, opt, 2, start=2)
+    sd = copy.deepcopy(opt.state_dict())
+    with torch.inference_mode():
+        opt.load_state_dict(sd)
+    train(m, opt, 1, start=4)
+
+
 # ---------------------------------------------------------------- state_dict: exact resume, errors
 @pytest.mark.parametrize("base", [torch.optim.SGD, torch.optim.Adam])
 def test_exact_resume(base):

@@ -6,7 +6,7 @@ import warnings
 
 from .. import constraints as C
 from ..patterns import PatternSet
-from ._state import from_saved, to_saved
+from ._state import from_saved, outside_inference_mode, to_saved
 
 
 class Checkpoint:
@@ -33,6 +33,7 @@ class Checkpoint:
         }
         return sd
 
+    @outside_inference_mode
     def load_state_dict(self, state_dict: dict) -> None:
         """Resumes exactly where ``state_dict()`` was taken: phase, step, Z / U, masks, pattern sets,
         the base optimizer's state, and (as torch's optimizers do for ``lr``) the saved group

@@ -12,7 +12,7 @@ import torch
 from .. import constraints as C
 from .. import project
 from ..quant import levels as quant_levels
-from ._state import RetrainState
+from ._state import RetrainState, outside_inference_mode
 
 
 def _units(c, shape) -> int:
@@ -66,6 +66,7 @@ class HardPrune:
                     hooks[p] = p.register_hook(_MaskGrad(self, st.mask))
         self._grad_hooks = hooks
 
+    @outside_inference_mode
     @torch.no_grad()
     def hard_prune(self) -> None:
         """``W = Proj(W)`` in place; fix masks and quantization levels; retrain from now on."""

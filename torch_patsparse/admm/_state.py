@@ -15,6 +15,10 @@ from typing import Callable, Optional
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
+# Decorates the methods that create optimizer state: made under torch.inference_mode() it would be
+# inference tensors, which no later (training) step may update in place.
+outside_inference_mode = torch.inference_mode(False)
+
 # The pattern set each constrained weight is trained with, keyed by the Parameter object itself (by
 # identity, weakly): ps.convert reads it, so converting stores the trained set without the user wiring it.
 _TRAINED_SETS = WeakIdKeyDictionary()

@@ -3,12 +3,13 @@ rho schedule with residual balancing, and the residuals (mixed into :class:`ADMM
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 
 from .. import constraints as C
 from ..patterns import PatternSet
-from ._state import ADMMState, RetrainState
+from ._state import ADMMState, RetrainState, outside_inference_mode
 
 _BALANCE_MU, _BALANCE_TAU = 10.0, 2.0  # residual balancing (Boyd et al. 2011, eq. 3.13)
 
@@ -60,6 +61,16 @@ class ZUpdate:
                 rho_eff = min(rho_eff, 1.0 / (lr * pairs))
         return rho_eff
 
+    @staticmethod
+    def _select_set(cons, pairs) -> Optional[PatternSet]:
+        """The pattern set a group's weights select now (None without a Pattern constraint)."""
+        pat = next((c for c in cons if isinstance(c, C.Pattern)), None)
+        if pat is None:
+            return None
+        return PatternSet.select([p.detach() for p, _ in pairs], k=pat.k, entries=pat.entries,
+                                 keep_center=pat.keep_center)
+
+    @outside_inference_mode
     def _ensure_init(self) -> None:
         """Select pattern sets; ADMM: Z = Proj(W), U = 0 for constrained params without state;
         gradual: empty masks (the first mask update sets them); one-shot: nothing more."""
@@ -71,10 +82,9 @@ class ZUpdate:
                 continue
             self._check_finite(pairs, "the ADMM initialisation")
             if gi not in self._pattern_sets:
-                pat = next((c for c in cons if isinstance(c, C.Pattern)), None)
-                if pat is not None:
-                    self._pattern_sets[gi] = PatternSet.select([p.detach() for p, _ in pairs], k=pat.k,
-                                                               entries=pat.entries, keep_center=pat.keep_center)
+                pset = self._select_set(cons, pairs)
+                if pset is not None:
+                    self._pattern_sets[gi] = pset
             pset = self._pattern_sets.get(gi)
             self._record_sets()
             if self.method != "admm":
@@ -92,6 +102,7 @@ class ZUpdate:
                                               rho_eff=self._rho_eff(self.rho, 1.0, g, k) if fixed else 0.0,
                                               gsum=torch.zeros((), dtype=torch.float64, device=p.device))
 
+    @outside_inference_mode
     @torch.no_grad()
     def admm_update(self) -> None:
         """One Z/U update now: ``Z = Proj(W + U)``, ``U += W - Z``, ``rho *= rho_growth`` (capped)."""
@@ -145,14 +156,18 @@ class ZUpdate:
     @torch.no_grad()
     def residuals(self) -> dict:
         """``{name: ||W - Z|| / ||W||}`` for every constrained parameter (after :meth:`hard_prune`:
-        the distance to the fixed masks/levels, i.e. 0 unless the weights were changed by hand)."""
-        self._ensure_init()
+        the distance to the fixed masks/levels, i.e. 0 unless the weights were changed by hand).
+        Before the first step it measures against ``Proj(W)`` and initialises nothing: weights loaded
+        after it still choose the pattern sets and Z."""
         out = {}
         for gi, g, cons, pairs in self._constrained():
+            pset = self._pattern_sets.get(gi)
+            if pset is None and any(p not in self._admm for p, _ in pairs):
+                pset = self._select_set(cons, pairs)
             for p, name in pairs:
                 st = self._admm.get(p)
                 if st is None or self._phase == "gradual":  # what a hard prune now would change
-                    diff = (p - self._project(p, cons, self._pattern_sets.get(gi))).reshape(1, -1)
+                    diff = (p - self._project(p, cons, pset)).reshape(1, -1)
                 elif self._phase == "admm":  # consensus: the largest residual over the constraints
                     diff = (p - st.Z).reshape(st.k, -1)
                 else:
@@ -171,8 +186,8 @@ class ZUpdate:
         converged. Empty unless ``method="admm"`` and in the ADMM phase."""
         if self._phase != "admm" or self.method != "admm":
             return {}
-        self._ensure_init()
-        return {name: self._admm[p].dual or 0.0 for _, _, _, pairs in self._constrained() for p, name in pairs}
+        return {name: getattr(self._admm.get(p), "dual", None) or 0.0
+                for _, _, _, pairs in self._constrained() for p, name in pairs}
 
     def rho_eff(self) -> dict:
         """``{name: what a step applies}`` per constrained tensor: with ``penalty="proximal"`` the pull

@@ -286,7 +286,7 @@ class ADMM(ZUpdate, FusedStep, HardPrune, Checkpoint, Optimizer):
         """One entry per param group (same order as ``param_groups``): its :class:`PatternSet`, or
         None for groups without a Pattern constraint (or before the first step). The set is selected
         (``PatternSet.select`` over all the group's weights) when Z is initialised, i.e. at the first
-        :meth:`step` / :meth:`admm_update` / :meth:`residuals`, and then fixed; it is stored in the
+        :meth:`step` / :meth:`admm_update` / :meth:`hard_prune`, and then fixed; it is stored in the
         state_dict. After :meth:`hard_prune` this is what ``ps.convert(model, pattern_set=...)`` needs."""
         return [self._pattern_sets.get(gi) for gi in range(len(self.param_groups))]
 
