@@ -13,7 +13,7 @@ from torch_patsparse import constraints as C
 from torch_patsparse import project
 from torch_patsparse.admm import _scheduled
 
-from helpers import CONV_SPEC, FC_SPEC, check_in_set, in_pattern_set, tiny_net, train
+from helpers import CONV_SPEC, FC_SPEC, batch, check_in_set, in_pattern_set, tiny_net, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
@@ -142,6 +142,27 @@ def test_gradual_keep_follows_the_cubic_schedule():
     assert c.keep == 10 + round((128 - 10) * 0.5)
     assert _scheduled(C.Connectivity(keep=10), (16, 8, 3, 3), 0.0).keep == 10
     assert _scheduled(C.Quantize(bits=3), (4, 4), 0.7) == C.Quantize(bits=3)
+
+
+def test_gradual_masks_the_gradient_the_loop_sees():
+    """Between gradual pruning's mask updates the step trains masked; the gradient a loop clips / logs
+    between backward() and step() was not (clip_grad_norm_ saw a larger norm than after hard_prune)."""
+    m = tiny_net()
+    opt = make(m, "gradual")
+    for t in range(PHASE + 2):
+        x, y = batch(t)
+        if t == PHASE:
+            opt.hard_prune()
+        opt.zero_grad()
+        F.cross_entropy(m(x), y).backward()
+        for name, mask in opt.masks().items() if opt.phase == "retrain" else (
+                (n, opt._admm[p].mask) for n, p in m.named_parameters() if p in opt._admm):
+            g = dict(m.named_parameters())[name].grad
+            if mask is None:
+                assert t == 0  # before the first mask update nothing is pruned
+            else:
+                assert g[~mask].abs().sum() == 0 and g[mask].abs().sum() > 0, (t, name)
+        opt.step()
 
 
 @pytest.mark.parametrize("method", ["admm", "oneshot", "gradual"])

@@ -39,10 +39,10 @@ def _scheduled(c, shape, s: float):
 
 
 class _MaskGrad:
-    """Tensor hook of a pruned parameter in retraining: its gradient without the pruned entries, so
-    what a loop does between ``backward()`` and ``step()`` (gradient clipping, logging) sees the
-    gradient masked retraining trains with, as on compressed layers. Holds the optimizer weakly and
-    passes gradients through once it is gone."""
+    """Tensor hook of a pruned parameter in retraining and gradual pruning: its gradient without the
+    pruned entries, so what a loop does between ``backward()`` and ``step()`` (gradient clipping,
+    logging) sees the gradient masked training trains with, as on compressed layers. Holds the
+    optimizer weakly and passes gradients through once it is gone."""
     __torch_unserializable__ = True  # torch.save(model) leaves it out: the optimizer's state has the mask
 
     def __init__(self, opt, mask: torch.Tensor):
@@ -56,11 +56,11 @@ class HardPrune:
     """Hard prune, gradual mask updates and retraining under fixed masks / levels."""
 
     def _hook_masks(self) -> None:
-        """(Re)registers the gradient masks of the retraining phase (:class:`_MaskGrad`)."""
+        """(Re)registers the gradient masks of the gradual and retraining phases (:class:`_MaskGrad`)."""
         for handle in self.__dict__.pop("_grad_hooks", {}).values():
             handle.remove()
         hooks = {}
-        if self._phase == "retrain":
+        if self._phase != "admm":
             for p, st in self._admm.items():
                 if isinstance(st, RetrainState) and st.mask is not None and p.requires_grad:
                     hooks[p] = p.register_hook(_MaskGrad(self, st.mask))
@@ -144,6 +144,7 @@ class HardPrune:
                 final, mask, _, _ = self._prune_quantize(p, sched, pset)
                 self._apply(p, final, mask)
                 self._admm[p].mask = mask
+        self._hook_masks()
 
     @staticmethod
     def _to_levels(w: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
