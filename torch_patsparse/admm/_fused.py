@@ -72,6 +72,9 @@ class FusedStep:
                     torch.ops.patsparse.admm_penalty_(grad, p, st.shift, r)
         return stepped
 
+    # Not traced by torch.compile: it is one native call, and traced (a graph break at the op, a Python
+    # float per call) a second optimizer's compiled step gave same-shaped weights one Adam state.
+    @torch.compiler.disable
     def _fused_step(self, p: torch.Tensor, grad: torch.Tensor, shift: torch.Tensor, r: float, g: dict) -> None:
         """The base optimizer's step (SGD, Adam or AdamW) on ``grad + r * (p + shift)`` in one native
         pass, its state kept in ``self.state[p]`` exactly where and as the base optimizer keeps it."""
