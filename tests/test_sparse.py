@@ -2,6 +2,7 @@
 shapes, unbatched, half precision) and compress_module takes what it can store losslessly (storage,
 state_dict and load validation: test_sparse_storage.py)."""
 import copy
+import warnings
 
 import pytest
 import torch
@@ -47,10 +48,14 @@ def test_float64_layer_reports_its_rounding_to_fp32_values():
     for dense in (nn.Linear(8, 6, dtype=torch.float64), nn.Conv2d(4, 6, 1, dtype=torch.float64)):
         with torch.no_grad():
             dense.weight.mul_((torch.rand_like(dense.weight) < 0.3).double())
-        sparse = (SparseLinear if isinstance(dense, nn.Linear) else SparseConv2d).from_dense(dense)
+        with pytest.warns(UserWarning, match="float64 weight is stored as float32 values"):
+            sparse = (SparseLinear if isinstance(dense, nn.Linear) else SparseConv2d).from_dense(dense)
         assert 0 < sparse.conversion_error < 1e-7  # fp32 values: the fp64 weight rounded, and said so
-        exact = (SparseLinear if isinstance(dense, nn.Linear) else SparseConv2d).from_dense(dense.float())
-        assert exact.conversion_error == 0.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            exact = (SparseLinear if isinstance(dense, nn.Linear) else SparseConv2d).from_dense(dense.float())
+            assert exact.conversion_error == 0.0
+            (SparseLinear if isinstance(dense, nn.Linear) else SparseConv2d).from_dense(dense, bits=4)  # asked for
 
 
 def test_sparse_unbatched():

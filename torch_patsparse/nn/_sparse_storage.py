@@ -50,6 +50,10 @@ class _SparseWeightMixin(DecodedWeight):
         self._set_arrays(sparse_format.encode(weight, bits, scheme))
         # 0.0 unless `bits` quantized or the weight had more than fp32's precision
         self.conversion_error = relative_error(self.dense_weight(), weight)
+        if bits is None and self.conversion_error > 0:  # not asked for: say so
+            warnings.warn(f"{type(self).__name__}.from_dense: the {weight.dtype} weight is stored as float32 values "
+                          f"(relative weight error {self.conversion_error:.3g}); the layer computes in "
+                          f"{weight.dtype} with them", UserWarning, stacklevel=3)
 
     def _set_arrays(self, arrays: Dict[str, torch.Tensor]) -> None:
         dev = self.header.device
