@@ -220,3 +220,87 @@ def test_retrain_with_distillation_from_the_dense_model(tiny_run, tmp_path, caps
         assert torch.equal(mask, sa["params"][i]["mask"]), name
         assert not b["model"][name][~mask].any(), name
         assert not torch.equal(b["model"][name], a["model"][name]), name
+
+
+# ------------------------------------------------------------------ user mistakes: clear errors, no training lost
+def test_bad_out_and_stage_gaps_are_refused_before_any_training(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for out in (str(afile), str(afile / "sub"), ""):
+        assert cli.main(["--out", out, "--stages", "report"]) == 2
+        assert "cannot use --out" in capsys.readouterr().err
+    # a gap: dense would have trained (and replaced dense.pt) before the missing admm stage was noticed
+    assert cli.main(["--out", str(tmp_path / "o"), "--stages", "dense,retrain"]) == 2
+    assert "leaves out admm" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@needs_data
+def test_damaged_checkpoints_are_clear_errors(tiny_run, tmp_path, capsys):
+    cfg, full_out, _ = tiny_run
+    out = tmp_path / "d"
+    out.mkdir()
+    good = open(os.path.join(full_out, "checkpoint.pt"), "rb").read()
+    for content, want in ((good[:100000], "is not a readable checkpoint"), (b"hello", "is not a readable checkpoint")):
+        (out / "checkpoint.pt").write_bytes(content)
+        assert cli.main(["--config", cfg, "--out", str(out), "--no-progress", "--resume"]) == 2
+        assert want in capsys.readouterr().err
+    torch.save([1, 2], out / "checkpoint.pt")
+    assert cli.main(["--config", cfg, "--out", str(out), "--no-progress", "--resume"]) == 2
+    assert "not a checkpoint of this command" in capsys.readouterr().err
+    st = torch.load(os.path.join(full_out, "dense.pt"), weights_only=True)
+    st["model"]["features.0.weight"] = st["model"]["features.0.weight"][:3]
+    torch.save(st, out / "dense.pt")
+    assert cli.main(["--config", cfg, "--out", str(out), "--no-progress", "--stages", "admm"]) == 2
+    assert "cannot restore from it" in capsys.readouterr().err
+
+
+@needs_data
+def test_a_teacher_from_another_configuration_is_refused(tiny_run, tmp_path, capsys):
+    """OUT/dense.pt (the distillation teacher) was loaded unchecked: a dense model of another run
+    (another --quick run into the same OUT) silently became the teacher."""
+    cfg, full_out, _ = tiny_run
+    kd = write(tmp_path, open(cfg).read().replace("[retrain]\n", "[retrain]\ndistill_alpha = 0.5\n"), "kd.toml")
+    out = tmp_path / "kd"
+    out.mkdir()
+    shutil.copy(os.path.join(full_out, "admm.pt"), out)
+    st = torch.load(os.path.join(full_out, "dense.pt"), weights_only=True)
+    st["config"]["train_limit"] = 8000
+    torch.save(st, out / "dense.pt")
+    assert cli.main(["--config", kd, "--out", str(out), "--no-progress", "--stages", "retrain"]) == 2
+    assert "dense.pt was written with a different configuration (keys ['train_limit'])" in capsys.readouterr().err
+
+
+@needs_data
+def test_a_rerun_stage_removes_the_later_stages_outputs_of_the_earlier_run(tiny_run, tmp_path, capsys):
+    cfg, full_out, _ = tiny_run
+    out = tmp_path / "stale"
+    shutil.copytree(full_out, out)
+    assert cli.main(["--config", cfg, "--out", str(out), "--no-progress", "--stages", "convert"]) == 0
+    assert "removed the outputs of an earlier run's later stages" in capsys.readouterr().out
+    left = set(os.listdir(out))
+    assert {"convert.pt", "retrain.pt"} <= left and not left & {"report.pt", "summary.json", "summary.md",
+                                                                  "model_compressed.pt", "compression.png"}
+
+
+def test_same_constraints_written_in_full_or_not_compare_equal():
+    short = [{"match": "features.*", "constraints": [{"type": "quantize"}, {"type": "pattern", "k": 8}]}]
+    full = [{"match": "features.*", "constraints": [{"type": "quantize", "bits": 8},
+                                                    {"type": "pattern", "k": 8, "entries": 4}]}]
+    assert pipeline._shaping({"layers": short}, "layers") == pipeline._shaping({"layers": full}, "layers")
+    assert config.canonical_layers(short)[0]["constraints"][0]["bits"] == 8
+
+
+@needs_data
+def test_interrupt_and_divergence_are_reported(tmp_path, capsys, monkeypatch):
+    out = str(tmp_path / "o")
+    args = ["--out", out, "--no-progress", "--stages", "dense", "--epochs", "1", "--train-limit", "1024",
+            "--test-limit", "64"]
+    assert cli.main(args + ["--config", write(tmp_path, "[dense]\nlr = 1e5\n")]) == 1
+    assert "training diverged in dense epoch 1" in capsys.readouterr().err
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(pipeline.Job, "stage_dense", interrupted)
+    assert cli.main(args) == 130
+    assert "rerun with --resume" in capsys.readouterr().err

@@ -41,6 +41,8 @@ def test_config_file_overrides_and_yaml(tmp_path):
     ("[[layers]]\nmatch = 'features.*.weight'\nconstraints = [{ type = 'connectivity', keep = 1.5 }]", "keep must be"),
     ("[[layers]]\nmatch = 'features.*.weight'\nconstraints = [{ type = 'quantize', bitz = 4 }]", "bad arguments for quantize"),
     ("[[layers]]\nconstraints = []", "must be a table with keys 'match'"),
+    ("[[layers]]\nmatch = 'features.*.weight'\nconstraints = [{ type = 'quantize', bits = 4 }, { type = 'quantize' }]",
+     "layers\\[0\\]: two Quantize constraints for parameter 'features.\\*.weight'"),
     ("seed = 'abc'", "'seed' must be an int >= 0"),
     ("seed = 1.5", "'seed' must be an int >= 0"),
     ("[admm]\nmomentum = 'fast'", "'admm.momentum' must be a number >= 0"),
@@ -53,6 +55,11 @@ def test_config_file_overrides_and_yaml(tmp_path):
 def test_bad_config_is_a_clear_error(tmp_path, text, message):
     with pytest.raises(config.ConfigError, match=message):
         config.build_config(write(tmp_path, text))
+
+
+def test_a_config_directory_is_named_as_such(tmp_path):
+    with pytest.raises(config.ConfigError, match="is a directory"):
+        config.build_config(str(tmp_path))
 
 
 def test_layer_rules_resolved_against_the_model():

@@ -25,7 +25,7 @@ from .admm import METHODS, PENALTIES  # noqa: F401
 from .data import BadData, DataNotFound
 from .config import (DEFAULTS, QUICK, RETRAIN_ON, ConfigError, build_config,  # noqa: F401
                      make_constraint, read_config_file, resolve_layers, validate_config)
-from .pipeline import CKPT_VERSION, STAGE_CONFIG, STAGES, Interrupted, Job  # noqa: F401
+from .pipeline import CKPT_VERSION, STAGE_CONFIG, STAGES, Diverged, Interrupted, Job  # noqa: F401
 from .summary import model_stats, plot, summary_table  # noqa: F401
 
 
@@ -39,10 +39,11 @@ def parse_args(argv=None):
     p.add_argument("--data", help="directory with the Fashion-MNIST IDX files "
                                   "(default /usr/share/datasets/fashion-mnist or $PATSPARSE_DATA)")
     p.add_argument("--stages", default=",".join(STAGES),
-                   help=f"comma-separated subset of {','.join(STAGES)} (default: all); a stage whose "
-                        "predecessor did not run in this process starts from OUT/<predecessor>.pt")
+                   help=f"comma-separated consecutive stages of {','.join(STAGES)} (default: all); the first "
+                        "starts from OUT/<its predecessor>.pt")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (stage, epoch, model, "
-                                                         "optimizer incl. ADMM state, LR schedule, RNG)")
+                                                         "optimizer incl. ADMM state, LR schedule, RNG; "
+                                                         "bit-exact at the same thread count)")
     p.add_argument("--quick", action="store_true", help="small subset and 2 epochs per stage (a few minutes)")
     p.add_argument("--method", choices=METHODS, help="constraint phase: admm (ADMM), oneshot (project at once, "
                    "then masked training) or gradual (cubic keep schedule); overrides admm.method")
@@ -86,6 +87,19 @@ def main(argv=None) -> int:
         print(f"patsparse: unknown stage(s) {bad} (stages: {','.join(STAGES)})", file=sys.stderr)
         return 2
     stages = [s for s in STAGES if s in stages]
+    gap = [s for s in STAGES[STAGES.index(stages[0]):STAGES.index(stages[-1])] if s not in stages]
+    if gap:  # a later stage must start from what this run's earlier one wrote
+        print(f"patsparse: --stages {','.join(stages)} leaves out {','.join(gap)}: give consecutive stages "
+              f"(the first one starts from OUT/<its predecessor>.pt)", file=sys.stderr)
+        return 2
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        print(f"patsparse: cannot use --out {args.out!r}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    if not args.resume and stages[0] == "dense" and os.path.exists(os.path.join(args.out, "checkpoint.pt")):
+        print(f"patsparse: {args.out}/checkpoint.pt of an earlier run is replaced as this one goes "
+              "(--resume continues it instead)", flush=True)
     try:
         job = Job(cfg, args)
         # validate the layer rules against the real model before any training
@@ -107,7 +121,7 @@ def main(argv=None) -> int:
                 prev = STAGES[first - 1]
                 job.load(os.path.join(args.out, prev + ".pt"), finished_stage=prev)
                 job.log(f"starting from {args.out}/{prev}.pt")
-        if "retrain" in stages and "dense" in job.done:
+        if "retrain" in stages and "retrain" not in job.done and "dense" in job.done:
             job.distillation()  # the teacher (OUT/dense.pt), if asked for, before any training
     except (FileNotFoundError, ValueError) as e:
         print(f"patsparse: cannot continue: {e}", file=sys.stderr)
@@ -125,6 +139,13 @@ def main(argv=None) -> int:
     except Interrupted as e:
         job.log(str(e))
         return 3
+    except KeyboardInterrupt:
+        print(f"\npatsparse: interrupted; {args.out}/checkpoint.pt holds the last finished epoch: "
+              "rerun with --resume to continue", file=sys.stderr)
+        return 130
+    except Diverged as e:
+        print(f"patsparse: {e}", file=sys.stderr)
+        return 1
     job.log(f"done in {time.time() - t0:.0f}s; outputs in {args.out}")
     return 0
 

@@ -70,6 +70,8 @@ def _merge(base: Dict[str, Any], over: Dict[str, Any], where: str = "") -> Dict[
 
 
 def read_config_file(path: str) -> Dict[str, Any]:
+    if os.path.isdir(path):
+        raise ConfigError(f"config file {path!r} is a directory")
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} not found")
     low = path.lower()
@@ -167,8 +169,18 @@ def validate_config(cfg: Dict[str, Any]) -> None:
         cons = rule.get("constraints", [])
         if not isinstance(cons, list):
             raise ConfigError(f"config layers[{i}].constraints must be a list, got {cons!r}")
-        for c in cons:
-            make_constraint(c, f"layers[{i}] ({rule['match']})")
+        where = f"layers[{i}] ({rule['match']})"
+        try:  # two of one kind: an error now, not after the dense stage
+            C.ordered([make_constraint(c, where) for c in cons], rule["match"])
+        except ValueError as e:
+            raise ConfigError(f"config layers[{i}]: {e}") from e
+
+
+def canonical_layers(rules: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The layer rules with every constraint written out in full (``constraints.to_spec``), so two
+    configs that mean the same (``{type = "quantize"}`` and ``{type = "quantize", bits = 8}``) compare equal."""
+    return [{**rule, "constraints": [C.to_spec(C.from_spec(c)) for c in rule.get("constraints", [])]}
+            for rule in rules]
 
 
 def make_constraint(spec, where: str = "?"):

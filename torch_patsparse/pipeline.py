@@ -13,7 +13,7 @@ import torch
 from . import data as D
 from .admm import ADMM
 from .compressed_training import compressed_training
-from .config import resolve_layers
+from .config import canonical_layers, resolve_layers
 from .convert import convert
 from .export import torchscript
 from .models import fmnist_vgg
@@ -28,10 +28,40 @@ STAGE_CONFIG = {"dense": ("model", "seed", "batch_size", "train_limit", "test_li
                 "admm": ("admm", "layers"), "retrain": ("retrain",), "convert": (), "report": ("latency",)}
 CKPT_VERSION = 1
 
+# the files of each stage's results, and those the report writes
+STAGE_FILES = {s: [s + ".pt"] for s in STAGES}
+STAGE_FILES["report"] += ["summary.json", "summary.md", "model_compressed.pt", "compression.png"]
+
+
 def _shaping(cfg: Dict[str, Any], key: str):
-    """cfg[key] without the settings that do not shape the trained model (retrain.on: to rounding)."""
+    """cfg[key] without the settings that do not shape the trained model (retrain.on: to rounding),
+    constraints written out in full (omitted fields are their defaults)."""
     v = cfg.get(key)
+    if key == "layers" and isinstance(v, list):
+        try:
+            return canonical_layers(v)
+        except (ValueError, TypeError):
+            return v
     return {k: x for k, x in v.items() if k != "on"} if key == "retrain" and isinstance(v, dict) else v
+
+
+def read_checkpoint(path: str) -> Dict[str, Any]:
+    """A checkpoint this pipeline wrote (weights-only load); ValueError for anything else."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a torch file, foreign objects
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+    if not isinstance(st, dict) or not isinstance(st.get("config"), dict) or "model" not in st:
+        raise ValueError(f"{path} is not a checkpoint of this command (no config / model entries)")
+    if st.get("version") != CKPT_VERSION:
+        raise ValueError(f"{path}: checkpoint version {st.get('version')} is not {CKPT_VERSION}")
+    return st
+
+
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss."""
 
 
 class Job:
@@ -111,8 +141,12 @@ class Job:
             path = os.path.join(self.out, "dense.pt")
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"retrain.distill_alpha > 0 needs the dense model as teacher: no {path}")
+            st = self._checked(path, "dense")  # a teacher from another configuration: refused
             teacher = fmnist_vgg()
-            teacher.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["model"])
+            try:
+                teacher.load_state_dict(st["model"])
+            except RuntimeError as e:
+                raise ValueError(f"{path}: its model does not fit ({str(e).splitlines()[0]})") from e
             self._distill = Distillation(teacher.eval(), c["distill_temperature"], c["distill_alpha"])
         return self._distill
 
@@ -141,19 +175,13 @@ class Job:
         """Restore a checkpoint. ``finished_stage``: ``path`` is that stage's file and the run goes on
         with the next stage, so only the configuration that shaped the stages up to it must match
         (e.g. one dense baseline can start ADMM runs with different constraints)."""
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no checkpoint at {path}")
-        st = torch.load(path, map_location="cpu", weights_only=False)
-        if st.get("version") != CKPT_VERSION:
-            raise ValueError(f"{path}: checkpoint version {st.get('version')} is not {CKPT_VERSION}")
-        # everything that shapes the trained model must match (latency / thread settings may differ)
-        keys = set(st["config"]) | set(self.cfg)
-        if finished_stage is not None:
-            keys &= {k for s in STAGES[:STAGES.index(finished_stage) + 1] for k in STAGE_CONFIG[s]}
-        diff = [k for k in keys if k not in ("latency", "threads") and _shaping(st["config"], k) != _shaping(self.cfg, k)]
-        if diff:
-            raise ValueError(f"{path} was written with a different configuration (keys {sorted(diff)}); "
-                             f"resume with the same --config/--quick options, or use another --out")
+        st = self._checked(path, finished_stage)
+        try:
+            self._restore(st)
+        except (KeyError, TypeError, RuntimeError) as e:  # a damaged or edited file
+            raise ValueError(f"{path}: cannot restore from it ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+
+    def _restore(self, st: Dict[str, Any]) -> None:
         self.stage, self.epoch, self.done, self.history = st["stage"], st["epoch"], st["done"], st["history"]
         self.model.load_state_dict(st["model"])
         self.opt = self.sched = None
@@ -174,6 +202,20 @@ class Job:
         torch.set_rng_state(st["rng"])
         self.gen.set_state(st["gen"])
 
+    def _checked(self, path: str, finished_stage: Optional[str]) -> Dict[str, Any]:
+        """``read_checkpoint(path)`` written with this configuration: all of it, or (``finished_stage``:
+        the file of that stage) the part that shaped the stages up to it."""
+        st = read_checkpoint(path)
+        # everything that shapes the trained model must match (latency / thread settings may differ)
+        keys = set(st["config"]) | set(self.cfg)
+        if finished_stage is not None:
+            keys &= {k for s in STAGES[:STAGES.index(finished_stage) + 1] for k in STAGE_CONFIG[s]}
+        diff = [k for k in keys if k not in ("latency", "threads") and _shaping(st["config"], k) != _shaping(self.cfg, k)]
+        if diff:
+            raise ValueError(f"{path} was written with a different configuration (keys {sorted(diff)}); "
+                             f"resume with the same --config/--quick options, or use another --out")
+        return st
+
     # ---------------- stages
     def log(self, msg: str) -> None:
         print(msg, flush=True)
@@ -188,6 +230,9 @@ class Job:
                 stats = train_epoch(self.model, self.opt, self.x_train, self.y_train, self.cfg["batch_size"],
                                     self.gen, desc=f"{stage} {self.epoch + 1}/{epochs}", scheduler=self.sched,
                                     show=self.show, distill=self.distillation() if stage == "retrain" else None)
+            if not math.isfinite(stats["loss"]):
+                raise Diverged(f"training diverged in {stage} epoch {self.epoch + 1} (loss {stats['loss']}): "
+                               f"lower {stage}.lr and start again")
             acc = self.evaluate(desc=f"{stage} eval")
             self.epoch += 1
             rec = {"stage": stage, "epoch": self.epoch, "train_loss": stats["loss"], "train_acc": stats["acc"],
@@ -222,6 +267,14 @@ class Job:
     def finish(self, stage: str) -> None:
         self.done.append(stage)
         self.save(stage_file=stage)
+        # the outputs of later stages came from another run: they would sit beside this one's as if
+        # they were its results
+        stale = [f for s in STAGES[STAGES.index(stage) + 1:] if s not in self.done for f in STAGE_FILES[s]
+                 if os.path.exists(os.path.join(self.out, f))]
+        for f in stale:
+            os.remove(os.path.join(self.out, f))
+        if stale:
+            self.log(f"removed the outputs of an earlier run's later stages: {', '.join(stale)}")
 
     def stage_dense(self) -> None:
         if self.begin("dense"):
@@ -248,9 +301,9 @@ class Job:
         probe = copy.deepcopy(self.model)
         recalibrate_bn(probe, self.x_train, self.cfg["batch_size"], show=self.show)
         self.history["acc"]["admm_bn"] = self.evaluate(probe, desc="admm eval (BN re-estimated)")
-        self.log(f"after ADMM: {self.history['acc']['admm']:.2f}% with the running BN statistics, "
-                 f"{self.history['acc']['admm_bn']:.2f}% with BN re-estimated (max residual "
-                 f"{max(res.values()) if res else 0:.4f})")
+        residual = f" (max residual {max(res.values()) if res else 0:.4f})" if self.opt.method == "admm" else ""
+        self.log(f"after the {self.opt.method} phase: {self.history['acc']['admm']:.2f}% with the running BN "
+                 f"statistics, {self.history['acc']['admm_bn']:.2f}% with BN re-estimated{residual}")
         self.finish("admm")
 
     def stage_retrain(self) -> None:
@@ -304,7 +357,7 @@ class Job:
         inputs = [torch.randn(b, 1, 28, 28, generator=gen) for b in lat_cfg["batches"]]
         lat = latency({"dense": dense, "compressed": comp}, inputs, repeats=lat_cfg["repeats"], show=self.show)
         self.history["latency_ms"] = lat
-        ts_path = os.path.join(self.out, "model_compressed.pt")
+        ts_path = os.path.abspath(os.path.join(self.out, "model_compressed.pt"))
         try:
             torchscript(comp, ts_path)
             loaded = torch.jit.load(ts_path)
@@ -317,8 +370,8 @@ class Job:
             self.log(f"WARNING: TorchScript export failed: {type(e).__name__}: {e}")
         stats = model_stats(dense, comp)
         self.history["stats"] = stats
-        bits = {rule["match"]: c["bits"] for rule in self.cfg["layers"] for c in rule.get("constraints", [])
-                if c["type"] == "quantize"}
+        bits = {rule["match"]: c["bits"] for rule in canonical_layers(self.cfg["layers"])
+                for c in rule["constraints"] if c["type"] == "quantize"}
         self.history["weight_bits"] = (f"{next(iter(bits.values()))} (all constrained layers)"
                                        if len(set(bits.values())) == 1 and len(bits) == len(self.cfg["layers"])
                                        else ", ".join(f"{b} ({m})" for m, b in bits.items()) or "32 (float)")
