@@ -462,6 +462,31 @@ def test_a_model_pruned_with_torch_prune():
     torch.testing.assert_close(out(x), ref, rtol=1e-5, atol=1e-5)
 
 
+def test_a_torch_prune_model_converts_what_it_computes_not_a_stale_weight():
+    """prune's ``weight`` is recomputed only in the forward pre-hook: after an optimizer step or a
+    load_state_dict, convert(inplace=True) stored the old weight (conversion_error 0, no warning)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 3))
+    for m in (model[0], model[2]):
+        torch.nn.utils.prune.l1_unstructured(m, "weight", amount=0.8)
+    x = torch.randn(2, 4, 6, 6)
+    model(x).sum().backward()
+    torch.optim.SGD(model.parameters(), lr=1.0).step()       # weight_orig moved, weight not yet
+    saved = copy.deepcopy(model.state_dict())
+    fresh = nn.Sequential(nn.Conv2d(4, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 3))
+    for m, src in zip((fresh[0], fresh[2]), (model[0], model[2])):
+        torch.nn.utils.prune.custom_from_mask(m, "weight", src.weight_mask)
+    fresh.load_state_dict(saved)                              # the usual reload: weight is the init's
+    for net in (model, fresh):
+        with torch.no_grad():  # what its next forward computes (the pre-hook recomputes weight then)
+            conv, fc = net[0], net[2]
+            want = F.linear(F.conv2d(x, conv.weight_orig * conv.weight_mask, conv.bias).flatten(1),
+                            fc.weight_orig * fc.weight_mask, fc.bias)
+        out = ps.convert(net, layers="all", inplace=True)
+        with torch.no_grad():
+            torch.testing.assert_close(out(x), want, rtol=1e-5, atol=1e-5)
+
+
 def test_a_model_that_cannot_be_copied_is_named_as_such():
     """Not every deepcopy failure is torch.nn.utils.prune's (the message suggested it for any)."""
     model = nn.Sequential(nn.Conv2d(4, 8, 3))

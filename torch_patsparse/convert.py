@@ -190,6 +190,7 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
             _check_no_norm_hooks(name, module)
     if not inplace:
         model = copy_model(model, "convert", ", or convert with inplace=True")
+    _refresh_pruned_weights(model)
     places: Dict[int, List[str]] = {}
     modules: Dict[int, nn.Module] = {}
     for name, module in model.named_modules(remove_duplicate=False):
@@ -279,6 +280,17 @@ def _check_no_norm_hooks(name: str, module: nn.Module) -> None:
         raise ValueError(f"convert: layer '{name}' uses the hook-based {tool}, which recomputes "
                          f"its weight at every forward; fold it first with {fix}, "
                          f"or use torch.nn.utils.parametrizations.{fn} (convert takes the weight it gives)")
+
+
+def _refresh_pruned_weights(model: nn.Module) -> None:
+    """torch.nn.utils.prune keeps ``weight = weight_orig * weight_mask`` as a plain attribute that its
+    forward pre-hook recomputes: after an optimizer step or a load_state_dict it is stale until the
+    next forward. Recompute it, so convert stores what the model computes."""
+    with torch.no_grad():
+        for module in model.modules():
+            for hook in list(module._forward_pre_hooks.values()):
+                if isinstance(hook, prune.BasePruningMethod):
+                    setattr(module, hook._tensor_name, hook.apply_mask(module))
 
 
 # An nn.Module's hooks: the dicts of hook functions, and those of per-hook flags (keyed by hook id).
