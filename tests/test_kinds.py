@@ -46,3 +46,29 @@ def test_a_conv_subclass_with_its_own_conv_forward_is_not_converted():
     out = ps.convert(model, layers="all", project=True)
     assert isinstance(out[0], Half)
     torch.testing.assert_close(out(x), model(x))
+
+
+def test_a_layer_with_state_of_its_own_is_not_converted():
+    """A mask buffer read by a user's pre-hook: convert moved the hook to a layer without the buffer
+    (AttributeError at the first forward) and dropped the buffer from the state_dict."""
+    import warnings
+
+    import torch_patsparse as ps
+
+    conv = nn.Conv2d(4, 8, 3)
+    conv.register_buffer("mask", (torch.rand_like(conv.weight) < 0.3).float())
+    conv.register_forward_pre_hook(lambda mod, args: mod.weight.data.mul_(mod.mask))
+    model = nn.Sequential(conv)
+    x = torch.randn(1, 4, 6, 6)
+    want = model(x)
+    assert layer_kind(conv) is None
+    with pytest.warns(UserWarning, match="'0': it holds 'mask' besides weight / bias"):
+        out = ps.convert(model, layers="all")
+    assert type(out[0]) is nn.Conv2d and "0.mask" in out.state_dict()
+    torch.testing.assert_close(out(x), want)
+    pruned = nn.Conv2d(4, 8, 3)  # torch.nn.utils.prune's own weight_orig / weight_mask are not "its own"
+    torch.nn.utils.prune.l1_unstructured(pruned, "weight", 0.5)
+    assert layer_kind(pruned) == PATTERN
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert isinstance(ps.convert(nn.Sequential(pruned), layers="all", inplace=True)[0], (PatternConv2d, SparseConv2d))

@@ -65,6 +65,9 @@ def _why_dense(module: nn.Module, layers: str) -> str:
             return f"padding_mode={module.padding_mode!r} (compressed layers pad with zeros only)"
         if not w.is_floating_point():
             return f"weight is {w.dtype}"
+        if kinds.own_state(module):
+            return (f"it holds {', '.join(map(repr, kinds.own_state(module)))} besides weight / bias (a hook "
+                    "may read it), which a compressed layer would not have: remove it to convert the layer")
         return f"{type(module).__name__} has its own forward, which a compressed layer would not run"
     if layers == "3x3" and kind == kinds.SPARSE and tuple(getattr(module, "kernel_size", ())) == (3, 3):
         return (f"groups={module.groups}: PatternConv2d takes groups=1 (layers='all' stores it as SparseConv2d)"

@@ -10,11 +10,21 @@ __all__ = ["layer_kind", "conv_padding"]
 PATTERN, SPARSE = "pattern", "sparse"
 
 
+def own_state(module: nn.Module) -> list:
+    """Names of the parameters / buffers a layer holds besides ``weight`` and ``bias`` (and
+    the tensors of torch.nn.utils' prune, weight_norm and spectral_norm hooks, which convert handles):
+    a hook or subclass may read them, and a compressed layer would not have them."""
+    mine = {"weight", "bias", "weight_orig", "weight_mask", "bias_orig", "bias_mask", "weight_g", "weight_v",
+            "weight_u"}
+    return [n for n, t in [*module._parameters.items(), *module._buffers.items()] if t is not None and n not in mine]
+
+
 def _plain(module: nn.Module, base: type) -> bool:
     """An instance of ``base`` that computes what ``base`` computes (its own class or a subclass that
-    keeps ``base.forward`` and nn.Conv2d's ``_conv_forward``), with a materialised floating-point weight."""
+    keeps ``base.forward`` and nn.Conv2d's ``_conv_forward``), with a materialised floating-point
+    weight and no state of its own (:func:`own_state`)."""
     if not isinstance(module, base) or any(getattr(type(module), f, None) is not getattr(base, f, None)
-                                           for f in ("forward", "_conv_forward")):
+                                           for f in ("forward", "_conv_forward")) or own_state(module):
         return False
     w = getattr(module, "weight", None)
     return (isinstance(w, torch.Tensor) and not isinstance(w, nn.parameter.UninitializedParameter)
