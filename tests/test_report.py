@@ -126,3 +126,15 @@ def test_optimized_model_reports_the_converted_models_macs():
     assert len(a.rows) == len(b.rows)
     assert sum(r.kind == "DepthwiseConv3x3" for r in b.rows) == 17
     assert all(r.dense_macs for r in b.rows)
+
+
+def test_a_sparse_layer_that_runs_the_dense_op_is_marked():
+    """A 5x5 SparseConv2d decodes its weight and runs F.conv2d: the report listed it like the native
+    1x1 one, as if its kept MACs were saved."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 8, 5, padding=2), nn.Conv2d(8, 8, 1))
+    with torch.no_grad():
+        for m in model:
+            m.weight.mul_(torch.rand_like(m.weight) < 0.1)
+    rows = {r.name: r for r in ps.compression_report(ps.convert(model, layers="all"), input_size=(1, 8, 6, 6)).rows}
+    assert rows["0"].kind == "SparseConv2d (dense op)" and rows["1"].kind == "SparseConv2d"

@@ -131,7 +131,9 @@ def compression_report(model: nn.Module, input_size: Optional[Sequence[int]] = N
     ``totals`` sums the layers (``ratio``) and, in ``model_*``, the whole state_dict: every other
     tensor (BatchNorm statistics, ...) counted at its stored width. MACs are per image and need
     ``input_size`` (e.g. ``(1, 3, 224, 224)``) or an ``example_input`` (one forward pass records each
-    layer's output size; a transposed conv counts per input position).
+    layer's output size; a transposed conv counts per input position). MACs kept count the kept
+    weights; a row typed "(dense op)" (a SparseConv2d other than 1x1, or a k-bit layer at density
+    >= 2/3) decodes its weight and runs the dense op, so it saves storage but no time.
     """
     if any(isinstance(t, nn.parameter.UninitializedTensorMixin) for t in (*model.parameters(), *model.buffers())):
         raise ValueError("compression_report: the model has uninitialized (lazy) parameters; run one forward "
@@ -147,7 +149,8 @@ def compression_report(model: nn.Module, input_size: Optional[Sequence[int]] = N
         if hasattr(m, "storage_bits"):
             detail = {k: int(v) for k, v in m.storage_bits().items()}
             dense_bits = int(m.dense_bits())
-            kind = type(m).__name__
+            # a sparse layer without a native kernel for its geometry decodes and runs the dense op
+            kind = type(m).__name__ + ("" if getattr(m, "_native", True) else " (dense op)")
             dense_w, kept_w = m.macs((1, 1))          # per output position = weight counts
             density = kept_w / max(dense_w, 1)
         else:
