@@ -71,6 +71,21 @@ def test_unpruned_model_is_left_dense_with_a_warning():
         assert torch.equal(out(x), model(x))
 
 
+def test_left_dense_reasons_name_the_offending_kernels_and_the_class():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 8, 3)
+    with torch.no_grad():
+        conv.weight.copy_(project.pattern(conv.weight, ps.PatternSet.select([conv.weight], k=4)))
+        conv.weight[0, 0] = 1.0  # one kernel leaked back to 9 weights
+    with pytest.warns(UserWarning, match=r"kernels keep up to 9 of 9 weights \(1 of 64 keep more than 4\)"):
+        ps.convert(nn.Sequential(conv))
+    qat = torch.ao.nn.qat.Conv2d(8, 8, 3, qconfig=torch.ao.quantization.get_default_qat_qconfig())
+    with torch.no_grad():
+        qat.weight.mul_(torch.rand_like(qat.weight) < 0.3)
+    with pytest.warns(UserWarning, match=r"torch.ao.nn.qat.modules.conv.Conv2d has its own forward"):
+        ps.convert(nn.Sequential(qat))
+
+
 def test_project_true_projects_and_reports_the_error():
     torch.manual_seed(0)
     model = SmallNet(bn=False).eval()

@@ -68,7 +68,9 @@ def _why_dense(module: nn.Module, layers: str) -> str:
         if kinds.own_state(module):
             return (f"it holds {', '.join(map(repr, kinds.own_state(module)))} besides weight / bias (a hook "
                     "may read it), which a compressed layer would not have: remove it to convert the layer")
-        return f"{type(module).__name__} has its own forward, which a compressed layer would not run"
+        cls = type(module)  # torch.ao's QAT Conv2d is also "Conv2d": the full name says which
+        label = cls.__name__ if cls.__module__.startswith("torch.nn.modules") else f"{cls.__module__}.{cls.__qualname__}"
+        return f"{label} has its own forward, which a compressed layer would not run"
     if layers == "3x3" and kind == kinds.SPARSE and tuple(getattr(module, "kernel_size", ())) == (3, 3):
         return (f"groups={module.groups}: PatternConv2d takes groups=1 (layers='all' stores it as SparseConv2d)"
                 if module.groups != 1 else "its padding cannot be written as numbers (layers='all' stores it sparse)")
@@ -96,8 +98,9 @@ def _pattern_layer(module: nn.Conv2d, pset: Optional[PatternSet], explicit: bool
         if _stored_bits(new) < new.dense_bits():
             return (new if bits is None or not project
                     else PatternConv2d.from_dense(module, cover, bits=bits, scheme=scheme)), ""
-        why = (f"not pattern-pruned: kernels keep up to {cover.entries} of 9 weights, so the pattern form "
-               "is not smaller than dense")
+        per_kernel = (module.weight.detach().reshape(-1, 9) != 0).sum(1)
+        why = (f"not pattern-pruned: kernels keep up to {cover.entries} of 9 weights ({int((per_kernel > 4).sum())} "
+               f"of {per_kernel.numel()} keep more than 4), so the pattern form is not smaller than dense")
     if not project:
         return None, why
     return PatternConv2d.from_dense(module, None, bits=bits, scheme=scheme, project=True), ""
