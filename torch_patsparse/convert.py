@@ -154,8 +154,8 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
         explicit set must hold every kernel, else ``ValueError`` (or projection with ``project=True``).
     layers: "3x3" (default) or "all": also store other ``nn.Conv2d`` / ``nn.Linear`` layers (and 3x3
         convs that are not pattern-pruned, e.g. unstructured sparsity) as sparse + k-bit modules
-        (``torch_patsparse.nn.sparse``), when that is smaller than dense; a 3x3 conv whose kernels
-        keep more than 4 weights (and no trained or given pattern set) takes the smaller form.
+        (``torch_patsparse.nn.sparse``), when that is smaller than dense; a pruned 3x3 conv whose
+        kernels keep more than 4 weights (and no trained or given pattern set) takes the smaller form.
     exclude: a selector or a list of them: modules to keep dense (e.g. ``["features.0"]`` for a
         first conv with 3 inputs).
     bits / scheme: quantize the kept weights of every converted layer to ``bits`` (lossy, asked
@@ -225,9 +225,10 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
             new, why = _naming(name, _pattern_layer, module, pset, explicit is not None, bits, scheme, project)
             if new is None and explicit is not None:
                 raise ValueError(f"convert: layer '{name}': {why}")
-            if new is not None and layers == "all" and pset is None and not project and new.patterns.shape[1] > 4:
-                # not pattern-pruned (unstructured sparsity: patterns of up to 9 weights, which the
-                # native kernel runs slower than dense): the sparse form when it stores less
+            if (new is not None and layers == "all" and pset is None and not project and new.patterns.shape[1] > 4
+                    and bool((module.weight == 0).any())):
+                # pruned, but not onto patterns (unstructured sparsity: patterns of up to 9 weights,
+                # which the native kernel runs slower than dense): the sparse form when it stores less
                 alt = _naming(name, compress_module, module, bits=bits, scheme=scheme)
                 if alt is not None and _stored_bits(alt) < _stored_bits(new):
                     new = alt
