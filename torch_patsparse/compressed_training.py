@@ -97,7 +97,6 @@ def _build(conv: nn.Conv2d, mask: torch.Tensor, patterns: torch.Tensor) -> Patte
     return mod
 
 
-
 def _move_state(opt: ADMM, old: torch.Tensor, new: torch.Tensor, convert) -> None:
     """Put ``new`` where ``old`` is in ``opt``'s groups; map its state tensors of ``old``'s shape."""
     for g in opt.param_groups:

@@ -65,8 +65,9 @@ def _why_dense(module: nn.Module, layers: str) -> str:
             return f"padding_mode={module.padding_mode!r} (compressed layers pad with zeros only)"
         if not w.is_floating_point():
             return f"weight is {w.dtype}"
-        if kinds.own_state(module):
-            return (f"it holds {', '.join(map(repr, kinds.own_state(module)))} besides weight / bias (a hook "
+        own = kinds.own_state(module)
+        if own:
+            return (f"it holds {', '.join(map(repr, own))} besides weight / bias (a hook "
                     "may read it), which a compressed layer would not have: remove it to convert the layer")
         cls = type(module)  # torch.ao's QAT Conv2d is also "Conv2d": the full name says which
         label = cls.__name__ if cls.__module__.startswith("torch.nn.modules") else f"{cls.__module__}.{cls.__qualname__}"
@@ -290,7 +291,8 @@ def _check_no_norm_hooks(name: str, module: nn.Module) -> None:
     pre-hook from other parameters (the new layer has none of them); convert cannot keep that."""
     cls = _hook_tool(module)
     if cls in (WeightNorm, SpectralNorm):
-        (tool, fix), fn = _HOOK_TOOLS[cls], _HOOK_TOOLS[cls][0].rsplit(".", 1)[1]
+        tool, fix = _HOOK_TOOLS[cls]
+        fn = tool.rsplit(".", 1)[1]
         raise ValueError(f"convert: layer '{name}' uses the hook-based {tool}, which recomputes "
                          f"its weight at every forward; fold it first with {fix}, "
                          f"or use torch.nn.utils.parametrizations.{fn} (convert takes the weight it gives)")

@@ -239,6 +239,7 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
             ep = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes)
     _explicit_pool_strides(ep)
     program = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch()
+
     def write(tmp):
         with open(tmp, "wb") as f:
             program.write_to_file(f)

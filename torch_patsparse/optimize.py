@@ -34,7 +34,6 @@ require grad, ``.train()`` raises (a graph module before any child changes mode)
 through a fused op raises (train the original model and optimize it again).
 """
 import collections
-import copy
 import inspect
 import math
 import operator

@@ -10,13 +10,17 @@ __all__ = ["layer_kind", "conv_padding"]
 PATTERN, SPARSE = "pattern", "sparse"
 
 
+# A layer's weight and bias, and the tensors torch.nn.utils' prune, weight_norm and spectral_norm
+# hooks keep for them (convert handles those tools)
+_LAYER_TENSORS = {"weight", "bias", "weight_orig", "weight_mask", "bias_orig", "bias_mask", "weight_g", "weight_v",
+                  "weight_u"}
+
+
 def own_state(module: nn.Module) -> list:
-    """Names of the parameters / buffers a layer holds besides ``weight`` and ``bias`` (and
-    the tensors of torch.nn.utils' prune, weight_norm and spectral_norm hooks, which convert handles):
-    a hook or subclass may read them, and a compressed layer would not have them."""
-    mine = {"weight", "bias", "weight_orig", "weight_mask", "bias_orig", "bias_mask", "weight_g", "weight_v",
-            "weight_u"}
-    return [n for n, t in [*module._parameters.items(), *module._buffers.items()] if t is not None and n not in mine]
+    """Names of the parameters / buffers a layer holds besides ``_LAYER_TENSORS``: a hook or subclass
+    may read them, and a compressed layer would not have them."""
+    return [n for n, t in [*module._parameters.items(), *module._buffers.items()]
+            if t is not None and n not in _LAYER_TENSORS]
 
 
 def _plain(module: nn.Module, base: type) -> bool:
