@@ -111,16 +111,6 @@ class _SparseWeightMixin(DecodedWeight):
                 module.bias.copy_(self.bias)
         return module
 
-    def _weight_bias_as(self, x: torch.Tensor):
-        """The decoded weight and the bias in ``x``'s dtype (the dense path's operands). The weight
-        is a copy of the decode cache's tensor."""
-        w = torch.ops.patsparse.sparse_decode(self.header, self.index, self.codes, self.values.float(),
-                                              self.scale.float(), self.weight_shape)
-        b = self.bias
-        if not x.is_floating_point():  # (fp32 operands: torch raises the dense layer's dtype error)
-            return w, b
-        return w.to(x.dtype), (None if b is None else b.to(x.dtype))
-
     @torch.jit.unused
     def dense_weight(self) -> torch.Tensor:
         """The decoded dense fp32 weight (a new tensor on every call)."""
@@ -143,19 +133,6 @@ class _SparseWeightMixin(DecodedWeight):
         if dtype is None:
             dtype = x.dtype if x.is_floating_point() else torch.float32
         return torch.zeros(self.weight_shape, dtype=dtype, device=x.device)
-
-    def _native_args(self, x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
-                     residual: Optional[torch.Tensor]):
-        """Operands of the native op in its compute dtype (fp64 for fp64 input, else fp32): the
-        input, the stored fp32 arrays, the epilogue tensors."""
-        compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-        if scale is not None:
-            scale = scale.to(compute)
-        if shift is not None:
-            shift = shift.to(compute)
-        if residual is not None:
-            residual = residual.to(compute)
-        return (x.to(compute), self.values.float(), self.scale.float(), scale, shift, residual)
 
     @property
     def weight(self) -> torch.Tensor:

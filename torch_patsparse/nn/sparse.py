@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from ._geometry import ConvGeometry
 from ._sparse_storage import _SparseWeightMixin
 from .kinds import layer_kind
 
@@ -46,8 +47,8 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__()
-        self.in_features, self.out_features = int(in_features), int(out_features)
-        self.weight_shape = (self.out_features, self.in_features)
+        self.in_features, self.out_features = _channels("in_features / out_features", in_features, out_features)
+        self.weight_shape = [self.out_features, self.in_features]  # (a list: the ops take it as is)
         self._op_takes_shape = True
         self._init_storage(bias, device, dtype)
 
@@ -79,16 +80,13 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
         if not self._cpu_only:
             if input.device.type != "cpu":
                 return self._dense_forward(input)
-        out = self.forward_fused(input, None, self.bias, None, -float("inf"), float("inf"))
-        if not torch.jit.is_scripting():
-            out = ops.as_autocast(out)
-        return out
+        return self._layer_op(input, None, self.bias, None, -float("inf"), float("inf"))
 
     def _dense_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """F.linear with the decoded weight (other devices; a layer that runs dense)."""
-        if ops.dtypes_clash(x, self.values.dtype):  # nn.Linear's own error (input vs weight dtype)
-            ops.dtype_error(F.linear(x, self._placeholder_weight(x, self.values.dtype), self.bias))
-        return F.linear(x, *self._weight_bias_as(x))
+        """F.linear with the decoded weight (other devices; a layer that runs dense), in one native
+        call with nn.Linear's input errors (sparse_ops.cpp)."""
+        return torch.ops.patsparse.sparse_linear_decoded(x, self.header, self.index, self.codes, self.values,
+                                                         self.scale, self.bias, self.weight_shape)
 
     def forward_fused(self, x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
                       residual: Optional[torch.Tensor], lo: float = -_INF, hi: float = _INF) -> torch.Tensor:
@@ -102,16 +100,14 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
         if x.device.type != "cpu":
             raise RuntimeError(f"SparseLinear.forward_fused runs on the CPU (the sparse op has no {x.device.type} "
                                "kernel); forward() runs on any device")
-        if (x.dim() == 0 or x.size(-1) != self.in_features or not x.is_floating_point()
-                or ops.dtypes_clash(x, self.values.dtype)):
-            # nn.Linear's own error: F.linear with a weight of the layer's dtype rejects every input
-            # this branch takes (as an argument, so TorchScript does not drop the call as dead code)
-            ops.dtype_error(F.linear(x, self._placeholder_weight(x, self.values.dtype), self.bias))
-        a = self._native_args(x, scale, shift, residual)
-        out = torch.ops.patsparse.sparse_linear(a[0], self.header, self.index, self.codes, a[1], a[2],
-                                                self.out_features, a[3], a[4], a[5], ops.clamp_bound(lo),
-                                                ops.clamp_bound(hi))
-        return out if out.dtype == x.dtype else out.to(x.dtype)
+        return self._layer_op(x, scale, shift, residual, lo, hi)
+
+    def _layer_op(self, x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
+                  residual: Optional[torch.Tensor], lo: float, hi: float) -> torch.Tensor:
+        # One native call: nn.Linear's input checks and errors, dtypes and the product (sparse_ops.cpp)
+        return torch.ops.patsparse.sparse_linear_layer(x, self.header, self.index, self.codes, self.values,
+                                                       self.scale, self.bias, self.weight_shape, scale, shift,
+                                                       residual, lo, hi)
 
     def macs(self, output_hw=None) -> Tuple[int, int]:
         """(dense, kept) multiply-accumulates per sample (``output_hw`` unused)."""
@@ -133,39 +129,60 @@ def _check_source(cls, module, base) -> None:
                          f"materialised floating-point weight); a {cls.__name__} would compute nn.{base.__name__}'s")
 
 
-def _pair(v) -> tuple:
-    return tuple(ops.pair(v))
+def _channels(names: str, *counts) -> Tuple[int, ...]:
+    """Channel / feature counts as ints >= 0 (TypeError / ValueError, as nn.Conv2d / nn.Linear)."""
+    out = tuple(ops.int_arg(c, names) for c in counts)
+    if min(out) < 0:
+        raise ValueError(f"{names} must be >= 0, got {out}")
+    return out
 
 
-class SparseConv2d(_SparseWeightMixin, nn.Module):
+class SparseConv2d(ConvGeometry, _SparseWeightMixin, nn.Module):
     """``nn.Conv2d`` (any kernel size / stride / padding / dilation / groups, zero padding) whose
-    weight is stored sparse (+ k-bit). Build with :meth:`from_dense`."""
+    weight is stored sparse (+ k-bit). Build with :meth:`from_dense`. ``stride`` / ``padding`` /
+    ``dilation`` may be set after construction and take effect (``_geometry.py``)."""
 
     __constants__ = ["_native", "_cpu_only"]
     _cpu_only = False  # True in ps.export.mobile's copy: no other-device branch in its bytecode
+    _STORAGE = "header"
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None):
         super().__init__()
+        # nn.Conv2d's argument errors, at construction (the geometry's types: ConvGeometry)
+        self.in_channels, self.out_channels = _channels("in_channels / out_channels", in_channels, out_channels)
+        self.padding_mode, self.groups = padding_mode, groups
+        if self.groups < 1:
+            raise ValueError("groups must be a positive integer")
         if in_channels % groups or out_channels % groups:
             raise ValueError("in_channels and out_channels must be divisible by groups")
-        if padding_mode != "zeros":
-            raise ValueError(f"SparseConv2d supports padding_mode='zeros' only, got {padding_mode!r}")
-        if isinstance(padding, str) and padding not in ("same", "valid"):  # nn.Conv2d's errors, at construction
-            raise ValueError(f"Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}")
-        if padding == "same" and _pair(stride) != (1, 1):
-            raise ValueError("padding='same' is not supported for strided convolutions")
-        self.padding_mode = "zeros"
-        self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
-        self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
-        self.padding = padding if isinstance(padding, str) else _pair(padding)
-        self.weight_shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
-        # 1x1, groups 1, no padding ("same" / "valid" pad nothing at 1x1), any stride: the native op
-        # (an invalid stride / dilation goes to F.conv2d, which raises nn.Conv2d's error)
-        self._op_takes_shape = (self.kernel_size == (1, 1) and self.groups == 1
-                                and (isinstance(padding, str) or self.padding == (0, 0))
-                                and min(self.stride) >= 1 and min(self.dilation) >= 1)
+        self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
+        if min(self.kernel_size) < 1:
+            raise ValueError(f"kernel_size must be positive, got {self.kernel_size}")
+        self._check_padding()
+        self.weight_shape = [self.out_channels, self.in_channels // self.groups, *self.kernel_size]
+        self._op_takes_shape = self._native_geometry()
         self._init_storage(bias, device, dtype)
+
+    def _check_padding(self) -> None:
+        if self.padding == "same" and self.stride != (1, 1):
+            raise ValueError("padding='same' is not supported for strided convolutions")
+
+    def _native_geometry(self) -> bool:
+        """1x1, groups 1, no padding ("same" / "valid" pad nothing at 1x1), any stride: the native op
+        (an invalid stride / dilation goes to F.conv2d, which raises nn.Conv2d's error)."""
+        return (self.kernel_size == (1, 1) and self.groups == 1
+                and (isinstance(self.padding, str) or self.padding == (0, 0))
+                and min(self.stride) >= 1 and min(self.dilation) >= 1)
+
+    def _geometry_changed(self) -> None:
+        shape = [self.out_channels, self.in_channels // self.groups, *self.kernel_size]
+        if self.in_channels % self.groups or shape != list(self.weight_shape):
+            raise ValueError(f"SparseConv2d: kernel_size={self.kernel_size}, groups={self.groups} do not fit the "
+                             f"stored weight {list(self.weight_shape)}; build a new layer for another shape")
+        self._check_padding()
+        self._op_takes_shape = self._native_geometry()
+        self._update_native()
 
     @classmethod
     def from_dense(cls, module: nn.Conv2d, bits: Optional[int] = None, scheme: str = "uniform") -> "SparseConv2d":
@@ -194,17 +211,21 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
         if not self._cpu_only:
             if input.device.type != "cpu":
                 return self._dense_forward(input)
-        out = self.forward_fused(input, None, self.bias, None, -float("inf"), float("inf"))
-        if not torch.jit.is_scripting():
-            out = ops.as_autocast(out)
-        return out
+        return self._layer_op(input, None, self.bias, None, -float("inf"), float("inf"))
 
     def _dense_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """F.conv2d with the decoded weight (other devices, other geometries, a layer that runs dense)."""
-        if ops.dtypes_clash(x, self.values.dtype):  # nn.Conv2d's own error (input vs weight dtype)
-            ops.dtype_error(F.conv2d(x, self._placeholder_weight(x, self.values.dtype), self.bias, self.stride,
-                                     self.padding, self.dilation, self.groups))
-        return F.conv2d(x, *self._weight_bias_as(x), self.stride, self.padding, self.dilation, self.groups)
+        """F.conv2d with the decoded weight (other devices, other geometries, a layer that runs dense),
+        in one native call with nn.Conv2d's input errors (sparse_ops.cpp)."""
+        padding, padding_str = [0, 0], None
+        if isinstance(self.padding, str):
+            padding_str = self.padding
+        else:
+            padding = [self.padding[0], self.padding[1]]
+        return torch.ops.patsparse.sparse_conv2d_decoded(x, self.header, self.index, self.codes, self.values,
+                                                         self.scale, self.bias, self.weight_shape,
+                                                         [self.stride[0], self.stride[1]], padding,
+                                                         [self.dilation[0], self.dilation[1]], self.groups,
+                                                         padding_str)
 
     def forward_fused(self, x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
                       residual: Optional[torch.Tensor], lo: float = -_INF, hi: float = _INF) -> torch.Tensor:
@@ -219,22 +240,16 @@ class SparseConv2d(_SparseWeightMixin, nn.Module):
         if x.device.type != "cpu":
             raise RuntimeError(f"SparseConv2d.forward_fused runs on the CPU (the sparse op has no {x.device.type} "
                                "kernel); forward() runs on any device")
-        if ((x.dim() != 4 and x.dim() != 3) or x.size(-3) != self.in_channels or not x.is_floating_point()
-                or ops.dtypes_clash(x, self.values.dtype)):
-            # nn.Conv2d's own error: F.conv2d with a weight of the layer's dtype rejects every input
-            # this branch takes (as an argument, so TorchScript does not drop the call as dead code)
-            ops.dtype_error(F.conv2d(x, self._placeholder_weight(x, self.values.dtype), self.bias))
-        xb = x if x.dim() == 4 else x.unsqueeze(0)
-        if residual is not None and x.dim() == 3:
-            residual = residual.unsqueeze(0)
-        a = self._native_args(xb, scale, shift, residual)
-        out = torch.ops.patsparse.sparse_conv1x1(a[0], self.header, self.index, self.codes, a[1], a[2],
-                                                 self.out_channels, a[3], a[4], a[5],
-                                                 [self.stride[0], self.stride[1]], ops.clamp_bound(lo),
-                                                 ops.clamp_bound(hi))
-        if out.dtype != x.dtype:
-            out = out.to(x.dtype)
-        return out if x.dim() == 4 else out.squeeze(0)
+        return self._layer_op(x, scale, shift, residual, lo, hi)
+
+    def _layer_op(self, x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
+                  residual: Optional[torch.Tensor], lo: float, hi: float) -> torch.Tensor:
+        # One native call: nn.Conv2d's input checks and errors, dtypes, unbatched input and the
+        # product (sparse_ops.cpp)
+        return torch.ops.patsparse.sparse_conv1x1_layer(x, self.header, self.index, self.codes, self.values,
+                                                        self.scale, self.bias, self.weight_shape,
+                                                        [self.stride[0], self.stride[1]], scale, shift, residual,
+                                                        lo, hi)
 
     def output_hw(self, input_hw) -> Tuple[int, int]:
         out = []
