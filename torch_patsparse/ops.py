@@ -1,5 +1,6 @@
 """Thin Python wrappers over the native ops ``torch.ops.patsparse.*``: fake (meta) kernels for
 tracing / torch.compile, and autograd (input, values, bias) registered with ``torch.library``."""
+import operator
 import os
 import warnings
 from typing import Optional
@@ -15,14 +16,26 @@ __all__ = ["pattern_conv2d", "set_isa", "get_isa", "supported_isas", "validate"]
 _ops = torch.ops.patsparse
 
 
-def pair(v) -> list:
-    """``[a, b]`` from an int or a sequence of one or two ints (the conv argument convention)."""
-    if isinstance(v, int):
-        return [v, v]
-    v = [int(x) for x in v]
-    if len(v) not in (1, 2):
-        raise ValueError(f"expected an int or a pair of ints, got {v}")
-    return v * 2 if len(v) == 1 else v
+def pair(v, name: str = "argument") -> list:
+    """``[a, b]`` from an int or a sequence of one or two ints (the conv argument convention; numpy
+    ints too). TypeError for anything else: a float or a string is refused, not truncated."""
+    try:
+        if isinstance(v, (str, bytes)):
+            raise TypeError
+        out = [operator.index(x) for x in v] if hasattr(v, "__len__") else [operator.index(v)] * 2
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}") from None
+    if len(out) not in (1, 2):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
+    return out * 2 if len(out) == 1 else out
+
+
+def int_arg(v, name: str) -> int:
+    """``v`` as an int (numpy ints too); TypeError naming ``name`` for a float, a string, None."""
+    try:
+        return operator.index(v)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}") from None
 
 
 def pattern_conv2d(input: torch.Tensor, patterns: torch.Tensor, filter_ptr: torch.Tensor,

@@ -15,6 +15,7 @@ from .._deprecation import renamed_keywords
 from .._tracing import fx_attr, fx_leaf
 from ..patterns import PatternSet
 from ._decoded_weight import relative_error
+from ._geometry import ConvGeometry
 from ._pattern_state import PatternStateDict, channel_dtype, pack_codes
 from .kinds import PATTERN, conv_padding, layer_kind
 
@@ -24,7 +25,23 @@ _CONV2D_ORDER = ("kernel_size", "stride", "padding", "dilation", "groups", "bias
 _OLD_ORDER = ("stride", "padding", "dilation", "bias", "patterns", "kept_kernels", "bits", "scheme", "device", "dtype")
 
 
-class PatternConv2d(PatternStateDict, nn.Module):
+def _pattern_table(patterns) -> torch.Tensor:
+    """``patterns`` ([K, E] positions 0..8, a tensor / nested list / PatternSet) as the uint8 table
+    (ValueError / TypeError for anything else: a position is never truncated or wrapped)."""
+    if isinstance(patterns, PatternSet):
+        patterns = patterns.to_tensor()
+    t = torch.as_tensor(patterns)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"patterns must hold integer positions 0..8, got {t.dtype}")
+    if t.dim() != 2 or t.shape[1] < 1 or t.shape[1] > 9:
+        raise ValueError(f"patterns must be [K, E] with 1 <= E <= 9, got shape {list(t.shape)}")
+    if t.numel() and not t.is_meta and (t.min() < 0 or t.max() > 8):
+        raise ValueError(f"patterns must hold positions 0..8 of a 3x3 kernel, got values {t.min().item()}.."
+                         f"{t.max().item()}")
+    return t.to(torch.uint8)
+
+
+class PatternConv2d(ConvGeometry, PatternStateDict, nn.Module):
     """3x3 convolution with a pattern-compressed weight (see DESIGN.md, "Compressed format").
 
     Every kept kernel keeps ``E`` (usually 4) weights in one of ``K`` shapes of the layer's pattern
@@ -44,7 +61,8 @@ class PatternConv2d(PatternStateDict, nn.Module):
     ``patterns``, ``kept_kernels``, ``bits``, ``scheme``, ``device``, ``dtype``); the old order
     ``(in_channels, out_channels, stride, padding, dilation, bias, ...)`` still works for one release
     with a DeprecationWarning where no nn.Conv2d call fits (a bool fourth argument). ``kernel_size`` /
-    ``stride`` / ``padding`` / ``dilation`` / ``groups`` read as nn.Conv2d's.
+    ``stride`` / ``padding`` / ``dilation`` / ``groups`` read as nn.Conv2d's; ``stride`` / ``padding``
+    / ``dilation`` may be set after construction and take effect (``_geometry.py``).
     Pruned weights are skipped, not multiplied: a NaN / inf input that only pruned weights touch does
     not reach the output (it does in the dense conv, through 0 * NaN). ``conversion_error`` is the
     relative weight error ``||W_stored - W|| / ||W||`` of the conversion that built it (0.0 when
@@ -53,6 +71,7 @@ class PatternConv2d(PatternStateDict, nn.Module):
 
     __constants__ = ["in_channels", "out_channels", "quantized"]
     conversion_error: float
+    _STORAGE = "patterns"
     __jit_unused_properties__ = ["nnz", "kept_kernels"]
 
     @renamed_keywords("PatternConv2d", nnz="kept_kernels")
@@ -66,15 +85,19 @@ class PatternConv2d(PatternStateDict, nn.Module):
                padding_mode: str = "zeros") -> None:
         if padding_mode != "zeros":
             raise ValueError(f"PatternConv2d supports padding_mode='zeros' only, got {padding_mode!r}")
-        if tuple(ops.pair(kernel_size)) != (3, 3):
+        if tuple(ops.pair(kernel_size, "kernel_size")) != (3, 3):
             raise ValueError(f"PatternConv2d is a 3x3 convolution, got kernel_size={kernel_size!r}")
-        if groups != 1:
+        if ops.int_arg(groups, "groups") != 1:
             raise ValueError(f"PatternConv2d takes groups=1 only, got groups={groups!r}")
         super().__init__()
+        in_channels, out_channels = (ops.int_arg(c, "in_channels / out_channels") for c in (in_channels, out_channels))
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
-        if bits is not None and not (isinstance(bits, int) and 1 <= bits <= 8):
+        if bits is not None and not (isinstance(bits, int) and not isinstance(bits, bool) and 1 <= bits <= 8):
             raise ValueError(f"bits must be an int in 1..8 or None, got {bits!r}")
+        kept_kernels = ops.int_arg(kept_kernels, "kept_kernels")
+        if kept_kernels < 0:
+            raise ValueError(f"kept_kernels must be >= 0, got {kept_kernels}")
         if scheme not in _SCHEMES:
             raise ValueError(f"scheme must be one of {_SCHEMES}, got {scheme!r}")
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
@@ -101,7 +124,7 @@ class PatternConv2d(PatternStateDict, nn.Module):
         if patterns is None:
             with torch.device("cpu"):
                 patterns = PatternSet.candidates().to_tensor()[:8]
-        patterns = torch.as_tensor(patterns).to(device=target, dtype=torch.uint8)
+        patterns = _pattern_table(patterns).to(target)
         entries = patterns.shape[1]
         self.register_buffer("patterns", patterns.clone())
         self.register_buffer("filter_ptr", torch.zeros(out_channels + 1, dtype=torch.int32, device=device))
@@ -117,7 +140,16 @@ class PatternConv2d(PatternStateDict, nn.Module):
             self.register_buffer("scale", torch.ones((), **factory))
         else:
             self.values = nn.Parameter(torch.zeros(kept_kernels, entries, **factory))
-        self.bias = nn.Parameter(torch.zeros(out_channels, **factory)) if bias else None
+        self.register_parameter("bias", nn.Parameter(torch.zeros(out_channels, **factory)) if bias else None)
+
+    def _geometry_changed(self) -> None:
+        if self.kernel_size != (3, 3) or self.groups != 1:
+            raise ValueError(f"PatternConv2d is a 3x3 convolution with groups=1, got kernel_size={self.kernel_size}, "
+                             f"groups={self.groups}")
+        if isinstance(self.padding, str):  # numeric, as the constructor stores it (the op takes numbers)
+            if self.padding == "same" and self.stride != (1, 1):
+                raise ValueError("padding='same' is not supported for strided convolutions")
+            nn.Module.__setattr__(self, "padding", self.dilation if self.padding == "same" else (0, 0))
 
     # ------------------------------------------------------------------ construction
     @classmethod
