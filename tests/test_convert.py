@@ -309,6 +309,25 @@ def test_load_compressed_restores_a_weights_only_file_into_a_fresh_model(tmp_pat
         assert {m.bits for m in fresh.modules() if isinstance(m, PatternConv2d)} == {bits}
 
 
+@pytest.mark.parametrize("assign", [False, True])
+def test_load_compressed_keeps_frozen_layers_frozen_and_their_hooks(assign):
+    """The transfer-learning order (build, freeze the backbone, hook a layer, then load weights):
+    load_state_dict keeps requires_grad and hooks, so load_compressed does too."""
+    converted = ps.convert(_pruned_smallnet(0), layers="all").eval()
+    fresh = SmallNet().eval()
+    for p in fresh.parameters():
+        p.requires_grad_(False)
+    fresh.fc.requires_grad_(True)
+    seen = []
+    conv_name = next(n for n, m in converted.named_modules() if isinstance(m, PatternConv2d))
+    fresh.get_submodule(conv_name).register_forward_hook(lambda m, i, o: seen.append(type(m).__name__))
+    ps.load_compressed(fresh, converted.state_dict(), assign=assign)
+    assert {n for n, p in fresh.named_parameters() if p.requires_grad} == {n for n, _ in fresh.fc.named_parameters(
+        prefix="fc")}
+    fresh(torch.randn(1, 1, 16, 16))
+    assert seen == ["PatternConv2d"]
+
+
 def test_load_compressed_rejects_what_it_cannot_place():
     sd = ps.convert(_pruned_smallnet(1)).state_dict()
     wrong = SmallNet()
@@ -784,3 +803,45 @@ def test_load_compressed_of_a_layer_registered_twice(kw):
     assert loaded.a is loaded.b and isinstance(loaded.a, PatternConv2d)
     x = torch.randn(1, 8, 6, 6)
     torch.testing.assert_close(loaded(x), converted(x), rtol=0, atol=0)
+
+
+def test_convert_with_bits_quantizes_layers_converted_before():
+    """Convert to float, fine-tune the values, then quantize: ``convert(converted, bits=4)`` stores the
+    converted layers in 4 bits (their pattern sets kept) and reports the rounding, as a first
+    conversion with bits=4 does (it left them in float32 silently)."""
+    model = _pruned_smallnet(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        direct = ps.convert(model, layers="all", bits=4)
+    floats = ps.convert(model, layers="all")
+    with pytest.warns(UserWarning, match="lossy"):
+        again = ps.convert(floats, layers="all", bits=4)
+    kinds_of = lambda m: [(type(x).__name__, getattr(x, "bits", None)) for x in m.modules()]  # noqa: E731
+    assert kinds_of(again) == kinds_of(direct)
+    for a, b in zip(again.modules(), floats.modules()):
+        if isinstance(a, PatternConv2d):
+            assert a.bits == 4 and torch.equal(a.patterns, b.patterns) and a.conversion_error > 0
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(x), direct.eval()(x), rtol=1e-5, atol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # already 4-bit: nothing to do, nothing lost
+        ps.convert(again, layers="all", bits=4)
+
+
+def test_convert_refuses_a_scripted_model():
+    with pytest.raises(TypeError, match="scripted"):
+        ps.convert(torch.jit.script(SmallNet()))
+
+
+def test_convert_says_to_hard_prune_a_layer_admm_trained_but_did_not_prune():
+    torch.manual_seed(0)
+    model = SmallNet()
+    convs = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d) and m.in_channels > 1]
+    opt = ps.ADMM([{"params": convs, "constraints": [C.Pattern(k=4)]}], base=torch.optim.SGD, lr=0.01,
+                  update_every=1)
+    x = torch.randn(4, 1, 16, 16)
+    model(x).square().mean().backward()
+    opt.step()
+    with pytest.warns(UserWarning, match="hard_prune"):
+        ps.convert(model)

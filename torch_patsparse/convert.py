@@ -102,6 +102,8 @@ def _pattern_layer(module: nn.Conv2d, pset: Optional[PatternSet], explicit: bool
         per_kernel = (module.weight.detach().reshape(-1, 9) != 0).sum(1)
         why = (f"not pattern-pruned: kernels keep up to {cover.entries} of 9 weights ({int((per_kernel > 4).sum())} "
                f"of {per_kernel.numel()} keep more than 4), so the pattern form is not smaller than dense")
+    if pset is not None:  # ps.ADMM trained it onto patterns, but the weights are not there yet
+        why += " (it was trained under ADMM's pattern constraint: call opt.hard_prune() before convert)"
     if not project:
         return None, why
     return PatternConv2d.from_dense(module, None, bits=bits, scheme=scheme, project=True), ""
@@ -160,7 +162,9 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
     exclude: a selector or a list of them: modules to keep dense (e.g. ``["features.0"]`` for a
         first conv with 3 inputs).
     bits / scheme: quantize the kept weights of every converted layer to ``bits`` (lossy, asked
-        for). None: keep codes only where the weights already sit on quantization levels.
+        for), layers converted before included (e.g. float PatternConv2d layers after fine-tuning;
+        their pattern sets are kept). None: keep codes only where the weights already sit on
+        quantization levels, and converted layers as they are.
     project: allow the lossy projection of 3x3 layers that are not pattern-pruned (onto
         ``pattern_set`` or 8 patterns of 4 selected from the weight).
     inplace: modify ``model`` itself instead of a deep copy (``model`` itself being one layer, the
@@ -177,6 +181,8 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
         raise ValueError(f"layers must be one of {_LAYER_CHOICES}, got {layers!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert expects an nn.Module, got {type(model).__name__}")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError("convert takes the eager model, not a scripted one (convert first, then script)")
     if pattern_set is not None and not isinstance(pattern_set, (PatternSet, dict)):
         raise TypeError(f"pattern_set must be a PatternSet, a dict of them or None, got {type(pattern_set).__name__}")
     # Every name a module has (a module registered twice is converted once and swapped at both places).
@@ -214,13 +220,18 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
         if excluded.intersection(names):
             continue
         kind = kinds.layer_kind(module)
-        if kind is None or (layers == "3x3" and kind == kinds.SPARSE):
+        new, why = None, ""
+        if isinstance(module, (PatternConv2d, SparseConv2d, SparseLinear)):  # converted before
+            if bits is None or (layers == "3x3" and not isinstance(module, PatternConv2d)) or (
+                    module.bits == bits and module.scheme == scheme):
+                continue
+            new = _requantized(module, bits, scheme)
+        elif kind is None or (layers == "3x3" and kind == kinds.SPARSE):
             why = _why_dense(module, layers)
             if why:
                 dense.append((name, why))
             continue
-        new, why = None, ""
-        if kind == kinds.PATTERN:
+        elif kind == kinds.PATTERN:
             explicit = explicit_sets.get(name) if isinstance(pattern_set, dict) else pattern_set
             pset = explicit if explicit is not None else trained.get(name)
             new, why = _naming(name, _pattern_layer, module, pset, explicit is not None, bits, scheme, project)
@@ -241,7 +252,8 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
         if new is None:
             dense.append((name, why))
             continue
-        if isinstance(new, PatternConv2d):  # against the weight before a projection (from_dense saw the projected one)
+        if isinstance(new, PatternConv2d) and kind is not None:
+            # against the weight before a projection (from_dense saw the projected one)
             new.conversion_error = relative_error(new.to_dense().weight, module.weight)
         new.train(module.training)
         _carry_over(module, new)
@@ -263,6 +275,15 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
         warnings.warn("convert: lossy conversion (relative weight error ||W'-W||/||W||): "
                       + ", ".join(f"'{n}': {e:.3g}" for n, e in lossy), UserWarning, stacklevel=2)
     return model
+
+
+def _requantized(module: nn.Module, bits: int, scheme: str) -> nn.Module:
+    """A converted layer stored at ``bits`` / ``scheme`` (its pattern set kept); ``conversion_error``
+    against what it computed before."""
+    dense = module.to_dense()
+    if isinstance(module, PatternConv2d):
+        return PatternConv2d.from_dense(dense, module.pattern_set(), bits=bits, scheme=scheme)
+    return type(module).from_dense(dense, bits, scheme)
 
 
 def _keep_ties(old: nn.Module, new: nn.Module, ties: Dict[int, Tuple[nn.Module, nn.Parameter]]) -> None:
@@ -371,7 +392,8 @@ def load_compressed(model: nn.Module, state_dict, strict: bool = True, assign: b
     replaced by an empty :class:`PatternConv2d`, :class:`SparseConv2d` or :class:`SparseLinear` with
     the layer's geometry (stride, padding, bias, bit width from the stored metadata), then
     ``model.load_state_dict(state_dict, strict)`` loads everything, validating each compressed
-    array. The result computes exactly what the saved model computed. A compressed entry for a
+    array. The result computes exactly what the saved model computed; frozen parameters stay frozen
+    and the layers' hooks move to the compressed modules, as in :func:`convert`. A compressed entry for a
     layer that cannot take it (e.g. a 5x5 conv under PatternConv2d arrays) is a ValueError.
     (``torch.save(model)`` of the whole converted module works too; this is for weights-only files.)
     ``assign`` is ``load_state_dict``'s: True takes the loaded tensors themselves, the way to load into
@@ -394,6 +416,7 @@ def load_compressed(model: nn.Module, state_dict, strict: bool = True, assign: b
                              "(e.g. PatternConv2d) and call its load_state_dict")
         if new is not None:
             new.train(module.training)
+            _carry_over(module, new)  # frozen parameters stay frozen, hooks move, as in convert
             if getattr(new, "bias", None) is not None and isinstance(getattr(module, "bias", None), torch.Tensor):
                 with torch.no_grad():  # a bias the state_dict leaves out (strict=False) keeps the layer's own
                     new.bias.copy_(module.bias)
