@@ -4,15 +4,13 @@ what the layer computes. The value is checked and normalised on assignment as th
 (an int becomes a pair; a float or a string is a TypeError, not truncated), and what the layer
 derived from its geometry is refreshed (``_geometry_changed``), so no forward runs a stale geometry.
 ``padding_mode`` other than ``"zeros"`` is refused: these layers have no other padding."""
-from torch import nn
-
 from .. import ops
 
 _PAIRS = ("kernel_size", "stride", "dilation")
 _GEOMETRY = _PAIRS + ("padding", "groups", "padding_mode")
 
 
-class ConvGeometry(nn.Module):
+class ConvGeometry:
     """Mixin (before nn.Module in the bases) normalising the geometry attributes on assignment.
     ``_STORAGE``: the name of a buffer the constructor registers after the geometry (from then on an
     assignment is checked against the layer)."""

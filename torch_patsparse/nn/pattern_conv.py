@@ -149,7 +149,7 @@ class PatternConv2d(ConvGeometry, PatternStateDict, nn.Module):
         if isinstance(self.padding, str):  # numeric, as the constructor stores it (the op takes numbers)
             if self.padding == "same" and self.stride != (1, 1):
                 raise ValueError("padding='same' is not supported for strided convolutions")
-            nn.Module.__setattr__(self, "padding", self.dilation if self.padding == "same" else (0, 0))
+            super(ConvGeometry, self).__setattr__("padding", self.dilation if self.padding == "same" else (0, 0))
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -188,6 +188,8 @@ class PatternConv2d(ConvGeometry, PatternStateDict, nn.Module):
             raise ValueError(f"scheme must be one of {quant.SCHEMES}, got {scheme!r}")
         if pattern_set is not None and not isinstance(pattern_set, PatternSet):
             raise TypeError(f"pattern_set must be a PatternSet or None, got {type(pattern_set).__name__}")
+        if not isinstance(project, bool):  # ("no" would be true)
+            raise TypeError(f"project must be a bool, got {project!r}")
         w = conv.weight.detach()
         if not torch.isfinite(w).all():
             raise ValueError("conv weight has NaN or inf entries")
