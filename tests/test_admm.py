@@ -855,3 +855,19 @@ def test_a_damaged_admm_state_is_refused_before_anything_changes(edit):
     assert torch.equal(after["admm"]["params"][0]["mask"], before["admm"]["params"][0]["mask"])
     assert after["admm"]["step"] == before["admm"]["step"]
     assert torch.equal(after["state"][0]["momentum_buffer"], before["state"][0]["momentum_buffer"])
+
+
+def test_a_misspelled_constraints_key_is_refused_other_keys_pass():
+    """{"constraint": ...} (singular) trained the group unconstrained, silently: a close slip of a key
+    ADMM reads is refused; the base optimizer's keys and the user's own keys pass, as in torch."""
+    w, b = nn.Parameter(torch.randn(8, 8, 3, 3)), nn.Parameter(torch.zeros(8))
+    for key in ("constraint", "Constraints", "contraints"):
+        with pytest.raises(ValueError, match=rf"key '{key}'.*did you mean 'constraints'"):
+            ps.ADMM([{"params": [w], key: [C.Pattern(k=4)]}], lr=0.1)
+    opt = ps.ADMM([{"params": [w], "constraints": [C.Pattern(k=4)], "name": "convs", "lr": 0.2, "momentum": 0.9}],
+                  lr=0.1)
+    with pytest.raises(ValueError, match=r"key 'constraint'.*did you mean 'constraints'"):
+        opt.add_param_group({"params": [b], "constraint": [C.Unstructured(keep=0.5)]})
+    assert len(opt.param_groups) == 1
+    opt.add_param_group({"params": [b], "weight_decay": 1e-4, "tag": "bias"})
+    assert opt.param_groups[1]["tag"] == "bias"

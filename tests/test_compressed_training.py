@@ -272,3 +272,38 @@ def test_what_the_block_sets_on_a_swapped_conv_stays_after_it():
     for name in ("c1.weight", "c2.weight", "c3.weight"):
         torch.testing.assert_close(model.get_parameter(name).grad, dense.get_parameter(name).grad, rtol=1e-5, atol=1e-6)
     assert len(grads) == len([p for p in model.parameters() if p.grad is not None])
+
+
+@pytest.mark.parametrize("dense_step_first", [False, True])
+def test_a_base_optimizer_with_factored_state_is_refused_on_entry(dense_step_first):
+    """Adafactor's row / column moments are not shaped like the weight: in the block it trained
+    otherwise than masked dense, and the dense step after it (or the block after a dense step) crashed
+    with a size mismatch. Refused on entry, the model and optimizer untouched."""
+    model, opt = build(torch.optim.Adafactor, None, lr=1e-2)
+    if dense_step_first:
+        train(model, opt, 1, compressed=False)
+    convs = {n: type(m) for n, m in model.named_modules()}
+    state = {k: v.shape for k, v in opt.state[model.c2.weight].items()}
+    with pytest.raises(ValueError, match="base optimizer Adafactor: it keeps factored"):
+        with ps.compressed_training(model, opt):
+            pass
+    assert {n: type(m) for n, m in model.named_modules()} == convs
+    assert {k: v.shape for k, v in opt.state[model.c2.weight].items()} == state
+    train(model, opt, 1, compressed=False)  # trains on, dense
+
+
+def test_state_not_shaped_like_the_weight_is_refused_on_entry():
+    """An optimizer not known by class is refused once its state shows it (a tensor of another shape)."""
+    class RowSGD(torch.optim.SGD):  # keeps a per-row statistic, as a factored optimizer would
+        def step(self, closure=None):
+            for g in self.param_groups:
+                for p in g["params"]:
+                    self.state[p]["row"] = p.detach().flatten(1).mean(1) if p.dim() > 1 else p.detach().clone()
+            return super().step(closure)
+
+    model, opt = build(RowSGD, None, lr=0.05)
+    train(model, opt, 1, compressed=False)
+    with pytest.raises(ValueError, match=r"base optimizer RowSGD: its state 'row' has shape \[\d+\], not the param"):
+        with ps.compressed_training(model, opt):
+            pass
+    assert all(type(m) is not ps.nn.PatternConv2d for m in model.modules())

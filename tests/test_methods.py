@@ -1,6 +1,7 @@
 """The three constraint methods of ps.ADMM (method="admm" | "oneshot" | "gradual"): constraints kept
 exactly through hard prune and masked retraining, bit-exact resume, the gradual keep schedule, ADMM
 residuals / residual balancing, and ADMM converging on a convex toy problem with a known optimum."""
+import copy
 import io
 
 import pytest
@@ -302,3 +303,62 @@ def test_proximal_defaults_drive_the_weights_onto_the_set(base, bn):
     final = max(opt.residuals().values())
     assert final < 0.15 and final < 0.25 * peak, (final, peak)
     assert sum(losses[-16:]) < sum(losses[:16])
+
+
+@pytest.mark.parametrize("method", ["oneshot", "gradual"])
+@pytest.mark.parametrize("when", ["first_step", "retraining"])
+def test_a_nan_gradient_at_a_masked_step_is_refused_before_anything_changes(method, when):
+    """Masks and levels hid a NaN gradient: with Pattern + Quantize every weight became one finite level,
+    pruned entries NaN * 0 = NaN. Refused as method="admm" refuses NaN at its Z update, weights and
+    optimizer state as they were."""
+    m = tiny_net()
+    opt = make(m, method)
+    if when == "retraining":
+        train(m, opt, 2)
+        opt.hard_prune()
+    x, y = batch(7)
+    opt.zero_grad()
+    F.cross_entropy(m(x), y).backward()
+    m[3].weight.grad[0, 0, 0, 0] = float("nan")
+    before = io.BytesIO()
+    torch.save((m.state_dict(), opt.state_dict()), before)
+    with pytest.raises(ValueError, match=r"gradient of parameter '3\.weight' contains NaN/Inf at a masked step"):
+        opt.step()
+    after = io.BytesIO()
+    torch.save((m.state_dict(), opt.state_dict()), after)
+    assert before.getvalue() == after.getvalue()
+
+
+@pytest.mark.parametrize("method", ["admm", "oneshot", "gradual"])
+def test_hard_prune_of_nan_weights_names_hard_prune(method):
+    m = tiny_net()
+    opt = make(m, method)
+    with torch.no_grad():
+        m[0].weight[0, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"parameter '0\.weight' contains NaN/Inf at hard_prune"):
+        opt.hard_prune()
+    assert opt.phase == ("gradual" if method == "gradual" else "admm")
+
+
+def test_a_pruned_layer_unfrozen_after_hard_prune_gets_masked_gradients():
+    """A layer frozen at hard_prune() and unfrozen later (gradual unfreezing) had no gradient mask: its
+    gradient between backward() and step() kept the pruned entries, as clip_grad_norm_ saw. Also in
+    a copy, whose hooks are its own."""
+    m = tiny_net()
+    m[0].weight.requires_grad_(False)  # (from_model leaves frozen parameters out: groups by hand)
+    convs = [(n, p) for n, p in m.named_parameters() if n in ("0.weight", "3.weight")]
+    rest = [(n, p) for n, p in m.named_parameters() if n not in ("0.weight", "3.weight")]
+    opt = ps.ADMM([{"params": convs, "constraints": CONV_SPEC}, {"params": rest}], lr=0.05, momentum=0.9,
+                  method="oneshot")
+    train(m, opt, 1)  # the one-shot prune
+    m2, opt2 = copy.deepcopy((m, opt))
+    for model, o in ((m, opt), (m2, opt2)):
+        model[0].weight.requires_grad_(True)
+        mask = o.masks()["0.weight"]
+        x, y = batch(3)
+        o.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        g = model[0].weight.grad
+        assert g[~mask].abs().sum() == 0 and g[mask].abs().sum() > 0
+        o.step()
+    assert len(m[0].weight._backward_hooks) == 1  # the copy's optimizer hooked its own weight only

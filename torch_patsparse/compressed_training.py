@@ -70,6 +70,27 @@ def _candidates(model: nn.Module, opt: ADMM) -> Dict[nn.Conv2d, List[Tuple[nn.Mo
     return found
 
 
+# Base optimizers known to keep per-parameter state of another shape than the parameter (Adafactor's
+# factored row / column second moments): checked by class too, as such state appears only at the first step.
+_FACTORED = tuple(c for c in (getattr(torch.optim, "Adafactor", None),) if c is not None)
+
+
+def _check_elementwise(opt: ADMM, weights: List[torch.Tensor]) -> None:
+    """Refuse a base optimizer whose state of a swapped weight is not element-wise: only tensors shaped
+    like the weight (and scalars) move to the compressed layout, and a factored update over the
+    compressed values is not the dense one's. Nothing to swap: nothing to refuse."""
+    if not weights:
+        return
+    why = "it keeps factored per-parameter state" if isinstance(opt.base, _FACTORED) else next(
+        (f"its state {k!r} has shape {list(v.shape)}, not the parameter's {list(w.shape)}" for w in weights
+         for k, v in opt.state.get(w, {}).items() if torch.is_tensor(v) and v.dim() > 0 and v.shape != w.shape),
+        None)
+    if why:
+        raise ValueError(f"compressed_training: cannot train with base optimizer {type(opt.base).__name__}: {why}, "
+                         "which cannot move to the compressed layout; use an optimizer with element-wise state "
+                         "(SGD, Adam, AdamW, RMSprop, ...) or train masked dense (without the block)")
+
+
 def _shared_weights(found) -> List[nn.Conv2d]:
     """The convs of ``found`` whose weight another conv holds too (a weight tie across two layers:
     one set of stored values cannot serve both geometries)."""
@@ -119,7 +140,12 @@ def compressed_training(model: nn.Module, optimizer: ADMM):
     (a :class:`ADMM` after :meth:`~ADMM.hard_prune`) retrains with a pattern constraint are swapped;
     the others stay as they are (a swapped conv keeps its hooks and frozen flag, as after ``convert``).
     Yields the names of the swapped convs. On exit (also on an exception) the dense convs are back,
-    with the trained weights and the optimizer state in place."""
+    with the trained weights and the optimizer state in place.
+
+    The base optimizer must update each weight from its own gradient and state (element-wise state
+    shaped like the parameter, or scalars): SGD, Adam, AdamW, RMSprop, Adagrad, ... . One with factored
+    state (``torch.optim.Adafactor``: per-row / per-column moments) is refused with a ValueError on
+    entry, before anything changes: its state cannot move to the compressed layout."""
     if not isinstance(optimizer, ADMM):
         raise TypeError(f"compressed_training needs a ps.ADMM optimizer, got {type(optimizer).__name__}")
     if optimizer.phase != "retrain":
@@ -127,6 +153,7 @@ def compressed_training(model: nn.Module, optimizer: ADMM):
     names = {id(m): n for n, m in model.named_modules()}
     found = _candidates(model, optimizer)
     shared = _shared_weights(found)
+    _check_elementwise(optimizer, [m.weight for m in found if m not in shared])
     if shared:
         warnings.warn("compressed_training: " + ", ".join(repr(names[id(m)]) for m in shared) + " share one weight "
                       "between layers; they train dense (masked) in the block", UserWarning, stacklevel=3)

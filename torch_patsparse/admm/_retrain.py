@@ -55,16 +55,38 @@ class _MaskGrad:
 class HardPrune:
     """Hard prune, gradual mask updates and retraining under fixed masks / levels."""
 
-    def _hook_masks(self) -> None:
-        """(Re)registers the gradient masks of the gradual and retraining phases (:class:`_MaskGrad`)."""
-        for handle in self.__dict__.pop("_grad_hooks", {}).values():
-            handle.remove()
-        hooks = {}
-        if self._phase != "admm":
-            for p, st in self._admm.items():
-                if isinstance(st, RetrainState) and st.mask is not None and p.requires_grad:
-                    hooks[p] = p.register_hook(_MaskGrad(self, st.mask))
-        self._grad_hooks = hooks
+    def _hook_masks(self, params=None) -> None:
+        """Registers the gradient masks of the gradual and retraining phases (:class:`_MaskGrad`): all
+        anew (``params`` None: the masks changed), or for ``params`` only. A frozen parameter cannot
+        take a hook: it waits in ``_unhooked`` (also one whose state is away in compressed_training)."""
+        hooks = self.__dict__.setdefault("_grad_hooks", {})
+        if params is None:
+            for handle in hooks.values():
+                handle.remove()
+            hooks.clear()
+            params = [p for p, st in self._admm.items() if getattr(st, "mask", None) is not None] \
+                if self._phase != "admm" else []
+        unhooked = []
+        for p in params:
+            mask = getattr(self._admm.get(p), "mask", None)
+            if p.requires_grad and mask is not None:
+                hooks[p] = p.register_hook(_MaskGrad(self, mask))
+            else:
+                unhooked.append(p)
+        self._unhooked = unhooked
+
+    def _hook_unfrozen(self) -> None:
+        """Hooks the masked parameters frozen when their hooks were registered and unfrozen since
+        (gradual unfreezing); a check of their flags otherwise."""
+        unhooked = self.__dict__.get("_unhooked")
+        if unhooked and any(p.requires_grad for p in unhooked):
+            self._hook_masks(unhooked)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """As torch's; first hooks a pruned parameter unfrozen since :meth:`hard_prune` (or the last mask
+        update / load), so that the backward after it gives the loop masked gradients too."""
+        self._hook_unfrozen()
+        super().zero_grad(set_to_none)
 
     @outside_inference_mode
     @torch.no_grad()
@@ -72,10 +94,10 @@ class HardPrune:
         """``W = Proj(W)`` in place; fix masks and quantization levels; retrain from now on."""
         if self._phase == "retrain":
             return
-        self._ensure_init()
         groups = list(self._constrained())
-        for _, _, _, pairs in groups:
+        for _, _, _, pairs in groups:  # before _ensure_init, whose check would name the initialisation
             self._check_finite(pairs, "hard_prune")
+        self._ensure_init()
         new = {}
         for gi, g, cons, pairs in groups:
             pset = self._pattern_sets.get(gi)

@@ -2,8 +2,10 @@
 mixed in from their own files (Z-update, fused step, hard prune / retraining, checkpoint)."""
 from __future__ import annotations
 
+import difflib
 import inspect
 import math
+import numbers
 from typing import Callable
 
 import torch
@@ -27,6 +29,15 @@ METHODS = ("admm", "oneshot", "gradual")
 PENALTIES = ("gradient", "proximal")
 #: (rho, rho_max) when not given, per penalty (docs/DESIGN.md says what rho means in each)
 _DEFAULT_RHO = {"gradient": (1.0, 20.0), "proximal": (0.01, 2.0)}
+
+def _as_number(value, kind, cast):
+    """``value`` as ``cast`` (int / float) when it is a ``kind`` number other than a bool (numpy
+    scalars included); anything else as it is, for the caller's check to refuse."""
+    return cast(value) if isinstance(value, kind) and not isinstance(value, bool) else value
+
+
+#: The param-group keys ADMM reads itself (besides torch's "params" / "param_names").
+_GROUP_KEYS = ("constraints", "names")
 
 _CALIB_STEPS = 8  # steps before each Z-update whose gradient norms calibrate rho_eff
 
@@ -69,25 +80,27 @@ class ADMM(ZUpdate, FusedStep, HardPrune, Checkpoint, Optimizer):
                  balance: bool = False, penalty: str = "proximal", **base_kwargs):
         if method not in METHODS:
             raise ValueError(f"ADMM: method must be one of {METHODS}, got {method!r}")
+        # numpy scalars as Python numbers; a bool is neither (rho=True is refused below)
+        phase_steps, update_every = (_as_number(v, numbers.Integral, int) for v in (phase_steps, update_every))
+        rho, rho_max, rho_growth = (_as_number(v, numbers.Real, float) for v in (rho, rho_max, rho_growth))
         if phase_steps is not None and (isinstance(phase_steps, bool) or not isinstance(phase_steps, int)
                                         or phase_steps < 1):
             raise ValueError(f"ADMM: phase_steps must be None or an int >= 1, got {phase_steps!r}")
         if penalty not in PENALTIES:
             raise ValueError(f"ADMM: penalty must be one of {PENALTIES}, got {penalty!r}")
         rho = _DEFAULT_RHO[penalty][0] if rho is None else rho
-        rho_max = max(_DEFAULT_RHO[penalty][1], rho) if rho_max is None and isinstance(rho, (int, float)) \
-            else rho_max
+        rho_max = max(_DEFAULT_RHO[penalty][1], rho) if rho_max is None and isinstance(rho, float) else rho_max
         if method == "gradual" and phase_steps is None:
             raise ValueError("ADMM: method='gradual' needs phase_steps (the steps over which keep decays)")
-        if not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho > 0):
+        if not (isinstance(rho, float) and math.isfinite(rho) and rho > 0):
             raise ValueError(f"ADMM: rho must be a positive finite number, got {rho!r}")
-        if not (isinstance(rho_max, (int, float)) and math.isfinite(rho_max) and rho_max >= rho):
+        if not (isinstance(rho_max, float) and math.isfinite(rho_max) and rho_max >= rho):
             raise ValueError(f"ADMM: rho_max must be a finite number >= rho, got {rho_max!r}")
         if rho_growth is None:  # geometric rho -> rho_max over the phase's Z-updates, else the classic 1.3
             updates = (phase_steps // update_every) if phase_steps and isinstance(update_every, int) and \
                 update_every >= 1 else 0
             rho_growth = (rho_max / rho) ** (1.0 / (updates - 1)) if updates >= 2 else 1.3
-        if not (isinstance(rho_growth, (int, float)) and math.isfinite(rho_growth) and rho_growth >= 1):
+        if not (isinstance(rho_growth, float) and math.isfinite(rho_growth) and rho_growth >= 1):
             raise ValueError(f"ADMM: rho_growth must be >= 1, got {rho_growth!r}")
         if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
             raise ValueError(f"ADMM: update_every must be an int >= 1, got {update_every!r}")
@@ -149,7 +162,7 @@ class ADMM(ZUpdate, FusedStep, HardPrune, Checkpoint, Optimizer):
         # weakref to this object: a copy would step the original's parameters).
         # The gradient-mask hooks sit on the parameters: the copy registers its own.
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("step", "_opt_called", "_grad_hooks") and not k.startswith("_optimizer_")}
+                if k not in ("step", "_opt_called", "_grad_hooks", "_unhooked") and not k.startswith("_optimizer_")}
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)  # fresh hook dicts, as torch's optimizers after unpickling
@@ -194,6 +207,14 @@ class ADMM(ZUpdate, FusedStep, HardPrune, Checkpoint, Optimizer):
 
     def _check_group(self, gi: int) -> None:
         g = self.param_groups[gi]
+        # Like torch, a group may carry keys of its own; but a slip of ADMM's own keys ("constraint")
+        # would silently train the group unconstrained. Cutoff 0.9: one or two slipped letters, while a
+        # user's own "name" (0.89 to "names") still passes.
+        for key in g.keys() - self.base.defaults.keys() - {"params", "param_names", *_GROUP_KEYS}:
+            close = difflib.get_close_matches(str(key).lower(), _GROUP_KEYS, n=1, cutoff=0.9)
+            if close:
+                raise ValueError(f"ADMM: param group {gi} has the key {key!r}, which ADMM would ignore; "
+                                 f"did you mean {close[0]!r}?")
         names = self._names(gi)
         cons = g.get("constraints") or ()
         if isinstance(cons, C.Constraint):
@@ -240,6 +261,12 @@ class ADMM(ZUpdate, FusedStep, HardPrune, Checkpoint, Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._hook_unfrozen()
+        if self._phase != "admm" or self.method == "oneshot":
+            # the masked step's projections would hide a NaN/Inf (ADMM's own steps leave it in W for its Z
+            # update to refuse): refuse it before anything changes
+            self._check_finite([pair for _, _, _, pairs in self._constrained() for pair in pairs],
+                               "a masked step", grads=True)
         if self._phase == "admm" and self.method == "oneshot":
             self.hard_prune()  # one-shot: project at the first step, masked training from then on
         if self._phase == "gradual":
@@ -293,6 +320,8 @@ class ADMM(ZUpdate, FusedStep, HardPrune, Checkpoint, Optimizer):
     def pattern_sets_by_module(self, model: torch.nn.Module) -> dict:
         """``{module name: PatternSet}`` for every module of ``model`` whose ``weight`` this optimizer
         trains under a Pattern constraint: what ``ps.convert(model, pattern_set=...)`` takes."""
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"pattern_sets_by_module takes the model (an nn.Module), got {type(model).__name__}")
         sets = {id(p): pset for g, pset in zip(self.param_groups, self.pattern_sets()) if pset is not None
                 for p in g["params"]}
         return {name: sets[id(m.weight)] for name, m in model.named_modules()
