@@ -42,8 +42,7 @@ at::Tensor depthwise_conv3x3_cpu(const at::Tensor& input, const at::Tensor& weig
                 bias->scalar_type(), " ", bias->sizes());
   TORCH_CHECK(stride.size() == 2 && stride[0] >= 1 && stride[1] >= 1, "patsparse: stride must be 2 ints >= 1, got ",
               stride);
-  TORCH_CHECK(!std::isnan(lo) && !std::isnan(hi) && lo <= hi, "patsparse: clamp bounds must satisfy lo <= hi, got ",
-              lo, ", ", hi);
+  check_clamp_bounds("depthwise_conv3x3", lo, hi);
   TORCH_CHECK(h > 0 && w > 0, "patsparse: input ", input.sizes(), " has an empty spatial size");
   const at::Tensor bias_or_none = bias ? *bias : at::Tensor();
   check_inference_only("depthwise_conv3x3", {&input, &weight, &bias_or_none});

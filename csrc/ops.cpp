@@ -119,8 +119,7 @@ template PatternWeights<double> weights_view<double>(const at::Tensor&, const at
 void check_epilogue_args(const at::Tensor& input, const ConvShape& s, const std::optional<at::Tensor>& scale,
                          const std::optional<at::Tensor>& shift, const std::optional<at::Tensor>& residual,
                          double lo, double hi) {
-  TORCH_CHECK(lo <= hi, "patsparse::pattern_conv2d_fused: the clamp bounds must satisfy lo <= hi and not be NaN, got lo=",
-              lo, ", hi=", hi);
+  check_clamp_bounds("pattern_conv2d_fused", lo, hi);
   const std::pair<const char*, const std::optional<at::Tensor>*> per_channel[] = {{"scale", &scale}, {"shift", &shift}};
   for (const auto& [name, t] : per_channel) {
     if (!*t) continue;

@@ -67,6 +67,12 @@ at::Tensor epilogue_unfused(at::Tensor out, const std::optional<at::Tensor>& sca
                             const std::optional<at::Tensor>& shift, const std::optional<at::Tensor>& residual,
                             double lo, double hi);
 
+// The fused ops' clamp bounds: lo <= hi (a NaN fails the comparison).
+inline void check_clamp_bounds(const char* op, double lo, double hi) {
+  TORCH_CHECK(lo <= hi, "patsparse::", op, ": the clamp bounds must satisfy lo <= hi and not be NaN, got lo=", lo,
+              ", hi=", hi);
+}
+
 // The binding's side of the core's error convention (kernels/error.h): runs f() and turns the
 // std::invalid_argument it throws into a c10::Error "patsparse: <context><message>".
 template <class F>

@@ -121,6 +121,7 @@ at::Tensor sparse_conv1x1_cpu(const at::Tensor& input, const at::Tensor& header,
                               int64_t out_channels, const std::optional<at::Tensor>& scale,
                               const std::optional<at::Tensor>& shift, const std::optional<at::Tensor>& residual,
                               at::IntArrayRef stride, double lo, double hi) {
+  check_clamp_bounds("sparse_conv1x1", lo, hi);
   lo = clamp_bound(lo);
   hi = clamp_bound(hi);
   check_input(input);
@@ -171,6 +172,7 @@ at::Tensor sparse_linear_cpu(const at::Tensor& input, const at::Tensor& header, 
                              int64_t out_features, const std::optional<at::Tensor>& scale,
                              const std::optional<at::Tensor>& shift, const std::optional<at::Tensor>& residual,
                              double lo, double hi) {
+  check_clamp_bounds("sparse_linear", lo, hi);
   lo = clamp_bound(lo);
   hi = clamp_bound(hi);
   check_input(input);

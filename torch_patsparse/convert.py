@@ -37,6 +37,18 @@ def _selected(named: List[Tuple[str, nn.Module]], selectors: list, arg: str) -> 
     return per
 
 
+def _selector_list(arg, what: str) -> list:
+    """``arg`` (a selector, a list of them, or None) as a list of selectors."""
+    if arg is None:
+        return []
+    if isinstance(arg, (str, nn.Module, torch.Tensor)) or callable(arg):
+        return [arg]
+    if not isinstance(arg, (list, tuple, set)):
+        raise TypeError(f"convert: {what} must be a selector (a name, glob, 're:' regex, callable or module) "
+                        f"or a list of them, got {type(arg).__name__}")
+    return list(arg)
+
+
 def _stored_bits(m: nn.Module) -> int:
     return sum(int(v) for v in m.storage_bits().values())
 
@@ -159,8 +171,8 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
         convs that are not pattern-pruned, e.g. unstructured sparsity) as sparse + k-bit modules
         (``torch_patsparse.nn.sparse``), when that is smaller than dense; a pruned 3x3 conv whose
         kernels keep more than 4 weights (and no trained or given pattern set) takes the smaller form.
-    exclude: a selector or a list of them: modules to keep dense (e.g. ``["features.0"]`` for a
-        first conv with 3 inputs).
+    exclude: a selector or a list of them (or None): modules to keep dense (e.g. ``["features.0"]`` or
+        ``model.features[0]`` for a first conv with 3 inputs).
     bits / scheme: quantize the kept weights of every converted layer to ``bits`` (lossy, asked
         for), layers converted before included (e.g. float PatternConv2d layers after fine-tuning;
         their pattern sets are kept). None: keep codes only where the weights already sit on
@@ -183,12 +195,15 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
         raise TypeError(f"convert expects an nn.Module, got {type(model).__name__}")
     if isinstance(model, torch.jit.ScriptModule):
         raise TypeError("convert takes the eager model, not a scripted one (convert first, then script)")
+    for flag, value in (("inplace", inplace), ("project", project)):
+        if not isinstance(value, bool):  # ("no" would be true)
+            raise TypeError(f"convert: {flag} must be a bool, got {value!r}")
     if pattern_set is not None and not isinstance(pattern_set, (PatternSet, dict)):
         raise TypeError(f"pattern_set must be a PatternSet, a dict of them or None, got {type(pattern_set).__name__}")
     # Every name a module has (a module registered twice is converted once and swapped at both places).
     named = list(model.named_modules(remove_duplicate=False))
     excluded = set().union(*(_with_children(named, names) for names in _selected(
-        named, [exclude] if isinstance(exclude, str) or callable(exclude) else list(exclude), "exclude")))
+        named, _selector_list(exclude, "exclude"), "exclude")))
     explicit_sets: Dict[str, PatternSet] = {}
     if isinstance(pattern_set, dict):
         for key, pset, names in zip(pattern_set, pattern_set.values(), _selected(named, list(pattern_set), "pattern_set")):

@@ -44,9 +44,15 @@ LITE_INTERPRETER_WARNING = (
     "See docs/MOBILE.md for the ExecuTorch route.")
 
 
+def _check_module(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"export takes an nn.Module, got {type(model).__name__}")
+
+
 def _script(model: nn.Module) -> torch.jit.ScriptModule:
     if isinstance(model, torch.jit.ScriptModule):
         return model
+    _check_module(model)
     # Each module's own flag is put back (a frozen BatchNorm in a training model stays in eval; set
     # directly: an optimized model refuses .train())
     flags = [(m, m.training) for m in model.modules()]
@@ -62,7 +68,10 @@ def _write_atomically(path: str, write) -> str:
     """``write(tmp)`` then ``tmp`` renamed to ``path``: a failed export leaves an existing file as it
     was and no partial one. ``tmp`` has ``path``'s name (in a temporary folder beside it): torch names
     the file's archive folder after it."""
-    folder = tempfile.mkdtemp(prefix=".patsparse-export-", dir=os.path.dirname(os.path.abspath(path)))
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"cannot write {path!r}: the folder {parent!r} does not exist")
+    folder = tempfile.mkdtemp(prefix=".patsparse-export-", dir=parent)
     try:
         tmp = os.path.join(folder, os.path.basename(path))
         write(tmp)
@@ -87,6 +96,7 @@ def mobile(model: nn.Module, path: Union[str, os.PathLike]) -> str:
     torch, which the CPU wheel used here is not; run it yourself where available.)"""
     warnings.warn(LITE_INTERPRETER_WARNING, FutureWarning, stacklevel=2)
     path = os.fspath(path)
+    _check_module(model)
     if not isinstance(model, torch.jit.ScriptModule):
         # The lite interpreter runs on the CPU: the sparse layers' other-device branch (a dense decode,
         # about half of each layer's bytecode, which the lite format inlines per layer) goes.
@@ -187,8 +197,9 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
     example_inputs = tuple(x.contiguous() if isinstance(x, torch.Tensor) else x for x in example_inputs)
     for x in example_inputs:
         if not isinstance(x, torch.Tensor) or x.dtype != torch.float32:
+            got = f"a {x.dtype} tensor" if isinstance(x, torch.Tensor) else f"a {type(x).__module__}.{type(x).__name__}"
             raise ValueError("export.executorch: the ExecuTorch kernels run float32; example_inputs must be "
-                             f"float32 tensors, got {getattr(x, 'dtype', type(x).__name__)}")
+                             f"float32 torch tensors, got {got}")
     dynamic_shapes = None
     if max_batch is not None:
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:

@@ -136,6 +136,8 @@ class PatternSet:
         for w in weights:
             if not isinstance(w, torch.Tensor) or w.dim() < 2 or tuple(w.shape[-2:]) != (3, 3):
                 raise ValueError("PatternSet.select expects tensors of shape [..., 3, 3]")
+            if not w.is_floating_point():
+                raise TypeError(f"PatternSet.select expects floating-point weights, got {w.dtype}")
             score = w.detach().reshape(-1, 9).abs()
             score = score[score.amax(dim=1) > 0]  # skip all-zero kernels
             if keep_center:
@@ -216,4 +218,6 @@ class PatternSet:
 def _candidate_rows(entries: int, keep_center: bool) -> list:
     if isinstance(entries, bool) or not isinstance(entries, int) or not 1 <= entries <= 9:
         raise ValueError(f"entries must be an int in 1..9, got {entries!r}")
+    if not isinstance(keep_center, bool):  # ("False" would keep it)
+        raise TypeError(f"keep_center must be a bool, got {keep_center!r}")
     return [list(c) for c in combinations(range(9), entries) if not keep_center or 4 in c]

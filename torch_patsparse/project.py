@@ -35,6 +35,16 @@ def _count(keep: Keep, n: int) -> int:
     return max(1, round(keep * n))
 
 
+def _check_weight(w, name: str, min_dim: int = 0) -> None:
+    """A projection takes a non-empty floating-point tensor of at least ``min_dim`` dimensions."""
+    if not isinstance(w, torch.Tensor) or not w.is_floating_point():
+        got = f"a {w.dtype} tensor" if isinstance(w, torch.Tensor) else type(w).__name__
+        raise TypeError(f"{name} expects a floating-point tensor, got {got}")
+    if w.dim() < min_dim or w.numel() == 0:
+        raise ValueError(f"{name} expects a non-empty tensor with at least {min_dim} dimension(s), got shape "
+                         f"{tuple(w.shape)}")
+
+
 def _top_mask(score: torch.Tensor, count: int) -> torch.Tensor:
     """Bool mask of ``score``'s shape marking its ``count`` largest entries (ties: lower flat
     index first, on every device)."""
@@ -122,13 +132,13 @@ def connectivity(w: torch.Tensor, keep: Keep, group: int = 1) -> torch.Tensor:
 # -- classic pruning --------------------------------------------------------------------------
 def unstructured(w: torch.Tensor, keep: Keep) -> torch.Tensor:
     """Keep the ``keep`` weights of largest magnitude over the whole tensor (any shape)."""
+    _check_weight(w, "unstructured projection")
     return _keep(w, _top_mask(w.detach().abs(), _count(keep, w.numel())))
 
 
 def filter(w: torch.Tensor, keep: Keep) -> torch.Tensor:  # noqa: A001 (public name)
     """Keep the ``keep`` output channels (dim 0) of largest L2 norm."""
-    if w.dim() < 1:
-        raise ValueError("filter projection expects a tensor with at least 1 dimension")
+    _check_weight(w, "filter projection", 1)
     score = _energy(w).reshape(w.shape[0], -1).sum(dim=1)
     mask = _top_mask(score, _count(keep, w.shape[0]))
     return _keep(w, mask.view((-1,) + (1,) * (w.dim() - 1)))
@@ -136,8 +146,7 @@ def filter(w: torch.Tensor, keep: Keep) -> torch.Tensor:  # noqa: A001 (public n
 
 def channel(w: torch.Tensor, keep: Keep) -> torch.Tensor:
     """Keep the ``keep`` input channels (dim 1) of largest L2 norm."""
-    if w.dim() < 2:
-        raise ValueError("channel projection expects a tensor with at least 2 dimensions")
+    _check_weight(w, "channel projection", 2)
     score = _energy(w).transpose(0, 1).reshape(w.shape[1], -1).sum(dim=1)
     mask = _top_mask(score, _count(keep, w.shape[1]))
     return _keep(w, mask.view((1, -1) + (1,) * (w.dim() - 2)))

@@ -104,6 +104,9 @@ def quantize_params(w: torch.Tensor, bits: int, scheme: str = "uniform") -> Tupl
     search runs on a strided sample of ~16k nonzero weights and the winner is polished on all of them.
     """
     check(bits, scheme)
+    if not isinstance(w, torch.Tensor) or not w.is_floating_point():
+        got = f"a {w.dtype} tensor" if isinstance(w, torch.Tensor) else type(w).__name__
+        raise TypeError(f"quantize expects a floating-point tensor, got {got}")
     flat = w.detach().reshape(-1)
     x = flat[flat != 0].double()  # zeros always take code 0 and add nothing to the fit
     amax = float(x.abs().max()) if x.numel() else 0.0

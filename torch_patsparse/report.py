@@ -131,10 +131,21 @@ def compression_report(model: nn.Module, input_size: Optional[Sequence[int]] = N
     ``totals`` sums the layers (``ratio``) and, in ``model_*``, the whole state_dict: every other
     tensor (BatchNorm statistics, ...) counted at its stored width. MACs are per image and need
     ``input_size`` (e.g. ``(1, 3, 224, 224)``) or an ``example_input`` (one forward pass records each
-    layer's output size; a transposed conv counts per input position). MACs kept count the kept
+    layer's output size; a transposed conv counts per input position; a tensor given as the second
+    argument is taken as the example input). MACs kept count the kept
     weights; a row typed "(dense op)" (a SparseConv2d other than 1x1, or a k-bit layer at density
     >= 2/3) decodes its weight and runs the dense op, so it saves storage but no time.
     """
+    if not isinstance(model, nn.Module) or isinstance(model, torch.jit.ScriptModule):
+        raise TypeError("compression_report takes an eager nn.Module (not a state_dict or a scripted model), "
+                        f"got {type(model).__name__}")
+    if isinstance(input_size, torch.Tensor):  # compression_report(model, x): the tensor is the example
+        input_size, example_input = None, input_size
+    if input_size is not None:
+        if isinstance(input_size, int) or not all(isinstance(d, int) and d >= 0 for d in input_size):
+            raise TypeError(f"input_size must be a sequence of ints such as (1, 3, 224, 224), got {input_size!r}")
+    if example_input is not None and not isinstance(example_input, torch.Tensor):
+        raise TypeError(f"example_input must be a tensor, got {type(example_input).__name__}")
     if any(isinstance(t, nn.parameter.UninitializedTensorMixin) for t in (*model.parameters(), *model.buffers())):
         raise ValueError("compression_report: the model has uninitialized (lazy) parameters; run one forward "
                          "pass first so they get their shapes")

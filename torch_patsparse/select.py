@@ -4,8 +4,9 @@ language of the library and the CLI.
 A selector is a glob over the name (``"features.*.weight"``, ``fnmatch`` case-sensitive; a string
 always matches a name equal to it, so exact names work even when they hold glob characters, as
 ``nn.ModuleDict`` keys may), a regex with the prefix ``"re:"`` (``"re:features\\.\\d+\\.weight"``,
-full match), or a callable ``(name, param_or_module) -> bool``. Each parameter goes to the first
-rule whose selector takes it.
+full match), a callable ``(name, param_or_module) -> bool``, or the parameter / module itself
+(``model.features[0]``: taken by identity). Each parameter goes to the first rule whose selector
+takes it.
 
     groups = ps.select.param_groups(model, {"features.*.weight": [C.Pattern(k=8)],
                                             "classifier.*.weight": [C.Unstructured(keep=0.1)]})
@@ -19,6 +20,8 @@ from typing import Callable, Iterable, List, Sequence, Tuple
 
 import torch
 
+from .constraints import Constraint
+
 REGEX_PREFIX = "re:"
 SYNTAXES = ("glob", "regex")
 
@@ -30,11 +33,13 @@ def selector(sel, plain: str = "glob") -> Callable[[str, torch.Tensor], bool]:
     ``"re:"`` prefix is: ``"glob"`` (default) or ``"regex"`` (``ADMM.from_model``'s historical form)."""
     if plain not in SYNTAXES:
         raise ValueError(f"select: plain must be one of {SYNTAXES}, got {plain!r}")
+    if isinstance(sel, (torch.nn.Module, torch.Tensor)):  # (a module is callable, but not a predicate)
+        return lambda name, obj: obj is sel
     if callable(sel):
         return sel
     if not isinstance(sel, str) or not sel:
-        raise ValueError(f"select: a selector is a non-empty string or a callable (name, param or module) -> bool, "
-                         f"got {sel!r}")
+        raise ValueError(f"select: a selector is a non-empty string, a callable (name, param or module) -> bool, "
+                         f"or the parameter / module itself, got {sel!r}"[:300])
     if sel.startswith(REGEX_PREFIX) or plain == "regex":
         try:
             pattern = re.compile(sel[len(REGEX_PREFIX):] if sel.startswith(REGEX_PREFIX) else sel)
@@ -63,21 +68,28 @@ def assign(named: Iterable[Named], selectors: Sequence, plain: str = "glob",
 
 
 def param_groups(model: torch.nn.Module, rules, plain: str = "glob") -> list:
-    """Optimizer param groups from ``rules``, a dict (or list of pairs) ``selector -> constraints``:
+    """Optimizer param groups from ``rules``, a dict (or list of pairs) ``selector -> constraints`` (a
+    list of constraints, or one):
     one group ``{"params": [(name, param), ...], "constraints": [...]}`` per rule, then one
     unconstrained group with the rest. Parameters that do not require grad are left out; 1-D
     parameters (biases, BatchNorm weights) go to the rest, as in the CLI's config, so
     ``"features.*.weight"`` takes a conv stack's weights and not its BatchNorms'. A rule that takes
     no parameter (a misspelt name, or every match taken by an earlier rule) is a ValueError: its
     constraints would silently apply to nothing."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"select: expected an nn.Module, got {type(model).__name__}")
     entries = list(rules.items()) if isinstance(rules, dict) else list(rules)
+    if not all(isinstance(e, (tuple, list)) and len(e) == 2 for e in entries):
+        raise TypeError("select: the rules are a dict {selector: constraints} or a list of (selector, constraints) "
+                        f"pairs, e.g. {{'features.*.weight': [C.Pattern(k=8)]}}; got {rules!r}"[:400])
+    entries = [(sel, [cons] if isinstance(cons, Constraint) else list(cons or ())) for sel, cons in entries]
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     members, rest = assign(named, [sel for sel, _ in entries], plain, eligible=lambda name, p: p.dim() >= 2)
     empty = [sel for (sel, _), m in zip(entries, members) if not m]
     if empty:
         raise ValueError(f"select: {', '.join(map(repr, empty))} takes no (multi-dimensional) parameter that an "
                          f"earlier rule did not take; parameters: {', '.join(n for n, p in named if p.dim() >= 2)}"[:1000])
-    groups = [{"params": m, "constraints": list(cons or ())} for (_, cons), m in zip(entries, members)]
+    groups = [{"params": m, "constraints": cons} for (_, cons), m in zip(entries, members)]
     if rest:
         groups.append({"params": rest})
     return groups
