@@ -4,11 +4,8 @@
 // copy of stored values), and the epilogue (kernels/epilogue.h's scale, shift, residual, clamp) is
 // applied in the kernels' output stage.
 #include <ATen/Parallel.h>
-#include <ATen/autocast_mode.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
-#include <limits>
 #include <stdexcept>
 
 #include "kernels/checked.h"
@@ -266,165 +263,6 @@ at::Tensor sparse_decode(const at::Tensor& header, const at::Tensor& index, cons
   })[0].clone();  // a new tensor per call: see pattern_decode (decode_ops.cpp)
 }
 
-// ---- The layers' forward as one op each. sparse_conv1x1_layer / sparse_linear_layer: a native 1x1
-// SparseConv2d / SparseLinear (the sparse product); sparse_conv2d_decoded / sparse_linear_decoded:
-// the others (and any layer on another device): the dense op on the decoded weight. All are
-// CompositeImplicitAutograd: they run, trace and export as the ops they call, so autograd,
-// torch.export and ExecuTorch see sparse_conv1x1 / sparse_linear / sparse_decode and ATen ops. They
-// do what the dense layer does with its input: its own error for an input it rejects, unbatched
-// input, fp16 / bf16 (the native product computes them in fp32 and returns their dtype), autocast. A
-// scripted or lite model thus holds one call per layer, not these steps in its bytecode.
-
-// Whether the dense layer with parameters of dtype `own` rejects the floating input `x`: the dtypes
-// differ after autocast's casts where autocast is on (its fp32 / fp16 / bf16 operands become the
-// autocast dtype; fp64 ones stay).
-bool dtypes_clash(const at::Tensor& x, at::ScalarType own) {
-  at::ScalarType a = x.scalar_type(), b = own;
-  if (a == b) return false;
-  const c10::DeviceType device = x.device().type();
-  if ((device == c10::DeviceType::CPU || device == c10::DeviceType::CUDA) && at::autocast::is_autocast_enabled(device)) {
-    const at::ScalarType low = at::autocast::get_autocast_dtype(device);
-    if (a != at::kDouble) a = low;
-    if (b != at::kDouble) b = low;
-  }
-  return a != b;
-}
-
-// A conv layer's geometry (a Linear has none).
-struct ConvGeometry {
-  at::IntArrayRef stride, padding, dilation;
-  int64_t groups = 1;
-  std::optional<c10::string_view> padding_str;  // "same" / "valid" instead of `padding`
-};
-
-at::Tensor dense_op(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                    const ConvGeometry* conv) {
-  if (!conv) return at::linear(input, weight, bias);
-  if (conv->padding_str)
-    return at::conv2d(input, weight, bias, conv->stride, *conv->padding_str, conv->dilation, conv->groups);
-  return at::conv2d(input, weight, bias, conv->stride, conv->padding, conv->dilation, conv->groups);
-}
-
-// The dense layer's own error for an input it rejects: its op with a zero weight of the layer's dtype
-// (a generic error should that op accept the input after all).
-[[noreturn]] void raise_dense_error(const at::Tensor& input, at::ScalarType dtype,
-                                    const std::optional<at::Tensor>& bias, at::IntArrayRef weight_shape,
-                                    const ConvGeometry* conv) {
-  dense_op(input, at::zeros(weight_shape, input.options().dtype(dtype)), bias, conv);
-  TORCH_CHECK(false, "patsparse: the input (", input.scalar_type(), " ", input.sym_sizes(), ") does not fit the layer (",
-              dtype, " weight ", weight_shape, ")");
-}
-
-void check_weight_shape(at::IntArrayRef weight_shape, bool conv, const char* op) {
-  TORCH_CHECK(weight_shape.size() == (conv ? 4u : 2u), "patsparse::", op, ": weight_shape must be ",
-              conv ? "[out, in / groups, kh, kw]" : "[out, in]", ", got ", weight_shape);
-  for (int64_t d : weight_shape) TORCH_CHECK(d >= 0, "patsparse::", op, ": negative size in weight_shape ", weight_shape);
-}
-
-// A clamp bound as the product ops take it: +-inf as +-DBL_MAX (ops.clamp_bound: an infinite float
-// argument does not survive AOTInductor's package format; the kernels read it back as +-inf).
-double finite_bound(double v) {
-  const double m = std::numeric_limits<double>::max();
-  return v > m ? m : (v < -m ? -m : v);
-}
-
-std::optional<at::Tensor> as_dtype(const std::optional<at::Tensor>& t, at::ScalarType dtype) {
-  if (!t) return std::nullopt;
-  return t->to(dtype);
-}
-
-at::Tensor native_layer(const at::Tensor& input, const at::Tensor& header, const at::Tensor& index,
-                        const at::Tensor& codes, const at::Tensor& values, const at::Tensor& code_scale,
-                        const std::optional<at::Tensor>& bias, at::IntArrayRef weight_shape, const ConvGeometry* conv,
-                        const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
-                        const std::optional<at::Tensor>& residual, double lo, double hi) {
-  const bool accepted = conv ? (input.dim() == 3 || input.dim() == 4) && input.sym_size(-3) == weight_shape[1]
-                             : input.dim() >= 1 && input.sym_size(-1) == weight_shape[1];
-  if (!accepted || !input.is_floating_point() || dtypes_clash(input, values.scalar_type()))
-    raise_dense_error(input, values.scalar_type(), bias, weight_shape, conv);
-  const bool unbatched = conv && input.dim() == 3;
-  const at::ScalarType compute = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const at::Tensor x = (unbatched ? input.unsqueeze(0) : input).to(compute);
-  std::optional<at::Tensor> res = as_dtype(residual, compute);
-  if (res && unbatched && res->dim() == 3) res = res->unsqueeze(0);
-  const at::Tensor v = values.to(at::kFloat), cs = code_scale.to(at::kFloat);
-  const std::optional<at::Tensor> sc = as_dtype(scale, compute), sh = as_dtype(shift, compute);
-  lo = finite_bound(lo);
-  hi = finite_bound(hi);
-  at::Tensor out;
-  if (conv) {
-    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("patsparse::sparse_conv1x1", "")
-                         .typed<decltype(sparse_conv1x1_cpu)>();
-    out = op.call(x, header, index, codes, v, cs, weight_shape[0], sc, sh, res, conv->stride, lo, hi);
-  } else {
-    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("patsparse::sparse_linear", "")
-                         .typed<decltype(sparse_linear_cpu)>();
-    out = op.call(x, header, index, codes, v, cs, weight_shape[0], sc, sh, res, lo, hi);
-  }
-  if (out.scalar_type() != input.scalar_type()) out = out.to(input.scalar_type());
-  if (unbatched) out = out.squeeze(0);
-  const c10::DeviceType device = out.device().type();  // nn.Conv2d / nn.Linear's dtype under autocast
-  if (out.scalar_type() != at::kDouble && (device == c10::DeviceType::CPU || device == c10::DeviceType::CUDA) &&
-      at::autocast::is_autocast_enabled(device))
-    out = out.to(at::autocast::get_autocast_dtype(device));
-  return out;
-}
-
-at::Tensor decoded_layer(const at::Tensor& input, const at::Tensor& header, const at::Tensor& index,
-                         const at::Tensor& codes, const at::Tensor& values, const at::Tensor& code_scale,
-                         const std::optional<at::Tensor>& bias, at::IntArrayRef weight_shape,
-                         const ConvGeometry* conv) {
-  if (!input.is_floating_point() || dtypes_clash(input, values.scalar_type()))
-    raise_dense_error(input, values.scalar_type(), bias, weight_shape, conv);
-  static auto decode =
-      c10::Dispatcher::singleton().findSchemaOrThrow("patsparse::sparse_decode", "").typed<decltype(sparse_decode)>();
-  const at::ScalarType dtype = input.scalar_type();
-  const at::Tensor w = decode.call(header, index, codes, values.to(at::kFloat), code_scale.to(at::kFloat), weight_shape);
-  return dense_op(input, w.to(dtype), as_dtype(bias, dtype), conv);
-}
-
-at::Tensor sparse_conv1x1_layer(const at::Tensor& input, const at::Tensor& header, const at::Tensor& index,
-                                const at::Tensor& codes, const at::Tensor& values, const at::Tensor& code_scale,
-                                const std::optional<at::Tensor>& bias, at::IntArrayRef weight_shape,
-                                at::IntArrayRef stride, const std::optional<at::Tensor>& scale,
-                                const std::optional<at::Tensor>& shift, const std::optional<at::Tensor>& residual,
-                                double lo, double hi) {
-  check_weight_shape(weight_shape, true, "sparse_conv1x1_layer");
-  TORCH_CHECK(weight_shape[2] == 1 && weight_shape[3] == 1,
-              "patsparse::sparse_conv1x1_layer: weight_shape must be [out, in, 1, 1], got ", weight_shape);
-  const int64_t zeros[2] = {0, 0}, ones[2] = {1, 1};
-  const ConvGeometry g{stride, zeros, ones, 1, std::nullopt};
-  return native_layer(input, header, index, codes, values, code_scale, bias, weight_shape, &g, scale, shift, residual,
-                      lo, hi);
-}
-
-at::Tensor sparse_linear_layer(const at::Tensor& input, const at::Tensor& header, const at::Tensor& index,
-                               const at::Tensor& codes, const at::Tensor& values, const at::Tensor& code_scale,
-                               const std::optional<at::Tensor>& bias, at::IntArrayRef weight_shape,
-                               const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
-                               const std::optional<at::Tensor>& residual, double lo, double hi) {
-  check_weight_shape(weight_shape, false, "sparse_linear_layer");
-  return native_layer(input, header, index, codes, values, code_scale, bias, weight_shape, nullptr, scale, shift,
-                      residual, lo, hi);
-}
-
-at::Tensor sparse_conv2d_decoded(const at::Tensor& input, const at::Tensor& header, const at::Tensor& index,
-                                 const at::Tensor& codes, const at::Tensor& values, const at::Tensor& code_scale,
-                                 const std::optional<at::Tensor>& bias, at::IntArrayRef weight_shape,
-                                 at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                                 int64_t groups, std::optional<c10::string_view> padding_str) {
-  check_weight_shape(weight_shape, true, "sparse_conv2d_decoded");
-  const ConvGeometry g{stride, padding, dilation, groups, padding_str};
-  return decoded_layer(input, header, index, codes, values, code_scale, bias, weight_shape, &g);
-}
-
-at::Tensor sparse_linear_decoded(const at::Tensor& input, const at::Tensor& header, const at::Tensor& index,
-                                 const at::Tensor& codes, const at::Tensor& values, const at::Tensor& code_scale,
-                                 const std::optional<at::Tensor>& bias, at::IntArrayRef weight_shape) {
-  check_weight_shape(weight_shape, false, "sparse_linear_decoded");
-  return decoded_layer(input, header, index, codes, values, code_scale, bias, weight_shape, nullptr);
-}
-
 // [hits, builds, size, bytes] of the runtime index cache (tests see index builds with it).
 std::vector<int64_t> sparse_index_cache_stats() {
   const SparseIndexCacheStats st = sparse_index_cache().stats();
@@ -445,24 +283,6 @@ TORCH_LIBRARY_FRAGMENT(patsparse, m) {
   m.def("sparse_decode(Tensor header, Tensor index, Tensor codes, Tensor values, Tensor code_scale, int[] shape) "
         "-> Tensor");
   m.def("sparse_index_cache_stats() -> int[]", &sparse_index_cache_stats);
-  m.def("sparse_conv1x1_layer(Tensor input, Tensor header, Tensor index, Tensor codes, Tensor values, "
-        "Tensor code_scale, Tensor? bias, int[] weight_shape, int[2] stride, Tensor? scale, Tensor? shift, "
-        "Tensor? residual, float lo, float hi) -> Tensor");
-  m.def("sparse_linear_layer(Tensor input, Tensor header, Tensor index, Tensor codes, Tensor values, "
-        "Tensor code_scale, Tensor? bias, int[] weight_shape, Tensor? scale, Tensor? shift, Tensor? residual, "
-        "float lo, float hi) -> Tensor");
-  m.def("sparse_conv2d_decoded(Tensor input, Tensor header, Tensor index, Tensor codes, Tensor values, "
-        "Tensor code_scale, Tensor? bias, int[] weight_shape, int[2] stride, int[2] padding, int[2] dilation, "
-        "int groups, str? padding_str) -> Tensor");
-  m.def("sparse_linear_decoded(Tensor input, Tensor header, Tensor index, Tensor codes, Tensor values, "
-        "Tensor code_scale, Tensor? bias, int[] weight_shape) -> Tensor");
-}
-
-TORCH_LIBRARY_IMPL(patsparse, CompositeImplicitAutograd, m) {
-  m.impl("sparse_conv1x1_layer", &sparse_conv1x1_layer);
-  m.impl("sparse_linear_layer", &sparse_linear_layer);
-  m.impl("sparse_conv2d_decoded", &sparse_conv2d_decoded);
-  m.impl("sparse_linear_decoded", &sparse_linear_decoded);
 }
 
 TORCH_LIBRARY_IMPL(patsparse, CPU, m) {

@@ -327,54 +327,18 @@ class PatternConv2d(ConvGeometry, PatternStateDict, nn.Module):
         return PatternSet.from_tensor(self.patterns.cpu())
 
     # ------------------------------------------------------------------ forward
-    def _batched(self, input: torch.Tensor) -> torch.Tensor:
-        """``input`` as [N, C, H, W] after nn.Conv2d's checks (rank, channels) and a floating dtype."""
-        if not isinstance(input, torch.Tensor):
-            raise TypeError("conv2d(): argument 'input' must be Tensor, not " + type(input).__name__)
-        if input.dim() != 4 and input.dim() != 3:
-            raise RuntimeError("Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: "
-                               + str(list(input.shape)))
-        x = input if input.dim() == 4 else input.unsqueeze(0)
-        # nn.Conv2d's own error (input vs weight / bias dtype; an integer input too)
-        if not x.is_floating_point() or ops.dtypes_clash(x, self._dtype()):
-            own = torch.zeros(self.out_channels, self.in_channels, 3, 3, dtype=self._dtype(), device=x.device)
-            ops.dtype_error(torch.nn.functional.conv2d(x, own, self.bias, self.stride, self.padding, self.dilation))
-        if not torch.jit.is_scripting():
-            if torch.jit.is_tracing():  # sizes are traced tensors: a view keeps the channel check in the trace
-                return x.view(x.size(0), self.in_channels, x.size(2), x.size(3))
-        if x.size(1) != self.in_channels:
-            raise RuntimeError("Given groups=1, weight of size [" + str(self.out_channels) + ", "
-                               + str(self.in_channels) + ", 3, 3], expected input" + str(list(x.shape)) + " to have "
-                               + str(self.in_channels) + " channels, but got " + str(x.size(1))
-                               + " channels instead")
-        return x
-
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """Like ``nn.Conv2d``: input [N, C, H, W] or unbatched [C, H, W] in the layer's dtype (fp16 /
         bf16 are computed in fp32 and returned in their dtype)."""
-        if not torch.jit.is_scripting():  # torch.fx: one call_module node, as for nn.Conv2d (_tracing.py)
-            traced = fx_leaf(self, input)
+        if not torch.jit.is_scripting():
+            traced = fx_leaf(self, input)  # torch.fx: one call_module node, as for nn.Conv2d (_tracing.py)
             if traced is not None:
                 return traced
-        x = self._batched(input)
-        # The native op runs fp32 and fp64; other dtypes (and under autocast a module of another dtype)
-        # meet in fp32.
-        compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-        kernel_channel, values = self._runtime_arrays()
-        if values.dtype != compute:
-            values = values.to(compute)
-        bias = self.bias
-        if bias is not None:  # separate test: TorchScript skips it when bias is None
-            if bias.dtype != compute:
-                bias = bias.to(compute)
-        out = torch.ops.patsparse.pattern_conv2d(x.to(compute), self.patterns, self.filter_ptr, kernel_channel,
-                                                 self.kernel_pattern, values, bias, self.stride, self.padding,
-                                                 self.dilation)
-        if out.dtype != input.dtype:
-            out = out.to(input.dtype)
-        if not torch.jit.is_scripting():
-            out = ops.as_autocast(out)
-        return out if input.dim() == 4 else out.squeeze(0)
+            if not isinstance(input, torch.Tensor):
+                raise TypeError("conv2d(): argument 'input' must be Tensor, not " + type(input).__name__)
+            # (a torch.jit.trace records autocast's cast, which the native op does inside)
+            return ops.as_autocast(self._layer_op(input, None, self.bias, None, -float("inf"), float("inf")))
+        return self._layer_op(input, None, self.bias, None, -float("inf"), float("inf"))
 
     def forward_fused(self, input: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
                       residual: Optional[torch.Tensor], lo: float, hi: float) -> torch.Tensor:
@@ -383,28 +347,28 @@ class PatternConv2d(ConvGeometry, PatternStateDict, nn.Module):
         run in the conv's output stage, while the tile is in cache). ``conv`` is without the bias (as
         SparseConv2d / SparseLinear.forward_fused: pass it in ``shift``). ``scale`` / ``shift`` [Cout]
         or None (1 / 0), ``residual`` output-shaped or None, ``lo`` / ``hi`` may be -inf / inf. Inputs
-        and errors as :meth:`forward`; no autograd (the backward raises)."""
-        x = self._batched(input)
-        compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-        kernel_channel, values = self._runtime_arrays()
-        if values.dtype != compute:
-            values = values.to(compute)
-        if scale is not None and scale.dtype != compute:
-            scale = scale.to(compute)
-        if shift is not None and shift.dtype != compute:
-            shift = shift.to(compute)
-        if residual is not None:
-            if residual.dim() == 3 and input.dim() == 3:
-                residual = residual.unsqueeze(0)
-            if residual.dtype != compute:
-                residual = residual.to(compute)
-        out = torch.ops.patsparse.pattern_conv2d_fused(x.to(compute), self.patterns, self.filter_ptr,
-                                                       kernel_channel, self.kernel_pattern, values, scale, shift,
-                                                       residual, self.stride, self.padding, self.dilation,
-                                                       ops.clamp_bound(lo), ops.clamp_bound(hi))
-        if out.dtype != input.dtype:
-            out = out.to(input.dtype)
-        return out if input.dim() == 4 else out.squeeze(0)
+        and errors as :meth:`forward`; no autograd with an epilogue (the backward raises)."""
+        return self._layer_op(input, scale, shift, residual, lo, hi)
+
+    def _layer_op(self, x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
+                  residual: Optional[torch.Tensor], lo: float, hi: float) -> torch.Tensor:
+        # One native call: nn.Conv2d's input checks and errors, dtypes, unbatched input, the runtime
+        # arrays and the product (csrc/layer_ops.cpp).
+        kernel_channel = self.kernel_channel
+        if not torch.jit.is_scripting():
+            # an exported graph (torch.export: the ExecuTorch kernels read int32) widens through the op
+            if torch.compiler.is_exporting() and kernel_channel.dtype != torch.int32:
+                kernel_channel = torch.ops.patsparse.pattern_channels(kernel_channel)
+        if self.quantized:  # a TorchScript constant: the other branch is not compiled
+            bits = self.bits
+            assert bits is not None
+            return torch.ops.patsparse.pattern_conv2d_layer(
+                x, self.patterns, self.filter_ptr, kernel_channel, self.kernel_pattern, self.codes, self.scale, bits,
+                self.scheme, self.bias, self.in_channels, self.stride, self.padding, self.dilation, scale, shift,
+                residual, lo, hi)
+        return torch.ops.patsparse.pattern_conv2d_layer(
+            x, self.patterns, self.filter_ptr, kernel_channel, self.kernel_pattern, self.values, None, 0, self.scheme,
+            self.bias, self.in_channels, self.stride, self.padding, self.dilation, scale, shift, residual, lo, hi)
 
     # ------------------------------------------------------------------ report protocol
     @property
