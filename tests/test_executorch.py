@@ -634,3 +634,12 @@ def test_optimized_epilogue_then_batch_norm_and_batch_bounds(tmp_path):
     program = export.load_executorch(export.executorch(fused, tmp_path / "r.pte", (y, y), max_batch=4))
     with pytest.raises(RuntimeError, match=r"batch \[3, 1\].*a patsparse kernel rejected its arguments: .*residual"):
         program(torch.randn(3, 4, 5, 5), y)  # the residual's batch differs: our fused op rejects it
+
+
+def test_batch_norm_after_our_layers_is_found_in_the_exported_graph():
+    """export.executorch folds a BatchNorm that follows one of our layers into the layer's op: it finds
+    the pair by the layer's op in torch.export's graph (there the layer's one-op forward)."""
+    model = ps.convert(sparse_net(), layers="all").eval()
+    ep = torch.export.export(model, (torch.randn(1, 3, 16, 16),))
+    pairs = export._batch_norm_after_our_conv(ep)
+    assert [(type(model.get_submodule(c)), b) for c, b in pairs] == [(SparseConv2d, "7")], pairs

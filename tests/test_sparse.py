@@ -350,3 +350,91 @@ def test_built_on_the_meta_device_then_loaded(make):
     x = torch.randn(2, 8) if isinstance(saved, SparseLinear) else torch.randn(2, 4, 5, 5)
     torch.testing.assert_close(empty(x), saved(x), rtol=0, atol=0)
     torch.testing.assert_close(empty(x), dense(x))
+
+
+def _pruned(layer, keep=0.4, seed=0):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        layer.weight.mul_(torch.rand_like(layer.weight) < keep)
+    return layer
+
+
+def _pair(kind):
+    """(dense, sparse) layers of the native path: a 1x1 conv or a Linear."""
+    dense = _pruned(nn.Conv2d(6, 8, 1) if kind == "conv" else nn.Linear(6, 8))
+    return dense, (SparseConv2d if kind == "conv" else SparseLinear).from_dense(dense)
+
+
+def _same_error(dense, sparse, *args):
+    with pytest.raises(Exception) as want:
+        dense(*args)
+    with pytest.raises(type(want.value)) as got:
+        sparse(*args)
+    assert str(got.value).split("\n")[0] == str(want.value).split("\n")[0]
+
+
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_a_bias_assigned_in_another_dtype_or_shape_raises_like_dense(kind):
+    """(functional_call or layer.bias = ...): the native op cast it silently / named it 'shift'."""
+    dense, sparse = _pair(kind)
+    x = torch.randn(3, 6, 4, 4) if kind == "conv" else torch.randn(3, 6)
+    for bias in (torch.randn(8, dtype=torch.float64), torch.randn(5)):
+        for m in (dense, sparse):
+            m.bias = nn.Parameter(bias.clone())
+        _same_error(dense, sparse, x)
+
+
+def test_a_broadcasting_linear_bias_computes_as_f_linear():
+    dense, sparse = _pair("linear")
+    for m in (dense, sparse):
+        m.bias = nn.Parameter(torch.ones(1))
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(sparse(x), dense(x))
+
+
+def test_a_meta_layer_with_a_cpu_input_raises_like_dense():
+    """(a model built on the meta device whose weights were never loaded): was uninitialised memory."""
+    dense, sparse = _pair("linear")
+    _same_error(dense.to("meta"), sparse.to("meta"), torch.randn(3, 6))
+    conv = _pair("conv")[1].to("meta")
+    with pytest.raises(RuntimeError, match="meta"):
+        conv(torch.randn(3, 6, 4, 4))
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 0, 4), (6, 3, 0)])
+def test_native_1x1_empty_image_raises_like_dense(shape):
+    dense, sparse = _pair("conv")
+    _same_error(dense, sparse, torch.randn(shape))
+
+
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_fp16_input_under_bf16_autocast_is_rounded_once(kind):
+    """The native op computes in fp32: the result goes to bf16 directly, not through fp16 (inf)."""
+    dense, sparse = _pair(kind)
+    with torch.no_grad():
+        dense.weight.mul_(1000)
+    sparse = type(sparse).from_dense(dense)
+    x = (torch.randn(3, 6, 4, 4) if kind == "conv" else torch.randn(3, 6)).mul(100).half()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want, got = dense(x), sparse(x)
+    assert got.dtype == want.dtype == torch.bfloat16
+    assert torch.isfinite(want).all() and torch.isfinite(got).all()
+    ref = dense(x.float())
+    assert float((got.float() - ref).norm() / ref.norm()) < 1e-2
+
+
+@pytest.mark.parametrize("kind", ["conv", "linear", "pattern"])
+def test_jit_trace_under_autocast_records_the_cast(kind):
+    """A trace made under autocast returns the autocast dtype when run outside it, as the dense
+    layer's (the native op casts inside, where the tracer does not see it)."""
+    if kind == "pattern":
+        torch.manual_seed(0)
+        sparse = ps.convert(ps.models.sparsify_random(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1))))[0]
+        dense, x = sparse.to_dense(), torch.randn(2, 8, 5, 5)
+    else:
+        dense, sparse = _pair(kind)
+        x = torch.randn(3, 6, 4, 4) if kind == "conv" else torch.randn(3, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (torch traces a dense layer under autocast without gradients only)
+        traced = [torch.jit.trace(m.requires_grad_(False), x) for m in (dense, sparse)]
+    assert [t(x).dtype for t in traced] == [torch.bfloat16, torch.bfloat16]

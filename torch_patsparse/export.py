@@ -127,7 +127,10 @@ def _require_executorch() -> str:
 
 
 # Our ops (functional form, as torch.export records them), each the forward of one of our modules.
-_OUR_OPS = ("patsparse.pattern_conv2d.", "patsparse.sparse_conv1x1.", "patsparse.sparse_linear.")
+# (the layers' one-op forwards, csrc/layer_ops.cpp, are what torch.export's graph shows; the product
+# ops appear once it is decomposed)
+_OUR_OPS = ("patsparse.pattern_conv2d.", "patsparse.sparse_conv1x1.", "patsparse.sparse_linear.",
+            "patsparse.pattern_conv2d_layer.", "patsparse.sparse_conv1x1_layer.", "patsparse.sparse_linear_layer.")
 
 
 def _is_our_op(node) -> bool:

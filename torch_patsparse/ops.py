@@ -73,30 +73,6 @@ def clamp_bound(v: float) -> float:
     return v
 
 
-def dtypes_clash(x: torch.Tensor, own: torch.dtype) -> bool:
-    """Whether a dense ``nn.Conv2d`` / ``nn.Linear`` whose parameters are ``own`` raises for the
-    floating input ``x``: the dtypes differ after autocast's casts, where autocast is on for x's device
-    (its fp32 / fp16 / bf16 operands become the autocast dtype, fp64 ones stay). Our layers then raise
-    the dense layer's error (drop-in: inputs and errors included)."""
-    a, b = x.dtype, own
-    if a == b:
-        return False
-    if not torch.jit.is_scripting():
-        device = x.device.type
-        if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
-            low = torch.get_autocast_dtype(device)
-            a = a if a == torch.float64 else low
-            b = b if b == torch.float64 else low
-    return a != b
-
-
-def dtype_error(dense_out: torch.Tensor) -> None:
-    """Called with the result of the dense op on operands the dense layer rejects (a clashing dtype, a
-    wrong shape), which raises the dense layer's own error first; the call is an argument so
-    TorchScript does not drop it as dead code. Raises if the dense op accepted them after all."""
-    raise RuntimeError(f"the input's dtype does not match the layer's ({dense_out.dtype} from the dense op)")
-
-
 def get_isa() -> str:
     """Name of the CPU kernel path in use: ``scalar``, ``avx2``, ``avx512`` or ``neon``."""
     return _ops.get_isa()

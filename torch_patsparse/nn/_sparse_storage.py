@@ -123,16 +123,8 @@ class _SparseWeightMixin(DecodedWeight):
         F.conv2d); else None."""
         traced = fx_leaf(self, x)
         if traced is None and not isinstance(x, torch.Tensor):
-            dense_fn(x, self._placeholder_weight(torch.empty(0)))
+            dense_fn(x, torch.zeros(self.weight_shape))  # raises the TypeError
         return traced
-
-    def _placeholder_weight(self, x: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-        """A zero dense weight (of ``dtype``, else x's floating dtype) for the error path only: handed to
-        ``F.conv2d`` / ``F.linear`` with an input the native op cannot take, it makes torch raise the
-        dense layer's own error."""
-        if dtype is None:
-            dtype = x.dtype if x.is_floating_point() else torch.float32
-        return torch.zeros(self.weight_shape, dtype=dtype, device=x.device)
 
     @property
     def weight(self) -> torch.Tensor:

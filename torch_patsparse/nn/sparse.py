@@ -74,6 +74,10 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
             traced = self._eager_entry(input, F.linear)
             if traced is not None:
                 return traced
+            return ops.as_autocast(self._forward(input))  # (a torch.jit.trace records autocast's cast)
+        return self._forward(input)
+
+    def _forward(self, input: torch.Tensor) -> torch.Tensor:
         # `_native` / `_cpu_only` are TorchScript constants: a scripted layer holds only the branches it runs.
         if not self._native:
             return self._dense_forward(input)
@@ -205,6 +209,10 @@ class SparseConv2d(ConvGeometry, _SparseWeightMixin, nn.Module):
             traced = self._eager_entry(input, F.conv2d)
             if traced is not None:
                 return traced
+            return ops.as_autocast(self._forward(input))  # (a torch.jit.trace records autocast's cast)
+        return self._forward(input)
+
+    def _forward(self, input: torch.Tensor) -> torch.Tensor:
         # `_native` / `_cpu_only` are TorchScript constants: a scripted layer holds only the branches it runs.
         if not self._native:
             return self._dense_forward(input)
