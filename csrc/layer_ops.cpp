@@ -188,7 +188,14 @@ at::Tensor pattern_conv2d_layer(In input, In patterns, In filter_ptr, In kernel_
   const at::ScalarType dtype = bits ? code_scale->scalar_type() : values.scalar_type();
   const int64_t weight_shape[4] = {filter_ptr.size(0) - 1, in_channels, 3, 3};
   const ConvGeometry g{stride, padding, dilation, 1, std::nullopt};
-  if (!conv_input_fits(input, in_channels) || dense_rejects(input, dtype, patterns.device(), bias, weight_shape[0]))
+  bool fits = conv_input_fits(input, in_channels) && stride.size() == 2 && padding.size() == 2 &&
+              dilation.size() == 2;
+  for (size_t i = 0; fits && i < 2; ++i) {  // the dense conv's errors for its geometry, an empty or too small image
+    const c10::SymInt size = input.sym_size(static_cast<int64_t>(i) - 2);
+    fits = stride[i] >= 1 && padding[i] >= 0 && dilation[i] >= 1 && size > 0 &&
+           size + 2 * padding[i] - 2 * dilation[i] - 1 >= 0;
+  }
+  if (!fits || dense_rejects(input, dtype, patterns.device(), bias, weight_shape[0]))
     raise_dense_error(input, dtype, patterns.device(), bias, weight_shape, &g);
   const bool unbatched = input.dim() == 3;
   const at::ScalarType compute = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;

@@ -336,8 +336,8 @@ class PatternConv2d(ConvGeometry, PatternStateDict, nn.Module):
                 return traced
             if not isinstance(input, torch.Tensor):
                 raise TypeError("conv2d(): argument 'input' must be Tensor, not " + type(input).__name__)
-            # (a torch.jit.trace records autocast's cast, which the native op does inside)
-            return ops.as_autocast(self._layer_op(input, None, self.bias, None, -float("inf"), float("inf")))
+            if torch.jit.is_tracing():  # (records the cast the op does inside under autocast, as for nn.Conv2d)
+                return ops.as_autocast(self._layer_op(input, None, self.bias, None, -float("inf"), float("inf")))
         return self._layer_op(input, None, self.bias, None, -float("inf"), float("inf"))
 
     def forward_fused(self, input: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],

@@ -74,7 +74,8 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
             traced = self._eager_entry(input, F.linear)
             if traced is not None:
                 return traced
-            return ops.as_autocast(self._forward(input))  # (a torch.jit.trace records autocast's cast)
+            if torch.jit.is_tracing():  # (records the cast the op does inside under autocast, as for nn.Conv2d)
+                return ops.as_autocast(self._forward(input))
         return self._forward(input)
 
     def _forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -209,7 +210,8 @@ class SparseConv2d(ConvGeometry, _SparseWeightMixin, nn.Module):
             traced = self._eager_entry(input, F.conv2d)
             if traced is not None:
                 return traced
-            return ops.as_autocast(self._forward(input))  # (a torch.jit.trace records autocast's cast)
+            if torch.jit.is_tracing():  # (records the cast the op does inside under autocast, as for nn.Conv2d)
+                return ops.as_autocast(self._forward(input))
         return self._forward(input)
 
     def _forward(self, input: torch.Tensor) -> torch.Tensor:
