@@ -6,8 +6,9 @@ the report protocol live in :mod:`._sparse_storage`.
 Pruned weights are skipped, not multiplied: a NaN / inf input that only pruned weights touch does not
 reach the output of a native layer (the dense layer gives NaN there), as in PatternConv2d.
 
-Execution: ``SparseLinear`` and 1x1 ``SparseConv2d`` (no padding, groups 1, any stride) run the
-native sparse ops ``torch.ops.patsparse.sparse_linear`` / ``sparse_conv1x1`` on the stored arrays
+Execution (each layer's forward is one native op, csrc/layer_ops.cpp, that checks the input as the
+dense layer does and calls the ops below): ``SparseLinear`` and 1x1 ``SparseConv2d`` (no padding,
+groups 1, any stride) run the native sparse ops ``torch.ops.patsparse.sparse_linear`` / ``sparse_conv1x1`` on the stored arrays
 themselves (CPU; the op finds its runtime CSR index by the arrays' content in a native cache, reads
 fp32 ``values`` at call time and decodes quantized codes once), so no dense weight is kept.
 ``forward_fused`` exposes their epilogue (per-channel scale / shift, residual, clamp) for
@@ -89,7 +90,7 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
 
     def _dense_forward(self, x: torch.Tensor) -> torch.Tensor:
         """F.linear with the decoded weight (other devices; a layer that runs dense), in one native
-        call with nn.Linear's input errors (sparse_ops.cpp)."""
+        call with nn.Linear's input errors (csrc/layer_ops.cpp)."""
         return torch.ops.patsparse.sparse_linear_decoded(x, self.header, self.index, self.codes, self.values,
                                                          self.scale, self.bias, self.weight_shape)
 
@@ -109,7 +110,7 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
 
     def _layer_op(self, x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
                   residual: Optional[torch.Tensor], lo: float, hi: float) -> torch.Tensor:
-        # One native call: nn.Linear's input checks and errors, dtypes and the product (sparse_ops.cpp)
+        # One native call: nn.Linear's input checks and errors, dtypes and the product (csrc/layer_ops.cpp)
         return torch.ops.patsparse.sparse_linear_layer(x, self.header, self.index, self.codes, self.values,
                                                        self.scale, self.bias, self.weight_shape, scale, shift,
                                                        residual, lo, hi)
@@ -225,7 +226,7 @@ class SparseConv2d(ConvGeometry, _SparseWeightMixin, nn.Module):
 
     def _dense_forward(self, x: torch.Tensor) -> torch.Tensor:
         """F.conv2d with the decoded weight (other devices, other geometries, a layer that runs dense),
-        in one native call with nn.Conv2d's input errors (sparse_ops.cpp)."""
+        in one native call with nn.Conv2d's input errors (csrc/layer_ops.cpp)."""
         padding, padding_str = [0, 0], None
         if isinstance(self.padding, str):
             padding_str = self.padding
@@ -255,7 +256,7 @@ class SparseConv2d(ConvGeometry, _SparseWeightMixin, nn.Module):
     def _layer_op(self, x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
                   residual: Optional[torch.Tensor], lo: float, hi: float) -> torch.Tensor:
         # One native call: nn.Conv2d's input checks and errors, dtypes, unbatched input and the
-        # product (sparse_ops.cpp)
+        # product (csrc/layer_ops.cpp)
         return torch.ops.patsparse.sparse_conv1x1_layer(x, self.header, self.index, self.codes, self.values,
                                                         self.scale, self.bias, self.weight_shape,
                                                         [self.stride[0], self.stride[1]], scale, shift, residual,
