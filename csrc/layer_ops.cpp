@@ -18,6 +18,8 @@
 #include <optional>
 #include <string>
 
+#include "kernels/checked.h"
+
 namespace patsparse {
 namespace {
 
@@ -192,8 +194,13 @@ at::Tensor pattern_conv2d_layer(In input, In patterns, In filter_ptr, In kernel_
               dilation.size() == 2;
   for (size_t i = 0; fits && i < 2; ++i) {  // the dense conv's errors for its geometry, an empty or too small image
     const c10::SymInt size = input.sym_size(static_cast<int64_t>(i) - 2);
-    fits = stride[i] >= 1 && padding[i] >= 0 && dilation[i] >= 1 && size > 0 &&
-           size + 2 * padding[i] - 2 * dilation[i] - 1 >= 0;
+    fits = stride[i] >= 1 && padding[i] >= 0 && dilation[i] >= 1 && size > 0;
+    // the smallest image the dilated kernel fits: 2 * dilation + 1 - 2 * padding (sizes that overflow
+    // int64 are left to the product op's checked arithmetic, which names them)
+    int64_t span = 0, pads = 0, need = 0;
+    if (fits && mul_ok(dilation[i], 2, &span) && add_ok(span, 1, &span) && mul_ok(padding[i], 2, &pads) &&
+        sub_ok(span, pads, &need))
+      fits = size >= need;
   }
   if (!fits || dense_rejects(input, dtype, patterns.device(), bias, weight_shape[0]))
     raise_dense_error(input, dtype, patterns.device(), bias, weight_shape, &g);
