@@ -1,7 +1,8 @@
-// The layers' forward as one op each (CompositeImplicitAutograd: each runs, traces and exports as
-// the ops it calls, so autograd, torch.export and ExecuTorch see the product / decode ops and ATen
-// ops; a scripted or lite model holds one call per layer, not these steps in its bytecode, which the
-// lite format inlines per layer). Each does what the dense layer does with its input: its own error
+// The layers' forward as one op each (CompositeImplicitAutograd: each runs as the ops it calls, so
+// autograd sees the product / decode ops and ATen ops, and so do ExecuTorch and AOTInductor once the
+// graph is decomposed; torch.export's training IR keeps the layer op as a call; a scripted or lite
+// model holds one call per layer, not these steps in its bytecode, which the lite format inlines per
+// layer). Each does what the dense layer does with its input: its own error
 // for an input it rejects (the dense op called with a zero weight of the layer's dtype), unbatched
 // input, the compute dtype (the native products run fp32 and fp64: fp16 / bf16 are computed in fp32
 // and returned in their dtype), autocast's output dtype.
@@ -116,9 +117,40 @@ OptTensor as_dtype(OptIn t, at::ScalarType dtype) {
   return t->to(dtype);
 }
 
-// A conv input the dense layer takes by shape: [N, C, H, W] or unbatched [C, H, W] with its channels.
-bool conv_input_fits(In input, int64_t in_channels) {
-  return (input.dim() == 3 || input.dim() == 4) && input.sym_size(-3) == in_channels;
+// Whether the dense conv takes `input` by its shape and the geometry: [N, C, H, W] or unbatched
+// [C, H, W] with its channels; stride and dilation >= 1, padding >= 0; an image that is not empty and
+// that the dilated `kernel` fits (sizes that overflow int64 are left to the product op's checked
+// arithmetic, which names them).
+bool conv_input_fits(In input, int64_t in_channels, const ConvGeometry& g, Ints kernel) {
+  if (!((input.dim() == 3 || input.dim() == 4) && input.sym_size(-3) == in_channels) || g.stride.size() != 2 ||
+      g.padding.size() != 2 || g.dilation.size() != 2)
+    return false;
+  for (size_t i = 0; i < 2; ++i) {
+    const c10::SymInt size = input.sym_size(static_cast<int64_t>(i) - 2);
+    if (g.stride[i] < 1 || g.padding[i] < 0 || g.dilation[i] < 1 || !(size > 0)) return false;
+    // the smallest image the dilated kernel fits: dilation * (kernel - 1) + 1 - 2 * padding
+    int64_t span = 0, pads = 0, need = 0;
+    if (mul_ok(g.dilation[i], kernel[i] - 1, &span) && add_ok(span, 1, &span) && mul_ok(g.padding[i], 2, &pads) &&
+        sub_ok(span, pads, &need) && size < need)
+      return false;
+  }
+  return true;
+}
+
+// The native products' operands in the compute dtype (fp64 for fp64 input, else fp32), the input and
+// an output-shaped residual batched.
+struct Operands {
+  at::Tensor x;
+  OptTensor scale, shift, residual;
+  bool unbatched;
+};
+
+Operands compute_operands(In input, bool unbatched, OptIn scale, OptIn shift, OptIn residual) {
+  const at::ScalarType compute = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  Operands o{(unbatched ? input.unsqueeze(0) : input).to(compute), as_dtype(scale, compute), as_dtype(shift, compute),
+             as_dtype(residual, compute), unbatched};
+  if (o.residual && unbatched && o.residual->dim() == 3) o.residual = o.residual->unsqueeze(0);
+  return o;
 }
 
 // A native product's output (computed in fp32 / fp64) in the dtype the dense layer returns: the
@@ -148,30 +180,24 @@ at::Tensor native_layer(In input, In header, In index, In codes, In values, In c
   if (!conv && bias && !(bias->dim() == 1 && bias->sym_size(0) == weight_shape[0]))  // F.linear broadcasts it
     return decoded_layer(input, header, index, codes, values, code_scale, bias, weight_shape, conv);
   const at::ScalarType dtype = values.scalar_type();
-  // 1x1 without padding: an empty image or no output channel is the dense conv's error too
-  const bool fits = conv ? conv_input_fits(input, weight_shape[1]) && input.sym_size(-1) > 0 &&
-                               input.sym_size(-2) > 0 && weight_shape[0] > 0
+  // (no output channel is the dense conv's error too)
+  const bool fits = conv ? conv_input_fits(input, weight_shape[1], *conv, weight_shape.slice(2)) && weight_shape[0] > 0
                          : input.dim() >= 1 && input.sym_size(-1) == weight_shape[1];
   if (!fits || dense_rejects(input, dtype, values.device(), bias, weight_shape[0]))
     raise_dense_error(input, dtype, values.device(), bias, weight_shape, conv);
-  const bool unbatched = conv && input.dim() == 3;
-  const at::ScalarType compute = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const at::Tensor x = (unbatched ? input.unsqueeze(0) : input).to(compute);
-  OptTensor res = as_dtype(residual, compute);
-  if (res && unbatched && res->dim() == 3) res = res->unsqueeze(0);
+  const Operands o = compute_operands(input, conv && input.dim() == 3, scale, shift, residual);
   const at::Tensor v = values.to(at::kFloat), cs = code_scale.to(at::kFloat);
-  const OptTensor sc = as_dtype(scale, compute), sh = as_dtype(shift, compute);
   lo = finite_bound(lo);
   hi = finite_bound(hi);
   at::Tensor out;
   if (conv) {
     static auto op = product_op<SparseConv1x1Sig>("sparse_conv1x1");
-    out = op.call(x, header, index, codes, v, cs, weight_shape[0], sc, sh, res, conv->stride, lo, hi);
+    out = op.call(o.x, header, index, codes, v, cs, weight_shape[0], o.scale, o.shift, o.residual, conv->stride, lo, hi);
   } else {
     static auto op = product_op<SparseLinearSig>("sparse_linear");
-    out = op.call(x, header, index, codes, v, cs, weight_shape[0], sc, sh, res, lo, hi);
+    out = op.call(o.x, header, index, codes, v, cs, weight_shape[0], o.scale, o.shift, o.residual, lo, hi);
   }
-  return layer_output(out, input, unbatched);
+  return layer_output(out, input, o.unbatched);
 }
 
 // PatternConv2d's forward (shift = its bias) and forward_fused: the runtime arrays first (int32
@@ -190,23 +216,10 @@ at::Tensor pattern_conv2d_layer(In input, In patterns, In filter_ptr, In kernel_
   const at::ScalarType dtype = bits ? code_scale->scalar_type() : values.scalar_type();
   const int64_t weight_shape[4] = {filter_ptr.size(0) - 1, in_channels, 3, 3};
   const ConvGeometry g{stride, padding, dilation, 1, std::nullopt};
-  bool fits = conv_input_fits(input, in_channels) && stride.size() == 2 && padding.size() == 2 &&
-              dilation.size() == 2;
-  for (size_t i = 0; fits && i < 2; ++i) {  // the dense conv's errors for its geometry, an empty or too small image
-    const c10::SymInt size = input.sym_size(static_cast<int64_t>(i) - 2);
-    fits = stride[i] >= 1 && padding[i] >= 0 && dilation[i] >= 1 && size > 0;
-    // the smallest image the dilated kernel fits: 2 * dilation + 1 - 2 * padding (sizes that overflow
-    // int64 are left to the product op's checked arithmetic, which names them)
-    int64_t span = 0, pads = 0, need = 0;
-    if (fits && mul_ok(dilation[i], 2, &span) && add_ok(span, 1, &span) && mul_ok(padding[i], 2, &pads) &&
-        sub_ok(span, pads, &need))
-      fits = size >= need;
-  }
-  if (!fits || dense_rejects(input, dtype, patterns.device(), bias, weight_shape[0]))
+  if (!conv_input_fits(input, in_channels, g, {3, 3}) ||
+      dense_rejects(input, dtype, patterns.device(), bias, weight_shape[0]))
     raise_dense_error(input, dtype, patterns.device(), bias, weight_shape, &g);
-  const bool unbatched = input.dim() == 3;
-  const at::ScalarType compute = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const at::Tensor x = (unbatched ? input.unsqueeze(0) : input).to(compute);
+  const Operands o = compute_operands(input, input.dim() == 3, scale, shift, residual);
   at::Tensor channels = kernel_channel;
   if (!channels.device().is_cpu() && channels.scalar_type() != at::kInt) {
     static auto widen = product_op<PatternChannelsSig>("pattern_channels");
@@ -217,29 +230,23 @@ at::Tensor pattern_conv2d_layer(In input, In patterns, In filter_ptr, In kernel_
     static auto decode = product_op<PatternDecodeSig>("pattern_decode");
     v = decode.call(values, *code_scale, kernel_channel.size(0), patterns.size(1), bits, scheme);
   }
-  v = v.to(compute);
-  OptTensor res = as_dtype(residual, compute);
-  if (res && unbatched && res->dim() == 3) res = res->unsqueeze(0);
-  const OptTensor sc = as_dtype(scale, compute), sh = as_dtype(shift, compute);
+  v = v.to(o.x.scalar_type());
   const double max = std::numeric_limits<double>::max();
   at::Tensor out;
-  if (!sc && !res && lo <= -max && hi >= max) {
+  if (!o.scale && !o.residual && lo <= -max && hi >= max) {
     static auto conv = product_op<PatternConv2dSig>("pattern_conv2d");
-    out = conv.call(x, patterns, filter_ptr, channels, kernel_pattern, v, sh, stride, padding, dilation);
+    out = conv.call(o.x, patterns, filter_ptr, channels, kernel_pattern, v, o.shift, stride, padding, dilation);
   } else {
     static auto fused = product_op<PatternConv2dFusedSig>("pattern_conv2d_fused");
-    out = fused.call(x, patterns, filter_ptr, channels, kernel_pattern, v, sc, sh, res, stride, padding, dilation,
-                     finite_bound(lo), finite_bound(hi));
+    out = fused.call(o.x, patterns, filter_ptr, channels, kernel_pattern, v, o.scale, o.shift, o.residual, stride,
+                     padding, dilation, finite_bound(lo), finite_bound(hi));
   }
-  return layer_output(out, input, unbatched);
+  return layer_output(out, input, o.unbatched);
 }
 
-at::Tensor sparse_conv1x1_layer(In input, In header, In index,
-                                In codes, In values, In code_scale,
-                                OptIn bias, Ints weight_shape,
-                                Ints stride, OptIn scale,
-                                OptIn shift, OptIn residual,
-                                double lo, double hi) {
+at::Tensor sparse_conv1x1_layer(In input, In header, In index, In codes, In values, In code_scale, OptIn bias,
+                                Ints weight_shape, Ints stride, OptIn scale, OptIn shift, OptIn residual, double lo,
+                                double hi) {
   check_weight_shape(weight_shape, true, "sparse_conv1x1_layer");
   TORCH_CHECK(weight_shape[2] == 1 && weight_shape[3] == 1,
               "patsparse::sparse_conv1x1_layer: weight_shape must be [out, in, 1, 1], got ", weight_shape);
@@ -249,29 +256,23 @@ at::Tensor sparse_conv1x1_layer(In input, In header, In index,
                       lo, hi);
 }
 
-at::Tensor sparse_linear_layer(In input, In header, In index,
-                               In codes, In values, In code_scale,
-                               OptIn bias, Ints weight_shape,
-                               OptIn scale, OptIn shift,
-                               OptIn residual, double lo, double hi) {
+at::Tensor sparse_linear_layer(In input, In header, In index, In codes, In values, In code_scale, OptIn bias,
+                               Ints weight_shape, OptIn scale, OptIn shift, OptIn residual, double lo, double hi) {
   check_weight_shape(weight_shape, false, "sparse_linear_layer");
   return native_layer(input, header, index, codes, values, code_scale, bias, weight_shape, nullptr, scale, shift,
                       residual, lo, hi);
 }
 
-at::Tensor sparse_conv2d_decoded(In input, In header, In index,
-                                 In codes, In values, In code_scale,
-                                 OptIn bias, Ints weight_shape,
-                                 Ints stride, Ints padding, Ints dilation,
-                                 int64_t groups, std::optional<c10::string_view> padding_str) {
+at::Tensor sparse_conv2d_decoded(In input, In header, In index, In codes, In values, In code_scale, OptIn bias,
+                                 Ints weight_shape, Ints stride, Ints padding, Ints dilation, int64_t groups,
+                                 std::optional<c10::string_view> padding_str) {
   check_weight_shape(weight_shape, true, "sparse_conv2d_decoded");
   const ConvGeometry g{stride, padding, dilation, groups, padding_str};
   return decoded_layer(input, header, index, codes, values, code_scale, bias, weight_shape, &g);
 }
 
-at::Tensor sparse_linear_decoded(In input, In header, In index,
-                                 In codes, In values, In code_scale,
-                                 OptIn bias, Ints weight_shape) {
+at::Tensor sparse_linear_decoded(In input, In header, In index, In codes, In values, In code_scale, OptIn bias,
+                                 Ints weight_shape) {
   check_weight_shape(weight_shape, false, "sparse_linear_decoded");
   return decoded_layer(input, header, index, codes, values, code_scale, bias, weight_shape, nullptr);
 }

@@ -13,6 +13,7 @@ from typing import Union
 import torch
 
 from .patterns import PatternSet
+from .quant import check_float_tensor
 from .quant import dequantize, quantize, quantize_params  # noqa: F401  (public here; owned by quant)
 
 __all__ = ["pattern", "assign_patterns", "connectivity", "unstructured", "filter", "channel",
@@ -37,9 +38,7 @@ def _count(keep: Keep, n: int) -> int:
 
 def _check_weight(w, name: str, min_dim: int = 0) -> None:
     """A projection takes a non-empty floating-point tensor of at least ``min_dim`` dimensions."""
-    if not isinstance(w, torch.Tensor) or not w.is_floating_point():
-        got = f"a {w.dtype} tensor" if isinstance(w, torch.Tensor) else type(w).__name__
-        raise TypeError(f"{name} expects a floating-point tensor, got {got}")
+    check_float_tensor(w, name)
     if w.dim() < min_dim or w.numel() == 0:
         raise ValueError(f"{name} expects a non-empty tensor with at least {min_dim} dimension(s), got shape "
                          f"{tuple(w.shape)}")

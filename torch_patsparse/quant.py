@@ -87,6 +87,14 @@ def multipliers(codes: torch.Tensor, scheme: str, dtype: torch.dtype) -> torch.T
 
 
 # -- quantizing ------------------------------------------------------------------------------
+def check_float_tensor(w, name: str) -> None:
+    """TypeError naming ``name`` unless ``w`` is a floating-point tensor (an int tensor would be
+    projected onto truncated levels)."""
+    if not isinstance(w, torch.Tensor) or not w.is_floating_point():
+        got = f"a {w.dtype} tensor" if isinstance(w, torch.Tensor) else type(w).__name__
+        raise TypeError(f"{name} expects a floating-point tensor, got {got}")
+
+
 def quantize_params(w: torch.Tensor, bits: int, scheme: str = "uniform") -> Tuple[torch.Tensor, float]:
     """Codes and scale of the per-tensor quantization of ``w``, searched for the least squared error
     (a multi-start search, not an exhaustive one: at 7-8 bits on small tensors it can miss the best
@@ -104,9 +112,7 @@ def quantize_params(w: torch.Tensor, bits: int, scheme: str = "uniform") -> Tupl
     search runs on a strided sample of ~16k nonzero weights and the winner is polished on all of them.
     """
     check(bits, scheme)
-    if not isinstance(w, torch.Tensor) or not w.is_floating_point():
-        got = f"a {w.dtype} tensor" if isinstance(w, torch.Tensor) else type(w).__name__
-        raise TypeError(f"quantize expects a floating-point tensor, got {got}")
+    check_float_tensor(w, "quantize")
     flat = w.detach().reshape(-1)
     x = flat[flat != 0].double()  # zeros always take code 0 and add nothing to the fit
     amax = float(x.abs().max()) if x.numel() else 0.0

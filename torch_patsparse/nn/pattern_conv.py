@@ -359,16 +359,18 @@ class PatternConv2d(ConvGeometry, PatternStateDict, nn.Module):
             # an exported graph (torch.export: the ExecuTorch kernels read int32) widens through the op
             if torch.compiler.is_exporting() and kernel_channel.dtype != torch.int32:
                 kernel_channel = torch.ops.patsparse.pattern_channels(kernel_channel)
+        # the stored values, or a quantized layer's packed codes, bit width and code scale
+        code_scale: Optional[torch.Tensor] = None
         if self.quantized:  # a TorchScript constant: the other branch is not compiled
             bits = self.bits
             assert bits is not None
-            return torch.ops.patsparse.pattern_conv2d_layer(
-                x, self.patterns, self.filter_ptr, kernel_channel, self.kernel_pattern, self.codes, self.scale, bits,
-                self.scheme, self.bias, self.in_channels, self.stride, self.padding, self.dilation, scale, shift,
-                residual, lo, hi)
+            stored, code_scale = self.codes, self.scale
+        else:
+            stored, bits = self.values, 0
         return torch.ops.patsparse.pattern_conv2d_layer(
-            x, self.patterns, self.filter_ptr, kernel_channel, self.kernel_pattern, self.values, None, 0, self.scheme,
-            self.bias, self.in_channels, self.stride, self.padding, self.dilation, scale, shift, residual, lo, hi)
+            x, self.patterns, self.filter_ptr, kernel_channel, self.kernel_pattern, stored, code_scale, bits,
+            self.scheme, self.bias, self.in_channels, self.stride, self.padding, self.dilation, scale, shift,
+            residual, lo, hi)
 
     # ------------------------------------------------------------------ report protocol
     @property

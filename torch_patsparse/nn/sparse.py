@@ -8,7 +8,8 @@ reach the output of a native layer (the dense layer gives NaN there), as in Patt
 
 Execution (each layer's forward is one native op, csrc/layer_ops.cpp, that checks the input as the
 dense layer does and calls the ops below): ``SparseLinear`` and 1x1 ``SparseConv2d`` (no padding,
-groups 1, any stride) run the native sparse ops ``torch.ops.patsparse.sparse_linear`` / ``sparse_conv1x1`` on the stored arrays
+groups 1, any stride) run the native sparse ops ``torch.ops.patsparse.sparse_linear`` /
+``sparse_conv1x1`` on the stored arrays
 themselves (CPU; the op finds its runtime CSR index by the arrays' content in a native cache, reads
 fp32 ``values`` at call time and decodes quantized codes once), so no dense weight is kept.
 ``forward_fused`` exposes their epilogue (per-channel scale / shift, residual, clamp) for
@@ -166,9 +167,13 @@ class SparseConv2d(ConvGeometry, _SparseWeightMixin, nn.Module):
         if min(self.kernel_size) < 1:
             raise ValueError(f"kernel_size must be positive, got {self.kernel_size}")
         self._check_padding()
-        self.weight_shape = [self.out_channels, self.in_channels // self.groups, *self.kernel_size]
+        self.weight_shape = self._geometry_weight_shape()
         self._op_takes_shape = self._native_geometry()
         self._init_storage(bias, device, dtype)
+
+    def _geometry_weight_shape(self) -> list:
+        """[out, in / groups, kh, kw]: the weight shape the channels, groups and kernel size give."""
+        return [self.out_channels, self.in_channels // self.groups, *self.kernel_size]
 
     def _check_padding(self) -> None:
         if self.padding == "same" and self.stride != (1, 1):
@@ -182,8 +187,7 @@ class SparseConv2d(ConvGeometry, _SparseWeightMixin, nn.Module):
                 and min(self.stride) >= 1 and min(self.dilation) >= 1)
 
     def _geometry_changed(self) -> None:
-        shape = [self.out_channels, self.in_channels // self.groups, *self.kernel_size]
-        if self.in_channels % self.groups or shape != list(self.weight_shape):
+        if self.in_channels % self.groups or self._geometry_weight_shape() != list(self.weight_shape):
             raise ValueError(f"SparseConv2d: kernel_size={self.kernel_size}, groups={self.groups} do not fit the "
                              f"stored weight {list(self.weight_shape)}; build a new layer for another shape")
         self._check_padding()
