@@ -199,9 +199,8 @@ def test_bad_arrays_raise_in_backward(isa):
 
 
 def test_torch_func_as_the_readme_says():
-    """vmap of a forward runs the native op per sample; the torch.func gradient transforms raise
-    torch 2.13's register_autograd error (pytorch#170834). If this starts passing through, the
-    README's paragraph on autograd is out of date."""
+    """vmap of a forward runs the native op per sample; the torch.func gradient transforms give the
+    dense layer's gradient (tests/test_func_transforms.py covers the rest)."""
     import warnings
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(4, 6, 3, padding=1)
@@ -213,5 +212,5 @@ def test_torch_func_as_the_readme_says():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "no batching rule": the per-sample fallback
         torch.testing.assert_close(torch.func.vmap(m)(x), m(x))
-    with pytest.raises(RuntimeError, match="setup_context"):
-        torch.func.grad(lambda xi: m(xi).square().sum())(x[0])
+    torch.testing.assert_close(torch.func.grad(lambda xi: m(xi).square().sum())(x[0]),
+                               torch.func.grad(lambda xi: conv(xi).square().sum())(x[0]))

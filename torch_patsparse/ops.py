@@ -1,11 +1,13 @@
 """Thin Python wrappers over the native ops ``torch.ops.patsparse.*``: fake (meta) kernels for
-tracing / torch.compile, and autograd (input, values, bias) registered with ``torch.library``."""
+tracing / torch.compile, and each op's Autograd kernel (reverse mode, torch.func, forward mode)."""
 import operator
 import os
 import warnings
 from typing import Optional
 
 import torch
+import torch.autograd.forward_ad as _fwAD
+from torch._functorch.utils import unwrap_dead_wrappers as _unwrap_dead_wrappers
 from torch._prims_common import suggest_memory_format
 
 from . import _deprecation
@@ -155,6 +157,55 @@ def _(grad_output, input, patterns, filter_ptr, kernel_channel, kernel_pattern, 
     return torch.empty_like(values, memory_format=torch.contiguous_format)
 
 
+# Autograd: one kernel per op. Reverse mode runs the native gradient ops through an autograd.Function;
+# under torch.func transforms (vmap, grad, jacrev, jvp, hessian, ...) and forward-mode AD a
+# differentiable op runs as its composite of ATen ops (a dense weight built from the stored one), which
+# every transform and level supports: torch.library's autograd.Function fails under torch.func
+# (pytorch/pytorch#168393) and would drop a forward-mode tangent (a silent zero derivative).
+_AUTOGRAD_LIB = torch.library.Library("patsparse", "IMPL")
+_INFERENCE_ONLY = ("pattern_conv2d_fused", "depthwise_conv3x3", "max_pool2d")
+
+
+def _has_tangent(args) -> bool:
+    """Whether a forward-mode tangent rides on a tensor argument (a dual level is open)."""
+    return (_fwAD._current_level >= 0 and torch._C._is_fwd_grad_enabled()
+            and any(isinstance(a, torch.Tensor) and _fwAD.unpack_dual(a).tangent is not None for a in args))
+
+
+def _register_autograd(name: str, backward=None, setup_context=None, composite=None) -> None:
+    """The Autograd kernel of ``patsparse::name``. ``setup_context(ctx, inputs, output)`` and
+    ``backward(ctx, grad)`` as for ``torch.library.register_autograd`` (``inputs`` with the schema's
+    defaults filled in); ``composite(*inputs)`` computes the op in differentiable ATen ops. An op
+    without one refuses a forward-mode tangent."""
+    op = getattr(_ops, name).default
+    defaults = tuple(a.default_value for a in op._schema.arguments)
+
+    def forward(*args):
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(*args)
+
+    function = type(f"PatsparseFunction_{name}", (torch.autograd.Function,), {
+        "forward": staticmethod(forward), "backward": staticmethod(backward),
+        "setup_context": staticmethod(setup_context or (lambda ctx, inputs, output: None))})
+    apply = super(torch.autograd.Function, function).apply  # (Function.apply binds defaults per call)
+
+    def kernel(keyset, *args):
+        args = args + defaults[len(args):]  # (the dispatcher drops arguments equal to their defaults)
+        if composite is not None and (torch._C._are_functorch_transforms_active() or _has_tangent(args)):
+            return composite(*args)
+        if _has_tangent(args):
+            raise NotImplementedError(
+                f"patsparse::{name} has no forward-mode derivative (torch.func.jvp / jacfwd / hessian, "
+                "torch.autograd.forward_ad): use reverse mode (backward, torch.func.vjp / jacrev)"
+                + ("; it is inference-only (ps.optimize_for_inference's model)" if name in _INFERENCE_ONLY else ""))
+        if backward is not None and torch.is_grad_enabled() and torch._C._any_requires_grad(*args):
+            return apply(*_unwrap_dead_wrappers(args))
+        with torch._C._AutoDispatchBelowAutograd():
+            return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
+
+    _AUTOGRAD_LIB.impl(name, kernel, "Autograd", with_keyset=True)
+
+
 def _setup_context(ctx, inputs, output):
     input, patterns, filter_ptr, kernel_channel, kernel_pattern, values, bias, stride, padding, dilation = inputs
     ctx.save_for_backward(input, patterns, filter_ptr, kernel_channel, kernel_pattern, values)
@@ -165,7 +216,8 @@ def _setup_context(ctx, inputs, output):
 def _differentiable_grads(ctx, grad_output):
     """The input and values gradients in differentiable torch ops, through the dense weight: for a
     backward that is itself differentiated (``create_graph=True``: gradient penalties, double
-    backward), which the native gradient ops have no formula for."""
+    backward; or run while a forward-mode dual level carries tangents), which the native gradient
+    ops have no formula for."""
     from .format import decompress, flat_positions  # (format imports this module)
     input, patterns, filter_ptr, kernel_channel, kernel_pattern, values = ctx.saved_tensors
     stride, padding, dilation = ctx.conv_args
@@ -185,7 +237,7 @@ def _backward(ctx, grad_output):
     stride, padding, dilation = ctx.conv_args
     grad_output = grad_output.contiguous()
     grad_input = grad_values = grad_bias = None
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled() or _has_tangent((grad_output, input, values)):
         grad_input, grad_values = _differentiable_grads(ctx, grad_output)
     elif ctx.needs_input_grad[0]:
         grad_input = _ops.pattern_conv2d_grad_input(grad_output, list(input.shape), patterns, filter_ptr,
@@ -199,7 +251,18 @@ def _backward(ctx, grad_output):
     return grad_input, None, None, None, None, grad_values, grad_bias, None, None, None
 
 
-torch.library.register_autograd("patsparse::pattern_conv2d", _backward, setup_context=_setup_context)
+def _pattern_conv2d_composite(input, patterns, filter_ptr, kernel_channel, kernel_pattern, values, bias, stride,
+                              padding, dilation):
+    from .format import decompress  # (format imports this module)
+    weight = decompress(patterns, filter_ptr, kernel_channel, kernel_pattern, values, input.shape[1])
+    return torch.nn.functional.conv2d(input, weight, bias, stride, padding, dilation)
+
+
+_register_autograd("pattern_conv2d", _backward, _setup_context, _pattern_conv2d_composite)
+# The native gradient ops refuse a tangent (a backward run under a dual level takes the
+# differentiable path above).
+_register_autograd("pattern_conv2d_grad_input")
+_register_autograd("pattern_conv2d_grad_values")
 
 
 # ---------------------------------------------------------------- fused inference op
@@ -240,7 +303,7 @@ def _fused_backward(ctx, grad_output):
                        "folded into it): train the unoptimized model, then run ps.optimize_for_inference")
 
 
-torch.library.register_autograd("patsparse::pattern_conv2d_fused", _fused_backward)
+_register_autograd("pattern_conv2d_fused", _fused_backward)
 __all__.append("pattern_conv2d_fused")
 
 
@@ -403,8 +466,35 @@ def _sparse_backward(ctx, grad_output):
         3 if ctx.conv else 2)
 
 
-torch.library.register_autograd("patsparse::sparse_conv1x1", _sparse_backward, setup_context=_sparse_setup_context)
-torch.library.register_autograd("patsparse::sparse_linear", _sparse_backward, setup_context=_sparse_setup_context)
+def _sparse_composite(input, header, index, codes, values, code_scale, rows, scale, shift, residual, *rest):
+    """The sparse conv1x1 / linear op (``rest``: [stride,] lo, hi) in ATen ops on the decoded weight."""
+    if _has_tangent((values, code_scale)):
+        raise NotImplementedError("patsparse: the stored weight of a sparse op (values, code_scale) is not "
+                                  "differentiable; a tangent can go to its input, scale, shift and residual")
+    conv = len(rest) == 3
+    weight = _ops.sparse_dense_weight(header, index, codes, values, code_scale, rows,
+                                      input.shape[1 if conv else -1]).to(input.dtype)
+    out = (torch.nn.functional.conv2d(input, weight[:, :, None, None], None, rest[0]) if conv
+           else torch.nn.functional.linear(input, weight))
+    shape = [-1, 1, 1] if conv else [-1]
+    if scale is not None:
+        out = out * scale.view(shape)
+    if shift is not None:
+        out = out + shift.view(shape)
+    if residual is not None:
+        out = out + residual
+    lo, hi = rest[-2:]
+    if lo > -_INF or hi < _INF:
+        out = out.clamp(lo if lo > -_INF else None, hi if hi < _INF else None)
+    return out
+
+
+_register_autograd("sparse_conv1x1", _sparse_backward, _sparse_setup_context, _sparse_composite)
+_register_autograd("sparse_linear", _sparse_backward, _sparse_setup_context, _sparse_composite)
+# Inference-only ops: no derivative, but a forward-mode tangent is refused, not dropped (the Autograd
+# fallback would return the output without one: a zero derivative).
+for _name in ("depthwise_conv3x3", "max_pool2d"):
+    _register_autograd(_name)
 
 
 # Out variants (csrc/ops_out.cpp): the schemas ExecuTorch's to_executorch() switches each functional
