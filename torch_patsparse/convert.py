@@ -174,8 +174,8 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
     exclude: a selector or a list of them (or None): modules to keep dense (e.g. ``["features.0"]`` or
         ``model.features[0]`` for a first conv with 3 inputs).
     bits / scheme: quantize the kept weights of every converted layer to ``bits`` (lossy, asked
-        for), layers converted before included (e.g. float PatternConv2d layers after fine-tuning;
-        their pattern sets are kept). None: keep codes only where the weights already sit on
+        for), layers converted before included, of any kind whatever ``layers`` says (e.g. float
+        PatternConv2d layers after fine-tuning; their pattern sets are kept). None: keep codes only where the weights already sit on
         quantization levels, and converted layers as they are.
     project: allow the lossy projection of 3x3 layers that are not pattern-pruned (onto
         ``pattern_set`` or 8 patterns of 4 selected from the weight).
@@ -237,8 +237,7 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
         kind = kinds.layer_kind(module)
         new, why = None, ""
         if isinstance(module, (PatternConv2d, SparseConv2d, SparseLinear)):  # converted before
-            if bits is None or (layers == "3x3" and not isinstance(module, PatternConv2d)) or (
-                    module.bits == bits and module.scheme == scheme):
+            if bits is None or (module.bits == bits and module.scheme == scheme):  # (any `layers`: asked for)
                 continue
             new = _requantized(module, bits, scheme)
         elif kind is None or (layers == "3x3" and kind == kinds.SPARSE):

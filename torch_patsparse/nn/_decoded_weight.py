@@ -1,6 +1,7 @@
 """The mixin of our layers whose ``weight`` is a property decoded from their compressed arrays, and
 the relative error they report for what they store (``conversion_error``)."""
 import math
+import warnings
 
 import torch
 
@@ -9,12 +10,35 @@ class DecodedWeight:
     """Refuses ``layer.weight = ...`` with a message that says what to do (nn.Module would raise a bare
     KeyError for a Parameter, as the name already exists). Comes before nn.Module in the bases."""
 
+    _SCALE_CARRIES_DTYPE = False  # (PatternConv2d: its quantized layers' dtype is their scale's)
+
     def __setattr__(self, name: str, value) -> None:
         if name == "weight":  # nn.Module would say "attribute 'weight' already exists" (a KeyError)
             raise AttributeError(f"{type(self).__name__}.weight is decoded from the compressed arrays and cannot be "
                                  f"assigned; build the layer again with {type(self).__name__}.from_dense(module) "
                                  "(which reports its conversion error)")
         super().__setattr__(name, value)
+
+    def _apply(self, fn, recurse=True):
+        """``.half()`` / ``.to(torch.bfloat16)``: a k-bit layer's one quantization ``scale`` serves
+        every weight, so rounding it to 16 bits changes them all by one factor (flushed to 0 or 25%
+        off below fp16's normal range) where a dense ``.half()`` rounds each weight on its own. Sparse
+        layers keep it at fp32 (devices still move; their dtype is their ``values``'); in a
+        PatternConv2d it carries the layer's dtype, so a rounding beyond 16-bit precision warns."""
+        scale = self._buffers.get("scale")
+        out = super()._apply(fn, recurse)
+        new = self._buffers.get("scale")
+        if scale is None or new is None or new.dtype not in (torch.float16, torch.bfloat16) or scale.dtype == new.dtype:
+            return out
+        if self._SCALE_CARRIES_DTYPE:
+            was, now = float(scale.detach().float().cpu()), float(new.detach().float().cpu())
+            if was > 0 and abs(now - was) > was * torch.finfo(new.dtype).eps / 2:  # (beyond a normal rounding)
+                warnings.warn(f"{type(self).__name__}: the quantization scale {was:.3g} rounds to {now:.3g} in "
+                              f"{new.dtype} ({abs(now - was) / was:.2%} off, every weight by that factor: below "
+                              f"the dtype's normal range); keep this layer in float32", UserWarning, stacklevel=3)
+        else:
+            self._buffers["scale"] = scale.to(new.device, torch.promote_types(scale.dtype, torch.float32))
+        return out
 
 
 def relative_error(stored: torch.Tensor, original: torch.Tensor) -> float:

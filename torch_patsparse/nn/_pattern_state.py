@@ -19,6 +19,8 @@ _EXTRA_KEYS = ("bits", "scheme", "in_channels", "out_channels")
 class PatternStateDict(DecodedWeight):
     """Mixin of PatternConv2d (first base, before nn.Module): its state_dict save and load."""
 
+    _SCALE_CARRIES_DTYPE = True
+
     def get_extra_state(self):
         return {"bits": self.bits, "scheme": self.scheme, "in_channels": self.in_channels,
                 "out_channels": self.out_channels}
