@@ -75,3 +75,13 @@ def test_reconvert_with_bits_quantizes_every_converted_layer():
         q = ps.convert(c, bits=4)
     assert [getattr(layer, "bits", None) for layer in q] == [4, 4, None, 4]
     assert all(q[i].conversion_error > 0 for i in (0, 1, 3))
+
+
+def test_numpy_bits_for_every_layer_kind():
+    """A numpy int (a sweep over np.arange) is taken by the 3x3 layers too, as by the sparse ones."""
+    np = pytest.importorskip("numpy")
+    lin, conv = _pruned(1.0)
+    q = ps.convert(nn.Sequential(conv), bits=np.int64(4))
+    assert q[0].bits == 4 and type(q[0].bits) is int
+    assert ps.nn.PatternConv2d.from_dense(conv, bits=np.uint8(3)).bits == 3
+    assert ps.nn.SparseLinear.from_dense(lin, bits=np.int32(4)).bits == 4

@@ -138,3 +138,31 @@ def test_a_sparse_layer_that_runs_the_dense_op_is_marked():
             m.weight.mul_(torch.rand_like(m.weight) < 0.1)
     rows = {r.name: r for r in ps.compression_report(ps.convert(model, layers="all"), input_size=(1, 8, 6, 6)).rows}
     assert rows["0"].kind == "SparseConv2d (dense op)" and rows["1"].kind == "SparseConv2d"
+    # it computes every weight: its kept MACs are the dense ones (the totals claimed a 10x reduction)
+    assert rows["0"].kept_macs == rows["0"].dense_macs and rows["0"].density < 0.2
+    assert rows["1"].kept_macs < rows["1"].dense_macs
+
+
+def test_a_layer_registered_twice_is_counted_once():
+    """`s.b = s.a`: the second registration's state_dict keys are the same tensors; they were counted
+    as "other tensors" in both columns, halving the whole-model ratio of the converted model."""
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(16, 16, 3, padding=1)
+            with torch.no_grad():
+                self.a.weight[:, :, 0, :] = 0
+                self.a.weight[:, :, 2, :] = 0
+                self.a.weight[:, :, 1, 0] = 0
+            self.b = self.a
+            self.bn = nn.BatchNorm2d(16)
+
+        def forward(self, x):
+            return self.bn(self.b(self.a(x)))
+    torch.manual_seed(0)
+    m = Twice()
+    bn_bits = sum(t.numel() * t.element_size() * 8 for t in m.bn.state_dict().values())
+    for model in (m, ps.convert(m)):
+        r = ps.compression_report(model, input_size=(1, 16, 6, 6))
+        assert len(r.rows) == 1 and r.totals["other_bits"] == bn_bits
+        assert r.totals["model_stored_bits"] == r.rows[0].stored_bits + bn_bits

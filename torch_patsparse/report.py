@@ -132,9 +132,10 @@ def compression_report(model: nn.Module, input_size: Optional[Sequence[int]] = N
     tensor (BatchNorm statistics, ...) counted at its stored width. MACs are per image and need
     ``input_size`` (e.g. ``(1, 3, 224, 224)``) or an ``example_input`` (one forward pass records each
     layer's output size; a transposed conv counts per input position; a tensor given as the second
-    argument is taken as the example input). MACs kept count the kept
-    weights; a row typed "(dense op)" (a SparseConv2d other than 1x1, or a k-bit layer at density
-    >= 2/3) decodes its weight and runs the dense op, so it saves storage but no time.
+    argument is taken as the example input). MACs kept count the weights a layer computes with: its
+    kept weights, or all of them in a row typed "(dense op)" (a SparseConv2d other than 1x1, or a
+    k-bit layer at density >= 2/3), which decodes its weight and runs the dense op: it saves storage
+    but no time. A layer registered at several places is one row, its tensors counted once.
     """
     if not isinstance(model, nn.Module) or isinstance(model, torch.jit.ScriptModule):
         raise TypeError("compression_report takes an eager nn.Module (not a state_dict or a scripted model), "
@@ -160,10 +161,13 @@ def compression_report(model: nn.Module, input_size: Optional[Sequence[int]] = N
         if hasattr(m, "storage_bits"):
             detail = {k: int(v) for k, v in m.storage_bits().items()}
             dense_bits = int(m.dense_bits())
-            # a sparse layer without a native kernel for its geometry decodes and runs the dense op
-            kind = type(m).__name__ + ("" if getattr(m, "_native", True) else " (dense op)")
+            # a sparse layer without a native kernel for its geometry decodes and runs the dense op:
+            # it computes every weight
+            native = getattr(m, "_native", True)
+            kind = type(m).__name__ + ("" if native else " (dense op)")
             dense_w, kept_w = m.macs((1, 1))          # per output position = weight counts
             density = kept_w / max(dense_w, 1)
+            kept_w = kept_w if native else dense_w
         else:
             detail = {"weight": _bits_of(m.weight), **({"bias": _bits_of(m.bias)} if m.bias is not None else {})}
             dense_bits = sum(detail.values())
@@ -173,7 +177,11 @@ def compression_report(model: nn.Module, input_size: Optional[Sequence[int]] = N
         macs = (dense_w * positions[name], kept_w * positions[name]) if name in positions else (None, None)
         shape = _shape(m)
         rows.append(LayerRow(name, kind, shape, density, dense_bits, sum(detail.values()), macs[0], macs[1], detail))
-    return CompressionReport(rows, _other_bits(model, [n for n, _ in layers]))
+    # every name a reported layer is registered under: a shared layer's second copy of keys is the
+    # same tensors, not "other" ones
+    reported = {id(m) for _, m in layers}
+    layer_names = [n for n, m in model.named_modules(remove_duplicate=False) if id(m) in reported]
+    return CompressionReport(rows, _other_bits(model, layer_names))
 
 
 def _dense_layer(m: nn.Module) -> bool:

@@ -1,5 +1,6 @@
 """PatternConv2d: a drop-in ``nn.Conv2d`` (3x3, groups=1) that stores only the compressed weight."""
 import inspect
+import numbers
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -93,8 +94,10 @@ class PatternConv2d(ConvGeometry, PatternStateDict, nn.Module):
         in_channels, out_channels = (ops.int_arg(c, "in_channels / out_channels") for c in (in_channels, out_channels))
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
-        if bits is not None and not (isinstance(bits, int) and not isinstance(bits, bool) and 1 <= bits <= 8):
-            raise ValueError(f"bits must be an int in 1..8 or None, got {bits!r}")
+        if bits is not None:  # (numpy ints too, as the sparse layers and the constraints take them)
+            if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or not 1 <= bits <= 8:
+                raise ValueError(f"bits must be an int in 1..8 or None, got {bits!r}")
+            bits = int(bits)
         kept_kernels = ops.int_arg(kept_kernels, "kept_kernels")
         if kept_kernels < 0:
             raise ValueError(f"kept_kernels must be >= 0, got {kept_kernels}")
