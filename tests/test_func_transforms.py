@@ -142,3 +142,19 @@ def test_refused_where_there_is_no_forward_derivative():
     with pytest.raises(NotImplementedError, match="not differentiable"):
         jvp(lambda v: ps.ops.sparse_linear(torch.randn(2, 72), s.header, s.index, s.codes, v, s.scale, 5),
             (s.values,), (torch.ones_like(s.values),))
+
+
+def test_optimized_model_under_torch_func():
+    """vmap of optimize_for_inference's model batches its depthwise conv as the dense op (it queried a
+    channels_last layout torch's vmap does not implement); its gradient transforms are refused with
+    the reason (they hit a functorch internal assert)."""
+    c, _ = _model(None)
+    c = c.float().eval()
+    opt = ps.optimize_for_inference(c)
+    x = _x(3)[0].float()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's "no batching rule" note: the fused ops loop per sample
+        torch.testing.assert_close(vmap(opt)(x.unsqueeze(1)).squeeze(1), c(x))
+    for transform in (jacrev, lambda f: grad(lambda z: f(z).sum())):
+        with pytest.raises(NotImplementedError, match="no derivative under torch.func.*inference-only"):
+            transform(opt)(x[:1])

@@ -175,11 +175,13 @@ class DepthwiseConv3x3(_InferenceOnly):
         self.lo, self.hi = float(lo), float(hi)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        native = True
         if not torch.jit.is_scripting():  # torch.fx: one call_module node, as for nn.Conv2d (_tracing.py)
             traced = fx_leaf(self, x)
             if traced is not None:
                 return traced
-        if (x.device.type == "cpu" and x.dim() == 4 and x.dtype == self.weight.dtype and not x.requires_grad
+            native = not torch._C._are_functorch_transforms_active()  # vmap: the batched dense op
+        if (native and x.device.type == "cpu" and x.dim() == 4 and x.dtype == self.weight.dtype and not x.requires_grad
                 and (x.dtype == torch.float32 or x.dtype == torch.float64)  # the native kernel's dtypes
                 and x.size(1) == self.channels and x.size(2) > 0 and x.size(3) > 0
                 and not (x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())):

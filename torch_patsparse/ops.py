@@ -193,12 +193,15 @@ def _register_autograd(name: str, backward=None, setup_context=None, composite=N
         args = args + defaults[len(args):]  # (the dispatcher drops arguments equal to their defaults)
         if composite is not None and (torch._C._are_functorch_transforms_active() or _has_tangent(args)):
             return composite(*args)
+        inference_only = "; it is inference-only (ps.optimize_for_inference's model)" if name in _INFERENCE_ONLY else ""
         if _has_tangent(args):
             raise NotImplementedError(
                 f"patsparse::{name} has no forward-mode derivative (torch.func.jvp / jacfwd / hessian, "
-                "torch.autograd.forward_ad): use reverse mode (backward, torch.func.vjp / jacrev)"
-                + ("; it is inference-only (ps.optimize_for_inference's model)" if name in _INFERENCE_ONLY else ""))
+                f"torch.autograd.forward_ad): use reverse mode (backward, torch.func.vjp / jacrev){inference_only}")
         if backward is not None and torch.is_grad_enabled() and torch._C._any_requires_grad(*args):
+            if torch._C._are_functorch_transforms_active():  # (ops with a composite returned above)
+                raise NotImplementedError(f"patsparse::{name} has no derivative under torch.func transforms"
+                                          f"{inference_only}")
             return apply(*_unwrap_dead_wrappers(args))
         with torch._C._AutoDispatchBelowAutograd():
             return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
