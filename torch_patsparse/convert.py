@@ -175,8 +175,8 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
         ``model.features[0]`` for a first conv with 3 inputs).
     bits / scheme: quantize the kept weights of every converted layer to ``bits`` (lossy, asked
         for), layers converted before included, of any kind whatever ``layers`` says (e.g. float
-        PatternConv2d layers after fine-tuning; their pattern sets are kept). None: keep codes only where the weights already sit on
-        quantization levels, and converted layers as they are.
+        PatternConv2d layers after fine-tuning; their pattern sets are kept). None: keep codes only
+        where the weights already sit on quantization levels, and converted layers as they are.
     project: allow the lossy projection of 3x3 layers that are not pattern-pruned (onto
         ``pattern_set`` or 8 patterns of 4 selected from the weight).
     inplace: modify ``model`` itself instead of a deep copy (``model`` itself being one layer, the
