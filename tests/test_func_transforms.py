@@ -129,6 +129,23 @@ def test_clamped_sparse_op_tangent_is_zero_on_the_bounds():
     assert (tangent == 0).any() and (tangent != 0).any()
 
 
+def test_float32_layers_under_transforms():
+    """In float32 the sparse product ops' composite read the layer op's +-DBL_MAX "no clamp" bounds as
+    real ones: every transform raised "value cannot be converted to type float without overflow"."""
+    c, dense = (m.float() for m in _model(None))
+    x, t = (v.float() for v in _x())
+    out, tangent = jvp(c, (x,), (t,))
+    ref_out, ref_tangent = jvp(dense, (x,), (t,))
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(tangent, ref_tangent, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(jacrev(c)(x[:1]), jacrev(dense)(x[:1]), atol=1e-5, rtol=1e-4)
+    # an infinite input stays infinite (a clamp at DBL_MAX made it finite in float64)
+    lin = c[5].double()
+    z = torch.zeros(1, 72, dtype=torch.float64)
+    z[0, lin.to_dense().weight[0].ne(0).nonzero()[0]] = float("inf")
+    assert jvp(lin, (z,), (torch.ones_like(z),))[0].isinf().any()
+
+
 def test_refused_where_there_is_no_forward_derivative():
     c, _ = _model(None)
     opt = ps.optimize_for_inference(c.float().eval())

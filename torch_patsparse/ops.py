@@ -2,6 +2,7 @@
 tracing / torch.compile, and each op's Autograd kernel (reverse mode, torch.func, forward mode)."""
 import operator
 import os
+import sys
 import warnings
 from typing import Optional
 
@@ -270,6 +271,7 @@ _register_autograd("pattern_conv2d_grad_values")
 
 # ---------------------------------------------------------------- fused inference op
 _INF = float("inf")
+_DBL_MAX = sys.float_info.max
 
 
 def pattern_conv2d_fused(input: torch.Tensor, patterns: torch.Tensor, filter_ptr: torch.Tensor,
@@ -417,11 +419,18 @@ def _(input, k):
                                                  input.shape[3] // k)))
 
 
+def _clamp_bounds(lo: float, hi: float):
+    """(lo, hi) of a fused clamp with None for no bound: -inf / inf, and the +-DBL_MAX the layer ops
+    pass for them (csrc/layer_ops.cpp), are none (a clamp at DBL_MAX would overflow float32 and
+    turn an infinite output finite)."""
+    return (lo if lo > -_DBL_MAX else None), (hi if hi < _DBL_MAX else None)
+
+
 def _sparse_setup_context(ctx, inputs, output):
     input, header, index, codes, values, code_scale, rows, scale, shift, residual = inputs[:10]
     ctx.conv = len(inputs) == 13
     ctx.stride = list(inputs[10]) if ctx.conv else None
-    ctx.lo, ctx.hi = inputs[-2], inputs[-1]
+    ctx.lo, ctx.hi = _clamp_bounds(inputs[-2], inputs[-1])
     ctx.rows = rows
     ctx.save_for_backward(input, header, index, codes, values, code_scale, scale, shift, output)
 
@@ -431,8 +440,10 @@ def _sparse_backward(ctx, grad_output):
     # pass gradients to their input; the stored weight is not a parameter).
     input, header, index, codes, values, code_scale, scale, shift, output = ctx.saved_tensors
     g = grad_output
-    if ctx.lo > -_INF or ctx.hi < _INF:  # clamp: no gradient where the output sits on a bound
-        g = g * ((output > ctx.lo) & (output < ctx.hi)).to(g.dtype)
+    if ctx.lo is not None or ctx.hi is not None:  # clamp: no gradient where the output sits on a bound
+        lo = -_INF if ctx.lo is None else ctx.lo
+        hi = _INF if ctx.hi is None else ctx.hi
+        g = g * ((output > lo) & (output < hi)).to(g.dtype)
     chan = 1 if ctx.conv else g.dim() - 1
     shape = [1] * g.dim()
     shape[chan] = -1
@@ -486,9 +497,9 @@ def _sparse_composite(input, header, index, codes, values, code_scale, rows, sca
         out = out + shift.view(shape)
     if residual is not None:
         out = out + residual
-    lo, hi = rest[-2:]
-    if lo > -_INF or hi < _INF:
-        out = out.clamp(lo if lo > -_INF else None, hi if hi < _INF else None)
+    lo, hi = _clamp_bounds(*rest[-2:])
+    if lo is not None or hi is not None:
+        out = out.clamp(lo, hi)
     return out
 
 
