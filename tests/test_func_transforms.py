@@ -175,3 +175,27 @@ def test_optimized_model_under_torch_func():
     for transform in (jacrev, lambda f: grad(lambda z: f(z).sum())):
         with pytest.raises(NotImplementedError, match="no derivative under torch.func.*inference-only"):
             transform(opt)(x[:1])
+
+
+def test_model_ensemble_gradients():
+    """torch.func's ensembling (stack_module_state + vmap(grad)) gives each member its own gradient
+    (decompress wrote batched values into an unbatched tensor: a vmap error)."""
+    import copy
+    c, _ = _model(None)
+    members = [c, copy.deepcopy(c)]
+    with torch.no_grad():
+        members[1][0].values.mul_(-0.5)
+    params, buffers = torch.func.stack_module_state(members)
+    x = _x()[0]
+
+    def loss(p, b):
+        return functional_call(c, (p, b), (x,)).pow(2).sum()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        grads = vmap(grad(loss))(params, buffers)
+    for i, m in enumerate(members):
+        m.zero_grad()
+        m(x).pow(2).sum().backward()
+        for k, p in m.named_parameters():
+            torch.testing.assert_close(grads[k][i], p.grad)
+    assert not torch.equal(grads["0.values"][0], grads["0.values"][1])

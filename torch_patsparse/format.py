@@ -78,8 +78,9 @@ def decompress(patterns: torch.Tensor, filter_ptr: torch.Tensor, kernel_channel:
     differentiable in ``values``)."""
     cout = filter_ptr.numel() - 1
     flat = torch.zeros(cout * in_channels * 9, dtype=values.dtype, device=values.device)
-    flat[flat_positions(patterns, filter_ptr, kernel_channel, kernel_pattern, in_channels)] = values
-    return flat.view(cout, in_channels, 3, 3)
+    idx = flat_positions(patterns, filter_ptr, kernel_channel, kernel_pattern, in_channels)
+    # out of place: vmap over batched values (model ensembles) cannot write into an unbatched tensor
+    return flat.index_put((idx,), values).view(cout, in_channels, 3, 3)
 
 
 def validate(arrays: Dict[str, torch.Tensor], in_channels: int, out_channels: int) -> None:
