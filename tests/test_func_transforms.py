@@ -199,3 +199,33 @@ def test_model_ensemble_gradients():
         for k, p in m.named_parameters():
             torch.testing.assert_close(grads[k][i], p.grad)
     assert not torch.equal(grads["0.values"][0], grads["0.values"][1])
+
+
+@pytest.mark.parametrize("case", ["pattern4_scale", "grouped_values", "5x5_4bit_scale", "linear_values"])
+def test_stored_weight_derivative_refused(case):
+    """A tangent or gradient on a compressed layer's stored tensors (put there with functional_call)
+    is refused: through the decoders (4-bit PatternConv2d, SparseConv2d without a native product)
+    the tangent was dropped (zero jvp / jacrev), through the native sparse product reverse mode gave
+    no gradient."""
+    torch.manual_seed(0)
+    layer, key, x = {
+        "pattern4_scale": (lambda: ps.nn.PatternConv2d.from_dense(nn.Conv2d(3, 4, 3, padding=1), project=True,
+                                                                  bits=4), "scale", (2, 3, 5, 5)),
+        "grouped_values": (lambda: ps.nn.SparseConv2d.from_dense(nn.Conv2d(4, 4, 3, padding=1, groups=2)), "values",
+                           (2, 4, 5, 5)),
+        "5x5_4bit_scale": (lambda: ps.nn.SparseConv2d.from_dense(nn.Conv2d(3, 4, 5), bits=4), "scale", (2, 3, 5, 5)),
+        "linear_values": (lambda: ps.nn.SparseLinear.from_dense(nn.Linear(6, 4)), "values", (2, 6)),
+    }[case]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        c = layer().double()
+    x = torch.randn(x, dtype=torch.float64)
+    p = getattr(c, key).detach()
+
+    def f(v):
+        return functional_call(c, {key: v}, (x,))
+    for transform in (lambda: jvp(f, (p,), (torch.ones_like(p),)), lambda: jacrev(f)(p),
+                      lambda: f(p.clone().requires_grad_()).sum().backward()):
+        with pytest.raises(NotImplementedError, match="stored weight of a compressed layer.*not differentiable"):
+            transform()
+    assert jacrev(c)(x).abs().sum() > 0  # the input's derivative is unaffected

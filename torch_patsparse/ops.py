@@ -173,11 +173,17 @@ def _has_tangent(args) -> bool:
             and any(isinstance(a, torch.Tensor) and _fwAD.unpack_dual(a).tangent is not None for a in args))
 
 
-def _register_autograd(name: str, backward=None, setup_context=None, composite=None) -> None:
+_STORED_WEIGHT = ("the stored weight of a compressed layer (values, codes, scale) is not differentiable: "
+                  "gradients and tangents go to the layer's input and bias (a float PatternConv2d's values "
+                  "are trainable)")
+
+
+def _register_autograd(name: str, backward=None, setup_context=None, composite=None, refuse: str = "") -> None:
     """The Autograd kernel of ``patsparse::name``. ``setup_context(ctx, inputs, output)`` and
     ``backward(ctx, grad)`` as for ``torch.library.register_autograd`` (``inputs`` with the schema's
     defaults filled in); ``composite(*inputs)`` computes the op in differentiable ATen ops. An op
-    without one refuses a forward-mode tangent."""
+    without one refuses a forward-mode tangent; with ``refuse`` it also refuses inputs that require a
+    gradient, with that reason (torch's fallback would return an output without a derivative)."""
     op = getattr(_ops, name).default
     defaults = tuple(a.default_value for a in op._schema.arguments)
 
@@ -194,6 +200,8 @@ def _register_autograd(name: str, backward=None, setup_context=None, composite=N
         args = args + defaults[len(args):]  # (the dispatcher drops arguments equal to their defaults)
         if composite is not None and (torch._C._are_functorch_transforms_active() or _has_tangent(args)):
             return composite(*args)
+        if refuse and (_has_tangent(args) or (torch.is_grad_enabled() and torch._C._any_requires_grad(*args))):
+            raise NotImplementedError(f"patsparse::{name}: {refuse}")
         inference_only = "; it is inference-only (ps.optimize_for_inference's model)" if name in _INFERENCE_ONLY else ""
         if _has_tangent(args):
             raise NotImplementedError(
@@ -428,6 +436,8 @@ def _clamp_bounds(lo: float, hi: float):
 
 def _sparse_setup_context(ctx, inputs, output):
     input, header, index, codes, values, code_scale, rows, scale, shift, residual = inputs[:10]
+    if values.requires_grad or code_scale.requires_grad:  # (the backward would return no gradient)
+        raise NotImplementedError(f"patsparse: {_STORED_WEIGHT}")
     ctx.conv = len(inputs) == 13
     ctx.stride = list(inputs[10]) if ctx.conv else None
     ctx.lo, ctx.hi = _clamp_bounds(inputs[-2], inputs[-1])
@@ -483,8 +493,7 @@ def _sparse_backward(ctx, grad_output):
 def _sparse_composite(input, header, index, codes, values, code_scale, rows, scale, shift, residual, *rest):
     """The sparse conv1x1 / linear op (``rest``: [stride,] lo, hi) in ATen ops on the decoded weight."""
     if _has_tangent((values, code_scale)):
-        raise NotImplementedError("patsparse: the stored weight of a sparse op (values, code_scale) is not "
-                                  "differentiable; a tangent can go to its input, scale, shift and residual")
+        raise NotImplementedError(f"patsparse: {_STORED_WEIGHT}")
     conv = len(rest) == 3
     weight = _ops.sparse_dense_weight(header, index, codes, values, code_scale, rows,
                                       input.shape[1 if conv else -1]).to(input.dtype)
@@ -509,6 +518,9 @@ _register_autograd("sparse_linear", _sparse_backward, _sparse_setup_context, _sp
 # fallback would return the output without one: a zero derivative).
 for _name in ("depthwise_conv3x3", "max_pool2d"):
     _register_autograd(_name)
+# Decoders of stored weights: a derivative w.r.t. what they decode is refused, not dropped.
+for _name in ("pattern_decode", "sparse_decode", "sparse_dense_weight"):
+    _register_autograd(_name, refuse=_STORED_WEIGHT)
 
 
 # Out variants (csrc/ops_out.cpp): the schemas ExecuTorch's to_executorch() switches each functional
