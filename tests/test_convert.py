@@ -763,7 +763,8 @@ def test_hook_based_weight_norms_are_a_clear_error(norm, inplace):
 @pytest.mark.parametrize("bits", [None, 4])
 def test_load_compressed_into_a_meta_device_model_with_assign(bits):
     """A model built on the meta device (no memory for the dense weights) loads a converted model's
-    state_dict with assign=True, as load_state_dict does; without it the copy into meta tensors fails."""
+    state_dict with assign=True, as load_state_dict does; without it, as there, the load is a no-op with
+    torch's warning (it failed in the sparse layers with "Cannot copy out of meta tensor")."""
     def net():
         return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.Flatten(),
                              nn.Linear(8 * 36, 4))
@@ -773,8 +774,9 @@ def test_load_compressed_into_a_meta_device_model_with_assign(bits):
         converted = ps.convert(models.sparsify_random(net()), layers="all", bits=bits)
     with torch.device("meta"):
         model = net()
-    with pytest.raises(NotImplementedError):
-        ps.load_compressed(copy.deepcopy(model), converted.state_dict())
+    with pytest.warns(UserWarning, match="assign=True"):
+        on_meta = ps.load_compressed(copy.deepcopy(model), converted.state_dict())
+    assert all(t.is_meta for t in on_meta.state_dict().values() if torch.is_tensor(t))
     model = ps.load_compressed(model, converted.state_dict(), assign=True)
     assert [type(m) for m in model] == [type(m) for m in converted]
     assert all(t.device.type == "cpu" for t in model.state_dict().values() if torch.is_tensor(t))

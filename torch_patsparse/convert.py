@@ -388,9 +388,10 @@ def _empty_compressed(name: str, module: nn.Module, state_dict, prefix: str) -> 
                                  scheme=extra.get("scheme", "uniform"), **factory)
         except ValueError as e:  # the stored metadata (_extra_state) is what is wrong: name the layer
             raise ValueError(f"load_compressed: '{name}': invalid compressed weight: {e}") from None
-    if sparse and type(module) is nn.Linear:
+    sparse = sparse and kinds.layer_kind(module) is not None  # (what convert takes: subclasses too)
+    if sparse and isinstance(module, nn.Linear):
         return SparseLinear(module.in_features, module.out_features, has_bias).to(**factory)
-    if sparse and type(module) is nn.Conv2d and module.padding_mode == "zeros":
+    if sparse and isinstance(module, nn.Conv2d):
         return SparseConv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride,
                             module.padding, module.dilation, module.groups, has_bias).to(**factory)
     kind = "PatternConv2d" if pattern else "SparseConv2d / SparseLinear"

@@ -31,14 +31,20 @@ class DecodedWeight:
         if scale is None or new is None or new.dtype not in (torch.float16, torch.bfloat16) or scale.dtype == new.dtype:
             return out
         if self._SCALE_CARRIES_DTYPE:
-            was, now = float(scale.detach().float().cpu()), float(new.detach().float().cpu())
-            if was > 0 and abs(now - was) > was * torch.finfo(new.dtype).eps / 2:  # (beyond a normal rounding)
-                warnings.warn(f"{type(self).__name__}: the quantization scale {was:.3g} rounds to {now:.3g} in "
-                              f"{new.dtype} ({abs(now - was) / was:.2%} off, every weight by that factor: below "
-                              f"the dtype's normal range); keep this layer in float32", UserWarning, stacklevel=3)
+            warn_scale_rounding(type(self).__name__, scale, new, stacklevel=4)
         else:
             self._buffers["scale"] = scale.to(new.device, torch.promote_types(scale.dtype, torch.float32))
         return out
+
+
+def warn_scale_rounding(owner: str, was: torch.Tensor, now: torch.Tensor, stacklevel: int) -> None:
+    """Warns when a k-bit layer's one quantization scale ``was`` became ``now`` (a narrower dtype) with
+    more than a normal rounding: below the dtype's normal range every weight moves by that factor."""
+    a, b = float(was.detach().float().cpu()), float(now.detach().float().cpu())
+    if a > 0 and abs(b - a) > a * torch.finfo(now.dtype).eps / 2:
+        warnings.warn(f"{owner}: the quantization scale {a:.3g} rounds to {b:.3g} in {now.dtype} "
+                      f"({abs(b - a) / a:.2%} off, every weight by that factor: below the dtype's normal range); "
+                      "keep this layer in float32", UserWarning, stacklevel=stacklevel)
 
 
 def relative_error(stored: torch.Tensor, original: torch.Tensor) -> float:

@@ -1,6 +1,6 @@
 """load_state_dict helpers shared by the compressed modules: one message format, checks of incoming
 tensors, and all-or-nothing assignment (a rejected load leaves the module as it was)."""
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Dict, Iterable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -42,6 +42,28 @@ def check_bias(module: nn.Module, state_dict, prefix: str, out: int) -> Optional
     if tuple(b.shape) != (out,):
         return size_mismatch(prefix, "bias", b.shape, (out,))
     return None
+
+
+def shared_reshape_error(module: nn.Module, prefix: str, incoming: Dict[str, torch.Tensor],
+                         keep_float_dtype: bool = False) -> Optional[str]:
+    """Message when the load would give an array of ``module`` that is in shared memory
+    (``share_memory()``: other processes compute with it) another shape or dtype: it would get new,
+    unshared storage while the arrays of the same shape are written in place, so the other processes
+    would compute with a mix of the old and the new weight. ``keep_float_dtype``: floating arrays are
+    copied into the module's dtype (no new storage for a dtype change)."""
+    torn = []
+    for k, t in incoming.items():
+        mine = getattr(module, k)
+        if mine.device.type != "cpu" or not mine.is_shared():  # (CUDA tensors always report shared)
+            continue
+        dtype = mine.dtype if keep_float_dtype and mine.is_floating_point() else t.dtype
+        if mine.shape != t.shape or mine.dtype != dtype:
+            torn.append(k)
+    if not torn:
+        return None
+    return load_error(prefix, f"this layer is in shared memory (share_memory()) and the state_dict's {torn} have "
+                              "another shape (another sparsity or pattern count): other processes would keep the "
+                              "old arrays beside the new ones. Load it before sharing, or share a new model")
 
 
 def apply_or_restore(module: nn.Module, attrs: Sequence[str], apply: Callable[[], None], error_msgs: list) -> None:

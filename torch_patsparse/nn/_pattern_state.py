@@ -2,6 +2,7 @@
 a load that checks every incoming array (format.validate, code range, scale) before it assigns
 anything, so a rejected load leaves the module as it was. The module holds these forms itself."""
 import math
+import warnings
 from typing import Dict, Optional
 
 import torch
@@ -9,8 +10,8 @@ import torch
 from .. import bitpack
 from .. import format as fmt
 from .. import quant
-from ._decoded_weight import DecodedWeight
-from ._load import apply_or_restore, check_bias, check_tensor, load_error, size_mismatch
+from ._decoded_weight import DecodedWeight, warn_scale_rounding
+from ._load import apply_or_restore, check_bias, check_tensor, load_error, shared_reshape_error, size_mismatch
 
 _SCHEMES = quant.SCHEMES
 _EXTRA_KEYS = ("bits", "scheme", "in_channels", "out_channels")
@@ -52,15 +53,23 @@ class PatternStateDict(DecodedWeight):
                                       "build the module with the matching `bits` before loading")
         return None
 
-    def _incoming(self, state_dict, prefix: str, bits: Optional[int], scheme: str) -> Dict[str, torch.Tensor]:
+    def _incoming(self, state_dict, prefix: str, bits: Optional[int], scheme: str,
+                  assign: bool = False) -> Dict[str, torch.Tensor]:
         """The compressed arrays of ``state_dict`` in this module's forms (channel indices as the
-        module holds them, bit-packed codes, 0-d scale), checked completely; {} when it holds none.
-        Raises ValueError."""
+        module holds them, bit-packed codes, 0-d scale: in this module's dtype, or with ``assign``
+        (``load_state_dict(assign=True)``) the state_dict's, as the bias is), checked completely; {}
+        when it holds none. Raises ValueError."""
         names = ("patterns", "filter_ptr", "kernel_channel", "kernel_pattern")
         names += ("codes", "scale") if self.quantized else ("values",)
         present = [n for n in names if prefix + n in state_dict]
         if not present:
             return {}
+        if present == ["values"]:  # the parameters alone (e.g. a fine-tuning checkpoint of the trainable
+            # tensors, loaded with strict=False): values of this layer's own index arrays
+            values = check_tensor("values", state_dict[prefix + "values"], floating=True, dim=2)
+            if values.shape != self.values.shape:
+                raise _SizeMismatch(size_mismatch(prefix, "values", values.shape, self.values.shape))
+            return {"values": values}
         if len(present) != len(names):
             hint = ""
             if not self.quantized and prefix + "codes" in state_dict and prefix + "_extra_state" not in state_dict:
@@ -92,7 +101,10 @@ class PatternStateDict(DecodedWeight):
             scale = check_tensor("scale", t["scale"], floating=True)
             if scale.numel() != 1:
                 raise ValueError(f"'scale' must hold one number, got shape {list(scale.shape)}")
-            scale = scale.reshape(()).to(self.scale.dtype)  # checked as it will be stored (1e-300 -> 0 in fp32)
+            # checked as it will be stored (1e-300 -> 0 in fp32)
+            scale = scale.reshape(()) if assign else scale.reshape(()).to(self.scale.dtype)
+            if t["scale"].dtype != scale.dtype:  # loaded into a 16-bit layer: as .half() says it
+                warn_scale_rounding(prefix or type(self).__name__, t["scale"], scale, stacklevel=5)
             s = float(scale)
             if not math.isfinite(s) or s < 0:  # 0 decodes an all-zero layer only (checked by the decode)
                 raise ValueError(f"'scale' must be a finite positive number, got {s}")
@@ -123,14 +135,24 @@ class PatternStateDict(DecodedWeight):
             bits = extra.get("bits") if isinstance(extra, dict) else self.bits
             scheme = extra.get("scheme", "uniform") if isinstance(extra, dict) else self.scheme
             try:
-                arrays = self._incoming(state_dict, prefix, bits, scheme)
+                arrays = self._incoming(state_dict, prefix, bits, scheme,
+                                        bool(local_metadata.get("assign_to_params_buffers", False)))
             except _SizeMismatch as e:
                 err = str(e)
             except ValueError as e:
                 err = load_error(prefix, str(e))
+        if err is None:
+            err = shared_reshape_error(self, prefix, arrays)
         if err is not None:
             error_msgs.append(err)
             return
+        if extra is None and len(arrays) > 1:  # a tensors-only or scripted model's state_dict: assumed, and said
+            what = (f"the codes' bits and scheme): decoding its codes as this layer's {self.bits}-bit "
+                    f"{self.scheme!r} ones, which is wrong if they were saved with others" if self.quantized else
+                    f"the weight's shape): loading it as this layer's {[self.out_channels, self.in_channels, 3, 3]}")
+            warnings.warn(f"{prefix or type(self).__name__}: the state_dict has no '_extra_state' ({what}",
+                          UserWarning, stacklevel=3)
+            state_dict[prefix + "_extra_state"] = self.get_extra_state()
 
         def apply():
             for name, t in arrays.items():

@@ -11,7 +11,7 @@ from torch import nn
 from .. import sparse_format
 from .._tracing import fx_leaf
 from ._decoded_weight import DecodedWeight, relative_error
-from ._load import apply_or_restore, check_bias, load_error, size_mismatch
+from ._load import apply_or_restore, check_bias, load_error, shared_reshape_error, size_mismatch
 
 _ARRAYS = sparse_format.ARRAY_NAMES
 
@@ -199,6 +199,8 @@ class _SparseWeightMixin(DecodedWeight):
                                      f"{list(_ARRAYS)}")
             except ValueError as e:
                 errors.append(load_error(prefix, str(e)))
+            if len(incoming) == len(_ARRAYS):
+                errors.append(shared_reshape_error(self, prefix, incoming, keep_float_dtype=True))
         errors = [e for e in errors if e]
         if errors:
             error_msgs.extend(errors)
@@ -215,7 +217,8 @@ class _SparseWeightMixin(DecodedWeight):
                         mine.data = torch.empty(t.shape, dtype=dtype, device=mine.device)
             super(_SparseWeightMixin, self)._load_from_state_dict(
                 state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-            self._update_native()
+            # (from the incoming header: a meta-device layer loaded without assign stays without data)
+            self._update_native(incoming.get("header") if len(incoming) == len(_ARRAYS) else None)
 
         apply_or_restore(self, ("_native",), apply, error_msgs)
 
