@@ -58,6 +58,25 @@ def test_strided_same_padding_is_refused_as_nn_conv2d():
     assert layer.padding == (0, 0)
 
 
+def test_same_padding_follows_a_later_dilation():
+    """PatternConv2d stores padding numerically; a layer built with padding="same" kept the old numbers
+    when its dilation changed (nn.Conv2d keeps "same": 9x9 against 7x7 outputs), and took a stride."""
+    layer = PatternConv2d(8, 8, 3, padding="same")
+    with torch.no_grad():
+        layer.values.normal_()
+    dense = layer.to_dense()
+    dense.padding = "same"
+    layer.dilation = 2
+    dense.dilation = (2, 2)
+    x = torch.randn(1, 8, 9, 9)
+    torch.testing.assert_close(layer(x), dense(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="strided"):
+        layer.stride = 2
+    layer.padding = 1  # numbers again: a later dilation keeps them
+    layer.dilation = 1
+    assert layer.padding == (1, 1)
+
+
 @pytest.mark.parametrize("kwargs,error", [({"stride": 1.5}, TypeError), ({"padding": (1.7, 1.7)}, TypeError),
                                           ({"dilation": "12"}, TypeError), ({"groups": 0}, ValueError),
                                           ({"kernel_size": -1}, ValueError), ({"in_channels": 3.5}, TypeError),

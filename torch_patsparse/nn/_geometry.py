@@ -40,12 +40,12 @@ class ConvGeometry:
         old = getattr(self, name)
         super().__setattr__(name, value)
         try:
-            self._geometry_changed()
+            self._geometry_changed(name)
         except Exception:
             super().__setattr__(name, old)
             raise
 
-    def _geometry_changed(self) -> None:
-        """Checks the geometry after an assignment (ValueError for one the layer cannot compute: the
+    def _geometry_changed(self, name: str) -> None:
+        """Checks the geometry after an assignment to ``name`` (ValueError for one the layer cannot compute: the
         attribute is then put back) and refreshes what the layer derived from it."""
         raise NotImplementedError

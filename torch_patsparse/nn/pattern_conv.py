@@ -117,6 +117,7 @@ class PatternConv2d(ConvGeometry, PatternStateDict, nn.Module):
         self.kernel_size, self.groups = (3, 3), 1
         if padding_is_same and self.stride != (1, 1):
             raise ValueError("padding='same' is not supported for strided convolutions")  # as nn.Conv2d
+        self._padding_same = padding_is_same
         self.quantized = bits is not None
         self.bits = bits
         self.scheme = scheme
@@ -145,14 +146,20 @@ class PatternConv2d(ConvGeometry, PatternStateDict, nn.Module):
             self.values = nn.Parameter(torch.zeros(kept_kernels, entries, **factory))
         self.register_parameter("bias", nn.Parameter(torch.zeros(out_channels, **factory)) if bias else None)
 
-    def _geometry_changed(self) -> None:
+    def _geometry_changed(self, name: str) -> None:
         if self.kernel_size != (3, 3) or self.groups != 1:
             raise ValueError(f"PatternConv2d is a 3x3 convolution with groups=1, got kernel_size={self.kernel_size}, "
                              f"groups={self.groups}")
-        if isinstance(self.padding, str):  # numeric, as the constructor stores it (the op takes numbers)
-            if self.padding == "same" and self.stride != (1, 1):
-                raise ValueError("padding='same' is not supported for strided convolutions")
-            super(ConvGeometry, self).__setattr__("padding", self.dilation if self.padding == "same" else (0, 0))
+        # padding is stored numeric (the op takes numbers); "same" is remembered, so a later dilation
+        # keeps it "same" as nn.Conv2d's does (and a later stride is refused as there)
+        same = getattr(self, "_padding_same", False)
+        if name == "padding":
+            same = self.padding == "same"
+        if same and self.stride != (1, 1):
+            raise ValueError("padding='same' is not supported for strided convolutions")
+        if isinstance(self.padding, str) or same:
+            super(ConvGeometry, self).__setattr__("padding", self.dilation if same else (0, 0))
+        self._padding_same = same
 
     # ------------------------------------------------------------------ construction
     @classmethod

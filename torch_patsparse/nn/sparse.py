@@ -186,7 +186,7 @@ class SparseConv2d(ConvGeometry, _SparseWeightMixin, nn.Module):
                 and (isinstance(self.padding, str) or self.padding == (0, 0))
                 and min(self.stride) >= 1 and min(self.dilation) >= 1)
 
-    def _geometry_changed(self) -> None:
+    def _geometry_changed(self, name: str) -> None:
         if self.in_channels % self.groups or self._geometry_weight_shape() != list(self.weight_shape):
             raise ValueError(f"SparseConv2d: kernel_size={self.kernel_size}, groups={self.groups} do not fit the "
                              f"stored weight {list(self.weight_shape)}; build a new layer for another shape")
