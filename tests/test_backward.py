@@ -209,8 +209,6 @@ def test_torch_func_as_the_readme_says():
         conv.weight[:, :, 2, :2] = 0
     m = PatternConv2d.from_dense(conv)
     x = torch.randn(3, 4, 6, 6)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "no batching rule": the per-sample fallback
-        torch.testing.assert_close(torch.func.vmap(m)(x), m(x))
+    torch.testing.assert_close(torch.func.vmap(m)(x), m(x))
     torch.testing.assert_close(torch.func.grad(lambda xi: m(xi).square().sum())(x[0]),
                                torch.func.grad(lambda xi: conv(xi).square().sum())(x[0]))

@@ -96,9 +96,7 @@ def test_per_sample_gradients(models):
 
     def loss(p, xi):
         return functional_call(c, p, (xi.unsqueeze(0),)).pow(2).sum()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch's "no batching rule" note: vmap loops over the native op
-        per_sample = vmap(grad(loss), in_dims=(None, 0))(params, x)
+    per_sample = vmap(grad(loss), in_dims=(None, 0))(params, x)
     for i in range(3):
         c.zero_grad()
         c(x[i:i + 1]).pow(2).sum().backward()
@@ -229,3 +227,31 @@ def test_stored_weight_derivative_refused(case):
         with pytest.raises(NotImplementedError, match="stored weight of a compressed layer.*not differentiable"):
             transform()
     assert jacrev(c)(x).abs().sum() > 0  # the input's derivative is unaffected
+
+
+def test_vmap_of_a_forward_is_one_batched_call():
+    """vmap over a converted model folds the vmapped dim into the batch (torch's fallback called the
+    native op once per sample and printed its "performance drop" note): equal to the loop over samples,
+    for a batch of batches, in_dims=1, per-sample images, and the dense layer's error for a wrong rank."""
+    import subprocess
+    import sys
+    c, _ = _model(None)
+    c = c.float()
+    x = _x(6)[0].float().view(3, 2, 4, 6, 6)
+    loop = torch.stack([c(xi) for xi in x])
+    torch.testing.assert_close(vmap(c)(x), loop)
+    torch.testing.assert_close(vmap(c, in_dims=1)(x.transpose(0, 1).contiguous()), loop)
+    head = c[:4]  # per-sample 3-D images (the Linear after Flatten needs a batch dim, as in the dense model)
+    torch.testing.assert_close(vmap(head)(x[0]), head(x[0]))
+    with pytest.raises(RuntimeError, match="Expected 3D .*or 4D"):
+        vmap(head)(x[0, :, 0])
+    code = ("import torch, torch.nn as nn, warnings, torch_patsparse as ps\n"
+            "warnings.simplefilter('ignore')\n"
+            "m = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Flatten(), nn.Linear(8 * 36, 5))\n"
+            "torch.manual_seed(0)\n"
+            "[l.weight.data.mul_((torch.rand_like(l.weight) < 0.3).float()) for l in (m[1], m[3])]\n"
+            "c = ps.convert(m, layers='all', project=True)\n"
+            "torch.func.vmap(c)(torch.randn(3, 2, 4, 6, 6))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "performance drop" not in run.stderr

@@ -523,6 +523,38 @@ for _name in ("pattern_decode", "sparse_decode", "sparse_dense_weight"):
     _register_autograd(_name, refuse=_STORED_WEIGHT)
 
 
+# vmap of the layer ops (a converted model's forward under torch.func.vmap): a vmapped input of a
+# conv is a bigger batch, one native call (torch's fallback called the op once per sample and said so).
+# Batched weights (model ensembles), a batched residual or an input of the wrong rank go per sample.
+def _layer_vmap(name: str, conv: bool):
+    op = getattr(_ops, name).default
+
+    def per_sample(info, in_dims, args):
+        outs = [op(*[a.select(d, i) if isinstance(d, int) else a for a, d in zip(args, in_dims)])
+                for i in range(info.batch_size)]
+        return torch.stack(outs), 0
+
+    def rule(info, in_dims, input, *rest):
+        args = (input, *rest)
+        if in_dims[0] is None or any(isinstance(d, int) for d in in_dims[1:]):  # (lists: int[] arguments)
+            return per_sample(info, in_dims, args)
+        x = input.movedim(in_dims[0], 0)
+        if conv:
+            if x.dim() == 4:  # a per-sample 3-D image: the vmapped dim is the batch
+                return op(x, *rest), 0
+            if x.dim() == 5:
+                return op(x.flatten(0, 1), *rest).unflatten(0, (x.shape[0], x.shape[1])), 0
+            return per_sample(info, in_dims, args)  # (the op's own error for the sample's rank)
+        return (op(x, *rest), 0) if x.dim() >= 2 else per_sample(info, in_dims, args)
+
+    torch.library.register_vmap(f"patsparse::{name}", rule)
+
+
+for _name, _conv in (("pattern_conv2d_layer", True), ("sparse_conv1x1_layer", True), ("sparse_conv2d_decoded", True),
+                     ("sparse_linear_layer", False), ("sparse_linear_decoded", False)):
+    _layer_vmap(_name, _conv)
+
+
 # Out variants (csrc/ops_out.cpp): the schemas ExecuTorch's to_executorch() switches each functional
 # call to; the fake kernel checks the functional op's shape rules and returns `out` (resized by the
 # real kernels).
