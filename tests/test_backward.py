@@ -199,9 +199,8 @@ def test_bad_arrays_raise_in_backward(isa):
 
 
 def test_torch_func_as_the_readme_says():
-    """vmap of a forward runs the native op per sample; the torch.func gradient transforms give the
+    """vmap of a forward runs the native op (batched); the torch.func gradient transforms give the
     dense layer's gradient (tests/test_func_transforms.py covers the rest)."""
-    import warnings
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(4, 6, 3, padding=1)
     with torch.no_grad():
