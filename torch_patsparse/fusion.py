@@ -5,6 +5,7 @@ the native NCHW kernel), :func:`max_pool2d_nchw`, and the folding of BatchNorm /
 into them (used by the graph and module passes of :mod:`torch_patsparse.optimize`)."""
 import copy
 import math
+import sys
 from typing import Any, List, Optional, Tuple
 
 import torch
@@ -31,6 +32,17 @@ class _InferenceOnly(nn.Module):
 
     def train(self, mode: bool = True):
         if mode:
+            # nn.Module.train set the ancestors (and the children before the path here) to training on
+            # its way down: put them back, so the model that refused to train still runs in eval mode
+            frame, child = sys._getframe(1), self
+            while frame is not None and frame.f_code is nn.Module.train.__code__:
+                parent = frame.f_locals.get("self")
+                parent.training = False
+                for sibling in parent.children():
+                    if sibling is child:
+                        break
+                    sibling.train(False)
+                frame, child = frame.f_back, parent
             raise RuntimeError(EVAL_ONLY)
         return super().train(False)
 
