@@ -1004,6 +1004,32 @@ def test_optimized_model_under_autocast_gives_the_autocast_dtype(bits):
         torch.testing.assert_close(got.float(), want.float(), rtol=0.05, atol=0.05)
 
 
+@pytest.mark.parametrize("bits", [None, 4])
+def test_a_trace_under_autocast_runs_outside_it(bits):
+    """A model traced under autocast runs without it, as the dense model's trace does (its casts are
+    recorded): the layer ops cast their input inside, unrecorded, so the second converted layer got the
+    autocast dtype and raised the dense layer's dtype error."""
+    torch.manual_seed(0)
+    dense = models.sparsify_random(nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1, stride=2),
+        nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 32, 1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).eval())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = ps.convert(dense, layers="all", bits=bits).eval()
+    x = torch.randn(2, 3, 16, 16)
+    for model in (converted, ps.optimize_for_inference(converted)):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            want = model(x)
+            # (torch traces autocast's weight casts only without gradients, dense layers too)
+            traced = torch.jit.trace(model.requires_grad_(False), x, check_trace=False)
+        with torch.no_grad():
+            got = traced(x)
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), want.float(), rtol=0.05, atol=0.05)
+
+
 def test_aoti_package_of_an_optimized_model_loads_and_runs(tmp_path):
     """AOTInductor writes custom-op float arguments to JSON, where an infinite clamp bound became a
     string its loader refused ("type must be number"): the layers pass +-DBL_MAX for no bound."""

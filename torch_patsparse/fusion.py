@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._tracing import fx_leaf
-from .ops import as_autocast, clamp_bound
+from .ops import as_autocast, autocast_input, clamp_bound
 from .nn.kinds import PATTERN, layer_kind
 from .nn.pattern_conv import PatternConv2d
 from .nn.sparse import SparseConv2d, SparseLinear
@@ -114,6 +114,8 @@ class FusedConv(_InferenceOnly):
             traced = fx_leaf(self, x, residual)
             if traced is not None:
                 return traced
+            if hasattr(self.conv, "_dtype"):  # (torch.jit.trace under autocast: the input cast recorded)
+                x = autocast_input(x, self.conv._dtype())
         out: Optional[torch.Tensor] = None
         if hasattr(self.conv, "forward_fused"):  # resolved when scripted, too
             # A module with forward_fused may run it natively only for some layers (SparseConv2d: 1x1

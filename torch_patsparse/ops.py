@@ -65,6 +65,17 @@ def as_autocast(out: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def autocast_input(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """While torch.jit.trace records under autocast: ``x`` cast to the layer's ``dtype`` by a recorded op.
+    The layer ops cast their input inside (unrecorded), so a trace run outside autocast would hand
+    the next layer the autocast dtype (its dense-layer dtype error); nn.Conv2d's trace records its casts."""
+    device = x.device.type
+    if (torch.jit.is_tracing() and x.is_floating_point() and x.dtype != torch.float64 and x.dtype != dtype
+            and device in ("cpu", "cuda") and torch.is_autocast_enabled(device)):
+        return x.to(dtype)
+    return x
+
+
 def clamp_bound(v: float) -> float:
     """A clamp bound as the fused ops take it: +-inf (no bound) as +-DBL_MAX, which the native ops read
     back as +-inf (kernels/epilogue.h: clamp_bound). An infinite float argument does not survive

@@ -80,6 +80,10 @@ class _SparseWeightMixin(DecodedWeight):
                 self.bias.copy_(bias.detach())
 
     # -- reading ----------------------------------------------------------------------------
+    def _dtype(self) -> torch.dtype:
+        """The layer's float dtype (of its values)."""
+        return self.values.dtype
+
     def _fields(self):
         return sparse_format.header_fields(self.header, self.weight_shape)
 

@@ -346,7 +346,8 @@ class PatternConv2d(ConvGeometry, PatternStateDict, nn.Module):
                 return traced
             if not isinstance(input, torch.Tensor):
                 raise TypeError("conv2d(): argument 'input' must be Tensor, not " + type(input).__name__)
-            if torch.jit.is_tracing():  # (records the cast the op does inside under autocast, as for nn.Conv2d)
+            if torch.jit.is_tracing():  # (records the casts the op does inside under autocast, as for nn.Conv2d)
+                input = ops.autocast_input(input, self._dtype())
                 return ops.as_autocast(self._layer_op(input, None, self.bias, None, -float("inf"), float("inf")))
         return self._layer_op(input, None, self.bias, None, -float("inf"), float("inf"))
 

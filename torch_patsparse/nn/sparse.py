@@ -76,8 +76,8 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
             traced = self._eager_entry(input, F.linear)
             if traced is not None:
                 return traced
-            if torch.jit.is_tracing():  # (records the cast the op does inside under autocast, as for nn.Conv2d)
-                return ops.as_autocast(self._forward(input))
+            if torch.jit.is_tracing():  # (records the casts the op does inside under autocast, as for nn.Conv2d)
+                return ops.as_autocast(self._forward(ops.autocast_input(input, self._dtype())))
         return self._forward(input)
 
     def _forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -215,8 +215,8 @@ class SparseConv2d(ConvGeometry, _SparseWeightMixin, nn.Module):
             traced = self._eager_entry(input, F.conv2d)
             if traced is not None:
                 return traced
-            if torch.jit.is_tracing():  # (records the cast the op does inside under autocast, as for nn.Conv2d)
-                return ops.as_autocast(self._forward(input))
+            if torch.jit.is_tracing():  # (records the casts the op does inside under autocast, as for nn.Conv2d)
+                return ops.as_autocast(self._forward(ops.autocast_input(input, self._dtype())))
         return self._forward(input)
 
     def _forward(self, input: torch.Tensor) -> torch.Tensor:
