@@ -76,15 +76,14 @@ def autocast_input(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x
 
 
+_DBL_MAX = sys.float_info.max
+
+
 def clamp_bound(v: float) -> float:
     """A clamp bound as the fused ops take it: +-inf (no bound) as +-DBL_MAX, which the native ops read
     back as +-inf (kernels/epilogue.h: clamp_bound). An infinite float argument does not survive
     AOTInductor's package format (written as a string, which its loader refuses)."""
-    if v > 1.7976931348623157e308:
-        return 1.7976931348623157e308
-    if v < -1.7976931348623157e308:
-        return -1.7976931348623157e308
-    return v
+    return min(max(v, -_DBL_MAX), _DBL_MAX)
 
 
 def get_isa() -> str:
@@ -290,7 +289,6 @@ _register_autograd("pattern_conv2d_grad_values")
 
 # ---------------------------------------------------------------- fused inference op
 _INF = float("inf")
-_DBL_MAX = sys.float_info.max
 
 
 def pattern_conv2d_fused(input: torch.Tensor, patterns: torch.Tensor, filter_ptr: torch.Tensor,
@@ -451,7 +449,7 @@ def _sparse_setup_context(ctx, inputs, output):
         raise NotImplementedError(f"patsparse: {_STORED_WEIGHT}")
     ctx.conv = len(inputs) == 13
     ctx.stride = list(inputs[10]) if ctx.conv else None
-    ctx.lo, ctx.hi = _clamp_bounds(inputs[-2], inputs[-1])
+    ctx.lo, ctx.hi = inputs[-2], inputs[-1]
     ctx.rows = rows
     ctx.save_for_backward(input, header, index, codes, values, code_scale, scale, shift, output)
 
@@ -461,10 +459,8 @@ def _sparse_backward(ctx, grad_output):
     # pass gradients to their input; the stored weight is not a parameter).
     input, header, index, codes, values, code_scale, scale, shift, output = ctx.saved_tensors
     g = grad_output
-    if ctx.lo is not None or ctx.hi is not None:  # clamp: no gradient where the output sits on a bound
-        lo = -_INF if ctx.lo is None else ctx.lo
-        hi = _INF if ctx.hi is None else ctx.hi
-        g = g * ((output > lo) & (output < hi)).to(g.dtype)
+    if ctx.lo > -_DBL_MAX or ctx.hi < _DBL_MAX:  # clamp: no gradient where the output sits on a bound
+        g = g * ((output > ctx.lo) & (output < ctx.hi)).to(g.dtype)
     chan = 1 if ctx.conv else g.dim() - 1
     shape = [1] * g.dim()
     shape[chan] = -1

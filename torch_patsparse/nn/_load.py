@@ -1,5 +1,6 @@
 """load_state_dict helpers shared by the compressed modules: one message format, checks of incoming
 tensors, and all-or-nothing assignment (a rejected load leaves the module as it was)."""
+import warnings
 from typing import Callable, Dict, Iterable, Optional, Sequence
 
 import torch
@@ -64,6 +65,14 @@ def shared_reshape_error(module: nn.Module, prefix: str, incoming: Dict[str, tor
     return load_error(prefix, f"this layer is in shared memory (share_memory()) and the state_dict's {torn} have "
                               "another shape (another sparsity or pattern count): other processes would keep the "
                               "old arrays beside the new ones. Load it before sharing, or share a new model")
+
+
+def assume_extra_state(module: nn.Module, state_dict, prefix: str, assumed: str) -> None:
+    """A state_dict without the module's '_extra_state' (tensors only: safetensors, a scripted model's):
+    the module's own is assumed for it, and ``assumed`` (what that means) is said in a warning."""
+    warnings.warn(f"{prefix or type(module).__name__}: the state_dict has no '_extra_state' ({assumed})",
+                  UserWarning, stacklevel=4)
+    state_dict[prefix + "_extra_state"] = module.get_extra_state()
 
 
 def apply_or_restore(module: nn.Module, attrs: Sequence[str], apply: Callable[[], None], error_msgs: list) -> None:

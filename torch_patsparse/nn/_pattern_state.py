@@ -2,7 +2,6 @@
 a load that checks every incoming array (format.validate, code range, scale) before it assigns
 anything, so a rejected load leaves the module as it was. The module holds these forms itself."""
 import math
-import warnings
 from typing import Dict, Optional
 
 import torch
@@ -11,7 +10,8 @@ from .. import bitpack
 from .. import format as fmt
 from .. import quant
 from ._decoded_weight import DecodedWeight, warn_scale_rounding
-from ._load import apply_or_restore, check_bias, check_tensor, load_error, shared_reshape_error, size_mismatch
+from ._load import (apply_or_restore, assume_extra_state, check_bias, check_tensor, load_error, shared_reshape_error,
+                    size_mismatch)
 
 _SCHEMES = quant.SCHEMES
 _EXTRA_KEYS = ("bits", "scheme", "in_channels", "out_channels")
@@ -147,12 +147,10 @@ class PatternStateDict(DecodedWeight):
             error_msgs.append(err)
             return
         if extra is None and len(arrays) > 1:  # a tensors-only or scripted model's state_dict: assumed, and said
-            what = (f"the codes' bits and scheme): decoding its codes as this layer's {self.bits}-bit "
-                    f"{self.scheme!r} ones, which is wrong if they were saved with others" if self.quantized else
-                    f"the weight's shape): loading it as this layer's {[self.out_channels, self.in_channels, 3, 3]}")
-            warnings.warn(f"{prefix or type(self).__name__}: the state_dict has no '_extra_state' ({what}",
-                          UserWarning, stacklevel=3)
-            state_dict[prefix + "_extra_state"] = self.get_extra_state()
+            assume_extra_state(self, state_dict, prefix, (
+                f"the codes' bits and scheme): decoding its codes as this layer's {self.bits}-bit {self.scheme!r} "
+                f"ones, which is wrong if they were saved with others" if self.quantized else
+                f"the weight's shape): loading it as this layer's {[self.out_channels, self.in_channels, 3, 3]}"))
 
         def apply():
             for name, t in arrays.items():

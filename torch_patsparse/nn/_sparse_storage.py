@@ -11,7 +11,7 @@ from torch import nn
 from .. import sparse_format
 from .._tracing import fx_leaf
 from ._decoded_weight import DecodedWeight, relative_error
-from ._load import apply_or_restore, check_bias, load_error, shared_reshape_error, size_mismatch
+from ._load import apply_or_restore, assume_extra_state, check_bias, load_error, shared_reshape_error, size_mismatch
 
 _ARRAYS = sparse_format.ARRAY_NAMES
 
@@ -187,9 +187,8 @@ class _SparseWeightMixin(DecodedWeight):
             errors.append(self._extra_state_error(state_dict[extra_key], prefix))
         elif incoming:  # checkpoints written before the shape was saved (and scripted models' state_dicts)
             # The arrays alone decode into any shape of as many weights: this layer's is assumed, and said.
-            warnings.warn(f"{prefix or type(self).__name__}: the state_dict has no '_extra_state' (the weight's "
-                          f"shape); loading it as this layer's {list(self.weight_shape)}", UserWarning, stacklevel=3)
-            state_dict[extra_key] = self.get_extra_state()
+            assume_extra_state(self, state_dict, prefix,
+                               f"the weight's shape): loading it as this layer's {list(self.weight_shape)}")
         errors.append(check_bias(self, state_dict, prefix, self.weight_shape[0]))
         if not any(errors):
             try:
