@@ -891,6 +891,126 @@ def test_hooks_subclasses_and_iterated_children_are_kept(make, converted):
         assert_same_model_output(g, w)
 
 
+class _ReachesGrandchild(nn.Module):
+    """A parent fx cannot trace (an argument defaulting to None) that calls a layer two levels down."""
+
+    def __init__(self, reflect=False):
+        super().__init__()
+        self.body = nn.Sequential()
+        self.body.add_module("inner", _Called())
+        self.reflect = reflect
+
+    def forward(self, x, mask=None):
+        bn = self.get_submodule("body.inner.seq.1") if self.reflect else self.body.inner.seq[1]
+        return self.body(x) + bn(x)
+
+
+class _Called(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.seq = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+
+    def forward(self, x):
+        return self.seq(x)
+
+
+@pytest.mark.parametrize("reflect", [False, True], ids=["indexes", "get_submodule"])
+@pytest.mark.parametrize("converted", [False, True])
+def test_a_layer_reached_from_further_up_stays_in_place(reflect, converted):
+    """Found by a new-user probe: only the direct parent's code was read, so a Sequential that its
+    grandparent indexes became a graph module ('Sequential' object is not subscriptable)."""
+    torch.manual_seed(0)
+    model = _ReachesGrandchild(reflect).eval()
+    bn = model.body.inner.seq[1]
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    if converted:
+        model = sparse_model(model)
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        assert_same_model_output(ps.optimize_for_inference(model)(x), model(x))
+
+
+class _State(nn.Module):
+    """An RNN-style forward: an argument without a default, None on the first step."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+
+    def forward(self, x, h):
+        if h is None:
+            h = torch.ones_like(x)
+        return F.relu(self.bn(self.conv(x)) + h)
+
+
+@pytest.mark.parametrize("converted", [False, True])
+def test_a_none_tested_argument_without_default_is_not_traced(converted):
+    """Found by a new-user probe: fx traced `h is None` as False, and the fused conv read a None
+    residual as none: 1.0 off, no error (dense: a crash at run time)."""
+    torch.manual_seed(0)
+    model = _State().eval()
+    model = sparse_model(model) if converted else model
+    opt = ps.optimize_for_inference(model)
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        assert_same_model_output(opt(x, None), model(x, None))
+        h = torch.randn_like(x)
+        assert_same_model_output(opt(x, h), model(x, h))
+
+
+class _Embeds(nn.Sequential):
+    def embed(self, x):
+        return self[1](self[0](x))
+
+
+class _SignGate(nn.Module):
+    def forward(self, x):
+        return x if x.sum() > 0 else -x
+
+
+@pytest.mark.parametrize("converted", [False, True])
+def test_hooks_of_the_model_and_of_traced_through_modules_run(converted):
+    """Found by a new-user probe: the root's forward hooks and pre-hooks were dropped, and a hook on a
+    module fx traced through ran once at optimization (on a Proxy) and never again."""
+    torch.manual_seed(0)
+    model = nn.Sequential(_Block(), nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()).eval()
+    model = sparse_model(model) if converted else model
+    seen = []
+    model[0].register_forward_hook(lambda mod, inputs, out: seen.append(out.shape) or out * 2)
+    model.register_forward_pre_hook(lambda mod, inputs: (inputs[0] * 3,))
+    model.register_forward_hook(lambda mod, inputs, out: out - 1)
+    opt = ps.optimize_for_inference(model)
+    assert seen == []
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        assert_same_model_output(opt(x), model(x))
+    assert len(seen) == 2
+    assert any(isinstance(m, FusedConv) for m in opt.modules()) == converted
+
+
+@pytest.mark.parametrize("converted", [False, True])
+def test_an_untraced_sequential_with_methods_keeps_its_layers(converted):
+    """Found by a new-user probe: an untraceable nn.Sequential subclass was folded in place, so its
+    own method (`self[1](self[0](x))`) computed something else (0.44 off)."""
+    torch.manual_seed(0)
+    model = _Embeds(nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), _SignGate()).eval()
+    model[1].running_mean.uniform_(-1, 1)
+    model = sparse_model(model) if converted else model
+    opt = ps.optimize_for_inference(model)
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        assert_same_model_output(opt.embed(x), model.embed(x))
+        assert_same_model_output(opt(x), model(x))
+
+
+def test_lazy_models_are_refused_with_the_fix():
+    model = nn.Sequential(nn.LazyConv2d(8, 3, padding=1), nn.BatchNorm2d(8))
+    for fn in (ps.convert, ps.optimize_for_inference):
+        with pytest.raises(ValueError, match="uninitialized.*run one forward pass"):
+            fn(model)
+
+
 def test_a_hooked_stem_is_not_replaced():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)).eval()

@@ -134,6 +134,13 @@ def _hook_tool(module: nn.Module) -> Optional[type]:
                 None)
 
 
+def check_initialized(model: nn.Module, caller: str) -> None:
+    """Refuses a model with uninitialized (lazy) parameters or buffers, which have no shape yet."""
+    if any(isinstance(t, nn.parameter.UninitializedTensorMixin) for t in (*model.parameters(), *model.buffers())):
+        raise ValueError(f"{caller}: the model has uninitialized (lazy) parameters; run one forward pass first so "
+                         "they get their shapes")
+
+
 def copy_model(model: nn.Module, caller: str, otherwise: str = "") -> nn.Module:
     """``copy.deepcopy(model)``, or an error that says why the model cannot be copied and what to do
     (``otherwise``: the caller's way around a copy, if it has one)."""
@@ -200,6 +207,7 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
             raise TypeError(f"convert: {flag} must be a bool, got {value!r}")
     if pattern_set is not None and not isinstance(pattern_set, (PatternSet, dict)):
         raise TypeError(f"pattern_set must be a PatternSet, a dict of them or None, got {type(pattern_set).__name__}")
+    check_initialized(model, "convert")
     # Every name a module has (a module registered twice is converted once and swapped at both places).
     named = list(model.named_modules(remove_duplicate=False))
     excluded = set().union(*(_with_children(named, names) for names in _selected(

@@ -83,7 +83,7 @@ def clamp_bound(v: float) -> float:
     """A clamp bound as the fused ops take it: +-inf (no bound) as +-DBL_MAX, which the native ops read
     back as +-inf (kernels/epilogue.h: clamp_bound). An infinite float argument does not survive
     AOTInductor's package format (written as a string, which its loader refuses)."""
-    return min(max(v, -_DBL_MAX), _DBL_MAX)
+    return min(max(v, -1.7976931348623157e308), 1.7976931348623157e308)  # (scripted: no globals)
 
 
 def get_isa() -> str:

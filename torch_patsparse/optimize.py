@@ -33,18 +33,21 @@ TorchScript and exports with ``torch.export``. It is for inference only: its par
 require grad, ``.train()`` raises (a graph module before any child changes mode), and a backward
 through a fused op raises (train the original model and optimize it again).
 """
+import ast
 import collections
+import functools
 import inspect
 import math
 import operator
 import re
+import textwrap
 from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .convert import copy_model
+from .convert import check_initialized, copy_model
 from .fusion import (DepthwiseConv3x3, EvalOnly, FusedConv, act_bounds_module, as_dense_depthwise, as_pattern_stem,
                      channels_last_4d, foldable_bn, fold_dense, fused, hooked, is_depthwise3x3, max_pool2d_nchw)
 from .nn.pattern_conv import PatternConv2d
@@ -59,10 +62,12 @@ _OURS = (PatternConv2d, SparseConv2d, SparseLinear)
 
 # ---------------------------------------------------------------- fx passes
 class _Tracer(fx.Tracer):
-    """Keeps our modules (and torch.nn's) as leaves."""
+    """Keeps our modules (and torch.nn's) as leaves, and modules with forward hooks (traced through,
+    their hooks would run once, on fx's Proxy, and never again; they are optimized on their own)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, _OURS + (FusedConv, DepthwiseConv3x3)) or super().is_leaf_module(m, qualname)
+        return (isinstance(m, _OURS + (FusedConv, DepthwiseConv3x3)) or (bool(qualname) and hooked(m))
+                or super().is_leaf_module(m, qualname))
 
 
 _IDENTITIES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
@@ -410,13 +415,13 @@ _PLAIN_METHODS = {"forward", "extra_repr", "reset_parameters"}
 def _traceable(module: nn.Module, child: bool) -> bool:
     """Whether tracing ``module`` into a graph module keeps what its callers see. torch.fx passes a
     Proxy for every argument, so ``if mask is not None`` would be traced as taken for any argument
-    that defaults to None; and a child's caller may call its other methods, which a graph module
-    does not have."""
+    (one that defaults to None or is tested against None anywhere in the class); and a child's caller
+    may call its other methods, which a graph module does not have."""
     try:
         params = inspect.signature(module.forward).parameters.values()
     except (TypeError, ValueError):
         return False
-    if any(p.default is None for p in params):
+    if any(p.default is None or "Optional" in str(p.annotation) or "None" in str(p.annotation) for p in params):
         return False
     try:  # a type test on an argument sees fx's Proxy, not the tensor: it would be traced as False
         source = inspect.getsource(type(module).forward)
@@ -424,12 +429,20 @@ def _traceable(module: nn.Module, child: bool) -> bool:
         source = ""
     if "isinstance(" in source or "is_tensor(" in source:
         return False
-    if child:
-        for cls in _own_classes(module):
-            if any(not k.startswith("_") and k not in _PLAIN_METHODS and (callable(v) or isinstance(v, property))
-                   for k, v in vars(cls).items()):
-                return False
-    return True
+    # ... and so would a None test of an argument without a default (RNN-style `forward(x, state)`
+    # called with None first): the graph would lose the None branch
+    own = _run_time_code(_own_source(module) or source)
+    if any(re.search(rf"\b{re.escape(p.name)}\s+is\s+(not\s+)?None\b|\bNone\s+is\s+(not\s+)?{re.escape(p.name)}\b"
+                     rf"|\b{re.escape(p.name)}\s*[!=]=\s*None\b", own) for p in params):
+        return False
+    return not (child and _public_methods(module))
+
+
+def _public_methods(module: nn.Module) -> bool:
+    """Whether ``module``'s own classes define public methods or properties besides forward (a caller
+    may call them; a graph module or a fold would not keep what they find)."""
+    return any(not k.startswith("_") and k not in _PLAIN_METHODS and (callable(v) or isinstance(v, property))
+               for cls in _own_classes(module) for k, v in vars(cls).items())
 
 
 def _own_classes(module: nn.Module) -> List[type]:
@@ -450,33 +463,73 @@ def _own_source(module: nn.Module) -> Optional[str]:
         return None
 
 
-def _called_whole(parent: nn.Module, name: str, source: Optional[str]) -> bool:
-    """Whether ``parent``'s code (``source``: :func:`_own_source`) uses its child ``name`` only by
-    calling it (``self.name(...)``) and reading plain attributes of it. Anything else (``for layer in
-    self.name``, ``self.name[0]``, ``self.name.conv1(x)``, ``f(self.name)``) or code that cannot be
-    read: False. The children of a torch.nn container are called by whoever iterates it: True."""
-    if type(parent).__module__.startswith("torch."):
-        return True
-    if source is None:
-        return False
-    child = parent._modules[name]
+# Code that finds submodules by name or by walking the tree reaches any of them.
+_REFLECTION = re.compile(r"\.\s*(get_submodule|_modules|named_modules|modules|children|named_children)\b")
+
+
+@functools.lru_cache(maxsize=256)
+def _run_time_code(source: str) -> str:
+    """``source`` (classes) without their ``__init__`` (which builds the model: `if norm is None`,
+    `for m in self.modules()` initializing weights) and docstrings, normalized; ``source`` where it
+    does not parse."""
+    try:
+        tree = ast.parse(textwrap.dedent(source))
+    except SyntaxError:
+        return source
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            node.body = [f for f in node.body if not (isinstance(f, ast.FunctionDef) and f.name == "__init__")]
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef)) and node.body and isinstance(node.body[0], ast.Expr) \
+                and isinstance(node.body[0].value, ast.Constant) and isinstance(node.body[0].value.value, str):
+            node.body = node.body[1:] or [ast.Pass()]
+    return ast.unparse(tree)
+
+
+def _reflects(source: str) -> bool:
+    """Whether ``source`` (classes) finds submodules by name or walks them at run time."""
+    return bool(_REFLECTION.search(_run_time_code(source)))
+
+
+def _uses(source: str, path: str, child: nn.Module) -> Optional[int]:
+    """How many times ``source`` calls ``self.<path>`` (``path``: dotted, ``child`` the module there);
+    None where it uses it otherwise than by calling it and reading plain attributes of it."""
     calls = 0
-    for use in re.finditer(rf"self\.{re.escape(name)}\b\s*(?:\.\s*(\w+)|(.?.?))", source):
+    for use in re.finditer(rf"self\.{re.escape(path)}\b\s*(?:\.\s*(\w+)|(.?.?))", source):
         attr, after = use.group(1), use.group(2)
-        if attr is not None:  # self.name.attr: a plain attribute survives, a layer / method / tensor may not
+        if attr is not None:  # self.path.attr: a plain attribute survives, a layer / method / tensor may not
             if attr in child._modules or attr in child._parameters or attr in child._buffers \
                     or callable(getattr(type(child), attr, None)):
-                return False
+                return None
         elif after[:1] == "(":
             calls += 1
         elif not (after[:1] == "=" and after[1:] != "="):  # (an assignment: __init__)
+            return None
+    return calls
+
+
+def _called_whole(parent: nn.Module, name: str, source: Optional[str], outer: Tuple[Tuple[str, str], ...] = ()) -> bool:
+    """Whether ``parent``'s code (``source``: :func:`_own_source`) uses its child ``name`` only by
+    calling it (``self.name(...)``) and reading plain attributes of it, and the code of the untraced
+    ancestors above it (``outer``: (source, dotted path from that ancestor to ``parent`` + ".")) does
+    no more with it (``self.body.seq[1]`` two levels up). Anything else (``for layer in self.name``,
+    ``self.name[0]``, ``self.name.conv1(x)``, ``f(self.name)``, ``get_submodule`` / ``named_modules``
+    anywhere above) or code that cannot be read: False. The children of a torch.nn container are
+    called by whoever iterates it: True, as far as the ancestors allow."""
+    child = parent._modules[name]
+    for above, prefix in outer:
+        if _reflects(above) or _uses(above, prefix + name, child) is None:
             return False
-    return calls > 0
+    if type(parent).__module__.startswith("torch."):
+        return True
+    if source is None or _reflects(source):
+        return False
+    return bool(_uses(source, name, child))
 
 
-def _optimize(module: nn.Module, child: bool = False, whole: bool = True) -> nn.Module:
-    """The optimized form of ``module`` (an eval-mode copy owned by the caller). ``whole``: its caller
-    only calls it (see :func:`_called_whole`)."""
+def _optimize(module: nn.Module, child: bool = False, whole: bool = True,
+              outer: Tuple[Tuple[str, str], ...] = ()) -> nn.Module:
+    """The optimized form of ``module`` (an eval-mode copy owned by the caller). ``whole``: its callers
+    only call it (see :func:`_called_whole`; ``outer``: its untraced ancestors' code)."""
     tracer = _Tracer()
     if tracer.is_leaf_module(module, ""):  # torch.nn's and ours: nothing inside to fuse
         return module
@@ -484,7 +537,7 @@ def _optimize(module: nn.Module, child: bool = False, whole: bool = True) -> nn.
         # an untraced parent iterates it, indexes it or calls its layers: it keeps its class and every
         # layer at its place (each optimized on its own), as a fold or a graph module would change
         # what the parent finds there
-        _optimize_children(module)
+        _optimize_children(module, outer)
         return module
     graph = None
     if _traceable(module, child):
@@ -493,9 +546,12 @@ def _optimize(module: nn.Module, child: bool = False, whole: bool = True) -> nn.
         except Exception:  # does not trace (data-dependent control flow, ...): recurse into the children
             graph = None
     if graph is None:
-        _optimize_children(module)
-        if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
-            _fold_sequential(module)  # only where the children run one after the other
+        _optimize_children(module, outer)
+        # folded only where the children run one after the other, and no method of a subclass
+        # (`def embed(self, x): return self[1](self[0](x))`) finds the folded layers
+        if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward \
+                and not _public_methods(module):
+            _fold_sequential(module)
         return module
     # The trace ran the eager branch of the forward; its return annotation may name what the scripted
     # branch returns (torchvision's GoogLeNet: a NamedTuple when scripting, a tensor in eager), which
@@ -507,20 +563,53 @@ def _optimize(module: nn.Module, child: bool = False, whole: bool = True) -> nn.
     gm.meta.setdefault("_user_preserved_attributes", {}).update(kept)
     for k, v in kept.items():
         setattr(gm, k, v)
+    _keep_hooks(module, gm)
     # A child of a module that does not trace: no submodule is changed in place (a copy may share
     # them; a parent that calls the child's layers itself keeps the child untraced, _called_whole).
     _fuse_graph(gm, keep=child)
+    _optimize_hooked_leaves(gm)
     _memory_format_pass(gm)
     gm.delete_all_unused_submodules()
     gm.recompile()
     return gm
 
 
-def _optimize_children(module: nn.Module) -> None:
-    """Each child of an untraced ``module`` optimized on its own (its code read once for all)."""
+def _optimize_children(module: nn.Module, outer: Tuple[Tuple[str, str], ...] = ()) -> None:
+    """Each child of an untraced ``module`` optimized on its own (its code read once for all;
+    ``outer``: the untraced ancestors' code, see :func:`_called_whole`)."""
     source = _own_source(module)
     for name, child_module in list(module.named_children()):
-        setattr(module, name, _optimize(child_module, child=True, whole=_called_whole(module, name, source)))
+        inner = tuple((above, f"{prefix}{name}.") for above, prefix in outer)
+        if source is not None and not type(module).__module__.startswith("torch."):
+            inner += ((source, f"{name}."),)
+        setattr(module, name, _optimize(child_module, child=True, whole=_called_whole(module, name, source, outer),
+                                        outer=inner))
+
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+               "_forward_pre_hooks_with_kwargs")
+
+
+def _keep_hooks(module: nn.Module, gm: fx.GraphModule) -> None:
+    """``module``'s forward hooks and pre-hooks on its graph module (which runs in its place)."""
+    for attr in _HOOK_DICTS:
+        hooks = getattr(module, attr, None)
+        if hooks:
+            getattr(gm, attr).update(hooks)
+
+
+def _optimize_hooked_leaves(gm: fx.GraphModule) -> None:
+    """The hooked modules the tracer kept as leaves (not torch.nn's or ours), each optimized on its
+    own (hooks kept) where the graph only calls it."""
+    tracer = _Tracer()
+    read = [n.target for n in gm.graph.nodes if n.op == "get_attr"]
+    for target in sorted({n.target for n in gm.graph.nodes if n.op == "call_module"}):
+        m = gm.get_submodule(target)
+        if not hooked(m) or tracer.is_leaf_module(m, "") or any(r.startswith(target + ".") for r in read):
+            continue
+        new = _optimize(m, child=True)
+        if new is not m:
+            gm.set_submodule(target, new)
 
 
 def optimize_for_inference(model: nn.Module) -> nn.Module:
@@ -533,13 +622,17 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
     ``nn.Sequential`` model: when it reaches a fused child; call ``.eval()`` after catching it), and
     a backward through a fused PatternConv2d op raises (no gradients are meant to be taken; the
     fused sparse 1x1 / Linear ops happen to have an input gradient). Where the model traces with torch.fx the result is an
-    ``fx.GraphModule`` with the model's plain attributes (its other methods, and forward hooks, are
-    not kept); otherwise (control flow on the input, a ``forward`` argument that defaults to None)
-    it is the model's own class with its children optimized (a child whose class has other public
+    ``fx.GraphModule`` with the model's plain attributes and forward hooks / pre-hooks (its other
+    methods are not kept); otherwise (control flow on the input, a ``forward`` argument that defaults
+    to None, is annotated Optional or is tested against None) it is the model's own class with its
+    children optimized (a child whose class has other public
     methods, or that such a parent does more with than call it: iterates, indexes, passes on or
     calls the layers of, as its code reads, is kept as its class too, every layer at its place, with
-    its children optimized). A forward that tests its argument's type (``isinstance``) is not
-    traced (fx would pass a Proxy). No module is folded in place where something else can reach it
+    its children optimized; an ``nn.Sequential`` subclass with methods of its own keeps its layers
+    in place). Code that finds layers by name or walks them (``get_submodule``, ``named_modules``)
+    outside ``__init__`` keeps the layers below it in place. A forward that tests its argument's type
+    (``isinstance``) is not traced (fx would pass a Proxy); a module with forward hooks is not traced
+    through (it runs as one call, its hooks each time, and is optimized on its own). No module is folded in place where something else can reach it
     (a module the graph reads ``.weight`` of, a child of an untraced parent); modules with forward
     hooks (convs, BatchNorm, activations, Dropout) and subclasses with their own forward are not
     folded, fused or removed."""
@@ -548,6 +641,7 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
     if isinstance(model, torch.jit.ScriptModule):
         raise TypeError("optimize_for_inference takes the Python model (before torch.jit.script): a ScriptModule "
                         "cannot be traced with torch.fx")
+    check_initialized(model, "optimize_for_inference")
     out = _optimize(copy_model(model, "optimize_for_inference").eval())
     for p in out.parameters():
         p.requires_grad_(False)

@@ -5,6 +5,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from .convert import check_initialized
 from .fusion import DepthwiseConv3x3, FusedConv
 
 
@@ -147,9 +148,7 @@ def compression_report(model: nn.Module, input_size: Optional[Sequence[int]] = N
             raise TypeError(f"input_size must be a sequence of ints such as (1, 3, 224, 224), got {input_size!r}")
     if example_input is not None and not isinstance(example_input, torch.Tensor):
         raise TypeError(f"example_input must be a tensor, got {type(example_input).__name__}")
-    if any(isinstance(t, nn.parameter.UninitializedTensorMixin) for t in (*model.parameters(), *model.buffers())):
-        raise ValueError("compression_report: the model has uninitialized (lazy) parameters; run one forward "
-                         "pass first so they get their shapes")
+    check_initialized(model, "compression_report")
     layers = [(n, m) for n, m in model.named_modules() if hasattr(m, "storage_bits") or _dense_layer(m)]
     if example_input is None and input_size is not None:
         p = next(model.parameters(), None)
