@@ -629,7 +629,7 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
     methods, or that such a parent does more with than call it: iterates, indexes, passes on or
     calls the layers of, as its code reads, is kept as its class too, every layer at its place, with
     its children optimized; an ``nn.Sequential`` subclass with methods of its own keeps its layers
-    in place). Code that finds layers by name or walks them (``get_submodule``, ``named_modules``)
+    in place; a plain one is folded by modules: slice the original model, not the result). Code that finds layers by name or walks them (``get_submodule``, ``named_modules``)
     outside ``__init__`` keeps the layers below it in place. A forward that tests its argument's type
     (``isinstance``) is not traced (fx would pass a Proxy); a module with forward hooks is not traced
     through (it runs as one call, its hooks each time, and is optimized on its own). No module is folded in place where something else can reach it
