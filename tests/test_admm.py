@@ -871,3 +871,77 @@ def test_a_misspelled_constraints_key_is_refused_other_keys_pass():
     assert len(opt.param_groups) == 1
     opt.add_param_group({"params": [b], "weight_decay": 1e-4, "tag": "bias"})
     assert opt.param_groups[1]["tag"] == "bias"
+
+
+def test_group_mistakes_are_refused_not_trained_unconstrained():
+    """Found by an ADMM probe: constraints given as a generator were read up by the check (the group then
+    trained unconstrained, residual 0.0); a constrained group with no parameters (a filter that matched
+    nothing) and a parameter listed twice (pulled twice per step) were accepted."""
+    w = nn.Parameter(torch.randn(8, 8, 3, 3))
+    opt = ps.ADMM([{"params": [w], "constraints": (c for c in [C.Unstructured(keep=0.1)])}], lr=0.1, method="oneshot")
+    w.grad = torch.randn_like(w)
+    opt.step()
+    assert float((w != 0).float().mean()) == pytest.approx(0.1, abs=0.01)
+    with pytest.raises(ValueError, match="constraints but no parameters"):
+        ps.ADMM([{"params": [], "constraints": [C.Pattern(k=4)]}], lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (torch's own duplicate warning)
+        with pytest.raises(ValueError, match="lists a parameter twice"):
+            ps.ADMM([{"params": [w, w], "constraints": [C.Unstructured(keep=0.2)]}], lr=0.1)
+    with pytest.warns(UserWarning, match="no Z/U update happens within the ADMM phase"):
+        ps.ADMM([{"params": [w], "constraints": [C.Unstructured(keep=0.2)]}], lr=0.1, phase_steps=10, update_every=200)
+
+
+def test_a_second_name_of_a_shared_layer_is_explained():
+    class Aliased(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(4, 4, 3)
+            self.b = self.a
+    with pytest.raises(ValueError, match="'b.weight', which is the parameter 'a.weight' under a second name"):
+        ps.ADMM.from_model(Aliased(), {r"b\.weight": [C.Pattern(k=4)]}, lr=0.1)
+
+
+def test_sparse_gradients_with_the_gradient_penalty_are_refused_clearly():
+    emb = nn.Embedding(10, 9, sparse=True)
+    opt = ps.ADMM([{"params": [emb.weight], "constraints": [C.Unstructured(keep=0.3)]}], lr=0.1, penalty="gradient")
+    emb(torch.tensor([1, 2, 3])).sum().backward()
+    with pytest.raises(RuntimeError, match="sparse gradient.*penalty='proximal'"):
+        opt.step()
+
+
+def test_release_removes_the_gradient_masks():
+    """Found by an ADMM probe: an optimizer kept alive (by an lr scheduler) went on masking the gradients
+    of the parameters after they moved on to another optimizer."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 4, 3)
+    opt = ps.ADMM([{"params": [conv.weight], "constraints": [C.Unstructured(keep=0.1)]}], lr=0.05, method="oneshot")
+    sched = torch.optim.lr_scheduler.StepLR(opt, 10)  # noqa: F841  (keeps opt alive)
+    x = torch.randn(1, 4, 5, 5)
+    conv(x).sum().backward()
+    opt.step()
+    opt.zero_grad()
+    conv(x).sum().backward()
+    assert float((conv.weight.grad == 0).float().mean()) > 0.85
+    conv.weight.grad = None
+    opt.release()
+    conv(x).sum().backward()
+    assert bool((conv.weight.grad != 0).all())
+    with pytest.raises(RuntimeError, match="released"):
+        opt.step()
+
+
+def test_one_bit_retraining_keeps_binary_weights():
+    """Found by an ADMM probe: the hard prune maps a 1-bit weight to +-q (its sign) but retraining snapped
+    to the nearest of {-q, 0, +q}: kept weights fell to 0 (a whole layer at lr 0.3)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 8, 3)
+    opt = ps.ADMM([{"params": [conv.weight], "constraints": [C.Unstructured(keep=0.5), C.Quantize(bits=1)]},
+                   {"params": [conv.bias]}], lr=0.3, method="oneshot")
+    for _ in range(4):
+        opt.zero_grad()
+        conv(torch.randn(4, 4, 6, 6)).pow(2).sum().backward()
+        opt.step()
+        w = conv.weight.detach()
+        assert float((w != 0).float().mean()) == pytest.approx(0.5, abs=0.01)
+        assert w[w != 0].abs().unique().numel() == 1

@@ -304,3 +304,9 @@ def test_interrupt_and_divergence_are_reported(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(pipeline.Job, "stage_dense", interrupted)
     assert cli.main(args) == 130
     assert "rerun with --resume" in capsys.readouterr().err
+
+
+def test_a_later_stage_into_a_missing_out_folder_creates_nothing(tmp_path, capsys):
+    out = tmp_path / "none"
+    assert cli.main(["--stages", "retrain", "--out", str(out)]) == 2
+    assert not out.exists() and "does not exist" in capsys.readouterr().err

@@ -1,4 +1,6 @@
 """Tests of torch_patsparse.constraints: argument validation, composition order, serialisation."""
+import warnings
+
 import pytest
 import torch
 
@@ -99,3 +101,20 @@ def test_connectivity_on_one_kernel_filters_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ps.ADMM([{"params": [torch.nn.Conv2d(8, 8, 3).weight], "constraints": [C.Connectivity(keep=0.25)]}], lr=0.1)
+
+
+def test_small_layers_that_cannot_honour_a_fraction_are_said():
+    """Found by an ADMM probe: Connectivity(keep=0.25) on a [1, 1, 3, 3] weight kept 1 of 1 kernels and
+    Filter(keep=0.1) on two filters kept one, with residuals 0.0 and no warning."""
+    with pytest.warns(UserWarning, match=r"it has 2 filters, so 1 \(50%\) are kept"):
+        C.Filter(keep=0.1).check_tensor((2, 3), "w")
+    with pytest.warns(UserWarning, match="1 kernels.*so 1 .100%."):
+        C.Connectivity(keep=0.25).check_tensor((1, 1, 3, 3), "w")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        C.Connectivity(keep=0.25).check_tensor((64, 64, 3, 3), "w")
+        C.Unstructured(keep=0.1).check_tensor((8, 8, 3, 3), "w")
+    with pytest.raises(TypeError, match="to_spec expects a constraint"):
+        C.to_spec(3)
+    with pytest.raises(ValueError, match="there is only 1 shape of 9 positions"):
+        C.Pattern(k=2, entries=9)

@@ -847,3 +847,15 @@ def test_convert_says_to_hard_prune_a_layer_admm_trained_but_did_not_prune():
     opt.step()
     with pytest.warns(UserWarning, match="hard_prune"):
         ps.convert(model)
+
+
+def test_project_names_the_3x3_convs_it_cannot_take_and_bad_arguments_are_the_callers():
+    """Found by a docs probe: with project=True a reflect-padded or grouped 3x3 conv stayed dense without a
+    word (it held no zero); convert(bits='4') was blamed on the first layer."""
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"), nn.Conv2d(4, 4, 3, padding=1, groups=2),
+                          nn.Conv2d(4, 4, 3, padding=1))
+    with pytest.warns(UserWarning, match="left dense.*'0': padding_mode='reflect'.*'1': groups=2"):
+        ps.convert(model, project=True)
+    for kwargs, match in ((dict(bits="4"), "^convert: bits must be"), (dict(scheme="pow"), "^convert: unknown quant")):
+        with pytest.raises(ValueError, match=match):
+            ps.convert(model, project=True, **kwargs)

@@ -125,3 +125,8 @@ def test_mixed_modes_are_restored_and_recalibrate_bn_fails_cleanly():
     with torch.no_grad():
         h = m[0](x)
     assert torch.allclose(m[1].running_mean, (h[:10].mean(0) + h[10:].mean(0)) / 2, atol=1e-6)
+
+
+def test_distillation_without_a_teacher_is_refused_at_once():
+    with pytest.raises(TypeError, match="teacher must be an nn.Module"):
+        ps.Distillation(None)

@@ -393,3 +393,13 @@ def test_each_compressed_layer_is_one_call_in_the_lite_file(bits):
         if hasattr(layer, "_cpu_only"):
             layer._cpu_only = True  # as ps.export.mobile's copy
         assert _lite_bytecode(nn.Sequential(layer)) - base < 1000, type(layer).__name__
+
+
+def test_export_to_a_folder_and_loading_a_missing_program_say_so(tmp_path):
+    """Found by a docs probe: a folder as the path leaked torch's inline_container error with a temporary
+    path, and load_executorch built its kernel library (minutes) before looking for the file."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3)).eval()
+    with pytest.raises(IsADirectoryError, match="folder"):
+        export.torchscript(model, tmp_path)
+    with pytest.raises(FileNotFoundError, match="no ExecuTorch program"):
+        export.load_executorch(tmp_path / "typo.pte")

@@ -479,3 +479,16 @@ def test_export_under_autocast_runs_outside_it_as_dense():
         programs = [torch.export.export(m.eval(), (x,)) for m in (dense, layer)]
     with torch.no_grad():
         assert [p.module()(x).dtype for p in programs] == [torch.float32, torch.float32]
+
+
+def test_kept_kernels_is_checked_and_the_empty_shell_runs():
+    """Found by a docs probe: kept_kernels above in*out was accepted (repr '33/32') and any kept_kernels > 0
+    built a layer whose forward failed ('filter_ptr[-1] = 0 but there are 10 kernels')."""
+    with pytest.raises(ValueError, match="kept_kernels must be in 0..in_channels"):
+        PatternConv2d(4, 8, kept_kernels=33)
+    for kept in (0, 10, 32):
+        for bits in (None, 4):
+            m = PatternConv2d(4, 8, kept_kernels=kept, bits=bits, padding=1)
+            if bits is None:
+                fmt.validate({n: getattr(m, n) for n in fmt.ARRAY_NAMES}, 4, 8)
+            assert torch.equal(m(torch.randn(2, 4, 5, 5)), torch.zeros(2, 8, 5, 5))

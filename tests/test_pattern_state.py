@@ -253,5 +253,5 @@ def test_load_compressed_names_the_layer_with_bad_metadata():
     m = ps.convert(nn.Sequential(pattern_weight_conv(cin=4, cout=8)), bits=4)
     sd = sd_of(m)
     sd["0._extra_state"]["bits"] = 9
-    with pytest.raises(ValueError, match="'0'.*invalid compressed weight.*bits"):
+    with pytest.raises(RuntimeError, match="'0'.*invalid compressed weight.*bits"):
         ps.load_compressed(nn.Sequential(nn.Conv2d(4, 8, 3)), sd)

@@ -205,3 +205,18 @@ def test_cover_worst_case_fits_in_uint8_ids():
         w4[i, 0].view(9)[list(r)] = 1.0
     got = PatternSet.cover([w5, w4])
     assert got.k == 126 and got.entries == 5 and _covers(got, w4)
+
+
+def test_bad_pattern_sets_and_selections_are_refused_clearly():
+    """Found by a docs probe: PatternSet([]) said 'must be integers, got torch.float32', PatternSet(None)
+    leaked torch's dtype error, select() of nothing or of NaN weights returned an arbitrary set."""
+    with pytest.raises(ValueError, match=r"\[K, E\].*got shape \(0,\)"):
+        PatternSet([])
+    with pytest.raises(TypeError, match="PatternSet positions must be ints.*NoneType"):
+        PatternSet(None)
+    with pytest.raises(TypeError, match="torch tensors.*ndarray"):
+        PatternSet.select(torch.randn(2, 2, 3, 3).numpy())
+    with pytest.raises(ValueError, match="no weights given"):
+        PatternSet.select([])
+    with pytest.raises(ValueError, match="NaN"):
+        PatternSet.select(torch.full((2, 2, 3, 3), float("nan")))

@@ -276,3 +276,8 @@ def test_errors():
                 f(w, bad)
     with pytest.raises(ValueError):
         P.channel(torch.randn(5), 1)
+
+
+def test_filter_projection_takes_what_the_filter_constraint_takes():
+    with pytest.raises(ValueError):
+        P.filter(torch.randn(8), 0.5)  # as constraints.Filter (min_dim 2) and P.channel

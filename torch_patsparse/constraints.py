@@ -63,10 +63,17 @@ def _check_int(c, what: str, lo: int, hi: int | None = None) -> None:
 
 
 def _check_count(c, n: int, what: str, name: str) -> None:
-    """An int ``keep`` must not exceed the number of items it counts (a fraction always fits)."""
+    """An int ``keep`` must not exceed the number of items it counts; a fraction that a layer this
+    small cannot honour (one of two filters for keep=0.1) is said in a warning."""
     keep = c.keep
-    if isinstance(keep, numbers.Integral) and not isinstance(keep, bool) and keep > n:
-        raise ValueError(f"{type(c).__name__}(keep={keep}) keeps more {what} than parameter '{name}' has ({n})")
+    if isinstance(keep, numbers.Integral) and not isinstance(keep, bool):
+        if keep > n:
+            raise ValueError(f"{type(c).__name__}(keep={keep}) keeps more {what} than parameter '{name}' has ({n})")
+    elif n > 0 and project._count(keep, n) >= 1.5 * keep * n:
+        kept = project._count(keep, n)
+        warnings.warn(f"{type(c).__name__}(keep={keep}) on parameter '{name}': it has {n} {what}, so {kept} "
+                      f"({kept / n:.0%}) are kept; leave such small layers out of this constraint or give a "
+                      "count", UserWarning, stacklevel=3)
 
 
 class Constraint:
@@ -122,7 +129,8 @@ class Pattern(Constraint):
             _check_int(self, "k", 1, min(shapes, 256))
         except ValueError as e:
             too_many = isinstance(self.k, numbers.Integral) and not isinstance(self.k, bool) and self.k > shapes
-            raise ValueError(f"{e} (there are only {shapes} shapes of {self.entries} positions"
+            raise ValueError(f"{e} (there {'are' if shapes > 1 else 'is'} only {shapes} shape{'s' if shapes > 1 else ''} "
+                             f"of {self.entries} positions"
                              f"{' that keep the centre' if self.keep_center else ''})" if too_many else str(e)) from None
         _check_int(self, "group", 1)
 
@@ -285,6 +293,8 @@ def to_spec(c: Constraint) -> dict:
     """Plain-data spec of a constraint, ``{"type": "pattern", "k": 8, ...}`` (every field): the one
     schema of the CLI config and of optimizer state_dicts (``torch.load(weights_only=True)``-safe).
     :func:`from_spec` reads it back."""
+    if not isinstance(c, Constraint):
+        raise TypeError(f"to_spec expects a constraint (Pattern, Connectivity, ...), got {type(c).__name__}")
     return {"type": type(c).__name__.lower(), **asdict(c)}
 
 

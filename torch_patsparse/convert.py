@@ -11,7 +11,7 @@ from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
 from . import format as fmt
-from . import select
+from . import quant, select
 from .admm import trained_pattern_set
 from .nn import kinds
 from .nn._decoded_weight import relative_error
@@ -62,12 +62,14 @@ def _naming(name: str, build, *args, **kwargs):
         raise ValueError(f"convert: layer '{name}': {e}") from e
 
 
-def _why_dense(module: nn.Module, layers: str) -> str:
+def _why_dense(module: nn.Module, layers: str, project: bool = False) -> str:
     """Why a pruned conv / ``nn.Linear`` that no compressed module takes in this ``layers`` mode
-    stays dense; "" when it is not such a layer or holds no zero (a dense layer left dense is no news)."""
+    stays dense; "" when it is not such a layer or holds no zero (a dense layer left dense is no news),
+    unless ``project`` asked for every 3x3 conv."""
     w = getattr(module, "weight", None)
+    asked = project and isinstance(module, nn.Conv2d) and tuple(module.kernel_size) == (3, 3)
     if (not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) or not isinstance(w, torch.Tensor)
-            or isinstance(w, nn.parameter.UninitializedParameter) or not bool((w == 0).any())):
+            or isinstance(w, nn.parameter.UninitializedParameter) or not (asked or bool((w == 0).any()))):
         return ""
     if not isinstance(module, (nn.Conv2d, nn.Linear)):
         return f"{type(module).__name__} has no compressed form (nn.Conv2d / nn.Linear)" if layers == "all" else ""
@@ -207,6 +209,10 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
             raise TypeError(f"convert: {flag} must be a bool, got {value!r}")
     if pattern_set is not None and not isinstance(pattern_set, (PatternSet, dict)):
         raise TypeError(f"pattern_set must be a PatternSet, a dict of them or None, got {type(pattern_set).__name__}")
+    try:
+        quant.check(1 if bits is None else bits, scheme)
+    except ValueError as e:
+        raise ValueError(f"convert: {e}") from None
     check_initialized(model, "convert")
     # Every name a module has (a module registered twice is converted once and swapped at both places).
     named = list(model.named_modules(remove_duplicate=False))
@@ -249,7 +255,7 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
                 continue
             new = _requantized(module, bits, scheme)
         elif kind is None or (layers == "3x3" and kind == kinds.SPARSE):
-            why = _why_dense(module, layers)
+            why = _why_dense(module, layers, project)
             if why:
                 dense.append((name, why))
             continue
@@ -394,8 +400,8 @@ def _empty_compressed(name: str, module: nn.Module, state_dict, prefix: str) -> 
             return PatternConv2d(module.in_channels, module.out_channels, 3, module.stride, module.padding,
                                  module.dilation, bias=has_bias, bits=extra.get("bits"),
                                  scheme=extra.get("scheme", "uniform"), **factory)
-        except ValueError as e:  # the stored metadata (_extra_state) is what is wrong: name the layer
-            raise ValueError(f"load_compressed: '{name}': invalid compressed weight: {e}") from None
+        except ValueError as e:  # the stored metadata (_extra_state) is a bad entry, as load_state_dict says
+            raise RuntimeError(f"load_compressed: '{name}': invalid compressed weight: {e}") from None
     sparse = sparse and kinds.layer_kind(module) is not None  # (what convert takes: subclasses too)
     if sparse and isinstance(module, nn.Linear):
         return SparseLinear(module.in_features, module.out_features, has_bias).to(**factory)

@@ -69,6 +69,8 @@ def _write_atomically(path: str, write) -> str:
     was and no partial one. ``tmp`` has ``path``'s name (in a temporary folder beside it): torch names
     the file's archive folder after it."""
     parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot write {path!r}: it is a folder; give a file name")
     if not os.path.isdir(parent):
         raise FileNotFoundError(f"cannot write {path!r}: the folder {parent!r} does not exist")
     folder = tempfile.mkdtemp(prefix=".patsparse-export-", dir=parent)
@@ -352,6 +354,9 @@ class ExecuTorchProgram:
     shape or dtype, a kernel rejecting its arguments) come back as RuntimeError."""
 
     def __init__(self, path: str):
+        if not os.path.isfile(path):  # (before the kernel library's first build: minutes)
+            raise FileNotFoundError(f"no ExecuTorch program at {path!r}" + (
+                " (a folder)" if os.path.isdir(path) else ""))
         _load_kernels()
         from executorch.runtime import Runtime  # optional dependency
         self.path = path

@@ -47,7 +47,11 @@ def pattern_conv2d(input: torch.Tensor, patterns: torch.Tensor, filter_ptr: torc
     """3x3 convolution with a pattern-compressed weight (format in DESIGN.md / docs).
 
     Equivalent to ``F.conv2d(input, dense_weight, bias, stride, padding, dilation)`` where
-    ``dense_weight`` is what :meth:`PatternConv2d.to_dense` rebuilds from the arrays.
+    ``dense_weight`` is what :meth:`PatternConv2d.to_dense` rebuilds from the arrays, for a 4-D
+    ``input`` with the layer's in_channels. The arrays do not hold in_channels, so the op cannot
+    check the input's channel count as F.conv2d does: a kernel channel beyond the input's is
+    refused, extra input channels are not read. :class:`PatternConv2d` checks both (and takes
+    unbatched input).
     """
     return _ops.pattern_conv2d(input, patterns, filter_ptr, kernel_channel, kernel_pattern, values, bias,
                                pair(stride), pair(padding), pair(dilation))

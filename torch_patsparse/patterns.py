@@ -24,12 +24,16 @@ class PatternSet:
     """
 
     def __init__(self, positions):
-        p = torch.as_tensor(positions).detach().cpu()
-        if p.dtype.is_floating_point or p.dtype.is_complex or p.dtype == torch.bool:
-            raise ValueError(f"PatternSet positions must be integers, got {p.dtype}")
+        try:
+            p = torch.as_tensor(positions).detach().cpu()
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError("PatternSet positions must be ints [K, E] (a tensor or nested lists), got "
+                            f"{type(positions).__name__}") from None
         if p.dim() != 2 or not 1 <= p.shape[0] <= _MAX_K or not 1 <= p.shape[1] <= 9:
             raise ValueError(f"PatternSet positions must be [K, E] with 1 <= K <= {_MAX_K} and "
                              f"1 <= E <= 9, got shape {tuple(p.shape)}")
+        if p.dtype.is_floating_point or p.dtype.is_complex or p.dtype == torch.bool:
+            raise ValueError(f"PatternSet positions must be integers, got {p.dtype}")
         p = p.long()
         if p.min() < 0 or p.max() > 8:
             raise ValueError("PatternSet positions must be in 0..8 (row-major 3x3)")
@@ -133,11 +137,17 @@ class PatternSet:
         for i, r in enumerate(rows):
             lut[sum(1 << p for p in r)] = i
         counts = torch.zeros(len(rows), dtype=torch.long)
+        given = 0
         for w in weights:
-            if not isinstance(w, torch.Tensor) or w.dim() < 2 or tuple(w.shape[-2:]) != (3, 3):
-                raise ValueError("PatternSet.select expects tensors of shape [..., 3, 3]")
+            if not isinstance(w, torch.Tensor):
+                raise TypeError(f"PatternSet.select expects torch tensors of shape [..., 3, 3], got {type(w).__name__}")
+            if w.dim() < 2 or tuple(w.shape[-2:]) != (3, 3):
+                raise ValueError(f"PatternSet.select expects tensors of shape [..., 3, 3], got {tuple(w.shape)}")
             if not w.is_floating_point():
                 raise TypeError(f"PatternSet.select expects floating-point weights, got {w.dtype}")
+            if bool(w.isnan().any()):
+                raise ValueError("PatternSet.select: the weights hold NaN (a diverged training?)")
+            given += 1
             score = w.detach().reshape(-1, 9).abs()
             score = score[score.amax(dim=1) > 0]  # skip all-zero kernels
             if keep_center:
@@ -145,6 +155,8 @@ class PatternSet:
             top = score.sort(dim=1, descending=True, stable=True).indices[:, :entries]
             code = torch.bitwise_left_shift(torch.ones_like(top), top).sum(dim=1)
             counts += torch.bincount(lut.to(code.device)[code], minlength=len(rows)).cpu()
+        if not given:
+            raise ValueError("PatternSet.select: no weights given")
         order = counts.sort(descending=True, stable=True).indices[:k]
         return cls(torch.tensor(rows)[order])
 

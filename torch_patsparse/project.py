@@ -137,7 +137,7 @@ def unstructured(w: torch.Tensor, keep: Keep) -> torch.Tensor:
 
 def filter(w: torch.Tensor, keep: Keep) -> torch.Tensor:  # noqa: A001 (public name)
     """Keep the ``keep`` output channels (dim 0) of largest L2 norm."""
-    _check_weight(w, "filter projection", 1)
+    _check_weight(w, "filter projection", 2)  # (as constraints.Filter: a filter of a 1-D tensor is one weight)
     score = _energy(w).reshape(w.shape[0], -1).sum(dim=1)
     mask = _top_mask(score, _count(keep, w.shape[0]))
     return _keep(w, mask.view((-1,) + (1,) * (w.dim() - 1)))

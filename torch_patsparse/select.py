@@ -86,6 +86,16 @@ def param_groups(model: torch.nn.Module, rules, plain: str = "glob") -> list:
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     members, rest = assign(named, [sel for sel, _ in entries], plain, eligible=lambda name, p: p.dim() >= 2)
     empty = [sel for (sel, _), m in zip(entries, members) if not m]
+    # a second name of a shared parameter (a module registered twice) is not one of named_parameters'
+    first = {id(p): name for name, p in named}
+    aliases = [(name, p) for name, p in model.named_parameters(remove_duplicate=False)
+               if id(p) in first and first[id(p)] != name]
+    for sel in empty:
+        hit = assign(aliases, [sel], plain, eligible=lambda name, p: p.dim() >= 2)[0][0]
+        if hit:
+            name, p = hit[0]
+            raise ValueError(f"select: {sel!r} takes {name!r}, which is the parameter {first[id(p)]!r} under a second "
+                             "name (a module registered twice); select it by its first name")
     if empty:
         raise ValueError(f"select: {', '.join(map(repr, empty))} takes no (multi-dimensional) parameter that an "
                          f"earlier rule did not take; parameters: {', '.join(n for n, p in named if p.dim() >= 2)}"[:1000])

@@ -62,6 +62,9 @@ class Distillation:
     alpha: float = 0.5
 
     def __post_init__(self):
+        if not isinstance(self.teacher, torch.nn.Module):
+            raise TypeError(f"Distillation: teacher must be an nn.Module (e.g. the dense model), got "
+                            f"{type(self.teacher).__name__}")
         distillation_loss(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), torch.zeros(1, 2),
                           self.temperature, self.alpha)  # validates temperature and alpha now
 

@@ -43,10 +43,13 @@ class FusedStep:
         stepped = []
         for gi, g, cons, pairs in self._constrained():
             fusable = _fusable_group(self.base, g)
-            for p, _ in pairs:
+            for p, name in pairs:
                 grad = p.grad
                 if grad is None:
                     continue
+                if grad.is_sparse:
+                    raise RuntimeError(f"ADMM: '{name}' has a sparse gradient (nn.Embedding(sparse=True)?), to which "
+                                       "penalty='gradient' cannot add its pull; use penalty='proximal' (the default)")
                 st = self._admm[p]
                 if st.scale is None:  # first step with a gradient: calibrate from it
                     wn = float(p.norm())

@@ -60,6 +60,8 @@ class HardPrune:
         anew (``params`` None: the masks changed), or for ``params`` only. A frozen parameter cannot
         take a hook: it waits in ``_unhooked`` (also one whose state is away in compressed_training)."""
         hooks = self.__dict__.setdefault("_grad_hooks", {})
+        if self.__dict__.get("_released"):
+            return
         if params is None:
             for handle in hooks.values():
                 handle.remove()
@@ -74,6 +76,21 @@ class HardPrune:
             else:
                 unhooked.append(p)
         self._unhooked = unhooked
+
+    def release(self) -> None:
+        """Removes the gradient masks this optimizer hooked on its pruned parameters (gradual pruning,
+        retraining) for when they move on to another optimizer while something keeps this one alive
+        (an lr scheduler, a list): its masks would go on zeroing their gradients. The weights are not
+        changed; this optimizer takes no step afterwards (RuntimeError)."""
+        for handle in self.__dict__.get("_grad_hooks", {}).values():
+            handle.remove()
+        self.__dict__["_grad_hooks"] = {}
+        self._unhooked = []
+        self._released = True
+
+    def _check_not_released(self) -> None:
+        if self.__dict__.get("_released"):
+            raise RuntimeError("ADMM: this optimizer was released (release()); build a new one to train with")
 
     def _hook_unfrozen(self) -> None:
         """Hooks the masked parameters frozen when their hooks were registered and unfrozen since
@@ -92,6 +109,7 @@ class HardPrune:
     @torch.no_grad()
     def hard_prune(self) -> None:
         """``W = Proj(W)`` in place; fix masks and quantization levels; retrain from now on."""
+        self._check_not_released()
         if self._phase == "retrain":
             return
         groups = list(self._constrained())
@@ -110,7 +128,9 @@ class HardPrune:
                                       "are all 0 and it cannot train from here; hard-prune a trained weight "
                                       "(method='oneshot' prunes at the first step)", RuntimeWarning, stacklevel=3)
                     top = quant_levels(quant.bits)  # codes span -top..top
-                    all_codes = torch.arange(-top, top + 1, device=p.device)
+                    # (1 bit: +-q, the weight's sign, as the quantizer maps it; 0 only where pruned)
+                    all_codes = torch.tensor([-1, 1], device=p.device) if quant.bits == 1 else \
+                        torch.arange(-top, top + 1, device=p.device)
                     st.levels = project.dequantize(all_codes, scale, quant.scheme, dtype=p.dtype).unique()
                     st.latent = final.clone()
                 new[p] = (final, st)
@@ -172,6 +192,8 @@ class HardPrune:
     def _to_levels(w: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
         if levels.numel() == 1:
             return levels.expand_as(w).clone()
+        if levels.numel() == 2:  # 1 bit, {-q, q}: the sign, and a pruned (zero) weight stays 0
+            return torch.sign(w) * levels[1]
         mids = (levels[1:] + levels[:-1]) * 0.5
         return levels[torch.bucketize(w, mids)]
 

@@ -6,6 +6,7 @@ import difflib
 import inspect
 import math
 import numbers
+import warnings
 from typing import Callable
 
 import torch
@@ -104,6 +105,10 @@ class ADMM(ZUpdate, FusedStep, HardPrune, Checkpoint, Optimizer):
             raise ValueError(f"ADMM: rho_growth must be >= 1, got {rho_growth!r}")
         if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
             raise ValueError(f"ADMM: update_every must be an int >= 1, got {update_every!r}")
+        if method == "admm" and phase_steps is not None and update_every > phase_steps:
+            warnings.warn(f"ADMM: update_every={update_every} > phase_steps={phase_steps}: no Z/U update happens "
+                          "within the ADMM phase (the penalty pulls towards the first projection only)",
+                          UserWarning, stacklevel=2)
         if rho_scale is not None and penalty == "proximal":  # a gradient-form setting: never ignore it silently
             raise ValueError("ADMM: rho_scale applies to penalty='gradient' only (the proximal pull is "
                              "relative to the residual already)")
@@ -219,6 +224,14 @@ class ADMM(ZUpdate, FusedStep, HardPrune, Checkpoint, Optimizer):
         cons = g.get("constraints") or ()
         if isinstance(cons, C.Constraint):
             cons = [cons]
+        elif not isinstance(cons, (list, tuple)):  # a generator read here would be empty at every step
+            cons = g["constraints"] = tuple(cons)
+        if cons and not g["params"]:
+            raise ValueError(f"ADMM: param group {gi} has constraints but no parameters (a selection that matched "
+                             "nothing?): it would train nothing pruned")
+        if cons and len({id(p) for p in g["params"]}) != len(g["params"]):
+            raise ValueError(f"ADMM: constrained param group {gi} lists a parameter twice; each step would pull it "
+                             "twice")
         C.ordered(cons, names[0] if names else f"group{gi}")
         for p, name in zip(g["params"], names):
             for c in cons:
@@ -256,6 +269,7 @@ class ADMM(ZUpdate, FusedStep, HardPrune, Checkpoint, Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
+        self._check_not_released()
         self._check_given()
         loss = None
         if closure is not None:

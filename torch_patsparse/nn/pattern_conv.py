@@ -99,8 +99,9 @@ class PatternConv2d(ConvGeometry, PatternStateDict, nn.Module):
                 raise ValueError(f"bits must be an int in 1..8 or None, got {bits!r}")
             bits = int(bits)
         kept_kernels = ops.int_arg(kept_kernels, "kept_kernels")
-        if kept_kernels < 0:
-            raise ValueError(f"kept_kernels must be >= 0, got {kept_kernels}")
+        if not 0 <= kept_kernels <= in_channels * out_channels:
+            raise ValueError(f"kept_kernels must be in 0..in_channels * out_channels = {in_channels * out_channels}, "
+                             f"got {kept_kernels}")
         if scheme not in _SCHEMES:
             raise ValueError(f"scheme must be one of {_SCHEMES}, got {scheme!r}")
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
@@ -131,10 +132,15 @@ class PatternConv2d(ConvGeometry, PatternStateDict, nn.Module):
         patterns = _pattern_table(patterns).to(target)
         entries = patterns.shape[1]
         self.register_buffer("patterns", patterns.clone())
-        self.register_buffer("filter_ptr", torch.zeros(out_channels + 1, dtype=torch.int32, device=device))
+        # A valid layout of zero weights until a state_dict is loaded: kernel k at filter k // in_channels,
+        # channel k % in_channels.
+        with torch.device("cpu"):
+            kept = torch.arange(kept_kernels)
+            filter_ptr = torch.zeros(out_channels + 1, dtype=torch.int32)
+            filter_ptr[1:] = torch.bincount(kept // in_channels, minlength=out_channels).cumsum(0)
+        self.register_buffer("filter_ptr", filter_ptr.to(target))
         # The stored (narrow) form; the ops read int32 from patsparse::pattern_channels.
-        self.register_buffer("kernel_channel", torch.zeros(kept_kernels, dtype=channel_dtype(in_channels),
-                                                           device=device))
+        self.register_buffer("kernel_channel", (kept % in_channels).to(channel_dtype(in_channels)).to(target))
         self.register_buffer("kernel_pattern", torch.zeros(kept_kernels, dtype=torch.uint8, device=device))
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         if self.quantized:
