@@ -67,7 +67,7 @@ at::Tensor first_tensor(const c10::IValue& v) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int run_main(int argc, char** argv) {
   if (argc < 2) usage("missing MODEL.pt");
   std::string path = argv[1], isa;
   std::vector<int64_t> shape = {1, 3, 32, 32};
@@ -119,7 +119,8 @@ int main(int argc, char** argv) {
       run = [&] { return module.forward(inputs); };
     }
   } catch (const c10::Error& e) {
-    std::fprintf(stderr, "patsparse_run: cannot load %s: %s\n", path.c_str(), e.what_without_backtrace());
+    std::fprintf(stderr, "patsparse_run: cannot load %s: %s%s\n", path.c_str(), e.what_without_backtrace(),
+                 lite ? "\n(--lite takes a file of export.mobile; a TorchScript file runs without --lite)" : "");
     return 1;
   }
 
@@ -146,4 +147,17 @@ int main(int argc, char** argv) {
   std::printf("time_ms: median %.4f min %.4f runs %d threads %d isa %s\n", ms[ms.size() / 2], ms.front(), repeat,
               at::get_num_threads(), get_isa.call().c_str());
   return 0;
+}
+
+int main(int argc, char** argv) {
+  // Any error while the model runs (a wrong --shape for it, a kernel refusing its input): its message
+  // and exit status 1, not std::terminate.
+  try {
+    return run_main(argc, argv);
+  } catch (const c10::Error& e) {
+    std::fprintf(stderr, "patsparse_run: %s\n", e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "patsparse_run: %s\n", e.what());
+  }
+  return 1;
 }

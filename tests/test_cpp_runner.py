@@ -98,3 +98,8 @@ def test_runner_errors(patsparse_run, tmp_path):
     assert r.returncode != 0 and "cannot load" in r.stderr
     r = subprocess.run([patsparse_run, "x.pt", "--shape", "1,2"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "N,C,H,W" in r.stderr
+    # an error while the model runs (the input's channels are not the model's): its message, status 1
+    # (found by a probe: std::terminate, status 134)
+    path = export.torchscript(converted(), tmp_path / "m.pt")
+    r = subprocess.run([patsparse_run, path, "--shape", "1,4,12,12"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "patsparse_run:" in r.stderr and "channels" in r.stderr, r.stderr[-2000:]

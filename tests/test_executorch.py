@@ -389,6 +389,25 @@ def test_bad_weights_fail_in_the_kernel(tmp_path, corrupt):
 
 
 @needs_et
+def test_export_misuse_is_refused_clearly(tmp_path):
+    """Found by a probe: a batch-0 example wrote a program no input fits, a function failed with
+    "'function' object has no attribute 'eval'", a torch.compile wrapper did not script, a file that is
+    not a .pte said 'error: 0x:23'."""
+    model = ps.convert(conv_net(bn=False)).eval()
+    with pytest.raises(ValueError, match="batch of 0"):
+        export.executorch(model, tmp_path / "b0.pte", (torch.randn(0, 3, 16, 16),))
+    with pytest.raises(TypeError, match="nn.Module"):
+        export.executorch(lambda z: z, tmp_path / "f.pte", (torch.randn(1, 3, 16, 16),))
+    compiled = torch.compile(model)
+    path = export.torchscript(compiled, tmp_path / "c.pt")  # the module it wraps
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        assert_close(torch.jit.load(path)(x), model(x))
+    with pytest.raises(RuntimeError, match="not an ExecuTorch program"):
+        export.load_executorch(path)
+
+
+@needs_et
 def test_float64_model_is_refused(tmp_path):
     model = ps.convert(conv_net(bn=False)).eval().double()
     with pytest.raises(ValueError, match="float32"):
@@ -563,7 +582,8 @@ def test_sparse_conv_without_native_kernel_goes_in_dense(tmp_path):
     assert model[0]._native and not model[2]._native and not model[3]._native
     assert model[3]._op_takes_shape
     x = torch.randn(1, 8, 10, 10)
-    path = export.executorch(model, tmp_path / "dw.pte", (x,))
+    with pytest.warns(UserWarning, match="'2' .SparseConv2d, not 1x1.*dense float32 weights"):
+        path = export.executorch(model, tmp_path / "dw.pte", (x,))
     calls, _ = pte_operators(path)
     assert calls.count("patsparse::sparse_conv1x1.out") == 2 and not any("decode" in c for c in calls), calls
     with torch.no_grad():

@@ -92,9 +92,9 @@ def main(argv=None) -> int:
         print(f"patsparse: --stages {','.join(stages)} leaves out {','.join(gap)}: give consecutive stages "
               f"(the first one starts from OUT/<its predecessor>.pt)", file=sys.stderr)
         return 2
-    if stages[0] != STAGES[0] and not os.path.isdir(args.out):  # (not created only to say so)
-        print(f"patsparse: --stages {','.join(stages)} starts from what an earlier run wrote to --out, but "
-              f"{args.out!r} does not exist", file=sys.stderr)
+    if stages[0] != STAGES[0] and not os.path.exists(args.out):  # (not created only to say so)
+        print(f"patsparse: cannot use --out {args.out!r}: it does not exist, and --stages {','.join(stages)} starts "
+              "from what an earlier run wrote there", file=sys.stderr)
         return 2
     try:
         os.makedirs(args.out, exist_ok=True)

@@ -44,15 +44,17 @@ LITE_INTERPRETER_WARNING = (
     "See docs/MOBILE.md for the ExecuTorch route.")
 
 
-def _check_module(model) -> None:
+def _check_module(model) -> nn.Module:
+    """``model`` (the module a ``torch.compile`` wrapper holds), or TypeError."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"export takes an nn.Module, got {type(model).__name__}")
+    return getattr(model, "_orig_mod", model) if type(model).__name__ == "OptimizedModule" else model
 
 
 def _script(model: nn.Module) -> torch.jit.ScriptModule:
     if isinstance(model, torch.jit.ScriptModule):
         return model
-    _check_module(model)
+    model = _check_module(model)
     # Each module's own flag is put back (a frozen BatchNorm in a training model stays in eval; set
     # directly: an optimized model refuses .train())
     flags = [(m, m.training) for m in model.modules()]
@@ -98,7 +100,7 @@ def mobile(model: nn.Module, path: Union[str, os.PathLike]) -> str:
     torch, which the CPU wheel used here is not; run it yourself where available.)"""
     warnings.warn(LITE_INTERPRETER_WARNING, FutureWarning, stacklevel=2)
     path = os.fspath(path)
-    _check_module(model)
+    model = _check_module(model)
     if not isinstance(model, torch.jit.ScriptModule):
         # The lite interpreter runs on the CPU: the sparse layers' other-device branch (a dense decode,
         # about half of each layer's bytecode, which the lite format inlines per layer) goes.
@@ -195,6 +197,7 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
     from executorch.exir import to_edge_transform_and_lower
 
     path = os.fspath(path)
+    model = _check_module(model)
     if isinstance(example_inputs, torch.Tensor):
         raise TypeError("export.executorch: example_inputs is a sequence of tensors, e.g. (x,), not a tensor")
     # The program takes contiguous (NCHW) inputs, as load_executorch hands them: a channels_last
@@ -205,6 +208,8 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
             got = f"a {x.dtype} tensor" if isinstance(x, torch.Tensor) else f"a {type(x).__module__}.{type(x).__name__}"
             raise ValueError("export.executorch: the ExecuTorch kernels run float32; example_inputs must be "
                              f"float32 torch tensors, got {got}")
+    if any(x.dim() and x.shape[0] == 0 for x in example_inputs):
+        raise ValueError("export.executorch: an example batch of 0 plans a program for no input; give batch >= 1")
     dynamic_shapes = None
     if max_batch is not None:
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
@@ -223,6 +228,7 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
     # quantized layer that runs dense here keeps its compressed arrays there, in the sparse op). A
     # PatternConv2d keeps its stored form: pattern_channels.out / pattern_decode.out widen its int16
     # channel indices and decode its packed codes at run time.
+    as_dense = []
     for name, m in list(model.named_modules()):
         if isinstance(m, (SparseConv2d, SparseLinear)):
             m._native = m._op_takes_layer()
@@ -230,6 +236,8 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
         swap = m.to_dense() if dense else None
         if swap is None:
             continue
+        if isinstance(m, SparseConv2d):
+            as_dense.append(name)
         if not name:
             model = swap
             break
@@ -237,6 +245,10 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
     for p in model.parameters():
         if p.dtype != torch.float32:
             raise ValueError(f"export.executorch: the model must be float32 (model.float()), found {p.dtype}")
+    if as_dense:
+        warnings.warn("export.executorch: " + ", ".join(map(repr, as_dense)) + " (SparseConv2d, not 1x1 or padded or "
+                      "grouped) go in as dense convs: no ExecuTorch sparse kernel takes them, so the file holds "
+                      "their dense float32 weights", UserWarning, stacklevel=2)
     if any(name[:1].isdigit() for name in model._modules):  # an nn.Sequential, a graph module of one:
         model = _Named(model)  # XNNPACK's BatchNorm fusion fails on names starting with a digit
         dynamic_shapes = None if dynamic_shapes is None else (dynamic_shapes,)  # (for its *inputs)
@@ -354,13 +366,18 @@ class ExecuTorchProgram:
     shape or dtype, a kernel rejecting its arguments) come back as RuntimeError."""
 
     def __init__(self, path: str):
+        _require_executorch()
         if not os.path.isfile(path):  # (before the kernel library's first build: minutes)
             raise FileNotFoundError(f"no ExecuTorch program at {path!r}" + (
                 " (a folder)" if os.path.isdir(path) else ""))
         _load_kernels()
         from executorch.runtime import Runtime  # optional dependency
         self.path = path
-        self.program = Runtime.get().load_program(path)
+        try:
+            self.program = Runtime.get().load_program(path)
+        except RuntimeError as e:  # (the runtime's message is an error code)
+            raise RuntimeError(f"{path!r} is not an ExecuTorch program this runtime loads (a .pte written by "
+                               f"export.executorch?): {e}") from e
         self.method = self.program.load_method("forward")
         meta = self.method.metadata
         self._planned = [list(meta.input_tensor_meta(i).sizes()) for i in range(meta.num_inputs())]

@@ -2,6 +2,7 @@
 mixed in from their own files (Z-update, fused step, hard prune / retraining, checkpoint)."""
 from __future__ import annotations
 
+import collections.abc
 import difflib
 import inspect
 import math
@@ -224,7 +225,7 @@ class ADMM(ZUpdate, FusedStep, HardPrune, Checkpoint, Optimizer):
         cons = g.get("constraints") or ()
         if isinstance(cons, C.Constraint):
             cons = [cons]
-        elif not isinstance(cons, (list, tuple)):  # a generator read here would be empty at every step
+        elif isinstance(cons, collections.abc.Iterator):  # a generator read here would be empty at every step
             cons = g["constraints"] = tuple(cons)
         if cons and not g["params"]:
             raise ValueError(f"ADMM: param group {gi} has constraints but no parameters (a selection that matched "
