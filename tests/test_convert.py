@@ -859,3 +859,16 @@ def test_project_names_the_3x3_convs_it_cannot_take_and_bad_arguments_are_the_ca
     for kwargs, match in ((dict(bits="4"), "^convert: bits must be"), (dict(scheme="pow"), "^convert: unknown quant")):
         with pytest.raises(ValueError, match=match):
             ps.convert(model, project=True, **kwargs)
+
+
+def test_tiny_nonzero_weights_are_named_in_the_left_dense_warning():
+    """Found by a migration probe: 'zeros' left as 1e-12 by another tool kept every layer dense, and the
+    warning did not say why."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 8, 3)
+    with torch.no_grad():
+        keep = torch.zeros(9)
+        keep[[1, 3, 4, 5]] = 1
+        conv.weight.copy_(torch.where(keep.view(3, 3).bool(), conv.weight, torch.full_like(conv.weight, 1e-12)))
+    with pytest.warns(UserWarning, match=r"left dense.*320 weights are nonzero but below 1e-9 of the largest"):
+        ps.convert(nn.Sequential(conv))

@@ -113,9 +113,13 @@ def _pattern_layer(module: nn.Conv2d, pset: Optional[PatternSet], explicit: bool
         if _stored_bits(new) < new.dense_bits():
             return (new if bits is None or not project
                     else PatternConv2d.from_dense(module, cover, bits=bits, scheme=scheme)), ""
-        per_kernel = (module.weight.detach().reshape(-1, 9) != 0).sum(1)
+        w = module.weight.detach()
+        per_kernel = (w.reshape(-1, 9) != 0).sum(1)
         why = (f"not pattern-pruned: kernels keep up to {cover.entries} of 9 weights ({int((per_kernel > 4).sum())} "
                f"of {per_kernel.numel()} keep more than 4), so the pattern form is not smaller than dense")
+        tiny = int(((w != 0) & (w.abs() <= 1e-9 * w.abs().max())).sum())
+        if tiny:  # "zeros" another tool left as 1e-12 or denormals: only exact zeros are pruned
+            why += f"; {tiny} weights are nonzero but below 1e-9 of the largest: zero them first if they are pruned"
     if pset is not None:  # ps.ADMM trained it onto patterns, but the weights are not there yet
         why += " (it was trained under ADMM's pattern constraint: call opt.hard_prune() before convert)"
     if not project:
