@@ -49,6 +49,13 @@ def test_pattern_on_non_3x3_names_param():
         ps.ADMM([{"params": [m[8].weight], "constraints": [C.Connectivity(0.5)]}], lr=0.1)
 
 
+def test_pruning_a_converted_layer_points_at_the_dense_weight():
+    m = ps.models.sparsify_random(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1)))
+    converted = ps.convert(m)
+    with pytest.raises(ValueError, match=r"'0\.values'.*to_dense"):
+        ps.ADMM.from_model(converted, [(r"0\.values", [C.Pattern(k=8)])], lr=0.1)
+
+
 def test_bad_hyperparameters():
     m = tiny_net()
     for kw in [dict(rho=0), dict(rho=-1.0), dict(rho_growth=0.5), dict(update_every=0), dict(rho_scale="x"),

@@ -77,6 +77,44 @@ def test_same_padding_follows_a_later_dilation():
     assert layer.padding == (1, 1)
 
 
+@pytest.mark.parametrize("build", [lambda c: PatternConv2d.from_dense(c), lambda c: ps.convert(c),
+                                   lambda c: SparseConv2d.from_dense(c)])
+def test_a_converted_same_padding_layer_stays_same(build):
+    """from_dense / convert of an nn.Conv2d(padding="same") wrote the padding as numbers: after a later
+    dilation the layer kept (1, 1) where the original pads "same" (5x6 against 7x8 outputs), and took a
+    stride that the original refuses."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, padding="same")
+    with torch.no_grad():
+        conv.weight[..., 2, :] = 0
+        conv.weight[..., :, 2] = 0
+    layer = build(conv)
+    assert isinstance(layer, (PatternConv2d, SparseConv2d))
+    layer.dilation = 2
+    conv.dilation = (2, 2)
+    x = torch.randn(1, 4, 7, 8)
+    torch.testing.assert_close(layer(x), conv(x), rtol=1e-5, atol=1e-5)
+    assert layer.to_dense().padding == "same"
+    with pytest.raises(ValueError, match="strided"):
+        layer.stride = 2
+
+
+@pytest.mark.parametrize("make", [_pattern_layer, _sparse_1x1])
+@pytest.mark.parametrize("attr", ["in_channels", "out_channels"])
+def test_the_channel_counts_are_the_stored_shape(make, attr):
+    """On nn.Conv2d in_channels is a label; PatternConv2d's op read it: a larger one took inputs the
+    original refuses (extra channels weighted 0), a smaller one failed inside the op."""
+    layer = make()
+    x = torch.randn(1, 8, 6, 6)
+    before, old = layer(x), getattr(layer, attr)
+    setattr(layer, attr, old)  # the same value is fine
+    for value in (old + 2, old - 2):
+        with pytest.raises(ValueError, match="stored weight"):
+            setattr(layer, attr, value)
+    assert getattr(layer, attr) == old
+    torch.testing.assert_close(layer(x), before, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("kwargs,error", [({"stride": 1.5}, TypeError), ({"padding": (1.7, 1.7)}, TypeError),
                                           ({"dilation": "12"}, TypeError), ({"groups": 0}, ValueError),
                                           ({"kernel_size": -1}, ValueError), ({"in_channels": 3.5}, TypeError),

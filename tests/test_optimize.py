@@ -478,22 +478,45 @@ class _WeightPenalty(nn.Module):
         return self.conv(x).sum() + self.conv.weight.pow(2).sum()
 
 
+class _ReadsWeight(nn.Module):  # a tied head: reads the layer's weight, calls it or not
+    def __init__(self, conv, call):
+        super().__init__()
+        self.conv, self.call = conv, call
+
+    def forward(self, x):
+        y = F.conv2d(x, self.conv.weight, None, 1, 1)
+        return y + self.conv(x) if self.call else y
+
+
 def test_fx_symbolic_trace_of_a_forward_that_reads_the_weight():
-    """A forward reading ``conv.weight`` (a penalty) traces as for nn.Conv2d: a get_attr node the graph
-    module reads at run time (the decode ran on the tracer's Proxy of the values and failed)."""
+    """A forward reading ``conv.weight`` (a penalty, a tied layer) traces as for nn.Conv2d: the graph
+    module reads the live weight at run time, also where the layer is read and not called (a get_attr
+    of ``conv.weight`` made the graph module copy the decoded tensor at trace time: stale after an
+    edit, and a second backward failed through the trace's graph). Float layers, and k-bit / sparse
+    layers with a bias (torch.fx proxies parameters only)."""
     conv = nn.Conv2d(8, 8, 3, padding=1)
     with torch.no_grad():
         conv.weight.copy_(random_pattern_weight(8, 8, keep=0.5))
-    net = _WeightPenalty(ps.nn.PatternConv2d.from_dense(conv))
-    traced = torch.fx.symbolic_trace(net)
-    assert any(n.op == "get_attr" and n.target == "conv.weight" for n in traced.graph.nodes)
     x = torch.randn(1, 8, 5, 5)
-    torch.testing.assert_close(traced(x), net(x))
-    with torch.no_grad():
-        net.conv.values.mul_(2)  # the graph reads the live weight, not a copy taken at trace time
-    torch.testing.assert_close(traced(x), net(x))
-    traced(x).backward()
-    assert net.conv.values.grad is not None
+    pattern = ps.nn.PatternConv2d.from_dense(conv)
+    for net in (_WeightPenalty(pattern), _ReadsWeight(pattern, False), _ReadsWeight(pattern, True)):
+        traced = torch.fx.symbolic_trace(net)
+        torch.testing.assert_close(traced(x), net(x))
+        with torch.no_grad():
+            net.conv.values.mul_(2)  # the graph reads the live weight, not a copy taken at trace time
+        torch.testing.assert_close(traced(x), net(x))
+        for _ in range(2):
+            traced(x).sum().backward()
+        assert net.conv.values.grad is not None
+        torch.testing.assert_close(copy.deepcopy(traced)(x), net(x))
+    for layer in (ps.nn.PatternConv2d.from_dense(conv, bits=4), ps.nn.SparseConv2d.from_dense(conv)):
+        for call in (False, True):
+            net = _ReadsWeight(copy.deepcopy(layer), call)
+            traced = torch.fx.symbolic_trace(net)
+            with torch.no_grad():
+                net.conv.load_state_dict({**net.conv.state_dict(), "bias": net.conv.bias + 1})
+                (net.conv.scale if isinstance(layer, ps.nn.PatternConv2d) else net.conv.values).mul_(2)
+            torch.testing.assert_close(traced(x), net(x))
 
 
 def _random_bn(model):

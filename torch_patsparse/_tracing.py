@@ -28,10 +28,12 @@ def fx_leaf(module: nn.Module, *args: Any) -> Optional[torch.fx.Proxy]:
 
 
 def fx_attr(module: nn.Module, name: str, param: Any) -> Optional[torch.fx.Proxy]:
-    """While torch.fx traces (``param``, one of ``module``'s parameters, reads as a Proxy then): a
-    ``get_attr`` node for ``module.<name>``, as the tracer records a dense layer's ``weight``; the
-    graph module reads the attribute (our decoding property) when it runs. Otherwise None."""
+    """While torch.fx traces (``param``, one of ``module``'s parameters, reads as a Proxy then): the
+    graph's ``getattr(<module>, name)``, so that the graph module reads the attribute (our decoding
+    property) when it runs, on the module itself: a ``get_attr`` of ``<module>.<name>`` would make the
+    graph module copy the decoded tensor once, at trace time, where the layer is read but not called.
+    Otherwise None."""
     if isinstance(param, torch.fx.Proxy):
         tracer = param.tracer
-        return tracer.create_proxy("get_attr", f"{tracer.path_of_module(module)}.{name}", (), {})
+        return getattr(tracer.create_proxy("get_attr", tracer.path_of_module(module), (), {}), name)
     return None

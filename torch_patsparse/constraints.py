@@ -88,8 +88,10 @@ class Constraint:
         """Raise ``ValueError`` naming the parameter if this constraint can't apply to ``shape``."""
         shape = tuple(shape)
         if self.needs_3x3 and (len(shape) != 4 or shape[2:] != (3, 3)):
+            hint = ("; a converted PatternConv2d's `values`? Constraints take dense weights: prune before "
+                    "ps.convert, or train `layer.to_dense()`") if len(shape) == 2 and shape[1] <= 9 else ""
             raise ValueError(f"{type(self).__name__} constraint needs a [Cout, Cin, 3, 3] weight, "
-                             f"but parameter '{name}' has shape {list(shape)}")
+                             f"but parameter '{name}' has shape {list(shape)}{hint}")
         if len(shape) < self.min_dim:
             raise ValueError(f"{type(self).__name__} constraint needs a tensor with at least {self.min_dim} "
                              f"dimensions, but parameter '{name}' has shape {list(shape)}")

@@ -3,11 +3,13 @@
 what the layer computes. The value is checked and normalised on assignment as the constructor does
 (an int becomes a pair; a float or a string is a TypeError, not truncated), and what the layer
 derived from its geometry is refreshed (``_geometry_changed``), so no forward runs a stale geometry.
-``padding_mode`` other than ``"zeros"`` is refused: these layers have no other padding."""
+``padding_mode`` other than ``"zeros"`` is refused: these layers have no other padding, and so is a new
+``in_channels`` / ``out_channels`` (on nn.Conv2d a label, here the shape of the stored weight)."""
 from .. import ops
 
 _PAIRS = ("kernel_size", "stride", "dilation")
-_GEOMETRY = _PAIRS + ("padding", "groups", "padding_mode")
+_SHAPE = ("in_channels", "out_channels")
+_GEOMETRY = _PAIRS + ("padding", "groups", "padding_mode") + _SHAPE
 
 
 class ConvGeometry:
@@ -38,6 +40,11 @@ class ConvGeometry:
             super().__setattr__(name, value)
             return
         old = getattr(self, name)
+        if name in _SHAPE:
+            if value != old:
+                raise ValueError(f"{cls}.{name} is {old}, the shape of its stored weight; build a new layer "
+                                 f"(from_dense) for {value}")
+            return
         super().__setattr__(name, value)
         try:
             self._geometry_changed(name)

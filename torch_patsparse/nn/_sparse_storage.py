@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .. import sparse_format
-from .._tracing import fx_leaf
+from .._tracing import fx_attr, fx_leaf
 from ._decoded_weight import DecodedWeight, relative_error
 from ._load import apply_or_restore, assume_extra_state, check_bias, load_error, shared_reshape_error, size_mismatch
 
@@ -138,10 +138,16 @@ class _SparseWeightMixin(DecodedWeight):
         if torch.jit.is_scripting():  # (the Python decode validates; the native one is scriptable)
             w = torch.ops.patsparse.sparse_decode(self.header, self.index, self.codes, self.values.float(),
                                                   self.scale.float(), self.weight_shape)
-        elif self.header.is_meta:  # a model built on the meta device: no data, as nn.Linear's weight there
-            w = torch.empty(self.weight_shape, device="meta")
         else:
-            w = self.dense_weight()
+            # (torch.fx proxies parameters only: a layer without bias has none, and its weight is a
+            # constant of the graph)
+            traced = fx_attr(self, "weight", self.bias)
+            if traced is not None:
+                return traced
+            if self.header.is_meta:  # a model built on the meta device: no data, as nn.Linear's weight there
+                w = torch.empty(self.weight_shape, device="meta")
+            else:
+                w = self.dense_weight()
         return w.to(self.values.dtype)
 
     # -- report protocol ----------------------------------------------------------------------

@@ -167,6 +167,10 @@ class PatternConv2d(ConvGeometry, PatternStateDict, nn.Module):
             super(ConvGeometry, self).__setattr__("padding", self.dilation if same else (0, 0))
         self._padding_same = same
 
+    def _padding_arg(self):
+        """``padding`` as given to the constructor: "same" when the layer keeps it so."""
+        return "same" if getattr(self, "_padding_same", False) else self.padding
+
     # ------------------------------------------------------------------ construction
     @classmethod
     @renamed_keywords("PatternConv2d.from_dense", conv="module")
@@ -229,7 +233,8 @@ class PatternConv2d(ConvGeometry, PatternStateDict, nn.Module):
                              "pattern_set=None to find a set that stores every kernel exactly") from None
         values = arrays["values"]
         codes, scale, grid_bits, scheme = _quantization(values, bits, scheme)
-        mod = cls(conv.in_channels, conv.out_channels, stride=conv.stride, padding=conv_padding(conv),
+        mod = cls(conv.in_channels, conv.out_channels, stride=conv.stride,
+                  padding="same" if conv.padding == "same" else conv_padding(conv),  # (same after a dilation change)
                   dilation=conv.dilation, bias=conv.bias is not None, patterns=patterns, kept_kernels=values.shape[0],
                   bits=grid_bits, scheme=scheme, device=w.device, dtype=w.dtype)
         with torch.no_grad():
@@ -247,7 +252,7 @@ class PatternConv2d(ConvGeometry, PatternStateDict, nn.Module):
 
     def to_dense(self) -> nn.Conv2d:
         """An ``nn.Conv2d`` with the same function (exact: same weights, zeros elsewhere)."""
-        conv = nn.Conv2d(self.in_channels, self.out_channels, 3, self.stride, self.padding, self.dilation,
+        conv = nn.Conv2d(self.in_channels, self.out_channels, 3, self.stride, self._padding_arg(), self.dilation,
                          bias=self.bias is not None, device=self.patterns.device, dtype=self._dtype())
         with torch.no_grad():
             conv.weight.copy_(self.dense_weight())
@@ -307,7 +312,7 @@ class PatternConv2d(ConvGeometry, PatternStateDict, nn.Module):
         than this layer."""
         kernel_channel, values = self._runtime_arrays()
         kernel_channel = kernel_channel.to(torch.int32)
-        mod = PatternConv2d(self.in_channels, self.out_channels, stride=self.stride, padding=self.padding,
+        mod = PatternConv2d(self.in_channels, self.out_channels, stride=self.stride, padding=self._padding_arg(),
                             dilation=self.dilation, bias=self.bias is not None, patterns=self.patterns,
                             kept_kernels=self.kept_kernels, device=self.patterns.device, dtype=values.dtype)
         with torch.no_grad():
@@ -328,8 +333,9 @@ class PatternConv2d(ConvGeometry, PatternStateDict, nn.Module):
         trains the stored values; writing into it does not change the layer (``load_state_dict`` or
         :meth:`from_dense` do)."""
         if not torch.jit.is_scripting():
-            # (torch.fx proxies parameters only: a quantized layer's weight is a constant of the graph)
-            traced = None if self.quantized else fx_attr(self, "weight", self.values)
+            # (torch.fx proxies parameters only: a quantized layer without bias has none, and its weight
+            # is a constant of the graph)
+            traced = fx_attr(self, "weight", self.bias if self.quantized else self.values)
             if traced is not None:
                 return traced
             if self.filter_ptr.is_meta:  # a model built on the meta device: no data, as nn.Conv2d's weight there
