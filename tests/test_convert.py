@@ -872,3 +872,33 @@ def test_tiny_nonzero_weights_are_named_in_the_left_dense_warning():
         conv.weight.copy_(torch.where(keep.view(3, 3).bool(), conv.weight, torch.full_like(conv.weight, 1e-12)))
     with pytest.warns(UserWarning, match=r"left dense.*320 weights are nonzero but below 1e-9 of the largest"):
         ps.convert(nn.Sequential(conv))
+
+
+def test_convert_and_to_dense_leave_the_random_stream_alone():
+    """convert (its conversion_error) and to_dense built an nn.Conv2d / nn.Linear, whose init draws from
+    the global RNG: a user's shuffling after convert followed another stream."""
+    torch.manual_seed(0)
+    model = ps.models.sparsify_random(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.Flatten(), nn.Linear(32, 4)))
+    with torch.no_grad():
+        model[2].weight[:, ::2] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = ps.convert(model, layers="all")
+    assert isinstance(converted[0], ps.nn.PatternConv2d) and isinstance(converted[2], ps.nn.SparseLinear)
+    torch.manual_seed(123)
+    want = torch.rand(4)
+    torch.manual_seed(123)
+    ps.convert(model, layers="all")
+    for layer in (converted[0], converted[2]):
+        layer.to_dense()
+    assert torch.equal(torch.rand(4), want)
+
+
+def test_a_convert_warning_raised_as_error_leaves_an_inplace_model_as_it_was():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(UserWarning, match="lossy"):
+            ps.convert(model, project=True, inplace=True)
+    assert type(model[0]) is nn.Conv2d

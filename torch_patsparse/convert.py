@@ -291,13 +291,7 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
         _carry_over(module, new)
         _keep_ties(module, new, ties)
         swaps.append((names, new))
-    for names, new in swaps:
-        for name in names:
-            if name:
-                model.set_submodule(name, new)
-            else:  # the model is itself one layer
-                model = new
-    if dense:
+    if dense:  # (warned before the swap: under warnings-as-errors an inplace model is left as it was)
         warnings.warn("convert: left dense (function unchanged): "
                       + "; ".join(f"'{n}': {why}" for n, why in dense)
                       + (". Pass project=True to project 3x3 layers onto patterns (lossy), or exclude=[...]."
@@ -306,6 +300,12 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
     if lossy:
         warnings.warn("convert: lossy conversion (relative weight error ||W'-W||/||W||): "
                       + ", ".join(f"'{n}': {e:.3g}" for n, e in lossy), UserWarning, stacklevel=2)
+    for names, new in swaps:
+        for name in names:
+            if name:
+                model.set_submodule(name, new)
+            else:  # the model is itself one layer
+                model = new
     return model
 
 

@@ -11,6 +11,7 @@ from typing import Any, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import skip_init  # (a dense copy draws no random init: the user's RNG stream stays)
 
 from ._tracing import fx_leaf
 from .ops import as_autocast, autocast_input, clamp_bound
@@ -212,8 +213,8 @@ class DepthwiseConv3x3(_InferenceOnly):
     def to_dense(self) -> nn.Module:
         """The same function as ``nn.Conv2d`` (+ ``nn.Hardtanh`` / ``nn.ReLU`` when clamped): what
         runtimes without the native kernel (ExecuTorch's XNNPACK) take."""
-        conv = nn.Conv2d(self.channels, self.channels, 3, self.stride, 1, 1, self.channels, self.bias is not None,
-                         device=self.weight.device, dtype=self.weight.dtype)
+        conv = skip_init(nn.Conv2d, self.channels, self.channels, 3, self.stride, 1, 1, self.channels,
+                         self.bias is not None, device=self.weight.device, dtype=self.weight.dtype)
         with torch.no_grad():
             conv.weight.copy_(self.weight)
             if self.bias is not None:
