@@ -4,6 +4,7 @@ import math
 import warnings
 
 import torch
+from torch.nn.utils import skip_init
 
 
 class DecodedWeight:
@@ -18,6 +19,16 @@ class DecodedWeight:
                                  f"assigned; build the layer again with {type(self).__name__}.from_dense(module) "
                                  "(which reports its conversion error)")
         super().__setattr__(name, value)
+
+    def _dense_copy(self, cls, *args, **kwargs):
+        """``cls(*args, **kwargs)`` (the dense layer of this shape, device and dtype) holding the decoded
+        weight and the bias. Built without its random init: a conversion leaves the user's RNG stream alone."""
+        module = skip_init(cls, *args, **kwargs)
+        with torch.no_grad():
+            module.weight.copy_(self.dense_weight())
+            if self.bias is not None:
+                module.bias.copy_(self.bias)
+        return module
 
     def _apply(self, fn, recurse=True):
         """``.half()`` / ``.to(torch.bfloat16)``: a k-bit layer's one quantization ``scale`` serves

@@ -106,15 +106,6 @@ class _SparseWeightMixin(DecodedWeight):
         f = self._fields()
         return "bitmap" if f[0] == sparse_format.BITMAP else f"relative{f[1] + 1}"
 
-    def _fill_dense(self, module: nn.Module) -> nn.Module:
-        """``module`` (a fresh dense layer of this shape, in this layer's dtype: its values' after
-        ``.to(dtype)`` / ``.half()``) with the decoded weight and the bias."""
-        with torch.no_grad():
-            module.weight.copy_(self.dense_weight())
-            if self.bias is not None:
-                module.bias.copy_(self.bias)
-        return module
-
     @torch.jit.unused
     def dense_weight(self) -> torch.Tensor:
         """The decoded dense fp32 weight (a new tensor on every call)."""

@@ -5,7 +5,6 @@ from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
-from torch.nn.utils import skip_init  # (a dense copy draws no random init: the user's RNG stream stays)
 
 from .. import _deprecation
 from .. import bitpack
@@ -253,14 +252,9 @@ class PatternConv2d(ConvGeometry, PatternStateDict, nn.Module):
 
     def to_dense(self) -> nn.Conv2d:
         """An ``nn.Conv2d`` with the same function (exact: same weights, zeros elsewhere)."""
-        conv = skip_init(nn.Conv2d, self.in_channels, self.out_channels, 3, self.stride, self._padding_arg(),
-                         self.dilation, bias=self.bias is not None, device=self.patterns.device,
-                         dtype=self._dtype())
-        with torch.no_grad():
-            conv.weight.copy_(self.dense_weight())
-            if self.bias is not None:
-                conv.bias.copy_(self.bias)
-        return conv
+        return self._dense_copy(nn.Conv2d, self.in_channels, self.out_channels, 3, self.stride, self._padding_arg(),
+                                self.dilation, bias=self.bias is not None, device=self.patterns.device,
+                                dtype=self._dtype())
 
     def _dtype(self) -> torch.dtype:
         """The layer's float dtype (of its values, or of its scale when quantized)."""

@@ -30,7 +30,6 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import skip_init  # (a dense copy draws no random init: the user's RNG stream stays)
 
 from .. import ops
 from ._geometry import ConvGeometry
@@ -69,8 +68,8 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
         return m
 
     def to_dense(self) -> nn.Linear:
-        return self._fill_dense(skip_init(nn.Linear, self.in_features, self.out_features, self.bias is not None,
-                                          device=self.header.device, dtype=self.values.dtype))
+        return self._dense_copy(nn.Linear, self.in_features, self.out_features, self.bias is not None,
+                                device=self.header.device, dtype=self.values.dtype)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
@@ -207,9 +206,9 @@ class SparseConv2d(ConvGeometry, _SparseWeightMixin, nn.Module):
         return m
 
     def to_dense(self) -> nn.Conv2d:
-        return self._fill_dense(skip_init(nn.Conv2d, self.in_channels, self.out_channels, self.kernel_size, self.stride,
-                                          self.padding, self.dilation, self.groups, self.bias is not None,
-                                          device=self.header.device, dtype=self.values.dtype))
+        return self._dense_copy(nn.Conv2d, self.in_channels, self.out_channels, self.kernel_size, self.stride,
+                                self.padding, self.dilation, self.groups, self.bias is not None,
+                                device=self.header.device, dtype=self.values.dtype)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
