@@ -784,6 +784,52 @@ def test_load_compressed_into_a_meta_device_model_with_assign(bits):
     torch.testing.assert_close(model(x), converted(x), rtol=0, atol=0)
 
 
+
+def test_convert_of_a_meta_device_model_is_a_clear_error():
+    """A model built on the meta device has no values to compress: a ValueError saying what to do
+    (it failed in torch: 'aten::bincount ... no Meta kernel'); a meta converted model cannot be
+    requantized either ('Cannot copy out of meta tensor')."""
+    with torch.device("meta"):
+        model = SmallNet()
+    for kw in ({}, {"layers": "all"}):
+        with pytest.raises(ValueError, match="meta device.*load the weights first"):
+            ps.convert(model, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = ps.convert(models.sparsify_random(SmallNet()), layers="all").to("meta")
+    with pytest.raises(ValueError, match="meta device"):
+        ps.convert(converted, bits=4)
+
+
+def test_convert_and_from_dense_inside_a_meta_default_device_block():
+    """Inside ``with torch.device("meta")`` (building the next model there), convert / from_dense /
+    to_dense / load_compressed of a CPU model make their tensors on the weights' device, as outside
+    (they failed in torch: nonzero / item / copy out of meta)."""
+    torch.manual_seed(0)
+    model = models.sparsify_random(SmallNet())
+    lin = nn.Linear(16, 8)
+    with torch.no_grad():
+        lin.weight[lin.weight.abs() < 0.1] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = ps.convert(model, layers="all", bits=4)
+        with torch.device("meta"):
+            got = ps.convert(model, layers="all", bits=4)
+            dense = [(m.to_dense(), type(m)) for m in got.modules() if hasattr(m, "to_dense")]
+            again = [cls.from_dense(d, bits=4) for d, cls in dense]
+            sparse_lin = SparseLinear.from_dense(lin)
+            loaded = ps.load_compressed(SmallNet(), want.state_dict(), assign=True)  # a meta model, as the docs say
+    assert dense and all(not t.is_meta for m in (got, loaded, sparse_lin, *again)
+                         for t in m.state_dict().values() if torch.is_tensor(t))
+    x, z = torch.randn(2, 1, 16, 16), torch.randn(3, 16)
+    torch.testing.assert_close(got(x), want(x), rtol=0, atol=0)
+    torch.testing.assert_close(loaded(x), want(x), rtol=0, atol=0)
+    torch.testing.assert_close(sparse_lin(z), lin(z))
+    for (d, _), m in zip(dense, again):
+        y = torch.randn(2, d.in_channels, 6, 6) if isinstance(d, nn.Conv2d) else torch.randn(2, d.in_features)
+        torch.testing.assert_close(m(y), d(y))
+
+
 class _SharedLayer(nn.Module):
     def __init__(self):
         super().__init__()

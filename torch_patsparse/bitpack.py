@@ -90,7 +90,7 @@ def pack_fields(values: Sequence[int], widths: Sequence[int]) -> torch.Tensor:
         if not 1 <= w <= 62 or v < 0 or v >= (1 << w):
             raise ValueError(f"header field {v} does not fit in {w} bits")
         bits.extend((v >> i) & 1 for i in range(w))
-    return _stream(torch.tensor(bits, dtype=torch.uint8))
+    return _stream(torch.tensor(bits, dtype=torch.uint8, device="cpu"))
 
 
 def unpack_fields(data: torch.Tensor, widths: Sequence[int]) -> List[int]:

@@ -201,7 +201,23 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
 
     Every converted module gets ``conversion_error``, the relative weight error ``||W' - W|| / ||W||``
     (0.0 when lossless); when any is nonzero a ``UserWarning`` lists them per layer.
+
+    The compressed tensors are made on the device of the model's weights, whatever the default
+    device (a ``with torch.device(...)`` block). A model built on the meta device has no values to
+    compress: load its weights first, or load a converted checkpoint with :func:`load_compressed`.
     """
+    meta = next((name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta), None) \
+        if isinstance(model, nn.Module) else None
+    if meta is not None:
+        raise ValueError(f"convert: the model's tensors are on the meta device ({meta!r} has no values to compress): "
+                         "load the weights first (model.to_empty(device='cpu'), then load_state_dict), or load a "
+                         "converted checkpoint with ps.load_compressed(model, state_dict, assign=True)")
+    first = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
+    with torch.device(first.device if first is not None else "cpu"):  # not an ambient torch.device("meta")
+        return _convert(model, pattern_set, layers, exclude, bits, scheme, inplace, project)
+
+
+def _convert(model, pattern_set, layers, exclude, bits, scheme, inplace, project):
     if layers not in _LAYER_CHOICES:
         raise ValueError(f"layers must be one of {_LAYER_CHOICES}, got {layers!r}")
     if not isinstance(model, nn.Module):

@@ -25,7 +25,7 @@ class PatternSet:
 
     def __init__(self, positions):
         try:
-            p = torch.as_tensor(positions).detach().cpu()
+            p = torch.as_tensor(positions, device="cpu").detach()
         except (TypeError, ValueError, RuntimeError):
             raise TypeError("PatternSet positions must be ints [K, E] (a tensor or nested lists), got "
                             f"{type(positions).__name__}") from None
@@ -53,7 +53,7 @@ class PatternSet:
     @property
     def masks(self) -> torch.Tensor:
         """bool ``[K, 3, 3]``: True where a pattern keeps the weight."""
-        m = torch.zeros(self.k, 9, dtype=torch.bool)
+        m = torch.zeros(self.k, 9, dtype=torch.bool, device="cpu")
         m.scatter_(1, self._positions.long(), True)
         return m.view(self.k, 3, 3)
 
@@ -133,10 +133,10 @@ class PatternSet:
             raise ValueError(f"k must be an int in 1..{min(len(rows), _MAX_K)}, got {k!r}")
         if isinstance(weights, torch.Tensor):
             weights = [weights]
-        lut = torch.full((512,), -1, dtype=torch.long)  # bitmask of positions -> candidate id
+        lut = torch.full((512,), -1, dtype=torch.long, device="cpu")  # bitmask of positions -> candidate id
         for i, r in enumerate(rows):
             lut[sum(1 << p for p in r)] = i
-        counts = torch.zeros(len(rows), dtype=torch.long)
+        counts = torch.zeros(len(rows), dtype=torch.long, device="cpu")
         given = 0
         for w in weights:
             if not isinstance(w, torch.Tensor):
@@ -158,7 +158,7 @@ class PatternSet:
         if not given:
             raise ValueError("PatternSet.select: no weights given")
         order = counts.sort(descending=True, stable=True).indices[:k]
-        return cls(torch.tensor(rows)[order])
+        return cls(torch.tensor(rows, device="cpu")[order])
 
     @classmethod
     def cover(cls, weights: Union[torch.Tensor, Iterable[torch.Tensor]],
@@ -185,7 +185,7 @@ class PatternSet:
             weights = [weights]
         if prefer is not None and not isinstance(prefer, PatternSet):
             raise TypeError(f"prefer must be a PatternSet or None, got {type(prefer).__name__}")
-        counts = torch.zeros(512, dtype=torch.long)  # kernels per 9-bit support mask
+        counts = torch.zeros(512, dtype=torch.long, device="cpu")  # kernels per 9-bit support mask
         for w in weights:
             if not isinstance(w, torch.Tensor) or w.dim() < 2 or tuple(w.shape[-2:]) != (3, 3):
                 raise ValueError("PatternSet.cover expects tensors of shape [..., 3, 3]")

@@ -35,7 +35,7 @@ def scale_tensor(q: float, dtype: torch.dtype, bits: int, scheme: str) -> torch.
     """The 0-d ``dtype`` tensor that stores :func:`quantize_params`' scale ``q``; ValueError when it
     overflows ``dtype`` (weights near its maximum on a grid whose scale lies above them) or underflows
     to 0 (weights near its smallest subnormal, divided into more levels than it holds)."""
-    s = torch.tensor(q, dtype=dtype)
+    s = torch.tensor(q, dtype=dtype, device="cpu")
     if not bool(torch.isfinite(s)):
         raise ValueError(f"{bits}-bit {scheme} quantization: the scale {q:.4g} overflows {dtype} (weights near "
                          f"its maximum); use scheme='uniform' or bits=None")
@@ -198,7 +198,7 @@ def _exact_scale(v: torch.Tensor, c: torch.Tensor, scheme: str, hint: Optional[f
     else:
         cands.append(abs(float(v[0])) * 2.0 ** (abs(int(c[0])) - 1))
     for q in cands:
-        s = torch.tensor(q, dtype=v.dtype)
+        s = torch.tensor(q, dtype=v.dtype, device=v.device)
         if _decodes_to(v, c, s, scheme):
             return s
     return None
@@ -211,7 +211,7 @@ def _nonzero_grid(v: torch.Tensor, scheme: str) -> Optional[Tuple[torch.Tensor, 
     top = levels(MAX_BITS)
     if scheme == "uniform":  # the scale is amin / k for the code k of the smallest magnitude
         for k in range(1, top + 1):
-            q = float(torch.tensor(amin / k, dtype=v.dtype))
+            q = float(torch.tensor(amin / k, dtype=v.dtype, device="cpu"))
             if q <= 0 or amax / q > top + 0.5:
                 return None
             c = torch.round(v / q).to(torch.int64)

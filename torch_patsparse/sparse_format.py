@@ -55,7 +55,7 @@ def _relative_symbol_count(gaps: torch.Tensor, width: int) -> int:
 def _encode_relative(gaps: torch.Tensor, width: int) -> torch.Tensor:
     esc = (1 << width) - 1
     counts = gaps // esc + 1
-    sym = torch.full((int(counts.sum()),), esc, dtype=torch.int64)
+    sym = torch.full((int(counts.sum()),), esc, dtype=torch.int64, device=gaps.device)
     sym[torch.cumsum(counts, 0) - 1] = gaps % esc
     return sym
 
@@ -86,7 +86,7 @@ def _choose_index(positions: torch.Tensor, numel: int) -> Tuple[int, int, torch.
         best = (0, RELATIVE, 1)
     _, kind, w = best
     if kind == BITMAP:
-        bits = torch.zeros(numel, dtype=torch.uint8)
+        bits = torch.zeros(numel, dtype=torch.uint8, device=positions.device)
         bits[positions] = 1
         return kind, 1, bitpack.pack(bits, 1), 0
     sym = _encode_relative(gaps, w) if positions.numel() else positions.new_zeros(0)
@@ -162,7 +162,7 @@ def decode(arrays: Dict[str, torch.Tensor], shape) -> torch.Tensor:
         vals = _dequant(c, scale.cpu(), scheme)
         if not bool(torch.isfinite(vals).all()):
             raise ValueError(f"'scale' {float(scale)} times the {bits}-bit levels overflows float32")
-    w = torch.zeros(numel, dtype=torch.float32)
+    w = torch.zeros(numel, dtype=torch.float32, device="cpu")
     w[pos] = vals
     return w.view(shape).to(dev)
 
@@ -175,10 +175,10 @@ def header_fields(header: torch.Tensor, shape) -> list:
 def encode_zeros(numel: int) -> Dict[str, torch.Tensor]:
     """The stored arrays of an all-zero weight of ``numel`` entries (``encode(torch.zeros(...))``
     without the dense zeros: an empty layer of a large shape)."""
-    kind, width, index, nsym = _choose_index(torch.zeros(0, dtype=torch.long), numel)
+    kind, width, index, nsym = _choose_index(torch.zeros(0, dtype=torch.long, device="cpu"), numel)
     header = bitpack.pack_fields([kind, width - 1, 0, 0, 0, nsym], _header_widths(numel))
-    empty = torch.zeros(0)
-    return dict(zip(ARRAY_NAMES, (header, index, torch.zeros(0, dtype=torch.uint8), empty, empty.clone())))
+    empty = torch.zeros(0, device="cpu")
+    return dict(zip(ARRAY_NAMES, (header, index, torch.zeros(0, dtype=torch.uint8, device="cpu"), empty, empty.clone())))
 
 
 def encode(weight: torch.Tensor, bits: Optional[int], scheme: str) -> Dict[str, torch.Tensor]:
@@ -208,12 +208,12 @@ def encode(weight: torch.Tensor, bits: Optional[int], scheme: str) -> Dict[str, 
     if grid is None:
         sid, qbits = 0, 0
         values = w[pos].clone()
-        codes, scale = torch.zeros(0, dtype=torch.uint8), torch.zeros(0)
+        codes, scale = torch.zeros(0, dtype=torch.uint8, device=w.device), torch.zeros(0, device=w.device)
     else:
         c, scale, qbits = grid
         sid = _SCHEMES[scheme]
         m = quant.levels(qbits)
         sym = torch.where(c < 0, c + m, c + m - 1)
-        codes, values = bitpack.pack(sym, quant.nonzero_code_width(qbits)), torch.zeros(0)
+        codes, values = bitpack.pack(sym, quant.nonzero_code_width(qbits)), torch.zeros(0, device=w.device)
     header = bitpack.pack_fields([kind, width - 1, sid, qbits, pos.numel(), nsym], _header_widths(numel))
     return dict(zip(ARRAY_NAMES, (header, index, codes, values, scale)))

@@ -31,7 +31,7 @@ def _pattern_table(patterns) -> torch.Tensor:
     (ValueError / TypeError for anything else: a position is never truncated or wrapped)."""
     if isinstance(patterns, PatternSet):
         patterns = patterns.to_tensor()
-    t = torch.as_tensor(patterns)
+    t = patterns if isinstance(patterns, torch.Tensor) else torch.as_tensor(patterns, device="cpu")
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"patterns must hold integer positions 0..8, got {t.dtype}")
     if t.dim() != 2 or t.shape[1] < 1 or t.shape[1] > 9:

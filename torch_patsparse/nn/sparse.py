@@ -61,7 +61,7 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
         else fp32 values (a float64 weight is rounded to them: ``conversion_error`` says by how much).
         The result is on the source layer's device and in its dtype (as after ``.to(dtype)``)."""
         _check_source(cls, module, nn.Linear)
-        m = cls(module.in_features, module.out_features, module.bias is not None)
+        m = cls(module.in_features, module.out_features, module.bias is not None, device="cpu")  # the arrays are made on the CPU
         m._set_weight(module.weight, bits, scheme)
         m = m.to(device=module.weight.device, dtype=module.weight.dtype)
         m._copy_bias(module.bias)
@@ -199,7 +199,7 @@ class SparseConv2d(ConvGeometry, _SparseWeightMixin, nn.Module):
         """From a pruned (zeros = pruned) Conv2d; ``bits`` / ``scheme`` as in SparseLinear.from_dense."""
         _check_source(cls, module, nn.Conv2d)
         m = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
-                module.dilation, module.groups, module.bias is not None)
+                module.dilation, module.groups, module.bias is not None, device="cpu")
         m._set_weight(module.weight, bits, scheme)
         m = m.to(device=module.weight.device, dtype=module.weight.dtype)
         m._copy_bias(module.bias)
