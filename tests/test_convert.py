@@ -408,10 +408,33 @@ def test_pruned_layers_left_dense_are_listed_with_the_reason(layers):
 
 
 def test_float64_sparse_layers_say_why_they_stay_dense():
+    """A float64 Linear / 1x1 conv whose weights float32 cannot hold stays dense (convert is exact) and the
+    warning says why; with bits (lossy, asked for) it converts."""
     model = nn.Sequential(nn.Flatten(), _pruned(nn.Linear(16, 4))).double()
-    with pytest.warns(UserWarning, match="'1': weight is torch.float64; SparseConv2d / SparseLinear store float32"):
+    with torch.no_grad():
+        model[1].weight.mul_(1 + 1e-12)
+    with pytest.warns(UserWarning, match="'1': float64 weight with more precision than the float32 values"):
         out = ps.convert(model, layers="all")
     assert type(out[1]) is nn.Linear
+    with pytest.warns(UserWarning, match="lossy"):
+        assert type(ps.convert(model, layers="all", bits=8)[1]) is SparseLinear
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
+def test_layers_all_converts_other_float_dtypes_float32_holds_exactly(dtype):
+    """float16 / bfloat16 layers, and float64 ones with float32 values, are stored as sparse layers in
+    their dtype, computing what the dense model does (they were left dense: 'store float32 values',
+    while SparseLinear.from_dense took them)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(_pruned(nn.Conv2d(8, 8, 1)), nn.Flatten(), _pruned(nn.Linear(8 * 16, 4))).to(dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "left dense", no "lossy"
+        out = ps.convert(model, layers="all")
+    assert [type(m) for m in out] == [SparseConv2d, nn.Flatten, SparseLinear]
+    assert all(m.conversion_error == 0.0 and m.values.dtype == dtype for m in (out[0], out[2]))
+    x = torch.randn(3, 8, 4, 4, dtype=dtype)
+    torch.testing.assert_close(out(x), model(x), **({} if dtype == torch.float64 else {"rtol": 1e-2, "atol": 1e-2}))
+    assert all(sum(m.storage_bits().values()) < m.dense_bits() for m in (out[0], out[2]))
 
 
 def _pattern_pruned_conv(cin=4, cout=8, **kw):

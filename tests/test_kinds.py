@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from torch_patsparse.nn import PatternConv2d, SparseConv2d, SparseLinear, compress_module
+from torch_patsparse.nn.sparse import float32_exact
 from torch_patsparse.nn.kinds import PATTERN, SPARSE, layer_kind
 
 
@@ -15,6 +16,10 @@ def test_one_layer_kind_for_all_predicates():
     cases = [nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 3, padding="same"), nn.Conv2d(4, 4, 3, groups=2),
              nn.Conv2d(4, 4, 5), nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"), Sub(4, 4, 3),
              nn.Linear(4, 4), nn.Conv2d(4, 4, 3).double(), nn.ReLU()]
+    precise = nn.Conv2d(4, 4, 3).double()
+    with torch.no_grad():
+        precise.weight.mul_(1 + 1e-12)  # float64 values float32 cannot hold: no exact sparse form
+    cases.append(precise)
     for m in cases:
         kind = layer_kind(m)
         if kind == PATTERN:
@@ -23,7 +28,7 @@ def test_one_layer_kind_for_all_predicates():
             with pytest.raises(ValueError):
                 PatternConv2d.from_dense(m)
         got = compress_module(m, only_if_smaller=False)
-        if kind is None or m.weight.dtype != torch.float32:
+        if kind is None or not float32_exact(m.weight):
             assert got is None, m
         else:
             assert isinstance(got, SparseLinear if isinstance(m, nn.Linear) else SparseConv2d), m

@@ -16,7 +16,7 @@ from .admm import trained_pattern_set
 from .nn import kinds
 from .nn._decoded_weight import relative_error
 from .nn.pattern_conv import PatternConv2d
-from .nn.sparse import SparseConv2d, SparseLinear, compress_module
+from .nn.sparse import SparseConv2d, SparseLinear, compress_module, float32_exact
 from .patterns import PatternSet
 
 _LAYER_CHOICES = ("3x3", "all")
@@ -89,8 +89,9 @@ def _why_dense(module: nn.Module, layers: str, project: bool = False) -> str:
     if layers == "3x3" and kind == kinds.SPARSE and tuple(getattr(module, "kernel_size", ())) == (3, 3):
         return (f"groups={module.groups}: PatternConv2d takes groups=1 (layers='all' stores it as SparseConv2d)"
                 if module.groups != 1 else "its padding cannot be written as numbers (layers='all' stores it sparse)")
-    if layers == "all" and kind == kinds.SPARSE and w.dtype != torch.float32:
-        return f"weight is {w.dtype}; SparseConv2d / SparseLinear store float32 values (convert the float32 model)"
+    if layers == "all" and kind == kinds.SPARSE and not float32_exact(w):
+        return ("float64 weight with more precision than the float32 values SparseConv2d / SparseLinear store "
+                "(pass bits to quantize it, or convert the float32 model)")
     return ""
 
 
@@ -311,11 +312,11 @@ def _convert(model, pattern_set, layers, exclude, bits, scheme, inplace, project
         warnings.warn("convert: left dense (function unchanged): "
                       + "; ".join(f"'{n}': {why}" for n, why in dense)
                       + (". Pass project=True to project 3x3 layers onto patterns (lossy), or exclude=[...]."
-                         if projectable else "."), UserWarning, stacklevel=2)
+                         if projectable else "."), UserWarning, stacklevel=3)
     lossy = [(names[0], m.conversion_error) for names, m in swaps if m.conversion_error > 0]
     if lossy:
         warnings.warn("convert: lossy conversion (relative weight error ||W'-W||/||W||): "
-                      + ", ".join(f"'{n}': {e:.3g}" for n, e in lossy), UserWarning, stacklevel=2)
+                      + ", ".join(f"'{n}': {e:.3g}" for n, e in lossy), UserWarning, stacklevel=3)
     for names, new in swaps:
         for name in names:
             if name:

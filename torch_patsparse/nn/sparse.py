@@ -290,12 +290,19 @@ class SparseConv2d(ConvGeometry, _SparseWeightMixin, nn.Module):
                 f"bias={self.bias is not None}, " + self._storage_repr())
 
 
+def float32_exact(weight: torch.Tensor) -> bool:
+    """Whether float32 values (what SparseConv2d / SparseLinear store) hold ``weight`` exactly: any
+    float16 / bfloat16 / float32 weight; a float64 one only when its values are float32 numbers."""
+    return weight.dtype != torch.float64 or torch.equal(weight.detach().float().double(), weight.detach())
+
+
 def compress_module(module: nn.Module, bits: Optional[int] = None, scheme: str = "uniform",
                     only_if_smaller: bool = True) -> Optional[nn.Module]:
     """Sparse (+ k-bit) replacement for a plain ``nn.Linear`` / ``nn.Conv2d``: a :class:`SparseLinear`
-    or :class:`SparseConv2d`, or None when the layer is not such a layer or is unsupported (padding
-    mode other than zeros, lazy or non-fp32 weight; see :func:`torch_patsparse.nn.kinds.layer_kind`),
-    or (``only_if_smaller``) the compressed form would not be smaller than dense.
+    or :class:`SparseConv2d` in the layer's dtype, or None when the layer is not such a layer or is
+    unsupported (padding mode other than zeros, lazy weight; see :func:`torch_patsparse.nn.kinds.layer_kind`),
+    when ``bits`` is None and float32 values cannot hold the weight exactly (:func:`float32_exact`), or
+    (``only_if_smaller``) when the compressed form would not be smaller than dense.
 
     Every kind of conv is taken, 3x3 groups=1 ones too (``convert`` stores those as
     :class:`PatternConv2d` when they are pattern-pruned and calls this for the others, e.g. a 3x3
@@ -303,8 +310,7 @@ def compress_module(module: nn.Module, bits: Optional[int] = None, scheme: str =
     ``bits`` the result computes exactly what ``module`` does. ``bits`` / ``scheme`` as in
     ``SparseLinear.from_dense``.
     """
-    kind = layer_kind(module)
-    if kind is None or module.weight.dtype != torch.float32:
+    if layer_kind(module) is None or (bits is None and not float32_exact(module.weight)):
         return None
     if isinstance(module, nn.Linear):
         out = SparseLinear.from_dense(module, bits, scheme)
