@@ -255,3 +255,30 @@ def test_load_compressed_names_the_layer_with_bad_metadata():
     sd["0._extra_state"]["bits"] = 9
     with pytest.raises(RuntimeError, match="'0'.*invalid compressed weight.*bits"):
         ps.load_compressed(nn.Sequential(nn.Conv2d(4, 8, 3)), sd)
+
+
+def test_conversion_error_is_not_kept_across_a_load_of_other_weights():
+    """conversion_error describes the conversion that made the stored weights: a load_state_dict of
+    other weights sets it to 0.0 (as load_compressed's layers), a rejected load keeps it (it kept the
+    old conversion's error after a successful load)."""
+    import warnings
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 16, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lossy = ps.convert(model, layers="all", project=True, bits=4)
+        other = ps.convert(model, layers="all", project=True, bits=4)
+    with torch.no_grad():
+        model[2].weight.mul_(1.5)
+    layers = (lossy[0], lossy[2])
+    assert all(m.conversion_error > 0 for m in layers)
+    bad = other.state_dict()
+    bad["0.scale"] = torch.tensor(float("nan"))
+    bad["2.scale"] = torch.tensor([float("nan")])
+    for key, layer in zip(("0.scale", "2.scale"), layers):
+        error = layer.conversion_error
+        with pytest.raises(RuntimeError, match="scale"):
+            lossy.load_state_dict({**other.state_dict(), key: bad[key]})
+        assert layer.conversion_error == error  # (the other layer loaded: torch's load is per module)
+    lossy.load_state_dict(other.state_dict())
+    assert [m.conversion_error for m in layers] == [0.0, 0.0]

@@ -163,8 +163,10 @@ class PatternStateDict(DecodedWeight):
                     mine.data = torch.empty(t.shape, dtype=mine.dtype, device=mine.device)
             super(PatternStateDict, self)._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                                                 missing_keys, unexpected_keys, error_msgs)
+            if arrays:  # weights that no conversion of this module made (load_compressed's layers: 0.0 too)
+                self.conversion_error = 0.0
 
-        apply_or_restore(self, ("bits", "scheme"), apply, error_msgs)
+        apply_or_restore(self, ("bits", "scheme", "conversion_error"), apply, error_msgs)
 
 
 class _SizeMismatch(ValueError):

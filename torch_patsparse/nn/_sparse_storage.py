@@ -219,8 +219,10 @@ class _SparseWeightMixin(DecodedWeight):
                 state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
             # (from the incoming header: a meta-device layer loaded without assign stays without data)
             self._update_native(incoming.get("header") if len(incoming) == len(_ARRAYS) else None)
+            if incoming:  # weights that no conversion of this module made (as in PatternConv2d's load)
+                self.conversion_error = 0.0
 
-        apply_or_restore(self, ("_native",), apply, error_msgs)
+        apply_or_restore(self, ("_native", "conversion_error"), apply, error_msgs)
 
     def _storage_repr(self) -> str:
         if self.header.is_meta:

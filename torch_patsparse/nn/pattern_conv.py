@@ -67,7 +67,7 @@ class PatternConv2d(ConvGeometry, PatternStateDict, nn.Module):
     Pruned weights are skipped, not multiplied: a NaN / inf input that only pruned weights touch does
     not reach the output (it does in the dense conv, through 0 * NaN). ``conversion_error`` is the
     relative weight error ``||W_stored - W|| / ||W||`` of the conversion that built it (0.0 when
-    lossless; shown by ``repr`` only when nonzero).
+    lossless, and after a ``load_state_dict`` of other weights; shown by ``repr`` only when nonzero).
     """
 
     __constants__ = ["in_channels", "out_channels", "quantized"]
