@@ -49,7 +49,9 @@ def test_soft_term_vanishes_when_student_matches_teacher_and_gradient_points_to_
 
 
 @pytest.mark.parametrize("kw,match", [({"temperature": 0.0}, "temperature"), ({"temperature": float("nan")}, "temperature"),
-                                      ({"alpha": 1.5}, "alpha"), ({"alpha": -0.1}, "alpha")])
+                                      ({"alpha": 1.5}, "alpha"), ({"alpha": -0.1}, "alpha"),
+                                      ({"temperature": "4"}, "temperature"), ({"alpha": None}, "alpha"),
+                                      ({"alpha": True}, "alpha")])
 def test_bad_settings_raise(kw, match):
     with pytest.raises(ValueError, match=match):
         ps.distillation_loss(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), torch.zeros(2, 3), **kw)

@@ -72,3 +72,29 @@ def test_rules_take_multi_dimensional_parameters_only():
     assert [n for n, _ in groups[0]["params"]] == ["0.weight", "2.weight"]
     assert "1.weight" in [n for n, _ in groups[1]["params"]]
     ps.ADMM(groups, lr=0.1)
+
+
+def test_a_module_selects_its_parameters():
+    """The docstring's 'the module itself (model.features[0])' as a param_groups rule takes its weight
+    (it matched nothing: a module is never a parameter); a container takes its children's."""
+    model = net()
+    groups = select.param_groups(model, {model[2]: [C.Pattern(k=4)], model: [C.Unstructured(keep=0.5)]})
+    assert [names(g["params"]) for g in groups[:2]] == [["2.weight"], ["0.weight", "4.weight"]]
+
+
+def test_from_model_says_a_plain_string_is_a_regex_there():
+    model = net()
+    for spec in ({"*.weight": [C.Unstructured(keep=0.5)]}, {"conv*.weight": [C.Unstructured(keep=0.5)]}):
+        with pytest.raises(ValueError, match="a plain string is a regex here"):
+            ps.ADMM.from_model(model, spec, lr=0.1)
+    ps.ADMM.from_model(model, {"re:0.weight": [C.Unstructured(keep=0.5)]}, lr=0.1)
+
+
+@pytest.mark.parametrize("key,value", [("rho", 5.0), ("update_every", 1), ("penalty", "gradient"), ("method", "gradual")])
+def test_an_admm_wide_setting_in_a_param_group_is_refused(key, value):
+    """ADMM's own settings are one for the optimizer; in a group they were ignored without a word."""
+    model = net()
+    with pytest.raises(ValueError, match=f"param group 0 sets '{key}'.*ADMM\\(\\.\\.\\., {key}="):
+        ps.ADMM([{"params": [model[0].weight], "constraints": [C.Pattern(k=4)], key: value}], lr=0.1)
+    # a base optimizer's own key of the same name is the base's
+    ps.ADMM([{"params": [model[0].weight], "rho": 0.8}], base=torch.optim.Adadelta, lr=0.1)

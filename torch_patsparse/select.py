@@ -5,7 +5,8 @@ A selector is a glob over the name (``"features.*.weight"``, ``fnmatch`` case-se
 always matches a name equal to it, so exact names work even when they hold glob characters, as
 ``nn.ModuleDict`` keys may), a regex with the prefix ``"re:"`` (``"re:features\\.\\d+\\.weight"``,
 full match), a callable ``(name, param_or_module) -> bool``, or the parameter / module itself
-(``model.features[0]``: taken by identity). Each parameter goes to the first rule whose selector
+(``model.features[0]``: taken by identity; a module selects its parameters, those of its children
+included, where parameters are selected). Each parameter goes to the first rule whose selector
 takes it.
 
     groups = ps.select.param_groups(model, {"features.*.weight": [C.Pattern(k=8)],
@@ -33,7 +34,10 @@ def selector(sel, plain: str = "glob") -> Callable[[str, torch.Tensor], bool]:
     ``"re:"`` prefix is: ``"glob"`` (default) or ``"regex"`` (``ADMM.from_model``'s historical form)."""
     if plain not in SYNTAXES:
         raise ValueError(f"select: plain must be one of {SYNTAXES}, got {plain!r}")
-    if isinstance(sel, (torch.nn.Module, torch.Tensor)):  # (a module is callable, but not a predicate)
+    if isinstance(sel, torch.nn.Module):  # (callable, but not a predicate): itself, or its parameters
+        owned = {id(p) for p in sel.parameters()}
+        return lambda name, obj: obj is sel or (isinstance(obj, torch.nn.Parameter) and id(obj) in owned)
+    if isinstance(sel, torch.Tensor):
         return lambda name, obj: obj is sel
     if callable(sel):
         return sel
@@ -44,7 +48,9 @@ def selector(sel, plain: str = "glob") -> Callable[[str, torch.Tensor], bool]:
         try:
             pattern = re.compile(sel[len(REGEX_PREFIX):] if sel.startswith(REGEX_PREFIX) else sel)
         except re.error as e:
-            raise ValueError(f"select: {sel!r} is not a valid regex: {e}") from e
+            raise ValueError(f"select: {sel!r} is not a valid regex: {e}"
+                             + ("" if sel.startswith(REGEX_PREFIX) else " (a plain string is a regex here, as in "
+                                "ADMM.from_model; ps.select.param_groups reads globs)")) from e
         return lambda name, p: pattern.fullmatch(name) is not None
     return lambda name, p: name == sel or fnmatch.fnmatchcase(name, sel)
 
@@ -97,8 +103,12 @@ def param_groups(model: torch.nn.Module, rules, plain: str = "glob") -> list:
             raise ValueError(f"select: {sel!r} takes {name!r}, which is the parameter {first[id(p)]!r} under a second "
                              "name (a module registered twice); select it by its first name")
     if empty:
+        as_regex = plain == "regex" and any(isinstance(sel, str) and not sel.startswith(REGEX_PREFIX) for sel in empty)
         raise ValueError(f"select: {', '.join(map(repr, empty))} takes no (multi-dimensional) parameter that an "
-                         f"earlier rule did not take; parameters: {', '.join(n for n, p in named if p.dim() >= 2)}"[:1000])
+                         "earlier rule did not take"
+                         + (" (a plain string is a regex here, as in ADMM.from_model: 'features\\..*' rather than "
+                            "the glob 'features.*'; ps.select.param_groups reads globs)" if as_regex else "")
+                         + f"; parameters: {', '.join(n for n, p in named if p.dim() >= 2)}"[:1000])
     groups = [{"params": m, "constraints": cons} for (_, cons), m in zip(entries, members)]
     if rest:
         groups.append({"params": rest})

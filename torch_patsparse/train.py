@@ -5,6 +5,7 @@ optimizer can be anything with ``step``/``zero_grad`` (SGD for the dense phase, 
 ADMM and masked-retraining phases: the loop is the same, which is the point of the ADMM API).
 """
 import math
+import numbers
 import statistics
 import sys
 import time
@@ -36,10 +37,12 @@ def distillation_loss(logits: torch.Tensor, targets: torch.Tensor, teacher_logit
 
     The T^2 factor keeps the soft term's gradients at the hard term's scale for any temperature T.
     ``alpha = 0`` is plain cross-entropy."""
-    if not (temperature > 0 and math.isfinite(temperature)):
+    def real(v) -> bool:  # (a bool or a string is not a weight)
+        return isinstance(v, numbers.Real) and not isinstance(v, bool)
+    if not (real(temperature) and temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"distillation temperature must be a positive number, got {temperature!r}")
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"distillation alpha must be in [0, 1], got {alpha!r}")
+    if not (real(alpha) and 0 <= alpha <= 1):
+        raise ValueError(f"distillation alpha must be a number in [0, 1], got {alpha!r}")
     if teacher_logits.shape != logits.shape:
         raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} do not match the student's "
                          f"{tuple(logits.shape)}")

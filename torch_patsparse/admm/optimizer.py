@@ -40,6 +40,8 @@ def _as_number(value, kind, cast):
 
 #: The param-group keys ADMM reads itself (besides torch's "params" / "param_names").
 _GROUP_KEYS = ("constraints", "names")
+# ADMM(...)'s own settings: one for all groups (set after the class, from its signature)
+_WIDE_KEYS: frozenset
 
 _CALIB_STEPS = 8  # steps before each Z-update whose gradient norms calibrate rho_eff
 
@@ -217,6 +219,9 @@ class ADMM(ZUpdate, FusedStep, HardPrune, Checkpoint, Optimizer):
         # would silently train the group unconstrained. Cutoff 0.9: one or two slipped letters, while a
         # user's own "name" (0.89 to "names") still passes.
         for key in g.keys() - self.base.defaults.keys() - {"params", "param_names", *_GROUP_KEYS}:
+            if key in _WIDE_KEYS:  # (a base optimizer's own key of that name, e.g. Adadelta's rho, passed above)
+                raise ValueError(f"ADMM: param group {gi} sets {key!r}, which is one setting for the whole optimizer "
+                                 f"(ADMM would ignore it in a group): pass it to ADMM(..., {key}=...)")
             close = difflib.get_close_matches(str(key).lower(), _GROUP_KEYS, n=1, cutoff=0.9)
             if close:
                 raise ValueError(f"ADMM: param group {gi} has the key {key!r}, which ADMM would ignore; "
@@ -352,3 +357,6 @@ class ADMM(ZUpdate, FusedStep, HardPrune, Checkpoint, Optimizer):
         return f"ADMM(method={self.method!r}, penalty={self.penalty!r}, base={type(self.base).__name__}, " \
                f"phase={self._phase}, step={self._step_count}, update_every={self.update_every}, rho={self.rho}" \
                f"{scale})\n" + repr(self.base)
+
+
+_WIDE_KEYS = frozenset(inspect.signature(ADMM.__init__).parameters) - {"self", "params", "base", "base_kwargs"}
