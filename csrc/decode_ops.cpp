@@ -85,9 +85,10 @@ std::vector<at::Tensor> decode_cached(const std::vector<KeyPart>& key, c10::Devi
 
 namespace {
 
-// int32 channel indices of a PatternConv2d's stored (int16) ones, for device layers: the cache's own
-// tensor (the CUDA plan cache keys on tensor identity: the same tensor keeps it hitting), unlike the
-// other decodes, which return copies. Read it only.
+// int32 channel indices of a PatternConv2d's stored (int16) ones. On a device, the cache's own tensor
+// (the CUDA plan cache keys on tensor identity: the same tensor keeps it hitting; read it only). On the
+// CPU a copy, as pattern_decode's: an exported / compiled CPU graph may reuse a functional op's output
+// as scratch memory without a version bump, which corrupted the cached entry for every later call.
 at::Tensor pattern_channels(const at::Tensor& kernel_channel) {
   TORCH_CHECK(kernel_channel.dim() == 1 &&
                   (kernel_channel.scalar_type() == at::kShort || kernel_channel.scalar_type() == at::kInt),
@@ -97,9 +98,11 @@ at::Tensor pattern_channels(const at::Tensor& kernel_channel) {
   // Host copy (a no-op on the CPU): the key is content, so a device layer pays one small copy per call.
   const at::Tensor kc = kernel_channel.cpu().contiguous();
   const int64_t params[2] = {0, static_cast<int64_t>(kc.element_size())};  // 0: this op
-  return decode_cached({{params, sizeof(params)}, {kc.data_ptr(), kc.nbytes()}}, kernel_channel.device(), [&] {
-    return std::vector<at::Tensor>{kc.to(at::kInt, /*non_blocking=*/false, /*copy=*/true)};
-  })[0];
+  const at::Tensor out =
+      decode_cached({{params, sizeof(params)}, {kc.data_ptr(), kc.nbytes()}}, kernel_channel.device(), [&] {
+        return std::vector<at::Tensor>{kc.to(at::kInt, /*non_blocking=*/false, /*copy=*/true)};
+      })[0];
+  return out.device().is_cpu() ? out.clone() : out;
 }
 
 // Float values [kept_kernels, entries] of a quantized PatternConv2d's packed codes and scale: a new
@@ -150,8 +153,8 @@ std::vector<int64_t> decode_cache_stats() {
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(patsparse, m) {
-  // pattern_channels' output is shared with the cache and with every later call on the same array:
-  // read it only. pattern_decode returns a new tensor.
+  // pattern_channels' output on a device is shared with the cache and with every later call on the same
+  // array: read it only. On the CPU it, and pattern_decode's, is a new tensor.
   m.def("pattern_channels(Tensor kernel_channel) -> Tensor");
   m.def("pattern_decode(Tensor codes, Tensor scale, int kept_kernels, int entries, int bits, str scheme) -> Tensor");
   m.def("decode_cache_stats() -> int[]", &decode_cache_stats);

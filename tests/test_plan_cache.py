@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import torch_patsparse as ps
 from torch_patsparse import constraints as C
-from torch_patsparse import ops
+from torch_patsparse import models, ops
 
 
 
@@ -342,3 +342,18 @@ print(rss() - r0)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert float(out.stdout.split()[-1]) < 20, out.stdout
+
+
+def test_pattern_channels_on_the_cpu_is_a_copy():
+    """patsparse::pattern_channels (what an exported CPU graph widens the stored int16 channels with)
+    returned the decode cache's own tensor: compiled code reusing it as scratch (a write without a
+    version bump, as through .numpy() here) changed what every later call and exported graph read."""
+    torch.manual_seed(0)
+    layer = ps.convert(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1)), project=True)[0].eval()
+    x = torch.randn(2, 3, 8, 8)
+    exported = torch.export.export(layer, (x,)).module()
+    first = torch.ops.patsparse.pattern_channels(layer.kernel_channel)
+    first.numpy()[:] = (first.numpy() + 1) % 3
+    assert torch.equal(torch.ops.patsparse.pattern_channels(layer.kernel_channel), layer.kernel_channel.int())
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), layer(x), rtol=0, atol=0)
