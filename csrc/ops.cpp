@@ -78,6 +78,8 @@ ConvShape make_shape(at::IntArrayRef input_size, int64_t out_channels, at::IntAr
   TORCH_CHECK(stride[0] >= 1 && stride[1] >= 1, "patsparse: stride must be >= 1, got ", stride);
   TORCH_CHECK(dilation[0] >= 1 && dilation[1] >= 1, "patsparse: dilation must be >= 1, got ", dilation);
   TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, "patsparse: padding must be >= 0, got ", padding);
+  for (const int64_t d : input_size)
+    TORCH_CHECK(d >= 0, "patsparse: input sizes must be >= 0, got ", input_size);
   ConvShape s;
   s.batch = input_size[0]; s.in_channels = input_size[1]; s.in_h = input_size[2]; s.in_w = input_size[3];
   s.out_channels = out_channels;
@@ -96,6 +98,13 @@ ConvShape make_shape(at::IntArrayRef input_size, int64_t out_channels, at::IntAr
                 stride, ", padding ", padding, ", dilation ", dilation, ")");
   }
   return s;
+}
+
+void check_grad_output(const at::Tensor& grad_output, const ConvShape& s) {
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({s.batch, s.out_channels, s.out_h, s.out_w}),
+              "patsparse: grad_output has shape ", grad_output.sizes(), ", expected [", s.batch, ", ", s.out_channels,
+              ", ", s.out_h, ", ", s.out_w, "] (the conv output of input [", s.batch, ", ", s.in_channels, ", ", s.in_h,
+              ", ", s.in_w, "] with this stride, padding and dilation)");
 }
 
 template <typename T>
@@ -262,8 +271,7 @@ at::Tensor grad_input_cpu(const at::Tensor& grad_output, at::IntArrayRef input_s
   // The fp32 SIMD paths validate the indices once, when the (cached) plan is built.
   check_format(patterns, filter_ptr, kernel_channel, kernel_pattern, values, s.in_channels,
                /*check_indices=*/!(f32 && isa != Isa::Scalar));
-  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({s.batch, s.out_channels, s.out_h, s.out_w}),
-              "patsparse: grad_output has shape ", grad_output.sizes());
+  check_grad_output(grad_output, s);
   auto go = grad_output.contiguous(), v = values.contiguous();
   auto p = patterns.contiguous(), fp = filter_ptr.contiguous(), kc = int32_channels(kernel_channel), kp = kernel_pattern.contiguous();
   auto gin = at::empty(input_size, grad_output.options());
@@ -296,8 +304,7 @@ at::Tensor grad_values_cpu(const at::Tensor& grad_output, const at::Tensor& inpu
   const Isa isa = active_isa();
   check_format(patterns, filter_ptr, kernel_channel, kernel_pattern, values, s.in_channels,
                /*check_indices=*/!(f32 && isa != Isa::Scalar));
-  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({s.batch, s.out_channels, s.out_h, s.out_w}),
-              "patsparse: grad_output has shape ", grad_output.sizes());
+  check_grad_output(grad_output, s);
   auto go = grad_output.contiguous(), x = input.contiguous(), v = values.contiguous();
   auto p = patterns.contiguous(), fp = filter_ptr.contiguous(), kc = int32_channels(kernel_channel), kp = kernel_pattern.contiguous();
   auto gv = at::zeros_like(v);

@@ -54,6 +54,9 @@ void check_float_args(const at::Tensor& input, const at::Tensor& values, const s
 ConvShape make_shape(at::IntArrayRef input_size, int64_t out_channels, at::IntArrayRef stride,
                      at::IntArrayRef padding, at::IntArrayRef dilation);
 
+// grad_output of the backward ops must be the conv output's shape [N, Cout, OH, OW]; the message says it.
+void check_grad_output(const at::Tensor& grad_output, const ConvShape& s);
+
 // Checks the epilogue arguments of pattern_conv2d_fused against its input and conv shape: scale /
 // shift [Cout], residual [N, Cout, OH, OW] (any memory format), each of the input's dtype and
 // device; lo <= hi, neither NaN. Throws c10::Error naming the problem.

@@ -192,3 +192,27 @@ def test_ops_reject_duplicate_kernel(dtype):
         torch.ops.patsparse.pattern_conv2d_grad_input(go, [1, 4, 6, 6], *arrays, [1, 1], [1, 1], [1, 1])
     with pytest.raises(RuntimeError, match="twice"):
         torch.ops.patsparse.pattern_conv2d_grad_values(go, x, *arrays, [1, 1], [1, 1], [1, 1])
+
+
+def test_backward_ops_say_which_grad_output_and_input_size_they_expect():
+    """A grad_output of the wrong shape named only the given shape; a negative input size was
+    reported as an int64 overflow of padding and dilation."""
+    arrays = [fmt.compress(random_pattern_weight(3, 4, seed=1), PATTERNS8)[n] for n in fmt.ARRAY_NAMES]
+    x = torch.randn(2, 4, 8, 8)
+    go = torch.randn(2, 3, 7, 8)
+    expected = r"grad_output has shape \[2, 3, 7, 8\], expected \[2, 3, 8, 8\]"
+    with pytest.raises(RuntimeError, match=expected):
+        torch.ops.patsparse.pattern_conv2d_grad_input(go, [2, 4, 8, 8], *arrays, [1, 1], [1, 1], [1, 1])
+    with pytest.raises(RuntimeError, match=expected):
+        torch.ops.patsparse.pattern_conv2d_grad_values(go, x, *arrays, [1, 1], [1, 1], [1, 1])
+    with pytest.raises(RuntimeError, match="input sizes must be >= 0"):
+        torch.ops.patsparse.pattern_conv2d_grad_input(go, [2, 4, -8, 8], *arrays, [1, 1], [1, 1], [1, 1])
+
+
+@pytest.mark.parametrize("build", [lambda: ps.nn.SparseLinear(2**31, 2**31), lambda: ps.nn.PatternConv2d(2**31, 2**31),
+                                   lambda: ps.nn.SparseConv2d(2**31, 2**31, 3)], ids=["linear", "pattern", "sparse"])
+def test_a_layer_too_large_for_memory_is_refused_at_once_as_the_dense_one(build):
+    """As nn.Linear / nn.Conv2d: 'Storage size calculation overflowed' (PatternConv2d allocated its
+    16 GiB bias and index for minutes; the sparse layers failed in the format's header)."""
+    with pytest.raises(RuntimeError, match="Storage size calculation overflowed"):
+        build()

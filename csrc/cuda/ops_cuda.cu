@@ -192,8 +192,7 @@ at::Tensor grad_input_cuda(const at::Tensor& grad_output, at::IntArrayRef input_
   check_format(patterns, filter_ptr, kernel_channel, kernel_pattern, values, 0, /*check_indices=*/false);
   const ConvShape s = make_shape(input_size, filter_ptr.size(0) - 1, stride, padding, dilation);
   check_planes("pattern_conv2d_grad_input", s);
-  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({s.batch, s.out_channels, s.out_h, s.out_w}),
-              "patsparse: grad_output has shape ", grad_output.sizes());
+  check_grad_output(grad_output, s);
   const c10::cuda::CUDAGuard guard(grad_output.device());
   const auto idx = index_arrays(patterns, filter_ptr, kernel_channel, kernel_pattern);
   const auto plan = get_plan(idx, s.in_channels);
@@ -219,8 +218,7 @@ at::Tensor grad_values_cuda(const at::Tensor& grad_output, const at::Tensor& inp
   check_format(patterns, filter_ptr, kernel_channel, kernel_pattern, values, 0, /*check_indices=*/false);
   const ConvShape s = make_shape(input.sizes(), filter_ptr.size(0) - 1, stride, padding, dilation);
   check_planes("pattern_conv2d_grad_values", s);
-  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({s.batch, s.out_channels, s.out_h, s.out_w}),
-              "patsparse: grad_output has shape ", grad_output.sizes());
+  check_grad_output(grad_output, s);
   const c10::cuda::CUDAGuard guard(input.device());
   const auto idx = index_arrays(patterns, filter_ptr, kernel_channel, kernel_pattern);
   const auto plan = get_plan(idx, s.in_channels);

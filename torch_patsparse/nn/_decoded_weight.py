@@ -7,6 +7,13 @@ import torch
 from torch.nn.utils import skip_init
 
 
+def check_weight_size(cls: str, shape) -> None:
+    """RuntimeError, as the dense layer's constructor raises, for a weight whose fp32 bytes overflow int64
+    (the compressed layer would otherwise allocate its bias and index for minutes, then fail in the format)."""
+    if math.prod(int(d) for d in shape) * 4 > 2 ** 63 - 1:
+        raise RuntimeError(f"{cls}: Storage size calculation overflowed with sizes={list(shape)} (the dense weight)")
+
+
 class DecodedWeight:
     """Refuses ``layer.weight = ...`` with a message that says what to do (nn.Module would raise a bare
     KeyError for a Parameter, as the name already exists). Comes before nn.Module in the bases."""

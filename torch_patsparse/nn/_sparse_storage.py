@@ -10,7 +10,7 @@ from torch import nn
 
 from .. import sparse_format
 from .._tracing import fx_attr, fx_leaf
-from ._decoded_weight import DecodedWeight, relative_error
+from ._decoded_weight import DecodedWeight, check_weight_size, relative_error
 from ._load import apply_or_restore, assume_extra_state, check_bias, load_error, shared_reshape_error, size_mismatch
 
 _ARRAYS = sparse_format.ARRAY_NAMES
@@ -32,6 +32,7 @@ class _SparseWeightMixin(DecodedWeight):
         layer's factory argument) is the bias's and the stored values' dtype, as after ``.to(dtype)``."""
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise TypeError(f"{type(self).__name__}: dtype must be a floating-point torch.dtype, got {dtype!r}")
+        check_weight_size(type(self).__name__, self.weight_shape)
         self.conversion_error = 0.0
         for k in _ARRAYS:
             self.register_buffer(k, torch.zeros(0, dtype=torch.float32 if k in ("values", "scale") else torch.uint8,

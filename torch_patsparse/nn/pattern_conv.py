@@ -15,7 +15,7 @@ from .. import quant
 from .._deprecation import renamed_keywords
 from .._tracing import fx_attr, fx_leaf
 from ..patterns import PatternSet
-from ._decoded_weight import relative_error
+from ._decoded_weight import check_weight_size, relative_error
 from ._geometry import ConvGeometry
 from ._pattern_state import PatternStateDict, channel_dtype, pack_codes
 from .kinds import PATTERN, conv_padding, layer_kind
@@ -98,6 +98,7 @@ class PatternConv2d(ConvGeometry, PatternStateDict, nn.Module):
             if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or not 1 <= bits <= 8:
                 raise ValueError(f"bits must be an int in 1..8 or None, got {bits!r}")
             bits = int(bits)
+        check_weight_size("PatternConv2d", (out_channels, in_channels, 3, 3))
         kept_kernels = ops.int_arg(kept_kernels, "kept_kernels")
         if not 0 <= kept_kernels <= in_channels * out_channels:
             raise ValueError(f"kept_kernels must be in 0..in_channels * out_channels = {in_channels * out_channels}, "
