@@ -29,10 +29,13 @@ class LayerRow:
 class CompressionReport:
     """Rows (``.rows``) and totals (``.totals``); ``str(report)`` is a table."""
 
-    def __init__(self, rows: List[LayerRow], other_bits: int = 0):
+    def __init__(self, rows: List[LayerRow], other_bits: int = 0, dense_bits: Optional[int] = None,
+                 stored_bits: Optional[int] = None):
+        # dense_bits / stored_bits: the layers' totals with a tensor shared by two rows counted once
+        # (default: the rows' sums)
         self.rows = rows
-        dense = sum(r.dense_bits for r in rows)
-        stored = sum(r.stored_bits for r in rows)
+        dense = sum(r.dense_bits for r in rows) if dense_bits is None else dense_bits
+        stored = sum(r.stored_bits for r in rows) if stored_bits is None else stored_bits
         have_macs = bool(rows) and all(r.dense_macs is not None for r in rows)
         self.totals = {
             "dense_bits": dense,
@@ -128,9 +131,11 @@ def compression_report(model: nn.Module, input_size: Optional[Sequence[int]] = N
 
     Compressed modules report their stored arrays (``storage_bits()``: values or k-bit codes, all
     index arrays, pattern table, scale, bias); dense convs (``nn.Conv1d`` / ``2d`` / ``3d``,
-    transposed too) and ``nn.Linear`` (subclasses too) count as stored dense at their dtype's width.
-    ``totals`` sums the layers (``ratio``) and, in ``model_*``, the whole state_dict: every other
-    tensor (BatchNorm statistics, ...) counted at its stored width. MACs are per image and need
+    transposed too) and ``nn.Linear`` (subclasses too) count what their state_dict holds (the weight and
+    bias at their dtype's width; ``torch.nn.utils.prune``'s weight_orig and weight_mask, a
+    parametrization's original tensors). ``totals`` sums the layers (``ratio``) and, in ``model_*``, the
+    whole state_dict: every other tensor (BatchNorm statistics, ...) counted at its stored width. A
+    tensor shared by two layers (a tied weight) is counted once in the totals, as ``torch.save`` stores it. MACs are per image and need
     ``input_size`` (e.g. ``(1, 3, 224, 224)``) or an ``example_input`` (one forward pass records each
     layer's output size; a transposed conv counts per input position; a tensor given as the second
     argument is taken as the example input). MACs kept count the weights a layer computes with: its
@@ -151,12 +156,18 @@ def compression_report(model: nn.Module, input_size: Optional[Sequence[int]] = N
     check_initialized(model, "compression_report")
     layers = [(n, m) for n, m in model.named_modules() if hasattr(m, "storage_bits") or _dense_layer(m)]
     if example_input is None and input_size is not None:
-        p = next(model.parameters(), None)
+        # the model's float dtype and device: of a parameter, or of a buffer (a k-bit layer without bias has no
+        # parameter, its dtype is its scale's)
+        p = next((t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()), None)
         example_input = torch.zeros(*input_size, device=p.device if p is not None else "cpu",
-                                    dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32)
+                                    dtype=p.dtype if p is not None else torch.float32)
     positions = _output_positions(model, example_input, [n for n, _ in layers]) if example_input is not None else {}
     rows = []
+    stored: Dict[tuple, int] = {}  # every tensor counted once, by where its data is (torch.save stores it once)
+    weights = set()                # the weights seen: a weight tied between two layers is one dense weight
+    dense_total = 0
     for name, m in layers:
+        bias_bits = _bits_of(m.bias) if isinstance(getattr(m, "bias", None), torch.Tensor) else 0
         if hasattr(m, "storage_bits"):
             detail = {k: int(v) for k, v in m.storage_bits().items()}
             dense_bits = int(m.dense_bits())
@@ -167,20 +178,32 @@ def compression_report(model: nn.Module, input_size: Optional[Sequence[int]] = N
             dense_w, kept_w = m.macs((1, 1))          # per output position = weight counts
             density = kept_w / max(dense_w, 1)
             kept_w = kept_w if native else dense_w
+            values = getattr(m, "values", None)
+            weight = values if isinstance(values, torch.Tensor) and values.numel() else getattr(m, "codes", None)
+            bias_bits = 0 if m.bias is None else dense_bits * m.bias.numel() // (dense_w + m.bias.numel())
         else:
-            detail = {"weight": _bits_of(m.weight), **({"bias": _bits_of(m.bias)} if m.bias is not None else {})}
-            dense_bits = sum(detail.values())
+            dense_bits = _bits_of(m.weight) + bias_bits
+            # what the state_dict holds for it: weight and bias, or torch.nn.utils.prune's weight_orig and
+            # weight_mask, a parametrization's original tensors
+            detail = {k: _bits_of(t) for k, t in m.state_dict().items() if isinstance(t, torch.Tensor)}
             kind = type(m).__name__
             dense_w = kept_w = m.weight.numel()     # a dense layer computes every weight
             density = 1.0
+            weight = m.weight
         macs = (dense_w * positions[name], kept_w * positions[name]) if name in positions else (None, None)
         shape = _shape(m)
         rows.append(LayerRow(name, kind, shape, density, dense_bits, sum(detail.values()), macs[0], macs[1], detail))
-    # every name a reported layer is registered under: a shared layer's second copy of keys is the
-    # same tensors, not "other" ones
-    reported = {id(m) for _, m in layers}
-    layer_names = [n for n, m in model.named_modules(remove_duplicate=False) if id(m) in reported]
-    return CompressionReport(rows, _other_bits(model, layer_names))
+        for t in m.state_dict().values():
+            if isinstance(t, torch.Tensor):
+                stored.setdefault(_data_key(t), _bits_of(t))
+        key = _data_key(weight) if isinstance(weight, torch.Tensor) else ("layer", id(m))
+        dense_total += dense_bits if key not in weights else bias_bits
+        weights.add(key)
+    layers_stored = sum(stored.values())
+    for t in model.state_dict().values():  # every other tensor (BatchNorm, ...), and none twice
+        if isinstance(t, torch.Tensor):
+            stored.setdefault(_data_key(t), _bits_of(t))
+    return CompressionReport(rows, sum(stored.values()) - layers_stored, dense_total, layers_stored)
 
 
 def _dense_layer(m: nn.Module) -> bool:
@@ -190,13 +213,10 @@ def _dense_layer(m: nn.Module) -> bool:
             and isinstance(m.weight, torch.Tensor))
 
 
-def _other_bits(model: nn.Module, layer_names: Sequence[str]) -> int:
-    """Bits of the state_dict tensors that belong to none of the reported layers, at their stored width."""
-    prefixes = tuple(f"{n}." for n in layer_names if n)
-    if "" in layer_names:  # the model itself is a reported layer
-        return 0
-    return sum(t.numel() * t.element_size() * 8 for k, t in model.state_dict().items()
-               if isinstance(t, torch.Tensor) and not k.startswith(prefixes))
+def _data_key(t: torch.Tensor) -> tuple:
+    """Where a tensor's data is: equal for two names (or detached copies) of one tensor, e.g. a tied
+    weight; the storage object, not its address (meta and empty tensors all have the address 0)."""
+    return (t.untyped_storage()._cdata, t.storage_offset(), t.dtype, tuple(t.shape), tuple(t.stride()))
 
 
 def _shape(m: nn.Module) -> str:
