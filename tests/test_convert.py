@@ -971,3 +971,31 @@ def test_a_convert_warning_raised_as_error_leaves_an_inplace_model_as_it_was():
         with pytest.raises(UserWarning, match="lossy"):
             ps.convert(model, project=True, inplace=True)
     assert type(model[0]) is nn.Conv2d
+
+
+def test_layers_all_with_bits_stores_an_unpruned_3x3_conv_in_the_smaller_form():
+    """An unpruned 3x3 conv with bits: one 9-entry pattern per kernel stored more than the sparse k-bit
+    form of the same function (the 'smaller form' check ran only for weights with zeros)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 16, 3, padding=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = ps.convert(nn.Sequential(conv), layers="all", bits=4)[0]
+        sparse = SparseConv2d.from_dense(conv, bits=4)
+    assert isinstance(got, SparseConv2d)
+    assert sum(got.storage_bits().values()) == sum(sparse.storage_bits().values())
+    x = torch.randn(2, 16, 6, 6)
+    torch.testing.assert_close(got(x), sparse(x))
+
+
+@pytest.mark.parametrize("magnitude", [1e-200, 1e200])
+def test_float64_weights_beyond_float32_are_refused_by_the_sparse_layers(magnitude):
+    """The sparse layers store float32: a float64 Linear of 1e-200 weights became an all-zero layer
+    (only the lossy warning said '1'), one of 1e200 was 'NaN or inf' (it is finite)."""
+    lin = _pruned(nn.Linear(16, 4)).double()
+    with torch.no_grad():
+        lin.weight.mul_(magnitude)
+    with pytest.raises(ValueError, match="layer '0'.*does not fit float32"):
+        ps.convert(nn.Sequential(lin), layers="all", bits=4)
+    with pytest.raises(ValueError, match="does not fit float32"):
+        SparseLinear.from_dense(lin)

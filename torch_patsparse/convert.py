@@ -286,10 +286,9 @@ def _convert(model, pattern_set, layers, exclude, bits, scheme, inplace, project
             new, why = _naming(name, _pattern_layer, module, pset, explicit is not None, bits, scheme, project)
             if new is None and explicit is not None:
                 raise ValueError(f"convert: layer '{name}': {why}")
-            if (new is not None and layers == "all" and pset is None and not project and new.patterns.shape[1] > 4
-                    and bool((module.weight == 0).any())):
-                # pruned, but not onto patterns (unstructured sparsity: patterns of up to 9 weights,
-                # which the native kernel runs slower than dense): the sparse form when it stores less
+            if new is not None and layers == "all" and pset is None and not project and new.patterns.shape[1] > 4:
+                # not pruned onto patterns (unstructured sparsity, or none with bits: patterns of up to 9
+                # weights, which the native kernel runs slower than dense): the sparse form when it stores less
                 alt = _naming(name, compress_module, module, bits=bits, scheme=scheme)
                 if alt is not None and _stored_bits(alt) < _stored_bits(new):
                     new = alt

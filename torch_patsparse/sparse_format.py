@@ -187,9 +187,13 @@ def encode(weight: torch.Tensor, bits: Optional[int], scheme: str) -> Dict[str, 
     (``scheme``'s or the other's, the fewer bits; ties: ``scheme``), else fp32 values."""
     if scheme not in quant.SCHEMES:
         raise ValueError(f"scheme must be 'uniform' or 'pow2', got {scheme!r}")
-    w = weight.detach().to("cpu", torch.float32).reshape(-1)
-    if not bool(torch.isfinite(w).all()):
+    if not bool(torch.isfinite(weight).all()):
         raise ValueError("weight has NaN or inf entries")
+    w = weight.detach().to("cpu", torch.float32).reshape(-1)
+    # the arrays are float32: a float64 weight beyond its range would store inf, or zero for every weight
+    if not bool(torch.isfinite(w).all()) or (not bool(w.any()) and bool(weight.any())):
+        raise ValueError(f"the {weight.dtype} weight (magnitudes up to {float(weight.abs().max()):.3g}) does not fit "
+                         "float32, which the sparse layers store (values and the k-bit scale): rescale it")
     numel = w.numel()
     if bits is not None:
         quant.check(bits, scheme)
