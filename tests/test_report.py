@@ -1,6 +1,7 @@
 """report.py: compression_report's per-layer stored bits, densities and MACs, and its totals."""
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -219,3 +220,14 @@ def test_input_size_takes_the_dtype_of_a_model_without_parameters():
     for dtype in (torch.float64, torch.bfloat16):
         got = ps.compression_report(copy.deepcopy(converted).to(dtype), input_size=(1, 8, 6, 6))
         assert got.totals["kept_macs"] == want
+
+
+def test_input_size_checks_and_a_transposed_conv_shape():
+    """numpy ints are taken (as for bits), a batch of 0 is an error (MACs per image were 0 and the reduction
+    0.0x), and a transposed conv's shape is its weight's [Cin, Cout / groups, kh, kw] (it showed 4x4x3x3)."""
+    import numpy as np
+    model = nn.Sequential(nn.ConvTranspose2d(8, 4, 3, groups=2))
+    report = ps.compression_report(model, input_size=(np.int64(1), 8, 5, 5))
+    assert report.rows[0].shape == "8x2x3x3" and report.totals["dense_macs"] == 8 * 2 * 9 * 25
+    with pytest.raises(ValueError, match="batch of at least 1"):
+        ps.compression_report(model, input_size=(0, 8, 5, 5))

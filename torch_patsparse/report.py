@@ -1,4 +1,5 @@
 """``compression_report(model)``: per-layer and total storage (every stored bit counted) and MACs."""
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -149,8 +150,12 @@ def compression_report(model: nn.Module, input_size: Optional[Sequence[int]] = N
     if isinstance(input_size, torch.Tensor):  # compression_report(model, x): the tensor is the example
         input_size, example_input = None, input_size
     if input_size is not None:
-        if isinstance(input_size, int) or not all(isinstance(d, int) and d >= 0 for d in input_size):
+        if isinstance(input_size, int) or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool)
+                                                  and d >= 0 for d in input_size):
             raise TypeError(f"input_size must be a sequence of ints such as (1, 3, 224, 224), got {input_size!r}")
+        input_size = [int(d) for d in input_size]
+        if not input_size or input_size[0] < 1:  # MACs are per image: a batch of 0 has none to count
+            raise ValueError(f"input_size needs a batch of at least 1 image, e.g. (1, 3, 224, 224), got {input_size!r}")
     if example_input is not None and not isinstance(example_input, torch.Tensor):
         raise TypeError(f"example_input must be a tensor, got {type(example_input).__name__}")
     check_initialized(model, "compression_report")
@@ -220,8 +225,11 @@ def _data_key(t: torch.Tensor) -> tuple:
 
 
 def _shape(m: nn.Module) -> str:
-    """The weight's shape (a grouped conv's is [Cout, Cin / groups, kh, kw])."""
+    """The weight's shape (a grouped conv's is [Cout, Cin / groups, kh, kw], a transposed conv's
+    [Cin, Cout / groups, kh, kw]): a dense layer's own."""
     shape = getattr(m, "weight_shape", None)
+    if shape is None and not hasattr(m, "storage_bits") and isinstance(getattr(m, "weight", None), torch.Tensor):
+        shape = tuple(m.weight.shape)
     if shape is None and hasattr(m, "in_channels") and hasattr(m, "out_channels"):
         shape = (m.out_channels, m.in_channels // getattr(m, "groups", 1), *getattr(m, "kernel_size", ()))
     if shape is None and hasattr(m, "in_features"):
