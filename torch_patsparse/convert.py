@@ -1,5 +1,6 @@
 """``convert(model)``: swap layers for their compressed versions without changing what the model
 computes, unless the caller asks for a lossy step (``project=True`` or ``bits``)."""
+import contextlib
 import copy
 import warnings
 from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
@@ -214,7 +215,9 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
                          "load the weights first (model.to_empty(device='cpu'), then load_state_dict), or load a "
                          "converted checkpoint with ps.load_compressed(model, state_dict, assign=True)")
     first = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
-    with torch.device(first.device if first is not None else "cpu"):  # not an ambient torch.device("meta")
+    target = first.device if first is not None else torch.device("cpu")
+    # not an ambient torch.device("meta") block's device (a device mode slows every torch call: only when needed)
+    with contextlib.nullcontext() if torch.get_default_device() == target else torch.device(target):
         return _convert(model, pattern_set, layers, exclude, bits, scheme, inplace, project)
 
 
