@@ -302,8 +302,27 @@ def test_interrupt_and_divergence_are_reported(tmp_path, capsys, monkeypatch):
     def interrupted(self):
         raise KeyboardInterrupt
     monkeypatch.setattr(pipeline.Job, "stage_dense", interrupted)
+    assert cli.main(args) == 130  # before any epoch finished: --resume would find no checkpoint
+    assert "nothing to resume" in capsys.readouterr().err
+    open(os.path.join(out, "checkpoint.pt"), "wb").close()
     assert cli.main(args) == 130
     assert "rerun with --resume" in capsys.readouterr().err
+
+
+def test_an_admm_phase_that_drives_the_weights_to_nan_is_divergence(tmp_path, capsys):
+    """A finite loss with NaN weights after the ADMM epoch went on to hard-prune and ended in a traceback
+    (ADMM's 'gradient ... contains NaN/Inf at a masked step')."""
+    args = ["--out", str(tmp_path / "o"), "--no-progress", "--epochs", "1", "--train-limit", "512", "--test-limit", "64",
+            "--config", write(tmp_path, '[admm]\nlr = 1e8\nmethod = "admm"\n')]
+    assert cli.main(args) == 1
+    assert "training diverged in admm epoch 1" in capsys.readouterr().err
+
+
+def test_an_out_folder_that_cannot_be_written_is_refused_before_any_training(tmp_path, capsys):
+    """An existing folder without write access failed at the first checkpoint, after an epoch, with a
+    traceback."""
+    assert cli.main(["--out", "/sys/kernel", "--no-progress"]) == 2
+    assert "cannot use --out '/sys/kernel'" in capsys.readouterr().err
 
 
 def test_a_later_stage_into_a_missing_out_folder_creates_nothing(tmp_path, capsys):

@@ -91,3 +91,16 @@ def test_batches_deterministic_and_complete():
     again = torch.cat([yb for _, yb in D.batches(x, y, 4, shuffle=True, generator=torch.Generator().manual_seed(3))])
     assert sorted(seen.tolist()) == list(range(10)) and torch.equal(seen, again)
     assert D.num_batches(10, 4) == 3
+
+
+@pytest.mark.parametrize("case,message", [("labels", "labels go up to 200"), ("size", "images are 32x32")])
+def test_labels_or_images_that_are_not_fashion_mnist_are_a_clear_cli_error(tmp_path, capsys, case, message):
+    """Labels beyond 0..9 ended the job in cross_entropy's IndexError; 32x32 images trained silently."""
+    from torch_patsparse import cli
+    imgs = np.zeros((5, 32, 32) if case == "size" else (5, 28, 28), dtype=np.uint8)
+    labels = np.full(5, 200 if case == "labels" else 1, dtype=np.uint8)
+    for split, (i, l) in D.FILES.items():
+        _write_idx(tmp_path / (i + ".gz"), imgs)
+        _write_idx(tmp_path / (l + ".gz"), labels)
+    assert cli.main(["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--epochs", "0"]) == 2
+    assert message in capsys.readouterr().err

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from typing import Any, Dict
 
@@ -44,7 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (stage, epoch, model, "
                                                          "optimizer incl. ADMM state, LR schedule, RNG; "
                                                          "bit-exact at the same thread count)")
-    p.add_argument("--quick", action="store_true", help="small subset and 2 epochs per stage (a few minutes)")
+    p.add_argument("--quick", action="store_true", help="small subset and 2 epochs per stage (a few minutes); a "
+                   "--config file's values win over it, --epochs etc. over both")
     p.add_argument("--method", choices=METHODS, help="constraint phase: admm (ADMM), oneshot (project at once, "
                    "then masked training) or gradual (cubic keep schedule); overrides admm.method")
     p.add_argument("--retrain-on", choices=RETRAIN_ON, help="masked retraining on the dense model with masks or "
@@ -98,16 +100,22 @@ def main(argv=None) -> int:
         return 2
     try:
         os.makedirs(args.out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=args.out):  # writable: found now, not after the first epoch
+            pass
     except OSError as e:
         print(f"patsparse: cannot use --out {args.out!r}: {e.strerror or e}", file=sys.stderr)
         return 2
     if not args.resume and stages[0] == "dense" and os.path.exists(os.path.join(args.out, "checkpoint.pt")):
         print(f"patsparse: {args.out}/checkpoint.pt of an earlier run is replaced as this one goes "
               "(--resume continues it instead)", flush=True)
+    checkpoint = os.path.join(args.out, "checkpoint.pt")
     try:
         job = Job(cfg, args)
         # validate the layer rules against the real model before any training
         resolve_layers(job.model, cfg["layers"])
+    except KeyboardInterrupt:
+        print("\npatsparse: interrupted while loading the data", file=sys.stderr)
+        return 130
     except (DataNotFound, BadData) as e:
         print(f"patsparse: {e}", file=sys.stderr)
         return 2
@@ -116,8 +124,8 @@ def main(argv=None) -> int:
         return 2
     try:
         if args.resume:
-            job.load(os.path.join(args.out, "checkpoint.pt"))
-            job.log(f"resumed from {args.out}/checkpoint.pt: stages done {job.done}, "
+            job.load(checkpoint)
+            job.log(f"resumed from {checkpoint}: stages done {job.done}, "
                     f"in progress {job.stage!r} epoch {job.epoch}")
         else:
             first = STAGES.index(stages[0])
@@ -144,12 +152,16 @@ def main(argv=None) -> int:
         job.log(str(e))
         return 3
     except KeyboardInterrupt:
-        print(f"\npatsparse: interrupted; {args.out}/checkpoint.pt holds the last finished epoch: "
-              "rerun with --resume to continue", file=sys.stderr)
+        print(f"\npatsparse: interrupted; {checkpoint} holds the last finished epoch: rerun with --resume to continue"
+              if os.path.exists(checkpoint) else "\npatsparse: interrupted before the first epoch finished (nothing "
+              "to resume: run again)", file=sys.stderr)
         return 130
     except Diverged as e:
         print(f"patsparse: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # an output the run cannot write (a full disk, a directory where a file goes)
+        print(f"patsparse: cannot write to --out {args.out!r}: {e}", file=sys.stderr)
+        return 2
     job.log(f"done in {time.time() - t0:.0f}s; outputs in {args.out}")
     return 0
 

@@ -101,6 +101,10 @@ def load_split(split: str, directory: Optional[str] = None, limit: Optional[int]
     labels = read_idx(_find(directory, lbl_stem))
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
         raise BadData(f"{directory}: inconsistent {split} files: images {images.shape}, labels {labels.shape}")
+    if images.shape[1:] != (28, 28):  # the models take Fashion-MNIST's 28x28
+        raise BadData(f"{directory}: {split} images are {images.shape[1]}x{images.shape[2]}, Fashion-MNIST's are 28x28")
+    if labels.size and int(labels.max()) > 9:
+        raise BadData(f"{directory}: {split} labels go up to {int(labels.max())}; Fashion-MNIST has classes 0..9")
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     x = torch.from_numpy(images.copy()).unsqueeze(1)

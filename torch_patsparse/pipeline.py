@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from . import data as D
-from .admm import ADMM
+from .admm import ADMM, NonFiniteError
 from .compressed_training import compressed_training
 from .config import canonical_layers, resolve_layers
 from .convert import convert
@@ -226,13 +226,24 @@ class Job:
     def run_epochs(self, stage: str, epochs: int) -> None:
         while self.epoch < epochs:
             t0, c0 = time.time(), time.process_time()
-            with self.training_form():
-                stats = train_epoch(self.model, self.opt, self.x_train, self.y_train, self.cfg["batch_size"],
-                                    self.gen, desc=f"{stage} {self.epoch + 1}/{epochs}", scheduler=self.sched,
-                                    show=self.show, distill=self.distillation() if stage == "retrain" else None)
-            if not math.isfinite(stats["loss"]):
-                raise Diverged(f"training diverged in {stage} epoch {self.epoch + 1} (loss {stats['loss']}): "
-                               f"lower {stage}.lr and start again")
+            try:
+                with self.training_form():
+                    stats = train_epoch(self.model, self.opt, self.x_train, self.y_train, self.cfg["batch_size"],
+                                        self.gen, desc=f"{stage} {self.epoch + 1}/{epochs}", scheduler=self.sched,
+                                        show=self.show, distill=self.distillation() if stage == "retrain" else None)
+            except NonFiniteError as e:
+                # (in retrain after an ADMM phase that ran away: its weights stayed finite, the gradients did not)
+                earlier = " (or admm.lr: the weights came from the admm stage)" if stage == "retrain" else ""
+                raise Diverged(f"training diverged in {stage} epoch {self.epoch + 1} ({e}): lower {stage}.lr"
+                               f"{earlier} and start again") from e
+            # a finite loss with NaN / inf weights or ADMM residuals diverged too: the next stage would fail on them
+            res = self.opt.residuals() if stage == "admm" and self.opt.phase != "retrain" else {}
+            finite = (all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+                      and all(math.isfinite(v) for v in res.values()))
+            if not math.isfinite(stats["loss"]) or not finite:
+                raise Diverged(f"training diverged in {stage} epoch {self.epoch + 1} (loss {stats['loss']}"
+                               f"{'' if finite else ', weights or ADMM residuals NaN / inf'}): lower {stage}.lr and "
+                               "start again")
             acc = self.evaluate(desc=f"{stage} eval")
             self.epoch += 1
             rec = {"stage": stage, "epoch": self.epoch, "train_loss": stats["loss"], "train_acc": stats["acc"],
@@ -240,7 +251,6 @@ class Job:
             line = (f"[{stage} {self.epoch}/{epochs}] loss {stats['loss']:.4f} train {stats['acc']:.2f}% "
                     f"test {acc:.2f}%  ({rec['seconds']:.0f}s wall, {rec['cpu_seconds']:.0f}s CPU)")
             if stage == "admm" and self.opt.phase != "retrain":
-                res = self.opt.residuals()
                 rec["residual_max"] = max(res.values()) if res else 0.0
                 line += f"  max residual {rec['residual_max']:.4f}"
             self.history["epochs"].append(rec)

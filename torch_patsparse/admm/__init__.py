@@ -20,7 +20,8 @@ in one native pass). The design reasoning and the measurements behind the defaul
     opt.pattern_sets()                                  # PatternSet per group, for ps.convert
 """
 from .optimizer import ADMM, METHODS, PENALTIES
+from ._zupdate import NonFiniteError
 from ._state import trained_pattern_set
 from ._retrain import _scheduled  # noqa: F401  (tests pin the cubic schedule)
 
-__all__ = ["ADMM", "METHODS", "PENALTIES", "trained_pattern_set"]
+__all__ = ["ADMM", "METHODS", "NonFiniteError", "PENALTIES", "trained_pattern_set"]

@@ -11,6 +11,11 @@ from .. import constraints as C
 from ..patterns import PatternSet
 from ._state import ADMMState, RetrainState, outside_inference_mode
 
+class NonFiniteError(ValueError):
+    """A parameter or its gradient holds NaN / inf where ADMM projects or masks it: the training diverged
+    (a lower learning rate or rho is the usual cure)."""
+
+
 _BALANCE_MU, _BALANCE_TAU = 10.0, 2.0  # residual balancing (Boyd et al. 2011, eq. 3.13)
 
 
@@ -54,7 +59,7 @@ class ZUpdate:
             return
         for t, kind, name in items:
             if not bool(torch.isfinite(t).all()):
-                raise ValueError(f"ADMM: {kind} '{name}' contains NaN/Inf at {what}")
+                raise NonFiniteError(f"ADMM: {kind} '{name}' contains NaN/Inf at {what}")
 
     def _rho_eff(self, rho: float, scale: float, group, pairs: int = 1) -> float:
         """What a step applies: the proximal pull's fraction per step, ``1 - exp(-rho)`` (rho is the
