@@ -329,3 +329,15 @@ def test_a_later_stage_into_a_missing_out_folder_creates_nothing(tmp_path, capsy
     out = tmp_path / "none"
     assert cli.main(["--stages", "retrain", "--out", str(out)]) == 2
     assert not out.exists() and "does not exist" in capsys.readouterr().err
+
+
+def test_small_command_line_slips_are_one_line_and_create_nothing(tmp_path, capsys, monkeypatch):
+    """--resume into a missing folder created it before saying there was no checkpoint; --stages '' said
+    'unknown stage(s) []'; an empty PATSPARSE_DATA was the path ''."""
+    out = tmp_path / "none"
+    assert cli.main(["--resume", "--out", str(out)]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err and not out.exists()
+    assert cli.main(["--stages", "", "--out", str(out)]) == 2
+    assert "--stages names no stage" in capsys.readouterr().err
+    monkeypatch.setenv("PATSPARSE_DATA", "")
+    assert D.default_dir() == D.DEFAULT_DIR

@@ -81,18 +81,26 @@ def main(argv=None) -> int:
         print(f"patsparse: config error: {e}", file=sys.stderr)
         return 2
     if args.print_config:
-        print(json.dumps(cfg, indent=1))
+        try:
+            print(json.dumps(cfg, indent=1))
+        except BrokenPipeError:  # `--print-config | head`
+            sys.stdout = open(os.devnull, "w")  # (so the interpreter's final flush does not raise again)
         return 0
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     bad = [s for s in stages if s not in STAGES]
     if bad or not stages:
-        print(f"patsparse: unknown stage(s) {bad} (stages: {','.join(STAGES)})", file=sys.stderr)
+        print(f"patsparse: unknown stage(s) {bad}" if bad else "patsparse: --stages names no stage",
+              f"(stages: {','.join(STAGES)})", file=sys.stderr)
         return 2
     stages = [s for s in STAGES if s in stages]
     gap = [s for s in STAGES[STAGES.index(stages[0]):STAGES.index(stages[-1])] if s not in stages]
     if gap:  # a later stage must start from what this run's earlier one wrote
         print(f"patsparse: --stages {','.join(stages)} leaves out {','.join(gap)}: give consecutive stages "
               f"(the first one starts from OUT/<its predecessor>.pt)", file=sys.stderr)
+        return 2
+    checkpoint = os.path.join(args.out, "checkpoint.pt")
+    if args.resume and not os.path.exists(checkpoint):  # (--out not created only to say so)
+        print(f"patsparse: cannot continue: no checkpoint at {checkpoint}", file=sys.stderr)
         return 2
     if stages[0] != STAGES[0] and not os.path.exists(args.out):  # (not created only to say so)
         print(f"patsparse: cannot use --out {args.out!r}: it does not exist, and --stages {','.join(stages)} starts "
@@ -105,10 +113,6 @@ def main(argv=None) -> int:
     except OSError as e:
         print(f"patsparse: cannot use --out {args.out!r}: {e.strerror or e}", file=sys.stderr)
         return 2
-    if not args.resume and stages[0] == "dense" and os.path.exists(os.path.join(args.out, "checkpoint.pt")):
-        print(f"patsparse: {args.out}/checkpoint.pt of an earlier run is replaced as this one goes "
-              "(--resume continues it instead)", flush=True)
-    checkpoint = os.path.join(args.out, "checkpoint.pt")
     try:
         job = Job(cfg, args)
         # validate the layer rules against the real model before any training
@@ -122,6 +126,9 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"patsparse: config error: {e}", file=sys.stderr)
         return 2
+    if not args.resume and stages[0] == "dense" and os.path.exists(checkpoint):  # (said once the run can start)
+        print(f"patsparse: {checkpoint} of an earlier run is replaced as this one goes (--resume continues it "
+              "instead)", flush=True)
     try:
         if args.resume:
             job.load(checkpoint)

@@ -40,7 +40,7 @@ class BadData(ValueError):
 
 
 def default_dir() -> str:
-    return os.environ.get("PATSPARSE_DATA", DEFAULT_DIR)
+    return os.environ.get("PATSPARSE_DATA") or DEFAULT_DIR  # (set but empty: the default, as unset)
 
 
 def _find(directory: str, stem: str) -> str:
