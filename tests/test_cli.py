@@ -220,6 +220,14 @@ def test_retrain_with_distillation_from_the_dense_model(tiny_run, tmp_path, caps
         assert torch.equal(mask, sa["params"][i]["mask"]), name
         assert not b["model"][name][~mask].any(), name
         assert not torch.equal(b["model"][name], a["model"][name]), name
+    # building the teacher draws nothing from the global RNG (a --resume restored it, then the teacher's
+    # init moved it: not bit-exact)
+    import types
+    dense = torch.load(os.path.join(out, "dense.pt"), weights_only=False)
+    job = types.SimpleNamespace(cfg=b["config"], out=out, _distill=None, _checked=lambda path, stage: dense)
+    before = torch.get_rng_state()
+    assert pipeline.Job.distillation(job) is not None
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 # ------------------------------------------------------------------ user mistakes: clear errors, no training lost

@@ -142,7 +142,8 @@ class Job:
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"retrain.distill_alpha > 0 needs the dense model as teacher: no {path}")
             st = self._checked(path, "dense")  # a teacher from another configuration: refused
-            teacher = fmnist_vgg()
+            with torch.random.fork_rng(devices=[]):  # its init draws no numbers from the run's stream (--resume: bit-exact)
+                teacher = fmnist_vgg()
             try:
                 teacher.load_state_dict(st["model"])
             except RuntimeError as e:
