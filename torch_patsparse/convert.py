@@ -214,7 +214,7 @@ def convert(model: nn.Module, pattern_set: Union[None, PatternSet, Dict[str, Pat
         raise ValueError(f"convert: the model's tensors are on the meta device ({meta!r} has no values to compress): "
                          "load the weights first (model.to_empty(device='cpu'), then load_state_dict), or load a "
                          "converted checkpoint with ps.load_compressed(model, state_dict, assign=True)")
-    first = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
+    first = next((t for t in (*model.parameters(), *model.buffers())), None) if isinstance(model, nn.Module) else None
     target = first.device if first is not None else torch.device("cpu")
     # not an ambient torch.device("meta") block's device (a device mode slows every torch call: only when needed)
     with contextlib.nullcontext() if torch.get_default_device() == target else torch.device(target):
