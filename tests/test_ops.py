@@ -216,18 +216,3 @@ def test_a_layer_too_large_for_memory_is_refused_at_once_as_the_dense_one(build)
     16 GiB bias and index for minutes; the sparse layers failed in the format's header)."""
     with pytest.raises(RuntimeError, match="Storage size calculation overflowed"):
         build()
-
-
-def test_a_meta_argument_mixed_with_cpu_ones_is_an_error_not_an_empty_result():
-    """The dispatcher sends a call with any meta argument to the fake kernel: with values on meta and a CPU
-    input, pattern_conv2d returned uninitialised CPU memory as its result. All-meta calls keep working."""
-    arrays = [fmt.compress(random_pattern_weight(3, 4, seed=1), PATTERNS8)[n] for n in fmt.ARRAY_NAMES]
-    x = torch.randn(2, 4, 8, 8)
-    with pytest.raises(RuntimeError, match="pattern_conv2d: some arguments are on the meta device"):
-        torch.ops.patsparse.pattern_conv2d(x, *arrays[:4], arrays[4].to("meta"), None, [1, 1], [1, 1], [1, 1])
-    with pytest.raises(RuntimeError, match="pattern_decode: some arguments are on the meta device"):
-        torch.ops.patsparse.pattern_decode(torch.zeros(10, dtype=torch.uint8, device="meta"), torch.ones(1), 5, 4, 4,
-                                           "uniform")
-    meta = torch.ops.patsparse.pattern_conv2d(x.to("meta"), *(a.to("meta") for a in arrays), None, [1, 1], [1, 1],
-                                             [1, 1])
-    assert meta.is_meta and meta.shape == (2, 3, 8, 8)

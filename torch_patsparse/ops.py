@@ -151,24 +151,7 @@ def _out_size(n: int, pad: int, dil: int, stride: int) -> int:
     return span // stride + 1
 
 
-
-def _register_fake(name: str):
-    """``torch.library.register_fake(name)``, the kernel first refusing meta tensors mixed with others: the
-    dispatcher runs the fake kernel when any argument is on the meta device, and its empty output on
-    the input's device would pass for a result (``values.to("meta")`` with a CPU input)."""
-    def register(fake):
-        def checked(*args, **kwargs):
-            tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-            if any(t.is_meta for t in tensors) and not all(t.is_meta for t in tensors):
-                raise RuntimeError(f"{name}: some arguments are on the meta device (no data) and others on "
-                                   f"{sorted({str(t.device) for t in tensors if not t.is_meta})}: put them on one device")
-            return fake(*args, **kwargs)
-        torch.library.register_fake(name)(checked)
-        return fake
-    return register
-
-
-@_register_fake("patsparse::pattern_conv2d")
+@torch.library.register_fake("patsparse::pattern_conv2d")
 def _(input, patterns, filter_ptr, kernel_channel, kernel_pattern, values, bias, stride=(1, 1), padding=(0, 0),
       dilation=(1, 1)):
     torch._check(input.dim() == 4, lambda: "patsparse: input must be 4-D")
@@ -178,13 +161,13 @@ def _(input, patterns, filter_ptr, kernel_channel, kernel_pattern, values, bias,
     return _in_format_of(input, input.new_empty((n, filter_ptr.shape[0] - 1, oh, ow)))
 
 
-@_register_fake("patsparse::pattern_conv2d_grad_input")
+@torch.library.register_fake("patsparse::pattern_conv2d_grad_input")
 def _(grad_output, input_size, patterns, filter_ptr, kernel_channel, kernel_pattern, values, stride, padding,
       dilation):
     return grad_output.new_empty(input_size)
 
 
-@_register_fake("patsparse::pattern_conv2d_grad_values")
+@torch.library.register_fake("patsparse::pattern_conv2d_grad_values")
 def _(grad_output, input, patterns, filter_ptr, kernel_channel, kernel_pattern, values, stride, padding, dilation):
     return torch.empty_like(values, memory_format=torch.contiguous_format)
 
@@ -326,7 +309,7 @@ def pattern_conv2d_fused(input: torch.Tensor, patterns: torch.Tensor, filter_ptr
                                      shift, residual, pair(stride), pair(padding), pair(dilation), float(lo), float(hi))
 
 
-@_register_fake("patsparse::pattern_conv2d_fused")
+@torch.library.register_fake("patsparse::pattern_conv2d_fused")
 def _(input, patterns, filter_ptr, kernel_channel, kernel_pattern, values, scale, shift, residual, stride, padding,
       dilation, lo, hi):
     torch._check(not (lo > hi) and lo == lo and hi == hi,
@@ -376,22 +359,22 @@ def sparse_linear(input: torch.Tensor, header: torch.Tensor, index: torch.Tensor
                               lo, hi)
 
 
-@_register_fake("patsparse::sparse_dense_weight")
+@torch.library.register_fake("patsparse::sparse_dense_weight")
 def _(header, index, codes, values, code_scale, rows, cols):
     return values.new_empty((rows, cols), dtype=torch.float32)
 
 
-@_register_fake("patsparse::sparse_decode")
+@torch.library.register_fake("patsparse::sparse_decode")
 def _(header, index, codes, values, code_scale, shape):
     return values.new_empty(shape, dtype=torch.float32)
 
 
-@_register_fake("patsparse::pattern_channels")
+@torch.library.register_fake("patsparse::pattern_channels")
 def _(kernel_channel):
     return kernel_channel.new_empty(kernel_channel.shape, dtype=torch.int32)
 
 
-@_register_fake("patsparse::pattern_decode")
+@torch.library.register_fake("patsparse::pattern_decode")
 def _(codes, scale, kept_kernels, entries, bits, scheme):
     dtype = torch.float64 if scale.dtype == torch.float64 else torch.float32
     return scale.new_empty((kept_kernels, entries), dtype=dtype)
@@ -432,25 +415,25 @@ def _in_format_of(input, out):
     return out
 
 
-@_register_fake("patsparse::sparse_conv1x1")
+@torch.library.register_fake("patsparse::sparse_conv1x1")
 def _(input, header, index, codes, values, code_scale, out_channels, scale, shift, residual, stride, lo, hi):
     return _strided_output(input, out_channels, stride)
 
 
-@_register_fake("patsparse::sparse_linear")
+@torch.library.register_fake("patsparse::sparse_linear")
 def _(input, header, index, codes, values, code_scale, out_features, scale, shift, residual, lo, hi):
     return input.new_empty((*input.shape[:-1], out_features))
 
 
 # Depthwise 3x3 conv with bias + clamp (DepthwiseConv3x3's native path, csrc/depthwise_ops.cpp;
 # inference only: input that needs a gradient is refused).
-@_register_fake("patsparse::depthwise_conv3x3")
+@torch.library.register_fake("patsparse::depthwise_conv3x3")
 def _(input, weight, bias, stride, lo, hi):
     return _strided_output(input, input.shape[1], stride)
 
 
 # Max-pool, kernel = stride = k (fusion.max_pool2d_nchw's native path, csrc/pool_ops.cpp; inference only).
-@_register_fake("patsparse::max_pool2d")
+@torch.library.register_fake("patsparse::max_pool2d")
 def _(input, k):
     torch._check(input.dim() == 4, lambda: "patsparse: input must be 4-D")
     return _in_format_of(input, input.new_empty((input.shape[0], input.shape[1], input.shape[2] // k,
@@ -586,27 +569,27 @@ for _name, _conv in (("pattern_conv2d_layer", True), ("sparse_conv1x1_layer", Tr
 # Out variants (csrc/ops_out.cpp): the schemas ExecuTorch's to_executorch() switches each functional
 # call to; the fake kernel checks the functional op's shape rules and returns `out` (resized by the
 # real kernels).
-@_register_fake("patsparse::pattern_conv2d.out")
+@torch.library.register_fake("patsparse::pattern_conv2d.out")
 def _(input, patterns, filter_ptr, kernel_channel, kernel_pattern, values, bias, stride=(1, 1), padding=(0, 0),
       dilation=(1, 1), *, out):
     torch._check(input.dim() == 4, lambda: "patsparse: input must be 4-D")
     return out
 
 
-@_register_fake("patsparse::pattern_conv2d_fused.out")
+@torch.library.register_fake("patsparse::pattern_conv2d_fused.out")
 def _(input, patterns, filter_ptr, kernel_channel, kernel_pattern, values, scale, shift, residual, stride, padding,
       dilation, lo, hi, *, out):
     torch._check(input.dim() == 4, lambda: "patsparse: input must be 4-D")
     return out
 
 
-@_register_fake("patsparse::sparse_conv1x1.out")
+@torch.library.register_fake("patsparse::sparse_conv1x1.out")
 def _(input, header, index, codes, values, code_scale, out_channels, scale, shift, residual, stride, lo, hi, *, out):
     torch._check(input.dim() == 4, lambda: "patsparse: input must be 4-D")
     return out
 
 
-@_register_fake("patsparse::sparse_linear.out")
+@torch.library.register_fake("patsparse::sparse_linear.out")
 def _(input, header, index, codes, values, code_scale, out_features, scale, shift, residual, lo, hi, *, out):
     torch._check(input.dim() >= 1, lambda: "patsparse: input must have at least 1 dimension")
     return out
