@@ -261,6 +261,13 @@ def test_damaged_checkpoints_are_clear_errors(tiny_run, tmp_path, capsys):
     torch.save(st, out / "dense.pt")
     assert cli.main(["--config", cfg, "--out", str(out), "--no-progress", "--stages", "admm"]) == 2
     assert "cannot restore from it" in capsys.readouterr().err
+    # fields load_state_dict does not see, edited: a traceback later in a stage before
+    for key, value in (("opt_kind", "Adam"), ("done", None), ("history", {})):
+        st = torch.load(os.path.join(full_out, "admm.pt"), weights_only=False)
+        st[key] = value
+        torch.save(st, out / "checkpoint.pt")
+        assert cli.main(["--config", cfg, "--out", str(out), "--no-progress", "--resume"]) == 2, key
+        assert "cannot restore from it" in capsys.readouterr().err, key
 
 
 @needs_data

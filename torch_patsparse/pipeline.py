@@ -183,7 +183,13 @@ class Job:
             raise ValueError(f"{path}: cannot restore from it ({type(e).__name__}: {str(e).splitlines()[0]})") from e
 
     def _restore(self, st: Dict[str, Any]) -> None:
-        self.stage, self.epoch, self.done, self.history = st["stage"], st["epoch"], st["done"], st["history"]
+        # the fields load_state_dict does not validate (an edited file failed later, in a stage)
+        done, history = st["done"], st["history"]
+        if not (isinstance(done, list) and all(s in STAGES for s in done) and isinstance(st["epoch"], int)
+                and st["opt_kind"] in (None, "SGD", "ADMM") and isinstance(history, dict)
+                and isinstance(history.get("epochs"), list) and isinstance(history.get("acc"), dict)):
+            raise TypeError("done / epoch / opt_kind / history are not what a run writes")
+        self.stage, self.epoch, self.done, self.history = st["stage"], st["epoch"], done, history
         self.model.load_state_dict(st["model"])
         self.opt = self.sched = None
         # optimizer and scheduler objects first (a new scheduler touches the LRs), then their states
