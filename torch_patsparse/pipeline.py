@@ -14,6 +14,7 @@ from . import data as D
 from .admm import ADMM, NonFiniteError
 from .compressed_training import compressed_training
 from .config import canonical_layers, resolve_layers
+from .constraints import Pattern
 from .convert import convert
 from .export import torchscript
 from .models import fmnist_vgg
@@ -271,7 +272,13 @@ class Job:
         """Masked retraining through the compressed modules when asked (retrain.on); checkpoints and
         evaluation always see the dense form."""
         if self.cfg["retrain"]["on"] == "compressed" and isinstance(self.opt, ADMM) and self.opt.phase == "retrain":
-            return compressed_training(self.model, self.opt)
+            groups = [g.get("constraints") or () for g in self.opt.param_groups]
+            if any(isinstance(c, Pattern) for cons in groups for c in ([cons] if isinstance(cons, Pattern) else cons)):
+                return compressed_training(self.model, self.opt)
+            if not getattr(self, "_said_dense_retrain", False):  # (compressed_training would warn each epoch)
+                self._said_dense_retrain = True
+                self.log("retrain.on = 'compressed': no layer has a pattern constraint (nothing becomes a "
+                         "PatternConv2d), so the masked dense model is retrained")
         return contextlib.nullcontext()
 
     def begin(self, stage: str) -> bool:

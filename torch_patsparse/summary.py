@@ -68,9 +68,10 @@ def plot(stats: Dict[str, Any], path: str) -> None:
 def summary_table(history: Dict[str, Any], stats: Dict[str, Any]) -> str:
     acc = history["acc"]
     lat = history.get("latency_ms", {})
-    rows = [("dense top-1 (%)", f"{acc.get('dense', float('nan')):.2f}"),
-            ("compressed top-1 (%)", f"{acc.get('compressed', float('nan')):.2f}"),
-            ("delta (points)", f"{acc.get('compressed', float('nan')) - acc.get('dense', float('nan')):+.2f}")]
+    dense, comp = (round(acc.get(k, float("nan")), 2) for k in ("dense", "compressed"))
+    # (the delta of the rounded accuracies shown, so the three rows agree)
+    rows = [("dense top-1 (%)", f"{dense:.2f}"), ("compressed top-1 (%)", f"{comp:.2f}"),
+            ("delta (points)", f"{comp - dense:+.2f}")]
     if stats["conv_kernels"]:
         entries = sorted({r["entries"] for r in stats["layers"] if "entries" in r})
         rows += [("kept 3x3 kernels (PatternConv2d layers)", f"{stats['conv_kept_kernels']}/{stats['conv_kernels']} "
