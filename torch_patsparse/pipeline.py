@@ -14,7 +14,6 @@ from . import data as D
 from .admm import ADMM, NonFiniteError
 from .compressed_training import compressed_training
 from .config import canonical_layers, resolve_layers
-from .constraints import Pattern
 from .convert import convert
 from .export import torchscript
 from .models import fmnist_vgg
@@ -86,6 +85,7 @@ class Job:
         self.epoch = 0            # epochs finished in self.stage
         self.done: List[str] = []
         self.history: Dict[str, Any] = {"epochs": [], "acc": {}}
+        self._said_dense_retrain = False  # (training_form's note, once per run)
         self.converted = None     # the converted model (after the convert stage)
         self.interrupt_after = args.interrupt_after
         self.epochs_run = 0
@@ -143,7 +143,8 @@ class Job:
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"retrain.distill_alpha > 0 needs the dense model as teacher: no {path}")
             st = self._checked(path, "dense")  # a teacher from another configuration: refused
-            with torch.random.fork_rng(devices=[]):  # its init draws no numbers from the run's stream (--resume: bit-exact)
+            # its init draws no numbers from the run's stream (after --resume: bit-exact)
+            with torch.random.fork_rng(devices=[]):
                 teacher = fmnist_vgg()
             try:
                 teacher.load_state_dict(st["model"])
@@ -272,10 +273,9 @@ class Job:
         """Masked retraining through the compressed modules when asked (retrain.on); checkpoints and
         evaluation always see the dense form."""
         if self.cfg["retrain"]["on"] == "compressed" and isinstance(self.opt, ADMM) and self.opt.phase == "retrain":
-            groups = [g.get("constraints") or () for g in self.opt.param_groups]
-            if any(isinstance(c, Pattern) for cons in groups for c in ([cons] if isinstance(cons, Pattern) else cons)):
+            if any(pset is not None for pset in self.opt.pattern_sets()):  # (groups with a Pattern constraint)
                 return compressed_training(self.model, self.opt)
-            if not getattr(self, "_said_dense_retrain", False):  # (compressed_training would warn each epoch)
+            if not self._said_dense_retrain:  # (compressed_training would warn each epoch)
                 self._said_dense_retrain = True
                 self.log("retrain.on = 'compressed': no layer has a pattern constraint (nothing becomes a "
                          "PatternConv2d), so the masked dense model is retrained")

@@ -136,7 +136,8 @@ def compression_report(model: nn.Module, input_size: Optional[Sequence[int]] = N
     bias at their dtype's width; ``torch.nn.utils.prune``'s weight_orig and weight_mask, a
     parametrization's original tensors). ``totals`` sums the layers (``ratio``) and, in ``model_*``, the
     whole state_dict: every other tensor (BatchNorm statistics, ...) counted at its stored width. A
-    tensor shared by two layers (a tied weight) is counted once in the totals, as ``torch.save`` stores it. MACs are per image and need
+    tensor shared by two layers (a tied weight) is counted once in the totals, as ``torch.save`` stores
+    it. MACs are per image and need
     ``input_size`` (e.g. ``(1, 3, 224, 224)``) or an ``example_input`` (one forward pass records each
     layer's output size; a transposed conv counts per input position; a tensor given as the second
     argument is taken as the example input). MACs kept count the weights a layer computes with: its
@@ -172,6 +173,7 @@ def compression_report(model: nn.Module, input_size: Optional[Sequence[int]] = N
     weights = set()                # the weights seen: a weight tied between two layers is one dense weight
     dense_total = 0
     for name, m in layers:
+        state = {k: t for k, t in m.state_dict().items() if isinstance(t, torch.Tensor)}
         bias_bits = _bits_of(m.bias) if isinstance(getattr(m, "bias", None), torch.Tensor) else 0
         if hasattr(m, "storage_bits"):
             detail = {k: int(v) for k, v in m.storage_bits().items()}
@@ -190,7 +192,7 @@ def compression_report(model: nn.Module, input_size: Optional[Sequence[int]] = N
             dense_bits = _bits_of(m.weight) + bias_bits
             # what the state_dict holds for it: weight and bias, or torch.nn.utils.prune's weight_orig and
             # weight_mask, a parametrization's original tensors
-            detail = {k: _bits_of(t) for k, t in m.state_dict().items() if isinstance(t, torch.Tensor)}
+            detail = {k: _bits_of(t) for k, t in state.items()}
             kind = type(m).__name__
             dense_w = kept_w = m.weight.numel()     # a dense layer computes every weight
             density = 1.0
@@ -198,9 +200,8 @@ def compression_report(model: nn.Module, input_size: Optional[Sequence[int]] = N
         macs = (dense_w * positions[name], kept_w * positions[name]) if name in positions else (None, None)
         shape = _shape(m)
         rows.append(LayerRow(name, kind, shape, density, dense_bits, sum(detail.values()), macs[0], macs[1], detail))
-        for t in m.state_dict().values():
-            if isinstance(t, torch.Tensor):
-                stored.setdefault(_data_key(t), _bits_of(t))
+        for t in state.values():
+            stored.setdefault(_data_key(t), _bits_of(t))
         key = _data_key(weight) if isinstance(weight, torch.Tensor) else ("layer", id(m))
         dense_total += dense_bits if key not in weights else bias_bits
         weights.add(key)

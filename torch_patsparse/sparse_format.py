@@ -178,7 +178,8 @@ def encode_zeros(numel: int) -> Dict[str, torch.Tensor]:
     kind, width, index, nsym = _choose_index(torch.zeros(0, dtype=torch.long, device="cpu"), numel)
     header = bitpack.pack_fields([kind, width - 1, 0, 0, 0, nsym], _header_widths(numel))
     empty = torch.zeros(0, device="cpu")
-    return dict(zip(ARRAY_NAMES, (header, index, torch.zeros(0, dtype=torch.uint8, device="cpu"), empty, empty.clone())))
+    codes = torch.zeros(0, dtype=torch.uint8, device="cpu")
+    return dict(zip(ARRAY_NAMES, (header, index, codes, empty, empty.clone())))
 
 
 def encode(weight: torch.Tensor, bits: Optional[int], scheme: str) -> Dict[str, torch.Tensor]:

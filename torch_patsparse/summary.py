@@ -78,8 +78,10 @@ def summary_table(history: Dict[str, Any], stats: Dict[str, Any]) -> str:
                                       f"({100 * stats['conv_kept_kernels'] / stats['conv_kernels']:.1f}%)"),
                  ("weights per kept kernel", f"{'/'.join(map(str, entries))} of 9"),
                  ("patterns used", f"{len(stats['pattern_usage'])}"),
-                 ("PatternConv2d storage (bits)", f"{stats['conv_storage_bits']} vs {stats['conv_dense_bits']} dense fp32"),
-                 ("PatternConv2d compression ratio", f"{stats['conv_dense_bits'] / max(stats['conv_storage_bits'], 1):.1f}x")]
+                 ("PatternConv2d storage (bits)",
+                  f"{stats['conv_storage_bits']} vs {stats['conv_dense_bits']} dense fp32"),
+                 ("PatternConv2d compression ratio",
+                  f"{stats['conv_dense_bits'] / max(stats['conv_storage_bits'], 1):.1f}x")]
     tot = history.get("report_totals")
     if tot:
         rows.append(("conv + FC compression ratio (report)", f"{tot['ratio']:.1f}x"))

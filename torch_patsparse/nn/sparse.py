@@ -61,7 +61,8 @@ class SparseLinear(_SparseWeightMixin, nn.Module):
         else fp32 values (a float64 weight is rounded to them: ``conversion_error`` says by how much).
         The result is on the source layer's device and in its dtype (as after ``.to(dtype)``)."""
         _check_source(cls, module, nn.Linear)
-        m = cls(module.in_features, module.out_features, module.bias is not None, device="cpu")  # the arrays are made on the CPU
+        # built on the CPU, where the arrays are made, then moved (also inside a `with torch.device(...)` block)
+        m = cls(module.in_features, module.out_features, module.bias is not None, device="cpu")
         m._set_weight(module.weight, bits, scheme)
         m = m.to(device=module.weight.device, dtype=module.weight.dtype)
         m._copy_bias(module.bias)
