@@ -807,6 +807,28 @@ def test_load_compressed_into_a_meta_device_model_with_assign(bits):
     torch.testing.assert_close(model(x), converted(x), rtol=0, atol=0)
 
 
+def test_load_compressed_strict_false_names_what_is_left_on_the_meta_device():
+    """A weights file without the last layer's bias loaded with assign=True, strict=False into a meta
+    model: the warning says that bias has no data yet, and so does the forward (it said "the input
+    does not fit the layer", naming nothing)."""
+    def net():
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1))
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = ps.convert(models.sparsify_random(net()), layers="all")
+    sd = converted.state_dict()
+    del sd["2.bias"]
+    with torch.device("meta"):
+        model = net()
+    with pytest.warns(UserWarning, match=r"\['2.bias'\] are on the meta device"):
+        ps.load_compressed(model, sd, strict=False, assign=True)
+    with pytest.raises(RuntimeError, match="the layer's bias is on meta, its weights on cpu"):
+        model(torch.randn(1, 3, 6, 6))
+    with pytest.warns(UserWarning) as record:  # a CPU model: the missing bias keeps real values, no meta note
+        ps.load_compressed(net(), sd, strict=False)
+    assert not any("meta" in str(r.message) for r in record)
+
 
 def test_convert_of_a_meta_device_model_is_a_clear_error():
     """A model built on the meta device has no values to compress: a ValueError saying what to do

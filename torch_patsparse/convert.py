@@ -488,6 +488,11 @@ def load_compressed(model: nn.Module, state_dict, strict: bool = True, assign: b
                                "the converted model's state_dict, load that, then optimize again") from e
         raise
     if keys.missing_keys or keys.unexpected_keys:  # strict=False: say what was not loaded
+        own = model.state_dict(keep_vars=True)
+        on_meta = [k for k in keys.missing_keys if k in own and own[k].is_meta]
+        meta_note = (f"; {on_meta} are on the meta device (no data): load or initialise them before running the "
+                     "model" if on_meta else "")
         warnings.warn(f"load_compressed(strict=False): missing keys {keys.missing_keys} (they keep the model's "
-                      f"own values), unexpected keys {keys.unexpected_keys} (ignored)", UserWarning, stacklevel=2)
+                      f"own values), unexpected keys {keys.unexpected_keys} (ignored){meta_note}",
+                      UserWarning, stacklevel=2)
     return model
