@@ -43,6 +43,8 @@ def test_main_reports_config_and_data_errors(tmp_path, capsys):
     assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
     assert cli.main(["--stages", "dense,train", "--out", str(tmp_path / "o")]) == 2
     assert "unknown stage" in capsys.readouterr().err
+    assert cli.main(["--config", "", "--out", str(tmp_path / "o")]) == 2  # (it ran with the defaults)
+    assert "--config names no file" in capsys.readouterr().err
 
 
 @needs_data

@@ -105,6 +105,8 @@ def build_config(path: Optional[str] = None, quick: bool = False,
     base = copy.deepcopy(DEFAULTS)
     base.update({"train_limit": None, "test_limit": None})
     cfg = _merge(base, QUICK) if quick else base
+    if path is not None and not str(path).strip():
+        raise ConfigError("--config names no file (an empty path)")
     if path:
         cfg = _merge(cfg, read_config_file(path))
     if overrides:
