@@ -457,6 +457,92 @@ def test_hooks_and_frozen_parameters_carry_over():
     torch.testing.assert_close(out(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+def test_state_dict_hooks_move_and_handles_still_remove_them():
+    """convert kept only the forward / backward hooks (state_dict and load_state_dict hooks were lost,
+    and a load pre-hook registered on the layer then called a dead module), and a handle the user held
+    no longer removed a hook from the converted layer (convert(inplace=True))."""
+    torch.manual_seed(0)
+    model = nn.Sequential(_pattern_pruned_conv(), nn.Flatten(), nn.Linear(8 * 36, 3))
+    with torch.no_grad():
+        model[2].weight.mul_((torch.rand(3, 8 * 36) < 0.2).float())
+    calls = []
+    handles = []
+    for i in (0, 2):
+        layer = model[i]
+        handles += [layer.register_forward_hook(lambda m, a, o, i=i: calls.append(f"forward {i}")),
+                    layer.register_state_dict_pre_hook(lambda m, p, k, i=i: calls.append(f"sd pre {i}")),
+                    layer.register_state_dict_post_hook(lambda m, sd, p, meta, i=i: calls.append(f"sd post {i}")),
+                    layer.register_load_state_dict_pre_hook(
+                        lambda m, sd, p, *a, i=i: calls.append(f"load pre {i} {type(m).__name__}")),
+                    layer.register_load_state_dict_post_hook(lambda m, keys, i=i: calls.append(f"load post {i}"))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ps.convert(model, layers="all", inplace=True)
+    assert [type(m) for m in model] == [PatternConv2d, nn.Flatten, SparseLinear]
+    model(torch.randn(1, 4, 6, 6))
+    model.load_state_dict(model.state_dict())
+    for i, kind in ((0, "PatternConv2d"), (2, "SparseLinear")):
+        for what in ("forward", "sd pre", "sd post", f"load pre {i} {kind}", "load post"):
+            name = what if what.startswith("load pre") else f"{what} {i}"
+            assert name in calls, (name, calls)
+    for h in handles:
+        h.remove()
+    calls.clear()
+    model(torch.randn(1, 4, 6, 6))
+    model.load_state_dict(model.state_dict())
+    assert calls == []
+
+
+def test_a_load_pre_hook_runs_before_the_layer_reads_the_state_dict():
+    """nn.Module runs load_state_dict pre-hooks before anything reads the state_dict; the compressed
+    layers checked (and resized) first: a hook renaming legacy keys failed on arrays of another
+    sparsity, and arrays the hook supplied were stored unchecked."""
+    def rename_legacy(module, state_dict, prefix, *args):
+        for k in list(state_dict):
+            if k.startswith(prefix + "old_"):
+                state_dict[prefix + k[len(prefix) + 4:]] = state_dict.pop(k)
+
+    def pruned_linear(keep):
+        layer = nn.Linear(16, 4)
+        with torch.no_grad():
+            layer.weight.mul_((torch.rand(4, 16) < keep).float())
+        return layer
+
+    torch.manual_seed(0)
+    src, dst = SparseLinear.from_dense(pruned_linear(0.5)), SparseLinear.from_dense(pruned_linear(0.2))
+    dst.register_load_state_dict_pre_hook(rename_legacy)
+    dst.load_state_dict({"old_" + k: v for k, v in src.state_dict().items()})
+    x = torch.randn(2, 16)
+    torch.testing.assert_close(dst(x), src(x), rtol=0, atol=0)
+    conv = PatternConv2d.from_dense(_pattern_pruned_conv())
+    bad = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in conv.state_dict().items()}
+    bad["kernel_channel"][0] = 1000
+    conv.register_load_state_dict_pre_hook(rename_legacy)
+    before = conv.kernel_channel.clone()
+    with pytest.raises(RuntimeError, match=r"kernel_channel\[0\] = 1000 is outside"):
+        conv.load_state_dict({"old_" + k: v for k, v in bad.items()})
+    assert torch.equal(conv.kernel_channel, before)
+
+
+def test_module_type_keeps_the_index_arrays_integer():
+    """nn.Module.type casts every tensor: the index arrays became float and the next forward failed."""
+    torch.manual_seed(0)
+    model = nn.Sequential(_pattern_pruned_conv(), nn.Flatten(), nn.Linear(8 * 36, 3))
+    with torch.no_grad():
+        model[2].weight.mul_((torch.rand(3, 8 * 36) < 0.2).float())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = ps.convert(model, layers="all", bits=4)
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
+    want = copy.deepcopy(converted).double()(x)
+    for dst in (torch.float64, "torch.DoubleTensor"):
+        got = copy.deepcopy(converted).type(dst)
+        assert all(a.dtype == b.dtype for a, b in zip(got[0].buffers(), converted[0].buffers())
+                   if not a.is_floating_point())
+        torch.testing.assert_close(got(x), want, rtol=0, atol=0)
+    assert converted[0].transposed is False and converted[0].output_padding == (0, 0)  # nn.Conv2d's attributes
+
+
 def test_an_excluded_container_keeps_everything_in_it_dense():
     torch.manual_seed(0)
     model = nn.Module()

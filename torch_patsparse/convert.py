@@ -3,6 +3,7 @@ computes, unless the caller asks for a lossy step (``project=True`` or ``bits``)
 import contextlib
 import copy
 import warnings
+import weakref
 from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
@@ -384,26 +385,38 @@ def _refresh_pruned_weights(model: nn.Module) -> None:
 # An nn.Module's hooks: the dicts of hook functions, and those of per-hook flags (keyed by hook id).
 HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
 HOOK_FLAG_DICTS = ("_forward_pre_hooks_with_kwargs", "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
+STATE_HOOK_DICTS = ("_state_dict_pre_hooks", "_state_dict_hooks", "_load_state_dict_pre_hooks",
+                    "_load_state_dict_post_hooks")
 
 
 def _carry_over(old: nn.Module, new: nn.Module) -> None:
-    """What the user set on the layer goes with it: frozen parameters stay frozen, and its forward /
-    backward hooks are kept (as torch.ao.quantization's module swap does), except
-    torch.nn.utils.prune's reparametrization hooks (the new layer stores the pruned weight itself)."""
+    """What the user set on the layer goes with it: frozen parameters stay frozen, and its hooks
+    (forward / backward, state_dict / load_state_dict) are kept, as torch.ao.quantization's module swap
+    does, in the same dicts, so the handles the user holds still remove them. torch.nn.utils.prune's
+    reparametrization hooks stay behind (the new layer stores the pruned weight itself)."""
     for pname, p in new.named_parameters(recurse=False):
         src = getattr(old, "bias" if pname == "bias" else "weight", None)
         if isinstance(src, torch.Tensor):
             p.requires_grad_(src.requires_grad)
-    kept = set()
-    for attr in HOOK_DICTS:
-        for hid, fn in getattr(old, attr).items():
-            if not isinstance(fn, prune.BasePruningMethod):
-                getattr(new, attr)[hid] = fn
-                kept.add(hid)
-    for attr in HOOK_FLAG_DICTS:
-        getattr(new, attr).update({hid: v for hid, v in getattr(old, attr).items() if hid in kept})
+    pruning = {hid for hid, fn in old._forward_pre_hooks.items() if isinstance(fn, prune.BasePruningMethod)}
+    for attr in HOOK_DICTS + HOOK_FLAG_DICTS + STATE_HOOK_DICTS:
+        hooks = getattr(old, attr)
+        if pruning:  # copies without them (the old layer keeps its own, should it be put back)
+            hooks = type(hooks)((hid, fn) for hid, fn in hooks.items() if hid not in pruning)
+        setattr(new, attr, hooks)
+    _rebind_hooks(new, old)
     if old._backward_hooks:
         new._is_full_backward_hook = old._is_full_backward_hook
+
+
+def _rebind_hooks(module: nn.Module, previous: nn.Module) -> None:
+    """Hooks that torch calls with their module (register_load_state_dict_pre_hook's wrapper holds a
+    weak reference to it) are called with ``module`` from now on instead of ``previous``."""
+    for attr in STATE_HOOK_DICTS:
+        for fn in getattr(module, attr).values():
+            if getattr(fn, "with_module", False) and isinstance(getattr(fn, "module", None), weakref.ref) \
+                    and fn.module() is previous:
+                fn.module = weakref.ref(module)
 
 
 def _empty_compressed(name: str, module: nn.Module, state_dict, prefix: str) -> Optional[nn.Module]:
@@ -479,8 +492,9 @@ def load_compressed(model: nn.Module, state_dict, strict: bool = True, assign: b
     try:
         keys = model.load_state_dict(state_dict, strict=strict, assign=assign)
     except BaseException as e:
-        for name, old, _ in swaps:  # the model gets its own layers back, not empty compressed ones
+        for name, old, new in swaps:  # the model gets its own layers back, not empty compressed ones
             model.set_submodule(name, old)
+            _rebind_hooks(old, new)
         if not isinstance(e, RuntimeError):
             raise
         if any(".fused_" in f".{k}" for k in state_dict.keys()):

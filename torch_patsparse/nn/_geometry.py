@@ -18,6 +18,9 @@ class ConvGeometry:
     assignment is checked against the layer)."""
 
     _STORAGE = ""
+    # nn.Conv2d's, for code that inspects conv layers (FLOP counters, fusion helpers): never transposed
+    transposed = False
+    output_padding = (0, 0)
 
     def __setattr__(self, name: str, value) -> None:
         if name not in _GEOMETRY:

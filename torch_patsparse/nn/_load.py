@@ -1,6 +1,7 @@
 """load_state_dict helpers shared by the compressed modules: one message format, checks of incoming
 tensors, and all-or-nothing assignment (a rejected load leaves the module as it was)."""
 import warnings
+from collections import OrderedDict
 from typing import Callable, Dict, Iterable, Optional, Sequence
 
 import torch
@@ -103,3 +104,22 @@ def apply_or_restore(module: nn.Module, attrs: Sequence[str], apply: Callable[[]
         raise
     if len(error_msgs) > before:
         restore()
+
+
+def pre_hooks_first(load):
+    """Decorates a layer's ``_load_from_state_dict`` so that its load_state_dict pre-hooks run before
+    the layer's own checks read anything, as nn.Module runs them (a hook that renames or supplies keys
+    is then checked like any other input), and nn.Module's call inside does not run them again."""
+    def wrapped(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        hooks = self._load_state_dict_pre_hooks
+        if not hooks:
+            return load(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        for hook in list(hooks.values()):
+            hook(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        self._load_state_dict_pre_hooks = OrderedDict()
+        try:
+            return load(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        finally:
+            self._load_state_dict_pre_hooks = hooks
+    wrapped.__doc__ = load.__doc__
+    return wrapped

@@ -10,8 +10,8 @@ from .. import bitpack
 from .. import format as fmt
 from .. import quant
 from ._decoded_weight import DecodedWeight, warn_scale_rounding
-from ._load import (apply_or_restore, assume_extra_state, check_bias, check_tensor, load_error, shared_reshape_error,
-                    size_mismatch)
+from ._load import (apply_or_restore, assume_extra_state, check_bias, check_tensor, load_error, pre_hooks_first,
+                    shared_reshape_error, size_mismatch)
 
 _SCHEMES = quant.SCHEMES
 _EXTRA_KEYS = ("bits", "scheme", "in_channels", "out_channels")
@@ -123,6 +123,7 @@ class PatternStateDict(DecodedWeight):
                       "kernel_pattern": out["kernel_pattern"], "values": values}, self.in_channels, self.out_channels)
         return out
 
+    @pre_hooks_first
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         # Validate everything first, assign only then: a rejected load leaves the module as it was.

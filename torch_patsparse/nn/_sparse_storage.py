@@ -11,7 +11,8 @@ from torch import nn
 from .. import sparse_format
 from .._tracing import fx_attr, fx_leaf
 from ._decoded_weight import DecodedWeight, check_weight_size, relative_error
-from ._load import apply_or_restore, assume_extra_state, check_bias, load_error, shared_reshape_error, size_mismatch
+from ._load import (apply_or_restore, assume_extra_state, check_bias, load_error, pre_hooks_first,
+                    shared_reshape_error, size_mismatch)
 
 _ARRAYS = sparse_format.ARRAY_NAMES
 
@@ -175,6 +176,7 @@ class _SparseWeightMixin(DecodedWeight):
             return size_mismatch(prefix, "weight", shape, self.weight_shape)
         return None
 
+    @pre_hooks_first
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         # Validate everything first, assign only then: a rejected load leaves the module as it was.
