@@ -716,6 +716,39 @@ def test_a_weight_shared_by_two_layers_stays_one_parameter():
     torch.testing.assert_close(out(x), model(x), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("form", ["kbit_pattern", "sparse_conv", "sparse_linear"])
+def test_a_tied_weight_stays_one_copy_in_every_stored_form(form):
+    """k-bit PatternConv2d and SparseConv2d / SparseLinear stored a weight tied between two layers once
+    per layer: the state_dict held it twice and compression_report of the converted model counted a dense
+    model twice the original's (4.26x reported for 2.16x)."""
+    torch.manual_seed(0)
+    if form == "sparse_linear":
+        a, b = nn.Linear(64, 64), nn.Linear(64, 64)
+        x = torch.randn(3, 64)
+    else:  # (unstructured 20% of a 1x1 conv: the sparse form)
+        a = _pattern_pruned_conv(16, 16) if form == "kbit_pattern" else nn.Conv2d(16, 16, 1)
+        b = nn.Conv2d(16, 16, a.kernel_size, padding=a.padding)
+        x = torch.randn(2, 16, 8, 8)
+    b.weight = a.weight
+    if form != "kbit_pattern":
+        with torch.no_grad():
+            a.weight.mul_((torch.rand_like(a.weight) < 0.2).float())
+    model = nn.Sequential(a, nn.ReLU(), b)
+    kw = {"bits": 4} if form == "kbit_pattern" else {"layers": "all"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = ps.convert(model, **kw)
+    want = {"kbit_pattern": PatternConv2d, "sparse_conv": SparseConv2d, "sparse_linear": SparseLinear}[form]
+    assert type(out[0]) is want and type(out[2]) is want
+    for (name, t), u in zip(out[0].named_buffers(), out[2].buffers()):
+        if name not in out[0]._non_persistent_buffers_set:
+            assert t is u, name
+    dense = ps.compression_report(model).totals["model_dense_bits"]
+    assert ps.compression_report(out).totals["model_dense_bits"] == dense
+    if form != "kbit_pattern":
+        torch.testing.assert_close(out(x), model(x), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("magnitude", [1e-200, 1.0, 1e200])
 def test_conversion_error_at_any_magnitude_of_a_float64_model(magnitude):
     """The relative error is scale-free: float64 weights of 1e-200 / 1e200 (whose squares underflow /

@@ -266,7 +266,7 @@ def _convert(model, pattern_set, layers, exclude, bits, scheme, inplace, project
         modules[id(module)] = module
     # Collect first, then swap: replacing while iterating named_modules would skip or revisit.
     swaps: List[Tuple[List[str], nn.Module]] = []
-    ties: Dict[int, Tuple[nn.Module, nn.Parameter]] = {}
+    ties: Dict[int, nn.Module] = {}
     dense: List[Tuple[str, str]] = []
     projectable = False  # a pattern-eligible layer left dense: project=True would take it
     for key, names in places.items():
@@ -338,19 +338,38 @@ def _requantized(module: nn.Module, bits: int, scheme: str) -> nn.Module:
     return type(module).from_dense(dense, bits, scheme)
 
 
-def _keep_ties(old: nn.Module, new: nn.Module, ties: Dict[int, Tuple[nn.Module, nn.Parameter]]) -> None:
-    """A weight / bias Parameter shared by two layers (``b.weight = a.weight``) stays one Parameter:
-    the later layer takes the earlier one's trainable stored values (when it stores them in the same
-    positions) and bias, so fine-tuning trains one copy, as before."""
-    for old_name, new_name in (("weight", "values"), ("bias", "bias")):
-        src, dst = getattr(old, old_name, None), getattr(new, new_name, None)
-        if not isinstance(src, nn.Parameter) or not isinstance(dst, nn.Parameter):
+def _keep_ties(old: nn.Module, new: nn.Module, ties: Dict[int, nn.Module]) -> None:
+    """A weight / bias Parameter shared by two layers (``b.weight = a.weight``) stays shared: the later
+    layer takes the earlier one's stored arrays when it stores the same (same form, same positions:
+    the trainable ``values`` too, so fine-tuning trains one copy; the state_dict, the saved file and
+    ``compression_report`` then hold the weight once) and its bias."""
+    for old_name in ("weight", "bias"):
+        src = getattr(old, old_name, None)
+        if not isinstance(src, nn.Parameter):
             continue
-        first, shared = ties.setdefault(id(src), (new, dst))
-        same_layout = new_name == "bias" or all(
-            torch.equal(getattr(first, k), getattr(new, k)) for k in fmt.ARRAY_NAMES if k != "values")
-        if shared is not dst and type(first) is type(new) and shared.shape == dst.shape and same_layout:
-            setattr(new, new_name, shared)
+        first = ties.setdefault(id(src), new)
+        if first is new or type(first) is not type(new):
+            continue
+        if old_name == "bias":
+            if isinstance(first.bias, nn.Parameter) and isinstance(new.bias, nn.Parameter) \
+                    and first.bias.shape == new.bias.shape:
+                new.bias = first.bias
+            continue
+        mine, theirs = _stored_weight(new), _stored_weight(first)
+        if mine.keys() == theirs.keys() and all(
+                mine[k].dtype == theirs[k].dtype and torch.equal(mine[k], theirs[k]) for k in mine):
+            for k, t in theirs.items():
+                if k in new._parameters:
+                    setattr(new, k, t)
+                else:
+                    new._buffers[k] = t
+
+
+def _stored_weight(m: nn.Module) -> Dict[str, torch.Tensor]:
+    """A compressed layer's tensors that store its weight: persistent buffers and parameters but the bias."""
+    out = {k: t for k, t in m._buffers.items() if t is not None and k not in m._non_persistent_buffers_set}
+    out.update({k: p for k, p in m._parameters.items() if p is not None and k != "bias"})
+    return out
 
 
 def _with_children(named: List[Tuple[str, nn.Module]], names: List[str]) -> set:
