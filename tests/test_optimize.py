@@ -698,8 +698,9 @@ def test_traced_graph_keeps_plain_attributes_through_deepcopy():
 def test_eval_only():
     torch.manual_seed(0)
     model = sparse_model(TinyResNet())
-    model.train()  # the original's mode is its own business: the copy is in eval mode
-    opt = ps.optimize_for_inference(model)
+    model.train()  # the original's mode is its own business: the copy is in eval mode, and that is said
+    with pytest.warns(UserWarning, match="'bn1', .* are in training mode; the result computes the eval-mode"):
+        opt = ps.optimize_for_inference(model)
     assert model.training and not opt.training
     assert all(not p.requires_grad for p in opt.parameters())
     assert not any(m.training for m in opt.modules())
@@ -1294,3 +1295,79 @@ def _nontrivial_bn(model):
                 m.running_var.uniform_(0.5, 2.0)
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.5, 0.5)
+
+
+class _SwishInplace(nn.Module):  # timm-style in-place activation
+    def forward(self, x):
+        return x.mul_(torch.sigmoid(x))
+
+
+class _InplaceAfterConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.act = _pattern_conv(bias=False), nn.BatchNorm2d(8), _SwishInplace()
+
+    def forward(self, x):
+        a = self.bn(self.conv(x))
+        return F.relu(a + self.act(x))  # writes x in place after the conv read it
+
+
+def test_a_hooked_module_between_a_conv_and_its_add_is_not_crossed():
+    """A hooked user module runs as one opaque call: it may write the conv's input in place, so the
+    fused call may not move the conv past it (it did: 0.28 off)."""
+    torch.manual_seed(0)
+    model = _InplaceAfterConv().eval()
+    model.act.register_forward_hook(lambda m, i, o: None)
+    x = torch.randn(2, 8, 8, 8)
+    opt = ps.optimize_for_inference(ps.convert(model))
+    with torch.no_grad():
+        torch.testing.assert_close(opt(x.clone()), model(x.clone()), rtol=1e-5, atol=1e-5)
+
+
+def test_a_training_mode_batchnorm_is_said_to_compute_its_eval_function():
+    """A BatchNorm left in training mode in an eval model (test-time adaptation) was folded with its
+    running statistics without a word (0.52 off the model's output)."""
+    torch.manual_seed(0)
+    model = _InplaceAfterConv().eval()
+    model.bn.train()
+    with pytest.warns(UserWarning, match="'bn' is in training mode; the result computes the eval-mode function"):
+        ps.optimize_for_inference(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ps.optimize_for_inference(model.eval())
+
+
+class _KeepsFeatures(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.fc = _pattern_conv(bias=False), nn.BatchNorm2d(8), nn.Linear(8, 4)
+        self.calls, self.feats = 0, None
+
+    def forward(self, x):
+        self.calls += 1
+        y = F.relu(self.bn(self.conv(x)) + x)
+        self.feats = y  # kept for inspection (Grad-CAM style)
+        return self.fc(y.mean((2, 3)))
+
+
+def test_a_forward_that_assigns_to_the_module_is_not_traced():
+    """A graph module drops `self.feats = y` / `self.calls += 1`, and the trace left an fx Proxy in
+    `feats`, so torch.save of the result failed; the model now keeps its class (its children are
+    optimized each on its own, as for a forward that does not trace)."""
+    torch.manual_seed(0)
+    model = _KeepsFeatures().eval()
+    opt = ps.optimize_for_inference(ps.convert(model))
+    assert type(opt) is _KeepsFeatures and opt.calls == 0 and opt.feats is None
+    x = torch.randn(2, 8, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(opt(x), model(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(opt.feats, model.feats, rtol=1e-5, atol=1e-5)
+    assert opt.calls == 1
+    import io
+    torch.save(opt, io.BytesIO())
+
+
+def test_a_compiled_model_is_refused_with_what_to_do():
+    """optimize_for_inference(torch.compile(model)) recursed until RecursionError."""
+    with pytest.raises(TypeError, match=r"before torch.compile: optimize model._orig_mod"):
+        ps.optimize_for_inference(torch.compile(_InplaceAfterConv().eval()))

@@ -41,6 +41,7 @@ import math
 import operator
 import re
 import textwrap
+import warnings
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -161,8 +162,10 @@ def _maybe_inplace(node: fx.Node, modules: Dict[str, nn.Module]) -> bool:
     ``x += y``, ``x[i] = y``, ``F.relu(x, inplace=True)``, ``torch.mul(a, b, out=x)``, ...)."""
     if "out" in node.kwargs:
         return True
-    if node.op == "call_module":
-        return bool(getattr(modules.get(node.target), "inplace", False))
+    if node.op == "call_module":  # a module kept whole that is not torch.nn's or ours (hooked): its code is unseen
+        m = modules.get(node.target)
+        return bool(getattr(m, "inplace", False)) or not (
+            type(m).__module__.startswith("torch.nn.") or type(m).__module__.startswith(__package__ + "."))
     if node.op == "call_method":
         return str(node.target).endswith("_")
     if node.op == "call_function":
@@ -539,13 +542,8 @@ def _optimize(module: nn.Module, child: bool = False, whole: bool = True,
         # what the parent finds there
         _optimize_children(module, outer)
         return module
-    graph = None
-    if _traceable(module, child):
-        try:
-            graph = tracer.trace(module)
-        except Exception:  # does not trace (data-dependent control flow, ...): recurse into the children
-            graph = None
-    if graph is None:
+    graph = _trace(tracer, module) if _traceable(module, child) else None
+    if graph is None:  # does not trace (data-dependent control flow, ...): recurse into the children
         _optimize_children(module, outer)
         # folded only where the children run one after the other, and no method of a subclass
         # (`def embed(self, x): return self[1](self[0](x))`) finds the folded layers
@@ -572,6 +570,23 @@ def _optimize(module: nn.Module, child: bool = False, whole: bool = True,
     gm.delete_all_unused_submodules()
     gm.recompile()
     return gm
+
+
+def _trace(tracer: fx.Tracer, module: nn.Module) -> Optional[fx.Graph]:
+    """``module``'s fx graph; None when it does not trace, or when its forward assigns to a module's
+    attributes (``self.feats = y``, ``self.calls += 1``: a graph would not do it, and the trace itself
+    left fx Proxies there, which do not pickle). Those attributes get their values back."""
+    before = [(m, dict(m.__dict__)) for m in module.modules()]
+    try:
+        graph = tracer.trace(module)
+    except Exception:
+        graph = None
+    for m, state in before:
+        if m.__dict__.keys() != state.keys() or any(m.__dict__[k] is not v for k, v in state.items()):
+            m.__dict__.clear()
+            m.__dict__.update(state)
+            graph = None
+    return graph
 
 
 def _optimize_children(module: nn.Module, outer: Tuple[Tuple[str, str], ...] = ()) -> None:
@@ -616,7 +631,8 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
     """An eval-only copy of ``model`` with BatchNorm folded into the preceding convs, residual adds
     and ReLU / ReLU6 / Hardtanh / clamp activations fused into the output stage of our ops, and
     dense conv + max-pool segments in the faster memory format (module docstring for the details).
-    ``model`` is not changed. The copy computes the same outputs (to float rounding), scripts with
+    ``model`` is not changed; modules of it in training mode (BatchNorm, Dropout) compute their eval
+    function in the copy, and a warning names them. The copy computes the same outputs (to float rounding), scripts with
     TorchScript, exports with ``torch.export`` and pickles (``torch.save``). It is for inference:
     its parameters do not require grad, ``.train()`` raises before any child changes mode (an
     ``nn.Sequential`` model: when it reaches a fused child; call ``.eval()`` after catching it), and
@@ -631,7 +647,9 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
     its children optimized; an ``nn.Sequential`` subclass with methods of its own keeps its layers
     in place; a plain one is folded by modules: slice the original model, not the result). Code that finds layers by name or walks them (``get_submodule``, ``named_modules``)
     outside ``__init__`` keeps the layers below it in place. A forward that tests its argument's type
-    (``isinstance``) is not traced (fx would pass a Proxy); a module with forward hooks is not traced
+    (``isinstance``) is not traced (fx would pass a Proxy), nor one that assigns to a module's attributes
+    (``self.feats = y``); what a traced forward reads of Python state (``torch.is_grad_enabled()``, a
+    global) is fixed at the trace. A module with forward hooks is not traced
     through (it runs as one call, its hooks each time, and is optimized on its own). No module is folded in place where something else can reach it
     (a module the graph reads ``.weight`` of, a child of an untraced parent); modules with forward
     hooks (convs, BatchNorm, activations, Dropout) and subclasses with their own forward are not
@@ -641,7 +659,11 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
     if isinstance(model, torch.jit.ScriptModule):
         raise TypeError("optimize_for_inference takes the Python model (before torch.jit.script): a ScriptModule "
                         "cannot be traced with torch.fx")
+    if isinstance(getattr(model, "_orig_mod", None), nn.Module) and type(model).__name__ == "OptimizedModule":
+        raise TypeError("optimize_for_inference takes the model before torch.compile: optimize model._orig_mod, "
+                        "then torch.compile the result")
     check_initialized(model, "optimize_for_inference")
+    _warn_training_modules(model)
     out = _optimize(copy_model(model, "optimize_for_inference").eval())
     for p in out.parameters():
         p.requires_grad_(False)
@@ -651,6 +673,23 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
                 m._buffers[k] = b.detach()
     _add_eval_only(out)
     return out.eval()
+
+
+_MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+
+
+def _warn_training_modules(model: nn.Module) -> None:
+    """The result computes the eval-mode function: said when modules whose output depends on the mode
+    (BatchNorm with running statistics, Dropout) are in training mode, so they would compute otherwise."""
+    names = [n or "(the model)" for n, m in model.named_modules() if m.training and isinstance(m, _MODE_DEPENDENT)
+             and (getattr(m, "p", None) != 0 if isinstance(m, nn.modules.dropout._DropoutNd)
+                  else m.running_mean is not None)]
+    if names:
+        shown = ", ".join(repr(n) for n in names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        warnings.warn(f"optimize_for_inference: {shown} {'is' if len(names) == 1 else 'are'} in training mode; "
+                      "the result computes the eval-mode function (BatchNorm's running statistics, no dropout), "
+                      "as model.eval() would: call model.eval() first to say that is what you want",
+                      UserWarning, stacklevel=3)
 
 
 def _add_eval_only(gm: nn.Module) -> None:
