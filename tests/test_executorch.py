@@ -362,6 +362,34 @@ def test_bad_inputs_are_runtime_errors(et_programs):
     with pytest.raises(RuntimeError, match=r"takes 1 input\(s\), got 2"):
         program(torch.randn(1, 3, 16, 16), torch.randn(1))
     program(torch.randn(1, 3, 16, 16))  # still usable
+    small = export.load_executorch(paths[4])  # a smaller batch than a static program's: refused before the runtime
+    with pytest.raises(RuntimeError, match=r"shape \[1, 3, 16, 16\].*planned for \[4, 3, 16, 16\]"):
+        small(torch.randn(1, 3, 16, 16))
+
+
+class _TwoHeads(nn.Module):
+    def __init__(self, body):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x):
+        y = self.body(x)
+        return {"box": y, "cls": [y.relu(), y.sum(1)]}
+
+
+@needs_et
+def test_the_outputs_keep_the_model_structure(tmp_path):
+    """A model returning a dict came back from load_executorch as a flat tuple (out["cls"] failed)."""
+    model = _TwoHeads(ps.convert(conv_net(seed=3))).eval()
+    x = torch.randn(2, 3, 16, 16)
+    path = export.executorch(model, tmp_path / "heads.pte", (x,), max_batch=2)
+    got = export.load_executorch(path)(x)
+    with torch.no_grad():
+        want = model(x)
+    assert isinstance(got, dict) and list(got) == ["box", "cls"] and isinstance(got["cls"], list)
+    assert_close(got["box"], want["box"])
+    assert_close(got["cls"][0], want["cls"][0])
+    assert_close(got["cls"][1], want["cls"][1])
 
 
 @needs_et

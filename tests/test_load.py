@@ -308,3 +308,21 @@ def test_load_compressed_into_a_meta_model_without_assign():
             model = net()
         ps.load_compressed(model, sd)
     assert isinstance(model[0], SparseConv2d) and model[0].header.is_meta
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+def test_the_other_compressed_kind_is_named(bits):
+    """A SparseConv2d's state_dict into a PatternConv2d (or the reverse) was reported as a wrong
+    _extra_state ("must be a dict with key 'weight_shape'"), not as the other layer kind."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 8, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.mul_(torch.tensor([1., 1, 0, 1, 1, 0, 0, 0, 0]).view(3, 3))
+    pattern = PatternConv2d.from_dense(conv, bits=bits)
+    with torch.no_grad():
+        conv.weight.mul_((torch.rand_like(conv.weight) < 0.5).float())
+    sparse = SparseConv2d.from_dense(conv, bits=bits)
+    with pytest.raises(RuntimeError, match="holds a SparseConv2d / SparseLinear weight .* this layer is a PatternConv2d"):
+        pattern.load_state_dict(sparse.state_dict())
+    with pytest.raises(RuntimeError, match="holds a PatternConv2d weight .* this layer is a SparseConv2d"):
+        sparse.load_state_dict(pattern.state_dict())

@@ -1,12 +1,13 @@
 """report.py: compression_report's per-layer stored bits, densities and MACs, and its totals."""
 import copy
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
 import torch_patsparse as ps
-from torch_patsparse import project
+from torch_patsparse import models, project
 from torch_patsparse.models import vgg16
 
 from helpers import SmallNet
@@ -231,3 +232,23 @@ def test_input_size_checks_and_a_transposed_conv_shape():
     assert report.rows[0].shape == "8x2x3x3" and report.totals["dense_macs"] == 8 * 2 * 9 * 25
     with pytest.raises(ValueError, match="batch of at least 1"):
         ps.compression_report(model, input_size=(0, 8, 5, 5))
+
+
+def test_a_model_without_layers_and_compressed_layers_on_the_meta_device():
+    """No layer: the layers' ratio is 1.0, as the whole state_dict's (it printed 0.0x). A converted
+    model's layers on the meta device (load_compressed without assign=True, as torch's load_state_dict
+    leaves them): a clear error (it failed with "Cannot copy out of meta tensor")."""
+    totals = ps.compression_report(nn.Sequential(nn.BatchNorm2d(4), nn.ReLU())).totals
+    assert totals["ratio"] == 1.0 and totals["model_ratio"] == 1.0
+
+    def net():
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1))
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = ps.convert(models.sparsify_random(net()), layers="all")
+        with torch.device("meta"):
+            model = net()
+        ps.load_compressed(model, converted.state_dict())
+    with pytest.raises(ValueError, match="layer '2' .* is on the meta device.*assign=True"):
+        ps.compression_report(model)

@@ -27,6 +27,7 @@ import warnings
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
 from . import ops  # also registers torch.ops.patsparse, so scripting resolves the ops
@@ -266,7 +267,12 @@ def executorch(model: nn.Module, path: Union[str, os.PathLike], example_inputs: 
                 model.set_submodule(bn, nn.Identity())
             ep = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes)
     _explicit_pool_strides(ep)
-    program = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch()
+    # What load_executorch needs beyond the runtime's own metadata: the batches the program takes (0:
+    # exactly the example's) and the structure of the outputs (a dict, ...), which it returns flat.
+    about = {_MAX_BATCH: 0 if dynamic_shapes is None else max_batch,
+             _OUT_SPEC: pytree.treespec_dumps(ep.call_spec.out_spec)}
+    program = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()],
+                                          constant_methods=about).to_executorch()
 
     def write(tmp):
         with open(tmp, "wb") as f:
@@ -360,10 +366,15 @@ def _take_kernel_error() -> str:
     return buf.value.decode("utf-8", "replace")
 
 
+_MAX_BATCH, _OUT_SPEC = "patsparse_max_batch", "patsparse_out_spec"  # the program's constant methods
+
+
 class ExecuTorchProgram:
     """A loaded ``.pte`` (its ``forward`` method): call it with the example inputs' shapes and dtypes
-    (any memory format: inputs are made contiguous first). Returns a tensor (a tuple when the program has several outputs). Errors of the runtime (bad
-    shape or dtype, a kernel rejecting its arguments) come back as RuntimeError."""
+    (any memory format: inputs are made contiguous first). Returns what the model returns (a tensor,
+    a tuple, a dict, ...; a file from an earlier torch_patsparse records no structure: a tensor, or a tuple
+    of the flat outputs). Errors of the runtime (bad shape or dtype, a kernel rejecting its arguments)
+    come back as RuntimeError."""
 
     def __init__(self, path: str):
         _require_executorch()
@@ -381,6 +392,10 @@ class ExecuTorchProgram:
         self.method = self.program.load_method("forward")
         meta = self.method.metadata
         self._planned = [list(meta.input_tensor_meta(i).sizes()) for i in range(meta.num_inputs())]
+        names = self.program.method_names  # (files written before these were recorded have neither)
+        self._max_batch = self.program.load_method(_MAX_BATCH).execute([])[0] if _MAX_BATCH in names else None
+        self._out_spec = pytree.treespec_loads(self.program.load_method(_OUT_SPEC).execute([])[0]) \
+            if _OUT_SPEC in names else None
 
     def __call__(self, *inputs: torch.Tensor) -> Any:
         # The runtime reads a tensor's storage as contiguous (NCHW) whatever its strides: give it that.
@@ -402,6 +417,8 @@ class ExecuTorchProgram:
             if reason:
                 hint += f"; a patsparse kernel rejected its arguments: {reason}"
             raise RuntimeError(f"ExecuTorch program {self.path}: {e}{hint}") from e
+        if self._out_spec is not None:
+            return pytree.tree_unflatten(list(outputs), self._out_spec)
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def _mismatch(self, inputs) -> Optional[str]:
@@ -414,7 +431,8 @@ class ExecuTorchProgram:
                 return f"input {i} must be a tensor, got {type(x).__name__}"
             if x.dtype != torch.float32:
                 return f"input {i} must be float32 (the kernels run float32), got {x.dtype}"
-            if x.dim() != len(sizes) or list(x.shape[1:]) != sizes[1:] or not 1 <= x.shape[0] <= sizes[0]:
+            lowest = sizes[0] if self._max_batch == 0 else 1  # (exported without max_batch: its batch only)
+            if x.dim() != len(sizes) or list(x.shape[1:]) != sizes[1:] or not lowest <= x.shape[0] <= sizes[0]:
                 return (f"input {i} has shape {list(x.shape)}; the program's input is planned for "
                         f"{sizes} (exported without max_batch: exactly that shape; with "
                         "export.executorch(..., max_batch=N): batch 1..N)")

@@ -24,7 +24,12 @@ class LayerRow:
 
     @property
     def ratio(self) -> float:
-        return self.dense_bits / max(self.stored_bits, 1)
+        return _ratio(self.dense_bits, self.stored_bits)
+
+
+def _ratio(dense: int, stored: int) -> float:
+    """dense / stored; 1.0 when both are 0 (a model without layers stores nothing either way)."""
+    return 1.0 if dense == stored == 0 else dense / max(stored, 1)
 
 
 class CompressionReport:
@@ -41,12 +46,12 @@ class CompressionReport:
         self.totals = {
             "dense_bits": dense,
             "stored_bits": stored,
-            "ratio": dense / max(stored, 1),
+            "ratio": _ratio(dense, stored),
             # The whole state_dict: the layers above plus every other tensor (BatchNorm, embeddings, ...).
             "other_bits": other_bits,
             "model_dense_bits": dense + other_bits,
             "model_stored_bits": stored + other_bits,
-            "model_ratio": (dense + other_bits) / max(stored + other_bits, 1),
+            "model_ratio": _ratio(dense + other_bits, stored + other_bits),
             "dense_macs": sum(r.dense_macs for r in rows) if have_macs else None,
             "kept_macs": sum(r.kept_macs for r in rows) if have_macs else None,
         }
@@ -176,6 +181,10 @@ def compression_report(model: nn.Module, input_size: Optional[Sequence[int]] = N
         state = {k: t for k, t in m.state_dict().items() if isinstance(t, torch.Tensor)}
         bias_bits = _bits_of(m.bias) if isinstance(getattr(m, "bias", None), torch.Tensor) else 0
         if hasattr(m, "storage_bits"):
+            if any(t.is_meta for t in state.values()):
+                raise ValueError(f"compression_report: layer '{name}' ({type(m).__name__}) is on the meta device: "
+                                 "its stored size is in its arrays, which hold no data there; load them first "
+                                 "(ps.load_compressed(model, state_dict, assign=True))")
             detail = {k: int(v) for k, v in m.storage_bits().items()}
             dense_bits = int(m.dense_bits())
             # a sparse layer without a native kernel for its geometry decodes and runs the dense op:

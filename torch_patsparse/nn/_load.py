@@ -34,6 +34,22 @@ def check_tensor(name: str, t, dtypes: Optional[Iterable[torch.dtype]] = None, d
     return t
 
 
+_KIND_ARRAYS = {"PatternConv2d": ("patterns", "kernel_pattern"), "SparseConv2d / SparseLinear": ("header", "index")}
+
+
+def other_kind_error(module: nn.Module, state_dict, prefix: str) -> Optional[str]:
+    """Message for the arrays of the other compressed kind (a SparseConv2d's into a PatternConv2d, or
+    the reverse), which would otherwise be reported as a wrong _extra_state."""
+    mine = "PatternConv2d" if type(module).__name__ == "PatternConv2d" else "SparseConv2d / SparseLinear"
+    for kind, names in _KIND_ARRAYS.items():
+        if kind != mine and all(prefix + n in state_dict for n in names) \
+                and not any(prefix + n in state_dict for n in _KIND_ARRAYS[mine]):
+            return load_error(prefix, f"the state_dict holds a {kind} weight ({', '.join(names)}, ...), this layer "
+                                      f"is a {type(module).__name__}: load it into a layer of that kind "
+                                      "(ps.load_compressed(dense_model, state_dict) builds each layer's kind from it)")
+    return None
+
+
 def check_bias(module: nn.Module, state_dict, prefix: str, out: int) -> Optional[str]:
     """Message for an incoming bias of the wrong shape (checked before anything is assigned)."""
     b = state_dict.get(prefix + "bias")

@@ -10,8 +10,8 @@ from .. import bitpack
 from .. import format as fmt
 from .. import quant
 from ._decoded_weight import DecodedWeight, warn_scale_rounding
-from ._load import (apply_or_restore, assume_extra_state, check_bias, check_tensor, load_error, pre_hooks_first,
-                    shared_reshape_error, size_mismatch)
+from ._load import (apply_or_restore, assume_extra_state, check_bias, check_tensor, load_error, other_kind_error,
+                    pre_hooks_first, shared_reshape_error, size_mismatch)
 
 _SCHEMES = quant.SCHEMES
 _EXTRA_KEYS = ("bits", "scheme", "in_channels", "out_channels")
@@ -128,7 +128,9 @@ class PatternStateDict(DecodedWeight):
                               error_msgs):
         # Validate everything first, assign only then: a rejected load leaves the module as it was.
         extra = state_dict.get(prefix + "_extra_state")
-        err = None if extra is None else self._extra_state_error(extra, prefix)
+        err = other_kind_error(self, state_dict, prefix)
+        if err is None and extra is not None:
+            err = self._extra_state_error(extra, prefix)
         if err is None:
             err = check_bias(self, state_dict, prefix, self.out_channels)
         arrays: Dict[str, torch.Tensor] = {}

@@ -11,8 +11,8 @@ from torch import nn
 from .. import sparse_format
 from .._tracing import fx_attr, fx_leaf
 from ._decoded_weight import DecodedWeight, check_weight_size, relative_error
-from ._load import (apply_or_restore, assume_extra_state, check_bias, load_error, pre_hooks_first,
-                    shared_reshape_error, size_mismatch)
+from ._load import (apply_or_restore, assume_extra_state, check_bias, load_error, other_kind_error,
+                    pre_hooks_first, shared_reshape_error, size_mismatch)
 
 _ARRAYS = sparse_format.ARRAY_NAMES
 
@@ -182,10 +182,10 @@ class _SparseWeightMixin(DecodedWeight):
         # Validate everything first, assign only then: a rejected load leaves the module as it was.
         extra_key = prefix + "_extra_state"
         incoming = {k: state_dict[prefix + k] for k in _ARRAYS if prefix + k in state_dict}
-        errors = []
-        if extra_key in state_dict:
+        errors = [other_kind_error(self, state_dict, prefix)]
+        if errors[0] is None and extra_key in state_dict:
             errors.append(self._extra_state_error(state_dict[extra_key], prefix))
-        elif incoming:  # checkpoints written before the shape was saved (and scripted models' state_dicts)
+        elif errors[0] is None and incoming:  # checkpoints written before the shape was saved (and scripted models' state_dicts)
             # The arrays alone decode into any shape of as many weights: this layer's is assumed, and said.
             assume_extra_state(self, state_dict, prefix,
                                f"the weight's shape): loading it as this layer's {list(self.weight_shape)}")
