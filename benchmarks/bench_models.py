@@ -25,13 +25,14 @@ import warnings
 TARGETS = {"vgg16": 5.0, "resnet18": 3.0, "resnet50": 2.5, "mobilenet_v2": 1.5}  # batch 1, 1 thread (issue 14)
 
 
-def build(name):
+def build(name, group1x1=1):
     import torch
     import torch_patsparse as ps
     from torch_patsparse import models
     torch.manual_seed(0)
     dense = getattr(models, name)()
-    models.sparsify_random(dense, keep3x3=0.25, group=4, patterns=8, keep1x1=0.25 if name == "mobilenet_v2" else 0.2)
+    models.sparsify_random(dense, keep3x3=0.25, group=4, patterns=8, keep1x1=0.25 if name == "mobilenet_v2" else 0.2,
+                           group1x1=group1x1)
     dense.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convert lists the layers it leaves dense (stem, depthwise)
@@ -92,6 +93,8 @@ def main():
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--profile", action="store_true", help="per-op breakdown of ours at batch 1, 1 thread")
     p.add_argument("--markdown", default=None, help="write the tables (and the command) to this file")
+    p.add_argument("--group1x1", type=int, default=1, help="1x1 convs: G consecutive output channels keep the same "
+                   "positions (Unstructured(group=G), a Gx1 block structure; default 1: unstructured)")
     args = p.parse_args()
 
     import torch
@@ -102,7 +105,7 @@ def main():
     threads = [int(t) for t in args.threads.split(",")]
     rows, profiles = [], {}
     for name in names:
-        dense, converted = build(name)
+        dense, converted = build(name, args.group1x1)
         ours = ps.optimize_for_inference(converted)
         candidates = dense_candidates(dense)
         for batch in batches:
@@ -147,7 +150,8 @@ def write_markdown(args, rows, profiles):
            f"average at the end {os.getloadavg()[0]:.1f}), torch {torch.__version__}, kernel path "
            f"`{ps.ops.get_isa()}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
            "224x224, eval mode, random weights with the benchmark sparsity structure (`models.sparsify_random`: "
-           "3x3 convs 8 patterns of 4 + connectivity 0.25 in groups of 4, 1x1 convs 20% unstructured, "
+           "3x3 convs 8 patterns of 4 + connectivity 0.25 in groups of 4, 1x1 convs 20% unstructured"
+           + (f" in {args.group1x1}x1 blocks (`group1x1={args.group1x1}`)" if args.group1x1 > 1 else "") + ", "
            "MobileNet-V2 25%; stem, depthwise and FC dense). Dense = fastest of BatchNorm folded by torch.fx in "
            "NCHW / channels_last and `ps.optimize_for_inference(dense)` in NCHW / channels_last (column "
            "*dense variant*). Medians of interleaved repetitions; CPU = process CPU time (all threads). "

@@ -118,3 +118,33 @@ def test_small_layers_that_cannot_honour_a_fraction_are_said():
         C.to_spec(3)
     with pytest.raises(ValueError, match="there is only 1 shape of 9 positions"):
         C.Pattern(k=2, entries=9)
+
+
+def test_unstructured_in_groups_through_admm_and_convert():
+    """Unstructured(keep, group=4): ADMM drives each group of 4 output rows onto one support, hard_prune
+    fixes it, convert(layers="all") stores it sparse (the 1x1 / Linear kernels run such groups
+    together) and the converted model computes the pruned one; the group survives to_spec / from_spec."""
+    c = C.Unstructured(0.25, group=4)
+    assert C.from_spec(C.to_spec(c)) == c and c != C.Unstructured(0.25)
+    with pytest.raises(ValueError, match="group must be an int >= 1"):
+        C.Unstructured(0.25, group=0)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 24), torch.nn.ReLU(), torch.nn.Linear(24, 5))
+    opt = ps.ADMM([{"params": [model[0].weight], "constraints": [c]},
+                   {"params": [p for n, p in model.named_parameters() if n != "0.weight"]}],
+                  base=torch.optim.SGD, lr=0.01, method="oneshot")
+    x = torch.randn(16, 32)
+    for _ in range(3):
+        model(x).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    opt.hard_prune()
+    kept = model[0].weight != 0
+    assert torch.equal(kept, kept[::4].repeat_interleave(4, 0)) and 0 < kept.float().mean() <= 0.26
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = ps.convert(model, layers="all")
+    assert type(converted[0]).__name__ == "SparseLinear"
+    torch.testing.assert_close(converted(x), model(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"Unstructured\(group=4\) needs a tensor with at least 2 dimensions"):
+        ps.ADMM([{"params": [model[0].bias], "constraints": [c]}], base=torch.optim.SGD, lr=0.1)

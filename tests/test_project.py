@@ -281,3 +281,29 @@ def test_errors():
 def test_filter_projection_takes_what_the_filter_constraint_takes():
     with pytest.raises(ValueError):
         P.filter(torch.randn(8), 0.5)  # as constraints.Filter (min_dim 2) and P.channel
+
+
+@pytest.mark.parametrize("shape", [(10, 6), (8, 5, 1, 1), (12, 3, 3, 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_unstructured_in_groups_keeps_one_support_per_group(shape, dtype):
+    """group=G: the G consecutive rows of a group keep the same positions, those of the largest summed
+    energy (brute force over the (group, position) pairs), keep counting pairs; the last group may be short."""
+    g = torch.Generator().manual_seed(sum(shape))
+    w = torch.randn(shape, generator=g).to(dtype)
+    out = P.unstructured(w, 0.3, group=4)
+    rows = w.shape[0]
+    flat, kept = w.double().reshape(rows, -1), (out != 0).reshape(rows, -1)
+    groups = [list(range(s, min(s + 4, rows))) for s in range(0, rows, 4)]
+    score = torch.stack([flat[gr].pow(2).sum(0) for gr in groups])  # [groups, row]
+    count = max(1, round(0.3 * score.numel()))
+    want = torch.zeros_like(score, dtype=torch.bool).view(-1)
+    want[score.view(-1).sort(descending=True, stable=True).indices[:count]] = True
+    want = want.view(score.shape)
+    for i, gr in enumerate(groups):
+        assert torch.equal(kept[gr], want[i].expand(len(gr), -1)), i
+    assert torch.equal(out[out != 0], w[out != 0])
+    assert torch.equal(P.unstructured(w, 0.3, group=1), P.unstructured(w, 0.3))
+    with pytest.raises(ValueError, match="group must be an int >= 1"):
+        P.unstructured(w, 0.3, group=0)
+    with pytest.raises(ValueError, match="at least 2 dimension"):
+        P.unstructured(w.reshape(-1), 0.3, group=4)

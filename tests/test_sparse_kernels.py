@@ -277,3 +277,49 @@ def test_dense_quantized_layers_run_dense(keep, bits, native):
     del old._op_takes_shape  # a module pickled by an earlier version (its `_native` said the geometry)
     old.load_state_dict(sc.state_dict())
     assert old._native == native
+
+
+@pytest.mark.parametrize("cin,cout,hw", [(40, 38, 9), (64, 64, 14), (17, 8, 13), (96, 20, 1)])
+@pytest.mark.parametrize("bits", [None, 4])
+def test_rows_sharing_columns_in_fours_match_dense(isa, threads, cin, cout, hw, bits):
+    """A 4x1 block structure (project.unstructured(group=4)): the column kernel runs each group of 4
+    rows that keep the same columns together (one input load for four rows); groups that do not share
+    (the partial last group, one edited row) and the gather / Linear paths as before; pinned to the
+    dense reference, with the fused epilogue, at 1 and 2 threads (equal bit for bit)."""
+    from torch_patsparse import project
+    from torch_patsparse.nn import SparseLinear
+    g = torch.Generator().manual_seed(cin + cout)
+    conv = nn.Conv2d(cin, cout, 1)
+    with torch.no_grad():
+        w = project.unstructured(torch.randn(cout, cin, 1, 1, generator=g), 0.25, group=4)
+        w[5, w[5].flatten().nonzero()[0]] = 0  # group 1 no longer shares
+        conv.weight.copy_(w)
+    sc = SparseConv2d.from_dense(conv, bits=bits)
+    lin = nn.Linear(cin, cout)
+    with torch.no_grad():
+        lin.weight.copy_(conv.weight.flatten(1))
+    sl = SparseLinear.from_dense(lin, bits=bits)
+    wd = sc.dense_weight().double()
+    scale, shift = torch.rand(cout) + 0.5, torch.randn(cout)
+    outs = []
+    for nthreads in (1, 2):
+        torch.set_num_threads(nthreads)
+        got = []
+        g.manual_seed(1)  # the same inputs at each thread count
+        for batch in (0, 1, 3):
+            x = torch.randn(batch, cin, hw, hw, generator=g)
+            ref = F.conv2d(x.double(), wd, sc.bias.double())
+            for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+                got.append(sc(inp))
+                close(got[-1], ref)
+            r = torch.randn(ref.shape, generator=g)
+            got.append(sc.forward_fused(x, scale, shift, r, 0.0, 2.0))
+            acc = F.conv2d(x.double(), wd)  # (the fused op's shift stands for the bias)
+            close(got[-1], (acc * scale.double().view(1, -1, 1, 1) + shift.double().view(1, -1, 1, 1)
+                            + r.double()).clamp(0.0, 2.0))
+            v = torch.randn(batch, cin, generator=g)
+            got.append(sl(v))
+            close(got[-1], F.linear(v.double(), sl.dense_weight().double(), sl.bias.double()))
+        outs.append(got)
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)

@@ -208,12 +208,13 @@ def mobilenet_v2(num_classes: int = 1000) -> nn.Module:
 
 @torch.no_grad()
 def sparsify_random(model: nn.Module, keep3x3: float = 0.25, group: int = 4, patterns: int = 8,
-                    keep1x1: float = 0.2, seed: int = 0) -> nn.Module:
+                    keep1x1: float = 0.2, seed: int = 0, group1x1: int = 1) -> nn.Module:
     """Gives ``model`` (in place) random weights with the sparsity structure the benchmarks use, and
     non-trivial BatchNorm statistics (so folding is not a no-op): every dense 3x3 conv with more than
     3 input channels is projected onto ``patterns`` patterns of 4 + connectivity ``keep3x3`` in groups
     of ``group`` (``keep3x3=None``: pattern only); every dense 1x1 conv onto ``keep1x1`` of its
-    weights, unstructured (``None``: left dense). ``seed`` draws the weights of the convs with
+    weights, unstructured (``None``: left dense), ``group1x1`` consecutive output channels keeping the
+    same positions (:class:`constraints.Unstructured`'s ``group``). ``seed`` draws the weights of the convs with
     ``groups=1`` and the BatchNorm parameters and statistics; depthwise / grouped convs and Linear
     layers keep the weights they have (dense)."""
     gen = torch.Generator().manual_seed(seed)
@@ -234,6 +235,6 @@ def sparsify_random(model: nn.Module, keep3x3: float = 0.25, group: int = 4, pat
             for c in cons:
                 w = c.project(w, pset)
         elif m.kernel_size == (1, 1) and keep1x1 is not None:
-            w = C.Unstructured(keep1x1).project(w)
+            w = C.Unstructured(keep1x1, group=group1x1).project(w)
         m.weight.copy_(w)
     return model

@@ -63,11 +63,15 @@ def _check_conv3x3(w: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} expects a weight of shape [Cout, Cin, 3, 3], got {shape}")
 
 
-def _group_index(cout: int, group: int, device) -> torch.Tensor:
-    """Output channel -> group id, ``group`` consecutive channels per group."""
+def _check_group(group) -> int:
     if isinstance(group, bool) or not isinstance(group, numbers.Integral) or group < 1:
         raise ValueError(f"group must be an int >= 1, got {group!r}")
-    return torch.arange(cout, device=device) // int(group)
+    return int(group)
+
+
+def _group_index(cout: int, group: int, device) -> torch.Tensor:
+    """Output channel -> group id, ``group`` consecutive channels per group."""
+    return torch.arange(cout, device=device) // _check_group(group)
 
 
 def _group_sum(x: torch.Tensor, gid: torch.Tensor) -> torch.Tensor:
@@ -129,10 +133,22 @@ def connectivity(w: torch.Tensor, keep: Keep, group: int = 1) -> torch.Tensor:
 
 
 # -- classic pruning --------------------------------------------------------------------------
-def unstructured(w: torch.Tensor, keep: Keep) -> torch.Tensor:
-    """Keep the ``keep`` weights of largest magnitude over the whole tensor (any shape)."""
-    _check_weight(w, "unstructured projection")
-    return _keep(w, _top_mask(w.detach().abs(), _count(keep, w.numel())))
+def unstructured(w: torch.Tensor, keep: Keep, group: int = 1) -> torch.Tensor:
+    """Keep the ``keep`` weights of largest magnitude over the whole tensor (any shape).
+
+    With ``group=G`` (a tensor of at least 2 dimensions) the items are (output-channel group,
+    position in a row of dims 1..) pairs scored by their summed energy, so the G consecutive output
+    channels of a group keep the same positions (a Gx1 block structure: with G=4 the sparse 1x1 conv
+    / Linear kernels compute the four channels together, one input load for four); ``keep`` then
+    counts pairs (out of ``ceil(Cout / G) * w[0].numel()``).
+    """
+    if _check_group(group) == 1:
+        _check_weight(w, "unstructured projection")
+        return _keep(w, _top_mask(w.detach().abs(), _count(keep, w.numel())))
+    _check_weight(w, f"unstructured projection with group={group}", 2)
+    gid = _group_index(w.shape[0], group, w.device)
+    score = _group_sum(_energy(w).reshape(w.shape[0], -1), gid)  # [groups, row]
+    return _keep(w, _top_mask(score, _count(keep, score.numel()))[gid].view(w.shape))
 
 
 def filter(w: torch.Tensor, keep: Keep) -> torch.Tensor:  # noqa: A001 (public name)

@@ -48,6 +48,13 @@ int64_t row_chunks(int64_t rows, int64_t blocks, int num_threads) {
   return std::clamp<int64_t>(ceil_div(want, std::max<int64_t>(blocks, 1)), 1, std::max<int64_t>(rows, 1));
 }
 
+// Row c * rows / chunks, down to a multiple of 4 when rows share columns in fours (CsrView::shared4):
+// a group is never split, so its rows take the same path whatever the number of threads.
+int64_t row_edge(const CsrView& w, int64_t c, int64_t chunks) {
+  const int64_t e = w.rows * c / chunks;
+  return w.shared4 && c < chunks ? e & ~int64_t(3) : e;
+}
+
 // Below this many multiply-adds a product runs as one inline task: waking a second thread costs
 // more than it saves (batch-1 Linear heads measured up to 50x slower at 2 threads on a busy machine).
 constexpr int64_t kMinParallelWork = int64_t(1) << 18;
@@ -73,7 +80,7 @@ void spmm_f32(Isa isa, const CsrView& w, const SpmmIo<float>& io, const Parallel
     pfor(tasks, num_threads > 1 ? 1 : tasks, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const int64_t c = t % chunks, bj = t / chunks, b = bj / blocks, j0 = (bj % blocks) * block;
-        k->column_tile(w, io, b, w.rows * c / chunks, w.rows * (c + 1) / chunks, j0, std::min(block, io.n - j0));
+        k->column_tile(w, io, b, row_edge(w, c, chunks), row_edge(w, c + 1, chunks), j0, std::min(block, io.n - j0));
       }
     });
   } else if (k && io.x_chan == 1) {

@@ -52,6 +52,7 @@ struct SparseIndex {
   std::vector<uint16_t> col16;    // [nnz] column of each nonzero, ascending in a row, when cols <= 65536
   std::vector<int32_t> col;       // [nnz] the same for wider weights (exactly one of the two is filled)
   std::vector<float> decoded;     // [nnz] quantized only: the codes' fp32 values
+  std::vector<uint8_t> shared4;   // [rows / 4] 1 where rows 4g..4g+3 keep the same columns; empty if none do
   std::vector<uint8_t> stored;    // header | index | codes | code_scale bytes: the cache key
   int64_t stored_sizes[4] = {};
   int64_t bytes = 0;              // memory held
@@ -84,6 +85,9 @@ struct CsrView {
   const uint16_t* col16 = nullptr;  // exactly one of col16 / col is set (both null when nnz is 0)
   const int32_t* col = nullptr;
   const float* values = nullptr;
+  // [rows / 4] or null: rows 4g..4g+3 keep the same columns (a 4x1 block structure), so the column
+  // kernel runs them together, each loaded X vector feeding four rows.
+  const uint8_t* shared4 = nullptr;
   int64_t column(int64_t k) const { return col16 ? col16[k] : col[k]; }
 };
 // `stored_values` (the caller's fp32 array, num_values long) unless the index is quantized.

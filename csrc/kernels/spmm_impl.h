@@ -20,6 +20,65 @@ typename S::Vec gather(const float* x, const int32_t* idx) { return S::gather(x,
 template <class S>
 typename S::Vec gather(const float* x, const uint16_t* idx) { return S::gather16(x, idx); }
 
+// Vectors [V0, V0 + N) of four rows o..o+3 that keep the same columns (CsrView::shared4): one load of
+// each X vector feeds the four rows (row r's nonzeros are row o's shifted by r * len).
+template <class S, class I, int V, bool Tail, int V0, int N>
+void rows4_part(const CsrView& w, const I* col, const SpmmIo<float>& io, const float* x, float* y,
+                const float* res, int64_t o, int tail) {
+  using Vec = typename S::Vec;
+  constexpr int W = S::width;
+  auto load = [tail](const float* p, int v) {
+    return (Tail && v == V - 1) ? S::load_part(p + v * W, tail) : S::load(p + v * W);
+  };
+  Vec acc[4][N];
+#pragma GCC unroll 4
+  for (int r = 0; r < 4; ++r)
+#pragma GCC unroll 8
+    for (int n = 0; n < N; ++n) acc[r][n] = S::zero();
+  const int64_t k0 = w.row_ptr[o], len = w.row_ptr[o + 1] - k0;
+  const float* val = w.values + k0;
+  for (int64_t i = 0; i < len; ++i) {
+    const float* p = x + col[k0 + i] * io.x_chan;
+    const Vec w0 = S::set1(val[i]), w1 = S::set1(val[i + len]), w2 = S::set1(val[i + 2 * len]),
+              w3 = S::set1(val[i + 3 * len]);
+#pragma GCC unroll 8
+    for (int n = 0; n < N; ++n) {
+      const Vec xv = load(p, V0 + n);
+      acc[0][n] = S::fma(w0, xv, acc[0][n]);
+      acc[1][n] = S::fma(w1, xv, acc[1][n]);
+      acc[2][n] = S::fma(w2, xv, acc[2][n]);
+      acc[3][n] = S::fma(w3, xv, acc[3][n]);
+    }
+  }
+  const Vec lo = S::set1(io.lo), hi = S::set1(io.hi);
+#pragma GCC unroll 4
+  for (int r = 0; r < 4; ++r) {
+    const Vec sc = S::set1(io.scale ? io.scale[o + r] : 1.f), sh = S::set1(io.shift ? io.shift[o + r] : 0.f);
+    float* yo = y + (o + r) * io.y_chan;
+    const float* ro = res ? res + (o + r) * io.y_chan : nullptr;
+#pragma GCC unroll 8
+    for (int n = 0; n < N; ++n) {
+      const int v = V0 + n;
+      Vec q = S::fma(acc[r][n], sc, sh);
+      if (ro) q = S::add(q, load(ro, v));
+      q = S::clamp(q, lo, hi);
+      if (Tail && v == V - 1) S::store_part(yo + v * W, q, tail);
+      else S::store(yo + v * W, q);
+    }
+  }
+}
+
+// Four shared-column rows over V vectors, in parts of as many vectors as the registers hold
+// (4 rows x 4 vectors of accumulators with 32 registers, 4 x 2 with 16).
+template <class S, class I, int V, bool Tail, int V0 = 0>
+void rows4(const CsrView& w, const I* col, const SpmmIo<float>& io, const float* x, float* y, const float* res,
+           int64_t o, int tail) {
+  constexpr int C = S::width >= 16 ? 4 : 2;
+  constexpr int N = V - V0 < C ? V - V0 : C;
+  rows4_part<S, I, V, Tail, V0, N>(w, col, io, x, y, res, o, tail);
+  if constexpr (V0 + N < V) rows4<S, I, V, Tail, V0 + N>(w, col, io, x, y, res, o, tail);
+}
+
 // Column kernel: rows [o0, o1) x V vectors of columns starting at j0 (the last vector holds `tail`
 // lanes when Tail). Every nonzero W[o, k] broadcasts against the contiguous X[k, j0 ..] vectors.
 // Short tiles (V <= 4) sum even and odd nonzeros into two accumulator sets to hide FMA latency.
@@ -38,6 +97,11 @@ void column_rows(const CsrView& w, const I* col, const SpmmIo<float>& io, int64_
     return (Tail && v == V - 1) ? S::load_part(p + v * W, tail) : S::load(p + v * W);
   };
   for (int64_t o = o0; o < o1; ++o) {
+    if (w.shared4 && (o & 3) == 0 && o + 4 <= o1 && w.shared4[o >> 2]) {
+      rows4<S, I, V, Tail>(w, col, io, x, y, res, o, tail);
+      o += 3;
+      continue;
+    }
     Vec acc[V], acc2[kTwo ? V : 1];
 #pragma GCC unroll 16
     for (int v = 0; v < V; ++v) acc[v] = S::zero();

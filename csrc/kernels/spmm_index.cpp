@@ -107,6 +107,26 @@ bool same_stored(const SparseIndex& idx, const StoredSparse& s) {
   return true;
 }
 
+// Marks each group of 4 consecutive rows (from row 0) that keep the same columns (at least one).
+void find_shared4(SparseIndex& idx) {
+  const std::vector<int32_t>& rp = idx.row_ptr;
+  std::vector<uint8_t> shared(static_cast<size_t>(idx.rows / 4), 0);
+  bool any = false;
+  for (int64_t g = 0; g < idx.rows / 4; ++g) {
+    const int64_t o = 4 * g, len = rp[o + 1] - rp[o];
+    bool same = len > 0;
+    for (int64_t r = 1; r < 4 && same; ++r) {
+      const int64_t a = rp[o], b = rp[o + r];
+      same = rp[o + r + 1] - b == len &&
+             (idx.col16.empty() ? std::equal(&idx.col[a], &idx.col[a] + len, &idx.col[b])
+                                : std::equal(&idx.col16[a], &idx.col16[a] + len, &idx.col16[b]));
+    }
+    shared[g] = same;
+    any = any || same;
+  }
+  if (any) idx.shared4 = std::move(shared);
+}
+
 }  // namespace
 
 std::shared_ptr<const SparseIndex> build_sparse_index(const StoredSparse& s) {
@@ -154,6 +174,7 @@ std::shared_ptr<const SparseIndex> build_sparse_index(const StoredSparse& s) {
     else idx->col[i] = static_cast<int32_t>(pos[i] % s.cols);
   }
   for (int64_t r = 0; r < s.rows; ++r) idx->row_ptr[r + 1] += idx->row_ptr[r];
+  find_shared4(*idx);
 
   const int64_t sizes[4] = {s.header_bytes, s.index_bytes, s.codes_bytes, s.num_code_scale * 4};
   const void* parts[4] = {s.header, s.index, s.codes, s.code_scale};
@@ -163,7 +184,7 @@ std::shared_ptr<const SparseIndex> build_sparse_index(const StoredSparse& s) {
     if (sizes[i]) idx->stored.insert(idx->stored.end(), p, p + sizes[i]);
   }
   idx->bytes = static_cast<int64_t>(sizeof(SparseIndex) + idx->row_ptr.size() * 4 + idx->col16.size() * 2 + idx->col.size() * 4 +
-                                    idx->decoded.size() * 4 + idx->stored.size());
+                                    idx->decoded.size() * 4 + idx->shared4.size() + idx->stored.size());
   return idx;
 }
 
@@ -175,6 +196,7 @@ CsrView csr_view(const SparseIndex& index, const float* stored_values) {
   v.col16 = index.col16.empty() ? nullptr : index.col16.data();
   v.col = index.col.empty() ? nullptr : index.col.data();
   v.values = index.quantized ? index.decoded.data() : stored_values;
+  v.shared4 = index.shared4.empty() ? nullptr : index.shared4.data();
   return v;
 }
 

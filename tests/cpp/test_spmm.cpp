@@ -53,13 +53,17 @@ struct Encoded {
   }
 };
 
-// scheme: 0 fp32 values, 1 uniform codes, 2 pow2 codes (bits 1..8); width 0: bitmap index.
-Encoded encode(int64_t rows, int64_t cols, double keep, int width, int scheme, int bits, uint64_t seed) {
+// scheme: 0 fp32 values, 1 uniform codes, 2 pow2 codes (bits 1..8); width 0: bitmap index; block B:
+// rows B*g..B*g+B-1 keep the same columns (a Bx1 block structure; row 1 stays empty all the same).
+Encoded encode(int64_t rows, int64_t cols, double keep, int width, int scheme, int bits, uint64_t seed,
+               int64_t block = 1) {
   Rng rng(seed);
   Encoded e;
   e.rows = rows;
   e.cols = cols;
   const int64_t numel = rows * cols;
+  std::vector<uint8_t> kept;  // [ceil(rows / block) * cols] with a block structure
+  for (int64_t i = 0; block > 1 && i < (rows + block - 1) / block * cols; ++i) kept.push_back(rng.uniform() < keep);
   e.dense.assign(static_cast<size_t>(numel), 0.0);
   const int m = bits <= 2 ? 1 : (1 << (bits - 1)) - 1;
   int code_width = 1;
@@ -68,7 +72,8 @@ Encoded encode(int64_t rows, int64_t cols, double keep, int width, int scheme, i
   std::vector<int64_t> pos;
   BitWriter codes;
   for (int64_t i = 0; i < numel; ++i) {
-    if (rng.uniform() >= keep || (rows > 2 && i / cols == 1)) continue;  // row 1 always empty
+    const bool in = block > 1 ? kept[static_cast<size_t>(i / cols / block * cols + i % cols)] : rng.uniform() < keep;
+    if (!in || (rows > 2 && i / cols == 1)) continue;  // row 1 always empty
     pos.push_back(i);
     if (scheme == 0) {
       float v = static_cast<float>(rng.uniform() * 2 - 1);
@@ -210,13 +215,20 @@ void check_rejects(Counter& c, const std::string& what, Encoded e) {
 int main() {
   Counter c;
   const std::vector<Isa> isas = patsparse_test::supported_isas();
-  struct Case { int64_t rows, cols; double keep; int width, scheme, bits; };
-  const Case cases[] = {{1, 1, 1.0, 1, 0, 0}, {5, 3, 0.5, 0, 0, 0}, {9, 17, 0.25, 3, 0, 0}, {31, 33, 0.2, 2, 1, 4},
-                        {20, 70, 0.0, 1, 0, 0}, {24, 40, 1.0, 4, 2, 3}, {13, 100, 0.05, 2, 1, 1}, {64, 48, 0.2, 0, 1, 8}};
+  struct Case { int64_t rows, cols; double keep; int width, scheme, bits; int64_t block; };
+  // (block 4: groups of 4 rows sharing their columns run the four-row kernel; group 0 does not share,
+  // row 1 being empty, nor do the last rows of 37)
+  const Case cases[] = {{1, 1, 1.0, 1, 0, 0, 1},  {5, 3, 0.5, 0, 0, 0, 1},    {9, 17, 0.25, 3, 0, 0, 1},
+                        {31, 33, 0.2, 2, 1, 4, 1}, {20, 70, 0.0, 1, 0, 0, 1},  {24, 40, 1.0, 4, 2, 3, 1},
+                        {13, 100, 0.05, 2, 1, 1, 1}, {64, 48, 0.2, 0, 1, 8, 1}, {16, 40, 0.3, 0, 0, 0, 4},
+                        {37, 70, 0.2, 3, 1, 4, 4}, {64, 48, 0.25, 2, 0, 0, 4}, {8, 5, 1.0, 1, 0, 0, 4}};
   const int64_t ns[] = {1, 3, 16, 49, 130, 200};
   uint64_t seed = 1;
   for (const Case& k : cases) {
-    const Encoded e = encode(k.rows, k.cols, k.keep, k.width, k.scheme, k.bits, seed++);
+    const Encoded e = encode(k.rows, k.cols, k.keep, k.width, k.scheme, k.bits, seed++, k.block);
+    if (k.block > 1)
+      c.check(!build_sparse_index(e.view())->shared4.empty(), "rows sharing columns in fours are found, rows=" +
+                                                                   std::to_string(k.rows));
     {  // the dense weight (sparse_decode's) is exactly what the arrays stand for
       std::vector<float> dense(static_cast<size_t>(k.rows * k.cols), 7.f);
       csr_to_dense(csr_view(*build_sparse_index(e.view()), e.values.data()), dense.data());
