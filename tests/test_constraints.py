@@ -148,3 +148,36 @@ def test_unstructured_in_groups_through_admm_and_convert():
     torch.testing.assert_close(converted(x), model(x), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match=r"Unstructured\(group=4\) needs a tensor with at least 2 dimensions"):
         ps.ADMM([{"params": [model[0].bias], "constraints": [c]}], base=torch.optim.SGD, lr=0.1)
+
+
+def test_hard_prune_of_float16_weights_keeps_the_real_ones():
+    """hard_prune marked zeros with float16's smallest normal number (6e-5), above its small weights:
+    the three zeros were kept and the three weights pruned (Unstructured), an all-zero kernel kept
+    over one of norm 3e-5 (Connectivity)."""
+    w = torch.nn.Parameter(torch.tensor([[0, 0, 0, 3e-5, 2e-5, 1e-5]], dtype=torch.float16))
+    opt = ps.ADMM([{"params": [w], "constraints": [C.Unstructured(keep=3)]}], base=torch.optim.SGD, lr=0.0)
+    opt.hard_prune()
+    assert torch.equal(w.detach(), project.unstructured(w.detach(), 3)) and int(w.count_nonzero()) == 3
+    k = torch.zeros(1, 3, 3, 3, dtype=torch.float16)
+    k[0, 1, 0, 0], k[0, 2, 0, 0] = 3e-5, 6e-5
+    v = torch.nn.Parameter(k.clone())
+    opt = ps.ADMM([{"params": [v], "constraints": [C.Connectivity(keep=2)]}], base=torch.optim.SGD, lr=0.0)
+    opt.hard_prune()
+    assert torch.equal(v.detach(), k)
+
+
+def test_building_blocks_take_what_their_siblings_take():
+    """numpy ints as k / entries (C.Pattern and ADMM took them, PatternSet.select did not); an int
+    weight is a TypeError in every projection (pattern / connectivity projected it); sparsify_random
+    on BatchNorm without affine parameters or running statistics (AttributeError)."""
+    np = pytest.importorskip("numpy")
+    w = torch.randn(4, 4, 3, 3)
+    assert ps.PatternSet.select(w, k=np.int64(4), entries=np.int32(4)) == ps.PatternSet.select(w, k=4)
+    for fn in (lambda t: project.connectivity(t, 0.5),
+               lambda t: project.pattern(t, ps.PatternSet.select(w, k=4)), lambda t: project.unstructured(t, 0.5)):
+        with pytest.raises(TypeError, match="floating-point tensor"):
+            fn(torch.ones(4, 4, 3, 3, dtype=torch.int64))
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.BatchNorm2d(8, affine=False),
+                                torch.nn.BatchNorm2d(8, track_running_stats=False))
+    ps.models.sparsify_random(model)
+    assert model[1].running_var.min() >= 0.5

@@ -56,3 +56,36 @@ def test_a_scale_that_underflows_the_stored_dtype_is_a_clear_error():
         with pytest.raises(ValueError, match="underflows torch.float32"):
             build(4)
         assert build(2).conversion_error == 0  # one level: the weights themselves
+
+
+def test_quantize_refuses_a_scale_the_dtype_cannot_hold():
+    """float16 weights near its maximum (a pow2 scale above them) gave inf, weights near its smallest
+    subnormal at 8 bits gave all zeros: the k-bit layers' ValueError now."""
+    big = torch.tensor([65000.0, 45000.0, 65000.0, 45000.0], dtype=torch.float16)
+    with pytest.raises(ValueError, match="overflows torch.float16"):
+        quant.quantize(big, 3, "pow2")
+    tiny = torch.tensor([1.2e-7, 1.8e-7, 3.0e-7], dtype=torch.float16)
+    with pytest.raises(ValueError, match="underflows torch.float16"):
+        quant.quantize(tiny, 8)
+    with pytest.raises(ValueError, match="its level 3 x .* overflows torch.float16"):
+        quant.quantize(big, 3, "uniform")  # (the scale fits, 3 x the scale does not: it decoded to inf)
+    from torch_patsparse.nn import SparseLinear
+    lin = torch.nn.Linear(4, 1).half()
+    with torch.no_grad():
+        lin.weight.copy_(big.view(1, 4))
+    with pytest.raises(ValueError, match="its level 3 x .* overflows torch.float16"):
+        SparseLinear.from_dense(lin, bits=3)
+
+
+@pytest.mark.parametrize("dist", ["normal", "heavy"])
+def test_large_tensors_are_on_the_nearest_level_of_their_scale(dist):
+    """Above ~16k nonzeros the scale was polished on all weights for at most 10 rounds and the codes
+    were those of the previous scale: some weights were not on their nearest level."""
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(64, 64, 3, 3, generator=g)
+    if dist == "heavy":
+        w = w ** 3
+    for bits in (6, 8):
+        codes, scale = quant.quantize_params(w, bits)
+        nearest = (w.double() / scale).round().clamp(-quant.levels(bits), quant.levels(bits))
+        assert torch.equal(codes.double(), nearest), bits

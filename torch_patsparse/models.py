@@ -219,11 +219,11 @@ def sparsify_random(model: nn.Module, keep3x3: float = 0.25, group: int = 4, pat
     layers keep the weights they have (dense)."""
     gen = torch.Generator().manual_seed(seed)
     for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=gen) * 0.2 - 0.1)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
-            m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
-            m.bias.copy_(torch.rand(m.bias.shape, generator=gen) * 0.2 - 0.1)
+        if isinstance(m, nn.BatchNorm2d):  # (affine=False / track_running_stats=False: what it has)
+            for t, low, span in ((m.running_mean, -0.1, 0.2), (m.running_var, 0.5, 1.0), (m.weight, 0.5, 1.0),
+                                 (m.bias, -0.1, 0.2)):
+                if t is not None:
+                    t.copy_(torch.rand(t.shape, generator=gen) * span + low)
         if not isinstance(m, nn.Conv2d) or m.groups != 1:
             continue
         w = torch.randn(m.weight.shape, generator=gen) * (2.0 / (m.in_channels * m.weight[0, 0].numel())) ** 0.5

@@ -5,6 +5,7 @@ A pattern is a set of ``entries`` positions (0..8, row-major) of a 3x3 kernel; a
 index). It is stored as ``positions``, uint8 ``[K, E]`` with each row sorted: exactly the
 ``patterns`` array of the compressed format.
 """
+import numbers
 from itertools import combinations
 from typing import Iterable, Optional, Union
 
@@ -129,8 +130,9 @@ class PatternSet:
                 iterable of them, on any device.
         """
         rows = _candidate_rows(entries, keep_center)
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= min(len(rows), _MAX_K):
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= min(len(rows), _MAX_K):
             raise ValueError(f"k must be an int in 1..{min(len(rows), _MAX_K)}, got {k!r}")
+        k = int(k)
         if isinstance(weights, torch.Tensor):
             weights = [weights]
         lut = torch.full((512,), -1, dtype=torch.long, device="cpu")  # bitmask of positions -> candidate id
@@ -228,8 +230,9 @@ class PatternSet:
 
 
 def _candidate_rows(entries: int, keep_center: bool) -> list:
-    if isinstance(entries, bool) or not isinstance(entries, int) or not 1 <= entries <= 9:
+    if isinstance(entries, bool) or not isinstance(entries, numbers.Integral) or not 1 <= entries <= 9:
         raise ValueError(f"entries must be an int in 1..9, got {entries!r}")
+    entries = int(entries)
     if not isinstance(keep_center, bool):  # ("False" would keep it)
         raise TypeError(f"keep_center must be a bool, got {keep_center!r}")
     return [list(c) for c in combinations(range(9), entries) if not keep_center or 4 in c]

@@ -58,6 +58,8 @@ def _keep(w: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def _check_conv3x3(w: torch.Tensor, name: str) -> None:
+    if isinstance(w, torch.Tensor):
+        check_float_tensor(w, name)  # (an int tensor: TypeError, as the other projections)
     if not isinstance(w, torch.Tensor) or w.dim() != 4 or tuple(w.shape[2:]) != (3, 3):
         shape = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
         raise ValueError(f"{name} expects a weight of shape [Cout, Cin, 3, 3], got {shape}")

@@ -31,10 +31,12 @@ def check(bits: int, scheme: str) -> None:
         raise ValueError(f"unknown quantization scheme {scheme!r}; use one of {SCHEMES}")
 
 
-def scale_tensor(q: float, dtype: torch.dtype, bits: int, scheme: str) -> torch.Tensor:
+def scale_tensor(q: float, dtype: torch.dtype, bits: int, scheme: str, codes: Optional[torch.Tensor] = None,
+                 weights_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """The 0-d ``dtype`` tensor that stores :func:`quantize_params`' scale ``q``; ValueError when it
     overflows ``dtype`` (weights near its maximum on a grid whose scale lies above them) or underflows
-    to 0 (weights near its smallest subnormal, divided into more levels than it holds)."""
+    to 0 (weights near its smallest subnormal, divided into more levels than it holds), or when the
+    largest level ``codes`` use overflows ``weights_dtype`` (default ``dtype``), which they decode to."""
     s = torch.tensor(q, dtype=dtype, device="cpu")
     if not bool(torch.isfinite(s)):
         raise ValueError(f"{bits}-bit {scheme} quantization: the scale {q:.4g} overflows {dtype} (weights near "
@@ -42,6 +44,11 @@ def scale_tensor(q: float, dtype: torch.dtype, bits: int, scheme: str) -> torch.
     if q > 0 and float(s) == 0.0:
         raise ValueError(f"{bits}-bit {scheme} quantization: the scale {q:.4g} underflows {dtype} (weights near "
                          f"its smallest subnormal); use fewer bits or bits=None")
+    top = int(codes.abs().max()) if codes is not None and codes.numel() and scheme == "uniform" else 1
+    if not bool(torch.isfinite(s.to(weights_dtype or dtype) * top)):
+        raise ValueError(f"{bits}-bit {scheme} quantization: its level {top} x {q:.4g} overflows "
+                         f"{weights_dtype or dtype} (weights near its maximum, a level above them); keep the weights "
+                         "in float32 or bits=None")
     return s
 
 
@@ -147,7 +154,8 @@ def quantize_params(w: torch.Tensor, bits: int, scheme: str = "uniform") -> Tupl
         top = levels(bits) if scheme == "uniform" else 1
         q = search(sample, [amax / top * 2.0 ** (1 - t / 16) for t in range(64)])  # coarse
         q = search(sample, [q * 2.0 ** (t / 512) for t in range(-32, 33)])  # fine, around it
-        c, q, _ = descend(x, fit(x, q)) if sample.numel() < x.numel() else fit(x, q)
+        _, q, _ = descend(x, fit(x, q)) if sample.numel() < x.numel() else fit(x, q)
+        c = _codes(x, q, bits, scheme)  # the nearest levels for the scale returned (never a larger error)
     codes = torch.zeros(flat.shape, dtype=torch.int8, device=w.device)
     codes[flat != 0] = c.to(torch.int8)
     return codes.view(w.shape), q
@@ -166,8 +174,12 @@ def dequantize(codes: torch.Tensor, scale: float, scheme: str = "uniform",
 
 def quantize(w: torch.Tensor, bits: int, scheme: str = "uniform") -> torch.Tensor:
     """Project ``w`` onto ``bits``-bit levels with the per-tensor scale of least squared error
-    (``uniform`` or ``pow2``, see :func:`quantize_params`). Zeros stay exactly zero."""
+    (``uniform`` or ``pow2``, see :func:`quantize_params`). Zeros stay exactly zero. A scale that
+    ``w``'s dtype cannot hold (float16 weights near its maximum or its smallest subnormal) is a
+    ValueError, as in the k-bit layers (it gave inf, or every weight 0)."""
     codes, scale = quantize_params(w, bits, scheme)
+    if scale:
+        scale_tensor(scale, w.dtype, bits, scheme, codes)
     return dequantize(codes, scale, scheme, dtype=w.dtype)
 
 

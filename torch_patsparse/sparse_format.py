@@ -201,7 +201,8 @@ def encode(weight: torch.Tensor, bits: Optional[int], scheme: str) -> Dict[str, 
         codes, q = quant.quantize_params(w, int(bits), scheme)
         # The fp32 scale decodes the codes to exactly quant.quantize's values.
         pos = torch.nonzero(codes.view(-1)).view(-1)
-        grid = ((codes.view(-1)[pos].long(), quant.scale_tensor(q, torch.float32, bits, scheme).reshape(1), int(bits))
+        grid = ((codes.view(-1)[pos].long(),
+                 quant.scale_tensor(q, torch.float32, bits, scheme, codes, weight.dtype).reshape(1), int(bits))
                 if pos.numel() else None)
     else:
         pos = torch.nonzero(w).view(-1)

@@ -147,8 +147,10 @@ class HardPrune:
         pruned, mask = p.detach(), None
         if any(c.prunes for c in cons):
             # Zeros become the dtype's smallest normal number: they rank below every weight (their
-            # squares are 0, as before), and the projection's output marks the ones it keeps.
-            marked = torch.where(pruned == 0, torch.finfo(p.dtype).tiny, pruned)
+            # squares are 0, as before), and the projection's output marks the ones it keeps. Float16's
+            # (6e-5) is above its small weights: it is marked in float32, which holds them exactly.
+            work = pruned.float() if pruned.dtype == torch.float16 else pruned
+            marked = torch.where(work == 0, torch.finfo(work.dtype).tiny, work)
             mask = self._project(marked, cons, pset, prune_only=True) != 0
             pruned = project._keep(pruned, mask)
         quant = next((c for c in cons if isinstance(c, C.Quantize)), None)

@@ -462,7 +462,7 @@ def _quantization(values: torch.Tensor, bits: Optional[int], scheme: str):
     if bits is not None:
         codes, q = quant.quantize_params(values, bits, scheme)
         # A 0 scale only comes from an all-zero layer; 1.0 decodes it the same and loads.
-        return codes, quant.scale_tensor(q if q > 0 else 1.0, values.dtype, bits, scheme), bits, scheme
+        return codes, quant.scale_tensor(q if q > 0 else 1.0, values.dtype, bits, scheme, codes), bits, scheme
     other = [s for s in _SCHEMES if s != scheme]
     grid = quant.detect_grid(values, (scheme, *other))
     if grid is None:
