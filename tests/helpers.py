@@ -335,3 +335,17 @@ class SmallNet(nn.Module):
 
     def forward(self, x):
         return self.fc(self.features(x).flatten(1))
+
+
+def small_net_and_converted():
+    """(a function building a small conv net, its converted form: layers="all" on random sparsity)."""
+    import warnings
+    import torch_patsparse as ps
+    from torch_patsparse import models
+
+    def net():
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1))
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return net, ps.convert(models.sparsify_random(net()), layers="all")

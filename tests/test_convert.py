@@ -15,7 +15,7 @@ from torch_patsparse import constraints as C
 from torch_patsparse import models, project
 from torch_patsparse.nn import PatternConv2d, SparseConv2d, SparseLinear
 
-from helpers import SmallNet
+from helpers import SmallNet, small_net_and_converted
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -930,12 +930,7 @@ def test_load_compressed_strict_false_names_what_is_left_on_the_meta_device():
     """A weights file without the last layer's bias loaded with assign=True, strict=False into a meta
     model: the warning says that bias has no data yet, and so does the forward (it said "the input
     does not fit the layer", naming nothing)."""
-    def net():
-        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1))
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        converted = ps.convert(models.sparsify_random(net()), layers="all")
+    net, converted = small_net_and_converted()
     sd = converted.state_dict()
     del sd["2.bias"]
     with torch.device("meta"):

@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 import torch_patsparse as ps
-from torch_patsparse import models, project
+from torch_patsparse import project
 from torch_patsparse.models import vgg16
 
-from helpers import SmallNet
+from helpers import SmallNet, small_net_and_converted
 
 
 def test_vgg16_report_bits_per_kernel():
@@ -241,14 +241,11 @@ def test_a_model_without_layers_and_compressed_layers_on_the_meta_device():
     totals = ps.compression_report(nn.Sequential(nn.BatchNorm2d(4), nn.ReLU())).totals
     assert totals["ratio"] == 1.0 and totals["model_ratio"] == 1.0
 
-    def net():
-        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1))
-    torch.manual_seed(0)
+    net, converted = small_net_and_converted()
+    with torch.device("meta"):
+        model = net()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        converted = ps.convert(models.sparsify_random(net()), layers="all")
-        with torch.device("meta"):
-            model = net()
+        warnings.simplefilter("ignore")  # (torch's: assign=True would load data)
         ps.load_compressed(model, converted.state_dict())
     with pytest.raises(ValueError, match="layer '2' .* is on the meta device.*assign=True"):
         ps.compression_report(model)
