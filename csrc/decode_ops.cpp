@@ -45,8 +45,9 @@ bool same_key(const std::vector<uint8_t>& stored, const std::vector<KeyPart>& ke
 
 }  // namespace
 
-std::vector<at::Tensor> decode_cached(const std::vector<KeyPart>& key, c10::Device device,
-                                      const std::function<std::vector<at::Tensor>()>& build) {
+std::vector<at::Tensor> decode_cached(
+    const std::vector<KeyPart>& key, c10::Device device,
+    const std::function<std::vector<at::Tensor>(const std::vector<KeyPart>& snapshot)>& build) {
   size_t key_bytes = 0;
   for (const KeyPart& part : key) key_bytes += part.bytes;
   auto& cache = decode_cache();
@@ -66,17 +67,23 @@ std::vector<at::Tensor> decode_cached(const std::vector<KeyPart>& key, c10::Devi
   // Cached tensors outlive this call: never inference tensors, so autograd may save them later.
   c10::InferenceMode normal_mode(false);
   auto entry = std::make_shared<Decoded>();
-  int64_t bytes = static_cast<int64_t>(key_bytes);
-  for (at::Tensor t : build()) {
-    if (!device.is_cpu()) t = t.to(device);
-    bytes += static_cast<int64_t>(t.nbytes());
-    entry->versions.push_back(t._version());
-    entry->outputs.push_back(std::move(t));
-  }
   entry->stored.reserve(key_bytes);
   for (const KeyPart& part : key) {
     const auto* p = static_cast<const uint8_t*>(part.data);
     entry->stored.insert(entry->stored.end(), p, p + part.bytes);
+  }
+  std::vector<KeyPart> snapshot;  // the same parts in the entry's own copy: what the outputs are decoded from
+  size_t at = 0;
+  for (const KeyPart& part : key) {
+    snapshot.push_back({entry->stored.data() + at, part.bytes});
+    at += part.bytes;
+  }
+  int64_t bytes = static_cast<int64_t>(key_bytes);
+  for (at::Tensor t : build(snapshot)) {
+    if (!device.is_cpu()) t = t.to(device);
+    bytes += static_cast<int64_t>(t.nbytes());
+    entry->versions.push_back(t._version());
+    entry->outputs.push_back(std::move(t));
   }
   entry->device = device;
   cache.add(entry, bytes);
@@ -98,9 +105,11 @@ at::Tensor pattern_channels(const at::Tensor& kernel_channel) {
   // Host copy (a no-op on the CPU): the key is content, so a device layer pays one small copy per call.
   const at::Tensor kc = kernel_channel.cpu().contiguous();
   const int64_t params[2] = {0, static_cast<int64_t>(kc.element_size())};  // 0: this op
-  const at::Tensor out =
-      decode_cached({{params, sizeof(params)}, {kc.data_ptr(), kc.nbytes()}}, kernel_channel.device(), [&] {
-        return std::vector<at::Tensor>{kc.to(at::kInt, /*non_blocking=*/false, /*copy=*/true)};
+  const at::Tensor out = decode_cached(
+      {{params, sizeof(params)}, {kc.data_ptr(), kc.nbytes()}}, kernel_channel.device(),
+      [&](const std::vector<KeyPart>& snap) {
+        const at::Tensor copy = at::from_blob(const_cast<void*>(snap[1].data), {kc.numel()}, kc.options());
+        return std::vector<at::Tensor>{copy.to(at::kInt, /*non_blocking=*/false, /*copy=*/true)};
       })[0];
   return out.device().is_cpu() ? out.clone() : out;
 }
@@ -130,15 +139,17 @@ at::Tensor pattern_decode(const at::Tensor& codes, const at::Tensor& scale, int6
   const double s = scale.detach().cpu().to(at::kDouble).item<double>();
 
   const int64_t params[6] = {1, kept_kernels, entries, bits, pow2, f64};  // 1: this op
-  return decode_cached({{params, sizeof(params)}, {&s, sizeof(s)}, {packed.data_ptr(), packed.nbytes()}}, device, [&] {
+  const KeyPart key_codes{packed.data_ptr(), packed.nbytes()};
+  return decode_cached({{params, sizeof(params)}, {&s, sizeof(s)}, key_codes}, device, [&](const std::vector<KeyPart>& snap) {
     at::Tensor values = at::empty({kept_kernels, entries}, at::TensorOptions().dtype(f64 ? at::kDouble : at::kFloat));
+    const auto* bytes = static_cast<const uint8_t*>(snap[2].data);
+    const auto n = static_cast<int64_t>(snap[2].bytes);
     core_call("invalid quantized pattern weight: ", [&] {
       if (f64)
-        decode_pattern_codes<double>(packed.data_ptr<uint8_t>(), packed.numel(), count, static_cast<int>(bits), pow2, s,
-                                     values.data_ptr<double>());
+        decode_pattern_codes<double>(bytes, n, count, static_cast<int>(bits), pow2, s, values.data_ptr<double>());
       else
-        decode_pattern_codes<float>(packed.data_ptr<uint8_t>(), packed.numel(), count, static_cast<int>(bits), pow2,
-                                    static_cast<float>(s), values.data_ptr<float>());
+        decode_pattern_codes<float>(bytes, n, count, static_cast<int>(bits), pow2, static_cast<float>(s),
+                                    values.data_ptr<float>());
     });
     return std::vector<at::Tensor>{values};
   })[0].clone();

@@ -30,15 +30,18 @@ at::Tensor int32_channels(const at::Tensor& kernel_channel);
 // arrays' bytes and the device. The key is the concatenation of `key`'s parts (op id, parameters,
 // arrays; a caller makes it unambiguous, e.g. with the array sizes among the parameters); a lookup
 // compares the parts in place, so a hit copies nothing. Returns the outputs cached for the key on
-// `device`, or build()'s (CPU tensors) moved there and cached. The outputs are the cache's own
-// tensors, shared with later calls: read them only (an in-place write is detected by their version
-// counter and rebuilt).
+// `device`, or build()'s (CPU tensors) moved there and cached. build() gets the key's parts in a
+// copy taken before it runs and must decode from them, not from the caller's arrays: a concurrent
+// in-place write to those (a load_state_dict while another thread runs the model) then cannot cache
+// a decode of other bytes than its key's. The outputs are the cache's own tensors, shared with later
+// calls: read them only (an in-place write is detected by their version counter and rebuilt).
 struct KeyPart {
   const void* data;
   size_t bytes;
 };
-std::vector<at::Tensor> decode_cached(const std::vector<KeyPart>& key, c10::Device device,
-                                      const std::function<std::vector<at::Tensor>()>& build);
+std::vector<at::Tensor> decode_cached(
+    const std::vector<KeyPart>& key, c10::Device device,
+    const std::function<std::vector<at::Tensor>(const std::vector<KeyPart>& snapshot)>& build);
 
 // Checks dtypes and shapes of the compressed arrays; with check_indices, also every index
 // (copied to the host when on a device) against in_channels. Throws c10::Error with a clear message.

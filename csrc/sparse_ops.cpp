@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cstring>
 #include <stdexcept>
 
 #include "kernels/checked.h"
@@ -254,11 +255,20 @@ at::Tensor sparse_decode(const at::Tensor& header, const at::Tensor& index, cons
   for (const at::Tensor* t : arrays) params.push_back(static_cast<int64_t>(t->nbytes()));
   std::vector<KeyPart> key{{params.data(), params.size() * sizeof(int64_t)}};
   for (const at::Tensor* t : arrays) key.push_back({t->data_ptr(), t->nbytes()});
-  return decode_cached(key, device, [&] {
-    // Built directly, not through the index cache: only the dense weight is kept.
-    const auto idx = core_call("invalid compressed weight: ", [&] { return build_sparse_index(a.view); });
+  return decode_cached(key, device, [&](const std::vector<KeyPart>& snap) {
+    // Built directly, not through the index cache: only the dense weight is kept. From the key's copy
+    // of the arrays (parts 1..5, in `arrays` order), as decode_cached asks.
+    std::vector<float> values(snap[4].bytes / sizeof(float)), code_scale(snap[5].bytes / sizeof(float));
+    std::memcpy(values.data(), snap[4].data, snap[4].bytes);  // (floats: aligned copies of the bytes)
+    std::memcpy(code_scale.data(), snap[5].data, snap[5].bytes);
+    StoredSparse view = a.view;
+    view.header = static_cast<const uint8_t*>(snap[1].data);
+    view.index = static_cast<const uint8_t*>(snap[2].data);
+    view.codes = static_cast<const uint8_t*>(snap[3].data);
+    view.code_scale = code_scale.data();
+    const auto idx = core_call("invalid compressed weight: ", [&] { return build_sparse_index(view); });
     auto out = at::empty(shape, at::kFloat);
-    csr_to_dense(csr_view(*idx, a.values.data_ptr<float>()), out.data_ptr<float>());
+    csr_to_dense(csr_view(*idx, values.data()), out.data_ptr<float>());
     return std::vector<at::Tensor>{out};
   })[0].clone();  // a new tensor per call: see pattern_decode (decode_ops.cpp)
 }
