@@ -129,12 +129,29 @@ void find_shared4(SparseIndex& idx) {
 
 }  // namespace
 
-std::shared_ptr<const SparseIndex> build_sparse_index(const StoredSparse& s) {
+std::shared_ptr<const SparseIndex> build_sparse_index(const StoredSparse& live) {
   int64_t numel;
-  if (s.rows < 0 || s.cols < 0 || !mul_ok(s.rows, s.cols, &numel)) throw_invalid("weight size out of range");
-  if (s.rows >= INT32_MAX || s.cols >= INT32_MAX) throw_invalid("weight dimensions must fit in int32");
-  if (s.header_bytes < 0 || s.index_bytes < 0 || s.codes_bytes < 0 || s.num_values < 0 || s.num_code_scale < 0)
+  if (live.rows < 0 || live.cols < 0 || !mul_ok(live.rows, live.cols, &numel)) throw_invalid("weight size out of range");
+  if (live.rows >= INT32_MAX || live.cols >= INT32_MAX) throw_invalid("weight dimensions must fit in int32");
+  if (live.header_bytes < 0 || live.index_bytes < 0 || live.codes_bytes < 0 || live.num_values < 0 ||
+      live.num_code_scale < 0)
     throw_invalid("negative array size");
+  // The key bytes are copied first and the index decoded from that copy: a caller's array written
+  // in another thread meanwhile cannot give an index that its key does not describe.
+  const int64_t sizes[4] = {live.header_bytes, live.index_bytes, live.codes_bytes, live.num_code_scale * 4};
+  const void* parts[4] = {live.header, live.index, live.codes, live.code_scale};
+  std::vector<uint8_t> stored;
+  for (int i = 0; i < 4; ++i) {
+    const auto* p = static_cast<const uint8_t*>(parts[i]);
+    if (sizes[i]) stored.insert(stored.end(), p, p + sizes[i]);
+  }
+  std::vector<float> code_scale(static_cast<size_t>(live.num_code_scale));  // (aligned)
+  if (sizes[3]) std::memcpy(code_scale.data(), stored.data() + sizes[0] + sizes[1] + sizes[2], static_cast<size_t>(sizes[3]));
+  StoredSparse s = live;
+  s.header = stored.data();
+  s.index = stored.data() + sizes[0];
+  s.codes = stored.data() + sizes[0] + sizes[1];
+  s.code_scale = code_scale.data();
   const int L = bit_length(static_cast<uint64_t>(numel)) > 0 ? bit_length(static_cast<uint64_t>(numel)) : 1;
   const int widths[6] = {1, 4, 2, 4, L, L};
   const int64_t header_bits = 11 + 2 * L;
@@ -176,13 +193,8 @@ std::shared_ptr<const SparseIndex> build_sparse_index(const StoredSparse& s) {
   for (int64_t r = 0; r < s.rows; ++r) idx->row_ptr[r + 1] += idx->row_ptr[r];
   find_shared4(*idx);
 
-  const int64_t sizes[4] = {s.header_bytes, s.index_bytes, s.codes_bytes, s.num_code_scale * 4};
-  const void* parts[4] = {s.header, s.index, s.codes, s.code_scale};
-  for (int i = 0; i < 4; ++i) {
-    idx->stored_sizes[i] = sizes[i];
-    const auto* p = static_cast<const uint8_t*>(parts[i]);
-    if (sizes[i]) idx->stored.insert(idx->stored.end(), p, p + sizes[i]);
-  }
+  for (int i = 0; i < 4; ++i) idx->stored_sizes[i] = sizes[i];
+  idx->stored = std::move(stored);
   idx->bytes = static_cast<int64_t>(sizeof(SparseIndex) + idx->row_ptr.size() * 4 + idx->col16.size() * 2 + idx->col.size() * 4 +
                                     idx->decoded.size() * 4 + idx->shared4.size() + idx->stored.size());
   return idx;
