@@ -169,6 +169,7 @@ TORCH_LIBRARY_FRAGMENT(patsparse, m) {
   m.def("pattern_channels(Tensor kernel_channel) -> Tensor");
   m.def("pattern_decode(Tensor codes, Tensor scale, int kept_kernels, int entries, int bits, str scheme) -> Tensor");
   m.def("decode_cache_stats() -> int[]", &decode_cache_stats);
+  m.def("clear_decode_cache() -> ()", [] { decode_cache().clear(); });
 }
 
 TORCH_LIBRARY_IMPL(patsparse, CPU, m) {

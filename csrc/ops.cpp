@@ -347,6 +347,13 @@ std::vector<int64_t> transposed_plan_cache_stats() {
   return {st.hits, st.builds, st.size};
 }
 
+// Empties the CPU plan caches (a server that swaps model versions gets the memory back; entries in
+// use stay alive with their callers).
+void clear_plan_caches() {
+  plan_cache().clear();
+  transposed_cache().clear();
+}
+
 std::string set_isa(const std::string& name) {
   Isa isa;
   TORCH_CHECK(parse_isa(name, &isa), "patsparse: unknown ISA '", name, "' (use scalar, avx2, avx512, neon or auto)");
@@ -387,6 +394,7 @@ TORCH_LIBRARY(patsparse, m) {
   m.def("supported_isas() -> str[]", &supported_isas);
   m.def("plan_cache_stats() -> int[]", &plan_cache_stats);
   m.def("transposed_plan_cache_stats() -> int[]", &transposed_plan_cache_stats);
+  m.def("clear_plan_caches() -> ()", &clear_plan_caches);
 }
 
 TORCH_LIBRARY_IMPL(patsparse, CPU, m) {

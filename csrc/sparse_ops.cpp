@@ -293,6 +293,7 @@ TORCH_LIBRARY_FRAGMENT(patsparse, m) {
   m.def("sparse_decode(Tensor header, Tensor index, Tensor codes, Tensor values, Tensor code_scale, int[] shape) "
         "-> Tensor");
   m.def("sparse_index_cache_stats() -> int[]", &sparse_index_cache_stats);
+  m.def("clear_sparse_index_cache() -> ()", [] { sparse_index_cache().clear(); });
 }
 
 TORCH_LIBRARY_IMPL(patsparse, CPU, m) {

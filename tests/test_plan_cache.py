@@ -357,3 +357,26 @@ def test_pattern_channels_on_the_cpu_is_a_copy():
     assert torch.equal(torch.ops.patsparse.pattern_channels(layer.kernel_channel), layer.kernel_channel.int())
     with torch.no_grad():
         torch.testing.assert_close(exported(x), layer(x), rtol=0, atol=0)
+
+
+def test_clear_caches_gives_the_memory_back_and_changes_no_result():
+    """A server that swaps model versions can empty the native caches (they kept up to their bounds
+    for deleted models); the next call rebuilds what it needs, with the same result."""
+    import warnings
+    import torch_patsparse as ps
+    from torch_patsparse import models
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 1),
+                                torch.nn.Conv2d(8, 8, 3, padding=1, stride=2))
+    models.sparsify_random(model, keep3x3=None, group=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = ps.convert(model, layers="all", bits=4)
+    x = torch.randn(2, 8, 10, 10, requires_grad=True)
+    before = converted(x)
+    before.sum().backward()
+    assert ops.plan_cache_stats()[2] > 0 and ops.decode_cache_stats()[2] > 0 and ops.sparse_index_cache_stats()[2] > 0
+    ops.clear_caches()
+    assert ops.plan_cache_stats()[2] == ops.transposed_plan_cache_stats()[2] == 0
+    assert ops.decode_cache_stats()[2] == ops.decode_cache_stats()[3] == 0 and ops.sparse_index_cache_stats()[2] == 0
+    assert torch.equal(converted(x), before)

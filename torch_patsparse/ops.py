@@ -398,6 +398,25 @@ def sparse_index_cache_stats() -> list:
     return list(_ops.sparse_index_cache_stats())
 
 
+def plan_cache_stats() -> list:
+    """[hits, builds, size] of the CPU plan cache of the 3x3 pattern convs (forward)."""
+    return list(_ops.plan_cache_stats())
+
+
+def transposed_plan_cache_stats() -> list:
+    """[hits, builds, size] of the CPU cache of transposed plans (the 3x3 convs' input gradient)."""
+    return list(_ops.transposed_plan_cache_stats())
+
+
+def clear_caches() -> None:
+    """Empties this process's native CPU caches (plans, transposed plans, decodes, sparse indices).
+    They are bounded and keyed by content, so this changes no result; it gives their memory back, e.g.
+    after a server drops a model version (the next call of a layer rebuilds what it needs)."""
+    _ops.clear_plan_caches()
+    _ops.clear_decode_cache()
+    _ops.clear_sparse_index_cache()
+
+
 def _strided_output(input, channels: int, stride):
     """Fake output of a conv that keeps the spatial size up to ``stride`` (1x1 unpadded, 3x3 padding
     1), in the input's memory format."""
