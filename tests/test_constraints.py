@@ -181,3 +181,12 @@ def test_building_blocks_take_what_their_siblings_take():
                                 torch.nn.BatchNorm2d(8, track_running_stats=False))
     ps.models.sparsify_random(model)
     assert model[1].running_var.min() >= 0.5
+
+
+def test_pattern_refuses_a_set_of_other_entries():
+    """C.Pattern(entries=4).project(w, pset) projected onto whatever set it was given (3-entry patterns
+    without the centre), not what its fields say."""
+    w = torch.randn(4, 4, 3, 3)
+    with pytest.raises(ValueError, match=r"Pattern\(entries=4\) was given a set of 3-entry patterns"):
+        C.Pattern(k=4).project(w, ps.PatternSet.select(w, k=4, entries=3))
+    assert C.Pattern(k=4).project(w, ps.PatternSet.select(w, k=4)).count_nonzero() == 4 * 4 * 4

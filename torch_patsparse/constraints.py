@@ -29,6 +29,7 @@ import torch
 
 from . import _deprecation
 from . import project
+from .patterns import PatternSet
 
 __all__ = ["Constraint", "Pattern", "Connectivity", "Unstructured", "Filter", "Channel", "Quantize",
            "ORDER", "ordered", "TYPES", "to_spec", "from_spec", "to_dict", "from_dict"]
@@ -137,6 +138,9 @@ class Pattern(Constraint):
         _check_int(self, "group", 1)
 
     def project(self, w, pattern_set=None):
+        if isinstance(pattern_set, PatternSet) and pattern_set.entries != self.entries:
+            raise ValueError(f"Pattern(entries={self.entries}) was given a set of {pattern_set.entries}-entry patterns; "
+                             f"select one with PatternSet.select(w, k=..., entries={self.entries})")
         return project.pattern(w, pattern_set, group=self.group)
 
 

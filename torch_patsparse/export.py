@@ -417,7 +417,7 @@ class ExecuTorchProgram:
             if reason:
                 hint += f"; a patsparse kernel rejected its arguments: {reason}"
             raise RuntimeError(f"ExecuTorch program {self.path}: {e}{hint}") from e
-        if self._out_spec is not None:
+        if self._out_spec is not None and self._out_spec.num_leaves == len(outputs):
             return pytree.tree_unflatten(list(outputs), self._out_spec)
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
