@@ -190,3 +190,9 @@ def test_pattern_refuses_a_set_of_other_entries():
     with pytest.raises(ValueError, match=r"Pattern\(entries=4\) was given a set of 3-entry patterns"):
         C.Pattern(k=4).project(w, ps.PatternSet.select(w, k=4, entries=3))
     assert C.Pattern(k=4).project(w, ps.PatternSet.select(w, k=4)).count_nonzero() == 4 * 4 * 4
+
+
+def test_a_vgg_config_without_a_conv_is_a_clear_error():
+    """models.VGG(["M"]) raised a bare IndexError."""
+    with pytest.raises(ValueError, match="cfg must name at least one conv width"):
+        ps.models.VGG(["M"])

@@ -35,8 +35,11 @@ class VGG(nn.Module):
     def __init__(self, cfg: Sequence[Union[int, str]] = VGG16_CFG, in_channels: int = 3, num_classes: int = 1000,
                  batch_norm: bool = True, hidden: int = 0):
         super().__init__()
+        widths = [v for v in cfg if v != "M"]
+        if not widths:
+            raise ValueError(f"VGG: cfg must name at least one conv width (ints, 'M' for a max-pool), got {cfg!r}")
         self.features = vgg_features(cfg, in_channels, batch_norm)
-        width = [v for v in cfg if v != "M"][-1]
+        width = widths[-1]
         self.pool = nn.AdaptiveAvgPool2d(1)
         if hidden:
             self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(width, hidden), nn.ReLU(inplace=True),
