@@ -69,7 +69,7 @@ void rows4_part(const CsrView& w, const I* col, const SpmmIo<float>& io, const f
 }
 
 // Four shared-column rows over V vectors, in parts of as many vectors as the registers hold
-// (4 rows x 4 vectors of accumulators with 32 registers, 4 x 2 with 16).
+// (4 rows x 4 vectors of accumulators with 16-float vectors, AVX-512; 4 x 2 with narrower ones).
 template <class S, class I, int V, bool Tail, int V0 = 0>
 void rows4(const CsrView& w, const I* col, const SpmmIo<float>& io, const float* x, float* y, const float* res,
            int64_t o, int tail) {
