@@ -67,16 +67,12 @@ std::vector<at::Tensor> decode_cached(
   // Cached tensors outlive this call: never inference tensors, so autograd may save them later.
   c10::InferenceMode normal_mode(false);
   auto entry = std::make_shared<Decoded>();
-  entry->stored.reserve(key_bytes);
+  entry->stored.reserve(key_bytes);  // (never reallocated below: the snapshot points into it)
+  std::vector<KeyPart> snapshot;      // the same parts in the entry's own copy: what the outputs are decoded from
   for (const KeyPart& part : key) {
     const auto* p = static_cast<const uint8_t*>(part.data);
+    snapshot.push_back({entry->stored.data() + entry->stored.size(), part.bytes});
     entry->stored.insert(entry->stored.end(), p, p + part.bytes);
-  }
-  std::vector<KeyPart> snapshot;  // the same parts in the entry's own copy: what the outputs are decoded from
-  size_t at = 0;
-  for (const KeyPart& part : key) {
-    snapshot.push_back({entry->stored.data() + at, part.bytes});
-    at += part.bytes;
   }
   int64_t bytes = static_cast<int64_t>(key_bytes);
   for (at::Tensor t : build(snapshot)) {
@@ -139,8 +135,8 @@ at::Tensor pattern_decode(const at::Tensor& codes, const at::Tensor& scale, int6
   const double s = scale.detach().cpu().to(at::kDouble).item<double>();
 
   const int64_t params[6] = {1, kept_kernels, entries, bits, pow2, f64};  // 1: this op
-  const KeyPart key_codes{packed.data_ptr(), packed.nbytes()};
-  return decode_cached({{params, sizeof(params)}, {&s, sizeof(s)}, key_codes}, device, [&](const std::vector<KeyPart>& snap) {
+  const std::vector<KeyPart> key{{params, sizeof(params)}, {&s, sizeof(s)}, {packed.data_ptr(), packed.nbytes()}};
+  return decode_cached(key, device, [&](const std::vector<KeyPart>& snap) {
     at::Tensor values = at::empty({kept_kernels, entries}, at::TensorOptions().dtype(f64 ? at::kDouble : at::kFloat));
     const auto* bytes = static_cast<const uint8_t*>(snap[2].data);
     const auto n = static_cast<int64_t>(snap[2].bytes);

@@ -96,7 +96,8 @@ at::Tensor dense_op(In input, In weight, OptIn bias, const ConvGeometry* conv) {
   TORCH_CHECK(input.device() == device, "patsparse: the input is on ", input.device(), ", the layer on ", device,
               " (the dense conv would compute garbage from a meta weight)");
   TORCH_CHECK(!bias || bias->device() == device, "patsparse: the layer's bias is on ", bias->device(),
-              ", its weights on ", device, bias && bias->is_meta() ? " (a bias on the meta device has no data: load it first)" : "");
+              ", its weights on ", device,
+              bias && bias->is_meta() ? " (a bias on the meta device has no data: load it first)" : "");
   TORCH_CHECK(false, "patsparse: the input (", input.scalar_type(), " ", input.sym_sizes(), ") does not fit the layer (",
               dtype, " weight ", weight_shape, ", bias ", bias ? bias->sym_sizes() : c10::SymIntArrayRef{}, ")");
 }

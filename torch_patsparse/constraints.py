@@ -139,8 +139,8 @@ class Pattern(Constraint):
 
     def project(self, w, pattern_set=None):
         if isinstance(pattern_set, PatternSet) and pattern_set.entries != self.entries:
-            raise ValueError(f"Pattern(entries={self.entries}) was given a set of {pattern_set.entries}-entry patterns; "
-                             f"select one with PatternSet.select(w, k=..., entries={self.entries})")
+            raise ValueError(f"Pattern(entries={self.entries}) was given a set of {pattern_set.entries}-entry "
+                             f"patterns; select one with PatternSet.select(w, k=..., entries={self.entries})")
         return project.pattern(w, pattern_set, group=self.group)
 
 

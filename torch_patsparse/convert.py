@@ -12,7 +12,6 @@ from torch.nn.utils import prune
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
-from . import format as fmt
 from . import quant, select
 from .admm import trained_pattern_set
 from .nn import kinds

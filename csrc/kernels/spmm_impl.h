@@ -20,16 +20,29 @@ typename S::Vec gather(const float* x, const int32_t* idx) { return S::gather(x,
 template <class S>
 typename S::Vec gather(const float* x, const uint16_t* idx) { return S::gather16(x, idx); }
 
+// Vector v of a tile of V vectors from p (the last one holds `tail` lanes when Tail).
+template <class S, int V, bool Tail>
+typename S::Vec load_vec(const float* p, int v, int tail) {
+  return (Tail && v == V - 1) ? S::load_part(p + v * S::width, tail) : S::load(p + v * S::width);
+}
+
+// Output vector v of row yo: epilogue.h's clamp(acc * sc + sh + residual, lo, hi), stored.
+template <class S, int V, bool Tail>
+void store_out(typename S::Vec acc, typename S::Vec sc, typename S::Vec sh, typename S::Vec lo, typename S::Vec hi,
+               float* yo, const float* ro, int v, int tail) {
+  typename S::Vec q = S::fma(acc, sc, sh);
+  if (ro) q = S::add(q, load_vec<S, V, Tail>(ro, v, tail));
+  q = S::clamp(q, lo, hi);
+  if (Tail && v == V - 1) S::store_part(yo + v * S::width, q, tail);
+  else S::store(yo + v * S::width, q);
+}
+
 // Vectors [V0, V0 + N) of four rows o..o+3 that keep the same columns (CsrView::shared4): one load of
 // each X vector feeds the four rows (row r's nonzeros are row o's shifted by r * len).
 template <class S, class I, int V, bool Tail, int V0, int N>
 void rows4_part(const CsrView& w, const I* col, const SpmmIo<float>& io, const float* x, float* y,
                 const float* res, int64_t o, int tail) {
   using Vec = typename S::Vec;
-  constexpr int W = S::width;
-  auto load = [tail](const float* p, int v) {
-    return (Tail && v == V - 1) ? S::load_part(p + v * W, tail) : S::load(p + v * W);
-  };
   Vec acc[4][N];
 #pragma GCC unroll 4
   for (int r = 0; r < 4; ++r)
@@ -43,7 +56,7 @@ void rows4_part(const CsrView& w, const I* col, const SpmmIo<float>& io, const f
               w3 = S::set1(val[i + 3 * len]);
 #pragma GCC unroll 8
     for (int n = 0; n < N; ++n) {
-      const Vec xv = load(p, V0 + n);
+      const Vec xv = load_vec<S, V, Tail>(p, V0 + n, tail);
       acc[0][n] = S::fma(w0, xv, acc[0][n]);
       acc[1][n] = S::fma(w1, xv, acc[1][n]);
       acc[2][n] = S::fma(w2, xv, acc[2][n]);
@@ -57,14 +70,7 @@ void rows4_part(const CsrView& w, const I* col, const SpmmIo<float>& io, const f
     float* yo = y + (o + r) * io.y_chan;
     const float* ro = res ? res + (o + r) * io.y_chan : nullptr;
 #pragma GCC unroll 8
-    for (int n = 0; n < N; ++n) {
-      const int v = V0 + n;
-      Vec q = S::fma(acc[r][n], sc, sh);
-      if (ro) q = S::add(q, load(ro, v));
-      q = S::clamp(q, lo, hi);
-      if (Tail && v == V - 1) S::store_part(yo + v * W, q, tail);
-      else S::store(yo + v * W, q);
-    }
+    for (int n = 0; n < N; ++n) store_out<S, V, Tail>(acc[r][n], sc, sh, lo, hi, yo, ro, V0 + n, tail);
   }
 }
 
@@ -86,16 +92,13 @@ template <class S, class I, int V, bool Tail>
 void column_rows(const CsrView& w, const I* col, const SpmmIo<float>& io, int64_t b, int64_t o0, int64_t o1,
                  int64_t j0, int tail) {
   using Vec = typename S::Vec;
-  constexpr int W = S::width;
   constexpr bool kTwo = V <= 4;
   const float* x = io.x + b * io.x_image + j0;
   float* y = io.y + b * io.y_image + j0;
   const float* res = io.residual ? io.residual + b * io.y_image + j0 : nullptr;
   const int64_t xc = io.x_chan;
   const Vec lo = S::set1(io.lo), hi = S::set1(io.hi);
-  auto load = [tail](const float* p, int v) {
-    return (Tail && v == V - 1) ? S::load_part(p + v * W, tail) : S::load(p + v * W);
-  };
+  auto load = [tail](const float* p, int v) { return load_vec<S, V, Tail>(p, v, tail); };
   for (int64_t o = o0; o < o1; ++o) {
     if (w.shared4 && (o & 3) == 0 && o + 4 <= o1 && w.shared4[o >> 2]) {
       rows4<S, I, V, Tail>(w, col, io, x, y, res, o, tail);
@@ -136,11 +139,7 @@ void column_rows(const CsrView& w, const I* col, const SpmmIo<float>& io, int64_
     for (int v = 0; v < V; ++v) {
       Vec a = acc[v];
       if constexpr (kTwo) a = S::add(a, acc2[v]);
-      Vec r = S::fma(a, sc, sh);
-      if (ro) r = S::add(r, load(ro, v));
-      r = S::clamp(r, lo, hi);
-      if (Tail && v == V - 1) S::store_part(yo + v * W, r, tail);
-      else S::store(yo + v * W, r);
+      store_out<S, V, Tail>(a, sc, sh, lo, hi, yo, ro, v, tail);
     }
   }
 }

@@ -131,7 +131,8 @@ void find_shared4(SparseIndex& idx) {
 
 std::shared_ptr<const SparseIndex> build_sparse_index(const StoredSparse& live) {
   int64_t numel;
-  if (live.rows < 0 || live.cols < 0 || !mul_ok(live.rows, live.cols, &numel)) throw_invalid("weight size out of range");
+  if (live.rows < 0 || live.cols < 0 || !mul_ok(live.rows, live.cols, &numel))
+    throw_invalid("weight size out of range");
   if (live.rows >= INT32_MAX || live.cols >= INT32_MAX) throw_invalid("weight dimensions must fit in int32");
   if (live.header_bytes < 0 || live.index_bytes < 0 || live.codes_bytes < 0 || live.num_values < 0 ||
       live.num_code_scale < 0)
@@ -146,7 +147,8 @@ std::shared_ptr<const SparseIndex> build_sparse_index(const StoredSparse& live) 
     if (sizes[i]) stored.insert(stored.end(), p, p + sizes[i]);
   }
   std::vector<float> code_scale(static_cast<size_t>(live.num_code_scale));  // (aligned)
-  if (sizes[3]) std::memcpy(code_scale.data(), stored.data() + sizes[0] + sizes[1] + sizes[2], static_cast<size_t>(sizes[3]));
+  const uint8_t* scale_bytes = stored.data() + sizes[0] + sizes[1] + sizes[2];
+  if (sizes[3]) std::memcpy(code_scale.data(), scale_bytes, static_cast<size_t>(sizes[3]));
   StoredSparse s = live;
   s.header = stored.data();
   s.index = stored.data() + sizes[0];

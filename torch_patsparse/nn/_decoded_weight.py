@@ -42,9 +42,9 @@ class DecodedWeight:
         every tensor; the next forward failed). ``.half()`` / ``.to(torch.bfloat16)``: a k-bit layer's
         one quantization ``scale`` serves every weight, so rounding it to 16 bits changes them all by one
         factor (flushed to 0 or 25% off below fp16's normal range) where a dense ``.half()`` rounds each
-        weight on its own. Sparse
-        layers keep it at fp32 (devices still move; their dtype is their ``values``'); in a
-        PatternConv2d it carries the layer's dtype, so a rounding beyond 16-bit precision warns."""
+        weight on its own. Sparse layers keep it at fp32 (devices still move; their dtype is their
+        ``values``'); in a PatternConv2d it carries the layer's dtype, so a rounding beyond 16-bit
+        precision warns."""
         scale = self._buffers.get("scale")
         ints = {n: b for n, b in self._buffers.items() if b is not None and not b.is_floating_point()}
         out = super()._apply(fn, recurse)

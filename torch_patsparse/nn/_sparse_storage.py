@@ -185,8 +185,9 @@ class _SparseWeightMixin(DecodedWeight):
         errors = [other_kind_error(self, state_dict, prefix)]
         if errors[0] is None and extra_key in state_dict:
             errors.append(self._extra_state_error(state_dict[extra_key], prefix))
-        elif errors[0] is None and incoming:  # checkpoints written before the shape was saved (and scripted models' state_dicts)
-            # The arrays alone decode into any shape of as many weights: this layer's is assumed, and said.
+        elif errors[0] is None and incoming:
+            # Checkpoints written before the shape was saved (and scripted models' state_dicts): the
+            # arrays alone decode into any shape of as many weights: this layer's is assumed, and said.
             assume_extra_state(self, state_dict, prefix,
                                f"the weight's shape): loading it as this layer's {list(self.weight_shape)}")
         errors.append(check_bias(self, state_dict, prefix, self.weight_shape[0]))
